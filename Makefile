@@ -1,0 +1,57 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11:
+#   make run    install into .venv, then ingest, train, score and deploy the shipped data
+#   make test   install into .venv (with test tools), then run the tests
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config.json
+
+.DEFAULT_GOAL := help
+.PHONY: help run test ingest train score deploy rollback practice udacity baseline bench data lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.installed ## ingest, train, score and deploy with $(CONFIG)
+	$(PY) ingestion.py --config $(CONFIG)
+	$(PY) training.py --config $(CONFIG)
+	$(PY) scoring.py --config $(CONFIG)
+	$(PY) deployment.py --config $(CONFIG)
+
+test: $(VENV)/.installed ## run the test suite
+	$(PY) -m pytest
+
+ingest: $(VENV)/.installed ## ingestion only
+	$(PY) ingestion.py --config $(CONFIG)
+train: $(VENV)/.installed ## training only
+	$(PY) training.py --config $(CONFIG)
+score: $(VENV)/.installed ## scoring only
+	$(PY) scoring.py --config $(CONFIG)
+deploy: $(VENV)/.installed ## deployment only
+	$(PY) deployment.py --config $(CONFIG)
+rollback: $(VENV)/.installed ## make the previous deployed version current again
+	$(PY) deployment.py --config $(CONFIG) --rollback
+
+practice: ## the whole pipeline on practicedata/ (config.practice.json)
+	$(MAKE) run CONFIG=config.practice.json
+udacity: ## the whole pipeline on ../shared/udacity-data (config.udacity.json)
+	$(MAKE) run CONFIG=config.udacity.json
+
+baseline: $(VENV)/.installed ## compare the model with plain LogisticRegression() (after make run)
+	$(PY) bench/baseline.py --config $(CONFIG)
+bench: $(VENV)/.installed ## benchmark ingestion, training and scoring on 1,000,000 rows
+	$(PY) bench/bench_pipeline.py
+data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
+	$(PY) generate_data.py shipped
+lint: $(VENV)/.installed ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean: ## remove generated artifacts (keeps .venv and the shipped data)
+	rm -rf ingesteddata/* models/* practicemodels/* production_deployment/* build .pytest_cache

@@ -1,0 +1,56 @@
+"""Compare the pipeline's model with a plain ``LogisticRegression()`` on the raw columns.
+
+Both are trained on the ingested data of a config and scored on its test data:
+
+    python bench/baseline.py [--config config.json]
+
+Run ``make run`` (or ingestion.py) first so that ``finaldata.csv`` exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+
+from common.artifacts import FINAL_DATA  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.schema import read_labelled_data  # noqa: E402
+from scoring import find_test_files, score_predictions  # noqa: E402
+from training import train_model  # noqa: E402
+
+
+def compare_with_baseline(config_path: str | None) -> dict[str, dict]:
+    """Metrics of the pipeline's model and of the plain baseline on the config's test data."""
+    config = load_config(config_path)
+    features, labels = read_labelled_data([config.output_folder / FINAL_DATA])
+    test_features, test_labels = read_labelled_data(find_test_files(config.test_data_path))
+    models = {
+        "pipeline model": train_model(features, labels, config.model),
+        "LogisticRegression() on raw columns": LogisticRegression().fit(features, labels),
+    }
+    return {
+        name: score_predictions(test_labels, model.predict_proba(test_features)[:, 1], model.predict(test_features))
+        for name, model in models.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config")
+    args = parser.parse_args(argv)
+    print("| model | F1 | precision | recall | ROC AUC |\n|---|---|---|---|---|")
+    for name, metrics in compare_with_baseline(args.config).items():
+        print(
+            f"| {name} | {metrics['f1']:.3f} | {metrics['precision']:.3f} | {metrics['recall']:.3f} "
+            f"| {metrics['roc_auc']:.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""What the pipeline stages share: config, the data schema, file helpers, logging, model I/O."""

@@ -1,0 +1,144 @@
+"""The one config loader: reads ``config.json`` (or the file named by ``$RISK_CONFIG``).
+
+Paths in the file resolve against the config file's own folder, never the working directory,
+so a config written for the classic course project works unchanged wherever it lives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import PipelineError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config.json"
+CONFIG_ENV_VAR = "RISK_CONFIG"
+
+PATH_KEYS = (
+    "input_folder_path",
+    "output_folder_path",
+    "test_data_path",
+    "output_model_path",
+    "prod_deployment_path",
+)
+SECTION_KEYS = ("model", "deployment")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Hyperparameters of the logistic regression and how its decision threshold is chosen."""
+
+    C: float = 1.0
+    max_iter: int = 1000
+    class_weight: str | None = None
+    # "f1": the threshold that maximises F1 on the training data; a number: that threshold.
+    decision_threshold: str | float = "f1"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings; every path is absolute."""
+
+    path: Path
+    input_folder: Path
+    output_folder: Path
+    test_data_path: Path
+    model_folder: Path
+    deployment_folder: Path
+    model: ModelSettings = field(default_factory=ModelSettings)
+    keep_versions: int = 5
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: the argument, else ``$RISK_CONFIG``, else the project's ``config.json``."""
+    chosen = path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+    return Path(chosen).expanduser().resolve()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and check a config file; raise PipelineError naming the key or file at fault."""
+    config_path = resolve_config_path(path)
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"config file {config_path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"config file {config_path} cannot be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise PipelineError(
+            f"config file {config_path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"config file {config_path} must hold a JSON object")
+
+    unknown = sorted(set(raw) - set(PATH_KEYS) - set(SECTION_KEYS))
+    if unknown:
+        log.warning("config file %s: ignoring unknown keys %s", config_path, ", ".join(unknown))
+
+    base = config_path.parent
+    paths = {key: _resolve_path(raw, key, base, config_path) for key in PATH_KEYS}
+    return Config(
+        path=config_path,
+        input_folder=paths["input_folder_path"],
+        output_folder=paths["output_folder_path"],
+        test_data_path=paths["test_data_path"],
+        model_folder=paths["output_model_path"],
+        deployment_folder=paths["prod_deployment_path"],
+        model=_read_model_settings(_section(raw, "model", config_path), config_path),
+        keep_versions=_read_keep_versions(_section(raw, "deployment", config_path), config_path),
+    )
+
+
+def _resolve_path(raw: dict[str, Any], key: str, base: Path, config_path: Path) -> Path:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise PipelineError(f"config file {config_path} needs '{key}' as a non-empty path string")
+    return (base / value).resolve()
+
+
+def _section(raw: dict[str, Any], name: str, config_path: Path) -> dict[str, Any]:
+    section = raw.get(name, {})
+    if not isinstance(section, dict):
+        raise PipelineError(f"config file {config_path}: '{name}' must be a JSON object")
+    return section
+
+
+def _read_model_settings(section: dict[str, Any], config_path: Path) -> ModelSettings:
+    defaults = ModelSettings()
+    unknown = sorted(set(section) - set(ModelSettings.__dataclass_fields__))
+    if unknown:
+        raise PipelineError(f"config file {config_path}: unknown model settings {', '.join(unknown)}")
+    c_value = section.get("C", defaults.C)
+    if isinstance(c_value, bool) or not isinstance(c_value, (int, float)) or c_value <= 0:
+        raise PipelineError(f"config file {config_path}: model.C must be a positive number, not {c_value!r}")
+    max_iter = section.get("max_iter", defaults.max_iter)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise PipelineError(f"config file {config_path}: model.max_iter must be a positive whole number")
+    class_weight = section.get("class_weight", defaults.class_weight)
+    if class_weight not in (None, "balanced"):
+        raise PipelineError(f'config file {config_path}: model.class_weight must be null or "balanced"')
+    threshold = section.get("decision_threshold", defaults.decision_threshold)
+    if threshold != "f1" and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1
+    ):
+        raise PipelineError(
+            f'config file {config_path}: model.decision_threshold must be "f1" or a number between 0 and 1'
+        )
+    return ModelSettings(C=float(c_value), max_iter=max_iter, class_weight=class_weight, decision_threshold=threshold)
+
+
+def _read_keep_versions(section: dict[str, Any], config_path: Path) -> int:
+    keep = section.get("keep_versions", 5)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 2:
+        raise PipelineError(
+            f"config file {config_path}: deployment.keep_versions must be a whole number of at least 2 "
+            "(the current version and one to roll back to)"
+        )
+    return keep

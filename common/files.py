@@ -1,0 +1,86 @@
+"""Atomic writes, content hashes and the listing of data files in a folder."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+DATA_SUFFIXES = (".csv", ".json", ".jsonl")
+_STRAY_SUFFIXES = (".bak", ".swp", ".swo", ".tmp", ".orig", ".part")
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success move it over ``target`` atomically.
+
+    A crash at any instant leaves either the old file or the new one, never half of one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual mode
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(target: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``target`` atomically and return ``target``."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_stray_file(path: Path) -> bool:
+    """True for files that are never data: hidden files, editor backups, partial downloads."""
+    name = path.name
+    return name.startswith((".", "~")) or name.endswith("~") or name.lower().endswith(_STRAY_SUFFIXES)
+
+
+def list_data_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Return (data files, ignored files) directly inside ``folder``, each sorted by name."""
+    data, ignored = [], []
+    for entry in sorted(Path(folder).iterdir(), key=lambda p: p.name):
+        if not entry.is_file():
+            continue
+        if is_stray_file(entry) or entry.suffix.lower() not in DATA_SUFFIXES:
+            ignored.append(entry)
+        else:
+            data.append(entry)
+    return data, ignored

@@ -1,0 +1,249 @@
+"""The client data schema and the one reader that turns a data file into checked rows.
+
+A file with a structural fault (empty, header only, missing column, text in a numeric
+column, not UTF-8, not CSV at all) raises ``BadFileError`` naming the file and the fault.
+Rows with missing or invalid values (negative or fractional counts, ``exited`` outside
+{0, 1}, an empty id) are dropped and counted, never imputed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from common.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+ID_COLUMN = "corporation"
+FEATURES = ("lastmonth_activity", "lastyear_activity", "number_of_employees")
+TARGET = "exited"
+COLUMNS = (ID_COLUMN, *FEATURES, TARGET)
+SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) for name in (*FEATURES, TARGET)]])
+
+_HEAD_BYTES = 64 * 1024
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_CONVERSION_ERROR = re.compile(r"CSV column #(\d+).*conversion error to (\w+): invalid value '(.*)'", re.S)
+
+
+class BadFileError(PipelineError):
+    """A data file that cannot be used at all; the message names the file and the fault."""
+
+
+@dataclass
+class ParsedFile:
+    """The valid rows of one data file, with what was dropped and why."""
+
+    table: pa.Table
+    rows_read: int
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_kept(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def rows_dropped(self) -> int:
+        return self.rows_read - self.table.num_rows
+
+
+def read_data_file(path: Path, with_target: bool = True) -> ParsedFile:
+    """Read a CSV, JSON (array of records) or JSON Lines file and keep its valid rows.
+
+    Columns may come in any order and extra columns are ignored; ``with_target=False``
+    reads files that carry no ``exited`` column (rows to predict).
+    """
+    path = Path(path)
+    columns = COLUMNS if with_target else COLUMNS[:-1]
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadFileError(f"{path.name}: cannot be read ({exc.strerror})") from None
+    if size == 0:
+        raise BadFileError(f"{path.name}: the file is empty")
+    if path.suffix.lower() in (".json", ".jsonl"):
+        table, malformed = _read_json_table(path, columns), 0
+    else:
+        table, malformed = _read_csv_table(path, columns)
+    if table.num_rows == 0 and malformed == 0:
+        raise BadFileError(f"{path.name}: the file has a header but no data rows")
+    parsed = clean_rows(table, columns)
+    parsed.rows_read += malformed
+    if malformed:
+        parsed.dropped["wrong number of fields"] = malformed
+    if parsed.rows_kept == 0:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in parsed.dropped.items())
+        raise BadFileError(f"{path.name}: none of its {parsed.rows_read} rows is valid ({reasons})")
+    return parsed
+
+
+def read_labelled_data(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float64, one column per feature) and labels of checked data files, in order.
+
+    Invalid rows are left out with a warning; a bad file raises BadFileError.
+    """
+    tables = []
+    for path in paths:
+        parsed = read_data_file(path)
+        if parsed.rows_dropped:
+            log.warning("%s: %d invalid rows left out (%s)", path, parsed.rows_dropped, parsed.dropped)
+        tables.append(parsed.table)
+    table = pa.concat_tables(tables)
+    features = np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
+    return features, table[TARGET].to_numpy()
+
+
+def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
+    """Drop rows with a missing or invalid value; cast counts to int64; count each reason."""
+    ids = pc.utf8_trim_whitespace(table[ID_COLUMN])
+    missing = pc.fill_null(pc.equal(pc.utf8_length(ids), 0), True).to_numpy(zero_copy_only=False)
+    numeric = [name for name in columns if name != ID_COLUMN]
+    values = {name: table[name].to_numpy() for name in numeric}  # nulls become NaN
+    negative = np.zeros(table.num_rows, dtype=bool)
+    fractional = np.zeros(table.num_rows, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for column in values.values():
+            missing |= np.isnan(column)
+            negative |= column < 0
+            fractional |= np.isinf(column) | (column != np.floor(column))
+    fractional &= ~missing
+    checks = {"missing value": missing, "negative count": negative & ~missing, "not a whole number": fractional}
+    if TARGET in columns:
+        outside = (values[TARGET] != 0) & (values[TARGET] != 1)
+        checks["exited not 0 or 1"] = outside & ~(missing | negative | fractional)
+    keep = ~np.logical_or.reduce(list(checks.values()))
+    kept = pa.array(keep)
+    cleaned = {ID_COLUMN: pc.filter(ids, kept)}
+    for name in numeric:
+        cleaned[name] = pa.array(values[name][keep].astype(np.int64))
+    return ParsedFile(
+        table=pa.table(cleaned),
+        rows_read=table.num_rows,
+        dropped={reason: int(mask.sum()) for reason, mask in checks.items() if mask.any()},
+    )
+
+
+def _read_header(path: Path) -> list[str]:
+    """The normalised column names of a CSV file, after checks that it is UTF-8 text."""
+    with open(path, "rb") as handle:
+        head = handle.read(_HEAD_BYTES)
+    if head.startswith(_UTF16_BOMS):
+        raise BadFileError(f"{path.name}: the file is UTF-16 text; save it as UTF-8 CSV")
+    if b"\x00" in head:
+        raise BadFileError(f"{path.name}: the file is binary, not CSV text")
+    first_line = head.removeprefix(_UTF8_BOM).split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        text = first_line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadFileError(f"{path.name}: the header is not UTF-8 text; save the file as UTF-8 CSV") from None
+    if not text.strip():
+        raise BadFileError(f"{path.name}: the first line is blank, where the CSV header should be")
+    return [name.strip().lower() for name in next(csv.reader([text]))]
+
+
+def _check_columns(path: Path, names: list[str], columns: tuple[str, ...]) -> None:
+    missing = [name for name in columns if name not in names]
+    if missing:
+        found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise BadFileError(
+            f"{path.name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (found: {found})"
+        )
+    repeated = sorted({name for name in columns if names.count(name) > 1})
+    if repeated:
+        raise BadFileError(f"{path.name}: column {', '.join(repeated)} appears more than once in the header")
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        unique.append(name if count == 0 else f"{name}.{count}")
+    return unique
+
+
+def _read_csv_table(path: Path, columns: tuple[str, ...]) -> tuple[pa.Table, int]:
+    names = _read_header(path)
+    _check_columns(path, names, columns)
+    malformed = 0
+
+    def skip_malformed(_row: object) -> str:
+        nonlocal malformed
+        malformed += 1
+        return "skip"
+
+    types = {name: pa.float64() for name in columns if name != ID_COLUMN}
+    types[ID_COLUMN] = pa.string()
+    try:
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=_unique_names(names), skip_rows=1),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=skip_malformed),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=list(columns), column_types=types, strings_can_be_null=True
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise BadFileError(f"{path.name}: {_describe_arrow_error(str(exc), names)}") from None
+    except OSError as exc:
+        raise BadFileError(f"{path.name}: cannot be read ({exc})") from None
+    return table, malformed
+
+
+def _describe_arrow_error(message: str, names: list[str]) -> str:
+    match = _CONVERSION_ERROR.search(message)
+    if match:
+        index, target, value = int(match.group(1)), match.group(2), match.group(3)
+        column = names[index] if index < len(names) else f"#{index}"
+        if target == "double":
+            return f"column {column} holds text ({value[:40]!r}) where a number is expected"
+    if "UTF8" in message or "UTF-8" in message:
+        return "the file is not UTF-8 text; save it as UTF-8 CSV"
+    return f"cannot be parsed as CSV ({message.splitlines()[0]})"
+
+
+def _read_json_records(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadFileError(f"{path.name}: the file is not UTF-8 text") from None
+    try:
+        if path.suffix.lower() == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadFileError(f"{path.name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if isinstance(records, dict) and isinstance(records.get("records"), list):
+        records = records["records"]
+    if not isinstance(records, list) or not all(isinstance(item, dict) for item in records):
+        raise BadFileError(f"{path.name}: JSON data must be a list of records (objects)")
+    return records
+
+
+def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
+    records = [{str(k).strip().lower(): v for k, v in item.items()} for item in _read_json_records(path)]
+    present = set().union(*records) if records else set(columns)
+    _check_columns(path, sorted(present), columns)
+    arrays = {}
+    for name in columns:
+        values = [item.get(name) for item in records]
+        if name == ID_COLUMN:
+            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+            continue
+        text = next((v for v in values if isinstance(v, (str, bool, list, dict))), None)
+        if text is not None:
+            raise BadFileError(f"{path.name}: column {name} holds {json.dumps(text)[:40]} where a number is expected")
+        arrays[name] = pa.array(values, pa.float64())
+    return pa.table(arrays)

@@ -1,0 +1,266 @@
+"""Deployment: publish the trained model with its scores and ingestion record as one version.
+
+Layout of the deployment folder::
+
+    versions/v0001/  trainedmodel.pkl trainedmodel.json latestscore.txt metrics.json
+                     ingestedfiles.txt version.json
+    current -> versions/v0001          (a symlink, swapped by an atomic rename)
+    trainedmodel.pkl -> current/trainedmodel.pkl, and likewise for each published file
+
+A version is built in a staging folder and renamed into place whole, then ``current`` is
+switched by one rename, so a reader that resolves ``current`` once sees one version's files
+only, and a crash at any instant (kill -9 included) leaves the previous version serving.
+The classic paths (``production_deployment/trainedmodel.pkl``) keep working through the links.
+Earlier versions are kept (``deployment.keep_versions``); ``--rollback`` makes the previous
+one current again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from common.artifacts import (
+    INGESTED_FILES,
+    LATEST_SCORE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_INFO_FILE,
+    load_model,
+    read_json_file,
+    utc_now,
+)
+from common.cli import build_parser, run_stage
+from common.config import Config
+from common.errors import PipelineError
+from common.files import fsync_dir, sha256_file, write_text_atomic
+
+log = logging.getLogger("deployment")
+
+VERSIONS_FOLDER = "versions"
+CURRENT_LINK = "current"
+VERSION_INFO_FILE = "version.json"
+LOCK_FILE = ".deploy.lock"
+STAGING_PREFIX = ".staging-"
+PUBLISHED_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES)
+_VERSION_NAME = re.compile(r"^v(\d{4,})$")
+# Fault injection for tests: the deployment stops at this step and waits to be killed.
+PAUSE_ENV_VAR = "RISK_DEPLOY_PAUSE_AT"
+
+
+def list_versions(deploy_root: Path) -> list[str]:
+    """Complete versions, oldest first."""
+    folder = deploy_root / VERSIONS_FOLDER
+    if not folder.is_dir():
+        return []
+    names = [entry.name for entry in folder.iterdir() if _VERSION_NAME.match(entry.name) and entry.is_dir()]
+    return sorted(names, key=lambda name: int(name[1:]))
+
+
+def current_version(deploy_root: Path) -> str | None:
+    """The name of the version ``current`` points at, or None before the first deployment."""
+    try:
+        return Path(os.readlink(deploy_root / CURRENT_LINK)).name
+    except FileNotFoundError:
+        return None
+
+
+def current_version_folder(deploy_root: Path) -> Path:
+    """The folder of the serving version, resolved once so its files all belong together."""
+    version = current_version(deploy_root)
+    if version is None:
+        raise PipelineError(f"nothing is deployed in {deploy_root}; run deployment.py first")
+    return deploy_root / VERSIONS_FOLDER / version
+
+
+@contextmanager
+def deployment_lock(deploy_root: Path) -> Iterator[None]:
+    """Hold the deployment folder's lock; fail at once if another deployment holds it."""
+    deploy_root.mkdir(parents=True, exist_ok=True)
+    with open(deploy_root / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"another deployment into {deploy_root} is running; try again when it ends") from None
+        yield
+
+
+def check_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
+    """The files to publish, after checking that they exist and that the scores are this model's."""
+    sources = {name: model_folder / name for name in PUBLISHED_FILES if name != INGESTED_FILES}
+    sources[INGESTED_FILES] = ingested_folder / INGESTED_FILES
+    missing = [str(path) for path in sources.values() if not path.is_file()]
+    if missing:
+        raise PipelineError(
+            f"cannot deploy: {', '.join(missing)} missing; run ingestion.py, training.py and scoring.py first"
+        )
+    metrics = read_json_file(sources[METRICS_FILE], "scores file")
+    model_hash = sha256_file(sources[MODEL_FILE])
+    if metrics.get("model_sha256") != model_hash:
+        raise PipelineError(
+            f"cannot deploy: the scores in {sources[METRICS_FILE]} belong to another model than "
+            f"{sources[MODEL_FILE]}; run scoring.py after training.py"
+        )
+    load_model(sources[MODEL_FILE])
+    return sources
+
+
+def pause_if_asked(step: str) -> None:
+    if os.environ.get(PAUSE_ENV_VAR) == step:
+        log.warning("pausing at step %s (%s is set)", step, PAUSE_ENV_VAR)
+        time.sleep(600)
+
+
+def copy_durably(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    with open(target, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def point_link(link: Path, target: str) -> None:
+    """Make ``link`` a symlink to ``target`` with one atomic rename."""
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
+
+
+def switch_current(deploy_root: Path, version: str) -> None:
+    """Point ``current`` at ``version`` and make sure the classic file links exist."""
+    point_link(deploy_root / CURRENT_LINK, f"{VERSIONS_FOLDER}/{version}")
+    for name in PUBLISHED_FILES + (VERSION_INFO_FILE,):
+        link, wanted = deploy_root / name, f"{CURRENT_LINK}/{name}"
+        if not (link.is_symlink() and os.readlink(link) == wanted):
+            point_link(link, wanted)
+    fsync_dir(deploy_root)
+
+
+def remove_stale_staging(deploy_root: Path) -> None:
+    """Delete staging folders a crashed deployment left (safe: we hold the lock)."""
+    folder = deploy_root / VERSIONS_FOLDER
+    for entry in folder.glob(f"{STAGING_PREFIX}*") if folder.is_dir() else ():
+        log.info("removing %s, left by an interrupted deployment", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def read_version_info(deploy_root: Path, version: str) -> dict[str, Any]:
+    """The ``version.json`` of a kept version ({} when it cannot be read)."""
+    try:
+        return json.loads((deploy_root / VERSIONS_FOLDER / version / VERSION_INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def rollback_target(deploy_root: Path, current: str | None) -> str | None:
+    """The version that served before ``current``, if kept, else the newest kept one older than it."""
+    if current is None:
+        return None
+    kept = list_versions(deploy_root)
+    previous = read_version_info(deploy_root, current).get("previous_version")
+    if previous in kept:
+        return previous
+    older = [name for name in kept if int(name[1:]) < int(current[1:])]
+    return older[-1] if older else None
+
+
+def prune_versions(deploy_root: Path, keep: int) -> list[str]:
+    """Delete the oldest versions beyond ``keep``; never the current one or its rollback target."""
+    current = current_version(deploy_root)
+    protected = {current, rollback_target(deploy_root, current)}
+    versions = list_versions(deploy_root)
+    doomed = [name for name in versions if name not in protected][: max(0, len(versions) - keep)]
+    for name in doomed:
+        shutil.rmtree(deploy_root / VERSIONS_FOLDER / name)
+        log.info("removed old version %s", name)
+    return doomed
+
+
+def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: Path, keep: int = 5) -> dict[str, Any]:
+    """Publish the model, its scores and the ingestion record as a new version; return its description."""
+    sources = check_sources(model_folder, ingested_folder)
+    with deployment_lock(deploy_root):
+        remove_stale_staging(deploy_root)
+        existing = list_versions(deploy_root)
+        version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+        staging = deploy_root / VERSIONS_FOLDER / f"{STAGING_PREFIX}{version}"
+        staging.mkdir(parents=True)
+        for name, source in sources.items():
+            copy_durably(source, staging / name)
+        metrics = read_json_file(staging / METRICS_FILE, "scores file")
+        info = {
+            "version": version,
+            "deployed_at": utc_now(),
+            "previous_version": current_version(deploy_root),
+            "model_sha256": sha256_file(staging / MODEL_FILE),
+            "f1": metrics.get("f1"),
+            "roc_auc": metrics.get("roc_auc"),
+            "trained_at": read_json_file(staging / MODEL_INFO_FILE, "model metadata").get("trained_at"),
+            "sources": {name: str(path) for name, path in sources.items()},
+        }
+        write_text_atomic(staging / VERSION_INFO_FILE, json.dumps(info, indent=2) + "\n")
+        pause_if_asked("staged")
+        os.rename(staging, deploy_root / VERSIONS_FOLDER / version)
+        fsync_dir(deploy_root / VERSIONS_FOLDER)
+        pause_if_asked("renamed")
+        switch_current(deploy_root, version)
+        pause_if_asked("switched")
+        prune_versions(deploy_root, keep)
+    log.info("deployed %s (F1 %s) to %s", version, info["f1"], deploy_root)
+    return info
+
+
+def rollback_deployment(deploy_root: Path) -> str:
+    """Make the version before the current one current again; return its name."""
+    with deployment_lock(deploy_root):
+        current = current_version(deploy_root)
+        target = rollback_target(deploy_root, current)
+        if target is None:
+            raise PipelineError(f"no version before {current or 'nothing'} is kept in {deploy_root}; cannot roll back")
+        switch_current(deploy_root, target)
+    log.info("rolled back from %s to %s in %s", current, target, deploy_root)
+    return target
+
+
+def describe_versions(deploy_root: Path) -> list[str]:
+    """One line per kept version: name, deployment time, F1, and a mark on the current one."""
+    current = current_version(deploy_root)
+    lines = []
+    for name in list_versions(deploy_root):
+        info = read_version_info(deploy_root, name)
+        mark = "*" if name == current else " "
+        lines.append(f"{mark} {name}  deployed {info.get('deployed_at', '?')}  F1 {info.get('f1', '?')}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--rollback", action="store_true", help="make the previous kept version current again")
+    action.add_argument("--list", action="store_true", help="list the kept versions (* marks the current one)")
+    args = parser.parse_args(argv)
+
+    def work(config: Config) -> object:
+        if args.rollback:
+            return rollback_deployment(config.deployment_folder)
+        if args.list:
+            lines = describe_versions(config.deployment_folder)
+            print("\n".join(lines) if lines else f"nothing is deployed in {config.deployment_folder}")
+            return lines
+        return publish_deployment(
+            config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
+        )
+
+    return run_stage("deployment", args, work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

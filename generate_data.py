@@ -1,0 +1,177 @@
+"""Write the client-activity files the project ships, or a later batch, deterministically (seeded).
+
+Activity and head-count are heavy-tailed (log-normal with dormant clients at zero); about a
+quarter of clients exit, and the exit risk falls with recent and yearly activity and rises with
+size. ``--drift`` writes a batch from a shifted world: activity down, larger clients, and a
+different risk relationship, for demos and drift tests.
+
+    python generate_data.py                      # rewrite practicedata/, sourceddata/, testdata/
+    python generate_data.py batch --rows 5000 --out sourceddata/dataset5.csv --seed 5 [--drift]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.config import PROJECT_ROOT
+from common.files import write_text_atomic
+from common.logs import setup_logging
+from common.schema import COLUMNS
+
+log = logging.getLogger("generate_data")
+
+ID_LETTERS = 6
+SHIPPED_SEED = 20261120
+
+
+@dataclass(frozen=True)
+class World:
+    """Parameters of one client population and its exit-risk relationship."""
+
+    employees_median: float = 40.0
+    employees_sigma: float = 1.3
+    activity_per_employee_median: float = 60.0
+    activity_sigma: float = 1.0
+    monthly_trend_sigma: float = 0.6
+    dormant_year_share: float = 0.03
+    dormant_month_share: float = 0.06
+    intercept: float = 1.3
+    coef_month: float = -0.85
+    coef_year: float = -0.30
+    coef_employees: float = 0.75
+
+
+STABLE = World()
+DRIFTED = World(
+    employees_median=90.0,
+    activity_per_employee_median=25.0,
+    monthly_trend_sigma=0.9,
+    dormant_month_share=0.15,
+    intercept=-1.0,
+    coef_month=-0.35,
+    coef_year=-0.05,
+    coef_employees=0.45,
+)
+
+
+def make_ids(count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct lowercase ids of ``ID_LETTERS`` letters."""
+    codes = rng.choice(26**ID_LETTERS, size=count, replace=False)
+    letters = np.empty((count, ID_LETTERS), dtype=np.uint8)
+    for position in range(ID_LETTERS - 1, -1, -1):
+        letters[:, position] = codes % 26 + ord("a")
+        codes = codes // 26
+    return letters.view(f"S{ID_LETTERS}").ravel().astype(str)
+
+
+def generate_clients(count: int, rng: np.random.Generator, world: World = STABLE) -> dict[str, np.ndarray]:
+    """One row per client in the schema's columns."""
+    employees = np.maximum(1, np.rint(rng.lognormal(np.log(world.employees_median), world.employees_sigma, count)))
+    per_employee = rng.lognormal(np.log(world.activity_per_employee_median), world.activity_sigma, count)
+    year = np.rint(employees**0.8 * per_employee)
+    year[rng.random(count) < world.dormant_year_share] = 0
+    month = np.rint(year / 12 * rng.lognormal(0.0, world.monthly_trend_sigma, count))
+    month[rng.random(count) < world.dormant_month_share] = 0
+    logit = (
+        world.intercept
+        + world.coef_month * np.log1p(month)
+        + world.coef_year * np.log1p(year)
+        + world.coef_employees * np.log1p(employees)
+    )
+    exited = (rng.random(count) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    return {
+        "corporation": make_ids(count, rng),
+        "lastmonth_activity": month.astype(np.int64),
+        "lastyear_activity": year.astype(np.int64),
+        "number_of_employees": employees.astype(np.int64),
+        "exited": exited,
+    }
+
+
+def take_rows(clients: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: values[index] for name, values in clients.items()}
+
+
+def add_export_noise(clients: dict[str, np.ndarray], rng: np.random.Generator) -> list[list[str]]:
+    """Rows as text with what real exports carry: a few repeated rows and a few blank cells."""
+    rows = [list(row) for row in zip(*(clients[name].astype(str) for name in COLUMNS), strict=True)]
+    count = len(rows)
+    for index in rng.choice(count, size=max(1, count // 200), replace=False):
+        rows.insert(int(rng.integers(0, len(rows))), list(rows[index]))
+    for index in rng.choice(len(rows), size=max(1, count // 1000), replace=False):
+        rows[index][int(rng.integers(1, len(COLUMNS) - 1))] = ""
+    return rows
+
+
+def format_csv(clients: dict[str, np.ndarray] | None = None, rows: list[list[str]] | None = None) -> str:
+    """CSV text with the schema's header (ids are plain letters, so no quoting is needed)."""
+    if rows is None:
+        rows = [list(row) for row in zip(*(clients[name].astype(str) for name in COLUMNS), strict=True)]
+    return ",".join(COLUMNS) + "\n" + "".join(",".join(row) + "\n" for row in rows)
+
+
+def write_shipped_data(root: Path = PROJECT_ROOT, seed: int = SHIPPED_SEED) -> list[Path]:
+    """Write practicedata/ (2 small files), sourceddata/ (10,000 clients in 4 files), testdata/."""
+    rng = np.random.default_rng(seed)
+    plan = {"practice": 750, "source": 10_000, "test": 3_000}
+    clients = generate_clients(sum(plan.values()), rng)
+    order = np.arange(sum(plan.values()))
+    practice, source, test = np.split(order, np.cumsum([plan["practice"], plan["source"]]))
+    outputs: dict[Path, str] = {}
+    for number, part in enumerate(np.array_split(practice, [400]), start=1):
+        outputs[root / "practicedata" / f"dataset{number}.csv"] = format_csv(take_rows(clients, part))
+    for number, part in enumerate(np.array_split(source, 4), start=1):
+        rows = add_export_noise(take_rows(clients, part), rng)
+        outputs[root / "sourceddata" / f"clients_2026q{number}.csv"] = format_csv(rows=rows)
+    outputs[root / "testdata" / "testdata.csv"] = format_csv(take_rows(clients, test))
+    for path, text in outputs.items():
+        write_text_atomic(path, text)
+        log.info("wrote %s (%d rows)", path.relative_to(root), text.count("\n") - 1)
+    return list(outputs)
+
+
+def write_batch(out: Path, rows: int, seed: int, drift: bool = False, files: int = 1) -> list[Path]:
+    """Write ``rows`` new clients to ``out`` (a .csv file, or a folder when ``files`` > 1)."""
+    rng = np.random.default_rng(seed)
+    clients = generate_clients(rows, rng, DRIFTED if drift else STABLE)
+    if files == 1 and out.suffix == ".csv":
+        targets = [out]
+    else:
+        targets = [out / f"batch_{seed}_{number:02d}.csv" for number in range(1, files + 1)]
+    for target, part in zip(targets, np.array_split(np.arange(rows), len(targets)), strict=True):
+        write_text_atomic(target, format_csv(take_rows(clients, part)))
+    log.info("wrote %d %s rows to %d file(s) under %s", rows, "drifted" if drift else "stable", len(targets), out)
+    return targets
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    shipped = sub.add_parser("shipped", help="rewrite the data the project ships (the default)")
+    shipped.add_argument("--root", type=Path, default=PROJECT_ROOT, help="folder to write under")
+    batch = sub.add_parser("batch", help="write a later batch of new clients")
+    batch.add_argument("--out", type=Path, required=True, help="a .csv file, or a folder with --files")
+    batch.add_argument("--rows", type=int, default=2_000)
+    batch.add_argument("--files", type=int, default=1)
+    batch.add_argument("--seed", type=int, default=1)
+    batch.add_argument("--drift", action="store_true", help="shift distributions and the risk relationship")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    if args.command == "batch":
+        write_batch(args.out, args.rows, args.seed, args.drift, args.files)
+    else:
+        write_shipped_data(getattr(args, "root", PROJECT_ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

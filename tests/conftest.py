@@ -1,0 +1,61 @@
+"""Fixtures: a tiny project (data + config) in tmp_path, and a way to run stage scripts as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.config import Config, load_config
+from generate_data import format_csv, generate_clients
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_clients(path: Path, rows: int, seed: int) -> Path:
+    """A CSV of ``rows`` generated clients."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(format_csv(generate_clients(rows, np.random.default_rng(seed))), encoding="utf-8")
+    return path
+
+
+def write_config(folder: Path, **overrides: object) -> Path:
+    """A config.json in ``folder`` with the classic keys, relative paths and any overrides."""
+    config = {
+        "input_folder_path": "sourceddata",
+        "output_folder_path": "ingesteddata",
+        "test_data_path": "testdata",
+        "output_model_path": "models",
+        "prod_deployment_path": "production_deployment",
+        "deployment": {"keep_versions": 3},
+        **overrides,
+    }
+    path = folder / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Config:
+    """A small project in tmp_path: two source files, a test file and a config."""
+    write_clients(tmp_path / "sourceddata" / "clients_a.csv", 600, seed=1)
+    write_clients(tmp_path / "sourceddata" / "clients_b.csv", 400, seed=2)
+    write_clients(tmp_path / "testdata" / "testdata.csv", 500, seed=3)
+    return load_config(write_config(tmp_path))
+
+
+def run_script(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    """Run a top-level script with this interpreter; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=PROJECT_ROOT,
+    )

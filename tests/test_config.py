@@ -1,0 +1,75 @@
+"""The config loader: classic keys, paths relative to the config file, env override, clear errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from common.config import CONFIG_ENV_VAR, load_config
+from common.errors import PipelineError
+from tests.conftest import PROJECT_ROOT, write_config
+
+
+def test_paths_resolve_against_the_config_folder_not_the_working_directory(tmp_path, monkeypatch):
+    path = write_config(tmp_path)
+    monkeypatch.chdir(PROJECT_ROOT)
+    config = load_config(path)
+    assert config.input_folder == tmp_path / "sourceddata"
+    assert config.deployment_folder == tmp_path / "production_deployment"
+
+
+def test_a_classic_course_config_works_unchanged(tmp_path):
+    classic = {
+        "input_folder_path": "practicedata",
+        "output_folder_path": "ingesteddata",
+        "test_data_path": "testdata",
+        "output_model_path": "practicemodels",
+        "prod_deployment_path": "production_deployment",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(classic))
+    config = load_config(tmp_path / "config.json")
+    assert config.model.decision_threshold == "f1"
+    assert config.keep_versions == 5
+
+
+def test_environment_variable_chooses_the_config(tmp_path, monkeypatch):
+    path = write_config(tmp_path, input_folder_path="elsewhere")
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
+    assert load_config().input_folder == tmp_path / "elsewhere"
+    assert load_config(PROJECT_ROOT / "config.json").input_folder == PROJECT_ROOT / "sourceddata"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON (line 1"),
+        ("[]", "must hold a JSON object"),
+        (json.dumps({"input_folder_path": "a"}), "needs 'output_folder_path'"),
+    ],
+)
+def test_broken_config_files_get_one_clear_sentence(tmp_path, content, message):
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        load_config(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"model": {"C": -1}}, "model.C must be a positive number"),
+        ({"model": {"class_weight": "heavy"}}, "model.class_weight"),
+        ({"model": {"decision_threshold": 2}}, "model.decision_threshold"),
+        ({"model": {"penalty": "l1"}}, "unknown model settings penalty"),
+        ({"deployment": {"keep_versions": 1}}, "keep_versions must be a whole number of at least 2"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path, section, message):
+    with pytest.raises(PipelineError, match=message):
+        load_config(write_config(tmp_path, **section))
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        load_config(tmp_path / "nope.json")

@@ -1,0 +1,185 @@
+"""Deployment: versions, classic paths, rollback, refusals, the lock, and kill -9 mid-way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from common.artifacts import INGESTED_FILES, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, load_model
+from common.config import Config, ModelSettings
+from common.errors import PipelineError
+from common.files import sha256_file
+from deployment import (
+    PAUSE_ENV_VAR,
+    PUBLISHED_FILES,
+    VERSION_INFO_FILE,
+    VERSIONS_FOLDER,
+    current_version,
+    current_version_folder,
+    deployment_lock,
+    describe_versions,
+    list_versions,
+    publish_deployment,
+    rollback_deployment,
+)
+from ingestion import ingest_folder
+from scoring import score_model, write_scores
+from tests.conftest import PROJECT_ROOT
+from training import train_from_folder
+
+
+def train_and_score(config: Config, C: float = 1.0) -> str:
+    """Train with regularisation ``C`` (so each call can make a distinct model) and score it."""
+    train_from_folder(config.output_folder, config.model_folder, ModelSettings(C=C))
+    write_scores(score_model(config.model_folder / MODEL_FILE, config.test_data_path), config.model_folder)
+    return sha256_file(config.model_folder / MODEL_FILE)
+
+
+def deploy(config: Config) -> dict:
+    return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
+
+
+@pytest.fixture
+def trained(project: Config) -> Config:
+    ingest_folder(project.input_folder, project.output_folder)
+    train_and_score(project)
+    return project
+
+
+def assert_whole_version(root, model_hash: str | None = None) -> str:
+    """The current version's files all belong together; the classic paths show the same files."""
+    folder = current_version_folder(root)
+    files = {name: folder / name for name in (*PUBLISHED_FILES, VERSION_INFO_FILE)}
+    assert all(path.is_file() for path in files.values()), sorted(p.name for p in folder.iterdir())
+    digest = sha256_file(files[MODEL_FILE])
+    for name in (VERSION_INFO_FILE, METRICS_FILE, MODEL_INFO_FILE):
+        assert json.loads(files[name].read_text())["model_sha256"] == digest, name
+    assert float(files[LATEST_SCORE_FILE].read_text()) == json.loads(files[METRICS_FILE].read_text())["f1"]
+    for name, path in files.items():
+        assert (root / name).read_bytes() == path.read_bytes()
+    load_model(root / MODEL_FILE)
+    if model_hash is not None:
+        assert digest == model_hash
+    return folder.name
+
+
+def test_first_deployment_publishes_one_whole_version_with_classic_paths(trained):
+    info = deploy(trained)
+    root = trained.deployment_folder
+    assert info["version"] == "v0001" and info["previous_version"] is None
+    assert assert_whole_version(root, sha256_file(trained.model_folder / MODEL_FILE)) == "v0001"
+    assert (root / INGESTED_FILES).read_text() == (trained.output_folder / INGESTED_FILES).read_text()
+    assert (root / MODEL_FILE).is_symlink()
+
+
+def test_versions_are_kept_up_to_the_configured_number(trained):
+    for _ in range(5):
+        deploy(trained)
+    assert list_versions(trained.deployment_folder) == ["v0003", "v0004", "v0005"]
+    assert current_version(trained.deployment_folder) == "v0005"
+
+
+def test_rollback_restores_the_version_that_served_before(trained):
+    hashes = []
+    for C in (1.0, 0.01, 0.001):
+        hashes.append(train_and_score(trained, C))
+        deploy(trained)
+    root = trained.deployment_folder
+    assert rollback_deployment(root) == "v0002"
+    assert_whole_version(root, hashes[1])
+    assert rollback_deployment(root) == "v0001"
+    assert_whole_version(root, hashes[0])
+    with pytest.raises(PipelineError, match="no version before v0001"):
+        rollback_deployment(root)
+    deploy(trained)  # v0004 replaces v0001; rolling it back returns to v0001, not to v0003
+    assert rollback_deployment(root) == "v0001"
+    assert [line[0] for line in describe_versions(root)].count("*") == 1
+
+
+def test_rollback_from_the_command_line(trained):
+    deploy(trained)
+    train_and_score(trained, C=0.01)
+    deploy(trained)
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "deployment.py"), "--config", str(trained.path), "--rollback"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rolled back from v0002 to v0001" in done.stderr
+    assert current_version(trained.deployment_folder) == "v0001"
+
+
+def test_scores_of_another_model_are_refused_and_the_deployment_is_kept(trained):
+    deploy(trained)
+    train_from_folder(trained.output_folder, trained.model_folder, ModelSettings(C=0.01))  # no rescoring
+    with pytest.raises(PipelineError, match="belong to another model.*run scoring.py after training.py"):
+        deploy(trained)
+    assert list_versions(trained.deployment_folder) == ["v0001"]
+    assert_whole_version(trained.deployment_folder)
+
+
+def test_corrupt_model_is_refused_and_the_deployment_is_kept(trained):
+    deploy(trained)
+    model = trained.model_folder / MODEL_FILE
+    model.write_bytes(b"\x80\x05 not a model")
+    metrics_path = trained.model_folder / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps({**metrics, "model_sha256": sha256_file(model)}))
+    with pytest.raises(PipelineError, match="is corrupt"):
+        deploy(trained)
+    assert_whole_version(trained.deployment_folder)
+
+
+def test_missing_inputs_are_named(project):
+    with pytest.raises(PipelineError, match="trainedmodel.pkl.*missing; run ingestion.py, training.py and scoring.py"):
+        deploy(project)
+
+
+def test_a_second_deployment_waits_for_no_one_and_says_so(trained):
+    with deployment_lock(trained.deployment_folder), pytest.raises(PipelineError, match="another deployment"):
+        deploy(trained)
+
+
+def start_paused_deployment(config: Config, step: str) -> subprocess.Popen:
+    """Start deployment.py and return once it reports that it is paused at ``step``."""
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "deployment.py"), "--config", str(config.path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, PAUSE_ENV_VAR: step},
+    )
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stderr:
+            if f"pausing at step {step}" in line:
+                return process
+        pytest.fail(f"deployment ended without reaching step {step}")
+    finally:
+        watchdog.cancel()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("step", "serving"), [("staged", "v0001"), ("renamed", "v0001"), ("switched", "v0002")])
+def test_kill_9_mid_deployment_leaves_a_whole_version_and_the_next_run_completes(trained, step, serving):
+    root = trained.deployment_folder
+    first_hash = sha256_file(trained.model_folder / MODEL_FILE)
+    deploy(trained)
+    second_hash = train_and_score(trained, C=0.01)
+    process = start_paused_deployment(trained, step)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    assert assert_whole_version(root, first_hash if serving == "v0001" else second_hash) == serving
+
+    info = deploy(trained)
+    assert assert_whole_version(root, second_hash) == info["version"]
+    assert not [entry.name for entry in (root / VERSIONS_FOLDER).iterdir() if entry.name.startswith(".")]

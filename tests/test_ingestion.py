@@ -1,0 +1,247 @@
+"""Ingestion: the bad-file table, row checks, deduplication, history and atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT
+from common.config import Config
+from common.errors import PipelineError
+from common.schema import COLUMNS, read_data_file
+from ingestion import drop_duplicate_rows, hash_strings, ingest_folder, read_ingested_files
+from tests.conftest import run_script, write_clients, write_config
+
+HEADER = ",".join(COLUMNS) + "\n"
+
+# name of the bad file, its bytes, and a fragment the one-line message must contain
+BAD_FILES = [
+    (
+        "missing_column.csv",
+        b"corporation,lastmonth_activity,lastyear_activity,exited\nab,1,2,0\n",
+        "missing column number_of_employees",
+    ),
+    (
+        "text_in_number.csv",
+        (HEADER + "ab,12,300,4,0\ncd,lots,300,4,1\n").encode(),
+        "column lastmonth_activity holds text ('lots')",
+    ),
+    ("empty.csv", b"", "the file is empty"),
+    ("header_only.csv", HEADER.encode(), "header but no data rows"),
+    ("binary.csv", bytes(range(256)) * 8, "binary, not CSV text"),
+    ("prose.csv", b"Dear team,\nplease find the numbers attached.\n", "missing columns"),
+    ("latin1.csv", (HEADER + "caf").encode() + b"\xe9,1,2,3,0\n", "not UTF-8 text"),
+    ("latin1_header.csv", b"corporation,lastmonth_activit\xe9\n", "header is not UTF-8"),
+    ("utf16.csv", (HEADER + "ab,1,2,3,0\n").encode("utf-16"), "UTF-16"),
+    ("broken.json", b'[{"corporation": "ab", ', "not valid JSON"),
+    ("all_rows_bad.csv", (HEADER + "ab,-1,2,3,0\ncd,1,2,3,7\n").encode(), "none of its 2 rows is valid"),
+]
+
+
+def ingest_one_bad_file(config: Config, name: str, content: bytes):
+    (config.input_folder / name).write_bytes(content)
+    return ingest_folder(config.input_folder, config.output_folder)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), BAD_FILES, ids=[row[0] for row in BAD_FILES])
+def test_bad_file_is_named_and_left_out_while_good_files_are_ingested(project, caplog, name, content, message):
+    with caplog.at_level(logging.WARNING):
+        result = ingest_one_bad_file(project, name, content)
+    assert message in result.rejected[name]
+    assert result.rejected[name].startswith(f"{name}: ")
+    assert "\n" not in result.rejected[name]
+    assert any(name in record.getMessage() and message in record.getMessage() for record in caplog.records)
+    assert [entry.name for entry in result.files] == ["clients_a.csv", "clients_b.csv"]
+    assert result.rows_written == 1000
+    report = json.loads((project.output_folder / INGESTION_REPORT).read_text())
+    assert name in report["rejected"]
+
+
+def test_bad_file_through_the_command_line_exits_zero_and_names_it(project):
+    (project.input_folder / "text_in_number.csv").write_text(HEADER + "ab,lots,1,1,0\n")
+    done = run_script("ingestion.py", "--config", str(project.path))
+    assert done.returncode == 0, done.stderr
+    assert "text_in_number.csv: column lastmonth_activity holds text" in done.stderr
+    assert len((project.output_folder / FINAL_DATA).read_text().splitlines()) == 1001
+
+
+def test_invalid_rows_are_dropped_and_counted_never_imputed(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text(
+        HEADER
+        + "ok1,1,2,3,0\n"
+        + "missing,,2,3,1\n"
+        + "negative,-5,2,3,1\n"
+        + "fraction,1.5,2,3,0\n"
+        + "label,1,2,3,2\n"
+        + " ,1,2,3,0\n"
+        + "nan,NaN,2,3,0\n"
+        + "inf,inf,2,3,0\n"
+        + "short,1,2\n"
+        + "ok2,1e3,20,3,1.0\n"
+    )
+    parsed = read_data_file(path)
+    assert parsed.table[COLUMNS[0]].to_pylist() == ["ok1", "ok2"]
+    assert parsed.table["lastmonth_activity"].to_pylist() == [1, 1000]
+    assert parsed.table.schema.field("exited").type == pa.int64()
+    assert parsed.rows_read == 10
+    assert parsed.dropped == {
+        "missing value": 3,
+        "negative count": 1,
+        "not a whole number": 2,
+        "exited not 0 or 1": 1,
+        "wrong number of fields": 1,
+    }
+
+
+def test_columns_in_any_order_extra_columns_and_header_spacing(tmp_path):
+    path = tmp_path / "shuffled.csv"
+    path.write_text(
+        " Exited ,note,number_of_employees,corporation,lastyear_activity,lastmonth_activity\n1,hi,3,ab,2,1\n"
+    )
+    parsed = read_data_file(path)
+    assert parsed.table.column_names == list(COLUMNS)
+    assert parsed.table.to_pylist() == [
+        {"corporation": "ab", "lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3, "exited": 1}
+    ]
+
+
+def test_json_and_json_lines_records_are_ingested(project):
+    record = {
+        "corporation": "js1",
+        "lastmonth_activity": 5,
+        "lastyear_activity": 50,
+        "number_of_employees": 2,
+        "exited": 1,
+    }
+    (project.input_folder / "records.json").write_text(json.dumps([record, {**record, "corporation": "js2"}]))
+    (project.input_folder / "records.jsonl").write_text(json.dumps({**record, "corporation": "js3"}) + "\n")
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert result.rows_written == 1003
+    assert "js3" in (project.output_folder / FINAL_DATA).read_text()
+
+
+def test_stray_files_are_ignored(project):
+    for name in (".DS_Store", "notes.txt", "clients_a.csv~", "clients_a.csv.bak"):
+        (project.input_folder / name).write_text("junk")
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert sorted(result.ignored) == sorted([".DS_Store", "notes.txt", "clients_a.csv~", "clients_a.csv.bak"])
+    assert not result.rejected
+
+
+def test_duplicate_rows_across_files_are_removed_keeping_the_first(project):
+    lines = (project.input_folder / "clients_a.csv").read_text().splitlines()
+    (project.input_folder / "zz_repeat.csv").write_text("\n".join([lines[0], *lines[1:11], lines[1]]) + "\n")
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert result.duplicates_removed == 11
+    written = (project.output_folder / FINAL_DATA).read_text().splitlines()
+    assert written[0] == ",".join(COLUMNS)
+    assert len(written) - 1 == len(set(written[1:])) == 1000
+    assert written[1:11] == lines[1:11]
+
+
+def reference_deduplicate(rows: list[tuple]) -> list[tuple]:
+    seen, kept = set(), []
+    for row in rows:
+        if row not in seen:
+            seen.add(row)
+            kept.append(row)
+    return kept
+
+
+def test_drop_duplicate_rows_matches_a_plain_python_reference():
+    rng = random.Random(7)
+    ids = ["a", "b", "é", "ab", "ba", "ü日本", "x" * 40]
+    rows = [
+        (rng.choice(ids), rng.randint(0, 3), rng.randint(0, 2), rng.randint(0, 2), rng.randint(0, 1))
+        for _ in range(5000)
+    ]
+    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(COLUMNS)})
+    deduplicated, removed = drop_duplicate_rows(table)
+    expected = reference_deduplicate(rows)
+    assert list(zip(*(deduplicated[name].to_pylist() for name in COLUMNS), strict=True)) == expected
+    assert removed == len(rows) - len(expected)
+
+
+def test_hash_strings_tells_apart_order_length_and_empty():
+    values = pa.array(["ab", "ba", "", "a", "abc", "ab", "日本"])
+    hashes = hash_strings(values)
+    assert hashes[0] == hashes[5]
+    assert len(set(hashes[[0, 1, 2, 3, 4, 6]].tolist())) == 6
+    assert np.array_equal(hash_strings(values.slice(1, 3)), hashes[1:4])
+
+
+def test_ingested_files_lines_start_with_the_file_name(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    lines = (project.output_folder / INGESTED_FILES).read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["clients_a.csv", "clients_b.csv"]
+    entries = read_ingested_files(project.output_folder / INGESTED_FILES)
+    assert entries["clients_a.csv"].rows_kept == 600
+    assert len(entries["clients_a.csv"].sha256) == 64
+
+
+def test_a_file_that_turns_bad_keeps_its_earlier_rows(project):
+    first = ingest_folder(project.input_folder, project.output_folder)
+    (project.input_folder / "clients_b.csv").write_text(HEADER + "broken,many,1,1,0\n")
+    second = ingest_folder(project.input_folder, project.output_folder)
+    assert "clients_b.csv" in second.rejected
+    assert second.kept_from_history == ["clients_b.csv"]
+    assert second.rows_written == first.rows_written == 1000
+
+
+def test_a_file_removed_from_the_input_folder_keeps_its_rows(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    (project.input_folder / "clients_b.csv").unlink()
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert result.rows_written == 1000
+    assert ingest_folder(project.input_folder, project.output_folder, fresh=True).rows_written == 600
+
+
+def test_a_file_edited_in_place_replaces_its_old_rows(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    write_clients(project.input_folder / "clients_b.csv", 50, seed=99)
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert result.rows_written == 650
+    assert read_ingested_files(project.output_folder / INGESTED_FILES)["clients_b.csv"].rows_kept == 50
+
+
+def test_a_renamed_unchanged_file_is_not_parsed_again(project, monkeypatch):
+    ingest_folder(project.input_folder, project.output_folder)
+    (project.input_folder / "clients_b.csv").rename(project.input_folder / "clients_b_renamed.csv")
+    import ingestion
+
+    monkeypatch.setattr(ingestion, "read_data_file", lambda *_: pytest.fail("an unchanged file was parsed again"))
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert [entry.name for entry in result.files] == ["clients_a.csv", "clients_b_renamed.csv"]
+    assert result.rows_written == 1000
+
+
+def test_no_usable_file_fails_and_leaves_earlier_outputs_untouched(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    before = (project.output_folder / FINAL_DATA).read_bytes()
+    empty_input = project.input_folder.parent / "empty_input"
+    empty_input.mkdir()
+    (empty_input / "bad.csv").write_text("nothing here\n")
+    with pytest.raises(PipelineError, match=r"no usable data .*bad\.csv: missing columns"):
+        ingest_folder(empty_input, project.output_folder, fresh=True)
+    assert (project.output_folder / FINAL_DATA).read_bytes() == before
+
+
+def test_missing_input_folder_exits_nonzero_with_one_sentence(tmp_path):
+    config = write_config(tmp_path)
+    done = run_script("ingestion.py", "--config", str(config))
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert "ingestion failed: input folder" in done.stderr and "does not exist" in done.stderr
+
+
+def test_outputs_leave_no_temporary_files(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    leftovers = [path.name for path in Path(project.output_folder).rglob("*") if path.name.endswith(".tmp")]
+    assert leftovers == []

@@ -1,0 +1,133 @@
+"""Training and scoring: model behaviour, calibration, the baseline, metadata and failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+from common.artifacts import FINAL_DATA, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, load_model
+from common.config import ModelSettings, load_config
+from common.errors import PipelineError
+from common.files import sha256_file
+from common.schema import FEATURES, read_labelled_data
+from ingestion import ingest_folder
+from scoring import score_model, write_scores
+from tests.conftest import PROJECT_ROOT
+from training import train_from_folder, train_model
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The model trained on the data the project ships (sourceddata/), and the shipped test data."""
+    config = load_config(PROJECT_ROOT / "config.json")
+    folder = PROJECT_ROOT / "sourceddata"
+    features, labels = read_labelled_data(sorted(folder.glob("*.csv")))
+    test_features, test_labels = read_labelled_data([PROJECT_ROOT / "testdata" / "testdata.csv"])
+    return train_model(features, labels, config.model), features, labels, test_features, test_labels
+
+
+def grid_with(feature: str, values: np.ndarray, base: np.ndarray) -> np.ndarray:
+    rows = np.repeat(base[None, :], values.size, axis=0)
+    rows[:, FEATURES.index(feature)] = values
+    return rows
+
+
+@pytest.mark.parametrize("feature", ["lastmonth_activity", "lastyear_activity"])
+def test_more_activity_never_raises_risk(shipped, feature):
+    model, features, *_ = shipped
+    values = np.unique(
+        np.concatenate(
+            [np.arange(0, 100), np.geomspace(1, features[:, FEATURES.index(feature)].max() * 10, 300).round()]
+        )
+    )
+    for base in features[:: max(1, len(features) // 200)]:
+        risk = model.predict_proba(grid_with(feature, values, base))[:, 1]
+        assert np.all(np.diff(risk) <= 1e-12), f"risk rose with {feature} for client {base}"
+
+
+def test_probabilities_are_in_range_and_calibrated(shipped):
+    model, _, _, test_features, test_labels = shipped
+    risk = model.predict_proba(test_features)[:, 1]
+    assert risk.min() >= 0 and risk.max() <= 1
+    assert abs(risk.mean() - test_labels.mean()) < 0.03
+    order = np.argsort(risk)
+    for decile in np.array_split(order, 5):  # observed exit rate follows predicted risk in each fifth
+        assert abs(risk[decile].mean() - test_labels[decile].mean()) < 0.06
+
+
+def test_model_clearly_beats_plain_logistic_regression_on_raw_columns(shipped):
+    model, features, labels, test_features, test_labels = shipped
+    ours = f1_score(test_labels, model.predict(test_features))
+    baseline = f1_score(test_labels, LogisticRegression().fit(features, labels).predict(test_features))
+    assert ours > 0.55
+    assert ours > baseline + 0.2
+
+
+def test_labels_follow_the_stored_threshold(shipped):
+    model, _, _, test_features, _ = shipped
+    risk = model.predict_proba(test_features)[:, 1]
+    assert np.array_equal(model.predict(test_features), (risk >= model.threshold).astype(int))
+    assert 0.1 < model.threshold < 0.6
+
+
+def test_training_saves_model_with_metadata(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    info = train_from_folder(project.output_folder, project.model_folder, project.model)
+    saved = json.loads((project.model_folder / MODEL_INFO_FILE).read_text())
+    assert saved == info
+    assert saved["features"] == list(FEATURES)
+    assert saved["training_rows"] == 1000
+    assert saved["training_data_sha256"] == sha256_file(project.output_folder / FINAL_DATA)
+    assert saved["model_sha256"] == sha256_file(project.model_folder / MODEL_FILE)
+    assert set(saved["libraries"]) == {"numpy", "pyarrow", "scikit-learn", "scipy"}
+    assert saved["coefficients"]["lastmonth_activity"] < 0
+
+
+def test_training_on_one_class_fails_clearly(tmp_path):
+    features = np.ones((10, 3))
+    with pytest.raises(PipelineError, match="only exited=0"):
+        train_model(features, np.zeros(10, dtype=int), ModelSettings())
+
+
+def test_training_without_ingested_data_names_the_missing_file(project):
+    with pytest.raises(PipelineError, match="finaldata.csv does not exist; run ingestion.py first"):
+        train_from_folder(project.output_folder, project.model_folder, project.model)
+
+
+def test_scoring_writes_bare_f1_and_all_metrics(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    train_from_folder(project.output_folder, project.model_folder, project.model)
+    metrics = score_model(project.model_folder / MODEL_FILE, project.test_data_path)
+    write_scores(metrics, project.model_folder)
+    assert float((project.model_folder / LATEST_SCORE_FILE).read_text()) == metrics["f1"]
+    stored = json.loads((project.model_folder / METRICS_FILE).read_text())
+    assert {"f1", "precision", "recall", "roc_auc", "confusion", "brier_score", "model_sha256"} <= set(stored)
+    confusion = stored["confusion"]
+    assert sum(confusion.values()) == stored["rows"] == 500
+    precision = confusion["tp"] / (confusion["tp"] + confusion["fp"])
+    assert stored["precision"] == pytest.approx(precision, abs=1e-6)
+
+
+def test_scoring_one_class_test_data_reports_auc_as_undefined(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    train_from_folder(project.output_folder, project.model_folder, project.model)
+    one_class = project.test_data_path / "testdata.csv"
+    lines = one_class.read_text().splitlines()
+    one_class.write_text("\n".join([lines[0], *[line for line in lines[1:] if line.endswith(",0")]]) + "\n")
+    metrics = score_model(project.model_folder / MODEL_FILE, project.test_data_path)
+    assert metrics["roc_auc"] is None and metrics["exit_rate"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [(b"", "corrupt"), (b"\x80\x05garbage", "corrupt"), (None, "does not exist")]
+)
+def test_corrupt_or_missing_model_gets_a_clear_error(tmp_path, content, message):
+    path = tmp_path / MODEL_FILE
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(PipelineError, match=message):
+        load_model(path)

@@ -1,0 +1,88 @@
+"""Each stage as a process: --help, the whole pipeline, and the classic course data layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from common.artifacts import INGESTED_FILES, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE
+from common.config import load_config
+from deployment import current_version
+from tests.conftest import PROJECT_ROOT, run_script
+
+STAGES = ("ingestion.py", "training.py", "scoring.py", "deployment.py")
+UDACITY_DATA = PROJECT_ROOT.parent / "shared" / "udacity-data"
+
+
+@pytest.mark.parametrize("script", [*STAGES, "generate_data.py"])
+def test_every_script_has_help(script):
+    done = run_script(script, "--help")
+    assert done.returncode == 0
+    assert "usage:" in done.stdout
+
+
+def run_pipeline(config_path: Path) -> list[str]:
+    """Run the four stages as processes; return their logs."""
+    logs = []
+    for script in STAGES:
+        done = run_script(script, "--config", str(config_path))
+        assert done.returncode == 0, f"{script} failed: {done.stderr}"
+        logs.append(done.stderr)
+    return logs
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_stage_by_stage_as_processes(project):
+    ingestion_log, training_log, scoring_log, deployment_log = run_pipeline(project.path)
+    assert "rows written to" in ingestion_log
+    assert "trained on 1000 rows" in training_log
+    assert "F1 0." in scoring_log
+    assert "deployed v0001" in deployment_log
+    root = project.deployment_folder
+    assert all((root / name).is_file() for name in (MODEL_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES))
+
+
+def udacity_config(tmp_path: Path) -> Path:
+    if not UDACITY_DATA.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"the course data fixture {UDACITY_DATA} is missing")
+        pytest.skip(f"the course data fixture {UDACITY_DATA} is not beside the project")
+    config = {
+        "input_folder_path": str(UDACITY_DATA / "sourcedata"),
+        "output_folder_path": "ingesteddata",
+        "test_data_path": str(UDACITY_DATA / "testdata"),
+        "output_model_path": "models",
+        "prod_deployment_path": "production_deployment",
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.slow
+def test_the_classic_course_data_runs_through_all_four_stages(tmp_path):
+    config_path = udacity_config(tmp_path)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in UDACITY_DATA.rglob("*"))
+    ingestion_log, *_ = run_pipeline(config_path)
+    assert "ingested 2 file(s)" in ingestion_log
+    config = load_config(config_path)
+    assert current_version(config.deployment_folder) == "v0001"
+    assert 0 <= float((config.deployment_folder / LATEST_SCORE_FILE).read_text()) <= 1
+    assert (config.deployment_folder / INGESTED_FILES).read_text().startswith("dataset3.csv\t")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in UDACITY_DATA.rglob("*")) == before
+
+
+def test_shipped_configs_point_where_they_should():
+    production = load_config(PROJECT_ROOT / "config.json")
+    assert (production.input_folder, production.model_folder) == (PROJECT_ROOT / "sourceddata", PROJECT_ROOT / "models")
+    practice = load_config(PROJECT_ROOT / "config.practice.json")
+    assert (practice.input_folder, practice.model_folder) == (
+        PROJECT_ROOT / "practicedata",
+        PROJECT_ROOT / "practicemodels",
+    )
+    assert practice.deployment_folder != production.deployment_folder
+    course = load_config(PROJECT_ROOT / "config.udacity.json")
+    assert course.input_folder == (PROJECT_ROOT.parent / "shared" / "udacity-data" / "sourcedata").resolve()

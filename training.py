@@ -1,0 +1,136 @@
+"""Training: fit the exit-risk classifier on ``finaldata.csv`` and save it with its metadata.
+
+The model is a logistic regression in a scikit-learn Pipeline: counts are log-scaled
+(``log1p``, as activity and head-count are heavy-tailed) and standardised. It is fitted
+without class weights so its probabilities stay calibrated; the class imbalance is met by
+the decision threshold, chosen to maximise F1 on the training data, so labels favour the
+rare exits while probabilities stay honest risks.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import precision_recall_curve
+from sklearn.model_selection import FixedThresholdClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from common.artifacts import FINAL_DATA, MODEL_FILE, save_model, utc_now
+from common.cli import build_parser, run_stage
+from common.config import Config, ModelSettings
+from common.errors import PipelineError
+from common.files import sha256_file
+from common.schema import FEATURES, TARGET, read_labelled_data
+
+log = logging.getLogger("training")
+
+LIBRARIES = ("numpy", "pyarrow", "scikit-learn", "scipy")
+
+
+def build_pipeline(settings: ModelSettings) -> Pipeline:
+    """log1p -> standardise -> logistic regression."""
+    return Pipeline(
+        [
+            ("log_counts", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
+            ("scale", StandardScaler()),
+            (
+                "classifier",
+                LogisticRegression(C=settings.C, max_iter=settings.max_iter, class_weight=settings.class_weight),
+            ),
+        ]
+    )
+
+
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The probability threshold with the highest F1 on these labels."""
+    precision, recall, thresholds = precision_recall_curve(labels, probabilities)
+    precision, recall = precision[:-1], recall[:-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def train_model(features: np.ndarray, labels: np.ndarray, settings: ModelSettings) -> FixedThresholdClassifier:
+    """Fit the pipeline and wrap it with its decision threshold; return the fitted classifier."""
+    classes = np.unique(labels)
+    if classes.size < 2:
+        raise PipelineError(f"the training data holds only exited={classes[0]}; both classes are needed to train")
+    pipeline = build_pipeline(settings).fit(features, labels)
+    if settings.decision_threshold == "f1":
+        threshold = choose_threshold(labels, pipeline.predict_proba(features)[:, 1])
+    else:
+        threshold = float(settings.decision_threshold)
+    # The wrapper takes the fitted pipeline as it is; fitting the wrapper would fit it again.
+    return FixedThresholdClassifier(pipeline, threshold=threshold, response_method="predict_proba")
+
+
+def describe_model(
+    model: FixedThresholdClassifier, data_path: Path, labels: np.ndarray, settings: ModelSettings, seconds: float
+) -> dict[str, Any]:
+    """Metadata saved next to the model."""
+    classifier = model.estimator.named_steps["classifier"]
+    return {
+        "trained_at": utc_now(),
+        "model": "LogisticRegression on log1p-scaled, standardised counts",
+        "features": list(FEATURES),
+        "target": TARGET,
+        "decision_threshold": round(float(model.threshold), 6),
+        "coefficients": dict(zip(FEATURES, np.round(classifier.coef_[0], 6).tolist(), strict=True)),
+        "intercept": round(float(classifier.intercept_[0]), 6),
+        "settings": {
+            "C": settings.C,
+            "max_iter": settings.max_iter,
+            "class_weight": settings.class_weight,
+            "decision_threshold": settings.decision_threshold,
+        },
+        "training_data": str(data_path),
+        "training_data_sha256": sha256_file(data_path),
+        "training_rows": int(labels.size),
+        "training_exit_rate": round(float(labels.mean()), 6),
+        "fit_seconds": round(seconds, 3),
+        "python": platform.python_version(),
+        "libraries": {name: version(name) for name in LIBRARIES},
+    }
+
+
+def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> dict[str, Any]:
+    """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
+    data_path = ingested_folder / FINAL_DATA
+    if not data_path.exists():
+        raise PipelineError(f"{data_path} does not exist; run ingestion.py first")
+    features, labels = read_labelled_data([data_path])
+    started = time.perf_counter()
+    model = train_model(features, labels, settings)
+    seconds = time.perf_counter() - started
+    info = save_model(model, describe_model(model, data_path, labels, settings, seconds), model_folder)
+    log.info(
+        "trained on %d rows of %s in %.2fs (threshold %.3f, coefficients %s); saved %s",
+        labels.size,
+        data_path,
+        seconds,
+        info["decision_threshold"],
+        info["coefficients"],
+        model_folder / MODEL_FILE,
+    )
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
+
+    def work(config: Config) -> dict[str, Any]:
+        return train_from_folder(config.output_folder, config.model_folder, config.model)
+
+    return run_stage("training", args, work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
