@@ -151,6 +151,7 @@ def write_batch(out: Path, rows: int, seed: int, drift: bool = False, files: int
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command")
     shipped = sub.add_parser("shipped", help="rewrite the data the project ships (the default)")
     shipped.add_argument("--root", type=Path, default=PROJECT_ROOT, help="folder to write under")
@@ -165,7 +166,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging(-1 if args.quiet else 0)
     if args.command == "batch":
         write_batch(args.out, args.rows, args.seed, args.drift, args.files)
     else:

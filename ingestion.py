@@ -38,6 +38,7 @@ PARSE_VERSION = "v1"
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_FNV_PRIME = np.uint64(0x100000001B3)
 
 
 @dataclass
@@ -165,8 +166,9 @@ def collect_files(input_folder: Path, output_folder: Path, history: dict[str, In
 
 
 def merge_tables(output_folder: Path, files: list[IngestedFile]) -> pa.Table:
-    """Concatenate the cached rows of ``files`` in order."""
-    tables = [feather.read_table(parsed_path(output_folder, entry.sha256), memory_map=True) for entry in files]
+    """Concatenate the cached rows of ``files`` in order; files with the same content count once."""
+    digests = list(dict.fromkeys(entry.sha256 for entry in files))
+    tables = [feather.read_table(parsed_path(output_folder, digest), memory_map=True) for digest in digests]
     return pa.concat_tables(tables).cast(SCHEMA) if tables else SCHEMA.empty_table()
 
 
@@ -179,22 +181,30 @@ def _mix(values: np.ndarray) -> np.ndarray:
 
 
 def hash_strings(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A 64-bit hash per string, computed on Arrow's buffers without Python objects."""
+    """A 64-bit hash per string, computed on Arrow's buffers without Python objects.
+
+    FNV-1a over the bytes, one byte position at a time for all rows at once (ids are short);
+    once some strings have ended, only the longer ones are carried on.
+    """
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     array = array.cast(pa.string())
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
-    lengths = np.diff(offsets).astype(np.int64)
-    if len(array) == 0 or offsets[-1] == offsets[0]:
-        return _mix(lengths.astype(np.uint64))
-    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].astype(np.uint64)
-    starts = (offsets[:-1] - offsets[0]).astype(np.int64)
-    position = np.arange(data.size, dtype=np.int64) - np.repeat(starts, lengths)
-    powers = np.cumprod(np.full(int(lengths.max()), 0x100000001B3, dtype=np.uint64))
-    weighted = data * powers[position]
-    sums = np.zeros(len(array), dtype=np.uint64)
-    nonempty = lengths > 0
-    sums[nonempty] = np.add.reduceat(weighted, starts[nonempty])
-    return _mix(sums ^ lengths.astype(np.uint64))
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] else np.zeros(0, np.uint8)
+    starts = offsets[:-1].astype(np.int64)
+    lengths = np.diff(offsets)
+    hashes = lengths.astype(np.uint64)
+    rows = None  # None while every string is still longer than the position
+    for position in range(int(lengths.max(initial=0))):
+        if rows is None:
+            longer = lengths > position
+            if longer.all():
+                hashes = (hashes ^ data[starts + position]) * _FNV_PRIME
+                continue
+            rows = np.flatnonzero(longer)
+        else:
+            rows = rows[lengths[rows] > position]
+        hashes[rows] = (hashes[rows] ^ data[starts[rows] + position]) * _FNV_PRIME
+    return _mix(hashes)
 
 
 def hash_rows(table: pa.Table) -> np.ndarray:

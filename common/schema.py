@@ -153,8 +153,13 @@ def _read_header(path: Path) -> list[str]:
 
 def _check_columns(path: Path, names: list[str], columns: tuple[str, ...]) -> None:
     missing = [name for name in columns if name not in names]
+    found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    if len(missing) == len(columns):
+        raise BadFileError(
+            f"{path.name}: not a client-activity CSV; its first line has none of the columns "
+            f"{', '.join(columns)} (found: {found})"
+        )
     if missing:
-        found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise BadFileError(
             f"{path.name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (found: {found})"
         )

@@ -35,7 +35,7 @@ BAD_FILES = [
     ("empty.csv", b"", "the file is empty"),
     ("header_only.csv", HEADER.encode(), "header but no data rows"),
     ("binary.csv", bytes(range(256)) * 8, "binary, not CSV text"),
-    ("prose.csv", b"Dear team,\nplease find the numbers attached.\n", "missing columns"),
+    ("prose.csv", b"Dear team,\nplease find the numbers attached.\n", "not a client-activity CSV"),
     ("latin1.csv", (HEADER + "caf").encode() + b"\xe9,1,2,3,0\n", "not UTF-8 text"),
     ("latin1_header.csv", b"corporation,lastmonth_activit\xe9\n", "header is not UTF-8"),
     ("utf16.csv", (HEADER + "ab,1,2,3,0\n").encode("utf-16"), "UTF-16"),
@@ -146,6 +146,13 @@ def test_duplicate_rows_across_files_are_removed_keeping_the_first(project):
     assert written[1:11] == lines[1:11]
 
 
+def test_a_copy_of_a_file_under_another_name_counts_once(project):
+    (project.input_folder / "copy_of_a.csv").write_bytes((project.input_folder / "clients_a.csv").read_bytes())
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert [entry.name for entry in result.files] == ["clients_a.csv", "clients_b.csv", "copy_of_a.csv"]
+    assert result.rows_merged == result.rows_written == 1000
+
+
 def reference_deduplicate(rows: list[tuple]) -> list[tuple]:
     seen, kept = set(), []
     for row in rows:
@@ -170,10 +177,10 @@ def test_drop_duplicate_rows_matches_a_plain_python_reference():
 
 
 def test_hash_strings_tells_apart_order_length_and_empty():
-    values = pa.array(["ab", "ba", "", "a", "abc", "ab", "日本"])
+    values = pa.array(["ab", "ba", "", "a", "abc", "ab", "日本", "x" * 300, "x" * 299 + "y", "x" * 300])
     hashes = hash_strings(values)
-    assert hashes[0] == hashes[5]
-    assert len(set(hashes[[0, 1, 2, 3, 4, 6]].tolist())) == 6
+    assert hashes[0] == hashes[5] and hashes[7] == hashes[9]
+    assert len(set(hashes[[0, 1, 2, 3, 4, 6, 7, 8]].tolist())) == 8
     assert np.array_equal(hash_strings(values.slice(1, 3)), hashes[1:4])
 
 
@@ -228,7 +235,7 @@ def test_no_usable_file_fails_and_leaves_earlier_outputs_untouched(project):
     empty_input = project.input_folder.parent / "empty_input"
     empty_input.mkdir()
     (empty_input / "bad.csv").write_text("nothing here\n")
-    with pytest.raises(PipelineError, match=r"no usable data .*bad\.csv: missing columns"):
+    with pytest.raises(PipelineError, match=r"no usable data .*bad\.csv: not a client-activity CSV"):
         ingest_folder(empty_input, project.output_folder, fresh=True)
     assert (project.output_folder / FINAL_DATA).read_bytes() == before
 
