@@ -44,9 +44,9 @@ udacity: ## the whole pipeline on ../shared/udacity-data (config.udacity.json)
 	$(MAKE) run CONFIG=config.udacity.json
 
 baseline: $(VENV)/.installed ## compare the model with plain LogisticRegression() (after make run)
-	$(PY) bench/baseline.py --config $(CONFIG)
+	$(PY) -m bench.baseline --config $(CONFIG)
 bench: $(VENV)/.installed ## benchmark ingestion, training and scoring on 1,000,000 rows
-	$(PY) bench/bench_pipeline.py
+	$(PY) -m bench.bench_pipeline
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
 	$(PY) generate_data.py shipped
 lint: $(VENV)/.installed ## ruff check and format check

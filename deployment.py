@@ -17,15 +17,12 @@ one current again.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +39,15 @@ from common.artifacts import (
 from common.cli import build_parser, run_stage
 from common.config import Config
 from common.errors import PipelineError
-from common.files import fsync_dir, sha256_file, write_text_atomic
+from common.files import folder_lock, fsync_dir, sha256_file, write_text_atomic
 
 log = logging.getLogger("deployment")
 
 VERSIONS_FOLDER = "versions"
 CURRENT_LINK = "current"
 VERSION_INFO_FILE = "version.json"
-LOCK_FILE = ".deploy.lock"
 STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
 PUBLISHED_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES)
 _VERSION_NAME = re.compile(r"^v(\d{4,})$")
 # Fault injection for tests: the deployment stops at this step and waits to be killed.
@@ -58,7 +55,7 @@ PAUSE_ENV_VAR = "RISK_DEPLOY_PAUSE_AT"
 
 
 def list_versions(deploy_root: Path) -> list[str]:
-    """Complete versions, oldest first."""
+    """Kept versions, oldest first."""
     folder = deploy_root / VERSIONS_FOLDER
     if not folder.is_dir():
         return []
@@ -82,20 +79,8 @@ def current_version_folder(deploy_root: Path) -> Path:
     return deploy_root / VERSIONS_FOLDER / version
 
 
-@contextmanager
-def deployment_lock(deploy_root: Path) -> Iterator[None]:
-    """Hold the deployment folder's lock; fail at once if another deployment holds it."""
-    deploy_root.mkdir(parents=True, exist_ok=True)
-    with open(deploy_root / LOCK_FILE, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PipelineError(f"another deployment into {deploy_root} is running; try again when it ends") from None
-        yield
-
-
-def check_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
-    """The files to publish, after checking that they exist and that the scores are this model's."""
+def find_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
+    """The files to publish; raise PipelineError naming any that is missing."""
     sources = {name: model_folder / name for name in PUBLISHED_FILES if name != INGESTED_FILES}
     sources[INGESTED_FILES] = ingested_folder / INGESTED_FILES
     missing = [str(path) for path in sources.values() if not path.is_file()]
@@ -103,15 +88,42 @@ def check_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
         raise PipelineError(
             f"cannot deploy: {', '.join(missing)} missing; run ingestion.py, training.py and scoring.py first"
         )
-    metrics = read_json_file(sources[METRICS_FILE], "scores file")
-    model_hash = sha256_file(sources[MODEL_FILE])
-    if metrics.get("model_sha256") != model_hash:
-        raise PipelineError(
-            f"cannot deploy: the scores in {sources[METRICS_FILE]} belong to another model than "
-            f"{sources[MODEL_FILE]}; run scoring.py after training.py"
-        )
-    load_model(sources[MODEL_FILE])
     return sources
+
+
+def check_version_files(folder: Path) -> dict[str, Any]:
+    """Check that a version's files belong together and its model loads; return its scores.
+
+    The scores, the model metadata and the ingestion record must all name this model file.
+    Messages name the files only; callers say which folder they were checking.
+    """
+    missing = [name for name in PUBLISHED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise PipelineError(f"{', '.join(missing)} missing")
+    model_hash = sha256_file(folder / MODEL_FILE)
+    metrics = read_json_file(folder / METRICS_FILE, METRICS_FILE)
+    model_info = read_json_file(folder / MODEL_INFO_FILE, MODEL_INFO_FILE)
+    if metrics.get("model_sha256") != model_hash:
+        raise PipelineError(f"{METRICS_FILE} holds the scores of another model; run scoring.py after training.py")
+    if model_info.get("model_sha256") != model_hash:
+        raise PipelineError(f"{MODEL_INFO_FILE} describes another model; run training.py")
+    try:
+        score = float((folder / LATEST_SCORE_FILE).read_text(encoding="utf-8"))
+    except ValueError:
+        score = None
+    if score != metrics.get("f1"):
+        raise PipelineError(f"{LATEST_SCORE_FILE} does not match {METRICS_FILE}; run scoring.py")
+    trained_on = model_info.get("ingested_files_sha256")
+    if trained_on is not None and trained_on != sha256_file(folder / INGESTED_FILES):
+        raise PipelineError(
+            f"{INGESTED_FILES} has changed since the model was trained (ingestion ran again); "
+            "run training.py and scoring.py"
+        )
+    try:
+        load_model(folder / MODEL_FILE)
+    except PipelineError:
+        raise PipelineError(f"{MODEL_FILE} is corrupt or cannot be loaded by the installed libraries") from None
+    return metrics
 
 
 def pause_if_asked(step: str) -> None:
@@ -137,26 +149,34 @@ def point_link(link: Path, target: str) -> None:
 def switch_current(deploy_root: Path, version: str) -> None:
     """Point ``current`` at ``version`` and make sure the classic file links exist."""
     point_link(deploy_root / CURRENT_LINK, f"{VERSIONS_FOLDER}/{version}")
-    for name in PUBLISHED_FILES + (VERSION_INFO_FILE,):
+    for name in (*PUBLISHED_FILES, VERSION_INFO_FILE):
         link, wanted = deploy_root / name, f"{CURRENT_LINK}/{name}"
         if not (link.is_symlink() and os.readlink(link) == wanted):
             point_link(link, wanted)
     fsync_dir(deploy_root)
 
 
-def remove_stale_staging(deploy_root: Path) -> None:
-    """Delete staging folders a crashed deployment left (safe: we hold the lock)."""
+def remove_folder(folder: Path) -> None:
+    """Delete a folder so that a crash midway never leaves a half-deleted version in sight."""
+    trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}-{os.getpid()}")
+    os.rename(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(deploy_root: Path) -> None:
+    """Delete staging and trash folders an interrupted deployment left (safe: we hold the lock)."""
     folder = deploy_root / VERSIONS_FOLDER
-    for entry in folder.glob(f"{STAGING_PREFIX}*") if folder.is_dir() else ():
-        log.info("removing %s, left by an interrupted deployment", entry)
-        shutil.rmtree(entry, ignore_errors=True)
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+            log.info("removing %s, left by an interrupted deployment", entry)
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def read_version_info(deploy_root: Path, version: str) -> dict[str, Any]:
     """The ``version.json`` of a kept version ({} when it cannot be read)."""
     try:
-        return json.loads((deploy_root / VERSIONS_FOLDER / version / VERSION_INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_file(deploy_root / VERSIONS_FOLDER / version / VERSION_INFO_FILE, "version record")
+    except PipelineError:
         return {}
 
 
@@ -179,34 +199,51 @@ def prune_versions(deploy_root: Path, keep: int) -> list[str]:
     versions = list_versions(deploy_root)
     doomed = [name for name in versions if name not in protected][: max(0, len(versions) - keep)]
     for name in doomed:
-        shutil.rmtree(deploy_root / VERSIONS_FOLDER / name)
+        remove_folder(deploy_root / VERSIONS_FOLDER / name)
         log.info("removed old version %s", name)
     return doomed
 
 
-def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: Path, keep: int = 5) -> dict[str, Any]:
-    """Publish the model, its scores and the ingestion record as a new version; return its description."""
-    sources = check_sources(model_folder, ingested_folder)
-    with deployment_lock(deploy_root):
-        remove_stale_staging(deploy_root)
-        existing = list_versions(deploy_root)
-        version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
-        staging = deploy_root / VERSIONS_FOLDER / f"{STAGING_PREFIX}{version}"
-        staging.mkdir(parents=True)
+def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> tuple[Path, dict[str, Any]]:
+    """Copy the sources into a staging folder, check the copies, and write ``version.json``."""
+    staging = deploy_root / VERSIONS_FOLDER / f"{STAGING_PREFIX}{version}"
+    staging.mkdir(parents=True)
+    try:
         for name, source in sources.items():
             copy_durably(source, staging / name)
-        metrics = read_json_file(staging / METRICS_FILE, "scores file")
-        info = {
-            "version": version,
-            "deployed_at": utc_now(),
-            "previous_version": current_version(deploy_root),
-            "model_sha256": sha256_file(staging / MODEL_FILE),
-            "f1": metrics.get("f1"),
-            "roc_auc": metrics.get("roc_auc"),
-            "trained_at": read_json_file(staging / MODEL_INFO_FILE, "model metadata").get("trained_at"),
-            "sources": {name: str(path) for name, path in sources.items()},
-        }
-        write_text_atomic(staging / VERSION_INFO_FILE, json.dumps(info, indent=2) + "\n")
+        metrics = check_version_files(staging)  # the copies, so nothing can change after the check
+    except PipelineError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PipelineError(f"cannot deploy from {sources[MODEL_FILE].parent}: {exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    info = {
+        "version": version,
+        "deployed_at": utc_now(),
+        "previous_version": current_version(deploy_root),
+        "model_sha256": metrics["model_sha256"],
+        "f1": metrics.get("f1"),
+        "roc_auc": metrics.get("roc_auc"),
+        "trained_at": read_json_file(staging / MODEL_INFO_FILE, "model metadata").get("trained_at"),
+        "sources": {name: str(path) for name, path in sources.items()},
+    }
+    write_text_atomic(staging / VERSION_INFO_FILE, json.dumps(info, indent=2) + "\n")
+    return staging, info
+
+
+def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: Path, keep: int = 5) -> dict[str, Any]:
+    """Publish the model, its scores and the ingestion record as a new version; return its description.
+
+    Raises PipelineError, leaving the served version as it was, when the files do not belong
+    together, the model does not load, or another deployment is running.
+    """
+    sources = find_sources(model_folder, ingested_folder)
+    with folder_lock(deploy_root, "deployment"):
+        remove_leftovers(deploy_root)
+        existing = list_versions(deploy_root)
+        version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+        staging, info = stage_version(sources, deploy_root, version)
         pause_if_asked("staged")
         os.rename(staging, deploy_root / VERSIONS_FOLDER / version)
         fsync_dir(deploy_root / VERSIONS_FOLDER)
@@ -219,12 +256,18 @@ def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: P
 
 
 def rollback_deployment(deploy_root: Path) -> str:
-    """Make the version before the current one current again; return its name."""
-    with deployment_lock(deploy_root):
+    """Make the version that served before the current one current again; return its name."""
+    with folder_lock(deploy_root, "deployment"):
         current = current_version(deploy_root)
+        if current is None:
+            raise PipelineError(f"nothing is deployed in {deploy_root}; there is nothing to roll back")
         target = rollback_target(deploy_root, current)
         if target is None:
-            raise PipelineError(f"no version before {current or 'nothing'} is kept in {deploy_root}; cannot roll back")
+            raise PipelineError(f"no version before {current} is kept in {deploy_root}; cannot roll back")
+        try:
+            check_version_files(deploy_root / VERSIONS_FOLDER / target)
+        except PipelineError as exc:
+            raise PipelineError(f"cannot roll back to {target}: {exc}") from None
         switch_current(deploy_root, target)
     log.info("rolled back from %s to %s in %s", current, target, deploy_root)
     return target

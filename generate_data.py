@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import add_logging_flags, run_command
 from common.config import PROJECT_ROOT
 from common.files import write_text_atomic
-from common.logs import setup_logging
 from common.schema import COLUMNS
 
 log = logging.getLogger("generate_data")
@@ -97,9 +97,13 @@ def take_rows(clients: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np
     return {name: values[index] for name, values in clients.items()}
 
 
-def add_export_noise(clients: dict[str, np.ndarray], rng: np.random.Generator) -> list[list[str]]:
-    """Rows as text with what real exports carry: a few repeated rows and a few blank cells."""
-    rows = [list(row) for row in zip(*(clients[name].astype(str) for name in COLUMNS), strict=True)]
+def rows_of(clients: dict[str, np.ndarray]) -> list[list[str]]:
+    """The clients as rows of text cells, in the schema's column order."""
+    return [list(row) for row in zip(*(clients[name].astype(str) for name in COLUMNS), strict=True)]
+
+
+def add_export_noise(rows: list[list[str]], rng: np.random.Generator) -> list[list[str]]:
+    """Add what real exports carry: a few repeated rows and a few blank cells."""
     count = len(rows)
     for index in rng.choice(count, size=max(1, count // 200), replace=False):
         rows.insert(int(rng.integers(0, len(rows))), list(rows[index]))
@@ -108,10 +112,8 @@ def add_export_noise(clients: dict[str, np.ndarray], rng: np.random.Generator) -
     return rows
 
 
-def format_csv(clients: dict[str, np.ndarray] | None = None, rows: list[list[str]] | None = None) -> str:
+def format_csv(rows: list[list[str]]) -> str:
     """CSV text with the schema's header (ids are plain letters, so no quoting is needed)."""
-    if rows is None:
-        rows = [list(row) for row in zip(*(clients[name].astype(str) for name in COLUMNS), strict=True)]
     return ",".join(COLUMNS) + "\n" + "".join(",".join(row) + "\n" for row in rows)
 
 
@@ -124,11 +126,11 @@ def write_shipped_data(root: Path = PROJECT_ROOT, seed: int = SHIPPED_SEED) -> l
     practice, source, test = np.split(order, np.cumsum([plan["practice"], plan["source"]]))
     outputs: dict[Path, str] = {}
     for number, part in enumerate(np.array_split(practice, [400]), start=1):
-        outputs[root / "practicedata" / f"dataset{number}.csv"] = format_csv(take_rows(clients, part))
+        outputs[root / "practicedata" / f"dataset{number}.csv"] = format_csv(rows_of(take_rows(clients, part)))
     for number, part in enumerate(np.array_split(source, 4), start=1):
-        rows = add_export_noise(take_rows(clients, part), rng)
-        outputs[root / "sourceddata" / f"clients_2026q{number}.csv"] = format_csv(rows=rows)
-    outputs[root / "testdata" / "testdata.csv"] = format_csv(take_rows(clients, test))
+        rows = add_export_noise(rows_of(take_rows(clients, part)), rng)
+        outputs[root / "sourceddata" / f"clients_2026q{number}.csv"] = format_csv(rows)
+    outputs[root / "testdata" / "testdata.csv"] = format_csv(rows_of(take_rows(clients, test)))
     for path, text in outputs.items():
         write_text_atomic(path, text)
         log.info("wrote %s (%d rows)", path.relative_to(root), text.count("\n") - 1)
@@ -144,14 +146,14 @@ def write_batch(out: Path, rows: int, seed: int, drift: bool = False, files: int
     else:
         targets = [out / f"batch_{seed}_{number:02d}.csv" for number in range(1, files + 1)]
     for target, part in zip(targets, np.array_split(np.arange(rows), len(targets)), strict=True):
-        write_text_atomic(target, format_csv(take_rows(clients, part)))
+        write_text_atomic(target, format_csv(rows_of(take_rows(clients, part))))
     log.info("wrote %d %s rows to %d file(s) under %s", rows, "drifted" if drift else "stable", len(targets), out)
     return targets
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    add_logging_flags(parser)
     sub = parser.add_subparsers(dest="command")
     shipped = sub.add_parser("shipped", help="rewrite the data the project ships (the default)")
     shipped.add_argument("--root", type=Path, default=PROJECT_ROOT, help="folder to write under")
@@ -166,12 +168,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(-1 if args.quiet else 0)
     if args.command == "batch":
-        write_batch(args.out, args.rows, args.seed, args.drift, args.files)
-    else:
-        write_shipped_data(getattr(args, "root", PROJECT_ROOT))
-    return 0
+        return run_command(
+            "generate_data", args, lambda: write_batch(args.out, args.rows, args.seed, args.drift, args.files)
+        )
+    return run_command("generate_data", args, lambda: write_shipped_data(getattr(args, "root", PROJECT_ROOT)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import pyarrow.feather as feather
 from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT, utc_now
 from common.cli import build_parser, run_stage
 from common.errors import PipelineError
-from common.files import atomic_path, list_data_files, sha256_file, write_text_atomic
+from common.files import atomic_path, folder_lock, list_data_files, sha256_file, write_text_atomic
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, BadFileError, read_data_file
 
 log = logging.getLogger("ingestion")
@@ -137,18 +137,20 @@ def collect_files(input_folder: Path, output_folder: Path, history: dict[str, In
         except BadFileError as exc:
             result.rejected[path.name] = str(exc)
             earlier = history.get(path.name)
-            if earlier and earlier.sha256 in cached:
-                log.warning(
-                    "left out %s; keeping the %d rows ingested from it on %s",
-                    exc,
-                    earlier.rows_kept,
-                    earlier.ingested_at,
-                )
-                result.files.append(earlier)
-                result.kept_from_history.append(path.name)
-                seen_hashes.add(earlier.sha256)
-            else:
+            if earlier is None:
                 log.warning("left out %s", exc)
+                continue
+            if earlier.sha256 not in cached:
+                raise PipelineError(
+                    f"{exc}; its rows ingested on {earlier.ingested_at} are missing from "
+                    f"{output_folder / PARSED_FOLDER}; fix the file, or run with --fresh to ingest only the good files"
+                ) from None
+            log.warning(
+                "left out %s; keeping the %d rows ingested from it on %s", exc, earlier.rows_kept, earlier.ingested_at
+            )
+            result.files.append(earlier)
+            result.kept_from_history.append(path.name)
+            seen_hashes.add(earlier.sha256)
     present = {entry.name for entry in result.files} | set(result.rejected)
     for name, entry in sorted(history.items()):
         if name in present or entry.sha256 in seen_hashes:
@@ -266,8 +268,14 @@ def prune_parsed(output_folder: Path, files: list[IngestedFile]) -> None:
 def ingest_folder(input_folder: Path, output_folder: Path, fresh: bool = False) -> IngestionResult:
     """Ingest ``input_folder`` into ``output_folder``; return what was done.
 
-    Raises PipelineError, leaving earlier outputs untouched, when no usable data remains.
+    Raises PipelineError, leaving earlier outputs untouched, when no usable data remains or
+    another ingestion into the same folder is running.
     """
+    with folder_lock(output_folder, "ingestion"):
+        return ingest_locked(input_folder, output_folder, fresh)
+
+
+def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool) -> IngestionResult:
     started = time.perf_counter()
     history = {} if fresh else read_ingested_files(output_folder / INGESTED_FILES)
     result = collect_files(input_folder, output_folder, history)
@@ -277,6 +285,8 @@ def ingest_folder(input_folder: Path, output_folder: Path, fresh: bool = False) 
     merged = merge_tables(output_folder, result.files)
     deduplicated, result.duplicates_removed = drop_duplicate_rows(merged)
     result.rows_merged, result.rows_written = merged.num_rows, deduplicated.num_rows
+    # finaldata.csv first: a crash before the other two leaves the old record, so the next
+    # run redoes the work; the report, written last, vouches for the pair (training checks it).
     result.final_data = write_csv_table(deduplicated, output_folder / FINAL_DATA)
     write_text_atomic(output_folder / INGESTED_FILES, "".join(entry.to_line() + "\n" for entry in result.files))
     result.seconds = round(time.perf_counter() - started, 3)
@@ -310,6 +320,8 @@ def describe_result(result: IngestionResult, input_folder: Path) -> dict:
         "duplicates_removed": result.duplicates_removed,
         "rows_written": result.rows_written,
         "seconds": result.seconds,
+        "finaldata_sha256": sha256_file(result.final_data),
+        "ingestedfiles_sha256": sha256_file(result.final_data.parent / INGESTED_FILES),
     }
 
 

@@ -92,9 +92,13 @@ def score_model(model_path: Path, test_data_path: Path) -> dict[str, Any]:
 
 
 def write_scores(metrics: dict[str, Any], folder: Path) -> Path:
-    """Write ``metrics.json`` then ``latestscore.txt`` (bare F1) atomically; return the latter."""
+    """Write ``latestscore.txt`` (bare F1) then ``metrics.json``, each atomically; return the former.
+
+    ``metrics.json`` names the model it scored and is written last, so it marks the pair complete.
+    """
+    score_file = write_text_atomic(folder / LATEST_SCORE_FILE, f"{metrics['f1']}\n")
     write_text_atomic(folder / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    return write_text_atomic(folder / LATEST_SCORE_FILE, f"{metrics['f1']}\n")
+    return score_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work(config: Config) -> dict[str, Any]:
-        metrics = score_model(args.model or config.model_folder / MODEL_FILE, config.test_data_path)
-        score_file = write_scores(metrics, config.model_folder)
+        model_path = (args.model or config.model_folder / MODEL_FILE).resolve()
+        metrics = score_model(model_path, config.test_data_path)
+        score_file = write_scores(metrics, model_path.parent)
         log.info(
             "F1 %.4f, precision %.4f, recall %.4f, ROC AUC %s on %d test rows; wrote %s",
             metrics["f1"],

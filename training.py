@@ -23,7 +23,15 @@ from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from common.artifacts import FINAL_DATA, MODEL_FILE, save_model, utc_now
+from common.artifacts import (
+    FINAL_DATA,
+    INGESTED_FILES,
+    INGESTION_REPORT,
+    MODEL_FILE,
+    read_json_file,
+    save_model,
+    utc_now,
+)
 from common.cli import build_parser, run_stage
 from common.config import Config, ModelSettings
 from common.errors import PipelineError
@@ -73,7 +81,11 @@ def train_model(features: np.ndarray, labels: np.ndarray, settings: ModelSetting
 
 
 def describe_model(
-    model: FixedThresholdClassifier, data_path: Path, labels: np.ndarray, settings: ModelSettings, seconds: float
+    model: FixedThresholdClassifier,
+    data: dict[str, Any],
+    labels: np.ndarray,
+    settings: ModelSettings,
+    seconds: float,
 ) -> dict[str, Any]:
     """Metadata saved next to the model."""
     classifier = model.estimator.named_steps["classifier"]
@@ -91,8 +103,7 @@ def describe_model(
             "class_weight": settings.class_weight,
             "decision_threshold": settings.decision_threshold,
         },
-        "training_data": str(data_path),
-        "training_data_sha256": sha256_file(data_path),
+        **data,
         "training_rows": int(labels.size),
         "training_exit_rate": round(float(labels.mean()), 6),
         "fit_seconds": round(seconds, 3),
@@ -101,16 +112,37 @@ def describe_model(
     }
 
 
-def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> dict[str, Any]:
-    """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
+def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
+    """Path and hashes of the ingested data; refuse data the last ingestion report does not vouch for."""
     data_path = ingested_folder / FINAL_DATA
     if not data_path.exists():
         raise PipelineError(f"{data_path} does not exist; run ingestion.py first")
+    data_hash = sha256_file(data_path)
+    report_path = ingested_folder / INGESTION_REPORT
+    if report_path.exists():  # classic layouts have no report
+        vouched = read_json_file(report_path, "ingestion report").get("finaldata_sha256")
+        if vouched not in (None, data_hash):
+            raise PipelineError(
+                f"{data_path} is not the file the last ingestion wrote (interrupted, or edited by hand); "
+                "run ingestion.py again"
+            )
+    ingested_files = ingested_folder / INGESTED_FILES
+    return {
+        "training_data": str(data_path),
+        "training_data_sha256": data_hash,
+        "ingested_files_sha256": sha256_file(ingested_files) if ingested_files.exists() else None,
+    }
+
+
+def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> dict[str, Any]:
+    """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
+    data = describe_training_data(ingested_folder)
+    data_path = Path(data["training_data"])
     features, labels = read_labelled_data([data_path])
     started = time.perf_counter()
     model = train_model(features, labels, settings)
     seconds = time.perf_counter() - started
-    info = save_model(model, describe_model(model, data_path, labels, settings, seconds), model_folder)
+    info = save_model(model, describe_model(model, data, labels, settings, seconds), model_folder)
     log.info(
         "trained on %d rows of %s in %.2fs (threshold %.3f, coefficients %s); saved %s",
         labels.size,

@@ -2,7 +2,7 @@
 
 Both are trained on the ingested data of a config and scored on its test data:
 
-    python bench/baseline.py [--config config.json]
+    python -m bench.baseline [--config config.json]
 
 Run ``make run`` (or ingestion.py) first so that ``finaldata.csv`` exists.
 """
@@ -10,18 +10,14 @@ Run ``make run`` (or ingestion.py) first so that ``finaldata.csv`` exists.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sklearn.linear_model import LogisticRegression
 
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-
-from common.artifacts import FINAL_DATA  # noqa: E402
-from common.config import load_config  # noqa: E402
-from common.schema import read_labelled_data  # noqa: E402
-from scoring import find_test_files, score_predictions  # noqa: E402
-from training import train_model  # noqa: E402
+from common.artifacts import FINAL_DATA
+from common.config import load_config
+from common.schema import read_labelled_data
+from scoring import find_test_files, score_predictions
+from training import train_model
 
 
 def compare_with_baseline(config_path: str | None) -> dict[str, dict]:

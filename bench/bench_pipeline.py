@@ -1,6 +1,6 @@
 """Benchmark ingestion, training and scoring as whole processes on generated data.
 
-    python bench/bench_pipeline.py [--rows 1000000] [--files 10] [--repeat 5]
+    python -m bench.bench_pipeline [--rows 1000000] [--files 10] [--repeat 7]
 
 Writes ``--rows`` clients in ``--files`` files (and as many test rows in one file) with the
 project's generator into a scratch folder, then runs each stage script ``--repeat`` times as
@@ -30,13 +30,15 @@ MEMORY_LIMIT_MIB = 1024
 
 def run_measured(command: list[str]) -> tuple[float, float]:
     """Run ``command``; return (wall seconds, peak resident MiB of that process)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()}")
-    process.stderr.close()
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty stage cannot block
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed: {errors.read().decode(errors='replace')}")
     return seconds, usage.ru_maxrss / 1024
 
 
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=10)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--workdir", type=Path, help="keep the scratch data here (default: a temporary folder)")
     args = parser.parse_args(argv)
 

@@ -13,6 +13,12 @@ from common.logs import setup_logging
 log = logging.getLogger("pipeline")
 
 
+def add_logging_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more detail")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="log warnings and errors only")
+    return parser
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with ``--config``, ``-v`` and ``-q``."""
     parser = argparse.ArgumentParser(description=description)
@@ -21,25 +27,31 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"config file (default: ${CONFIG_ENV_VAR}, else config.json in the project folder)",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more detail")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="log warnings and errors only")
-    return parser
+    return add_logging_flags(parser)
 
 
 def run_stage(stage: str, args: argparse.Namespace, work: Callable[[Config], object]) -> int:
-    """Set up logging, load the config and run ``work``; map failures to one logged sentence.
+    """Load the config and run ``work`` with it, as ``run_command`` does."""
+    return run_command(stage, args, lambda: work(load_config(args.config)))
+
+
+def run_command(stage: str, args: argparse.Namespace, work: Callable[[], object]) -> int:
+    """Set up logging and run ``work``; map failures to one logged sentence.
 
     Returns the process exit code: 0 done, 1 failed, 130 interrupted.
     """
     setup_logging(args.verbose - args.quiet)
     try:
-        work(load_config(args.config))
+        work()
     except PipelineError as exc:
         log.error("%s failed: %s", stage, exc)
         return 1
     except KeyboardInterrupt:
         log.error("%s interrupted; outputs of earlier runs are untouched", stage)
         return 130
+    except OSError as exc:
+        log.error("%s failed: %s", stage, exc)
+        return 1
     except Exception as exc:  # an unforeseen fault still ends in one sentence, with detail on -v
         log.error("%s failed unexpectedly: %s: %s (run with -v for the traceback)", stage, type(exc).__name__, exc)
         log.debug("traceback", exc_info=True)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from common.errors import PipelineError
 
 DATA_SUFFIXES = (".csv", ".json", ".jsonl")
 _STRAY_SUFFIXES = (".bak", ".swp", ".swo", ".tmp", ".orig", ".part")
@@ -36,7 +40,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fsync_dir(target.parent)
 
 
+@functools.cache
 def current_umask() -> int:
+    """The process umask, read once (reading it means setting it, which is not thread-safe)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -47,6 +53,18 @@ def write_text_atomic(target: Path, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(target)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` for ``what``; fail at once if another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"another {what} into {folder} is running; try again when it ends") from None
+        yield
 
 
 def fsync_dir(folder: Path) -> None:

@@ -30,6 +30,8 @@ TARGET = "exited"
 COLUMNS = (ID_COLUMN, *FEATURES, TARGET)
 SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) for name in (*FEATURES, TARGET)]])
 
+# Counts above 2**53 cannot be held exactly as the float64 they are parsed into.
+MAX_COUNT = 2**53
 _HEAD_BYTES = 64 * 1024
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -57,14 +59,13 @@ class ParsedFile:
         return self.rows_read - self.table.num_rows
 
 
-def read_data_file(path: Path, with_target: bool = True) -> ParsedFile:
+def read_data_file(path: Path) -> ParsedFile:
     """Read a CSV, JSON (array of records) or JSON Lines file and keep its valid rows.
 
-    Columns may come in any order and extra columns are ignored; ``with_target=False``
-    reads files that carry no ``exited`` column (rows to predict).
+    Columns may come in any order and extra columns are ignored.
     """
     path = Path(path)
-    columns = COLUMNS if with_target else COLUMNS[:-1]
+    columns = COLUMNS
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -111,16 +112,26 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
     values = {name: table[name].to_numpy() for name in numeric}  # nulls become NaN
     negative = np.zeros(table.num_rows, dtype=bool)
     fractional = np.zeros(table.num_rows, dtype=bool)
+    too_large = np.zeros(table.num_rows, dtype=bool)
     with np.errstate(invalid="ignore"):
         for column in values.values():
             missing |= np.isnan(column)
             negative |= column < 0
             fractional |= np.isinf(column) | (column != np.floor(column))
-    fractional &= ~missing
-    checks = {"missing value": missing, "negative count": negative & ~missing, "not a whole number": fractional}
+            too_large |= column > MAX_COUNT
+    # Each dropped row is counted once, under the first reason that applies.
+    negative &= ~missing
+    fractional &= ~(missing | negative)
+    too_large &= ~(missing | negative | fractional)
+    checks = {
+        "missing value": missing,
+        "negative count": negative,
+        "not a whole number": fractional,
+        "count too large": too_large,
+    }
     if TARGET in columns:
         outside = (values[TARGET] != 0) & (values[TARGET] != 1)
-        checks["exited not 0 or 1"] = outside & ~(missing | negative | fractional)
+        checks["exited not 0 or 1"] = outside & ~(missing | negative | fractional | too_large)
     keep = ~np.logical_or.reduce(list(checks.values()))
     kept = pa.array(keep)
     cleaned = {ID_COLUMN: pc.filter(ids, kept)}
@@ -156,8 +167,7 @@ def _check_columns(path: Path, names: list[str], columns: tuple[str, ...]) -> No
     found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     if len(missing) == len(columns):
         raise BadFileError(
-            f"{path.name}: not a client-activity CSV; its first line has none of the columns "
-            f"{', '.join(columns)} (found: {found})"
+            f"{path.name}: not client-activity data; it has none of the columns {', '.join(columns)} (found: {found})"
         )
     if missing:
         raise BadFileError(
@@ -195,9 +205,7 @@ def _read_csv_table(path: Path, columns: tuple[str, ...]) -> tuple[pa.Table, int
             path,
             read_options=pa_csv.ReadOptions(column_names=_unique_names(names), skip_rows=1),
             parse_options=pa_csv.ParseOptions(invalid_row_handler=skip_malformed),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=list(columns), column_types=types, strings_can_be_null=True
-            ),
+            convert_options=pa_csv.ConvertOptions(include_columns=list(columns), column_types=types),
         )
     except pa.ArrowInvalid as exc:
         raise BadFileError(f"{path.name}: {_describe_arrow_error(str(exc), names)}") from None
@@ -239,7 +247,9 @@ def _read_json_records(path: Path) -> list[dict]:
 
 def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
     records = [{str(k).strip().lower(): v for k, v in item.items()} for item in _read_json_records(path)]
-    present = set().union(*records) if records else set(columns)
+    if not records:
+        raise BadFileError(f"{path.name}: the file holds no records")
+    present = set().union(*records)
     _check_columns(path, sorted(present), columns)
     arrays = {}
     for name in columns:
@@ -250,5 +260,10 @@ def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
         text = next((v for v in values if isinstance(v, (str, bool, list, dict))), None)
         if text is not None:
             raise BadFileError(f"{path.name}: column {name} holds {json.dumps(text)[:40]} where a number is expected")
-        arrays[name] = pa.array(values, pa.float64())
+        try:
+            arrays[name] = pa.array(values, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise BadFileError(
+                f"{path.name}: column {name} holds a value that is not a usable number ({exc})"
+            ) from None
     return pa.table(arrays)

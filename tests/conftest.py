@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from common.config import Config, load_config
-from generate_data import format_csv, generate_clients
+from generate_data import format_csv, generate_clients, rows_of
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def write_clients(path: Path, rows: int, seed: int) -> Path:
     """A CSV of ``rows`` generated clients."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(format_csv(generate_clients(rows, np.random.default_rng(seed))), encoding="utf-8")
+    path.write_text(format_csv(rows_of(generate_clients(rows, np.random.default_rng(seed)))), encoding="utf-8")
     return path
 
 

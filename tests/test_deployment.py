@@ -14,7 +14,7 @@ import pytest
 from common.artifacts import INGESTED_FILES, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, load_model
 from common.config import Config, ModelSettings
 from common.errors import PipelineError
-from common.files import sha256_file
+from common.files import folder_lock, sha256_file
 from deployment import (
     PAUSE_ENV_VAR,
     PUBLISHED_FILES,
@@ -22,7 +22,6 @@ from deployment import (
     VERSIONS_FOLDER,
     current_version,
     current_version_folder,
-    deployment_lock,
     describe_versions,
     list_versions,
     publish_deployment,
@@ -97,7 +96,7 @@ def test_rollback_restores_the_version_that_served_before(trained):
     assert_whole_version(root, hashes[0])
     with pytest.raises(PipelineError, match="no version before v0001"):
         rollback_deployment(root)
-    deploy(trained)  # v0004 replaces v0001; rolling it back returns to v0001, not to v0003
+    deploy(trained)  # v0004, deployed over v0001: rolling it back returns to v0001, not to v0003
     assert rollback_deployment(root) == "v0001"
     assert [line[0] for line in describe_versions(root)].count("*") == 1
 
@@ -120,7 +119,9 @@ def test_rollback_from_the_command_line(trained):
 def test_scores_of_another_model_are_refused_and_the_deployment_is_kept(trained):
     deploy(trained)
     train_from_folder(trained.output_folder, trained.model_folder, ModelSettings(C=0.01))  # no rescoring
-    with pytest.raises(PipelineError, match="belong to another model.*run scoring.py after training.py"):
+    with pytest.raises(
+        PipelineError, match="cannot deploy from .*models: metrics.json holds the scores of another model"
+    ):
         deploy(trained)
     assert list_versions(trained.deployment_folder) == ["v0001"]
     assert_whole_version(trained.deployment_folder)
@@ -130,12 +131,56 @@ def test_corrupt_model_is_refused_and_the_deployment_is_kept(trained):
     deploy(trained)
     model = trained.model_folder / MODEL_FILE
     model.write_bytes(b"\x80\x05 not a model")
-    metrics_path = trained.model_folder / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text())
-    metrics_path.write_text(json.dumps({**metrics, "model_sha256": sha256_file(model)}))
-    with pytest.raises(PipelineError, match="is corrupt"):
+    for name in (METRICS_FILE, MODEL_INFO_FILE):  # metadata that vouches for the damaged file
+        path = trained.model_folder / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "model_sha256": sha256_file(model)}))
+    with pytest.raises(PipelineError, match="trainedmodel.pkl is corrupt"):
         deploy(trained)
     assert_whole_version(trained.deployment_folder)
+
+
+def test_scores_file_out_of_step_with_latestscore_is_refused(trained):
+    (trained.model_folder / LATEST_SCORE_FILE).write_text("0.99\n")
+    with pytest.raises(PipelineError, match="latestscore.txt does not match metrics.json"):
+        deploy(trained)
+    assert current_version(trained.deployment_folder) is None
+    assert list((trained.deployment_folder / VERSIONS_FOLDER).iterdir()) == []
+
+
+def test_ingestion_after_training_is_refused_until_retrained(trained):
+    (trained.input_folder / "more.csv").write_text((trained.input_folder / "clients_a.csv").read_text()[:2000])
+    ingest_folder(trained.input_folder, trained.output_folder)
+    with pytest.raises(PipelineError, match="ingestedfiles.txt has changed since the model was trained"):
+        deploy(trained)
+    train_and_score(trained)
+    assert deploy(trained)["version"] == "v0001"
+
+
+def test_rollback_to_a_damaged_version_is_refused(trained):
+    deploy(trained)
+    train_and_score(trained, C=0.01)
+    deploy(trained)
+    (trained.deployment_folder / VERSIONS_FOLDER / "v0001" / MODEL_FILE).write_bytes(b"damaged")
+    with pytest.raises(
+        PipelineError, match="cannot roll back to v0001: metrics.json holds the scores of another model"
+    ):
+        rollback_deployment(trained.deployment_folder)
+    assert current_version(trained.deployment_folder) == "v0002"
+
+
+def test_rollback_with_nothing_deployed_says_so(tmp_path):
+    with pytest.raises(PipelineError, match="nothing is deployed"):
+        rollback_deployment(tmp_path)
+
+
+def test_leftovers_of_an_interrupted_deployment_or_prune_are_cleared_and_never_listed(trained):
+    deploy(trained)
+    versions = trained.deployment_folder / VERSIONS_FOLDER
+    (versions / ".trash-v0000-123").mkdir()
+    (versions / ".staging-v0002").mkdir()
+    assert list_versions(trained.deployment_folder) == ["v0001"]
+    deploy(trained)
+    assert sorted(entry.name for entry in versions.iterdir()) == ["v0001", "v0002"]
 
 
 def test_missing_inputs_are_named(project):
@@ -144,7 +189,7 @@ def test_missing_inputs_are_named(project):
 
 
 def test_a_second_deployment_waits_for_no_one_and_says_so(trained):
-    with deployment_lock(trained.deployment_folder), pytest.raises(PipelineError, match="another deployment"):
+    with folder_lock(trained.deployment_folder, "deployment"), pytest.raises(PipelineError, match="another deployment"):
         deploy(trained)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +13,7 @@ import pytest
 from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT
 from common.config import Config
 from common.errors import PipelineError
+from common.files import atomic_path, folder_lock
 from common.schema import COLUMNS, read_data_file
 from ingestion import drop_duplicate_rows, hash_strings, ingest_folder, read_ingested_files
 from tests.conftest import run_script, write_clients, write_config
@@ -35,12 +35,27 @@ BAD_FILES = [
     ("empty.csv", b"", "the file is empty"),
     ("header_only.csv", HEADER.encode(), "header but no data rows"),
     ("binary.csv", bytes(range(256)) * 8, "binary, not CSV text"),
-    ("prose.csv", b"Dear team,\nplease find the numbers attached.\n", "not a client-activity CSV"),
+    ("prose.csv", b"Dear team,\nplease find the numbers attached.\n", "not client-activity data"),
     ("latin1.csv", (HEADER + "caf").encode() + b"\xe9,1,2,3,0\n", "not UTF-8 text"),
     ("latin1_header.csv", b"corporation,lastmonth_activit\xe9\n", "header is not UTF-8"),
     ("utf16.csv", (HEADER + "ab,1,2,3,0\n").encode("utf-16"), "UTF-16"),
     ("broken.json", b'[{"corporation": "ab", ', "not valid JSON"),
     ("all_rows_bad.csv", (HEADER + "ab,-1,2,3,0\ncd,1,2,3,7\n").encode(), "none of its 2 rows is valid"),
+    ("empty_list.json", b"[]", "holds no records"),
+    ("not_records.json", b'{"corporation": "ab"}', "must be a list of records"),
+    (
+        "text.json",
+        b'[{"corporation": "ab", "lastmonth_activity": "ten", "lastyear_activity": 1, '
+        b'"number_of_employees": 1, "exited": 0}]',
+        'column lastmonth_activity holds "ten"',
+    ),
+    (
+        "huge.json",
+        b'[{"corporation": "ab", "lastmonth_activity": 1' + b"0" * 30 + b', "lastyear_activity": 1, '
+        b'"number_of_employees": 1, "exited": 0}]',
+        "column lastmonth_activity holds a value that is not a usable number",
+    ),
+    ("prose.json", b'[{"name": "ab"}]', "not client-activity data"),
 ]
 
 
@@ -84,20 +99,25 @@ def test_invalid_rows_are_dropped_and_counted_never_imputed(tmp_path):
         + "nan,NaN,2,3,0\n"
         + "inf,inf,2,3,0\n"
         + "short,1,2\n"
+        + "both,-1.5,2,3,0\n"
+        + "huge,1e20,2,3,0\n"
         + "ok2,1e3,20,3,1.0\n"
+        + "NA,4,5,6,0\n"
     )
     parsed = read_data_file(path)
-    assert parsed.table[COLUMNS[0]].to_pylist() == ["ok1", "ok2"]
-    assert parsed.table["lastmonth_activity"].to_pylist() == [1, 1000]
+    assert parsed.table[COLUMNS[0]].to_pylist() == ["ok1", "ok2", "NA"]  # "NA" is an id, not a gap
+    assert parsed.table["lastmonth_activity"].to_pylist() == [1, 1000, 4]
     assert parsed.table.schema.field("exited").type == pa.int64()
-    assert parsed.rows_read == 10
+    assert parsed.rows_read == 13
     assert parsed.dropped == {
         "missing value": 3,
-        "negative count": 1,
+        "negative count": 2,
         "not a whole number": 2,
+        "count too large": 1,
         "exited not 0 or 1": 1,
         "wrong number of fields": 1,
     }
+    assert sum(parsed.dropped.values()) == parsed.rows_dropped
 
 
 def test_columns_in_any_order_extra_columns_and_header_spacing(tmp_path):
@@ -229,13 +249,30 @@ def test_a_renamed_unchanged_file_is_not_parsed_again(project, monkeypatch):
     assert result.rows_written == 1000
 
 
+def test_a_file_that_turns_bad_with_its_cached_rows_gone_stops_the_run(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    before = (project.output_folder / FINAL_DATA).read_bytes()
+    for cached in (project.output_folder / "parsed").glob("*.arrow"):
+        cached.unlink()
+    (project.input_folder / "clients_b.csv").write_text(HEADER + "broken,many,1,1,0\n")
+    with pytest.raises(PipelineError, match="clients_b.csv: .*its rows ingested on .* are missing .*--fresh"):
+        ingest_folder(project.input_folder, project.output_folder)
+    assert (project.output_folder / FINAL_DATA).read_bytes() == before
+    assert ingest_folder(project.input_folder, project.output_folder, fresh=True).rows_written == 600
+
+
+def test_a_second_ingestion_into_the_same_folder_is_refused(project):
+    with folder_lock(project.output_folder, "ingestion"), pytest.raises(PipelineError, match="another ingestion"):
+        ingest_folder(project.input_folder, project.output_folder)
+
+
 def test_no_usable_file_fails_and_leaves_earlier_outputs_untouched(project):
     ingest_folder(project.input_folder, project.output_folder)
     before = (project.output_folder / FINAL_DATA).read_bytes()
     empty_input = project.input_folder.parent / "empty_input"
     empty_input.mkdir()
     (empty_input / "bad.csv").write_text("nothing here\n")
-    with pytest.raises(PipelineError, match=r"no usable data .*bad\.csv: not a client-activity CSV"):
+    with pytest.raises(PipelineError, match=r"no usable data .*bad\.csv: not client-activity data"):
         ingest_folder(empty_input, project.output_folder, fresh=True)
     assert (project.output_folder / FINAL_DATA).read_bytes() == before
 
@@ -248,7 +285,11 @@ def test_missing_input_folder_exits_nonzero_with_one_sentence(tmp_path):
     assert "ingestion failed: input folder" in done.stderr and "does not exist" in done.stderr
 
 
-def test_outputs_leave_no_temporary_files(project):
-    ingest_folder(project.input_folder, project.output_folder)
-    leftovers = [path.name for path in Path(project.output_folder).rglob("*") if path.name.endswith(".tmp")]
-    assert leftovers == []
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "finaldata.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("crash while writing")
+    assert target.read_text() == "old\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["finaldata.csv"]

@@ -16,7 +16,7 @@ from common.files import sha256_file
 from common.schema import FEATURES, read_labelled_data
 from ingestion import ingest_folder
 from scoring import score_model, write_scores
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, run_script
 from training import train_from_folder, train_model
 
 
@@ -67,11 +67,13 @@ def test_model_clearly_beats_plain_logistic_regression_on_raw_columns(shipped):
     assert ours > baseline + 0.2
 
 
-def test_labels_follow_the_stored_threshold(shipped):
-    model, _, _, test_features, _ = shipped
-    risk = model.predict_proba(test_features)[:, 1]
-    assert np.array_equal(model.predict(test_features), (risk >= model.threshold).astype(int))
-    assert 0.1 < model.threshold < 0.6
+def test_threshold_is_the_best_for_f1_on_the_training_data(shipped):
+    model, features, labels, _, _ = shipped
+    risk = model.predict_proba(features)[:, 1]
+    chosen = f1_score(labels, model.predict(features))
+    for threshold in np.linspace(0.05, 0.95, 91):
+        assert chosen >= f1_score(labels, (risk >= threshold).astype(int)) - 1e-12
+    assert 0.1 < model.threshold < 0.5  # below 0.5: exits are the rarer class
 
 
 def test_training_saves_model_with_metadata(project):
@@ -85,6 +87,26 @@ def test_training_saves_model_with_metadata(project):
     assert saved["model_sha256"] == sha256_file(project.model_folder / MODEL_FILE)
     assert set(saved["libraries"]) == {"numpy", "pyarrow", "scikit-learn", "scipy"}
     assert saved["coefficients"]["lastmonth_activity"] < 0
+
+
+def test_training_refuses_data_the_last_ingestion_did_not_write(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    with open(project.output_folder / FINAL_DATA, "a") as handle:
+        handle.write("edited,1,1,1,0\n")
+    with pytest.raises(PipelineError, match="not the file the last ingestion wrote"):
+        train_from_folder(project.output_folder, project.model_folder, project.model)
+
+
+def test_scoring_another_model_file_writes_its_scores_beside_it(project, tmp_path):
+    ingest_folder(project.input_folder, project.output_folder)
+    train_from_folder(project.output_folder, project.model_folder, project.model)
+    other = tmp_path / "candidate"
+    other.mkdir()
+    (other / MODEL_FILE).write_bytes((project.model_folder / MODEL_FILE).read_bytes())
+    done = run_script("scoring.py", "--config", str(project.path), "--model", str(other / MODEL_FILE))
+    assert done.returncode == 0, done.stderr
+    assert (other / LATEST_SCORE_FILE).is_file()
+    assert not (project.model_folder / LATEST_SCORE_FILE).exists()
 
 
 def test_training_on_one_class_fails_clearly(tmp_path):
