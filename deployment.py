@@ -91,8 +91,8 @@ def find_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
     return sources
 
 
-def check_version_files(folder: Path) -> dict[str, Any]:
-    """Check that a version's files belong together and its model loads; return its scores.
+def check_version_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check that a version's files belong together and its model loads; return (scores, model metadata).
 
     The scores, the model metadata and the ingestion record must all name this model file.
     Messages name the files only; callers say which folder they were checking.
@@ -123,7 +123,7 @@ def check_version_files(folder: Path) -> dict[str, Any]:
         load_model(folder / MODEL_FILE)
     except PipelineError:
         raise PipelineError(f"{MODEL_FILE} is corrupt or cannot be loaded by the installed libraries") from None
-    return metrics
+    return metrics, model_info
 
 
 def pause_if_asked(step: str) -> None:
@@ -211,12 +211,11 @@ def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> 
     try:
         for name, source in sources.items():
             copy_durably(source, staging / name)
-        metrics = check_version_files(staging)  # the copies, so nothing can change after the check
-    except PipelineError as exc:
+        metrics, model_info = check_version_files(staging)  # the copies: nothing can change after the check
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise PipelineError(f"cannot deploy from {sources[MODEL_FILE].parent}: {exc}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, PipelineError):
+            raise PipelineError(f"cannot deploy from {sources[MODEL_FILE].parent}: {exc}") from None
         raise
     info = {
         "version": version,
@@ -225,7 +224,7 @@ def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> 
         "model_sha256": metrics["model_sha256"],
         "f1": metrics.get("f1"),
         "roc_auc": metrics.get("roc_auc"),
-        "trained_at": read_json_file(staging / MODEL_INFO_FILE, "model metadata").get("trained_at"),
+        "trained_at": model_info.get("trained_at"),
         "sources": {name: str(path) for name, path in sources.items()},
     }
     write_text_atomic(staging / VERSION_INFO_FILE, json.dumps(info, indent=2) + "\n")

@@ -286,7 +286,7 @@ def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool) -> Inges
     deduplicated, result.duplicates_removed = drop_duplicate_rows(merged)
     result.rows_merged, result.rows_written = merged.num_rows, deduplicated.num_rows
     # finaldata.csv first: a crash before the other two leaves the old record, so the next
-    # run redoes the work; the report, written last, vouches for the pair (training checks it).
+    # run redoes the work; the report, written last, vouches for finaldata.csv (training checks it).
     result.final_data = write_csv_table(deduplicated, output_folder / FINAL_DATA)
     write_text_atomic(output_folder / INGESTED_FILES, "".join(entry.to_line() + "\n" for entry in result.files))
     result.seconds = round(time.perf_counter() - started, 3)
@@ -321,7 +321,6 @@ def describe_result(result: IngestionResult, input_folder: Path) -> dict:
         "rows_written": result.rows_written,
         "seconds": result.seconds,
         "finaldata_sha256": sha256_file(result.final_data),
-        "ingestedfiles_sha256": sha256_file(result.final_data.parent / INGESTED_FILES),
     }
 
 

@@ -137,7 +137,7 @@ def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
 def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> dict[str, Any]:
     """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
     data = describe_training_data(ingested_folder)
-    data_path = Path(data["training_data"])
+    data_path = ingested_folder / FINAL_DATA
     features, labels = read_labelled_data([data_path])
     started = time.perf_counter()
     model = train_model(features, labels, settings)

@@ -65,7 +65,6 @@ def read_data_file(path: Path) -> ParsedFile:
     Columns may come in any order and extra columns are ignored.
     """
     path = Path(path)
-    columns = COLUMNS
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -73,12 +72,12 @@ def read_data_file(path: Path) -> ParsedFile:
     if size == 0:
         raise BadFileError(f"{path.name}: the file is empty")
     if path.suffix.lower() in (".json", ".jsonl"):
-        table, malformed = _read_json_table(path, columns), 0
+        table, malformed = _read_json_table(path, COLUMNS), 0
     else:
-        table, malformed = _read_csv_table(path, columns)
+        table, malformed = _read_csv_table(path, COLUMNS)
     if table.num_rows == 0 and malformed == 0:
         raise BadFileError(f"{path.name}: the file has a header but no data rows")
-    parsed = clean_rows(table, columns)
+    parsed = clean_rows(table, COLUMNS)
     parsed.rows_read += malformed
     if malformed:
         parsed.dropped["wrong number of fields"] = malformed
