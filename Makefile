@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
-#   make run    install into .venv, then ingest, train, score and deploy the shipped data
+#   make run    install into .venv, then ingest, train, score, deploy, diagnose and report on the shipped data
 #   make test   install into .venv (with test tools), then run the tests
 PYTHON ?= python3.11
 VENV := .venv
@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback practice udacity baseline bench data lint clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls practice udacity baseline bench bench-api data lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-run: $(VENV)/.installed ## ingest, train, score and deploy with $(CONFIG)
+run: $(VENV)/.installed ## ingest, train, score, deploy, then diagnostics and the report, with $(CONFIG)
 	$(PY) ingestion.py --config $(CONFIG)
 	$(PY) training.py --config $(CONFIG)
 	$(PY) scoring.py --config $(CONFIG)
 	$(PY) deployment.py --config $(CONFIG)
+	$(PY) diagnostics.py --config $(CONFIG)
+	$(PY) reporting.py --config $(CONFIG)
 
 test: $(VENV)/.installed ## run the test suite
 	$(PY) -m pytest
@@ -37,6 +39,14 @@ deploy: $(VENV)/.installed ## deployment only
 	$(PY) deployment.py --config $(CONFIG)
 rollback: $(VENV)/.installed ## make the previous deployed version current again
 	$(PY) deployment.py --config $(CONFIG) --rollback
+diagnostics: $(VENV)/.installed ## predictions, statistics, stage timings and dependency status -> diagnostics.json
+	$(PY) diagnostics.py --config $(CONFIG)
+report: $(VENV)/.installed ## confusion-matrix plot and PDF report of the deployed model
+	$(PY) reporting.py --config $(CONFIG)
+serve: $(VENV)/.installed ## serve the API with gunicorn, 2 workers, on 127.0.0.1:8000
+	$(PY) app.py --config $(CONFIG)
+apicalls: $(VENV)/.installed ## call every endpoint of the running API -> apireturns.txt
+	$(PY) apicalls.py --config $(CONFIG)
 
 practice: ## the whole pipeline on practicedata/ (config.practice.json)
 	$(MAKE) run CONFIG=config.practice.json
@@ -47,6 +57,8 @@ baseline: $(VENV)/.installed ## compare the model with plain LogisticRegression(
 	$(PY) -m bench.baseline --config $(CONFIG)
 bench: $(VENV)/.installed ## benchmark ingestion, training and scoring on 1,000,000 rows
 	$(PY) -m bench.bench_pipeline
+bench-api: $(VENV)/.installed ## benchmark the API under gunicorn with wrk (apt-get install wrk)
+	$(PY) -m bench.bench_api
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
 	$(PY) generate_data.py shipped
 lint: $(VENV)/.installed ## ruff check and format check

@@ -27,11 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from common.artifacts import (
+    CURRENT_LINK,
     INGESTED_FILES,
     LATEST_SCORE_FILE,
     METRICS_FILE,
     MODEL_FILE,
     MODEL_INFO_FILE,
+    VERSION_INFO_FILE,
+    VERSIONS_FOLDER,
+    current_version,
     load_model,
     read_json_file,
     utc_now,
@@ -43,9 +47,6 @@ from common.files import folder_lock, fsync_dir, sha256_file, write_text_atomic
 
 log = logging.getLogger("deployment")
 
-VERSIONS_FOLDER = "versions"
-CURRENT_LINK = "current"
-VERSION_INFO_FILE = "version.json"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 PUBLISHED_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES)
@@ -61,22 +62,6 @@ def list_versions(deploy_root: Path) -> list[str]:
         return []
     names = [entry.name for entry in folder.iterdir() if _VERSION_NAME.match(entry.name) and entry.is_dir()]
     return sorted(names, key=lambda name: int(name[1:]))
-
-
-def current_version(deploy_root: Path) -> str | None:
-    """The name of the version ``current`` points at, or None before the first deployment."""
-    try:
-        return Path(os.readlink(deploy_root / CURRENT_LINK)).name
-    except FileNotFoundError:
-        return None
-
-
-def current_version_folder(deploy_root: Path) -> Path:
-    """The folder of the serving version, resolved once so its files all belong together."""
-    version = current_version(deploy_root)
-    if version is None:
-        raise PipelineError(f"nothing is deployed in {deploy_root}; run deployment.py first")
-    return deploy_root / VERSIONS_FOLDER / version
 
 
 def find_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:

@@ -15,8 +15,9 @@ from sklearn.linear_model import LogisticRegression
 
 from common.artifacts import FINAL_DATA
 from common.config import load_config
+from common.evaluation import score_predictions
+from common.files import find_test_files
 from common.schema import read_labelled_data
-from scoring import find_test_files, score_predictions
 from training import train_model
 
 

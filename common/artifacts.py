@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,16 @@ MODEL_FILE = "trainedmodel.pkl"
 MODEL_INFO_FILE = "trainedmodel.json"
 LATEST_SCORE_FILE = "latestscore.txt"
 METRICS_FILE = "metrics.json"
+DIAGNOSTICS_FILE = "diagnostics.json"
+DEPENDENCY_CACHE_FILE = "dependencycache.json"
+CONFUSION_MATRIX_FILE = "confusionmatrix.png"
+REPORT_FILE = "summaryreport.pdf"
+API_RETURNS_FILE = "apireturns.txt"
+
+# The deployment folder: versions/vNNNN/ holds each published version, ``current`` links to one.
+VERSIONS_FOLDER = "versions"
+CURRENT_LINK = "current"
+VERSION_INFO_FILE = "version.json"
 
 
 def utc_now() -> str:
@@ -71,3 +82,19 @@ def read_json_file(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PipelineError(f"{what} {path} does not hold a JSON object")
     return data
+
+
+def current_version(deploy_root: Path) -> str | None:
+    """The name of the version ``current`` points at, or None before the first deployment."""
+    try:
+        return Path(os.readlink(Path(deploy_root) / CURRENT_LINK)).name
+    except FileNotFoundError:
+        return None
+
+
+def current_version_folder(deploy_root: Path) -> Path:
+    """The folder of the serving version, resolved once so its files all belong together."""
+    version = current_version(deploy_root)
+    if version is None:
+        raise PipelineError(f"nothing is deployed in {deploy_root}; run deployment.py first")
+    return Path(deploy_root) / VERSIONS_FOLDER / version

@@ -26,7 +26,7 @@ PATH_KEYS = (
     "output_model_path",
     "prod_deployment_path",
 )
-SECTION_KEYS = ("model", "deployment")
+SECTION_KEYS = ("model", "deployment", "api", "diagnostics", "reporting")
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,28 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """How the API is reached and what it accepts."""
+
+    url: str = "http://127.0.0.1:8000"
+    # The environment variable that holds the API token; when it is set, requests must carry it.
+    token_env: str = "RISK_API_TOKEN"
+    max_body_mb: float = 16.0
+    max_file_mb: float = 256.0
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class DiagnosticsSettings:
+    """How diagnostics times the stages and asks the package index."""
+
+    timing_runs: int = 3
+    package_index: str = "https://pypi.org/pypi"
+    index_timeout_seconds: float = 3.0
+    index_cache_hours: float = 24.0
+
+
+@dataclass(frozen=True)
 class Config:
     """Resolved settings; every path is absolute."""
 
@@ -54,6 +76,9 @@ class Config:
     deployment_folder: Path
     model: ModelSettings = field(default_factory=ModelSettings)
     keep_versions: int = 5
+    api: ApiSettings = field(default_factory=ApiSettings)
+    diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
+    top_clients: int = 20
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
@@ -93,6 +118,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         deployment_folder=paths["prod_deployment_path"],
         model=_read_model_settings(_section(raw, "model", config_path), config_path),
         keep_versions=_read_keep_versions(_section(raw, "deployment", config_path), config_path),
+        api=_read_settings(ApiSettings, raw, "api", config_path),
+        diagnostics=_read_settings(DiagnosticsSettings, raw, "diagnostics", config_path),
+        top_clients=_read_top_clients(_section(raw, "reporting", config_path), config_path),
     )
 
 
@@ -142,3 +170,34 @@ def _read_keep_versions(section: dict[str, Any], config_path: Path) -> int:
             "(the current version and one to roll back to)"
         )
     return keep
+
+
+def _read_settings(kind: type, raw: dict[str, Any], name: str, config_path: Path) -> Any:
+    """Fill a settings dataclass from the config section ``name``: types as the defaults', numbers positive."""
+    section = _section(raw, name, config_path)
+    defaults = kind()
+    unknown = sorted(set(section) - set(kind.__dataclass_fields__))
+    if unknown:
+        raise PipelineError(f"config file {config_path}: unknown {name} settings {', '.join(unknown)}")
+    values = {}
+    for key, value in section.items():
+        default = getattr(defaults, key)
+        if isinstance(default, str):
+            if not isinstance(value, str) or not value.strip():
+                raise PipelineError(f"config file {config_path}: {name}.{key} must be a non-empty string")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise PipelineError(f"config file {config_path}: {name}.{key} must be a positive number, not {value!r}")
+        elif isinstance(default, int) and not isinstance(value, int):
+            raise PipelineError(f"config file {config_path}: {name}.{key} must be a whole number, not {value!r}")
+        values[key] = value
+    return kind(**values)
+
+
+def _read_top_clients(section: dict[str, Any], config_path: Path) -> int:
+    unknown = sorted(set(section) - {"top_clients"})
+    if unknown:
+        raise PipelineError(f"config file {config_path}: unknown reporting settings {', '.join(unknown)}")
+    top = section.get("top_clients", 20)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise PipelineError(f"config file {config_path}: reporting.top_clients must be a positive whole number")
+    return top

@@ -15,6 +15,7 @@ from common.errors import PipelineError
 
 DATA_SUFFIXES = (".csv", ".json", ".jsonl")
 _STRAY_SUFFIXES = (".bak", ".swp", ".swo", ".tmp", ".orig", ".part")
+CLASSIC_TEST_FILE = "testdata.csv"
 
 
 @contextlib.contextmanager
@@ -102,3 +103,17 @@ def list_data_files(folder: Path) -> tuple[list[Path], list[Path]]:
         else:
             data.append(entry)
     return data, ignored
+
+
+def find_test_files(test_data_path: Path) -> list[Path]:
+    """The test data files: the path itself, or ``testdata.csv`` in the folder, or every data file in it."""
+    if test_data_path.is_file():
+        return [test_data_path]
+    if not test_data_path.is_dir():
+        raise PipelineError(f"test data {test_data_path} does not exist")
+    if (test_data_path / CLASSIC_TEST_FILE).is_file():
+        return [test_data_path / CLASSIC_TEST_FILE]
+    files, _ = list_data_files(test_data_path)
+    if not files:
+        raise PipelineError(f"test data folder {test_data_path} holds no .csv, .json or .jsonl file")
+    return files

@@ -147,37 +147,43 @@ def _read_header(path: Path) -> list[str]:
     """The normalised column names of a CSV file, after checks that it is UTF-8 text."""
     with open(path, "rb") as handle:
         head = handle.read(_HEAD_BYTES)
+    return parse_header(head, path.name)
+
+
+def parse_header(head: bytes, source: str) -> list[str]:
+    """The normalised column names on the first line of CSV bytes, after checks that they are UTF-8 text."""
     if head.startswith(_UTF16_BOMS):
-        raise BadFileError(f"{path.name}: the file is UTF-16 text; save it as UTF-8 CSV")
-    if b"\x00" in head:
-        raise BadFileError(f"{path.name}: the file is binary, not CSV text")
+        raise BadFileError(f"{source}: the file is UTF-16 text; save it as UTF-8 CSV")
+    if b"\x00" in head[:_HEAD_BYTES]:
+        raise BadFileError(f"{source}: the file is binary, not CSV text")
     first_line = head.removeprefix(_UTF8_BOM).split(b"\n", 1)[0].rstrip(b"\r")
     try:
         text = first_line.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadFileError(f"{path.name}: the header is not UTF-8 text; save the file as UTF-8 CSV") from None
+        raise BadFileError(f"{source}: the header is not UTF-8 text; save the file as UTF-8 CSV") from None
     if not text.strip():
-        raise BadFileError(f"{path.name}: the first line is blank, where the CSV header should be")
+        raise BadFileError(f"{source}: the first line is blank, where the CSV header should be")
     return [name.strip().lower() for name in next(csv.reader([text]))]
 
 
-def _check_columns(path: Path, names: list[str], columns: tuple[str, ...]) -> None:
+def _check_columns(path: Path | str, names: list[str], columns: tuple[str, ...]) -> None:
+    source = getattr(path, "name", path)
     missing = [name for name in columns if name not in names]
     found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     if len(missing) == len(columns):
         raise BadFileError(
-            f"{path.name}: not client-activity data; it has none of the columns {', '.join(columns)} (found: {found})"
+            f"{source}: not client-activity data; it has none of the columns {', '.join(columns)} (found: {found})"
         )
     if missing:
         raise BadFileError(
-            f"{path.name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (found: {found})"
+            f"{source}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (found: {found})"
         )
     repeated = sorted({name for name in columns if names.count(name) > 1})
     if repeated:
-        raise BadFileError(f"{path.name}: column {', '.join(repeated)} appears more than once in the header")
+        raise BadFileError(f"{source}: column {', '.join(repeated)} appears more than once in the header")
 
 
-def _unique_names(names: list[str]) -> list[str]:
+def unique_names(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     unique = []
     for name in names:
@@ -202,7 +208,7 @@ def _read_csv_table(path: Path, columns: tuple[str, ...]) -> tuple[pa.Table, int
     try:
         table = pa_csv.read_csv(
             path,
-            read_options=pa_csv.ReadOptions(column_names=_unique_names(names), skip_rows=1),
+            read_options=pa_csv.ReadOptions(column_names=unique_names(names), skip_rows=1),
             parse_options=pa_csv.ParseOptions(invalid_row_handler=skip_malformed),
             convert_options=pa_csv.ConvertOptions(include_columns=list(columns), column_types=types),
         )
@@ -225,7 +231,7 @@ def _describe_arrow_error(message: str, names: list[str]) -> str:
     return f"cannot be parsed as CSV ({message.splitlines()[0]})"
 
 
-def _read_json_records(path: Path) -> list[dict]:
+def read_json_records(path: Path) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -245,7 +251,7 @@ def _read_json_records(path: Path) -> list[dict]:
 
 
 def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
-    records = [{str(k).strip().lower(): v for k, v in item.items()} for item in _read_json_records(path)]
+    records = [{str(k).strip().lower(): v for k, v in item.items()} for item in read_json_records(path)]
     if not records:
         raise BadFileError(f"{path.name}: the file holds no records")
     present = set().union(*records)
@@ -266,3 +272,107 @@ def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
                 f"{path.name}: column {name} holds a value that is not a usable number ({exc})"
             ) from None
     return pa.table(arrays)
+
+
+@dataclass
+class FeatureBatch:
+    """Rows to score: client ids (None when the input has no id column) and float64 features."""
+
+    ids: list[str] | None
+    features: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return self.features.shape[0]
+
+
+def check_feature_values(features: np.ndarray, source: str, unit: str = "row") -> None:
+    """Raise BadFileError naming the first row (or record) and column whose value is not a usable count."""
+    with np.errstate(invalid="ignore"):
+        bad = np.isnan(features) | (features < 0) | (features != np.floor(features)) | (features > MAX_COUNT)
+    if not bad.any():
+        return
+    row, column = map(int, np.argwhere(bad)[0])
+    value = features[row, column]
+    if np.isnan(value):
+        problem = "is missing"
+    elif value < 0:
+        problem = f"is negative ({value:g}); counts cannot be below 0"
+    elif value > MAX_COUNT:
+        problem = f"is too large ({value:g})"
+    else:
+        problem = f"is not a whole number ({value:g})"
+    count = int(bad.sum())
+    more = f"; {count} bad values in all" if count > 1 else ""
+    raise BadFileError(f"{source}: {unit} {row + 1}, {FEATURES[column]} {problem}{more}")
+
+
+def read_feature_csv(data: bytes, source: str) -> FeatureBatch:
+    """Parse CSV bytes into rows to score, strictly: any missing or invalid value is an error.
+
+    The id column is optional; ``exited`` and other columns are ignored.
+    """
+    if not data.strip():
+        raise BadFileError(f"{source}: the CSV is empty")
+    names = parse_header(data[:_HEAD_BYTES], source)
+    _check_columns(source, names, FEATURES)
+    wanted = [*FEATURES, ID_COLUMN] if ID_COLUMN in names else list(FEATURES)
+    types = {name: pa.float64() for name in FEATURES}
+    types[ID_COLUMN] = pa.string()
+    try:
+        table = pa_csv.read_csv(
+            pa.BufferReader(data),
+            read_options=pa_csv.ReadOptions(column_names=unique_names(names), skip_rows=1, use_threads=False),
+            convert_options=pa_csv.ConvertOptions(include_columns=wanted, column_types=types),
+        )
+    except pa.ArrowInvalid as exc:
+        raise BadFileError(f"{source}: {_describe_arrow_error(str(exc), names)}") from None
+    if table.num_rows == 0:
+        raise BadFileError(f"{source}: the CSV has a header but no data rows")
+    features = np.column_stack([table[name].to_numpy() for name in FEATURES])
+    check_feature_values(features, source)
+    ids = table[ID_COLUMN].to_pylist() if ID_COLUMN in names else None
+    return FeatureBatch(ids=ids, features=features)
+
+
+def features_from_records(records: object, source: str) -> FeatureBatch:
+    """Turn JSON records (a list of objects) into rows to score, strictly, naming the first fault."""
+    if not isinstance(records, list) or not records:
+        raise BadFileError(f"{source}: expected a non-empty list of client records (JSON objects)")
+    columns: list[list[object]] = [[] for _ in FEATURES]
+    ids: list[str] | None = [] if isinstance(records[0], dict) and ID_COLUMN in records[0] else None
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise BadFileError(f"{source}: record {number} is {type(record).__name__}, not an object")
+        for values, name in zip(columns, FEATURES, strict=True):
+            value = record.get(name)
+            if value is None:
+                raise BadFileError(f"{source}: record {number} lacks {name}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BadFileError(
+                    f"{source}: record {number}, {name} is {json.dumps(value)[:40]}, where a number is expected"
+                )
+            values.append(value)
+        if ids is not None:
+            corporation = record.get(ID_COLUMN)
+            if isinstance(corporation, (dict, list)):
+                raise BadFileError(f"{source}: record {number}, {ID_COLUMN} must be a string or a number")
+            ids.append(None if corporation is None else str(corporation))
+    try:
+        features = np.array(columns, dtype=np.float64).T.copy()
+    except OverflowError:
+        raise BadFileError(f"{source}: a count is too large to be a number of this kind") from None
+    check_feature_values(features, source, unit="record")
+    return FeatureBatch(ids=ids, features=features)
+
+
+def read_feature_file(path: Path) -> FeatureBatch:
+    """Rows to score from a CSV, JSON or JSON Lines file, strictly (see ``read_feature_csv``)."""
+    path = Path(path)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        return features_from_records(read_json_records(path), path.name)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadFileError(f"{path.name}: cannot be read ({exc.strerror})") from None
+    return read_feature_csv(data, path.name)

@@ -11,8 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import Config, load_config
+from common.artifacts import MODEL_FILE
+from common.config import Config, ModelSettings, load_config
+from common.evaluation import score_model
+from common.files import sha256_file
+from deployment import publish_deployment
 from generate_data import format_csv, generate_clients, rows_of
+from ingestion import ingest_folder
+from scoring import write_scores
+from training import train_from_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +54,26 @@ def project(tmp_path: Path) -> Config:
     write_clients(tmp_path / "sourceddata" / "clients_b.csv", 400, seed=2)
     write_clients(tmp_path / "testdata" / "testdata.csv", 500, seed=3)
     return load_config(write_config(tmp_path))
+
+
+def train_and_score(config: Config, C: float = 1.0) -> str:
+    """Train with regularisation ``C`` (so each call can make a distinct model) and score it; return its hash."""
+    train_from_folder(config.output_folder, config.model_folder, ModelSettings(C=C))
+    write_scores(score_model(config.model_folder / MODEL_FILE, config.test_data_path), config.model_folder)
+    return sha256_file(config.model_folder / MODEL_FILE)
+
+
+def deploy(config: Config) -> dict:
+    return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
+
+
+@pytest.fixture
+def deployed(project: Config) -> Config:
+    """The small project, ingested, trained, scored and deployed (v0001)."""
+    ingest_folder(project.input_folder, project.output_folder)
+    train_and_score(project)
+    deploy(project)
+    return project
 
 
 def run_script(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120):

@@ -11,7 +11,15 @@ import threading
 
 import pytest
 
-from common.artifacts import INGESTED_FILES, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, load_model
+from common.artifacts import (
+    INGESTED_FILES,
+    LATEST_SCORE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_INFO_FILE,
+    current_version_folder,
+    load_model,
+)
 from common.config import Config, ModelSettings
 from common.errors import PipelineError
 from common.files import folder_lock, sha256_file
@@ -21,27 +29,13 @@ from deployment import (
     VERSION_INFO_FILE,
     VERSIONS_FOLDER,
     current_version,
-    current_version_folder,
     describe_versions,
     list_versions,
-    publish_deployment,
     rollback_deployment,
 )
 from ingestion import ingest_folder
-from scoring import score_model, write_scores
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, deploy, train_and_score
 from training import train_from_folder
-
-
-def train_and_score(config: Config, C: float = 1.0) -> str:
-    """Train with regularisation ``C`` (so each call can make a distinct model) and score it."""
-    train_from_folder(config.output_folder, config.model_folder, ModelSettings(C=C))
-    write_scores(score_model(config.model_folder / MODEL_FILE, config.test_data_path), config.model_folder)
-    return sha256_file(config.model_folder / MODEL_FILE)
-
-
-def deploy(config: Config) -> dict:
-    return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
 
 
 @pytest.fixture

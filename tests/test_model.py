@@ -12,10 +12,11 @@ from sklearn.metrics import f1_score
 from common.artifacts import FINAL_DATA, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, load_model
 from common.config import ModelSettings, load_config
 from common.errors import PipelineError
+from common.evaluation import score_model
 from common.files import sha256_file
 from common.schema import FEATURES, read_labelled_data
 from ingestion import ingest_folder
-from scoring import score_model, write_scores
+from scoring import write_scores
 from tests.conftest import PROJECT_ROOT, run_script
 from training import train_from_folder, train_model
 

@@ -17,7 +17,9 @@ STAGES = ("ingestion.py", "training.py", "scoring.py", "deployment.py")
 UDACITY_DATA = PROJECT_ROOT.parent / "shared" / "udacity-data"
 
 
-@pytest.mark.parametrize("script", [*STAGES, "generate_data.py"])
+@pytest.mark.parametrize(
+    "script", [*STAGES, "generate_data.py", "diagnostics.py", "reporting.py", "apicalls.py", "app.py"]
+)
 def test_every_script_has_help(script):
     done = run_script(script, "--help")
     assert done.returncode == 0

@@ -1,0 +1,540 @@
+"""The stakeholders' API: predictions, scores, summary statistics and diagnostics, as JSON.
+
+Serve it with a real WSGI server, never Flask's development server::
+
+    .venv/bin/python app.py --port 8000 --workers 2          # gunicorn, started from here
+    RISK_CONFIG=config.json .venv/bin/gunicorn -w 2 -b 127.0.0.1:8000 'app:create_app()'
+
+The deployed model is loaded once per worker and swapped when ``production_deployment/current``
+changes: each request reads that one link, so a newly deployed version is picked up without a
+restart, and since a version is complete before the link points at it, no request ever sees a
+half-published one. A version that fails to load is logged and the previous one keeps serving.
+
+Endpoints: ``POST /prediction``, ``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
+``GET /health``, ``GET /version``. Bad input gets a 4xx JSON error naming the problem. When the
+environment variable named by ``api.token_env`` (default ``RISK_API_TOKEN``) is set, every endpoint
+but ``/health`` needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import orjson
+from flask import Flask, Response, request
+from flask.json.provider import JSONProvider
+from scipy.special import expit
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    HTTPException,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+
+from common.artifacts import (
+    CURRENT_LINK,
+    DIAGNOSTICS_FILE,
+    FINAL_DATA,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_INFO_FILE,
+    VERSION_INFO_FILE,
+    load_model,
+    read_json_file,
+)
+from common.cli import add_logging_flags
+from common.config import CONFIG_ENV_VAR, Config, load_config
+from common.datastats import read_numeric_columns, summary_statistics
+from common.errors import PipelineError
+from common.files import DATA_SUFFIXES, find_test_files, sha256_file
+from common.logs import setup_logging
+from common.schema import BadFileError, FeatureBatch, features_from_records, read_feature_csv, read_feature_file
+
+log = logging.getLogger("app")
+
+MIB = 1024 * 1024
+CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
+_PROBE_ROWS = np.array(
+    [[0, 0, 1], [1, 10, 2], [37, 412, 18], [250, 3000, 90], [5000, 60000, 800], [0, 120000, 4000], [44507, 0, 1]],
+    dtype=np.float64,
+)
+
+
+class LinearRiskModel:
+    """The trained pipeline's arithmetic on plain arrays: log1p, standardise, logistic, threshold.
+
+    scikit-learn's ``predict_proba`` spends most of its time on input validation; for one row
+    that is ~20 times the arithmetic. The same operations in the same order give identical
+    numbers, and ``for_model`` checks that on probe rows before the shortcut is used.
+    """
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: np.ndarray, threshold: float):
+        self.mean, self.scale, self.coef_t, self.intercept, self.threshold = mean, scale, coef.T, intercept, threshold
+
+    @classmethod
+    def for_model(cls, model: Any) -> LinearRiskModel | None:
+        """The shortcut for a model of the shape training.py writes, if it matches exactly; else None."""
+        try:
+            steps = model.estimator.named_steps
+            if steps["log_counts"].func is not np.log1p or getattr(model, "response_method", "") != "predict_proba":
+                return None
+            scaler, classifier = steps["scale"], steps["classifier"]
+            if list(classifier.classes_) != [0, 1] or classifier.coef_.shape[0] != 1:
+                return None
+            mean = scaler.mean_ if scaler.with_mean else np.zeros(classifier.coef_.shape[1])
+            scale = scaler.scale_ if scaler.with_std else np.ones(classifier.coef_.shape[1])
+            shortcut = cls(mean, scale, classifier.coef_, classifier.intercept_, float(model.threshold))
+        except (AttributeError, KeyError, TypeError):
+            return None
+        probabilities, labels = shortcut.predict(_PROBE_ROWS)
+        if np.array_equal(probabilities, model.predict_proba(_PROBE_ROWS)[:, 1]) and np.array_equal(
+            labels, model.predict(_PROBE_ROWS)
+        ):
+            return shortcut
+        return None
+
+    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(exit probabilities, labels 0/1) for float64 features, one row per client."""
+        scaled = np.log1p(features)
+        scaled -= self.mean
+        scaled /= self.scale
+        scores = (scaled @ self.coef_t + self.intercept).reshape(-1)
+        probabilities = expit(scores, out=scores)
+        return probabilities, (probabilities >= self.threshold).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One deployed version, loaded: everything a request needs, read from one version folder."""
+
+    link_target: str
+    version: str
+    model: Any
+    shortcut: LinearRiskModel | None
+    metrics: dict[str, Any]
+    model_info: dict[str, Any]
+    version_info: dict[str, Any]
+
+    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.shortcut is not None:
+            return self.shortcut.predict(features)
+        return self.model.predict_proba(features)[:, 1], np.asarray(self.model.predict(features), dtype=np.int64)
+
+
+def load_served_model(deploy_root: Path, link_target: str) -> ServedModel:
+    """Load the version ``current`` points at; raise PipelineError when its files do not hold together."""
+    folder = deploy_root / link_target
+    metrics = read_json_file(folder / METRICS_FILE, METRICS_FILE)
+    model_info = read_json_file(folder / MODEL_INFO_FILE, MODEL_INFO_FILE)
+    version_info = read_json_file(folder / VERSION_INFO_FILE, VERSION_INFO_FILE)
+    if sha256_file(folder / MODEL_FILE) != metrics.get("model_sha256"):
+        raise PipelineError(f"{folder / MODEL_FILE} does not match the model its scores describe")
+    model = load_model(folder / MODEL_FILE)
+    return ServedModel(
+        link_target=link_target,
+        version=Path(link_target).name,
+        model=model,
+        shortcut=LinearRiskModel.for_model(model),
+        metrics=metrics,
+        model_info=model_info,
+        version_info=version_info,
+    )
+
+
+class DeploymentWatcher:
+    """Holds the loaded model and swaps it when ``current`` points at another version."""
+
+    def __init__(self, deploy_root: Path):
+        self.deploy_root = deploy_root
+        self._served: ServedModel | None = None
+        self._failed: tuple[str, str] | None = None  # (link target, why) of a version that did not load
+        self._lock = threading.Lock()
+
+    def served(self) -> ServedModel:
+        """The model to answer with; raise ServiceUnavailable when none can be loaded."""
+        target = self._read_link()
+        served = self._served
+        if served is not None and (served.link_target == target or target is None):
+            return served
+        with self._lock:
+            return self._switch(target)
+
+    def _read_link(self) -> str | None:
+        try:
+            return os.readlink(self.deploy_root / CURRENT_LINK)
+        except FileNotFoundError:
+            return None
+
+    def _switch(self, target: str | None) -> ServedModel:
+        served = self._served
+        if served is not None and served.link_target == target:
+            return served  # another thread switched while this one waited
+        if target is None:
+            raise ServiceUnavailable(f"no model is deployed in {self.deploy_root}; run deployment.py")
+        if self._failed is None or self._failed[0] != target:
+            try:
+                self._served = load_served_model(self.deploy_root, target)
+                self._failed = None
+                log.info("serving model %s", self._served.version)
+                return self._served
+            except (PipelineError, OSError) as exc:
+                self._failed = (target, str(exc))
+                log.error("cannot serve %s: %s; %s", target, exc, "keeping " + served.version if served else "")
+        if served is not None:
+            return served
+        raise ServiceUnavailable(f"the deployed model cannot be loaded: {self._failed[1]}")
+
+
+class FileBackedValue:
+    """A value computed from a file, recomputed only when the file changes (inode, size, mtime)."""
+
+    def __init__(self, path: Path, compute: Callable[[Path], Any]):
+        self.path, self.compute = path, compute
+        self._signature: tuple[int, int, int] | None = None
+        self._value: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        stat = os.stat(self.path)  # FileNotFoundError for the caller to explain
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if signature != self._signature:
+                self._value, self._signature = self.compute(self.path), signature
+            return self._value
+
+
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON through orjson: several times faster for large prediction lists."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status=status, mimetype="application/json"
+    )
+
+
+def allowed_data_folders(config: Config) -> list[Path]:
+    """The folders whose files ``/prediction`` may read by location."""
+    test_folder = config.test_data_path if config.test_data_path.is_dir() else config.test_data_path.parent
+    return [config.input_folder, config.output_folder, test_folder]
+
+
+def resolve_data_file(location: object, base: Path, folders: list[Path], max_bytes: int) -> Path:
+    """The file a ``filelocation`` names, relative to ``base``; refuse anything outside ``folders``."""
+    if not isinstance(location, str) or not location.strip():
+        raise BadRequest("filelocation must be a non-empty string, such as testdata/testdata.csv")
+    if "\x00" in location:
+        raise BadRequest("filelocation holds a NUL character")
+    if "\\" in location:
+        raise Forbidden("filelocation may not contain backslashes; separate folders with /")
+    path = PurePosixPath(location.strip())
+    if path.is_absolute() or location.startswith("~") or (len(location) > 1 and location[1] == ":"):
+        raise Forbidden("filelocation must be a path relative to the project folder, such as testdata/testdata.csv")
+    if ".." in path.parts:
+        raise Forbidden("filelocation may not contain '..'")
+    real = (base / path).resolve()  # follows links, so a link out of the data folders is caught below
+    if not any(real.is_relative_to(folder) for folder in folders):
+        names = ", ".join(_shown(folder, base) for folder in folders)
+        raise Forbidden(f"{location} is outside the data folders ({names})")
+    if not real.exists():
+        raise NotFound(f"{location} does not exist")
+    if not real.is_file():
+        raise BadRequest(f"{location} is a folder; name a data file in it")
+    if real.suffix.lower() not in DATA_SUFFIXES:
+        raise BadRequest(f"{location} is not a .csv, .json or .jsonl file")
+    if real.stat().st_size > max_bytes:
+        raise RequestEntityTooLarge(f"{location} is larger than the {max_bytes // MIB} MiB the API reads")
+    return real
+
+
+def _shown(folder: Path, base: Path) -> str:
+    return str(folder.relative_to(base)) if folder.is_relative_to(base) else str(folder)
+
+
+def read_prediction_input(config: Config, folders: list[Path]) -> FeatureBatch:
+    """The rows a /prediction request asks about: by file location, JSON records, or a CSV body or upload."""
+    mimetype = request.mimetype
+    try:
+        if mimetype == "application/json" or mimetype.endswith("+json"):
+            return read_json_request(config, folders)
+        if mimetype == "multipart/form-data" and "file" in request.files:
+            upload = request.files["file"]
+            data = upload.read()
+            if (upload.filename or "").lower().endswith((".json", ".jsonl")):
+                return features_from_records(parse_json(data, "the uploaded file"), "the uploaded file")
+            return read_feature_csv(data, "the uploaded file")
+        if mimetype in CSV_TYPES:
+            return read_feature_csv(request.get_data(cache=False), "the CSV body")
+        location = request.values.get("filelocation")
+        if location is not None:
+            return read_feature_file(resolve_data_file(location, config.path.parent, folders, _max_file(config)))
+    except BadFileError as exc:
+        raise BadRequest(str(exc)) from None
+    if not request.content_length and not request.values:
+        raise BadRequest(
+            'the request is empty; send JSON {"filelocation": "testdata/testdata.csv"} or {"records": [...]}, '
+            "or a CSV body (Content-Type: text/csv)"
+        )
+    raise UnsupportedMediaType(
+        f"cannot read a body of type {mimetype or '(none given)'}; send application/json, text/csv "
+        "or a multipart upload named 'file'"
+    )
+
+
+def read_json_request(config: Config, folders: list[Path]) -> FeatureBatch:
+    body = parse_json(request.get_data(cache=False), "the request body")
+    if isinstance(body, list):
+        return features_from_records(body, "the request body")
+    if not isinstance(body, dict):
+        raise BadRequest("the JSON body must be an object with 'filelocation' or 'records', or a list of records")
+    if "filelocation" in body:
+        path = resolve_data_file(body["filelocation"], config.path.parent, folders, _max_file(config))
+        return read_feature_file(path)
+    if "records" in body:
+        return features_from_records(body["records"], "records")
+    raise BadRequest("the JSON body needs 'filelocation' (a data file) or 'records' (a list of client records)")
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    if not data.strip():
+        raise BadRequest(f"{what} is empty")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON ({exc})") from None
+
+
+def _max_file(config: Config) -> int:
+    return int(config.api.max_file_mb * MIB)
+
+
+def describe_predictions(served: ServedModel, batch: FeatureBatch) -> dict[str, Any]:
+    probabilities, labels = served.predict(batch.features)
+    if batch.ids is None:
+        rows = [
+            {"label": label, "probability": p} for label, p in zip(labels.tolist(), probabilities.tolist(), strict=True)
+        ]
+    else:
+        rows = [
+            {"corporation": corporation, "label": label, "probability": p}
+            for corporation, label, p in zip(batch.ids, labels.tolist(), probabilities.tolist(), strict=True)
+        ]
+    return {"model_version": served.version, "rows": batch.rows, "predictions": rows}
+
+
+def describe_version(served: ServedModel) -> dict[str, Any]:
+    info, model_info = served.version_info, served.model_info
+    return {
+        "model_version": served.version,
+        "deployed_at": info.get("deployed_at"),
+        "previous_version": info.get("previous_version"),
+        "trained_at": model_info.get("trained_at"),
+        "training_rows": model_info.get("training_rows"),
+        "training_data_sha256": model_info.get("training_data_sha256"),
+        "decision_threshold": model_info.get("decision_threshold"),
+        "model_sha256": model_info.get("model_sha256"),
+        "metrics": {key: served.metrics.get(key) for key in ("f1", "precision", "recall", "roc_auc")},
+        "libraries": model_info.get("libraries"),
+    }
+
+
+class TestDataHashes:
+    """Content hashes of the test data files, recomputed only when a file changes on disk."""
+
+    def __init__(self, test_data_path: Path):
+        self.test_data_path = test_data_path
+        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
+        self._hashes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[str, str]:
+        try:
+            files = find_test_files(self.test_data_path)
+        except PipelineError:
+            return {}
+        stats = [(path, path.stat()) for path in files]
+        signature = tuple((str(path), st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats)
+        with self._lock:
+            if signature != self._signature:
+                self._hashes = {path.name: sha256_file(path) for path in files}
+                self._signature = signature
+            return self._hashes
+
+
+def describe_scores(served: ServedModel, test_hashes: dict[str, str]) -> dict[str, Any]:
+    """The deployed model's metrics on the test data, as scored before it was deployed."""
+    unchanged = served.metrics.get("test_data_sha256") == test_hashes
+    scores = {
+        "model_version": served.version,
+        **{key: served.metrics.get(key) for key in METRIC_KEYS},
+        "scored_at": served.metrics.get("scored_at"),
+        "test_data": [Path(path).name for path in served.metrics.get("test_data", [])],
+        "test_data_unchanged": unchanged,
+    }
+    if not unchanged:
+        scores["note"] = "the test data has changed since this model was scored; the next pipeline run re-scores it"
+    return scores
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    columns = read_numeric_columns(path)
+    rows = len(next(iter(columns.values())))
+    return {"dataset": path.name, "rows": rows, "columns": summary_statistics(columns)}
+
+
+def read_diagnostics(path: Path) -> dict[str, Any]:
+    stored = read_json_file(path, "diagnostics file")
+    missing = stored.get("missing_data", {})
+    return {
+        "generated_at": stored.get("generated_at"),
+        "model_version": stored.get("model_version"),
+        "timing": stored.get("timing"),
+        "missing_data": {key: missing.get(key) for key in ("dataset", "rows", "percent", "unreadable")},
+        "dependencies": stored.get("dependencies"),
+    }
+
+
+def create_app(config: Config | str | os.PathLike[str] | None = None, token: str | None = None) -> Flask:
+    """The Flask application. ``config``: a Config or a config file (default ``$RISK_CONFIG``, else config.json).
+
+    ``token``: the API token; by default read from the environment variable ``api.token_env`` names.
+    """
+    if not isinstance(config, Config):
+        config = load_config(config)
+    if token is None:
+        token = os.environ.get(config.api.token_env) or None
+    app = Flask(__name__)
+    app.json = OrjsonProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = int(config.api.max_body_mb * MIB)
+    app.config["RISK_CONFIG"] = config
+    watcher = DeploymentWatcher(config.deployment_folder)
+    folders = allowed_data_folders(config)
+    summary = FileBackedValue(config.output_folder / FINAL_DATA, read_summary)
+    diagnostics = FileBackedValue(config.model_folder / DIAGNOSTICS_FILE, read_diagnostics)
+    test_hashes = TestDataHashes(config.test_data_path)
+    expected = f"Bearer {token}".encode() if token else None
+    try:
+        watcher.served()  # load the model now, not on a client's first request
+    except ServiceUnavailable as exc:
+        log.warning("%s", exc.description)
+
+    @app.before_request
+    def check_token() -> None:
+        if expected is None or request.endpoint == "health":
+            return
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized("this API needs a token: send the header 'Authorization: Bearer <token>'")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        message = exc.description
+        if isinstance(exc, RequestEntityTooLarge) and message == RequestEntityTooLarge.description:
+            message = f"the request body is larger than the {config.api.max_body_mb:g} MiB the API accepts"
+        response = json_response({"error": message, "status": exc.code}, exc.code or 500)
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return json_response(
+            {"error": f"internal error ({type(exc).__name__}); see the server log", "status": 500}, 500
+        )
+
+    @app.post("/prediction")
+    def prediction() -> Response:
+        served = watcher.served()
+        return json_response(describe_predictions(served, read_prediction_input(config, folders)))
+
+    @app.get("/scoring")
+    def scoring() -> Response:
+        return json_response(describe_scores(watcher.served(), test_hashes.get()))
+
+    @app.get("/summarystats")
+    def summarystats() -> Response:
+        try:
+            return json_response(summary.get())
+        except (FileNotFoundError, PipelineError) as exc:
+            raise ServiceUnavailable(f"no ingested data to summarise ({exc}); run ingestion.py") from None
+
+    @app.get("/diagnostics")
+    def diagnostics_endpoint() -> Response:
+        try:
+            return json_response(diagnostics.get())
+        except (FileNotFoundError, PipelineError):
+            raise ServiceUnavailable("no diagnostics have been stored yet; run diagnostics.py") from None
+
+    @app.get("/health")
+    def health() -> Response:
+        try:
+            served = watcher.served()
+        except ServiceUnavailable as exc:
+            return json_response({"status": "unavailable", "error": exc.description}, 503)
+        return json_response({"status": "ok", "model_version": served.version})
+
+    @app.get("/version")
+    def version() -> Response:
+        return json_response(describe_version(watcher.served()))
+
+    return app
+
+
+def build_server(config_path: str | None, host: str, port: int, workers: int) -> Any:
+    """A gunicorn server for the app (gunicorn is imported here: the test client does not need it)."""
+    from gunicorn.app.base import BaseApplication
+
+    class RiskApiServer(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "sync")
+            self.cfg.set("proc_name", "risk-api")
+            self.cfg.set("control_socket_disable", True)
+
+        def load(self) -> Flask:
+            return create_app(config_path)
+
+    return RiskApiServer()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve the API with gunicorn.")
+    parser.add_argument("--config", metavar="PATH", help=f"config file (default: ${CONFIG_ENV_VAR}, else config.json)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2, one per core)")
+    args = add_logging_flags(parser).parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
+    try:
+        load_config(args.config)  # fail here, in one sentence, rather than in every worker
+    except PipelineError as exc:
+        log.error("app failed: %s", exc)
+        return 1
+    build_server(args.config, args.host, args.port, args.workers).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""Statistics of client data that several stages report: summary statistics and missing data."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from common.errors import PipelineError
+from common.schema import COLUMNS, FEATURES, TARGET, BadFileError, parse_header, read_json_records, unique_names
+
+log = logging.getLogger(__name__)
+
+NUMERIC_COLUMNS = (*FEATURES, TARGET)
+
+
+def read_numeric_columns(path: Path) -> dict[str, np.ndarray]:
+    """The numeric columns of an ingested data file (``finaldata.csv``) as float64 arrays."""
+    try:
+        table = pa_csv.read_csv(
+            path,
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=list(NUMERIC_COLUMNS),
+                column_types={name: pa.float64() for name in NUMERIC_COLUMNS},
+            ),
+        )
+    except FileNotFoundError:
+        raise PipelineError(f"ingested data {path} does not exist; run ingestion.py first") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PipelineError(f"ingested data {path} cannot be read ({str(exc).splitlines()[0]})") from None
+    return {name: table[name].to_numpy() for name in NUMERIC_COLUMNS}
+
+
+def summary_statistics(columns: dict[str, np.ndarray]) -> dict[str, dict[str, float | int | None]]:
+    """Per column: count, mean, median, standard deviation (n - 1), min, quartiles and max; NaN left out."""
+    summary = {}
+    for name, values in columns.items():
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            summary[name] = {"count": 0, **dict.fromkeys(("mean", "median", "std", "min", "q1", "q3", "max"))}
+            continue
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        summary[name] = {
+            "count": int(values.size),
+            "mean": _round(values.mean()),
+            "median": _round(median),
+            "std": _round(values.std(ddof=1)) if values.size > 1 else None,
+            "min": _round(values.min()),
+            "q1": _round(q1),
+            "q3": _round(q3),
+            "max": _round(values.max()),
+        }
+    return summary
+
+
+def count_missing(path: Path) -> tuple[int, dict[str, int]]:
+    """(rows, missing cells per column) of one raw data file; an absent column counts as all missing."""
+    if path.suffix.lower() in (".json", ".jsonl"):
+        records = read_json_records(path)
+        normalised = [{str(key).strip().lower(): value for key, value in item.items()} for item in records]
+        missing = {
+            name: sum(1 for item in normalised if item.get(name) is None or str(item[name]).strip() == "")
+            for name in COLUMNS
+        }
+        return len(records), missing
+    with open(path, "rb") as handle:
+        names = parse_header(handle.read(64 * 1024), path.name)
+    present = [name for name in COLUMNS if name in names]
+    try:
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=unique_names(names), skip_rows=1),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda _row: "skip"),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=present,
+                column_types=dict.fromkeys(present, pa.string()),
+                strings_can_be_null=True,
+            ),
+        )
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BadFileError(f"{path.name}: cannot be parsed as CSV ({str(exc).splitlines()[0]})") from None
+    rows = table.num_rows
+    missing = {name: table[name].null_count if name in present else rows for name in COLUMNS}
+    return rows, missing
+
+
+def missing_data(paths: list[Path]) -> dict[str, Any]:
+    """Percent of missing values per column over raw data files, overall and per file.
+
+    Files that cannot be parsed at all are listed under ``unreadable`` with the reason.
+    """
+    total_rows = 0
+    total_missing = dict.fromkeys(COLUMNS, 0)
+    per_file, unreadable = {}, {}
+    for path in paths:
+        try:
+            rows, missing = count_missing(path)
+        except BadFileError as exc:
+            unreadable[path.name] = str(exc)
+            continue
+        total_rows += rows
+        for name in COLUMNS:
+            total_missing[name] += missing[name]
+        per_file[path.name] = {"rows": rows, "percent": _percentages(missing, rows)}
+    return {
+        "rows": total_rows,
+        "percent": _percentages(total_missing, total_rows),
+        "files": per_file,
+        "unreadable": unreadable,
+    }
+
+
+def _percentages(missing: dict[str, int], rows: int) -> dict[str, float]:
+    return {name: round(100.0 * count / rows, 4) if rows else 0.0 for name, count in missing.items()}
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)

@@ -1,0 +1,67 @@
+"""Measuring a model on labelled data: the metrics scoring, reporting and the automation share."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from common.artifacts import load_model, utc_now
+from common.errors import PipelineError
+from common.files import find_test_files, sha256_file
+from common.schema import BadFileError, read_labelled_data
+
+log = logging.getLogger(__name__)
+
+
+def score_predictions(labels: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Every metric of one set of predictions, as plain JSON-ready numbers."""
+    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    both_classes = np.unique(labels).size == 2
+    if not both_classes:
+        log.warning("the test data holds one class only; ROC AUC and log loss are undefined")
+    return {
+        "f1": round(float(f1_score(labels, predicted, zero_division=0)), 6),
+        "precision": round(float(precision_score(labels, predicted, zero_division=0)), 6),
+        "recall": round(float(recall_score(labels, predicted, zero_division=0)), 6),
+        "roc_auc": round(float(roc_auc_score(labels, probabilities)), 6) if both_classes else None,
+        "accuracy": round(float(accuracy_score(labels, predicted)), 6),
+        "brier_score": round(float(brier_score_loss(labels, probabilities)), 6),
+        "log_loss": round(float(log_loss(labels, probabilities, labels=[0, 1])), 6) if both_classes else None,
+        "confusion": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+        "rows": int(labels.size),
+        "exit_rate": round(float(labels.mean()), 6),
+        "mean_predicted_risk": round(float(probabilities.mean()), 6),
+    }
+
+
+def score_model(model_path: Path, test_data_path: Path) -> dict[str, Any]:
+    """Load the model at ``model_path`` and return its metrics on the test data."""
+    model = load_model(model_path)
+    files = find_test_files(test_data_path)
+    try:
+        features, labels = read_labelled_data(files)
+    except BadFileError as exc:
+        raise PipelineError(f"cannot use test data: {exc}") from None
+    probabilities = model.predict_proba(features)[:, 1]
+    metrics = score_predictions(labels, probabilities, model.predict(features))
+    return {
+        **metrics,
+        "scored_at": utc_now(),
+        "model": str(model_path),
+        "model_sha256": sha256_file(model_path),
+        "test_data": [str(path) for path in files],
+        "test_data_sha256": {path.name: sha256_file(path) for path in files},
+    }

@@ -1,0 +1,338 @@
+"""Diagnostics: predictions, data statistics, stage timings and dependency health, in one JSON file.
+
+``main()`` writes ``diagnostics.json`` (with the time it was made) in the model output folder;
+the API's ``/diagnostics`` serves it as stored, so a request never re-runs anything.
+
+* predictions: labels and probabilities of the deployed model for a dataset (the test data);
+* summary statistics of the ingested data: mean, median, standard deviation, min, quartiles, max;
+* missing data: percent of missing values per column in the source files, before ingestion
+  drops incomplete rows;
+* timing: seconds that ingestion, training and scoring take, each run as a process on a scratch
+  copy of the outputs (the live ones are never written), several runs, mean and spread;
+* dependencies: installed and latest version of each package in ``requirements.txt``, asked of
+  the package index with a bounded timeout; answers are cached, and an index that cannot be
+  reached gives "unknown" with the reason instead of a wait.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import requests
+from packaging.version import InvalidVersion, Version
+
+from common.artifacts import (
+    DEPENDENCY_CACHE_FILE,
+    DIAGNOSTICS_FILE,
+    FINAL_DATA,
+    MODEL_FILE,
+    VERSION_INFO_FILE,
+    current_version,
+    current_version_folder,
+    load_model,
+    read_json_file,
+    utc_now,
+)
+from common.cli import build_parser, run_stage
+from common.config import PROJECT_ROOT, Config, DiagnosticsSettings
+from common.datastats import missing_data, read_numeric_columns, summary_statistics
+from common.errors import PipelineError
+from common.files import find_test_files, list_data_files, write_text_atomic
+from common.schema import BadFileError, read_feature_file
+
+log = logging.getLogger("diagnostics")
+
+REQUIREMENTS_FILE = PROJECT_ROOT / "requirements.txt"
+TIMED_STAGES = ("ingestion", "training", "scoring")
+_REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([=<>!~].*)?$")
+
+
+def model_predictions(model: Any, data_path: Path) -> dict[str, Any]:
+    """Labels and exit probabilities of ``model`` for every row of a data file, in file order."""
+    try:
+        batch = read_feature_file(data_path)
+    except BadFileError as exc:
+        raise PipelineError(f"cannot predict for {data_path}: {exc}") from None
+    probabilities = model.predict_proba(batch.features)[:, 1]
+    labels = model.predict(batch.features)
+    return {
+        "dataset": str(data_path),
+        "rows": batch.rows,
+        "corporation": batch.ids,
+        "label": [int(label) for label in labels],
+        "probability": [round(float(p), 6) for p in probabilities],
+        "predicted_exits": int(labels.sum()),
+    }
+
+
+def time_stages(config: Config, runs: int) -> dict[str, Any]:
+    """Time ingestion, training and scoring as processes, ``runs`` times each, on scratch outputs.
+
+    Each run gets a fresh scratch folder whose config reads the live source and test data and
+    writes only inside the scratch folder, so the live outputs are never touched.
+    """
+    seconds: dict[str, list[float]] = {stage: [] for stage in TIMED_STAGES}
+    scratch_root = Path(tempfile.mkdtemp(prefix="risk-timing-"))
+    try:
+        for run in range(runs):
+            scratch = scratch_root / f"run{run + 1}"
+            scratch.mkdir()
+            scratch_config = write_scratch_config(config, scratch)
+            for stage in TIMED_STAGES:
+                seconds[stage].append(run_stage_process(stage, scratch_config))
+    finally:
+        shutil.rmtree(scratch_root, ignore_errors=True)
+    return {
+        "runs": runs,
+        "unit": "seconds",
+        "stages": {stage: describe_spread(values) for stage, values in seconds.items()},
+    }
+
+
+def write_scratch_config(config: Config, scratch: Path) -> Path:
+    """A config that reads the live inputs and writes every output under ``scratch``."""
+    settings = {
+        "input_folder_path": str(config.input_folder),
+        "output_folder_path": str(scratch / "ingesteddata"),
+        "test_data_path": str(config.test_data_path),
+        "output_model_path": str(scratch / "models"),
+        "prod_deployment_path": str(scratch / "production_deployment"),
+        "model": {
+            "C": config.model.C,
+            "max_iter": config.model.max_iter,
+            "class_weight": config.model.class_weight,
+            "decision_threshold": config.model.decision_threshold,
+        },
+    }
+    return write_text_atomic(scratch / "config.json", json.dumps(settings, indent=2))
+
+
+def run_stage_process(stage: str, config_path: Path) -> float:
+    """Run ``<stage>.py --config config_path -q`` and return its wall time in seconds."""
+    command = [sys.executable, str(PROJECT_ROOT / f"{stage}.py"), "--config", str(config_path), "-q"]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        last_line = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise PipelineError(f"timing {stage}.py failed (exit {result.returncode}): {last_line}")
+    return elapsed
+
+
+def describe_spread(values: list[float]) -> dict[str, Any]:
+    """Mean, standard deviation, median, min and max of timings, with the runs themselves."""
+    return {
+        "mean": round(statistics.fmean(values), 4),
+        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "values": [round(value, 4) for value in values],
+    }
+
+
+def read_requirements(path: Path = REQUIREMENTS_FILE) -> list[tuple[str, str]]:
+    """(package name, version specifier) for each requirement line; comments and options skipped."""
+    requirements = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].split(";", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        match = _REQUIREMENT.match(line)
+        if match:
+            requirements.append((match.group(1), (match.group(2) or "").strip()))
+    return requirements
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def fetch_latest_version(name: str, index_url: str, timeout: float) -> str:
+    """The newest release of ``name`` on a PyPI-style JSON index; raise OSError-like errors on failure."""
+    response = requests.get(f"{index_url.rstrip('/')}/{name}/json", timeout=timeout)
+    response.raise_for_status()
+    return str(response.json()["info"]["version"])
+
+
+def read_cache(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def age_hours(stamp: str | None, now: datetime) -> float:
+    """Hours since an ISO 8601 time; infinite when it is missing or unreadable."""
+    try:
+        then = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")
+    return (now - then).total_seconds() / 3600
+
+
+def describe_failure(exc: BaseException | None, timeout: float) -> str:
+    """Why the index gave no version, in words; ``exc`` None means no answer before the deadline."""
+    if exc is None or isinstance(exc, requests.Timeout):
+        return f"the package index did not answer within {timeout:g} s"
+    if isinstance(exc, requests.ConnectionError):
+        return "the package index cannot be reached"
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        if exc.response.status_code == 404:
+            return "the package index does not know this package"
+        return f"the package index answered HTTP {exc.response.status_code}"
+    return f"the package index gave an unusable answer ({type(exc).__name__})"
+
+
+def look_up_latest(names: list[str], settings: DiagnosticsSettings, cache_path: Path) -> dict[str, dict[str, Any]]:
+    """For each package: latest version, where it came from (index or cache) and when, or why unknown.
+
+    Cached answers younger than ``index_cache_hours`` are reused without asking; the rest are
+    asked in parallel, and the whole look-up never takes much more than ``index_timeout_seconds``.
+    """
+    now = datetime.now(UTC)
+    cache = read_cache(cache_path)
+    answers: dict[str, dict[str, Any]] = {}
+    to_ask = []
+    for name in names:
+        entry = cache.get(name, {})
+        if entry.get("latest") and age_hours(entry.get("checked_at"), now) < settings.index_cache_hours:
+            answers[name] = {"latest": entry["latest"], "source": "cache", "checked_at": entry["checked_at"]}
+        else:
+            to_ask.append(name)
+    if to_ask:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(to_ask)))
+        futures = {
+            pool.submit(fetch_latest_version, name, settings.package_index, settings.index_timeout_seconds): name
+            for name in to_ask
+        }
+        done, _ = concurrent.futures.wait(futures, timeout=settings.index_timeout_seconds + 1)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for future, name in futures.items():
+            if future in done and future.exception() is None:
+                answers[name] = {"latest": future.result(), "source": "index", "checked_at": utc_now()}
+                cache[name] = {"latest": future.result(), "checked_at": utc_now()}
+                continue
+            failure = future.exception() if future in done else None
+            reason = describe_failure(failure, settings.index_timeout_seconds)
+            answers[name] = {"latest": None, "source": None, "reason": reason}
+            if cache.get(name, {}).get("latest"):
+                answers[name]["last_known"] = cache[name]
+        write_text_atomic(cache_path, json.dumps(cache, indent=2, sort_keys=True) + "\n")
+    return answers
+
+
+def dependency_status(
+    settings: DiagnosticsSettings, cache_path: Path, requirements: Path = REQUIREMENTS_FILE
+) -> list[dict[str, Any]]:
+    """One row per requirement: required, installed and latest version, and whether it is outdated."""
+    wanted = read_requirements(requirements)
+    latest = look_up_latest([name for name, _ in wanted], settings, cache_path)
+    rows = []
+    for name, specifier in wanted:
+        installed = installed_version(name)
+        answer = latest[name]
+        row = {"package": name, "required": specifier or None, "installed": installed, **answer}
+        row["status"] = compare_versions(installed, answer.get("latest"))
+        rows.append(row)
+    return rows
+
+
+def compare_versions(installed: str | None, latest: str | None) -> str:
+    """ "not installed", "unknown", "outdated" or "current"."""
+    if installed is None:
+        return "not installed"
+    if latest is None:
+        return "unknown"
+    try:
+        return "outdated" if Version(installed) < Version(latest) else "current"
+    except InvalidVersion:
+        return "unknown"
+
+
+def deployed_model_predictions(config: Config) -> dict[str, Any]:
+    """Predictions of the serving model for the (first) test data file."""
+    folder = current_version_folder(config.deployment_folder)
+    model = load_model(folder / MODEL_FILE)
+    return model_predictions(model, find_test_files(config.test_data_path)[0])
+
+
+def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
+    """Everything diagnostics measures, as one JSON-ready dictionary."""
+    started = time.perf_counter()
+    source_files, _ = list_data_files(config.input_folder) if config.input_folder.is_dir() else ([], [])
+    if not source_files:
+        raise PipelineError(f"the source folder {config.input_folder} holds no data files")
+    version = current_version(config.deployment_folder)
+    info = read_json_file(current_version_folder(config.deployment_folder) / VERSION_INFO_FILE, "version record")
+    report = {
+        "generated_at": utc_now(),
+        "model_version": version,
+        "model_trained_at": info.get("trained_at"),
+        "predictions": deployed_model_predictions(config),
+        "summary_statistics": {
+            "dataset": str(config.output_folder / FINAL_DATA),
+            "columns": summary_statistics(read_numeric_columns(config.output_folder / FINAL_DATA)),
+        },
+        "missing_data": {"dataset": str(config.input_folder), **missing_data(source_files)},
+        "timing": time_stages(config, runs),
+        "dependencies": dependency_status(config.diagnostics, config.model_folder / DEPENDENCY_CACHE_FILE),
+    }
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, help="timing runs per stage (default: diagnostics.timing_runs)")
+    args = parser.parse_args(argv)
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs must be at least 1")
+
+    def work(config: Config) -> dict[str, Any]:
+        report = run_diagnostics(config, args.runs or config.diagnostics.timing_runs)
+        target = write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, json.dumps(report, indent=2) + "\n")
+        timing = report["timing"]["stages"]
+        outdated = [row["package"] for row in report["dependencies"] if row["status"] == "outdated"]
+        unknown = [row["package"] for row in report["dependencies"] if row["status"] == "unknown"]
+        log.info(
+            "timings (mean of %d): ingestion %.2f s, training %.2f s, scoring %.2f s",
+            report["timing"]["runs"],
+            timing["ingestion"]["mean"],
+            timing["training"]["mean"],
+            timing["scoring"]["mean"],
+        )
+        log.info(
+            "dependencies: %d outdated%s, %d unknown%s",
+            len(outdated),
+            f" ({', '.join(outdated)})" if outdated else "",
+            len(unknown),
+            f" ({next(row['reason'] for row in report['dependencies'] if row['status'] == 'unknown')})"
+            if unknown
+            else "",
+        )
+        log.info("wrote %s", target)
+        return report
+
+    return run_stage("diagnostics", args, work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

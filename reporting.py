@@ -1,0 +1,772 @@
+"""Reporting: plot the deployed model's confusion matrix and write a PDF summary report.
+
+``main()`` writes ``confusionmatrix.png`` and ``summaryreport.pdf`` in the model output folder.
+The report holds the deployed model (version, when it was trained and deployed, on what data,
+its decision threshold), its metrics and confusion matrix on the test data, the summary
+statistics, missing data, stage timings and dependency health from ``diagnostics.json`` (run
+``diagnostics.py`` first), and the active clients with the highest predicted exit probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_CENTER, TA_RIGHT
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import Flowable, Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from common.artifacts import (
+    CONFUSION_MATRIX_FILE,
+    DIAGNOSTICS_FILE,
+    FINAL_DATA,
+    INGESTED_FILES,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_INFO_FILE,
+    REPORT_FILE,
+    VERSION_INFO_FILE,
+    current_version_folder,
+    load_model,
+    read_json_file,
+    utc_now,
+)
+from common.cli import build_parser, run_stage
+from common.config import Config
+from common.errors import PipelineError
+from common.evaluation import score_model
+from common.files import atomic_path
+from common.schema import FEATURES, ID_COLUMN, TARGET, BadFileError, read_data_file
+
+log = logging.getLogger("reporting")
+
+CLASS_NAMES = ("stayed", "exited")
+MARGIN = 16 * mm
+FRAME_WIDTH = A4[0] - 2 * MARGIN
+PLOT_WIDTH = 118 * mm
+DASH = "\u2013"  # shown where a value is unknown
+SHORT_HASH = 12
+MAX_LISTED_FILES = 6
+STATUS_COLOURS = {
+    "outdated": colors.HexColor("#FCE2C4"),
+    "unknown": colors.HexColor("#E4E4EC"),
+    "not installed": colors.HexColor("#F8CFCF"),
+}
+HEADER_BACKGROUND = colors.HexColor("#27476E")
+STRIPE = colors.HexColor("#F2F5F9")
+NOTE_BACKGROUND = colors.HexColor("#FFF3CD")
+NOTE_BORDER = colors.HexColor("#E0B000")
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    """The serving version's model and records, all read from one version folder."""
+
+    version: str
+    folder: Path
+    model: Any
+    info: dict[str, Any]  # trainedmodel.json
+    record: dict[str, Any]  # version.json
+    scores: dict[str, Any]  # metrics.json, as scored before deployment
+    source_files: list[str]  # the ingested files it was trained on
+
+
+# ---------------------------------------------------------------- gathering what the report shows
+
+
+def read_diagnostics(path: Path) -> dict[str, Any]:
+    """The diagnostics record; raise PipelineError saying to run diagnostics.py when it is missing."""
+    if not path.is_file():
+        raise PipelineError(f"{path} does not exist; run diagnostics.py first, then reporting.py again")
+    return read_json_file(path, "diagnostics file")
+
+
+def read_ingested_file_names(path: Path) -> list[str]:
+    """Names of the source files listed in an ``ingestedfiles.txt``; empty when there is none."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [line.split("\t", 1)[0].strip() for line in lines if line.strip()]
+
+
+def read_deployed_model(deploy_root: Path) -> DeployedModel:
+    """The model and records of the version ``current`` points at, resolved once."""
+    folder = current_version_folder(deploy_root)
+    return DeployedModel(
+        version=folder.name,
+        folder=folder,
+        model=load_model(folder / MODEL_FILE),
+        info=read_json_file(folder / MODEL_INFO_FILE, "model metadata"),
+        record=read_json_file(folder / VERSION_INFO_FILE, "version record"),
+        scores=read_json_file(folder / METRICS_FILE, "metrics file"),
+        source_files=read_ingested_file_names(folder / INGESTED_FILES),
+    )
+
+
+def rank_clients(model: Any, path: Path, top: int) -> list[dict[str, Any]]:
+    """The ``top`` active clients (exited = 0) of a data file with the highest exit probability, highest first.
+
+    A corporation listed more than once counts by its last row, its latest state; clients who
+    already exited are left out, as they have gone. Ties keep file order.
+    """
+    if not path.is_file():
+        raise PipelineError(f"ingested data {path} does not exist; run ingestion.py first")
+    try:
+        table = read_data_file(path).table
+    except BadFileError as exc:
+        raise PipelineError(f"cannot rank clients: {exc}") from None
+    last_row = {corporation: row for row, corporation in enumerate(table[ID_COLUMN].to_pylist())}
+    exited = table[TARGET].to_numpy()
+    rows = np.array(sorted(row for row in last_row.values() if exited[row] == 0), dtype=np.int64)
+    if rows.size == 0:
+        return []
+    counts = {name: table[name].to_numpy()[rows] for name in FEATURES}
+    features = np.column_stack([counts[name].astype(np.float64) for name in FEATURES])
+    probabilities = model.predict_proba(features)[:, 1]
+    order = np.argsort(-probabilities, kind="stable")[:top]
+    ids = table[ID_COLUMN].take(rows[order]).to_pylist()
+    return [
+        {
+            "rank": rank,
+            "corporation": ids[rank - 1],
+            "probability": float(probabilities[index]),
+            **{name: int(counts[name][index]) for name in FEATURES},
+        }
+        for rank, index in enumerate(order, start=1)
+    ]
+
+
+def report_notes(deployed: DeployedModel, evaluation: dict[str, Any], diagnostics: dict[str, Any]) -> list[str]:
+    """Warnings a reader must see first: figures that do not belong to the deployed model as it is now."""
+    notes = []
+    diagnosed = diagnostics.get("model_version")
+    if diagnosed != deployed.version:
+        notes.append(
+            f"diagnostics.json was made for model {diagnosed or 'unknown'}, not the deployed {deployed.version}; "
+            "its statistics, timings and dependency checks may be out of date. Run diagnostics.py again to refresh."
+        )
+    recorded = deployed.scores.get("test_data_sha256")
+    if recorded is not None and recorded != evaluation.get("test_data_sha256"):
+        notes.append(
+            f"The test data changed after the model was scored on {format_time(deployed.scores.get('scored_at'))} "
+            f"(F1 then {format_metric(deployed.scores.get('f1'))}); the metrics below are measured on the test data "
+            "as it is now."
+        )
+    return notes
+
+
+# ---------------------------------------------------------------- formatting numbers for people
+
+
+def format_number(value: float | int | None) -> str:
+    """Thousands separators; whole numbers without decimals, others with 1 to 3 as the size suits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    if abs(value) >= 1000:
+        return f"{value:,.1f}"
+    if abs(value) >= 1:
+        return f"{value:,.2f}"
+    return f"{value:.3f}"
+
+
+def format_metric(value: float | None) -> str:
+    """A score between 0 and 1 to four decimals."""
+    return DASH if value is None else f"{value:.4f}"
+
+
+def format_percent(value: float | None, decimals: int = 1) -> str:
+    """A share between 0 and 1 as a percentage."""
+    return DASH if value is None else f"{100 * value:.{decimals}f}%"
+
+
+def format_missing(percent: float | None) -> str:
+    """A percentage of missing values: plain 0 when none, never rounded down to 0 when some."""
+    if percent is None:
+        return DASH
+    if percent == 0:
+        return "0"
+    if percent < 0.01:
+        return "<0.01%"
+    return f"{percent:,.2f}%"
+
+
+def format_time(stamp: str | None) -> str:
+    """An ISO 8601 UTC time as '2026-11-20 23:17:30 UTC'."""
+    if not stamp:
+        return DASH
+    return str(stamp).replace("T", " ").removesuffix("Z") + " UTC"
+
+
+def format_seconds(value: float | None) -> str:
+    return DASH if value is None else f"{value:,.2f}"
+
+
+def list_names(names: Sequence[str], limit: int = MAX_LISTED_FILES) -> str:
+    """Names joined by commas, the tail summarised when there are many."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
+
+
+def breakable(name: str) -> str:
+    """Paragraph markup of a column name that wraps after its last underscore, to fit a narrow column."""
+    head, underscore, tail = name.rpartition("_")
+    return f"{escape(head)}_<br/>{escape(tail)}" if underscore else escape(name)
+
+
+def nowrap(text: str) -> str:
+    """Text whose spaces do not break a line (for times and numbers with units in running text)."""
+    return text.replace(" ", "\u00a0")
+
+
+# ---------------------------------------------------------------- the plot
+
+
+def plot_confusion_matrix(confusion: dict[str, int], version: str, target: Path) -> Path:
+    """Draw the confusion matrix (counts and percent of each actual class) as a PNG; write it atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg for this figure only, not process-wide
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    counts = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]], dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+
+    figure = Figure(figsize=(6.4, 4.8), dpi=150, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for actual in range(2):
+        for predicted in range(2):
+            share = shares[actual, predicted]
+            axes.text(
+                predicted,
+                actual,
+                f"{counts[actual, predicted]:,}\n{share:.1%} of row",
+                ha="center",
+                va="center",
+                fontsize=13,
+                color="white" if share > 0.55 else "black",
+            )
+    axes.set_xticks([0, 1], labels=list(CLASS_NAMES), fontsize=11)
+    axes.set_yticks([0, 1], labels=list(CLASS_NAMES), fontsize=11)
+    axes.set_xlabel("predicted", fontsize=12)
+    axes.set_ylabel("actual", fontsize=12)
+    axes.set_title(f"Confusion matrix of model {version}\n{int(counts.sum()):,} test rows", fontsize=13)
+    figure.colorbar(image, ax=axes, label="share of the actual class", format=PercentFormatter(1.0), shrink=0.85)
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png")
+    return Path(target)
+
+
+# ---------------------------------------------------------------- the PDF
+
+
+def make_styles() -> dict[str, ParagraphStyle]:
+    """The paragraph styles of the report."""
+    sample = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=sample["BodyText"], fontSize=9.5, leading=12.5)
+    cell = ParagraphStyle("cell", parent=body, fontSize=8.5, leading=10.5, spaceBefore=0, spaceAfter=0)
+    return {
+        "title": ParagraphStyle("title", parent=sample["Title"], alignment=0, fontSize=20, leading=24, spaceAfter=2),
+        "subtitle": ParagraphStyle("subtitle", parent=body, textColor=colors.HexColor("#555555")),
+        "heading": ParagraphStyle(
+            "heading", parent=sample["Heading2"], fontSize=13.5, spaceBefore=12, spaceAfter=4, keepWithNext=1
+        ),
+        "body": body,
+        "caption": ParagraphStyle(
+            "caption", parent=body, fontSize=8.5, leading=11, textColor=colors.HexColor("#444444"), keepWithNext=1
+        ),
+        # Below a figure: unlike a caption above a table, it must not pull the next section along.
+        "figure_caption": ParagraphStyle(
+            "figure_caption", parent=body, fontSize=8.5, leading=11, textColor=colors.HexColor("#444444")
+        ),
+        "note": ParagraphStyle(
+            "note",
+            parent=body,
+            backColor=NOTE_BACKGROUND,
+            borderColor=NOTE_BORDER,
+            borderWidth=0.8,
+            borderPadding=5,
+            spaceBefore=6,
+            spaceAfter=8,
+        ),
+        "cell": cell,
+        "number": ParagraphStyle("number", parent=cell, alignment=TA_RIGHT),
+        "centre": ParagraphStyle("centre", parent=cell, alignment=TA_CENTER, fontSize=10, leading=13),
+        "head_cell": ParagraphStyle("head_cell", parent=cell, fontName="Helvetica-Bold", textColor=colors.white),
+        "head_number": ParagraphStyle(
+            "head_number", parent=cell, fontName="Helvetica-Bold", textColor=colors.white, alignment=TA_RIGHT
+        ),
+        "head_centre": ParagraphStyle(
+            "head_centre", parent=cell, fontName="Helvetica-Bold", textColor=colors.white, alignment=TA_CENTER
+        ),
+        "label": ParagraphStyle("label", parent=cell, fontName="Helvetica-Bold"),
+    }
+
+
+def make_table(
+    styles: dict[str, ParagraphStyle],
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    widths: Sequence[float],
+    text_columns: int = 1,
+    row_colours: dict[int, colors.Color] | None = None,
+    centred: bool = False,
+) -> Table:
+    """A striped table with a header row that repeats across pages; columns from ``text_columns`` on are numbers.
+
+    Cells are Paragraph markup, so long text wraps inside its column. Numbers align right, or
+    centre when ``centred`` (for a single row of figures).
+    """
+    number = "centre" if centred else "number"
+
+    def cell(markup: str, column: int, head: bool = False) -> Paragraph:
+        kind = "cell" if column < text_columns else number
+        return Paragraph(markup, styles[f"head_{kind}" if head else kind])
+
+    data = [[cell(text, column, head=True) for column, text in enumerate(header)]]
+    data += [[cell(text, column) for column, text in enumerate(row)] for row in rows]
+    commands = [
+        ("BACKGROUND", (0, 0), (-1, 0), HEADER_BACKGROUND),
+        ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, STRIPE]),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("LINEBELOW", (0, -1), (-1, -1), 0.6, HEADER_BACKGROUND),
+        ("TOPPADDING", (0, 0), (-1, -1), 2.5),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 2.5),
+    ]
+    for row, colour in (row_colours or {}).items():
+        commands.append(("BACKGROUND", (0, row + 1), (-1, row + 1), colour))
+    table = Table(data, colWidths=list(widths), repeatRows=1, hAlign="LEFT")
+    table.setStyle(TableStyle(commands))
+    return table
+
+
+def spread_widths(first: float, count: int, total: float = FRAME_WIDTH) -> list[float]:
+    """Widths of a table whose first column is ``first`` points and whose ``count`` others share the rest."""
+    return [first] + [(total - first) / count] * count
+
+
+def heading(styles: dict[str, ParagraphStyle], text: str, caption: str | None = None) -> list[Flowable]:
+    flowables: list[Flowable] = [Paragraph(escape(text), styles["heading"])]
+    if caption:
+        flowables.append(Paragraph(caption, styles["caption"]))
+    return flowables
+
+
+def missing_section(styles: dict[str, ParagraphStyle], what: str) -> Paragraph:
+    return Paragraph(f"<i>{escape(what)} is not in diagnostics.json; run diagnostics.py again.</i>", styles["body"])
+
+
+def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedModel) -> list[Flowable]:
+    """Which model serves, when it was made, on what data, and how it turns risk into a label."""
+    info, record = deployed.info, deployed.record
+    sha = str(info.get("training_data_sha256") or "")
+    files = deployed.source_files
+    data_text = f"{format_number(info.get('training_rows'))} rows"
+    if info.get("training_exit_rate") is not None:
+        data_text += f" (exit rate {format_percent(info['training_exit_rate'])})"
+    if files:
+        data_text += f" from {len(files)} file{'s' if len(files) != 1 else ''}: {list_names(files)}"
+    threshold = info.get("decision_threshold")
+    chosen = (info.get("settings") or {}).get("decision_threshold")
+    how = "chosen to maximise F1 on the training data" if chosen == "f1" else "set in the config"
+    coefficients = ", ".join(f"{name} {value:+.3f}" for name, value in (info.get("coefficients") or {}).items())
+    rows = [
+        ("Version", f"{deployed.version} (previous: {record.get('previous_version') or 'none'})"),
+        ("Deployed", format_time(record.get("deployed_at"))),
+        ("Trained", format_time(info.get("trained_at"))),
+        ("Model", str(info.get("model") or DASH)),
+        ("Training data", data_text),
+        ("Training data SHA-256", f"{sha[:SHORT_HASH]}\u2026" if sha else DASH),
+        ("Decision threshold", f"{format_metric(threshold)}, {how}" if threshold is not None else DASH),
+    ]
+    if coefficients:
+        rows.append(("Coefficients", f"{coefficients} (on log-scaled, standardised counts)"))
+    data = [
+        [Paragraph(escape(label), styles["label"]), Paragraph(escape(value), styles["cell"])] for label, value in rows
+    ]
+    table = Table(data, colWidths=[42 * mm, FRAME_WIDTH - 42 * mm], hAlign="LEFT")
+    table.setStyle(
+        TableStyle(
+            [
+                ("ROWBACKGROUNDS", (0, 0), (-1, -1), [colors.white, STRIPE]),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TOPPADDING", (0, 0), (-1, -1), 2.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 2.5),
+            ]
+        )
+    )
+    return [*heading(styles, "Deployed model"), table]
+
+
+def performance_section(
+    styles: dict[str, ParagraphStyle], evaluation: dict[str, Any], threshold: float | None, plot: Path
+) -> list[Flowable]:
+    """Metrics of the deployed model on the test data, and its confusion matrix."""
+    files = [Path(name).name for name in evaluation.get("test_data", [])]
+    caption = (
+        f"The deployed model on {format_number(evaluation['rows'])} rows of {escape(list_names(files))} "
+        f"(exit rate {format_percent(evaluation.get('exit_rate'))}), "
+        f"measured {nowrap(format_time(evaluation['scored_at']))}."
+    )
+    if threshold is not None:
+        caption += f" A client is labelled as exiting when the predicted probability is at least {threshold:.4f}."
+    metrics = [
+        ("F1", evaluation["f1"]),
+        ("Precision", evaluation["precision"]),
+        ("Recall", evaluation["recall"]),
+        ("ROC AUC", evaluation["roc_auc"]),
+        ("Accuracy", evaluation["accuracy"]),
+    ]
+    table = make_table(
+        styles,
+        [name for name, _ in metrics],
+        [[format_metric(value) for _, value in metrics]],
+        [FRAME_WIDTH / len(metrics)] * len(metrics),
+        text_columns=0,
+        centred=True,
+    )
+    width, height = plot_size(plot)
+    image = Image(str(plot), width=PLOT_WIDTH, height=PLOT_WIDTH * height / width)
+    image.hAlign = "CENTER"
+    return [
+        *heading(styles, "Performance on the test data", caption),
+        table,
+        Spacer(1, 4 * mm),
+        KeepTogether(
+            [
+                image,
+                Paragraph(
+                    "Each cell: number of test clients and their share of the actual class (the row), "
+                    "so the diagonal shows how many of those who stayed and of those who exited the model gets right.",
+                    styles["figure_caption"],
+                ),
+            ]
+        ),
+    ]
+
+
+def plot_size(path: Path) -> tuple[int, int]:
+    """Width and height in pixels of a PNG file."""
+    from reportlab.lib.utils import ImageReader
+
+    return ImageReader(str(path)).getSize()
+
+
+def statistics_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
+    """Per-column summary statistics of the ingested data."""
+    section = diagnostics.get("summary_statistics") or {}
+    columns = section.get("columns")
+    title = "Summary statistics of the ingested data"
+    if not columns:
+        return [*heading(styles, title), missing_section(styles, "Summary statistics")]
+    keys = ("count", "mean", "median", "std", "min", "q1", "q3", "max")
+    rows = [[escape(name), *(format_number(values.get(key)) for key in keys)] for name, values in columns.items()]
+    caption = f"Of {escape(Path(str(section.get('dataset', FINAL_DATA))).name)}; std is the sample standard deviation."
+    header = ["Column", "Count", "Mean", "Median", "Std", "Min", "Q1", "Q3", "Max"]
+    return [*heading(styles, title, caption), make_table(styles, header, rows, spread_widths(38 * mm, 8))]
+
+
+def missing_data_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
+    """Percent of missing values per column, over all source files and per file, and the unreadable files."""
+    section = diagnostics.get("missing_data")
+    title = "Missing data in the source files"
+    if not section:
+        return [*heading(styles, title), missing_section(styles, "Missing data")]
+    columns = list(section.get("percent", {}))
+    rows = [["<b>All files</b>", format_number(section.get("rows")), *map(format_missing, section["percent"].values())]]
+    for name, entry in section.get("files", {}).items():
+        percent = entry.get("percent", {})
+        rows.append(
+            [escape(name), format_number(entry.get("rows")), *(format_missing(percent.get(c)) for c in columns)]
+        )
+    caption = (
+        f"Percent of values missing per column in {escape(str(section.get('dataset', 'the source folder')))}, "
+        "before ingestion leaves incomplete rows out."
+    )
+    header = ["File", "Rows", *(breakable(name) for name in columns)]
+    flowables = [
+        *heading(styles, title, caption),
+        make_table(styles, header, rows, spread_widths(44 * mm, len(columns) + 1)),
+    ]
+    unreadable = section.get("unreadable") or {}
+    if unreadable:
+        flowables.append(Spacer(1, 2 * mm))
+        flowables.append(Paragraph(f"<b>Unreadable files ({len(unreadable)})</b>, not counted above:", styles["body"]))
+        flowables += [
+            Paragraph(f"\u2022 {escape(name)}: {escape(str(reason).removeprefix(f'{name}: '))}", styles["body"])
+            for name, reason in unreadable.items()
+        ]
+    return flowables
+
+
+def timing_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
+    """Seconds per stage: mean, spread, median and range over the timing runs."""
+    section = diagnostics.get("timing")
+    title = "Stage timings"
+    if not section or not section.get("stages"):
+        return [*heading(styles, title), missing_section(styles, "Timing")]
+    runs = section.get("runs")
+    caption = (
+        f"Seconds per stage over {format_number(runs)} run{'s' if runs != 1 else ''}, each stage run as its own "
+        f"process on a scratch copy of the outputs, measured {nowrap(format_time(diagnostics.get('generated_at')))}."
+    )
+    keys = ("mean", "std", "median", "min", "max")
+    rows = [
+        [escape(stage), *(format_seconds(values.get(key)) for key in keys)]
+        for stage, values in section["stages"].items()
+    ]
+    header = ["Stage", "Mean", "Std", "Median", "Min", "Max"]
+    return [*heading(styles, title, caption), make_table(styles, header, rows, spread_widths(40 * mm, 5))]
+
+
+def dependency_note(row: dict[str, Any]) -> str:
+    """Why a version is unknown, or where the latest version came from."""
+    if row.get("status") == "unknown":
+        note = str(row.get("reason") or "the latest version could not be compared")
+        known = row.get("last_known") or {}
+        if known.get("latest"):
+            note += f"; last known {known['latest']} ({format_time(known.get('checked_at'))})"
+        return note
+    if row.get("status") == "not installed":
+        return "not installed in this environment"
+    if row.get("source"):
+        kind = "cached answer from" if row["source"] == "cache" else "asked the index"
+        return f"{kind} {format_time(row.get('checked_at'))}"
+    return ""
+
+
+def dependency_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
+    """Required, installed and latest version of each requirement; outdated and unknown rows coloured."""
+    dependencies = diagnostics.get("dependencies")
+    title = "Dependencies"
+    if dependencies is None:
+        return [*heading(styles, title), missing_section(styles, "The dependency check")]
+    counts = {status: sum(1 for row in dependencies if row.get("status") == status) for status in STATUS_COLOURS}
+    summary = ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "all current"
+    caption = (
+        f"The {len(dependencies)} packages in requirements.txt, checked against the package index: {summary}. "
+        '<font backColor="#FCE2C4">&nbsp;outdated&nbsp;</font> and '
+        '<font backColor="#E4E4EC">&nbsp;unknown&nbsp;</font> rows are shaded.'
+    )
+    rows, colours = [], {}
+    for index, row in enumerate(dependencies):
+        status = str(row.get("status") or "unknown")
+        rows.append(
+            [
+                escape(str(row.get("package"))),
+                escape(str(row.get("required") or "any")),
+                escape(str(row.get("installed") or DASH)),
+                escape(str(row.get("latest") or DASH)),
+                f"<b>{escape(status)}</b>" if status in STATUS_COLOURS else escape(status),
+                escape(dependency_note(row)),
+            ]
+        )
+        if status in STATUS_COLOURS:
+            colours[index] = STATUS_COLOURS[status]
+    header = ["Package", "Required", "Installed", "Latest", "Status", "Note"]
+    widths = [30 * mm, 22 * mm, 19 * mm, 19 * mm, 21 * mm]
+    widths.append(FRAME_WIDTH - sum(widths))
+    return [
+        *heading(styles, title, caption),
+        make_table(styles, header, rows, widths, text_columns=6, row_colours=colours),
+    ]
+
+
+def clients_section(
+    styles: dict[str, ParagraphStyle], clients: list[dict[str, Any]], top: int, data_path: Path, version: str
+) -> list[Flowable]:
+    """The active clients most likely to leave, as the deployed model sees them."""
+    title = f"Top {top} clients at risk of leaving"
+    caption = (
+        f"Active clients (exited = 0) of {escape(data_path.name)} with the highest exit probability under model "
+        f"{escape(version)}; a corporation listed more than once counts by its last row."
+    )
+    if not clients:
+        return [*heading(styles, title, caption), Paragraph("<i>No active clients in the data.</i>", styles["body"])]
+    if len(clients) < top:
+        caption += f" Only {len(clients)} active clients are in the data."
+    rows = [
+        [
+            str(client["rank"]),
+            escape(str(client["corporation"])),
+            format_percent(client["probability"]),
+            *(format_number(client[name]) for name in FEATURES),
+        ]
+        for client in clients
+    ]
+    header = ["Rank", "Corporation", "Exit probability", *(breakable(name) for name in FEATURES)]
+    widths = [14 * mm, 46 * mm, 28 * mm]
+    widths += [(FRAME_WIDTH - sum(widths)) / len(FEATURES)] * len(FEATURES)
+    # Rank and corporation read as text; the right-aligned numbers start at the probability.
+    return [*heading(styles, title, caption), make_table(styles, header, rows, widths, text_columns=2)]
+
+
+def page_decoration(version: str, generated_at: str) -> Callable[[Canvas, SimpleDocTemplate], None]:
+    """Draw the footer (model, time, page number) on each page."""
+
+    def draw(canvas: Canvas, document: SimpleDocTemplate) -> None:
+        canvas.saveState()
+        canvas.setFont("Helvetica", 8)
+        canvas.setFillColor(colors.HexColor("#666666"))
+        canvas.drawString(
+            MARGIN, 10 * mm, f"Client exit risk report \u2013 model {version} \u2013 {format_time(generated_at)}"
+        )
+        canvas.drawRightString(A4[0] - MARGIN, 10 * mm, f"page {document.page}")
+        canvas.restoreState()
+
+    return draw
+
+
+def build_report(
+    target: Path,
+    *,
+    deployed: DeployedModel,
+    evaluation: dict[str, Any],
+    diagnostics: dict[str, Any],
+    clients: list[dict[str, Any]],
+    top: int,
+    data_path: Path,
+    plot: Path,
+    notes: Sequence[str] = (),
+    generated_at: str | None = None,
+) -> Path:
+    """Lay out the summary report and write it atomically as a PDF at ``target``; return ``target``."""
+    generated_at = generated_at or utc_now()
+    styles = make_styles()
+    story: list[Flowable] = [
+        Paragraph("Client exit risk: summary report", styles["title"]),
+        Paragraph(
+            f"Generated {nowrap(format_time(generated_at))} for model {escape(deployed.version)}; "
+            f"diagnostics from {nowrap(format_time(diagnostics.get('generated_at')))} "
+            f"(model {escape(str(diagnostics.get('model_version') or 'unknown'))}).",
+            styles["subtitle"],
+        ),
+    ]
+    story += [Paragraph(f"<b>Note:</b> {escape(note)}", styles["note"]) for note in notes]
+    story += model_section(styles, deployed)
+    story += performance_section(styles, evaluation, deployed.info.get("decision_threshold"), plot)
+    story += statistics_section(styles, diagnostics)
+    story += missing_data_section(styles, diagnostics)
+    story += timing_section(styles, diagnostics)
+    story += dependency_section(styles, diagnostics)
+    story += clients_section(styles, clients, top, data_path, deployed.version)
+    decorate = page_decoration(deployed.version, generated_at)
+    with atomic_path(target) as tmp:
+        document = SimpleDocTemplate(
+            str(tmp),
+            pagesize=A4,
+            leftMargin=MARGIN,
+            rightMargin=MARGIN,
+            topMargin=MARGIN,
+            bottomMargin=MARGIN + 4 * mm,
+            title=f"Client exit risk: summary report, model {deployed.version}",
+            author="reporting.py",
+            subject=f"generated {generated_at}",
+        )
+        document.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    return Path(target)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_name: str = REPORT_FILE) -> dict[str, Any]:
+    """Make the confusion-matrix plot and the PDF report in the model folder; return what they show."""
+    diagnostics = read_diagnostics(config.model_folder / DIAGNOSTICS_FILE)
+    deployed = read_deployed_model(config.deployment_folder)
+    evaluation = score_model(deployed.folder / MODEL_FILE, config.test_data_path)
+    plot = plot_confusion_matrix(evaluation["confusion"], deployed.version, config.model_folder / plot_name)
+    data_path = config.output_folder / FINAL_DATA
+    clients = rank_clients(deployed.model, data_path, config.top_clients)
+    notes = report_notes(deployed, evaluation, diagnostics)
+    for note in notes:
+        log.warning("%s", note)
+    pdf = build_report(
+        config.model_folder / pdf_name,
+        deployed=deployed,
+        evaluation=evaluation,
+        diagnostics=diagnostics,
+        clients=clients,
+        top=config.top_clients,
+        data_path=data_path,
+        plot=plot,
+        notes=notes,
+    )
+    return {
+        "version": deployed.version,
+        "plot": plot,
+        "pdf": pdf,
+        "metrics": evaluation,
+        "clients": clients,
+        "notes": notes,
+    }
+
+
+def plain_file_name(suffix: str) -> Callable[[str], str]:
+    """An argparse type: a bare file name ending in ``suffix``, to be written in the model folder."""
+
+    def check(name: str) -> str:
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise argparse.ArgumentTypeError(f"{name!r} must be a file name only; it is written in the model folder")
+        if not name.lower().endswith(suffix):
+            raise argparse.ArgumentTypeError(f"{name!r} must end in {suffix}")
+        return name
+
+    return check
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--plot",
+        metavar="NAME",
+        type=plain_file_name(".png"),
+        default=CONFUSION_MATRIX_FILE,
+        help=f"file name of the confusion-matrix plot in the model folder (default: {CONFUSION_MATRIX_FILE})",
+    )
+    parser.add_argument(
+        "--pdf",
+        metavar="NAME",
+        type=plain_file_name(".pdf"),
+        default=REPORT_FILE,
+        help=f"file name of the PDF report in the model folder (default: {REPORT_FILE})",
+    )
+    args = parser.parse_args(argv)
+
+    def work(config: Config) -> dict[str, Any]:
+        result = write_report(config, plot_name=args.plot, pdf_name=args.pdf)
+        metrics = result["metrics"]
+        log.info(
+            "model %s on %d test rows: F1 %.4f, precision %.4f, recall %.4f, ROC AUC %s",
+            result["version"],
+            metrics["rows"],
+            metrics["f1"],
+            metrics["precision"],
+            metrics["recall"],
+            format_metric(metrics["roc_auc"]),
+        )
+        log.info("wrote %s", result["plot"])
+        log.info("wrote %s (%d clients at risk listed)", result["pdf"], len(result["clients"]))
+        return result
+
+    return run_stage("reporting", args, work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

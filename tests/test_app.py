@@ -1,0 +1,322 @@
+"""The API through Flask's test client: answers, bad input, path refusals, tokens and model swaps."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from app import create_app
+from common.artifacts import (
+    DIAGNOSTICS_FILE,
+    FINAL_DATA,
+    MODEL_FILE,
+    VERSIONS_FOLDER,
+    current_version_folder,
+    load_model,
+)
+from common.config import Config, load_config
+from common.schema import FEATURES, read_feature_file
+from tests.conftest import deploy, train_and_score, write_config
+
+HEADER = ",".join(FEATURES)
+RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}
+
+
+@pytest.fixture
+def client(deployed: Config):
+    return create_app(deployed, token="").test_client()
+
+
+def predict_json(client, body):
+    return client.post("/prediction", data=json.dumps(body), content_type="application/json")
+
+
+def deployed_model(config: Config):
+    return load_model(current_version_folder(config.deployment_folder) / MODEL_FILE)
+
+
+def test_prediction_by_file_location_equals_the_models_own_predict_proba(client, deployed):
+    answer = predict_json(client, {"filelocation": "testdata/testdata.csv"})
+    assert answer.status_code == 200
+    body = answer.get_json()
+    batch = read_feature_file(deployed.test_data_path / "testdata.csv")
+    model = deployed_model(deployed)
+    assert body["model_version"] == "v0001" and body["rows"] == batch.rows == 500
+    assert [row["corporation"] for row in body["predictions"]] == batch.ids
+    probabilities = np.array([row["probability"] for row in body["predictions"]])
+    np.testing.assert_array_equal(probabilities, model.predict_proba(batch.features)[:, 1])
+    np.testing.assert_array_equal([row["label"] for row in body["predictions"]], model.predict(batch.features))
+
+
+def test_prediction_of_json_records_csv_body_and_upload_agree(client, deployed):
+    by_records = predict_json(client, {"records": [RECORD, {**RECORD, "corporation": "beta", "lastmonth_activity": 0}]})
+    csv_text = f"corporation,{HEADER}\nacme,37,412,18\nbeta,0,412,18\n"
+    by_csv = client.post("/prediction", data=csv_text, content_type="text/csv")
+    by_upload = client.post(
+        "/prediction", data={"file": (io.BytesIO(csv_text.encode()), "clients.csv")}, content_type="multipart/form-data"
+    )
+    answers = [response.get_json()["predictions"] for response in (by_records, by_csv, by_upload)]
+    assert answers[0] == answers[1] == answers[2]
+    assert [row["corporation"] for row in answers[0]] == ["acme", "beta"]
+    model = deployed_model(deployed)
+    expected = model.predict_proba(np.array([[37, 412, 18], [0, 412, 18]], dtype=float))[:, 1]
+    np.testing.assert_array_equal([row["probability"] for row in answers[0]], expected)
+    assert answers[0][1]["probability"] > answers[0][0]["probability"]  # less activity, more risk
+
+
+def test_records_without_ids_and_a_bare_list_are_accepted(client):
+    answer = predict_json(client, [{key: value for key, value in RECORD.items() if key != "corporation"}])
+    assert answer.status_code == 200
+    assert set(answer.get_json()["predictions"][0]) == {"label", "probability"}
+
+
+def write_data_file(config: Config, name: str, text: str) -> None:
+    (config.test_data_path / name).write_text(text, encoding="utf-8")
+
+
+# (case, request, status, words the error must contain)
+BAD_REQUESTS = [
+    ("malformed JSON", {"data": '{"records": [', "content_type": "application/json"}, 400, "not valid JSON"),
+    ("empty body", {}, 400, "the request is empty"),
+    ("empty JSON body", {"data": "", "content_type": "application/json"}, 400, "the request body is empty"),
+    ("JSON string", {"json": "hello"}, 400, "must be an object"),
+    ("neither key", {"json": {"rows": []}}, 400, "needs 'filelocation'"),
+    ("records not a list", {"json": {"records": {"a": 1}}}, 400, "non-empty list"),
+    ("no records", {"json": {"records": []}}, 400, "non-empty list"),
+    ("record not an object", {"json": {"records": [3]}}, 400, "record 1 is int"),
+    (
+        "missing column",
+        {"json": {"records": [{"lastmonth_activity": 1, "lastyear_activity": 2}]}},
+        400,
+        "record 1 lacks number_of_employees",
+    ),
+    ("null value", {"json": {"records": [{**RECORD, "lastyear_activity": None}]}}, 400, "lacks lastyear_activity"),
+    (
+        "text value",
+        {"json": {"records": [{**RECORD, "lastyear_activity": "many"}]}},
+        400,
+        'lastyear_activity is "many", where a number is expected',
+    ),
+    (
+        "boolean value",
+        {"json": {"records": [{**RECORD, "number_of_employees": True}]}},
+        400,
+        "number_of_employees is true",
+    ),
+    ("list value", {"json": {"records": [{**RECORD, "number_of_employees": [1]}]}}, 400, "where a number is expected"),
+    (
+        "negative count",
+        {"json": {"records": [RECORD, {**RECORD, "lastmonth_activity": -5}]}},
+        400,
+        "record 2, lastmonth_activity is negative",
+    ),
+    ("fractional count", {"json": {"records": [{**RECORD, "number_of_employees": 2.5}]}}, 400, "not a whole number"),
+    ("huge count", {"json": {"records": [{**RECORD, "number_of_employees": 1e300}]}}, 400, "too large"),
+    ("id not scalar", {"json": {"records": [{**RECORD, "corporation": {"a": 1}}]}}, 400, "corporation must be"),
+    (
+        "CSV missing column",
+        {"data": "lastmonth_activity,lastyear_activity\n1,2\n", "content_type": "text/csv"},
+        400,
+        "missing column number_of_employees",
+    ),
+    (
+        "CSV text in number",
+        {"data": f"{HEADER}\n1,lots,3\n", "content_type": "text/csv"},
+        400,
+        "column lastyear_activity holds text ('lots')",
+    ),
+    (
+        "CSV negative",
+        {"data": f"{HEADER}\n1,2,3\n1,2,-3\n", "content_type": "text/csv"},
+        400,
+        "row 2, number_of_employees is negative",
+    ),
+    ("CSV blank cell", {"data": f"{HEADER}\n1,,3\n", "content_type": "text/csv"}, 400, "lastyear_activity is missing"),
+    ("CSV header only", {"data": f"{HEADER}\n", "content_type": "text/csv"}, 400, "header but no data rows"),
+    ("CSV empty", {"data": "", "content_type": "text/csv"}, 400, "the CSV body: the CSV is empty"),
+    ("CSV not UTF-8", {"data": "\ufeffa".encode("utf-16"), "content_type": "text/csv"}, 400, "UTF-16"),
+    (
+        "upload not client data",
+        {"data": {"file": (io.BytesIO(b"name,age\nx,3\n"), "people.csv")}, "content_type": "multipart/form-data"},
+        400,
+        "not client-activity data",
+    ),
+    (
+        "unsupported type",
+        {"data": "<clients/>", "content_type": "application/xml"},
+        415,
+        "cannot read a body of type application/xml",
+    ),
+    ("file location not a string", {"json": {"filelocation": 42}}, 400, "must be a non-empty string"),
+    ("file location empty", {"json": {"filelocation": " "}}, 400, "must be a non-empty string"),
+    ("file location missing file", {"json": {"filelocation": "testdata/nothere.csv"}}, 404, "does not exist"),
+    ("file location is a folder", {"json": {"filelocation": "testdata"}}, 400, "is a folder"),
+    ("file location not data", {"json": {"filelocation": "testdata/notes.txt"}}, 400, "not a .csv, .json or .jsonl"),
+    (
+        "file location bad rows",
+        {"json": {"filelocation": "testdata/bad.csv"}},
+        400,
+        "bad.csv: row 2, lastmonth_activity is negative",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "kwargs", "status", "words"), BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_input_gets_a_4xx_json_error_naming_the_problem(client, deployed, case, kwargs, status, words):
+    write_data_file(deployed, "notes.txt", "hello\n")
+    write_data_file(deployed, "bad.csv", f"{HEADER}\n1,2,3\n-1,2,3\n")
+    answer = client.post("/prediction", **kwargs)
+    body = answer.get_json()
+    assert answer.status_code == status, body
+    assert words in body["error"]
+    assert body["status"] == status
+    assert "Traceback" not in answer.get_data(as_text=True)
+
+
+# (case, file location, how it escapes the data folders)
+TRAVERSALS = [
+    ("absolute path", "/etc/passwd"),
+    ("absolute path into the data", "{root}/testdata/testdata.csv"),
+    ("parent folder", "../config.json"),
+    ("parent folder inside", "testdata/../../etc/passwd"),
+    ("parent folder back in", "testdata/../testdata/testdata.csv"),
+    ("home folder", "~/.bashrc"),
+    ("Windows drive", "C:\\Windows\\win.ini"),
+    ("backslash parent", "testdata\\..\\config.json"),
+    ("model folder", "models/trainedmodel.pkl"),
+    ("deployment folder", "production_deployment/current/trainedmodel.pkl"),
+    ("config file", "config.json"),
+    ("encoded dots stay literal", "%2e%2e/config.json"),
+    ("file link out", "testdata/passwd.csv"),
+    ("folder link out", "testdata/models/trainedmodel.pkl"),
+]
+
+
+@pytest.mark.parametrize(("case", "location"), TRAVERSALS, ids=[case for case, _ in TRAVERSALS])
+def test_file_locations_outside_the_data_folders_are_refused_with_403(client, deployed, case, location):
+    (deployed.test_data_path / "passwd.csv").symlink_to("/etc/passwd")
+    (deployed.test_data_path / "models").symlink_to(deployed.model_folder)
+    location = location.format(root=deployed.path.parent)
+    for answer in (
+        predict_json(client, {"filelocation": location}),
+        client.post("/prediction", query_string={"filelocation": location}),
+        client.post("/prediction", data={"filelocation": location}),
+    ):
+        assert answer.status_code == 403, answer.get_json()
+        assert answer.get_json()["error"]
+
+
+def test_body_larger_than_the_limit_gets_413(deployed):
+    config = load_config(write_config(deployed.path.parent, api={"max_body_mb": 0.01}))
+    client = create_app(config, token="").test_client()
+    answer = client.post("/prediction", data=f"{HEADER}\n" + "1,2,3\n" * 5000, content_type="text/csv")
+    assert answer.status_code == 413
+    assert answer.get_json()["error"] == "the request body is larger than the 0.01 MiB the API accepts"
+
+
+def test_unknown_paths_and_methods_get_json_errors(client):
+    assert client.get("/nothing").status_code == 404
+    assert client.get("/prediction").status_code == 405
+    assert client.get("/nothing").get_json()["status"] == 404
+
+
+def test_scoring_and_version_describe_the_deployed_model(client, deployed):
+    folder = current_version_folder(deployed.deployment_folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    scoring = client.get("/scoring").get_json()
+    assert scoring["model_version"] == "v0001"
+    assert {key: scoring[key] for key in ("f1", "precision", "recall", "roc_auc")} == {
+        key: metrics[key] for key in ("f1", "precision", "recall", "roc_auc")
+    }
+    assert scoring["test_data_unchanged"] is True and "note" not in scoring
+    with open(deployed.test_data_path / "testdata.csv", "a") as handle:
+        handle.write("newclient,1,2,3,0\n")
+    changed = client.get("/scoring").get_json()
+    assert changed["test_data_unchanged"] is False and "changed since this model was scored" in changed["note"]
+    version = client.get("/version").get_json()
+    assert version["model_version"] == "v0001"
+    assert version["metrics"]["f1"] == metrics["f1"]
+    assert version["trained_at"] and version["deployed_at"]
+    assert client.get("/health").get_json() == {"status": "ok", "model_version": "v0001"}
+
+
+def test_summarystats_are_those_of_the_ingested_data_and_follow_it(client, deployed):
+    data = np.genfromtxt(deployed.output_folder / FINAL_DATA, delimiter=",", skip_header=1, usecols=(1, 2, 3, 4))
+    stats = client.get("/summarystats").get_json()
+    assert stats["rows"] == data.shape[0]
+    month = stats["columns"]["lastmonth_activity"]
+    assert month["mean"] == pytest.approx(data[:, 0].mean(), abs=1e-6)
+    assert month["median"] == pytest.approx(np.median(data[:, 0]))
+    assert month["std"] == pytest.approx(data[:, 0].std(ddof=1), abs=1e-6)
+    assert set(month) == {"count", "mean", "median", "std", "min", "q1", "q3", "max"}
+    (deployed.output_folder / FINAL_DATA).write_text(f"corporation,{HEADER},exited\na,1,2,3,0\nb,3,4,5,1\n")
+    assert client.get("/summarystats").get_json()["rows"] == 2
+
+
+def test_diagnostics_are_served_as_stored_with_their_timestamp(client, deployed):
+    answer = client.get("/diagnostics")
+    assert answer.status_code == 503
+    assert "run diagnostics.py" in answer.get_json()["error"]
+    stored = {
+        "generated_at": "2026-11-20T10:00:00Z",
+        "model_version": "v0001",
+        "timing": {"runs": 3, "stages": {"ingestion": {"mean": 0.5}}},
+        "missing_data": {"dataset": "x", "rows": 10, "percent": {"corporation": 0.0}, "files": {}, "unreadable": {}},
+        "dependencies": [{"package": "flask", "status": "current"}],
+        "predictions": {"rows": 500},
+    }
+    (deployed.model_folder / DIAGNOSTICS_FILE).write_text(json.dumps(stored))
+    body = client.get("/diagnostics").get_json()
+    assert body["generated_at"] == "2026-11-20T10:00:00Z"
+    assert body["timing"] == stored["timing"]
+    assert body["dependencies"] == stored["dependencies"]
+    assert body["missing_data"]["percent"] == {"corporation": 0.0}
+
+
+def test_token_is_needed_everywhere_but_health_when_configured(deployed):
+    client = create_app(deployed, token="s3cret").test_client()
+    assert client.get("/health").status_code == 200
+    for path in ("/scoring", "/version", "/summarystats", "/diagnostics"):
+        answer = client.get(path)
+        assert answer.status_code == 401 and "token" in answer.get_json()["error"]
+        assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/scoring", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert predict_json(client, {"records": [RECORD]}).status_code == 401
+
+
+def test_token_is_read_from_the_configured_environment_variable(deployed, monkeypatch):
+    monkeypatch.setenv("RISK_API_TOKEN", "from-env")
+    client = create_app(deployed).test_client()
+    assert client.get("/scoring").status_code == 401
+    assert client.get("/scoring", headers={"Authorization": "Bearer from-env"}).status_code == 200
+
+
+def test_a_new_deployment_is_served_without_restart(client, deployed):
+    before = predict_json(client, {"records": [RECORD]}).get_json()
+    train_and_score(deployed, C=0.001)
+    deploy(deployed)
+    after = predict_json(client, {"records": [RECORD]}).get_json()
+    assert (before["model_version"], after["model_version"]) == ("v0001", "v0002")
+    expected = deployed_model(deployed).predict_proba(np.array([[37, 412, 18]], dtype=float))[0, 1]
+    assert after["predictions"][0]["probability"] == expected != before["predictions"][0]["probability"]
+    assert client.get("/version").get_json()["previous_version"] == "v0001"
+
+
+def test_a_version_that_will_not_load_leaves_the_previous_one_serving(client, deployed):
+    assert client.get("/health").get_json()["model_version"] == "v0001"
+    train_and_score(deployed, C=0.001)
+    deploy(deployed)
+    (deployed.deployment_folder / VERSIONS_FOLDER / "v0002" / MODEL_FILE).write_bytes(b"damaged")
+    assert client.get("/health").get_json() == {"status": "ok", "model_version": "v0001"}
+    assert predict_json(client, {"records": [RECORD]}).get_json()["model_version"] == "v0001"
+
+
+def test_without_a_deployment_the_api_says_so(project):
+    client = create_app(project, token="").test_client()
+    health = client.get("/health")
+    assert health.status_code == 503 and "run deployment.py" in health.get_json()["error"]
+    answer = predict_json(client, {"records": [RECORD]})
+    assert answer.status_code == 503 and "no model is deployed" in answer.get_json()["error"]

@@ -1,0 +1,197 @@
+"""Diagnostics: predictions, statistics, missing data, timings on scratch outputs, dependency checks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import diagnostics
+from common.artifacts import DEPENDENCY_CACHE_FILE, DIAGNOSTICS_FILE, MODEL_FILE, current_version_folder, load_model
+from common.config import DiagnosticsSettings
+from common.datastats import missing_data, summary_statistics
+from common.schema import read_feature_file
+
+
+def test_predictions_are_the_deployed_models(deployed):
+    predictions = diagnostics.deployed_model_predictions(deployed)
+    model = load_model(current_version_folder(deployed.deployment_folder) / MODEL_FILE)
+    batch = read_feature_file(deployed.test_data_path / "testdata.csv")
+    assert predictions["rows"] == 500 and predictions["corporation"] == batch.ids
+    np.testing.assert_allclose(predictions["probability"], model.predict_proba(batch.features)[:, 1], atol=5e-7)
+    assert predictions["label"] == model.predict(batch.features).tolist()
+
+
+def test_summary_statistics_match_the_textbook_definitions():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 100.0, np.nan])
+    stats = summary_statistics({"x": values})["x"]
+    assert stats == {
+        "count": 5,
+        "mean": 22.0,
+        "median": 3.0,
+        "std": pytest.approx((7610 / 4) ** 0.5, abs=1e-6),  # sample standard deviation (n - 1), as pandas gives
+        "min": 1.0,
+        "q1": 2.0,
+        "q3": 4.0,
+        "max": 100.0,
+    }
+    assert summary_statistics({"y": np.array([np.nan])})["y"]["mean"] is None
+
+
+def test_missing_data_counts_blank_cells_per_column_and_file(tmp_path):
+    (tmp_path / "a.csv").write_text(
+        "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
+        "a,1,,3,0\nb,,NA,3,1\nc,1,2,3,0\nd,1,2,,0\n"
+    )
+    (tmp_path / "b.csv").write_text("corporation,lastmonth_activity,lastyear_activity,exited\nx,1,2,0\n")
+    (tmp_path / "c.csv").write_bytes("corporation\n".encode("utf-16"))
+    report = missing_data([tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"])
+    assert report["rows"] == 5
+    assert report["files"]["a.csv"]["percent"] == {
+        "corporation": 0.0,
+        "lastmonth_activity": 25.0,
+        "lastyear_activity": 50.0,
+        "number_of_employees": 25.0,
+        "exited": 0.0,
+    }
+    assert report["files"]["b.csv"]["percent"]["number_of_employees"] == 100.0  # the column is absent
+    assert report["percent"]["number_of_employees"] == 40.0
+    assert "UTF-16" in report["unreadable"]["c.csv"]
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    return {str(path): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.slow
+def test_timing_runs_each_stage_as_a_process_without_touching_live_outputs(deployed):
+    live = {folder: snapshot(folder) for folder in (deployed.output_folder, deployed.model_folder)}
+    timing = diagnostics.time_stages(deployed, runs=2)
+    assert timing["runs"] == 2
+    for stage in ("ingestion", "training", "scoring"):
+        spread = timing["stages"][stage]
+        assert len(spread["values"]) == 2 and all(value > 0 for value in spread["values"])
+        assert spread["min"] <= spread["mean"] <= spread["max"]
+    assert {folder: snapshot(folder) for folder in live} == live
+
+
+def test_timing_names_the_stage_that_failed(deployed, tmp_path):
+    (deployed.input_folder / "clients_a.csv").write_text("nothing useful\n")
+    (deployed.input_folder / "clients_b.csv").write_text("nothing useful\n")
+    with pytest.raises(diagnostics.PipelineError, match=r"timing ingestion\.py failed"):
+        diagnostics.time_stages(deployed, runs=1)
+
+
+class FakeIndex:
+    """A PyPI-style JSON index on a free local port, counting the questions it gets."""
+
+    def __init__(self, versions: dict[str, str], delay: float = 0.0):
+        self.asked: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.strip("/").split("/")[0]
+                owner.asked.append(name)
+                time.sleep(delay)
+                if name not in versions:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                body = json.dumps({"info": {"version": versions[name]}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def requirements(tmp_path: Path) -> Path:
+    path = tmp_path / "requirements.txt"
+    path.write_text("# pinned\nnumpy==2.4.6\nflask>=3.0  # web\n-r other.txt\nnot-installed-package==1.0\n")
+    return path
+
+
+def test_dependencies_compare_installed_with_the_index_and_cache_the_answers(tmp_path, requirements):
+    index = FakeIndex({"numpy": "99.0", "flask": "3.0.0", "not-installed-package": "1.0"})
+    try:
+        settings = DiagnosticsSettings(package_index=index.url, index_timeout_seconds=2, index_cache_hours=1)
+        cache = tmp_path / DEPENDENCY_CACHE_FILE
+        rows = {row["package"]: row for row in diagnostics.dependency_status(settings, cache, requirements)}
+        assert rows["numpy"]["status"] == "outdated" and rows["numpy"]["latest"] == "99.0"
+        assert rows["numpy"]["installed"] == "2.4.6" and rows["numpy"]["required"] == "==2.4.6"
+        assert rows["flask"]["status"] == "current" and rows["flask"]["source"] == "index"
+        assert rows["not-installed-package"]["status"] == "not installed"
+        assert sorted(index.asked) == ["flask", "not-installed-package", "numpy"]
+        again = {row["package"]: row for row in diagnostics.dependency_status(settings, cache, requirements)}
+        assert len(index.asked) == 3  # answered from the cache
+        assert again["numpy"]["source"] == "cache" and again["numpy"]["status"] == "outdated"
+    finally:
+        index.close()
+
+
+def test_an_unreachable_index_gives_unknown_with_the_reason_and_the_last_known_answer(tmp_path, requirements):
+    cache = tmp_path / DEPENDENCY_CACHE_FILE
+    cache.write_text(json.dumps({"numpy": {"latest": "2.5.0", "checked_at": "2026-01-01T00:00:00Z"}}))
+    settings = DiagnosticsSettings(package_index="http://127.0.0.1:9", index_timeout_seconds=1)
+    rows = {row["package"]: row for row in diagnostics.dependency_status(settings, cache, requirements)}
+    assert rows["numpy"]["status"] == "unknown"
+    assert rows["numpy"]["reason"] == "the package index cannot be reached"
+    assert rows["numpy"]["last_known"]["latest"] == "2.5.0"
+    assert rows["flask"]["status"] == "unknown" and "last_known" not in rows["flask"]
+
+
+def test_a_silent_index_is_given_up_on_after_the_timeout(tmp_path, requirements):
+    index = FakeIndex({"numpy": "9.9"}, delay=5)
+    try:
+        settings = DiagnosticsSettings(package_index=index.url, index_timeout_seconds=0.3)
+        started = time.monotonic()
+        rows = diagnostics.dependency_status(settings, tmp_path / DEPENDENCY_CACHE_FILE, requirements)
+        assert time.monotonic() - started < 3  # bounded by the timeout, not by the index's 5 s delay
+        assert {row["reason"] for row in rows if row["status"] == "unknown"} == {
+            "the package index did not answer within 0.3 s"
+        }
+    finally:
+        index.close()
+
+
+def test_requirements_of_the_project_are_all_read():
+    names = [name for name, _ in diagnostics.read_requirements()]
+    assert {"numpy", "scikit-learn", "flask", "gunicorn", "requests", "matplotlib", "reportlab"} <= set(names)
+
+
+@pytest.mark.slow
+def test_main_writes_one_json_file_with_everything_and_a_timestamp(deployed):
+    config_path = deployed.path
+    settings = json.loads(config_path.read_text())
+    settings["diagnostics"] = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
+    config_path.write_text(json.dumps(settings))
+    assert diagnostics.main(["--config", str(config_path), "--runs", "1", "-q"]) == 0
+    stored = json.loads((deployed.model_folder / DIAGNOSTICS_FILE).read_text())
+    assert stored["generated_at"].endswith("Z") and stored["model_version"] == "v0001"
+    assert stored["predictions"]["rows"] == 500
+    assert set(stored["summary_statistics"]["columns"]) == {
+        "lastmonth_activity",
+        "lastyear_activity",
+        "number_of_employees",
+        "exited",
+    }
+    assert stored["missing_data"]["rows"] == 1000
+    assert stored["timing"]["runs"] == 1
+    assert all(row["status"] == "unknown" for row in stored["dependencies"])

@@ -1,0 +1,207 @@
+"""Reporting: the confusion-matrix plot, the PDF report's content, the client ranking and its failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pypdf import PdfReader
+from reportlab.platypus import Flowable
+from sklearn.metrics import f1_score
+
+import diagnostics
+import reporting
+from common.artifacts import (
+    CONFUSION_MATRIX_FILE,
+    DIAGNOSTICS_FILE,
+    FINAL_DATA,
+    MODEL_FILE,
+    REPORT_FILE,
+    current_version_folder,
+    load_model,
+)
+from common.config import Config, load_config
+from common.files import find_test_files, write_text_atomic
+from common.schema import FEATURES, read_labelled_data
+from tests.conftest import run_script, write_config
+
+UNREACHABLE_INDEX = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
+SECTION_HEADINGS = (
+    "Client exit risk: summary report",
+    "Deployed model",
+    "Performance on the test data",
+    "Summary statistics of the ingested data",
+    "Missing data in the source files",
+    "Stage timings",
+    "Dependencies",
+    "clients at risk of leaving",
+)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def diagnosed(deployed: Config, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """The deployed small project with a diagnostics.json: stage timings faked, package index unreachable."""
+    config = load_config(write_config(deployed.path.parent, diagnostics=UNREACHABLE_INDEX))
+    # Timing runs three stages as processes; a fixed time keeps the test quick and the record whole.
+    monkeypatch.setattr(diagnostics, "run_stage_process", lambda stage, config_path: 0.25)
+    report = diagnostics.run_diagnostics(config, runs=1)
+    write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, json.dumps(report))
+    return config
+
+
+def pdf_text(path: Path) -> str:
+    """The text of every page of a PDF, whitespace collapsed so wrapped lines still match."""
+    return " ".join(" ".join(page.extract_text() for page in PdfReader(path).pages).split())
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE), f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def temp_files(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.name.endswith(".tmp"))
+
+
+def deployed_model(config: Config):
+    return load_model(current_version_folder(config.deployment_folder) / MODEL_FILE)
+
+
+def riskiest_active_client(model, data_path: Path) -> str:
+    """Computed apart from reporting: the last row of each corporation, active ones only, highest probability."""
+    with open(data_path, newline="", encoding="utf-8") as handle:
+        latest = {row["corporation"]: row for row in csv.DictReader(handle)}
+    active = [row for row in latest.values() if row["exited"] == "0"]
+    features = np.array([[float(row[name]) for name in FEATURES] for row in active])
+    return active[int(np.argmax(model.predict_proba(features)[:, 1]))]["corporation"]
+
+
+def test_report_shows_every_section_with_the_deployed_models_figures(diagnosed):
+    result = reporting.write_report(diagnosed)
+
+    plot = diagnosed.model_folder / CONFUSION_MATRIX_FILE
+    width, height = png_size(plot)
+    assert 600 <= width <= 2000 and 450 <= height <= 1500
+    assert plot.stat().st_size > 10_000
+
+    pdf = diagnosed.model_folder / REPORT_FILE
+    assert result["pdf"] == pdf and pdf.read_bytes().startswith(b"%PDF")
+    text = pdf_text(pdf)
+    for heading in SECTION_HEADINGS:
+        assert heading in text, heading
+    assert "v0001" in text
+
+    model = deployed_model(diagnosed)
+    features, labels = read_labelled_data(find_test_files(diagnosed.test_data_path))
+    assert f"{f1_score(labels, model.predict(features)):.4f}" in text
+    assert riskiest_active_client(model, diagnosed.output_folder / FINAL_DATA) in text
+    assert result["clients"][0]["corporation"] == riskiest_active_client(model, diagnosed.output_folder / FINAL_DATA)
+    assert len(result["clients"]) == diagnosed.top_clients
+
+    assert "unknown" in text and "the package index cannot be reached" in text
+    assert "Note:" not in text, "no warning is due when diagnostics match the deployed model"
+    assert temp_files(diagnosed.model_folder) == []
+
+
+def test_report_notes_diagnostics_of_another_model_version(diagnosed):
+    path = diagnosed.model_folder / DIAGNOSTICS_FILE
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "model_version": "v0000"}))
+
+    result = reporting.write_report(diagnosed, pdf_name="other.pdf")
+
+    assert len(result["notes"]) == 1
+    text = pdf_text(diagnosed.model_folder / "other.pdf")
+    assert "Note: diagnostics.json was made for model v0000, not the deployed v0001" in text
+    assert "Run diagnostics.py again" in text
+
+
+def test_rank_clients_keeps_each_corporations_last_row_and_active_clients_only(deployed, tmp_path):
+    data = tmp_path / "clients.csv"
+    data.write_text(
+        "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
+        "left_later,0,0,900,0\n"  # riskiest row, but its last row says it exited
+        "twice,0,0,500,0\n"
+        "gone,0,0,800,1\n"
+        "steady,900,9000,5,0\n"
+        "left_later,0,0,900,1\n"
+        "twice,50,800,20,0\n",
+        encoding="utf-8",
+    )
+    model = deployed_model(deployed)
+
+    ranked = reporting.rank_clients(model, data, top=5)
+
+    assert [client["corporation"] for client in ranked] == ["twice", "steady"]
+    assert ranked[0] == {
+        "rank": 1,
+        "corporation": "twice",
+        "probability": pytest.approx(model.predict_proba(np.array([[50.0, 800.0, 20.0]]))[0, 1]),
+        "lastmonth_activity": 50,
+        "lastyear_activity": 800,
+        "number_of_employees": 20,
+    }
+    assert [client["corporation"] for client in reporting.rank_clients(model, data, top=1)] == ["twice"]
+
+
+def test_confusion_matrix_plot_is_written_under_the_given_name(tmp_path):
+    target = reporting.plot_confusion_matrix(
+        {"tn": 1958, "fp": 302, "fn": 260, "tp": 480}, "v0042", tmp_path / "cm.png"
+    )
+    assert target == tmp_path / "cm.png"
+    assert png_size(target)[0] >= 600
+    assert temp_files(tmp_path) == []
+
+
+def test_a_failed_build_leaves_the_old_report_and_no_temp_files(diagnosed, monkeypatch):
+    class Exploding(Flowable):
+        def wrap(self, available_width, available_height):
+            return available_width, 10
+
+        def draw(self):
+            raise RuntimeError("disk trouble while drawing")
+
+    pdf = diagnosed.model_folder / REPORT_FILE
+    pdf.write_bytes(b"%PDF old report")
+    monkeypatch.setattr(reporting, "clients_section", lambda *args: [Exploding()])
+
+    with pytest.raises(RuntimeError, match="disk trouble"):
+        reporting.write_report(diagnosed)
+
+    assert pdf.read_bytes() == b"%PDF old report"
+    assert temp_files(diagnosed.model_folder) == []
+
+
+def test_reporting_without_diagnostics_fails_saying_to_run_diagnostics(deployed):
+    done = run_script("reporting.py", "--config", str(deployed.path))
+
+    assert done.returncode == 1
+    assert "run diagnostics.py first" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert not (deployed.model_folder / REPORT_FILE).exists()
+    assert not (deployed.model_folder / CONFUSION_MATRIX_FILE).exists()
+
+
+def test_cli_writes_the_named_files_in_the_model_folder(diagnosed):
+    done = run_script(
+        "reporting.py", "--config", str(diagnosed.path), "--plot", "confusionmatrix2.png", "--pdf", "report2.pdf"
+    )
+
+    assert done.returncode == 0, done.stderr
+    for name in ("confusionmatrix2.png", "report2.pdf"):
+        assert (diagnosed.model_folder / name).is_file()
+        assert f"wrote {diagnosed.model_folder / name}" in done.stderr
+
+
+@pytest.mark.parametrize("option", [["--plot", "../elsewhere.png"], ["--pdf", "report.png"], ["--pdf", "/tmp/a.pdf"]])
+def test_output_names_must_be_plain_file_names(option, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        reporting.main(option)
+    assert stopped.value.code == 2
+    assert "must" in capsys.readouterr().err
