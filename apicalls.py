@@ -26,12 +26,12 @@ log = logging.getLogger("apicalls")
 
 
 def prediction_request(config: Config) -> dict[str, Any]:
-    """The /prediction request for the test data: by file location when the API can name the file, else the CSV."""
+    """The /prediction request for the test data: by file location when it lies in the project, else uploaded."""
     test_file = find_test_files(config.test_data_path)[0]
     base = config.path.parent
     if test_file.resolve().is_relative_to(base):
         return {"json": {"filelocation": test_file.resolve().relative_to(base).as_posix()}}
-    return {"data": test_file.read_bytes(), "headers": {"Content-Type": "text/csv"}}
+    return {"files": {"file": (test_file.name, test_file.read_bytes())}}
 
 
 def call_endpoint(session: requests.Session, method: str, url: str, timeout: float, **kwargs: Any) -> Any:
@@ -77,7 +77,7 @@ def call_api(config: Config, base_url: str, token: str | None) -> dict[str, Any]
         for key, method, path, kwargs in calls:
             answers[key] = call_endpoint(session, method, base_url + path, timeout, **kwargs)
             log.info("%s %s: ok", method, path)
-    asked = prediction.get("json") or {"csv": str(find_test_files(config.test_data_path)[0])}
+    asked = prediction.get("json") or {"upload": str(find_test_files(config.test_data_path)[0])}
     return {"called_at": utc_now(), "api": base_url, "prediction_input": asked, "answers": answers}
 
 

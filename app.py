@@ -19,10 +19,13 @@ but ``/health`` needs ``Authorization: Bearer <token>``.
 from __future__ import annotations
 
 import argparse
+import errno
 import hmac
 import logging
 import os
+import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -48,11 +51,8 @@ from common.artifacts import (
     CURRENT_LINK,
     DIAGNOSTICS_FILE,
     FINAL_DATA,
-    METRICS_FILE,
-    MODEL_FILE,
-    MODEL_INFO_FILE,
-    VERSION_INFO_FILE,
-    load_model,
+    DeployedVersion,
+    load_deployed_version,
     read_json_file,
 )
 from common.cli import add_logging_flags
@@ -61,12 +61,15 @@ from common.datastats import read_numeric_columns, summary_statistics
 from common.errors import PipelineError
 from common.files import DATA_SUFFIXES, find_test_files, sha256_file
 from common.logs import setup_logging
-from common.schema import BadFileError, FeatureBatch, features_from_records, read_feature_csv, read_feature_file
+from common.schema import BadFileError, FeatureBatch, features_from_records, read_feature_bytes, read_feature_csv
 
 log = logging.getLogger("app")
 
 MIB = 1024 * 1024
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+RETRY_SECONDS = 30.0  # how soon a version that failed to load is tried again
+MAX_LOCATION = 1024  # longest filelocation looked at
+MAX_SHOWN = 200  # longest piece of a client's input echoed in an error
 METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
 _PROBE_ROWS = np.array(
     [[0, 0, 1], [1, 10, 2], [37, 412, 18], [250, 3000, 90], [5000, 60000, 800], [0, 120000, 4000], [44507, 0, 1]],
@@ -119,49 +122,40 @@ class LinearRiskModel:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One deployed version, loaded: everything a request needs, read from one version folder."""
+    """The version a worker answers with: loaded once, with the fast arithmetic when it applies."""
 
-    link_target: str
-    version: str
-    model: Any
+    link_target: str  # what ``current`` pointed at when this version was loaded
+    deployed: DeployedVersion
     shortcut: LinearRiskModel | None
-    metrics: dict[str, Any]
-    model_info: dict[str, Any]
-    version_info: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.deployed.version
 
     def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.shortcut is not None:
             return self.shortcut.predict(features)
-        return self.model.predict_proba(features)[:, 1], np.asarray(self.model.predict(features), dtype=np.int64)
+        model = self.deployed.model
+        return model.predict_proba(features)[:, 1], np.asarray(model.predict(features), dtype=np.int64)
 
 
 def load_served_model(deploy_root: Path, link_target: str) -> ServedModel:
     """Load the version ``current`` points at; raise PipelineError when its files do not hold together."""
-    folder = deploy_root / link_target
-    metrics = read_json_file(folder / METRICS_FILE, METRICS_FILE)
-    model_info = read_json_file(folder / MODEL_INFO_FILE, MODEL_INFO_FILE)
-    version_info = read_json_file(folder / VERSION_INFO_FILE, VERSION_INFO_FILE)
-    if sha256_file(folder / MODEL_FILE) != metrics.get("model_sha256"):
-        raise PipelineError(f"{folder / MODEL_FILE} does not match the model its scores describe")
-    model = load_model(folder / MODEL_FILE)
-    return ServedModel(
-        link_target=link_target,
-        version=Path(link_target).name,
-        model=model,
-        shortcut=LinearRiskModel.for_model(model),
-        metrics=metrics,
-        model_info=model_info,
-        version_info=version_info,
-    )
+    deployed = load_deployed_version(deploy_root / link_target)
+    return ServedModel(link_target=link_target, deployed=deployed, shortcut=LinearRiskModel.for_model(deployed.model))
 
 
 class DeploymentWatcher:
-    """Holds the loaded model and swaps it when ``current`` points at another version."""
+    """Holds the loaded model and swaps it when ``current`` points at another version.
+
+    A version that fails to load is retried every ``RETRY_SECONDS``; meanwhile the one loaded
+    before keeps answering, and ``load_error`` says what is wrong.
+    """
 
     def __init__(self, deploy_root: Path):
         self.deploy_root = deploy_root
         self._served: ServedModel | None = None
-        self._failed: tuple[str, str] | None = None  # (link target, why) of a version that did not load
+        self._failed: tuple[str, str, float] | None = None  # (link target, why, when) of a failed load
         self._lock = threading.Lock()
 
     def served(self) -> ServedModel:
@@ -172,6 +166,13 @@ class DeploymentWatcher:
             return served
         with self._lock:
             return self._switch(target)
+
+    def load_error(self) -> tuple[str, str] | None:
+        """(deployed version, why) when the deployed version could not be loaded, else None."""
+        failed = self._failed
+        if failed is None or failed[0] != self._read_link():
+            return None
+        return Path(failed[0]).name, failed[1]
 
     def _read_link(self) -> str | None:
         try:
@@ -184,36 +185,41 @@ class DeploymentWatcher:
         if served is not None and served.link_target == target:
             return served  # another thread switched while this one waited
         if target is None:
-            raise ServiceUnavailable(f"no model is deployed in {self.deploy_root}; run deployment.py")
-        if self._failed is None or self._failed[0] != target:
+            raise ServiceUnavailable("no model is deployed; run deployment.py")
+        failed = self._failed
+        if failed is None or failed[0] != target or time.monotonic() - failed[2] >= RETRY_SECONDS:
             try:
                 self._served = load_served_model(self.deploy_root, target)
                 self._failed = None
                 log.info("serving model %s", self._served.version)
                 return self._served
             except (PipelineError, OSError) as exc:
-                self._failed = (target, str(exc))
-                log.error("cannot serve %s: %s; %s", target, exc, "keeping " + served.version if served else "")
+                why = str(exc).replace(f"{self.deploy_root}/", "")  # clients see paths inside the deployment only
+                self._failed = (target, why, time.monotonic())
+                kept = f"; still serving {served.version}" if served else ""
+                log.error("cannot serve %s: %s%s", Path(target).name, why, kept)
         if served is not None:
             return served
         raise ServiceUnavailable(f"the deployed model cannot be loaded: {self._failed[1]}")
 
 
 class FileBackedValue:
-    """A value computed from a file, recomputed only when the file changes (inode, size, mtime)."""
+    """A value computed from some files, recomputed only when one of them changes (inode, size, mtime)."""
 
-    def __init__(self, path: Path, compute: Callable[[Path], Any]):
-        self.path, self.compute = path, compute
-        self._signature: tuple[int, int, int] | None = None
+    def __init__(self, list_files: Callable[[], list[Path]], compute: Callable[[list[Path]], Any]):
+        self.list_files, self.compute = list_files, compute
+        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
         self._value: Any = None
         self._lock = threading.Lock()
 
     def get(self) -> Any:
-        stat = os.stat(self.path)  # FileNotFoundError for the caller to explain
-        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        """The value; OSError or PipelineError when the files are missing or unreadable."""
         with self._lock:
+            files = self.list_files()
+            stats = [(str(path), os.stat(path)) for path in files]
+            signature = tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
             if signature != self._signature:
-                self._value, self._signature = self.compute(self.path), signature
+                self._value, self._signature = self.compute(files), signature
             return self._value
 
 
@@ -233,18 +239,33 @@ def json_response(payload: Any, status: int = 200) -> Response:
     )
 
 
-def allowed_data_folders(config: Config) -> list[Path]:
-    """The folders whose files ``/prediction`` may read by location."""
-    test_folder = config.test_data_path if config.test_data_path.is_dir() else config.test_data_path.parent
-    return [config.input_folder, config.output_folder, test_folder]
+def allowed_data_places(config: Config) -> list[Path]:
+    """The folders (or the one test file) whose files ``/prediction`` may read by location.
+
+    A data folder that holds the config, the models or the deployment is left out, so a config
+    such as ``"input_folder_path": "."`` never opens the whole project to requests.
+    """
+    protected = (config.path, config.model_folder, config.deployment_folder)
+    places = []
+    for place in (config.input_folder, config.output_folder, config.test_data_path):
+        if place.is_dir() and any(path.is_relative_to(place) for path in protected):
+            log.warning("/prediction will not read files in %s by location: it holds the config or models", place)
+            continue
+        places.append(place)
+    return places
 
 
-def resolve_data_file(location: object, base: Path, folders: list[Path], max_bytes: int) -> Path:
-    """The file a ``filelocation`` names, relative to ``base``; refuse anything outside ``folders``."""
+def read_data_location(location: object, base: Path, places: list[Path], max_bytes: int) -> tuple[bytes, str]:
+    """The bytes and name of the file a ``filelocation`` names, relative to ``base``.
+
+    Refuses (403) anything outside ``places``. The check is made on the opened file itself, so a
+    file swapped for a link between check and read is caught too.
+    """
     if not isinstance(location, str) or not location.strip():
         raise BadRequest("filelocation must be a non-empty string, such as testdata/testdata.csv")
-    if "\x00" in location:
-        raise BadRequest("filelocation holds a NUL character")
+    shown = location if len(location) <= MAX_SHOWN else location[:MAX_SHOWN] + "..."
+    if len(location) > MAX_LOCATION or "\x00" in location:
+        raise BadRequest(f"filelocation {shown!r} is not a usable file name")
     if "\\" in location:
         raise Forbidden("filelocation may not contain backslashes; separate folders with /")
     path = PurePosixPath(location.strip())
@@ -252,23 +273,55 @@ def resolve_data_file(location: object, base: Path, folders: list[Path], max_byt
         raise Forbidden("filelocation must be a path relative to the project folder, such as testdata/testdata.csv")
     if ".." in path.parts:
         raise Forbidden("filelocation may not contain '..'")
-    real = (base / path).resolve()  # follows links, so a link out of the data folders is caught below
-    if not any(real.is_relative_to(folder) for folder in folders):
-        names = ", ".join(_shown(folder, base) for folder in folders)
-        raise Forbidden(f"{location} is outside the data folders ({names})")
-    if not real.exists():
-        raise NotFound(f"{location} does not exist")
-    if not real.is_file():
-        raise BadRequest(f"{location} is a folder; name a data file in it")
-    if real.suffix.lower() not in DATA_SUFFIXES:
-        raise BadRequest(f"{location} is not a .csv, .json or .jsonl file")
-    if real.stat().st_size > max_bytes:
-        raise RequestEntityTooLarge(f"{location} is larger than the {max_bytes // MIB} MiB the API reads")
-    return real
+    outside = Forbidden(f"{shown} is outside the data folders ({', '.join(_shown(place, base) for place in places)})")
+    try:
+        real = (base / path).resolve()  # follows links, so a link out of the data folders is caught
+    except (OSError, RuntimeError):
+        raise BadRequest(f"filelocation {shown!r} is not a usable file name") from None
+    if not _inside(real, places):
+        raise outside
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"{shown} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise outside from None  # it became a link after the check
+        raise BadRequest(f"{shown} cannot be read ({exc.strerror})") from None
+    try:
+        opened = _opened_path(fd)
+        if opened is not None and not _inside(opened, places):
+            raise outside  # a folder on the way was swapped for a link
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise BadRequest(f"{shown} is a folder; name a data file in it")
+        if not stat.S_ISREG(info.st_mode):
+            raise BadRequest(f"{shown} is not a regular file")
+        if real.suffix.lower() not in DATA_SUFFIXES:
+            raise BadRequest(f"{shown} is not a .csv, .json or .jsonl file")
+        if info.st_size > max_bytes:
+            raise RequestEntityTooLarge(f"{shown} is larger than the {max_bytes / MIB:g} MiB the API reads")
+        with open(fd, "rb", closefd=False) as handle:
+            return handle.read(max_bytes), real.name
+    finally:
+        os.close(fd)
 
 
-def _shown(folder: Path, base: Path) -> str:
-    return str(folder.relative_to(base)) if folder.is_relative_to(base) else str(folder)
+def _inside(path: Path, places: list[Path]) -> bool:
+    return any(path == place or path.is_relative_to(place) for place in places)
+
+
+def _opened_path(fd: int) -> Path | None:
+    """Where an open file really is (Linux's /proc), or None where that cannot be asked."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+
+
+def _shown(place: Path, base: Path) -> str:
+    """A data place as a client may see it: relative to the project, else its name only."""
+    return str(place.relative_to(base)) if place.is_relative_to(base) else place.name
 
 
 def read_prediction_input(config: Config, folders: list[Path]) -> FeatureBatch:
@@ -279,15 +332,13 @@ def read_prediction_input(config: Config, folders: list[Path]) -> FeatureBatch:
             return read_json_request(config, folders)
         if mimetype == "multipart/form-data" and "file" in request.files:
             upload = request.files["file"]
-            data = upload.read()
-            if (upload.filename or "").lower().endswith((".json", ".jsonl")):
-                return features_from_records(parse_json(data, "the uploaded file"), "the uploaded file")
-            return read_feature_csv(data, "the uploaded file")
+            return read_feature_bytes(upload.read(), Path(upload.filename or "upload.csv").name)
         if mimetype in CSV_TYPES:
             return read_feature_csv(request.get_data(cache=False), "the CSV body")
         location = request.values.get("filelocation")
         if location is not None:
-            return read_feature_file(resolve_data_file(location, config.path.parent, folders, _max_file(config)))
+            data, name = read_data_location(location, config.path.parent, folders, _max_file(config))
+            return read_feature_bytes(data, name)
     except BadFileError as exc:
         raise BadRequest(str(exc)) from None
     if not request.content_length and not request.values:
@@ -308,8 +359,8 @@ def read_json_request(config: Config, folders: list[Path]) -> FeatureBatch:
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object with 'filelocation' or 'records', or a list of records")
     if "filelocation" in body:
-        path = resolve_data_file(body["filelocation"], config.path.parent, folders, _max_file(config))
-        return read_feature_file(path)
+        data, name = read_data_location(body["filelocation"], config.path.parent, folders, _max_file(config))
+        return read_feature_bytes(data, name)
     if "records" in body:
         return features_from_records(body["records"], "records")
     raise BadRequest("the JSON body needs 'filelocation' (a data file) or 'records' (a list of client records)")
@@ -342,8 +393,16 @@ def describe_predictions(served: ServedModel, batch: FeatureBatch) -> dict[str, 
     return {"model_version": served.version, "rows": batch.rows, "predictions": rows}
 
 
+def describe_load_error(watcher: DeploymentWatcher) -> dict[str, str]:
+    """When the deployed version could not be loaded: which one, and why (an older one is serving)."""
+    error = watcher.load_error()
+    if error is None:
+        return {}
+    return {"status": "degraded", "deployed_version": error[0], "load_error": error[1]}
+
+
 def describe_version(served: ServedModel) -> dict[str, Any]:
-    info, model_info = served.version_info, served.model_info
+    info, model_info = served.deployed.version_info, served.deployed.model_info
     return {
         "model_version": served.version,
         "deployed_at": info.get("deployed_at"),
@@ -353,42 +412,19 @@ def describe_version(served: ServedModel) -> dict[str, Any]:
         "training_data_sha256": model_info.get("training_data_sha256"),
         "decision_threshold": model_info.get("decision_threshold"),
         "model_sha256": model_info.get("model_sha256"),
-        "metrics": {key: served.metrics.get(key) for key in ("f1", "precision", "recall", "roc_auc")},
+        "metrics": {key: served.deployed.metrics.get(key) for key in ("f1", "precision", "recall", "roc_auc")},
         "libraries": model_info.get("libraries"),
     }
 
 
-class TestDataHashes:
-    """Content hashes of the test data files, recomputed only when a file changes on disk."""
-
-    def __init__(self, test_data_path: Path):
-        self.test_data_path = test_data_path
-        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
-        self._hashes: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def get(self) -> dict[str, str]:
-        try:
-            files = find_test_files(self.test_data_path)
-        except PipelineError:
-            return {}
-        stats = [(path, path.stat()) for path in files]
-        signature = tuple((str(path), st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats)
-        with self._lock:
-            if signature != self._signature:
-                self._hashes = {path.name: sha256_file(path) for path in files}
-                self._signature = signature
-            return self._hashes
-
-
 def describe_scores(served: ServedModel, test_hashes: dict[str, str]) -> dict[str, Any]:
     """The deployed model's metrics on the test data, as scored before it was deployed."""
-    unchanged = served.metrics.get("test_data_sha256") == test_hashes
+    unchanged = served.deployed.metrics.get("test_data_sha256") == test_hashes
     scores = {
         "model_version": served.version,
-        **{key: served.metrics.get(key) for key in METRIC_KEYS},
-        "scored_at": served.metrics.get("scored_at"),
-        "test_data": [Path(path).name for path in served.metrics.get("test_data", [])],
+        **{key: served.deployed.metrics.get(key) for key in METRIC_KEYS},
+        "scored_at": served.deployed.metrics.get("scored_at"),
+        "test_data": [Path(path).name for path in served.deployed.metrics.get("test_data", [])],
         "test_data_unchanged": unchanged,
     }
     if not unchanged:
@@ -402,9 +438,11 @@ def read_summary(path: Path) -> dict[str, Any]:
     return {"dataset": path.name, "rows": rows, "columns": summary_statistics(columns)}
 
 
-def read_diagnostics(path: Path) -> dict[str, Any]:
+def describe_stored_diagnostics(path: Path) -> dict[str, Any]:
+    """What ``/diagnostics`` answers: timing, missing data and dependencies from ``diagnostics.json``."""
     stored = read_json_file(path, "diagnostics file")
-    missing = stored.get("missing_data", {})
+    missing = stored.get("missing_data")
+    missing = missing if isinstance(missing, dict) else {}
     return {
         "generated_at": stored.get("generated_at"),
         "model_version": stored.get("model_version"),
@@ -428,11 +466,15 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     app.config["MAX_CONTENT_LENGTH"] = int(config.api.max_body_mb * MIB)
     app.config["RISK_CONFIG"] = config
     watcher = DeploymentWatcher(config.deployment_folder)
-    folders = allowed_data_folders(config)
-    summary = FileBackedValue(config.output_folder / FINAL_DATA, read_summary)
-    diagnostics = FileBackedValue(config.model_folder / DIAGNOSTICS_FILE, read_diagnostics)
-    test_hashes = TestDataHashes(config.test_data_path)
-    expected = f"Bearer {token}".encode() if token else None
+    folders = allowed_data_places(config)
+    summary = FileBackedValue(lambda: [config.output_folder / FINAL_DATA], lambda files: read_summary(files[0]))
+    diagnostics = FileBackedValue(
+        lambda: [config.model_folder / DIAGNOSTICS_FILE], lambda files: describe_stored_diagnostics(files[0])
+    )
+    test_hashes = FileBackedValue(
+        lambda: find_test_files(config.test_data_path), lambda files: {path.name: sha256_file(path) for path in files}
+    )
+    expected = token.encode() if token else None
     try:
         watcher.served()  # load the model now, not on a client's first request
     except ServiceUnavailable as exc:
@@ -442,8 +484,8 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     def check_token() -> None:
         if expected is None or request.endpoint == "health":
             return
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise Unauthorized("this API needs a token: send the header 'Authorization: Bearer <token>'")
 
     @app.errorhandler(HTTPException)
@@ -466,25 +508,38 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     @app.post("/prediction")
     def prediction() -> Response:
         served = watcher.served()
-        return json_response(describe_predictions(served, read_prediction_input(config, folders)))
+        batch = read_prediction_input(config, folders)
+        if batch.rows > config.api.max_rows:
+            limit = config.api.max_rows
+            raise RequestEntityTooLarge(f"{batch.rows:,} rows is more than the {limit:,} the API scores at once")
+        return json_response(describe_predictions(served, batch))
 
     @app.get("/scoring")
     def scoring() -> Response:
-        return json_response(describe_scores(watcher.served(), test_hashes.get()))
+        served = watcher.served()
+        try:
+            hashes = test_hashes.get()
+        except (OSError, PipelineError):
+            hashes = {}
+        return json_response(describe_scores(served, hashes))
 
     @app.get("/summarystats")
     def summarystats() -> Response:
         try:
             return json_response(summary.get())
-        except (FileNotFoundError, PipelineError) as exc:
-            raise ServiceUnavailable(f"no ingested data to summarise ({exc}); run ingestion.py") from None
+        except (OSError, PipelineError) as exc:
+            log.error("/summarystats: %s", exc)
+            raise ServiceUnavailable(f"{FINAL_DATA} is missing or unreadable; run ingestion.py") from None
 
     @app.get("/diagnostics")
     def diagnostics_endpoint() -> Response:
         try:
             return json_response(diagnostics.get())
-        except (FileNotFoundError, PipelineError):
+        except FileNotFoundError:
             raise ServiceUnavailable("no diagnostics have been stored yet; run diagnostics.py") from None
+        except (OSError, PipelineError) as exc:
+            log.error("/diagnostics: %s", exc)
+            raise ServiceUnavailable(f"the stored {DIAGNOSTICS_FILE} cannot be read; run diagnostics.py") from None
 
     @app.get("/health")
     def health() -> Response:
@@ -492,16 +547,16 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
             served = watcher.served()
         except ServiceUnavailable as exc:
             return json_response({"status": "unavailable", "error": exc.description}, 503)
-        return json_response({"status": "ok", "model_version": served.version})
+        return json_response({"status": "ok", "model_version": served.version, **describe_load_error(watcher)})
 
     @app.get("/version")
     def version() -> Response:
-        return json_response(describe_version(watcher.served()))
+        return json_response({**describe_version(watcher.served()), **describe_load_error(watcher)})
 
     return app
 
 
-def build_server(config_path: str | None, host: str, port: int, workers: int) -> Any:
+def build_server(config_path: str | None, host: str, port: int, workers: int, access_log: bool = False) -> Any:
     """A gunicorn server for the app (gunicorn is imported here: the test client does not need it)."""
     from gunicorn.app.base import BaseApplication
 
@@ -512,6 +567,8 @@ def build_server(config_path: str | None, host: str, port: int, workers: int) ->
             self.cfg.set("worker_class", "sync")
             self.cfg.set("proc_name", "risk-api")
             self.cfg.set("control_socket_disable", True)
+            if access_log:
+                self.cfg.set("accesslog", "-")
 
         def load(self) -> Flask:
             return create_app(config_path)
@@ -525,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2, one per core)")
+    parser.add_argument("--access-log", action="store_true", help="log every request to stdout")
     args = add_logging_flags(parser).parse_args(argv)
     setup_logging(args.verbose - args.quiet)
     try:
@@ -532,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         log.error("app failed: %s", exc)
         return 1
-    build_server(args.config, args.host, args.port, args.workers).run()
+    build_server(args.config, args.host, args.port, args.workers, args.access_log).run()
     return 0
 
 

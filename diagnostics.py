@@ -16,7 +16,6 @@ the API's ``/diagnostics`` serves it as stored, so a request never re-runs anyth
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from importlib import metadata
@@ -38,12 +38,8 @@ from common.artifacts import (
     DEPENDENCY_CACHE_FILE,
     DIAGNOSTICS_FILE,
     FINAL_DATA,
-    MODEL_FILE,
-    VERSION_INFO_FILE,
-    current_version,
     current_version_folder,
-    load_model,
-    read_json_file,
+    load_deployed_version,
     utc_now,
 )
 from common.cli import build_parser, run_stage
@@ -57,6 +53,7 @@ log = logging.getLogger("diagnostics")
 
 REQUIREMENTS_FILE = PROJECT_ROOT / "requirements.txt"
 TIMED_STAGES = ("ingestion", "training", "scoring")
+STAGE_TIMEOUT = 1800  # seconds; a stage stuck longer than this is reported, not waited for
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([=<>!~].*)?$")
 
 
@@ -124,7 +121,10 @@ def run_stage_process(stage: str, config_path: Path) -> float:
     """Run ``<stage>.py --config config_path -q`` and return its wall time in seconds."""
     command = [sys.executable, str(PROJECT_ROOT / f"{stage}.py"), "--config", str(config_path), "-q"]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=STAGE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"timing {stage}.py: it did not finish within {STAGE_TIMEOUT} s") from None
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         last_line = (result.stderr.strip().splitlines() or ["no message"])[-1]
@@ -218,25 +218,45 @@ def look_up_latest(names: list[str], settings: DiagnosticsSettings, cache_path: 
         else:
             to_ask.append(name)
     if to_ask:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(to_ask)))
-        futures = {
-            pool.submit(fetch_latest_version, name, settings.package_index, settings.index_timeout_seconds): name
-            for name in to_ask
-        }
-        done, _ = concurrent.futures.wait(futures, timeout=settings.index_timeout_seconds + 1)
-        pool.shutdown(wait=False, cancel_futures=True)
-        for future, name in futures.items():
-            if future in done and future.exception() is None:
-                answers[name] = {"latest": future.result(), "source": "index", "checked_at": utc_now()}
-                cache[name] = {"latest": future.result(), "checked_at": utc_now()}
+        asked = ask_index(to_ask, settings.package_index, settings.index_timeout_seconds)
+        for name in to_ask:
+            latest = asked.get(name)
+            if isinstance(latest, str):
+                answers[name] = {"latest": latest, "source": "index", "checked_at": utc_now()}
+                cache[name] = {"latest": latest, "checked_at": utc_now()}
                 continue
-            failure = future.exception() if future in done else None
-            reason = describe_failure(failure, settings.index_timeout_seconds)
-            answers[name] = {"latest": None, "source": None, "reason": reason}
+            answers[name] = {
+                "latest": None,
+                "source": None,
+                "reason": describe_failure(latest, settings.index_timeout_seconds),
+            }
             if cache.get(name, {}).get("latest"):
                 answers[name]["last_known"] = cache[name]
         write_text_atomic(cache_path, json.dumps(cache, indent=2, sort_keys=True) + "\n")
     return answers
+
+
+def ask_index(names: list[str], index_url: str, timeout: float) -> dict[str, str | BaseException]:
+    """Ask for every package at once; return what came back within the deadline (a version or an error).
+
+    Daemon threads: one stuck on a slow index neither delays the answer past the deadline nor
+    keeps the process from exiting.
+    """
+    results: dict[str, str | BaseException] = {}
+
+    def ask(name: str) -> None:
+        try:
+            results[name] = fetch_latest_version(name, index_url, timeout)
+        except Exception as exc:  # any failure is reported per package, in words
+            results[name] = exc
+
+    threads = [threading.Thread(target=ask, args=(name,), daemon=True) for name in names]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout + 1
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return dict(results)
 
 
 def dependency_status(
@@ -267,26 +287,18 @@ def compare_versions(installed: str | None, latest: str | None) -> str:
         return "unknown"
 
 
-def deployed_model_predictions(config: Config) -> dict[str, Any]:
-    """Predictions of the serving model for the (first) test data file."""
-    folder = current_version_folder(config.deployment_folder)
-    model = load_model(folder / MODEL_FILE)
-    return model_predictions(model, find_test_files(config.test_data_path)[0])
-
-
 def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     """Everything diagnostics measures, as one JSON-ready dictionary."""
     started = time.perf_counter()
     source_files, _ = list_data_files(config.input_folder) if config.input_folder.is_dir() else ([], [])
     if not source_files:
         raise PipelineError(f"the source folder {config.input_folder} holds no data files")
-    version = current_version(config.deployment_folder)
-    info = read_json_file(current_version_folder(config.deployment_folder) / VERSION_INFO_FILE, "version record")
+    deployed = load_deployed_version(current_version_folder(config.deployment_folder))  # resolved once
     report = {
         "generated_at": utc_now(),
-        "model_version": version,
-        "model_trained_at": info.get("trained_at"),
-        "predictions": deployed_model_predictions(config),
+        "model_version": deployed.version,
+        "model_trained_at": deployed.model_info.get("trained_at"),
+        "predictions": model_predictions(deployed.model, find_test_files(config.test_data_path)[0]),
         "summary_statistics": {
             "dataset": str(config.output_folder / FINAL_DATA),
             "columns": summary_statistics(read_numeric_columns(config.output_folder / FINAL_DATA)),

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.feather as feather
 
-from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT, utc_now
+from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT, IngestedFile, read_ingested_files, utc_now
 from common.cli import build_parser, run_stage
 from common.errors import PipelineError
 from common.files import atomic_path, folder_lock, list_data_files, sha256_file, write_text_atomic
@@ -42,21 +42,6 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 
 
 @dataclass
-class IngestedFile:
-    """One line of ``ingestedfiles.txt``: the file name first, then what identifies its content."""
-
-    name: str
-    sha256: str
-    rows_kept: int
-    rows_dropped: int
-    ingested_at: str
-
-    def to_line(self) -> str:
-        fields = [self.name] + [f"{key}={value}" for key, value in asdict(self).items() if key != "name"]
-        return "\t".join(fields)
-
-
-@dataclass
 class IngestionResult:
     """What one ingestion run did."""
 
@@ -69,27 +54,6 @@ class IngestionResult:
     rows_written: int = 0
     seconds: float = 0.0
     final_data: Path | None = None
-
-
-def read_ingested_files(path: Path) -> dict[str, IngestedFile]:
-    """Parse ``ingestedfiles.txt``; lines without a content hash (classic layout) are skipped."""
-    entries: dict[str, IngestedFile] = {}
-    if not path.exists():
-        return entries
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name, *pairs = line.split("\t")
-        values = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
-        try:
-            entries[name] = IngestedFile(
-                name=name,
-                sha256=values["sha256"],
-                rows_kept=int(values["rows_kept"]),
-                rows_dropped=int(values["rows_dropped"]),
-                ingested_at=values["ingested_at"],
-            )
-        except (KeyError, ValueError):
-            log.info("%s: line %r carries no content hash; treating that file as not ingested", path.name, name)
-    return entries
 
 
 def parsed_path(output_folder: Path, sha256: str) -> Path:

@@ -13,7 +13,6 @@ import argparse
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -32,13 +31,12 @@ from common.artifacts import (
     DIAGNOSTICS_FILE,
     FINAL_DATA,
     INGESTED_FILES,
-    METRICS_FILE,
     MODEL_FILE,
-    MODEL_INFO_FILE,
     REPORT_FILE,
-    VERSION_INFO_FILE,
+    DeployedVersion,
     current_version_folder,
-    load_model,
+    load_deployed_version,
+    read_ingested_files,
     read_json_file,
     utc_now,
 )
@@ -69,19 +67,6 @@ NOTE_BACKGROUND = colors.HexColor("#FFF3CD")
 NOTE_BORDER = colors.HexColor("#E0B000")
 
 
-@dataclass(frozen=True)
-class DeployedModel:
-    """The serving version's model and records, all read from one version folder."""
-
-    version: str
-    folder: Path
-    model: Any
-    info: dict[str, Any]  # trainedmodel.json
-    record: dict[str, Any]  # version.json
-    scores: dict[str, Any]  # metrics.json, as scored before deployment
-    source_files: list[str]  # the ingested files it was trained on
-
-
 # ---------------------------------------------------------------- gathering what the report shows
 
 
@@ -92,27 +77,10 @@ def read_diagnostics(path: Path) -> dict[str, Any]:
     return read_json_file(path, "diagnostics file")
 
 
-def read_ingested_file_names(path: Path) -> list[str]:
-    """Names of the source files listed in an ``ingestedfiles.txt``; empty when there is none."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    return [line.split("\t", 1)[0].strip() for line in lines if line.strip()]
-
-
-def read_deployed_model(deploy_root: Path) -> DeployedModel:
-    """The model and records of the version ``current`` points at, resolved once."""
-    folder = current_version_folder(deploy_root)
-    return DeployedModel(
-        version=folder.name,
-        folder=folder,
-        model=load_model(folder / MODEL_FILE),
-        info=read_json_file(folder / MODEL_INFO_FILE, "model metadata"),
-        record=read_json_file(folder / VERSION_INFO_FILE, "version record"),
-        scores=read_json_file(folder / METRICS_FILE, "metrics file"),
-        source_files=read_ingested_file_names(folder / INGESTED_FILES),
-    )
+def read_deployed_model(deploy_root: Path) -> tuple[DeployedVersion, list[str]]:
+    """The serving version (resolved once, checked) and the names of the files it was trained on."""
+    deployed = load_deployed_version(current_version_folder(deploy_root))
+    return deployed, list(read_ingested_files(deployed.folder / INGESTED_FILES))
 
 
 def rank_clients(model: Any, path: Path, top: int) -> list[dict[str, Any]]:
@@ -148,7 +116,7 @@ def rank_clients(model: Any, path: Path, top: int) -> list[dict[str, Any]]:
     ]
 
 
-def report_notes(deployed: DeployedModel, evaluation: dict[str, Any], diagnostics: dict[str, Any]) -> list[str]:
+def report_notes(deployed: DeployedVersion, evaluation: dict[str, Any], diagnostics: dict[str, Any]) -> list[str]:
     """Warnings a reader must see first: figures that do not belong to the deployed model as it is now."""
     notes = []
     diagnosed = diagnostics.get("model_version")
@@ -157,11 +125,11 @@ def report_notes(deployed: DeployedModel, evaluation: dict[str, Any], diagnostic
             f"diagnostics.json was made for model {diagnosed or 'unknown'}, not the deployed {deployed.version}; "
             "its statistics, timings and dependency checks may be out of date. Run diagnostics.py again to refresh."
         )
-    recorded = deployed.scores.get("test_data_sha256")
+    recorded = deployed.metrics.get("test_data_sha256")
     if recorded is not None and recorded != evaluation.get("test_data_sha256"):
         notes.append(
-            f"The test data changed after the model was scored on {format_time(deployed.scores.get('scored_at'))} "
-            f"(F1 then {format_metric(deployed.scores.get('f1'))}); the metrics below are measured on the test data "
+            f"The test data changed after the model was scored on {format_time(deployed.metrics.get('scored_at'))} "
+            f"(F1 then {format_metric(deployed.metrics.get('f1'))}); the metrics below are measured on the test data "
             "as it is now."
         )
     return notes
@@ -372,11 +340,10 @@ def missing_section(styles: dict[str, ParagraphStyle], what: str) -> Paragraph:
     return Paragraph(f"<i>{escape(what)} is not in diagnostics.json; run diagnostics.py again.</i>", styles["body"])
 
 
-def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedModel) -> list[Flowable]:
-    """Which model serves, when it was made, on what data, and how it turns risk into a label."""
-    info, record = deployed.info, deployed.record
+def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, files: list[str]) -> list[Flowable]:
+    """Which model serves, when it was made, on what data (``files``), and how it turns risk into a label."""
+    info, record = deployed.model_info, deployed.version_info
     sha = str(info.get("training_data_sha256") or "")
-    files = deployed.source_files
     data_text = f"{format_number(info.get('training_rows'))} rows"
     if info.get("training_exit_rate") is not None:
         data_text += f" (exit rate {format_percent(info['training_exit_rate'])})"
@@ -636,7 +603,8 @@ def page_decoration(version: str, generated_at: str) -> Callable[[Canvas, Simple
 def build_report(
     target: Path,
     *,
-    deployed: DeployedModel,
+    deployed: DeployedVersion,
+    source_files: list[str],
     evaluation: dict[str, Any],
     diagnostics: dict[str, Any],
     clients: list[dict[str, Any]],
@@ -659,8 +627,8 @@ def build_report(
         ),
     ]
     story += [Paragraph(f"<b>Note:</b> {escape(note)}", styles["note"]) for note in notes]
-    story += model_section(styles, deployed)
-    story += performance_section(styles, evaluation, deployed.info.get("decision_threshold"), plot)
+    story += model_section(styles, deployed, source_files)
+    story += performance_section(styles, evaluation, deployed.model_info.get("decision_threshold"), plot)
     story += statistics_section(styles, diagnostics)
     story += missing_data_section(styles, diagnostics)
     story += timing_section(styles, diagnostics)
@@ -689,21 +657,22 @@ def build_report(
 def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_name: str = REPORT_FILE) -> dict[str, Any]:
     """Make the confusion-matrix plot and the PDF report in the model folder; return what they show."""
     diagnostics = read_diagnostics(config.model_folder / DIAGNOSTICS_FILE)
-    deployed = read_deployed_model(config.deployment_folder)
+    deployed, source_files = read_deployed_model(config.deployment_folder)
     evaluation = score_model(deployed.folder / MODEL_FILE, config.test_data_path)
     plot = plot_confusion_matrix(evaluation["confusion"], deployed.version, config.model_folder / plot_name)
     data_path = config.output_folder / FINAL_DATA
-    clients = rank_clients(deployed.model, data_path, config.top_clients)
+    clients = rank_clients(deployed.model, data_path, config.reporting.top_clients)
     notes = report_notes(deployed, evaluation, diagnostics)
     for note in notes:
         log.warning("%s", note)
     pdf = build_report(
         config.model_folder / pdf_name,
         deployed=deployed,
+        source_files=source_files,
         evaluation=evaluation,
         diagnostics=diagnostics,
         clients=clients,
-        top=config.top_clients,
+        top=config.reporting.top_clients,
         data_path=data_path,
         plot=plot,
         notes=notes,

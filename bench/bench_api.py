@@ -59,7 +59,7 @@ def build_project(root: Path) -> Path:
     config = {
         "input_folder_path": str(PROJECT_ROOT / "sourceddata"),
         "output_folder_path": "ingesteddata",
-        "test_data_path": "data/testdata.csv",
+        "test_data_path": "data",
         "output_model_path": "models",
         "prod_deployment_path": "production_deployment",
         "diagnostics": {"timing_runs": 1},
@@ -98,8 +98,11 @@ def check_answers_equal_the_model(config_path: Path, url: str) -> None:
     """The file answer must equal the deployed model's own predict_proba, number for number."""
     config = load_config(config_path)
     model = load_model(current_version_folder(config.deployment_folder) / MODEL_FILE)
-    batch = read_feature_file(config_path.parent / "data" / "bench2000.csv")
-    answer = requests.post(f"{url}/prediction", json={"filelocation": "data/bench2000.csv"}, timeout=10).json()
+    batch = read_feature_file(config_path.parent / "data" / "bench2000.csv")  # testdata.csv is the test data
+    response = requests.post(f"{url}/prediction", json={"filelocation": "data/bench2000.csv"}, timeout=10)
+    if response.status_code != 200:
+        raise SystemExit(f"the API refused the benchmark file: {response.text}")
+    answer = response.json()
     served = np.array([row["probability"] for row in answer["predictions"]])
     if not np.array_equal(served, model.predict_proba(batch.features)[:, 1]):
         raise SystemExit("the API's probabilities differ from the model's predict_proba")

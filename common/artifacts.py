@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.errors import PipelineError
-from common.files import atomic_path, write_text_atomic
+from common.files import atomic_path, sha256_file, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 FINAL_DATA = "finaldata.csv"
 INGESTED_FILES = "ingestedfiles.txt"
@@ -98,3 +102,75 @@ def current_version_folder(deploy_root: Path) -> Path:
     if version is None:
         raise PipelineError(f"nothing is deployed in {deploy_root}; run deployment.py first")
     return Path(deploy_root) / VERSIONS_FOLDER / version
+
+
+@dataclass
+class IngestedFile:
+    """One line of ``ingestedfiles.txt``: the file name first, then what identifies its content."""
+
+    name: str
+    sha256: str
+    rows_kept: int
+    rows_dropped: int
+    ingested_at: str
+
+    def to_line(self) -> str:
+        fields = [self.name] + [f"{key}={value}" for key, value in asdict(self).items() if key != "name"]
+        return "\t".join(fields)
+
+
+def read_ingested_files(path: Path) -> dict[str, IngestedFile]:
+    """Parse ``ingestedfiles.txt``; lines without a content hash (classic layout) are skipped."""
+    entries: dict[str, IngestedFile] = {}
+    if not path.exists():
+        return entries
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, *pairs = line.split("\t")
+        values = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+        try:
+            entries[name] = IngestedFile(
+                name=name,
+                sha256=values["sha256"],
+                rows_kept=int(values["rows_kept"]),
+                rows_dropped=int(values["rows_dropped"]),
+                ingested_at=values["ingested_at"],
+            )
+        except (KeyError, ValueError):
+            log.info("%s: line %r carries no content hash; treating that file as not ingested", path.name, name)
+    return entries
+
+
+@dataclass(frozen=True)
+class DeployedVersion:
+    """One published version, loaded: the model and its records, all read from one version folder."""
+
+    folder: Path
+    model: Any
+    metrics: dict[str, Any]  # metrics.json: the scores on the test data
+    model_info: dict[str, Any]  # trainedmodel.json
+    version_info: dict[str, Any]  # version.json
+
+    @property
+    def version(self) -> str:
+        return self.folder.name
+
+
+def load_deployed_version(folder: Path) -> DeployedVersion:
+    """Load a version folder; raise PipelineError when its model is not the one its scores describe."""
+    folder = Path(folder)
+    metrics = read_json_file(folder / METRICS_FILE, METRICS_FILE)
+    model_info = read_json_file(folder / MODEL_INFO_FILE, MODEL_INFO_FILE)
+    version_info = read_json_file(folder / VERSION_INFO_FILE, VERSION_INFO_FILE)
+    try:
+        model_hash = sha256_file(folder / MODEL_FILE)
+    except OSError as exc:
+        raise PipelineError(f"model file {folder / MODEL_FILE} cannot be read ({exc.strerror})") from None
+    if model_hash != metrics.get("model_sha256"):
+        raise PipelineError(f"{folder / MODEL_FILE} is not the model its {METRICS_FILE} describes")
+    return DeployedVersion(
+        folder=folder,
+        model=load_model(folder / MODEL_FILE),
+        metrics=metrics,
+        model_info=model_info,
+        version_info=version_info,
+    )

@@ -51,6 +51,7 @@ class ApiSettings:
     token_env: str = "RISK_API_TOKEN"
     max_body_mb: float = 16.0
     max_file_mb: float = 256.0
+    max_rows: int = 1_000_000
     timeout_seconds: float = 60.0
 
 
@@ -62,6 +63,13 @@ class DiagnosticsSettings:
     package_index: str = "https://pypi.org/pypi"
     index_timeout_seconds: float = 3.0
     index_cache_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class ReportingSettings:
+    """What the PDF report lists."""
+
+    top_clients: int = 20
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class Config:
     keep_versions: int = 5
     api: ApiSettings = field(default_factory=ApiSettings)
     diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
-    top_clients: int = 20
+    reporting: ReportingSettings = field(default_factory=ReportingSettings)
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
@@ -120,7 +128,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         keep_versions=_read_keep_versions(_section(raw, "deployment", config_path), config_path),
         api=_read_settings(ApiSettings, raw, "api", config_path),
         diagnostics=_read_settings(DiagnosticsSettings, raw, "diagnostics", config_path),
-        top_clients=_read_top_clients(_section(raw, "reporting", config_path), config_path),
+        reporting=_read_settings(ReportingSettings, raw, "reporting", config_path),
     )
 
 
@@ -191,13 +199,3 @@ def _read_settings(kind: type, raw: dict[str, Any], name: str, config_path: Path
             raise PipelineError(f"config file {config_path}: {name}.{key} must be a whole number, not {value!r}")
         values[key] = value
     return kind(**values)
-
-
-def _read_top_clients(section: dict[str, Any], config_path: Path) -> int:
-    unknown = sorted(set(section) - {"top_clients"})
-    if unknown:
-        raise PipelineError(f"config file {config_path}: unknown reporting settings {', '.join(unknown)}")
-    top = section.get("top_clients", 20)
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise PipelineError(f"config file {config_path}: reporting.top_clients must be a positive whole number")
-    return top

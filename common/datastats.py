@@ -8,10 +8,20 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from common.errors import PipelineError
-from common.schema import COLUMNS, FEATURES, TARGET, BadFileError, parse_header, read_json_records, unique_names
+from common.schema import (
+    COLUMNS,
+    FEATURES,
+    ID_COLUMN,
+    TARGET,
+    BadFileError,
+    parse_header,
+    read_json_records,
+    unique_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +40,7 @@ def read_numeric_columns(path: Path) -> dict[str, np.ndarray]:
         )
     except FileNotFoundError:
         raise PipelineError(f"ingested data {path} does not exist; run ingestion.py first") from None
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise PipelineError(f"ingested data {path} cannot be read ({str(exc).splitlines()[0]})") from None
     return {name: table[name].to_numpy() for name in NUMERIC_COLUMNS}
 
@@ -58,7 +68,12 @@ def summary_statistics(columns: dict[str, np.ndarray]) -> dict[str, dict[str, fl
 
 
 def count_missing(path: Path) -> tuple[int, dict[str, int]]:
-    """(rows, missing cells per column) of one raw data file; an absent column counts as all missing."""
+    """(rows, missing cells per column) of one raw data file, by the rules ingestion applies.
+
+    A numeric cell is missing when blank or a null marker such as NA; an id when blank after
+    trimming (an id "NA" is a name). An absent column counts as missing in every row; rows
+    with the wrong number of fields count as rows with every column missing.
+    """
     if path.suffix.lower() in (".json", ".jsonl"):
         records = read_json_records(path)
         normalised = [{str(key).strip().lower(): value for key, value in item.items()} for item in records]
@@ -70,22 +85,37 @@ def count_missing(path: Path) -> tuple[int, dict[str, int]]:
     with open(path, "rb") as handle:
         names = parse_header(handle.read(64 * 1024), path.name)
     present = [name for name in COLUMNS if name in names]
+    malformed = 0
+
+    def count_malformed(_row: object) -> str:
+        nonlocal malformed
+        malformed += 1
+        return "skip"
+
     try:
         table = pa_csv.read_csv(
             path,
             read_options=pa_csv.ReadOptions(column_names=unique_names(names), skip_rows=1),
-            parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda _row: "skip"),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=count_malformed),
             convert_options=pa_csv.ConvertOptions(
-                include_columns=present,
-                column_types=dict.fromkeys(present, pa.string()),
-                strings_can_be_null=True,
+                include_columns=present, column_types=dict.fromkeys(present, pa.string())
             ),
         )
     except (pa.ArrowInvalid, OSError) as exc:
         raise BadFileError(f"{path.name}: cannot be parsed as CSV ({str(exc).splitlines()[0]})") from None
-    rows = table.num_rows
-    missing = {name: table[name].null_count if name in present else rows for name in COLUMNS}
-    return rows, missing
+    null_markers = pa.array(pa_csv.ConvertOptions().null_values, pa.string())
+    missing = {}
+    for name in COLUMNS:
+        if name not in present:
+            missing[name] = table.num_rows + malformed
+            continue
+        values = pc.utf8_trim_whitespace(table[name])
+        blank = pc.equal(pc.utf8_length(values), 0)
+        if name != ID_COLUMN:
+            blank = pc.or_(blank, pc.is_in(values, value_set=null_markers))
+        missing[name] = pc.sum(pc.fill_null(blank, True)).as_py() or 0
+        missing[name] += malformed
+    return table.num_rows + malformed, missing
 
 
 def missing_data(paths: list[Path]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ MAX_COUNT = 2**53
 _HEAD_BYTES = 64 * 1024
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _CONVERSION_ERROR = re.compile(r"CSV column #(\d+).*conversion error to (\w+): invalid value '(.*)'", re.S)
 
 
@@ -156,14 +157,18 @@ def parse_header(head: bytes, source: str) -> list[str]:
         raise BadFileError(f"{source}: the file is UTF-16 text; save it as UTF-8 CSV")
     if b"\x00" in head[:_HEAD_BYTES]:
         raise BadFileError(f"{source}: the file is binary, not CSV text")
-    first_line = head.removeprefix(_UTF8_BOM).split(b"\n", 1)[0].rstrip(b"\r")
+    first_line = _LINE_BREAK.split(head.removeprefix(_UTF8_BOM), maxsplit=1)[0]
     try:
         text = first_line.decode("utf-8")
     except UnicodeDecodeError:
         raise BadFileError(f"{source}: the header is not UTF-8 text; save the file as UTF-8 CSV") from None
     if not text.strip():
         raise BadFileError(f"{source}: the first line is blank, where the CSV header should be")
-    return [name.strip().lower() for name in next(csv.reader([text]))]
+    try:
+        names = next(csv.reader([text]))
+    except csv.Error as exc:
+        raise BadFileError(f"{source}: the header cannot be read as CSV ({exc})") from None
+    return [name.strip().lower() for name in names]
 
 
 def _check_columns(path: Path | str, names: list[str], columns: tuple[str, ...]) -> None:
@@ -232,21 +237,26 @@ def _describe_arrow_error(message: str, names: list[str]) -> str:
 
 
 def read_json_records(path: Path) -> list[dict]:
+    """The records of a JSON (array, or ``{"records": [...]}``) or JSON Lines file."""
+    return parse_json_records(path.read_bytes(), path.name, lines=path.suffix.lower() == ".jsonl")
+
+
+def parse_json_records(data: bytes, source: str, lines: bool = False) -> list[dict]:
+    """Records from JSON bytes: an array of objects, ``{"records": [...]}``, or one object per line."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise BadFileError(f"{path.name}: the file is not UTF-8 text") from None
+        raise BadFileError(f"{source}: the file is not UTF-8 text") from None
     try:
-        if path.suffix.lower() == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            records = json.loads(text)
+        records = [json.loads(line) for line in text.splitlines() if line.strip()] if lines else json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadFileError(f"{path.name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raise BadFileError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise BadFileError(f"{source}: the JSON is nested too deeply to be client records") from None
     if isinstance(records, dict) and isinstance(records.get("records"), list):
         records = records["records"]
     if not isinstance(records, list) or not all(isinstance(item, dict) for item in records):
-        raise BadFileError(f"{path.name}: JSON data must be a list of records (objects)")
+        raise BadFileError(f"{source}: JSON data must be a list of records (objects)")
     return records
 
 
@@ -336,14 +346,19 @@ def read_feature_csv(data: bytes, source: str) -> FeatureBatch:
 
 
 def features_from_records(records: object, source: str) -> FeatureBatch:
-    """Turn JSON records (a list of objects) into rows to score, strictly, naming the first fault."""
+    """Turn JSON records (a list of objects) into rows to score, strictly, naming the first fault.
+
+    Keys are matched as in CSV headers (trimmed, any case); ``corporation`` is optional.
+    """
     if not isinstance(records, list) or not records:
         raise BadFileError(f"{source}: expected a non-empty list of client records (JSON objects)")
     columns: list[list[object]] = [[] for _ in FEATURES]
-    ids: list[str] | None = [] if isinstance(records[0], dict) and ID_COLUMN in records[0] else None
+    ids: list[str | None] = []
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise BadFileError(f"{source}: record {number} is {type(record).__name__}, not an object")
+        if any(name not in record for name in FEATURES):
+            record = {str(key).strip().lower(): value for key, value in record.items()}
         for values, name in zip(columns, FEATURES, strict=True):
             value = record.get(name)
             if value is None:
@@ -353,26 +368,31 @@ def features_from_records(records: object, source: str) -> FeatureBatch:
                     f"{source}: record {number}, {name} is {json.dumps(value)[:40]}, where a number is expected"
                 )
             values.append(value)
-        if ids is not None:
-            corporation = record.get(ID_COLUMN)
-            if isinstance(corporation, (dict, list)):
-                raise BadFileError(f"{source}: record {number}, {ID_COLUMN} must be a string or a number")
-            ids.append(None if corporation is None else str(corporation))
+        corporation = record.get(ID_COLUMN)
+        if isinstance(corporation, (dict, list)):
+            raise BadFileError(f"{source}: record {number}, {ID_COLUMN} must be a string or a number")
+        ids.append(None if corporation is None else str(corporation))
     try:
         features = np.array(columns, dtype=np.float64).T.copy()
     except OverflowError:
         raise BadFileError(f"{source}: a count is too large to be a number of this kind") from None
     check_feature_values(features, source, unit="record")
-    return FeatureBatch(ids=ids, features=features)
+    return FeatureBatch(ids=None if all(value is None for value in ids) else ids, features=features)
+
+
+def read_feature_bytes(data: bytes, name: str) -> FeatureBatch:
+    """Rows to score from the bytes of a file called ``name``: JSON, JSON Lines or else CSV, strictly."""
+    suffix = Path(name).suffix.lower()
+    if suffix in (".json", ".jsonl"):
+        return features_from_records(parse_json_records(data, name, lines=suffix == ".jsonl"), name)
+    return read_feature_csv(data, name)
 
 
 def read_feature_file(path: Path) -> FeatureBatch:
     """Rows to score from a CSV, JSON or JSON Lines file, strictly (see ``read_feature_csv``)."""
     path = Path(path)
-    if path.suffix.lower() in (".json", ".jsonl"):
-        return features_from_records(read_json_records(path), path.name)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise BadFileError(f"{path.name}: cannot be read ({exc.strerror})") from None
-    return read_feature_csv(data, path.name)
+    return read_feature_bytes(data, path.name)

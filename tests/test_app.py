@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -65,6 +67,36 @@ def test_prediction_of_json_records_csv_body_and_upload_agree(client, deployed):
     expected = model.predict_proba(np.array([[37, 412, 18], [0, 412, 18]], dtype=float))[:, 1]
     np.testing.assert_array_equal([row["probability"] for row in answers[0]], expected)
     assert answers[0][1]["probability"] > answers[0][0]["probability"]  # less activity, more risk
+
+
+def test_every_format_a_spreadsheet_or_script_may_send_is_read(client):
+    upload = '{"corporation": "a", "lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3}\n' * 2
+    as_jsonl = client.post(
+        "/prediction", data={"file": (io.BytesIO(upload.encode()), "x.jsonl")}, content_type="multipart/form-data"
+    )
+    wrapped = json.dumps({"records": [RECORD]}).encode()
+    as_json = client.post(
+        "/prediction", data={"file": (io.BytesIO(wrapped), "x.json")}, content_type="multipart/form-data"
+    )
+    old_mac = client.post("/prediction", data=f"id,{HEADER}\r1,2,3,4\r5,6,7,8\r", content_type="text/csv")
+    cased = predict_json(client, [{"LastMonth_Activity": 37, " lastyear_activity": 412, "NUMBER_OF_EMPLOYEES": 18}])
+    later_ids = predict_json(client, [{k: v for k, v in RECORD.items() if k != "corporation"}, RECORD])
+    assert [answer.status_code for answer in (as_jsonl, as_json, old_mac, cased, later_ids)] == [200] * 5
+    assert as_jsonl.get_json()["rows"] == 2 and old_mac.get_json()["rows"] == 2
+    assert cased.get_json()["predictions"][0]["probability"] == as_json.get_json()["predictions"][0]["probability"]
+    assert [row.get("corporation") for row in later_ids.get_json()["predictions"]] == [None, "acme"]
+
+
+def test_too_many_rows_get_413(deployed):
+    config = load_config(write_config(deployed.path.parent, api={"max_rows": 2}))
+    answer = (
+        create_app(config, token="")
+        .test_client()
+        .post("/prediction", data=json.dumps({"records": [RECORD] * 3}), content_type="application/json")
+    )
+    assert (
+        answer.status_code == 413 and answer.get_json()["error"] == "3 rows is more than the 2 the API scores at once"
+    )
 
 
 def test_records_without_ids_and_a_bare_list_are_accepted(client):
@@ -156,6 +188,20 @@ BAD_REQUESTS = [
     ("file location is a folder", {"json": {"filelocation": "testdata"}}, 400, "is a folder"),
     ("file location not data", {"json": {"filelocation": "testdata/notes.txt"}}, 400, "not a .csv, .json or .jsonl"),
     (
+        "file location too long",
+        {"json": {"filelocation": "testdata/" + "a" * 300 + ".csv"}},
+        400,
+        "cannot be read (File name too long)",
+    ),
+    ("file location a pipe", {"json": {"filelocation": "testdata/pipe.csv"}}, 400, "is not a regular file"),
+    ("file location nested JSON", {"json": {"filelocation": "testdata/deep.json"}}, 400, "nested too deeply"),
+    (
+        "CSV with old Mac line ends, bad",
+        {"data": f"{HEADER}\r1,2,-3\r", "content_type": "text/csv"},
+        400,
+        "row 1, number_of_employees is negative",
+    ),
+    (
         "file location bad rows",
         {"json": {"filelocation": "testdata/bad.csv"}},
         400,
@@ -168,6 +214,8 @@ BAD_REQUESTS = [
 def test_bad_input_gets_a_4xx_json_error_naming_the_problem(client, deployed, case, kwargs, status, words):
     write_data_file(deployed, "notes.txt", "hello\n")
     write_data_file(deployed, "bad.csv", f"{HEADER}\n1,2,3\n-1,2,3\n")
+    write_data_file(deployed, "deep.json", "[" * 100_000 + "]" * 100_000)
+    os.mkfifo(deployed.test_data_path / "pipe.csv")
     answer = client.post("/prediction", **kwargs)
     body = answer.get_json()
     assert answer.status_code == status, body
@@ -207,6 +255,24 @@ def test_file_locations_outside_the_data_folders_are_refused_with_403(client, de
     ):
         assert answer.status_code == 403, answer.get_json()
         assert answer.get_json()["error"]
+
+
+def test_a_test_file_in_the_project_folder_opens_only_itself(deployed):
+    shutil.copy(deployed.test_data_path / "testdata.csv", deployed.path.parent / "testdata.csv")
+    (deployed.model_folder / "notes.csv").write_text("api_key,owner\nsecret,me\n")
+    config = load_config(write_config(deployed.path.parent, test_data_path="testdata.csv"))
+    client = create_app(config, token="").test_client()
+    assert predict_json(client, {"filelocation": "testdata.csv"}).status_code == 200
+    for location in ("config.json", "models/notes.csv", "models/metrics.json", "production_deployment/metrics.json"):
+        assert predict_json(client, {"filelocation": location}).status_code == 403, location
+
+
+def test_a_data_folder_holding_the_models_is_not_served_by_location(deployed):
+    config = load_config(write_config(deployed.path.parent, input_folder_path="."))
+    client = create_app(config, token="").test_client()
+    assert predict_json(client, {"filelocation": "models/metrics.json"}).status_code == 403
+    assert predict_json(client, {"filelocation": "sourceddata/clients_a.csv"}).status_code == 403
+    assert predict_json(client, {"filelocation": "testdata/testdata.csv"}).status_code == 200
 
 
 def test_body_larger_than_the_limit_gets_413(deployed):
@@ -284,6 +350,8 @@ def test_token_is_needed_everywhere_but_health_when_configured(deployed):
         assert answer.status_code == 401 and "token" in answer.get_json()["error"]
         assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/scoring", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/scoring", headers={"Authorization": "bearer s3cret"}).status_code == 200  # any case
+    assert client.get("/scoring", headers={"Authorization": "Basic s3cret"}).status_code == 401
     assert predict_json(client, {"records": [RECORD]}).status_code == 401
 
 
@@ -310,8 +378,33 @@ def test_a_version_that_will_not_load_leaves_the_previous_one_serving(client, de
     train_and_score(deployed, C=0.001)
     deploy(deployed)
     (deployed.deployment_folder / VERSIONS_FOLDER / "v0002" / MODEL_FILE).write_bytes(b"damaged")
-    assert client.get("/health").get_json() == {"status": "ok", "model_version": "v0001"}
+    health = client.get("/health").get_json()
+    assert (health["status"], health["model_version"], health["deployed_version"]) == ("degraded", "v0001", "v0002")
+    assert health["load_error"] == "versions/v0002/trainedmodel.pkl is not the model its metrics.json describes"
     assert predict_json(client, {"records": [RECORD]}).get_json()["model_version"] == "v0001"
+    assert client.get("/version").get_json()["deployed_version"] == "v0002"
+
+
+def test_a_version_that_failed_to_load_is_tried_again_later(client, deployed, monkeypatch):
+    train_and_score(deployed, C=0.001)
+    deploy(deployed)
+    model_file = deployed.deployment_folder / VERSIONS_FOLDER / "v0002" / MODEL_FILE
+    model_file.write_bytes(b"damaged")
+    assert client.get("/health").get_json()["status"] == "degraded"
+    shutil.copy(deployed.model_folder / MODEL_FILE, model_file)  # repaired, say after a disk fault
+    assert client.get("/health").get_json()["model_version"] == "v0001"  # not retried at once
+    monkeypatch.setattr("app.RETRY_SECONDS", 0.0)
+    assert client.get("/health").get_json() == {"status": "ok", "model_version": "v0002"}
+
+
+def test_broken_server_side_files_get_503_not_500(client, deployed):
+    (deployed.output_folder / FINAL_DATA).write_text("corporation,exited\na,0\n")
+    answer = client.get("/summarystats")
+    assert answer.status_code == 503 and "run ingestion.py" in answer.get_json()["error"]
+    (deployed.model_folder / DIAGNOSTICS_FILE).write_text("{not json")
+    assert client.get("/diagnostics").status_code == 503
+    (deployed.model_folder / DIAGNOSTICS_FILE).write_text(json.dumps({"generated_at": "x", "missing_data": [1]}))
+    assert client.get("/diagnostics").get_json()["missing_data"]["percent"] is None
 
 
 def test_without_a_deployment_the_api_says_so(project):

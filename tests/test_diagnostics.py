@@ -18,9 +18,9 @@ from common.datastats import missing_data, summary_statistics
 from common.schema import read_feature_file
 
 
-def test_predictions_are_the_deployed_models(deployed):
-    predictions = diagnostics.deployed_model_predictions(deployed)
+def test_predictions_are_the_models_own(deployed):
     model = load_model(current_version_folder(deployed.deployment_folder) / MODEL_FILE)
+    predictions = diagnostics.model_predictions(model, deployed.test_data_path / "testdata.csv")
     batch = read_feature_file(deployed.test_data_path / "testdata.csv")
     assert predictions["rows"] == 500 and predictions["corporation"] == batch.ids
     np.testing.assert_allclose(predictions["probability"], model.predict_proba(batch.features)[:, 1], atol=5e-7)
@@ -70,7 +70,14 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_timing_runs_each_stage_as_a_process_without_touching_live_outputs(deployed):
-    live = {folder: snapshot(folder) for folder in (deployed.output_folder, deployed.model_folder)}
+    folders = (
+        deployed.input_folder,
+        deployed.output_folder,
+        deployed.test_data_path,
+        deployed.model_folder,
+        deployed.deployment_folder,
+    )
+    live = {folder: snapshot(folder) for folder in folders}
     timing = diagnostics.time_stages(deployed, runs=2)
     assert timing["runs"] == 2
     for stage in ("ingestion", "training", "scoring"):
@@ -164,6 +171,8 @@ def test_a_silent_index_is_given_up_on_after_the_timeout(tmp_path, requirements)
         started = time.monotonic()
         rows = diagnostics.dependency_status(settings, tmp_path / DEPENDENCY_CACHE_FILE, requirements)
         assert time.monotonic() - started < 3  # bounded by the timeout, not by the index's 5 s delay
+        stuck = [thread for thread in threading.enumerate() if thread.is_alive() and not thread.daemon]
+        assert stuck == [threading.main_thread()]  # nothing left that would keep the process from exiting
         assert {row["reason"] for row in rows if row["status"] == "unknown"} == {
             "the package index did not answer within 0.3 s"
         }

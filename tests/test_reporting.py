@@ -102,7 +102,19 @@ def test_report_shows_every_section_with_the_deployed_models_figures(diagnosed):
     assert f"{f1_score(labels, model.predict(features)):.4f}" in text
     assert riskiest_active_client(model, diagnosed.output_folder / FINAL_DATA) in text
     assert result["clients"][0]["corporation"] == riskiest_active_client(model, diagnosed.output_folder / FINAL_DATA)
-    assert len(result["clients"]) == diagnosed.top_clients
+    assert len(result["clients"]) == diagnosed.reporting.top_clients
+
+    stored = json.loads((diagnosed.model_folder / DIAGNOSTICS_FILE).read_text())
+    assert "is not in diagnostics.json" not in text, "every section has its figures"
+    metrics = result["metrics"]
+    for key in ("precision", "recall", "roc_auc", "accuracy"):
+        assert f"{metrics[key]:.4f}" in text, key
+    month = stored["summary_statistics"]["columns"]["lastmonth_activity"]
+    assert f"{month['mean']:,.2f}" in text and f"{month['max']:,.0f}" in text
+    assert "1,000 " in text  # rows of the source files, in the missing-data table
+    assert "0.25" in text  # the (faked) stage timings
+    corporation = result["clients"][0]["corporation"]
+    assert f"{corporation} {100 * result['clients'][0]['probability']:.1f}%" in text
 
     assert "unknown" in text and "the package index cannot be reached" in text
     assert "Note:" not in text, "no warning is due when diagnostics match the deployed model"

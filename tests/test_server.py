@@ -18,7 +18,7 @@ import requests
 
 from common.artifacts import API_RETURNS_FILE, MODEL_FILE, current_version_folder, load_model
 from common.config import Config
-from tests.conftest import PROJECT_ROOT, deploy, run_script, train_and_score
+from tests.conftest import PROJECT_ROOT, deploy, run_script, train_and_score, write_config
 
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}
 
@@ -135,6 +135,19 @@ def test_apicalls_writes_every_answer_and_fails_clearly_when_the_api_is_down(ser
     assert down.returncode == 1
     assert "GET http://127.0.0.1:" in down.stderr and "/health: the API is not reachable" in down.stderr
     assert (deployed.model_folder / API_RETURNS_FILE).read_bytes() == before
+
+
+@pytest.mark.slow
+def test_apicalls_uploads_test_data_that_lies_outside_its_project(server, deployed, tmp_path):
+    run_script("diagnostics.py", "--config", str(deployed.path), "--runs", "1", "-q")
+    elsewhere = tmp_path / "analyst"
+    elsewhere.mkdir()
+    config = write_config(elsewhere, test_data_path=str(deployed.test_data_path / "testdata.csv"))
+    done = run_script("apicalls.py", "--config", str(config), "--url", server)
+    assert done.returncode == 0, done.stderr
+    written = json.loads((elsewhere / "models" / API_RETURNS_FILE).read_text())
+    assert written["prediction_input"] == {"upload": str(deployed.test_data_path / "testdata.csv")}
+    assert written["answers"]["prediction"]["rows"] == 500
 
 
 @pytest.mark.slow
