@@ -26,6 +26,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -70,6 +71,8 @@ CSV_TYPES = ("text/csv", "application/csv", "text/plain")
 RETRY_SECONDS = 30.0  # how soon a version that failed to load is tried again
 MAX_LOCATION = 1024  # longest filelocation looked at
 MAX_SHOWN = 200  # longest piece of a client's input echoed in an error
+CACHED_FILES = 8  # parsed data files kept per worker, for repeated requests by location
+CACHED_FILE_BYTES = 16 * MIB  # larger files are parsed on every request
 METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
 _PROBE_ROWS = np.array(
     [[0, 0, 1], [1, 10, 2], [37, 412, 18], [250, 3000, 90], [5000, 60000, 800], [0, 120000, 4000], [44507, 0, 1]],
@@ -255,11 +258,11 @@ def allowed_data_places(config: Config) -> list[Path]:
     return places
 
 
-def read_data_location(location: object, base: Path, places: list[Path], max_bytes: int) -> tuple[bytes, str]:
-    """The bytes and name of the file a ``filelocation`` names, relative to ``base``.
+def open_data_location(location: object, base: Path, places: list[Path], max_bytes: int) -> tuple[int, Any, str]:
+    """Open the file a ``filelocation`` names, relative to ``base``: (descriptor, its stat, its name).
 
     Refuses (403) anything outside ``places``. The check is made on the opened file itself, so a
-    file swapped for a link between check and read is caught too.
+    file swapped for a link between check and read is caught too. The caller closes the descriptor.
     """
     if not isinstance(location, str) or not location.strip():
         raise BadRequest("filelocation must be a non-empty string, such as testdata/testdata.csv")
@@ -273,48 +276,87 @@ def read_data_location(location: object, base: Path, places: list[Path], max_byt
         raise Forbidden("filelocation must be a path relative to the project folder, such as testdata/testdata.csv")
     if ".." in path.parts:
         raise Forbidden("filelocation may not contain '..'")
-    outside = Forbidden(f"{shown} is outside the data folders ({', '.join(_shown(place, base) for place in places)})")
+
+    def outside() -> Forbidden:
+        return Forbidden(f"{shown} is outside the data folders ({', '.join(_shown(place, base) for place in places)})")
+
     try:
-        real = (base / path).resolve()  # follows links, so a link out of the data folders is caught
-    except (OSError, RuntimeError):
+        real = os.path.realpath(os.path.join(base, path))  # follows links: a link out of the data folders is caught
+    except (OSError, RuntimeError, ValueError):
         raise BadRequest(f"filelocation {shown!r} is not a usable file name") from None
     if not _inside(real, places):
-        raise outside
+        raise outside()
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound(f"{shown} does not exist") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise outside from None  # it became a link after the check
+            raise outside() from None  # it became a link after the check
         raise BadRequest(f"{shown} cannot be read ({exc.strerror})") from None
     try:
         opened = _opened_path(fd)
         if opened is not None and not _inside(opened, places):
-            raise outside  # a folder on the way was swapped for a link
+            raise outside()  # a folder on the way was swapped for a link
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise BadRequest(f"{shown} is a folder; name a data file in it")
         if not stat.S_ISREG(info.st_mode):
             raise BadRequest(f"{shown} is not a regular file")
-        if real.suffix.lower() not in DATA_SUFFIXES:
+        name = os.path.basename(real)
+        if not name.lower().endswith(DATA_SUFFIXES):
             raise BadRequest(f"{shown} is not a .csv, .json or .jsonl file")
         if info.st_size > max_bytes:
             raise RequestEntityTooLarge(f"{shown} is larger than the {max_bytes / MIB:g} MiB the API reads")
-        with open(fd, "rb", closefd=False) as handle:
-            return handle.read(max_bytes), real.name
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd, info, name
 
 
-def _inside(path: Path, places: list[Path]) -> bool:
-    return any(path == place or path.is_relative_to(place) for place in places)
+class LocationReader:
+    """The rows of data files named by location, each version of a file parsed once.
+
+    A file is the same when its device, inode, size and modification time are (an edit or an
+    atomic replacement changes one of them); the last ``CACHED_FILES`` small files are kept.
+    Every request still opens and checks the file.
+    """
+
+    def __init__(self, base: Path, places: list[Path], max_bytes: int):
+        self.base, self.places, self.max_bytes = base, places, max_bytes
+        self._parsed: OrderedDict[tuple[int, int, int, int], FeatureBatch] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def rows(self, location: object) -> FeatureBatch:
+        fd, info, name = open_data_location(location, self.base, self.places, self.max_bytes)
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        try:
+            with self._lock:
+                if key in self._parsed:
+                    self._parsed.move_to_end(key)
+                    return self._parsed[key]
+            with open(fd, "rb", closefd=False) as handle:
+                batch = read_feature_bytes(handle.read(self.max_bytes), name)
+        finally:
+            os.close(fd)
+        if info.st_size <= CACHED_FILE_BYTES:
+            batch.features.flags.writeable = False  # shared by later requests
+            with self._lock:
+                self._parsed[key] = batch
+                while len(self._parsed) > CACHED_FILES:
+                    self._parsed.popitem(last=False)
+        return batch
 
 
-def _opened_path(fd: int) -> Path | None:
+def _inside(path: str, places: list[Path]) -> bool:
+    """Whether a resolved path is one of ``places`` or lies under one (compared as strings: this is per request)."""
+    return any(path == str(place) or path.startswith(f"{place}{os.sep}") for place in places)
+
+
+def _opened_path(fd: int) -> str | None:
     """Where an open file really is (Linux's /proc), or None where that cannot be asked."""
     try:
-        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+        return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
 
@@ -324,12 +366,12 @@ def _shown(place: Path, base: Path) -> str:
     return str(place.relative_to(base)) if place.is_relative_to(base) else place.name
 
 
-def read_prediction_input(config: Config, folders: list[Path]) -> FeatureBatch:
+def read_prediction_input(files: LocationReader) -> FeatureBatch:
     """The rows a /prediction request asks about: by file location, JSON records, or a CSV body or upload."""
     mimetype = request.mimetype
     try:
         if mimetype == "application/json" or mimetype.endswith("+json"):
-            return read_json_request(config, folders)
+            return read_json_request(files)
         if mimetype == "multipart/form-data" and "file" in request.files:
             upload = request.files["file"]
             return read_feature_bytes(upload.read(), Path(upload.filename or "upload.csv").name)
@@ -337,8 +379,7 @@ def read_prediction_input(config: Config, folders: list[Path]) -> FeatureBatch:
             return read_feature_csv(request.get_data(cache=False), "the CSV body")
         location = request.values.get("filelocation")
         if location is not None:
-            data, name = read_data_location(location, config.path.parent, folders, _max_file(config))
-            return read_feature_bytes(data, name)
+            return files.rows(location)
     except BadFileError as exc:
         raise BadRequest(str(exc)) from None
     if not request.content_length and not request.values:
@@ -352,15 +393,14 @@ def read_prediction_input(config: Config, folders: list[Path]) -> FeatureBatch:
     )
 
 
-def read_json_request(config: Config, folders: list[Path]) -> FeatureBatch:
+def read_json_request(files: LocationReader) -> FeatureBatch:
     body = parse_json(request.get_data(cache=False), "the request body")
     if isinstance(body, list):
         return features_from_records(body, "the request body")
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object with 'filelocation' or 'records', or a list of records")
     if "filelocation" in body:
-        data, name = read_data_location(body["filelocation"], config.path.parent, folders, _max_file(config))
-        return read_feature_bytes(data, name)
+        return files.rows(body["filelocation"])
     if "records" in body:
         return features_from_records(body["records"], "records")
     raise BadRequest("the JSON body needs 'filelocation' (a data file) or 'records' (a list of client records)")
@@ -373,10 +413,6 @@ def parse_json(data: bytes, what: str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"{what} is not valid JSON ({exc})") from None
-
-
-def _max_file(config: Config) -> int:
-    return int(config.api.max_file_mb * MIB)
 
 
 def describe_predictions(served: ServedModel, batch: FeatureBatch) -> dict[str, Any]:
@@ -466,7 +502,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     app.config["MAX_CONTENT_LENGTH"] = int(config.api.max_body_mb * MIB)
     app.config["RISK_CONFIG"] = config
     watcher = DeploymentWatcher(config.deployment_folder)
-    folders = allowed_data_places(config)
+    files = LocationReader(config.path.parent, allowed_data_places(config), int(config.api.max_file_mb * MIB))
     summary = FileBackedValue(lambda: [config.output_folder / FINAL_DATA], lambda files: read_summary(files[0]))
     diagnostics = FileBackedValue(
         lambda: [config.model_folder / DIAGNOSTICS_FILE], lambda files: describe_stored_diagnostics(files[0])
@@ -508,7 +544,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     @app.post("/prediction")
     def prediction() -> Response:
         served = watcher.served()
-        batch = read_prediction_input(config, folders)
+        batch = read_prediction_input(files)
         if batch.rows > config.api.max_rows:
             limit = config.api.max_rows
             raise RequestEntityTooLarge(f"{batch.rows:,} rows is more than the {limit:,} the API scores at once")

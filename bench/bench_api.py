@@ -36,6 +36,7 @@ from common.schema import read_feature_file
 LOADS = {
     "GET /diagnostics": ("GET", "/diagnostics", None),
     "POST /prediction, 2,000-row CSV by filelocation": ("POST", "/prediction", {"filelocation": "data/bench2000.csv"}),
+    "POST /prediction, 2,000-row CSV as the body": ("POST", "/prediction", "csv"),
     "POST /prediction, one JSON record": (
         "POST",
         "/prediction",
@@ -109,10 +110,14 @@ def check_answers_equal_the_model(config_path: Path, url: str) -> None:
     print(f"check: {answer['rows']} probabilities equal the model's own predict_proba", file=sys.stderr)
 
 
-def write_wrk_script(folder: Path, method: str, body: dict | None) -> Path:
+def write_wrk_script(folder: Path, method: str, body: dict | str | None) -> Path:
+    """A wrk script sending ``body``: JSON, or with "csv" the 2,000-row file as a text/csv body."""
     script = folder / f"{method.lower()}-{abs(hash(json.dumps(body)))}.lua"
     lines = [f'wrk.method = "{method}"']
-    if body is not None:
+    if body == "csv":
+        csv_text = (folder / "data" / "bench2000.csv").read_text()
+        lines += [f"wrk.body = {json.dumps(csv_text)}", 'wrk.headers["Content-Type"] = "text/csv"']
+    elif body is not None:
         lines += [f"wrk.body = {json.dumps(json.dumps(body))}", 'wrk.headers["Content-Type"] = "application/json"']
     script.write_text("\n".join(lines) + "\n")
     return script

@@ -53,6 +53,21 @@ def test_prediction_by_file_location_equals_the_models_own_predict_proba(client,
     np.testing.assert_array_equal([row["label"] for row in body["predictions"]], model.predict(batch.features))
 
 
+def test_a_file_changed_since_the_last_request_is_read_again(client, deployed):
+    data_file = deployed.test_data_path / "one.csv"
+    data_file.write_text(f"corporation,{HEADER}\nacme,10,400,18\n")
+    first = predict_json(client, {"filelocation": "testdata/one.csv"}).get_json()["predictions"][0]
+    assert predict_json(client, {"filelocation": "testdata/one.csv"}).get_json()["predictions"][0] == first
+    data_file.write_text(f"corporation,{HEADER}\nacme,90,400,18\n")  # edited in place, same size
+    edited = predict_json(client, {"filelocation": "testdata/one.csv"}).get_json()["predictions"][0]
+    replacement = deployed.test_data_path / "one.tmp"
+    replacement.write_text(f"corporation,{HEADER}\nbeta,10,400,18\n")
+    os.replace(replacement, data_file)
+    replaced = predict_json(client, {"filelocation": "testdata/one.csv"}).get_json()["predictions"][0]
+    assert edited["probability"] < first["probability"]  # more activity, less risk
+    assert replaced == {**first, "corporation": "beta"}
+
+
 def test_prediction_of_json_records_csv_body_and_upload_agree(client, deployed):
     by_records = predict_json(client, {"records": [RECORD, {**RECORD, "corporation": "beta", "lastmonth_activity": 0}]})
     csv_text = f"corporation,{HEADER}\nacme,37,412,18\nbeta,0,412,18\n"
