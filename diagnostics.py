@@ -176,7 +176,9 @@ def read_cache(path: Path) -> dict[str, dict[str, str]]:
         cache = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return cache if isinstance(cache, dict) else {}
+    if not isinstance(cache, dict):
+        return {}
+    return {name: entry for name, entry in cache.items() if isinstance(entry, dict)}
 
 
 def age_hours(stamp: str | None, now: datetime) -> float:
