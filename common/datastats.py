@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,11 @@ from common.schema import (
     ID_COLUMN,
     TARGET,
     BadFileError,
-    parse_header,
+    normalise_keys,
+    read_header,
     read_json_records,
     unique_names,
 )
-
-log = logging.getLogger(__name__)
 
 NUMERIC_COLUMNS = (*FEATURES, TARGET)
 
@@ -76,14 +74,13 @@ def count_missing(path: Path) -> tuple[int, dict[str, int]]:
     """
     if path.suffix.lower() in (".json", ".jsonl"):
         records = read_json_records(path)
-        normalised = [{str(key).strip().lower(): value for key, value in item.items()} for item in records]
+        normalised = [normalise_keys(item) for item in records]
         missing = {
             name: sum(1 for item in normalised if item.get(name) is None or str(item[name]).strip() == "")
             for name in COLUMNS
         }
         return len(records), missing
-    with open(path, "rb") as handle:
-        names = parse_header(handle.read(64 * 1024), path.name)
+    names = read_header(path)
     present = [name for name in COLUMNS if name in names]
     malformed = 0
 

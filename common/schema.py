@@ -144,7 +144,7 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
     )
 
 
-def _read_header(path: Path) -> list[str]:
+def read_header(path: Path) -> list[str]:
     """The normalised column names of a CSV file, after checks that it is UTF-8 text."""
     with open(path, "rb") as handle:
         head = handle.read(_HEAD_BYTES)
@@ -199,7 +199,7 @@ def unique_names(names: list[str]) -> list[str]:
 
 
 def _read_csv_table(path: Path, columns: tuple[str, ...]) -> tuple[pa.Table, int]:
-    names = _read_header(path)
+    names = read_header(path)
     _check_columns(path, names, columns)
     malformed = 0
 
@@ -260,8 +260,13 @@ def parse_json_records(data: bytes, source: str, lines: bool = False) -> list[di
     return records
 
 
+def normalise_keys(record: dict) -> dict:
+    """A record with its keys matched as CSV header names are: trimmed and lower-case."""
+    return {str(key).strip().lower(): value for key, value in record.items()}
+
+
 def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
-    records = [{str(k).strip().lower(): v for k, v in item.items()} for item in read_json_records(path)]
+    records = [normalise_keys(item) for item in read_json_records(path)]
     if not records:
         raise BadFileError(f"{path.name}: the file holds no records")
     present = set().union(*records)
@@ -358,7 +363,7 @@ def features_from_records(records: object, source: str) -> FeatureBatch:
         if not isinstance(record, dict):
             raise BadFileError(f"{source}: record {number} is {type(record).__name__}, not an object")
         if any(name not in record for name in FEATURES):
-            record = {str(key).strip().lower(): value for key, value in record.items()}
+            record = normalise_keys(record)
         for values, name in zip(columns, FEATURES, strict=True):
             value = record.get(name)
             if value is None:
