@@ -28,6 +28,7 @@ DIAGNOSTICS_FILE = "diagnostics.json"
 DEPENDENCY_CACHE_FILE = "dependencycache.json"
 CONFUSION_MATRIX_FILE = "confusionmatrix.png"
 REPORT_FILE = "summaryreport.pdf"
+TRENDS_PLOT_FILE = "trends.png"
 API_RETURNS_FILE = "apireturns.txt"
 
 # The deployment folder: versions/vNNNN/ holds each published version, ``current`` links to one.

@@ -26,7 +26,10 @@ PATH_KEYS = (
     "output_model_path",
     "prod_deployment_path",
 )
-SECTION_KEYS = ("model", "deployment", "api", "diagnostics", "reporting")
+SECTION_KEYS = ("model", "deployment", "api", "diagnostics", "reporting", "monitoring")
+SQLITE_URL_PREFIX = "sqlite:///"
+DEFAULT_HISTORY_FILE = "runhistory.sqlite"
+DEFAULT_LOG_FILE = "fullprocess.log"
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,44 @@ class ReportingSettings:
     top_clients: int = 20
 
 
+MODEL_DRIFT_TESTS = ("raw", "parametric", "nonparametric")
+RETRAIN_TRIGGERS = ("model_drift", "data_drift", "either")
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """How fullprocess.py decides on drift, retrains, gates, and where it keeps its record and log."""
+
+    # Model drift: "raw" (F1 on the new data below the deployed F1), "parametric" (below the mean
+    # of earlier F1 scores minus k standard deviations), "nonparametric" (below Q1 - 1.5 IQR).
+    model_drift_test: str = field(default="parametric", metadata={"choices": MODEL_DRIFT_TESTS})
+    # Fewer new rows than this are ingested without a drift test (F1 on a handful of rows says nothing).
+    min_new_rows: int = 50
+    parametric_k: float = 2.0
+    # Earlier F1 scores come from the run history once it holds this many for the deployed
+    # model; until then from the deployed model's F1 on resamples of the test data.
+    min_history_scores: int = 5
+    bootstrap_samples: int = 200
+    # Data drift per feature: a Kolmogorov-Smirnov test for batches of up to ks_max_rows rows,
+    # else the Wasserstein distance over the training data's standard deviation.
+    ks_max_rows: int = 1000
+    ks_p_value: float = field(default=0.05, metadata={"below": 1})
+    wasserstein_threshold: float = 0.1
+    retrain_on: str = field(default="model_drift", metadata={"choices": RETRAIN_TRIGGERS})
+    # Share of the newly arrived rows kept out of training to compare challenger and champion.
+    holdout_fraction: float = field(default=0.3, metadata={"below": 1})
+    min_holdout_rows: int = 30
+    # The challenger is deployed when its F1 on the held-out recent rows is at least the
+    # champion's plus this margin.
+    min_gain: float = field(default=0.01, metadata={"min": 0})
+    # Empty: runhistory.sqlite and fullprocess.log in the model output folder, so each config's
+    # runs keep their own record.
+    history_url: str = ""
+    log_file: str = ""
+    log_max_mb: float = 5.0
+    log_backups: int = 5
+
+
 @dataclass(frozen=True)
 class Config:
     """Resolved settings; every path is absolute."""
@@ -87,6 +128,21 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
     reporting: ReportingSettings = field(default_factory=ReportingSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+
+    @property
+    def history_path(self) -> Path:
+        """The SQLite file of the run history: ``monitoring.history_url`` (relative to the config folder)."""
+        if not self.monitoring.history_url:
+            return self.model_folder / DEFAULT_HISTORY_FILE
+        return (self.path.parent / self.monitoring.history_url[len(SQLITE_URL_PREFIX) :]).resolve()
+
+    @property
+    def log_path(self) -> Path:
+        """The rotating log file of fullprocess.py: ``monitoring.log_file`` (relative to the config folder)."""
+        if not self.monitoring.log_file:
+            return self.model_folder / DEFAULT_LOG_FILE
+        return (self.path.parent / self.monitoring.log_file).resolve()
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
@@ -129,6 +185,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         api=_read_settings(ApiSettings, raw, "api", config_path),
         diagnostics=_read_settings(DiagnosticsSettings, raw, "diagnostics", config_path),
         reporting=_read_settings(ReportingSettings, raw, "reporting", config_path),
+        monitoring=_read_monitoring_settings(raw, config_path),
     )
 
 
@@ -180,8 +237,24 @@ def _read_keep_versions(section: dict[str, Any], config_path: Path) -> int:
     return keep
 
 
+def _read_monitoring_settings(raw: dict[str, Any], config_path: Path) -> MonitoringSettings:
+    settings = _read_settings(MonitoringSettings, raw, "monitoring", config_path)
+    url = settings.history_url
+    if url and (not url.startswith(SQLITE_URL_PREFIX) or url == SQLITE_URL_PREFIX):
+        raise PipelineError(
+            f"config file {config_path}: monitoring.history_url must be a SQLite URL such as "
+            f"'sqlite:///models/{DEFAULT_HISTORY_FILE}' (a path after sqlite:///, relative to the config file; "
+            f"sqlite:////abs/path for an absolute one), not {url!r}"
+        )
+    return settings
+
+
 def _read_settings(kind: type, raw: dict[str, Any], name: str, config_path: Path) -> Any:
-    """Fill a settings dataclass from the config section ``name``: types as the defaults', numbers positive."""
+    """Fill a settings dataclass from the config section ``name``: types as the defaults', numbers positive.
+
+    A field's metadata can narrow that: ``choices`` for strings, ``min`` (a lowest allowed
+    value instead of "positive") and ``below`` (an exclusive upper bound) for numbers.
+    """
     section = _section(raw, name, config_path)
     defaults = kind()
     unknown = sorted(set(section) - set(kind.__dataclass_fields__))
@@ -190,12 +263,22 @@ def _read_settings(kind: type, raw: dict[str, Any], name: str, config_path: Path
     values = {}
     for key, value in section.items():
         default = getattr(defaults, key)
+        rules = kind.__dataclass_fields__[key].metadata
+        where = f"config file {config_path}: {name}.{key}"
         if isinstance(default, str):
             if not isinstance(value, str) or not value.strip():
-                raise PipelineError(f"config file {config_path}: {name}.{key} must be a non-empty string")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise PipelineError(f"config file {config_path}: {name}.{key} must be a positive number, not {value!r}")
+                raise PipelineError(f"{where} must be a non-empty string")
+            if "choices" in rules and value not in rules["choices"]:
+                raise PipelineError(f"{where} must be one of {', '.join(rules['choices'])}, not {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PipelineError(f"{where} must be a number, not {value!r}")
+        elif "min" in rules and value < rules["min"]:
+            raise PipelineError(f"{where} must be at least {rules['min']}, not {value!r}")
+        elif "min" not in rules and value <= 0:
+            raise PipelineError(f"{where} must be a positive number, not {value!r}")
+        elif "below" in rules and value >= rules["below"]:
+            raise PipelineError(f"{where} must be below {rules['below']}, not {value!r}")
         elif isinstance(default, int) and not isinstance(value, int):
-            raise PipelineError(f"config file {config_path}: {name}.{key} must be a whole number, not {value!r}")
+            raise PipelineError(f"{where} must be a whole number, not {value!r}")
         values[key] = value
     return kind(**values)

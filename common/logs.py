@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
+from pathlib import Path
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 def setup_logging(verbosity: int = 0) -> None:
     """Log to stderr: INFO by default, DEBUG with ``-v``, WARNING with ``-q``."""
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        force=True,
-    )
+    logging.basicConfig(level=level, stream=sys.stderr, format=LOG_FORMAT, datefmt=DATE_FORMAT, force=True)
+
+
+def add_log_file(path: Path, max_bytes: int, backups: int) -> Path:
+    """Also log to a rotating file (INFO and above, whatever stderr shows); return its path.
+
+    The file is rotated at ``max_bytes`` and ``backups`` old files are kept, so a job that runs
+    unattended for months never fills the disk.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    root = logging.getLogger()
+    for existing in root.handlers:  # stderr keeps its own level
+        if existing.level == logging.NOTSET:
+            existing.setLevel(root.level)
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO))
+    return path

@@ -63,6 +63,12 @@ def test_broken_config_files_get_one_clear_sentence(tmp_path, content, message):
         ({"model": {"decision_threshold": 2}}, "model.decision_threshold"),
         ({"model": {"penalty": "l1"}}, "unknown model settings penalty"),
         ({"deployment": {"keep_versions": 1}}, "keep_versions must be a whole number of at least 2"),
+        ({"monitoring": {"model_drift_test": "vibes"}}, "must be one of raw, parametric, nonparametric"),
+        ({"monitoring": {"retrain_on": "always"}}, "must be one of model_drift, data_drift, either"),
+        ({"monitoring": {"holdout_fraction": 1.0}}, "monitoring.holdout_fraction must be below 1"),
+        ({"monitoring": {"min_gain": -0.1}}, "monitoring.min_gain must be at least 0"),
+        ({"monitoring": {"min_new_rows": 2.5}}, "monitoring.min_new_rows must be a whole number"),
+        ({"monitoring": {"history_url": "postgresql://db/risk"}}, "history_url must be a SQLite URL"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, section, message):
@@ -73,3 +79,20 @@ def test_bad_settings_are_named(tmp_path, section, message):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(PipelineError, match="does not exist"):
         load_config(tmp_path / "nope.json")
+
+
+def test_history_and_log_default_to_the_model_folder_and_follow_the_url(tmp_path):
+    config = load_config(write_config(tmp_path))
+    assert config.history_path == tmp_path / "models" / "runhistory.sqlite"
+    assert config.log_path == tmp_path / "models" / "fullprocess.log"
+    assert config.monitoring.min_gain == 0.01 and config.monitoring.retrain_on == "model_drift"
+    moved = load_config(
+        write_config(
+            tmp_path, monitoring={"history_url": "sqlite:///records/h.db", "log_file": "logs/f.log", "min_gain": 0}
+        )
+    )
+    assert moved.history_path == tmp_path / "records" / "h.db"
+    assert moved.log_path == tmp_path / "logs" / "f.log"
+    assert moved.monitoring.min_gain == 0
+    absolute = load_config(write_config(tmp_path, monitoring={"history_url": f"sqlite:///{tmp_path}/abs.db"}))
+    assert absolute.history_path == tmp_path / "abs.db"

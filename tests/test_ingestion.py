@@ -293,3 +293,54 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
         raise RuntimeError("crash while writing")
     assert target.read_text() == "old\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["finaldata.csv"]
+
+
+def fresh_copy(project: Config, tmp_path) -> bytes:
+    """finaldata.csv as a full rebuild from the same files (whose names sort in arrival order) writes it."""
+    result = ingest_folder(project.input_folder, tmp_path / "rebuilt")
+    assert not result.appended
+    return (tmp_path / "rebuilt" / FINAL_DATA).read_bytes()
+
+
+def test_new_files_are_appended_and_equal_a_full_rebuild(project, tmp_path):
+    first = ingest_folder(project.input_folder, project.output_folder)
+    assert not first.appended
+    old_rows = (project.input_folder / "clients_a.csv").read_text().splitlines()[1:40]
+    new_rows = write_clients(tmp_path / "c.csv", 300, seed=9).read_text().splitlines()
+    # a later file that repeats rows ingested before and repeats some of its own
+    (project.input_folder / "clients_c.csv").write_text("\n".join(new_rows + old_rows + new_rows[1:6]) + "\n")
+    second = ingest_folder(project.input_folder, project.output_folder)
+    assert second.appended
+    assert second.rows_written == first.rows_written + 300
+    assert second.duplicates_removed == first.duplicates_removed + 39 + 5
+    assert (project.output_folder / FINAL_DATA).read_bytes() == fresh_copy(project, tmp_path)
+    report = json.loads((project.output_folder / INGESTION_REPORT).read_text())
+    assert report["appended"] is True and report["rows_written"] == second.rows_written
+
+
+def test_a_renamed_file_keeps_its_place_and_new_files_still_append(project, tmp_path):
+    ingest_folder(project.input_folder, project.output_folder)
+    (project.input_folder / "clients_a.csv").rename(project.input_folder / "clients_z.csv")
+    write_clients(project.input_folder / "clients_b2.csv", 100, seed=12)
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert result.appended
+    assert [entry.name for entry in result.files] == ["clients_z.csv", "clients_b.csv", "clients_b2.csv"]
+
+
+def test_an_output_changed_behind_ingestions_back_is_rebuilt_not_appended(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    final = project.output_folder / FINAL_DATA
+    text = final.read_text()
+    final.write_text(text)  # same content, new file: the index no longer vouches for it
+    write_clients(project.input_folder / "clients_c.csv", 100, seed=13)
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert not result.appended
+    assert result.rows_written == len(final.read_text().splitlines()) - 1
+
+
+def test_an_edited_file_rebuilds(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    with open(project.input_folder / "clients_a.csv", "a") as handle:
+        handle.write("zzzzzz,1,2,3,0\n")
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert not result.appended and "zzzzzz,1,2,3,0" in (project.output_folder / FINAL_DATA).read_text()

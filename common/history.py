@@ -1,0 +1,279 @@
+"""The run history: one SQLite database that records every fullprocess.py run and its decision.
+
+Tables (query them with ``sqlite3 models/runhistory.sqlite``)::
+
+    runs           one row per run: times, outcome, decision, versions, scores, drift, timings
+    run_files      the data files a run saw as new or edited, and the stray files it ignored
+    feature_drift  per run and feature: the data-drift test, its statistic, threshold and verdict
+
+Writers and readers may overlap (the API reads while a run writes): the database is in WAL
+mode, so readers see the last committed state and never wait for a run to finish.
+This module imports only the standard library: the no-op run reads it before anything heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from common.errors import PipelineError
+
+SCHEMA_VERSION = 1
+
+# Outcomes a run can end with; "running" until it ends, "interrupted" if it never did.
+RUNNING = "running"
+NO_NEW_DATA = "no_new_data"
+FIRST_DEPLOYMENT = "first_deployment"
+KEPT = "kept"
+DEPLOYED = "deployed"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+# Runs whose decision covers the new files they saw, so those files are not new again.
+DECIDED_OUTCOMES = (FIRST_DEPLOYMENT, KEPT, DEPLOYED)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,              -- UTC, ISO 8601
+    finished_at TEXT,
+    seconds REAL,
+    outcome TEXT NOT NULL,                 -- {RUNNING}, {NO_NEW_DATA}, {FIRST_DEPLOYMENT}, {KEPT}, {DEPLOYED},
+                                           -- {FAILED} or {INTERRUPTED}
+    decision TEXT,                         -- why, in one sentence
+    failed_stage TEXT,
+    error TEXT,
+    pid INTEGER,
+    model_version_before TEXT,
+    model_version_after TEXT,
+    new_files INTEGER,
+    new_rows INTEGER,                      -- labelled rows not seen before
+    ingested_rows INTEGER,                 -- rows in finaldata.csv after the run
+    model_drift_test TEXT,                 -- raw, parametric or nonparametric
+    deployed_f1 REAL,                      -- the champion's F1 on the test data when deployed
+    new_data_f1 REAL,                      -- the champion's F1 on the new rows
+    drift_threshold REAL,                  -- model drift when new_data_f1 is below this
+    drift_reference TEXT,                  -- where the earlier F1 scores came from
+    model_drift INTEGER,                   -- 1 drift, 0 none
+    data_drift INTEGER,
+    drift_trigger TEXT,                    -- the statistic that triggered retraining
+    champion_recent_f1 REAL,               -- on the held-out part of the new rows
+    challenger_recent_f1 REAL,
+    champion_test_f1 REAL,                 -- on the test data
+    challenger_test_f1 REAL,
+    missing_percent REAL,                  -- percent of empty cells in the new files
+    timings TEXT,                          -- JSON: seconds per stage
+    details TEXT                           -- JSON: everything else worth keeping
+);
+CREATE TABLE IF NOT EXISTS run_files (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    sha256 TEXT,
+    status TEXT NOT NULL,                  -- new, edited, stray
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS feature_drift (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    feature TEXT NOT NULL,
+    test TEXT NOT NULL,                    -- ks (p-value below threshold) or wasserstein (normalised distance above)
+    statistic REAL NOT NULL,
+    p_value REAL,
+    threshold REAL NOT NULL,
+    drifted INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_files_sha256 ON run_files(sha256);
+CREATE INDEX IF NOT EXISTS run_files_run ON run_files(run_id);
+CREATE INDEX IF NOT EXISTS feature_drift_run ON feature_drift(run_id);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+RUN_COLUMNS = (
+    "id",
+    "started_at",
+    "finished_at",
+    "seconds",
+    "outcome",
+    "decision",
+    "failed_stage",
+    "error",
+    "pid",
+    "model_version_before",
+    "model_version_after",
+    "new_files",
+    "new_rows",
+    "ingested_rows",
+    "model_drift_test",
+    "deployed_f1",
+    "new_data_f1",
+    "drift_threshold",
+    "drift_reference",
+    "model_drift",
+    "data_drift",
+    "drift_trigger",
+    "champion_recent_f1",
+    "challenger_recent_f1",
+    "champion_test_f1",
+    "challenger_test_f1",
+    "missing_percent",
+    "timings",
+    "details",
+)
+JSON_COLUMNS = ("timings", "details")
+
+
+def open_history(path: Path) -> sqlite3.Connection:
+    """Open (creating if need be) the history database for writing; raise PipelineError naming the file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, timeout=10, isolation_level=None)
+        connection.execute("PRAGMA journal_mode = WAL")
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            connection.close()
+            raise PipelineError(
+                f"run history {path} has schema version {version}, newer than this code's {SCHEMA_VERSION}; "
+                "update the code"
+            )
+        connection.executescript(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise PipelineError(
+            f"run history {path} cannot be used ({exc}); move it aside and the next run starts a new one"
+        ) from None
+    except OSError as exc:
+        raise PipelineError(f"run history {path} cannot be created ({exc.strerror})") from None
+    return connection
+
+
+def start_run(connection: sqlite3.Connection, started_at: str, pid: int, version_before: str | None) -> int:
+    """Insert a run as ``running``; return its id."""
+    cursor = connection.execute(
+        "INSERT INTO runs (started_at, outcome, pid, model_version_before) VALUES (?, ?, ?, ?)",
+        (started_at, RUNNING, pid, version_before),
+    )
+    return int(cursor.lastrowid)
+
+
+def save_run(
+    connection: sqlite3.Connection,
+    run_id: int,
+    fields: dict[str, Any],
+    files: Iterable[dict[str, Any]] = (),
+    feature_drift: Iterable[dict[str, Any]] = (),
+) -> None:
+    """Write a run's results so far, and add its files and drift statistics, in one transaction."""
+    unknown = set(fields) - set(RUN_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown run fields: {', '.join(sorted(unknown))}")
+    values = {key: json.dumps(value) if key in JSON_COLUMNS else value for key, value in fields.items()}
+    assignments = ", ".join(f"{key} = :{key}" for key in values)
+    with connection:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(f"UPDATE runs SET {assignments} WHERE id = :run_id", {**values, "run_id": run_id})
+        connection.executemany(
+            "INSERT INTO run_files (run_id, name, sha256, status, note) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, row["name"], row.get("sha256"), row["status"], row.get("note")) for row in files],
+        )
+        connection.executemany(
+            "INSERT INTO feature_drift (run_id, feature, test, statistic, p_value, threshold, drifted) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    run_id,
+                    row["feature"],
+                    row["test"],
+                    row["statistic"],
+                    row.get("p_value"),
+                    row["threshold"],
+                    int(row["drifted"]),
+                )
+                for row in feature_drift
+            ],
+        )
+
+
+def mark_interrupted(connection: sqlite3.Connection, finished_at: str) -> int:
+    """Close runs left ``running`` by a process that died; call only while holding the run lock."""
+    cursor = connection.execute(
+        "UPDATE runs SET outcome = ?, finished_at = ?, decision = ? WHERE outcome = ?",
+        (
+            INTERRUPTED,
+            finished_at,
+            "the run stopped before it finished (killed or crashed); nothing was decided",
+            RUNNING,
+        ),
+    )
+    return cursor.rowcount
+
+
+def decided_hashes(connection: sqlite3.Connection) -> set[str]:
+    """Content hashes of the files that finished runs have already decided on."""
+    placeholders = ", ".join("?" for _ in DECIDED_OUTCOMES)
+    rows = connection.execute(
+        "SELECT DISTINCT f.sha256 FROM run_files f JOIN runs r ON r.id = f.run_id "
+        f"WHERE f.status IN ('new', 'edited') AND f.sha256 IS NOT NULL AND r.outcome IN ({placeholders})",
+        DECIDED_OUTCOMES,
+    )
+    return {row[0] for row in rows}
+
+
+def earlier_f1_scores(connection: sqlite3.Connection, version: str) -> list[float]:
+    """The F1 scores ``version`` had on earlier batches of new data, oldest first."""
+    rows = connection.execute(
+        "SELECT new_data_f1 FROM runs WHERE model_version_before = ? AND new_data_f1 IS NOT NULL "
+        "AND outcome IN (?, ?) ORDER BY id",
+        (version, KEPT, DEPLOYED),
+    )
+    return [float(row[0]) for row in rows]
+
+
+def read_runs(path: Path, limit: int = 100, with_no_op: bool = True) -> list[dict[str, Any]]:
+    """The latest ``limit`` runs, newest first, each with its files and feature drift; [] without a history.
+
+    Opens the database read-only, so a reader never creates or changes it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise PipelineError(f"run history {path} cannot be opened ({exc})") from None
+    try:
+        connection.row_factory = sqlite3.Row
+        where = "" if with_no_op else f"WHERE outcome != '{NO_NEW_DATA}'"
+        runs = [
+            decode_run(row)
+            for row in connection.execute(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (limit,))
+        ]
+        for run in runs:
+            run["files"] = [
+                dict(row)
+                for row in connection.execute(
+                    "SELECT name, sha256, status, note FROM run_files WHERE run_id = ? ORDER BY rowid", (run["id"],)
+                )
+            ]
+            run["feature_drift"] = [
+                {**dict(row), "drifted": bool(row["drifted"])}
+                for row in connection.execute(
+                    "SELECT feature, test, statistic, p_value, threshold, drifted FROM feature_drift "
+                    "WHERE run_id = ? ORDER BY rowid",
+                    (run["id"],),
+                )
+            ]
+    except sqlite3.Error as exc:
+        raise PipelineError(f"run history {path} cannot be read ({exc})") from None
+    finally:
+        connection.close()
+    return runs
+
+
+def decode_run(row: sqlite3.Row) -> dict[str, Any]:
+    run = dict(row)
+    for key in JSON_COLUMNS:
+        run[key] = json.loads(run[key]) if run.get(key) else None
+    for key in ("model_drift", "data_drift"):
+        run[key] = None if run[key] is None else bool(run[key])
+    return run

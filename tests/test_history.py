@@ -1,0 +1,90 @@
+"""The run history: schema, what counts as decided, interrupted runs, and clear errors."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from common.errors import PipelineError
+from common.history import (
+    decided_hashes,
+    earlier_f1_scores,
+    mark_interrupted,
+    open_history,
+    read_runs,
+    save_run,
+    start_run,
+)
+
+
+def add_run(connection, outcome: str, sha: str, version: str = "v0001", f1: float | None = None) -> int:
+    run_id = start_run(connection, "2026-11-21T10:00:00Z", 1, version)
+    save_run(
+        connection,
+        run_id,
+        {"outcome": outcome, "new_data_f1": f1},
+        files=[{"name": f"{sha}.csv", "sha256": sha, "status": "new"}, {"name": ".DS_Store", "status": "stray"}],
+    )
+    return run_id
+
+
+def test_only_files_of_finished_decisions_count_as_decided(tmp_path):
+    connection = open_history(tmp_path / "history.sqlite")
+    for outcome, sha in [("kept", "a"), ("deployed", "b"), ("first_deployment", "c"), ("failed", "d")]:
+        add_run(connection, outcome, sha)
+    start_run(connection, "2026-11-21T11:00:00Z", 2, "v0001")  # still running
+    assert decided_hashes(connection) == {"a", "b", "c"}
+
+
+def test_runs_left_running_are_marked_interrupted(tmp_path):
+    connection = open_history(tmp_path / "history.sqlite")
+    add_run(connection, "kept", "a")
+    start_run(connection, "2026-11-21T11:00:00Z", 2, "v0001")
+    assert mark_interrupted(connection, "2026-11-21T11:10:00Z") == 1
+    runs = read_runs(tmp_path / "history.sqlite")
+    assert [run["outcome"] for run in runs] == ["interrupted", "kept"]
+    assert runs[0]["finished_at"] == "2026-11-21T11:10:00Z"
+
+
+def test_earlier_scores_are_those_of_the_version_on_decided_runs(tmp_path):
+    connection = open_history(tmp_path / "history.sqlite")
+    add_run(connection, "kept", "a", "v0001", 0.61)
+    add_run(connection, "failed", "b", "v0001", 0.10)
+    add_run(connection, "deployed", "c", "v0001", 0.40)
+    add_run(connection, "kept", "d", "v0002", 0.66)
+    assert earlier_f1_scores(connection, "v0001") == [0.61, 0.40]
+
+
+def test_the_schema_is_plain_sql_a_person_can_query(tmp_path):
+    path = tmp_path / "history.sqlite"
+    add_run(open_history(path), "kept", "a", f1=0.6)
+    with sqlite3.connect(path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        joined = connection.execute(
+            "SELECT r.outcome, f.name FROM runs r JOIN run_files f ON f.run_id = r.id WHERE f.status = 'new'"
+        ).fetchall()
+    assert {"runs", "run_files", "feature_drift"} <= tables
+    assert joined == [("kept", "a.csv")]
+
+
+def test_reading_a_missing_history_creates_nothing(tmp_path):
+    assert read_runs(tmp_path / "none.sqlite") == []
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_a_file_that_is_not_a_database_is_named(tmp_path):
+    path = tmp_path / "history.sqlite"
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(PipelineError, match="run history .*history.sqlite cannot be used .*move it aside"):
+        open_history(path)
+    with pytest.raises(PipelineError, match="cannot be read"):
+        read_runs(path)
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "history.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA user_version = 99")
+    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 1"):
+        open_history(path)
