@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls practice udacity baseline bench bench-api data lint clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess data lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,13 @@ serve: $(VENV)/.installed ## serve the API with gunicorn, 2 workers, on 127.0.0.
 apicalls: $(VENV)/.installed ## call every endpoint of the running API -> apireturns.txt
 	$(PY) apicalls.py --config $(CONFIG)
 
+fullprocess: $(VENV)/.installed ## one monitoring run: new data? drift? retrain, gate, redeploy (what cron runs)
+	$(PY) fullprocess.py --config $(CONFIG)
+history: $(VENV)/.installed ## print the latest fullprocess.py runs from the run history
+	$(PY) fullprocess.py --config $(CONFIG) --history
+cronjob: $(VENV)/.installed ## write cronjob.txt for this checkout (install it with: crontab cronjob.txt)
+	$(PY) fullprocess.py --write-cronjob cronjob.txt
+
 practice: ## the whole pipeline on practicedata/ (config.practice.json)
 	$(MAKE) run CONFIG=config.practice.json
 udacity: ## the whole pipeline on ../shared/udacity-data (config.udacity.json)
@@ -59,6 +66,8 @@ bench: $(VENV)/.installed ## benchmark ingestion, training and scoring on 1,000,
 	$(PY) -m bench.bench_pipeline
 bench-api: $(VENV)/.installed ## benchmark the API under gunicorn with wrk (apt-get install wrk)
 	$(PY) -m bench.bench_api
+bench-fullprocess: $(VENV)/.installed ## benchmark fullprocess.py: no-op run, 10,000 new rows on 1,000,000, drift-retrain-deploy
+	$(PY) -m bench.bench_fullprocess
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
 	$(PY) generate_data.py shipped
 lint: $(VENV)/.installed ## ruff check and format check

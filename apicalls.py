@@ -69,6 +69,7 @@ def call_api(config: Config, base_url: str, token: str | None) -> dict[str, Any]
         ("scoring", "GET", "/scoring", {}),
         ("summarystats", "GET", "/summarystats", {}),
         ("diagnostics", "GET", "/diagnostics", {}),
+        ("history", "GET", "/history", {}),
     ]
     answers = {}
     with requests.Session() as session:
@@ -81,6 +82,15 @@ def call_api(config: Config, base_url: str, token: str | None) -> dict[str, Any]
     return {"called_at": utc_now(), "api": base_url, "prediction_input": asked, "answers": answers}
 
 
+def write_api_returns(config: Config, base_url: str, output: str = API_RETURNS_FILE) -> Path:
+    """Call every endpoint and write the answers to ``output`` in the model folder; return its path."""
+    token = os.environ.get(config.api.token_env) or None
+    combined = call_api(config, base_url, token)
+    target = write_text_atomic(config.model_folder / output, json.dumps(combined, indent=2) + "\n")
+    log.info("wrote the answers of %d endpoints to %s", len(combined["answers"]), target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--url", help="where the API runs (default: api.url in the config)")
@@ -91,14 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.output).name != args.output:
         parser.error("--output is a file name, written in the model output folder")
 
-    def work(config: Config) -> Path:
-        token = os.environ.get(config.api.token_env) or None
-        combined = call_api(config, args.url or config.api.url, token)
-        target = write_text_atomic(config.model_folder / args.output, json.dumps(combined, indent=2) + "\n")
-        log.info("wrote the answers of %d endpoints to %s", len(combined["answers"]), target)
-        return target
-
-    return run_stage("apicalls", args, work)
+    return run_stage(
+        "apicalls", args, lambda config: write_api_returns(config, args.url or config.api.url, args.output)
+    )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ restart, and since a version is complete before the link points at it, no reques
 half-published one. A version that fails to load is logged and the previous one keeps serving.
 
 Endpoints: ``POST /prediction``, ``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
-``GET /health``, ``GET /version``. Bad input gets a 4xx JSON error naming the problem. When the
-environment variable named by ``api.token_env`` (default ``RISK_API_TOKEN``) is set, every endpoint
-but ``/health`` needs ``Authorization: Bearer <token>``.
+``GET /history`` (the fullprocess.py runs), ``GET /health``, ``GET /version``. Bad input gets a
+4xx JSON error naming the problem. When the environment variable named by ``api.token_env``
+(default ``RISK_API_TOKEN``) is set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from common.config import CONFIG_ENV_VAR, Config, load_config
 from common.datastats import read_numeric_columns, summary_statistics
 from common.errors import PipelineError
 from common.files import DATA_SUFFIXES, find_test_files, sha256_file
+from common.history import read_runs
 from common.logs import setup_logging
 from common.schema import BadFileError, FeatureBatch, features_from_records, read_feature_bytes, read_feature_csv
 
@@ -72,6 +73,8 @@ MAX_LOCATION = 1024  # longest filelocation looked at
 MAX_SHOWN = 200  # longest piece of a client's input echoed in an error
 CACHED_FILES = 8  # parsed data files kept per worker, for repeated requests by location
 CACHED_FILE_BYTES = 16 * MIB  # larger files are parsed on every request
+HISTORY_DEFAULT_RUNS = 50
+HISTORY_MAX_RUNS = 1000
 METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
 _PROBE_ROWS = np.array(
     [[0, 0, 1], [1, 10, 2], [37, 412, 18], [250, 3000, 90], [5000, 60000, 800], [0, 120000, 4000], [44507, 0, 1]],
@@ -477,6 +480,24 @@ def describe_stored_diagnostics(path: Path) -> dict[str, Any]:
     }
 
 
+def read_limit(value: str | None, default: int = HISTORY_DEFAULT_RUNS) -> int:
+    """The ``limit`` query parameter: a whole number of runs from 1 to HISTORY_MAX_RUNS."""
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= HISTORY_MAX_RUNS:
+        raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_MAX_RUNS}, not {value[:40]!r}")
+    return int(value)
+
+
+def read_flag(value: str | None, name: str) -> bool:
+    """A yes/no query parameter: absent, 0, false or no is no; 1, true or yes is yes."""
+    if value is None or value.lower() in ("0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"{name} must be 1 or 0 (true or false), not {value[:40]!r}")
+
+
 def create_app(config: Config | str | os.PathLike[str] | None = None, token: str | None = None) -> Flask:
     """The Flask application. ``config``: a Config or a config file (default ``$RISK_CONFIG``, else config.json).
 
@@ -564,6 +585,17 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
         except (OSError, PipelineError) as exc:
             log.error("/diagnostics: %s", exc)
             raise ServiceUnavailable(f"the stored {DIAGNOSTICS_FILE} cannot be read; run diagnostics.py") from None
+
+    @app.get("/history")
+    def history() -> Response:
+        limit = read_limit(request.args.get("limit"))
+        include_no_op = read_flag(request.args.get("all"), "all")
+        try:
+            runs = read_runs(config.history_path, limit, with_no_op=include_no_op)
+        except PipelineError as exc:
+            log.error("/history: %s", exc)
+            raise ServiceUnavailable(f"the run history cannot be read: {exc}") from None
+        return json_response({"history": config.history_path.name, "count": len(runs), "runs": runs})
 
     @app.get("/health")
     def health() -> Response:

@@ -313,6 +313,14 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     return report
 
 
+def write_diagnostics(config: Config, runs: int) -> dict[str, Any]:
+    """Run the diagnostics and write ``diagnostics.json`` in the model folder; return what it holds."""
+    report = run_diagnostics(config, runs)
+    target = write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, json.dumps(report, indent=2) + "\n")
+    log.info("wrote %s", target)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, help="timing runs per stage (default: diagnostics.timing_runs)")
@@ -321,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 1")
 
     def work(config: Config) -> dict[str, Any]:
-        report = run_diagnostics(config, args.runs or config.diagnostics.timing_runs)
-        target = write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, json.dumps(report, indent=2) + "\n")
+        report = write_diagnostics(config, args.runs or config.diagnostics.timing_runs)
         timing = report["timing"]["stages"]
         outdated = [row["package"] for row in report["dependencies"] if row["status"] == "outdated"]
         unknown = [row["package"] for row in report["dependencies"] if row["status"] == "unknown"]
@@ -342,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
             if unknown
             else "",
         )
-        log.info("wrote %s", target)
         return report
 
     return run_stage("diagnostics", args, work)

@@ -2,11 +2,13 @@
 
 Activity and head-count are heavy-tailed (log-normal with dormant clients at zero); about a
 quarter of clients exit, and the exit risk falls with recent and yearly activity and rises with
-size. ``--drift`` writes a batch from a shifted world: activity down, larger clients, and a
-different risk relationship, for demos and drift tests.
+size. Later batches can come from a changed world, for demos and drift tests:
+``--shift`` moves the population (larger clients, less activity) under the same risk
+relationship; ``--drift`` moves the population and changes the relationship too (larger
+clients now stay, yearly activity no longer protects), so a model trained before goes wrong.
 
     python generate_data.py                      # rewrite practicedata/, sourceddata/, testdata/
-    python generate_data.py batch --rows 5000 --out sourceddata/dataset5.csv --seed 5 [--drift]
+    python generate_data.py batch --rows 5000 --out sourceddata/dataset5.csv --seed 5 [--shift | --drift]
 """
 
 from __future__ import annotations
@@ -47,16 +49,23 @@ class World:
 
 
 STABLE = World()
+SHIFTED = World(
+    employees_median=90.0,
+    activity_per_employee_median=25.0,
+    monthly_trend_sigma=0.9,
+    dormant_month_share=0.15,
+)
 DRIFTED = World(
     employees_median=90.0,
     activity_per_employee_median=25.0,
     monthly_trend_sigma=0.9,
     dormant_month_share=0.15,
-    intercept=-1.0,
-    coef_month=-0.35,
-    coef_year=-0.05,
-    coef_employees=0.45,
+    intercept=1.5,
+    coef_month=-1.1,
+    coef_year=0.1,
+    coef_employees=-0.4,
 )
+WORLDS = {"stable": STABLE, "shifted": SHIFTED, "drifted": DRIFTED}
 
 
 def make_ids(count: int, rng: np.random.Generator) -> np.ndarray:
@@ -137,17 +146,17 @@ def write_shipped_data(root: Path = PROJECT_ROOT, seed: int = SHIPPED_SEED) -> l
     return list(outputs)
 
 
-def write_batch(out: Path, rows: int, seed: int, drift: bool = False, files: int = 1) -> list[Path]:
-    """Write ``rows`` new clients to ``out`` (a .csv file, or a folder when ``files`` > 1)."""
+def write_batch(out: Path, rows: int, seed: int, world: str = "stable", files: int = 1) -> list[Path]:
+    """Write ``rows`` new clients of ``world`` (see WORLDS) to ``out`` (a .csv file, or a folder when ``files`` > 1)."""
     rng = np.random.default_rng(seed)
-    clients = generate_clients(rows, rng, DRIFTED if drift else STABLE)
+    clients = generate_clients(rows, rng, WORLDS[world])
     if files == 1 and out.suffix == ".csv":
         targets = [out]
     else:
         targets = [out / f"batch_{seed}_{number:02d}.csv" for number in range(1, files + 1)]
     for target, part in zip(targets, np.array_split(np.arange(rows), len(targets)), strict=True):
         write_text_atomic(target, format_csv(rows_of(take_rows(clients, part))))
-    log.info("wrote %d %s rows to %d file(s) under %s", rows, "drifted" if drift else "stable", len(targets), out)
+    log.info("wrote %d %s rows to %d file(s) under %s", rows, world, len(targets), out)
     return targets
 
 
@@ -162,7 +171,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     batch.add_argument("--rows", type=int, default=2_000)
     batch.add_argument("--files", type=int, default=1)
     batch.add_argument("--seed", type=int, default=1)
-    batch.add_argument("--drift", action="store_true", help="shift distributions and the risk relationship")
+    changed = batch.add_mutually_exclusive_group()
+    changed.add_argument(
+        "--shift",
+        dest="world",
+        action="store_const",
+        const="shifted",
+        help="move the population, same risk relationship",
+    )
+    changed.add_argument(
+        "--drift", dest="world", action="store_const", const="drifted", help="move the population and change the risk"
+    )
+    batch.set_defaults(world="stable")
     return parser.parse_args(argv)
 
 
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "batch":
         return run_command(
-            "generate_data", args, lambda: write_batch(args.out, args.rows, args.seed, args.drift, args.files)
+            "generate_data", args, lambda: write_batch(args.out, args.rows, args.seed, args.world, args.files)
         )
     return run_command("generate_data", args, lambda: write_shipped_data(getattr(args, "root", PROJECT_ROOT)))
 

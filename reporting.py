@@ -4,7 +4,9 @@
 The report holds the deployed model (version, when it was trained and deployed, on what data,
 its decision threshold), its metrics and confusion matrix on the test data, the summary
 statistics, missing data, stage timings and dependency health from ``diagnostics.json`` (run
-``diagnostics.py`` first), and the active clients with the highest predicted exit probability.
+``diagnostics.py`` first), the active clients with the highest predicted exit probability, and
+the trends over fullprocess.py runs from the run history (F1, missing data, timings), drawn in
+``trends.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from common.artifacts import (
     INGESTED_FILES,
     MODEL_FILE,
     REPORT_FILE,
+    TRENDS_PLOT_FILE,
     DeployedVersion,
     current_version_folder,
     load_deployed_version,
@@ -45,6 +48,7 @@ from common.config import Config
 from common.errors import PipelineError
 from common.evaluation import score_model
 from common.files import atomic_path
+from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
 from common.schema import FEATURES, ID_COLUMN, TARGET, BadFileError, read_data_file
 
 log = logging.getLogger("reporting")
@@ -56,6 +60,8 @@ PLOT_WIDTH = 118 * mm
 DASH = "\u2013"  # shown where a value is unknown
 SHORT_HASH = 12
 MAX_LISTED_FILES = 6
+TREND_RUNS = 500  # runs with new data drawn in the trends
+TREND_TABLE_RUNS = 12
 STATUS_COLOURS = {
     "outdated": colors.HexColor("#FCE2C4"),
     "unknown": colors.HexColor("#E4E4EC"),
@@ -236,6 +242,58 @@ def plot_confusion_matrix(confusion: dict[str, int], version: str, target: Path)
     axes.set_ylabel("actual", fontsize=12)
     axes.set_title(f"Confusion matrix of model {version}\n{int(counts.sum()):,} test rows", fontsize=13)
     figure.colorbar(image, ax=axes, label="share of the actual class", format=PercentFormatter(1.0), shrink=0.85)
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png")
+    return Path(target)
+
+
+def read_trend_runs(history_path: Path) -> list[dict[str, Any]]:
+    """Finished runs that saw new data, oldest first ([] without a history)."""
+    runs = read_runs(history_path, limit=TREND_RUNS, with_no_op=False)
+    return [run for run in reversed(runs) if run["outcome"] != RUNNING]
+
+
+def plot_trends(runs: list[dict[str, Any]], target: Path) -> Path:
+    """Draw F1, missing data and timings over runs as a PNG; write it atomically."""
+    from datetime import datetime
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
+
+    def series(key: str, source: list[dict[str, Any]] = runs) -> tuple[list[datetime], list[float]]:
+        points = [(when(run), run[key]) for run in source if run.get(key) is not None]
+        return [point[0] for point in points], [point[1] for point in points]
+
+    def when(run: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(run["started_at"].replace("Z", "+00:00"))
+
+    figure = Figure(figsize=(7.2, 6.6), dpi=150, layout="constrained")
+    FigureCanvasAgg(figure)
+    f1_axes, missing_axes, time_axes = figure.subplots(3, 1, sharex=True)
+    f1_axes.plot(*series("deployed_f1"), "-", color="#27476E", label="serving model, F1 on test data")
+    f1_axes.plot(*series("new_data_f1"), "o", color="#D9822B", label="serving model, F1 on new rows")
+    f1_axes.plot(*series("drift_threshold"), "_", color="#B22222", markersize=12, label="model-drift threshold")
+    f1_axes.plot(*series("challenger_recent_f1"), "^", color="#3A7D44", label="challenger, F1 on recent rows")
+    for run in runs:
+        if run["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):
+            for axes in (f1_axes, missing_axes, time_axes):
+                axes.axvline(when(run), color="#888888", linewidth=0.8, linestyle=":")
+    f1_axes.set_ylabel("F1")
+    f1_axes.set_title("Runs that found new data (dotted lines: deployments)", fontsize=11)
+    f1_axes.legend(fontsize=7, loc="lower left", ncols=2)
+    missing_axes.plot(*series("missing_percent"), "s-", color="#6A4C93", markersize=4)
+    missing_axes.set_ylabel("missing cells, %")
+    for stage, colour in (("ingestion", "#1F77B4"), ("training", "#2CA02C"), ("scoring", "#FF7F0E")):
+        points = [(when(run), run["timings"][stage]) for run in runs if stage in (run.get("timings") or {})]
+        if points:
+            time_axes.plot(*zip(*points, strict=True), ".-", color=colour, label=stage)
+    time_axes.plot(*series("seconds"), "k.-", label="whole run")
+    time_axes.set_ylabel("seconds")
+    time_axes.legend(fontsize=7, loc="upper left", ncols=4)
+    locator = AutoDateLocator()
+    time_axes.xaxis.set_major_locator(locator)
+    time_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     with atomic_path(target) as tmp:
         figure.savefig(tmp, format="png")
     return Path(target)
@@ -584,6 +642,46 @@ def clients_section(
     return [*heading(styles, title, caption), make_table(styles, header, rows, widths, text_columns=2)]
 
 
+def trends_section(
+    styles: dict[str, ParagraphStyle], runs: list[dict[str, Any]], plot: Path | None, history_path: Path
+) -> list[Flowable]:
+    """F1, missing data and timings over the fullprocess.py runs that found new data, and the latest of them."""
+    title = "Trends over runs"
+    if not runs or plot is None:
+        text = f"No run with new data is recorded in {escape(str(history_path))} yet; fullprocess.py records every run."
+        return [*heading(styles, title), Paragraph(f"<i>{text}</i>", styles["body"])]
+    caption = (
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''} of fullprocess.py that found new data, from "
+        f"{nowrap(format_time(runs[0]['started_at']))} to {nowrap(format_time(runs[-1]['started_at']))}, "
+        "from the run history."
+    )
+    width, height = plot_size(plot)
+    image = Image(str(plot), width=FRAME_WIDTH * 0.92, height=FRAME_WIDTH * 0.92 * height / width)
+    rows = [
+        [
+            nowrap(format_time(run["started_at"])),
+            escape(run["outcome"].replace("_", " ")),
+            escape(str(run.get("model_version_after") or DASH)),
+            escape(run.get("decision") or DASH),
+            format_number(run.get("new_rows")),
+            format_metric(run.get("new_data_f1")),
+            format_metric(run.get("drift_threshold")),
+        ]
+        for run in runs[-TREND_TABLE_RUNS:][::-1]
+    ]
+    header = ["Started", "Outcome", "Serving after", "Decision", "New rows", "F1 on new rows", "Drift threshold"]
+    widths = [22 * mm, 17 * mm, 14 * mm, 0, 15 * mm, 14 * mm, 15 * mm]
+    widths[3] = FRAME_WIDTH - sum(widths)
+    table = make_table(styles, header, rows, widths, text_columns=4)
+    return [
+        *heading(styles, title, caption),
+        image,
+        Spacer(1, 3 * mm),
+        Paragraph(f"The latest {len(rows)} of these runs, newest first:", styles["caption"]),
+        table,
+    ]
+
+
 def page_decoration(version: str, generated_at: str) -> Callable[[Canvas, SimpleDocTemplate], None]:
     """Draw the footer (model, time, page number) on each page."""
 
@@ -611,6 +709,9 @@ def build_report(
     top: int,
     data_path: Path,
     plot: Path,
+    trend_runs: list[dict[str, Any]] | None = None,
+    trend_plot: Path | None = None,
+    history_path: Path | None = None,
     notes: Sequence[str] = (),
     generated_at: str | None = None,
 ) -> Path:
@@ -634,6 +735,8 @@ def build_report(
     story += timing_section(styles, diagnostics)
     story += dependency_section(styles, diagnostics)
     story += clients_section(styles, clients, top, data_path, deployed.version)
+    if history_path is not None:
+        story += trends_section(styles, trend_runs or [], trend_plot, history_path)
     decorate = page_decoration(deployed.version, generated_at)
     with atomic_path(target) as tmp:
         document = SimpleDocTemplate(
@@ -665,6 +768,8 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     notes = report_notes(deployed, evaluation, diagnostics)
     for note in notes:
         log.warning("%s", note)
+    trend_runs = read_trend_runs(config.history_path)
+    trend_plot = plot_trends(trend_runs, config.model_folder / TRENDS_PLOT_FILE) if trend_runs else None
     pdf = build_report(
         config.model_folder / pdf_name,
         deployed=deployed,
@@ -675,6 +780,9 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         top=config.reporting.top_clients,
         data_path=data_path,
         plot=plot,
+        trend_runs=trend_runs,
+        trend_plot=trend_plot,
+        history_path=config.history_path,
         notes=notes,
     )
     return {
@@ -684,6 +792,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         "metrics": evaluation,
         "clients": clients,
         "notes": notes,
+        "trend_runs": len(trend_runs),
     }
 
 

@@ -134,11 +134,10 @@ def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
     }
 
 
-def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> dict[str, Any]:
-    """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
-    data = describe_training_data(ingested_folder)
-    data_path = ingested_folder / FINAL_DATA
-    features, labels = read_labelled_data([data_path])
+def fit_and_save(
+    features: np.ndarray, labels: np.ndarray, data: dict[str, Any], settings: ModelSettings, model_folder: Path
+) -> dict[str, Any]:
+    """Train on these rows and save the model with its metadata in ``model_folder``; return the metadata."""
     started = time.perf_counter()
     model = train_model(features, labels, settings)
     seconds = time.perf_counter() - started
@@ -146,13 +145,20 @@ def train_from_folder(ingested_folder: Path, model_folder: Path, settings: Model
     log.info(
         "trained on %d rows of %s in %.2fs (threshold %.3f, coefficients %s); saved %s",
         labels.size,
-        data_path,
+        data["training_data"],
         seconds,
         info["decision_threshold"],
         info["coefficients"],
         model_folder / MODEL_FILE,
     )
     return info
+
+
+def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> dict[str, Any]:
+    """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
+    data = describe_training_data(ingested_folder)
+    features, labels = read_labelled_data([ingested_folder / FINAL_DATA])
+    return fit_and_save(features, labels, data, settings, model_folder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,16 +49,17 @@ def generate(out: Path, rows: int, seed: int, files: int = 1) -> None:
     subprocess.run([sys.executable, *command, "--files", str(files)], cwd=ROOT, check=True)
 
 
-def prepare(workdir: Path, rows: int, files: int) -> Path:
-    """Generate the data and a config; return the config path."""
+def prepare(workdir: Path, rows: int, files: int, test_rows: int | None = None, **settings: object) -> Path:
+    """Generate the data (``test_rows`` test rows, default ``rows``) and a config with ``settings``; return its path."""
     generate(workdir / "source", rows, seed=11, files=files)
-    generate(workdir / "test" / "testdata.csv", rows, seed=12)
+    generate(workdir / "test" / "testdata.csv", test_rows or rows, seed=12)
     config = {
         "input_folder_path": "source",
         "output_folder_path": "ingested",
         "test_data_path": "test",
         "output_model_path": "model",
         "prod_deployment_path": "deployment",
+        **settings,
     }
     path = workdir / "config.json"
     path.write_text(json.dumps(config))

@@ -20,6 +20,7 @@ from common.artifacts import (
     load_model,
 )
 from common.config import Config, load_config
+from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, read_feature_file
 from tests.conftest import deploy, train_and_score, write_config
 
@@ -428,3 +429,52 @@ def test_without_a_deployment_the_api_says_so(project):
     assert health.status_code == 503 and "run deployment.py" in health.get_json()["error"]
     answer = predict_json(client, {"records": [RECORD]})
     assert answer.status_code == 503 and "no model is deployed" in answer.get_json()["error"]
+
+
+def record_runs(config, outcomes: list[str]) -> None:
+    """Write runs with these outcomes to the config's run history, as fullprocess.py does."""
+    connection = open_history(config.history_path)
+    for number, outcome in enumerate(outcomes):
+        run_id = start_run(connection, f"2026-11-21T10:{number:02d}:00Z", 100 + number, "v0001")
+        drift = [{"feature": "number_of_employees", "test": "ks", "statistic": 0.3, "p_value": 1e-9}]
+        save_run(
+            connection,
+            run_id,
+            {"outcome": outcome, "decision": f"run {number}", "timings": {"check": 0.01}},
+            files=[{"name": f"batch{number}.csv", "sha256": "ab" * 32, "status": "new"}],
+            feature_drift=[{**drift[0], "threshold": 0.05, "drifted": True}],
+        )
+    connection.close()
+
+
+def test_history_serves_the_recorded_runs_newest_first(client, deployed):
+    assert client.get("/history").get_json() == {"history": "runhistory.sqlite", "count": 0, "runs": []}
+    record_runs(deployed, ["first_deployment", "no_new_data", "kept", "no_new_data", "deployed"])
+    body = client.get("/history").get_json()
+    assert [run["outcome"] for run in body["runs"]] == ["deployed", "kept", "first_deployment"]
+    newest = body["runs"][0]
+    assert newest["decision"] == "run 4" and newest["timings"] == {"check": 0.01}
+    assert newest["files"] == [{"name": "batch4.csv", "sha256": "ab" * 32, "status": "new", "note": None}]
+    assert newest["feature_drift"][0]["drifted"] is True and newest["feature_drift"][0]["test"] == "ks"
+    assert [run["id"] for run in client.get("/history?all=1&limit=2").get_json()["runs"]] == [5, 4]
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("limit=0", "limit must be a whole number from 1 to 1000, not '0'"),
+        ("limit=abc", "limit must be a whole number"),
+        ("limit=1001", "limit must be a whole number"),
+        ("all=maybe", "all must be 1 or 0"),
+    ],
+)
+def test_history_refuses_bad_parameters(client, deployed, query, words):
+    answer = client.get(f"/history?{query}")
+    assert answer.status_code == 400 and words in answer.get_json()["error"]
+
+
+def test_a_broken_history_gets_503_naming_it(client, deployed):
+    deployed.history_path.parent.mkdir(parents=True, exist_ok=True)
+    deployed.history_path.write_bytes(b"not a database" * 200)
+    answer = client.get("/history")
+    assert answer.status_code == 503 and "the run history cannot be read" in answer.get_json()["error"]

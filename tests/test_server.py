@@ -119,7 +119,7 @@ def test_apicalls_writes_every_answer_and_fails_clearly_when_the_api_is_down(ser
     assert done.returncode == 0, done.stderr
     written = json.loads((deployed.model_folder / API_RETURNS_FILE).read_text())
     answers = written["answers"]
-    assert {"prediction", "scoring", "summarystats", "diagnostics", "health", "version"} == set(answers)
+    assert {"prediction", "scoring", "summarystats", "diagnostics", "history", "health", "version"} == set(answers)
     assert answers["prediction"]["rows"] == 500 and written["prediction_input"] == {
         "filelocation": "testdata/testdata.csv"
     }

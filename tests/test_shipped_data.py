@@ -62,7 +62,7 @@ def test_drifted_batch_differs_in_distribution_and_relationship(tmp_path):
     from generate_data import write_batch
 
     stable = write_batch(tmp_path / "stable.csv", 20_000, seed=5)
-    drifted = write_batch(tmp_path / "drifted.csv", 20_000, seed=5, drift=True)
+    drifted = write_batch(tmp_path / "drifted.csv", 20_000, seed=5, world="drifted")
     stable_x, stable_y = read_labelled_data(stable)
     drift_x, drift_y = read_labelled_data(drifted)
     assert np.median(drift_x[:, 0]) < 0.8 * np.median(stable_x[:, 0])

@@ -1,0 +1,730 @@
+"""Full process: find new data, test for drift, retrain, gate and redeploy; cron runs it every 10 minutes.
+
+One run, in order (each step is a named stage; a failure stops the run and names it):
+
+1. check: compare the source files with the data the deployed model was trained on and the
+   files earlier runs decided on, by content hash. An edited file is new; a renamed or
+   touched one is not; stray files are noted and ignored. Nothing new: one log line, exit 0,
+   and pandas, scikit-learn, numpy and pyarrow are never imported.
+2. ingestion: add the new files to what was ingested before (their rows are appended).
+3. model drift: the deployed model's F1 on the new labelled rows, against the configured test
+   (``monitoring.model_drift_test``); data drift: each feature of the new rows against the
+   training data. ``monitoring.retrain_on`` says which of them triggers retraining.
+4. training: a challenger on the ingested data, keeping a held-out share of the new rows out.
+5. scoring: challenger and champion side by side on the held-out recent rows and on the test
+   data; the challenger is deployed only if its recent F1 is at least the champion's plus
+   ``monitoring.min_gain``.
+6. deployment, then diagnostics, reporting (``confusionmatrix2.png`` and the PDF) and the API
+   calls (``apireturns2.txt``) when the API is running.
+
+Every run, its decision and the numbers behind it go to the run history (SQLite). One run at
+a time: a second run exits at once with code 75. Logs go to stderr and a rotating file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Only light modules at the top: a run that finds nothing new must not pay for numpy, pyarrow,
+# pandas or scikit-learn. The stages and the statistics are imported once there is work.
+from common.artifacts import INGESTED_FILES, current_version, current_version_folder, read_ingested_files, utc_now
+from common.cli import build_parser
+from common.config import PROJECT_ROOT, Config, load_config
+from common.errors import PipelineError
+from common.files import list_data_files, sha256_file, write_text_atomic
+from common.history import (
+    DEPLOYED,
+    FAILED,
+    FIRST_DEPLOYMENT,
+    INTERRUPTED,
+    KEPT,
+    NO_NEW_DATA,
+    decided_hashes,
+    earlier_f1_scores,
+    mark_interrupted,
+    open_history,
+    save_run,
+    start_run,
+)
+from common.logs import add_log_file, setup_logging
+
+log = logging.getLogger("fullprocess")
+
+EXIT_FAILED = 1
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock; nothing was done, try again later
+EXIT_INTERRUPTED = 130
+RUN_LOCK_FILE = ".fullprocess.lock"
+CRON_LOG_FILE = "cron.log"
+PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
+API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
+HOLDOUT_BUCKETS = 1_000_000
+
+
+class RunLocked(Exception):
+    """Another run holds the lock."""
+
+
+class StageFailed(Exception):
+    """A stage failed; the message is one sentence a person can act on."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"{stage} failed: {message}")
+        self.stage = stage
+        self.message = message
+
+
+@dataclass
+class SourceFile:
+    """A file in the source folder that the deployed model has not seen."""
+
+    name: str
+    path: Path
+    sha256: str
+    status: str  # "new", or "edited" when a file of that name was trained on with other content
+
+
+@dataclass
+class NewData:
+    files: list[SourceFile]
+    stray: list[str]
+    known: int
+
+
+@dataclass
+class RunRecord:
+    """What a run did, collected as it goes and written to the history at the end."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    feature_drift: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    rows_saved: bool = False
+
+    def set(self, **values: Any) -> None:
+        self.fields.update(values)
+
+    def save(self, connection: Any, run_id: int) -> None:
+        """Write the run as it stands to the history (its files and drift rows once)."""
+        fields = {**self.fields, "timings": self.timings, "details": self.details or None}
+        rows = ((), ()) if self.rows_saved else (self.files, self.feature_drift)
+        save_run(connection, run_id, fields, *rows)
+        self.rows_saved = True
+
+
+# ---------------------------------------------------------------- locking and stages
+
+
+@contextlib.contextmanager
+def run_lock(deploy_root: Path) -> Iterator[Path]:
+    """Hold the run lock of this deployment folder; raise RunLocked at once if a run holds it.
+
+    The lock is an ``flock`` on a file, so it is released when its holder ends, however it
+    ends (kill -9 included); a stale lock file never blocks a run.
+    """
+    deploy_root.mkdir(parents=True, exist_ok=True)
+    path = deploy_root / RUN_LOCK_FILE
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process"
+            raise RunLocked(
+                f"another fullprocess.py run ({holder}) holds {path}; this run exits doing nothing"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {utc_now()}\n")
+        handle.flush()
+        yield path
+
+
+@contextlib.contextmanager
+def stage(record: RunRecord, name: str) -> Iterator[None]:
+    """Time a stage and turn any failure in it into StageFailed naming the stage."""
+    started = time.perf_counter()
+    try:
+        yield
+    except StageFailed:
+        raise
+    except (PipelineError, OSError) as exc:
+        raise StageFailed(name, str(exc)) from None
+    except Exception as exc:  # an unforeseen fault still ends in one sentence naming the stage
+        log.debug("traceback of the %s stage", name, exc_info=True)
+        raise StageFailed(name, f"{type(exc).__name__}: {exc} (run with -v for the traceback)") from None
+    finally:
+        record.timings[name] = round(time.perf_counter() - started, 3)
+
+
+# ---------------------------------------------------------------- 1. new data (light)
+
+
+def find_new_data(input_folder: Path, trained_on: dict[str, Any], decided: set[str]) -> NewData:
+    """The source files whose content neither the deployed model nor an earlier decision has seen."""
+    if not input_folder.is_dir():
+        raise PipelineError(f"input folder {input_folder} does not exist")
+    data_files, ignored = list_data_files(input_folder)
+    known_hashes = {entry.sha256 for entry in trained_on.values()} | decided
+    files, known = [], 0
+    for path in data_files:
+        digest = sha256_file(path)
+        if digest in known_hashes:
+            known += 1
+            continue
+        files.append(SourceFile(path.name, path, digest, "edited" if path.name in trained_on else "new"))
+    return NewData(files, [path.name for path in ignored], known)
+
+
+def describe_stray(stray: list[str]) -> str:
+    if not stray:
+        return ""
+    shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+    return f"; ignored {len(stray)} file(s) that are not data ({shown})"
+
+
+# ---------------------------------------------------------------- 2-6. the work
+
+
+def rows_ingested_before(output_folder: Path, new_hashes: set[str]) -> tuple[Any, Any]:
+    """The rows ingested before this run and their row hashes (read before ingestion replaces edited files' rows)."""
+    from ingestion import read_ingested_rows
+
+    earlier = read_ingested_files(output_folder / INGESTED_FILES).values()
+    return read_ingested_rows(output_folder, [entry for entry in earlier if entry.sha256 not in new_hashes])
+
+
+def rows_arrived(output_folder: Path, files: list[Any], new_hashes: set[str], reference_hashes: Any) -> Any:
+    """The rows of the new files that were not ingested before (told apart by their 64-bit row hashes)."""
+    from ingestion import hashes_in, read_ingested_rows
+
+    arrived, hashes = read_ingested_rows(output_folder, [entry for entry in files if entry.sha256 in new_hashes])
+    seen = hashes_in(hashes, reference_hashes)
+    return arrived.filter(~seen) if seen.any() else arrived
+
+
+def features_of(table: Any) -> tuple[Any, Any]:
+    """(features as float64 columns, labels) of a table in the schema."""
+    import numpy as np
+
+    from common.schema import FEATURES, TARGET
+
+    features = np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
+    return features, table[TARGET].to_numpy()
+
+
+def holdout_mask(table: Any, fraction: float) -> Any:
+    """Which rows to hold out: chosen by a hash of each row, so the choice never changes between runs."""
+    from ingestion import hash_rows
+
+    return (hash_rows(table) % HOLDOUT_BUCKETS) < round(fraction * HOLDOUT_BUCKETS)
+
+
+def missing_percent(paths: list[Path]) -> dict[str, Any]:
+    """Percent of empty cells in these files, overall and per column."""
+    from common.datastats import missing_data
+
+    missing = missing_data([path for path in paths if path.is_file()])
+    percents = missing["percent"]
+    overall = sum(percents.values()) / len(percents) if percents and missing["rows"] else 0.0
+    return {"overall": round(overall, 4), "columns": percents, "rows": missing["rows"]}
+
+
+def deploy_first_model(config: Config, record: RunRecord) -> None:
+    """Nothing is deployed yet: ingest, train, score and deploy without a gate."""
+    from common.artifacts import MODEL_FILE
+    from common.evaluation import score_model
+    from deployment import publish_deployment
+    from ingestion import ingest_folder
+    from scoring import write_scores
+    from training import train_from_folder
+
+    with stage(record, "ingestion"):
+        ingested = ingest_folder(config.input_folder, config.output_folder)
+        missing = missing_percent([config.input_folder / entry.name for entry in ingested.files])
+    record.details["missing_data"] = missing
+    with stage(record, "training"):
+        train_from_folder(config.output_folder, config.model_folder, config.model)
+    with stage(record, "scoring"):
+        metrics = score_model(config.model_folder / MODEL_FILE, config.test_data_path)
+        write_scores(metrics, config.model_folder)
+    with stage(record, "deployment"):
+        info = publish_deployment(
+            config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
+        )
+    record.set(
+        outcome=FIRST_DEPLOYMENT,
+        new_rows=ingested.rows_written,
+        ingested_rows=ingested.rows_written,
+        missing_percent=missing["overall"],
+        deployed_f1=metrics["f1"],
+        challenger_test_f1=metrics["f1"],
+        model_version_after=info["version"],
+        decision=f"nothing was deployed; deployed {info['version']} (F1 {metrics['f1']:.4f} on the test data)",
+    )
+
+
+def f1_of(model: Any, features: Any, labels: Any) -> float:
+    """The F1 of a model's labels on these rows."""
+    from common.evaluation import score_predictions
+
+    return score_predictions(labels, model.predict_proba(features)[:, 1], model.predict(features))["f1"]
+
+
+def collect_new_rows(config: Config, record: RunRecord, new: NewData) -> tuple[Any, Any]:
+    """Ingest the new files; return (rows ingested before, rows that arrived and were not ingested before)."""
+    from ingestion import ingest_folder, read_ingested_rows
+
+    new_hashes = {item.sha256 for item in new.files}
+    with stage(record, "reference rows"):
+        reference, reference_hashes = rows_ingested_before(config.output_folder, new_hashes)
+    with stage(record, "ingestion"):
+        ingested = ingest_folder(config.input_folder, config.output_folder)
+    with stage(record, "new rows"):
+        if reference.num_rows == 0:  # the ingested data was removed: the files not new are the reference
+            reference, reference_hashes = read_ingested_rows(
+                config.output_folder, [entry for entry in ingested.files if entry.sha256 not in new_hashes]
+            )
+        arrived = rows_arrived(config.output_folder, ingested.files, new_hashes, reference_hashes)
+        missing = missing_percent([item.path for item in new.files])
+    record.set(new_rows=arrived.num_rows, ingested_rows=ingested.rows_written, missing_percent=missing["overall"])
+    record.details["missing_data"] = missing
+    return reference, arrived
+
+
+def test_model_drift(config: Config, connection: Any, record: RunRecord, champion: Any, arrived: Any) -> Any:
+    """The champion's F1 on the new rows against the configured test; return the verdict."""
+    from common.drift import bootstrap_f1, check_model_drift
+    from common.files import find_test_files
+    from common.schema import read_labelled_data
+
+    settings = config.monitoring
+    with stage(record, "model drift"):
+        new_f1 = f1_of(champion.model, *features_of(arrived))
+        recorded = earlier_f1_scores(connection, champion.version)
+        resampled = None
+        if settings.model_drift_test != "raw" and len(recorded) < settings.min_history_scores:
+            test_features, test_labels = read_labelled_data(find_test_files(config.test_data_path))
+            resampled = bootstrap_f1(
+                test_labels, champion.model.predict(test_features), arrived.num_rows, settings.bootstrap_samples
+            )
+        deployed_f1 = float(champion.metrics["f1"])
+        verdict = check_model_drift(new_f1, deployed_f1, recorded, resampled, settings)
+    (log.warning if verdict.drifted else log.info)(
+        "model drift %s: %s (deployed F1 %.4f; earlier scores: %s)",
+        "detected" if verdict.drifted else "not detected",
+        verdict.describe(),
+        deployed_f1,
+        verdict.reference,
+    )
+    record.set(
+        model_drift_test=verdict.test,
+        deployed_f1=deployed_f1,
+        new_data_f1=new_f1,
+        drift_threshold=round(verdict.threshold, 6),
+        drift_reference=verdict.reference,
+        model_drift=verdict.drifted,
+    )
+    return verdict
+
+
+def test_data_drift(config: Config, record: RunRecord, reference: Any, arrived: Any) -> list[dict[str, Any]]:
+    """Each feature of the new rows against the rows ingested before; return the rows of the drifted features."""
+    from common.drift import describe_feature_drift, feature_drift
+
+    with stage(record, "data drift"):
+        if reference.num_rows:
+            record.feature_drift = feature_drift(features_of(reference)[0], features_of(arrived)[0], config.monitoring)
+    for row in record.feature_drift:
+        (log.warning if row["drifted"] else log.info)(
+            "data drift %s: %s", "detected" if row["drifted"] else "not detected", describe_feature_drift(row)
+        )
+    drifted = [row for row in record.feature_drift if row["drifted"]]
+    record.set(data_drift=bool(drifted))
+    return drifted
+
+
+def retraining_triggers(retrain_on: str, model_drift: Any, drifted_features: list[dict[str, Any]]) -> list[str]:
+    """What calls for retraining under ``monitoring.retrain_on``, each with the statistic behind it."""
+    from common.drift import describe_feature_drift
+
+    triggers = []
+    if model_drift.drifted and retrain_on in ("model_drift", "either"):
+        triggers.append(f"model drift ({model_drift.describe()})")
+    if drifted_features and retrain_on in ("data_drift", "either"):
+        triggers.append("data drift (" + "; ".join(describe_feature_drift(row) for row in drifted_features) + ")")
+    return triggers
+
+
+def describe_no_trigger(retrain_on: str, model_drift: Any, drifted_features: list[dict[str, Any]]) -> str:
+    """Why a run with drift found did not retrain, or "" when there was none."""
+    found = []
+    if model_drift.drifted:
+        found.append("model drift")
+    if drifted_features:
+        found.append("data drift in " + ", ".join(row["feature"] for row in drifted_features))
+    return f" ({' and '.join(found)} found, but retrain_on is {retrain_on})" if found else ""
+
+
+def train_challenger(config: Config, record: RunRecord, arrived: Any) -> Any:
+    """Hold out a share of the new rows and train a challenger on everything else; return the held-out rows.
+
+    Returns None, having recorded why, when too few rows (or one class only) can be held out.
+    """
+    import numpy as np
+
+    from common.artifacts import FINAL_DATA
+    from common.schema import read_data_file
+    from ingestion import hash_rows, hashes_in
+    from training import describe_training_data, fit_and_save
+
+    settings = config.monitoring
+    with stage(record, "training"):
+        recent = arrived.filter(holdout_mask(arrived, settings.holdout_fraction))
+        if recent.num_rows < settings.min_holdout_rows or np.unique(features_of(recent)[1]).size < 2:
+            record.set(
+                outcome=KEPT,
+                decision=f"drift found, but only {recent.num_rows} recent rows could be held out "
+                f"(at least {settings.min_holdout_rows} with both classes are needed to compare models); "
+                f"kept {record.fields['model_version_before']}",
+            )
+            return None
+        final = read_data_file(config.output_folder / FINAL_DATA).table
+        features, labels = features_of(final.filter(~hashes_in(hash_rows(final), hash_rows(recent))))
+        data = {
+            **describe_training_data(config.output_folder),
+            "held_out_recent_rows": recent.num_rows,
+            "retrained_because": record.fields["drift_trigger"],
+        }
+        fit_and_save(features, labels, data, config.model, config.model_folder)
+    return recent
+
+
+def compare_models(config: Config, record: RunRecord, champion: Any, recent: Any) -> tuple[bool, str]:
+    """Score challenger and champion on the recent rows and the test data; return (challenger wins, the comparison)."""
+    from common.artifacts import MODEL_FILE, load_model
+    from common.evaluation import score_model
+    from scoring import write_scores
+
+    with stage(record, "scoring"):
+        challenger = load_model(config.model_folder / MODEL_FILE)
+        challenger_test = score_model(config.model_folder / MODEL_FILE, config.test_data_path)
+        write_scores(challenger_test, config.model_folder)
+        champion_test = score_model(champion.folder / MODEL_FILE, config.test_data_path)
+        recent_features, recent_labels = features_of(recent)
+        champion_recent = f1_of(champion.model, recent_features, recent_labels)
+        challenger_recent = f1_of(challenger, recent_features, recent_labels)
+    record.set(
+        champion_recent_f1=champion_recent,
+        challenger_recent_f1=challenger_recent,
+        champion_test_f1=champion_test["f1"],
+        challenger_test_f1=challenger_test["f1"],
+    )
+    margin = config.monitoring.min_gain
+    comparison = (
+        f"challenger F1 {challenger_recent:.4f} against champion {champion_recent:.4f} on "
+        f"{recent.num_rows} held-out recent rows (margin {margin:g}); on the test data "
+        f"{challenger_test['f1']:.4f} against {champion_test['f1']:.4f}"
+    )
+    log.info("gate: %s", comparison)
+    return challenger_recent >= champion_recent + margin, comparison
+
+
+def assess_new_data(config: Config, connection: Any, record: RunRecord, new: NewData) -> bool:
+    """Ingest the new files, test for drift, and retrain and gate when drift says so; True when deployed."""
+    from common.artifacts import load_deployed_version
+    from deployment import publish_deployment
+
+    settings = config.monitoring
+    champion_version = record.fields["model_version_before"]
+    reference, arrived = collect_new_rows(config, record, new)
+    if arrived.num_rows < settings.min_new_rows:
+        record.set(
+            outcome=KEPT,
+            decision=f"the new files hold {arrived.num_rows} row(s) not ingested before, fewer than the "
+            f"{settings.min_new_rows} a drift test needs; ingested, and {champion_version} kept",
+        )
+        log.info("%d new row(s): too few to test for drift (monitoring.min_new_rows)", arrived.num_rows)
+        return False
+
+    with stage(record, "model drift"):
+        champion = load_deployed_version(current_version_folder(config.deployment_folder))
+    model_drift = test_model_drift(config, connection, record, champion, arrived)
+    drifted_features = test_data_drift(config, record, reference, arrived)
+    triggers = retraining_triggers(settings.retrain_on, model_drift, drifted_features)
+    if not triggers:
+        note = describe_no_trigger(settings.retrain_on, model_drift, drifted_features)
+        record.set(
+            outcome=KEPT,
+            decision=f"no drift that triggers retraining{note}; kept {champion_version} "
+            f"(F1 {model_drift.new_f1:.4f} on {arrived.num_rows} new rows, threshold {model_drift.threshold:.4f})",
+        )
+        return False
+    record.set(drift_trigger="; ".join(triggers))
+    log.warning("retraining: %s", record.fields["drift_trigger"])
+
+    recent = train_challenger(config, record, arrived)
+    if recent is None:
+        return False
+    wins, comparison = compare_models(config, record, champion, recent)
+    if not wins:
+        record.set(outcome=KEPT, decision=f"challenger not deployed: {comparison}; kept {champion_version}")
+        log.warning("the challenger is not better by the margin; %s keeps serving", champion_version)
+        return False
+
+    with stage(record, "deployment"):
+        info = publish_deployment(
+            config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
+        )
+    record.set(
+        outcome=DEPLOYED,
+        model_version_after=info["version"],
+        decision=f"challenger deployed as {info['version']}, replacing {champion_version}: {comparison}",
+    )
+    return True
+
+
+def after_deployment(config: Config, record: RunRecord) -> None:
+    """Diagnostics, the report and the API calls for the model just deployed."""
+    import requests
+
+    from apicalls import write_api_returns
+    from diagnostics import write_diagnostics
+    from reporting import write_report
+
+    with stage(record, "diagnostics"):
+        write_diagnostics(config, config.diagnostics.timing_runs)
+    with stage(record, "reporting"):
+        report = write_report(config, plot_name=PLOT_AFTER_DEPLOYMENT)
+        record.details["report"] = {"plot": str(report["plot"]), "pdf": str(report["pdf"])}
+    with stage(record, "apicalls"):
+        url = config.api.url.rstrip("/")
+        try:
+            requests.get(f"{url}/health", timeout=3)
+        except requests.RequestException as exc:
+            log.warning(
+                "the API at %s is not running (%s); API calls skipped; the deployment stands", url, type(exc).__name__
+            )
+            record.details["apicalls"] = f"skipped: the API at {url} is not running"
+            return
+        record.details["apicalls"] = str(write_api_returns(config, url, API_RETURNS_AFTER_DEPLOYMENT))
+
+
+# ---------------------------------------------------------------- the run
+
+
+def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> NewData:
+    with stage(record, "check"):
+        version = record.fields["model_version_before"]
+        trained_on = (
+            read_ingested_files(current_version_folder(config.deployment_folder) / INGESTED_FILES) if version else {}
+        )
+        new = find_new_data(config.input_folder, trained_on, decided_hashes(connection))
+    record.files = [{"name": item.name, "sha256": item.sha256, "status": item.status} for item in new.files]
+    record.set(new_files=len(new.files))
+    return new
+
+
+def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) -> None:
+    """Decide what this run does and do it, filling ``record``."""
+    new = check_for_new_data(config, connection, record)
+    if not new.files:
+        record.set(outcome=NO_NEW_DATA, decision="no new data")
+        log.info(
+            "no new data in %s (%d file(s), all seen before)%s; nothing to do",
+            config.input_folder,
+            new.known,
+            describe_stray(new.stray),
+        )
+        return
+    record.files += [{"name": name, "status": "stray", "note": "not a data file; ignored"} for name in new.stray]
+    log.info(
+        "%d new or edited file(s) in %s: %s%s",
+        len(new.files),
+        config.input_folder,
+        ", ".join(f"{item.name} ({item.status})" for item in new.files),
+        describe_stray(new.stray),
+    )
+    if record.fields["model_version_before"] is None:
+        deploy_first_model(config, record)
+        deployed = True
+    else:
+        deployed = assess_new_data(config, connection, record, new)
+    if deployed:
+        record.save(connection, run_id)  # the report made next shows this run in its trends
+        after_deployment(config, record)
+    log.info("decision: %s", record.fields["decision"])
+
+
+def run_full_process(config: Config) -> dict[str, Any]:
+    """One whole run under the lock, recorded in the run history; return the run's fields.
+
+    Raises StageFailed (after recording it) when a stage fails.
+    """
+    started, clock = utc_now(), time.perf_counter()
+    try:
+        connection = open_history(config.history_path)
+    except PipelineError as exc:
+        raise StageFailed("history", str(exc)) from None
+    try:
+        stale = mark_interrupted(connection, started)
+        if stale:
+            log.warning("%d earlier run(s) stopped before finishing; recorded them as interrupted", stale)
+        version = current_version(config.deployment_folder)
+        record = RunRecord()
+        record.set(started_at=started, model_version_before=version, model_version_after=version)
+        run_id = start_run(connection, started, os.getpid(), version)
+        try:
+            run_once(config, connection, record, run_id)
+        except StageFailed as exc:
+            record.set(outcome=FAILED, failed_stage=exc.stage, error=exc.message)
+            record.set(decision=f"stopped: {exc}; {current_version(config.deployment_folder) or 'nothing'} serving")
+            raise
+        except KeyboardInterrupt:
+            record.set(outcome=INTERRUPTED, decision="interrupted; nothing more was done")
+            raise
+        finally:
+            record.set(
+                finished_at=utc_now(),
+                seconds=round(time.perf_counter() - clock, 3),
+                model_version_after=current_version(config.deployment_folder),
+            )
+            record.save(connection, run_id)
+            record.fields["id"] = run_id
+    finally:
+        connection.close()
+    return record.fields
+
+
+CRON_SCHEDULE = "*/10 * * * *"
+
+
+def cron_line(config: Config, config_given: bool, python: Path | None = None) -> str:
+    """The crontab line: every 10 minutes, in the project folder, with the project's Python, appending to the log.
+
+    ``%`` is escaped because cron turns a bare ``%`` into a newline.
+    """
+    project = PROJECT_ROOT
+    if python is None:
+        venv_python = project / ".venv" / "bin" / "python"
+        python = venv_python if venv_python.exists() else Path(sys.executable).absolute()
+    command = [shlex.quote(str(python)), "fullprocess.py", "--quiet"]
+    if config_given:
+        command += ["--config", shlex.quote(str(config.path))]
+    cron_log = shlex.quote(str(config.log_path.parent / CRON_LOG_FILE))
+    mkdir = f"mkdir -p {shlex.quote(str(config.log_path.parent))}"
+    line = f"{CRON_SCHEDULE} cd {shlex.quote(str(project))} && {mkdir} && {' '.join(command)} >> {cron_log} 2>&1"
+    return line.replace("%", "\\%")
+
+
+def write_cronjob(config: Config, target: Path, config_given: bool) -> Path:
+    """Write ``cronjob.txt`` for this checkout; install it with ``crontab``."""
+    text = (
+        f"# fullprocess.py every 10 minutes for the checkout at {PROJECT_ROOT}.\n"
+        "# Written by `make cronjob`; install with `crontab cronjob.txt` (replaces your crontab) or\n"
+        "# `(crontab -l; cat cronjob.txt) | crontab -`. Warnings and errors go to the cron log below;\n"
+        f"# everything is in the rotating log {config.log_path}.\n"
+        f"{cron_line(config, config_given)}\n"
+    )
+    return write_text_atomic(target, text)
+
+
+HISTORY_COLUMNS = (
+    ("id", "run", lambda value: str(value)),
+    ("started_at", "started (UTC)", lambda value: value.replace("T", " ").removesuffix("Z")),
+    ("outcome", "outcome", str),
+    ("new_files", "files", str),
+    ("new_rows", "new rows", str),
+    ("model_version_before", "before", str),
+    ("model_version_after", "after", str),
+    ("new_data_f1", "F1 new", lambda value: f"{value:.4f}"),
+    ("drift_threshold", "threshold", lambda value: f"{value:.4f}"),
+    ("model_drift", "model drift", lambda value: "yes" if value else "no"),
+    ("data_drift", "data drift", lambda value: "yes" if value else "no"),
+    ("champion_recent_f1", "champion recent", lambda value: f"{value:.4f}"),
+    ("challenger_recent_f1", "challenger recent", lambda value: f"{value:.4f}"),
+    ("champion_test_f1", "champion test", lambda value: f"{value:.4f}"),
+    ("challenger_test_f1", "challenger test", lambda value: f"{value:.4f}"),
+    ("missing_percent", "missing %", lambda value: f"{value:.3f}"),
+    ("seconds", "seconds", lambda value: f"{value:.2f}"),
+)
+
+
+def format_history(runs: list[dict[str, Any]]) -> str:
+    """The runs as a plain-text table, oldest first, then each run's decision and drift trigger."""
+    header = [title for _, title, _ in HISTORY_COLUMNS]
+    rows = [
+        [("-" if run.get(key) is None else show(run[key])) for key, _, show in HISTORY_COLUMNS]
+        for run in reversed(runs)
+    ]
+    widths = [max(len(text) for text in column) for column in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("")
+    for run in reversed(runs):
+        lines.append(f"run {run['id']}: {run.get('decision') or run['outcome']}")
+        if run.get("drift_trigger"):
+            lines.append(f"    trigger: {run['drift_trigger']}")
+        if run.get("failed_stage"):
+            lines.append(f"    failed stage: {run['failed_stage']}: {run.get('error')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
+        "--history", type=int, nargs="?", const=20, metavar="N", help="print the last N runs (default 20) and exit"
+    )
+    action.add_argument(
+        "--write-cronjob", type=Path, metavar="PATH", help="write the crontab line for this checkout to PATH and exit"
+    )
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
+    try:
+        config = load_config(args.config)
+        if args.history is not None:
+            from common.history import read_runs
+
+            print(format_history(read_runs(config.history_path, limit=max(1, args.history))))
+            return 0
+        if args.write_cronjob is not None:
+            log.info("wrote %s", write_cronjob(config, args.write_cronjob, config_given=args.config is not None))
+            return 0
+        add_log_file(config.log_path, int(config.monitoring.log_max_mb * 2**20), config.monitoring.log_backups)
+    except (PipelineError, OSError) as exc:
+        log.error("fullprocess failed: %s", exc)
+        return EXIT_FAILED
+    try:
+        with run_lock(config.deployment_folder):
+            run_full_process(config)
+    except RunLocked as exc:
+        log.warning("%s", exc)
+        return EXIT_LOCKED
+    except StageFailed as exc:
+        log.error("fullprocess %s; the deployed model keeps serving", exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        log.error("fullprocess interrupted; the deployed model keeps serving")
+        return EXIT_INTERRUPTED
+    except (PipelineError, OSError) as exc:
+        log.error("fullprocess failed: %s", exc)
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,358 @@
+"""fullprocess.py end to end, as real processes on a copy of the shipped data in tmp_path.
+
+One scenario, step by step: the first run deploys; a run with nothing new is a no-op; a stable
+batch is ingested and the model kept; a drifted batch triggers retraining and a gated
+redeploy with the reports made again; a shifted batch under the data-drift trigger makes a
+challenger that loses and is not deployed; a second run while one holds the lock exits at
+once; a run killed mid-way leaves the previous deployment serving and the next run completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cronsim import CronSim
+
+from common.artifacts import (
+    REPORT_FILE,
+    TRENDS_PLOT_FILE,
+    current_version,
+    current_version_folder,
+    load_deployed_version,
+)
+from common.config import load_config
+from common.history import read_runs
+from deployment import PAUSE_ENV_VAR
+from fullprocess import API_RETURNS_AFTER_DEPLOYMENT, EXIT_LOCKED, PLOT_AFTER_DEPLOYMENT
+from generate_data import write_batch
+from tests.conftest import PROJECT_ROOT, run_script, write_config
+from tests.test_server import wait_until_healthy
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scenario_config(root: Path, **monitoring: object) -> Path:
+    """A config for a copy of the shipped data: quick diagnostics, no package index, no API running."""
+    return write_config(
+        root,
+        diagnostics={"timing_runs": 1, "package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
+        api={"url": f"http://127.0.0.1:{free_port()}"},
+        monitoring=monitoring,
+    )
+
+
+@pytest.fixture
+def shipped(tmp_path: Path) -> Path:
+    """tmp_path holding copies of the shipped source and test data and a config; returns the config path."""
+    shutil.copytree(PROJECT_ROOT / "sourceddata", tmp_path / "sourceddata")
+    shutil.copytree(PROJECT_ROOT / "testdata", tmp_path / "testdata")
+    return scenario_config(tmp_path)
+
+
+def run_fullprocess(config_path: Path, *args: str, env: dict[str, str] | None = None):
+    return run_script("fullprocess.py", "--config", str(config_path), *args, env=env, timeout=300)
+
+
+def last_run(config_path: Path) -> dict:
+    return read_runs(load_config(config_path).history_path, limit=1)[0]
+
+
+def start_fullprocess(config_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "fullprocess.py"), "--config", str(config_path)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
+    """Read the process's stderr until a line holds ``text``; return the lines read."""
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} never appeared; stderr so far:\n{''.join(lines)}")
+
+
+def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
+    root = shipped.parent
+    config = load_config(shipped)
+    models = config.model_folder
+
+    # 1. The first run finds everything new and deploys v0001, with diagnostics and the reports.
+    first = run_fullprocess(shipped)
+    assert first.returncode == 0, first.stderr
+    run = last_run(shipped)
+    assert run["outcome"] == "first_deployment" and run["model_version_after"] == "v0001"
+    assert run["new_files"] == 4 and run["new_rows"] == 9992
+    assert current_version(config.deployment_folder) == "v0001"
+    for name in (PLOT_AFTER_DEPLOYMENT, REPORT_FILE, TRENDS_PLOT_FILE, "diagnostics.json"):
+        assert (models / name).is_file(), name
+    assert "is not running" in first.stderr and "API calls skipped" in first.stderr
+    assert not (models / API_RETURNS_AFTER_DEPLOYMENT).exists()
+
+    # 2. Nothing new (a touched file, a renamed file and stray files included): one line, exit 0.
+    os.utime(root / "sourceddata" / "clients_2026q1.csv")
+    (root / "sourceddata" / "clients_2026q2.csv").rename(root / "sourceddata" / "clients_2026_spring.csv")
+    (root / "sourceddata" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "sourceddata" / "notes.txt").write_text("call the client back")
+    (root / "sourceddata" / "clients_2026q3.csv~").write_text("backup")
+    idle = run_fullprocess(shipped)
+    assert idle.returncode == 0, idle.stderr
+    assert len(idle.stderr.strip().splitlines()) == 1, idle.stderr
+    assert "no new data" in idle.stderr and "ignored 3 file(s) that are not data" in idle.stderr
+    assert last_run(shipped)["outcome"] == "no_new_data"
+
+    # 3. A stable batch: ingested (appended), no drift, the model kept.
+    rows_before = len((config.output_folder / "finaldata.csv").read_text().splitlines()) - 1
+    write_batch(root / "sourceddata" / "batch_stable.csv", 2000, seed=31)
+    stable = run_fullprocess(shipped)
+    assert stable.returncode == 0, stable.stderr
+    run = last_run(shipped)
+    assert run["outcome"] == "kept" and run["model_drift"] is False and run["data_drift"] is False
+    assert run["new_rows"] == 2000 and run["ingested_rows"] == rows_before + 2000
+    assert run["new_data_f1"] >= run["drift_threshold"]
+    assert "new rows appended" in stable.stderr
+    assert current_version(config.deployment_folder) == "v0001"
+    assert [row["test"] for row in run["feature_drift"]] == ["wasserstein"] * 3
+
+    # 4. A drifted batch: model drift, a challenger that wins on the recent rows, deployed as v0002.
+    plot_before = (models / PLOT_AFTER_DEPLOYMENT).stat().st_mtime_ns
+    report_before = (models / REPORT_FILE).stat().st_mtime_ns
+    write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
+    drift = run_fullprocess(shipped)
+    assert drift.returncode == 0, drift.stderr
+    run = last_run(shipped)
+    assert run["outcome"] == "deployed" and run["model_version_after"] == "v0002"
+    assert run["model_drift"] is True and run["new_data_f1"] < run["drift_threshold"]
+    assert run["drift_trigger"].startswith("model drift (parametric test: F1")
+    assert "model drift detected: parametric test" in drift.stderr
+    assert run["challenger_recent_f1"] >= run["champion_recent_f1"] + config.monitoring.min_gain
+    assert None not in (run["champion_test_f1"], run["challenger_test_f1"])
+    assert current_version(config.deployment_folder) == "v0002"
+    assert (models / PLOT_AFTER_DEPLOYMENT).stat().st_mtime_ns > plot_before
+    assert (models / REPORT_FILE).stat().st_mtime_ns > report_before
+    served = load_deployed_version(current_version_folder(config.deployment_folder))
+    assert served.model_info["held_out_recent_rows"] > 0
+    assert "batch_drift.csv" in (served.folder / "ingestedfiles.txt").read_text()
+
+    # 5. A shifted population under the data-drift trigger: retrained, but the challenger is
+    #    not better on the recent rows by the margin, so v0002 keeps serving.
+    shipped = scenario_config(root, retrain_on="either")
+    write_batch(root / "sourceddata" / "batch_shift.csv", 2000, seed=33, world="shifted")
+    shift = run_fullprocess(shipped)
+    assert shift.returncode == 0, shift.stderr
+    run = last_run(shipped)
+    assert run["outcome"] == "kept" and run["data_drift"] is True and run["model_drift"] is False
+    assert run["drift_trigger"].startswith("data drift (") and "normalised Wasserstein" in run["drift_trigger"]
+    drifted = [row["feature"] for row in run["feature_drift"] if row["drifted"]]
+    assert "number_of_employees" in drifted and "number_of_employees: normalised Wasserstein" in shift.stderr
+    assert run["challenger_recent_f1"] < run["champion_recent_f1"] + config.monitoring.min_gain
+    assert run["decision"].startswith("challenger not deployed")
+    assert current_version(config.deployment_folder) == "v0002"
+
+    # 6. A file edited in place counts as new.
+    with open(root / "sourceddata" / "batch_stable.csv", "a") as handle:
+        handle.write("zzzzzz,40,400,10,0\n")
+    edited = run_fullprocess(shipped)
+    assert edited.returncode == 0, edited.stderr
+    run = last_run(shipped)
+    assert [(row["name"], row["status"]) for row in run["files"] if row["status"] != "stray"] == [
+        ("batch_stable.csv", "edited")
+    ]
+    assert run["new_rows"] == 1 and run["outcome"] == "kept" and run["new_data_f1"] is None
+    assert "fewer than the 50 a drift test needs" in run["decision"]
+
+    # 7. One run at a time: while a run waits inside its deployment, a second exits at once;
+    #    the first is killed mid-way, v0002 keeps serving, and the next run completes.
+    write_batch(root / "sourceddata" / "batch_drift2.csv", 4000, seed=35, world="drifted")
+    holder = start_fullprocess(shipped, {PAUSE_ENV_VAR: "staged"})
+    try:
+        wait_for_line(holder, "pausing at step staged")
+        started = time.monotonic()
+        second = run_fullprocess(shipped)
+        assert time.monotonic() - started < 10
+        assert second.returncode == EXIT_LOCKED, second.stderr
+        assert f"another fullprocess.py run (pid {holder.pid}," in second.stderr
+        assert "this run exits doing nothing" in second.stderr
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert current_version(config.deployment_folder) == "v0002"
+    load_deployed_version(current_version_folder(config.deployment_folder))  # loads: still serving
+    assert last_run(shipped)["outcome"] == "running"  # as the killed run left it
+    after = run_fullprocess(shipped)
+    assert after.returncode == 0, after.stderr
+    runs = read_runs(config.history_path, limit=2)
+    assert runs[1]["outcome"] == "interrupted"
+    assert runs[0]["outcome"] == "deployed" and runs[0]["model_version_after"] == "v0003"
+    assert current_version(config.deployment_folder) == "v0003"
+
+    # The record: every run is in the history, and --history prints it as a table.
+    outcomes = [run["outcome"] for run in reversed(read_runs(config.history_path, limit=100))]
+    assert outcomes == [
+        "first_deployment",
+        "no_new_data",
+        "kept",
+        "deployed",
+        "kept",
+        "kept",
+        "interrupted",
+        "deployed",
+    ]
+    printed = run_fullprocess(shipped, "--history")
+    assert printed.returncode == 0
+    print(printed.stdout)
+    assert printed.stdout.splitlines()[0].split()[:3] == ["run", "started", "(UTC)"]
+    assert "trigger: data drift (lastmonth_activity" in printed.stdout
+
+
+def test_a_no_op_run_imports_no_heavy_library(shipped: Path):
+    assert run_fullprocess(shipped).returncode == 0
+    probe = (
+        "import sys, fullprocess\n"
+        f"code = fullprocess.main(['--config', {str(shipped)!r}])\n"
+        "heavy = sorted({'numpy', 'pandas', 'sklearn', 'scipy', 'pyarrow', 'matplotlib'} & set(sys.modules))\n"
+        "print(code, heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "0 []", result.stderr
+    assert "no new data" in result.stderr
+
+
+def test_a_failing_stage_is_named_and_the_next_run_starts_clean(shipped: Path):
+    root = shipped.parent
+    assert run_fullprocess(shipped).returncode == 0
+    write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
+    (root / "testdata" / "testdata.csv").rename(root / "testdata.csv.away")
+    failed = run_fullprocess(shipped)
+    assert failed.returncode == 1
+    assert "fullprocess model drift failed: test data folder" in failed.stderr
+    assert "the deployed model keeps serving" in failed.stderr
+    run = last_run(shipped)
+    assert run["outcome"] == "failed" and run["failed_stage"] == "model drift"
+    assert current_version(load_config(shipped).deployment_folder) == "v0001"
+    (root / "testdata.csv.away").rename(root / "testdata" / "testdata.csv")
+    again = run_fullprocess(shipped)
+    assert again.returncode == 0, again.stderr
+    assert last_run(shipped)["outcome"] == "deployed"
+
+
+def test_a_broken_history_database_is_named(shipped: Path):
+    history = load_config(shipped).history_path
+    history.parent.mkdir(parents=True)
+    history.write_bytes(b"this is not a database" * 100)
+    result = run_fullprocess(shipped)
+    assert result.returncode == 1
+    assert f"history failed: run history {history} cannot be used" in result.stderr
+    assert "move it aside" in result.stderr
+
+
+def test_logs_go_to_a_rotating_file_as_well(shipped: Path):
+    config = scenario_config(shipped.parent, log_max_mb=0.001, log_backups=2)
+    for _ in range(12):
+        assert run_fullprocess(config).returncode == 0
+    log_path = load_config(config).log_path
+    assert "no new data" in log_path.read_text()
+    rotated = sorted(path.name for path in log_path.parent.glob(f"{log_path.name}*"))
+    assert rotated == [log_path.name, f"{log_path.name}.1", f"{log_path.name}.2"]
+    assert all(path.stat().st_size <= 1100 for path in log_path.parent.glob(f"{log_path.name}*"))
+
+
+def cron_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def check_every_ten_minutes(line: str) -> str:
+    """Parse a crontab line with a real cron parser; check it fires every 10 minutes; return its command."""
+    fields = line.split(None, 5)
+    schedule, command = " ".join(fields[:5]), fields[5]
+    start = datetime(2026, 11, 21, 9, 3, tzinfo=UTC)
+    fires = CronSim(schedule, start)
+    times = [next(fires) for _ in range(13)]
+    assert times[0] == datetime(2026, 11, 21, 9, 10, tzinfo=UTC)
+    assert {later - earlier for earlier, later in zip(times, times[1:], strict=False)} == {timedelta(minutes=10)}
+    return command
+
+
+def test_the_committed_cronjob_fires_every_ten_minutes_in_a_checkout():
+    (line,) = cron_lines(PROJECT_ROOT / "cronjob.txt")
+    command = check_every_ten_minutes(line)
+    assert command.startswith("cd /")
+    assert "/.venv/bin/python fullprocess.py" in command
+    assert ">> /" in command and command.endswith("2>&1")
+
+
+def test_the_written_cronjob_command_runs_under_crons_bare_environment(shipped: Path):
+    target = shipped.parent / "cronjob.txt"
+    written = run_fullprocess(shipped, "--write-cronjob", str(target))
+    assert written.returncode == 0, written.stderr
+    (line,) = cron_lines(target)
+    command = check_every_ten_minutes(line)
+    assert command.startswith(f"cd {PROJECT_ROOT} && ")
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(shipped.parent), "SHELL": "/bin/sh"}
+    result = subprocess.run(["/bin/sh", "-c", command], cwd="/", env=bare, capture_output=True, timeout=300)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    config = load_config(shipped)
+    assert last_run(shipped)["outcome"] == "first_deployment"
+    assert (config.log_path.parent / "cron.log").exists()
+    assert "deployed v0001" in config.log_path.read_text()
+
+
+def test_history_without_runs_prints_a_header_and_creates_nothing(shipped: Path):
+    result = run_fullprocess(shipped, "--history")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0].split()[:2] == ["run", "started"]
+    assert len(result.stdout.strip().splitlines()) == 2
+    assert not load_config(shipped).history_path.exists()
+
+
+def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(shipped: Path):
+    root = shipped.parent
+    config = load_config(shipped)
+    assert run_fullprocess(shipped).returncode == 0
+    port = config.api.url.rsplit(":", 1)[1]
+    server = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(shipped), "--port", port],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        wait_until_healthy(config.api.url, server)
+        write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
+        result = run_fullprocess(shipped)
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    returns = json.loads((config.model_folder / API_RETURNS_AFTER_DEPLOYMENT).read_text())
+    answers = returns["answers"]
+    assert answers["version"]["model_version"] == "v0002" and answers["version"]["previous_version"] == "v0001"
+    assert answers["prediction"]["model_version"] == "v0002" and answers["prediction"]["rows"] == 3000
+    assert [run["outcome"] for run in answers["history"]["runs"]] == ["deployed", "first_deployment"]
+    assert last_run(shipped)["details"]["apicalls"] == str(config.model_folder / API_RETURNS_AFTER_DEPLOYMENT)
