@@ -53,7 +53,7 @@ fullprocess: $(VENV)/.installed ## one monitoring run: new data? drift? retrain,
 history: $(VENV)/.installed ## print the latest fullprocess.py runs from the run history
 	$(PY) fullprocess.py --config $(CONFIG) --history
 cronjob: $(VENV)/.installed ## write cronjob.txt for this checkout (install it with: crontab cronjob.txt)
-	$(PY) fullprocess.py --write-cronjob cronjob.txt
+	$(PY) fullprocess.py --config $(CONFIG) --write-cronjob cronjob.txt
 
 practice: ## the whole pipeline on practicedata/ (config.practice.json)
 	$(MAKE) run CONFIG=config.practice.json

@@ -484,7 +484,7 @@ def read_limit(value: str | None, default: int = HISTORY_DEFAULT_RUNS) -> int:
     """The ``limit`` query parameter: a whole number of runs from 1 to HISTORY_MAX_RUNS."""
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= HISTORY_MAX_RUNS:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= HISTORY_MAX_RUNS:
         raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_MAX_RUNS}, not {value[:40]!r}")
     return int(value)
 

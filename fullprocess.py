@@ -9,7 +9,7 @@ One run, in order (each step is a named stage; a failure stops the run and names
 2. ingestion: add the new files to what was ingested before (their rows are appended).
 3. model drift: the deployed model's F1 on the new labelled rows, against the configured test
    (``monitoring.model_drift_test``); data drift: each feature of the new rows against the
-   training data. ``monitoring.retrain_on`` says which of them triggers retraining.
+   rows ingested before. ``monitoring.retrain_on`` says which of them triggers retraining.
 4. training: a challenger on the ingested data, keeping a held-out share of the new rows out.
 5. scoring: challenger and champion side by side on the held-out recent rows and on the test
    data; the challenger is deployed only if its recent F1 is at least the champion's plus
@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -37,7 +39,14 @@ from typing import Any
 
 # Only light modules at the top: a run that finds nothing new must not pay for numpy, pyarrow,
 # pandas or scikit-learn. The stages and the statistics are imported once there is work.
-from common.artifacts import INGESTED_FILES, current_version, current_version_folder, read_ingested_files, utc_now
+from common.artifacts import (
+    DIAGNOSTICS_FILE,
+    INGESTED_FILES,
+    current_version,
+    current_version_folder,
+    read_ingested_files,
+    utc_now,
+)
 from common.cli import build_parser
 from common.config import PROJECT_ROOT, Config, load_config
 from common.errors import PipelineError
@@ -49,12 +58,14 @@ from common.history import (
     INTERRUPTED,
     KEPT,
     NO_NEW_DATA,
+    WAITING,
     decided_hashes,
     earlier_f1_scores,
     mark_interrupted,
     open_history,
     save_run,
     start_run,
+    waiting_hashes,
 )
 from common.logs import add_log_file, setup_logging
 
@@ -68,6 +79,9 @@ CRON_LOG_FILE = "cron.log"
 PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
 API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
 HOLDOUT_BUCKETS = 1_000_000
+CHALLENGER_FOLDER = "challenger"
+# Written when the steps after a deployment finish: which version the diagnostics and report are of.
+AFTER_DEPLOYMENT_FILE = "afterdeployment.json"
 
 
 class RunLocked(Exception):
@@ -98,6 +112,7 @@ class NewData:
     files: list[SourceFile]
     stray: list[str]
     known: int
+    waiting: set[str] = field(default_factory=set)  # hashes of files whose rows wait for more to be tested
 
 
 @dataclass
@@ -196,12 +211,27 @@ def describe_stray(stray: list[str]) -> str:
 # ---------------------------------------------------------------- 2-6. the work
 
 
-def rows_ingested_before(output_folder: Path, new_hashes: set[str]) -> tuple[Any, Any]:
-    """The rows ingested before this run and their row hashes (read before ingestion replaces edited files' rows)."""
-    from ingestion import read_ingested_rows
+def rows_ingested_before(output_folder: Path, trained_on: list[Any], new_hashes: set[str]) -> tuple[Any, Any]:
+    """The rows ingested before this run, and their row hashes.
 
-    earlier = read_ingested_files(output_folder / INGESTED_FILES).values()
-    return read_ingested_rows(output_folder, [entry for entry in earlier if entry.sha256 not in new_hashes])
+    Those of the files in the ingestion record and of the files the deployed model was trained
+    on (``trained_on``; an edited file's earlier content is among them), leaving out the new files.
+    Read before ingestion replaces the rows of edited files; a file whose cached rows are gone
+    is left out.
+    """
+    from ingestion import parsed_path, read_ingested_rows
+
+    earlier = {
+        entry.sha256: entry for entry in [*trained_on, *read_ingested_files(output_folder / INGESTED_FILES).values()]
+    }
+    usable = [
+        entry
+        for digest, entry in earlier.items()
+        if digest not in new_hashes and parsed_path(output_folder, digest).exists()
+    ]
+    if len(usable) < len(earlier.keys() - new_hashes):
+        log.info("some rows ingested before are no longer cached; the drift tests compare with the rest")
+    return read_ingested_rows(output_folder, usable)
 
 
 def rows_arrived(output_folder: Path, files: list[Any], new_hashes: set[str], reference_hashes: Any) -> Any:
@@ -274,6 +304,22 @@ def deploy_first_model(config: Config, record: RunRecord) -> None:
     )
 
 
+def challenger_folder(config: Config) -> Path:
+    """Where a challenger is trained and scored: apart, so a losing one never sits where deployment.py looks."""
+    return config.model_folder / CHALLENGER_FOLDER
+
+
+def adopt_challenger(folder: Path, model_folder: Path) -> None:
+    """Copy a deployed challenger's files to the model folder, the classic place of the latest model."""
+    from common.artifacts import LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE
+    from common.files import atomic_path
+
+    # metrics.json last: it names the model, so it marks the set complete (as scoring.py writes it)
+    for name in (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE):
+        with atomic_path(model_folder / name) as tmp:
+            shutil.copyfile(folder / name, tmp)
+
+
 def f1_of(model: Any, features: Any, labels: Any) -> float:
     """The F1 of a model's labels on these rows."""
     from common.evaluation import score_predictions
@@ -287,9 +333,13 @@ def collect_new_rows(config: Config, record: RunRecord, new: NewData) -> tuple[A
 
     new_hashes = {item.sha256 for item in new.files}
     with stage(record, "reference rows"):
-        reference, reference_hashes = rows_ingested_before(config.output_folder, new_hashes)
+        trained_on = list(
+            read_ingested_files(current_version_folder(config.deployment_folder) / INGESTED_FILES).values()
+        )
+        reference, reference_hashes = rows_ingested_before(config.output_folder, trained_on, new_hashes)
     with stage(record, "ingestion"):
-        ingested = ingest_folder(config.input_folder, config.output_folder)
+        keep = frozenset(entry.sha256 for entry in trained_on)
+        ingested = ingest_folder(config.input_folder, config.output_folder, keep_parsed=keep)
     with stage(record, "new rows"):
         if reference.num_rows == 0:  # the ingested data was removed: the files not new are the reference
             reference, reference_hashes = read_ingested_rows(
@@ -393,10 +443,10 @@ def train_challenger(config: Config, record: RunRecord, arrived: Any) -> Any:
         recent = arrived.filter(holdout_mask(arrived, settings.holdout_fraction))
         if recent.num_rows < settings.min_holdout_rows or np.unique(features_of(recent)[1]).size < 2:
             record.set(
-                outcome=KEPT,
+                outcome=WAITING,
                 decision=f"drift found, but only {recent.num_rows} recent rows could be held out "
                 f"(at least {settings.min_holdout_rows} with both classes are needed to compare models); "
-                f"kept {record.fields['model_version_before']}",
+                f"the rows wait for the next batch; {record.fields['model_version_before']} serves",
             )
             return None
         final = read_data_file(config.output_folder / FINAL_DATA).table
@@ -406,7 +456,7 @@ def train_challenger(config: Config, record: RunRecord, arrived: Any) -> Any:
             "held_out_recent_rows": recent.num_rows,
             "retrained_because": record.fields["drift_trigger"],
         }
-        fit_and_save(features, labels, data, config.model, config.model_folder)
+        fit_and_save(features, labels, data, config.model, challenger_folder(config))
     return recent
 
 
@@ -417,9 +467,9 @@ def compare_models(config: Config, record: RunRecord, champion: Any, recent: Any
     from scoring import write_scores
 
     with stage(record, "scoring"):
-        challenger = load_model(config.model_folder / MODEL_FILE)
-        challenger_test = score_model(config.model_folder / MODEL_FILE, config.test_data_path)
-        write_scores(challenger_test, config.model_folder)
+        challenger = load_model(challenger_folder(config) / MODEL_FILE)
+        challenger_test = score_model(challenger_folder(config) / MODEL_FILE, config.test_data_path)
+        write_scores(challenger_test, challenger_folder(config))
         champion_test = score_model(champion.folder / MODEL_FILE, config.test_data_path)
         recent_features, recent_labels = features_of(recent)
         champion_recent = f1_of(champion.model, recent_features, recent_labels)
@@ -437,7 +487,8 @@ def compare_models(config: Config, record: RunRecord, champion: Any, recent: Any
         f"{challenger_test['f1']:.4f} against {champion_test['f1']:.4f}"
     )
     log.info("gate: %s", comparison)
-    return challenger_recent >= champion_recent + margin, comparison
+    # A tolerance, so that a gain of exactly the margin counts despite rounding.
+    return challenger_recent - champion_recent >= margin - 1e-9, comparison
 
 
 def assess_new_data(config: Config, connection: Any, record: RunRecord, new: NewData) -> bool:
@@ -450,11 +501,12 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     reference, arrived = collect_new_rows(config, record, new)
     if arrived.num_rows < settings.min_new_rows:
         record.set(
-            outcome=KEPT,
+            outcome=WAITING,
             decision=f"the new files hold {arrived.num_rows} row(s) not ingested before, fewer than the "
-            f"{settings.min_new_rows} a drift test needs; ingested, and {champion_version} kept",
+            f"{settings.min_new_rows} a drift test needs; ingested, and they wait for the next batch to be "
+            f"tested with it; {champion_version} serves",
         )
-        log.info("%d new row(s): too few to test for drift (monitoring.min_new_rows)", arrived.num_rows)
+        log.info("%d new row(s): too few to test for drift; they wait for more", arrived.num_rows)
         return False
 
     with stage(record, "model drift"):
@@ -479,13 +531,18 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     wins, comparison = compare_models(config, record, champion, recent)
     if not wins:
         record.set(outcome=KEPT, decision=f"challenger not deployed: {comparison}; kept {champion_version}")
-        log.warning("the challenger is not better by the margin; %s keeps serving", champion_version)
+        log.warning(
+            "the challenger is not better by the margin; %s keeps serving (the challenger stays in %s)",
+            champion_version,
+            challenger_folder(config),
+        )
         return False
 
     with stage(record, "deployment"):
         info = publish_deployment(
-            config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
+            challenger_folder(config), config.output_folder, config.deployment_folder, config.keep_versions
         )
+        adopt_challenger(challenger_folder(config), config.model_folder)
     record.set(
         outcome=DEPLOYED,
         model_version_after=info["version"],
@@ -507,6 +564,7 @@ def after_deployment(config: Config, record: RunRecord) -> None:
     with stage(record, "reporting"):
         report = write_report(config, plot_name=PLOT_AFTER_DEPLOYMENT)
         record.details["report"] = {"plot": str(report["plot"]), "pdf": str(report["pdf"])}
+    mark_reports_made(config)
     with stage(record, "apicalls"):
         url = config.api.url.rstrip("/")
         try:
@@ -520,32 +578,70 @@ def after_deployment(config: Config, record: RunRecord) -> None:
         record.details["apicalls"] = str(write_api_returns(config, url, API_RETURNS_AFTER_DEPLOYMENT))
 
 
+def mark_reports_made(config: Config) -> None:
+    """Note which version the diagnostics and report now describe (a run that dies before this is redone)."""
+    version = current_version(config.deployment_folder)
+    write_text_atomic(config.model_folder / AFTER_DEPLOYMENT_FILE, json.dumps({"version": version, "at": utc_now()}))
+
+
 # ---------------------------------------------------------------- the run
 
 
 def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> NewData:
     with stage(record, "check"):
         version = record.fields["model_version_before"]
-        trained_on = (
-            read_ingested_files(current_version_folder(config.deployment_folder) / INGESTED_FILES) if version else {}
-        )
-        new = find_new_data(config.input_folder, trained_on, decided_hashes(connection))
+        if version is None:  # nothing serves: every data file is new, whatever earlier runs decided
+            trained_on, decided = {}, set()
+        else:
+            trained_on = read_ingested_files(current_version_folder(config.deployment_folder) / INGESTED_FILES)
+            decided = decided_hashes(connection)
+        new = find_new_data(config.input_folder, trained_on, decided)
+        new.waiting = waiting_hashes(connection) if version else set()
     record.files = [{"name": item.name, "sha256": item.sha256, "status": item.status} for item in new.files]
     record.set(new_files=len(new.files))
     return new
 
 
+def reports_outdated(config: Config, version: str | None) -> bool:
+    """True when a version serves but its diagnostics and report were not made (a run died before them)."""
+    if version is None:
+        return False
+    try:
+        made_for = json.loads((config.model_folder / AFTER_DEPLOYMENT_FILE).read_text(encoding="utf-8"))["version"]
+    except FileNotFoundError:  # deployed by the stage scripts, not by this job: their own diagnostics count
+        try:
+            made_for = json.loads((config.model_folder / DIAGNOSTICS_FILE).read_text(encoding="utf-8"))
+            made_for = made_for.get("model_version")
+        except (OSError, ValueError, AttributeError):
+            made_for = None
+    except (OSError, ValueError, KeyError, TypeError):
+        made_for = None
+    return made_for != version
+
+
 def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) -> None:
     """Decide what this run does and do it, filling ``record``."""
     new = check_for_new_data(config, connection, record)
-    if not new.files:
+    version = record.fields["model_version_before"]
+    waiting = [item for item in new.files if item.sha256 in new.waiting]
+    if len(waiting) == len(new.files):
         record.set(outcome=NO_NEW_DATA, decision="no new data")
-        log.info(
-            "no new data in %s (%d file(s), all seen before)%s; nothing to do",
-            config.input_folder,
-            new.known,
-            describe_stray(new.stray),
+        note = f"; {len(waiting)} file(s) wait for more rows to test for drift" if waiting else ""
+        if not reports_outdated(config, version):
+            log.info(
+                "no new data in %s (%d file(s), all seen before%s)%s; nothing to do",
+                config.input_folder,
+                new.known,
+                note,
+                describe_stray(new.stray),
+            )
+            return
+        log.warning(
+            "no new data, but the diagnostics and report are not those of %s, which serves; making them", version
         )
+        record.set(decision=f"no new data; made the diagnostics, report and API calls for {version}")
+        record.save(connection, run_id)
+        after_deployment(config, record)
         return
     record.files += [{"name": name, "status": "stray", "note": "not a data file; ignored"} for name in new.stray]
     log.info(
@@ -555,7 +651,7 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         ", ".join(f"{item.name} ({item.status})" for item in new.files),
         describe_stray(new.stray),
     )
-    if record.fields["model_version_before"] is None:
+    if version is None:
         deploy_first_model(config, record)
         deployed = True
     else:
@@ -577,20 +673,30 @@ def run_full_process(config: Config) -> dict[str, Any]:
     except PipelineError as exc:
         raise StageFailed("history", str(exc)) from None
     try:
-        stale = mark_interrupted(connection, started)
+        version = current_version(config.deployment_folder)
+        try:
+            stale = mark_interrupted(connection, started, version)
+            run_id = start_run(connection, started, os.getpid(), version)
+        except PipelineError as exc:
+            raise StageFailed("history", str(exc)) from None
         if stale:
             log.warning("%d earlier run(s) stopped before finishing; recorded them as interrupted", stale)
-        version = current_version(config.deployment_folder)
         record = RunRecord()
         record.set(started_at=started, model_version_before=version, model_version_after=version)
-        run_id = start_run(connection, started, os.getpid(), version)
+        failure: BaseException | None = None
         try:
             run_once(config, connection, record, run_id)
         except StageFailed as exc:
-            record.set(outcome=FAILED, failed_stage=exc.stage, error=exc.message)
-            record.set(decision=f"stopped: {exc}; {current_version(config.deployment_folder) or 'nothing'} serving")
+            failure = exc
+            serving = current_version(config.deployment_folder)
+            record.set(failed_stage=exc.stage, error=exc.message)
+            if record.fields.get("outcome") in (DEPLOYED, FIRST_DEPLOYMENT):  # the deployment stands
+                record.set(decision=f"{record.fields['decision']}; then {exc}")
+            else:
+                record.set(outcome=FAILED, decision=f"stopped: {exc}; {serving or 'nothing'} serving")
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            failure = exc
             record.set(outcome=INTERRUPTED, decision="interrupted; nothing more was done")
             raise
         finally:
@@ -599,7 +705,12 @@ def run_full_process(config: Config) -> dict[str, Any]:
                 seconds=round(time.perf_counter() - clock, 3),
                 model_version_after=current_version(config.deployment_folder),
             )
-            record.save(connection, run_id)
+            try:
+                record.save(connection, run_id)
+            except PipelineError as exc:
+                if failure is None:
+                    raise StageFailed("history", str(exc)) from None
+                log.error("the run could not be recorded: %s", exc)
             record.fields["id"] = run_id
     finally:
         connection.close()
@@ -609,32 +720,31 @@ def run_full_process(config: Config) -> dict[str, Any]:
 CRON_SCHEDULE = "*/10 * * * *"
 
 
-def cron_line(config: Config, config_given: bool, python: Path | None = None) -> str:
+def cron_line(config: Config, python: Path | None = None) -> str:
     """The crontab line: every 10 minutes, in the project folder, with the project's Python, appending to the log.
 
-    ``%`` is escaped because cron turns a bare ``%`` into a newline.
+    The config is named by its absolute path, so the job runs the config it was written for
+    whatever chose it (``--config``, ``$RISK_CONFIG``). ``%`` is escaped: cron turns it into a newline.
     """
     project = PROJECT_ROOT
     if python is None:
         venv_python = project / ".venv" / "bin" / "python"
         python = venv_python if venv_python.exists() else Path(sys.executable).absolute()
-    command = [shlex.quote(str(python)), "fullprocess.py", "--quiet"]
-    if config_given:
-        command += ["--config", shlex.quote(str(config.path))]
+    command = [shlex.quote(str(python)), "fullprocess.py", "--quiet", "--config", shlex.quote(str(config.path))]
     cron_log = shlex.quote(str(config.log_path.parent / CRON_LOG_FILE))
     mkdir = f"mkdir -p {shlex.quote(str(config.log_path.parent))}"
     line = f"{CRON_SCHEDULE} cd {shlex.quote(str(project))} && {mkdir} && {' '.join(command)} >> {cron_log} 2>&1"
     return line.replace("%", "\\%")
 
 
-def write_cronjob(config: Config, target: Path, config_given: bool) -> Path:
+def write_cronjob(config: Config, target: Path) -> Path:
     """Write ``cronjob.txt`` for this checkout; install it with ``crontab``."""
     text = (
         f"# fullprocess.py every 10 minutes for the checkout at {PROJECT_ROOT}.\n"
         "# Written by `make cronjob`; install with `crontab cronjob.txt` (replaces your crontab) or\n"
         "# `(crontab -l; cat cronjob.txt) | crontab -`. Warnings and errors go to the cron log below;\n"
         f"# everything is in the rotating log {config.log_path}.\n"
-        f"{cron_line(config, config_given)}\n"
+        f"{cron_line(config)}\n"
     )
     return write_text_atomic(target, text)
 
@@ -702,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_history(read_runs(config.history_path, limit=max(1, args.history))))
             return 0
         if args.write_cronjob is not None:
-            log.info("wrote %s", write_cronjob(config, args.write_cronjob, config_given=args.config is not None))
+            log.info("wrote %s", write_cronjob(config, args.write_cronjob))
             return 0
         add_log_file(config.log_path, int(config.monitoring.log_max_mb * 2**20), config.monitoring.log_backups)
     except (PipelineError, OSError) as exc:

@@ -10,9 +10,9 @@ keeps its earlier rows (parsed once, cached by content hash under ``parsed/``), 
 overwrites the output with less. ``--fresh`` starts over from the files present now.
 
 When the only change is new files, their rows are appended: a sorted index of the row hashes
-already written (``parsed/rowindex-*.npz``) finds the duplicates, so the cost of a run grows
-with the new data, not with everything ingested so far. The result is the same file a full
-rebuild would write.
+already written (``parsed/rowindex-*.npz``) finds the duplicates, so the parsing and the
+deduplication cost what the new data costs; only copying ``finaldata.csv`` and the index
+still touches every row, at disk speed. The result is the same file a full rebuild would write.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from common.artifacts import (
     INGESTION_REPORT,
     IngestedFile,
     read_ingested_files,
-    read_json_file,
     utc_now,
 )
 from common.cli import build_parser, run_stage
@@ -231,17 +230,26 @@ class RowIndex:
 
     hashes: np.ndarray  # uint64, sorted
     positions: np.ndarray  # int64, aligned with hashes
+    rows_merged: int = 0  # the counts of the ingestion report, kept with the rows they count
+    duplicates_removed: int = 0
+    quoted: bool = False  # whether finaldata.csv quotes its ids
 
     @classmethod
     def empty(cls) -> RowIndex:
         return cls(np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
-    def add(self, hashes: np.ndarray, positions: np.ndarray) -> RowIndex:
-        """A new index with these rows added."""
+    def add(self, hashes: np.ndarray, positions: np.ndarray, merged: int, duplicates: int, quoted: bool) -> RowIndex:
+        """A new index with these rows added (of ``merged`` rows read, ``duplicates`` left out)."""
         order = np.argsort(hashes, kind="stable")
         hashes, positions = hashes[order], positions[order]
         where = np.searchsorted(self.hashes, hashes, side="right")
-        return RowIndex(np.insert(self.hashes, where, hashes), np.insert(self.positions, where, positions))
+        return RowIndex(
+            np.insert(self.hashes, where, hashes),
+            np.insert(self.positions, where, positions),
+            self.rows_merged + merged,
+            self.duplicates_removed + duplicates,
+            quoted,
+        )
 
 
 def hashes_in(needles: np.ndarray, haystack: np.ndarray) -> np.ndarray:
@@ -289,29 +297,32 @@ def drop_duplicate_rows(table: pa.Table) -> tuple[pa.Table, int]:
     return (table.filter(pa.array(~duplicate)) if removed else table), removed
 
 
-def csv_options(table: pa.Table, header: bool = True) -> pa_csv.WriteOptions:
-    """CSV options that quote ids only when some id needs it."""
-    ids = table[ID_COLUMN]
-    needs_quotes = table.num_rows > 0 and pc.any(pc.match_substring_regex(ids, r'[",\r\n]')).as_py()
+def ids_need_quotes(table: pa.Table) -> bool:
+    """Whether some id holds a quote, comma or line break, so the CSV must quote ids."""
+    return table.num_rows > 0 and bool(pc.any(pc.match_substring_regex(table[ID_COLUMN], r'[",\r\n]')).as_py())
+
+
+def csv_options(quoted: bool, header: bool = True) -> pa_csv.WriteOptions:
+    """CSV options: ids quoted (every one, as pyarrow does) or not at all."""
     return pa_csv.WriteOptions(
-        include_header=header, quoting_style="needed" if needs_quotes else "none", quoting_header="none"
+        include_header=header, quoting_style="needed" if quoted else "none", quoting_header="none"
     )
 
 
 def write_csv_table(table: pa.Table, target: Path) -> Path:
-    """Write ``table`` as CSV atomically."""
+    """Write ``table`` as CSV atomically, quoting ids only when some id needs it."""
     with atomic_path(target) as tmp:
-        pa_csv.write_csv(table, tmp, csv_options(table))
+        pa_csv.write_csv(table, tmp, csv_options(ids_need_quotes(table)))
     return target
 
 
-def append_csv_rows(source: Path, table: pa.Table, target: Path) -> Path:
+def append_csv_rows(source: Path, table: pa.Table, target: Path, quoted: bool) -> Path:
     """Write ``target`` atomically as ``source`` followed by the rows of ``table`` (no header)."""
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
         if table.num_rows:
             with open(tmp, "ab") as handle:
-                pa_csv.write_csv(table, handle, csv_options(table, header=False))
+                pa_csv.write_csv(table, handle, csv_options(quoted, header=False))
     return target
 
 
@@ -329,6 +340,9 @@ def save_row_index(output_folder: Path, index: RowIndex, files: list[IngestedFil
     meta = {
         "finaldata": file_signature(output_folder / FINAL_DATA),
         "files": [entry.sha256 for entry in files],  # by content: a renamed file changes nothing
+        "rows_merged": index.rows_merged,
+        "duplicates_removed": index.duplicates_removed,
+        "quoted": index.quoted,
     }
     with atomic_path(output_folder / PARSED_FOLDER / ROW_INDEX_FILE) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, hashes=index.hashes, positions=index.positions, meta=np.array(json.dumps(meta)))
@@ -344,9 +358,15 @@ def load_row_index(output_folder: Path, files: list[IngestedFile]) -> RowIndex |
                 return None
             if meta["files"] != [entry.sha256 for entry in files]:
                 return None
-            return RowIndex(stored["hashes"], stored["positions"])
-    except (OSError, ValueError, KeyError) as exc:
-        log.debug("no usable row index at %s (%s)", path, exc)
+            return RowIndex(
+                stored["hashes"],
+                stored["positions"],
+                int(meta["rows_merged"]),
+                int(meta["duplicates_removed"]),
+                bool(meta["quoted"]),
+            )
+    except Exception as exc:  # only a cache: any fault in it (a truncated zip included) means rebuild
+        log.info("the row index %s cannot be used (%s: %s); rebuilding", path.name, type(exc).__name__, exc)
         return None
 
 
@@ -355,23 +375,27 @@ def unique_digests(files: list[IngestedFile]) -> list[str]:
     return list(dict.fromkeys(entry.sha256 for entry in files))
 
 
-def prune_parsed(output_folder: Path, files: list[IngestedFile]) -> None:
-    """Delete cached parses no entry refers to any more."""
+def prune_parsed(output_folder: Path, files: list[IngestedFile], keep: frozenset[str] = frozenset()) -> None:
+    """Delete cached parses no entry refers to any more, except those of the ``keep`` hashes."""
     folder = output_folder / PARSED_FOLDER
-    wanted = {parsed_path(output_folder, entry.sha256).name for entry in files}
+    wanted = {parsed_path(output_folder, digest).name for digest in {entry.sha256 for entry in files} | keep}
     for path in folder.glob("*.arrow") if folder.is_dir() else ():
         if path.name not in wanted:
             path.unlink(missing_ok=True)
 
 
-def ingest_folder(input_folder: Path, output_folder: Path, fresh: bool = False) -> IngestionResult:
+def ingest_folder(
+    input_folder: Path, output_folder: Path, fresh: bool = False, keep_parsed: frozenset[str] = frozenset()
+) -> IngestionResult:
     """Ingest ``input_folder`` into ``output_folder``; return what was done.
 
+    ``keep_parsed``: content hashes whose cached rows are kept even when no file holds them
+    any more (the files the deployed model was trained on, which the drift tests read).
     Raises PipelineError, leaving earlier outputs untouched, when no usable data remains or
     another ingestion into the same folder is running.
     """
     with folder_lock(output_folder, "ingestion"):
-        return ingest_locked(input_folder, output_folder, fresh)
+        return ingest_locked(input_folder, output_folder, fresh, keep_parsed)
 
 
 def rebuild_final_data(output_folder: Path, result: IngestionResult) -> RowIndex:
@@ -382,10 +406,12 @@ def rebuild_final_data(output_folder: Path, result: IngestionResult) -> RowIndex
     kept = np.flatnonzero(~duplicate)
     result.duplicates_removed = int(duplicate.sum())
     result.rows_merged, result.rows_written = merged.num_rows, int(kept.size)
-    result.final_data = write_csv_table(
-        merged.take(kept) if result.duplicates_removed else merged, output_folder / FINAL_DATA
+    final = merged.take(kept) if result.duplicates_removed else merged
+    result.final_data = write_csv_table(final, output_folder / FINAL_DATA)
+    index = RowIndex.empty()
+    return index.add(
+        hashes[kept], kept.astype(np.int64), merged.num_rows, result.duplicates_removed, ids_need_quotes(final)
     )
-    return RowIndex.empty().add(hashes[kept], kept.astype(np.int64))
 
 
 def rows_equal(left: pa.Table, right: pa.Table) -> np.ndarray:
@@ -417,8 +443,12 @@ def find_in_index(earlier_rows: pa.Table, index: RowIndex, table: pa.Table, hash
 
 def append_final_data(
     output_folder: Path, result: IngestionResult, earlier: list[IngestedFile], index: RowIndex
-) -> RowIndex:
-    """Append the rows of the files after ``earlier`` that are not in ``finaldata.csv`` yet; return the new index."""
+) -> RowIndex | None:
+    """Append the rows of the files after ``earlier`` that are not in ``finaldata.csv`` yet; return the new index.
+
+    Returns None, writing nothing, when the new rows need quoted ids and the earlier ones are not
+    quoted: only a rebuild then writes what a rebuild would.
+    """
     earlier_digests = unique_digests(earlier)
     new_digests = [digest for digest in unique_digests(result.files) if digest not in set(earlier_digests)]
     earlier_rows = merge_tables(output_folder, earlier_digests)  # memory-mapped: only fetched rows are read
@@ -426,14 +456,18 @@ def append_final_data(
     hashes = hash_rows(added)
     duplicate = find_duplicates(added, hashes) | find_in_index(earlier_rows, index, added, hashes)
     kept = np.flatnonzero(~duplicate)
-    report = read_json_file(output_folder / INGESTION_REPORT, "ingestion report")
-    result.rows_merged = int(report["rows_merged"]) + added.num_rows
-    result.duplicates_removed = int(report["duplicates_removed"]) + int(duplicate.sum())
-    result.rows_written = int(report["rows_written"]) + int(kept.size)
+    rows = added.take(kept)
+    if ids_need_quotes(rows) and not index.quoted:
+        return None
     final_data = output_folder / FINAL_DATA
-    result.final_data = append_csv_rows(final_data, added.take(kept), final_data)
+    result.final_data = append_csv_rows(final_data, rows, final_data, index.quoted)
     result.appended = True
-    return index.add(hashes[kept], kept.astype(np.int64) + earlier_rows.num_rows)
+    updated = index.add(
+        hashes[kept], kept.astype(np.int64) + earlier_rows.num_rows, added.num_rows, int(duplicate.sum()), index.quoted
+    )
+    result.rows_merged, result.duplicates_removed = updated.rows_merged, updated.duplicates_removed
+    result.rows_written = int(updated.hashes.size)
+    return updated
 
 
 def index_if_appendable(
@@ -445,12 +479,10 @@ def index_if_appendable(
         return None
     if [entry.sha256 for entry in files[: len(earlier)]] != [entry.sha256 for entry in earlier]:
         return None
-    if not (output_folder / INGESTION_REPORT).exists():
-        return None
     return load_row_index(output_folder, earlier)
 
 
-def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool) -> IngestionResult:
+def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_parsed: frozenset[str]) -> IngestionResult:
     started = time.perf_counter()
     history = {} if fresh else read_ingested_files(output_folder / INGESTED_FILES)
     result = collect_files(input_folder, output_folder, history)
@@ -462,13 +494,13 @@ def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool) -> Inges
     index = index_if_appendable(output_folder, history, result.files)
     if index is not None:
         index = append_final_data(output_folder, result, list(history.values()), index)
-    else:
+    if index is None:
         index = rebuild_final_data(output_folder, result)
     save_row_index(output_folder, index, result.files)
     write_text_atomic(output_folder / INGESTED_FILES, "".join(entry.to_line() + "\n" for entry in result.files))
     result.seconds = round(time.perf_counter() - started, 3)
     write_text_atomic(output_folder / INGESTION_REPORT, json.dumps(describe_result(result, input_folder), indent=2))
-    prune_parsed(output_folder, result.files)
+    prune_parsed(output_folder, result.files, keep_parsed)
     log.info(
         "ingested %d file(s) from %s: %d rows merged, %d duplicates removed, %d rows %s %s in %.2fs",
         len(result.files),

@@ -768,7 +768,12 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     notes = report_notes(deployed, evaluation, diagnostics)
     for note in notes:
         log.warning("%s", note)
-    trend_runs = read_trend_runs(config.history_path)
+    try:
+        trend_runs = read_trend_runs(config.history_path)
+    except PipelineError as exc:  # the report stands without its trends
+        notes.append(f"The trends over runs are left out: {exc}.")
+        log.warning("%s", notes[-1])
+        trend_runs = []
     trend_plot = plot_trends(trend_runs, config.model_folder / TRENDS_PLOT_FILE) if trend_runs else None
     pdf = build_report(
         config.model_folder / pdf_name,

@@ -86,13 +86,14 @@ class MonitoringSettings:
     # Model drift: "raw" (F1 on the new data below the deployed F1), "parametric" (below the mean
     # of earlier F1 scores minus k standard deviations), "nonparametric" (below Q1 - 1.5 IQR).
     model_drift_test: str = field(default="parametric", metadata={"choices": MODEL_DRIFT_TESTS})
-    # Fewer new rows than this are ingested without a drift test (F1 on a handful of rows says nothing).
-    min_new_rows: int = 50
+    # Fewer new rows than this are ingested untested and wait for the next batch (F1 on a handful
+    # of rows says nothing); at least min_holdout_rows / holdout_fraction.
+    min_new_rows: int = 100
     parametric_k: float = 2.0
     # Earlier F1 scores come from the run history once it holds this many for the deployed
     # model; until then from the deployed model's F1 on resamples of the test data.
-    min_history_scores: int = 5
-    bootstrap_samples: int = 200
+    min_history_scores: int = field(default=5, metadata={"min": 2})
+    bootstrap_samples: int = field(default=200, metadata={"min": 2})
     # Data drift per feature: a Kolmogorov-Smirnov test for batches of up to ks_max_rows rows,
     # else the Wasserstein distance over the training data's standard deviation.
     ks_max_rows: int = 1000
@@ -239,6 +240,12 @@ def _read_keep_versions(section: dict[str, Any], config_path: Path) -> int:
 
 def _read_monitoring_settings(raw: dict[str, Any], config_path: Path) -> MonitoringSettings:
     settings = _read_settings(MonitoringSettings, raw, "monitoring", config_path)
+    if settings.min_new_rows * settings.holdout_fraction < settings.min_holdout_rows:
+        raise PipelineError(
+            f"config file {config_path}: monitoring.min_new_rows ({settings.min_new_rows}) times holdout_fraction "
+            f"({settings.holdout_fraction:g}) must be at least min_holdout_rows ({settings.min_holdout_rows}), "
+            "or a batch big enough to test could never be held out to compare models"
+        )
     url = settings.history_url
     if url and (not url.startswith(SQLITE_URL_PREFIX) or url == SQLITE_URL_PREFIX):
         raise PipelineError(

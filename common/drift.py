@@ -11,11 +11,12 @@ Earlier F1 scores are the ones the run history holds for the deployed model. Unt
 enough of them, they are the deployed model's F1 on resamples of its test data, each the size
 of the new batch: the spread F1 shows on a batch of that size when nothing has changed.
 
-Data drift compares each feature of the new rows with the training data, on the log scale the
-model uses: a two-sample Kolmogorov-Smirnov test for small batches (drift when the p-value is
-below the threshold), and for larger ones the Wasserstein distance divided by the training
-data's standard deviation (drift when above the threshold), whose verdict, unlike a p-value,
-does not turn every negligible shift into "drift" once samples are large.
+Data drift compares each feature of the new rows with the rows ingested before them (the data
+the models were trained on), on the log scale the model uses: a two-sample Kolmogorov-Smirnov
+test for small batches (drift when the p-value is below the threshold), and for larger ones the
+Wasserstein distance divided by the reference's standard deviation (drift when above the
+threshold), whose verdict, unlike a p-value, does not turn every negligible shift into "drift"
+once samples are large.
 """
 
 from __future__ import annotations

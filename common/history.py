@@ -13,9 +13,10 @@ This module imports only the standard library: the no-op run reads it before any
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ RUNNING = "running"
 NO_NEW_DATA = "no_new_data"
 FIRST_DEPLOYMENT = "first_deployment"
 KEPT = "kept"
+WAITING = "waiting"  # too few new rows to decide on: they wait for the next batch
 DEPLOYED = "deployed"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
@@ -40,10 +42,10 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT NOT NULL,              -- UTC, ISO 8601
     finished_at TEXT,
     seconds REAL,
-    outcome TEXT NOT NULL,                 -- {RUNNING}, {NO_NEW_DATA}, {FIRST_DEPLOYMENT}, {KEPT}, {DEPLOYED},
-                                           -- {FAILED} or {INTERRUPTED}
+    outcome TEXT NOT NULL,                 -- {RUNNING}, {NO_NEW_DATA}, {FIRST_DEPLOYMENT}, {KEPT}, {WAITING},
+                                           -- {DEPLOYED}, {FAILED} or {INTERRUPTED}
     decision TEXT,                         -- why, in one sentence
-    failed_stage TEXT,
+    failed_stage TEXT,                     -- the stage that failed (also after a deployment that stands)
     error TEXT,
     pid INTEGER,
     model_version_before TEXT,
@@ -138,6 +140,10 @@ def open_history(path: Path) -> sqlite3.Connection:
                 "update the code"
             )
         connection.executescript(SCHEMA)
+    except sqlite3.OperationalError as exc:
+        raise PipelineError(
+            f"run history {path} cannot be opened ({exc}); if another program holds it, try again when it is done"
+        ) from None
     except sqlite3.DatabaseError as exc:
         raise PipelineError(
             f"run history {path} cannot be used ({exc}); move it aside and the next run starts a new one"
@@ -147,12 +153,26 @@ def open_history(path: Path) -> sqlite3.Connection:
     return connection
 
 
+@contextlib.contextmanager
+def named_errors(path: Path | str, doing: str) -> Iterator[None]:
+    """Turn a database error into PipelineError naming the history file and what was being done."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise PipelineError(f"run history {path}: cannot {doing} ({exc})") from None
+
+
+def database_path(connection: sqlite3.Connection) -> str:
+    return connection.execute("PRAGMA database_list").fetchone()[2]
+
+
 def start_run(connection: sqlite3.Connection, started_at: str, pid: int, version_before: str | None) -> int:
     """Insert a run as ``running``; return its id."""
-    cursor = connection.execute(
-        "INSERT INTO runs (started_at, outcome, pid, model_version_before) VALUES (?, ?, ?, ?)",
-        (started_at, RUNNING, pid, version_before),
-    )
+    with named_errors(database_path(connection), "record the start of the run"):
+        cursor = connection.execute(
+            "INSERT INTO runs (started_at, outcome, pid, model_version_before) VALUES (?, ?, ?, ?)",
+            (started_at, RUNNING, pid, version_before),
+        )
     return int(cursor.lastrowid)
 
 
@@ -169,7 +189,7 @@ def save_run(
         raise ValueError(f"unknown run fields: {', '.join(sorted(unknown))}")
     values = {key: json.dumps(value) if key in JSON_COLUMNS else value for key, value in fields.items()}
     assignments = ", ".join(f"{key} = :{key}" for key in values)
-    with connection:
+    with named_errors(database_path(connection), "record the run"), connection:
         connection.execute("BEGIN IMMEDIATE")
         connection.execute(f"UPDATE runs SET {assignments} WHERE id = :run_id", {**values, "run_id": run_id})
         connection.executemany(
@@ -194,38 +214,71 @@ def save_run(
         )
 
 
-def mark_interrupted(connection: sqlite3.Connection, finished_at: str) -> int:
-    """Close runs left ``running`` by a process that died; call only while holding the run lock."""
-    cursor = connection.execute(
-        "UPDATE runs SET outcome = ?, finished_at = ?, decision = ? WHERE outcome = ?",
-        (
-            INTERRUPTED,
-            finished_at,
-            "the run stopped before it finished (killed or crashed); nothing was decided",
-            RUNNING,
-        ),
-    )
-    return cursor.rowcount
+def mark_interrupted(connection: sqlite3.Connection, finished_at: str, serving: str | None) -> int:
+    """Close the runs a process that died left unfinished; call only while holding the run lock.
+
+    A run still ``running`` becomes ``interrupted``; if the serving version changed under it,
+    the record says it deployed that version. A run that had deployed and died in the steps
+    after keeps its outcome and gets its end noted.
+    """
+    stopped = "the run stopped before it finished (killed or crashed)"
+    with named_errors(database_path(connection), "close unfinished runs"), connection:
+        connection.execute("BEGIN IMMEDIATE")
+        cursor = connection.execute(
+            "UPDATE runs SET outcome = :interrupted, finished_at = :now, model_version_after = :serving, "
+            "decision = CASE WHEN model_version_before IS :serving THEN :stopped || '; nothing was decided' "
+            "ELSE :stopped || ' after deploying ' || COALESCE(:serving, 'nothing') END "
+            "WHERE outcome = :running",
+            {
+                "interrupted": INTERRUPTED,
+                "now": finished_at,
+                "serving": serving,
+                "stopped": stopped,
+                "running": RUNNING,
+            },
+        )
+        closed = cursor.rowcount
+        cursor = connection.execute(
+            "UPDATE runs SET finished_at = :now, failed_stage = 'after deployment', "
+            "error = :stopped WHERE finished_at IS NULL AND outcome != :running",
+            {"now": finished_at, "stopped": stopped, "running": RUNNING},
+        )
+    return closed + cursor.rowcount
+
+
+def hashes_with_outcome(connection: sqlite3.Connection, outcomes: tuple[str, ...]) -> set[str]:
+    """Content hashes of the new or edited files seen by runs that ended with one of ``outcomes``."""
+    placeholders = ", ".join("?" for _ in outcomes)
+    with named_errors(database_path(connection), "read the files of earlier runs"):
+        rows = connection.execute(
+            "SELECT DISTINCT f.sha256 FROM run_files f JOIN runs r ON r.id = f.run_id "
+            f"WHERE f.status IN ('new', 'edited') AND f.sha256 IS NOT NULL AND r.outcome IN ({placeholders})",
+            outcomes,
+        ).fetchall()
+    return {row[0] for row in rows}
 
 
 def decided_hashes(connection: sqlite3.Connection) -> set[str]:
     """Content hashes of the files that finished runs have already decided on."""
-    placeholders = ", ".join("?" for _ in DECIDED_OUTCOMES)
-    rows = connection.execute(
-        "SELECT DISTINCT f.sha256 FROM run_files f JOIN runs r ON r.id = f.run_id "
-        f"WHERE f.status IN ('new', 'edited') AND f.sha256 IS NOT NULL AND r.outcome IN ({placeholders})",
-        DECIDED_OUTCOMES,
-    )
-    return {row[0] for row in rows}
+    return hashes_with_outcome(connection, DECIDED_OUTCOMES)
+
+
+def waiting_hashes(connection: sqlite3.Connection) -> set[str]:
+    """Content hashes of the files whose rows were too few to decide on, and not decided since."""
+    return hashes_with_outcome(connection, (WAITING,)) - decided_hashes(connection)
 
 
 def earlier_f1_scores(connection: sqlite3.Connection, version: str) -> list[float]:
-    """The F1 scores ``version`` had on earlier batches of new data, oldest first."""
-    rows = connection.execute(
-        "SELECT new_data_f1 FROM runs WHERE model_version_before = ? AND new_data_f1 IS NOT NULL "
-        "AND outcome IN (?, ?) ORDER BY id",
-        (version, KEPT, DEPLOYED),
-    )
+    """The F1 scores ``version`` had on earlier batches in which no model drift was found, oldest first.
+
+    Batches that drifted are left out, so drift cannot widen the reference that detects it.
+    """
+    with named_errors(database_path(connection), "read earlier F1 scores"):
+        rows = connection.execute(
+            "SELECT new_data_f1 FROM runs WHERE model_version_before = ? AND new_data_f1 IS NOT NULL "
+            "AND model_drift = 0 AND outcome IN (?, ?) ORDER BY id",
+            (version, KEPT, DEPLOYED),
+        ).fetchall()
     return [float(row[0]) for row in rows]
 
 

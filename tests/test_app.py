@@ -465,6 +465,7 @@ def test_history_serves_the_recorded_runs_newest_first(client, deployed):
         ("limit=0", "limit must be a whole number from 1 to 1000, not '0'"),
         ("limit=abc", "limit must be a whole number"),
         ("limit=1001", "limit must be a whole number"),
+        ("limit=%C2%B2", "limit must be a whole number"),
         ("all=maybe", "all must be 1 or 0"),
     ],
 )

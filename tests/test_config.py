@@ -68,6 +68,8 @@ def test_broken_config_files_get_one_clear_sentence(tmp_path, content, message):
         ({"monitoring": {"holdout_fraction": 1.0}}, "monitoring.holdout_fraction must be below 1"),
         ({"monitoring": {"min_gain": -0.1}}, "monitoring.min_gain must be at least 0"),
         ({"monitoring": {"min_new_rows": 2.5}}, "monitoring.min_new_rows must be a whole number"),
+        ({"monitoring": {"min_new_rows": 60}}, r"min_new_rows \(60\) times holdout_fraction \(0.3\) must be at least"),
+        ({"monitoring": {"min_history_scores": 1}}, "monitoring.min_history_scores must be at least 2"),
         ({"monitoring": {"history_url": "postgresql://db/risk"}}, "history_url must be a SQLite URL"),
     ],
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -34,7 +33,7 @@ from common.config import load_config
 from common.history import read_runs
 from deployment import PAUSE_ENV_VAR
 from fullprocess import API_RETURNS_AFTER_DEPLOYMENT, EXIT_LOCKED, PLOT_AFTER_DEPLOYMENT
-from generate_data import write_batch
+from generate_data import write_batch, write_shipped_data
 from tests.conftest import PROJECT_ROOT, run_script, write_config
 from tests.test_server import wait_until_healthy
 
@@ -59,9 +58,11 @@ def scenario_config(root: Path, **monitoring: object) -> Path:
 
 @pytest.fixture
 def shipped(tmp_path: Path) -> Path:
-    """tmp_path holding copies of the shipped source and test data and a config; returns the config path."""
-    shutil.copytree(PROJECT_ROOT / "sourceddata", tmp_path / "sourceddata")
-    shutil.copytree(PROJECT_ROOT / "testdata", tmp_path / "testdata")
+    """tmp_path holding the shipped data (written by its generator, byte for byte the committed files) and a config.
+
+    Written rather than copied, so batches a user dropped into the checkout's sourceddata/ stay out.
+    """
+    write_shipped_data(tmp_path)
     return scenario_config(tmp_path)
 
 
@@ -183,8 +184,11 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert [(row["name"], row["status"]) for row in run["files"] if row["status"] != "stray"] == [
         ("batch_stable.csv", "edited")
     ]
-    assert run["new_rows"] == 1 and run["outcome"] == "kept" and run["new_data_f1"] is None
-    assert "fewer than the 50 a drift test needs" in run["decision"]
+    assert run["new_rows"] == 1 and run["outcome"] == "waiting" and run["new_data_f1"] is None
+    assert "fewer than the 100 a drift test needs" in run["decision"]
+    waits = run_fullprocess(shipped)  # the one row waits: nothing else new, so nothing to do
+    assert "no new data" in waits.stderr and "1 file(s) wait for more rows" in waits.stderr
+    assert last_run(shipped)["outcome"] == "no_new_data"
 
     # 7. One run at a time: while a run waits inside its deployment, a second exits at once;
     #    the first is killed mid-way, v0002 keeps serving, and the next run completes.
@@ -209,6 +213,11 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     runs = read_runs(config.history_path, limit=2)
     assert runs[1]["outcome"] == "interrupted"
     assert runs[0]["outcome"] == "deployed" and runs[0]["model_version_after"] == "v0003"
+    assert runs[0]["new_rows"] == 4000 + 1  # the edited file's earlier rows were ingested before
+    assert {row["name"] for row in runs[0]["files"] if row["status"] != "stray"} == {
+        "batch_drift2.csv",
+        "batch_stable.csv",  # the edited file's row, which waited, is tested with this batch
+    }
     assert current_version(config.deployment_folder) == "v0003"
 
     # The record: every run is in the history, and --history prints it as a table.
@@ -219,7 +228,8 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
         "kept",
         "deployed",
         "kept",
-        "kept",
+        "waiting",
+        "no_new_data",
         "interrupted",
         "deployed",
     ]
@@ -302,7 +312,7 @@ def test_the_committed_cronjob_fires_every_ten_minutes_in_a_checkout():
     (line,) = cron_lines(PROJECT_ROOT / "cronjob.txt")
     command = check_every_ten_minutes(line)
     assert command.startswith("cd /")
-    assert "/.venv/bin/python fullprocess.py" in command
+    assert "/.venv/bin/python fullprocess.py --quiet --config /" in command and "/config.json" in command
     assert ">> /" in command and command.endswith("2>&1")
 
 
@@ -356,3 +366,28 @@ def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(s
     assert answers["prediction"]["model_version"] == "v0002" and answers["prediction"]["rows"] == 3000
     assert [run["outcome"] for run in answers["history"]["runs"]] == ["deployed", "first_deployment"]
     assert last_run(shipped)["details"]["apicalls"] == str(config.model_folder / API_RETURNS_AFTER_DEPLOYMENT)
+
+
+def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_makes_its_reports(shipped: Path):
+    root = shipped.parent
+    config = load_config(shipped)
+    assert run_fullprocess(shipped).returncode == 0
+    write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
+    holder = start_fullprocess(shipped, {PAUSE_ENV_VAR: "switched"})
+    try:
+        wait_for_line(holder, "pausing at step switched")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert current_version(config.deployment_folder) == "v0002"
+    assert json.loads((config.model_folder / "diagnostics.json").read_text())["model_version"] == "v0001"
+    after = run_fullprocess(shipped)
+    assert after.returncode == 0, after.stderr
+    assert "not those of v0002" in after.stderr
+    killed, redo = read_runs(config.history_path, limit=2)[::-1]
+    assert killed["outcome"] == "interrupted" and killed["decision"].endswith("after deploying v0002")
+    assert (
+        redo["outcome"] == "no_new_data" and "made the diagnostics, report and API calls for v0002" in redo["decision"]
+    )
+    assert json.loads((config.model_folder / "diagnostics.json").read_text())["model_version"] == "v0002"
+    assert "no new data" in run_fullprocess(shipped).stderr  # and the run after that has nothing to do

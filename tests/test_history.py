@@ -15,15 +15,18 @@ from common.history import (
     read_runs,
     save_run,
     start_run,
+    waiting_hashes,
 )
 
 
-def add_run(connection, outcome: str, sha: str, version: str = "v0001", f1: float | None = None) -> int:
+def add_run(
+    connection, outcome: str, sha: str, version: str = "v0001", f1: float | None = None, drift: bool = False
+) -> int:
     run_id = start_run(connection, "2026-11-21T10:00:00Z", 1, version)
     save_run(
         connection,
         run_id,
-        {"outcome": outcome, "new_data_f1": f1},
+        {"outcome": outcome, "new_data_f1": f1, "model_drift": drift, "finished_at": "2026-11-21T10:01:00Z"},
         files=[{"name": f"{sha}.csv", "sha256": sha, "status": "new"}, {"name": ".DS_Store", "status": "stray"}],
     )
     return run_id
@@ -41,19 +44,43 @@ def test_runs_left_running_are_marked_interrupted(tmp_path):
     connection = open_history(tmp_path / "history.sqlite")
     add_run(connection, "kept", "a")
     start_run(connection, "2026-11-21T11:00:00Z", 2, "v0001")
-    assert mark_interrupted(connection, "2026-11-21T11:10:00Z") == 1
+    assert mark_interrupted(connection, "2026-11-21T11:10:00Z", "v0001") == 1
     runs = read_runs(tmp_path / "history.sqlite")
     assert [run["outcome"] for run in runs] == ["interrupted", "kept"]
     assert runs[0]["finished_at"] == "2026-11-21T11:10:00Z"
+    assert runs[0]["decision"].endswith("nothing was decided") and runs[0]["model_version_after"] == "v0001"
 
 
-def test_earlier_scores_are_those_of_the_version_on_decided_runs(tmp_path):
+def test_a_run_killed_after_its_deployment_switched_says_what_it_deployed(tmp_path):
+    connection = open_history(tmp_path / "history.sqlite")
+    start_run(connection, "2026-11-21T11:00:00Z", 2, "v0001")
+    deployed = start_run(connection, "2026-11-21T11:20:00Z", 3, "v0002")
+    save_run(connection, deployed, {"outcome": "deployed", "model_version_after": "v0003"})  # died in diagnostics
+    assert mark_interrupted(connection, "2026-11-21T11:30:00Z", "v0003") == 2
+    newest, oldest = read_runs(tmp_path / "history.sqlite")
+    assert oldest["outcome"] == "interrupted" and oldest["decision"].endswith("after deploying v0003")
+    assert newest["outcome"] == "deployed" and newest["finished_at"] == "2026-11-21T11:30:00Z"
+    assert newest["failed_stage"] == "after deployment"
+
+
+def test_files_of_runs_that_wait_for_more_rows_are_neither_decided_nor_forgotten(tmp_path):
+    connection = open_history(tmp_path / "history.sqlite")
+    add_run(connection, "waiting", "small")
+    add_run(connection, "waiting", "also_small")
+    add_run(connection, "kept", "also_small")  # tested later with a larger batch
+    assert decided_hashes(connection) == {"also_small"}
+    assert waiting_hashes(connection) == {"small"}
+
+
+def test_earlier_scores_are_those_of_the_version_on_decided_runs_without_drift(tmp_path):
     connection = open_history(tmp_path / "history.sqlite")
     add_run(connection, "kept", "a", "v0001", 0.61)
     add_run(connection, "failed", "b", "v0001", 0.10)
-    add_run(connection, "deployed", "c", "v0001", 0.40)
-    add_run(connection, "kept", "d", "v0002", 0.66)
-    assert earlier_f1_scores(connection, "v0001") == [0.61, 0.40]
+    add_run(connection, "deployed", "c", "v0001", 0.40, drift=True)
+    add_run(connection, "kept", "d", "v0001", 0.42, drift=True)  # drift found, challenger lost
+    add_run(connection, "kept", "e", "v0001", 0.63)
+    add_run(connection, "kept", "f", "v0002", 0.66)
+    assert earlier_f1_scores(connection, "v0001") == [0.61, 0.63]
 
 
 def test_the_schema_is_plain_sql_a_person_can_query(tmp_path):

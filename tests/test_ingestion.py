@@ -344,3 +344,29 @@ def test_an_edited_file_rebuilds(project):
         handle.write("zzzzzz,1,2,3,0\n")
     result = ingest_folder(project.input_folder, project.output_folder)
     assert not result.appended and "zzzzzz,1,2,3,0" in (project.output_folder / FINAL_DATA).read_text()
+
+
+def test_appending_ids_that_need_quotes_to_unquoted_output_rebuilds_the_same_file(project, tmp_path):
+    ingest_folder(project.input_folder, project.output_folder)
+    (project.input_folder / "clients_c.csv").write_text(HEADER + '"acme, inc",1,2,3,0\nplain,4,5,6,1\n')
+    result = ingest_folder(project.input_folder, project.output_folder)
+    assert not result.appended
+    assert (project.output_folder / FINAL_DATA).read_bytes() == fresh_copy(project, tmp_path)
+    write_clients(project.input_folder / "clients_d.csv", 50, seed=21)
+    quoted = ingest_folder(project.input_folder, project.output_folder)
+    assert quoted.appended  # the output quotes its ids now, so rows can be appended quoted too
+    assert (project.output_folder / FINAL_DATA).read_bytes() == fresh_copy(project, tmp_path / "again")
+
+
+def test_a_damaged_row_index_is_rebuilt_and_counts_survive_a_stale_report(project):
+    first = ingest_folder(project.input_folder, project.output_folder)
+    index = project.output_folder / "parsed" / "rowindex-v1.npz"
+    index.write_bytes(index.read_bytes()[:100])
+    write_clients(project.input_folder / "clients_c.csv", 100, seed=13)
+    second = ingest_folder(project.input_folder, project.output_folder)
+    assert not second.appended and second.rows_written == first.rows_written + 100
+    (project.output_folder / INGESTION_REPORT).write_text(json.dumps({"rows_merged": 1, "rows_written": 1}))
+    write_clients(project.input_folder / "clients_d.csv", 100, seed=14)
+    third = ingest_folder(project.input_folder, project.output_folder)
+    assert third.appended and third.rows_written == second.rows_written + 100
+    assert third.rows_merged == second.rows_merged + 100
