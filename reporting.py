@@ -659,7 +659,7 @@ def trends_section(
     image = Image(str(plot), width=FRAME_WIDTH * 0.92, height=FRAME_WIDTH * 0.92 * height / width)
     rows = [
         [
-            nowrap(format_time(run["started_at"])),
+            nowrap(run["started_at"].replace("T", " ").removesuffix("Z")),
             escape(run["outcome"].replace("_", " ")),
             escape(str(run.get("model_version_after") or DASH)),
             escape(run.get("decision") or DASH),
@@ -669,8 +669,8 @@ def trends_section(
         ]
         for run in runs[-TREND_TABLE_RUNS:][::-1]
     ]
-    header = ["Started", "Outcome", "Serving after", "Decision", "New rows", "F1 on new rows", "Drift threshold"]
-    widths = [22 * mm, 17 * mm, 14 * mm, 0, 15 * mm, 14 * mm, 15 * mm]
+    header = ["Started (UTC)", "Outcome", "Serving", "Decision", "New rows", "F1 new", "Threshold"]
+    widths = [34 * mm, 18 * mm, 17 * mm, 0, 15 * mm, 15 * mm, 19 * mm]
     widths[3] = FRAME_WIDTH - sum(widths)
     table = make_table(styles, header, rows, widths, text_columns=4)
     return [
