@@ -21,11 +21,13 @@ from common.artifacts import (
     FINAL_DATA,
     MODEL_FILE,
     REPORT_FILE,
+    TRENDS_PLOT_FILE,
     current_version_folder,
     load_model,
 )
 from common.config import Config, load_config
 from common.files import find_test_files, write_text_atomic
+from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, read_labelled_data
 from tests.conftest import run_script, write_config
 
@@ -217,3 +219,35 @@ def test_output_names_must_be_plain_file_names(option, capsys):
         reporting.main(option)
     assert stopped.value.code == 2
     assert "must" in capsys.readouterr().err
+
+
+def test_trends_over_runs_come_from_the_run_history(diagnosed):
+    without = reporting.write_report(diagnosed)
+    assert without["trend_runs"] == 0
+    assert "No run with new data is recorded" in pdf_text(without["pdf"])
+    connection = open_history(diagnosed.history_path)
+    for minute, (outcome, f1, decision) in enumerate(
+        [
+            ("kept", 0.64, "no drift; kept v0001"),
+            ("no_new_data", None, "no new data"),
+            ("deployed", 0.39, "replaced v0001"),
+        ]
+    ):
+        run_id = start_run(connection, f"2026-11-21T10:{minute:02d}:00Z", 1, "v0001")
+        fields = {"outcome": outcome, "decision": decision, "new_data_f1": f1, "new_rows": 2000}
+        save_run(connection, run_id, {**fields, "drift_threshold": 0.59, "timings": {"ingestion": 0.1}, "seconds": 2.0})
+    connection.close()
+    result = reporting.write_report(diagnosed)
+    text = pdf_text(result["pdf"])
+    assert result["trend_runs"] == 2  # the no-op run is left out
+    assert (diagnosed.model_folder / TRENDS_PLOT_FILE).read_bytes().startswith(PNG_SIGNATURE)
+    assert "Trends over runs" in text and "2 runs of fullprocess.py that found new data" in text
+    assert text.index("replaced v0001") < text.index("no drift; kept v0001")  # newest first
+    assert "0.3900" in text and "0.5900" in text
+
+
+def test_a_broken_history_leaves_the_trends_out_with_a_note(diagnosed):
+    diagnosed.history_path.write_bytes(b"not a database" * 100)
+    result = reporting.write_report(diagnosed)
+    assert any("trends over runs are left out" in note for note in result["notes"])
+    assert "Deployed model" in pdf_text(result["pdf"])
