@@ -41,16 +41,23 @@ from typing import Any
 # pandas or scikit-learn. The stages and the statistics are imported once there is work.
 from common.artifacts import (
     DIAGNOSTICS_FILE,
+    FINAL_DATA,
     INGESTED_FILES,
+    LATEST_SCORE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_INFO_FILE,
     current_version,
     current_version_folder,
+    load_deployed_version,
+    load_model,
     read_ingested_files,
     utc_now,
 )
 from common.cli import build_parser
 from common.config import PROJECT_ROOT, Config, load_config
 from common.errors import PipelineError
-from common.files import list_data_files, sha256_file, write_text_atomic
+from common.files import atomic_path, find_test_files, list_data_files, sha256_file, write_text_atomic
 from common.history import (
     DEPLOYED,
     FAILED,
@@ -243,16 +250,6 @@ def rows_arrived(output_folder: Path, files: list[Any], new_hashes: set[str], re
     return arrived.filter(~seen) if seen.any() else arrived
 
 
-def features_of(table: Any) -> tuple[Any, Any]:
-    """(features as float64 columns, labels) of a table in the schema."""
-    import numpy as np
-
-    from common.schema import FEATURES, TARGET
-
-    features = np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
-    return features, table[TARGET].to_numpy()
-
-
 def holdout_mask(table: Any, fraction: float) -> Any:
     """Which rows to hold out: chosen by a hash of each row, so the choice never changes between runs."""
     from ingestion import hash_rows
@@ -272,7 +269,6 @@ def missing_percent(paths: list[Path]) -> dict[str, Any]:
 
 def deploy_first_model(config: Config, record: RunRecord) -> None:
     """Nothing is deployed yet: ingest, train, score and deploy without a gate."""
-    from common.artifacts import MODEL_FILE
     from common.evaluation import score_model
     from deployment import publish_deployment
     from ingestion import ingest_folder
@@ -311,8 +307,6 @@ def challenger_folder(config: Config) -> Path:
 
 def adopt_challenger(folder: Path, model_folder: Path) -> None:
     """Copy a deployed challenger's files to the model folder, the classic place of the latest model."""
-    from common.artifacts import LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE
-    from common.files import atomic_path
 
     # metrics.json last: it names the model, so it marks the set complete (as scoring.py writes it)
     for name in (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE):
@@ -355,12 +349,11 @@ def collect_new_rows(config: Config, record: RunRecord, new: NewData) -> tuple[A
 def test_model_drift(config: Config, connection: Any, record: RunRecord, champion: Any, arrived: Any) -> Any:
     """The champion's F1 on the new rows against the configured test; return the verdict."""
     from common.drift import bootstrap_f1, check_model_drift
-    from common.files import find_test_files
-    from common.schema import read_labelled_data
+    from common.schema import labelled_arrays, read_labelled_data
 
     settings = config.monitoring
     with stage(record, "model drift"):
-        new_f1 = f1_of(champion.model, *features_of(arrived))
+        new_f1 = f1_of(champion.model, *labelled_arrays(arrived))
         recorded = earlier_f1_scores(connection, champion.version)
         resampled = None
         if settings.model_drift_test != "raw" and len(recorded) < settings.min_history_scores:
@@ -391,10 +384,13 @@ def test_model_drift(config: Config, connection: Any, record: RunRecord, champio
 def test_data_drift(config: Config, record: RunRecord, reference: Any, arrived: Any) -> list[dict[str, Any]]:
     """Each feature of the new rows against the rows ingested before; return the rows of the drifted features."""
     from common.drift import describe_feature_drift, feature_drift
+    from common.schema import labelled_arrays
 
     with stage(record, "data drift"):
         if reference.num_rows:
-            record.feature_drift = feature_drift(features_of(reference)[0], features_of(arrived)[0], config.monitoring)
+            record.feature_drift = feature_drift(
+                labelled_arrays(reference)[0], labelled_arrays(arrived)[0], config.monitoring
+            )
     for row in record.feature_drift:
         (log.warning if row["drifted"] else log.info)(
             "data drift %s: %s", "detected" if row["drifted"] else "not detected", describe_feature_drift(row)
@@ -433,15 +429,14 @@ def train_challenger(config: Config, record: RunRecord, arrived: Any) -> Any:
     """
     import numpy as np
 
-    from common.artifacts import FINAL_DATA
-    from common.schema import read_data_file
+    from common.schema import labelled_arrays, read_data_file
     from ingestion import hash_rows, hashes_in
     from training import describe_training_data, fit_and_save
 
     settings = config.monitoring
     with stage(record, "training"):
         recent = arrived.filter(holdout_mask(arrived, settings.holdout_fraction))
-        if recent.num_rows < settings.min_holdout_rows or np.unique(features_of(recent)[1]).size < 2:
+        if recent.num_rows < settings.min_holdout_rows or np.unique(labelled_arrays(recent)[1]).size < 2:
             record.set(
                 outcome=WAITING,
                 decision=f"drift found, but only {recent.num_rows} recent rows could be held out "
@@ -450,7 +445,7 @@ def train_challenger(config: Config, record: RunRecord, arrived: Any) -> Any:
             )
             return None
         final = read_data_file(config.output_folder / FINAL_DATA).table
-        features, labels = features_of(final.filter(~hashes_in(hash_rows(final), hash_rows(recent))))
+        features, labels = labelled_arrays(final.filter(~hashes_in(hash_rows(final), hash_rows(recent))))
         data = {
             **describe_training_data(config.output_folder),
             "held_out_recent_rows": recent.num_rows,
@@ -462,8 +457,8 @@ def train_challenger(config: Config, record: RunRecord, arrived: Any) -> Any:
 
 def compare_models(config: Config, record: RunRecord, champion: Any, recent: Any) -> tuple[bool, str]:
     """Score challenger and champion on the recent rows and the test data; return (challenger wins, the comparison)."""
-    from common.artifacts import MODEL_FILE, load_model
     from common.evaluation import score_model
+    from common.schema import labelled_arrays
     from scoring import write_scores
 
     with stage(record, "scoring"):
@@ -471,7 +466,7 @@ def compare_models(config: Config, record: RunRecord, champion: Any, recent: Any
         challenger_test = score_model(challenger_folder(config) / MODEL_FILE, config.test_data_path)
         write_scores(challenger_test, challenger_folder(config))
         champion_test = score_model(champion.folder / MODEL_FILE, config.test_data_path)
-        recent_features, recent_labels = features_of(recent)
+        recent_features, recent_labels = labelled_arrays(recent)
         champion_recent = f1_of(champion.model, recent_features, recent_labels)
         challenger_recent = f1_of(challenger, recent_features, recent_labels)
     record.set(
@@ -493,7 +488,6 @@ def compare_models(config: Config, record: RunRecord, champion: Any, recent: Any
 
 def assess_new_data(config: Config, connection: Any, record: RunRecord, new: NewData) -> bool:
     """Ingest the new files, test for drift, and retrain and gate when drift says so; True when deployed."""
-    from common.artifacts import load_deployed_version
     from deployment import publish_deployment
 
     settings = config.monitoring

@@ -168,12 +168,8 @@ def merge_tables(output_folder: Path, digests: list[str]) -> pa.Table:
 
 def read_ingested_rows(output_folder: Path, files: list[IngestedFile]) -> tuple[pa.Table, np.ndarray]:
     """The rows ingested from ``files`` (cached parses), duplicates removed, and their 64-bit row hashes."""
-    merged = merge_tables(output_folder, unique_digests(files))
-    hashes = hash_rows(merged)
-    duplicate = find_duplicates(merged, hashes)
-    if not duplicate.any():
-        return merged, hashes
-    return merged.filter(pa.array(~duplicate)), hashes[~duplicate]
+    rows, _, hashes = deduplicate(merge_tables(output_folder, unique_digests(files)))
+    return rows, hashes
 
 
 def _mix(values: np.ndarray) -> np.ndarray:
@@ -290,11 +286,20 @@ def find_duplicates(table: pa.Table, hashes: np.ndarray) -> np.ndarray:
     return duplicate
 
 
+def deduplicate(table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(the rows without exact duplicates, the first of each kept in order; their positions; their hashes)."""
+    hashes = hash_rows(table)
+    duplicate = find_duplicates(table, hashes)
+    if not duplicate.any():
+        return table, np.arange(table.num_rows, dtype=np.int64), hashes
+    kept = np.flatnonzero(~duplicate).astype(np.int64)
+    return table.take(kept), kept, hashes[kept]
+
+
 def drop_duplicate_rows(table: pa.Table) -> tuple[pa.Table, int]:
     """Remove exact duplicate rows, keeping the first of each, in the original order."""
-    duplicate = find_duplicates(table, hash_rows(table))
-    removed = int(duplicate.sum())
-    return (table.filter(pa.array(~duplicate)) if removed else table), removed
+    rows, _, _ = deduplicate(table)
+    return rows, table.num_rows - rows.num_rows
 
 
 def ids_need_quotes(table: pa.Table) -> bool:
@@ -401,17 +406,11 @@ def ingest_folder(
 def rebuild_final_data(output_folder: Path, result: IngestionResult) -> RowIndex:
     """Merge every file's rows, remove duplicates, write ``finaldata.csv``; return its row index."""
     merged = merge_tables(output_folder, unique_digests(result.files))
-    hashes = hash_rows(merged)
-    duplicate = find_duplicates(merged, hashes)
-    kept = np.flatnonzero(~duplicate)
-    result.duplicates_removed = int(duplicate.sum())
-    result.rows_merged, result.rows_written = merged.num_rows, int(kept.size)
-    final = merged.take(kept) if result.duplicates_removed else merged
+    final, kept, hashes = deduplicate(merged)
+    result.rows_merged, result.rows_written = merged.num_rows, final.num_rows
+    result.duplicates_removed = merged.num_rows - final.num_rows
     result.final_data = write_csv_table(final, output_folder / FINAL_DATA)
-    index = RowIndex.empty()
-    return index.add(
-        hashes[kept], kept.astype(np.int64), merged.num_rows, result.duplicates_removed, ids_need_quotes(final)
-    )
+    return RowIndex.empty().add(hashes, kept, merged.num_rows, result.duplicates_removed, ids_need_quotes(final))
 
 
 def rows_equal(left: pa.Table, right: pa.Table) -> np.ndarray:

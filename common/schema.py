@@ -99,7 +99,11 @@ def read_labelled_data(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         if parsed.rows_dropped:
             log.warning("%s: %d invalid rows left out (%s)", path, parsed.rows_dropped, parsed.dropped)
         tables.append(parsed.table)
-    table = pa.concat_tables(tables)
+    return labelled_arrays(pa.concat_tables(tables))
+
+
+def labelled_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float64, one column per feature) and labels of a table in the schema."""
     features = np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
     return features, table[TARGET].to_numpy()
 
