@@ -41,7 +41,7 @@ from typing import Any
 # pandas or scikit-learn. The stages and the statistics are imported once there is work.
 from common.artifacts import (
     DIAGNOSTICS_FILE,
-    FINAL_DATA,
+    EVALUATION_WINDOW_FILE,
     INGESTED_FILES,
     LATEST_SCORE_FILE,
     METRICS_FILE,
@@ -50,24 +50,21 @@ from common.artifacts import (
     current_version,
     current_version_folder,
     load_deployed_version,
-    load_model,
     read_ingested_files,
     utc_now,
 )
 from common.cli import build_parser
 from common.config import PROJECT_ROOT, Config, load_config
 from common.errors import PipelineError
-from common.files import atomic_path, find_test_files, list_data_files, sha256_file, write_text_atomic
+from common.files import atomic_path, list_data_files, sha256_file, write_text_atomic
 from common.history import (
     DEPLOYED,
     FAILED,
     FIRST_DEPLOYMENT,
     INTERRUPTED,
-    KEPT,
     NO_NEW_DATA,
-    WAITING,
+    decided_batch,
     decided_hashes,
-    earlier_f1_scores,
     mark_interrupted,
     open_history,
     save_run,
@@ -75,6 +72,7 @@ from common.history import (
     waiting_hashes,
 )
 from common.logs import add_log_file, setup_logging
+from common.stages import StageClock, StageFailed
 
 log = logging.getLogger("fullprocess")
 
@@ -85,23 +83,12 @@ RUN_LOCK_FILE = ".fullprocess.lock"
 CRON_LOG_FILE = "cron.log"
 PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
 API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
-HOLDOUT_BUCKETS = 1_000_000
-CHALLENGER_FOLDER = "challenger"
 # Written when the steps after a deployment finish: which version the diagnostics and report are of.
 AFTER_DEPLOYMENT_FILE = "afterdeployment.json"
 
 
 class RunLocked(Exception):
     """Another run holds the lock."""
-
-
-class StageFailed(Exception):
-    """A stage failed; the message is one sentence a person can act on."""
-
-    def __init__(self, stage: str, message: str):
-        super().__init__(f"{stage} failed: {message}")
-        self.stage = stage
-        self.message = message
 
 
 @dataclass
@@ -129,7 +116,7 @@ class RunRecord:
     fields: dict[str, Any] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)
     feature_drift: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    clock: StageClock = field(default_factory=StageClock)
     details: dict[str, Any] = field(default_factory=dict)
     rows_saved: bool = False
 
@@ -138,7 +125,7 @@ class RunRecord:
 
     def save(self, connection: Any, run_id: int) -> None:
         """Write the run as it stands to the history (its files and drift rows once)."""
-        fields = {**self.fields, "timings": self.timings, "details": self.details or None}
+        fields = {**self.fields, "timings": self.clock.timings, "details": self.details or None}
         rows = ((), ()) if self.rows_saved else (self.files, self.feature_drift)
         save_run(connection, run_id, fields, *rows)
         self.rows_saved = True
@@ -172,23 +159,6 @@ def run_lock(deploy_root: Path) -> Iterator[Path]:
         yield path
 
 
-@contextlib.contextmanager
-def stage(record: RunRecord, name: str) -> Iterator[None]:
-    """Time a stage and turn any failure in it into StageFailed naming the stage."""
-    started = time.perf_counter()
-    try:
-        yield
-    except StageFailed:
-        raise
-    except (PipelineError, OSError) as exc:
-        raise StageFailed(name, str(exc)) from None
-    except Exception as exc:  # an unforeseen fault still ends in one sentence naming the stage
-        log.debug("traceback of the %s stage", name, exc_info=True)
-        raise StageFailed(name, f"{type(exc).__name__}: {exc} (run with -v for the traceback)") from None
-    finally:
-        record.timings[name] = round(time.perf_counter() - started, 3)
-
-
 # ---------------------------------------------------------------- 1. new data (light)
 
 
@@ -215,46 +185,7 @@ def describe_stray(stray: list[str]) -> str:
     return f"; ignored {len(stray)} file(s) that are not data ({shown})"
 
 
-# ---------------------------------------------------------------- 2-6. the work
-
-
-def rows_ingested_before(output_folder: Path, trained_on: list[Any], new_hashes: set[str]) -> tuple[Any, Any]:
-    """The rows ingested before this run, and their row hashes.
-
-    Those of the files in the ingestion record and of the files the deployed model was trained
-    on (``trained_on``; an edited file's earlier content is among them), leaving out the new files.
-    Read before ingestion replaces the rows of edited files; a file whose cached rows are gone
-    is left out.
-    """
-    from ingestion import parsed_path, read_ingested_rows
-
-    earlier = {
-        entry.sha256: entry for entry in [*trained_on, *read_ingested_files(output_folder / INGESTED_FILES).values()]
-    }
-    usable = [
-        entry
-        for digest, entry in earlier.items()
-        if digest not in new_hashes and parsed_path(output_folder, digest).exists()
-    ]
-    if len(usable) < len(earlier.keys() - new_hashes):
-        log.info("some rows ingested before are no longer cached; the drift tests compare with the rest")
-    return read_ingested_rows(output_folder, usable)
-
-
-def rows_arrived(output_folder: Path, files: list[Any], new_hashes: set[str], reference_hashes: Any) -> Any:
-    """The rows of the new files that were not ingested before (told apart by their 64-bit row hashes)."""
-    from ingestion import hashes_in, read_ingested_rows
-
-    arrived, hashes = read_ingested_rows(output_folder, [entry for entry in files if entry.sha256 in new_hashes])
-    seen = hashes_in(hashes, reference_hashes)
-    return arrived.filter(~seen) if seen.any() else arrived
-
-
-def holdout_mask(table: Any, fraction: float) -> Any:
-    """Which rows to hold out: chosen by a hash of each row, so the choice never changes between runs."""
-    from ingestion import hash_rows
-
-    return (hash_rows(table) % HOLDOUT_BUCKETS) < round(fraction * HOLDOUT_BUCKETS)
+# ---------------------------------------------------------------- 2-6. the work (heavy modules imported here)
 
 
 def missing_percent(paths: list[Path]) -> dict[str, Any]:
@@ -267,42 +198,40 @@ def missing_percent(paths: list[Path]) -> dict[str, Any]:
     return {"overall": round(overall, 4), "columns": percents, "rows": missing["rows"]}
 
 
-def deploy_first_model(config: Config, record: RunRecord) -> None:
-    """Nothing is deployed yet: ingest, train, score and deploy without a gate."""
+def deploy_first_model(config: Config, record: RunRecord) -> dict[str, Any]:
+    """Nothing is deployed yet: ingest, train, score and deploy without a gate; return the run's fields."""
     from common.evaluation import score_model
     from deployment import publish_deployment
     from ingestion import ingest_folder
     from scoring import write_scores
     from training import train_from_folder
 
-    with stage(record, "ingestion"):
+    clock = record.clock
+    with clock.stage("ingestion"):
         ingested = ingest_folder(config.input_folder, config.output_folder)
         missing = missing_percent([config.input_folder / entry.name for entry in ingested.files])
     record.details["missing_data"] = missing
-    with stage(record, "training"):
-        train_from_folder(config.output_folder, config.model_folder, config.model)
-    with stage(record, "scoring"):
+    with clock.stage("training"):
+        info = train_from_folder(config.output_folder, config.model_folder, config.model)
+    with clock.stage("scoring"):
         metrics = score_model(config.model_folder / MODEL_FILE, config.test_data_path)
         write_scores(metrics, config.model_folder)
-    with stage(record, "deployment"):
-        info = publish_deployment(
+    with clock.stage("deployment"):
+        deployed = publish_deployment(
             config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
         )
-    record.set(
-        outcome=FIRST_DEPLOYMENT,
-        new_rows=ingested.rows_written,
-        ingested_rows=ingested.rows_written,
-        missing_percent=missing["overall"],
-        deployed_f1=metrics["f1"],
-        challenger_test_f1=metrics["f1"],
-        model_version_after=info["version"],
-        decision=f"nothing was deployed; deployed {info['version']} (F1 {metrics['f1']:.4f} on the test data)",
-    )
-
-
-def challenger_folder(config: Config) -> Path:
-    """Where a challenger is trained and scored: apart, so a losing one never sits where deployment.py looks."""
-    return config.model_folder / CHALLENGER_FOLDER
+    return {
+        "outcome": FIRST_DEPLOYMENT,
+        "first_batch": 1,
+        "last_batch": info["training_window"]["last_batch"],
+        "new_rows": ingested.rows_written,
+        "ingested_rows": ingested.rows_written,
+        "missing_percent": missing["overall"],
+        "deployed_f1": metrics["f1"],
+        "challenger_test_f1": metrics["f1"],
+        "model_version_after": deployed["version"],
+        "decision": f"nothing was deployed; deployed {deployed['version']} (F1 {metrics['f1']:.4f} on the test data)",
+    }
 
 
 def adopt_challenger(folder: Path, model_folder: Path) -> None:
@@ -314,235 +243,68 @@ def adopt_challenger(folder: Path, model_folder: Path) -> None:
             shutil.copyfile(folder / name, tmp)
 
 
-def f1_of(model: Any, features: Any, labels: Any) -> float:
-    """The F1 of a model's labels on these rows."""
-    from common.evaluation import score_predictions
+def find_watermark(connection: Any, champion: Any, batch_before: int) -> int:
+    """The last batch whose rows are not new: decided on by an earlier run, or trained on by the serving model."""
+    from common.batches import TrainingWindow
 
-    return score_predictions(labels, model.predict_proba(features)[:, 1], model.predict(features))["f1"]
-
-
-def collect_new_rows(config: Config, record: RunRecord, new: NewData) -> tuple[Any, Any]:
-    """Ingest the new files; return (rows ingested before, rows that arrived and were not ingested before)."""
-    from ingestion import ingest_folder, read_ingested_rows
-
-    new_hashes = {item.sha256 for item in new.files}
-    with stage(record, "reference rows"):
-        trained_on = list(
-            read_ingested_files(current_version_folder(config.deployment_folder) / INGESTED_FILES).values()
-        )
-        reference, reference_hashes = rows_ingested_before(config.output_folder, trained_on, new_hashes)
-    with stage(record, "ingestion"):
-        keep = frozenset(entry.sha256 for entry in trained_on)
-        ingested = ingest_folder(config.input_folder, config.output_folder, keep_parsed=keep)
-    with stage(record, "new rows"):
-        if reference.num_rows == 0:  # the ingested data was removed: the files not new are the reference
-            reference, reference_hashes = read_ingested_rows(
-                config.output_folder, [entry for entry in ingested.files if entry.sha256 not in new_hashes]
-            )
-        arrived = rows_arrived(config.output_folder, ingested.files, new_hashes, reference_hashes)
-        missing = missing_percent([item.path for item in new.files])
-    record.set(new_rows=arrived.num_rows, ingested_rows=ingested.rows_written, missing_percent=missing["overall"])
-    record.details["missing_data"] = missing
-    return reference, arrived
+    decided = decided_batch(connection)
+    window = TrainingWindow.from_info(champion.model_info)
+    known = [value for value in (decided, window.last_batch if window else None) if value is not None]
+    return max(known) if known else batch_before
 
 
-def test_model_drift(config: Config, connection: Any, record: RunRecord, champion: Any, arrived: Any) -> Any:
-    """The champion's F1 on the new rows against the configured test; return the verdict."""
-    from common.drift import bootstrap_f1, check_model_drift
-    from common.schema import labelled_arrays, read_labelled_data
+def assess_new_data(config: Config, connection: Any, record: RunRecord, new: NewData) -> dict[str, Any]:
+    """Ingest the new files, decide on the rows that arrived (drift, challengers, gate), deploy a winner.
 
-    settings = config.monitoring
-    with stage(record, "model drift"):
-        new_f1 = f1_of(champion.model, *labelled_arrays(arrived))
-        recorded = earlier_f1_scores(connection, champion.version)
-        resampled = None
-        if settings.model_drift_test != "raw" and len(recorded) < settings.min_history_scores:
-            test_features, test_labels = read_labelled_data(find_test_files(config.test_data_path))
-            resampled = bootstrap_f1(
-                test_labels, champion.model.predict(test_features), arrived.num_rows, settings.bootstrap_samples
-            )
-        deployed_f1 = float(champion.metrics["f1"])
-        verdict = check_model_drift(new_f1, deployed_f1, recorded, resampled, settings)
-    (log.warning if verdict.drifted else log.info)(
-        "model drift %s: %s (deployed F1 %.4f; earlier scores: %s)",
-        "detected" if verdict.drifted else "not detected",
-        verdict.describe(),
-        deployed_f1,
-        verdict.reference,
-    )
-    record.set(
-        model_drift_test=verdict.test,
-        deployed_f1=deployed_f1,
-        new_data_f1=new_f1,
-        drift_threshold=round(verdict.threshold, 6),
-        drift_reference=verdict.reference,
-        model_drift=verdict.drifted,
-    )
-    return verdict
-
-
-def test_data_drift(config: Config, record: RunRecord, reference: Any, arrived: Any) -> list[dict[str, Any]]:
-    """Each feature of the new rows against the rows ingested before; return the rows of the drifted features."""
-    from common.drift import describe_feature_drift, feature_drift
-    from common.schema import labelled_arrays
-
-    with stage(record, "data drift"):
-        if reference.num_rows:
-            record.feature_drift = feature_drift(
-                labelled_arrays(reference)[0], labelled_arrays(arrived)[0], config.monitoring
-            )
-    for row in record.feature_drift:
-        (log.warning if row["drifted"] else log.info)(
-            "data drift %s: %s", "detected" if row["drifted"] else "not detected", describe_feature_drift(row)
-        )
-    drifted = [row for row in record.feature_drift if row["drifted"]]
-    record.set(data_drift=bool(drifted))
-    return drifted
-
-
-def retraining_triggers(retrain_on: str, model_drift: Any, drifted_features: list[dict[str, Any]]) -> list[str]:
-    """What calls for retraining under ``monitoring.retrain_on``, each with the statistic behind it."""
-    from common.drift import describe_feature_drift
-
-    triggers = []
-    if model_drift.drifted and retrain_on in ("model_drift", "either"):
-        triggers.append(f"model drift ({model_drift.describe()})")
-    if drifted_features and retrain_on in ("data_drift", "either"):
-        triggers.append("data drift (" + "; ".join(describe_feature_drift(row) for row in drifted_features) + ")")
-    return triggers
-
-
-def describe_no_trigger(retrain_on: str, model_drift: Any, drifted_features: list[dict[str, Any]]) -> str:
-    """Why a run with drift found did not retrain, or "" when there was none."""
-    found = []
-    if model_drift.drifted:
-        found.append("model drift")
-    if drifted_features:
-        found.append("data drift in " + ", ".join(row["feature"] for row in drifted_features))
-    return f" ({' and '.join(found)} found, but retrain_on is {retrain_on})" if found else ""
-
-
-def train_challenger(config: Config, record: RunRecord, arrived: Any) -> Any:
-    """Hold out a share of the new rows and train a challenger on everything else; return the held-out rows.
-
-    Returns None, having recorded why, when too few rows (or one class only) can be held out.
+    Returns the run's fields.
     """
-    import numpy as np
-
-    from common.schema import labelled_arrays, read_data_file
-    from ingestion import hash_rows, hashes_in
-    from training import describe_training_data, fit_and_save
-
-    settings = config.monitoring
-    with stage(record, "training"):
-        recent = arrived.filter(holdout_mask(arrived, settings.holdout_fraction))
-        if recent.num_rows < settings.min_holdout_rows or np.unique(labelled_arrays(recent)[1]).size < 2:
-            record.set(
-                outcome=WAITING,
-                decision=f"drift found, but only {recent.num_rows} recent rows could be held out "
-                f"(at least {settings.min_holdout_rows} with both classes are needed to compare models); "
-                f"the rows wait for the next batch; {record.fields['model_version_before']} serves",
-            )
-            return None
-        final = read_data_file(config.output_folder / FINAL_DATA).table
-        features, labels = labelled_arrays(final.filter(~hashes_in(hash_rows(final), hash_rows(recent))))
-        data = {
-            **describe_training_data(config.output_folder),
-            "held_out_recent_rows": recent.num_rows,
-            "retrained_because": record.fields["drift_trigger"],
-        }
-        fit_and_save(features, labels, data, config.model, challenger_folder(config))
-    return recent
-
-
-def compare_models(config: Config, record: RunRecord, champion: Any, recent: Any) -> tuple[bool, str]:
-    """Score challenger and champion on the recent rows and the test data; return (challenger wins, the comparison)."""
-    from common.evaluation import score_model
-    from common.schema import labelled_arrays
-    from scoring import write_scores
-
-    with stage(record, "scoring"):
-        challenger = load_model(challenger_folder(config) / MODEL_FILE)
-        challenger_test = score_model(challenger_folder(config) / MODEL_FILE, config.test_data_path)
-        write_scores(challenger_test, challenger_folder(config))
-        champion_test = score_model(champion.folder / MODEL_FILE, config.test_data_path)
-        recent_features, recent_labels = labelled_arrays(recent)
-        champion_recent = f1_of(champion.model, recent_features, recent_labels)
-        challenger_recent = f1_of(challenger, recent_features, recent_labels)
-    record.set(
-        champion_recent_f1=champion_recent,
-        challenger_recent_f1=challenger_recent,
-        champion_test_f1=champion_test["f1"],
-        challenger_test_f1=challenger_test["f1"],
-    )
-    margin = config.monitoring.min_gain
-    comparison = (
-        f"challenger F1 {challenger_recent:.4f} against champion {champion_recent:.4f} on "
-        f"{recent.num_rows} held-out recent rows (margin {margin:g}); on the test data "
-        f"{challenger_test['f1']:.4f} against {champion_test['f1']:.4f}"
-    )
-    log.info("gate: %s", comparison)
-    # A tolerance, so that a gain of exactly the margin counts despite rounding.
-    return challenger_recent - champion_recent >= margin - 1e-9, comparison
-
-
-def assess_new_data(config: Config, connection: Any, record: RunRecord, new: NewData) -> bool:
-    """Ingest the new files, test for drift, and retrain and gate when drift says so; True when deployed."""
+    from common.batches import read_ingested_data
+    from common.monitoring import RunInputs, assess
     from deployment import publish_deployment
+    from ingestion import ingest_folder
 
-    settings = config.monitoring
-    champion_version = record.fields["model_version_before"]
-    reference, arrived = collect_new_rows(config, record, new)
-    if arrived.num_rows < settings.min_new_rows:
-        record.set(
-            outcome=WAITING,
-            decision=f"the new files hold {arrived.num_rows} row(s) not ingested before, fewer than the "
-            f"{settings.min_new_rows} a drift test needs; ingested, and they wait for the next batch to be "
-            f"tested with it; {champion_version} serves",
-        )
-        log.info("%d new row(s): too few to test for drift; they wait for more", arrived.num_rows)
-        return False
-
-    with stage(record, "model drift"):
+    clock = record.clock
+    with clock.stage("champion load"):
         champion = load_deployed_version(current_version_folder(config.deployment_folder))
-    model_drift = test_model_drift(config, connection, record, champion, arrived)
-    drifted_features = test_data_drift(config, record, reference, arrived)
-    triggers = retraining_triggers(settings.retrain_on, model_drift, drifted_features)
-    if not triggers:
-        note = describe_no_trigger(settings.retrain_on, model_drift, drifted_features)
-        record.set(
-            outcome=KEPT,
-            decision=f"no drift that triggers retraining{note}; kept {champion_version} "
-            f"(F1 {model_drift.new_f1:.4f} on {arrived.num_rows} new rows, threshold {model_drift.threshold:.4f})",
+    with clock.stage("ingestion"):
+        ingested = ingest_folder(config.input_folder, config.output_folder, keep_parsed=keep_hashes(champion))
+    with clock.stage("new rows"):
+        data = read_ingested_data(config.output_folder)
+        missing = missing_percent([item.path for item in new.files])
+    record.details["missing_data"] = missing
+    batch_before = ingested.batch - 1 if ingested.batch else data.latest_batch
+    watermark = find_watermark(connection, champion, batch_before)
+    assessment = assess(RunInputs(config, connection, champion, data, watermark), clock)
+    record.feature_drift = assessment.feature_drift
+    fields = {
+        "ingested_rows": ingested.rows_written,
+        "missing_percent": missing["overall"],
+        "deployed_f1": champion.metrics["f1"],
+        **assessment.history_fields(),
+    }
+    serving = champion.version
+    if assessment.deploy_folder is not None:
+        with clock.stage("deployment"):
+            info = publish_deployment(
+                assessment.deploy_folder, config.output_folder, config.deployment_folder, config.keep_versions
+            )
+            adopt_challenger(assessment.deploy_folder, config.model_folder)
+        serving = info["version"]
+        fields.update(
+            outcome=DEPLOYED,
+            model_version_after=serving,
+            decision=assessment.decision.replace("challenger deployed", f"challenger deployed as {serving}", 1),
         )
-        return False
-    record.set(drift_trigger="; ".join(triggers))
-    log.warning("retraining: %s", record.fields["drift_trigger"])
+    if assessment.window is not None:
+        write_text_atomic(
+            config.model_folder / EVALUATION_WINDOW_FILE, json.dumps(assessment.window.to_json(serving), indent=2)
+        )
+    return fields
 
-    recent = train_challenger(config, record, arrived)
-    if recent is None:
-        return False
-    wins, comparison = compare_models(config, record, champion, recent)
-    if not wins:
-        record.set(outcome=KEPT, decision=f"challenger not deployed: {comparison}; kept {champion_version}")
-        log.warning(
-            "the challenger is not better by the margin; %s keeps serving (the challenger stays in %s)",
-            champion_version,
-            challenger_folder(config),
-        )
-        return False
 
-    with stage(record, "deployment"):
-        info = publish_deployment(
-            challenger_folder(config), config.output_folder, config.deployment_folder, config.keep_versions
-        )
-        adopt_challenger(challenger_folder(config), config.model_folder)
-    record.set(
-        outcome=DEPLOYED,
-        model_version_after=info["version"],
-        decision=f"challenger deployed as {info['version']}, replacing {champion_version}: {comparison}",
-    )
-    return True
+def keep_hashes(champion: Any) -> frozenset[str]:
+    """Content hashes of the files the serving model was trained on, whose cached rows ingestion keeps."""
+    return frozenset(entry.sha256 for entry in read_ingested_files(champion.folder / INGESTED_FILES).values())
 
 
 def after_deployment(config: Config, record: RunRecord) -> None:
@@ -553,13 +315,13 @@ def after_deployment(config: Config, record: RunRecord) -> None:
     from diagnostics import write_diagnostics
     from reporting import write_report
 
-    with stage(record, "diagnostics"):
+    with record.clock.stage("diagnostics"):
         write_diagnostics(config, config.diagnostics.timing_runs)
-    with stage(record, "reporting"):
+    with record.clock.stage("reporting"):
         report = write_report(config, plot_name=PLOT_AFTER_DEPLOYMENT)
         record.details["report"] = {"plot": str(report["plot"]), "pdf": str(report["pdf"])}
     mark_reports_made(config)
-    with stage(record, "apicalls"):
+    with record.clock.stage("apicalls"):
         url = config.api.url.rstrip("/")
         try:
             requests.get(f"{url}/health", timeout=3)
@@ -582,7 +344,7 @@ def mark_reports_made(config: Config) -> None:
 
 
 def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> NewData:
-    with stage(record, "check"):
+    with record.clock.stage("check"):
         version = record.fields["model_version_before"]
         if version is None:  # nothing serves: every data file is new, whatever earlier runs decided
             trained_on, decided = {}, set()
@@ -646,11 +408,10 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         describe_stray(new.stray),
     )
     if version is None:
-        deploy_first_model(config, record)
-        deployed = True
+        record.set(**deploy_first_model(config, record))
     else:
-        deployed = assess_new_data(config, connection, record, new)
-    if deployed:
+        record.set(**assess_new_data(config, connection, record, new))
+    if record.fields["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):
         record.save(connection, run_id)  # the report made next shows this run in its trends
         after_deployment(config, record)
     log.info("decision: %s", record.fields["decision"])

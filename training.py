@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,12 @@ from common.artifacts import (
     save_model,
     utc_now,
 )
+from common.batches import TrainingWindow, read_ingested_data
 from common.cli import build_parser, run_stage
 from common.config import Config, ModelSettings
 from common.errors import PipelineError
 from common.files import sha256_file
-from common.schema import FEATURES, TARGET, read_labelled_data
+from common.schema import FEATURES, TARGET
 
 log = logging.getLogger("training")
 
@@ -57,23 +59,30 @@ def build_pipeline(settings: ModelSettings) -> Pipeline:
     )
 
 
-def choose_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """The probability threshold with the highest F1 on these labels."""
-    precision, recall, thresholds = precision_recall_curve(labels, probabilities)
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    """The probability threshold with the highest (weighted) F1 on these labels."""
+    precision, recall, thresholds = precision_recall_curve(labels, probabilities, sample_weight=sample_weight)
     precision, recall = precision[:-1], recall[:-1]
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     return float(thresholds[int(np.argmax(f1))])
 
 
-def train_model(features: np.ndarray, labels: np.ndarray, settings: ModelSettings) -> FixedThresholdClassifier:
-    """Fit the pipeline and wrap it with its decision threshold; return the fitted classifier."""
+def train_model(
+    features: np.ndarray, labels: np.ndarray, settings: ModelSettings, sample_weight: np.ndarray | None = None
+) -> FixedThresholdClassifier:
+    """Fit the pipeline (each row weighted by ``sample_weight``, if given) with its decision threshold."""
     classes = np.unique(labels)
     if classes.size < 2:
         raise PipelineError(f"the training data holds only exited={classes[0]}; both classes are needed to train")
-    pipeline = build_pipeline(settings).fit(features, labels)
+    weights = (
+        {}
+        if sample_weight is None
+        else {"scale__sample_weight": sample_weight, "classifier__sample_weight": sample_weight}
+    )
+    pipeline = build_pipeline(settings).fit(features, labels, **weights)
     if settings.decision_threshold == "f1":
-        threshold = choose_threshold(labels, pipeline.predict_proba(features)[:, 1])
+        threshold = choose_threshold(labels, pipeline.predict_proba(features)[:, 1], sample_weight)
     else:
         threshold = float(settings.decision_threshold)
     # The wrapper takes the fitted pipeline as it is; fitting the wrapper would fit it again.
@@ -135,11 +144,16 @@ def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
 
 
 def fit_and_save(
-    features: np.ndarray, labels: np.ndarray, data: dict[str, Any], settings: ModelSettings, model_folder: Path
+    features: np.ndarray,
+    labels: np.ndarray,
+    data: dict[str, Any],
+    settings: ModelSettings,
+    model_folder: Path,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train on these rows and save the model with its metadata in ``model_folder``; return the metadata."""
     started = time.perf_counter()
-    model = train_model(features, labels, settings)
+    model = train_model(features, labels, settings, sample_weight)
     seconds = time.perf_counter() - started
     info = save_model(model, describe_model(model, data, labels, settings, seconds), model_folder)
     log.info(
@@ -157,8 +171,11 @@ def fit_and_save(
 def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> dict[str, Any]:
     """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
     data = describe_training_data(ingested_folder)
-    features, labels = read_labelled_data([ingested_folder / FINAL_DATA])
-    return fit_and_save(features, labels, data, settings, model_folder)
+    ingested = read_ingested_data(ingested_folder)
+    latest = ingested.latest_batch
+    window = TrainingWindow("all", min(1, latest), latest, ingested.rows, held_out_from_batch=latest + 1)
+    data["training_window"] = asdict(window)
+    return fit_and_save(ingested.features(), ingested.labels(), data, settings, model_folder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,8 @@ CONFUSION_MATRIX_FILE = "confusionmatrix.png"
 REPORT_FILE = "summaryreport.pdf"
 TRENDS_PLOT_FILE = "trends.png"
 API_RETURNS_FILE = "apireturns.txt"
+# The serving model's scores on the rolling window of recent held-out rows (written by fullprocess.py).
+EVALUATION_WINDOW_FILE = "evaluationwindow.json"
 
 # The deployment folder: versions/vNNNN/ holds each published version, ``current`` links to one.
 VERSIONS_FOLDER = "versions"

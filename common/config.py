@@ -76,6 +76,8 @@ class ReportingSettings:
 
 
 MODEL_DRIFT_TESTS = ("raw", "parametric", "nonparametric")
+TRAINING_WINDOWS = ("all", "recent", "weighted")
+RECENCY_UNITS = ("batches", "days")
 RETRAIN_TRIGGERS = ("model_drift", "data_drift", "either")
 
 
@@ -83,29 +85,48 @@ RETRAIN_TRIGGERS = ("model_drift", "data_drift", "either")
 class MonitoringSettings:
     """How fullprocess.py decides on drift, retrains, gates, and where it keeps its record and log."""
 
-    # Model drift: "raw" (F1 on the new data below the deployed F1), "parametric" (below the mean
-    # of earlier F1 scores minus k standard deviations), "nonparametric" (below Q1 - 1.5 IQR).
+    # Model drift: "raw" (F1 on the new rows below the F1 the serving model was judged on when
+    # deployed), "parametric" (below the reference minus k standard deviations of the F1 a batch of
+    # that size shows when nothing has changed), "nonparametric" (below Q1 - 1.5 IQR of it).
     model_drift_test: str = field(default="parametric", metadata={"choices": MODEL_DRIFT_TESTS})
     # Fewer new rows than this are ingested untested and wait for the next batch (F1 on a handful
     # of rows says nothing); at least min_holdout_rows / holdout_fraction.
     min_new_rows: int = 100
     parametric_k: float = 2.0
-    # Earlier F1 scores come from the run history once it holds this many for the deployed
-    # model; until then from the deployed model's F1 on resamples of the test data.
+    # Once the serving model has this many reference scores, the spread between them beyond their
+    # sampling error widens the threshold too.
     min_history_scores: int = field(default=5, metadata={"min": 2})
-    bootstrap_samples: int = field(default=200, metadata={"min": 2})
+    bootstrap_samples: int = field(default=2000, metadata={"min": 2})
     # Data drift per feature: a Kolmogorov-Smirnov test for batches of up to ks_max_rows rows,
     # else the Wasserstein distance over the training data's standard deviation.
     ks_max_rows: int = 1000
     ks_p_value: float = field(default=0.05, metadata={"below": 1})
     wasserstein_threshold: float = 0.1
-    retrain_on: str = field(default="model_drift", metadata={"choices": RETRAIN_TRIGGERS})
+    # What triggers retraining. "either" by default: F1 alone is slow to see clients change when
+    # the model's F1 happens to stay close (a world that changes back, say); the gate keeps a
+    # model that needs no change from being replaced.
+    retrain_on: str = field(default="either", metadata={"choices": RETRAIN_TRIGGERS})
     # Share of the newly arrived rows kept out of training to compare challenger and champion.
     holdout_fraction: float = field(default=0.3, metadata={"below": 1})
     min_holdout_rows: int = 30
     # The challenger is deployed when its F1 on the held-out recent rows is at least the
     # champion's plus this margin.
     min_gain: float = field(default=0.01, metadata={"min": 0})
+    # ... and the gain must hold in this share of paired resamples of the held-out recent rows.
+    gate_confidence: float = field(default=0.95, metadata={"min": 0, "below": 1})
+    # Challengers are trained on each of these windows and the best on the recent rows faces the
+    # champion: all rows; the recent rows (since the change was first seen, or the last
+    # recent_window_rows rows when that is set); all rows weighted by recency, halving every
+    # recency_half_life batches or days.
+    candidate_windows: tuple[str, ...] = field(default=TRAINING_WINDOWS, metadata={"choices": TRAINING_WINDOWS})
+    recent_window_rows: int = field(default=0, metadata={"min": 0})
+    recency_half_life: float = 1.0
+    recency_unit: str = field(default="batches", metadata={"choices": RECENCY_UNITS})
+    # Held-out rows of the latest batches that make the rolling evaluation window.
+    evaluation_window_rows: int = 5000
+    # Alerts: a JSON event to each URL when a run deploys, fails or finds drift it cannot fix.
+    webhooks: tuple[str, ...] = ()
+    alert_timeout_seconds: float = 10.0
     # Empty: runhistory.sqlite and fullprocess.log in the model output folder, so each config's
     # runs keep their own record.
     history_url: str = ""
@@ -272,7 +293,14 @@ def _read_settings(kind: type, raw: dict[str, Any], name: str, config_path: Path
         default = getattr(defaults, key)
         rules = kind.__dataclass_fields__[key].metadata
         where = f"config file {config_path}: {name}.{key}"
-        if isinstance(default, str):
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+                raise PipelineError(f"{where} must be a list of non-empty strings")
+            wrong = [item for item in value if "choices" in rules and item not in rules["choices"]]
+            if wrong or ("choices" in rules and not value):
+                raise PipelineError(f"{where} must list some of {', '.join(rules['choices'])}, not {value!r}")
+            value = tuple(dict.fromkeys(value))
+        elif isinstance(default, str):
             if not isinstance(value, str) or not value.strip():
                 raise PipelineError(f"{where} must be a non-empty string")
             if "choices" in rules and value not in rules["choices"]:

@@ -32,15 +32,27 @@ from common.schema import FEATURES
 
 
 @dataclass(frozen=True)
+class ReferenceScore:
+    """One F1 score the deployed model is judged against: what it scored, on how many rows, and where."""
+
+    f1: float
+    rows: int
+    source: str
+
+
+@dataclass(frozen=True)
 class ModelDrift:
     """The verdict of the model-drift test and the numbers behind it."""
 
     test: str
     new_f1: float
-    deployed_f1: float
+    new_rows: int
+    reference_f1: float  # the reference scores pooled, weighted by their rows
+    reference_rows: int
     threshold: float
+    spread: float  # standard deviation of the F1 a batch of this size shows when nothing has changed
     drifted: bool
-    reference: str  # where the earlier F1 scores came from
+    reference: str  # where the reference came from, in words
 
     def describe(self) -> str:
         relation = "below" if self.drifted else "not below"
@@ -52,56 +64,105 @@ def f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray
     return np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp), dtype=float), where=denominator > 0)
 
 
-def bootstrap_f1(labels: np.ndarray, predicted: np.ndarray, size: int, samples: int, seed: int = 0) -> np.ndarray:
-    """F1 on ``samples`` resamples (with replacement) of ``size`` rows of these predictions.
-
-    Resampling rows only redraws the four confusion-matrix counts, so each resample is one
-    multinomial draw: exact, and independent of how many rows there are.
-    """
+def confusion_shares(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The shares of true positives, false positives, false negatives and true negatives."""
     labels, predicted = np.asarray(labels).astype(bool), np.asarray(predicted).astype(bool)
     cells = np.array(
         [np.sum(labels & predicted), np.sum(~labels & predicted), np.sum(labels & ~predicted)], dtype=float
     )
-    shares = np.append(cells, labels.size - cells.sum()) / labels.size
-    counts = np.random.default_rng(seed).multinomial(size, shares, size=samples)
+    return np.append(cells, labels.size - cells.sum()) / max(labels.size, 1)
+
+
+def resampled_f1(shares: np.ndarray, size: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """F1 on ``samples`` batches of ``size`` rows drawn from these confusion shares.
+
+    Drawing rows only redraws the four confusion-matrix counts, so each batch is one multinomial
+    draw: exact, and independent of how many rows there are.
+    """
+    counts = rng.multinomial(max(int(size), 1), shares, size=samples)
     return f1_from_counts(counts[:, 0], counts[:, 1], counts[:, 2])
 
 
-def drift_threshold(test: str, deployed_f1: float, earlier: np.ndarray, k: float) -> float:
+def bootstrap_f1(labels: np.ndarray, predicted: np.ndarray, size: int, samples: int, seed: int = 0) -> np.ndarray:
+    """F1 on ``samples`` resamples (with replacement) of ``size`` rows of these predictions."""
+    return resampled_f1(confusion_shares(labels, predicted), size, samples, np.random.default_rng(seed))
+
+
+def null_f1(
+    shares: np.ndarray, new_rows: int, reference: list[ReferenceScore], settings: MonitoringSettings, seed: int = 0
+) -> tuple[float, int, np.ndarray]:
+    """The F1 a batch of ``new_rows`` rows would show if nothing had changed since the reference.
+
+    Returns (the pooled reference F1, its rows, simulated F1 scores). The spread counts the new
+    batch's sampling error at its size, the reference's own (it was measured on a finite number of
+    rows too), and, once there are ``min_history_scores`` reference scores, whatever spread between
+    batches they show beyond their sampling error.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.array([score.rows for score in reference], dtype=float)
+    scores = np.array([score.f1 for score in reference], dtype=float)
+    reference_rows = int(rows.sum())
+    pooled = float(np.sum(scores * rows) / rows.sum())
+    samples = settings.bootstrap_samples
+    new_error = resampled_f1(shares, new_rows, samples, rng)
+    reference_error = resampled_f1(shares, reference_rows, samples, rng)
+    simulated = pooled + (new_error - new_error.mean()) + (reference_error - reference_error.mean())
+    if len(reference) >= settings.min_history_scores:
+        probe = 10_000
+        per_row_variance = float(np.var(resampled_f1(shares, probe, samples, rng), ddof=1)) * probe
+        between = float(np.var(scores, ddof=1)) - float(np.mean(per_row_variance / rows))
+        if between > 0:
+            simulated = simulated + rng.normal(0.0, np.sqrt(between), samples)
+    return pooled, reference_rows, simulated
+
+
+def drift_threshold(test: str, deployed_f1: float, simulated: np.ndarray, k: float) -> float:
     """The F1 below which ``test`` calls model drift."""
     if test == "raw":
         return float(deployed_f1)
     if test == "parametric":
-        return float(np.mean(earlier) - k * np.std(earlier, ddof=1))
+        return float(np.mean(simulated) - k * np.std(simulated, ddof=1))
     if test == "nonparametric":
-        q1, q3 = np.percentile(earlier, [25, 75])
+        q1, q3 = np.percentile(simulated, [25, 75])
         return float(q1 - 1.5 * (q3 - q1))
     raise ValueError(f"unknown model drift test {test!r}")
 
 
+def describe_reference(reference: list[ReferenceScore], pooled: float, rows: int) -> str:
+    first, later = reference[0], reference[1:]
+    text = f"F1 {first.f1:.4f} on {first.rows} rows ({first.source})"
+    if later:
+        text += f" and {len(later)} later score(s) on {sum(score.rows for score in later)} rows; pooled {pooled:.4f}"
+        text += f" on {rows} rows"
+    return text
+
+
 def check_model_drift(
-    new_f1: float,
-    deployed_f1: float,
-    recorded: list[float],
-    resampled: np.ndarray | None,
-    settings: MonitoringSettings,
+    new_f1: float, shares: np.ndarray, new_rows: int, reference: list[ReferenceScore], settings: MonitoringSettings
 ) -> ModelDrift:
-    """Apply the configured test; ``recorded`` are earlier F1 scores from the history, ``resampled`` the fallback."""
+    """Apply the configured test to the new F1 against the deployed model's reference scores.
+
+    ``reference`` starts with the score the model was judged on when deployed (the gate, or the
+    test data for a model deployed without one), followed by its scores on later batches that
+    did not drift. ``raw`` compares with that first score, as the classic project compares with
+    the deployed F1.
+    """
+    if not reference:
+        raise ValueError("model drift needs at least one reference score")
     test = settings.model_drift_test
-    if test == "raw":
-        earlier, reference = np.array([deployed_f1]), "the F1 the model was deployed with"
-    elif len(recorded) >= settings.min_history_scores:
-        earlier, reference = np.array(recorded), f"{len(recorded)} earlier F1 scores in the run history"
-    else:
-        if resampled is None or resampled.size < 2:
-            raise ValueError("resampled F1 scores are needed until the history holds enough earlier scores")
-        earlier = resampled
-        reference = (
-            f"F1 on {resampled.size} resamples of the test data (the history holds {len(recorded)} "
-            f"earlier scores, fewer than {settings.min_history_scores})"
-        )
-    threshold = drift_threshold(test, deployed_f1, earlier, settings.parametric_k)
-    return ModelDrift(test, float(new_f1), float(deployed_f1), threshold, bool(new_f1 < threshold), reference)
+    pooled, rows, simulated = null_f1(shares, new_rows, reference, settings)
+    threshold = drift_threshold(test, reference[0].f1, simulated, settings.parametric_k)
+    return ModelDrift(
+        test=test,
+        new_f1=float(new_f1),
+        new_rows=int(new_rows),
+        reference_f1=pooled,
+        reference_rows=rows,
+        threshold=threshold,
+        spread=float(np.std(simulated, ddof=1)),
+        drifted=bool(new_f1 < threshold),
+        reference=describe_reference(reference, pooled, rows),
+    )
 
 
 def feature_drift(reference: np.ndarray, new: np.ndarray, settings: MonitoringSettings) -> list[dict[str, Any]]:

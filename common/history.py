@@ -17,12 +17,13 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.errors import PipelineError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Outcomes a run can end with; "running" until it ends, "interrupted" if it never did.
 RUNNING = "running"
@@ -91,6 +92,22 @@ CREATE INDEX IF NOT EXISTS feature_drift_run ON feature_drift(run_id);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
+# Columns added after the first schema: created on a new database and added to an older one.
+ADDED_COLUMNS = (
+    ("first_batch", "INTEGER"),  # the batches of the new rows this run decided on
+    ("last_batch", "INTEGER"),
+    ("reference_f1", "REAL"),  # model drift: the deployed model's reference F1, pooled
+    ("reference_rows", "INTEGER"),  # the rows behind it
+    ("drift_spread", "REAL"),  # the F1 spread a batch of this size shows when nothing has changed
+    ("data_drift_reference", "TEXT"),  # the rows the data-drift tests compared with
+    ("holdout_rows", "INTEGER"),  # held-out recent rows the gate compared the models on
+    ("candidates", "TEXT"),  # JSON: each challenger's training window, rows and F1
+    ("winning_window", "TEXT"),  # the training window of the best challenger
+    ("window_rows", "INTEGER"),  # rows in the rolling evaluation window after the run
+    ("window_f1", "REAL"),  # the serving model's F1 on it
+    ("test_data_drift", "INTEGER"),  # 1 when the test data no longer looks like the recent rows
+    ("alerts", "TEXT"),  # JSON: the alert sent, if any
+)
 RUN_COLUMNS = (
     "id",
     "started_at",
@@ -121,8 +138,9 @@ RUN_COLUMNS = (
     "missing_percent",
     "timings",
     "details",
+    *(name for name, _ in ADDED_COLUMNS),
 )
-JSON_COLUMNS = ("timings", "details")
+JSON_COLUMNS = ("timings", "details", "candidates", "alerts")
 
 
 def open_history(path: Path) -> sqlite3.Connection:
@@ -140,6 +158,7 @@ def open_history(path: Path) -> sqlite3.Connection:
                 "update the code"
             )
         connection.executescript(SCHEMA)
+        add_missing_columns(connection)
     except sqlite3.OperationalError as exc:
         raise PipelineError(
             f"run history {path} cannot be opened ({exc}); if another program holds it, try again when it is done"
@@ -151,6 +170,14 @@ def open_history(path: Path) -> sqlite3.Connection:
     except OSError as exc:
         raise PipelineError(f"run history {path} cannot be created ({exc.strerror})") from None
     return connection
+
+
+def add_missing_columns(connection: sqlite3.Connection) -> None:
+    """Add the columns of ``ADDED_COLUMNS`` that a database written by an earlier version lacks."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+    for name, kind in ADDED_COLUMNS:
+        if name not in present:
+            connection.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
 
 @contextlib.contextmanager
@@ -268,18 +295,98 @@ def waiting_hashes(connection: sqlite3.Connection) -> set[str]:
     return hashes_with_outcome(connection, (WAITING,)) - decided_hashes(connection)
 
 
-def earlier_f1_scores(connection: sqlite3.Connection, version: str) -> list[float]:
-    """The F1 scores ``version`` had on earlier batches in which no model drift was found, oldest first.
+@dataclass(frozen=True)
+class ReferenceScore:
+    """One F1 score the deployed model is judged against: what it scored, on how many rows, and where."""
+
+    f1: float
+    rows: int
+    source: str
+
+
+def gate_score(connection: sqlite3.Connection, version: str) -> tuple[int, ReferenceScore | None]:
+    """(the id of the run that deployed ``version`` as a challenger, its F1 at the gate); (0, None) without one.
+
+    A version deployed by the first run or by the stage scripts had no gate: it was judged on the test data.
+    """
+    with named_errors(database_path(connection), "read the deployment of the serving model"):
+        row = connection.execute(
+            "SELECT id, challenger_recent_f1, holdout_rows FROM runs WHERE outcome = ? AND model_version_after = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (DEPLOYED, version),
+        ).fetchone()
+    if row is None or row[1] is None or not row[2]:
+        return (row[0] if row else 0), None
+    return row[0], ReferenceScore(float(row[1]), int(row[2]), f"held-out recent rows at its gate in run {row[0]}")
+
+
+def later_scores(connection: sqlite3.Connection, version: str, after_run: int) -> list[ReferenceScore]:
+    """The F1 scores ``version`` had on batches after run ``after_run`` in which no model drift was found, oldest first.
 
     Batches that drifted are left out, so drift cannot widen the reference that detects it.
     """
     with named_errors(database_path(connection), "read earlier F1 scores"):
         rows = connection.execute(
-            "SELECT new_data_f1 FROM runs WHERE model_version_before = ? AND new_data_f1 IS NOT NULL "
-            "AND model_drift = 0 AND outcome IN (?, ?) ORDER BY id",
-            (version, KEPT, DEPLOYED),
+            "SELECT id, new_data_f1, new_rows FROM runs WHERE model_version_before = ? AND id > ? "
+            "AND new_data_f1 IS NOT NULL AND new_rows > 0 AND model_drift = 0 AND outcome IN (?, ?) ORDER BY id",
+            (version, after_run, KEPT, DEPLOYED),
         ).fetchall()
-    return [float(row[0]) for row in rows]
+    return [ReferenceScore(float(f1), int(rows), f"new rows of run {run}") for run, f1, rows in rows]
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A run in which drift called for retraining and no challenger beat the serving model.
+
+    The serving model is then as good as a model can be made on the data: that batch becomes its
+    reference, for model drift (its F1 there) and for data drift (those rows).
+    """
+
+    run_id: int
+    first_batch: int
+    last_batch: int
+    score: ReferenceScore
+
+
+def latest_confirmation(connection: sqlite3.Connection, version: str, after_run: int) -> Confirmation | None:
+    """The latest run after ``after_run`` in which ``version`` faced challengers and kept serving; None if none."""
+    with named_errors(database_path(connection), "read the runs that confirmed the serving model"):
+        row = connection.execute(
+            "SELECT id, first_batch, last_batch, new_data_f1, new_rows FROM runs WHERE model_version_before = ? "
+            "AND id > ? AND outcome = ? AND drift_trigger IS NOT NULL AND challenger_recent_f1 IS NOT NULL "
+            "AND new_data_f1 IS NOT NULL AND first_batch IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (version, after_run, KEPT),
+        ).fetchone()
+    if row is None:
+        return None
+    run_id, first, last, f1, rows = row
+    source = f"new rows of run {run_id}, where no challenger beat it"
+    return Confirmation(run_id, int(first), int(last), ReferenceScore(float(f1), int(rows), source))
+
+
+def decided_batch(connection: sqlite3.Connection) -> int | None:
+    """The latest batch a finished run decided on (its rows are no longer new); None when no run recorded one."""
+    placeholders = ", ".join("?" for _ in DECIDED_OUTCOMES)
+    with named_errors(database_path(connection), "read the batches earlier runs decided on"):
+        row = connection.execute(
+            f"SELECT MAX(last_batch) FROM runs WHERE outcome IN ({placeholders})", DECIDED_OUTCOMES
+        ).fetchone()
+    return None if row[0] is None else int(row[0])
+
+
+def change_started_batch(connection: sqlite3.Connection) -> int | None:
+    """The first batch of the earliest run since the last deployment whose drift called for retraining.
+
+    The change it found has not been followed yet (no challenger was deployed since), so a
+    recent training window starts there.
+    """
+    with named_errors(database_path(connection), "read when the change began"):
+        row = connection.execute(
+            "SELECT MIN(first_batch) FROM runs WHERE drift_trigger IS NOT NULL AND id > "
+            "COALESCE((SELECT MAX(id) FROM runs WHERE outcome IN (?, ?)), 0)",
+            (DEPLOYED, FIRST_DEPLOYMENT),
+        ).fetchone()
+    return None if row[0] is None else int(row[0])
 
 
 def read_runs(path: Path, limit: int = 100, with_no_op: bool = True) -> list[dict[str, Any]]:
@@ -323,10 +430,20 @@ def read_runs(path: Path, limit: int = 100, with_no_op: bool = True) -> list[dic
     return runs
 
 
+def decode_json(text: str | None) -> Any:
+    """A JSON column's value; None for an empty or damaged one (a damaged cell must not hide the run)."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def decode_run(row: sqlite3.Row) -> dict[str, Any]:
     run = dict(row)
     for key in JSON_COLUMNS:
-        run[key] = json.loads(run[key]) if run.get(key) else None
-    for key in ("model_drift", "data_drift"):
+        run[key] = decode_json(run.get(key))
+    for key in ("model_drift", "data_drift", "test_data_drift"):
         run[key] = None if run[key] is None else bool(run[key])
     return run

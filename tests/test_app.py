@@ -22,7 +22,7 @@ from common.artifacts import (
 from common.config import Config, load_config
 from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, read_feature_file
-from tests.conftest import deploy, train_and_score, write_config
+from tests.helpers import deploy, train_and_score, write_config
 
 HEADER = ",".join(FEATURES)
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}

@@ -9,7 +9,7 @@ import pytest
 
 from common.config import CONFIG_ENV_VAR, load_config
 from common.errors import PipelineError
-from tests.conftest import PROJECT_ROOT, write_config
+from tests.helpers import PROJECT_ROOT, write_config
 
 
 def test_paths_resolve_against_the_config_folder_not_the_working_directory(tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_history_and_log_default_to_the_model_folder_and_follow_the_url(tmp_path
     config = load_config(write_config(tmp_path))
     assert config.history_path == tmp_path / "models" / "runhistory.sqlite"
     assert config.log_path == tmp_path / "models" / "fullprocess.log"
-    assert config.monitoring.min_gain == 0.01 and config.monitoring.retrain_on == "model_drift"
+    assert config.monitoring.min_gain == 0.01 and config.monitoring.retrain_on == "either"
     moved = load_config(
         write_config(
             tmp_path, monitoring={"history_url": "sqlite:///records/h.db", "log_file": "logs/f.log", "min_gain": 0}

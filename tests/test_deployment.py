@@ -34,7 +34,7 @@ from deployment import (
     rollback_deployment,
 )
 from ingestion import ingest_folder
-from tests.conftest import PROJECT_ROOT, deploy, train_and_score
+from tests.helpers import PROJECT_ROOT, deploy, train_and_score
 from training import train_from_folder
 
 

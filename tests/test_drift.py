@@ -7,38 +7,84 @@ import pytest
 from sklearn.metrics import f1_score
 
 from common.config import MonitoringSettings
-from common.drift import bootstrap_f1, check_model_drift, describe_feature_drift, drift_threshold, feature_drift
+from common.drift import (
+    bootstrap_f1,
+    check_model_drift,
+    describe_feature_drift,
+    drift_threshold,
+    f1_from_counts,
+    feature_drift,
+    resampled_f1,
+)
+from common.history import ReferenceScore
 from common.schema import FEATURES
 from generate_data import SHIFTED, STABLE, generate_clients
 
-SCORES = np.array([0.60, 0.62, 0.61, 0.64, 0.63, 0.59, 0.65, 0.62])
+SHARES = np.array([0.16, 0.10, 0.09, 0.65])  # tp, fp, fn, tn: F1 about 0.63, as the shipped model scores
 
 
-def test_raw_test_compares_with_the_deployed_score():
-    assert drift_threshold("raw", 0.63, SCORES, k=2) == 0.63
-    verdict = check_model_drift(0.629, 0.63, [], None, MonitoringSettings(model_drift_test="raw"))
+def reference(*scores: tuple[float, int]) -> list[ReferenceScore]:
+    return [ReferenceScore(f1, rows, f"score {index}") for index, (f1, rows) in enumerate(scores)]
+
+
+def f1_spread(rows: int) -> float:
+    return float(np.std(resampled_f1(SHARES, rows, 20_000, np.random.default_rng(5))))
+
+
+def test_raw_test_compares_with_the_score_the_model_was_judged_on():
+    assert drift_threshold("raw", 0.63, np.array([0.5, 0.6]), k=2) == 0.63
+    verdict = check_model_drift(
+        0.629, SHARES, 2000, reference((0.63, 3000)), MonitoringSettings(model_drift_test="raw")
+    )
     assert verdict.drifted and verdict.threshold == 0.63
 
 
-def test_parametric_test_uses_mean_minus_k_standard_deviations():
-    expected = SCORES.mean() - 2 * SCORES.std(ddof=1)
-    assert drift_threshold("parametric", 0.63, SCORES, k=2) == pytest.approx(expected)
+def test_the_threshold_counts_the_sampling_error_of_the_batch_and_of_the_reference():
+    settings = MonitoringSettings()
+    verdict = check_model_drift(0.6, SHARES, 2000, reference((0.63, 3000)), settings)
+    expected = 0.63 - 2 * np.hypot(f1_spread(2000), f1_spread(3000))
+    assert verdict.threshold == pytest.approx(expected, abs=0.004)
+    assert verdict.reference_f1 == 0.63 and verdict.reference_rows == 3000
+    # a 200,000-row batch: its own error is tiny, but the reference's is not
+    large = check_model_drift(0.62, SHARES, 200_000, reference((0.63, 3000)), settings)
+    assert 0.63 - large.threshold == pytest.approx(2 * f1_spread(3000), abs=0.004)
+    assert 0.63 - large.threshold > 0.02 and not large.drifted
+    # a reference measured on more rows is tighter
+    tight = check_model_drift(0.62, SHARES, 200_000, reference((0.63, 3000), (0.63, 300_000)), settings)
+    assert tight.threshold > large.threshold and tight.reference_rows == 303_000
+
+
+def test_stable_batches_rarely_alarm_and_a_real_fall_is_caught():
+    settings = MonitoringSettings()
+    rng = np.random.default_rng(11)
+    alarms = 0
+    for _ in range(300):
+        gate = float(resampled_f1(SHARES, 900, 1, rng)[0])  # the reference, itself measured on 900 rows
+        new = float(resampled_f1(SHARES, 3000, 1, rng)[0])
+        alarms += check_model_drift(new, SHARES, 3000, reference((gate, 900)), settings).drifted
+    assert alarms / 300 < 0.05
+    fallen = np.array([0.10, 0.14, 0.11, 0.65])  # the model now misses most exits: F1 about 0.45
+    drop = float(f1_from_counts(*fallen[:3]))
+    assert check_model_drift(drop, fallen, 3000, reference((0.63, 900)), settings).drifted
+
+
+def test_nonparametric_test_uses_q1_minus_one_and_a_half_iqr_of_the_simulated_scores():
+    simulated = np.array([0.60, 0.62, 0.61, 0.64, 0.63, 0.59, 0.65, 0.62])
+    q1, q3 = np.percentile(simulated, [25, 75])
+    assert drift_threshold("nonparametric", 0.63, simulated, k=2) == pytest.approx(q1 - 1.5 * (q3 - q1))
+    settings = MonitoringSettings(model_drift_test="nonparametric")
+    verdict = check_model_drift(0.6, SHARES, 2000, reference((0.63, 3000)), settings)
+    assert 0.55 < verdict.threshold < 0.62
+
+
+def test_scores_that_vary_more_than_their_sampling_error_widen_the_threshold():
     settings = MonitoringSettings(min_history_scores=5)
-    assert check_model_drift(expected - 0.001, 0.63, list(SCORES), None, settings).drifted
-    verdict = check_model_drift(expected + 0.001, 0.63, list(SCORES), None, settings)
-    assert not verdict.drifted and verdict.reference == "8 earlier F1 scores in the run history"
-
-
-def test_nonparametric_test_uses_q1_minus_one_and_a_half_iqr():
-    q1, q3 = np.percentile(SCORES, [25, 75])
-    assert drift_threshold("nonparametric", 0.63, SCORES, k=2) == pytest.approx(q1 - 1.5 * (q3 - q1))
-
-
-def test_too_few_recorded_scores_fall_back_to_resampled_ones():
-    resampled = np.array([0.5, 0.6, 0.7, 0.6])
-    verdict = check_model_drift(0.4, 0.63, [0.6, 0.61], resampled, MonitoringSettings(min_history_scores=5))
-    assert verdict.threshold == pytest.approx(resampled.mean() - 2 * resampled.std(ddof=1))
-    assert "4 resamples of the test data" in verdict.reference and "holds 2 earlier scores" in verdict.reference
+    steady = reference(*[(0.63, 50_000)] * 6)
+    varied = reference(*[(f1, 50_000) for f1 in (0.60, 0.66, 0.61, 0.65, 0.62, 0.64)])
+    assert check_model_drift(0.6, SHARES, 50_000, varied, settings).threshold < (
+        check_model_drift(0.6, SHARES, 50_000, steady, settings).threshold - 0.02
+    )
+    assert "5 later score(s) on 250000 rows" in check_model_drift(0.6, SHARES, 2000, varied, settings).reference
 
 
 def test_bootstrap_f1_matches_resampling_rows():

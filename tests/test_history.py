@@ -8,8 +8,12 @@ import pytest
 
 from common.errors import PipelineError
 from common.history import (
+    change_started_batch,
+    decided_batch,
     decided_hashes,
-    earlier_f1_scores,
+    gate_score,
+    later_scores,
+    latest_confirmation,
     mark_interrupted,
     open_history,
     read_runs,
@@ -20,13 +24,30 @@ from common.history import (
 
 
 def add_run(
-    connection, outcome: str, sha: str, version: str = "v0001", f1: float | None = None, drift: bool = False
+    connection,
+    outcome: str,
+    sha: str,
+    version: str = "v0001",
+    f1: float | None = None,
+    drift: bool = False,
+    trigger: str | None = None,
+    batches: tuple[int, int] | None = None,
 ) -> int:
     run_id = start_run(connection, "2026-11-21T10:00:00Z", 1, version)
+    first, last = batches or (None, None)
     save_run(
         connection,
         run_id,
-        {"outcome": outcome, "new_data_f1": f1, "model_drift": drift, "finished_at": "2026-11-21T10:01:00Z"},
+        {
+            "outcome": outcome,
+            "new_data_f1": f1,
+            "new_rows": 3000,
+            "model_drift": drift,
+            "drift_trigger": trigger,
+            "first_batch": first,
+            "last_batch": last,
+            "finished_at": "2026-11-21T10:01:00Z",
+        },
         files=[{"name": f"{sha}.csv", "sha256": sha, "status": "new"}, {"name": ".DS_Store", "status": "stray"}],
     )
     return run_id
@@ -72,15 +93,73 @@ def test_files_of_runs_that_wait_for_more_rows_are_neither_decided_nor_forgotten
     assert waiting_hashes(connection) == {"small"}
 
 
-def test_earlier_scores_are_those_of_the_version_on_decided_runs_without_drift(tmp_path):
+def test_the_reference_starts_at_the_gate_and_takes_later_scores_without_drift(tmp_path):
     connection = open_history(tmp_path / "history.sqlite")
     add_run(connection, "kept", "a", "v0001", 0.61)
-    add_run(connection, "failed", "b", "v0001", 0.10)
-    add_run(connection, "deployed", "c", "v0001", 0.40, drift=True)
-    add_run(connection, "kept", "d", "v0001", 0.42, drift=True)  # drift found, challenger lost
-    add_run(connection, "kept", "e", "v0001", 0.63)
-    add_run(connection, "kept", "f", "v0002", 0.66)
-    assert earlier_f1_scores(connection, "v0001") == [0.61, 0.63]
+    gate = start_run(connection, "2026-11-21T10:00:00Z", 1, "v0001")
+    save_run(
+        connection,
+        gate,
+        {"outcome": "deployed", "model_version_after": "v0002", "challenger_recent_f1": 0.64, "holdout_rows": 900},
+    )
+    add_run(connection, "kept", "b", "v0002", 0.62)
+    add_run(connection, "failed", "c", "v0002", 0.10)
+    add_run(connection, "kept", "d", "v0002", 0.42, drift=True)
+    add_run(connection, "kept", "e", "v0002", 0.63)
+    add_run(connection, "kept", "f", "v0003", 0.66)
+    run_id, score = gate_score(connection, "v0002")
+    assert run_id == gate and (score.f1, score.rows) == (0.64, 900) and "gate" in score.source
+    assert [(s.f1, s.rows) for s in later_scores(connection, "v0002", run_id)] == [(0.62, 3000), (0.63, 3000)]
+    assert gate_score(connection, "v0001") == (0, None)  # deployed by the first run: judged on the test data
+
+
+def test_a_run_whose_challengers_lost_after_drift_confirms_the_serving_model(tmp_path):
+    connection = open_history(tmp_path / "history.sqlite")
+    add_run(connection, "kept", "a", "v0001", 0.61)
+    lost = add_run(connection, "kept", "b", "v0001", 0.55, drift=True, trigger="data drift (...)", batches=(3, 4))
+    save_run(connection, lost, {"challenger_recent_f1": 0.55})
+    confirmed = latest_confirmation(connection, "v0001", 0)
+    assert (confirmed.run_id, confirmed.first_batch, confirmed.last_batch) == (lost, 3, 4)
+    assert confirmed.score.f1 == 0.55 and "no challenger beat it" in confirmed.score.source
+    assert latest_confirmation(connection, "v0001", lost) is None
+
+
+def test_batches_decided_and_where_an_unfollowed_change_began(tmp_path):
+    connection = open_history(tmp_path / "history.sqlite")
+    assert decided_batch(connection) is None
+    add_run(connection, "first_deployment", "a", batches=(1, 1))
+    add_run(connection, "kept", "b", batches=(2, 2))
+    add_run(connection, "waiting", "c", batches=(3, 3))
+    assert decided_batch(connection) == 2
+    assert change_started_batch(connection) is None
+    add_run(connection, "kept", "d", drift=True, trigger="model drift (...)", batches=(3, 4))
+    add_run(connection, "kept", "e", drift=True, trigger="model drift (...)", batches=(5, 5))
+    assert change_started_batch(connection) == 3 and decided_batch(connection) == 5
+    add_run(connection, "deployed", "f", drift=True, trigger="model drift (...)", batches=(6, 6))
+    assert change_started_batch(connection) is None  # followed: a challenger was deployed
+
+
+def test_a_history_of_the_first_schema_gains_the_new_columns(tmp_path):
+    path = tmp_path / "history.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(
+            "CREATE TABLE runs (id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, outcome TEXT NOT NULL, "
+            "details TEXT); INSERT INTO runs (started_at, outcome) VALUES ('2026-01-01T00:00:00Z', 'kept'); "
+            "PRAGMA user_version = 1;"
+        )
+    connection = open_history(path)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+    assert {"first_batch", "last_batch", "candidates", "winning_window", "window_f1"} <= columns
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_a_damaged_json_cell_does_not_hide_the_run(tmp_path):
+    path = tmp_path / "history.sqlite"
+    add_run(open_history(path), "kept", "a", f1=0.6)
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE runs SET details = '{not json', timings = '[1,'")
+    (run,) = read_runs(path)
+    assert run["outcome"] == "kept" and run["details"] is None and run["timings"] is None
 
 
 def test_the_schema_is_plain_sql_a_person_can_query(tmp_path):
@@ -113,5 +192,5 @@ def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "history.sqlite"
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA user_version = 99")
-    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 1"):
+    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 2"):
         open_history(path)

@@ -14,9 +14,10 @@ from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT
 from common.config import Config
 from common.errors import PipelineError
 from common.files import atomic_path, folder_lock
+from common.rowhash import hash_strings
 from common.schema import COLUMNS, read_data_file
-from ingestion import drop_duplicate_rows, hash_strings, ingest_folder, read_ingested_files
-from tests.conftest import run_script, write_clients, write_config
+from ingestion import drop_duplicate_rows, ingest_folder, read_ingested_files
+from tests.helpers import run_script, write_clients, write_config
 
 HEADER = ",".join(COLUMNS) + "\n"
 

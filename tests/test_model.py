@@ -17,7 +17,7 @@ from common.files import sha256_file
 from common.schema import FEATURES, read_labelled_data
 from ingestion import ingest_folder
 from scoring import write_scores
-from tests.conftest import PROJECT_ROOT, run_script
+from tests.helpers import PROJECT_ROOT, run_script
 from training import train_from_folder, train_model
 
 

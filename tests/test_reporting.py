@@ -29,7 +29,7 @@ from common.config import Config, load_config
 from common.files import find_test_files, write_text_atomic
 from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, read_labelled_data
-from tests.conftest import run_script, write_config
+from tests.helpers import run_script, write_config
 
 UNREACHABLE_INDEX = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
 SECTION_HEADINGS = (

@@ -11,7 +11,7 @@ import pytest
 from common.artifacts import INGESTED_FILES, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE
 from common.config import load_config
 from deployment import current_version
-from tests.conftest import PROJECT_ROOT, run_script
+from tests.helpers import PROJECT_ROOT, run_script
 
 STAGES = ("ingestion.py", "training.py", "scoring.py", "deployment.py")
 UDACITY_DATA = PROJECT_ROOT.parent / "shared" / "udacity-data"

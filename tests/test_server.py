@@ -18,7 +18,7 @@ import requests
 
 from common.artifacts import API_RETURNS_FILE, MODEL_FILE, current_version_folder, load_model
 from common.config import Config
-from tests.conftest import PROJECT_ROOT, deploy, run_script, train_and_score, write_config
+from tests.helpers import PROJECT_ROOT, deploy, run_script, train_and_score, write_config
 
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}
 

@@ -10,7 +10,7 @@ from common.artifacts import FINAL_DATA
 from common.schema import COLUMNS, read_labelled_data
 from generate_data import write_shipped_data
 from ingestion import ingest_folder
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 SHIPPED_FOLDERS = ("practicedata", "sourceddata", "testdata")
 

@@ -1,0 +1,241 @@
+"""Which batch each ingested row arrived in: the one answer training, the drift tests and scoring ask.
+
+A batch is one ingestion that added rows to ``finaldata.csv``. Beside it, ingestion keeps
+``rowbatches.npz``: the 64-bit hash of every row it ever wrote with the number of the batch the
+row first arrived in, and the list of batches (number, time, files, rows). Rows find their
+batch by hash, so a rebuild of ``finaldata.csv`` in another order (after a file was edited or
+removed) keeps each row's batch, and a row that leaves and comes back keeps its first batch.
+
+``read_ingested_data`` returns the ingested rows with their batch numbers; everything that asks
+"which rows are new", "which rows did this model train on" or "which rows are recent" asks it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from common.artifacts import FINAL_DATA
+from common.errors import PipelineError
+from common.files import atomic_path
+from common.rowhash import hash_rows
+from common.schema import FEATURES, TARGET, read_data_file
+
+log = logging.getLogger(__name__)
+
+ROW_BATCHES_FILE = "rowbatches.npz"
+HOLDOUT_BUCKETS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One ingestion that added rows."""
+
+    number: int
+    ingested_at: str
+    rows: int
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BatchBook:
+    """Every row hash ingestion ever wrote (sorted) with the batch it first arrived in."""
+
+    hashes: np.ndarray  # uint64, sorted
+    numbers: np.ndarray  # int32, aligned with hashes
+    batches: tuple[Batch, ...]
+
+    @classmethod
+    def empty(cls) -> BatchBook:
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.int32), ())
+
+    @property
+    def latest(self) -> int:
+        return self.batches[-1].number if self.batches else 0
+
+    def batch_of(self, hashes: np.ndarray) -> np.ndarray:
+        """The batch of each row hash; 0 for a hash the book does not hold."""
+        if self.hashes.size == 0:
+            return np.zeros(hashes.shape, np.int32)
+        where = np.minimum(np.searchsorted(self.hashes, hashes), self.hashes.size - 1)
+        return np.where(self.hashes[where] == hashes, self.numbers[where], 0).astype(np.int32)
+
+    def with_rows(self, hashes: np.ndarray, files: list[str], ingested_at: str) -> BatchBook:
+        """The book with the rows it does not hold yet added as a new batch (itself when all are known)."""
+        unknown = np.unique(hashes[self.batch_of(hashes) == 0])
+        if unknown.size == 0:
+            return self
+        number = self.latest + 1
+        where = np.searchsorted(self.hashes, unknown)
+        return BatchBook(
+            np.insert(self.hashes, where, unknown),
+            np.insert(self.numbers, where, np.full(unknown.size, number, np.int32)),
+            (*self.batches, Batch(number, ingested_at, int(unknown.size), tuple(files))),
+        )
+
+
+def read_batch_book(folder: Path) -> BatchBook:
+    """The batch book of an ingested-data folder; empty when there is none (or it cannot be read, with a warning)."""
+    path = Path(folder) / ROW_BATCHES_FILE
+    if not path.exists():
+        return BatchBook.empty()
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            batches = tuple(
+                Batch(item["number"], item["ingested_at"], item["rows"], tuple(item["files"]))
+                for item in json.loads(str(stored["batches"]))
+            )
+            book = BatchBook(stored["hashes"].astype(np.uint64), stored["numbers"].astype(np.int32), batches)
+    except Exception as exc:  # a damaged book: rows are then told apart as if it had never been kept
+        log.warning(
+            "%s cannot be read (%s: %s); the rows it described count as one earlier batch",
+            path,
+            type(exc).__name__,
+            exc,
+        )
+        return BatchBook.empty()
+    if book.hashes.shape != book.numbers.shape:
+        log.warning("%s is inconsistent; the rows it described count as one earlier batch", path)
+        return BatchBook.empty()
+    return book
+
+
+def write_batch_book(folder: Path, book: BatchBook) -> Path:
+    """Write the batch book atomically."""
+    path = Path(folder) / ROW_BATCHES_FILE
+    batches = json.dumps([{**asdict(batch), "files": list(batch.files)} for batch in book.batches])
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, hashes=book.hashes, numbers=book.numbers, batches=np.array(batches))
+    return path
+
+
+@dataclass(frozen=True)
+class IngestedData:
+    """The rows of ``finaldata.csv`` with, for each, its hash and the batch it arrived in."""
+
+    table: pa.Table
+    hashes: np.ndarray
+    batch: np.ndarray  # int32 per row
+    batches: tuple[Batch, ...]
+
+    @property
+    def latest_batch(self) -> int:
+        return int(self.batch.max(initial=0))
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+    def features(self, mask: np.ndarray | None = None) -> np.ndarray:
+        table = self.table if mask is None else self.table.filter(pa.array(mask))
+        return np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
+
+    def labels(self, mask: np.ndarray | None = None) -> np.ndarray:
+        values = self.table[TARGET].to_numpy()
+        return (values if mask is None else values[mask]).astype(np.int64)
+
+    def in_batches(self, first: int, last: int | None = None) -> np.ndarray:
+        """A mask of the rows that arrived in batches ``first`` to ``last`` (inclusive; None: the latest)."""
+        selected = self.batch >= first
+        return selected if last is None else selected & (self.batch <= last)
+
+    def held_out(self, fraction: float) -> np.ndarray:
+        """A mask of the rows chosen, by a hash of each row, to be held out of training: the same rows every run."""
+        return (self.hashes % np.uint64(HOLDOUT_BUCKETS)) < np.uint64(round(fraction * HOLDOUT_BUCKETS))
+
+    def newest(self, mask: np.ndarray, rows: int) -> np.ndarray:
+        """Of the rows in ``mask``, the ``rows`` that arrived last (whole batches, newest first, the last one cut)."""
+        chosen = np.zeros(self.rows, dtype=bool)
+        if rows <= 0:
+            return chosen
+        candidates = np.flatnonzero(mask)
+        order = candidates[np.argsort(-self.batch[candidates], kind="stable")]
+        chosen[order[:rows]] = True
+        return chosen
+
+    def batch_weights(self, half_life: float, latest: int | None = None) -> np.ndarray:
+        """Per row, a weight that halves every ``half_life`` batches back from the latest (1 for the latest)."""
+        top = self.latest_batch if latest is None else latest
+        return np.power(0.5, (top - self.batch) / half_life)
+
+    def day_weights(self, half_life_days: float) -> np.ndarray:
+        """Per row, a weight that halves every ``half_life_days`` days back from the latest batch's time."""
+        stamps = {
+            batch.number: np.datetime64(batch.ingested_at.rstrip("Z")) for batch in self.batches if batch.ingested_at
+        }
+        if not stamps:
+            return np.ones(self.rows)
+        latest = max(stamps.values())
+        age_days = np.zeros(self.latest_batch + 1)
+        for number, stamp in stamps.items():
+            if number < age_days.size:
+                age_days[number] = (latest - stamp) / np.timedelta64(1, "D")
+        return np.power(0.5, age_days[self.batch] / half_life_days)
+
+
+def read_ingested_data(folder: Path) -> IngestedData:
+    """``finaldata.csv`` of an ingested-data folder with each row's batch.
+
+    Rows the batch book does not hold (written by an older version, or by an ingestion that
+    died before it kept the book) count as one batch after the latest it knows; with no book
+    at all, every row is batch 1.
+    """
+    path = Path(folder) / FINAL_DATA
+    if not path.exists():
+        raise PipelineError(f"{path} does not exist; run ingestion.py first")
+    table = read_data_file(path).table
+    hashes = hash_rows(table)
+    book = read_batch_book(folder)
+    batch = book.batch_of(hashes)
+    unknown = batch == 0
+    batches = book.batches
+    if unknown.any():
+        number = book.latest + 1
+        batch[unknown] = number
+        batches = (*batches, Batch(number, "", int(unknown.sum()), ()))
+        if book.batches:
+            log.warning("%d row(s) of %s have no recorded batch; they count as batch %d", unknown.sum(), path, number)
+    return IngestedData(table, hashes, batch, batches)
+
+
+WINDOW_NAMES = ("all", "recent", "weighted")
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """Which ingested rows a model was trained on, as its ``trainedmodel.json`` records it."""
+
+    name: str  # "all", "recent" or "weighted"
+    first_batch: int
+    last_batch: int
+    rows: int
+    # Rows held out to judge models come from batches from this one on; earlier ones were all trained on.
+    held_out_from_batch: int
+    half_life: float | None = None  # "weighted": weights halve every half_life batches or days
+    half_life_unit: str | None = None
+
+    def describe(self) -> str:
+        span = (
+            f"batch {self.first_batch}"
+            if self.first_batch == self.last_batch
+            else (f"batches {self.first_batch}-{self.last_batch}")
+        )
+        if self.name == "weighted":
+            return f"all rows weighted by recency (halving every {self.half_life:g} {self.half_life_unit}), {span}"
+        return f"{'all rows' if self.name == 'all' else 'recent rows'}, {span} ({self.rows} rows)"
+
+    @classmethod
+    def from_info(cls, info: dict) -> TrainingWindow | None:
+        """The window a model's metadata records; None for a model trained before windows were recorded."""
+        stored = info.get("training_window")
+        if not isinstance(stored, dict):
+            return None
+        try:
+            return cls(**stored)
+        except TypeError:
+            return None

@@ -1,0 +1,552 @@
+"""The monitoring decision: given the ingested rows and the serving model, drift or not, and what to do.
+
+``assess`` takes the rows of the batches that arrived since the last decision and returns an
+``Assessment``: the model-drift verdict (the serving model's F1 on the new rows against its own
+reference: what it scored at its gate, then on later batches that did not drift), the data-drift
+verdict per feature (the new rows against the rows the serving model was trained on), and, when
+drift calls for it, challengers trained on several windows of the data (all rows, the recent
+rows, all rows weighted by recency), each judged on the same held-out recent rows; the best of
+them faces the serving model at the gate. It trains models into the challenger folder but
+deploys nothing: ``fullprocess.py`` acts on the decision.
+
+Held-out rows are chosen by a hash of each row, so the choice never changes between runs. The
+held-out rows of each batch join a rolling evaluation window (``monitoring.evaluation_window_rows``),
+which no challenger is trained on, so every model is also measured on recent clients rather
+than only on the fixed test file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.artifacts import MODEL_FILE, DeployedVersion, load_model, utc_now
+from common.batches import IngestedData, TrainingWindow
+from common.config import Config, MonitoringSettings
+from common.drift import (
+    ModelDrift,
+    check_model_drift,
+    confusion_shares,
+    describe_feature_drift,
+    f1_from_counts,
+    feature_drift,
+)
+from common.evaluation import score_model, score_predictions
+from common.files import find_test_files
+from common.history import (
+    DEPLOYED,
+    KEPT,
+    WAITING,
+    ReferenceScore,
+    change_started_batch,
+    gate_score,
+    later_scores,
+    latest_confirmation,
+)
+from common.schema import read_labelled_data
+from common.stages import StageClock
+
+log = logging.getLogger("fullprocess")
+
+CHALLENGER_FOLDER = "challenger"
+PAIRED_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One challenger: the window it was trained on and how it scored."""
+
+    window: TrainingWindow
+    folder: Path
+    recent_f1: float  # on the held-out recent rows
+    test_f1: float  # on the test data
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "window": self.window.name,
+            "describe": self.window.describe(),
+            "rows": self.window.rows,
+            "first_batch": self.window.first_batch,
+            "last_batch": self.window.last_batch,
+            "recent_f1": round(self.recent_f1, 6),
+            "test_f1": round(self.test_f1, 6),
+        }
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """A model's scores on the rolling evaluation window, and whether the test data still looks like it."""
+
+    rows: int
+    first_batch: int
+    last_batch: int
+    metrics: dict[str, Any]
+    test_data_drift: list[dict[str, Any]]
+
+    @property
+    def test_data_drifted(self) -> bool:
+        return any(row["drifted"] for row in self.test_data_drift)
+
+    def to_json(self, version: str) -> dict[str, Any]:
+        drifted = [describe_feature_drift(row) for row in self.test_data_drift if row["drifted"]]
+        note = (
+            "the test data no longer looks like the recent rows (" + "; ".join(drifted) + ")"
+            if drifted
+            else "the test data still looks like the recent rows"
+        )
+        return {
+            "model_version": version,
+            "updated_at": utc_now(),
+            "rows": self.rows,
+            "batches": [self.first_batch, self.last_batch],
+            **{key: self.metrics[key] for key in ("f1", "precision", "recall", "roc_auc", "accuracy", "confusion")},
+            "test_data_drift": self.test_data_drifted,
+            "test_data_note": note,
+            "test_data_features": self.test_data_drift,
+        }
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The best challenger against the serving model on the held-out recent rows."""
+
+    champion_recent_f1: float
+    champion_test_f1: float
+    best: Candidate
+    gain: float
+    p_no_gain: float  # share of paired resamples of the recent rows in which the challenger does not gain
+    passed: bool
+    sentence: str
+
+
+@dataclass
+class Assessment:
+    """What the new rows showed and what to do about them."""
+
+    outcome: str  # WAITING, KEPT, or DEPLOYED (deploy ``gate.best``)
+    decision: str
+    first_batch: int
+    last_batch: int
+    new_rows: int
+    model_drift: ModelDrift | None = None
+    feature_drift: list[dict[str, Any]] = field(default_factory=list)
+    data_drift_reference: str | None = None
+    triggers: list[str] = field(default_factory=list)
+    holdout_rows: int = 0
+    candidates: list[Candidate] = field(default_factory=list)
+    gate: Gate | None = None
+    window: WindowScore | None = None  # the serving model's, after the decision
+
+    @property
+    def deploy_folder(self) -> Path | None:
+        return self.gate.best.folder if self.outcome == DEPLOYED and self.gate else None
+
+    def history_fields(self) -> dict[str, Any]:
+        """The run-history columns this assessment fills."""
+        fields: dict[str, Any] = {
+            "first_batch": self.first_batch,
+            "last_batch": self.last_batch,
+            "new_rows": self.new_rows,
+            "decision": self.decision,
+        }
+        if self.outcome != DEPLOYED:
+            fields["outcome"] = self.outcome
+        verdict = self.model_drift
+        if verdict is not None:
+            fields.update(
+                model_drift_test=verdict.test,
+                new_data_f1=verdict.new_f1,
+                drift_threshold=round(verdict.threshold, 6),
+                drift_reference=verdict.reference,
+                reference_f1=round(verdict.reference_f1, 6),
+                reference_rows=verdict.reference_rows,
+                drift_spread=round(verdict.spread, 6),
+                model_drift=verdict.drifted,
+                data_drift=any(row["drifted"] for row in self.feature_drift),
+                data_drift_reference=self.data_drift_reference,
+            )
+        if self.triggers:
+            fields["drift_trigger"] = "; ".join(self.triggers)
+        if self.candidates:
+            fields["candidates"] = [candidate.record() for candidate in self.candidates]
+            fields["holdout_rows"] = self.holdout_rows
+        if self.gate is not None:
+            fields.update(
+                winning_window=self.gate.best.window.name,
+                champion_recent_f1=self.gate.champion_recent_f1,
+                challenger_recent_f1=self.gate.best.recent_f1,
+                champion_test_f1=self.gate.champion_test_f1,
+                challenger_test_f1=self.gate.best.test_f1,
+            )
+        if self.window is not None:
+            fields.update(
+                window_rows=self.window.rows,
+                window_f1=self.window.metrics["f1"],
+                test_data_drift=self.window.test_data_drifted,
+            )
+        return fields
+
+
+# ---------------------------------------------------------------- model drift
+
+
+def f1_on(model: Any, features: np.ndarray, labels: np.ndarray) -> float:
+    """The F1 of a model's labels on these rows."""
+    shares = confusion_shares(labels, model.predict(features))
+    return float(f1_from_counts(shares[0], shares[1], shares[2]))
+
+
+def reference_scores(connection: Any, champion: DeployedVersion) -> list[ReferenceScore]:
+    """What the serving model is judged against, first score first, then its later scores on batches that did not drift.
+
+    The first is its F1 at its gate (with no gate: on the test data), or, once drift called for
+    retraining and no challenger beat it, its F1 on the rows of that run.
+    """
+    run_id, first = gate_score(connection, champion.version)
+    confirmed = latest_confirmation(connection, champion.version, run_id)
+    if confirmed is not None:
+        run_id, first = confirmed.run_id, confirmed.score
+    elif first is None:
+        first = ReferenceScore(
+            float(champion.metrics["f1"]), int(champion.metrics["rows"]), "the test data, scored when it was deployed"
+        )
+    return [first, *later_scores(connection, champion.version, run_id)]
+
+
+def test_model_drift(
+    settings: MonitoringSettings, connection: Any, champion: DeployedVersion, features: np.ndarray, labels: np.ndarray
+) -> ModelDrift:
+    """The serving model's F1 on the new rows against its reference."""
+    shares = confusion_shares(labels, champion.model.predict(features))
+    new_f1 = float(f1_from_counts(shares[0], shares[1], shares[2]))
+    verdict = check_model_drift(new_f1, shares, labels.size, reference_scores(connection, champion), settings)
+    (log.warning if verdict.drifted else log.info)(
+        "model drift %s: %s (reference: %s; spread %.4f at %d new rows)",
+        "detected" if verdict.drifted else "not detected",
+        verdict.describe(),
+        verdict.reference,
+        verdict.spread,
+        labels.size,
+    )
+    return verdict
+
+
+# ---------------------------------------------------------------- data drift
+
+
+def data_reference(
+    connection: Any, data: IngestedData, champion: DeployedVersion, watermark: int
+) -> tuple[np.ndarray, str]:
+    """Row numbers of the rows new ones are compared with, and in words.
+
+    The rows the serving model was trained on (a weighted sample for a weighted window); or, once
+    drift called for retraining and no challenger beat it, the rows of that run, which it is
+    known to serve as well as any model could.
+    """
+    run_id, _ = gate_score(connection, champion.version)
+    confirmed = latest_confirmation(connection, champion.version, run_id)
+    if confirmed is not None:
+        rows = np.flatnonzero(data.in_batches(confirmed.first_batch, confirmed.last_batch))
+        return rows, f"the {rows.size} rows of run {confirmed.run_id}, where no challenger beat the serving model"
+    window = TrainingWindow.from_info(champion.model_info)
+    if window is None:
+        mask = data.batch <= watermark
+        return np.flatnonzero(mask), f"the {int(mask.sum())} rows ingested before"
+    rows = np.flatnonzero(data.in_batches(window.first_batch, window.last_batch))
+    text = f"the serving model's training window: {window.describe()}"
+    if window.name == "weighted" and rows.size:
+        weights = recency_weights(data, window.half_life or 1.0, window.half_life_unit or "batches", window.last_batch)
+        weights = weights[rows] / weights[rows].sum()
+        rows = np.sort(np.random.default_rng(0).choice(rows, size=rows.size, p=weights))
+        text += ", sampled by its weights"
+    return rows, text
+
+
+def test_data_drift(
+    settings: MonitoringSettings, data: IngestedData, reference_rows: np.ndarray, new: np.ndarray
+) -> list[dict[str, Any]]:
+    """Each feature of the new rows against the reference rows."""
+    if reference_rows.size == 0:
+        return []
+    rows = feature_drift(data.features()[reference_rows], data.features(new), settings)
+    for row in rows:
+        (log.warning if row["drifted"] else log.info)(
+            "data drift %s: %s", "detected" if row["drifted"] else "not detected", describe_feature_drift(row)
+        )
+    return rows
+
+
+def retraining_triggers(retrain_on: str, model_drift: ModelDrift, drifted: list[dict[str, Any]]) -> list[str]:
+    """What calls for retraining under ``monitoring.retrain_on``, each with the statistic behind it."""
+    triggers = []
+    if model_drift.drifted and retrain_on in ("model_drift", "either"):
+        triggers.append(f"model drift ({model_drift.describe()})")
+    if drifted and retrain_on in ("data_drift", "either"):
+        triggers.append("data drift (" + "; ".join(describe_feature_drift(row) for row in drifted) + ")")
+    return triggers
+
+
+def describe_no_trigger(retrain_on: str, model_drift: ModelDrift, drifted: list[dict[str, Any]]) -> str:
+    """Why a run with drift found did not retrain, or "" when there was none."""
+    found = []
+    if model_drift.drifted:
+        found.append("model drift")
+    if drifted:
+        found.append("data drift in " + ", ".join(row["feature"] for row in drifted))
+    return f" ({' and '.join(found)} found, but retrain_on is {retrain_on})" if found else ""
+
+
+# ---------------------------------------------------------------- windows
+
+
+def recency_weights(data: IngestedData, half_life: float, unit: str, latest: int | None = None) -> np.ndarray:
+    if unit == "days":
+        return data.day_weights(half_life)
+    return data.batch_weights(half_life, latest)
+
+
+def evaluation_mask(data: IngestedData, settings: MonitoringSettings, held_out_from_batch: int) -> np.ndarray:
+    """The rolling evaluation window: the newest held-out rows of the batches that were held out when they came."""
+    eligible = data.held_out(settings.holdout_fraction) & data.in_batches(held_out_from_batch)
+    return data.newest(eligible, settings.evaluation_window_rows)
+
+
+def candidate_windows(
+    config: Config, connection: Any, data: IngestedData, first_new: int, held_out_from_batch: int, trainable: np.ndarray
+) -> list[tuple[TrainingWindow, np.ndarray, np.ndarray | None]]:
+    """The training windows to try: (window, mask of its rows, weights or None), the configured ones that differ."""
+    settings = config.monitoring
+    latest = data.latest_batch
+    windows: list[tuple[TrainingWindow, np.ndarray, np.ndarray | None]] = []
+    for name in settings.candidate_windows:
+        weights = None
+        if name == "all":
+            mask, first = trainable, 1
+        elif name == "recent":
+            if settings.recent_window_rows:
+                mask = data.newest(trainable, settings.recent_window_rows)
+            else:  # since the change was first seen, in this run or an earlier one whose challenger lost
+                earlier = change_started_batch(connection)
+                mask = trainable & data.in_batches(min(first_new, earlier or first_new))
+            first = int(data.batch[mask].min(initial=latest))
+        else:
+            mask, first = trainable, 1
+            weights = recency_weights(data, settings.recency_half_life, settings.recency_unit)[mask]
+        rows = int(mask.sum())
+        if rows < settings.min_new_rows or np.unique(data.labels(mask)).size < 2:
+            log.info("no %s challenger: its window holds %d rows (or one class only)", name, rows)
+            continue
+        if any(np.array_equal(mask, other) and weights is None and w is None for _, other, w in windows):
+            log.info("no %s challenger: its window holds the same rows as another", name)
+            continue
+        half_life = settings.recency_half_life if name == "weighted" else None
+        unit = settings.recency_unit if name == "weighted" else None
+        windows.append((TrainingWindow(name, first, latest, rows, held_out_from_batch, half_life, unit), mask, weights))
+    return windows
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def paired_gain_resamples(
+    labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray, samples: int, seed: int = 0
+) -> np.ndarray:
+    """The challenger's F1 gain over the champion on ``samples`` resamples of the same rows (paired).
+
+    Each row falls in one of eight cells (label, champion's label, challenger's label); a
+    resample redraws the eight counts, so it is one multinomial draw whatever the rows.
+    """
+    cells = labels.astype(int) * 4 + champion.astype(int) * 2 + challenger.astype(int)
+    shares = np.bincount(cells, minlength=8) / labels.size
+    counts = np.random.default_rng(seed).multinomial(labels.size, shares, size=samples)
+
+    def f1(predicted_bit: int) -> np.ndarray:
+        positive = [cell for cell in range(8) if cell & predicted_bit]
+        tp = counts[:, [cell for cell in positive if cell & 4]].sum(axis=1)
+        fp = counts[:, [cell for cell in positive if not cell & 4]].sum(axis=1)
+        fn = counts[:, [cell for cell in range(8) if cell & 4 and not cell & predicted_bit]].sum(axis=1)
+        return f1_from_counts(tp, fp, fn)
+
+    return f1(1) - f1(2)
+
+
+def judge_candidates(
+    settings: MonitoringSettings,
+    champion: DeployedVersion,
+    candidates: list[Candidate],
+    models: dict[str, Any],
+    recent: tuple[np.ndarray, np.ndarray],
+    champion_test_f1: float,
+) -> Gate:
+    """The best candidate on the recent rows against the champion: it must gain ``min_gain`` and gain reliably."""
+    features, labels = recent
+    best = max(candidates, key=lambda candidate: candidate.recent_f1)  # ties: the first, "all" when configured
+    champion_recent = f1_on(champion.model, features, labels)
+    gain = best.recent_f1 - champion_recent
+    resampled = paired_gain_resamples(
+        labels, champion.model.predict(features), models[best.window.name].predict(features), PAIRED_RESAMPLES
+    )
+    p_no_gain = float(np.mean(resampled <= 0))
+    # A tolerance, so that a gain of exactly the margin counts despite rounding.
+    passed = gain >= settings.min_gain - 1e-9 and p_no_gain <= 1 - settings.gate_confidence
+    others = ", ".join(f"{c.window.name} {c.recent_f1:.4f}" for c in candidates if c is not best)
+    sentence = (
+        f"challenger ({best.window.name} window) F1 {best.recent_f1:.4f} against champion {champion_recent:.4f} on "
+        f"{labels.size} held-out recent rows (margin {settings.min_gain:g}; no gain in {p_no_gain:.1%} of "
+        f"resamples, at most {1 - settings.gate_confidence:.0%} allowed)"
+        + (f"; other windows: {others}" if others else "")
+        + f"; on the test data {best.test_f1:.4f} against {champion_test_f1:.4f}"
+    )
+    return Gate(champion_recent, champion_test_f1, best, gain, p_no_gain, passed, sentence)
+
+
+# ---------------------------------------------------------------- evaluation window
+
+
+def score_window(
+    model: Any, data: IngestedData, window: np.ndarray, test_features: np.ndarray, settings: MonitoringSettings
+) -> WindowScore | None:
+    """A model's scores on the rolling evaluation window and the test data's drift against it."""
+    if int(window.sum()) < settings.min_holdout_rows or np.unique(data.labels(window)).size < 2:
+        return None
+    features, labels = data.features(window), data.labels(window)
+    metrics = score_predictions(labels, model.predict_proba(features)[:, 1], model.predict(features))
+    batches = data.batch[window]
+    drift = feature_drift(features, test_features, settings)
+    return WindowScore(int(window.sum()), int(batches.min()), int(batches.max()), metrics, drift)
+
+
+# ---------------------------------------------------------------- the whole decision
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a decision needs: settings, the history, the serving model, the ingested rows and what is new."""
+
+    config: Config
+    connection: Any
+    champion: DeployedVersion
+    data: IngestedData
+    watermark: int  # batches up to this one were decided on; later ones are new
+
+
+def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
+    """Decide on the rows that arrived after the watermark."""
+    config, data, champion = inputs.config, inputs.data, inputs.champion
+    settings = config.monitoring
+    new = data.in_batches(inputs.watermark + 1)
+    new_rows = int(new.sum())
+    first_new, latest = inputs.watermark + 1, data.latest_batch
+    version = champion.version
+    if new_rows < settings.min_new_rows:
+        log.info("%d new row(s): too few to test for drift; they wait for more", new_rows)
+        return Assessment(
+            WAITING,
+            f"the new files hold {new_rows} row(s) not ingested before, fewer than the {settings.min_new_rows} a "
+            f"drift test needs; ingested, and they wait for the next batch to be tested with it; {version} serves",
+            first_new,
+            latest,
+            new_rows,
+        )
+    new_features, new_labels = data.features(new), data.labels(new)
+    with clock.stage("model drift"):
+        verdict = test_model_drift(settings, inputs.connection, champion, new_features, new_labels)
+    with clock.stage("data drift"):
+        reference, reference_text = data_reference(inputs.connection, data, champion, inputs.watermark)
+        drift_rows = test_data_drift(settings, data, reference, new)
+    log.info("data drift reference: %s", reference_text)
+    drifted = [row for row in drift_rows if row["drifted"]]
+    triggers = retraining_triggers(settings.retrain_on, verdict, drifted)
+    assessment = Assessment(KEPT, "", first_new, latest, new_rows, verdict, drift_rows, reference_text, triggers)
+    window_info = TrainingWindow.from_info(champion.model_info)
+    held_out_from = window_info.held_out_from_batch if window_info else first_new
+    with clock.stage("test data"):
+        test_features, test_labels = read_labelled_data(find_test_files(config.test_data_path))
+    evaluation = evaluation_mask(data, settings, held_out_from)
+    if not triggers:
+        with clock.stage("evaluation window"):
+            assessment.window = score_window(champion.model, data, evaluation, test_features, settings)
+        assessment.decision = (
+            f"no drift that triggers retraining{describe_no_trigger(settings.retrain_on, verdict, drifted)}; kept "
+            f"{version} (F1 {verdict.new_f1:.4f} on {new_rows} new rows, threshold {verdict.threshold:.4f})"
+        )
+        return assessment
+    log.warning("retraining: %s", "; ".join(triggers))
+    recent = new & data.held_out(settings.holdout_fraction)
+    assessment.holdout_rows = int(recent.sum())
+    if assessment.holdout_rows < settings.min_holdout_rows or np.unique(data.labels(recent)).size < 2:
+        assessment.outcome = WAITING
+        assessment.decision = (
+            f"drift found, but only {assessment.holdout_rows} recent rows could be held out (at least "
+            f"{settings.min_holdout_rows} with both classes are needed to compare models); the rows wait for the "
+            f"next batch; {version} serves"
+        )
+        return assessment
+    with clock.stage("training"):
+        trained = train_candidates(inputs, first_new, held_out_from, ~evaluation, "; ".join(triggers))
+    with clock.stage("scoring"):
+        champion_test = f1_on(champion.model, test_features, test_labels)
+        recent_rows = (data.features(recent), data.labels(recent))
+        candidates = [
+            Candidate(window, folder, f1_on(model, *recent_rows), test_f1) for window, folder, model, test_f1 in trained
+        ]
+        models = {window.name: model for window, _, model, _ in trained}
+        if not candidates:
+            assessment.decision = f"drift found, but no training window holds enough rows to train on; kept {version}"
+            return assessment
+        gate = judge_candidates(settings, champion, candidates, models, recent_rows, champion_test)
+    log.info("gate: %s", gate.sentence)
+    for candidate in candidates:
+        log.info(
+            "candidate %s: %s; F1 %.4f on the held-out recent rows, %.4f on the test data",
+            candidate.window.name,
+            candidate.window.describe(),
+            candidate.recent_f1,
+            candidate.test_f1,
+        )
+    assessment.candidates, assessment.gate = candidates, gate
+    serving = models[gate.best.window.name] if gate.passed else champion.model
+    with clock.stage("evaluation window"):
+        assessment.window = score_window(serving, data, evaluation, test_features, settings)
+    if gate.passed:
+        assessment.outcome = DEPLOYED
+        assessment.decision = f"challenger deployed, replacing {version}: {gate.sentence}"
+    else:
+        assessment.decision = f"challenger not deployed: {gate.sentence}; kept {version}"
+        log.warning(
+            "the challenger is not better by the margin; %s keeps serving (the challengers stay in %s)",
+            version,
+            config.model_folder / CHALLENGER_FOLDER,
+        )
+    return assessment
+
+
+def train_candidates(
+    inputs: RunInputs, first_new: int, held_out_from: int, trainable: np.ndarray, because: str
+) -> list[tuple[TrainingWindow, Path, Any, float]]:
+    """Train one challenger per window into ``challenger/<window>/`` and score it on the test data."""
+    from scoring import write_scores
+    from training import describe_training_data, fit_and_save
+
+    config, data = inputs.config, inputs.data
+    described = describe_training_data(config.output_folder)
+    trained = []
+    for window, mask, weights in candidate_windows(
+        config, inputs.connection, data, first_new, held_out_from, trainable
+    ):
+        folder = config.model_folder / CHALLENGER_FOLDER / window.name
+        info = {
+            **described,
+            "training_window": asdict(window),
+            "held_out_recent_rows": int((data.in_batches(first_new) & ~trainable).sum()),
+            "retrained_because": because,
+        }
+        fit_and_save(data.features(mask), data.labels(mask), info, config.model, folder, weights)
+        metrics = score_model(folder / MODEL_FILE, config.test_data_path)
+        write_scores(metrics, folder)
+        trained.append((window, folder, load_model(folder / MODEL_FILE), float(metrics["f1"])))
+    return trained

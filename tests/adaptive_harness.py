@@ -1,0 +1,176 @@
+"""A world that changes, for the adaptive-monitoring scenarios: batches from the project's generator fed
+to ``fullprocess.py`` as real processes, and the deployed model measured on fresh samples of each world.
+
+Each step records, for the scenario table: the world the batch came from, whether the run retrained,
+which training window won, the deployed model's F1 on a fresh sample of that world, the F1 of a
+model fitted on that world alone with the same pipeline, and their ratio.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from common.artifacts import current_version_folder, load_deployed_version
+from common.config import ModelSettings, load_config
+from common.drift import confusion_shares, f1_from_counts
+from common.errors import PipelineError
+from common.history import read_runs
+from common.schema import FEATURES
+from generate_data import WORLDS, generate_clients, write_batch, write_shipped_data
+from tests.helpers import run_script, write_config
+from training import train_model
+
+FRESH_ROWS = 5_000
+ORACLE_ROWS = 50_000
+
+
+def arrays(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    clients = generate_clients(rows, np.random.default_rng(seed), WORLDS[world])
+    return np.column_stack([clients[name] for name in FEATURES]).astype(float), clients["exited"]
+
+
+def f1_of(model: object, features: np.ndarray, labels: np.ndarray) -> float:
+    shares = confusion_shares(labels, model.predict(features))
+    return float(f1_from_counts(shares[0], shares[1], shares[2]))
+
+
+@cache
+def fresh_sample(world: str) -> tuple[np.ndarray, np.ndarray]:
+    return arrays(world, FRESH_ROWS, seed=7_000 + sorted(WORLDS).index(world))
+
+
+@cache
+def oracle_f1(world: str) -> float:
+    """F1 on the fresh sample of a model fitted on that world alone (a large sample of it), same pipeline."""
+    model = train_model(*arrays(world, ORACLE_ROWS, seed=8_000 + sorted(WORLDS).index(world)), ModelSettings())
+    return f1_of(model, *fresh_sample(world))
+
+
+@dataclass
+class Step:
+    scenario: str
+    batch: str
+    world: str
+    rows: int
+    outcome: str
+    retrained: bool
+    window: str
+    deployed: str
+    f1: float
+    oracle: float
+    f1_before: float | None  # the model that served before this run, on the same fresh sample
+
+    @property
+    def ratio(self) -> float:
+        return self.f1 / self.oracle
+
+
+@dataclass
+class ChangingWorld:
+    """A copy of the shipped data in ``root`` with a config, fed batch by batch to fullprocess.py."""
+
+    root: Path
+    scenario: str
+    steps: list[Step] = field(default_factory=list)
+    seed: int = 100
+
+    @classmethod
+    def start(cls, root: Path, scenario: str, **monitoring: object) -> ChangingWorld:
+        write_shipped_data(root)
+        write_config(
+            root,
+            diagnostics={"timing_runs": 1, "package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
+            api={"url": "http://127.0.0.1:9"},
+            monitoring=monitoring,
+        )
+        world = cls(root, scenario)
+        world.run("shipped data", "stable", 9992)
+        return world
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def deployed_model(self) -> object | None:
+        try:
+            return load_deployed_version(current_version_folder(load_config(self.config_path).deployment_folder)).model
+        except PipelineError:
+            return None
+
+    def run(self, batch: str, world: str, rows: int) -> Step:
+        before = self.deployed_model()
+        f1_before = None if before is None else f1_of(before, *fresh_sample(world))
+        result = run_script("fullprocess.py", "--config", str(self.config_path), timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        run = read_runs(load_config(self.config_path).history_path, limit=1)[0]
+        deployed = load_deployed_version(current_version_folder(load_config(self.config_path).deployment_folder))
+        step = Step(
+            self.scenario,
+            batch,
+            world,
+            rows,
+            run["outcome"],
+            bool(run.get("drift_trigger")),
+            run.get("winning_window") or "-",
+            deployed.version,
+            f1_of(deployed.model, *fresh_sample(world)),
+            oracle_f1(world),
+            f1_before,
+        )
+        self.steps.append(step)
+        return step
+
+    def feed(self, world: str, rows: int = 3_000) -> Step:
+        """A batch of ``rows`` new clients from ``world``, then one monitoring run."""
+        self.seed += 1
+        name = f"batch_{len(self.steps):03d}_{world}.csv"
+        write_batch(self.root / "sourceddata" / name, rows, seed=self.seed, world=world)
+        return self.run(name, world, rows)
+
+    def retrained(self, steps: list[Step]) -> int:
+        return sum(step.retrained for step in steps)
+
+
+def format_steps(steps: list[Step]) -> str:
+    header = [
+        "scenario",
+        "batch",
+        "world",
+        "rows",
+        "outcome",
+        "retrained",
+        "window won",
+        "deployed",
+        "F1 fresh",
+        "F1 world-only",
+        "ratio",
+    ]
+    rows = [
+        [
+            step.scenario,
+            str(index),
+            step.world,
+            str(step.rows),
+            step.outcome,
+            "yes" if step.retrained else "no",
+            step.window,
+            step.deployed,
+            f"{step.f1:.4f}",
+            f"{step.oracle:.4f}",
+            f"{step.ratio:.3f}",
+        ]
+        for index, step in enumerate(steps)
+    ]
+    widths = [max(len(text) for text in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def save_steps(steps: list[Step], path: Path) -> None:
+    path.write_text(json.dumps([{**step.__dict__, "ratio": step.ratio} for step in steps], indent=1))

@@ -1,0 +1,68 @@
+"""Helpers the tests share: a tiny project's files and config, training a model, running a script as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.artifacts import MODEL_FILE
+from common.config import Config, ModelSettings
+from common.evaluation import score_model
+from common.files import sha256_file
+from deployment import publish_deployment
+from generate_data import format_csv, generate_clients, rows_of
+from scoring import write_scores
+from training import train_from_folder
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_clients(path: Path, rows: int, seed: int) -> Path:
+    """A CSV of ``rows`` generated clients."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(format_csv(rows_of(generate_clients(rows, np.random.default_rng(seed)))), encoding="utf-8")
+    return path
+
+
+def write_config(folder: Path, **overrides: object) -> Path:
+    """A config.json in ``folder`` with the classic keys, relative paths and any overrides."""
+    config = {
+        "input_folder_path": "sourceddata",
+        "output_folder_path": "ingesteddata",
+        "test_data_path": "testdata",
+        "output_model_path": "models",
+        "prod_deployment_path": "production_deployment",
+        "deployment": {"keep_versions": 3},
+        **overrides,
+    }
+    path = folder / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def train_and_score(config: Config, C: float = 1.0) -> str:
+    """Train with regularisation ``C`` (so each call can make a distinct model) and score it; return its hash."""
+    train_from_folder(config.output_folder, config.model_folder, ModelSettings(C=C))
+    write_scores(score_model(config.model_folder / MODEL_FILE, config.test_data_path), config.model_folder)
+    return sha256_file(config.model_folder / MODEL_FILE)
+
+
+def deploy(config: Config) -> dict:
+    return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
+
+
+def run_script(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    """Run a top-level script with this interpreter; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=PROJECT_ROOT,
+    )

@@ -1,0 +1,75 @@
+"""The monitoring job follows a world that changes, as real processes, with the project's generator.
+
+Each scenario starts from the shipped data (10,000 clients of the first world, deployed by the
+first run) and feeds batches to ``fullprocess.py`` one run at a time; the deployed model is
+measured on a fresh 5,000-row sample of the world each batch came from, against a model fitted
+on that world alone with the same pipeline. ``pytest -s`` prints the scenario table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.adaptive_harness import ChangingWorld, Step, format_steps
+
+pytestmark = pytest.mark.slow
+
+TABLE: list[Step] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_table():
+    yield
+    if TABLE:
+        print("\n" + format_steps(TABLE))
+
+
+def test_a_twenty_stable_batches_trigger_at_most_one_retraining(tmp_path: Path):
+    world = ChangingWorld.start(tmp_path, "a")
+    steps = [world.feed("stable", 2_000) for _ in range(20)]
+    TABLE.extend(world.steps)
+    assert world.retrained(steps) <= 1, format_steps(steps)
+    assert all(step.deployed == "v0001" or step.ratio >= 0.97 for step in steps)
+
+
+def test_b_c_a_changed_world_is_followed_and_then_calms_down(tmp_path: Path):
+    world = ChangingWorld.start(tmp_path, "b, c")
+    first = world.feed("drifted")
+    # (b) the first changed batch triggers retraining and the deployed model follows the new world
+    assert first.retrained and first.outcome == "deployed", format_steps(world.steps)
+    assert first.ratio >= 0.95, format_steps(world.steps)
+    more = [world.feed("drifted") for _ in range(2)]
+    assert more[-1].ratio >= 0.98, format_steps(world.steps)
+    # (c) the next 10 batches of the new world trigger at most 1 retraining
+    later = [world.feed("drifted") for _ in range(10)]
+    TABLE.extend(world.steps)
+    assert world.retrained(later) <= 1, format_steps(world.steps)
+    assert min(step.ratio for step in later) >= 0.95, format_steps(world.steps)
+
+
+def test_d_a_shifted_population_never_gets_a_worse_model(tmp_path: Path):
+    world = ChangingWorld.start(tmp_path, "d")
+    steps = [world.feed("shifted") for _ in range(3)]
+    TABLE.extend(world.steps)
+    for before, step in zip(world.steps, steps, strict=False):
+        if step.deployed != before.deployed:  # replaced: the new model must not score worse on the shifted world
+            assert step.f1 >= step.f1_before, format_steps(world.steps)
+
+
+def test_e_a_change_and_a_return_are_both_followed(tmp_path: Path):
+    world = ChangingWorld.start(tmp_path, "e")
+    away = [world.feed("drifted") for _ in range(2)]
+    assert away[0].retrained and away[-1].ratio >= 0.95, format_steps(world.steps)
+    back = [world.feed("stable") for _ in range(2)]
+    TABLE.extend(world.steps)
+    assert any(step.retrained for step in back), format_steps(world.steps)
+    assert back[-1].ratio >= 0.95, format_steps(world.steps)
+
+
+def test_f_five_stable_batches_of_200000_rows_trigger_no_retraining(tmp_path: Path):
+    world = ChangingWorld.start(tmp_path, "f")
+    steps = [world.feed("stable", 200_000) for _ in range(5)]
+    TABLE.extend(world.steps)
+    assert world.retrained(steps) == 0, format_steps(world.steps)
