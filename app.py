@@ -50,6 +50,7 @@ from werkzeug.exceptions import (
 from common.artifacts import (
     CURRENT_LINK,
     DIAGNOSTICS_FILE,
+    EVALUATION_WINDOW_FILE,
     FINAL_DATA,
     DeployedVersion,
     load_deployed_version,
@@ -460,6 +461,25 @@ def describe_scores(served: ServedModel, test_hashes: dict[str, str]) -> dict[st
     return scores
 
 
+RECENT_WINDOW_KEYS = ("rows", "batches", "f1", "precision", "recall", "roc_auc", "updated_at", "test_data_drift")
+
+
+def read_recent_window(path: Path) -> dict[str, Any]:
+    """The serving model's scores on the rolling window of recent held-out rows, as fullprocess.py stored them."""
+    return read_json_file(path, EVALUATION_WINDOW_FILE)
+
+
+def describe_recent_window(served: ServedModel, recent: FileBackedValue) -> dict[str, Any] | None:
+    """The served version's scores on the recent window, with the note on the test data; None when there are none."""
+    try:
+        stored = recent.get()
+    except (OSError, ValueError, PipelineError):
+        return None
+    if stored.get("model_version") != served.version:
+        return None
+    return {**{key: stored.get(key) for key in RECENT_WINDOW_KEYS}, "note": stored.get("test_data_note")}
+
+
 def read_summary(path: Path) -> dict[str, Any]:
     columns = read_numeric_columns(path)
     rows = len(next(iter(columns.values())))
@@ -519,6 +539,9 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     test_hashes = FileBackedValue(
         lambda: find_test_files(config.test_data_path), lambda files: {path.name: sha256_file(path) for path in files}
     )
+    recent = FileBackedValue(
+        lambda: [config.model_folder / EVALUATION_WINDOW_FILE], lambda files: read_recent_window(files[0])
+    )
     expected = token.encode() if token else None
     try:
         watcher.served()  # load the model now, not on a client's first request
@@ -566,7 +589,9 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
             hashes = test_hashes.get()
         except (OSError, PipelineError):
             hashes = {}
-        return json_response(describe_scores(served, hashes))
+        return json_response(
+            {**describe_scores(served, hashes), "recent_window": describe_recent_window(served, recent)}
+        )
 
     @app.get("/summarystats")
     def summarystats() -> Response:
@@ -607,7 +632,14 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
 
     @app.get("/version")
     def version() -> Response:
-        return json_response({**describe_version(watcher.served()), **describe_load_error(watcher)})
+        served = watcher.served()
+        return json_response(
+            {
+                **describe_version(served),
+                "recent_window": describe_recent_window(served, recent),
+                **describe_load_error(watcher),
+            }
+        )
 
     return app
 

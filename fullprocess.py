@@ -520,6 +520,8 @@ HISTORY_COLUMNS = (
     ("challenger_recent_f1", "challenger recent", lambda value: f"{value:.4f}"),
     ("champion_test_f1", "champion test", lambda value: f"{value:.4f}"),
     ("challenger_test_f1", "challenger test", lambda value: f"{value:.4f}"),
+    ("winning_window", "window won", str),
+    ("window_f1", "F1 recent window", lambda value: f"{value:.4f}"),
     ("missing_percent", "missing %", lambda value: f"{value:.3f}"),
     ("seconds", "seconds", lambda value: f"{value:.2f}"),
 )
@@ -543,6 +545,15 @@ def format_history(runs: list[dict[str, Any]]) -> str:
         lines.append(f"run {run['id']}: {run.get('decision') or run['outcome']}")
         if run.get("drift_trigger"):
             lines.append(f"    trigger: {run['drift_trigger']}")
+        if run.get("drift_reference"):
+            lines.append(f"    model-drift reference: {run['drift_reference']}")
+        if run.get("data_drift_reference"):
+            lines.append(f"    data-drift reference: {run['data_drift_reference']}")
+        for candidate in run.get("candidates") or ():
+            lines.append(
+                f"    candidate {candidate['window']}: {candidate['describe']}; F1 {candidate['recent_f1']:.4f} on the "
+                f"held-out recent rows, {candidate['test_f1']:.4f} on the test data"
+            )
         if run.get("failed_stage"):
             lines.append(f"    failed stage: {run['failed_stage']}: {run.get('error')}")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from reportlab.platypus import Flowable, Image, KeepTogether, Paragraph, SimpleD
 from common.artifacts import (
     CONFUSION_MATRIX_FILE,
     DIAGNOSTICS_FILE,
+    EVALUATION_WINDOW_FILE,
     FINAL_DATA,
     INGESTED_FILES,
     MODEL_FILE,
@@ -81,6 +82,15 @@ def read_diagnostics(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PipelineError(f"{path} does not exist; run diagnostics.py first, then reporting.py again")
     return read_json_file(path, "diagnostics file")
+
+
+def read_recent_window(path: Path, version: str) -> dict[str, Any] | None:
+    """The serving model's scores on the rolling window of recent held-out rows; None when there are none for it."""
+    try:
+        stored = read_json_file(path, EVALUATION_WINDOW_FILE)
+    except PipelineError:
+        return None
+    return stored if stored.get("model_version") == version else None
 
 
 def read_deployed_model(deploy_root: Path) -> tuple[DeployedVersion, list[str]]:
@@ -440,9 +450,13 @@ def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, 
 
 
 def performance_section(
-    styles: dict[str, ParagraphStyle], evaluation: dict[str, Any], threshold: float | None, plot: Path
+    styles: dict[str, ParagraphStyle],
+    evaluation: dict[str, Any],
+    threshold: float | None,
+    plot: Path,
+    recent: dict[str, Any] | None = None,
 ) -> list[Flowable]:
-    """Metrics of the deployed model on the test data, and its confusion matrix."""
+    """Metrics of the deployed model on the test data (and on the recent window), and its confusion matrix."""
     files = [Path(name).name for name in evaluation.get("test_data", [])]
     caption = (
         f"The deployed model on {format_number(evaluation['rows'])} rows of {escape(list_names(files))} "
@@ -451,19 +465,23 @@ def performance_section(
     )
     if threshold is not None:
         caption += f" A client is labelled as exiting when the predicted probability is at least {threshold:.4f}."
-    metrics = [
-        ("F1", evaluation["f1"]),
-        ("Precision", evaluation["precision"]),
-        ("Recall", evaluation["recall"]),
-        ("ROC AUC", evaluation["roc_auc"]),
-        ("Accuracy", evaluation["accuracy"]),
-    ]
+    metrics = [("F1", "f1"), ("Precision", "precision"), ("Recall", "recall"), ("ROC AUC", "roc_auc")]
+    metrics.append(("Accuracy", "accuracy"))
+    rows = [["test data", *(format_metric(evaluation[key]) for _, key in metrics)]]
+    if recent is not None:
+        first, last = recent["batches"]
+        batches = f"batch {first}" if first == last else f"batches {first}–{last}"
+        rows.append(
+            [f"recent clients ({format_number(recent['rows'])} held-out rows, {batches})"]
+            + [format_metric(recent.get(key)) for _, key in metrics]
+        )
+        caption += f" Recent clients: {escape(recent['test_data_note'])}."
     table = make_table(
         styles,
-        [name for name, _ in metrics],
-        [[format_metric(value) for _, value in metrics]],
-        [FRAME_WIDTH / len(metrics)] * len(metrics),
-        text_columns=0,
+        ["Measured on", *(name for name, _ in metrics)],
+        rows,
+        spread_widths(52 * mm, len(metrics)),
+        text_columns=1,
         centred=True,
     )
     width, height = plot_size(plot)
@@ -714,6 +732,7 @@ def build_report(
     history_path: Path | None = None,
     notes: Sequence[str] = (),
     generated_at: str | None = None,
+    recent: dict[str, Any] | None = None,
 ) -> Path:
     """Lay out the summary report and write it atomically as a PDF at ``target``; return ``target``."""
     generated_at = generated_at or utc_now()
@@ -729,7 +748,8 @@ def build_report(
     ]
     story += [Paragraph(f"<b>Note:</b> {escape(note)}", styles["note"]) for note in notes]
     story += model_section(styles, deployed, source_files)
-    story += performance_section(styles, evaluation, deployed.model_info.get("decision_threshold"), plot)
+    threshold = deployed.model_info.get("decision_threshold")
+    story += performance_section(styles, evaluation, threshold, plot, recent)
     story += statistics_section(styles, diagnostics)
     story += missing_data_section(styles, diagnostics)
     story += timing_section(styles, diagnostics)
@@ -789,6 +809,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         trend_plot=trend_plot,
         history_path=config.history_path,
         notes=notes,
+        recent=read_recent_window(config.model_folder / EVALUATION_WINDOW_FILE, deployed.version),
     )
     return {
         "version": deployed.version,

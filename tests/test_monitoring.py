@@ -1,0 +1,105 @@
+"""The monitoring decision in-process: rows and their batches, references, windows, the gate, the record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.artifacts import current_version_folder, load_deployed_version
+from common.batches import read_batch_book, read_ingested_data
+from common.config import Config, load_config
+from common.history import DEPLOYED, KEPT, WAITING, open_history
+from common.monitoring import RunInputs, assess, paired_gain_resamples
+from common.stages import StageClock
+from generate_data import write_batch
+from ingestion import ingest_folder
+from tests.helpers import write_config
+
+
+def add_batch(config: Config, name: str, rows: int, seed: int, world: str = "stable") -> int:
+    write_batch(config.input_folder / name, rows, seed=seed, world=world)
+    return ingest_folder(config.input_folder, config.output_folder).batch
+
+
+def decide(config: Config, watermark: int):
+    connection = open_history(config.history_path)
+    champion = load_deployed_version(current_version_folder(config.deployment_folder))
+    data = read_ingested_data(config.output_folder)
+    clock = StageClock()
+    return assess(RunInputs(config, connection, champion, data, watermark), clock), clock
+
+
+def test_each_row_keeps_the_batch_it_arrived_in(deployed: Config):
+    data = read_ingested_data(deployed.output_folder)
+    assert data.latest_batch == 1 and set(np.unique(data.batch)) == {1}
+    assert add_batch(deployed, "later.csv", 500, seed=40) == 2
+    data = read_ingested_data(deployed.output_folder)
+    assert int((data.batch == 2).sum()) == 500 and data.batches[-1].files == ("later.csv",)
+    # a rebuild (a file removed for good, --fresh) keeps every remaining row's batch
+    (deployed.input_folder / "clients_a.csv").unlink()
+    ingest_folder(deployed.input_folder, deployed.output_folder, fresh=True)
+    rebuilt = read_ingested_data(deployed.output_folder)
+    assert rebuilt.rows == data.rows - 600 and int((rebuilt.batch == 2).sum()) == 500
+    assert read_batch_book(deployed.output_folder).latest == 2  # nothing new arrived, so no new batch
+
+
+def test_too_few_new_rows_wait(deployed: Config):
+    add_batch(deployed, "tiny.csv", 40, seed=41)
+    decision, _ = decide(deployed, watermark=1)
+    assert decision.outcome == WAITING and decision.new_rows == 40 and decision.model_drift is None
+    assert "fewer than the 100 a drift test needs" in decision.decision
+
+
+def test_a_stable_batch_is_judged_against_the_test_score_and_the_training_window(deployed: Config):
+    add_batch(deployed, "stable.csv", 1500, seed=42)
+    decision, clock = decide(deployed, watermark=1)
+    assert decision.outcome == KEPT and not decision.triggers and not decision.candidates
+    assert decision.model_drift.reference.endswith("(the test data, scored when it was deployed)")
+    assert decision.data_drift_reference.startswith("the serving model's training window: all rows, batch 1")
+    assert decision.window is not None and decision.window.first_batch == 2  # only rows held out when they came
+    fields = decision.history_fields()
+    assert fields["outcome"] == KEPT and fields["first_batch"] == 2 and fields["last_batch"] == 2
+    assert fields["window_rows"] == decision.window.rows and 0 < fields["window_f1"] < 1
+    assert {"model drift", "data drift", "test data"} <= set(clock.timings)
+
+
+def test_a_changed_world_gets_challengers_on_each_window_and_the_best_is_chosen(deployed: Config):
+    add_batch(deployed, "drift.csv", 3000, seed=43, world="drifted")
+    decision, clock = decide(deployed, watermark=1)
+    assert decision.model_drift.drifted and decision.triggers
+    assert [candidate.window.name for candidate in decision.candidates] == ["all", "recent", "weighted"]
+    recent = next(candidate for candidate in decision.candidates if candidate.window.name == "recent")
+    assert recent.window.first_batch == 2 and recent.window.rows == 3000 - decision.holdout_rows
+    assert decision.gate.best.recent_f1 == max(candidate.recent_f1 for candidate in decision.candidates)
+    assert decision.outcome == DEPLOYED and decision.deploy_folder == decision.gate.best.folder
+    assert (decision.deploy_folder / "metrics.json").is_file()
+    fields = decision.history_fields()
+    assert fields["winning_window"] == decision.gate.best.window.name and len(fields["candidates"]) == 3
+    assert "outcome" not in fields  # fullprocess.py sets it once the deployment is done
+    assert {"training", "scoring"} <= set(clock.timings)
+
+
+def test_the_recent_window_can_be_the_last_n_rows_and_windows_can_be_chosen(deployed: Config):
+    config = load_config(
+        write_config(deployed.path.parent, monitoring={"candidate_windows": ["recent"], "recent_window_rows": 1200})
+    )
+    add_batch(config, "drift.csv", 3000, seed=43, world="drifted")
+    decision, _ = decide(config, watermark=1)
+    assert [candidate.window.rows for candidate in decision.candidates] == [1200]
+
+
+def test_the_gate_asks_for_a_gain_that_holds_in_resamples():
+    rng = np.random.default_rng(3)
+    labels = rng.random(2000) < 0.3
+    same = np.where(rng.random(2000) < 0.85, labels, ~labels)
+    better = np.where(rng.random(2000) < 0.95, labels, ~labels)
+    assert np.mean(paired_gain_resamples(labels, same, better, 2000) <= 0) < 0.01
+    assert np.mean(paired_gain_resamples(labels, same, same, 2000) <= 0) == 1.0
+
+
+@pytest.mark.parametrize("windows", [["all"], ["weighted"]])
+def test_single_windows_train(deployed: Config, windows: list[str]):
+    config = load_config(write_config(deployed.path.parent, monitoring={"candidate_windows": windows}))
+    add_batch(config, "drift.csv", 3000, seed=44, world="drifted")
+    decision, _ = decide(config, watermark=1)
+    assert [candidate.window.name for candidate in decision.candidates] == windows
