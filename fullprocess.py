@@ -30,6 +30,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -450,9 +451,12 @@ def run_full_process(config: Config) -> dict[str, Any]:
             else:
                 record.set(outcome=FAILED, decision=f"stopped: {exc}; {serving or 'nothing'} serving")
             raise
-        except KeyboardInterrupt as exc:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see main)
             failure = exc
-            record.set(outcome=INTERRUPTED, decision="interrupted; nothing more was done")
+            if record.fields.get("outcome") in (DEPLOYED, FIRST_DEPLOYMENT):  # the deployment stands
+                record.set(failed_stage="after deployment", error="stopped by a signal")
+            else:
+                record.set(outcome=INTERRUPTED, decision="stopped by a signal; nothing was decided")
             raise
         finally:
             record.set(
@@ -559,6 +563,11 @@ def format_history(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def stop_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM ends a run as Ctrl-C does: recorded, the lock released, the deployed model serving."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group()
@@ -584,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, OSError) as exc:
         log.error("fullprocess failed: %s", exc)
         return EXIT_FAILED
+    signal.signal(signal.SIGTERM, stop_on_signal)
     try:
         with run_lock(config.deployment_folder):
             run_full_process(config)

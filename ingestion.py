@@ -42,7 +42,7 @@ from common.artifacts import (
 from common.batches import read_batch_book, write_batch_book
 from common.cli import build_parser, run_stage
 from common.errors import PipelineError
-from common.files import atomic_path, folder_lock, list_data_files, sha256_file, write_text_atomic
+from common.files import atomic_path, file_signature, folder_lock, list_data_files, sha256_file, write_text_atomic
 from common.rowhash import hash_rows
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, BadFileError, read_data_file
 
@@ -274,15 +274,6 @@ def append_csv_rows(source: Path, table: pa.Table, target: Path, quoted: bool) -
     return target
 
 
-def file_signature(path: Path) -> list[int]:
-    """What changes whenever a file is written or replaced: its size and modification time (to the nanosecond).
-
-    Not the inode, so a backup restored with its times (``cp -p``) is still recognised.
-    """
-    info = path.stat()
-    return [info.st_size, info.st_mtime_ns]
-
-
 def save_row_index(output_folder: Path, index: RowIndex, files: list[IngestedFile]) -> None:
     """Write the row index, tied to the ``finaldata.csv`` just written and the files it holds."""
     meta = {
@@ -435,13 +426,15 @@ def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_par
         raise PipelineError(f"no usable data in {input_folder} ({reasons}); earlier outputs are untouched")
     # finaldata.csv first: a crash before the record leaves the old record, so the next run
     # redoes the work; the report, written last, vouches for finaldata.csv (training checks it).
+    final_data = output_folder / FINAL_DATA
+    before = file_signature(final_data) if final_data.exists() else None
     index = index_if_appendable(output_folder, history, result.files)
     if index is not None:
         index = append_final_data(output_folder, result, list(history.values()), index)
     if index is None:
         index = rebuild_final_data(output_folder, result)
     save_row_index(output_folder, index, result.files)
-    result.batch = record_batch(output_folder, result, history)
+    result.batch = record_batch(output_folder, result, history, before)
     write_text_atomic(output_folder / INGESTED_FILES, "".join(entry.to_line() + "\n" for entry in result.files))
     result.seconds = round(time.perf_counter() - started, 3)
     write_text_atomic(output_folder / INGESTION_REPORT, json.dumps(describe_result(result, input_folder), indent=2))
@@ -462,16 +455,29 @@ def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_par
     return result
 
 
-def record_batch(output_folder: Path, result: IngestionResult, history: dict[str, IngestedFile]) -> int:
-    """Add the rows written for the first time to the batch book as a new batch; return its number (0: none)."""
+def record_batch(
+    output_folder: Path, result: IngestionResult, history: dict[str, IngestedFile], before: list[int] | None
+) -> int:
+    """Add the rows written for the first time to the batch book as a new batch; return its number (0: none).
+
+    The book also keeps each row's batch in ``finaldata.csv``'s order, tied to the file just
+    written (``before``: the signature the file had before this run appended to it).
+    """
     book = read_batch_book(output_folder)
     new_files = [
         entry.name for entry in result.files if getattr(history.get(entry.name), "sha256", None) != entry.sha256
     ]
     updated = book.with_rows(result.written_hashes, new_files, utc_now())
+    written = updated.batch_of(result.written_hashes)
+    if not result.appended:
+        in_order = written
+    elif book.finaldata == before and book.row_batches.size == result.rows_written - written.size:
+        in_order = np.concatenate([book.row_batches, written])
+    else:  # the order of the earlier rows is not known: readers look each row up by its hash
+        in_order = np.zeros(0, np.int32)
+    write_batch_book(output_folder, updated.aligned(in_order, file_signature(output_folder / FINAL_DATA)))
     if updated is book:
         return 0
-    write_batch_book(output_folder, updated)
     log.info("batch %d: %d row(s) arrived", updated.latest, updated.batches[-1].rows)
     return updated.latest
 

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from common.artifacts import FINAL_DATA
 from common.errors import PipelineError
-from common.files import atomic_path
+from common.files import atomic_path, file_signature
 from common.rowhash import hash_rows
-from common.schema import FEATURES, TARGET, read_data_file
+from common.schema import COLUMNS, FEATURES, SCHEMA, TARGET, read_data_file
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,17 @@ class BatchBook:
     hashes: np.ndarray  # uint64, sorted
     numbers: np.ndarray  # int32, aligned with hashes
     batches: tuple[Batch, ...]
+    # Each row's batch in finaldata.csv's order, valid while the file has this signature.
+    row_batches: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    finaldata: list[int] | None = None
 
     @classmethod
     def empty(cls) -> BatchBook:
         return cls(np.zeros(0, np.uint64), np.zeros(0, np.int32), ())
+
+    def aligned(self, row_batches: np.ndarray, finaldata: list[int]) -> BatchBook:
+        """The book with each row's batch in the order of the ``finaldata.csv`` that has this signature."""
+        return replace(self, row_batches=row_batches.astype(np.int32), finaldata=finaldata)
 
     @property
     def latest(self) -> int:
@@ -86,11 +95,18 @@ def read_batch_book(folder: Path) -> BatchBook:
         return BatchBook.empty()
     try:
         with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored["meta"]))
             batches = tuple(
                 Batch(item["number"], item["ingested_at"], item["rows"], tuple(item["files"]))
-                for item in json.loads(str(stored["batches"]))
+                for item in meta["batches"]
             )
-            book = BatchBook(stored["hashes"].astype(np.uint64), stored["numbers"].astype(np.int32), batches)
+            book = BatchBook(
+                stored["hashes"].astype(np.uint64),
+                stored["numbers"].astype(np.int32),
+                batches,
+                stored["row_batches"].astype(np.int32),
+                meta["finaldata"],
+            )
     except Exception as exc:  # a damaged book: rows are then told apart as if it had never been kept
         log.warning(
             "%s cannot be read (%s: %s); the rows it described count as one earlier batch",
@@ -108,9 +124,18 @@ def read_batch_book(folder: Path) -> BatchBook:
 def write_batch_book(folder: Path, book: BatchBook) -> Path:
     """Write the batch book atomically."""
     path = Path(folder) / ROW_BATCHES_FILE
-    batches = json.dumps([{**asdict(batch), "files": list(batch.files)} for batch in book.batches])
+    meta = {
+        "batches": [{**asdict(batch), "files": list(batch.files)} for batch in book.batches],
+        "finaldata": book.finaldata,
+    }
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, hashes=book.hashes, numbers=book.numbers, batches=np.array(batches))
+        np.savez(
+            handle,
+            hashes=book.hashes,
+            numbers=book.numbers,
+            row_batches=book.row_batches,
+            meta=np.array(json.dumps(meta)),
+        )
     return path
 
 
@@ -131,13 +156,20 @@ class IngestedData:
     def rows(self) -> int:
         return self.table.num_rows
 
+    @cached_property
+    def _features(self) -> np.ndarray:
+        return np.column_stack([self.table[name].to_numpy().astype(np.float64) for name in FEATURES])
+
+    @cached_property
+    def _labels(self) -> np.ndarray:
+        return self.table[TARGET].to_numpy().astype(np.int64)
+
     def features(self, mask: np.ndarray | None = None) -> np.ndarray:
-        table = self.table if mask is None else self.table.filter(pa.array(mask))
-        return np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
+        """The features (float64, one column per feature) of every row, or of the rows in ``mask``."""
+        return self._features if mask is None else self._features[mask]
 
     def labels(self, mask: np.ndarray | None = None) -> np.ndarray:
-        values = self.table[TARGET].to_numpy()
-        return (values if mask is None else values[mask]).astype(np.int64)
+        return self._labels if mask is None else self._labels[mask]
 
     def in_batches(self, first: int, last: int | None = None) -> np.ndarray:
         """A mask of the rows that arrived in batches ``first`` to ``last`` (inclusive; None: the latest)."""
@@ -178,6 +210,18 @@ class IngestedData:
         return np.power(0.5, age_days[self.batch] / half_life_days)
 
 
+def read_final_data(path: Path) -> pa.Table:
+    """The rows of ``finaldata.csv``: read as ingestion wrote them, or checked row by row if it was changed."""
+    options = pa_csv.ConvertOptions(column_types=SCHEMA, include_columns=list(COLUMNS), strings_can_be_null=False)
+    try:
+        table = pa_csv.read_csv(path, convert_options=options)
+        if table.schema.equals(SCHEMA) and all(table[name].null_count == 0 for name in COLUMNS):
+            return table
+    except (pa.ArrowInvalid, OSError):
+        pass
+    return read_data_file(path).table
+
+
 def read_ingested_data(folder: Path) -> IngestedData:
     """``finaldata.csv`` of an ingested-data folder with each row's batch.
 
@@ -188,10 +232,13 @@ def read_ingested_data(folder: Path) -> IngestedData:
     path = Path(folder) / FINAL_DATA
     if not path.exists():
         raise PipelineError(f"{path} does not exist; run ingestion.py first")
-    table = read_data_file(path).table
+    table = read_final_data(path)
     hashes = hash_rows(table)
     book = read_batch_book(folder)
-    batch = book.batch_of(hashes)
+    if book.finaldata == file_signature(path) and book.row_batches.size == table.num_rows:
+        batch = book.row_batches.copy()
+    else:
+        batch = book.batch_of(hashes)
     unknown = batch == 0
     batches = book.batches
     if unknown.any():

@@ -117,3 +117,12 @@ def find_test_files(test_data_path: Path) -> list[Path]:
     if not files:
         raise PipelineError(f"test data folder {test_data_path} holds no .csv, .json or .jsonl file")
     return files
+
+
+def file_signature(path: Path) -> list[int]:
+    """What changes whenever a file is written or replaced: its size and modification time (to the nanosecond).
+
+    Not the inode, so a backup restored with its times (``cp -p``) is still recognised.
+    """
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]

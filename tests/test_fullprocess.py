@@ -398,3 +398,24 @@ def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_m
     )
     assert json.loads((config.model_folder / "diagnostics.json").read_text())["model_version"] == "v0002"
     assert "no new data" in run_fullprocess(shipped).stderr  # and the run after that has nothing to do
+
+
+def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
+    root = shipped.parent
+    config = load_config(shipped)
+    assert run_fullprocess(shipped).returncode == 0
+    write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
+    holder = start_fullprocess(shipped, {PAUSE_ENV_VAR: "staged"})
+    try:
+        wait_for_line(holder, "pausing at step staged")
+        holder.send_signal(signal.SIGTERM)
+        assert holder.wait(timeout=30) == 130
+        assert "interrupted; the deployed model keeps serving" in holder.stderr.read()
+    finally:
+        holder.kill()
+    run = last_run(shipped)
+    assert run["outcome"] == "interrupted" and run["decision"] == "stopped by a signal; nothing was decided"
+    assert run["finished_at"] is not None and current_version(config.deployment_folder) == "v0001"
+    after = run_fullprocess(shipped)  # the lock is free and the batch is decided on now
+    assert after.returncode == 0, after.stderr
+    assert last_run(shipped)["outcome"] == "deployed" and current_version(config.deployment_folder) == "v0002"

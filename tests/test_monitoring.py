@@ -35,11 +35,14 @@ def test_each_row_keeps_the_batch_it_arrived_in(deployed: Config):
     assert add_batch(deployed, "later.csv", 500, seed=40) == 2
     data = read_ingested_data(deployed.output_folder)
     assert int((data.batch == 2).sum()) == 500 and data.batches[-1].files == ("later.csv",)
+    book = read_batch_book(deployed.output_folder)  # kept in the file's order too, and the same as by hash
+    assert np.array_equal(book.row_batches, data.batch) and np.array_equal(book.batch_of(data.hashes), data.batch)
     # a rebuild (a file removed for good, --fresh) keeps every remaining row's batch
     (deployed.input_folder / "clients_a.csv").unlink()
     ingest_folder(deployed.input_folder, deployed.output_folder, fresh=True)
     rebuilt = read_ingested_data(deployed.output_folder)
     assert rebuilt.rows == data.rows - 600 and int((rebuilt.batch == 2).sum()) == 500
+    assert np.array_equal(read_batch_book(deployed.output_folder).row_batches, rebuilt.batch)
     assert read_batch_book(deployed.output_folder).latest == 2  # nothing new arrived, so no new batch
 
 
