@@ -39,7 +39,7 @@ from common.artifacts import (
     read_ingested_files,
     utc_now,
 )
-from common.batches import read_batch_book, write_batch_book
+from common.batches import BatchBook, read_batch_book, read_final_data, write_batch_book
 from common.cli import build_parser, run_stage
 from common.errors import PipelineError
 from common.files import atomic_path, file_signature, folder_lock, list_data_files, sha256_file, write_text_atomic
@@ -428,6 +428,8 @@ def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_par
     # redoes the work; the report, written last, vouches for finaldata.csv (training checks it).
     final_data = output_folder / FINAL_DATA
     before = file_signature(final_data) if final_data.exists() else None
+    if before is not None and read_batch_book(output_folder).latest == 0:
+        start_batch_book(output_folder)
     index = index_if_appendable(output_folder, history, result.files)
     if index is not None:
         index = append_final_data(output_folder, result, list(history.values()), index)
@@ -453,6 +455,16 @@ def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_par
     if result.rejected:
         log.warning("%d file(s) left out: %s", len(result.rejected), ", ".join(result.rejected))
     return result
+
+
+def start_batch_book(output_folder: Path) -> None:
+    """Count the rows of an earlier ``finaldata.csv`` (from before batches were kept, or a lost book) as batch 1."""
+    final_data = output_folder / FINAL_DATA
+    table = read_final_data(final_data)
+    hashes = hash_rows(table)
+    book = BatchBook.empty().with_rows(hashes, [], "")
+    write_batch_book(output_folder, book.aligned(book.batch_of(hashes), file_signature(final_data)))
+    log.info("the %d rows ingested before batches were kept count as batch 1", table.num_rows)
 
 
 def record_batch(

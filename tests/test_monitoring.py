@@ -46,6 +46,13 @@ def test_each_row_keeps_the_batch_it_arrived_in(deployed: Config):
     assert read_batch_book(deployed.output_folder).latest == 2  # nothing new arrived, so no new batch
 
 
+def test_rows_ingested_before_batches_were_kept_are_the_first_batch(deployed: Config):
+    (deployed.output_folder / "rowbatches.npz").unlink()  # as an earlier version of the project left it
+    assert add_batch(deployed, "later.csv", 300, seed=45) == 2
+    data = read_ingested_data(deployed.output_folder)
+    assert int((data.batch == 1).sum()) == data.rows - 300 and int((data.batch == 2).sum()) == 300
+
+
 def test_too_few_new_rows_wait(deployed: Config):
     add_batch(deployed, "tiny.csv", 40, seed=41)
     decision, _ = decide(deployed, watermark=1)
