@@ -17,6 +17,7 @@ one current again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from typing import Any
 
 from common.artifacts import (
     CURRENT_LINK,
+    DEPLOYMENT_LOCK_FILE,
     INGESTED_FILES,
     LATEST_SCORE_FILE,
     METRICS_FILE,
@@ -43,7 +45,7 @@ from common.artifacts import (
 from common.cli import build_parser, run_stage
 from common.config import Config
 from common.errors import PipelineError
-from common.files import folder_lock, fsync_dir, sha256_file, write_text_atomic
+from common.files import folder_lock, fsync_dir, hold_lock, sha256_file, write_text_atomic
 
 log = logging.getLogger("deployment")
 
@@ -216,6 +218,18 @@ def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> 
     return staging, info
 
 
+def same_model(folder: Path, sources: dict[str, Path]) -> bool:
+    """Whether a version folder already holds this model with the same ingestion record.
+
+    Publishing it again would only make a copy that pushes a distinct older version out of the
+    kept ones, so rollback would reach the same model.
+    """
+    try:
+        return all(sha256_file(folder / name) == sha256_file(sources[name]) for name in (MODEL_FILE, INGESTED_FILES))
+    except OSError:
+        return False
+
+
 def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: Path, keep: int = 5) -> dict[str, Any]:
     """Publish the model, its scores and the ingestion record as a new version; return its description.
 
@@ -225,6 +239,10 @@ def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: P
     sources = find_sources(model_folder, ingested_folder)
     with folder_lock(deploy_root, "deployment"):
         remove_leftovers(deploy_root)
+        serving = current_version(deploy_root)
+        if serving is not None and same_model(deploy_root / VERSIONS_FOLDER / serving, sources):
+            log.info("the model in %s is the one %s serves; no new version", model_folder, serving)
+            return {**read_version_info(deploy_root, serving), "version": serving, "unchanged": True}
         existing = list_versions(deploy_root)
         version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
         staging, info = stage_version(sources, deploy_root, version)
@@ -257,6 +275,12 @@ def rollback_deployment(deploy_root: Path) -> str:
     return target
 
 
+def deployment_lock(deploy_root: Path, owner: str) -> contextlib.AbstractContextManager[Path]:
+    """The lock every command that changes the deployment holds (fullprocess.py too): one at a time."""
+    path = deploy_root / DEPLOYMENT_LOCK_FILE
+    return hold_lock(path, owner, "the deployment is being changed by another run ({holder}); try again when it ends")
+
+
 def describe_versions(deploy_root: Path) -> list[str]:
     """One line per kept version: name, deployment time, F1, and a mark on the current one."""
     current = current_version(deploy_root)
@@ -276,15 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work(config: Config) -> object:
-        if args.rollback:
-            return rollback_deployment(config.deployment_folder)
         if args.list:
             lines = describe_versions(config.deployment_folder)
             print("\n".join(lines) if lines else f"nothing is deployed in {config.deployment_folder}")
             return lines
-        return publish_deployment(
-            config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
-        )
+        with deployment_lock(
+            config.deployment_folder, "deployment.py --rollback" if args.rollback else "deployment.py"
+        ):
+            if args.rollback:
+                return rollback_deployment(config.deployment_folder)
+            return publish_deployment(
+                config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
+            )
 
     return run_stage("deployment", args, work)
 

@@ -24,7 +24,6 @@ a time: a second run exits at once with code 75. Logs go to stderr and a rotatin
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -33,7 +32,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from typing import Any
 # Only light modules at the top: a run that finds nothing new must not pay for numpy, pyarrow,
 # pandas or scikit-learn. The stages and the statistics are imported once there is work.
 from common.artifacts import (
+    DEPLOYMENT_LOCK_FILE,
     DIAGNOSTICS_FILE,
     EVALUATION_WINDOW_FILE,
     INGESTED_FILES,
@@ -57,7 +56,7 @@ from common.artifacts import (
 from common.cli import build_parser
 from common.config import PROJECT_ROOT, Config, load_config
 from common.errors import PipelineError
-from common.files import atomic_path, list_data_files, sha256_file, write_text_atomic
+from common.files import LockHeld, atomic_path, hold_lock, list_data_files, sha256_file, write_text_atomic
 from common.history import (
     DEPLOYED,
     FAILED,
@@ -80,16 +79,11 @@ log = logging.getLogger("fullprocess")
 EXIT_FAILED = 1
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock; nothing was done, try again later
 EXIT_INTERRUPTED = 130
-RUN_LOCK_FILE = ".fullprocess.lock"
 CRON_LOG_FILE = "cron.log"
 PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
 API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
 # Written when the steps after a deployment finish: which version the diagnostics and report are of.
 AFTER_DEPLOYMENT_FILE = "afterdeployment.json"
-
-
-class RunLocked(Exception):
-    """Another run holds the lock."""
 
 
 @dataclass
@@ -135,29 +129,11 @@ class RunRecord:
 # ---------------------------------------------------------------- locking and stages
 
 
-@contextlib.contextmanager
-def run_lock(deploy_root: Path) -> Iterator[Path]:
-    """Hold the run lock of this deployment folder; raise RunLocked at once if a run holds it.
-
-    The lock is an ``flock`` on a file, so it is released when its holder ends, however it
-    ends (kill -9 included); a stale lock file never blocks a run.
-    """
-    deploy_root.mkdir(parents=True, exist_ok=True)
-    path = deploy_root / RUN_LOCK_FILE
-    with open(path, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "a process"
-            raise RunLocked(
-                f"another fullprocess.py run ({holder}) holds {path}; this run exits doing nothing"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}, started {utc_now()}\n")
-        handle.flush()
-        yield path
+def run_lock(deploy_root: Path) -> contextlib.AbstractContextManager[Path]:
+    """Hold the deployment's lock for this run; raise LockHeld at once if a run or a deployment command holds it."""
+    path = deploy_root / DEPLOYMENT_LOCK_FILE
+    busy = f"another run changing the deployment ({{holder}}) holds {path}; this run exits doing nothing"
+    return hold_lock(path, "fullprocess.py run", busy)
 
 
 # ---------------------------------------------------------------- 1. new data (light)
@@ -597,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with run_lock(config.deployment_folder):
             run_full_process(config)
-    except RunLocked as exc:
+    except LockHeld as exc:
         log.warning("%s", exc)
         return EXIT_LOCKED
     except StageFailed as exc:

@@ -8,12 +8,12 @@ import logging
 import os
 import pickle
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.errors import PipelineError
 from common.files import atomic_path, sha256_file, write_text_atomic
+from common.files import utc_now as utc_now  # the stages import it from here
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,8 @@ EVALUATION_WINDOW_FILE = "evaluationwindow.json"
 VERSIONS_FOLDER = "versions"
 CURRENT_LINK = "current"
 VERSION_INFO_FILE = "version.json"
-
-
-def utc_now() -> str:
-    """The current UTC time as ISO 8601 with a Z, to the second."""
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+# Held by every command that changes the deployment (fullprocess.py, deployment.py), one at a time.
+DEPLOYMENT_LOCK_FILE = ".fullprocess.lock"
 
 
 def save_model(model: Any, info: dict[str, Any], folder: Path) -> dict[str, Any]:

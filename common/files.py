@@ -9,6 +9,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from common.errors import PipelineError
@@ -56,16 +57,42 @@ def write_text_atomic(target: Path, text: str) -> Path:
     return Path(target)
 
 
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 with a Z, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class LockHeld(PipelineError):
+    """Another process holds the lock; the message names it (pid, what it is doing, since when)."""
+
+
 @contextlib.contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` for ``what``; fail at once if another process holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
+def hold_lock(path: Path, owner: str, busy: str) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``path``, noting ``owner`` in it; raise LockHeld at once if it is held.
+
+    ``busy`` is the message, with ``{holder}`` for what the holder noted. The lock is released
+    when its holder ends, however it ends (kill -9 included): a stale lock file never blocks.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise PipelineError(f"another {what} into {folder} is running; try again when it ends") from None
-        yield
+            handle.seek(0)
+            holder = handle.read().strip() or "a process"
+            raise LockHeld(busy.format(holder=holder)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {utc_now()}, {owner}\n")
+        handle.flush()
+        yield path
+
+
+def folder_lock(folder: Path, what: str) -> contextlib.AbstractContextManager[Path]:
+    """Hold an exclusive lock on ``folder`` for ``what``; fail at once if another process holds it."""
+    return hold_lock(
+        folder / ".lock", what, f"another {what} into {folder} is running ({{holder}}); try again when it ends"
+    )
 
 
 def fsync_dir(folder: Path) -> None:

@@ -72,10 +72,20 @@ def test_first_deployment_publishes_one_whole_version_with_classic_paths(trained
 
 
 def test_versions_are_kept_up_to_the_configured_number(trained):
-    for _ in range(5):
+    for C in (1.0, 0.5, 0.1, 0.05, 0.01):
+        train_and_score(trained, C)
         deploy(trained)
     assert list_versions(trained.deployment_folder) == ["v0003", "v0004", "v0005"]
     assert current_version(trained.deployment_folder) == "v0005"
+
+
+def test_the_model_that_serves_is_not_published_again(trained):
+    first = deploy(trained)
+    train_and_score(trained, C=0.01)
+    deploy(trained)
+    again = deploy(trained)  # the same model and data: no copy that would push v0001 out
+    assert again["version"] == "v0002" and again["unchanged"]
+    assert list_versions(trained.deployment_folder) == ["v0001", "v0002"] and first["version"] == "v0001"
 
 
 def test_rollback_restores_the_version_that_served_before(trained):
@@ -173,6 +183,7 @@ def test_leftovers_of_an_interrupted_deployment_or_prune_are_cleared_and_never_l
     (versions / ".trash-v0000-123").mkdir()
     (versions / ".staging-v0002").mkdir()
     assert list_versions(trained.deployment_folder) == ["v0001"]
+    train_and_score(trained, C=0.01)
     deploy(trained)
     assert sorted(entry.name for entry in versions.iterdir()) == ["v0001", "v0002"]
 

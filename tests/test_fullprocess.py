@@ -207,7 +207,10 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
         second = run_fullprocess(shipped)
         assert time.monotonic() - started < 10
         assert second.returncode == EXIT_LOCKED, second.stderr
-        assert f"another fullprocess.py run (pid {holder.pid}," in second.stderr
+        assert f"another run changing the deployment (pid {holder.pid}," in second.stderr
+        assert "fullprocess.py run)" in second.stderr
+        rollback = run_script("deployment.py", "--config", str(shipped), "--rollback")
+        assert rollback.returncode == 1 and "the deployment is being changed by another run" in rollback.stderr
         assert "this run exits doing nothing" in second.stderr
     finally:
         holder.send_signal(signal.SIGKILL)
