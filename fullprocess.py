@@ -47,6 +47,7 @@ from common.artifacts import (
     METRICS_FILE,
     MODEL_FILE,
     MODEL_INFO_FILE,
+    REPORT_RECORD_FILE,
     current_version,
     current_version_folder,
     load_deployed_version,
@@ -82,8 +83,6 @@ EXIT_INTERRUPTED = 130
 CRON_LOG_FILE = "cron.log"
 PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
 API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
-# Written when the steps after a deployment finish: which version the diagnostics and report are of.
-AFTER_DEPLOYMENT_FILE = "afterdeployment.json"
 
 
 @dataclass
@@ -297,7 +296,6 @@ def after_deployment(config: Config, record: RunRecord) -> None:
     with record.clock.stage("reporting"):
         report = write_report(config, plot_name=PLOT_AFTER_DEPLOYMENT)
         record.details["report"] = {"plot": str(report["plot"]), "pdf": str(report["pdf"])}
-    mark_reports_made(config)
     with record.clock.stage("apicalls"):
         url = config.api.url.rstrip("/")
         try:
@@ -309,12 +307,6 @@ def after_deployment(config: Config, record: RunRecord) -> None:
             record.details["apicalls"] = f"skipped: the API at {url} is not running"
             return
         record.details["apicalls"] = str(write_api_returns(config, url, API_RETURNS_AFTER_DEPLOYMENT))
-
-
-def mark_reports_made(config: Config) -> None:
-    """Note which version the diagnostics and report now describe (a run that dies before this is redone)."""
-    version = current_version(config.deployment_folder)
-    write_text_atomic(config.model_folder / AFTER_DEPLOYMENT_FILE, json.dumps({"version": version, "at": utc_now()}))
 
 
 # ---------------------------------------------------------------- the run
@@ -335,21 +327,21 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
     return new
 
 
+def made_for(path: Path) -> str | None:
+    """The model version a diagnostics or report record says it describes (None when there is none)."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stored.get("model_version") if isinstance(stored, dict) else None
+
+
 def reports_outdated(config: Config, version: str | None) -> bool:
-    """True when a version serves but its diagnostics and report were not made (a run died before them)."""
+    """True when a version serves but the diagnostics or the report describe another (a run died before them)."""
     if version is None:
         return False
-    try:
-        made_for = json.loads((config.model_folder / AFTER_DEPLOYMENT_FILE).read_text(encoding="utf-8"))["version"]
-    except FileNotFoundError:  # deployed by the stage scripts, not by this job: their own diagnostics count
-        try:
-            made_for = json.loads((config.model_folder / DIAGNOSTICS_FILE).read_text(encoding="utf-8"))
-            made_for = made_for.get("model_version")
-        except (OSError, ValueError, AttributeError):
-            made_for = None
-    except (OSError, ValueError, KeyError, TypeError):
-        made_for = None
-    return made_for != version
+    records = (config.model_folder / DIAGNOSTICS_FILE, config.model_folder / REPORT_RECORD_FILE)
+    return any(made_for(path) != version for path in records)
 
 
 def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) -> None:
@@ -462,6 +454,9 @@ def cron_line(config: Config, python: Path | None = None) -> str:
     whatever chose it (``--config``, ``$RISK_CONFIG``). ``%`` is escaped: cron turns it into a newline.
     """
     project = PROJECT_ROOT
+    for what, path in (("the config file", config.path), ("the project folder", project), ("the log", config.log_path)):
+        if "\n" in str(path) or "\r" in str(path):
+            raise PipelineError(f"{what} {str(path)!r} holds a line break; cron reads one job per line, so move it")
     if python is None:
         venv_python = project / ".venv" / "bin" / "python"
         python = venv_python if venv_python.exists() else Path(sys.executable).absolute()

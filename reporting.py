@@ -12,6 +12,7 @@ the trends over fullprocess.py runs from the run history (F1, missing data, timi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from common.artifacts import (
     INGESTED_FILES,
     MODEL_FILE,
     REPORT_FILE,
+    REPORT_RECORD_FILE,
     TRENDS_PLOT_FILE,
     DeployedVersion,
     current_version_folder,
@@ -48,7 +50,7 @@ from common.cli import build_parser, run_stage
 from common.config import Config
 from common.errors import PipelineError
 from common.evaluation import score_model
-from common.files import atomic_path
+from common.files import atomic_path, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
 from common.schema import FEATURES, ID_COLUMN, TARGET, BadFileError, read_data_file
 
@@ -811,6 +813,8 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         notes=notes,
         recent=read_recent_window(config.model_folder / EVALUATION_WINDOW_FILE, deployed.version),
     )
+    record = {"model_version": deployed.version, "generated_at": utc_now(), "pdf": str(pdf), "plot": str(plot)}
+    write_text_atomic(config.model_folder / REPORT_RECORD_FILE, json.dumps(record, indent=2) + "\n")
     return {
         "version": deployed.version,
         "plot": plot,

@@ -28,6 +28,8 @@ DIAGNOSTICS_FILE = "diagnostics.json"
 DEPENDENCY_CACHE_FILE = "dependencycache.json"
 CONFUSION_MATRIX_FILE = "confusionmatrix.png"
 REPORT_FILE = "summaryreport.pdf"
+# Written by reporting.py after the PDF: which model version the report describes.
+REPORT_RECORD_FILE = "summaryreport.json"
 TRENDS_PLOT_FILE = "trends.png"
 API_RETURNS_FILE = "apireturns.txt"
 # The serving model's scores on the rolling window of recent held-out rows (written by fullprocess.py).

@@ -422,3 +422,29 @@ def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
     after = run_fullprocess(shipped)  # the lock is free and the batch is decided on now
     assert after.returncode == 0, after.stderr
     assert last_run(shipped)["outcome"] == "deployed" and current_version(config.deployment_folder) == "v0002"
+
+
+def test_a_report_left_behind_by_a_stop_after_the_diagnostics_is_made_again(shipped: Path):
+    config = load_config(shipped)
+    assert run_fullprocess(shipped).returncode == 0
+    record = config.model_folder / "summaryreport.json"
+    assert json.loads(record.read_text())["model_version"] == "v0001"
+    # as a run stopped (SIGTERM, a full disk) after the diagnostics of v0002 and before its report leaves it
+    diagnostics = json.loads((config.model_folder / "diagnostics.json").read_text())
+    (config.model_folder / "diagnostics.json").write_text(json.dumps({**diagnostics, "model_version": "v0001"}))
+    assert run_fullprocess(shipped).returncode == 0  # both describe v0001, which serves: nothing to do
+    assert last_run(shipped)["decision"] == "no new data"
+    record.write_text(json.dumps({"model_version": "v0000"}))
+    again = run_fullprocess(shipped)
+    assert again.returncode == 0 and "not those of v0001" in again.stderr
+    assert json.loads(record.read_text())["model_version"] == "v0001"
+
+
+def test_a_config_path_with_a_line_break_never_reaches_the_crontab(tmp_path: Path):
+    folder = tmp_path / "evil\n* * * * * rm -rf ~"
+    folder.mkdir()
+    config = write_config(folder)
+    target = tmp_path / "cronjob.txt"
+    result = run_fullprocess(config, "--write-cronjob", str(target))
+    assert result.returncode == 1 and "holds a line break; cron reads one job per line" in result.stderr
+    assert not target.exists()
