@@ -122,6 +122,9 @@ class MonitoringSettings:
     recent_window_rows: int = field(default=0, metadata={"min": 0})
     recency_half_life: float = 1.0
     recency_unit: str = field(default="batches", metadata={"choices": RECENCY_UNITS})
+    # The label-free estimate of F1 is flagged unreliable when the model's calibration error on
+    # labelled new rows passes this.
+    max_calibration_error: float = 0.05
     # Held-out rows of the latest batches that make the rolling evaluation window.
     evaluation_window_rows: int = 5000
     # Alerts: a JSON event to each URL when a run deploys, fails or finds drift it cannot fix.

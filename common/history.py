@@ -107,6 +107,11 @@ ADDED_COLUMNS = (
     ("window_f1", "REAL"),  # the serving model's F1 on it
     ("test_data_drift", "INTEGER"),  # 1 when the test data no longer looks like the recent rows
     ("alerts", "TEXT"),  # JSON: the alert sent, if any
+    ("estimated_f1", "REAL"),  # the serving model's F1 on the new rows estimated from its probabilities alone
+    ("estimated_f1_low", "REAL"),  # the central 95% of the F1 the labels could show
+    ("estimated_f1_high", "REAL"),
+    ("calibration_error", "REAL"),  # expected calibration error on the new labelled rows (ten bins)
+    ("estimate_reliable", "INTEGER"),  # 0 when that error passes monitoring.max_calibration_error
 )
 RUN_COLUMNS = (
     "id",

@@ -31,9 +31,12 @@ from common.batches import IngestedData, TrainingWindow
 from common.config import Config, MonitoringSettings
 from common.drift import (
     ModelDrift,
+    PerformanceEstimate,
+    calibration_error,
     check_model_drift,
     confusion_shares,
     describe_feature_drift,
+    estimate_performance,
     f1_from_counts,
     feature_drift,
 )
@@ -135,6 +138,8 @@ class Assessment:
     first_batch: int
     last_batch: int
     new_rows: int
+    estimate: PerformanceEstimate | None = None  # from the probabilities alone, before the labels are used
+    calibration: float | None = None  # expected calibration error on the new labelled rows
     model_drift: ModelDrift | None = None
     feature_drift: list[dict[str, Any]] = field(default_factory=list)
     data_drift_reference: str | None = None
@@ -143,6 +148,11 @@ class Assessment:
     candidates: list[Candidate] = field(default_factory=list)
     gate: Gate | None = None
     window: WindowScore | None = None  # the serving model's, after the decision
+    max_calibration_error: float = 0.05
+
+    @property
+    def reliable(self) -> bool:
+        return self.calibration is None or self.calibration <= self.max_calibration_error
 
     @property
     def deploy_folder(self) -> Path | None:
@@ -172,6 +182,14 @@ class Assessment:
                 data_drift=any(row["drifted"] for row in self.feature_drift),
                 data_drift_reference=self.data_drift_reference,
             )
+        if self.estimate is not None:
+            fields.update(
+                estimated_f1=round(self.estimate.f1, 6),
+                estimated_f1_low=round(self.estimate.f1_low, 6),
+                estimated_f1_high=round(self.estimate.f1_high, 6),
+            )
+        if self.calibration is not None:
+            fields.update(calibration_error=round(self.calibration, 6), estimate_reliable=self.reliable)
         if self.triggers:
             fields["drift_trigger"] = "; ".join(self.triggers)
         if self.candidates:
@@ -236,6 +254,12 @@ def test_model_drift(
         labels.size,
     )
     return verdict
+
+
+def estimate_before_labels(model: Any, features: np.ndarray, labels: np.ndarray) -> tuple[PerformanceEstimate, float]:
+    """The F1 the probabilities alone promise on these rows, and how well calibrated they are on the labels."""
+    probabilities = model.predict_proba(features)[:, 1]
+    return estimate_performance(probabilities, model.predict(features)), calibration_error(labels, probabilities)
 
 
 # ---------------------------------------------------------------- data drift
@@ -458,6 +482,8 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
             new_rows,
         )
     new_features, new_labels = data.features(new), data.labels(new)
+    with clock.stage("performance estimate"):
+        estimate, calibration = estimate_before_labels(champion.model, new_features, new_labels)
     with clock.stage("model drift"):
         verdict = test_model_drift(settings, inputs.connection, champion, new_features, new_labels)
     with clock.stage("data drift"):
@@ -466,7 +492,29 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
     log.info("data drift reference: %s", reference_text)
     drifted = [row for row in drift_rows if row["drifted"]]
     triggers = retraining_triggers(settings.retrain_on, verdict, drifted)
-    assessment = Assessment(KEPT, "", first_new, latest, new_rows, verdict, drift_rows, reference_text, triggers)
+    assessment = Assessment(
+        KEPT,
+        "",
+        first_new,
+        latest,
+        new_rows,
+        estimate=estimate,
+        calibration=calibration,
+        model_drift=verdict,
+        feature_drift=drift_rows,
+        data_drift_reference=reference_text,
+        triggers=triggers,
+        max_calibration_error=settings.max_calibration_error,
+    )
+    log.info(
+        "F1 estimated from the probabilities alone %.4f (%.4f-%.4f), measured %.4f; calibration error %.4f%s",
+        estimate.f1,
+        estimate.f1_low,
+        estimate.f1_high,
+        verdict.new_f1,
+        calibration,
+        "" if assessment.reliable else f", above {settings.max_calibration_error:g}: the estimate is unreliable",
+    )
     window_info = TrainingWindow.from_info(champion.model_info)
     held_out_from = window_info.held_out_from_batch if window_info else first_new
     with clock.stage("test data"):

@@ -9,9 +9,11 @@ from sklearn.metrics import f1_score
 from common.config import MonitoringSettings
 from common.drift import (
     bootstrap_f1,
+    calibration_error,
     check_model_drift,
     describe_feature_drift,
     drift_threshold,
+    estimate_performance,
     f1_from_counts,
     feature_drift,
     resampled_f1,
@@ -121,3 +123,65 @@ def test_a_shifted_population_drifts_and_is_described():
     )
     assert " > 0.1" in describe_feature_drift(large["number_of_employees"])
     assert "Kolmogorov-Smirnov D" in describe_feature_drift(small["number_of_employees"])
+
+
+def world_arrays(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from generate_data import WORLDS
+
+    clients = generate_clients(rows, np.random.default_rng(seed), WORLDS[world])
+    return np.column_stack([clients[name].astype(float) for name in FEATURES]), clients["exited"]
+
+
+@pytest.fixture(scope="module")
+def shipped_like_model():
+    from common.config import ModelSettings
+    from training import train_model
+
+    return train_model(*world_arrays("stable", 10_000, 1), ModelSettings())
+
+
+def measured_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
+    return float(f1_score(labels, predicted))
+
+
+def test_f1_estimated_from_probabilities_alone_matches_the_labels_on_30_batches(shipped_like_model):
+    plans = [(world, rows) for world in ("stable", "shifted") for rows in (1_000, 5_000) for _ in range(8)][:30]
+    errors, covered, table = [], [], []
+    for seed, (world, rows) in enumerate(plans, start=100):
+        features, labels = world_arrays(world, rows, seed)
+        probabilities, predicted = (
+            shipped_like_model.predict_proba(features)[:, 1],
+            shipped_like_model.predict(features),
+        )
+        estimate = estimate_performance(probabilities, predicted)
+        measured = measured_f1(labels, predicted)
+        errors.append(abs(estimate.f1 - measured))
+        covered.append(estimate.f1_low <= measured <= estimate.f1_high)
+        table.append(
+            f"{world:8} {rows:5}  estimated {estimate.f1:.4f} ({estimate.f1_low:.4f}-{estimate.f1_high:.4f})  "
+            f"measured {measured:.4f}  calibration error {calibration_error(labels, probabilities):.4f}"
+        )
+    print("\n" + "\n".join(table) + f"\nmedian |error| {np.median(errors):.4f}; covered {np.mean(covered):.0%}")
+    assert np.median(errors) <= 0.03
+    assert np.mean(covered) >= 0.9
+
+
+def test_what_the_estimate_cannot_see_and_the_labelled_test_catches(shipped_like_model):
+    # a changed relationship: the probabilities still promise the old F1, the labels show the fall
+    features, labels = world_arrays("drifted", 5_000, 7)
+    probabilities, predicted = shipped_like_model.predict_proba(features)[:, 1], shipped_like_model.predict(features)
+    estimate = estimate_performance(probabilities, predicted)
+    measured = measured_f1(labels, predicted)
+    assert measured < estimate.f1_low - 0.1  # far outside what the probabilities expect
+    assert calibration_error(labels, probabilities) > MonitoringSettings().max_calibration_error  # flagged unreliable
+    shares = np.array(
+        [
+            np.mean(labels & predicted),
+            np.mean(~labels.astype(bool) & predicted.astype(bool)),
+            np.mean(labels.astype(bool) & ~predicted.astype(bool)),
+            0.0,
+        ]
+    )
+    shares[3] = 1 - shares[:3].sum()
+    verdict = check_model_drift(measured, shares, labels.size, reference((0.63, 3000)), MonitoringSettings())
+    assert verdict.drifted
