@@ -248,8 +248,16 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
         data = read_ingested_data(config.output_folder)
         missing = missing_percent([item.path for item in new.files])
     record.details["missing_data"] = missing
+    left_out = mark_rejected(record, ingested.rejected)
     batch_before = ingested.batch - 1 if ingested.batch else data.latest_batch
     watermark = find_watermark(connection, champion, batch_before)
+    if left_out == len(new.files) and not data.in_batches(watermark + 1).any():
+        return {
+            "outcome": NO_NEW_DATA,
+            "ingested_rows": ingested.rows_written,
+            "decision": f"no new data: the new file(s) were left out ({'; '.join(ingested.rejected.values())}); "
+            f"{champion.version} serves",
+        }
     assessment = assess(RunInputs(config, connection, champion, data, watermark), clock)
     record.feature_drift = assessment.feature_drift
     fields = {
@@ -276,6 +284,16 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
             config.model_folder / EVALUATION_WINDOW_FILE, json.dumps(assessment.window.to_json(serving), indent=2)
         )
     return fields
+
+
+def mark_rejected(record: RunRecord, rejected: dict[str, str]) -> int:
+    """Record the new files ingestion left out as bad, so they are not new again until edited; return how many."""
+    count = 0
+    for row in record.files:
+        if row["name"] in rejected and row["status"] in ("new", "edited"):
+            row.update(status="rejected", note=rejected[row["name"]])
+            count += 1
+    return count
 
 
 def keep_hashes(champion: Any) -> frozenset[str]:

@@ -42,7 +42,15 @@ from common.artifacts import (
 from common.batches import BatchBook, read_batch_book, read_final_data, write_batch_book
 from common.cli import build_parser, run_stage
 from common.errors import PipelineError
-from common.files import atomic_path, file_signature, folder_lock, list_data_files, sha256_file, write_text_atomic
+from common.files import (
+    atomic_path,
+    file_signature,
+    folder_lock,
+    list_source_files,
+    sha256_file,
+    shown_name,
+    write_text_atomic,
+)
 from common.rowhash import hash_rows
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, BadFileError, read_data_file
 
@@ -92,18 +100,78 @@ def parse_new_file(path: Path, sha256: str, output_folder: Path) -> IngestedFile
     return IngestedFile(path.name, sha256, parsed.rows_kept, parsed.rows_dropped, utc_now())
 
 
+def usable_cache(output_folder: Path, sha256: str) -> bool:
+    """Whether the cached rows of a file can be read; a damaged cache is named, set aside, and rebuilt from its file."""
+    path = parsed_path(output_folder, sha256)
+    if not path.exists():
+        return False
+    try:
+        table = feather.read_table(path, memory_map=True)
+        if not table.schema.equals(SCHEMA):
+            raise ValueError("its columns are not the schema's")
+    except Exception as exc:  # only a cache: any fault in it means read the source again
+        aside = path.with_name(path.name + ".damaged")
+        path.replace(aside)
+        log.warning(
+            "the cached rows %s cannot be read (%s); set aside as %s, the file is read again", path, exc, aside.name
+        )
+        return False
+    return True
+
+
+def read_new_file(path: Path, digest: str, output_folder: Path) -> IngestedFile:
+    """``parse_new_file``, with whatever else goes wrong in reading one file turned into BadFileError naming it."""
+    try:
+        return parse_new_file(path, digest, output_folder)
+    except BadFileError:
+        raise
+    except (OSError, ValueError, UnicodeError, OverflowError, RecursionError, pa.ArrowException) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise BadFileError(f"{path.name}: cannot be read ({detail})") from None
+
+
 def collect_files(input_folder: Path, output_folder: Path, history: dict[str, IngestedFile]) -> IngestionResult:
-    """Decide, file by file, which rows make up the ingested data (new, unchanged or kept)."""
+    """Decide, file by file, which rows make up the ingested data (new, unchanged or kept).
+
+    One bad file is one bad file: whatever is wrong with it (its name, its encoding, its values,
+    its permissions, a link out of the folder) it is named and left out, and the others go on.
+    """
     if not input_folder.is_dir():
         raise PipelineError(f"input folder {input_folder} does not exist")
-    data_files, ignored = list_data_files(input_folder)
+    data_files, ignored, refused = list_source_files(input_folder)
     for path in ignored:
-        log.info("%s: not a data file (only .csv, .json, .jsonl are read); ignored", path.name)
-    cached = {entry.sha256: entry for entry in history.values() if parsed_path(output_folder, entry.sha256).exists()}
-    result = IngestionResult(files=[], ignored=[path.name for path in ignored])
+        log.info("%s: not a data file (only .csv, .json, .jsonl are read); ignored", shown_name(path.name))
+    cached = {entry.sha256: entry for entry in history.values() if usable_cache(output_folder, entry.sha256)}
+    result = IngestionResult(files=[], ignored=[shown_name(path.name) for path in ignored])
     seen_hashes = set()
+
+    def reject(name: str, message: str) -> None:
+        """Leave a file out, keeping the rows ingested from it before (by its name) if there are any."""
+        result.rejected[name] = message
+        earlier = history.get(name)
+        if earlier is None:
+            log.warning("left out %s", message)
+            return
+        if earlier.sha256 not in cached:
+            raise PipelineError(
+                f"{message}; its rows ingested on {earlier.ingested_at} are missing from "
+                f"{output_folder / PARSED_FOLDER}; fix the file, or run with --fresh to ingest only the good files"
+            )
+        log.warning(
+            "left out %s; keeping the %d rows ingested from it on %s", message, earlier.rows_kept, earlier.ingested_at
+        )
+        result.files.append(earlier)
+        result.kept_from_history.append(name)
+        seen_hashes.add(earlier.sha256)
+
+    for name, reason in refused.items():
+        reject(name, f"{name}: not read: {reason}")
     for path in data_files:
-        digest = sha256_file(path)
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            reject(path.name, f"{path.name}: cannot be read ({exc.strerror})")
+            continue
         seen_hashes.add(digest)
         if digest in cached:
             previous = cached[digest]
@@ -113,24 +181,9 @@ def collect_files(input_folder: Path, output_folder: Path, history: dict[str, In
             log.debug("%s: unchanged since %s", path.name, previous.ingested_at)
             continue
         try:
-            result.files.append(parse_new_file(path, digest, output_folder))
+            result.files.append(read_new_file(path, digest, output_folder))
         except BadFileError as exc:
-            result.rejected[path.name] = str(exc)
-            earlier = history.get(path.name)
-            if earlier is None:
-                log.warning("left out %s", exc)
-                continue
-            if earlier.sha256 not in cached:
-                raise PipelineError(
-                    f"{exc}; its rows ingested on {earlier.ingested_at} are missing from "
-                    f"{output_folder / PARSED_FOLDER}; fix the file, or run with --fresh to ingest only the good files"
-                ) from None
-            log.warning(
-                "left out %s; keeping the %d rows ingested from it on %s", exc, earlier.rows_kept, earlier.ingested_at
-            )
-            result.files.append(earlier)
-            result.kept_from_history.append(path.name)
-            seen_hashes.add(earlier.sha256)
+            reject(path.name, str(exc))
     present = {entry.name for entry in result.files} | set(result.rejected)
     for name, entry in sorted(history.items()):
         if name in present or entry.sha256 in seen_hashes:

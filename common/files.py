@@ -7,6 +7,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -119,16 +120,59 @@ def is_stray_file(path: Path) -> bool:
     return name.startswith((".", "~")) or name.endswith("~") or name.lower().endswith(_STRAY_SUFFIXES)
 
 
+def shown_name(name: str) -> str:
+    """A file name as it can be logged and written: undecodable bytes and line breaks made visible."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else repr(text)
+
+
+def refusal(entry: Path, folder: Path) -> str | None:
+    """Why a data-named entry of a data folder is not read, or None when it is a plain file of that folder.
+
+    The data folder is a trust boundary: a link out of it, a file with other hard links (it may be
+    a file from elsewhere) and anything that is not a regular file are never read.
+    """
+    name = entry.name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not UTF-8 text; rename it"
+    if any(character in name for character in "\n\r\t"):
+        return "its name holds a line break or a tab; rename it"
+    try:
+        if entry.is_symlink():
+            target = entry.resolve()
+            if target.parent != Path(folder).resolve():
+                return f"it is a link to a file outside {Path(folder).name}; copy the file in instead"
+        info = entry.stat()
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file"
+    if info.st_nlink > 1 and not entry.is_symlink():
+        return "it has other hard links, so it may be a file from elsewhere; copy it in instead"
+    return None
+
+
+def list_source_files(folder: Path) -> tuple[list[Path], list[Path], dict[str, str]]:
+    """(data files, other files, refused data-named entries with the reason), directly inside ``folder``, by name."""
+    data, ignored, refused = [], [], {}
+    for entry in sorted(Path(folder).iterdir(), key=lambda p: p.name):
+        if is_stray_file(entry) or entry.suffix.lower() not in DATA_SUFFIXES:
+            if entry.is_file():
+                ignored.append(entry)
+            continue
+        reason = refusal(entry, folder)
+        if reason is None:
+            data.append(entry)
+        else:
+            refused[shown_name(entry.name)] = reason
+    return data, ignored, refused
+
+
 def list_data_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """Return (data files, ignored files) directly inside ``folder``, each sorted by name."""
-    data, ignored = [], []
-    for entry in sorted(Path(folder).iterdir(), key=lambda p: p.name):
-        if not entry.is_file():
-            continue
-        if is_stray_file(entry) or entry.suffix.lower() not in DATA_SUFFIXES:
-            ignored.append(entry)
-        else:
-            data.append(entry)
+    data, ignored, _ = list_source_files(folder)
     return data, ignored
 
 

@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS run_files (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     name TEXT NOT NULL,
     sha256 TEXT,
-    status TEXT NOT NULL,                  -- new, edited, stray
+    status TEXT NOT NULL,                  -- new, edited, stray, rejected (a bad file, left out)
     note TEXT
 );
 CREATE TABLE IF NOT EXISTS feature_drift (
@@ -278,21 +278,24 @@ def mark_interrupted(connection: sqlite3.Connection, finished_at: str, serving: 
     return closed + cursor.rowcount
 
 
-def hashes_with_outcome(connection: sqlite3.Connection, outcomes: tuple[str, ...]) -> set[str]:
-    """Content hashes of the new or edited files seen by runs that ended with one of ``outcomes``."""
-    placeholders = ", ".join("?" for _ in outcomes)
+def hashes_with_outcome(
+    connection: sqlite3.Connection, outcomes: tuple[str, ...], statuses: tuple[str, ...] = ("new", "edited")
+) -> set[str]:
+    """Content hashes of the files with one of ``statuses`` seen by runs that ended with one of ``outcomes``."""
     with named_errors(database_path(connection), "read the files of earlier runs"):
         rows = connection.execute(
             "SELECT DISTINCT f.sha256 FROM run_files f JOIN runs r ON r.id = f.run_id "
-            f"WHERE f.status IN ('new', 'edited') AND f.sha256 IS NOT NULL AND r.outcome IN ({placeholders})",
-            outcomes,
+            f"WHERE f.status IN ({', '.join('?' for _ in statuses)}) AND f.sha256 IS NOT NULL "
+            f"AND r.outcome IN ({', '.join('?' for _ in outcomes)})",
+            (*statuses, *outcomes),
         ).fetchall()
     return {row[0] for row in rows}
 
 
 def decided_hashes(connection: sqlite3.Connection) -> set[str]:
-    """Content hashes of the files that finished runs have already decided on."""
-    return hashes_with_outcome(connection, DECIDED_OUTCOMES)
+    """Content hashes of the files that finished runs have already decided on, or left out as bad."""
+    left_out = hashes_with_outcome(connection, (*DECIDED_OUTCOMES, WAITING, NO_NEW_DATA), ("rejected",))
+    return hashes_with_outcome(connection, DECIDED_OUTCOMES) | left_out
 
 
 def waiting_hashes(connection: sqlite3.Connection) -> set[str]:

@@ -32,6 +32,8 @@ SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) for name in (
 
 # Counts above 2**53 cannot be held exactly as the float64 they are parsed into.
 MAX_COUNT = 2**53
+# An id is a client's name or number; a longer one is a broken row, not a client.
+MAX_ID_LENGTH = 256
 _HEAD_BYTES = 64 * 1024
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -112,6 +114,9 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
     """Drop rows with a missing or invalid value; cast counts to int64; count each reason."""
     ids = pc.utf8_trim_whitespace(table[ID_COLUMN])
     missing = pc.fill_null(pc.equal(pc.utf8_length(ids), 0), True).to_numpy(zero_copy_only=False)
+    long_id = pc.fill_null(pc.greater(pc.utf8_length(ids), MAX_ID_LENGTH), False).to_numpy(zero_copy_only=False)
+    # A line break in an id would not survive a CSV round trip into every reader: a bad row.
+    broken_id = pc.fill_null(pc.match_substring_regex(ids, r"[\r\n\x00]"), False).to_numpy(zero_copy_only=False)
     numeric = [name for name in columns if name != ID_COLUMN]
     values = {name: table[name].to_numpy() for name in numeric}  # nulls become NaN
     negative = np.zeros(table.num_rows, dtype=bool)
@@ -124,11 +129,16 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
             fractional |= np.isinf(column) | (column != np.floor(column))
             too_large |= column > MAX_COUNT
     # Each dropped row is counted once, under the first reason that applies.
+    long_id &= ~missing
+    broken_id &= ~(missing | long_id)
+    missing |= long_id | broken_id
     negative &= ~missing
     fractional &= ~(missing | negative)
     too_large &= ~(missing | negative | fractional)
     checks = {
-        "missing value": missing,
+        f"id longer than {MAX_ID_LENGTH} characters": long_id,
+        "id with a line break": broken_id,
+        "missing value": missing & ~(long_id | broken_id),
         "negative count": negative,
         "not a whole number": fractional,
         "count too large": too_large,

@@ -1,0 +1,115 @@
+"""What an attack on the data folders found, kept found: one bad file is one bad file, caches are caches,
+the data folder is a trust boundary, and values have bounds."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from common.artifacts import FINAL_DATA
+from common.batches import read_ingested_data
+from common.config import Config
+from common.schema import MAX_ID_LENGTH
+from ingestion import PARSED_FOLDER, ingest_folder
+from tests.helpers import write_clients
+
+HEADER = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
+
+
+def ingest(project: Config, caplog: pytest.LogCaptureFixture | None = None):
+    if caplog is not None:
+        caplog.set_level(logging.INFO)
+    return ingest_folder(project.input_folder, project.output_folder)
+
+
+def test_an_overlong_id_is_a_bad_row_counted_and_never_written(project: Config):
+    (project.input_folder / "long.csv").write_text(HEADER + f"{'x' * 2_000_000},1,2,3,0\nacme,1,2,3,0\n")
+    result = ingest(project)
+    entry = next(entry for entry in result.files if entry.name == "long.csv")
+    assert (entry.rows_kept, entry.rows_dropped) == (1, 1)
+    assert max(len(line) for line in (project.output_folder / FINAL_DATA).read_text().splitlines()) < MAX_ID_LENGTH
+    read_ingested_data(project.output_folder)  # and training reads it back
+
+
+def test_an_id_with_a_quoted_line_break_is_a_bad_row(project: Config):
+    (project.input_folder / "breaks.csv").write_text(HEADER + '"acme\ninc 1-001362",1,2,3,0\nbeta,4,5,6,1\n')
+    result = ingest(project)
+    entry = next(entry for entry in result.files if entry.name == "breaks.csv")
+    assert (entry.rows_kept, entry.rows_dropped) == (1, 1)
+    ids = set(read_ingested_data(project.output_folder).table["corporation"].to_pylist())
+    assert "beta" in ids and not any("\n" in value or value.endswith('"') for value in ids)
+
+
+def test_a_damaged_cache_is_set_aside_and_rebuilt_from_its_file(project: Config, caplog):
+    first = ingest(project)
+    cache = next((project.output_folder / PARSED_FOLDER).glob("*.arrow"))
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated
+    write_clients(project.input_folder / "clients_c.csv", 50, seed=9)
+    again = ingest(project, caplog)
+    assert again.rows_written == first.rows_written + 50
+    assert "cannot be read" in caplog.text and (cache.parent / (cache.name + ".damaged")).exists()
+
+
+def test_links_out_of_the_data_folder_are_not_followed_and_nothing_of_them_is_echoed(
+    project: Config, tmp_path: Path, caplog
+):
+    secret = tmp_path / "outside" / "secret.csv"
+    write_clients(secret, 20, seed=5)
+    with open(secret, "a") as handle:
+        handle.write("topsecret,1,2,3,0\n")
+    (project.input_folder / "linked.csv").symlink_to(secret)
+    os.link(secret, project.input_folder / "hardlinked.csv")
+    result = ingest(project, caplog)
+    assert {"linked.csv", "hardlinked.csv"} <= set(result.rejected)
+    assert "link to a file outside" in result.rejected["linked.csv"]
+    assert "other hard links" in result.rejected["hardlinked.csv"]
+    assert "topsecret" not in caplog.text and "topsecret" not in (project.output_folder / FINAL_DATA).read_text()
+    assert result.rows_written == 1000  # the good files went on
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        (
+            "surrogate.json",
+            '[{"corporation": "\\ud800", "lastmonth_activity": 1, "lastyear_activity": 2, '
+            '"number_of_employees": 3, "exited": 0}]',
+            "surrogate.json: ",
+        ),
+        (
+            "huge.json",
+            '[{"corporation": "a", "lastmonth_activity": ' + "9" * 5000 + ', "lastyear_activity": 2, '
+            '"number_of_employees": 3, "exited": 0}]',
+            "huge.json: ",
+        ),
+    ],
+)
+def test_a_file_that_breaks_the_reader_is_named_and_the_others_go_on(project: Config, name, content, expected):
+    (project.input_folder / name).write_text(content)
+    result = ingest(project)
+    if name in result.rejected:
+        assert result.rejected[name].startswith(expected)
+    else:  # read, with the bad row dropped and counted
+        entry = next(entry for entry in result.files if entry.name == name)
+        assert entry.rows_kept == 0 or entry.rows_dropped == 1
+    assert result.rows_written >= 1000
+
+
+def test_entries_that_are_not_plain_files_or_have_unusable_names_are_named(project: Config, caplog):
+    (project.input_folder / "folder.csv").mkdir()
+    os.mkfifo(project.input_folder / "pipe.csv")
+    write_clients(project.input_folder / "line\nbreak.csv", 10, seed=6)
+    bad_name = os.fsencode(project.input_folder) + b"/caf\xe9.csv"
+    with open(bad_name, "w") as handle:
+        handle.write(HEADER + "acme,1,2,3,0\n")
+    result = ingest(project, caplog)
+    assert "not a regular file" in result.rejected["folder.csv"]
+    assert "not a regular file" in result.rejected["pipe.csv"]
+    assert "line break" in result.rejected["'line\\nbreak.csv'"]
+    assert "not UTF-8" in result.rejected["caf\\xe9.csv"]
+    assert result.rows_written == 1000
+    lines = (project.output_folder / "ingestedfiles.txt").read_text().splitlines()
+    assert len(lines) == 2  # the two good files, one line each
