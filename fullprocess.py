@@ -63,6 +63,7 @@ from common.history import (
     FAILED,
     FIRST_DEPLOYMENT,
     INTERRUPTED,
+    KEPT,
     NO_NEW_DATA,
     decided_batch,
     decided_hashes,
@@ -82,6 +83,8 @@ EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock; nothing was done, t
 EXIT_INTERRUPTED = 130
 CRON_LOG_FILE = "cron.log"
 PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
+ALERTS_LOG_FILE = "alerts.log"
+ALERT_DETAILS = ("new_rows", "new_data_f1", "drift_threshold", "estimated_f1", "winning_window", "failed_stage")
 API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
 
 
@@ -404,6 +407,41 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
     log.info("decision: %s", record.fields["decision"])
 
 
+def alert_kind(fields: dict[str, Any]) -> str | None:
+    """What a run's end is worth telling people: a deployment, a failure, or drift no challenger could fix."""
+    outcome = fields.get("outcome")
+    if outcome in (DEPLOYED, FIRST_DEPLOYMENT):
+        return "deployed"
+    if outcome == FAILED:
+        return "failed"
+    if outcome == KEPT and fields.get("drift_trigger"):
+        return "unresolved_drift"
+    return None
+
+
+def send_alert(config: Config, fields: dict[str, Any], run_id: int) -> dict[str, Any] | None:
+    """Post the run's end to the configured webhooks without waiting for them; return what was sent."""
+    from common.alerts import AlertEvent, dispatch
+
+    kind = alert_kind(fields)
+    if kind is None or not config.monitoring.webhooks:
+        return None
+    project = config.path.parent.name
+    event = AlertEvent(
+        kind=kind,
+        text=f"risk model ({project}), run {run_id}: {fields.get('decision')}",
+        project=project,
+        run_id=run_id,
+        model_version_before=fields.get("model_version_before"),
+        model_version_after=fields.get("model_version_after"),
+        occurred_at=fields.get("finished_at"),
+        details={key: fields.get(key) for key in ALERT_DETAILS if fields.get(key) is not None},
+    )
+    log_path = config.log_path.parent / ALERTS_LOG_FILE
+    dispatch(config.monitoring.webhooks, event, config.monitoring.alert_timeout_seconds, log_path)
+    return {"kind": kind, "webhooks": len(config.monitoring.webhooks), "log": str(log_path)}
+
+
 def run_full_process(config: Config) -> dict[str, Any]:
     """One whole run under the lock, recorded in the run history; return the run's fields.
 
@@ -452,6 +490,9 @@ def run_full_process(config: Config) -> dict[str, Any]:
             )
             try:
                 record.save(connection, run_id)
+                alert = send_alert(config, record.fields, run_id)
+                if alert:
+                    save_run(connection, run_id, {"alerts": alert})
             except PipelineError as exc:
                 if failure is None:
                     raise StageFailed("history", str(exc)) from None

@@ -1,0 +1,196 @@
+"""Alerts for the people who are not watching: one JSON event per webhook when a run deploys, fails, or
+finds drift that no challenger could fix.
+
+The payload carries ``text`` (the decision in one sentence), which Slack and Microsoft Teams
+incoming webhooks show as it is, and the event's fields beside it for anything else. Delivery
+is retried with backoff (on no answer, 408, 429 and 5xx) within a bounded time, in a detached
+child process, so the monitoring run neither waits for it nor fails because of it.
+
+Standard library only: the monitoring job imports this module on its light path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("alerts")
+
+ALERT_KINDS = ("deployed", "failed", "unresolved_drift")
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 4.0
+USER_AGENT = "dynamic-risk-assessment alerts"
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One thing that happened in a monitoring run, for people."""
+
+    kind: str  # one of ALERT_KINDS
+    text: str  # the decision in one sentence, as a chat message
+    project: str
+    run_id: int | None = None
+    model_version_before: str | None = None
+    model_version_after: str | None = None
+    occurred_at: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"text": self.text, **{key: value for key, value in asdict(self).items() if key != "text"}}
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    url: str  # as it may be shown: scheme, host and the end of the path only
+    ok: bool
+    attempts: int
+    status: int | None = None
+    error: str | None = None
+
+
+def shown_url(url: str) -> str:
+    """A webhook URL as it may be logged: its path and query carry the secret, so only their last 4 characters."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    tail = (parts.path + ("?" + parts.query if parts.query else ""))[-4:]
+    return f"{parts.scheme}://{host}{port}/…{tail}"
+
+
+def post_once(url: str, body: bytes, timeout: float) -> int:
+    """POST ``body``; return the HTTP status (HTTPError statuses included)."""
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 (the scheme is checked)
+            answer.read(1024)
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def deliver_one(url: str, body: bytes, deadline: float) -> DeliveryResult:
+    """Deliver to one URL, retrying with backoff until ``deadline`` (a time.monotonic() value)."""
+    shown = shown_url(url)
+    if urlsplit(url).scheme not in ("http", "https"):
+        return DeliveryResult(
+            shown, False, 0, error=f"only http and https webhooks are called, not {urlsplit(url).scheme!r}"
+        )
+    attempts, backoff, status, error = 0, FIRST_BACKOFF_SECONDS, None, None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0.05:
+            break
+        attempts += 1
+        try:
+            status, error = post_once(url, body, timeout=left), None
+        except Exception as exc:  # no answer, refused, reset, timed out: all retried
+            status, error = None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        if status is not None and 200 <= status < 300:
+            return DeliveryResult(shown, True, attempts, status)
+        if status is not None and status not in RETRY_STATUSES:
+            return DeliveryResult(shown, False, attempts, status, f"answered {status}")
+        pause = min(backoff, deadline - time.monotonic())
+        if pause <= 0:
+            break
+        time.sleep(pause)
+        backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+    return DeliveryResult(shown, False, attempts, status, error or (f"answered {status}" if status else "no time left"))
+
+
+def deliver(urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10.0) -> list[DeliveryResult]:
+    """POST the event to each URL, all at once, within ``deadline_seconds`` in all; never raises."""
+    deadline = time.monotonic() + deadline_seconds
+    body = json.dumps(event.to_payload()).encode("utf-8")
+    results: list[DeliveryResult | None] = [None] * len(urls)
+
+    def send(index: int, url: str) -> None:
+        try:
+            results[index] = deliver_one(url, body, deadline)
+        except Exception as exc:  # an alert never fails anything
+            results[index] = DeliveryResult(shown_url(url), False, 0, error=f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=send, args=item, daemon=True) for item in enumerate(urls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+    done = []
+    for url, result in zip(urls, results, strict=True):
+        result = result or DeliveryResult(shown_url(url), False, 0, error="no answer within the deadline")
+        if result.ok:
+            log.info("alert %s sent to %s", event.kind, result.url)
+        else:
+            log.warning(
+                "alert %s not delivered to %s after %d attempt(s): %s",
+                event.kind,
+                result.url,
+                result.attempts,
+                result.error,
+            )
+        done.append(result)
+    return done
+
+
+def dispatch(
+    urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10.0, log_path: Path | None = None
+) -> subprocess.Popen | None:
+    """Deliver without waiting: a detached child process retries within the deadline, even after the caller ends.
+
+    Returns the child (tests wait on it), or None when there is nothing to send or it could not start.
+    """
+    if not urls:
+        return None
+    order = {
+        "urls": list(urls),
+        "event": event.to_payload(),
+        "deadline_seconds": deadline_seconds,
+        "log_path": str(log_path) if log_path else None,
+    }
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "common.alerts"],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        child.stdin.write(json.dumps(order).encode("utf-8"))
+        child.stdin.close()
+    except OSError as exc:
+        log.warning("the alert %s could not be sent: %s", event.kind, exc)
+        return None
+    return child
+
+
+def main() -> int:
+    """``python -m common.alerts``: deliver the order read from standard input."""
+    order = json.loads(sys.stdin.read())
+    if order.get("log_path"):
+        handler = logging.FileHandler(order["log_path"], encoding="utf-8")
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+    payload = order["event"]
+    event = AlertEvent(**{key: payload[key] for key in AlertEvent.__dataclass_fields__ if key in payload})
+    results = deliver(order["urls"], event, order["deadline_seconds"])
+    return 0 if all(result.ok for result in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
