@@ -7,8 +7,10 @@ the API's ``/diagnostics`` serves it as stored, so a request never re-runs anyth
 * summary statistics of the ingested data: mean, median, standard deviation, min, quartiles, max;
 * missing data: percent of missing values per column in the source files, before ingestion
   drops incomplete rows;
-* timing: seconds that ingestion, training and scoring take, each run as a process on a scratch
-  copy of the outputs (the live ones are never written), several runs, mean and spread;
+* timing: seconds each stage took when it really ran (every stage script and the monitoring job
+  record them); only when asked (``--time-stages N``, ``diagnostics.timing_runs``) are ingestion,
+  training and scoring run again as processes on a scratch copy of the outputs (the live ones are
+  never written), N times each, as the classic project does;
 * dependencies: installed and latest version of each package in ``requirements.txt``, asked of
   the package index with a bounded timeout; answers are cached, and an index that cannot be
   reached gives "unknown" with the reason instead of a wait.
@@ -48,12 +50,15 @@ from common.datastats import missing_data, read_numeric_columns, summary_statist
 from common.errors import PipelineError
 from common.files import find_test_files, list_data_files, write_text_atomic
 from common.schema import BadFileError, read_feature_file
+from common.timings import read_stage_timings, record_stage_timings
 
 log = logging.getLogger("diagnostics")
 
 REQUIREMENTS_FILE = PROJECT_ROOT / "requirements.txt"
 TIMED_STAGES = ("ingestion", "training", "scoring")
 STAGE_TIMEOUT = 1800  # seconds; a stage stuck longer than this is reported, not waited for
+SCRATCH_PREFIX = "risk-timing-"
+RECORDED_RUNS = 10  # the spread of recorded timings is over this many latest records of each stage
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([=<>!~].*)?$")
 
 
@@ -82,7 +87,8 @@ def time_stages(config: Config, runs: int) -> dict[str, Any]:
     writes only inside the scratch folder, so the live outputs are never touched.
     """
     seconds: dict[str, list[float]] = {stage: [] for stage in TIMED_STAGES}
-    scratch_root = Path(tempfile.mkdtemp(prefix="risk-timing-"))
+    clean_stale_scratch()
+    scratch_root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     try:
         for run in range(runs):
             scratch = scratch_root / f"run{run + 1}"
@@ -92,11 +98,41 @@ def time_stages(config: Config, runs: int) -> dict[str, Any]:
                 seconds[stage].append(run_stage_process(stage, scratch_config))
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
+    record_stage_timings(config.model_folder, {s: statistics.median(v) for s, v in seconds.items()}, "diagnostics.py")
     return {
         "runs": runs,
         "unit": "seconds",
+        "source": f"each stage run again {runs} time(s) as a process on a scratch copy",
         "stages": {stage: describe_spread(values) for stage, values in seconds.items()},
     }
+
+
+def recorded_timings(model_folder: Path, last: int = RECORDED_RUNS) -> dict[str, Any]:
+    """The timing section from the stages' own records: per stage, the latest and the spread of the last ``last``."""
+    records = read_stage_timings(model_folder)
+    order = [*TIMED_STAGES, *sorted(set(records) - set(TIMED_STAGES))]
+    stages = {}
+    for stage in order:
+        kept = records.get(stage, [])[-last:]
+        if kept:
+            stages[stage] = {
+                **describe_spread([item.seconds for item in kept]),
+                "latest": kept[-1].seconds,
+                "latest_at": kept[-1].finished_at,
+                "latest_source": kept[-1].source,
+                "count": len(kept),
+            }
+    return {"runs": 0, "unit": "seconds", "source": "recorded when each stage ran", "stages": stages}
+
+
+def clean_stale_scratch(older_than: float = 3600.0) -> None:
+    """Remove scratch folders of timing runs that were killed (older than an hour, so never a live one)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            if time.time() - folder.stat().st_mtime > older_than:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def write_scratch_config(config: Config, scratch: Path) -> Path:
@@ -306,7 +342,7 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
             "columns": summary_statistics(read_numeric_columns(config.output_folder / FINAL_DATA)),
         },
         "missing_data": {"dataset": str(config.input_folder), **missing_data(source_files)},
-        "timing": time_stages(config, runs),
+        "timing": time_stages(config, runs) if runs > 0 else recorded_timings(config.model_folder),
         "dependencies": dependency_status(config.diagnostics, config.model_folder / DEPENDENCY_CACHE_FILE),
     }
     report["seconds"] = round(time.perf_counter() - started, 3)
@@ -323,23 +359,30 @@ def write_diagnostics(config: Config, runs: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, help="timing runs per stage (default: diagnostics.timing_runs)")
+    parser.add_argument(
+        "--time-stages",
+        "--runs",
+        dest="runs",
+        type=int,
+        metavar="N",
+        help="run ingestion, training and scoring again N times each to time them "
+        "(default: diagnostics.timing_runs; 0 reports the timings the stages recorded when they ran)",
+    )
     args = parser.parse_args(argv)
-    if args.runs is not None and args.runs < 1:
-        parser.error("--runs must be at least 1")
+    if args.runs is not None and args.runs < 0:
+        parser.error("--time-stages must be 0 or more")
 
     def work(config: Config) -> dict[str, Any]:
-        report = write_diagnostics(config, args.runs or config.diagnostics.timing_runs)
-        timing = report["timing"]["stages"]
+        report = write_diagnostics(config, config.diagnostics.timing_runs if args.runs is None else args.runs)
+        timing = report["timing"]
+        log.info(
+            "timings (%s): %s",
+            timing["source"],
+            ", ".join(f"{stage} {values['median']:.2f} s" for stage, values in timing["stages"].items())
+            or "none recorded yet",
+        )
         outdated = [row["package"] for row in report["dependencies"] if row["status"] == "outdated"]
         unknown = [row["package"] for row in report["dependencies"] if row["status"] == "unknown"]
-        log.info(
-            "timings (mean of %d): ingestion %.2f s, training %.2f s, scoring %.2f s",
-            report["timing"]["runs"],
-            timing["ingestion"]["mean"],
-            timing["training"]["mean"],
-            timing["scoring"]["mean"],
-        )
         log.info(
             "dependencies: %d outdated%s, %d unknown%s",
             len(outdated),

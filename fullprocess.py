@@ -75,6 +75,7 @@ from common.history import (
 )
 from common.logs import add_log_file, setup_logging
 from common.stages import StageClock, StageFailed
+from common.timings import record_stage_timings
 
 log = logging.getLogger("fullprocess")
 
@@ -116,9 +117,16 @@ class RunRecord:
     clock: StageClock = field(default_factory=StageClock)
     details: dict[str, Any] = field(default_factory=dict)
     rows_saved: bool = False
+    timings_kept: set[str] = field(default_factory=set)
 
     def set(self, **values: Any) -> None:
         self.fields.update(values)
+
+    def keep_timings(self, model_folder: Path, run_id: int) -> None:
+        """Add the stages timed since the last call to the stage-timing records diagnostics reports."""
+        fresh = {stage: seconds for stage, seconds in self.clock.timings.items() if stage not in self.timings_kept}
+        record_stage_timings(model_folder, fresh, f"fullprocess.py run {run_id}")
+        self.timings_kept.update(fresh)
 
     def save(self, connection: Any, run_id: int) -> None:
         """Write the run as it stands to the history (its files and drift rows once)."""
@@ -403,6 +411,7 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         record.set(**assess_new_data(config, connection, record, new))
     if record.fields["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):
         record.save(connection, run_id)  # the report made next shows this run in its trends
+        record.keep_timings(config.model_folder, run_id)  # and the diagnostics its stages' timings
         after_deployment(config, record)
     log.info("decision: %s", record.fields["decision"])
 
@@ -488,6 +497,8 @@ def run_full_process(config: Config) -> dict[str, Any]:
                 seconds=round(time.perf_counter() - clock, 3),
                 model_version_after=current_version(config.deployment_folder),
             )
+            if record.fields.get("outcome") != NO_NEW_DATA:
+                record.keep_timings(config.model_folder, run_id)
             try:
                 record.save(connection, run_id)
                 alert = send_alert(config, record.fields, run_id)

@@ -561,23 +561,27 @@ def missing_data_section(styles: dict[str, ParagraphStyle], diagnostics: dict[st
 
 
 def timing_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
-    """Seconds per stage: mean, spread, median and range over the timing runs."""
+    """Seconds per stage: the latest, and the median and range over the kept timings."""
     section = diagnostics.get("timing")
     title = "Stage timings"
     if not section or not section.get("stages"):
         return [*heading(styles, title), missing_section(styles, "Timing")]
-    runs = section.get("runs")
+    source = section.get("source") or f"each stage run again {section.get('runs')} time(s) as a process"
     caption = (
-        f"Seconds per stage over {format_number(runs)} run{'s' if runs != 1 else ''}, each stage run as its own "
-        f"process on a scratch copy of the outputs, measured {nowrap(format_time(diagnostics.get('generated_at')))}."
+        f"Seconds per stage: {escape(source)}; the latest, and the median, fastest and slowest of the timings kept "
+        f"(diagnostics of {nowrap(format_time(diagnostics.get('generated_at')))})."
     )
-    keys = ("mean", "std", "median", "min", "max")
     rows = [
-        [escape(stage), *(format_seconds(values.get(key)) for key in keys)]
+        [
+            escape(stage),
+            format_seconds(values.get("latest", (values.get("values") or [None])[-1])),
+            *(format_seconds(values.get(key)) for key in ("median", "min", "max")),
+            format_number(values.get("count", len(values.get("values") or []))),
+        ]
         for stage, values in section["stages"].items()
     ]
-    header = ["Stage", "Mean", "Std", "Median", "Min", "Max"]
-    return [*heading(styles, title, caption), make_table(styles, header, rows, spread_widths(40 * mm, 5))]
+    header = ["Stage", "Latest", "Median", "Min", "Max", "Timings"]
+    return [*heading(styles, title, caption), make_table(styles, header, rows, spread_widths(48 * mm, 5))]
 
 
 def dependency_note(row: dict[str, Any]) -> str:

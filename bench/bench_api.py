@@ -63,7 +63,7 @@ def build_project(root: Path) -> Path:
         "test_data_path": "data",
         "output_model_path": "models",
         "prod_deployment_path": "production_deployment",
-        "diagnostics": {"timing_runs": 1},
+        "diagnostics": {"timing_runs": 0},
     }
     config_path = root / "config.json"
     config_path.write_text(json.dumps(config))

@@ -47,7 +47,7 @@ def prepare_project(workdir: Path, rows: int, files: int) -> Path:
         rows,
         files,
         test_rows=TEST_ROWS,
-        diagnostics={"timing_runs": 1, "package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
+        diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
         api={"url": "http://127.0.0.1:9"},
     )
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Callable
 
 from common.config import CONFIG_ENV_VAR, Config, load_config
 from common.errors import PipelineError
 from common.logs import setup_logging
+from common.timings import record_stage_timings
 
 log = logging.getLogger("pipeline")
 
@@ -31,8 +33,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_stage(stage: str, args: argparse.Namespace, work: Callable[[Config], object]) -> int:
-    """Load the config and run ``work`` with it, as ``run_command`` does."""
-    return run_command(stage, args, lambda: work(load_config(args.config)))
+    """Load the config and run ``work`` with it, as ``run_command`` does; record how long it took when it succeeded."""
+
+    def timed() -> object:
+        config = load_config(args.config)
+        started = time.perf_counter()
+        result = work(config)
+        record_stage_timings(config.model_folder, {stage: time.perf_counter() - started}, f"{stage}.py")
+        return result
+
+    return run_command(stage, args, timed)
 
 
 def run_command(stage: str, args: argparse.Namespace, work: Callable[[], object]) -> int:

@@ -84,7 +84,7 @@ class ChangingWorld:
         write_shipped_data(root)
         write_config(
             root,
-            diagnostics={"timing_runs": 1, "package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
+            diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
             api={"url": "http://127.0.0.1:9"},
             monitoring=monitoring,
         )

@@ -13,9 +13,11 @@ import pytest
 
 import diagnostics
 from common.artifacts import DEPENDENCY_CACHE_FILE, DIAGNOSTICS_FILE, MODEL_FILE, current_version_folder, load_model
-from common.config import DiagnosticsSettings
+from common.config import DiagnosticsSettings, load_config
 from common.datastats import missing_data, summary_statistics
 from common.schema import read_feature_file
+from common.timings import STAGE_TIMINGS_FILE, read_stage_timings
+from tests.helpers import run_script, write_config
 
 
 def test_predictions_are_the_models_own(deployed):
@@ -65,7 +67,12 @@ def test_missing_data_counts_blank_cells_per_column_and_file(tmp_path):
 
 
 def snapshot(folder: Path) -> dict[str, int]:
-    return {str(path): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+    """Modification times of the files in ``folder``; the stage-timing record (written on purpose) aside."""
+    return {
+        str(path): path.stat().st_mtime_ns
+        for path in folder.rglob("*")
+        if path.is_file() and STAGE_TIMINGS_FILE not in path.name
+    }
 
 
 @pytest.mark.slow
@@ -85,6 +92,9 @@ def test_timing_runs_each_stage_as_a_process_without_touching_live_outputs(deplo
         assert len(spread["values"]) == 2 and all(value > 0 for value in spread["values"])
         assert spread["min"] <= spread["mean"] <= spread["max"]
     assert {folder: snapshot(folder) for folder in live} == live
+    recorded = read_stage_timings(deployed.model_folder)
+    assert {"ingestion", "training", "scoring"} <= set(recorded)
+    assert recorded["training"][-1].source == "diagnostics.py"
 
 
 def test_timing_names_the_stage_that_failed(deployed, tmp_path):
@@ -205,3 +215,29 @@ def test_main_writes_one_json_file_with_everything_and_a_timestamp(deployed):
     assert stored["missing_data"]["rows"] == 1000
     assert stored["timing"]["runs"] == 1
     assert all(row["status"] == "unknown" for row in stored["dependencies"])
+
+
+def test_stages_record_their_own_timings_and_diagnostics_reports_them_without_running_anything(deployed, monkeypatch):
+    config_path = write_config(deployed.path.parent, diagnostics={"package_index": "http://127.0.0.1:9/pypi"})
+    assert run_script("training.py", "--config", str(config_path), "-q").returncode == 0
+    assert run_script("scoring.py", "--config", str(config_path), "-q").returncode == 0
+    recorded = read_stage_timings(deployed.model_folder)
+    assert [item.source for item in recorded["training"]] == ["training.py"] and recorded["training"][0].seconds > 0
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("diagnostics ran a stage again")
+
+    monkeypatch.setattr(diagnostics, "run_stage_process", no_processes)
+    report = diagnostics.run_diagnostics(load_config(config_path), runs=0)
+    timing = report["timing"]
+    assert timing["runs"] == 0 and timing["source"] == "recorded when each stage ran"
+    assert list(timing["stages"])[:2] == ["training", "scoring"]
+    assert timing["stages"]["training"]["latest"] == recorded["training"][-1].seconds
+    assert timing["stages"]["training"]["latest_source"] == "training.py"
+
+
+def test_a_damaged_timing_record_never_fails_a_stage(deployed):
+    (deployed.model_folder / STAGE_TIMINGS_FILE).write_text("{not json")
+    config_path = write_config(deployed.path.parent)
+    assert run_script("scoring.py", "--config", str(config_path), "-q").returncode == 0
+    assert [item.source for item in read_stage_timings(deployed.model_folder)["scoring"]] == ["scoring.py"]

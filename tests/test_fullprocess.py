@@ -50,7 +50,7 @@ def scenario_config(root: Path, **monitoring: object) -> Path:
     """A config for a copy of the shipped data: quick diagnostics, no package index, no API running."""
     return write_config(
         root,
-        diagnostics={"timing_runs": 1, "package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
+        diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
         api={"url": f"http://127.0.0.1:{free_port()}"},
         monitoring=monitoring,
     )
