@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import orjson
 import requests
 from packaging.version import InvalidVersion, Version
 
@@ -40,6 +41,7 @@ from common.artifacts import (
     DEPENDENCY_CACHE_FILE,
     DIAGNOSTICS_FILE,
     FINAL_DATA,
+    MISSING_CACHE_FILE,
     current_version_folder,
     load_deployed_version,
     utc_now,
@@ -341,7 +343,10 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
             "dataset": str(config.output_folder / FINAL_DATA),
             "columns": summary_statistics(read_numeric_columns(config.output_folder / FINAL_DATA)),
         },
-        "missing_data": {"dataset": str(config.input_folder), **missing_data(source_files)},
+        "missing_data": {
+            "dataset": str(config.input_folder),
+            **missing_data(source_files, config.model_folder / MISSING_CACHE_FILE),
+        },
         "timing": time_stages(config, runs) if runs > 0 else recorded_timings(config.model_folder),
         "dependencies": dependency_status(config.diagnostics, config.model_folder / DEPENDENCY_CACHE_FILE),
     }
@@ -352,7 +357,9 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
 def write_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     """Run the diagnostics and write ``diagnostics.json`` in the model folder; return what it holds."""
     report = run_diagnostics(config, runs)
-    target = write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, json.dumps(report, indent=2) + "\n")
+    # orjson: the predictions for every test row make this file large; the standard encoder takes 10x longer
+    text = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n"
+    target = write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, text)
     log.info("wrote %s", target)
     return report
 

@@ -45,6 +45,7 @@ from common.artifacts import (
     INGESTED_FILES,
     LATEST_SCORE_FILE,
     METRICS_FILE,
+    MISSING_CACHE_FILE,
     MODEL_FILE,
     MODEL_INFO_FILE,
     REPORT_RECORD_FILE,
@@ -175,11 +176,11 @@ def describe_stray(stray: list[str]) -> str:
 # ---------------------------------------------------------------- 2-6. the work (heavy modules imported here)
 
 
-def missing_percent(paths: list[Path]) -> dict[str, Any]:
+def missing_percent(paths: list[Path], model_folder: Path) -> dict[str, Any]:
     """Percent of empty cells in these files, overall and per column."""
     from common.datastats import missing_data
 
-    missing = missing_data([path for path in paths if path.is_file()])
+    missing = missing_data([path for path in paths if path.is_file()], model_folder / MISSING_CACHE_FILE)
     percents = missing["percent"]
     overall = sum(percents.values()) / len(percents) if percents and missing["rows"] else 0.0
     return {"overall": round(overall, 4), "columns": percents, "rows": missing["rows"]}
@@ -196,7 +197,7 @@ def deploy_first_model(config: Config, record: RunRecord) -> dict[str, Any]:
     clock = record.clock
     with clock.stage("ingestion"):
         ingested = ingest_folder(config.input_folder, config.output_folder)
-        missing = missing_percent([config.input_folder / entry.name for entry in ingested.files])
+        missing = missing_percent([config.input_folder / entry.name for entry in ingested.files], config.model_folder)
     record.details["missing_data"] = missing
     with clock.stage("training"):
         info = train_from_folder(config.output_folder, config.model_folder, config.model)
@@ -257,7 +258,7 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
         ingested = ingest_folder(config.input_folder, config.output_folder, keep_parsed=keep_hashes(champion))
     with clock.stage("new rows"):
         data = read_ingested_data(config.output_folder)
-        missing = missing_percent([item.path for item in new.files])
+        missing = missing_percent([item.path for item in new.files], config.model_folder)
     record.details["missing_data"] = missing
     left_out = mark_rejected(record, ingested.rejected)
     batch_before = ingested.batch - 1 if ingested.batch else data.latest_batch

@@ -46,13 +46,14 @@ from common.artifacts import (
     read_json_file,
     utc_now,
 )
+from common.batches import latest_rows, read_final_data
 from common.cli import build_parser, run_stage
 from common.config import Config
 from common.errors import PipelineError
 from common.evaluation import score_model
 from common.files import atomic_path, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
-from common.schema import FEATURES, ID_COLUMN, TARGET, BadFileError, read_data_file
+from common.schema import FEATURES, ID_COLUMN, TARGET, BadFileError
 
 log = logging.getLogger("reporting")
 
@@ -110,12 +111,11 @@ def rank_clients(model: Any, path: Path, top: int) -> list[dict[str, Any]]:
     if not path.is_file():
         raise PipelineError(f"ingested data {path} does not exist; run ingestion.py first")
     try:
-        table = read_data_file(path).table
+        table = read_final_data(path)
     except BadFileError as exc:
         raise PipelineError(f"cannot rank clients: {exc}") from None
-    last_row = {corporation: row for row, corporation in enumerate(table[ID_COLUMN].to_pylist())}
-    exited = table[TARGET].to_numpy()
-    rows = np.array(sorted(row for row in last_row.values() if exited[row] == 0), dtype=np.int64)
+    latest = latest_rows(table)
+    rows = latest[table[TARGET].to_numpy()[latest] == 0]
     if rows.size == 0:
         return []
     counts = {name: table[name].to_numpy()[rows] for name in FEATURES}

@@ -26,6 +26,7 @@ LATEST_SCORE_FILE = "latestscore.txt"
 METRICS_FILE = "metrics.json"
 DIAGNOSTICS_FILE = "diagnostics.json"
 DEPENDENCY_CACHE_FILE = "dependencycache.json"
+MISSING_CACHE_FILE = "missingcache.json"  # missing-cell counts per source file, by content hash
 CONFUSION_MATRIX_FILE = "confusionmatrix.png"
 REPORT_FILE = "summaryreport.pdf"
 # Written by reporting.py after the PDF: which model version the report describes.

@@ -25,8 +25,8 @@ import pyarrow.csv as pa_csv
 from common.artifacts import FINAL_DATA
 from common.errors import PipelineError
 from common.files import atomic_path, file_signature
-from common.rowhash import hash_rows
-from common.schema import COLUMNS, FEATURES, SCHEMA, TARGET, read_data_file
+from common.rowhash import hash_rows, hash_strings
+from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, read_data_file
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,17 @@ def read_final_data(path: Path) -> pa.Table:
     except (pa.ArrowInvalid, OSError):
         pass
     return read_data_file(path).table
+
+
+def latest_rows(table: pa.Table) -> np.ndarray:
+    """Row numbers of each corporation's last row (its latest state), in file order.
+
+    Ids are told apart by their 64-bit hash (a sort of numbers, not of strings: 0.1 s for a
+    million rows against 0.6 s for a group-by on the strings).
+    """
+    hashes = hash_strings(table[ID_COLUMN])[::-1]
+    _, first_from_end = np.unique(hashes, return_index=True)
+    return np.sort(table.num_rows - 1 - first_from_end)
 
 
 def read_ingested_data(folder: Path) -> IngestedData:

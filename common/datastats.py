@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from common.errors import PipelineError
+from common.files import sha256_file, write_text_atomic
 from common.schema import (
     COLUMNS,
     FEATURES,
@@ -23,7 +26,10 @@ from common.schema import (
     unique_names,
 )
 
+log = logging.getLogger(__name__)
+
 NUMERIC_COLUMNS = (*FEATURES, TARGET)
+MISSING_CACHE_FILES = 1000  # files whose missing-cell counts are kept
 
 
 def read_numeric_columns(path: Path) -> dict[str, np.ndarray]:
@@ -115,30 +121,56 @@ def count_missing(path: Path) -> tuple[int, dict[str, int]]:
     return table.num_rows + malformed, missing
 
 
-def missing_data(paths: list[Path]) -> dict[str, Any]:
+def missing_data(paths: list[Path], cache_path: Path | None = None) -> dict[str, Any]:
     """Percent of missing values per column over raw data files, overall and per file.
 
-    Files that cannot be parsed at all are listed under ``unreadable`` with the reason.
+    Files that cannot be parsed at all are listed under ``unreadable`` with the reason. With
+    ``cache_path``, each file's counts are kept there by its content hash, so an unchanged file
+    is counted once.
     """
+    cache = read_missing_cache(cache_path) if cache_path else {}
+    kept: dict[str, Any] = dict(cache)
     total_rows = 0
     total_missing = dict.fromkeys(COLUMNS, 0)
     per_file, unreadable = {}, {}
     for path in paths:
         try:
-            rows, missing = count_missing(path)
+            digest = sha256_file(path) if cache_path else ""
+            rows, missing = cache[digest] if digest in cache else count_missing(path)
         except BadFileError as exc:
             unreadable[path.name] = str(exc)
             continue
+        except OSError as exc:
+            unreadable[path.name] = f"{path.name}: cannot be read ({exc.strerror})"
+            continue
+        kept[digest] = (rows, missing)
         total_rows += rows
         for name in COLUMNS:
             total_missing[name] += missing[name]
         per_file[path.name] = {"rows": rows, "percent": _percentages(missing, rows)}
+    if cache_path and kept.keys() != cache.keys():
+        try:
+            write_text_atomic(cache_path, json.dumps(dict(list(kept.items())[-MISSING_CACHE_FILES:])))
+        except OSError as exc:
+            log.warning("the missing-data counts were not kept in %s (%s)", cache_path, exc.strerror)
     return {
         "rows": total_rows,
         "percent": _percentages(total_missing, total_rows),
         "files": per_file,
         "unreadable": unreadable,
     }
+
+
+def read_missing_cache(path: Path) -> dict[str, Any]:
+    """Missing-cell counts kept per file content hash; {} when there are none or they cannot be read."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return {key: (int(rows), dict(missing)) for key, (rows, missing) in stored.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("%s cannot be read (%s); the files are counted again", path, exc)
+        return {}
 
 
 def _percentages(missing: dict[str, int], rows: int) -> dict[str, float]:

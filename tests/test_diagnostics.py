@@ -241,3 +241,21 @@ def test_a_damaged_timing_record_never_fails_a_stage(deployed):
     config_path = write_config(deployed.path.parent)
     assert run_script("scoring.py", "--config", str(config_path), "-q").returncode == 0
     assert [item.source for item in read_stage_timings(deployed.model_folder)["scoring"]] == ["scoring.py"]
+
+
+def test_missing_counts_are_kept_by_content_and_an_unchanged_file_is_counted_once(project, tmp_path, monkeypatch):
+    from common import datastats
+
+    paths = sorted(project.input_folder.glob("*.csv"))
+    cache = tmp_path / "missingcache.json"
+    first = datastats.missing_data(paths, cache)
+    assert first == datastats.missing_data(paths)
+
+    def no_counting(path):
+        raise AssertionError(f"{path.name} was counted again")
+
+    monkeypatch.setattr(datastats, "count_missing", no_counting)
+    assert datastats.missing_data(paths, cache) == first
+    cache.write_text("{damaged")
+    monkeypatch.undo()
+    assert datastats.missing_data(paths, cache) == first  # a damaged cache is only a cache
