@@ -107,6 +107,7 @@ ADDED_COLUMNS = (
     ("window_f1", "REAL"),  # the serving model's F1 on it
     ("test_data_drift", "INTEGER"),  # 1 when the test data no longer looks like the recent rows
     ("alerts", "TEXT"),  # JSON: the alert sent, if any
+    ("confirmed", "INTEGER"),  # 1: drift called for retraining and no challenger was better by the margin
     ("estimated_f1", "REAL"),  # the serving model's F1 on the new rows estimated from its probabilities alone
     ("estimated_f1_low", "REAL"),  # the central 95% of the F1 the labels could show
     ("estimated_f1_high", "REAL"),
@@ -344,10 +345,12 @@ def later_scores(connection: sqlite3.Connection, version: str, after_run: int) -
 
 @dataclass(frozen=True)
 class Confirmation:
-    """A run in which drift called for retraining and no challenger beat the serving model.
+    """A run in which drift called for retraining and no challenger was better than the serving model by the margin.
 
     The serving model is then as good as a model can be made on the data: that batch becomes its
-    reference, for model drift (its F1 there) and for data drift (those rows).
+    reference, for model drift (its F1 there) and for data drift (those rows). A challenger that
+    was better by the margin but not reliably so (too few rows to tell) confirms nothing: the
+    change stays open, and the next batch is judged as this one was.
     """
 
     run_id: int
@@ -361,8 +364,8 @@ def latest_confirmation(connection: sqlite3.Connection, version: str, after_run:
     with named_errors(database_path(connection), "read the runs that confirmed the serving model"):
         row = connection.execute(
             "SELECT id, first_batch, last_batch, new_data_f1, new_rows FROM runs WHERE model_version_before = ? "
-            "AND id > ? AND outcome = ? AND drift_trigger IS NOT NULL AND challenger_recent_f1 IS NOT NULL "
-            "AND new_data_f1 IS NOT NULL AND first_batch IS NOT NULL ORDER BY id DESC LIMIT 1",
+            "AND id > ? AND outcome = ? AND confirmed = 1 AND new_data_f1 IS NOT NULL AND first_batch IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1",
             (version, after_run, KEPT),
         ).fetchone()
     if row is None:
@@ -383,15 +386,15 @@ def decided_batch(connection: sqlite3.Connection) -> int | None:
 
 
 def change_started_batch(connection: sqlite3.Connection) -> int | None:
-    """The first batch of the earliest run since the last deployment whose drift called for retraining.
+    """The first batch of the earliest run since the last deployment or confirmation whose drift called for retraining.
 
-    The change it found has not been followed yet (no challenger was deployed since), so a
-    recent training window starts there.
+    The change it found has not been followed yet (no challenger was deployed since, and none
+    was found no better than the serving model), so a recent training window starts there.
     """
     with named_errors(database_path(connection), "read when the change began"):
         row = connection.execute(
             "SELECT MIN(first_batch) FROM runs WHERE drift_trigger IS NOT NULL AND id > "
-            "COALESCE((SELECT MAX(id) FROM runs WHERE outcome IN (?, ?)), 0)",
+            "COALESCE((SELECT MAX(id) FROM runs WHERE outcome IN (?, ?) OR confirmed = 1), 0)",
             (DEPLOYED, FIRST_DEPLOYMENT),
         ).fetchone()
     return None if row[0] is None else int(row[0])

@@ -127,6 +127,12 @@ class Gate:
     p_no_gain: float  # share of paired resamples of the recent rows in which the challenger does not gain
     passed: bool
     sentence: str
+    margin: float
+
+    @property
+    def confirms_champion(self) -> bool:
+        """Not passed because no challenger was better by the margin (not for want of rows to tell)."""
+        return not self.passed and self.gain < self.margin
 
 
 @dataclass
@@ -202,6 +208,7 @@ class Assessment:
                 challenger_recent_f1=self.gate.best.recent_f1,
                 champion_test_f1=self.gate.champion_test_f1,
                 challenger_test_f1=self.gate.best.test_f1,
+                confirmed=self.gate.confirms_champion,
             )
         if self.window is not None:
             fields.update(
@@ -430,7 +437,7 @@ def judge_candidates(
         + (f"; other windows: {others}" if others else "")
         + f"; on the test data {best.test_f1:.4f} against {champion_test_f1:.4f}"
     )
-    return Gate(champion_recent, champion_test_f1, best, gain, p_no_gain, passed, sentence)
+    return Gate(champion_recent, champion_test_f1, best, gain, p_no_gain, passed, sentence, settings.min_gain)
 
 
 # ---------------------------------------------------------------- evaluation window

@@ -117,11 +117,14 @@ def test_a_run_whose_challengers_lost_after_drift_confirms_the_serving_model(tmp
     connection = open_history(tmp_path / "history.sqlite")
     add_run(connection, "kept", "a", "v0001", 0.61)
     lost = add_run(connection, "kept", "b", "v0001", 0.55, drift=True, trigger="data drift (...)", batches=(3, 4))
-    save_run(connection, lost, {"challenger_recent_f1": 0.55})
+    save_run(connection, lost, {"challenger_recent_f1": 0.55, "confirmed": True})
+    unsure = add_run(connection, "kept", "c", "v0001", 0.50, drift=True, trigger="model drift (...)", batches=(5, 5))
+    save_run(connection, unsure, {"challenger_recent_f1": 0.60, "confirmed": False})  # better, but not reliably
     confirmed = latest_confirmation(connection, "v0001", 0)
     assert (confirmed.run_id, confirmed.first_batch, confirmed.last_batch) == (lost, 3, 4)
     assert confirmed.score.f1 == 0.55 and "no challenger beat it" in confirmed.score.source
     assert latest_confirmation(connection, "v0001", lost) is None
+    assert change_started_batch(connection) == 5  # the unsure run leaves the change open
 
 
 def test_batches_decided_and_where_an_unfollowed_change_began(tmp_path):
