@@ -8,7 +8,6 @@ model fitted on that world alone with the same pipeline, and their ratio.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -146,6 +145,7 @@ def format_steps(steps: list[Step]) -> str:
         "retrained",
         "window won",
         "deployed",
+        "F1 before",
         "F1 fresh",
         "F1 world-only",
         "ratio",
@@ -160,6 +160,7 @@ def format_steps(steps: list[Step]) -> str:
             "yes" if step.retrained else "no",
             step.window,
             step.deployed,
+            "-" if step.f1_before is None else f"{step.f1_before:.4f}",
             f"{step.f1:.4f}",
             f"{step.oracle:.4f}",
             f"{step.ratio:.3f}",
@@ -170,7 +171,3 @@ def format_steps(steps: list[Step]) -> str:
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
-
-
-def save_steps(steps: list[Step], path: Path) -> None:
-    path.write_text(json.dumps([{**step.__dict__, "ratio": step.ratio} for step in steps], indent=1))
