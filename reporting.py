@@ -46,7 +46,7 @@ from common.artifacts import (
     read_json_file,
     utc_now,
 )
-from common.batches import latest_rows, read_final_data
+from common.batches import TrainingWindow, latest_rows, read_final_data
 from common.cli import build_parser, run_stage
 from common.config import Config
 from common.errors import PipelineError
@@ -285,6 +285,7 @@ def plot_trends(runs: list[dict[str, Any]], target: Path) -> Path:
     f1_axes, missing_axes, time_axes = figure.subplots(3, 1, sharex=True)
     f1_axes.plot(*series("deployed_f1"), "-", color="#27476E", label="serving model, F1 on test data")
     f1_axes.plot(*series("new_data_f1"), "o", color="#D9822B", label="serving model, F1 on new rows")
+    f1_axes.plot(*series("window_f1"), "s", color="#7B3F99", markersize=4, label="serving model, F1 on recent window")
     f1_axes.plot(*series("drift_threshold"), "_", color="#B22222", markersize=12, label="model-drift threshold")
     f1_axes.plot(*series("challenger_recent_f1"), "^", color="#3A7D44", label="challenger, F1 on recent rows")
     for run in runs:
@@ -417,7 +418,12 @@ def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, 
     data_text = f"{format_number(info.get('training_rows'))} rows"
     if info.get("training_exit_rate") is not None:
         data_text += f" (exit rate {format_percent(info['training_exit_rate'])})"
-    if files:
+    window = TrainingWindow.from_info(info)
+    if window is not None and window.name != "all":
+        data_text += f": {window.describe()}"
+        if info.get("retrained_because"):
+            data_text += f", retrained because of {info['retrained_because']}"
+    elif files:
         data_text += f" from {len(files)} file{'s' if len(files) != 1 else ''}: {list_names(files)}"
     threshold = info.get("decision_threshold")
     chosen = (info.get("settings") or {}).get("decision_threshold")
