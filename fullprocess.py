@@ -598,7 +598,8 @@ def format_history(runs: list[dict[str, Any]]) -> str:
         for candidate in run.get("candidates") or ():
             lines.append(
                 f"    candidate {candidate['window']}: {candidate['describe']}; F1 {candidate['recent_f1']:.4f} on the "
-                f"held-out recent rows, {candidate['test_f1']:.4f} on the test data"
+                f"held-out recent rows, {candidate.get('window_f1', float('nan')):.4f} on the recent window, "
+                f"{candidate['test_f1']:.4f} on the test data"
             )
         if run.get("failed_stage"):
             lines.append(f"    failed stage: {run['failed_stage']}: {run.get('error')}")

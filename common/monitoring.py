@@ -68,8 +68,9 @@ class Candidate:
 
     window: TrainingWindow
     folder: Path
-    recent_f1: float  # on the held-out recent rows
+    recent_f1: float  # on the held-out recent rows of the new batch
     test_f1: float  # on the test data
+    window_f1: float  # on the rolling evaluation window (those rows and the held-out rows of earlier batches)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -80,6 +81,7 @@ class Candidate:
             "last_batch": self.window.last_batch,
             "recent_f1": round(self.recent_f1, 6),
             "test_f1": round(self.test_f1, 6),
+            "window_f1": round(self.window_f1, 6),
         }
 
 
@@ -122,6 +124,7 @@ class Gate:
 
     champion_recent_f1: float
     champion_test_f1: float
+    champion_window_f1: float
     best: Candidate
     gain: float
     p_no_gain: float  # share of paired resamples of the recent rows in which the challenger does not gain
@@ -417,6 +420,8 @@ def judge_candidates(
     models: dict[str, Any],
     recent: tuple[np.ndarray, np.ndarray],
     champion_test_f1: float,
+    champion_window_f1: float,
+    window_rows: int,
 ) -> Gate:
     """The best candidate on the recent rows against the champion: it must gain ``min_gain`` and gain reliably."""
     features, labels = recent
@@ -435,9 +440,20 @@ def judge_candidates(
         f"{labels.size} held-out recent rows (margin {settings.min_gain:g}; no gain in {p_no_gain:.1%} of "
         f"resamples, at most {1 - settings.gate_confidence:.0%} allowed)"
         + (f"; other windows: {others}" if others else "")
+        + f"; on the recent window ({window_rows} rows) {best.window_f1:.4f} against {champion_window_f1:.4f}"
         + f"; on the test data {best.test_f1:.4f} against {champion_test_f1:.4f}"
     )
-    return Gate(champion_recent, champion_test_f1, best, gain, p_no_gain, passed, sentence, settings.min_gain)
+    return Gate(
+        champion_recent,
+        champion_test_f1,
+        champion_window_f1,
+        best,
+        gain,
+        p_no_gain,
+        passed,
+        sentence,
+        settings.min_gain,
+    )
 
 
 # ---------------------------------------------------------------- evaluation window
@@ -551,21 +567,27 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
     with clock.stage("scoring"):
         champion_test = f1_on(champion.model, test_features, test_labels)
         recent_rows = (data.features(recent), data.labels(recent))
+        window_rows = (data.features(evaluation), data.labels(evaluation))
         candidates = [
-            Candidate(window, folder, f1_on(model, *recent_rows), test_f1) for window, folder, model, test_f1 in trained
+            Candidate(window, folder, f1_on(model, *recent_rows), test_f1, f1_on(model, *window_rows))
+            for window, folder, model, test_f1 in trained
         ]
         models = {window.name: model for window, _, model, _ in trained}
         if not candidates:
             assessment.decision = f"drift found, but no training window holds enough rows to train on; kept {version}"
             return assessment
-        gate = judge_candidates(settings, champion, candidates, models, recent_rows, champion_test)
+        champion_window = f1_on(champion.model, *window_rows)
+        gate = judge_candidates(
+            settings, champion, candidates, models, recent_rows, champion_test, champion_window, int(evaluation.sum())
+        )
     log.info("gate: %s", gate.sentence)
     for candidate in candidates:
         log.info(
-            "candidate %s: %s; F1 %.4f on the held-out recent rows, %.4f on the test data",
+            "candidate %s: %s; F1 %.4f on the held-out recent rows, %.4f on the recent window, %.4f on the test data",
             candidate.window.name,
             candidate.window.describe(),
             candidate.recent_f1,
+            candidate.window_f1,
             candidate.test_f1,
         )
     assessment.candidates, assessment.gate = candidates, gate
