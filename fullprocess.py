@@ -452,66 +452,82 @@ def send_alert(config: Config, fields: dict[str, Any], run_id: int) -> dict[str,
     return {"kind": kind, "webhooks": len(config.monitoring.webhooks), "log": str(log_path)}
 
 
-def run_full_process(config: Config) -> dict[str, Any]:
-    """One whole run under the lock, recorded in the run history; return the run's fields.
+def begin_run(config: Config, started: str) -> tuple[Any, int, str | None]:
+    """Open the history, close the records of runs that died, and record this one as running.
 
-    Raises StageFailed (after recording it) when a stage fails.
+    Returns (the connection, this run's id, the serving version); raises StageFailed("history").
     """
-    started, clock = utc_now(), time.perf_counter()
     try:
         connection = open_history(config.history_path)
     except PipelineError as exc:
         raise StageFailed("history", str(exc)) from None
+    version = current_version(config.deployment_folder)
     try:
-        version = current_version(config.deployment_folder)
-        try:
-            stale = mark_interrupted(connection, started, version)
-            run_id = start_run(connection, started, os.getpid(), version)
-        except PipelineError as exc:
+        stale = mark_interrupted(connection, started, version)
+        run_id = start_run(connection, started, os.getpid(), version)
+    except PipelineError as exc:
+        connection.close()
+        raise StageFailed("history", str(exc)) from None
+    if stale:
+        log.warning("%d earlier run(s) stopped before finishing; recorded them as interrupted", stale)
+    return connection, run_id, version
+
+
+def describe_failure(exc: BaseException, fields: dict[str, Any], serving: str | None) -> dict[str, Any]:
+    """The fields of a run that a failed stage or a signal stopped; a deployment that happened stands."""
+    deployed = fields.get("outcome") in (DEPLOYED, FIRST_DEPLOYMENT)
+    if isinstance(exc, StageFailed):
+        if deployed:
+            return {"failed_stage": exc.stage, "error": exc.message, "decision": f"{fields['decision']}; then {exc}"}
+        decision = f"stopped: {exc}; {serving or 'nothing'} serving"
+        return {"failed_stage": exc.stage, "error": exc.message, "outcome": FAILED, "decision": decision}
+    if deployed:
+        return {"failed_stage": "after deployment", "error": "stopped by a signal"}
+    return {"outcome": INTERRUPTED, "decision": "stopped by a signal; nothing was decided"}
+
+
+def finish_run(
+    config: Config, connection: Any, record: RunRecord, run_id: int, clock: float, failure: BaseException | None
+) -> None:
+    """Record how the run ended (and its stages' timings), then alert; a run that cannot be recorded fails."""
+    record.set(
+        finished_at=utc_now(),
+        seconds=round(time.perf_counter() - clock, 3),
+        model_version_after=current_version(config.deployment_folder),
+    )
+    if record.fields.get("outcome") != NO_NEW_DATA:
+        record.keep_timings(config.model_folder, run_id)
+    try:
+        record.save(connection, run_id)
+        alert = send_alert(config, record.fields, run_id)
+        if alert:
+            save_run(connection, run_id, {"alerts": alert})
+    except PipelineError as exc:
+        if failure is None:
             raise StageFailed("history", str(exc)) from None
-        if stale:
-            log.warning("%d earlier run(s) stopped before finishing; recorded them as interrupted", stale)
+        log.error("the run could not be recorded: %s", exc)
+    record.fields["id"] = run_id
+
+
+def run_full_process(config: Config) -> dict[str, Any]:
+    """One whole run under the lock, recorded in the run history; return the run's fields.
+
+    Raises StageFailed (after recording it) when a stage fails, KeyboardInterrupt on a signal.
+    """
+    started, clock = utc_now(), time.perf_counter()
+    connection, run_id, version = begin_run(config, started)
+    with contextlib.closing(connection):
         record = RunRecord()
         record.set(started_at=started, model_version_before=version, model_version_after=version)
         failure: BaseException | None = None
         try:
             run_once(config, connection, record, run_id)
-        except StageFailed as exc:
+        except (StageFailed, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM (see main)
             failure = exc
-            serving = current_version(config.deployment_folder)
-            record.set(failed_stage=exc.stage, error=exc.message)
-            if record.fields.get("outcome") in (DEPLOYED, FIRST_DEPLOYMENT):  # the deployment stands
-                record.set(decision=f"{record.fields['decision']}; then {exc}")
-            else:
-                record.set(outcome=FAILED, decision=f"stopped: {exc}; {serving or 'nothing'} serving")
-            raise
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see main)
-            failure = exc
-            if record.fields.get("outcome") in (DEPLOYED, FIRST_DEPLOYMENT):  # the deployment stands
-                record.set(failed_stage="after deployment", error="stopped by a signal")
-            else:
-                record.set(outcome=INTERRUPTED, decision="stopped by a signal; nothing was decided")
+            record.set(**describe_failure(exc, record.fields, current_version(config.deployment_folder)))
             raise
         finally:
-            record.set(
-                finished_at=utc_now(),
-                seconds=round(time.perf_counter() - clock, 3),
-                model_version_after=current_version(config.deployment_folder),
-            )
-            if record.fields.get("outcome") != NO_NEW_DATA:
-                record.keep_timings(config.model_folder, run_id)
-            try:
-                record.save(connection, run_id)
-                alert = send_alert(config, record.fields, run_id)
-                if alert:
-                    save_run(connection, run_id, {"alerts": alert})
-            except PipelineError as exc:
-                if failure is None:
-                    raise StageFailed("history", str(exc)) from None
-                log.error("the run could not be recorded: %s", exc)
-            record.fields["id"] = run_id
-    finally:
-        connection.close()
+            finish_run(config, connection, record, run_id, clock, failure)
     return record.fields
 
 
