@@ -248,7 +248,7 @@ def reference_scores(connection: Any, champion: DeployedVersion) -> list[Referen
     return [first, *later_scores(connection, champion.version, run_id)]
 
 
-def test_model_drift(
+def judge_model_drift(
     settings: MonitoringSettings, connection: Any, champion: DeployedVersion, features: np.ndarray, labels: np.ndarray
 ) -> ModelDrift:
     """The serving model's F1 on the new rows against its reference."""
@@ -303,7 +303,7 @@ def data_reference(
     return rows, text
 
 
-def test_data_drift(
+def judge_data_drift(
     settings: MonitoringSettings, data: IngestedData, reference_rows: np.ndarray, new: np.ndarray
 ) -> list[dict[str, Any]]:
     """Each feature of the new rows against the reference rows."""
@@ -460,19 +460,17 @@ def judge_candidates(
 
 
 def score_window(
-    model: Any, data: IngestedData, window: np.ndarray, test_features: np.ndarray, settings: MonitoringSettings
+    model: Any, data: IngestedData, yardsticks: Yardsticks, settings: MonitoringSettings
 ) -> WindowScore | None:
     """A model's scores on the rolling evaluation window and the test data's drift against it."""
+    window = yardsticks.evaluation
     if int(window.sum()) < settings.min_holdout_rows or np.unique(data.labels(window)).size < 2:
         return None
     features, labels = data.features(window), data.labels(window)
     metrics = score_predictions(labels, model.predict_proba(features)[:, 1], model.predict(features))
     batches = data.batch[window]
-    drift = feature_drift(features, test_features, settings)
+    drift = feature_drift(features, yardsticks.test_features, settings)
     return WindowScore(int(window.sum()), int(batches.min()), int(batches.max()), metrics, drift)
-
-
-# ---------------------------------------------------------------- the whole decision
 
 
 @dataclass(frozen=True)
@@ -486,47 +484,74 @@ class RunInputs:
     watermark: int  # batches up to this one were decided on; later ones are new
 
 
+@dataclass(frozen=True)
+class Yardsticks:
+    """What every model is measured on besides the new rows: the test data and the rolling evaluation window."""
+
+    test_features: np.ndarray
+    test_labels: np.ndarray
+    evaluation: np.ndarray  # mask of the ingested rows in the rolling evaluation window
+    held_out_from: int  # the first batch whose held-out rows may be in it
+
+
 def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
     """Decide on the rows that arrived after the watermark."""
-    config, data, champion = inputs.config, inputs.data, inputs.champion
-    settings = config.monitoring
+    settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
     new = data.in_batches(inputs.watermark + 1)
     new_rows = int(new.sum())
-    first_new, latest = inputs.watermark + 1, data.latest_batch
-    version = champion.version
     if new_rows < settings.min_new_rows:
         log.info("%d new row(s): too few to test for drift; they wait for more", new_rows)
         return Assessment(
             WAITING,
             f"the new files hold {new_rows} row(s) not ingested before, fewer than the {settings.min_new_rows} a "
-            f"drift test needs; ingested, and they wait for the next batch to be tested with it; {version} serves",
-            first_new,
-            latest,
+            f"drift test needs; ingested, and they wait for the next batch to be tested with it; "
+            f"{champion.version} serves",
+            inputs.watermark + 1,
+            data.latest_batch,
             new_rows,
         )
-    new_features, new_labels = data.features(new), data.labels(new)
+    assessment = look_for_drift(inputs, clock, new)
+    yardsticks = read_yardsticks(inputs, clock)
+    if assessment.triggers:
+        log.warning("retraining: %s", "; ".join(assessment.triggers))
+        retrain_and_gate(inputs, clock, assessment, new, yardsticks)
+        return assessment
+    with clock.stage("evaluation window"):
+        assessment.window = score_window(champion.model, data, yardsticks, settings)
+    verdict = assessment.model_drift
+    drifted = [row for row in assessment.feature_drift if row["drifted"]]
+    assessment.decision = (
+        f"no drift that triggers retraining{describe_no_trigger(settings.retrain_on, verdict, drifted)}; kept "
+        f"{champion.version} (F1 {verdict.new_f1:.4f} on {new_rows} new rows, threshold {verdict.threshold:.4f})"
+    )
+    return assessment
+
+
+def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> Assessment:
+    """The label-free estimate, the model-drift and data-drift tests on the new rows, and what they trigger."""
+    settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
+    features, labels = data.features(new), data.labels(new)
     with clock.stage("performance estimate"):
-        estimate, calibration = estimate_before_labels(champion.model, new_features, new_labels)
+        estimate, calibration = estimate_before_labels(champion.model, features, labels)
     with clock.stage("model drift"):
-        verdict = test_model_drift(settings, inputs.connection, champion, new_features, new_labels)
+        verdict = judge_model_drift(settings, inputs.connection, champion, features, labels)
     with clock.stage("data drift"):
         reference, reference_text = data_reference(inputs.connection, data, champion, inputs.watermark)
-        drift_rows = test_data_drift(settings, data, reference, new)
+        drift_rows = judge_data_drift(settings, data, reference, new)
     log.info("data drift reference: %s", reference_text)
     drifted = [row for row in drift_rows if row["drifted"]]
-    triggers = retraining_triggers(settings.retrain_on, verdict, drifted)
     assessment = Assessment(
         KEPT,
         "",
-        first_new,
-        latest,
-        new_rows,
+        inputs.watermark + 1,
+        data.latest_batch,
+        int(new.sum()),
         estimate=estimate,
         calibration=calibration,
         model_drift=verdict,
         feature_drift=drift_rows,
         data_drift_reference=reference_text,
-        triggers=triggers,
+        triggers=retraining_triggers(settings.retrain_on, verdict, drifted),
         max_calibration_error=settings.max_calibration_error,
     )
     log.info(
@@ -538,20 +563,25 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
         calibration,
         "" if assessment.reliable else f", above {settings.max_calibration_error:g}: the estimate is unreliable",
     )
-    window_info = TrainingWindow.from_info(champion.model_info)
-    held_out_from = window_info.held_out_from_batch if window_info else first_new
+    return assessment
+
+
+def read_yardsticks(inputs: RunInputs, clock: StageClock) -> Yardsticks:
+    """The test data and the rolling evaluation window of the serving model's lineage."""
+    window = TrainingWindow.from_info(inputs.champion.model_info)
+    held_out_from = window.held_out_from_batch if window else inputs.watermark + 1
     with clock.stage("test data"):
-        test_features, test_labels = read_labelled_data(find_test_files(config.test_data_path))
-    evaluation = evaluation_mask(data, settings, held_out_from)
-    if not triggers:
-        with clock.stage("evaluation window"):
-            assessment.window = score_window(champion.model, data, evaluation, test_features, settings)
-        assessment.decision = (
-            f"no drift that triggers retraining{describe_no_trigger(settings.retrain_on, verdict, drifted)}; kept "
-            f"{version} (F1 {verdict.new_f1:.4f} on {new_rows} new rows, threshold {verdict.threshold:.4f})"
-        )
-        return assessment
-    log.warning("retraining: %s", "; ".join(triggers))
+        features, labels = read_labelled_data(find_test_files(inputs.config.test_data_path))
+    evaluation = evaluation_mask(inputs.data, inputs.config.monitoring, held_out_from)
+    return Yardsticks(features, labels, evaluation, held_out_from)
+
+
+def retrain_and_gate(
+    inputs: RunInputs, clock: StageClock, assessment: Assessment, new: np.ndarray, yardsticks: Yardsticks
+) -> None:
+    """Train the challengers, judge them at the gate, and fill ``assessment`` with the decision."""
+    config, data, champion = inputs.config, inputs.data, inputs.champion
+    settings, version = config.monitoring, champion.version
     recent = new & data.held_out(settings.holdout_fraction)
     assessment.holdout_rows = int(recent.sum())
     if assessment.holdout_rows < settings.min_holdout_rows or np.unique(data.labels(recent)).size < 2:
@@ -561,27 +591,32 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
             f"{settings.min_holdout_rows} with both classes are needed to compare models); the rows wait for the "
             f"next batch; {version} serves"
         )
-        return assessment
+        return
+    evaluation = yardsticks.evaluation
     with clock.stage("training"):
-        trained = train_candidates(inputs, first_new, held_out_from, ~evaluation, "; ".join(triggers))
+        trained = train_candidates(
+            inputs, assessment.first_batch, yardsticks.held_out_from, ~evaluation, "; ".join(assessment.triggers)
+        )
+    if not trained:
+        assessment.decision = f"drift found, but no training window holds enough rows to train on; kept {version}"
+        return
     with clock.stage("scoring"):
-        champion_test = f1_on(champion.model, test_features, test_labels)
         recent_rows = (data.features(recent), data.labels(recent))
         window_rows = (data.features(evaluation), data.labels(evaluation))
-        candidates = [
+        assessment.candidates = [
             Candidate(window, folder, f1_on(model, *recent_rows), test_f1, f1_on(model, *window_rows))
             for window, folder, model, test_f1 in trained
         ]
         models = {window.name: model for window, _, model, _ in trained}
-        if not candidates:
-            assessment.decision = f"drift found, but no training window holds enough rows to train on; kept {version}"
-            return assessment
-        champion_window = f1_on(champion.model, *window_rows)
-        gate = judge_candidates(
-            settings, champion, candidates, models, recent_rows, champion_test, champion_window, int(evaluation.sum())
+        champion_scores = (
+            f1_on(champion.model, yardsticks.test_features, yardsticks.test_labels),
+            f1_on(champion.model, *window_rows),
+            int(evaluation.sum()),
         )
+        gate = judge_candidates(settings, champion, assessment.candidates, models, recent_rows, *champion_scores)
+    assessment.gate = gate
     log.info("gate: %s", gate.sentence)
-    for candidate in candidates:
+    for candidate in assessment.candidates:
         log.info(
             "candidate %s: %s; F1 %.4f on the held-out recent rows, %.4f on the recent window, %.4f on the test data",
             candidate.window.name,
@@ -590,21 +625,19 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
             candidate.window_f1,
             candidate.test_f1,
         )
-    assessment.candidates, assessment.gate = candidates, gate
-    serving = models[gate.best.window.name] if gate.passed else champion.model
     with clock.stage("evaluation window"):
-        assessment.window = score_window(serving, data, evaluation, test_features, settings)
+        serving = models[gate.best.window.name] if gate.passed else champion.model
+        assessment.window = score_window(serving, data, yardsticks, settings)
     if gate.passed:
         assessment.outcome = DEPLOYED
         assessment.decision = f"challenger deployed, replacing {version}: {gate.sentence}"
-    else:
-        assessment.decision = f"challenger not deployed: {gate.sentence}; kept {version}"
-        log.warning(
-            "the challenger is not better by the margin; %s keeps serving (the challengers stay in %s)",
-            version,
-            config.model_folder / CHALLENGER_FOLDER,
-        )
-    return assessment
+        return
+    assessment.decision = f"challenger not deployed: {gate.sentence}; kept {version}"
+    log.warning(
+        "the challenger is not better by the margin; %s keeps serving (the challengers stay in %s)",
+        version,
+        config.model_folder / CHALLENGER_FOLDER,
+    )
 
 
 def train_candidates(
