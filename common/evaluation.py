@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +48,40 @@ def score_predictions(labels: np.ndarray, probabilities: np.ndarray, predicted: 
     }
 
 
-def score_model(model_path: Path, test_data_path: Path) -> dict[str, Any]:
-    """Load the model at ``model_path`` and return its metrics on the test data."""
-    model = load_model(model_path)
+@dataclass(frozen=True)
+class EvaluationData:
+    """The test data, read once: its files (with their hashes) and its rows."""
+
+    files: list[Path]
+    sha256: dict[str, str]
+    features: np.ndarray
+    labels: np.ndarray
+
+
+def read_test_data(test_data_path: Path) -> EvaluationData:
+    """Read the test data files; raise PipelineError naming the file at fault."""
     files = find_test_files(test_data_path)
     try:
         features, labels = read_labelled_data(files)
     except BadFileError as exc:
         raise PipelineError(f"cannot use test data: {exc}") from None
-    probabilities = model.predict_proba(features)[:, 1]
-    metrics = score_predictions(labels, probabilities, model.predict(features))
+    return EvaluationData(files, {path.name: sha256_file(path) for path in files}, features, labels)
+
+
+def score_loaded_model(model: Any, model_path: Path, test: EvaluationData) -> dict[str, Any]:
+    """The metrics of a loaded model (from ``model_path``) on test data already read."""
+    probabilities = model.predict_proba(test.features)[:, 1]
+    metrics = score_predictions(test.labels, probabilities, model.predict(test.features))
     return {
         **metrics,
         "scored_at": utc_now(),
         "model": str(model_path),
         "model_sha256": sha256_file(model_path),
-        "test_data": [str(path) for path in files],
-        "test_data_sha256": {path.name: sha256_file(path) for path in files},
+        "test_data": [str(path) for path in test.files],
+        "test_data_sha256": test.sha256,
     }
+
+
+def score_model(model_path: Path, test_data_path: Path) -> dict[str, Any]:
+    """Load the model at ``model_path`` and return its metrics on the test data."""
+    return score_loaded_model(load_model(model_path), model_path, read_test_data(test_data_path))

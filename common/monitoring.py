@@ -40,8 +40,7 @@ from common.drift import (
     f1_from_counts,
     feature_drift,
 )
-from common.evaluation import score_model, score_predictions
-from common.files import find_test_files
+from common.evaluation import EvaluationData, read_test_data, score_loaded_model, score_predictions
 from common.history import (
     DEPLOYED,
     KEPT,
@@ -52,7 +51,6 @@ from common.history import (
     later_scores,
     latest_confirmation,
 )
-from common.schema import read_labelled_data
 from common.stages import StageClock
 
 log = logging.getLogger("fullprocess")
@@ -469,7 +467,7 @@ def score_window(
     features, labels = data.features(window), data.labels(window)
     metrics = score_predictions(labels, model.predict_proba(features)[:, 1], model.predict(features))
     batches = data.batch[window]
-    drift = feature_drift(features, yardsticks.test_features, settings)
+    drift = feature_drift(features, yardsticks.test.features, settings)
     return WindowScore(int(window.sum()), int(batches.min()), int(batches.max()), metrics, drift)
 
 
@@ -488,8 +486,7 @@ class RunInputs:
 class Yardsticks:
     """What every model is measured on besides the new rows: the test data and the rolling evaluation window."""
 
-    test_features: np.ndarray
-    test_labels: np.ndarray
+    test: EvaluationData
     evaluation: np.ndarray  # mask of the ingested rows in the rolling evaluation window
     held_out_from: int  # the first batch whose held-out rows may be in it
 
@@ -571,9 +568,9 @@ def read_yardsticks(inputs: RunInputs, clock: StageClock) -> Yardsticks:
     window = TrainingWindow.from_info(inputs.champion.model_info)
     held_out_from = window.held_out_from_batch if window else inputs.watermark + 1
     with clock.stage("test data"):
-        features, labels = read_labelled_data(find_test_files(inputs.config.test_data_path))
+        test = read_test_data(inputs.config.test_data_path)
     evaluation = evaluation_mask(inputs.data, inputs.config.monitoring, held_out_from)
-    return Yardsticks(features, labels, evaluation, held_out_from)
+    return Yardsticks(test, evaluation, held_out_from)
 
 
 def retrain_and_gate(
@@ -594,9 +591,7 @@ def retrain_and_gate(
         return
     evaluation = yardsticks.evaluation
     with clock.stage("training"):
-        trained = train_candidates(
-            inputs, assessment.first_batch, yardsticks.held_out_from, ~evaluation, "; ".join(assessment.triggers)
-        )
+        trained = train_candidates(inputs, assessment, yardsticks)
     if not trained:
         assessment.decision = f"drift found, but no training window holds enough rows to train on; kept {version}"
         return
@@ -609,7 +604,7 @@ def retrain_and_gate(
         ]
         models = {window.name: model for window, _, model, _ in trained}
         champion_scores = (
-            f1_on(champion.model, yardsticks.test_features, yardsticks.test_labels),
+            f1_on(champion.model, yardsticks.test.features, yardsticks.test.labels),
             f1_on(champion.model, *window_rows),
             int(evaluation.sum()),
         )
@@ -641,16 +636,18 @@ def retrain_and_gate(
 
 
 def train_candidates(
-    inputs: RunInputs, first_new: int, held_out_from: int, trainable: np.ndarray, because: str
+    inputs: RunInputs, assessment: Assessment, yardsticks: Yardsticks
 ) -> list[tuple[TrainingWindow, Path, Any, float]]:
-    """Train one challenger per window into ``challenger/<window>/`` and score it on the test data."""
+    """Train one challenger per window into ``challenger/<window>/``, on every row outside the evaluation window,
+    and score it on the test data."""
     from scoring import write_scores
     from training import describe_training_data, fit_and_save
 
-    config, data = inputs.config, inputs.data
+    config, data, test = inputs.config, inputs.data, yardsticks.test
+    first_new, trainable, because = assessment.first_batch, ~yardsticks.evaluation, "; ".join(assessment.triggers)
     described = describe_training_data(config.output_folder)
     held_out = int((data.in_batches(first_new) & ~trainable).sum())
-    windows = candidate_windows(config, inputs.connection, data, first_new, held_out_from, trainable)
+    windows = candidate_windows(config, inputs.connection, data, first_new, yardsticks.held_out_from, trainable)
 
     def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None) -> tuple[Any, ...]:
         folder = config.model_folder / CHALLENGER_FOLDER / window.name
@@ -661,7 +658,7 @@ def train_candidates(
             "retrained_because": because,
         }
         fit_and_save(data.features(mask), data.labels(mask), info, config.model, folder, weights)
-        metrics = score_model(folder / MODEL_FILE, config.test_data_path)
+        metrics = score_loaded_model(load_model(folder / MODEL_FILE), folder / MODEL_FILE, test)
         write_scores(metrics, folder)
         return window, folder, load_model(folder / MODEL_FILE), float(metrics["f1"])
 
