@@ -51,7 +51,7 @@ from common.cli import build_parser, run_stage
 from common.config import Config
 from common.errors import PipelineError
 from common.evaluation import score_model
-from common.files import atomic_path, write_text_atomic
+from common.files import atomic_path, find_test_files, sha256_file, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
 from common.schema import FEATURES, ID_COLUMN, TARGET, BadFileError
 
@@ -132,6 +132,14 @@ def rank_clients(model: Any, path: Path, top: int) -> list[dict[str, Any]]:
         }
         for rank, index in enumerate(order, start=1)
     ]
+
+
+def evaluate_deployed(deployed: DeployedVersion, test_data_path: Path) -> dict[str, Any]:
+    """The deployed model's metrics on the test data: those it was scored with, unless the test data changed since."""
+    files = find_test_files(test_data_path)
+    if deployed.metrics.get("test_data_sha256") == {path.name: sha256_file(path) for path in files}:
+        return deployed.metrics
+    return score_model(deployed.folder / MODEL_FILE, test_data_path)
 
 
 def report_notes(deployed: DeployedVersion, evaluation: dict[str, Any], diagnostics: dict[str, Any]) -> list[str]:
@@ -793,7 +801,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     """Make the confusion-matrix plot and the PDF report in the model folder; return what they show."""
     diagnostics = read_diagnostics(config.model_folder / DIAGNOSTICS_FILE)
     deployed, source_files = read_deployed_model(config.deployment_folder)
-    evaluation = score_model(deployed.folder / MODEL_FILE, config.test_data_path)
+    evaluation = evaluate_deployed(deployed, config.test_data_path)
     plot = plot_confusion_matrix(evaluation["confusion"], deployed.version, config.model_folder / plot_name)
     data_path = config.output_folder / FINAL_DATA
     clients = rank_clients(deployed.model, data_path, config.reporting.top_clients)
