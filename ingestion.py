@@ -3,11 +3,14 @@
 Each file is checked against the schema; a bad file is named with its fault and left out,
 while the good files go on. Rows are merged in arrival order (files ingested before keep
 their place; new files follow, by name), exact duplicate rows are removed (the first kept),
-and the result is written atomically with ``ingestedfiles.txt``.
+and the result is written atomically with ``ingestedfiles.txt`` (one file name a line, as in the
+classic project) and ``ingestedfiles.json`` beside it (each file's content hash, row counts and
+time, and the input folder).
 
 What was ingested before is kept: a file that has since turned bad or left the input folder
 keeps its earlier rows (parsed once, cached by content hash under ``parsed/``), so a run never
-overwrites the output with less. ``--fresh`` starts over from the files present now.
+overwrites the output with less. ``--fresh`` starts over from the files present now, and so does
+a run whose input folder is not the one the output was ingested from.
 
 When the only change is new files, their rows are appended: a sorted index of the row hashes
 already written (``parsed/rowindex-*.npz``) finds the duplicates, so the parsing and the
@@ -36,8 +39,10 @@ from common.artifacts import (
     INGESTED_FILES,
     INGESTION_REPORT,
     IngestedFile,
-    read_ingested_files,
+    IngestionRecord,
+    read_ingestion_record,
     utc_now,
+    write_ingestion_record,
 )
 from common.cli import build_parser, run_stage
 from common.errors import PipelineError
@@ -481,9 +486,28 @@ def index_if_appendable(
     return load_row_index(output_folder, earlier)
 
 
+def read_history(input_folder: Path, output_folder: Path) -> dict[str, IngestedFile]:
+    """The files ingested before into ``output_folder``, by name; none when they came from another input folder.
+
+    The course's workflow runs the practice config, then points ``input_folder_path`` at the
+    source data with the same output folder, and expects the output to hold the source data
+    only; files that leave the *same* input folder keep their rows.
+    """
+    record = read_ingestion_record(output_folder / INGESTED_FILES)
+    if record.files and record.input_folder is not None and Path(record.input_folder) != input_folder:
+        log.info(
+            "the input folder is now %s (was %s); starting from its files, without the %d file(s) ingested from there",
+            input_folder,
+            record.input_folder,
+            len(record.files),
+        )
+        return {}
+    return {entry.name: entry for entry in record.files}
+
+
 def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_parsed: frozenset[str]) -> IngestionResult:
     started = time.perf_counter()
-    history = {} if fresh else read_ingested_files(output_folder / INGESTED_FILES)
+    history = {} if fresh else read_history(input_folder, output_folder)
     result = collect_files(input_folder, output_folder, history)
     if not result.files:
         reasons = "; ".join(result.rejected.values()) or "no .csv, .json or .jsonl files"
@@ -496,7 +520,7 @@ def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_par
     if index is None:
         index = rebuild_final_data(output_folder, result)
     save_row_index(output_folder, index, result.files)
-    write_text_atomic(output_folder / INGESTED_FILES, "".join(entry.to_line() + "\n" for entry in result.files))
+    write_ingestion_record(output_folder, IngestionRecord(str(input_folder), result.files))
     result.seconds = round(time.perf_counter() - started, 3)
     write_text_atomic(output_folder / INGESTION_REPORT, json.dumps(describe_result(result, input_folder), indent=2))
     prune_parsed(output_folder, result.files, keep_parsed)

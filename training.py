@@ -26,6 +26,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from common.artifacts import (
     FINAL_DATA,
     INGESTED_FILES,
+    INGESTED_RECORD,
     INGESTION_REPORT,
     MODEL_FILE,
     read_json_file,
@@ -126,11 +127,13 @@ def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
                 f"{data_path} is not the file the last ingestion wrote (interrupted, or edited by hand); "
                 "run ingestion.py again"
             )
-    ingested_files = ingested_folder / INGESTED_FILES
+    ingested_files, record = ingested_folder / INGESTED_FILES, ingested_folder / INGESTED_RECORD
     return {
         "training_data": str(data_path),
         "training_data_sha256": data_hash,
         "ingested_files_sha256": sha256_file(ingested_files) if ingested_files.exists() else None,
+        # ingestedfiles.txt names the files; their content hashes are in the record beside it
+        "ingested_record_sha256": sha256_file(record) if record.exists() else None,
     }
 
 
