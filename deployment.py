@@ -42,7 +42,7 @@ from common.artifacts import (
     utc_now,
 )
 from common.cli import build_parser, run_stage
-from common.config import Config
+from common.config import Config, load_config
 from common.errors import PipelineError
 from common.files import folder_lock, fsync_dir, sha256_file, write_text_atomic
 
@@ -259,6 +259,15 @@ def rollback_deployment(deploy_root: Path) -> str:
         switch_current(deploy_root, target)
     log.info("rolled back from %s to %s in %s", current, target, deploy_root)
     return target
+
+
+def store_model_into_pickle(config_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The classic course function: publish the model, its score and ``ingestedfiles.txt``; return the version.
+
+    ``config_path``: default ``$RISK_CONFIG``, else config.json.
+    """
+    config = load_config(config_path)
+    return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
 
 
 def describe_versions(deploy_root: Path) -> list[str]:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -45,9 +47,13 @@ from common.artifacts import (
     write_ingestion_record,
 )
 from common.cli import build_parser, run_stage
+from common.config import load_config
 from common.errors import PipelineError
 from common.files import atomic_path, folder_lock, list_data_files, sha256_file, write_text_atomic
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, BadFileError, read_data_file
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("ingestion")
 
@@ -556,6 +562,18 @@ def describe_result(result: IngestionResult, input_folder: Path) -> dict:
         "seconds": result.seconds,
         "finaldata_sha256": sha256_file(result.final_data),
     }
+
+
+def merge_multiple_dataframe(config_path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """The classic course function: ingest the configured input folder; return ``finaldata.csv`` as a DataFrame.
+
+    Writes what ``ingestion.py`` writes. ``config_path``: default ``$RISK_CONFIG``, else config.json.
+    """
+    from common.frames import read_client_frame
+
+    config = load_config(config_path)
+    result = ingest_folder(config.input_folder, config.output_folder)
+    return read_client_frame(result.final_data)
 
 
 def main(argv: list[str] | None = None) -> int:

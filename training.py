@@ -10,6 +10,7 @@ rare exits while probabilities stay honest risks.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from importlib.metadata import version
@@ -29,12 +30,13 @@ from common.artifacts import (
     INGESTED_RECORD,
     INGESTION_REPORT,
     MODEL_FILE,
+    load_model,
     read_json_file,
     save_model,
     utc_now,
 )
 from common.cli import build_parser, run_stage
-from common.config import Config, ModelSettings
+from common.config import Config, ModelSettings, load_config
 from common.errors import PipelineError
 from common.files import sha256_file
 from common.schema import FEATURES, TARGET, read_labelled_data
@@ -67,7 +69,7 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(thresholds[int(np.argmax(f1))])
 
 
-def train_model(features: np.ndarray, labels: np.ndarray, settings: ModelSettings) -> FixedThresholdClassifier:
+def fit_classifier(features: np.ndarray, labels: np.ndarray, settings: ModelSettings) -> FixedThresholdClassifier:
     """Fit the pipeline and wrap it with its decision threshold; return the fitted classifier."""
     classes = np.unique(labels)
     if classes.size < 2:
@@ -142,7 +144,7 @@ def fit_and_save(
 ) -> dict[str, Any]:
     """Train on these rows and save the model with its metadata in ``model_folder``; return the metadata."""
     started = time.perf_counter()
-    model = train_model(features, labels, settings)
+    model = fit_classifier(features, labels, settings)
     seconds = time.perf_counter() - started
     info = save_model(model, describe_model(model, data, labels, settings, seconds), model_folder)
     log.info(
@@ -162,6 +164,16 @@ def train_from_folder(ingested_folder: Path, model_folder: Path, settings: Model
     data = describe_training_data(ingested_folder)
     features, labels = read_labelled_data([ingested_folder / FINAL_DATA])
     return fit_and_save(features, labels, data, settings, model_folder)
+
+
+def train_model(config_path: str | os.PathLike[str] | None = None) -> FixedThresholdClassifier:
+    """The classic course function: train on the ingested data, save ``trainedmodel.pkl``; return the model.
+
+    ``config_path``: default ``$RISK_CONFIG``, else config.json.
+    """
+    config = load_config(config_path)
+    train_from_folder(config.output_folder, config.model_folder, config.model)
+    return load_model(config.model_folder / MODEL_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:
