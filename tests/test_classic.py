@@ -7,13 +7,16 @@ Each function is called as a course notebook calls it: no arguments, the paths c
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 import deployment
 import diagnostics
@@ -21,6 +24,8 @@ import ingestion
 import reporting
 import scoring
 import training
+from bench.bench_api import free_port
+from bench.classic_clients import RECORD, SHAPES, Target, send_shape, start_gunicorn, stop
 from common.artifacts import (
     CONFUSION_MATRIX_FILE,
     FINAL_DATA,
@@ -117,6 +122,7 @@ def test_missing_data_is_the_percent_of_blank_cells_per_column_of_the_source_fil
     assert missing[1] == round(100 / 1002, 4) and missing[0] == missing[2] == 0.0
 
 
+@pytest.mark.slow
 def test_execution_time_and_outdated_packages_list_answer_in_the_classic_shapes(classic):
     ingestion.merge_multiple_dataframe()
     seconds = diagnostics.execution_time()
@@ -189,4 +195,85 @@ def test_importing_the_stages_and_the_api_does_not_import_pandas():
         "assert 'pandas' not in sys.modules, 'pandas imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def classic_server(deployed: Config) -> Iterator[Target]:
+    """``gunicorn app:app`` (as a classic wsgi.py is served) on a free port, the deployed project's config in
+    $RISK_CONFIG; yields where it is and how clients name the test file."""
+    server = start_gunicorn(deployed.path, free_port())
+    try:
+        port = next(arg for arg in server.args if arg.startswith("127.0.0.1:")).split(":")[1]
+        yield Target(f"http://127.0.0.1:{port}", "testdata/testdata.csv", deployed.test_data_path / "testdata.csv")
+    finally:
+        stop(server)
+
+
+@pytest.mark.slow
+def test_every_request_shape_of_classic_clients_is_answered_by_a_real_server(classic_server):
+    with requests.Session() as session:
+        for row, shapes in SHAPES:
+            for shape in shapes:
+                answer = send_shape(session, classic_server, shape)
+                if row.startswith("traversal"):
+                    assert answer.status_code == 403, (shape.label, answer.text)
+                    assert "passwd" not in answer.text.replace("/etc/passwd", "")
+                    continue
+                assert answer.status_code == 200, (shape.label, answer.text)
+                assert answer.json()["rows"] == (1 if shape.json in ([RECORD], RECORD) else 500), shape.label
+
+
+@pytest.mark.slow
+def test_a_request_naming_no_file_gets_400_listing_the_accepted_keys(classic_server):
+    url = f"{classic_server.url}/prediction"
+    for answer in (
+        requests.post(url, params={"path_to_file": "testdata/testdata.csv"}, timeout=10),
+        requests.post(url, data={"path_to_file": "testdata/testdata.csv"}, timeout=10),
+        requests.get(url, params={"limit": "3"}, timeout=10),
+    ):
+        assert answer.status_code == 400
+        assert "filelocation, file_location, filename" in answer.json()["error"]
+    two_files = requests.post(url, files={"a": ("a.csv", b"x"), "b": ("b.csv", b"y")}, timeout=10)
+    assert two_files.status_code == 400 and "holds 2 files" in two_files.json()["error"]
+    xml = requests.post(url, data="<clients/>", headers={"Content-Type": "application/xml"}, timeout=10)
+    assert xml.status_code == 415
+
+
+def test_serving_predictions_imports_nothing_more(deployed):
+    """Once a worker has loaded its model, requests of every shape import no module (common.frames included)."""
+    code = (
+        "import sys, json\n"
+        "import app\n"
+        "client = app.app.test_client()\n"  # built on first access, with $RISK_CONFIG
+        "client.post('/prediction', json={'filelocation': 'testdata/testdata.csv'})\n"
+        "before = set(sys.modules)\n"
+        f"record = {RECORD!r}\n"
+        "for body in (record, [record], {'filename': 'testdata.csv'}):\n"
+        "    assert client.post('/prediction', json=body).status_code == 200\n"
+        "assert client.get('/prediction?filename=testdata/testdata.csv').status_code == 200\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+        "assert 'common.frames' not in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, CONFIG_ENV_VAR: str(deployed.path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_importing_app_builds_nothing(tmp_path):
+    code = "import app\nassert app._built is None\n"
+    missing = str(tmp_path / "no-config.json")  # building would fail on it
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, CONFIG_ENV_VAR: missing},
+    )
     assert done.returncode == 0, done.stderr
