@@ -304,7 +304,7 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
         return Forbidden(f"{shown} is outside the data folders ({', '.join(_shown(place, base) for place in places)})")
 
     try:
-        real = find_location(path, base, places)  # follows links: a link out of the data folders is caught
+        real = resolve_location(path, base, places)  # follows links: a link out of the data folders is caught
     except (OSError, RuntimeError, ValueError):
         raise BadRequest(f"filelocation {shown!r} is not a usable file name") from None
     if not _inside(real, places):
@@ -337,7 +337,7 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
     return fd, info, name
 
 
-def find_location(path: PurePosixPath, base: Path, places: list[Path]) -> str:
+def resolve_location(path: PurePosixPath, base: Path, places: list[Path]) -> str:
     """The resolved path a location names: absolute as given; relative to ``base``, else to the first data folder
     that holds it (else relative to ``base``, for the error to name)."""
     if path.is_absolute():

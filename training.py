@@ -18,11 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import precision_recall_curve
-from sklearn.model_selection import FixedThresholdClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from common.artifacts import (
     FINAL_DATA,
@@ -39,7 +34,15 @@ from common.cli import build_parser, run_stage
 from common.config import Config, ModelSettings, load_config
 from common.errors import PipelineError
 from common.files import sha256_file
+from common.imports import sklearn_without_pandas
 from common.schema import FEATURES, TARGET, read_labelled_data
+
+with sklearn_without_pandas():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import precision_recall_curve
+    from sklearn.model_selection import FixedThresholdClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 log = logging.getLogger("training")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from common.errors import PipelineError
 from common.files import atomic_path, sha256_file, write_text_atomic
+from common.imports import sklearn_without_pandas
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ def load_model(path: Path) -> Any:
     except OSError as exc:
         raise PipelineError(f"model file {path} cannot be read ({exc.strerror})") from None
     try:
-        model = pickle.loads(payload)
+        with sklearn_without_pandas():  # unpickling imports scikit-learn
+            model = pickle.loads(payload)
     except Exception as exc:  # any unpickling fault means the same thing to the user
         raise PipelineError(
             f"model file {path} is corrupt or was written by incompatible library versions "
