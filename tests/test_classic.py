@@ -39,19 +39,17 @@ from common.config import CONFIG_ENV_VAR, Config, load_config
 from common.errors import PipelineError
 from common.schema import COLUMNS, FEATURES, read_feature_file
 from tests.conftest import PROJECT_ROOT, write_clients, write_config
+from tests.test_scripts import UDACITY_DATA, udacity_config
 
-UDACITY_DATA = (PROJECT_ROOT / ".." / "shared" / "udacity-data").resolve()
+# No package index in tests: the dependency check answers "unknown" at once.
+OFFLINE = {"diagnostics": {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}}
 NUMERIC_COLUMNS = [*FEATURES, "exited"]
 
 
 @pytest.fixture
 def classic(project: Config, monkeypatch: pytest.MonkeyPatch) -> Config:
     """The small project, its config.json named by $RISK_CONFIG as a course notebook's working folder would."""
-    config = load_config(
-        write_config(
-            project.path.parent, diagnostics={"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
-        )
-    )
+    config = load_config(write_config(project.path.parent, **OFFLINE))
     monkeypatch.setenv(CONFIG_ENV_VAR, str(config.path))
     return config
 
@@ -154,19 +152,10 @@ def test_the_course_workflow_practice_then_source_keeps_the_source_rows_only(cla
 
 @pytest.fixture
 def udacity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A config like config.udacity.json: the course's own data, outputs in tmp_path."""
-    if not (UDACITY_DATA / "sourcedata").is_dir():
-        pytest.skip(f"the course data is not at {UDACITY_DATA}")
-    config = {
-        "input_folder_path": str(UDACITY_DATA / "practicedata"),
-        "output_folder_path": "ingesteddata",
-        "test_data_path": str(UDACITY_DATA / "testdata"),
-        "output_model_path": "models",
-        "prod_deployment_path": "production_deployment",
-        "diagnostics": {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5},
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
+    """A config like config.udacity.json, on the course's practice data first; outputs in tmp_path."""
+    path = udacity_config(tmp_path)  # skips when the course data is not beside the project
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "input_folder_path": str(UDACITY_DATA / "practicedata"), **OFFLINE}))
     monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
     return path
 
