@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess data lint clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess classic-clients data lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ bench-api: $(VENV)/.installed ## benchmark the API under gunicorn with wrk (apt-
 	$(PY) -m bench.bench_api
 bench-fullprocess: $(VENV)/.installed ## benchmark fullprocess.py: no-op run, 10,000 new rows on 1,000,000, drift-retrain-deploy
 	$(PY) -m bench.bench_fullprocess
+classic-clients: $(VENV)/.installed ## status of each request shape of classic course clients against gunicorn app:app
+	$(PY) -m bench.classic_clients
+
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
 	$(PY) generate_data.py shipped
 lint: $(VENV)/.installed ## ruff check and format check
