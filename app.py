@@ -4,13 +4,14 @@ Serve it with a real WSGI server, never Flask's development server::
 
     .venv/bin/python app.py --port 8000 --workers 2          # gunicorn, started from here
     RISK_CONFIG=config.json .venv/bin/gunicorn -w 2 -b 127.0.0.1:8000 'app:create_app()'
+    .venv/bin/gunicorn app:app                               # as the classic project's wsgi.py expects
 
 The deployed model is loaded once per worker and swapped when ``production_deployment/current``
 changes: each request reads that one link, so a newly deployed version is picked up without a
 restart, and since a version is complete before the link points at it, no request ever sees a
 half-published one. A version that fails to load is logged and the previous one keeps serving.
 
-Endpoints: ``POST /prediction``, ``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
+Endpoints: ``GET``/``POST /prediction``, ``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
 ``GET /history`` (the fullprocess.py runs), ``GET /health``, ``GET /version``. Bad input gets a
 4xx JSON error naming the problem. When the environment variable named by ``api.token_env``
 (default ``RISK_API_TOKEN``) is set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``.
@@ -63,12 +64,37 @@ from common.errors import PipelineError
 from common.files import DATA_SUFFIXES, find_test_files, sha256_file
 from common.history import read_runs
 from common.logs import setup_logging
-from common.schema import BadFileError, FeatureBatch, features_from_records, read_feature_bytes, read_feature_csv
+from common.schema import (
+    FEATURES,
+    BadFileError,
+    FeatureBatch,
+    features_from_records,
+    normalise_keys,
+    read_feature_bytes,
+    read_feature_csv,
+)
 
 log = logging.getLogger("app")
 
 MIB = 1024 * 1024
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# The names classic clients give the data file, in the query string, a JSON body or a form; the first found is used.
+LOCATION_KEYS = (
+    "filelocation",
+    "file_location",
+    "filename",
+    "file_name",
+    "filepath",
+    "file_path",
+    "data_path",
+    "dataset_path",
+    "data_file",
+    "inputdata",
+    "input_data",
+    "data",
+)
+ACCEPTED_KEYS = ", ".join(LOCATION_KEYS)
 RETRY_SECONDS = 30.0  # how soon a version that failed to load is tried again
 MAX_LOCATION = 1024  # longest filelocation looked at
 MAX_SHOWN = 200  # longest piece of a client's input echoed in an error
@@ -252,10 +278,12 @@ def allowed_data_places(config: Config) -> list[Path]:
 
 
 def open_data_location(location: object, base: Path, places: list[Path], max_bytes: int) -> tuple[int, Any, str]:
-    """Open the file a ``filelocation`` names, relative to ``base``: (descriptor, its stat, its name).
+    """Open the file a ``filelocation`` names: (descriptor, its stat, its name). The caller closes the descriptor.
 
-    Refuses (403) anything outside ``places``. The check is made on the opened file itself, so a
-    file swapped for a link between check and read is caught too. The caller closes the descriptor.
+    A relative name is looked up in the project (config) folder, then in each data folder, so
+    ``testdata.csv`` finds ``testdata/testdata.csv``; an absolute one is taken as it is. Either way
+    the file must lie inside ``places`` (403 otherwise). The check is made on the opened file
+    itself, so a file swapped for a link between check and read is caught too.
     """
     if not isinstance(location, str) or not location.strip():
         raise BadRequest("filelocation must be a non-empty string, such as testdata/testdata.csv")
@@ -265,8 +293,11 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
     if "\\" in location:
         raise Forbidden("filelocation may not contain backslashes; separate folders with /")
     path = PurePosixPath(location.strip())
-    if path.is_absolute() or location.startswith("~") or (len(location) > 1 and location[1] == ":"):
-        raise Forbidden("filelocation must be a path relative to the project folder, such as testdata/testdata.csv")
+    if location.startswith("~") or (len(location) > 1 and location[1] == ":"):
+        raise Forbidden(
+            "filelocation must be a path relative to the project folder, such as testdata/testdata.csv, "
+            "or an absolute path inside a data folder"
+        )
     if ".." in path.parts:
         raise Forbidden("filelocation may not contain '..'")
 
@@ -274,7 +305,7 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
         return Forbidden(f"{shown} is outside the data folders ({', '.join(_shown(place, base) for place in places)})")
 
     try:
-        real = os.path.realpath(os.path.join(base, path))  # follows links: a link out of the data folders is caught
+        real = resolve_location(path, base, places)  # follows links: a link out of the data folders is caught
     except (OSError, RuntimeError, ValueError):
         raise BadRequest(f"filelocation {shown!r} is not a usable file name") from None
     if not _inside(real, places):
@@ -305,6 +336,21 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
         os.close(fd)
         raise
     return fd, info, name
+
+
+def resolve_location(path: PurePosixPath, base: Path, places: list[Path]) -> str:
+    """The resolved path a location names: absolute as given; relative to ``base``, else to the first data folder
+    that holds it (else relative to ``base``, for the error to name)."""
+    if path.is_absolute():
+        return os.path.realpath(path)
+    first = os.path.realpath(os.path.join(base, path))
+    if os.path.lexists(first):
+        return first
+    for place in places:
+        candidate = os.path.join(place, path)
+        if os.path.lexists(candidate):
+            return os.path.realpath(candidate)
+    return first
 
 
 class LocationReader:
@@ -359,20 +405,25 @@ def _shown(place: Path, base: Path) -> str:
     return str(place.relative_to(base)) if place.is_relative_to(base) else place.name
 
 
-def read_prediction_input(files: LocationReader) -> FeatureBatch:
-    """The rows a /prediction request asks about: by file location, JSON records, or a CSV body or upload."""
+def read_prediction_input(files: LocationReader, default_location: Callable[[], str]) -> FeatureBatch:
+    """The rows a /prediction request asks about: by file location, JSON records, or a CSV body or upload.
+
+    ``default_location``: the file a ``GET`` without parameters predicts for (the test data).
+    """
     mimetype = request.mimetype
     try:
         if mimetype == "application/json" or mimetype.endswith("+json"):
             return read_json_request(files)
-        if mimetype == "multipart/form-data" and "file" in request.files:
-            upload = request.files["file"]
+        upload = find_upload()
+        if upload is not None:
             return read_feature_bytes(upload.read(), Path(upload.filename or "upload.csv").name)
         if mimetype in CSV_TYPES:
             return read_feature_csv(request.get_data(cache=False), "the CSV body")
-        location = request.values.get("filelocation")
-        if location is not None:
-            return files.rows(location)
+        key = find_location_key(request.values)
+        if key is not None:
+            return files.rows(request.values[key])
+        if request.method == "GET" and not request.values and not request.content_length:
+            return files.rows(default_location())
     except BadFileError as exc:
         raise BadRequest(str(exc)) from None
     if not request.content_length and not request.values:
@@ -380,23 +431,55 @@ def read_prediction_input(files: LocationReader) -> FeatureBatch:
             'the request is empty; send JSON {"filelocation": "testdata/testdata.csv"} or {"records": [...]}, '
             "or a CSV body (Content-Type: text/csv)"
         )
+    if not request.content_length or mimetype in FORM_TYPES:
+        raise BadRequest(f"name the data file with one of {ACCEPTED_KEYS} (in the query string, JSON or a form)")
     raise UnsupportedMediaType(
         f"cannot read a body of type {mimetype or '(none given)'}; send application/json, text/csv "
         "or a multipart upload named 'file'"
     )
 
 
+def find_location_key(values: Any) -> str | None:
+    """The first of ``LOCATION_KEYS`` that ``values`` (the query, a form or a JSON object) holds."""
+    return next((key for key in LOCATION_KEYS if key in values), None)
+
+
+def find_upload() -> Any:
+    """The uploaded file of a multipart request: the field ``file``, else the only file field; else None."""
+    if request.mimetype != "multipart/form-data" or not request.files:
+        return None
+    if "file" in request.files:
+        return request.files["file"]
+    fields = list(request.files)
+    if len(fields) > 1:
+        raise BadRequest(f"the upload holds {len(fields)} files ({', '.join(fields[:5])}); send one, named 'file'")
+    return request.files[fields[0]]
+
+
 def read_json_request(files: LocationReader) -> FeatureBatch:
-    body = parse_json(request.get_data(cache=False), "the request body")
+    data = request.get_data(cache=False)
+    key = find_location_key(request.args)
+    if not data.strip() and key is not None:  # a client that says JSON but names the file in the query
+        return files.rows(request.args[key])
+    body = parse_json(data, "the request body")
     if isinstance(body, list):
         return features_from_records(body, "the request body")
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object with 'filelocation' or 'records', or a list of records")
-    if "filelocation" in body:
-        return files.rows(body["filelocation"])
     if "records" in body:
         return features_from_records(body["records"], "records")
-    raise BadRequest("the JSON body needs 'filelocation' (a data file) or 'records' (a list of client records)")
+    key = find_location_key(body)
+    if key is not None:
+        value = body[key]
+        if isinstance(value, (list, dict)):  # {"data": [records]} or {"data": {record}}
+            return features_from_records(value if isinstance(value, list) else [value], key)
+        return files.rows(value)
+    if any(name in normalise_keys(body) for name in FEATURES):
+        return features_from_records([body], "the request body")
+    raise BadRequest(
+        "the JSON body needs 'filelocation' (a data file; or one of "
+        f"{ACCEPTED_KEYS.removeprefix('filelocation, ')}) or 'records' (a list of client records), or one record"
+    )
 
 
 def parse_json(data: bytes, what: str) -> Any:
@@ -573,10 +656,16 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
             {"error": f"internal error ({type(exc).__name__}); see the server log", "status": 500}, 500
         )
 
-    @app.post("/prediction")
+    def default_location() -> str:
+        try:
+            return str(find_test_files(config.test_data_path)[0])
+        except PipelineError as exc:
+            raise NotFound(f"no data file was named and there is no test data to predict for ({exc})") from None
+
+    @app.route("/prediction", methods=["GET", "POST"])
     def prediction() -> Response:
         served = watcher.served()
-        batch = read_prediction_input(files)
+        batch = read_prediction_input(files, default_location)
         if batch.rows > config.api.max_rows:
             limit = config.api.max_rows
             raise RequestEntityTooLarge(f"{batch.rows:,} rows is more than the {limit:,} the API scores at once")
@@ -642,6 +731,25 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
         )
 
     return app
+
+
+_built: Flask | None = None
+_build_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Flask:
+    """``app.app``, built on first use: ``gunicorn app:app`` and a classic ``wsgi.py`` (``from app import app``).
+
+    Importing this module builds nothing; the first access of ``app`` builds the application once,
+    with the config ``$RISK_CONFIG`` names (else config.json).
+    """
+    global _built
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _build_lock:
+        if _built is None:
+            _built = create_app()
+    return _built
 
 
 def build_server(config_path: str | None, host: str, port: int, workers: int, access_log: bool = False) -> Any:

@@ -3,7 +3,7 @@
 Layout of the deployment folder::
 
     versions/v0001/  trainedmodel.pkl trainedmodel.json latestscore.txt metrics.json
-                     ingestedfiles.txt version.json
+                     ingestedfiles.txt ingestedfiles.json version.json
     current -> versions/v0001          (a symlink, swapped by an atomic rename)
     trainedmodel.pkl -> current/trainedmodel.pkl, and likewise for each published file
 
@@ -31,6 +31,7 @@ from common.artifacts import (
     CURRENT_LINK,
     DEPLOYMENT_LOCK_FILE,
     INGESTED_FILES,
+    INGESTED_RECORD,
     LATEST_SCORE_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -43,7 +44,7 @@ from common.artifacts import (
     utc_now,
 )
 from common.cli import build_parser, run_stage
-from common.config import Config
+from common.config import Config, load_config
 from common.errors import PipelineError
 from common.files import folder_lock, fsync_dir, hold_lock, sha256_file, write_text_atomic
 
@@ -51,7 +52,10 @@ log = logging.getLogger("deployment")
 
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
-PUBLISHED_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES)
+PUBLISHED_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES, INGESTED_RECORD)
+# Versions published before ingestedfiles.json existed, and classic ingestion folders, lack it.
+OPTIONAL_FILES = (INGESTED_RECORD,)
+INGESTION_FILES = (INGESTED_FILES, INGESTED_RECORD)
 _VERSION_NAME = re.compile(r"^v(\d{4,})$")
 # Fault injection for tests: the deployment stops at this step and waits to be killed.
 PAUSE_ENV_VAR = "RISK_DEPLOY_PAUSE_AT"
@@ -68,14 +72,14 @@ def list_versions(deploy_root: Path) -> list[str]:
 
 def find_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
     """The files to publish; raise PipelineError naming any that is missing."""
-    sources = {name: model_folder / name for name in PUBLISHED_FILES if name != INGESTED_FILES}
-    sources[INGESTED_FILES] = ingested_folder / INGESTED_FILES
-    missing = [str(path) for path in sources.values() if not path.is_file()]
+    sources = {name: model_folder / name for name in PUBLISHED_FILES if name not in INGESTION_FILES}
+    sources.update({name: ingested_folder / name for name in INGESTION_FILES})
+    missing = [str(path) for name, path in sources.items() if not path.is_file() and name not in OPTIONAL_FILES]
     if missing:
         raise PipelineError(
             f"cannot deploy: {', '.join(missing)} missing; run ingestion.py, training.py and scoring.py first"
         )
-    return sources
+    return {name: path for name, path in sources.items() if path.is_file()}
 
 
 def check_version_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -84,7 +88,7 @@ def check_version_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     The scores, the model metadata and the ingestion record must all name this model file.
     Messages name the files only; callers say which folder they were checking.
     """
-    missing = [name for name in PUBLISHED_FILES if not (folder / name).is_file()]
+    missing = [name for name in PUBLISHED_FILES if not (folder / name).is_file() and name not in OPTIONAL_FILES]
     if missing:
         raise PipelineError(f"{', '.join(missing)} missing")
     model_hash = sha256_file(folder / MODEL_FILE)
@@ -100,12 +104,12 @@ def check_version_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         score = None
     if score != metrics.get("f1"):
         raise PipelineError(f"{LATEST_SCORE_FILE} does not match {METRICS_FILE}; run scoring.py")
-    trained_on = model_info.get("ingested_files_sha256")
-    if trained_on is not None and trained_on != sha256_file(folder / INGESTED_FILES):
-        raise PipelineError(
-            f"{INGESTED_FILES} has changed since the model was trained (ingestion ran again); "
-            "run training.py and scoring.py"
-        )
+    for name, key in ((INGESTED_FILES, "ingested_files_sha256"), (INGESTED_RECORD, "ingested_record_sha256")):
+        trained_on = model_info.get(key)
+        if trained_on is not None and (not (folder / name).is_file() or trained_on != sha256_file(folder / name)):
+            raise PipelineError(
+                f"{name} has changed since the model was trained (ingestion ran again); run training.py and scoring.py"
+            )
     try:
         load_model(folder / MODEL_FILE)
     except PipelineError:
@@ -279,6 +283,15 @@ def deployment_lock(deploy_root: Path, owner: str) -> contextlib.AbstractContext
     """The lock every command that changes the deployment holds (fullprocess.py too): one at a time."""
     path = deploy_root / DEPLOYMENT_LOCK_FILE
     return hold_lock(path, owner, "the deployment is being changed by another run ({holder}); try again when it ends")
+
+
+def store_model_into_pickle(config_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The classic course function: publish the model, its score and ``ingestedfiles.txt``; return the version.
+
+    ``config_path``: default ``$RISK_CONFIG``, else config.json.
+    """
+    config = load_config(config_path)
+    return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
 
 
 def describe_versions(deploy_root: Path) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import statistics
@@ -31,12 +32,13 @@ import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import requests
 from packaging.version import InvalidVersion, Version
 
+from common import datastats
 from common.artifacts import (
     DEPENDENCY_CACHE_FILE,
     DIAGNOSTICS_FILE,
@@ -47,12 +49,14 @@ from common.artifacts import (
     utc_now,
 )
 from common.cli import build_parser, run_stage
-from common.config import PROJECT_ROOT, Config, DiagnosticsSettings
-from common.datastats import missing_data, read_numeric_columns, summary_statistics
+from common.config import PROJECT_ROOT, Config, DiagnosticsSettings, load_config
 from common.errors import PipelineError
 from common.files import find_test_files, list_data_files, write_text_atomic
 from common.schema import BadFileError, read_feature_file
 from common.timings import read_stage_timings, record_stage_timings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("diagnostics")
 
@@ -64,7 +68,7 @@ RECORDED_RUNS = 10  # the spread of recorded timings is over this many latest re
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([=<>!~].*)?$")
 
 
-def model_predictions(model: Any, data_path: Path) -> dict[str, Any]:
+def predict_data_file(model: Any, data_path: Path) -> dict[str, Any]:
     """Labels and exit probabilities of ``model`` for every row of a data file, in file order."""
     try:
         batch = read_feature_file(data_path)
@@ -338,14 +342,14 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
         "generated_at": utc_now(),
         "model_version": deployed.version,
         "model_trained_at": deployed.model_info.get("trained_at"),
-        "predictions": model_predictions(deployed.model, find_test_files(config.test_data_path)[0]),
+        "predictions": predict_data_file(deployed.model, find_test_files(config.test_data_path)[0]),
         "summary_statistics": {
             "dataset": str(config.output_folder / FINAL_DATA),
-            "columns": summary_statistics(read_numeric_columns(config.output_folder / FINAL_DATA)),
+            "columns": datastats.summary_statistics(datastats.read_numeric_columns(config.output_folder / FINAL_DATA)),
         },
         "missing_data": {
             "dataset": str(config.input_folder),
-            **missing_data(source_files, config.model_folder / MISSING_CACHE_FILE),
+            **datastats.missing_data(source_files, config.model_folder / MISSING_CACHE_FILE),
         },
         "timing": time_stages(config, runs) if runs > 0 else recorded_timings(config.model_folder),
         "dependencies": dependency_status(config.diagnostics, config.model_folder / DEPENDENCY_CACHE_FILE),
@@ -362,6 +366,64 @@ def write_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     target = write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, text)
     log.info("wrote %s", target)
     return report
+
+
+# ---------------------------------------------------------------- the classic course functions
+# Each reads config.json (or the file ``config_path`` or ``$RISK_CONFIG`` names) as the course does,
+# and returns plain lists or pandas objects; pandas is imported only when one of them is called.
+
+
+def model_predictions(
+    dataframe: pd.DataFrame | None = None, config_path: str | os.PathLike[str] | None = None
+) -> list[int]:
+    """The deployed model's label (0 or 1) for each row of ``dataframe``, default the test data, in row order."""
+    from common.frames import frame_features, read_test_frame
+
+    config = load_config(config_path)
+    model = load_deployed_version(current_version_folder(config.deployment_folder)).model
+    if dataframe is None:
+        dataframe = read_test_frame(find_test_files(config.test_data_path)[0])
+    try:
+        features = frame_features(dataframe)
+    except BadFileError as exc:
+        raise PipelineError(f"cannot predict: {exc}") from None
+    return [int(label) for label in model.predict(features)]
+
+
+def dataframe_summary(config_path: str | os.PathLike[str] | None = None) -> list[list[float | None]]:
+    """``[mean, median, standard deviation]`` of each numeric column of the ingested data, in column order.
+
+    The columns are ``lastmonth_activity``, ``lastyear_activity``, ``number_of_employees``, ``exited``.
+    """
+    config = load_config(config_path)
+    summary = datastats.summary_statistics(datastats.read_numeric_columns(config.output_folder / FINAL_DATA))
+    return [[column["mean"], column["median"], column["std"]] for column in summary.values()]
+
+
+def missing_data(config_path: str | os.PathLike[str] | None = None) -> list[float]:
+    """Percent of missing values in each column of the source files, in column order (corporation first)."""
+    config = load_config(config_path)
+    source_files, _ = list_data_files(config.input_folder) if config.input_folder.is_dir() else ([], [])
+    if not source_files:
+        raise PipelineError(f"the source folder {config.input_folder} holds no data files")
+    return list(datastats.missing_data(source_files)["percent"].values())
+
+
+def execution_time(config_path: str | os.PathLike[str] | None = None) -> list[float]:
+    """``[ingestion seconds, training seconds]``, each stage run once as a process on scratch outputs."""
+    stages = time_stages(load_config(config_path), runs=1)["stages"]
+    return [stages["ingestion"]["mean"], stages["training"]["mean"]]
+
+
+def outdated_packages_list(config_path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """One row per requirement: ``package``, ``installed`` and ``latest`` version (None when unknown)."""
+    import pandas as pd
+
+    config = load_config(config_path)
+    rows = dependency_status(config.diagnostics, config.model_folder / DEPENDENCY_CACHE_FILE)
+    return pd.DataFrame(
+        [(row["package"], row["installed"], row["latest"]) for row in rows], columns=["package", "installed", "latest"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

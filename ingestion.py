@@ -3,11 +3,14 @@
 Each file is checked against the schema; a bad file is named with its fault and left out,
 while the good files go on. Rows are merged in arrival order (files ingested before keep
 their place; new files follow, by name), exact duplicate rows are removed (the first kept),
-and the result is written atomically with ``ingestedfiles.txt``.
+and the result is written atomically with ``ingestedfiles.txt`` (one file name a line, as in the
+classic project) and ``ingestedfiles.json`` beside it (each file's content hash, row counts and
+time, and the input folder).
 
 What was ingested before is kept: a file that has since turned bad or left the input folder
 keeps its earlier rows (parsed once, cached by content hash under ``parsed/``), so a run never
-overwrites the output with less. ``--fresh`` starts over from the files present now.
+overwrites the output with less. ``--fresh`` starts over from the files present now, and so does
+a run whose input folder is not the one the output was ingested from.
 
 When the only change is new files, their rows are appended: a sorted index of the row hashes
 already written (``parsed/rowindex-*.npz``) finds the duplicates, so the parsing and the
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -36,11 +41,14 @@ from common.artifacts import (
     INGESTED_FILES,
     INGESTION_REPORT,
     IngestedFile,
-    read_ingested_files,
+    IngestionRecord,
+    read_ingestion_record,
     utc_now,
+    write_ingestion_record,
 )
 from common.batches import BatchBook, read_batch_book, read_final_data, write_batch_book
 from common.cli import build_parser, run_stage
+from common.config import load_config
 from common.errors import PipelineError
 from common.files import (
     atomic_path,
@@ -53,6 +61,9 @@ from common.files import (
 )
 from common.rowhash import hash_rows
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, BadFileError, read_data_file
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("ingestion")
 
@@ -470,9 +481,28 @@ def index_if_appendable(
     return load_row_index(output_folder, earlier)
 
 
+def read_history(input_folder: Path, output_folder: Path) -> dict[str, IngestedFile]:
+    """The files ingested before into ``output_folder``, by name; none when they came from another input folder.
+
+    The course's workflow runs the practice config, then points ``input_folder_path`` at the
+    source data with the same output folder, and expects the output to hold the source data
+    only; files that leave the *same* input folder keep their rows.
+    """
+    record = read_ingestion_record(output_folder / INGESTED_FILES)
+    if record.files and record.input_folder is not None and Path(record.input_folder) != input_folder:
+        log.info(
+            "the input folder is now %s (was %s); starting from its files, without the %d file(s) ingested from there",
+            input_folder,
+            record.input_folder,
+            len(record.files),
+        )
+        return {}
+    return {entry.name: entry for entry in record.files}
+
+
 def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_parsed: frozenset[str]) -> IngestionResult:
     started = time.perf_counter()
-    history = {} if fresh else read_ingested_files(output_folder / INGESTED_FILES)
+    history = {} if fresh else read_history(input_folder, output_folder)
     result = collect_files(input_folder, output_folder, history)
     if not result.files:
         reasons = "; ".join(result.rejected.values()) or "no .csv, .json or .jsonl files"
@@ -490,7 +520,7 @@ def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_par
         index = rebuild_final_data(output_folder, result)
     save_row_index(output_folder, index, result.files)
     result.batch = record_batch(output_folder, result, history, before)
-    write_text_atomic(output_folder / INGESTED_FILES, "".join(entry.to_line() + "\n" for entry in result.files))
+    write_ingestion_record(output_folder, IngestionRecord(str(input_folder), result.files))
     result.seconds = round(time.perf_counter() - started, 3)
     write_text_atomic(output_folder / INGESTION_REPORT, json.dumps(describe_result(result, input_folder), indent=2))
     prune_parsed(output_folder, result.files, keep_parsed)
@@ -564,6 +594,18 @@ def describe_result(result: IngestionResult, input_folder: Path) -> dict:
         "seconds": result.seconds,
         "finaldata_sha256": sha256_file(result.final_data),
     }
+
+
+def merge_multiple_dataframe(config_path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """The classic course function: ingest the configured input folder; return ``finaldata.csv`` as a DataFrame.
+
+    Writes what ``ingestion.py`` writes. ``config_path``: default ``$RISK_CONFIG``, else config.json.
+    """
+    from common.frames import read_client_frame
+
+    config = load_config(config_path)
+    result = ingest_folder(config.input_folder, config.output_folder)
+    return read_client_frame(result.final_data)
 
 
 def main(argv: list[str] | None = None) -> int:

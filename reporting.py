@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from common import evaluation
 from common.artifacts import (
     CONFUSION_MATRIX_FILE,
     DIAGNOSTICS_FILE,
@@ -48,9 +50,8 @@ from common.artifacts import (
 )
 from common.batches import TrainingWindow, latest_rows, read_final_data
 from common.cli import build_parser, run_stage
-from common.config import Config
+from common.config import Config, load_config
 from common.errors import PipelineError
-from common.evaluation import score_model
 from common.files import atomic_path, find_test_files, sha256_file, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
 from common.schema import FEATURES, ID_COLUMN, TARGET, BadFileError
@@ -139,7 +140,7 @@ def evaluate_deployed(deployed: DeployedVersion, test_data_path: Path) -> dict[s
     files = find_test_files(test_data_path)
     if deployed.metrics.get("test_data_sha256") == {path.name: sha256_file(path) for path in files}:
         return deployed.metrics
-    return score_model(deployed.folder / MODEL_FILE, test_data_path)
+    return evaluation.score_model(deployed.folder / MODEL_FILE, test_data_path)
 
 
 def report_notes(deployed: DeployedVersion, evaluation: dict[str, Any], diagnostics: dict[str, Any]) -> list[str]:
@@ -801,11 +802,11 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     """Make the confusion-matrix plot and the PDF report in the model folder; return what they show."""
     diagnostics = read_diagnostics(config.model_folder / DIAGNOSTICS_FILE)
     deployed, source_files = read_deployed_model(config.deployment_folder)
-    evaluation = evaluate_deployed(deployed, config.test_data_path)
-    plot = plot_confusion_matrix(evaluation["confusion"], deployed.version, config.model_folder / plot_name)
+    scores = evaluate_deployed(deployed, config.test_data_path)
+    plot = plot_confusion_matrix(scores["confusion"], deployed.version, config.model_folder / plot_name)
     data_path = config.output_folder / FINAL_DATA
     clients = rank_clients(deployed.model, data_path, config.reporting.top_clients)
-    notes = report_notes(deployed, evaluation, diagnostics)
+    notes = report_notes(deployed, scores, diagnostics)
     for note in notes:
         log.warning("%s", note)
     try:
@@ -819,7 +820,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         config.model_folder / pdf_name,
         deployed=deployed,
         source_files=source_files,
-        evaluation=evaluation,
+        evaluation=scores,
         diagnostics=diagnostics,
         clients=clients,
         top=config.reporting.top_clients,
@@ -837,11 +838,22 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         "version": deployed.version,
         "plot": plot,
         "pdf": pdf,
-        "metrics": evaluation,
+        "metrics": scores,
         "clients": clients,
         "notes": notes,
         "trend_runs": len(trend_runs),
     }
+
+
+def score_model(config_path: str | os.PathLike[str] | None = None) -> Path:
+    """The classic course function: plot the deployed model's confusion matrix on the test data; return the file.
+
+    Writes ``confusionmatrix.png`` in the model folder. ``config_path``: default ``$RISK_CONFIG``, else config.json.
+    """
+    config = load_config(config_path)
+    deployed = load_deployed_version(current_version_folder(config.deployment_folder))
+    scores = evaluation.score_model(deployed.folder / MODEL_FILE, config.test_data_path)
+    return plot_confusion_matrix(scores["confusion"], deployed.version, config.model_folder / CONFUSION_MATRIX_FILE)
 
 
 def plain_file_name(suffix: str) -> Callable[[str], str]:

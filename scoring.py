@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from common import evaluation
 from common.artifacts import LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE
 from common.cli import build_parser, run_stage
-from common.config import Config
-from common.evaluation import score_model
+from common.config import Config, load_config
 from common.files import write_text_atomic
 
 log = logging.getLogger("scoring")
@@ -31,6 +32,17 @@ def write_scores(metrics: dict[str, Any], folder: Path) -> Path:
     return score_file
 
 
+def score_model(config_path: str | os.PathLike[str] | None = None) -> float:
+    """The classic course function: score the trained model on the test data, write the scores; return the F1.
+
+    ``config_path``: default ``$RISK_CONFIG``, else config.json.
+    """
+    config = load_config(config_path)
+    metrics = evaluation.score_model(config.model_folder / MODEL_FILE, config.test_data_path)
+    write_scores(metrics, config.model_folder)
+    return metrics["f1"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument(
@@ -40,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work(config: Config) -> dict[str, Any]:
         model_path = (args.model or config.model_folder / MODEL_FILE).resolve()
-        metrics = score_model(model_path, config.test_data_path)
+        metrics = evaluation.score_model(model_path, config.test_data_path)
         score_file = write_scores(metrics, model_path.parent)
         log.info(
             "F1 %.4f, precision %.4f, recall %.4f, ROC AUC %s on %d test rows; wrote %s",

@@ -10,6 +10,7 @@ rare exits while probabilities stay honest risks.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict
@@ -18,27 +19,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import precision_recall_curve
-from sklearn.model_selection import FixedThresholdClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from common.artifacts import (
     FINAL_DATA,
     INGESTED_FILES,
+    INGESTED_RECORD,
     INGESTION_REPORT,
     MODEL_FILE,
+    load_model,
     read_json_file,
     save_model,
     utc_now,
 )
 from common.batches import TrainingWindow, read_ingested_data
 from common.cli import build_parser, run_stage
-from common.config import Config, ModelSettings
+from common.config import Config, ModelSettings, load_config
 from common.errors import PipelineError
 from common.files import sha256_file
+from common.imports import sklearn_without_pandas
 from common.schema import FEATURES, TARGET
+
+with sklearn_without_pandas():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import precision_recall_curve
+    from sklearn.model_selection import FixedThresholdClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 log = logging.getLogger("training")
 
@@ -68,7 +74,7 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, sample_weigh
     return float(thresholds[int(np.argmax(f1))])
 
 
-def train_model(
+def fit_classifier(
     features: np.ndarray, labels: np.ndarray, settings: ModelSettings, sample_weight: np.ndarray | None = None
 ) -> FixedThresholdClassifier:
     """Fit the pipeline (each row weighted by ``sample_weight``, if given) with its decision threshold."""
@@ -135,11 +141,13 @@ def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
                 f"{data_path} is not the file the last ingestion wrote (interrupted, or edited by hand); "
                 "run ingestion.py again"
             )
-    ingested_files = ingested_folder / INGESTED_FILES
+    ingested_files, record = ingested_folder / INGESTED_FILES, ingested_folder / INGESTED_RECORD
     return {
         "training_data": str(data_path),
         "training_data_sha256": data_hash,
         "ingested_files_sha256": sha256_file(ingested_files) if ingested_files.exists() else None,
+        # ingestedfiles.txt names the files; their content hashes are in the record beside it
+        "ingested_record_sha256": sha256_file(record) if record.exists() else None,
     }
 
 
@@ -153,7 +161,7 @@ def fit_and_save(
 ) -> dict[str, Any]:
     """Train on these rows and save the model with its metadata in ``model_folder``; return the metadata."""
     started = time.perf_counter()
-    model = train_model(features, labels, settings, sample_weight)
+    model = fit_classifier(features, labels, settings, sample_weight)
     seconds = time.perf_counter() - started
     info = save_model(model, describe_model(model, data, labels, settings, seconds), model_folder)
     log.info(
@@ -176,6 +184,16 @@ def train_from_folder(ingested_folder: Path, model_folder: Path, settings: Model
     window = TrainingWindow("all", min(1, latest), latest, ingested.rows, held_out_from_batch=latest + 1)
     data["training_window"] = asdict(window)
     return fit_and_save(ingested.features(), ingested.labels(), data, settings, model_folder)
+
+
+def train_model(config_path: str | os.PathLike[str] | None = None) -> FixedThresholdClassifier:
+    """The classic course function: train on the ingested data, save ``trainedmodel.pkl``; return the model.
+
+    ``config_path``: default ``$RISK_CONFIG``, else config.json.
+    """
+    config = load_config(config_path)
+    train_from_folder(config.output_folder, config.model_folder, config.model)
+    return load_model(config.model_folder / MODEL_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from common.config import load_config
 from common.evaluation import score_predictions
 from common.files import find_test_files
 from common.schema import read_labelled_data
-from training import train_model
+from training import fit_classifier
 
 
 def compare_with_baseline(config_path: str | None) -> dict[str, dict]:
@@ -27,7 +27,7 @@ def compare_with_baseline(config_path: str | None) -> dict[str, dict]:
     features, labels = read_labelled_data([config.output_folder / FINAL_DATA])
     test_features, test_labels = read_labelled_data(find_test_files(config.test_data_path))
     models = {
-        "pipeline model": train_model(features, labels, config.model),
+        "pipeline model": fit_classifier(features, labels, config.model),
         "LogisticRegression() on raw columns": LogisticRegression().fit(features, labels),
     }
     return {

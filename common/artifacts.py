@@ -14,11 +14,14 @@ from typing import Any
 from common.errors import PipelineError
 from common.files import atomic_path, sha256_file, write_text_atomic
 from common.files import utc_now as utc_now  # the stages import it from here
+from common.imports import sklearn_without_pandas
 
 log = logging.getLogger(__name__)
 
 FINAL_DATA = "finaldata.csv"
 INGESTED_FILES = "ingestedfiles.txt"
+# Beside ingestedfiles.txt (one file name a line, as in the classic project): what identifies each file's content.
+INGESTED_RECORD = "ingestedfiles.json"
 INGESTION_REPORT = "ingestionreport.json"
 MODEL_FILE = "trainedmodel.pkl"
 MODEL_INFO_FILE = "trainedmodel.json"
@@ -67,7 +70,8 @@ def load_model(path: Path) -> Any:
     except OSError as exc:
         raise PipelineError(f"model file {path} cannot be read ({exc.strerror})") from None
     try:
-        model = pickle.loads(payload)
+        with sklearn_without_pandas():  # unpickling imports scikit-learn
+            model = pickle.loads(payload)
     except Exception as exc:  # any unpickling fault means the same thing to the user
         raise PipelineError(
             f"model file {path} is corrupt or was written by incompatible library versions "
@@ -109,7 +113,7 @@ def current_version_folder(deploy_root: Path) -> Path:
 
 @dataclass
 class IngestedFile:
-    """One line of ``ingestedfiles.txt``: the file name first, then what identifies its content."""
+    """One ingested file: its name (a line of ``ingestedfiles.txt``) and what identifies its content."""
 
     name: str
     sha256: str
@@ -117,30 +121,93 @@ class IngestedFile:
     rows_dropped: int
     ingested_at: str
 
-    def to_line(self) -> str:
-        fields = [self.name] + [f"{key}={value}" for key, value in asdict(self).items() if key != "name"]
-        return "\t".join(fields)
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> IngestedFile:
+        """An entry of ``ingestedfiles.json``; KeyError, TypeError or ValueError when it is not one."""
+        return cls(
+            name=str(item["name"]),
+            sha256=str(item["sha256"]),
+            rows_kept=int(item["rows_kept"]),
+            rows_dropped=int(item["rows_dropped"]),
+            ingested_at=str(item["ingested_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class IngestionRecord:
+    """What ``ingestedfiles.json`` holds: the input folder the files came from, and the files in arrival order."""
+
+    input_folder: str | None
+    files: list[IngestedFile]
+
+
+def record_path(ingested_files: Path) -> Path:
+    """The ``ingestedfiles.json`` that goes with an ``ingestedfiles.txt``."""
+    return Path(ingested_files).with_name(INGESTED_RECORD)
+
+
+def write_ingestion_record(folder: Path, record: IngestionRecord) -> Path:
+    """Write ``ingestedfiles.json`` then ``ingestedfiles.txt`` (names only), each atomically; return the latter.
+
+    The record goes first: a crash between the two leaves names the record describes, or
+    names it does not (those read as not ingested, so the next run parses them again).
+    """
+    payload = {"input_folder": record.input_folder, "files": [asdict(entry) for entry in record.files]}
+    write_text_atomic(folder / INGESTED_RECORD, json.dumps(payload, indent=2) + "\n")
+    return write_text_atomic(folder / INGESTED_FILES, "".join(f"{entry.name}\n" for entry in record.files))
+
+
+def read_ingestion_record(path: Path) -> IngestionRecord:
+    """The record of the ``ingestedfiles.txt`` at ``path``: its files whose content is known, in its order.
+
+    A name of ``ingestedfiles.txt`` that ``ingestedfiles.json`` does not describe (a classic file
+    with no record beside it, or a name added by hand) is not ingested as far as the pipeline
+    knows; the file is read again. Lines of the earlier layout, the name followed by tab-separated
+    ``key=value`` pairs, are read as they were written.
+    """
+    path = Path(path)
+    if not path.exists():
+        return IngestionRecord(None, [])
+    names = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    stored = _read_record_file(record_path(path))
+    known = {entry.name: entry for entry in stored.files}
+    entries: dict[str, IngestedFile] = {}
+    for line in names:
+        name, _, pairs = line.partition("\t")
+        entry = _entry_from_pairs(name, pairs) if pairs else known.get(name)
+        if entry is None:
+            log.info("%s: %r carries no content hash; treating that file as not ingested", path.name, name)
+            continue
+        entries[name] = entry
+    return IngestionRecord(stored.input_folder, list(entries.values()))
 
 
 def read_ingested_files(path: Path) -> dict[str, IngestedFile]:
-    """Parse ``ingestedfiles.txt``; lines without a content hash (classic layout) are skipped."""
-    entries: dict[str, IngestedFile] = {}
-    if not path.exists():
-        return entries
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name, *pairs = line.split("\t")
-        values = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
-        try:
-            entries[name] = IngestedFile(
-                name=name,
-                sha256=values["sha256"],
-                rows_kept=int(values["rows_kept"]),
-                rows_dropped=int(values["rows_dropped"]),
-                ingested_at=values["ingested_at"],
-            )
-        except (KeyError, ValueError):
-            log.info("%s: line %r carries no content hash; treating that file as not ingested", path.name, name)
-    return entries
+    """The files ``ingestedfiles.txt`` at ``path`` lists whose content is known, by name, in arrival order."""
+    return {entry.name: entry for entry in read_ingestion_record(path).files}
+
+
+def _read_record_file(path: Path) -> IngestionRecord:
+    """``ingestedfiles.json``; an absent or unreadable one knows no file (the files are then read again)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = [IngestedFile.from_json(item) for item in data["files"]]
+        folder = data.get("input_folder")
+        return IngestionRecord(folder if isinstance(folder, str) else None, files)
+    except FileNotFoundError:
+        return IngestionRecord(None, [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("%s cannot be read (%s); the files it describes will be read again", path, exc)
+        return IngestionRecord(None, [])
+
+
+def _entry_from_pairs(name: str, pairs: str) -> IngestedFile | None:
+    """An entry of the earlier ``ingestedfiles.txt`` layout: ``name<TAB>sha256=...<TAB>rows_kept=...``."""
+    values = dict(pair.split("=", 1) for pair in pairs.split("\t") if "=" in pair)
+    try:
+        return IngestedFile.from_json({"name": name, **values})
+    except (KeyError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

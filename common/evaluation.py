@@ -8,21 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    brier_score_loss,
-    confusion_matrix,
-    f1_score,
-    log_loss,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
 
 from common.artifacts import load_model, utc_now
 from common.errors import PipelineError
 from common.files import find_test_files, sha256_file
+from common.imports import sklearn_without_pandas
 from common.schema import BadFileError, read_labelled_data
+
+with sklearn_without_pandas():
+    from sklearn.metrics import (
+        accuracy_score,
+        brier_score_loss,
+        confusion_matrix,
+        f1_score,
+        log_loss,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
 
 log = logging.getLogger(__name__)
 

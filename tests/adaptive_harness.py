@@ -22,7 +22,7 @@ from common.history import read_runs
 from common.schema import FEATURES
 from generate_data import WORLDS, generate_clients, write_batch, write_shipped_data
 from tests.helpers import run_script, write_config
-from training import train_model
+from training import fit_classifier
 
 FRESH_ROWS = 5_000
 ORACLE_ROWS = 50_000
@@ -46,7 +46,7 @@ def fresh_sample(world: str) -> tuple[np.ndarray, np.ndarray]:
 @cache
 def oracle_f1(world: str) -> float:
     """F1 on the fresh sample of a model fitted on that world alone (a large sample of it), same pipeline."""
-    model = train_model(*arrays(world, ORACLE_ROWS, seed=8_000 + sorted(WORLDS).index(world)), ModelSettings())
+    model = fit_classifier(*arrays(world, ORACLE_ROWS, seed=8_000 + sorted(WORLDS).index(world)), ModelSettings())
     return f1_of(model, *fresh_sample(world))
 
 

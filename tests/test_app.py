@@ -243,7 +243,7 @@ def test_bad_input_gets_a_4xx_json_error_naming_the_problem(client, deployed, ca
 # (case, file location, how it escapes the data folders)
 TRAVERSALS = [
     ("absolute path", "/etc/passwd"),
-    ("absolute path into the data", "{root}/testdata/testdata.csv"),
+    ("absolute path into the project, outside the data", "{root}/config.json"),
     ("parent folder", "../config.json"),
     ("parent folder inside", "testdata/../../etc/passwd"),
     ("parent folder back in", "testdata/../testdata/testdata.csv"),
@@ -271,6 +271,17 @@ def test_file_locations_outside_the_data_folders_are_refused_with_403(client, de
     ):
         assert answer.status_code == 403, answer.get_json()
         assert answer.get_json()["error"]
+
+
+def test_an_absolute_path_into_a_data_folder_is_read(client, deployed):
+    location = str(deployed.test_data_path / "testdata.csv")
+    for answer in (
+        predict_json(client, {"filelocation": location}),
+        client.post("/prediction", query_string={"filelocation": location}),
+        client.post("/prediction", data={"filelocation": location}),
+    ):
+        assert answer.status_code == 200, answer.get_json()
+        assert answer.get_json()["rows"] == 500
 
 
 def test_a_test_file_in_the_project_folder_opens_only_itself(deployed):
@@ -301,7 +312,7 @@ def test_body_larger_than_the_limit_gets_413(deployed):
 
 def test_unknown_paths_and_methods_get_json_errors(client):
     assert client.get("/nothing").status_code == 404
-    assert client.get("/prediction").status_code == 405
+    assert client.delete("/prediction").status_code == 405
     assert client.get("/nothing").get_json()["status"] == 404
 
 

@@ -13,12 +13,14 @@ import pytest
 
 from common.artifacts import (
     INGESTED_FILES,
+    INGESTED_RECORD,
     LATEST_SCORE_FILE,
     METRICS_FILE,
     MODEL_FILE,
     MODEL_INFO_FILE,
     current_version_folder,
     load_model,
+    read_ingested_files,
 )
 from common.config import Config, ModelSettings
 from common.errors import PipelineError
@@ -68,6 +70,8 @@ def test_first_deployment_publishes_one_whole_version_with_classic_paths(trained
     assert info["version"] == "v0001" and info["previous_version"] is None
     assert assert_whole_version(root, sha256_file(trained.model_folder / MODEL_FILE)) == "v0001"
     assert (root / INGESTED_FILES).read_text() == (trained.output_folder / INGESTED_FILES).read_text()
+    assert (root / INGESTED_RECORD).read_text() == (trained.output_folder / INGESTED_RECORD).read_text()
+    assert read_ingested_files(root / INGESTED_FILES) == read_ingested_files(trained.output_folder / INGESTED_FILES)
     assert (root / MODEL_FILE).is_symlink()
 
 
@@ -158,6 +162,27 @@ def test_ingestion_after_training_is_refused_until_retrained(trained):
         deploy(trained)
     train_and_score(trained)
     assert deploy(trained)["version"] == "v0001"
+
+
+def test_a_file_edited_in_place_after_training_is_refused_though_the_names_are_the_same(trained):
+    names = (trained.output_folder / INGESTED_FILES).read_text()
+    (trained.input_folder / "clients_b.csv").write_text((trained.input_folder / "clients_a.csv").read_text()[:2000])
+    ingest_folder(trained.input_folder, trained.output_folder)
+    assert (trained.output_folder / INGESTED_FILES).read_text() == names
+    with pytest.raises(PipelineError, match="ingestedfiles.json has changed since the model was trained"):
+        deploy(trained)
+
+
+def test_a_version_published_before_the_record_existed_can_be_rolled_back_to(trained):
+    deploy(trained)
+    old = trained.deployment_folder / VERSIONS_FOLDER / "v0001"
+    (old / INGESTED_RECORD).unlink()
+    info = json.loads((old / MODEL_INFO_FILE).read_text())
+    del info["ingested_record_sha256"]
+    (old / MODEL_INFO_FILE).write_text(json.dumps(info))
+    train_and_score(trained, C=0.01)
+    deploy(trained)
+    assert rollback_deployment(trained.deployment_folder) == "v0001"
 
 
 def test_rollback_to_a_damaged_version_is_refused(trained):

@@ -22,7 +22,7 @@ from tests.helpers import run_script, write_config
 
 def test_predictions_are_the_models_own(deployed):
     model = load_model(current_version_folder(deployed.deployment_folder) / MODEL_FILE)
-    predictions = diagnostics.model_predictions(model, deployed.test_data_path / "testdata.csv")
+    predictions = diagnostics.predict_data_file(model, deployed.test_data_path / "testdata.csv")
     batch = read_feature_file(deployed.test_data_path / "testdata.csv")
     assert predictions["rows"] == 500 and predictions["corporation"] == batch.ids
     np.testing.assert_allclose(predictions["probability"], model.predict_proba(batch.features)[:, 1], atol=5e-7)

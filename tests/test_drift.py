@@ -135,9 +135,9 @@ def world_arrays(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarr
 @pytest.fixture(scope="module")
 def shipped_like_model():
     from common.config import ModelSettings
-    from training import train_model
+    from training import fit_classifier
 
-    return train_model(*world_arrays("stable", 10_000, 1), ModelSettings())
+    return fit_classifier(*world_arrays("stable", 10_000, 1), ModelSettings())
 
 
 def measured_f1(labels: np.ndarray, predicted: np.ndarray) -> float:

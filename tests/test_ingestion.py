@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT
+from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTED_RECORD, INGESTION_REPORT, read_ingested_files
 from common.config import Config
 from common.errors import PipelineError
 from common.files import atomic_path, folder_lock
 from common.rowhash import hash_strings
 from common.schema import COLUMNS, read_data_file
-from ingestion import drop_duplicate_rows, ingest_folder, read_ingested_files
+from ingestion import drop_duplicate_rows, ingest_folder
 from tests.helpers import run_script, write_clients, write_config
 
 HEADER = ",".join(COLUMNS) + "\n"
@@ -205,13 +205,57 @@ def test_hash_strings_tells_apart_order_length_and_empty():
     assert np.array_equal(hash_strings(values.slice(1, 3)), hashes[1:4])
 
 
-def test_ingested_files_lines_start_with_the_file_name(project):
+def test_ingested_files_holds_one_file_name_a_line_and_the_record_beside_it_the_rest(project):
     ingest_folder(project.input_folder, project.output_folder)
-    lines = (project.output_folder / INGESTED_FILES).read_text().splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["clients_a.csv", "clients_b.csv"]
+    assert (project.output_folder / INGESTED_FILES).read_text() == "clients_a.csv\nclients_b.csv\n"
     entries = read_ingested_files(project.output_folder / INGESTED_FILES)
+    assert list(entries) == ["clients_a.csv", "clients_b.csv"]
     assert entries["clients_a.csv"].rows_kept == 600
     assert len(entries["clients_a.csv"].sha256) == 64
+    record = json.loads((project.output_folder / INGESTED_RECORD).read_text())
+    assert record["input_folder"] == str(project.input_folder)
+    assert [item["name"] for item in record["files"]] == ["clients_a.csv", "clients_b.csv"]
+
+
+def test_a_classic_ingested_files_list_without_a_record_knows_no_content(project):
+    (project.output_folder).mkdir()
+    (project.output_folder / INGESTED_FILES).write_text("clients_a.csv\nclients_b.csv\n")
+    assert read_ingested_files(project.output_folder / INGESTED_FILES) == {}
+    assert ingest_folder(project.input_folder, project.output_folder).rows_written == 1000
+
+
+def test_the_earlier_tab_separated_layout_is_still_read(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    entries = read_ingested_files(project.output_folder / INGESTED_FILES)
+    lines = [
+        "\t".join([entry.name, *(f"{key}={value}" for key, value in vars(entry).items() if key != "name")])
+        for entry in entries.values()
+    ]
+    (project.output_folder / INGESTED_RECORD).unlink()
+    (project.output_folder / INGESTED_FILES).write_text("\n".join(lines) + "\n")
+    assert read_ingested_files(project.output_folder / INGESTED_FILES) == entries
+
+
+def test_a_name_the_record_does_not_describe_is_read_again(project, caplog):
+    ingest_folder(project.input_folder, project.output_folder)
+    (project.output_folder / INGESTED_FILES).write_text("clients_a.csv\nclients_b.csv\nhand_added.csv\n")
+    with caplog.at_level(logging.INFO):
+        entries = read_ingested_files(project.output_folder / INGESTED_FILES)
+    assert list(entries) == ["clients_a.csv", "clients_b.csv"]
+    assert "'hand_added.csv' carries no content hash" in caplog.text
+
+
+def test_a_new_input_folder_with_the_same_output_starts_from_its_files(project, caplog):
+    practice = project.path.parent / "practicedata"
+    write_clients(practice / "dataset1.csv", 300, seed=11)
+    ingest_folder(practice, project.output_folder)
+    with caplog.at_level(logging.INFO):
+        result = ingest_folder(project.input_folder, project.output_folder)
+    assert [entry.name for entry in result.files] == ["clients_a.csv", "clients_b.csv"]
+    assert result.rows_written == 1000 and result.kept_from_history == []
+    assert f"the input folder is now {project.input_folder} (was {practice})" in caplog.text
+    (project.input_folder / "clients_b.csv").unlink()  # the same folder again: its vanished file keeps its rows
+    assert ingest_folder(project.input_folder, project.output_folder).kept_from_history == ["clients_b.csv"]
 
 
 def test_a_file_that_turns_bad_keeps_its_earlier_rows(project):

@@ -18,7 +18,7 @@ from common.schema import FEATURES, read_labelled_data
 from ingestion import ingest_folder
 from scoring import write_scores
 from tests.helpers import PROJECT_ROOT, run_script
-from training import train_from_folder, train_model
+from training import fit_classifier, train_from_folder
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def shipped():
     folder = PROJECT_ROOT / "sourceddata"
     features, labels = read_labelled_data(sorted(folder.glob("*.csv")))
     test_features, test_labels = read_labelled_data([PROJECT_ROOT / "testdata" / "testdata.csv"])
-    return train_model(features, labels, config.model), features, labels, test_features, test_labels
+    return fit_classifier(features, labels, config.model), features, labels, test_features, test_labels
 
 
 def grid_with(feature: str, values: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -113,7 +113,7 @@ def test_scoring_another_model_file_writes_its_scores_beside_it(project, tmp_pat
 def test_training_on_one_class_fails_clearly(tmp_path):
     features = np.ones((10, 3))
     with pytest.raises(PipelineError, match="only exited=0"):
-        train_model(features, np.zeros(10, dtype=int), ModelSettings())
+        fit_classifier(features, np.zeros(10, dtype=int), ModelSettings())
 
 
 def test_training_without_ingested_data_names_the_missing_file(project):

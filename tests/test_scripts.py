@@ -73,7 +73,7 @@ def test_the_classic_course_data_runs_through_all_four_stages(tmp_path):
     config = load_config(config_path)
     assert current_version(config.deployment_folder) == "v0001"
     assert 0 <= float((config.deployment_folder / LATEST_SCORE_FILE).read_text()) <= 1
-    assert (config.deployment_folder / INGESTED_FILES).read_text().startswith("dataset3.csv\t")
+    assert (config.deployment_folder / INGESTED_FILES).read_text().startswith("dataset3.csv\n")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in UDACITY_DATA.rglob("*")) == before
 
 
