@@ -29,7 +29,8 @@ def session_secret(token: str | None, config_path: str) -> bytes:
 
 
 def api_token() -> str | None:
-    return current_app.extensions[DASHBOARD_STATE][1]
+    """The token the pages ask for; None (an empty one too) when the API is open."""
+    return current_app.extensions[DASHBOARD_STATE][1] or None
 
 
 def csrf_token() -> str:

@@ -76,21 +76,24 @@ def whole_number(name: str, default: int, low: int = 1) -> int:
     return int(value) if value.isascii() and value.isdigit() and int(value) >= low else default
 
 
+def is_number(value: Any) -> bool:
+    """Whether a stored value can be shown as a number (a missing or damaged one shows as a dash)."""
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @bp.app_template_filter("pct")
-def format_percent(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{value * 100:.{digits}f}%"
+def format_percent(value: Any, digits: int = 1) -> str:
+    return f"{value * 100:.{digits}f}%" if is_number(value) else "–"
 
 
 @bp.app_template_filter("num")
-def format_number(value: float | None, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:,.{digits}f}"
+def format_number(value: Any, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}" if is_number(value) else "–"
 
 
 @bp.app_template_filter("score")
-def format_score(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def format_score(value: Any) -> str:
+    return f"{value:.3f}" if is_number(value) else "–"
 
 
 @bp.app_template_filter("when")
