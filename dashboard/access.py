@@ -94,7 +94,7 @@ def access_values() -> dict:
 def sign_in() -> Response | str:
     token = api_token()
     target = safe_next(request.values.get("next"))
-    if token is None:
+    if token is None or (request.method == "GET" and session.get(SIGNED_IN) is True):
         return redirect(target)
     error = None
     if request.method == "POST":
