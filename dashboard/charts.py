@@ -40,7 +40,10 @@ class Chart:
     reference: tuple[float, str] | None = None  # a horizontal line: value, what it is
     marks: list[Mark] = field(default_factory=list)
     bars: bool = False
-    y_format: str = "{:.3f}"
+    y_format: str = ""  # empty: as many decimals as the range needs
+
+    def format_value(self, value: float) -> str:
+        return (self.y_format or "{:.3f}").format(value)
 
 
 def y_range(chart: Chart) -> tuple[float, float]:
@@ -55,7 +58,18 @@ def y_range(chart: Chart) -> tuple[float, float]:
     if high - low < 1e-12:
         low, high = low - 0.5, high + 0.5
     pad = (high - low) * 0.08
-    return (low if chart.bars else low - pad), high + pad
+    if chart.bars:
+        return low, high + pad
+    return (max(low - pad, 0.0) if low >= 0 else low - pad), high + pad
+
+
+def tick_format(chart: Chart, low: float, high: float) -> str:
+    """The chart's own format, or one with enough decimals to tell its five ticks apart."""
+    if chart.y_format:
+        return chart.y_format
+    step = (high - low) / 4
+    digits = max(0, min(4, math.ceil(-math.log10(step)) + 1)) if step > 0 else 2
+    return f"{{:.{digits}f}}"
 
 
 def render_chart(chart: Chart) -> Markup:
@@ -64,6 +78,7 @@ def render_chart(chart: Chart) -> Markup:
     low, high = y_range(chart)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / count
+    ticks = tick_format(chart, low, high)
 
     def x_at(index: int) -> float:
         return LEFT + step * (index + 0.5)
@@ -81,7 +96,7 @@ def render_chart(chart: Chart) -> Markup:
         y = y_at(value)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(
-            f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{chart.y_format.format(value)}</text>'
+            f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{ticks.format(value)}</text>'
         )
     every = max(1, math.ceil(count / 10))
     for index, label in enumerate(chart.labels):
@@ -105,7 +120,7 @@ def render_chart(chart: Chart) -> Markup:
         y = y_at(value)
         parts.append(
             f'<line class="reference" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}">'
-            f"<title>{escape(what)}: {chart.y_format.format(value)}</title></line>"
+            f"<title>{escape(what)}: {chart.format_value(value)}</title></line>"
         )
     width = step * 0.8 / max(len(chart.series), 1)
     for number, series in enumerate(chart.series):
@@ -113,7 +128,7 @@ def render_chart(chart: Chart) -> Markup:
         for index, value in enumerate(series.values):
             if value is None or not math.isfinite(value):
                 continue
-            tip = f"{escape(series.name)}, {escape(chart.labels[index])}: {chart.y_format.format(value)}"
+            tip = f"{escape(series.name)}, {escape(chart.labels[index])}: {chart.format_value(value)}"
             if chart.bars:
                 x = x_at(index) - step * 0.4 + width * number
                 top, base = y_at(max(value, 0.0)), y_at(max(low, 0.0))

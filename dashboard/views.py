@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ DEFAULT_PAGE_SIZE = 50
 RUNS_PER_PAGE = 50
 CHART_RUNS = 120  # runs with new data drawn in the model-health charts
 HISTOGRAM_BINS = 24
-SERVED_FILES = {"report": REPORT_FILE, "confusion-matrix": CONFUSION_MATRIX_FILE}
+# fullprocess.py writes its plot after a deployment under this name; the newer of the two plots is served.
+PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
+SERVED_FILES = {"report": (REPORT_FILE,), "confusion-matrix": (CONFUSION_MATRIX_FILE, PLOT_AFTER_DEPLOYMENT)}
 SORT_LABELS = {"probability": "exit probability", "corporation": "client id", **FEATURE_LABELS}
 
 
@@ -94,6 +97,25 @@ def format_number(value: Any, digits: int = 0) -> str:
 @bp.app_template_filter("score")
 def format_score(value: Any) -> str:
     return f"{value:.3f}" if is_number(value) else "–"
+
+
+@bp.app_template_filter("signed")
+def format_change(value: Any) -> str:
+    """A change with its sign and thousands separators: +3,125, -22, ±0."""
+    if not is_number(value):
+        return "–"
+    rounded = round(value)
+    return "±0" if rounded == 0 else f"{rounded:+,}"
+
+
+@bp.app_template_filter("sentence")
+def format_sentence(value: Any) -> str:
+    """A stored one-sentence text as a sentence: capital first letter, full stop at the end."""
+    text = str(value or "").strip()
+    if not text:
+        return ""
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 @bp.app_template_filter("when")
@@ -286,7 +308,6 @@ def health_charts(runs: list[dict[str, Any]]) -> list[tuple[Chart, list[str], li
                 [Series("missing cells (%)", missing, "series-c")],
                 "%",
                 bars=True,
-                y_format="{:.2f}",
             ),
             ["Run", "Missing cells (%)"],
             [[labels[i], format_number(value, 2)] for i, value in enumerate(missing)],
@@ -323,31 +344,61 @@ def slowest_stage(timings: Any) -> str:
     return f"{name} ({numeric[name]:.1f} s)"
 
 
-def distribution_charts(run: dict[str, Any]) -> list[tuple[Chart, dict[str, Any]]]:
-    """For the latest run's tests: each feature's log1p distribution in the earlier batches and the latest one."""
+def batch_span(first: int | None, last: int | None) -> str:
+    if first is None or last is None:
+        return "unknown batches"
+    return f"batch {first}" if first == last else f"batches {first}–{last}"
+
+
+def reference_batches(run: dict[str, Any], runs: list[dict[str, Any]], served: Any) -> tuple[int, int] | None:
+    """The batches the run's data-drift tests compared the new rows with, as fullprocess.py chose them.
+
+    Either the rows of an earlier run where no challenger beat the serving model (named in the run's
+    reference), or the serving model's training window, or everything before the new rows.
+    """
+    named = re.search(r"rows of run (\d+)", run.get("data_drift_reference") or "")
+    if named:
+        earlier = next((r for r in runs if r["id"] == int(named.group(1))), None)
+        if earlier and earlier.get("first_batch") and earlier.get("last_batch"):
+            return int(earlier["first_batch"]), int(earlier["last_batch"])
+    window = served.deployed.model_info.get("training_window") if served is not None else None
+    version_matches = served is not None and run.get("model_version_before") == served.version
+    if version_matches and isinstance(window, dict) and window.get("first_batch") and window.get("last_batch"):
+        return int(window["first_batch"]), int(window["last_batch"])
+    if run.get("first_batch") and int(run["first_batch"]) > 1:
+        return 1, int(run["first_batch"]) - 1
+    return None
+
+
+def distribution_charts(run: dict[str, Any], runs: list[dict[str, Any]], served: Any) -> list[tuple[Chart, dict]]:
+    """For a run's drift tests: each feature's log1p distribution in the reference rows and in the new rows."""
+    reference = reference_batches(run, runs, served)
+    if reference is None or not run.get("first_batch") or not run.get("last_batch"):
+        return []
     try:
         data = sources().ingested()
     except (PipelineError, OSError):
         return []
-    latest = data.latest_batch
-    newest = data.batch == latest
-    if not newest.any() or newest.all():
+    new_span = (int(run["first_batch"]), int(run["last_batch"]))
+    old_rows, new_rows = data.in_batches(*reference), data.in_batches(*new_span)
+    if not old_rows.any() or not new_rows.any():
         return []
+    old_name, new_name = f"reference, {batch_span(*reference)}", f"new, {batch_span(*new_span)}"
     found = []
     for row in run["feature_drift"]:
         if row["feature"] not in FEATURES:
             continue
         column = np.log1p(data.features()[:, FEATURES.index(row["feature"])])
-        edges = np.histogram_bin_edges(column, bins=HISTOGRAM_BINS)
-        before = np.histogram(column[~newest], bins=edges)[0] / max(int((~newest).sum()), 1)
-        after = np.histogram(column[newest], bins=edges)[0] / max(int(newest.sum()), 1)
+        edges = np.histogram_bin_edges(column[old_rows | new_rows], bins=HISTOGRAM_BINS)
+        before = np.histogram(column[old_rows], bins=edges)[0] / int(old_rows.sum())
+        after = np.histogram(column[new_rows], bins=edges)[0] / int(new_rows.sum())
         labels = [f"{edges[i]:.1f}" for i in range(HISTOGRAM_BINS)]
         chart = Chart(
-            f"{FEATURE_LABELS[row['feature']]}: log1p distribution, earlier batches and batch {latest}",
+            f"{FEATURE_LABELS[row['feature']]}: log1p distribution of the reference and the new rows",
             labels,
             [
-                Series("earlier batches", [float(v) for v in before], "series-b"),
-                Series(f"batch {latest}", [float(v) for v in after], "series-a"),
+                Series(old_name, [float(v) for v in before], "series-b"),
+                Series(new_name, [float(v) for v in after], "series-a"),
             ],
             "share of rows",
             bars=True,
@@ -362,7 +413,8 @@ def model_health() -> str:
     runs = [run for run in sources().runs_or_empty() if run["outcome"] != NO_NEW_DATA][:CHART_RUNS][::-1]
     charts = [(render_chart(chart), chart, header, rows) for chart, header, rows in health_charts(runs)] if runs else []
     latest = next((run for run in reversed(runs) if run["feature_drift"]), None)
-    distributions = [(render_chart(chart), chart, row) for chart, row in distribution_charts(latest)] if latest else []
+    found = distribution_charts(latest, runs, read_serving().served) if latest else []
+    distributions = [(render_chart(chart), chart, row) for chart, row in found]
     return render_template(
         "model_health.html",
         page="model-health",
@@ -399,9 +451,20 @@ def runs_page() -> str:
 @bp.get("/system")
 def system() -> str:
     stored = sources().diagnostics()
-    folder = current_app.config["RISK_CONFIG"].model_folder
-    files = {key: (folder / name).is_file() for key, name in SERVED_FILES.items()}
+    files = {key: newest_file(key) is not None for key in SERVED_FILES}
     return render_template("system.html", page="system", diagnostics=stored, files=files, serving=read_serving())
+
+
+def newest_file(key: str) -> str | None:
+    """The name of the newest file in the model folder that may be served as ``key``; None when none exists."""
+    folder = current_app.config["RISK_CONFIG"].model_folder
+    found = []
+    for name in SERVED_FILES[key]:
+        try:
+            found.append(((folder / name).stat().st_mtime_ns, name))
+        except FileNotFoundError:
+            continue
+    return max(found)[1] if found else None
 
 
 @bp.get("/files/<name>")
@@ -409,7 +472,7 @@ def model_file(name: str) -> Response:
     """The latest PDF report or confusion-matrix plot; no other file of the model folder is served."""
     if name not in SERVED_FILES:
         abort(404, "Only the report and the confusion-matrix plot are served here.")
-    folder = current_app.config["RISK_CONFIG"].model_folder
-    if not (folder / SERVED_FILES[name]).is_file():
-        abort(404, f"{SERVED_FILES[name]} has not been made yet; run reporting.py.")
-    return send_from_directory(folder, SERVED_FILES[name], max_age=0)
+    chosen = newest_file(name)
+    if chosen is None:
+        abort(404, f"{SERVED_FILES[name][0]} has not been made yet; run reporting.py.")
+    return send_from_directory(current_app.config["RISK_CONFIG"].model_folder, chosen, max_age=0)
