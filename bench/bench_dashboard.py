@@ -5,7 +5,8 @@ enough for about 10,000 active ones, ingested, trained, scored, deployed twice (
 compares with a previous version), diagnostics stored, and 500 runs written straight into the run
 history with their files and drift tests. Then each page is requested through Flask's test client:
 the first request (which scores the clients) is timed on its own, then ``--requests`` more, and
-the median and 90th percentile are printed in milliseconds.
+the median and 90th percentile are printed in milliseconds. Then the same pages again over HTTP
+from ``app.py`` (gunicorn, 2 workers), one request at a time with ``requests``.
 
     .venv/bin/python -m bench.bench_dashboard [--requests 50] [--clients 13400]
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -119,15 +122,13 @@ def add_runs(config_path: Path, count: int = RUNS) -> None:
         connection.close()
 
 
-def time_pages(config_path: Path, requests: int) -> list[tuple[str, float, float, float, int]]:
-    """(page, first request ms, median ms, 90th percentile ms, bytes) for each page."""
+def list_pages(config_path: Path) -> list[str]:
     from app import create_app
 
-    app = create_app(config_path, token="")
-    client = app.test_client()
+    client = create_app(config_path, token="").test_client()
     csv_rows = client.get("/clients.csv?sort=corporation&order=asc").get_data(as_text=True).splitlines()
     some_client = csv_rows[1].split(",")[1]
-    pages = [
+    return [
         "/",
         "/clients",
         "/clients?q=ab",
@@ -139,9 +140,15 @@ def time_pages(config_path: Path, requests: int) -> list[tuple[str, float, float
         "/runs?all=1&page=5",
         "/system",
     ]
+
+
+def time_pages(config_path: Path, requests: int) -> list[tuple[str, float, float, float, int]]:
+    """(page, first request ms, median ms, 90th percentile ms, bytes) for each page, through the test client."""
+    from app import create_app
+
     fresh = create_app(config_path, token="").test_client()
     found = []
-    for page in pages:
+    for page in list_pages(config_path):
         start = time.perf_counter()
         answer = fresh.get(page)
         first = (time.perf_counter() - start) * 1000
@@ -154,6 +161,53 @@ def time_pages(config_path: Path, requests: int) -> list[tuple[str, float, float
         times.sort()
         found.append((page, first, statistics.median(times), times[int(0.9 * (len(times) - 1))], len(answer.data)))
     return found
+
+
+def time_pages_over_http(config_path: Path, requests: int) -> list[tuple[str, float, float, float, int]]:
+    """The same figures from app.py under gunicorn (2 workers), one request at a time."""
+    import requests as http
+
+    from tests.test_server import free_port, wait_until_healthy
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(config_path), "--port", str(port), "-q"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={key: value for key, value in os.environ.items() if key != "RISK_API_TOKEN"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    found = []
+    try:
+        wait_until_healthy(url, server)
+        with http.Session() as session:
+            for page in list_pages(config_path):
+                start = time.perf_counter()
+                answer = session.get(url + page, timeout=30)
+                first = (time.perf_counter() - start) * 1000
+                assert answer.status_code == 200, (page, answer.status_code)
+                for _ in range(4):  # each of the two workers builds its own cache
+                    session.get(url + page, timeout=30)
+                times = []
+                for _ in range(requests):
+                    start = time.perf_counter()
+                    answer = session.get(url + page, timeout=30)
+                    times.append((time.perf_counter() - start) * 1000)
+                times.sort()
+                found.append(
+                    (page, first, statistics.median(times), times[int(0.9 * (len(times) - 1))], len(answer.content))
+                )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    return found
+
+
+def print_table(title: str, rows: list[tuple[str, float, float, float, int]]) -> None:
+    print(title)
+    print(f"{'page':<55} {'first ms':>9} {'median ms':>10} {'p90 ms':>8} {'bytes':>9}")
+    for page, first, median, p90, size in rows:
+        print(f"{page:<55} {first:>9.1f} {median:>10.1f} {p90:>8.1f} {size:>9,}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
 
             active = len(read_clients(read_serving()).ids)
         print(f"{active:,} active clients, {RUNS} runs in the history; {args.requests} requests per page")
-        print(f"{'page':<55} {'first ms':>9} {'median ms':>10} {'p90 ms':>8} {'bytes':>9}")
-        for page, first, median, p90, size in time_pages(config_path, args.requests):
-            print(f"{page:<55} {first:>9.1f} {median:>10.1f} {p90:>8.1f} {size:>9,}")
+        print_table("Flask test client, in process:", time_pages(config_path, args.requests))
+        print_table(
+            "app.py under gunicorn (2 workers), one request at a time:",
+            time_pages_over_http(config_path, args.requests),
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
