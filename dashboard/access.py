@@ -85,6 +85,25 @@ def require_sign_in() -> Response | None:
     return redirect(url_for("dashboard.sign_in", next=request.full_path.rstrip("?")))
 
 
+PAGE_HEADERS = {
+    # Nothing but this site's own files; inline style attributes only (the drivers' bars).
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+@bp.after_request
+def add_page_headers(response: Response) -> Response:
+    """Pages hold client data: no framing, no scripts from anywhere, not kept in shared caches."""
+    for name, value in PAGE_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.endpoint != "dashboard.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.app_context_processor
 def access_values() -> dict:
     return {"csrf_token": csrf_token, "token_required": api_token() is not None, "signed_in": is_signed_in()}

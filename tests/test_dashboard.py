@@ -297,3 +297,18 @@ def test_every_worker_signs_sessions_with_the_same_key(deployed):
     first, second = create_app(deployed, token=TOKEN), create_app(deployed, token=TOKEN)
     assert first.secret_key == second.secret_key == session_secret(TOKEN, str(deployed.path))
     assert create_app(deployed, token="other").secret_key != first.secret_key
+
+
+def test_pages_forbid_framing_and_scripts_and_are_not_cached(client):
+    answer = client.get("/clients")
+    policy = answer.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'none'" in policy
+    assert answer.headers["Cache-Control"] == "no-store"
+
+
+def test_the_overview_says_degraded_and_why_when_the_deployed_version_cannot_be_loaded(app, client, deployed):
+    train_and_score(deployed, C=0.01)
+    deploy(deployed)
+    (current_version_folder(deployed.deployment_folder) / "trainedmodel.pkl").write_bytes(b"not a model")
+    page = client.get("/").get_data(as_text=True)
+    assert ">degraded<" in page and "v0002 cannot be loaded" in page and "v0001 serves" in page
