@@ -11,7 +11,7 @@ from html import escape
 from markupsafe import Markup
 
 WIDTH, HEIGHT = 720, 260
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 40
+LEFT, RIGHT, TOP, BOTTOM = 76, 16, 16, 40
 PALETTE = ("series-a", "series-b", "series-c", "series-d")
 
 
