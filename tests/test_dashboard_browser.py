@@ -125,10 +125,14 @@ def new_driver(downloads: Path, javascript: bool = True):  # noqa: ANN201 (selen
 
 def sign_in(driver, url: str, token: str = TOKEN) -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
 
     driver.get(f"{url}/sign-in")
     driver.find_element(By.ID, "token").send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "form.sign-in button").click()
+    button = driver.find_element(By.CSS_SELECTOR, "form.sign-in button")
+    button.click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(button))  # the answer has replaced the form
 
 
 def console_errors(driver) -> list[str]:  # noqa: ANN001
@@ -161,9 +165,15 @@ def screenshot(driver, path: Path, width: int) -> Path:  # noqa: ANN001
 
 
 def wait_for(check, timeout: float = 10):  # noqa: ANN001, ANN201
+    """``check()``'s first truthy value; a page still being replaced counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = check()
+        try:
+            value = check()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         time.sleep(0.1)
@@ -249,6 +259,7 @@ def test_search_for_a_client_and_open_its_page(site, driver):
     box = driver.find_element(By.ID, "q")
     box.send_keys(ids[3])
     box.submit()
+    wait_for(lambda: f"q={ids[3]}" in driver.current_url)
     links = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "table.clients tbody a"))
     assert ids[3] in [link.text for link in links]
     next(link for link in links if link.text == ids[3]).click()
@@ -263,6 +274,7 @@ def test_sort_and_page_the_table(site, driver):
     sign_in(driver, url)
     driver.get(f"{url}/clients?per=25")
     driver.find_element(By.LINK_TEXT, "Head-count").click()
+    wait_for(lambda: "sort=number_of_employees" in driver.current_url)
     header = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "th[aria-sort]"))
     assert "Head-count" in header.text and header.get_attribute("aria-sort") == "descending"
     counts = [
@@ -270,7 +282,7 @@ def test_sort_and_page_the_table(site, driver):
     ]
     assert counts == sorted(counts, reverse=True) and len(counts) == 25
     driver.find_element(By.PARTIAL_LINK_TEXT, "Next").click()
-    wait_for(lambda: "Showing 26–50" in driver.page_source)
+    wait_for(lambda: "page=2" in driver.current_url and "Showing 26–50" in driver.page_source)
     more = [int(cell.text.replace(",", "")) for cell in driver.find_elements(By.CSS_SELECTOR, "tbody td:nth-child(6)")]
     assert max(more) <= min(counts)
 
@@ -328,6 +340,7 @@ def test_the_pages_work_with_javascript_off(site, browser_ready, tmp_path):
         box = driver.find_element(By.ID, "q")
         box.send_keys(ids[5])
         box.submit()
+        wait_for(lambda: f"q={ids[5]}" in driver.current_url)
         wait_for(lambda: ids[5] in [a.text for a in driver.find_elements(By.CSS_SELECTOR, "table.clients tbody a")])
         driver.get(f"{url}/runs")
         details = driver.find_element(By.CSS_SELECTOR, "td.decision details")
