@@ -84,6 +84,12 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float | np.number) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def choose_page(total: int, per: int) -> tuple[int, int]:
+    """(the page asked for, clamped to 1..pages; the number of pages) for ``total`` items ``per`` page."""
+    pages = max(1, math.ceil(total / per))
+    return min(whole_number("page", 1), pages), pages
+
+
 @bp.app_template_filter("pct")
 def format_percent(value: Any, digits: int = 1) -> str:
     return f"{value * 100:.{digits}f}%" if is_number(value) else "–"
@@ -175,8 +181,7 @@ def clients() -> str:
     rows, query = chosen_clients(table)
     per = whole_number("per", DEFAULT_PAGE_SIZE)
     per = per if per in PAGE_SIZES else DEFAULT_PAGE_SIZE
-    pages = max(1, math.ceil(len(rows) / per))
-    number = min(whole_number("page", 1), pages)
+    number, pages = choose_page(len(rows), per)
     shown = rows[(number - 1) * per : number * per]
     return render_template(
         "clients.html",
@@ -433,8 +438,7 @@ def runs_page() -> str:
     runs = sources().runs_or_empty()
     if not everything:
         runs = [run for run in runs if run["outcome"] != NO_NEW_DATA]
-    pages = max(1, math.ceil(len(runs) / RUNS_PER_PAGE))
-    number = min(whole_number("page", 1), pages)
+    number, pages = choose_page(len(runs), RUNS_PER_PAGE)
     return render_template(
         "runs.html",
         page="runs",
