@@ -73,6 +73,8 @@ from common.schema import (
     read_feature_bytes,
     read_feature_csv,
 )
+from dashboard import DASHBOARD_STATE
+from dashboard import bp as dashboard_bp
 
 log = logging.getLogger("app")
 
@@ -631,10 +633,13 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     except ServiceUnavailable as exc:
         log.warning("%s", exc.description)
 
+    app.extensions[DASHBOARD_STATE] = (watcher, token)  # the pages sign people in with the same token
+    app.register_blueprint(dashboard_bp)
+
     @app.before_request
     def check_token() -> None:
-        if expected is None or request.endpoint == "health":
-            return
+        if expected is None or request.endpoint == "health" or request.blueprint == dashboard_bp.name:
+            return  # the dashboard's pages keep their own signed session
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise Unauthorized("this API needs a token: send the header 'Authorization: Bearer <token>'")

@@ -1,0 +1,149 @@
+"""Charts drawn on the server as SVG: they need no JavaScript and no library, and hovering a point shows
+its value (each point carries a <title>). Every chart also has a caption; the pages pair it with a table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+
+from markupsafe import Markup
+
+WIDTH, HEIGHT = 720, 260
+LEFT, RIGHT, TOP, BOTTOM = 76, 16, 16, 40
+PALETTE = ("series-a", "series-b", "series-c", "series-d")
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    values: list[float | None]
+    style: str = "series-a"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A vertical line at one x position, such as a deployment."""
+
+    index: int
+    label: str
+    style: str = "mark-deploy"
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    labels: list[str]  # one per x position
+    series: list[Series]
+    y_label: str
+    reference: tuple[float, str] | None = None  # a horizontal line: value, what it is
+    marks: list[Mark] = field(default_factory=list)
+    bars: bool = False
+    y_format: str = ""  # empty: as many decimals as the range needs
+
+    def format_value(self, value: float) -> str:
+        return (self.y_format or "{:.3f}").format(value)
+
+
+def y_range(chart: Chart) -> tuple[float, float]:
+    values = [v for s in chart.series for v in s.values if v is not None and math.isfinite(v)]
+    if chart.reference is not None:
+        values.append(chart.reference[0])
+    if not values:
+        return 0.0, 1.0
+    low, high = min(values), max(values)
+    if chart.bars:
+        low = min(0.0, low)
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    pad = (high - low) * 0.08
+    if chart.bars:
+        return low, high + pad
+    return (max(low - pad, 0.0) if low >= 0 else low - pad), high + pad
+
+
+def tick_format(chart: Chart, low: float, high: float) -> str:
+    """The chart's own format, or one with enough decimals to tell its five ticks apart."""
+    if chart.y_format:
+        return chart.y_format
+    step = (high - low) / 4
+    digits = max(0, min(4, math.ceil(-math.log10(step)) + 1)) if step > 0 else 2
+    return f"{{:.{digits}f}}"
+
+
+def render_chart(chart: Chart) -> Markup:
+    """The chart as inline SVG markup (role img, labelled by its title)."""
+    count = max(len(chart.labels), 1)
+    low, high = y_range(chart)
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    step = plot_w / count
+    ticks = tick_format(chart, low, high)
+
+    def x_at(index: int) -> float:
+        return LEFT + step * (index + 0.5)
+
+    def y_at(value: float) -> float:
+        return TOP + plot_h * (1 - (value - low) / (high - low))
+
+    title_id = f"chart-{abs(hash(chart.title)) % 10**8}"
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="{title_id}" '
+        f'preserveAspectRatio="xMidYMid meet"><title id="{title_id}">{escape(chart.title)}</title>'
+    ]
+    for tick in range(5):
+        value = low + (high - low) * tick / 4
+        y = y_at(value)
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        parts.append(
+            f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{ticks.format(value)}</text>'
+        )
+    every = max(1, math.ceil(count / 10))
+    for index, label in enumerate(chart.labels):
+        if index % every == 0:
+            parts.append(
+                f'<text class="tick" x="{x_at(index):.1f}" y="{HEIGHT - BOTTOM + 16}" '
+                f'text-anchor="middle">{escape(label)}</text>'
+            )
+    parts.append(
+        f'<text class="axis" x="12" y="{TOP + plot_h / 2:.1f}" transform="rotate(-90 12 {TOP + plot_h / 2:.1f})" '
+        f'text-anchor="middle">{escape(chart.y_label)}</text>'
+    )
+    for mark in chart.marks:
+        x = x_at(mark.index)
+        parts.append(
+            f'<line class="{mark.style}" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{TOP + plot_h}">'
+            f"<title>{escape(mark.label)}</title></line>"
+        )
+    if chart.reference is not None:
+        value, what = chart.reference
+        y = y_at(value)
+        parts.append(
+            f'<line class="reference" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}">'
+            f"<title>{escape(what)}: {chart.format_value(value)}</title></line>"
+        )
+    width = step * 0.8 / max(len(chart.series), 1)
+    for number, series in enumerate(chart.series):
+        points = []
+        for index, value in enumerate(series.values):
+            if value is None or not math.isfinite(value):
+                continue
+            tip = f"{escape(series.name)}, {escape(chart.labels[index])}: {chart.format_value(value)}"
+            if chart.bars:
+                x = x_at(index) - step * 0.4 + width * number
+                top, base = y_at(max(value, 0.0)), y_at(max(low, 0.0))
+                parts.append(
+                    f'<rect class="{series.style}" x="{x:.1f}" y="{top:.1f}" width="{max(width, 1):.1f}" '
+                    f'height="{max(base - top, 0.5):.1f}"><title>{tip}</title></rect>'
+                )
+            else:
+                points.append((x_at(index), y_at(value), tip))
+        if points:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in points)
+            parts.append(f'<polyline class="{series.style} line" points="{path}"/>')
+            radius = 3 if len(points) <= 120 else 1.5
+            for x, y, tip in points:
+                circle = f'<circle class="{series.style}" cx="{x:.1f}" cy="{y:.1f}" r="{radius}">'
+                parts.append(f"{circle}<title>{tip}</title></circle>")
+    parts.append("</svg>")
+    return Markup("".join(parts))

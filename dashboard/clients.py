@@ -1,0 +1,216 @@
+"""The active clients ranked by exit probability, and what drives each one's risk.
+
+An active client is a corporation whose latest row in ``finaldata.csv`` has ``exited`` = 0. For the
+logistic regression training.py writes (log1p, standardise, logistic), a client's log-odds is exactly
+``intercept + sum_j coef_j * z_j`` with ``z`` the standardised log1p counts; ``intercept`` is the
+log-odds of the average training client (z = 0), so ``coef_j * z_j`` is feature j's contribution.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.batches import IngestedData
+from common.schema import FEATURES, ID_COLUMN, TARGET
+
+SORT_KEYS = ("probability", ID_COLUMN, *FEATURES)
+FEATURE_LABELS = {
+    "lastmonth_activity": "activity last month",
+    "lastyear_activity": "activity last year",
+    "number_of_employees": "head-count",
+}
+
+
+@dataclass(frozen=True)
+class LinearTerms:
+    """The model's arithmetic: standardisation of log1p counts, coefficients and intercept."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    def standardised(self, features: np.ndarray) -> np.ndarray:
+        return (np.log1p(features) - self.mean) / self.scale
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """Each feature's contribution to the log-odds, relative to the average training client."""
+        return self.standardised(features) * self.coef
+
+
+def read_linear_terms(model: Any) -> LinearTerms | None:
+    """The terms of a log1p-standardise-logistic pipeline; None for a model of another shape."""
+    try:
+        steps = model.estimator.named_steps
+        scaler, classifier = steps["scale"], steps["classifier"]
+        if steps["log_counts"].func is not np.log1p or classifier.coef_.shape[0] != 1:
+            return None
+        width = classifier.coef_.shape[1]
+        mean = scaler.mean_ if scaler.with_mean else np.zeros(width)
+        scale = scaler.scale_ if scaler.with_std else np.ones(width)
+        return LinearTerms(mean, scale, classifier.coef_[0].copy(), float(classifier.intercept_[0]))
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    """One row of a client as it arrived: the batch, its time, the counts and the label."""
+
+    batch: int
+    ingested_at: str
+    values: dict[str, int]
+    exited: int
+
+
+@dataclass(frozen=True)
+class ClientDetail:
+    corporation: str
+    rank: int
+    probability: float
+    at_risk: bool
+    values: dict[str, int]
+    rows: list[ClientRow]
+    baseline: float | None
+    contributions: dict[str, float] | None
+    log_odds: float | None
+    driver_sentence: str
+
+
+@dataclass(frozen=True)
+class ClientTable:
+    """Every active client, scored once per deployed version and version of ``finaldata.csv``."""
+
+    version: str
+    threshold: float
+    ids: list[str]
+    features: np.ndarray  # float64, one column per feature
+    probabilities: np.ndarray
+    terms: LinearTerms | None
+    orders: dict[str, np.ndarray]  # sort key -> row order, ascending
+    position: dict[str, int]  # corporation -> row
+    rank: np.ndarray  # 1 for the highest probability
+    history: dict[str, list[ClientRow]]
+
+    @property
+    def at_risk(self) -> int:
+        return int(np.count_nonzero(self.probabilities >= self.threshold))
+
+    @property
+    def expected_exits(self) -> float:
+        return float(self.probabilities.sum())
+
+    def select(self, query: str, sort: str, descending: bool) -> np.ndarray:
+        """The rows whose id contains ``query`` (any case), in the order asked for."""
+        order = self.orders[sort]
+        if descending:
+            order = order[::-1]
+        query = query.strip().lower()
+        if not query:
+            return order
+        matching = np.fromiter((query in name.lower() for name in self.ids), dtype=bool, count=len(self.ids))
+        return order[matching[order]]
+
+    def detail(self, corporation: str) -> ClientDetail | None:
+        row = self.position.get(corporation)
+        if row is None:
+            return None
+        values = {name: int(self.features[row, j]) for j, name in enumerate(FEATURES)}
+        contributions = baseline = log_odds = None
+        sentence = "This model's arithmetic cannot be split into per-feature contributions."
+        if self.terms is not None:
+            parts = self.terms.contributions(self.features[row : row + 1])[0]
+            contributions = {name: float(parts[j]) for j, name in enumerate(FEATURES)}
+            baseline = self.terms.intercept
+            log_odds = baseline + float(parts.sum())
+            sentence = describe_drivers(contributions)
+        return ClientDetail(
+            corporation=corporation,
+            rank=int(self.rank[row]),
+            probability=float(self.probabilities[row]),
+            at_risk=bool(self.probabilities[row] >= self.threshold),
+            values=values,
+            rows=self.history.get(corporation, []),
+            baseline=baseline,
+            contributions=contributions,
+            log_odds=log_odds,
+            driver_sentence=sentence,
+        )
+
+
+def describe_drivers(contributions: dict[str, float]) -> str:
+    """One sentence naming the feature that moves this client's risk most, and which way."""
+    name, value = max(contributions.items(), key=lambda item: abs(item[1]))
+    if abs(value) < 0.05:
+        return "This client's risk is close to the average training client's; no feature stands out."
+    way = "raises" if value > 0 else "lowers"
+    return f"Its {FEATURE_LABELS[name]} {way} its risk most ({value:+.2f} on the log-odds)."
+
+
+def latest_active_rows(ids: list[str], exited: np.ndarray) -> np.ndarray:
+    """The row of each corporation's latest appearance, for those whose latest row has not exited."""
+    latest = {name: row for row, name in enumerate(ids)}
+    rows = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
+    rows.sort()
+    return rows[exited[rows] == 0]
+
+
+def client_histories(ids: list[str], data: IngestedData, wanted: set[str]) -> dict[str, list[ClientRow]]:
+    """Every row of each wanted corporation, in the order they were written, with its batch."""
+    times = {batch.number: batch.ingested_at for batch in data.batches}
+    features = data.features()
+    labels = data.labels()
+    found: dict[str, list[ClientRow]] = defaultdict(list)
+    for row, name in enumerate(ids):
+        if name in wanted:
+            number = int(data.batch[row])
+            values = {feature: int(features[row, j]) for j, feature in enumerate(FEATURES)}
+            found[name].append(ClientRow(number, times.get(number, ""), values, int(labels[row])))
+    return dict(found)
+
+
+def build_client_table(version: str, model: Any, threshold: float, predict: Any, data: IngestedData) -> ClientTable:
+    """Score the active clients with ``predict`` (features -> probabilities) and index them for the pages."""
+    ids_all = data.table[ID_COLUMN].to_pylist()
+    rows = latest_active_rows(ids_all, data.table[TARGET].to_numpy())
+    ids = [ids_all[row] for row in rows]
+    features = np.ascontiguousarray(data.features()[rows])
+    probabilities = np.asarray(predict(features), dtype=np.float64)
+    orders = {"probability": np.argsort(probabilities, kind="stable")}
+    orders[ID_COLUMN] = np.argsort(np.array(ids, dtype=object), kind="stable")
+    for j, name in enumerate(FEATURES):
+        orders[name] = np.argsort(features[:, j], kind="stable")
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[orders["probability"][::-1]] = np.arange(1, len(ids) + 1)
+    return ClientTable(
+        version=version,
+        threshold=threshold,
+        ids=ids,
+        features=features,
+        probabilities=probabilities,
+        terms=read_linear_terms(model),
+        orders=orders,
+        position={name: row for row, name in enumerate(ids)},
+        rank=rank,
+        history=client_histories(ids_all, data, set(ids)),
+    )
+
+
+def clients_csv(table: ClientTable, rows: np.ndarray) -> str:
+    """The chosen clients as CSV: rank, id, probability (full precision), at risk, and the counts."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["rank", ID_COLUMN, "probability", "at_risk", *FEATURES])
+    for row in rows.tolist():
+        counts = [int(value) for value in table.features[row]]
+        probability = float(table.probabilities[row])
+        writer.writerow(
+            [int(table.rank[row]), table.ids[row], repr(probability), int(probability >= table.threshold), *counts]
+        )
+    return out.getvalue()

@@ -1,0 +1,188 @@
+"""What the pages read, each computed once per change of the files behind it.
+
+The client table is keyed by the serving version and ``finaldata.csv``'s signature; the run history
+by the SQLite file's (and its write-ahead log's) signature; small JSON files by their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.artifacts import (
+    DIAGNOSTICS_FILE,
+    EVALUATION_WINDOW_FILE,
+    FINAL_DATA,
+    VERSIONS_FOLDER,
+    load_deployed_version,
+    read_json_file,
+)
+from common.batches import IngestedData, read_ingested_data
+from common.config import Config
+from common.errors import PipelineError
+from common.history import read_runs
+from dashboard.clients import ClientTable, build_client_table
+
+log = logging.getLogger("dashboard")
+
+HISTORY_RUNS = 1000  # runs the pages look back over
+
+
+def signature(paths: list[Path]) -> tuple[tuple[int, int] | None, ...]:
+    """Size and modification time of each path; None for one that does not exist."""
+    found = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            found.append((info.st_size, info.st_mtime_ns))
+        except FileNotFoundError:
+            found.append(None)
+    return tuple(found)
+
+
+class Cached:
+    """A value recomputed only when its key changes; the last key and value are kept."""
+
+    def __init__(self) -> None:
+        self._key: Any = object()
+        self._value: Any = None
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key != self._key:
+                self._value = compute()
+                self._key = key
+            return self._value
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The previous version's view of today's active clients."""
+
+    version: str
+    at_risk: int
+    expected_exits: float
+
+
+class DashboardSources:
+    """The pipeline's files as the pages see them, for one app."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._clients = Cached()
+        self._previous = Cached()
+        self._runs = Cached()
+        self._data = Cached()
+        self._json: dict[str, Cached] = {}
+
+    @property
+    def final_data(self) -> Path:
+        return self.config.output_folder / FINAL_DATA
+
+    def ingested(self) -> IngestedData:
+        key = signature([self.final_data, self.config.output_folder / "rowbatches.npz"])
+        return self._data.get(key, lambda: read_ingested_data(self.config.output_folder))
+
+    def clients(self, served: Any) -> ClientTable:
+        """The active clients scored by the serving model; PipelineError without ingested data."""
+        key = (served.version, signature([self.final_data, self.config.output_folder / "rowbatches.npz"]))
+
+        def compute() -> ClientTable:
+            model = served.deployed.model
+            threshold = float(getattr(model, "threshold", 0.5))
+            table = build_client_table(
+                served.version, model, threshold, lambda rows: served.predict(rows)[0], self.ingested()
+            )
+            log.info("scored %d active clients with %s", len(table.ids), served.version)
+            return table
+
+        return self._clients.get(key, compute)
+
+    def previous(self, served: Any, table: ClientTable) -> Comparison | None:
+        """The version deployed before the serving one, on the same clients; None when it is gone."""
+        name = served.deployed.version_info.get("previous_version")
+        if not name:
+            return None
+        folder = self.config.deployment_folder / VERSIONS_FOLDER / name
+
+        def compute() -> Comparison | None:
+            try:
+                model = load_deployed_version(folder).model
+            except (PipelineError, OSError) as exc:
+                log.info("previous version %s cannot be compared: %s", name, exc)
+                return None
+            probabilities = model.predict_proba(table.features)[:, 1]
+            threshold = float(getattr(model, "threshold", 0.5))
+            return Comparison(name, int(np.count_nonzero(probabilities >= threshold)), float(probabilities.sum()))
+
+        key = (name, served.version, signature([self.final_data]), signature([folder / "trainedmodel.pkl"]))
+        return self._previous.get(key, compute)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The run history, newest first; [] without one."""
+        path = self.config.history_path
+        key = signature([path, Path(f"{path}-wal")])
+        return self._runs.get(key, lambda: read_runs(path, HISTORY_RUNS))
+
+    def runs_or_empty(self) -> list[dict[str, Any]]:
+        """The run history, or [] (logged) when it cannot be read: the pages still answer."""
+        try:
+            return self.runs()
+        except PipelineError as exc:
+            log.error("the run history cannot be read: %s", exc)
+            return []
+
+    def stored_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON file of the model folder; None when missing or unreadable."""
+        path = self.config.model_folder / name
+        cache = self._json.setdefault(name, Cached())
+
+        def compute() -> dict[str, Any] | None:
+            try:
+                return read_json_file(path, name)
+            except PipelineError as exc:
+                log.info("%s", exc)
+                return None
+
+        return cache.get(signature([path]), compute)
+
+    def recent_window(self, version: str) -> dict[str, Any] | None:
+        stored = self.stored_json(EVALUATION_WINDOW_FILE)
+        return stored if stored and stored.get("model_version") == version else None
+
+    def diagnostics(self) -> dict[str, Any] | None:
+        return self.stored_json(DIAGNOSTICS_FILE)
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def describe_age(text: str | None, now: datetime | None = None) -> str:
+    """How long ago a UTC time was, in words: "12 minutes ago"."""
+    moment = parse_time(text)
+    if moment is None:
+        return "at an unknown time"
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
+    if seconds < 60:
+        return "just now" if seconds >= 0 else "in the future (check the clock)"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"

@@ -1,0 +1,314 @@
+"""The dashboard's pages through Flask's test client: every page, the CSV, search, sort, paging, drivers, sign-in."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import numpy as np
+import pytest
+from scipy.special import logit
+
+from app import create_app
+from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE, current_version_folder, load_deployed_version
+from common.batches import read_ingested_data
+from common.config import Config
+from common.history import open_history, save_run, start_run
+from common.schema import FEATURES, ID_COLUMN, TARGET
+from dashboard.access import session_secret
+from dashboard.clients import latest_active_rows
+from tests.helpers import deploy, train_and_score
+
+PAGES = ("/", "/clients", "/model-health", "/runs", "/runs?all=1", "/system")
+TOKEN = "s3cret-token"
+
+
+def add_runs(config: Config, count: int = 3) -> None:
+    """Runs in the history as fullprocess.py records them: one deployment, kept ones, one without new data."""
+    connection = open_history(config.history_path)
+    try:
+        for number in range(count):
+            run = start_run(connection, f"2026-11-0{number + 1}T10:00:00Z", 100 + number, "v0001")
+            save_run(
+                connection,
+                run,
+                {
+                    "finished_at": f"2026-11-0{number + 1}T10:00:09Z",
+                    "seconds": 9.0 + number,
+                    "outcome": "deployed" if number == 1 else "kept",
+                    "decision": f"Decision number {number} in one sentence.",
+                    "model_version_after": "v0002" if number == 1 else "v0001",
+                    "new_rows": 500,
+                    "new_data_f1": 0.6 - 0.05 * number,
+                    "drift_threshold": 0.55,
+                    "missing_percent": 0.5 * number,
+                    "drift_trigger": "model_drift" if number == 1 else None,
+                    "timings": {"ingestion": 1.5, "training": 4.0},
+                    "candidates": [{"window": "all", "describe": "all rows", "rows": 900, "recent_f1": 0.61}],
+                },
+                files=[{"name": f"batch_{number}.csv", "sha256": "ab" * 32, "status": "new"}],
+                feature_drift=[
+                    {
+                        "feature": name,
+                        "test": "ks",
+                        "statistic": 0.1,
+                        "p_value": 0.2,
+                        "threshold": 0.01,
+                        "drifted": False,
+                    }
+                    for name in FEATURES
+                ],
+            )
+        start_run(connection, "2026-11-09T10:00:00Z", 200, "v0001")
+        save_run(connection, count + 1, {"outcome": "no_new_data", "decision": "No new data.", "seconds": 0.2})
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def app(deployed: Config):
+    add_runs(deployed)
+    return create_app(deployed, token="")
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def active_clients(config: Config) -> tuple[list[str], np.ndarray]:
+    """The active clients (latest row per corporation, not exited) and their features, computed here directly."""
+    data = read_ingested_data(config.output_folder)
+    ids = data.table[ID_COLUMN].to_pylist()
+    rows = latest_active_rows(ids, data.table[TARGET].to_numpy())
+    return [ids[row] for row in rows], data.features()[rows]
+
+
+def read_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_every_page_answers_html_without_a_token(client):
+    for page in PAGES:
+        answer = client.get(page)
+        assert answer.status_code == 200, page
+        assert answer.mimetype == "text/html" and b"<h1>" in answer.data, page
+
+
+def test_the_overview_shows_version_scores_health_last_run_and_risk(client, deployed):
+    page = client.get("/").get_data(as_text=True)
+    deployed_version = load_deployed_version(current_version_folder(deployed.deployment_folder))
+    assert "v0001" in page and ">ok<" in page
+    assert f"{deployed_version.metrics['f1']:.3f}" in page and f"{deployed_version.metrics['roc_auc']:.3f}" in page
+    assert "Decision number 2 in one sentence." in page and "no new data" in page
+    ids, features = active_clients(deployed)
+    probabilities = deployed_version.model.predict_proba(features)[:, 1]
+    at_risk = int((probabilities >= deployed_version.model.threshold).sum())
+    assert f'<p class="big">{at_risk:,}</p>' in page
+    assert f'<p class="big">{probabilities.sum():,.0f}</p>' in page
+
+
+def test_the_overview_compares_with_the_previous_version(deployed):
+    train_and_score(deployed, C=0.01)
+    deploy(deployed)
+    page = create_app(deployed, token="").test_client().get("/").get_data(as_text=True)
+    assert "v0002" in page and "v0001 put" in page and "v0001 expected" in page
+
+
+def test_the_csv_holds_every_active_client_with_the_models_own_probabilities(client, deployed):
+    answer = client.get("/clients.csv")
+    assert answer.status_code == 200 and answer.mimetype == "text/csv"
+    assert "attachment" in answer.headers["Content-Disposition"]
+    rows = read_csv(answer.get_data(as_text=True))
+    ids, features = active_clients(deployed)
+    model = load_deployed_version(current_version_folder(deployed.deployment_folder)).model
+    expected = dict(zip(ids, model.predict_proba(features)[:, 1].tolist(), strict=True))
+    assert len(rows) == len(ids) and {row[ID_COLUMN] for row in rows} == set(ids)
+    for row in rows:
+        assert float(row["probability"]) == expected[row[ID_COLUMN]]
+    probabilities = [float(row["probability"]) for row in rows]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1))
+
+
+def test_search_finds_clients_by_part_of_their_id(client, deployed):
+    ids, _ = active_clients(deployed)
+    part = ids[0][1:4].upper()
+    rows = read_csv(client.get(f"/clients.csv?q={part}").get_data(as_text=True))
+    assert rows and all(part.lower() in row[ID_COLUMN].lower() for row in rows)
+    assert len(rows) == sum(part.lower() in name.lower() for name in ids)
+    page = client.get(f"/clients?q={part}").get_data(as_text=True)
+    assert ids[0] in page or len(rows) > 50
+    assert "No active client id contains" in client.get("/clients?q=zzzzzzzzzz").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("key", ["probability", ID_COLUMN, *FEATURES])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_sorting_orders_the_table_and_the_csv(client, key, order):
+    rows = read_csv(client.get(f"/clients.csv?sort={key}&order={order}").get_data(as_text=True))
+    values = [row[key] if key == ID_COLUMN else float(row[key]) for row in rows]
+    assert values == sorted(values, reverse=order == "desc")
+    page = client.get(f"/clients?sort={key}&order={order}&per=25").get_data(as_text=True)
+    shown = re.findall(r'<a href="/clients/([^"]+)">', page)
+    assert shown == [row[ID_COLUMN] for row in rows[:25]]
+
+
+def test_paging_shows_consecutive_slices(client):
+    rows = read_csv(client.get("/clients.csv").get_data(as_text=True))
+    second = client.get("/clients?per=25&page=2").get_data(as_text=True)
+    assert re.findall(r'<a href="/clients/([^"]+)">', second) == [row[ID_COLUMN] for row in rows[25:50]]
+    assert f"Showing 26–50 of {len(rows):,}" in second
+    assert 'rel="prev"' in second and 'rel="next"' in second
+    last = client.get("/clients?per=25&page=9999").get_data(as_text=True)
+    assert 'rel="next"' not in last
+    assert client.get("/clients?per=7&page=x&sort=nonsense&order=up").status_code == 200
+
+
+def test_a_client_page_shows_its_rows_and_drivers_that_add_up(app, client, deployed):
+    ids, features = active_clients(deployed)
+    model = load_deployed_version(current_version_folder(deployed.deployment_folder)).model
+    probabilities = model.predict_proba(features)[:, 1]
+    for index in (int(np.argmax(probabilities)), int(np.argmin(probabilities)), 0):
+        page = client.get(f"/clients/{ids[index]}").get_data(as_text=True)
+        assert f"Client {ids[index]}" in page and "raises its risk most" in page or "lowers its risk most" in page
+        assert "Its rows as they arrived" in page
+        with app.app_context():
+            from dashboard.views import read_clients, read_serving
+
+            detail = read_clients(read_serving()).detail(ids[index])
+        assert detail.probability == probabilities[index]
+        assert abs(detail.baseline + sum(detail.contributions.values()) - logit(probabilities[index])) < 1e-9
+        assert detail.rows[-1].values == {name: int(features[index][j]) for j, name in enumerate(FEATURES)}
+        assert all(row.batch >= 1 for row in detail.rows)
+    assert client.get("/clients/nobody-has-this-id").status_code == 404
+
+
+def test_the_runs_page_lists_runs_newest_first_with_details(client):
+    page = client.get("/runs").get_data(as_text=True)
+    assert page.index("#3") < page.index("#2") < page.index("#1") and "#4" not in page
+    assert "<details>" in page and "batch_1.csv" in page and "all rows" in page
+    assert "#4" in client.get("/runs?all=1").get_data(as_text=True)
+
+
+def test_model_health_draws_charts_with_values_on_hover(client):
+    page = client.get("/model-health").get_data(as_text=True)
+    assert page.count("<svg") >= 4
+    assert "<title>F1 on new rows, #1: 0.600</title>" in page
+    assert "deployed v0002" in page
+
+
+def test_only_the_report_and_the_plot_are_served_from_the_model_folder(client, deployed):
+    (deployed.model_folder / REPORT_FILE).write_bytes(b"%PDF-1.4 test")
+    (deployed.model_folder / CONFUSION_MATRIX_FILE).write_bytes(b"\x89PNG test")
+    assert client.get("/files/report").data == b"%PDF-1.4 test"
+    assert client.get("/files/confusion-matrix").data == b"\x89PNG test"
+    for name in ("trainedmodel.pkl", "metrics.json", "..%2Fconfig.json"):
+        assert client.get(f"/files/{name}").status_code == 404
+    assert 'href="/files/report"' in client.get("/system").get_data(as_text=True)
+
+
+def test_pages_answer_before_anything_is_deployed(project):
+    client = create_app(project, token="").test_client()
+    for page in PAGES:
+        assert client.get(page).status_code == 200, page
+    assert "No model is deployed" in client.get("/").get_data(as_text=True)
+    assert client.get("/clients.csv").status_code == 503
+
+
+def test_the_client_table_is_scored_once_per_version_and_data(app, deployed):
+    from dashboard.views import read_clients, read_serving
+
+    with app.app_context():
+        first = read_clients(read_serving())
+        assert read_clients(read_serving()) is first
+        final = deployed.output_folder / "finaldata.csv"
+        final.write_text(final.read_text() + "newcorp,1,1,1,0\n")
+        again = read_clients(read_serving())
+    assert again is not first and "newcorp" in again.ids
+
+
+def sign_in_form(client, path: str = "/sign-in") -> str:
+    page = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+@pytest.fixture
+def guarded(deployed):
+    return create_app(deployed, token=TOKEN).test_client()
+
+
+def test_with_a_token_pages_ask_to_sign_in_and_the_token_never_goes_in_a_url(guarded):
+    for page in PAGES:
+        answer = guarded.get(page)
+        assert answer.status_code == 302 and "/sign-in" in answer.headers["Location"], page
+    csrf = sign_in_form(guarded)
+    answer = guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf, "next": "/runs"})
+    assert answer.status_code == 302 and answer.headers["Location"] == "/runs"
+    assert TOKEN not in answer.headers["Location"]
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+    for page in PAGES:
+        assert guarded.get(page).status_code == 200, page
+    assert guarded.get("/clients.csv").status_code == 200
+
+
+def test_a_wrong_token_is_refused(guarded):
+    csrf = sign_in_form(guarded)
+    answer = guarded.post("/sign-in", data={"token": "wrong", "csrf": csrf})
+    assert answer.status_code == 401 and "not the one" in answer.get_data(as_text=True)
+    assert guarded.get("/").status_code == 302
+
+
+def test_a_form_without_its_csrf_token_is_refused(guarded):
+    sign_in_form(guarded)
+    assert guarded.post("/sign-in", data={"token": TOKEN}).status_code == 400
+    assert guarded.post("/sign-in", data={"token": TOKEN, "csrf": "forged"}).status_code == 400
+    assert guarded.get("/").status_code == 302
+    csrf = sign_in_form(guarded)
+    guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf})
+    assert guarded.post("/sign-out", data={}).status_code == 400
+    assert guarded.get("/").status_code == 200
+
+
+def test_sign_out_ends_the_session(guarded):
+    csrf = sign_in_form(guarded)
+    guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', guarded.get("/").get_data(as_text=True)).group(1)
+    answer = guarded.post("/sign-out", data={"csrf": csrf})
+    assert answer.status_code == 302 and "/sign-in" in answer.headers["Location"]
+    assert guarded.get("/").status_code == 302
+
+
+def test_the_json_api_keeps_its_bearer_token_whatever_the_session(guarded):
+    csrf = sign_in_form(guarded)
+    guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf})
+    assert guarded.get("/version").status_code == 401
+    assert guarded.get("/version", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_sign_in_sends_people_back_to_this_site_only(guarded):
+    csrf = sign_in_form(guarded)
+    answer = guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf, "next": "https://elsewhere.example/"})
+    assert answer.headers["Location"] == "/"
+
+
+def test_every_worker_signs_sessions_with_the_same_key(deployed):
+    first, second = create_app(deployed, token=TOKEN), create_app(deployed, token=TOKEN)
+    assert first.secret_key == second.secret_key == session_secret(TOKEN, str(deployed.path))
+    assert create_app(deployed, token="other").secret_key != first.secret_key
+
+
+def test_pages_forbid_framing_and_scripts_and_are_not_cached(client):
+    answer = client.get("/clients")
+    policy = answer.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'none'" in policy
+    assert answer.headers["Cache-Control"] == "no-store"
+
+
+def test_the_overview_says_degraded_and_why_when_the_deployed_version_cannot_be_loaded(app, client, deployed):
+    train_and_score(deployed, C=0.01)
+    deploy(deployed)
+    (current_version_folder(deployed.deployment_folder) / "trainedmodel.pkl").write_bytes(b"not a model")
+    page = client.get("/").get_data(as_text=True)
+    assert ">degraded<" in page and "v0002 cannot be loaded" in page and "v0001 serves" in page
