@@ -18,7 +18,7 @@ from common.schema import FEATURES, read_labelled_data
 from ingestion import ingest_folder
 from scoring import write_scores
 from tests.helpers import PROJECT_ROOT, run_script
-from training import fit_classifier, train_from_folder
+from training import LinearRiskModel, fit_classifier, train_from_folder
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +154,19 @@ def test_corrupt_or_missing_model_gets_a_clear_error(tmp_path, content, message)
         path.write_bytes(content)
     with pytest.raises(PipelineError, match=message):
         load_model(path)
+
+
+def test_the_api_s_fast_arithmetic_is_taken_for_the_model_training_writes_and_gives_the_same_numbers(project):
+    ingest_folder(project.input_folder, project.output_folder)
+    train_from_folder(project.output_folder, project.model_folder, project.model)
+    model = load_model(project.model_folder / MODEL_FILE)
+    shortcut = LinearRiskModel.for_model(model)
+    assert shortcut is not None  # the API would otherwise fall back to scikit-learn on every request
+    features, _ = read_labelled_data([project.test_data_path / "testdata.csv"])
+    probabilities, labels = shortcut.predict(features.copy())
+    assert np.array_equal(probabilities, model.predict_proba(features)[:, 1])
+    assert np.array_equal(labels, model.predict(features))
+    weighted = fit_classifier(
+        features, (features[:, 0] < 20).astype(int), ModelSettings(), np.linspace(1, 2, len(features))
+    )
+    assert LinearRiskModel.for_model(weighted) is not None  # a challenger trained with sample weights too

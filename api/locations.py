@@ -1,0 +1,174 @@
+"""Which files ``/prediction`` may read by location: the data folders, and nothing outside them.
+
+The check is made on the opened file itself (``O_NOFOLLOW``, then its real path from
+``/proc/self/fd``), so a file swapped for a link between the check and the read is refused too.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from collections import OrderedDict
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from werkzeug.exceptions import BadRequest, Forbidden, NotFound, RequestEntityTooLarge
+
+from common.config import Config
+from common.files import DATA_SUFFIXES
+from common.schema import FeatureBatch, read_feature_bytes
+
+log = logging.getLogger("app")
+
+MIB = 1024 * 1024
+MAX_LOCATION = 1024  # longest filelocation looked at
+MAX_SHOWN = 200  # longest piece of a client's input echoed in an error
+CACHED_FILES = 8  # parsed data files kept per worker, for repeated requests by location
+CACHED_FILE_BYTES = 16 * MIB  # larger files are parsed on every request
+
+
+def allowed_data_places(config: Config) -> list[Path]:
+    """The folders (or the one test file) whose files ``/prediction`` may read by location.
+
+    A data folder that holds the config, the models or the deployment is left out, so a config
+    such as ``"input_folder_path": "."`` never opens the whole project to requests.
+    """
+    protected = (config.path, config.model_folder, config.deployment_folder)
+    places = []
+    for place in (config.input_folder, config.output_folder, config.test_data_path):
+        if place.is_dir() and any(path.is_relative_to(place) for path in protected):
+            log.warning("/prediction will not read files in %s by location: it holds the config or models", place)
+            continue
+        places.append(place)
+    return places
+
+
+def open_data_location(location: object, base: Path, places: list[Path], max_bytes: int) -> tuple[int, Any, str]:
+    """Open the file a ``filelocation`` names: (descriptor, its stat, its name). The caller closes the descriptor.
+
+    A relative name is looked up in the project (config) folder, then in each data folder, so
+    ``testdata.csv`` finds ``testdata/testdata.csv``; an absolute one is taken as it is. Either way
+    the file must lie inside ``places`` (403 otherwise). The check is made on the opened file
+    itself, so a file swapped for a link between check and read is caught too.
+    """
+    if not isinstance(location, str) or not location.strip():
+        raise BadRequest("filelocation must be a non-empty string, such as testdata/testdata.csv")
+    shown = location if len(location) <= MAX_SHOWN else location[:MAX_SHOWN] + "..."
+    if len(location) > MAX_LOCATION or "\x00" in location:
+        raise BadRequest(f"filelocation {shown!r} is not a usable file name")
+    if "\\" in location:
+        raise Forbidden("filelocation may not contain backslashes; separate folders with /")
+    path = PurePosixPath(location.strip())
+    if location.startswith("~") or (len(location) > 1 and location[1] == ":"):
+        raise Forbidden(
+            "filelocation must be a path relative to the project folder, such as testdata/testdata.csv, "
+            "or an absolute path inside a data folder"
+        )
+    if ".." in path.parts:
+        raise Forbidden("filelocation may not contain '..'")
+
+    def outside() -> Forbidden:
+        return Forbidden(f"{shown} is outside the data folders ({', '.join(_shown(place, base) for place in places)})")
+
+    try:
+        real = resolve_location(path, base, places)  # follows links: a link out of the data folders is caught
+    except (OSError, RuntimeError, ValueError):
+        raise BadRequest(f"filelocation {shown!r} is not a usable file name") from None
+    if not _inside(real, places):
+        raise outside()
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"{shown} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise outside() from None  # it became a link after the check
+        raise BadRequest(f"{shown} cannot be read ({exc.strerror})") from None
+    try:
+        opened = _opened_path(fd)
+        if opened is not None and not _inside(opened, places):
+            raise outside()  # a folder on the way was swapped for a link
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise BadRequest(f"{shown} is a folder; name a data file in it")
+        if not stat.S_ISREG(info.st_mode):
+            raise BadRequest(f"{shown} is not a regular file")
+        name = os.path.basename(real)
+        if not name.lower().endswith(DATA_SUFFIXES):
+            raise BadRequest(f"{shown} is not a .csv, .json or .jsonl file")
+        if info.st_size > max_bytes:
+            raise RequestEntityTooLarge(f"{shown} is larger than the {max_bytes / MIB:g} MiB the API reads")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info, name
+
+
+def resolve_location(path: PurePosixPath, base: Path, places: list[Path]) -> str:
+    """The resolved path a location names: absolute as given; relative to ``base``, else to the first data folder
+    that holds it (else relative to ``base``, for the error to name)."""
+    if path.is_absolute():
+        return os.path.realpath(path)
+    first = os.path.realpath(os.path.join(base, path))
+    if os.path.lexists(first):
+        return first
+    for place in places:
+        candidate = os.path.join(place, path)
+        if os.path.lexists(candidate):
+            return os.path.realpath(candidate)
+    return first
+
+
+class LocationReader:
+    """The rows of data files named by location, each version of a file parsed once.
+
+    A file is the same when its device, inode, size and modification time are (an edit or an
+    atomic replacement changes one of them); the last ``CACHED_FILES`` small files are kept.
+    Every request still opens and checks the file.
+    """
+
+    def __init__(self, base: Path, places: list[Path], max_bytes: int):
+        self.base, self.places, self.max_bytes = base, places, max_bytes
+        self._parsed: OrderedDict[tuple[int, int, int, int], FeatureBatch] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def rows(self, location: object) -> FeatureBatch:
+        fd, info, name = open_data_location(location, self.base, self.places, self.max_bytes)
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        try:
+            with self._lock:
+                if key in self._parsed:
+                    self._parsed.move_to_end(key)
+                    return self._parsed[key]
+            with open(fd, "rb", closefd=False) as handle:
+                batch = read_feature_bytes(handle.read(self.max_bytes), name)
+        finally:
+            os.close(fd)
+        if info.st_size <= CACHED_FILE_BYTES:
+            batch.features.flags.writeable = False  # shared by later requests
+            with self._lock:
+                self._parsed[key] = batch
+                while len(self._parsed) > CACHED_FILES:
+                    self._parsed.popitem(last=False)
+        return batch
+
+
+def _inside(path: str, places: list[Path]) -> bool:
+    """Whether a resolved path is one of ``places`` or lies under one (compared as strings: this is per request)."""
+    return any(path == str(place) or path.startswith(f"{place}{os.sep}") for place in places)
+
+
+def _opened_path(fd: int) -> str | None:
+    """Where an open file really is (Linux's /proc), or None where that cannot be asked."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def _shown(place: Path, base: Path) -> str:
+    """A data place as a client may see it: relative to the project, else its name only."""
+    return str(place.relative_to(base)) if place.is_relative_to(base) else place.name

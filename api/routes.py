@@ -1,0 +1,251 @@
+"""The JSON API as a blueprint: /prediction, /scoring, /summarystats, /diagnostics, /history, /health, /version."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, ServiceUnavailable
+
+from api.inputs import read_prediction_input
+from api.locations import LocationReader
+from api.serving import DeploymentWatcher, FileBackedValue, ServedModel
+from common.artifacts import DIAGNOSTICS_FILE, EVALUATION_WINDOW_FILE, FINAL_DATA, read_json_file
+from common.config import Config
+from common.datastats import read_numeric_columns, summary_statistics
+from common.errors import PipelineError
+from common.files import find_test_files
+from common.history import read_runs
+from common.schema import FeatureBatch
+
+log = logging.getLogger("app")
+
+bp = Blueprint("api", __name__)
+API_STATE = "risk_api"
+
+HISTORY_DEFAULT_RUNS = 50
+HISTORY_MAX_RUNS = 1000
+METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
+RECENT_WINDOW_KEYS = ("rows", "batches", "f1", "precision", "recall", "roc_auc", "updated_at", "test_data_drift")
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status=status, mimetype="application/json"
+    )
+
+
+def describe_predictions(served: ServedModel, batch: FeatureBatch) -> dict[str, Any]:
+    probabilities, labels = served.predict(batch.features)
+    if batch.ids is None:
+        rows = [
+            {"label": label, "probability": p} for label, p in zip(labels.tolist(), probabilities.tolist(), strict=True)
+        ]
+    else:
+        rows = [
+            {"corporation": corporation, "label": label, "probability": p}
+            for corporation, label, p in zip(batch.ids, labels.tolist(), probabilities.tolist(), strict=True)
+        ]
+    return {"model_version": served.version, "rows": batch.rows, "predictions": rows}
+
+
+def describe_load_error(watcher: DeploymentWatcher) -> dict[str, str]:
+    """When the deployed version could not be loaded: which one, and why (an older one is serving)."""
+    error = watcher.load_error()
+    if error is None:
+        return {}
+    return {"status": "degraded", "deployed_version": error[0], "load_error": error[1]}
+
+
+def describe_version(served: ServedModel) -> dict[str, Any]:
+    info, model_info = served.deployed.version_info, served.deployed.model_info
+    return {
+        "model_version": served.version,
+        "deployed_at": info.get("deployed_at"),
+        "previous_version": info.get("previous_version"),
+        "trained_at": model_info.get("trained_at"),
+        "training_rows": model_info.get("training_rows"),
+        "training_data_sha256": model_info.get("training_data_sha256"),
+        "decision_threshold": model_info.get("decision_threshold"),
+        "model_sha256": model_info.get("model_sha256"),
+        "metrics": {key: served.deployed.metrics.get(key) for key in ("f1", "precision", "recall", "roc_auc")},
+        "libraries": model_info.get("libraries"),
+    }
+
+
+def describe_scores(served: ServedModel, test_hashes: dict[str, str]) -> dict[str, Any]:
+    """The deployed model's metrics on the test data, as scored before it was deployed."""
+    unchanged = served.deployed.metrics.get("test_data_sha256") == test_hashes
+    scores = {
+        "model_version": served.version,
+        **{key: served.deployed.metrics.get(key) for key in METRIC_KEYS},
+        "scored_at": served.deployed.metrics.get("scored_at"),
+        "test_data": [Path(path).name for path in served.deployed.metrics.get("test_data", [])],
+        "test_data_unchanged": unchanged,
+    }
+    if not unchanged:
+        scores["note"] = "the test data has changed since this model was scored; the next pipeline run re-scores it"
+    return scores
+
+
+def read_recent_window(path: Path) -> dict[str, Any]:
+    """The serving model's scores on the rolling window of recent held-out rows, as fullprocess.py stored them."""
+    return read_json_file(path, EVALUATION_WINDOW_FILE)
+
+
+def describe_recent_window(served: ServedModel, recent: FileBackedValue) -> dict[str, Any] | None:
+    """The served version's scores on the recent window, with the note on the test data; None when there are none."""
+    try:
+        stored = recent.get()
+    except (OSError, ValueError, PipelineError):
+        return None
+    if stored.get("model_version") != served.version:
+        return None
+    return {**{key: stored.get(key) for key in RECENT_WINDOW_KEYS}, "note": stored.get("test_data_note")}
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    columns = read_numeric_columns(path)
+    rows = len(next(iter(columns.values())))
+    return {"dataset": path.name, "rows": rows, "columns": summary_statistics(columns)}
+
+
+def describe_stored_diagnostics(path: Path) -> dict[str, Any]:
+    """What ``/diagnostics`` answers: timing, missing data and dependencies from ``diagnostics.json``."""
+    stored = read_json_file(path, "diagnostics file")
+    missing = stored.get("missing_data")
+    missing = missing if isinstance(missing, dict) else {}
+    return {
+        "generated_at": stored.get("generated_at"),
+        "model_version": stored.get("model_version"),
+        "timing": stored.get("timing"),
+        "missing_data": {key: missing.get(key) for key in ("dataset", "rows", "percent", "unreadable")},
+        "dependencies": stored.get("dependencies"),
+    }
+
+
+def read_limit(value: str | None, default: int = HISTORY_DEFAULT_RUNS) -> int:
+    """The ``limit`` query parameter: a whole number of runs from 1 to HISTORY_MAX_RUNS."""
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= HISTORY_MAX_RUNS:
+        raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_MAX_RUNS}, not {value[:40]!r}")
+    return int(value)
+
+
+def read_flag(value: str | None, name: str) -> bool:
+    """A yes/no query parameter: absent, 0, false or no is no; 1, true or yes is yes."""
+    if value is None or value.lower() in ("0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"{name} must be 1 or 0 (true or false), not {value[:40]!r}")
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """What the routes share in one worker: the config, the served model and the file-backed answers."""
+
+    config: Config
+    watcher: DeploymentWatcher
+    files: LocationReader
+    summary: FileBackedValue
+    diagnostics: FileBackedValue
+    test_hashes: FileBackedValue
+    recent: FileBackedValue
+
+
+def state() -> ApiState:
+    return current_app.extensions[API_STATE]
+
+
+def default_location() -> str:
+    """The file a ``GET /prediction`` without parameters predicts for: the test data."""
+    try:
+        return str(find_test_files(state().config.test_data_path)[0])
+    except PipelineError as exc:
+        raise NotFound(f"no data file was named and there is no test data to predict for ({exc})") from None
+
+
+@bp.route("/prediction", methods=["GET", "POST"])
+def prediction() -> Response:
+    api = state()
+    served = api.watcher.served()
+    batch = read_prediction_input(api.files, default_location)
+    if batch.rows > api.config.api.max_rows:
+        limit = api.config.api.max_rows
+        raise RequestEntityTooLarge(f"{batch.rows:,} rows is more than the {limit:,} the API scores at once")
+    return json_response(describe_predictions(served, batch))
+
+
+@bp.get("/scoring")
+def scoring() -> Response:
+    api = state()
+    served = api.watcher.served()
+    try:
+        hashes = api.test_hashes.get()
+    except (OSError, PipelineError):
+        hashes = {}
+    return json_response(
+        {**describe_scores(served, hashes), "recent_window": describe_recent_window(served, api.recent)}
+    )
+
+
+@bp.get("/summarystats")
+def summarystats() -> Response:
+    try:
+        return json_response(state().summary.get())
+    except (OSError, PipelineError) as exc:
+        log.error("/summarystats: %s", exc)
+        raise ServiceUnavailable(f"{FINAL_DATA} is missing or unreadable; run ingestion.py") from None
+
+
+@bp.get("/diagnostics")
+def diagnostics_endpoint() -> Response:
+    try:
+        return json_response(state().diagnostics.get())
+    except FileNotFoundError:
+        raise ServiceUnavailable("no diagnostics have been stored yet; run diagnostics.py") from None
+    except (OSError, PipelineError) as exc:
+        log.error("/diagnostics: %s", exc)
+        raise ServiceUnavailable(f"the stored {DIAGNOSTICS_FILE} cannot be read; run diagnostics.py") from None
+
+
+@bp.get("/history")
+def history() -> Response:
+    config = state().config
+    limit = read_limit(request.args.get("limit"))
+    include_no_op = read_flag(request.args.get("all"), "all")
+    try:
+        runs = read_runs(config.history_path, limit, with_no_op=include_no_op)
+    except PipelineError as exc:
+        log.error("/history: %s", exc)
+        raise ServiceUnavailable(f"the run history cannot be read: {exc}") from None
+    return json_response({"history": config.history_path.name, "count": len(runs), "runs": runs})
+
+
+@bp.get("/health")
+def health() -> Response:
+    watcher = state().watcher
+    try:
+        served = watcher.served()
+    except ServiceUnavailable as exc:
+        return json_response({"status": "unavailable", "error": exc.description}, 503)
+    return json_response({"status": "ok", "model_version": served.version, **describe_load_error(watcher)})
+
+
+@bp.get("/version")
+def version() -> Response:
+    api = state()
+    served = api.watcher.served()
+    return json_response(
+        {
+            **describe_version(served),
+            "recent_window": describe_recent_window(served, api.recent),
+            **describe_load_error(api.watcher),
+        }
+    )
