@@ -6,19 +6,22 @@ One run, in order (each step is a named stage; a failure stops the run and names
    files earlier runs decided on, by content hash. An edited file is new; a renamed or
    touched one is not; stray files are noted and ignored. Nothing new: one log line, exit 0,
    and pandas, scikit-learn, numpy and pyarrow are never imported.
-2. ingestion: add the new files to what was ingested before (their rows are appended).
-3. model drift: the deployed model's F1 on the new labelled rows, against the configured test
-   (``monitoring.model_drift_test``); data drift: each feature of the new rows against the
-   rows ingested before. ``monitoring.retrain_on`` says which of them triggers retraining.
-4. training: a challenger on the ingested data, keeping a held-out share of the new rows out.
-5. scoring: challenger and champion side by side on the held-out recent rows and on the test
-   data; the challenger is deployed only if its recent F1 is at least the champion's plus
-   ``monitoring.min_gain``.
-6. deployment, then diagnostics, reporting (``confusionmatrix2.png`` and the PDF) and the API
-   calls (``apireturns2.txt``) when the API is running.
+2. ingestion: add the new files to what was ingested before (their rows are appended, each
+   with the batch it arrived in); the new rows are those of the batches no run decided on yet.
+3. the decision (``common/monitoring.py``): the F1 the serving model's probabilities promise on
+   the new rows, then its measured F1 against its own reference (model drift) and each feature
+   against the rows it was trained on (data drift); ``monitoring.retrain_on`` says which
+   triggers retraining. Challengers are trained on several windows of the data (all rows,
+   the recent rows, recency-weighted), none on the rolling evaluation window, and the best on
+   the held-out recent rows faces the serving model at the gate (``monitoring.min_gain``,
+   ``monitoring.gate_confidence``).
+4. deployment of a winner, then diagnostics, reporting (``confusionmatrix2.png`` and the PDF)
+   and the API calls (``apireturns2.txt``) when the API is running.
 
-Every run, its decision and the numbers behind it go to the run history (SQLite). One run at
-a time: a second run exits at once with code 75. Logs go to stderr and a rotating file.
+Every run, its decision and the numbers behind it go to the run history (SQLite), its stages'
+timings to the stage-timing records, and a deployment, a failure or drift no challenger could
+fix to the configured webhooks. One run at a time: a second run exits at once with code 75.
+Logs go to stderr and a rotating file.
 """
 
 from __future__ import annotations
