@@ -1,22 +1,29 @@
-"""Drift tests: has the model's F1 fallen (model drift), and have the features moved (data drift)?
+"""Drift tests: has the model's F1 fallen (model drift), have the features moved (data drift), and what F1 do
+the probabilities alone promise before the labels arrive?
 
-Model drift compares the deployed model's F1 on newly arrived labelled rows with a threshold
-set by one of the tests the classic course teaches:
+Model drift compares the serving model's F1 on newly arrived labelled rows with its reference
+scores (the score it was judged on when deployed, then its later scores without drift) by one
+of the tests the classic course teaches:
 
-* ``raw``: drift when the new F1 is below the F1 the model was deployed with;
-* ``parametric``: below the mean of earlier F1 scores minus k standard deviations;
-* ``nonparametric``: below Q1 - 1.5 IQR of earlier F1 scores.
+* ``raw``: drift when the new F1 is below the F1 the model was judged on when deployed;
+* ``parametric``: below the reference minus k standard deviations of the F1 a batch of this
+  size would show if nothing had changed;
+* ``nonparametric``: below Q1 - 1.5 IQR of that distribution.
 
-Earlier F1 scores are the ones the run history holds for the deployed model. Until it holds
-enough of them, they are the deployed model's F1 on resamples of its test data, each the size
-of the new batch: the spread F1 shows on a batch of that size when nothing has changed.
+That distribution is simulated exactly from the confusion counts: it counts the new batch's
+sampling error at its size, the reference's own (it was measured on finitely many rows too),
+and, once there are enough reference scores, any spread between them beyond sampling error.
 
-Data drift compares each feature of the new rows with the rows ingested before them (the data
-the models were trained on), on the log scale the model uses: a two-sample Kolmogorov-Smirnov
-test for small batches (drift when the p-value is below the threshold), and for larger ones the
+Data drift compares each feature of the new rows with reference rows (the data the serving
+model was trained on), on the log scale the model uses: a two-sample Kolmogorov-Smirnov test
+for small batches (drift when the p-value is below the threshold), and for larger ones the
 Wasserstein distance divided by the reference's standard deviation (drift when above the
 threshold), whose verdict, unlike a p-value, does not turn every negligible shift into "drift"
 once samples are large.
+
+The label-free estimate (confidence-based performance estimation) takes the expected confusion
+counts when each row exits with its predicted probability; it is as good as the calibration,
+measured on labelled rows as the expected calibration error over ten bins.
 """
 
 from __future__ import annotations
