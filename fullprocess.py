@@ -434,11 +434,11 @@ def alert_kind(fields: dict[str, Any]) -> str | None:
 
 def send_alert(config: Config, fields: dict[str, Any], run_id: int) -> dict[str, Any] | None:
     """Post the run's end to the configured webhooks without waiting for them; return what was sent."""
-    from common.alerts import AlertEvent, dispatch
-
     kind = alert_kind(fields)
     if kind is None or not config.monitoring.webhooks:
         return None
+    from common.alerts import AlertEvent, dispatch  # urllib's import is not for runs with nothing to say
+
     project = config.path.parent.name
     event = AlertEvent(
         kind=kind,

@@ -255,7 +255,8 @@ def test_a_no_op_run_imports_no_heavy_library(shipped: Path):
     probe = (
         "import sys, fullprocess\n"
         f"code = fullprocess.main(['--config', {str(shipped)!r}])\n"
-        "heavy = sorted({'numpy', 'pandas', 'sklearn', 'scipy', 'pyarrow', 'matplotlib'} & set(sys.modules))\n"
+        "heavy = sorted({'numpy', 'pandas', 'sklearn', 'scipy', 'pyarrow', 'matplotlib', 'requests', 'urllib.request'}"
+        " & set(sys.modules))\n"
         "print(code, heavy)\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
