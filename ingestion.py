@@ -229,12 +229,6 @@ def merge_tables(output_folder: Path, digests: list[str]) -> pa.Table:
     return pa.concat_tables(tables).cast(SCHEMA) if tables else SCHEMA.empty_table()
 
 
-def read_ingested_rows(output_folder: Path, files: list[IngestedFile]) -> tuple[pa.Table, np.ndarray]:
-    """The rows ingested from ``files`` (cached parses), duplicates removed, and their 64-bit row hashes."""
-    rows, _, hashes = deduplicate(merge_tables(output_folder, unique_digests(files)))
-    return rows, hashes
-
-
 @dataclass
 class RowIndex:
     """The 64-bit hashes of the rows in ``finaldata.csv``, sorted, and where each row came from.
