@@ -57,7 +57,7 @@ def build_project(root: Path, clients: int) -> Path:
         "output_model_path": "models",
         "prod_deployment_path": "production_deployment",
         "model": {"C": 0.05},
-        "diagnostics": {"timing_runs": 1, "package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
+        "diagnostics": {"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
     }
     path = root / "config.json"
     path.write_text(json.dumps(config))
