@@ -27,8 +27,9 @@ import threading
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable, Unauthorized
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable, Unauthorized
 
+from api.body import WholeBodies
 from api.locations import MIB, LocationReader, allowed_data_places
 from api.routes import (
     API_STATE,
@@ -51,6 +52,9 @@ from dashboard import bp as dashboard_bp
 
 log = logging.getLogger("app")
 
+# Query parameters that would carry a secret into every access log and browser history on the way.
+TOKEN_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "authorization"})
+
 
 def create_app(config: Config | str | os.PathLike[str] | None = None, token: str | None = None) -> Flask:
     """The Flask application. ``config``: a Config or a config file (default ``$RISK_CONFIG``, else config.json).
@@ -65,6 +69,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(config.api.max_body_mb * MIB)
     app.config["RISK_CONFIG"] = config
+    app.wsgi_app = WholeBodies(app.wsgi_app, int(config.api.max_body_mb * MIB))  # type: ignore[method-assign]
     api = build_api_state(config)
     try:
         api.watcher.served()  # load the model now, not on a client's first request
@@ -78,11 +83,17 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
 
     @app.before_request
     def check_token() -> None:
+        if any(name.lower() in TOKEN_PARAMETERS for name in request.args):
+            raise BadRequest(
+                "send the token in the header 'Authorization: Bearer <token>', never in the URL (URLs are logged)"
+            )
         if expected is None or request.endpoint == "api.health" or request.blueprint == dashboard_bp.name:
             return  # the dashboard's pages keep their own signed session
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        if scheme.lower() != "bearer":
             raise Unauthorized("this API needs a token: send the header 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
+            raise Unauthorized("the token sent in 'Authorization: Bearer <token>' is not this API's token")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -143,17 +154,30 @@ def __getattr__(name: str) -> Flask:
     return _built
 
 
+# The access log names the path but neither the query string nor a Basic user name: either may hold a secret.
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def build_server(config_path: str | None, host: str, port: int, workers: int, access_log: bool = False) -> Any:
-    """A gunicorn server for the app (gunicorn is imported here: the test client does not need it)."""
+    """A gunicorn server for the app (gunicorn is imported here: the test client does not need it).
+
+    Workers are gevent's: a sync worker holds one connection at a time, so a client that sends
+    its headers slowly holds a whole worker, and gunicorn's documentation says sync workers need
+    a buffering proxy in front for exactly that reason. With gevent each connection waits in its
+    own greenlet, and the model's arithmetic (milliseconds a request) runs between them.
+    """
     from gunicorn.app.base import BaseApplication
 
     class RiskApiServer(BaseApplication):
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("bind", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "sync")
+            self.cfg.set("worker_class", "gevent")
+            self.cfg.set("worker_connections", WORKER_CONNECTIONS)
             self.cfg.set("proc_name", "risk-api")
             self.cfg.set("control_socket_disable", True)
+            self.cfg.set("access_log_format", ACCESS_LOG_FORMAT)
             if access_log:
                 self.cfg.set("accesslog", "-")
 
@@ -163,6 +187,19 @@ def build_server(config_path: str | None, host: str, port: int, workers: int, ac
     return RiskApiServer()
 
 
+WORKER_CONNECTIONS = 1000  # open connections a worker holds at once, slow ones included
+
+
+def check_exposure(host: str, token: str | None, open_to_network: bool) -> str | None:
+    """Why serving on ``host`` is refused (no token, not loopback, no explicit flag), else None."""
+    if token or host in LOOPBACK_HOSTS or open_to_network:
+        return None
+    return (
+        f"no API token is set, so the API may listen on 127.0.0.1 only, not {host}: set a token "
+        "(the variable api.token_env names), or pass --open-without-token to serve every endpoint to the network"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the API with gunicorn.")
     parser.add_argument("--config", metavar="PATH", help=f"config file (default: ${CONFIG_ENV_VAR}, else config.json)")
@@ -170,13 +207,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2, one per core)")
     parser.add_argument("--access-log", action="store_true", help="log every request to stdout")
+    parser.add_argument(
+        "--open-without-token",
+        action="store_true",
+        help="allow listening on an address other than 127.0.0.1 with no API token set (every endpoint open)",
+    )
     args = add_logging_flags(parser).parse_args(argv)
     setup_logging(args.verbose - args.quiet)
     try:
-        load_config(args.config)  # fail here, in one sentence, rather than in every worker
+        config = load_config(args.config)  # fail here, in one sentence, rather than in every worker
     except PipelineError as exc:
         log.error("app failed: %s", exc)
         return 1
+    token = os.environ.get(config.api.token_env) or None
+    refusal = check_exposure(args.host, token, args.open_without_token)
+    if refusal is not None:
+        log.error("app failed: %s", refusal)
+        return 2
+    if token is None:
+        log.warning(
+            "no API token set (%s): every endpoint is open to whoever can reach %s:%d",
+            config.api.token_env,
+            args.host,
+            args.port,
+        )
     build_server(args.config, args.host, args.port, args.workers, args.access_log).run()
     return 0
 

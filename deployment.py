@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from common.artifacts import (
     VERSION_INFO_FILE,
     VERSIONS_FOLDER,
     current_version,
+    list_versions,
     load_model,
     read_json_file,
     utc_now,
@@ -56,18 +56,8 @@ PUBLISHED_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE,
 # Versions published before ingestedfiles.json existed, and classic ingestion folders, lack it.
 OPTIONAL_FILES = (INGESTED_RECORD,)
 INGESTION_FILES = (INGESTED_FILES, INGESTED_RECORD)
-_VERSION_NAME = re.compile(r"^v(\d{4,})$")
 # Fault injection for tests: the deployment stops at this step and waits to be killed.
 PAUSE_ENV_VAR = "RISK_DEPLOY_PAUSE_AT"
-
-
-def list_versions(deploy_root: Path) -> list[str]:
-    """Kept versions, oldest first."""
-    folder = deploy_root / VERSIONS_FOLDER
-    if not folder.is_dir():
-        return []
-    names = [entry.name for entry in folder.iterdir() if _VERSION_NAME.match(entry.name) and entry.is_dir()]
-    return sorted(names, key=lambda name: int(name[1:]))
 
 
 def find_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:

@@ -51,7 +51,7 @@ from common.artifacts import (
 from common.cli import build_parser, run_stage
 from common.config import PROJECT_ROOT, Config, DiagnosticsSettings, load_config
 from common.errors import PipelineError
-from common.files import find_test_files, list_data_files, write_text_atomic
+from common.files import find_test_files, list_data_files, shown_path, write_text_atomic
 from common.schema import BadFileError, read_feature_file
 from common.timings import read_stage_timings, record_stage_timings
 
@@ -344,11 +344,11 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
         "model_trained_at": deployed.model_info.get("trained_at"),
         "predictions": predict_data_file(deployed.model, find_test_files(config.test_data_path)[0]),
         "summary_statistics": {
-            "dataset": str(config.output_folder / FINAL_DATA),
+            "dataset": shown_path(config.output_folder / FINAL_DATA, config.path.parent),
             "columns": datastats.summary_statistics(datastats.read_numeric_columns(config.output_folder / FINAL_DATA)),
         },
         "missing_data": {
-            "dataset": str(config.input_folder),
+            "dataset": shown_path(config.input_folder, config.path.parent),
             **datastats.missing_data(source_files, config.model_folder / MISSING_CACHE_FILE),
         },
         "timing": time_stages(config, runs) if runs > 0 else recorded_timings(config.model_folder),

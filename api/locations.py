@@ -18,7 +18,7 @@ from typing import Any
 from werkzeug.exceptions import BadRequest, Forbidden, NotFound, RequestEntityTooLarge
 
 from common.config import Config
-from common.files import DATA_SUFFIXES
+from common.files import DATA_SUFFIXES, shown_path
 from common.schema import FeatureBatch, read_feature_bytes
 
 log = logging.getLogger("app")
@@ -71,7 +71,7 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
         raise Forbidden("filelocation may not contain '..'")
 
     def outside() -> Forbidden:
-        return Forbidden(f"{shown} is outside the data folders ({', '.join(_shown(place, base) for place in places)})")
+        return Forbidden(f"{shown} is outside the data folders ({', '.join(shown_path(place, base) for place in places)})")
 
     try:
         real = resolve_location(path, base, places)  # follows links: a link out of the data folders is caught
@@ -96,6 +96,8 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
             raise BadRequest(f"{shown} is a folder; name a data file in it")
         if not stat.S_ISREG(info.st_mode):
             raise BadRequest(f"{shown} is not a regular file")
+        if info.st_nlink > 1:  # another name for the same file, possibly outside the data folders
+            raise Forbidden(f"{shown} is a hard link (the file has other names); copy the file into a data folder")
         name = os.path.basename(real)
         if not name.lower().endswith(DATA_SUFFIXES):
             raise BadRequest(f"{shown} is not a .csv, .json or .jsonl file")
@@ -169,6 +171,3 @@ def _opened_path(fd: int) -> str | None:
         return None
 
 
-def _shown(place: Path, base: Path) -> str:
-    """A data place as a client may see it: relative to the project, else its name only."""
-    return str(place.relative_to(base)) if place.is_relative_to(base) else place.name

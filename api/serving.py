@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 from werkzeug.exceptions import ServiceUnavailable
 
-from common.artifacts import CURRENT_LINK, DeployedVersion, load_deployed_version
+from common.artifacts import (
+    CURRENT_LINK,
+    MODEL_FILE,
+    VERSION_NAME,
+    VERSIONS_FOLDER,
+    DeployedVersion,
+    list_versions,
+    load_deployed_version,
+)
 from common.errors import PipelineError
 from training import LinearRiskModel
 
@@ -30,6 +38,8 @@ class ServedModel:
     link_target: str  # what ``current`` pointed at when this version was loaded
     deployed: DeployedVersion
     shortcut: LinearRiskModel | None
+    model_stamp: tuple[int, int, int]  # the model file's inode, size and mtime when it was loaded
+    fallback: bool = False  # an older version, because the deployed one cannot be loaded
 
     @property
     def version(self) -> str:
@@ -42,17 +52,35 @@ class ServedModel:
         return model.predict_proba(features)[:, 1], np.asarray(model.predict(features), dtype=np.int64)
 
 
-def load_served_model(deploy_root: Path, link_target: str) -> ServedModel:
-    """Load the version ``current`` points at; raise PipelineError when its files do not hold together."""
-    deployed = load_deployed_version(deploy_root / link_target)
-    return ServedModel(link_target=link_target, deployed=deployed, shortcut=LinearRiskModel.for_model(deployed.model))
+def stamp_file(path: Path) -> tuple[int, int, int] | None:
+    """A file's inode, size and modification time (any rewrite changes one), or None when it is gone."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def load_served_model(folder: Path, link_target: str, fallback: bool = False) -> ServedModel:
+    """Load one version folder; raise PipelineError when its files do not hold together."""
+    stamp = stamp_file(folder / MODEL_FILE)
+    deployed = load_deployed_version(folder)
+    return ServedModel(
+        link_target=link_target,
+        deployed=deployed,
+        shortcut=LinearRiskModel.for_model(deployed.model),
+        model_stamp=stamp or (0, 0, 0),
+        fallback=fallback,
+    )
 
 
 class DeploymentWatcher:
-    """Holds the loaded model and swaps it when ``current`` points at another version.
+    """Holds the loaded model and swaps it when ``current`` points at another version or its model file changes.
 
-    A version that fails to load is retried every ``RETRY_SECONDS``; meanwhile the one loaded
-    before keeps answering, and ``load_error`` says what is wrong.
+    Every request reads the link and stats the model file, so all workers agree on what is
+    served: when the deployed version cannot be loaded (its model file damaged, say), each
+    worker falls back to the newest kept version that loads and checks out, and says so in
+    ``load_error``; the deployed version is tried again every ``RETRY_SECONDS``.
     """
 
     def __init__(self, deploy_root: Path):
@@ -65,7 +93,9 @@ class DeploymentWatcher:
         """The model to answer with; raise ServiceUnavailable when none can be loaded."""
         target = self._read_link()
         served = self._served
-        if served is not None and (served.link_target == target or target is None):
+        if served is not None and target is None:
+            return served
+        if served is not None and served.link_target == target and self._still_valid(served):
             return served
         with self._lock:
             return self._switch(target)
@@ -83,27 +113,49 @@ class DeploymentWatcher:
         except FileNotFoundError:
             return None
 
+    def _still_valid(self, served: ServedModel) -> bool:
+        """Whether the served model is what ``current`` holds: its file unchanged, or a fallback not yet due a retry."""
+        if served.fallback:
+            failed = self._failed
+            return failed is not None and time.monotonic() - failed[2] < RETRY_SECONDS
+        return stamp_file(self.deploy_root / served.link_target / MODEL_FILE) == served.model_stamp
+
     def _switch(self, target: str | None) -> ServedModel:
         served = self._served
-        if served is not None and served.link_target == target:
+        if served is not None and served.link_target == target and self._still_valid(served):
             return served  # another thread switched while this one waited
         if target is None:
             raise ServiceUnavailable("no model is deployed; run deployment.py")
-        failed = self._failed
-        if failed is None or failed[0] != target or time.monotonic() - failed[2] >= RETRY_SECONDS:
+        try:
+            self._served = load_served_model(self.deploy_root / target, target)
+        except (PipelineError, OSError) as exc:
+            why = self._shown(str(exc))
+            self._failed = (target, why, time.monotonic())
+            self._served = self._load_fallback(target)
+            kept = f"; serving {self._served.version} instead" if self._served else ""
+            log.error("cannot serve %s: %s%s", Path(target).name, why, kept)
+            if self._served is None:
+                raise ServiceUnavailable(f"the deployed model cannot be loaded: {why}") from None
+            return self._served
+        self._failed = None
+        log.info("serving model %s", self._served.version)
+        return self._served
+
+    def _load_fallback(self, target: str) -> ServedModel | None:
+        """The newest kept version older than ``target`` that loads and checks out, or None."""
+        match = VERSION_NAME.match(Path(target).name)
+        newest = int(match.group(1)) if match else None
+        older = [name for name in list_versions(self.deploy_root) if newest is None or int(name[1:]) < newest]
+        for name in reversed(older):
             try:
-                self._served = load_served_model(self.deploy_root, target)
-                self._failed = None
-                log.info("serving model %s", self._served.version)
-                return self._served
+                return load_served_model(self.deploy_root / VERSIONS_FOLDER / name, target, fallback=True)
             except (PipelineError, OSError) as exc:
-                why = str(exc).replace(f"{self.deploy_root}/", "")  # clients see paths inside the deployment only
-                self._failed = (target, why, time.monotonic())
-                kept = f"; still serving {served.version}" if served else ""
-                log.error("cannot serve %s: %s%s", Path(target).name, why, kept)
-        if served is not None:
-            return served
-        raise ServiceUnavailable(f"the deployed model cannot be loaded: {self._failed[1]}")
+                log.error("cannot fall back to %s: %s", name, self._shown(str(exc)))
+        return None
+
+    def _shown(self, message: str) -> str:
+        """A message as clients may see it: paths inside the deployment only."""
+        return message.replace(f"{self.deploy_root}/", "")
 
 
 class FileBackedValue:

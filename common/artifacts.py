@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,18 @@ def read_json_file(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PipelineError(f"{what} {path} does not hold a JSON object")
     return data
+
+
+VERSION_NAME = re.compile(r"^v(\d{4,})$")
+
+
+def list_versions(deploy_root: Path) -> list[str]:
+    """Kept versions, oldest first."""
+    folder = Path(deploy_root) / VERSIONS_FOLDER
+    if not folder.is_dir():
+        return []
+    names = [entry.name for entry in folder.iterdir() if VERSION_NAME.match(entry.name) and entry.is_dir()]
+    return sorted(names, key=lambda name: int(name[1:]))
 
 
 def current_version(deploy_root: Path) -> str | None:
@@ -225,12 +238,25 @@ class DeployedVersion:
         return self.folder.name
 
 
+def read_version_info(folder: Path) -> dict[str, Any]:
+    """A version's ``version.json`` (when and after what it was deployed), or {} when it is damaged.
+
+    It only describes the deployment; the model's integrity rests on the model file's hash in
+    ``metrics.json``, so a damaged ``version.json`` is logged and the version still serves.
+    """
+    try:
+        return read_json_file(Path(folder) / VERSION_INFO_FILE, VERSION_INFO_FILE)
+    except PipelineError as exc:
+        log.warning("%s; its deployment details are unknown", exc)
+        return {}
+
+
 def load_deployed_version(folder: Path) -> DeployedVersion:
     """Load a version folder; raise PipelineError when its model is not the one its scores describe."""
     folder = Path(folder)
     metrics = read_json_file(folder / METRICS_FILE, METRICS_FILE)
     model_info = read_json_file(folder / MODEL_INFO_FILE, MODEL_INFO_FILE)
-    version_info = read_json_file(folder / VERSION_INFO_FILE, VERSION_INFO_FILE)
+    version_info = read_version_info(folder)
     try:
         model_hash = sha256_file(folder / MODEL_FILE)
     except OSError as exc:

@@ -126,6 +126,12 @@ def shown_name(name: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def shown_path(path: Path, base: Path) -> str:
+    """A path as clients may see it: relative to ``base`` (the project folder) when inside it, else its name."""
+    path = Path(path)
+    return str(path.relative_to(base)) if path.is_relative_to(base) else path.name
+
+
 def refusal(entry: Path, folder: Path) -> str | None:
     """Why a data-named entry of a data folder is not read, or None when it is a plain file of that folder.
 

@@ -9,13 +9,13 @@ Rows with missing or invalid values (negative or fractional counts, ``exited`` o
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -30,8 +30,9 @@ TARGET = "exited"
 COLUMNS = (ID_COLUMN, *FEATURES, TARGET)
 SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) for name in (*FEATURES, TARGET)]])
 
-# Counts above 2**53 cannot be held exactly as the float64 they are parsed into.
-MAX_COUNT = 2**53
+# The largest count a float64 holds exactly: from 2**53 on, two different counts (2**53 and 2**53 + 1)
+# parse to the same float, so such a value is refused as too large rather than silently rounded.
+MAX_COUNT = 2**53 - 1
 # An id is a client's name or number; a longer one is a broken row, not a client.
 MAX_ID_LENGTH = 256
 _HEAD_BYTES = 64 * 1024
@@ -241,10 +242,10 @@ def _read_csv_table(path: Path, columns: tuple[str, ...]) -> tuple[pa.Table, int
 def _describe_arrow_error(message: str, names: list[str]) -> str:
     match = _CONVERSION_ERROR.search(message)
     if match:
-        index, target, value = int(match.group(1)), match.group(2), match.group(3)
+        index, target = int(match.group(1)), match.group(2)
         column = names[index] if index < len(names) else f"#{index}"
         if target == "double":
-            return f"column {column} holds text ({value[:40]!r}) where a number is expected"
+            return f"column {column} holds text where a number is expected"
     if "UTF8" in message or "UTF-8" in message:
         return "the file is not UTF-8 text; save it as UTF-8 CSV"
     return f"cannot be parsed as CSV ({message.splitlines()[0]})"
@@ -258,15 +259,25 @@ def read_json_records(path: Path) -> list[dict]:
 def parse_json_records(data: bytes, source: str, lines: bool = False) -> list[dict]:
     """Records from JSON bytes: an array of objects, ``{"records": [...]}``, or one object per line."""
     try:
-        text = data.decode("utf-8-sig")
+        data.decode("utf-8")
     except UnicodeDecodeError:
         raise BadFileError(f"{source}: the file is not UTF-8 text") from None
+    body = data.removeprefix(_UTF8_BOM)
+    number = 1
     try:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()] if lines else json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadFileError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except RecursionError:
-        raise BadFileError(f"{source}: the JSON is nested too deeply to be client records") from None
+        if lines:  # JSON Lines: one record per line ending in \n (a U+2028 inside a string is no line break)
+            records = []
+            for number, line in enumerate(body.split(b"\n"), start=1):
+                if line.strip():
+                    records.append(orjson.loads(line))
+        else:
+            records = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        where = f"line {number}" if lines else f"line {exc.lineno}"
+        if "depth limit" in exc.msg:
+            raise BadFileError(f"{source}: the JSON is nested too deeply to be client records ({where})") from None
+        reason = "a number is too large" if "infinity" in exc.msg else exc.msg
+        raise BadFileError(f"{source}: not valid JSON ({where}: {reason})") from None
     if isinstance(records, dict) and isinstance(records.get("records"), list):
         records = records["records"]
     if not isinstance(records, list) or not all(isinstance(item, dict) for item in records):
@@ -293,7 +304,7 @@ def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
             continue
         text = next((v for v in values if isinstance(v, (str, bool, list, dict))), None)
         if text is not None:
-            raise BadFileError(f"{path.name}: column {name} holds {json.dumps(text)[:40]} where a number is expected")
+            raise BadFileError(f"{path.name}: column {name} holds {describe_json_type(text)} where a number is expected")
         try:
             arrays[name] = pa.array(values, pa.float64())
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
@@ -364,6 +375,14 @@ def read_feature_csv(data: bytes, source: str) -> FeatureBatch:
     return FeatureBatch(ids=ids, features=features)
 
 
+def describe_json_type(value: object) -> str:
+    """What kind of JSON value this is, in words: error messages name the kind, never echo the value."""
+    if isinstance(value, bool):
+        return "true or false"
+    kinds = {str: "text", list: "a list", dict: "an object"}
+    return next((kind for cls, kind in kinds.items() if isinstance(value, cls)), type(value).__name__)
+
+
 def features_from_records(records: object, source: str) -> FeatureBatch:
     """Turn JSON records (a list of objects) into rows to score, strictly, naming the first fault.
 
@@ -384,7 +403,7 @@ def features_from_records(records: object, source: str) -> FeatureBatch:
                 raise BadFileError(f"{source}: record {number} lacks {name}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadFileError(
-                    f"{source}: record {number}, {name} is {json.dumps(value)[:40]}, where a number is expected"
+                    f"{source}: record {number}, {name} is {describe_json_type(value)}, where a number is expected"
                 )
             values.append(value)
         corporation = record.get(ID_COLUMN)

@@ -146,7 +146,7 @@ BAD_REQUESTS = [
         "text value",
         {"json": {"records": [{**RECORD, "lastyear_activity": "many"}]}},
         400,
-        'lastyear_activity is "many", where a number is expected',
+        "lastyear_activity is text, where a number is expected",
     ),
     (
         "boolean value",
@@ -174,7 +174,7 @@ BAD_REQUESTS = [
         "CSV text in number",
         {"data": f"{HEADER}\n1,lots,3\n", "content_type": "text/csv"},
         400,
-        "column lastyear_activity holds text ('lots')",
+        "column lastyear_activity holds text where a number is expected",
     ),
     (
         "CSV negative",

@@ -31,7 +31,7 @@ BAD_FILES = [
     (
         "text_in_number.csv",
         (HEADER + "ab,12,300,4,0\ncd,lots,300,4,1\n").encode(),
-        "column lastmonth_activity holds text ('lots')",
+        "column lastmonth_activity holds text where a number is expected",
     ),
     ("empty.csv", b"", "the file is empty"),
     ("header_only.csv", HEADER.encode(), "header but no data rows"),
@@ -48,13 +48,13 @@ BAD_FILES = [
         "text.json",
         b'[{"corporation": "ab", "lastmonth_activity": "ten", "lastyear_activity": 1, '
         b'"number_of_employees": 1, "exited": 0}]',
-        'column lastmonth_activity holds "ten"',
+        "column lastmonth_activity holds text where a number is expected",
     ),
     (
         "huge.json",
         b'[{"corporation": "ab", "lastmonth_activity": 1' + b"0" * 30 + b', "lastyear_activity": 1, '
         b'"number_of_employees": 1, "exited": 0}]',
-        "column lastmonth_activity holds a value that is not a usable number",
+        "none of its 1 rows is valid (1 count too large)",
     ),
     ("prose.json", b'[{"name": "ab"}]', "not client-activity data"),
 ]
