@@ -61,7 +61,16 @@ from common.artifacts import (
 from common.cli import build_parser
 from common.config import PROJECT_ROOT, Config, load_config
 from common.errors import PipelineError
-from common.files import LockHeld, atomic_path, hold_lock, list_data_files, sha256_file, write_text_atomic
+from common.files import (
+    LockHeld,
+    atomic_path,
+    changed_within,
+    file_signature,
+    hold_lock,
+    list_data_files,
+    sha256_file,
+    write_text_atomic,
+)
 from common.history import (
     DEPLOYED,
     FAILED,
@@ -109,6 +118,7 @@ class NewData:
     stray: list[str]
     known: int
     waiting: set[str] = field(default_factory=set)  # hashes of files whose rows wait for more to be tested
+    arriving: list[str] = field(default_factory=list)  # files still changing: read on a later run
 
 
 @dataclass
@@ -169,6 +179,38 @@ def find_new_data(input_folder: Path, trained_on: dict[str, Any], decided: set[s
     return NewData(files, [path.name for path in ignored], known)
 
 
+def let_files_settle(new: NewData, settle_seconds: float) -> None:
+    """Wait (at most ``settle_seconds``) for new files modified just now to stop changing; set aside any that did not.
+
+    A file being copied in grows while it is copied: read then, its first rows would count as
+    arrived in this batch and the rest in the next. The ones still changing go to ``new.arriving``
+    and are read on a later run, whole.
+    """
+    recent = {}
+    for item in new.files:
+        signature = file_signature(item.path)
+        if changed_within(signature, settle_seconds):
+            recent[item.name] = signature
+    if not recent:
+        return
+    newest = max(signature[1] for signature in recent.values())
+    wait = min(settle_seconds, max(0.0, settle_seconds - (time.time_ns() - newest) / 1e9))
+    log.info("waiting %.1f s for %s to stop changing", wait, ", ".join(sorted(recent)))
+    time.sleep(wait)
+    for item in list(new.files):
+        if item.name not in recent:
+            continue
+        try:
+            unchanged = file_signature(item.path) == recent[item.name]
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            new.files.remove(item)
+            new.arriving.append(item.name)
+    if new.arriving:
+        log.info("still changing, read on a later run: %s", ", ".join(new.arriving))
+
+
 def describe_stray(stray: list[str]) -> str:
     if not stray:
         return ""
@@ -199,7 +241,9 @@ def deploy_first_model(config: Config, record: RunRecord) -> dict[str, Any]:
 
     clock = record.clock
     with clock.stage("ingestion"):
-        ingested = ingest_folder(config.input_folder, config.output_folder)
+        ingested = ingest_folder(
+            config.input_folder, config.output_folder, settle_seconds=config.monitoring.settle_seconds
+        )
         missing = missing_percent([config.input_folder / entry.name for entry in ingested.files], config.model_folder)
     record.details["missing_data"] = missing
     with clock.stage("training"):
@@ -258,7 +302,12 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     with clock.stage("champion load"):
         champion = load_deployed_version(current_version_folder(config.deployment_folder))
     with clock.stage("ingestion"):
-        ingested = ingest_folder(config.input_folder, config.output_folder, keep_parsed=keep_hashes(champion))
+        ingested = ingest_folder(
+            config.input_folder,
+            config.output_folder,
+            keep_parsed=keep_hashes(champion),
+            settle_seconds=config.monitoring.settle_seconds,
+        )
     with clock.stage("new rows"):
         data = read_ingested_data(config.output_folder)
         missing = missing_percent([item.path for item in new.files], config.model_folder)
@@ -355,7 +404,10 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
             decided = decided_hashes(connection)
         new = find_new_data(config.input_folder, trained_on, decided)
         new.waiting = waiting_hashes(connection) if version else set()
+    with record.clock.stage("settle"):
+        let_files_settle(new, config.monitoring.settle_seconds)
     record.files = [{"name": item.name, "sha256": item.sha256, "status": item.status} for item in new.files]
+    record.files += [{"name": name, "status": "arriving", "note": "still changing; read later"} for name in new.arriving]
     record.set(new_files=len(new.files))
     return new
 
@@ -383,8 +435,10 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
     version = record.fields["model_version_before"]
     waiting = [item for item in new.files if item.sha256 in new.waiting]
     if len(waiting) == len(new.files):
-        record.set(outcome=NO_NEW_DATA, decision="no new data")
+        arriving = f"; still changing, read on a later run: {', '.join(new.arriving)}" if new.arriving else ""
+        record.set(outcome=NO_NEW_DATA, decision=f"no new data{arriving}")
         note = f"; {len(waiting)} file(s) wait for more rows to test for drift" if waiting else ""
+        note += arriving
         if not reports_outdated(config, version):
             log.info(
                 "no new data in %s (%d file(s), all seen before%s)%s; nothing to do",

@@ -52,6 +52,7 @@ from common.config import load_config
 from common.errors import PipelineError
 from common.files import (
     atomic_path,
+    changed_within,
     file_signature,
     folder_lock,
     list_source_files,
@@ -81,6 +82,7 @@ class IngestionResult:
     rejected: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     kept_from_history: list[str] = field(default_factory=list)
+    arriving: list[str] = field(default_factory=list)  # files still being written: read on a later run
     rows_merged: int = 0
     duplicates_removed: int = 0
     rows_written: int = 0
@@ -130,22 +132,38 @@ def usable_cache(output_folder: Path, sha256: str) -> bool:
     return True
 
 
-def read_new_file(path: Path, digest: str, output_folder: Path) -> IngestedFile:
-    """``parse_new_file``, with whatever else goes wrong in reading one file turned into BadFileError naming it."""
+class StillArriving(Exception):
+    """A file that changed while it was read, or too recently: it is read once it has stopped changing."""
+
+
+def read_new_file(path: Path, digest: str, output_folder: Path, signature: list[int]) -> IngestedFile:
+    """``parse_new_file``, with whatever else goes wrong in reading one file turned into BadFileError naming it.
+
+    ``signature``: the file's size and modification time before its hash was taken; a file that
+    no longer has them was written to while being read, and raises StillArriving.
+    """
     try:
-        return parse_new_file(path, digest, output_folder)
-    except BadFileError:
+        parsed = parse_new_file(path, digest, output_folder)
+        if file_signature(path) != signature:
+            parsed_path(output_folder, digest).unlink(missing_ok=True)
+            raise StillArriving(f"{shown_name(path.name)} changed while it was read")
+        return parsed
+    except (BadFileError, StillArriving):
         raise
     except (OSError, ValueError, UnicodeError, OverflowError, RecursionError, pa.ArrowException) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise BadFileError(f"{path.name}: cannot be read ({detail})") from None
 
 
-def collect_files(input_folder: Path, output_folder: Path, history: dict[str, IngestedFile]) -> IngestionResult:
+def collect_files(
+    input_folder: Path, output_folder: Path, history: dict[str, IngestedFile], settle_seconds: float = 0.0
+) -> IngestionResult:
     """Decide, file by file, which rows make up the ingested data (new, unchanged or kept).
 
     One bad file is one bad file: whatever is wrong with it (its name, its encoding, its values,
     its permissions, a link out of the folder) it is named and left out, and the others go on.
+    A file is read only once it has stopped changing: new content modified in the last
+    ``settle_seconds``, or changed while read, waits for a later run (its earlier rows, if any, kept).
     """
     if not input_folder.is_dir():
         raise PipelineError(f"input folder {input_folder} does not exist")
@@ -156,9 +174,12 @@ def collect_files(input_folder: Path, output_folder: Path, history: dict[str, In
     result = IngestionResult(files=[], ignored=[shown_name(path.name) for path in ignored])
     seen_hashes = set()
 
-    def reject(name: str, message: str) -> None:
+    def leave_out(name: str, message: str, arriving: bool = False) -> None:
         """Leave a file out, keeping the rows ingested from it before (by its name) if there are any."""
-        result.rejected[name] = message
+        if arriving:
+            result.arriving.append(name)
+        else:
+            result.rejected[name] = message
         earlier = history.get(name)
         if earlier is None:
             log.warning("left out %s", message)
@@ -176,26 +197,35 @@ def collect_files(input_folder: Path, output_folder: Path, history: dict[str, In
         seen_hashes.add(earlier.sha256)
 
     for name, reason in refused.items():
-        reject(name, f"{name}: not read: {reason}")
+        leave_out(name, f"{name}: not read: {reason}")
     for path in data_files:
         try:
+            signature = file_signature(path)
             digest = sha256_file(path)
         except OSError as exc:
-            reject(path.name, f"{path.name}: cannot be read ({exc.strerror})")
+            leave_out(path.name, f"{path.name}: cannot be read ({exc.strerror})")
             continue
-        seen_hashes.add(digest)
         if digest in cached:
+            seen_hashes.add(digest)
             previous = cached[digest]
             result.files.append(
                 IngestedFile(path.name, digest, previous.rows_kept, previous.rows_dropped, previous.ingested_at)
             )
             log.debug("%s: unchanged since %s", path.name, previous.ingested_at)
             continue
+        if changed_within(signature, settle_seconds):
+            message = f"{shown_name(path.name)}: changed in the last {settle_seconds:g} s; read once it stops changing"
+            leave_out(path.name, message, arriving=True)
+            continue
+        seen_hashes.add(digest)
         try:
-            result.files.append(read_new_file(path, digest, output_folder))
+            result.files.append(read_new_file(path, digest, output_folder, signature))
+        except StillArriving as exc:
+            seen_hashes.discard(digest)
+            leave_out(path.name, f"{exc}; read once it stops changing", arriving=True)
         except BadFileError as exc:
-            reject(path.name, str(exc))
-    present = {entry.name for entry in result.files} | set(result.rejected)
+            leave_out(path.name, str(exc))
+    present = {entry.name for entry in result.files} | set(result.rejected) | set(result.arriving)
     for name, entry in sorted(history.items()):
         if name in present or entry.sha256 in seen_hashes:
             continue
@@ -382,9 +412,16 @@ def prune_parsed(output_folder: Path, files: list[IngestedFile], keep: frozenset
 
 
 def ingest_folder(
-    input_folder: Path, output_folder: Path, fresh: bool = False, keep_parsed: frozenset[str] = frozenset()
+    input_folder: Path,
+    output_folder: Path,
+    fresh: bool = False,
+    keep_parsed: frozenset[str] = frozenset(),
+    settle_seconds: float = 0.0,
 ) -> IngestionResult:
     """Ingest ``input_folder`` into ``output_folder``; return what was done.
+
+    ``settle_seconds``: new files modified more recently than this are still arriving and wait
+    for a later run (fullprocess.py, which runs unattended, waits for them first).
 
     ``keep_parsed``: content hashes whose cached rows are kept even when no file holds them
     any more (the files the deployed model was trained on, which the drift tests read).
@@ -392,7 +429,7 @@ def ingest_folder(
     another ingestion into the same folder is running.
     """
     with folder_lock(output_folder, "ingestion"):
-        return ingest_locked(input_folder, output_folder, fresh, keep_parsed)
+        return ingest_locked(input_folder, output_folder, fresh, keep_parsed, settle_seconds)
 
 
 def rebuild_final_data(output_folder: Path, result: IngestionResult) -> RowIndex:
@@ -494,10 +531,16 @@ def read_history(input_folder: Path, output_folder: Path) -> dict[str, IngestedF
     return {entry.name: entry for entry in record.files}
 
 
-def ingest_locked(input_folder: Path, output_folder: Path, fresh: bool, keep_parsed: frozenset[str]) -> IngestionResult:
+def ingest_locked(
+    input_folder: Path, output_folder: Path, fresh: bool, keep_parsed: frozenset[str], settle_seconds: float
+) -> IngestionResult:
     started = time.perf_counter()
     history = {} if fresh else read_history(input_folder, output_folder)
-    result = collect_files(input_folder, output_folder, history)
+    result = collect_files(input_folder, output_folder, history, settle_seconds)
+    if not result.files and result.arriving:
+        raise PipelineError(
+            f"no data ready in {input_folder}: {', '.join(result.arriving)} still changing; run again once copied"
+        )
     if not result.files:
         reasons = "; ".join(result.rejected.values()) or "no .csv, .json or .jsonl files"
         raise PipelineError(f"no usable data in {input_folder} ({reasons}); earlier outputs are untouched")
@@ -580,6 +623,7 @@ def describe_result(result: IngestionResult, input_folder: Path) -> dict:
         "rejected": result.rejected,
         "ignored": result.ignored,
         "kept_from_history": result.kept_from_history,
+        "arriving": result.arriving,
         "rows_merged": result.rows_merged,
         "duplicates_removed": result.duplicates_removed,
         "rows_written": result.rows_written,
@@ -607,9 +651,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fresh", action="store_true", help="forget earlier ingestions; use only the files present now"
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="leave out new files modified in the last SECONDS (still being copied); default 0",
+    )
     args = parser.parse_args(argv)
     return run_stage(
-        "ingestion", args, lambda config: ingest_folder(config.input_folder, config.output_folder, args.fresh)
+        "ingestion",
+        args,
+        lambda config: ingest_folder(config.input_folder, config.output_folder, args.fresh, settle_seconds=args.settle),
     )
 
 

@@ -87,6 +87,9 @@ RETRAIN_TRIGGERS = ("model_drift", "data_drift", "either")
 class MonitoringSettings:
     """How fullprocess.py decides on drift, retrains, gates, and where it keeps its record and log."""
 
+    # A new source file is read once it has not changed for this long (it may still be being
+    # copied in); a run waits at most this long for files that changed just before it.
+    settle_seconds: float = field(default=30.0, metadata={"min": 0})
     # Model drift: "raw" (F1 on the new rows below the F1 the serving model was judged on when
     # deployed), "parametric" (below the reference minus k standard deviations of the F1 a batch of
     # that size shows when nothing has changed), "nonparametric" (below Q1 - 1.5 IQR of it).

@@ -9,6 +9,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,6 +195,14 @@ def find_test_files(test_data_path: Path) -> list[Path]:
     if not files:
         raise PipelineError(f"test data folder {test_data_path} holds no .csv, .json or .jsonl file")
     return files
+
+
+def changed_within(signature: list[int], seconds: float) -> bool:
+    """Whether a file of this ``file_signature`` was modified less than ``seconds`` ago (it may still be written).
+
+    A modification time far in the future (a file restored with odd times) does not hold a file back.
+    """
+    return seconds > 0 and abs(time.time_ns() - signature[1]) < seconds * 1e9
 
 
 def file_signature(path: Path) -> list[int]:

@@ -40,6 +40,8 @@ def write_config(folder: Path, **overrides: object) -> Path:
         "deployment": {"keep_versions": 3},
         **overrides,
     }
+    # Tests write a file and run at once: no waiting for files to settle, unless a test asks for it.
+    config["monitoring"] = {"settle_seconds": 0, **config.get("monitoring", {})}  # type: ignore[dict-item]
     path = folder / "config.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
