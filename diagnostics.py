@@ -44,6 +44,7 @@ from common.artifacts import (
     DIAGNOSTICS_FILE,
     FINAL_DATA,
     MISSING_CACHE_FILE,
+    check_final_data,
     current_version_folder,
     load_deployed_version,
     utc_now,
@@ -338,6 +339,7 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     if not source_files:
         raise PipelineError(f"the source folder {config.input_folder} holds no data files")
     deployed = load_deployed_version(current_version_folder(config.deployment_folder))  # resolved once
+    check_final_data(config.output_folder)  # a finaldata.csv cut short is not described as if whole
     report = {
         "generated_at": utc_now(),
         "model_version": deployed.version,

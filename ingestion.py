@@ -49,7 +49,7 @@ from common.artifacts import (
 from common.batches import BatchBook, read_batch_book, read_final_data, write_batch_book
 from common.cli import build_parser, run_stage
 from common.config import load_config
-from common.errors import PipelineError
+from common.errors import NO_SPACE_ERRNOS, PipelineError
 from common.files import (
     atomic_path,
     changed_within,
@@ -100,8 +100,13 @@ def parsed_path(output_folder: Path, sha256: str) -> Path:
 def parse_new_file(path: Path, sha256: str, output_folder: Path) -> IngestedFile:
     """Read and check one data file, cache its valid rows by content hash, and describe it."""
     parsed = read_data_file(path)
-    with atomic_path(parsed_path(output_folder, sha256)) as tmp:
-        feather.write_feather(parsed.table, tmp, compression="uncompressed")
+    try:
+        with atomic_path(parsed_path(output_folder, sha256)) as tmp:
+            feather.write_feather(parsed.table, tmp, compression="uncompressed")
+    except (OSError, pa.ArrowException) as exc:  # the output side: the file itself is fine
+        full = isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS or "No space left" in str(exc)
+        why = "the disk is full; free some space and run again" if full else str(exc)
+        raise PipelineError(f"cannot keep the parsed rows of {path.name} in {output_folder / PARSED_FOLDER} ({why})") from None
     detail = ", ".join(f"{count} {reason}" for reason, count in parsed.dropped.items())
     log.info(
         "%s: %d rows kept, %d dropped%s",

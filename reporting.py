@@ -42,6 +42,7 @@ from common.artifacts import (
     REPORT_RECORD_FILE,
     TRENDS_PLOT_FILE,
     DeployedVersion,
+    check_final_data,
     current_version_folder,
     load_deployed_version,
     read_ingested_files,
@@ -805,6 +806,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     scores = evaluate_deployed(deployed, config.test_data_path)
     plot = plot_confusion_matrix(scores["confusion"], deployed.version, config.model_folder / plot_name)
     data_path = config.output_folder / FINAL_DATA
+    check_final_data(config.output_folder)  # a finaldata.csv cut short is not ranked as if whole
     clients = rank_clients(deployed.model, data_path, config.reporting.top_clients)
     notes = report_notes(deployed, scores, diagnostics)
     for note in notes:

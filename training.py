@@ -25,8 +25,8 @@ from common.artifacts import (
     FINAL_DATA,
     INGESTED_FILES,
     INGESTED_RECORD,
-    INGESTION_REPORT,
     MODEL_FILE,
+    check_final_data,
     load_model,
     read_json_file,
     save_model,
@@ -180,17 +180,7 @@ def describe_model(
 def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
     """Path and hashes of the ingested data; refuse data the last ingestion report does not vouch for."""
     data_path = ingested_folder / FINAL_DATA
-    if not data_path.exists():
-        raise PipelineError(f"{data_path} does not exist; run ingestion.py first")
-    data_hash = sha256_file(data_path)
-    report_path = ingested_folder / INGESTION_REPORT
-    if report_path.exists():  # classic layouts have no report
-        vouched = read_json_file(report_path, "ingestion report").get("finaldata_sha256")
-        if vouched not in (None, data_hash):
-            raise PipelineError(
-                f"{data_path} is not the file the last ingestion wrote (interrupted, or edited by hand); "
-                "run ingestion.py again"
-            )
+    data_hash = check_final_data(ingested_folder)
     ingested_files, record = ingested_folder / INGESTED_FILES, ingested_folder / INGESTED_RECORD
     return {
         "training_data": str(data_path),

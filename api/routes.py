@@ -14,7 +14,13 @@ from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, Ser
 from api.inputs import read_prediction_input
 from api.locations import LocationReader
 from api.serving import DeploymentWatcher, FileBackedValue, ServedModel
-from common.artifacts import DIAGNOSTICS_FILE, EVALUATION_WINDOW_FILE, FINAL_DATA, read_json_file
+from common.artifacts import (
+    DIAGNOSTICS_FILE,
+    EVALUATION_WINDOW_FILE,
+    FINAL_DATA,
+    check_final_data,
+    read_json_file,
+)
 from common.config import Config
 from common.datastats import read_numeric_columns, summary_statistics
 from common.errors import PipelineError
@@ -109,6 +115,7 @@ def describe_recent_window(served: ServedModel, recent: FileBackedValue) -> dict
 
 
 def read_summary(path: Path) -> dict[str, Any]:
+    check_final_data(path.parent)  # a finaldata.csv cut short is not described as if whole
     columns = read_numeric_columns(path)
     rows = len(next(iter(columns.values())))
     return {"dataset": path.name, "rows": rows, "columns": summary_statistics(columns)}
@@ -201,7 +208,9 @@ def summarystats() -> Response:
         return json_response(state().summary.get())
     except (OSError, PipelineError) as exc:
         log.error("/summarystats: %s", exc)
-        raise ServiceUnavailable(f"{FINAL_DATA} is missing or unreadable; run ingestion.py") from None
+        raise ServiceUnavailable(
+            f"{FINAL_DATA} is missing, unreadable or not the file the last ingestion wrote; run ingestion.py"
+        ) from None
 
 
 @bp.get("/diagnostics")

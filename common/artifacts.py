@@ -96,6 +96,27 @@ def read_json_file(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def check_final_data(ingested_folder: Path) -> str:
+    """The hash of ``finaldata.csv``, after checking it is the file the last ingestion wrote.
+
+    Raises PipelineError when it is missing, or is not the file the ingestion report vouches for
+    (cut short by a full disk, a crash or an edit): nothing should train on or describe such a file.
+    """
+    data_path = Path(ingested_folder) / FINAL_DATA
+    if not data_path.exists():
+        raise PipelineError(f"{data_path} does not exist; run ingestion.py first")
+    data_hash = sha256_file(data_path)
+    report_path = Path(ingested_folder) / INGESTION_REPORT
+    if report_path.exists():  # classic layouts have no report
+        vouched = read_json_file(report_path, "ingestion report").get("finaldata_sha256")
+        if vouched not in (None, data_hash):
+            raise PipelineError(
+                f"{data_path} is not the file the last ingestion wrote (interrupted, or edited by hand); "
+                "run ingestion.py again"
+            )
+    return data_hash
+
+
 VERSION_NAME = re.compile(r"^v(\d{4,})$")
 
 

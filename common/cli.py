@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from common.config import CONFIG_ENV_VAR, Config, load_config
-from common.errors import PipelineError
+from common.errors import PipelineError, describe_os_error
 from common.logs import setup_logging
 from common.timings import record_stage_timings
 
@@ -60,7 +60,7 @@ def run_command(stage: str, args: argparse.Namespace, work: Callable[[], object]
         log.error("%s interrupted; outputs of earlier runs are untouched", stage)
         return 130
     except OSError as exc:
-        log.error("%s failed: %s", stage, exc)
+        log.error("%s failed: %s", stage, describe_os_error(exc))
         return 1
     except Exception as exc:  # an unforeseen fault still ends in one sentence, with detail on -v
         log.error("%s failed unexpectedly: %s: %s (run with -v for the traceback)", stage, type(exc).__name__, exc)

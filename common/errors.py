@@ -1,5 +1,34 @@
-"""The one exception type a stage raises for a failure a person can act on."""
+"""The one exception type a stage raises for a failure a person can act on, and how OS errors are said."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
 
 
 class PipelineError(Exception):
     """A failure with a one-sentence message that names the file, field or setting at fault."""
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+LOW_SPACE_BYTES = 1024 * 1024  # less free space than this where a write failed: the disk is the cause
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An operating-system error in one sentence; a full disk said as such, with what to do."""
+    if exc.errno in NO_SPACE_ERRNOS:
+        where = f" holding {Path(exc.filename).parent}" if exc.filename else ""
+        return f"the disk{where} is full; free some space and run again (earlier outputs are untouched)"
+    return str(exc)
+
+
+def disk_is_full(path: Path) -> bool:
+    """Whether the disk holding ``path`` (or its nearest existing folder) has almost no free space left."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < LOW_SPACE_BYTES
+    except OSError:
+        return False

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import PipelineError
+from common.errors import PipelineError, describe_os_error, disk_is_full
 
 SCHEMA_VERSION = 2
 
@@ -166,15 +166,18 @@ def open_history(path: Path) -> sqlite3.Connection:
         connection.executescript(SCHEMA)
         add_missing_columns(connection)
     except sqlite3.OperationalError as exc:
-        raise PipelineError(
-            f"run history {path} cannot be opened ({exc}); if another program holds it, try again when it is done"
-        ) from None
+        if disk_is_full(path) or "full" in str(exc):
+            raise PipelineError(
+                f"run history {path} cannot be written: the disk holding it is full; free some space and run again"
+            ) from None
+        hint = "if another program holds it, try again when it is done" if "locked" in str(exc) else "check the file"
+        raise PipelineError(f"run history {path} cannot be opened ({exc}); {hint}") from None
     except sqlite3.DatabaseError as exc:
         raise PipelineError(
             f"run history {path} cannot be used ({exc}); move it aside and the next run starts a new one"
         ) from None
     except OSError as exc:
-        raise PipelineError(f"run history {path} cannot be created ({exc.strerror})") from None
+        raise PipelineError(f"run history {path} cannot be created ({describe_os_error(exc)})") from None
     return connection
 
 
@@ -192,7 +195,8 @@ def named_errors(path: Path | str, doing: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
-        raise PipelineError(f"run history {path}: cannot {doing} ({exc})") from None
+        why = "the disk holding it is full; free some space" if disk_is_full(Path(path)) else str(exc)
+        raise PipelineError(f"run history {path}: cannot {doing} ({why})") from None
 
 
 def database_path(connection: sqlite3.Connection) -> str:

@@ -7,6 +7,8 @@ import logging.handlers
 import sys
 from pathlib import Path
 
+from common.errors import describe_os_error
+
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
@@ -17,6 +19,23 @@ def setup_logging(verbosity: int = 0) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format=LOG_FORMAT, datefmt=DATE_FORMAT, force=True)
 
 
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log file that, when it cannot be written (a full disk), says so once on stderr, not per record.
+
+    logging's default prints a traceback for every record it fails to write; the run's own
+    messages still reach stderr, so one line saying the file is behind is what a person needs.
+    """
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if not self.failed:
+            self.failed = True
+            reason = sys.exc_info()[1]
+            said = describe_os_error(reason) if isinstance(reason, OSError) else type(reason).__name__
+            sys.stderr.write(f"the log file {self.baseFilename} cannot be written ({said}); logging to stderr only\n")
+
+
 def add_log_file(path: Path, max_bytes: int, backups: int) -> Path:
     """Also log to a rotating file (INFO and above, whatever stderr shows); return its path.
 
@@ -24,7 +43,7 @@ def add_log_file(path: Path, max_bytes: int, backups: int) -> Path:
     unattended for months never fills the disk.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler = LogFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
     root = logging.getLogger()

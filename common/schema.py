@@ -36,6 +36,9 @@ MAX_COUNT = 2**53 - 1
 # An id is a client's name or number; a longer one is a broken row, not a client.
 MAX_ID_LENGTH = 256
 _HEAD_BYTES = 64 * 1024
+_BLOCK_BYTES = 1024 * 1024  # pyarrow's CSV block: no line may be longer
+_FIELD_COUNT_ERROR = re.compile(r"Row #(\d+): Expected (\d+) columns, got (\d+)")
+_QUOTED_TEXT = re.compile(r":\s*\".*$")
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -248,7 +251,14 @@ def _describe_arrow_error(message: str, names: list[str]) -> str:
             return f"column {column} holds text where a number is expected"
     if "UTF8" in message or "UTF-8" in message:
         return "the file is not UTF-8 text; save it as UTF-8 CSV"
-    return f"cannot be parsed as CSV ({message.splitlines()[0]})"
+    fields = _FIELD_COUNT_ERROR.search(message)
+    if fields:
+        row, expected, got = fields.groups()
+        return f"line {row} has {got} field(s) where the header has {expected}"
+    if "block size" in message or "straddl" in message:
+        return f"a line is longer than the {_BLOCK_BYTES // (1024 * 1024)} MiB a line of client data may be"
+    # The reader's own words, without the piece of the file it quotes after a colon.
+    return f"cannot be parsed as CSV ({_QUOTED_TEXT.sub('', message.splitlines()[0])[:120]})"
 
 
 def read_json_records(path: Path) -> list[dict]:

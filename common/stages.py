@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 
-from common.errors import PipelineError
+from common.errors import PipelineError, describe_os_error
 
 log = logging.getLogger("fullprocess")
 
@@ -38,8 +38,10 @@ class StageClock:
             yield
         except StageFailed:
             raise
-        except (PipelineError, OSError) as exc:
+        except PipelineError as exc:
             raise StageFailed(name, str(exc)) from None
+        except OSError as exc:
+            raise StageFailed(name, describe_os_error(exc)) from None
         except Exception as exc:  # an unforeseen fault still ends in one sentence naming the stage
             log.debug("traceback of the %s stage", name, exc_info=True)
             raise StageFailed(name, f"{type(exc).__name__}: {exc} (run with -v for the traceback)") from None

@@ -22,6 +22,7 @@ from common.artifacts import (
 from common.config import Config, load_config
 from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, read_feature_file
+from ingestion import ingest_folder
 from tests.helpers import deploy, train_and_score, write_config
 
 HEADER = ",".join(FEATURES)
@@ -346,7 +347,11 @@ def test_summarystats_are_those_of_the_ingested_data_and_follow_it(client, deplo
     assert month["std"] == pytest.approx(data[:, 0].std(ddof=1), abs=1e-6)
     assert set(month) == {"count", "mean", "median", "std", "min", "q1", "q3", "max"}
     (deployed.output_folder / FINAL_DATA).write_text(f"corporation,{HEADER},exited\na,1,2,3,0\nb,3,4,5,1\n")
-    assert client.get("/summarystats").get_json()["rows"] == 2
+    cut = client.get("/summarystats")  # not the file ingestion wrote: not described as if it were
+    assert cut.status_code == 503 and "not the file the last ingestion wrote" in cut.get_json()["error"]
+    (deployed.input_folder / "more.csv").write_text(f"corporation,{HEADER},exited\nnew-client,1,2,3,0\n")
+    ingest_folder(deployed.input_folder, deployed.output_folder)
+    assert client.get("/summarystats").get_json()["rows"] == data.shape[0] + 1
 
 
 def test_diagnostics_are_served_as_stored_with_their_timestamp(client, deployed):
