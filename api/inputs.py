@@ -15,6 +15,7 @@ from common.schema import (
     FEATURES,
     BadFileError,
     FeatureBatch,
+    describe_json_error,
     features_from_records,
     normalise_keys,
     read_feature_bytes,
@@ -124,4 +125,4 @@ def parse_json(data: bytes, what: str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"{what} is not valid JSON ({exc})") from None
+        raise BadRequest(f"{what}: {describe_json_error(exc, f'line {exc.lineno}, column {exc.colno}')}") from None

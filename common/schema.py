@@ -284,15 +284,20 @@ def parse_json_records(data: bytes, source: str, lines: bool = False) -> list[di
             records = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         where = f"line {number}" if lines else f"line {exc.lineno}"
-        if "depth limit" in exc.msg:
-            raise BadFileError(f"{source}: the JSON is nested too deeply to be client records ({where})") from None
-        reason = "a number is too large" if "infinity" in exc.msg else exc.msg
-        raise BadFileError(f"{source}: not valid JSON ({where}: {reason})") from None
+        raise BadFileError(f"{source}: {describe_json_error(exc, where)}") from None
     if isinstance(records, dict) and isinstance(records.get("records"), list):
         records = records["records"]
     if not isinstance(records, list) or not all(isinstance(item, dict) for item in records):
         raise BadFileError(f"{source}: JSON data must be a list of records (objects)")
     return records
+
+
+def describe_json_error(exc: orjson.JSONDecodeError, where: str) -> str:
+    """Why JSON could not be parsed, in words (``where``: the line), never quoting the data."""
+    if "depth limit" in exc.msg:
+        return f"the JSON is nested too deeply to be client records ({where})"
+    reason = "a number is too large" if "infinity" in exc.msg else exc.msg
+    return f"not valid JSON ({where}: {reason})"
 
 
 def normalise_keys(record: dict) -> dict:
