@@ -97,10 +97,9 @@ class DashboardSources:
         key = (served.version, signature([self.final_data, self.config.output_folder / "rowbatches.npz"]))
 
         def compute() -> ClientTable:
-            model = served.deployed.model
-            threshold = float(getattr(model, "threshold", 0.5))
+            threshold = float(getattr(served.deployed.model, "threshold", 0.5))
             table = build_client_table(
-                served.version, model, threshold, lambda rows: served.predict(rows)[0], self.ingested()
+                served.version, served.shortcut, threshold, lambda rows: served.predict(rows)[0], self.ingested()
             )
             log.info("scored %d active clients with %s", len(table.ids), served.version)
             return table

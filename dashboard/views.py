@@ -14,10 +14,10 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE
 from common.errors import PipelineError
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, NO_NEW_DATA
-from common.schema import FEATURES
+from common.schema import FEATURE_LABELS, FEATURES
 from dashboard import DASHBOARD_STATE, bp
 from dashboard.charts import Chart, Mark, Series, render_chart
-from dashboard.clients import FEATURE_LABELS, SORT_KEYS, ClientTable, clients_csv
+from dashboard.clients import SORT_KEYS, ClientTable, clients_csv
 from dashboard.sources import DashboardSources, describe_age
 
 PAGE_SIZES = (25, 50, 100, 250)
