@@ -11,7 +11,8 @@ changes: each request reads that one link, so a newly deployed version is picked
 restart, and since a version is complete before the link points at it, no request ever sees a
 half-published one. A version that fails to load is logged and the previous one keeps serving.
 
-Endpoints: ``GET``/``POST /prediction``, ``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
+Endpoints: ``GET``/``POST /prediction`` (``explain``: what drives each risk), ``GET /ranking`` (the active
+clients, riskiest first, ``?limit=N``), ``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
 ``GET /history`` (the fullprocess.py runs), ``GET /health``, ``GET /version``. Bad input gets a
 4xx JSON error naming the problem. When the environment variable named by ``api.token_env``
 (default ``RISK_API_TOKEN``) is set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``.

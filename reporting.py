@@ -4,9 +4,10 @@
 The report holds the deployed model (version, when it was trained and deployed, on what data,
 its decision threshold), its metrics and confusion matrix on the test data, the summary
 statistics, missing data, stage timings and dependency health from ``diagnostics.json`` (run
-``diagnostics.py`` first), the active clients with the highest predicted exit probability, and
-the trends over fullprocess.py runs from the run history (F1, missing data, timings), drawn in
-``trends.png``.
+``diagnostics.py`` first), the model's calibration on the test data and on the latest batch of
+ingested rows (drawn in ``calibration.png``), the active clients with the highest predicted exit
+probability with what drives each one's risk, and the trends over fullprocess.py runs from the run
+history (F1, missing data, timings), drawn in ``trends.png``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -32,6 +34,7 @@ from reportlab.platypus import Flowable, Image, KeepTogether, Paragraph, SimpleD
 
 from common import evaluation
 from common.artifacts import (
+    CALIBRATION_PLOT_FILE,
     CONFUSION_MATRIX_FILE,
     DIAGNOSTICS_FILE,
     EVALUATION_WINDOW_FILE,
@@ -49,13 +52,16 @@ from common.artifacts import (
     read_json_file,
     utc_now,
 )
-from common.batches import TrainingWindow, latest_rows, read_final_data
+from common.batches import TrainingWindow, latest_rows, read_final_data, read_ingested_data
 from common.cli import build_parser, run_stage
 from common.config import Config, load_config
+from common.drift import CalibrationBins, calibration_bins
+from common.drivers import explain_clients
 from common.errors import PipelineError
 from common.files import atomic_path, find_test_files, sha256_file, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
-from common.schema import FEATURES, ID_COLUMN, TARGET, BadFileError
+from common.schema import FEATURE_LABELS, FEATURES, ID_COLUMN, TARGET, BadFileError
+from training import LinearRiskModel
 
 log = logging.getLogger("reporting")
 
@@ -125,15 +131,68 @@ def rank_clients(model: Any, path: Path, top: int) -> list[dict[str, Any]]:
     probabilities = model.predict_proba(features)[:, 1]
     order = np.argsort(-probabilities, kind="stable")[:top]
     ids = table[ID_COLUMN].take(rows[order]).to_pylist()
+    drivers_model = LinearRiskModel.for_model(model)
+    if drivers_model is None:
+        reasons = [DASH] * order.size
+    else:
+        reasons = [client.reason for client in explain_clients(drivers_model, features[order]).clients]
     return [
         {
             "rank": rank,
             "corporation": ids[rank - 1],
             "probability": float(probabilities[index]),
             **{name: int(counts[name][index]) for name in FEATURES},
+            "reason": reasons[rank - 1],
         }
         for rank, index in enumerate(order, start=1)
     ]
+
+
+@dataclass(frozen=True)
+class CalibrationCurve:
+    """The model's predictions on some labelled rows, binned by probability, and what those rows are."""
+
+    name: str
+    bins: CalibrationBins
+    in_training: bool = False  # the model was trained on these rows
+
+    @property
+    def rows(self) -> int:
+        return int(self.bins.rows.sum())
+
+    @property
+    def label(self) -> str:
+        """The name as the legend and the caption show it."""
+        return f"{self.name} (trained on)" if self.in_training else self.name
+
+
+def measure_calibration(
+    model: Any, name: str, features: np.ndarray, labels: np.ndarray, in_training: bool = False
+) -> CalibrationCurve:
+    """The model's predicted probabilities on these rows against their labels, in ten probability bins."""
+    return CalibrationCurve(name, calibration_bins(labels, model.predict_proba(features)[:, 1]), in_training)
+
+
+def measure_calibrations(
+    model: Any, test_data_path: Path, ingested_folder: Path, window: TrainingWindow | None = None
+) -> list[CalibrationCurve]:
+    """Calibration on the test data and on the latest batch of ingested rows (left out when it cannot be read).
+
+    ``window``: the rows the model was trained on, to say when the latest batch was among them.
+    """
+    test = evaluation.read_test_data(test_data_path)
+    curves = [measure_calibration(model, "test data", test.features, test.labels)]
+    try:
+        data = read_ingested_data(ingested_folder)
+    except (PipelineError, OSError) as exc:
+        log.warning("the calibration on the latest batch is left out: %s", exc)
+        return curves
+    latest = data.in_batches(data.latest_batch)
+    latest_batch = data.latest_batch
+    trained_on = window is not None and window.first_batch <= latest_batch <= window.last_batch
+    name = f"ingested batch {latest_batch}, the latest"
+    curves.append(measure_calibration(model, name, data.features(latest), data.labels(latest), trained_on))
+    return curves
 
 
 def evaluate_deployed(deployed: DeployedVersion, test_data_path: Path) -> dict[str, Any]:
@@ -269,6 +328,45 @@ def plot_confusion_matrix(confusion: dict[str, int], version: str, target: Path)
     return Path(target)
 
 
+def plot_calibration(curves: Sequence[CalibrationCurve], version: str, target: Path) -> Path:
+    """Draw observed exit rate against mean predicted probability per bin, with the diagonal; write it atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    figure = Figure(figsize=(6.4, 4.8), dpi=150, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="#888888", linewidth=1, label="perfectly calibrated")
+    for curve, (colour, marker) in zip(curves, (("#27476E", "o"), ("#D9822B", "s")), strict=False):
+        rows = curve.bins.rows[curve.bins.filled]
+        axes.plot(curve.bins.mean_predicted(), curve.bins.observed_rate(), "-", color=colour, linewidth=1.2, alpha=0.7)
+        axes.scatter(
+            curve.bins.mean_predicted(),
+            curve.bins.observed_rate(),
+            s=12 + 160 * np.sqrt(rows / rows.max()),
+            color=colour,
+            marker=marker,
+            edgecolors="white",
+            linewidths=0.6,
+            zorder=3,
+            label=f"{curve.label}, {curve.rows:,} rows",
+        )
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_aspect("equal")
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.grid(color="#DDDDDD", linewidth=0.6)
+    axes.set_xlabel("mean predicted exit probability in the bin", fontsize=11)
+    axes.set_ylabel("observed exit rate in the bin", fontsize=11)
+    axes.set_title(f"Calibration of model {version}", fontsize=13)
+    axes.legend(fontsize=9, loc="upper left")
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png")
+    return Path(target)
+
+
 def read_trend_runs(history_path: Path) -> list[dict[str, Any]]:
     """Finished runs that saw new data, oldest first ([] without a history)."""
     runs = read_runs(history_path, limit=TREND_RUNS, with_no_op=False)
@@ -376,16 +474,20 @@ def make_table(
     text_columns: int = 1,
     row_colours: dict[int, colors.Color] | None = None,
     centred: bool = False,
+    text_last: bool = False,
 ) -> Table:
-    """A striped table with a header row that repeats across pages; columns from ``text_columns`` on are numbers.
+    """A striped table with a header row that repeats across pages; columns from ``text_columns`` on are numbers,
+    but for the last one when ``text_last``.
 
     Cells are Paragraph markup, so long text wraps inside its column. Numbers align right, or
     centre when ``centred`` (for a single row of figures).
     """
     number = "centre" if centred else "number"
 
+    last = len(header) - 1
+
     def cell(markup: str, column: int, head: bool = False) -> Paragraph:
-        kind = "cell" if column < text_columns else number
+        kind = "cell" if column < text_columns or (text_last and column == last) else number
         return Paragraph(markup, styles[f"head_{kind}" if head else kind])
 
     data = [[cell(text, column, head=True) for column, text in enumerate(header)]]
@@ -529,6 +631,25 @@ def plot_size(path: Path) -> tuple[int, int]:
     return ImageReader(str(path)).getSize()
 
 
+def calibration_section(
+    styles: dict[str, ParagraphStyle], curves: Sequence[CalibrationCurve], plot: Path
+) -> list[Flowable]:
+    """How well the predicted probabilities match the exit rates seen, on the test data and the latest batch."""
+    described = "; ".join(f"{escape(curve.label)}: {format_number(curve.rows)} rows" for curve in curves)
+    caption = (
+        "The labelled rows are put in ten bins of predicted exit probability (0–10%, 10–20%, …); each point is a "
+        f"bin's mean predicted probability against the share of its rows that exited ({described}). "
+        "On the dashed diagonal the probabilities are honest risks; below it the model overstates the risk, "
+        "above it understates it. Larger points hold more rows; few rows make a point uncertain."
+    )
+    if any(curve.in_training for curve in curves):
+        caption += " The model was trained on the latest batch's rows, so its calibration there is in-sample."
+    width, height = plot_size(plot)
+    image = Image(str(plot), width=PLOT_WIDTH, height=PLOT_WIDTH * height / width)
+    image.hAlign = "CENTER"
+    return [*heading(styles, "Calibration", caption), image]
+
+
 def statistics_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
     """Per-column summary statistics of the ingested data."""
     section = diagnostics.get("summary_statistics") or {}
@@ -666,20 +787,24 @@ def clients_section(
         return [*heading(styles, title, caption), Paragraph("<i>No active clients in the data.</i>", styles["body"])]
     if len(clients) < top:
         caption += f" Only {len(clients)} active clients are in the data."
+    caption += " Why: the count that raises the client's risk most, against the typical training client's."
     rows = [
         [
             str(client["rank"]),
             escape(str(client["corporation"])),
             format_percent(client["probability"]),
             *(format_number(client[name]) for name in FEATURES),
+            escape(client["reason"][:1].upper() + client["reason"][1:]),
         ]
         for client in clients
     ]
-    header = ["Rank", "Corporation", "Exit probability", *(breakable(name) for name in FEATURES)]
-    widths = [14 * mm, 46 * mm, 28 * mm]
-    widths += [(FRAME_WIDTH - sum(widths)) / len(FEATURES)] * len(FEATURES)
-    # Rank and corporation read as text; the right-aligned numbers start at the probability.
-    return [*heading(styles, title, caption), make_table(styles, header, rows, widths, text_columns=2)]
+    features = (escape(FEATURE_LABELS[name].capitalize()) for name in FEATURES)
+    header = ["Rank", "Corporation", "Exit probability", *features, "Why"]
+    widths = [12 * mm, 24 * mm, 20 * mm, 19 * mm, 19 * mm, 22 * mm]  # one per feature after the probability
+    widths.append(FRAME_WIDTH - sum(widths))
+    # Rank and corporation read as text; the right-aligned numbers start at the probability; the reason is text.
+    table = make_table(styles, header, rows, widths, text_columns=2, text_last=True)
+    return [*heading(styles, title, caption), table]
 
 
 def trends_section(
@@ -749,6 +874,8 @@ def build_report(
     top: int,
     data_path: Path,
     plot: Path,
+    calibration: Sequence[CalibrationCurve] = (),
+    calibration_plot: Path | None = None,
     trend_runs: list[dict[str, Any]] | None = None,
     trend_plot: Path | None = None,
     history_path: Path | None = None,
@@ -772,6 +899,8 @@ def build_report(
     story += model_section(styles, deployed, source_files)
     threshold = deployed.model_info.get("decision_threshold")
     story += performance_section(styles, evaluation, threshold, plot, recent)
+    if calibration and calibration_plot is not None:
+        story += calibration_section(styles, calibration, calibration_plot)
     story += statistics_section(styles, diagnostics)
     story += missing_data_section(styles, diagnostics)
     story += timing_section(styles, diagnostics)
@@ -805,6 +934,9 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     deployed, source_files = read_deployed_model(config.deployment_folder)
     scores = evaluate_deployed(deployed, config.test_data_path)
     plot = plot_confusion_matrix(scores["confusion"], deployed.version, config.model_folder / plot_name)
+    window = TrainingWindow.from_info(deployed.model_info)
+    calibration = measure_calibrations(deployed.model, config.test_data_path, config.output_folder, window)
+    calibration_plot = plot_calibration(calibration, deployed.version, config.model_folder / CALIBRATION_PLOT_FILE)
     data_path = config.output_folder / FINAL_DATA
     check_final_data(config.output_folder)  # a finaldata.csv cut short is not ranked as if whole
     clients = rank_clients(deployed.model, data_path, config.reporting.top_clients)
@@ -828,6 +960,8 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         top=config.reporting.top_clients,
         data_path=data_path,
         plot=plot,
+        calibration=calibration,
+        calibration_plot=calibration_plot,
         trend_runs=trend_runs,
         trend_plot=trend_plot,
         history_path=config.history_path,
@@ -839,6 +973,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     return {
         "version": deployed.version,
         "plot": plot,
+        "calibration_plot": calibration_plot,
         "pdf": pdf,
         "metrics": scores,
         "clients": clients,

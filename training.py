@@ -82,20 +82,49 @@ class LinearRiskModel:
             mean = scaler.mean_ if scaler.with_mean else np.zeros(classifier.coef_.shape[1])
             scale = scaler.scale_ if scaler.with_std else np.ones(classifier.coef_.shape[1])
             shortcut = cls(mean, scale, classifier.coef_, classifier.intercept_, float(model.threshold))
-        except (AttributeError, KeyError, TypeError):
+        except (AttributeError, KeyError, TypeError, IndexError):
             return None
         probabilities, labels = shortcut.predict(_PROBE_ROWS)
-        if np.array_equal(probabilities, model.predict_proba(_PROBE_ROWS)[:, 1]) and np.array_equal(
-            labels, model.predict(_PROBE_ROWS)
+        expected = model.predict_proba(_PROBE_ROWS)[:, 1]
+        if (
+            np.array_equal(probabilities, expected)
+            and np.array_equal(labels, model.predict(_PROBE_ROWS))
+            and np.allclose(expit(shortcut.log_odds(_PROBE_ROWS)), expected, rtol=0, atol=1e-12)
         ):
             return shortcut
         return None
 
-    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(exit probabilities, labels 0/1) for float64 features, one row per client."""
+    @property
+    def baseline_log_odds(self) -> float:
+        """The log-odds of exit of the average training client (every standardised count 0)."""
+        return float(self.intercept[0])
+
+    @property
+    def typical_counts(self) -> np.ndarray:
+        """The counts of the average training client, back from the log scale: ``expm1`` of the scaler's mean."""
+        return np.expm1(self.mean)
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """Each feature's share of each row's log-odds relative to the average training client (rows x features).
+
+        ``baseline_log_odds`` plus a row's contributions is its log-odds, ``log(p / (1 - p))``.
+        """
+        return self.standardise(features) * self.coef_t.reshape(-1)
+
+    def log_odds(self, features: np.ndarray) -> np.ndarray:
+        """Each row's log-odds of exit, as the baseline plus the sum of its contributions."""
+        return self.baseline_log_odds + self.contributions(features).sum(axis=1)
+
+    def standardise(self, features: np.ndarray) -> np.ndarray:
+        """The standardised log1p counts (a new array): 0 is the average training client."""
         scaled = np.log1p(features)
         scaled -= self.mean
         scaled /= self.scale
+        return scaled
+
+    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(exit probabilities, labels 0/1) for float64 features, one row per client."""
+        scaled = self.standardise(features)
         scores = (scaled @ self.coef_t + self.intercept).reshape(-1)
         probabilities = expit(scores, out=scores)
         return probabilities, (probabilities >= self.threshold).astype(np.int64)

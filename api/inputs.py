@@ -1,8 +1,10 @@
-"""What a ``/prediction`` request asks about: a data file by location, JSON records, or a CSV body or upload."""
+"""What a ``/prediction`` request asks about: a data file by location, JSON records, or a CSV body or upload;
+and whether it asks what drives each risk (``explain``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +42,51 @@ LOCATION_KEYS = (
     "data",
 )
 ACCEPTED_KEYS = ", ".join(LOCATION_KEYS)
+EXPLAIN = "explain"
 
 
-def read_prediction_input(files: LocationReader, default_location: Callable[[], str]) -> FeatureBatch:
-    """The rows a /prediction request asks about: by file location, JSON records, or a CSV body or upload.
+@dataclass(frozen=True)
+class PredictionRequest:
+    """The rows to score, and whether the answer should say what drives each row's risk."""
+
+    batch: FeatureBatch
+    explain: bool
+
+
+def read_prediction_input(files: LocationReader, default_location: Callable[[], str]) -> PredictionRequest:
+    """What a /prediction request asks: rows by file location, JSON records, or a CSV body or upload; and ``explain``.
 
     ``default_location``: the file a ``GET`` without parameters predicts for (the test data).
+    ``explain`` comes from the query string (1 or 0) or a JSON object body (true or false).
     """
+    explain = read_flag(request.args.get(EXPLAIN), EXPLAIN)
     mimetype = request.mimetype
+    values = {key: request.values[key] for key in request.values if key != EXPLAIN}
     try:
         if mimetype == "application/json" or mimetype.endswith("+json"):
-            return read_json_request(files)
-        upload = find_upload()
-        if upload is not None:
-            return read_feature_bytes(upload.read(), Path(upload.filename or "upload.csv").name)
-        if mimetype in CSV_TYPES:
-            return read_feature_csv(request.get_data(cache=False), "the CSV body")
-        key = find_location_key(request.values)
-        if key is not None:
-            return files.rows(request.values[key])
-        if request.method == "GET" and not request.values and not request.content_length:
-            return files.rows(default_location())
+            batch, asked = read_json_request(files)
+            return PredictionRequest(batch, explain or asked)
+        return PredictionRequest(read_other_request(files, default_location, values), explain)
     except BadFileError as exc:
         raise BadRequest(str(exc)) from None
-    if not request.content_length and not request.values:
+
+
+def read_other_request(
+    files: LocationReader, default_location: Callable[[], str], values: dict[str, str]
+) -> FeatureBatch:
+    """The rows of a request that is not JSON: an upload, a CSV body, a location in the query or a form."""
+    mimetype = request.mimetype
+    upload = find_upload()
+    if upload is not None:
+        return read_feature_bytes(upload.read(), Path(upload.filename or "upload.csv").name)
+    if mimetype in CSV_TYPES:
+        return read_feature_csv(request.get_data(cache=False), "the CSV body")
+    key = find_location_key(values)
+    if key is not None:
+        return files.rows(values[key])
+    if request.method == "GET" and not values and not request.content_length:
+        return files.rows(default_location())
+    if not request.content_length and not values:
         raise BadRequest(
             'the request is empty; send JSON {"filelocation": "testdata/testdata.csv"} or {"records": [...]}, '
             "or a CSV body (Content-Type: text/csv)"
@@ -74,6 +97,23 @@ def read_prediction_input(files: LocationReader, default_location: Callable[[], 
         f"cannot read a body of type {mimetype or '(none given)'}; send application/json, text/csv "
         "or a multipart upload named 'file'"
     )
+
+
+def read_flag(value: str | None, name: str) -> bool:
+    """A yes/no query parameter: absent, 0, false or no is no; 1, true or yes is yes."""
+    if value is None or value.lower() in ("0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"{name} must be 1 or 0 (true or false), not {value[:40]!r}")
+
+
+def read_json_flag(body: dict, name: str) -> bool:
+    """A yes/no field of a JSON object: absent or false is no, true is yes; anything else is a 400 naming it."""
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false, not {orjson.dumps(value).decode()[:40]}")
+    return value
 
 
 def find_location_key(values: Any) -> str | None:
@@ -93,26 +133,28 @@ def find_upload() -> Any:
     return request.files[fields[0]]
 
 
-def read_json_request(files: LocationReader) -> FeatureBatch:
+def read_json_request(files: LocationReader) -> tuple[FeatureBatch, bool]:
+    """The rows a JSON request asks about, and whether its body asks for ``explain``."""
     data = request.get_data(cache=False)
     key = find_location_key(request.args)
     if not data.strip() and key is not None:  # a client that says JSON but names the file in the query
-        return files.rows(request.args[key])
+        return files.rows(request.args[key]), False
     body = parse_json(data, "the request body")
     if isinstance(body, list):
-        return features_from_records(body, "the request body")
+        return features_from_records(body, "the request body"), False
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object with 'filelocation' or 'records', or a list of records")
+    explain = read_json_flag(body, EXPLAIN)
     if "records" in body:
-        return features_from_records(body["records"], "records")
+        return features_from_records(body["records"], "records"), explain
     key = find_location_key(body)
     if key is not None:
         value = body[key]
         if isinstance(value, (list, dict)):  # {"data": [records]} or {"data": {record}}
-            return features_from_records(value if isinstance(value, list) else [value], key)
-        return files.rows(value)
+            return features_from_records(value if isinstance(value, list) else [value], key), explain
+        return files.rows(value), explain
     if any(name in normalise_keys(body) for name in FEATURES):
-        return features_from_records([body], "the request body")
+        return features_from_records([body], "the request body"), explain
     raise BadRequest(
         "the JSON body needs 'filelocation' (a data file; or one of "
         f"{ACCEPTED_KEYS.removeprefix('filelocation, ')}) or 'records' (a list of client records), or one record"

@@ -1,4 +1,5 @@
-"""The JSON API as a blueprint: /prediction, /scoring, /summarystats, /diagnostics, /history, /health, /version."""
+"""The JSON API as a blueprint: /prediction, /ranking, /scoring, /summarystats, /diagnostics, /history,
+/health, /version."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, ServiceUnavailable
 
-from api.inputs import read_prediction_input
+from api.inputs import read_flag, read_prediction_input
 from api.locations import LocationReader
 from api.serving import DeploymentWatcher, FileBackedValue, ServedModel
 from common.artifacts import (
@@ -23,10 +25,13 @@ from common.artifacts import (
 )
 from common.config import Config
 from common.datastats import read_numeric_columns, summary_statistics
+from common.drivers import ClientDrivers, RiskDrivers, explain_clients
 from common.errors import PipelineError
 from common.files import find_test_files
 from common.history import read_runs
 from common.schema import FeatureBatch
+from dashboard.clients import ClientTable
+from dashboard.sources import app_sources
 
 log = logging.getLogger("app")
 
@@ -35,6 +40,8 @@ API_STATE = "risk_api"
 
 HISTORY_DEFAULT_RUNS = 50
 HISTORY_MAX_RUNS = 1000
+RANKING_DEFAULT_CLIENTS = 50
+RANKING_MAX_CLIENTS = 1000
 METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
 RECENT_WINDOW_KEYS = ("rows", "batches", "f1", "precision", "recall", "roc_auc", "updated_at", "test_data_drift")
 
@@ -45,7 +52,8 @@ def json_response(payload: Any, status: int = 200) -> Response:
     )
 
 
-def describe_predictions(served: ServedModel, batch: FeatureBatch) -> dict[str, Any]:
+def describe_predictions(served: ServedModel, batch: FeatureBatch, explain: bool = False) -> dict[str, Any]:
+    """Each row's probability and label; with ``explain``, also what drives its risk, and the baseline once."""
     probabilities, labels = served.predict(batch.features)
     if batch.ids is None:
         rows = [
@@ -56,7 +64,52 @@ def describe_predictions(served: ServedModel, batch: FeatureBatch) -> dict[str, 
             {"corporation": corporation, "label": label, "probability": p}
             for corporation, label, p in zip(batch.ids, labels.tolist(), probabilities.tolist(), strict=True)
         ]
-    return {"model_version": served.version, "rows": batch.rows, "predictions": rows}
+    if not explain:
+        return {"model_version": served.version, "rows": batch.rows, "predictions": rows}
+    drivers = explain_served(served, batch.features)
+    for row, client in zip(rows, drivers.clients, strict=True):
+        row.update(describe_drivers(client))
+    return {
+        "model_version": served.version,
+        "rows": batch.rows,
+        "baseline_log_odds": drivers.baseline_log_odds,
+        "predictions": rows,
+    }
+
+
+def explain_served(served: ServedModel, features: np.ndarray) -> RiskDrivers:
+    """What drives each row's risk under the served model; 400 when its risk cannot be split into drivers."""
+    if served.shortcut is None:
+        raise BadRequest(
+            f"explain cannot be answered: the deployed model {served.version} is not a logistic regression on "
+            "log-scaled, standardised counts, so its risk cannot be split into drivers"
+        )
+    return explain_clients(served.shortcut, features)
+
+
+def describe_drivers(client: ClientDrivers) -> dict[str, Any]:
+    return {"drivers": client.contributions, "log_odds": client.log_odds, "reason": client.reason}
+
+
+def describe_ranking(served: ServedModel, table: ClientTable, limit: int) -> dict[str, Any]:
+    """The ``limit`` active clients most likely to leave, highest probability first, with what drives each risk."""
+    rows = table.select("", "probability", descending=True)[:limit]
+    drivers = explain_served(served, table.features[rows])
+    clients = [
+        {
+            "corporation": table.ids[row],
+            "probability": float(table.probabilities[row]),
+            "label": int(table.probabilities[row] >= table.threshold),
+            **describe_drivers(client),
+        }
+        for row, client in zip(rows.tolist(), drivers.clients, strict=True)
+    ]
+    return {
+        "model_version": served.version,
+        "count": len(table.ids),
+        "baseline_log_odds": drivers.baseline_log_odds,
+        "clients": clients,
+    }
 
 
 def describe_load_error(watcher: DeploymentWatcher) -> dict[str, str]:
@@ -135,22 +188,13 @@ def describe_stored_diagnostics(path: Path) -> dict[str, Any]:
     }
 
 
-def read_limit(value: str | None, default: int = HISTORY_DEFAULT_RUNS) -> int:
-    """The ``limit`` query parameter: a whole number of runs from 1 to HISTORY_MAX_RUNS."""
+def read_limit(value: str | None, default: int = HISTORY_DEFAULT_RUNS, maximum: int = HISTORY_MAX_RUNS) -> int:
+    """The ``limit`` query parameter: a whole number from 1 to ``maximum``; ``default`` when absent."""
     if value is None:
         return default
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= HISTORY_MAX_RUNS:
-        raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_MAX_RUNS}, not {value[:40]!r}")
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= maximum:
+        raise BadRequest(f"limit must be a whole number from 1 to {maximum}, not {value[:40]!r}")
     return int(value)
-
-
-def read_flag(value: str | None, name: str) -> bool:
-    """A yes/no query parameter: absent, 0, false or no is no; 1, true or yes is yes."""
-    if value is None or value.lower() in ("0", "false", "no"):
-        return False
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    raise BadRequest(f"{name} must be 1 or 0 (true or false), not {value[:40]!r}")
 
 
 @dataclass(frozen=True)
@@ -182,11 +226,23 @@ def default_location() -> str:
 def prediction() -> Response:
     api = state()
     served = api.watcher.served()
-    batch = read_prediction_input(api.files, default_location)
-    if batch.rows > api.config.api.max_rows:
+    asked = read_prediction_input(api.files, default_location)
+    if asked.batch.rows > api.config.api.max_rows:
         limit = api.config.api.max_rows
-        raise RequestEntityTooLarge(f"{batch.rows:,} rows is more than the {limit:,} the API scores at once")
-    return json_response(describe_predictions(served, batch))
+        raise RequestEntityTooLarge(f"{asked.batch.rows:,} rows is more than the {limit:,} the API scores at once")
+    return json_response(describe_predictions(served, asked.batch, asked.explain))
+
+
+@bp.get("/ranking")
+def ranking() -> Response:
+    served = state().watcher.served()
+    limit = read_limit(request.args.get("limit"), RANKING_DEFAULT_CLIENTS, RANKING_MAX_CLIENTS)
+    try:
+        table = app_sources(current_app).clients(served)
+    except (OSError, PipelineError) as exc:
+        log.error("/ranking: %s", exc)
+        raise ServiceUnavailable(f"the ingested clients cannot be read ({exc}); run ingestion.py") from None
+    return json_response(describe_ranking(served, table, limit))
 
 
 @bp.get("/scoring")

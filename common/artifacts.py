@@ -36,6 +36,7 @@ REPORT_FILE = "summaryreport.pdf"
 # Written by reporting.py after the PDF: which model version the report describes.
 REPORT_RECORD_FILE = "summaryreport.json"
 TRENDS_PLOT_FILE = "trends.png"
+CALIBRATION_PLOT_FILE = "calibration.png"
 API_RETURNS_FILE = "apireturns.txt"
 # The serving model's scores on the rolling window of recent held-out rows (written by fullprocess.py).
 EVALUATION_WINDOW_FILE = "evaluationwindow.json"

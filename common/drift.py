@@ -252,12 +252,39 @@ def estimate_performance(
     )
 
 
-def calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over ``bins`` equal-width probability bins: the row-weighted gap
-    between the mean predicted probability and the observed exit rate in each bin."""
+@dataclass(frozen=True)
+class CalibrationBins:
+    """Per equal-width probability bin: how many rows, their summed predicted probability and their exits."""
+
+    rows: np.ndarray
+    predicted: np.ndarray  # sum of the predicted probabilities
+    exits: np.ndarray  # sum of the labels
+
+    @property
+    def filled(self) -> np.ndarray:
+        return self.rows > 0
+
+    def mean_predicted(self) -> np.ndarray:
+        """The mean predicted probability of each bin that holds rows."""
+        return self.predicted[self.filled] / self.rows[self.filled]
+
+    def observed_rate(self) -> np.ndarray:
+        """The observed exit rate of each bin that holds rows."""
+        return self.exits[self.filled] / self.rows[self.filled]
+
+
+def calibration_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> CalibrationBins:
+    """Rows, predicted probability and exits in each of ``bins`` equal-width probability bins."""
     probabilities = np.asarray(probabilities, dtype=float)
     labels = np.asarray(labels, dtype=float)
     which = np.minimum((probabilities * bins).astype(int), bins - 1)
-    rows = np.bincount(which, minlength=bins)
-    gap = np.abs(np.bincount(which, probabilities, bins) - np.bincount(which, labels, bins))
-    return float(gap.sum() / max(rows.sum(), 1))
+    return CalibrationBins(
+        np.bincount(which, minlength=bins), np.bincount(which, probabilities, bins), np.bincount(which, labels, bins)
+    )
+
+
+def calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over ``bins`` equal-width probability bins: the row-weighted gap
+    between the mean predicted probability and the observed exit rate in each bin."""
+    binned = calibration_bins(labels, probabilities, bins)
+    return float(np.abs(binned.predicted - binned.exits).sum() / max(binned.rows.sum(), 1))

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 ID_COLUMN = "corporation"
 FEATURES = ("lastmonth_activity", "lastyear_activity", "number_of_employees")
+FEATURE_LABELS = {
+    "lastmonth_activity": "activity last month",
+    "lastyear_activity": "activity last year",
+    "number_of_employees": "head-count",
+}
 TARGET = "exited"
 COLUMNS = (ID_COLUMN, *FEATURES, TARGET)
 SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) for name in (*FEATURES, TARGET)]])

@@ -1,9 +1,7 @@
 """The active clients ranked by exit probability, and what drives each one's risk.
 
-An active client is a corporation whose latest row in ``finaldata.csv`` has ``exited`` = 0. For the
-logistic regression training.py writes (log1p, standardise, logistic), a client's log-odds is exactly
-``intercept + sum_j coef_j * z_j`` with ``z`` the standardised log1p counts; ``intercept`` is the
-log-odds of the average training client (z = 0), so ``coef_j * z_j`` is feature j's contribution.
+An active client is a corporation whose latest row in ``finaldata.csv`` has ``exited`` = 0. What
+drives a client's risk comes from common/drivers.py, as in the API and the report.
 """
 
 from __future__ import annotations
@@ -12,51 +10,18 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common.batches import IngestedData
+from common.drivers import explain_clients
 from common.schema import FEATURES, ID_COLUMN, TARGET
 
+if TYPE_CHECKING:
+    from training import LinearRiskModel
+
 SORT_KEYS = ("probability", ID_COLUMN, *FEATURES)
-FEATURE_LABELS = {
-    "lastmonth_activity": "activity last month",
-    "lastyear_activity": "activity last year",
-    "number_of_employees": "head-count",
-}
-
-
-@dataclass(frozen=True)
-class LinearTerms:
-    """The model's arithmetic: standardisation of log1p counts, coefficients and intercept."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: float
-
-    def standardised(self, features: np.ndarray) -> np.ndarray:
-        return (np.log1p(features) - self.mean) / self.scale
-
-    def contributions(self, features: np.ndarray) -> np.ndarray:
-        """Each feature's contribution to the log-odds, relative to the average training client."""
-        return self.standardised(features) * self.coef
-
-
-def read_linear_terms(model: Any) -> LinearTerms | None:
-    """The terms of a log1p-standardise-logistic pipeline; None for a model of another shape."""
-    try:
-        steps = model.estimator.named_steps
-        scaler, classifier = steps["scale"], steps["classifier"]
-        if steps["log_counts"].func is not np.log1p or classifier.coef_.shape[0] != 1:
-            return None
-        width = classifier.coef_.shape[1]
-        mean = scaler.mean_ if scaler.with_mean else np.zeros(width)
-        scale = scaler.scale_ if scaler.with_std else np.ones(width)
-        return LinearTerms(mean, scale, classifier.coef_[0].copy(), float(classifier.intercept_[0]))
-    except (AttributeError, KeyError, TypeError, IndexError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -92,7 +57,7 @@ class ClientTable:
     ids: list[str]
     features: np.ndarray  # float64, one column per feature
     probabilities: np.ndarray
-    terms: LinearTerms | None
+    drivers_model: LinearRiskModel | None  # None for a model whose risk cannot be split into drivers
     orders: dict[str, np.ndarray]  # sort key -> row order, ascending
     position: dict[str, int]  # corporation -> row
     rank: np.ndarray  # 1 for the highest probability
@@ -124,12 +89,10 @@ class ClientTable:
         values = {name: int(self.features[row, j]) for j, name in enumerate(FEATURES)}
         contributions = baseline = log_odds = None
         sentence = "This model's arithmetic cannot be split into per-feature contributions."
-        if self.terms is not None:
-            parts = self.terms.contributions(self.features[row : row + 1])[0]
-            contributions = {name: float(parts[j]) for j, name in enumerate(FEATURES)}
-            baseline = self.terms.intercept
-            log_odds = baseline + float(parts.sum())
-            sentence = describe_drivers(contributions)
+        if self.drivers_model is not None:
+            drivers = explain_clients(self.drivers_model, self.features[row : row + 1])
+            baseline, (client,) = drivers.baseline_log_odds, drivers.clients
+            contributions, log_odds, sentence = client.contributions, client.log_odds, client.reason
         return ClientDetail(
             corporation=corporation,
             rank=int(self.rank[row]),
@@ -142,15 +105,6 @@ class ClientTable:
             log_odds=log_odds,
             driver_sentence=sentence,
         )
-
-
-def describe_drivers(contributions: dict[str, float]) -> str:
-    """One sentence naming the feature that moves this client's risk most, and which way."""
-    name, value = max(contributions.items(), key=lambda item: abs(item[1]))
-    if abs(value) < 0.05:
-        return "This client's risk is close to the average training client's; no feature stands out."
-    way = "raises" if value > 0 else "lowers"
-    return f"Its {FEATURE_LABELS[name]} {way} its risk most ({value:+.2f} on the log-odds)."
 
 
 def latest_active_rows(ids: list[str], exited: np.ndarray) -> np.ndarray:
@@ -175,8 +129,13 @@ def client_histories(ids: list[str], data: IngestedData, wanted: set[str]) -> di
     return dict(found)
 
 
-def build_client_table(version: str, model: Any, threshold: float, predict: Any, data: IngestedData) -> ClientTable:
-    """Score the active clients with ``predict`` (features -> probabilities) and index them for the pages."""
+def build_client_table(
+    version: str, drivers_model: LinearRiskModel | None, threshold: float, predict: Any, data: IngestedData
+) -> ClientTable:
+    """Score the active clients with ``predict`` (features -> probabilities) and index them for the pages.
+
+    ``drivers_model``: the served model's arithmetic, to tell what drives each client's risk (None when it has none).
+    """
     ids_all = data.table[ID_COLUMN].to_pylist()
     rows = latest_active_rows(ids_all, data.table[TARGET].to_numpy())
     ids = [ids_all[row] for row in rows]
@@ -194,7 +153,7 @@ def build_client_table(version: str, model: Any, threshold: float, predict: Any,
         ids=ids,
         features=features,
         probabilities=probabilities,
-        terms=read_linear_terms(model),
+        drivers_model=drivers_model,
         orders=orders,
         position={name: row for row, name in enumerate(ids)},
         rank=rank,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flask import Flask
 
 from common.artifacts import (
     DIAGNOSTICS_FILE,
@@ -34,6 +35,7 @@ from dashboard.clients import ClientTable, build_client_table
 log = logging.getLogger("dashboard")
 
 HISTORY_RUNS = 1000  # runs the pages look back over
+SOURCES = "risk_dashboard_sources"
 
 
 def signature(paths: list[Path]) -> tuple[tuple[int, int] | None, ...]:
@@ -97,10 +99,9 @@ class DashboardSources:
         key = (served.version, signature([self.final_data, self.config.output_folder / "rowbatches.npz"]))
 
         def compute() -> ClientTable:
-            model = served.deployed.model
-            threshold = float(getattr(model, "threshold", 0.5))
+            threshold = float(getattr(served.deployed.model, "threshold", 0.5))
             table = build_client_table(
-                served.version, model, threshold, lambda rows: served.predict(rows)[0], self.ingested()
+                served.version, served.shortcut, threshold, lambda rows: served.predict(rows)[0], self.ingested()
             )
             log.info("scored %d active clients with %s", len(table.ids), served.version)
             return table
@@ -186,3 +187,11 @@ def describe_age(text: str | None, now: datetime | None = None) -> str:
             count = seconds // size
             return f"{count} {unit}{'s' if count != 1 else ''} ago"
     return "just now"
+
+
+def app_sources(app: Flask) -> DashboardSources:
+    """The app's one DashboardSources, made on first use: the pages and the API share its scored client table."""
+    found = app.extensions.get(SOURCES)
+    if found is None:
+        found = app.extensions.setdefault(SOURCES, DashboardSources(app.config["RISK_CONFIG"]))
+    return found

@@ -14,11 +14,11 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE
 from common.errors import PipelineError
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, NO_NEW_DATA
-from common.schema import FEATURES
+from common.schema import FEATURE_LABELS, FEATURES
 from dashboard import DASHBOARD_STATE, bp
 from dashboard.charts import Chart, Mark, Series, render_chart
-from dashboard.clients import FEATURE_LABELS, SORT_KEYS, ClientTable, clients_csv
-from dashboard.sources import DashboardSources, describe_age
+from dashboard.clients import SORT_KEYS, ClientTable, clients_csv
+from dashboard.sources import DashboardSources, app_sources, describe_age
 
 PAGE_SIZES = (25, 50, 100, 250)
 DEFAULT_PAGE_SIZE = 50
@@ -44,11 +44,7 @@ class Serving:
 
 
 def sources() -> DashboardSources:
-    app = current_app
-    found = app.extensions.get("risk_dashboard_sources")
-    if found is None:
-        found = app.extensions.setdefault("risk_dashboard_sources", DashboardSources(app.config["RISK_CONFIG"]))
-    return found
+    return app_sources(current_app)
 
 
 def read_serving() -> Serving:

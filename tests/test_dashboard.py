@@ -171,7 +171,8 @@ def test_a_client_page_shows_its_rows_and_drivers_that_add_up(app, client, deplo
     probabilities = model.predict_proba(features)[:, 1]
     for index in (int(np.argmax(probabilities)), int(np.argmin(probabilities)), 0):
         page = client.get(f"/clients/{ids[index]}").get_data(as_text=True)
-        assert f"Client {ids[index]}" in page and "raises its risk most" in page or "lowers its risk most" in page
+        assert f"Client {ids[index]}" in page
+        assert any(words in page for words in ("raises the risk most", "lowers the risk most", "no count stands out"))
         assert "Its rows as they arrived" in page
         with app.app_context():
             from dashboard.views import read_clients, read_serving

@@ -16,6 +16,7 @@ from sklearn.metrics import f1_score
 import diagnostics
 import reporting
 from common.artifacts import (
+    CALIBRATION_PLOT_FILE,
     CONFUSION_MATRIX_FILE,
     DIAGNOSTICS_FILE,
     FINAL_DATA,
@@ -25,17 +26,21 @@ from common.artifacts import (
     current_version_folder,
     load_model,
 )
+from common.batches import read_ingested_data
 from common.config import Config, load_config
+from common.drivers import explain_clients
 from common.files import find_test_files, write_text_atomic
 from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, read_labelled_data
 from tests.helpers import run_script, write_config
+from training import LinearRiskModel
 
 UNREACHABLE_INDEX = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
 SECTION_HEADINGS = (
     "Client exit risk: summary report",
     "Deployed model",
     "Performance on the test data",
+    "Calibration",
     "Summary statistics of the ingested data",
     "Missing data in the source files",
     "Stage timings",
@@ -123,6 +128,37 @@ def test_report_shows_every_section_with_the_deployed_models_figures(diagnosed):
     assert temp_files(diagnosed.model_folder) == []
 
 
+def test_report_shows_the_calibration_on_the_test_data_and_the_latest_batch(diagnosed):
+    result = reporting.write_report(diagnosed)
+
+    plot = diagnosed.model_folder / CALIBRATION_PLOT_FILE
+    assert result["calibration_plot"] == plot and plot.read_bytes().startswith(PNG_SIGNATURE)
+    width, height = png_size(plot)
+    assert 600 <= width <= 2000 and 450 <= height <= 1500
+    model = deployed_model(diagnosed)
+    curves = reporting.measure_calibrations(model, diagnosed.test_data_path, diagnosed.output_folder)
+    data = read_ingested_data(diagnosed.output_folder)
+    assert [curve.rows for curve in curves] == [500, int(data.in_batches(data.latest_batch).sum())]
+    test_features, test_labels = read_labelled_data(find_test_files(diagnosed.test_data_path))
+    bins = curves[0].bins
+    assert bins.exits.sum() == test_labels.sum()
+    assert bins.predicted.sum() == pytest.approx(model.predict_proba(test_features)[:, 1].sum())
+    assert np.all((bins.mean_predicted() >= 0) & (bins.mean_predicted() <= 1))
+
+    text = pdf_text(result["pdf"])
+    assert "ten bins of predicted exit probability" in text and "test data: 500 rows" in text
+    assert text.index("Calibration") < text.index("Summary statistics of the ingested data")
+    images = sum(
+        1
+        for page in PdfReader(result["pdf"]).pages
+        for item in (page.get("/Resources", {}).get("/XObject") or {}).values()
+        if item.get_object().get("/Subtype") == "/Image"
+    )
+    assert images == 2  # the confusion matrix and the calibration (no run history here, so no trends)
+    reason = result["clients"][0]["reason"]
+    assert reason[:1].upper() + reason[1:] in text
+
+
 def test_report_notes_diagnostics_of_another_model_version(diagnosed):
     path = diagnosed.model_folder / DIAGNOSTICS_FILE
     record = json.loads(path.read_text())
@@ -160,7 +196,9 @@ def test_rank_clients_keeps_each_corporations_last_row_and_active_clients_only(d
         "lastmonth_activity": 50,
         "lastyear_activity": 800,
         "number_of_employees": 20,
+        "reason": explain_clients(LinearRiskModel.for_model(model), np.array([[50.0, 800.0, 20.0]])).clients[0].reason,
     }
+    assert ranked[1]["reason"].startswith("activity last month 900, far above the typical ")
     assert [client["corporation"] for client in reporting.rank_clients(model, data, top=1)] == ["twice"]
 
 
