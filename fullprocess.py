@@ -407,7 +407,9 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
     with record.clock.stage("settle"):
         let_files_settle(new, config.monitoring.settle_seconds)
     record.files = [{"name": item.name, "sha256": item.sha256, "status": item.status} for item in new.files]
-    record.files += [{"name": name, "status": "arriving", "note": "still changing; read later"} for name in new.arriving]
+    record.files += [
+        {"name": name, "status": "arriving", "note": "still changing; read later"} for name in new.arriving
+    ]
     record.set(new_files=len(new.files))
     return new
 

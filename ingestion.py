@@ -106,7 +106,9 @@ def parse_new_file(path: Path, sha256: str, output_folder: Path) -> IngestedFile
     except (OSError, pa.ArrowException) as exc:  # the output side: the file itself is fine
         full = isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS or "No space left" in str(exc)
         why = "the disk is full; free some space and run again" if full else str(exc)
-        raise PipelineError(f"cannot keep the parsed rows of {path.name} in {output_folder / PARSED_FOLDER} ({why})") from None
+        raise PipelineError(
+            f"cannot keep the parsed rows of {path.name} in {output_folder / PARSED_FOLDER} ({why})"
+        ) from None
     detail = ", ".join(f"{count} {reason}" for reason, count in parsed.dropped.items())
     log.info(
         "%s: %d rows kept, %d dropped%s",

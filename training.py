@@ -28,7 +28,6 @@ from common.artifacts import (
     MODEL_FILE,
     check_final_data,
     load_model,
-    read_json_file,
     save_model,
     utc_now,
 )

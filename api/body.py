@@ -48,21 +48,22 @@ class WholeBodies:
         try:
             settle_body(environ, self.max_bytes)
         except BodyRefused as refused:
-            return refuse(start_response, refused)
+            answer = refuse(start_response, refused)
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else answer
         return self.app(environ, start_response)
 
 
 def settle_body(environ: Environ, max_bytes: int) -> None:
     """Replace a streamed or encoded body in ``environ`` by the whole, decoded bytes; raise BodyRefused."""
+    declared = environ.get("CONTENT_LENGTH", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BodyRefused(413, too_large(max_bytes))  # refused before any endpoint, whether it reads bodies or not
     encoding = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
-    streamed = not environ.get("CONTENT_LENGTH") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    streamed = not declared and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     if not streamed and encoding in ("", "identity"):
-        return  # a Content-Length body: Werkzeug holds it to the limit
+        return  # a Content-Length body: Werkzeug reads it to its declared end, or answers 400
     if encoding not in ("", "identity") and encoding not in DECOMPRESSORS:
         raise BodyRefused(415, f"cannot read a body with Content-Encoding {encoding[:40]!r}; send it as is or gzip")
-    declared = environ.get("CONTENT_LENGTH")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise BodyRefused(413, too_large(max_bytes))
     data = read_to_end(environ["wsgi.input"], max_bytes)
     if encoding in DECOMPRESSORS:
         data = decompress(data, DECOMPRESSORS[encoding], encoding, max_bytes)
@@ -89,7 +90,9 @@ def read_to_end(stream: Any, max_bytes: int) -> bytes:
         raise
     except Exception as exc:  # gunicorn's parse errors, a client gone, a reset: the body never arrived whole
         log.info("request body not read whole: %s", type(exc).__name__)
-        raise BodyRefused(400, "the request body did not arrive whole (its chunked encoding is broken or cut)") from None
+        raise BodyRefused(
+            400, "the request body did not arrive whole (its chunked encoding is broken or cut)"
+        ) from None
 
 
 def decompress(data: bytes, window_bits: int, encoding: str, max_bytes: int) -> bytes:
@@ -110,7 +113,7 @@ def decompress(data: bytes, window_bits: int, encoding: str, max_bytes: int) -> 
 
 def too_large(max_bytes: int, decoded: bool = False) -> str:
     what = "the request body, decompressed," if decoded else "the request body"
-    return f"{what} is larger than the {max_bytes / (1024 * 1024):g} MiB the API accepts"
+    return f"{what} is larger than the {max_bytes / (1024 * 1024):.3g} MiB the API accepts"
 
 
 def refuse(start_response: StartResponse, refused: BodyRefused) -> list[bytes]:

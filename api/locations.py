@@ -71,7 +71,9 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
         raise Forbidden("filelocation may not contain '..'")
 
     def outside() -> Forbidden:
-        return Forbidden(f"{shown} is outside the data folders ({', '.join(shown_path(place, base) for place in places)})")
+        return Forbidden(
+            f"{shown} is outside the data folders ({', '.join(shown_path(place, base) for place in places)})"
+        )
 
     try:
         real = resolve_location(path, base, places)  # follows links: a link out of the data folders is caught
@@ -169,5 +171,3 @@ def _opened_path(fd: int) -> str | None:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
-
-

@@ -278,18 +278,18 @@ def parse_json_records(data: bytes, source: str, lines: bool = False) -> list[di
     except UnicodeDecodeError:
         raise BadFileError(f"{source}: the file is not UTF-8 text") from None
     body = data.removeprefix(_UTF8_BOM)
-    number = 1
-    try:
-        if lines:  # JSON Lines: one record per line ending in \n (a U+2028 inside a string is no line break)
-            records = []
-            for number, line in enumerate(body.split(b"\n"), start=1):
-                if line.strip():
-                    records.append(orjson.loads(line))
-        else:
-            records = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        where = f"line {number}" if lines else f"line {exc.lineno}"
-        raise BadFileError(f"{source}: {describe_json_error(exc, where)}") from None
+    # JSON Lines: one record per line ending in \n (a U+2028 inside a string is no line break).
+    pieces = enumerate(body.split(b"\n"), start=1) if lines else [(0, body)]
+    parsed = []
+    for number, piece in pieces:
+        if not piece.strip() and lines:
+            continue
+        try:
+            parsed.append(orjson.loads(piece))
+        except orjson.JSONDecodeError as exc:
+            where = f"line {number if lines else exc.lineno}"
+            raise BadFileError(f"{source}: {describe_json_error(exc, where)}") from None
+    records = parsed if lines else parsed[0]
     if isinstance(records, dict) and isinstance(records.get("records"), list):
         records = records["records"]
     if not isinstance(records, list) or not all(isinstance(item, dict) for item in records):
@@ -324,7 +324,9 @@ def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
             continue
         text = next((v for v in values if isinstance(v, (str, bool, list, dict))), None)
         if text is not None:
-            raise BadFileError(f"{path.name}: column {name} holds {describe_json_type(text)} where a number is expected")
+            raise BadFileError(
+                f"{path.name}: column {name} holds {describe_json_type(text)} where a number is expected"
+            )
         try:
             arrays[name] = pa.array(values, pa.float64())
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
