@@ -160,13 +160,24 @@ ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def build_server(config_path: str | None, host: str, port: int, workers: int, access_log: bool = False) -> Any:
+WORKER_CLASSES = ("gevent", "sync")
+
+
+def build_server(
+    config_path: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    access_log: bool = False,
+    worker_class: str = "gevent",
+) -> Any:
     """A gunicorn server for the app (gunicorn is imported here: the test client does not need it).
 
     Workers are gevent's: a sync worker holds one connection at a time, so a client that sends
     its headers slowly holds a whole worker, and gunicorn's documentation says sync workers need
     a buffering proxy in front for exactly that reason. With gevent each connection waits in its
     own greenlet, and the model's arithmetic (milliseconds a request) runs between them.
+    ``worker_class="sync"`` is for a deployment behind a buffering proxy (nginx) that absorbs slow clients.
     """
     from gunicorn.app.base import BaseApplication
 
@@ -174,7 +185,7 @@ def build_server(config_path: str | None, host: str, port: int, workers: int, ac
         def load_config(self) -> None:
             self.cfg.set("bind", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gevent")
+            self.cfg.set("worker_class", worker_class)
             self.cfg.set("worker_connections", WORKER_CONNECTIONS)
             self.cfg.set("proc_name", "risk-api")
             self.cfg.set("control_socket_disable", True)
@@ -209,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2, one per core)")
     parser.add_argument("--access-log", action="store_true", help="log every request to stdout")
     parser.add_argument(
+        "--worker-class",
+        choices=WORKER_CLASSES,
+        default="gevent",
+        help="gevent (default): slow clients cannot hold the workers; sync: only behind a buffering proxy (nginx)",
+    )
+    parser.add_argument(
         "--open-without-token",
         action="store_true",
         help="allow listening on an address other than 127.0.0.1 with no API token set (every endpoint open)",
@@ -232,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             args.host,
             args.port,
         )
-    build_server(args.config, args.host, args.port, args.workers, args.access_log).run()
+    build_server(args.config, args.host, args.port, args.workers, args.access_log, args.worker_class).run()
     return 0
 
 

@@ -14,6 +14,7 @@ Needs ``wrk`` (Debian: apt-get install wrk).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,9 +82,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(config_path: Path, port: int) -> subprocess.Popen:
+def start_server(config_path: Path, port: int, worker_class: str) -> subprocess.Popen:
     server = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(config_path), "--port", str(port), "-q"],
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "app.py"),
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+            "--worker-class",
+            worker_class,
+            "-q",
+        ],
         cwd=PROJECT_ROOT,
     )
     for _ in range(200):
@@ -142,39 +154,93 @@ def run_wrk(url: str, script: Path, seconds: int) -> dict[str, float]:
     }
 
 
+def hold_slow_clients(port: int, count: int, stop: threading.Event) -> list[socket.socket]:
+    """``count`` connections that send a request's headers a line every half second and never finish them."""
+    connections = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: slow\r\n")
+        connections.append(connection)
+
+    def trickle() -> None:
+        while not stop.wait(0.5):
+            for connection in connections:
+                with contextlib.suppress(OSError):
+                    connection.sendall(b"X-Slow: 1\r\n")
+
+    threading.Thread(target=trickle, daemon=True).start()
+    return connections
+
+
+def time_health_beside_slow_clients(port: int, slow: int, requests_made: int) -> tuple[list[float], int]:
+    """Latencies (ms) of ``requests_made`` GET /health, one at a time, while ``slow`` slow clients hold connections;
+    and how many got no answer within 5 s."""
+    stop = threading.Event()
+    connections = hold_slow_clients(port, slow, stop)
+    latencies, timeouts = [], 0
+    try:
+        time.sleep(1)
+        for _ in range(requests_made):
+            started = time.perf_counter()
+            try:
+                requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                latencies.append((time.perf_counter() - started) * 1000)
+            except requests.RequestException:
+                timeouts += 1
+    finally:
+        stop.set()
+        for connection in connections:
+            connection.close()
+    return latencies, timeouts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each measured run (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per load (default 3)")
+    parser.add_argument(
+        "--worker-classes", default="gevent,sync", help="gunicorn worker classes to compare (default gevent,sync)"
+    )
+    parser.add_argument("--slow-clients", type=int, default=50, help="slow clients held open (default 50)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed; on Debian: apt-get install wrk")
     root = Path(tempfile.mkdtemp(prefix="risk-bench-api-"))
-    server = None
+    slow_rows = []
     try:
         config_path = build_project(root)
-        port = free_port()
-        server = start_server(config_path, port)
-        url = f"http://127.0.0.1:{port}"
-        check_answers_equal_the_model(config_path, url)
-        print("| load | requests/s (median) | median latency | errors | runs (requests/s) |")
-        print("|---|---|---|---|---|")
-        for name, (method, path, body) in LOADS.items():
-            script = write_wrk_script(root, method, body)
-            run_wrk(url + path, script, 2)  # warm-up
-            runs = [run_wrk(url + path, script, args.seconds) for _ in range(args.repeats)]
-            rates = [run["rate"] for run in runs]
-            latency = statistics.median(run["median_ms"] for run in runs)
-            errors = sum(run["errors"] for run in runs)
-            print(
-                f"| {name} | {statistics.median(rates):,.0f} | {latency:.2f} ms | {errors} | "
-                f"{', '.join(f'{rate:,.0f}' for rate in rates)} |",
-                flush=True,
-            )
+        print("| worker class | load | requests/s (median) | median latency | errors | runs (requests/s) |")
+        print("|---|---|---|---|---|---|")
+        for worker_class in args.worker_classes.split(","):
+            port = free_port()
+            server = start_server(config_path, port, worker_class)
+            try:
+                url = f"http://127.0.0.1:{port}"
+                check_answers_equal_the_model(config_path, url)
+                for name, (method, path, body) in LOADS.items():
+                    script = write_wrk_script(root, method, body)
+                    run_wrk(url + path, script, 2)  # warm-up
+                    runs = [run_wrk(url + path, script, args.seconds) for _ in range(args.repeats)]
+                    rates = [run["rate"] for run in runs]
+                    latency = statistics.median(run["median_ms"] for run in runs)
+                    errors = sum(run["errors"] for run in runs)
+                    print(
+                        f"| {worker_class} | {name} | {statistics.median(rates):,.0f} | {latency:.2f} ms | {errors} | "
+                        f"{', '.join(f'{rate:,.0f}' for rate in rates)} |",
+                        flush=True,
+                    )
+                slow_rows.append((worker_class, *time_health_beside_slow_clients(port, args.slow_clients, 50)))
+            finally:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=60)
+        print(f"\nGET /health, 50 requests one at a time, while {args.slow_clients} slow clients hold connections:")
+        print("| worker class | median | 90th percentile | no answer within 5 s |")
+        print("|---|---|---|---|")
+        for worker_class, latencies, timeouts in slow_rows:
+            median = f"{statistics.median(latencies):.1f} ms" if latencies else "-"
+            p90 = f"{statistics.quantiles(latencies, n=10)[-1]:.1f} ms" if len(latencies) > 1 else "-"
+            print(f"| {worker_class} | {median} | {p90} | {timeouts} of 50 |")
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
     return 0
 

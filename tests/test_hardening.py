@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+import ingestion
 from common.artifacts import FINAL_DATA
 from common.batches import read_ingested_data
 from common.config import Config
@@ -113,3 +115,38 @@ def test_entries_that_are_not_plain_files_or_have_unusable_names_are_named(proje
     assert result.rows_written == 1000
     lines = (project.output_folder / "ingestedfiles.txt").read_text().splitlines()
     assert len(lines) == 2  # the two good files, one line each
+
+
+def test_a_new_file_changed_within_the_settle_time_waits_and_an_edit_keeps_the_earlier_rows(project: Config):
+    first = ingest(project)
+    write_clients(project.input_folder / "arriving.csv", 80, seed=11)
+    waiting = ingest_folder(project.input_folder, project.output_folder, settle_seconds=60)
+    assert waiting.arriving == ["arriving.csv"] and "arriving.csv" not in waiting.rejected
+    assert waiting.rows_written == first.rows_written  # nothing of it read
+    edited = project.input_folder / "clients_a.csv"  # an edit still being written keeps the rows read before
+    edited.write_text(edited.read_text() + "late-client,1,2,3,0\n")
+    again = ingest_folder(project.input_folder, project.output_folder, settle_seconds=60)
+    assert set(again.arriving) == {"arriving.csv", "clients_a.csv"} and "clients_a.csv" in again.kept_from_history
+    old = time.time() - 120
+    for path in (project.input_folder / "arriving.csv", edited):
+        os.utime(path, (old, old))
+    settled = ingest_folder(project.input_folder, project.output_folder, settle_seconds=60)
+    assert settled.arriving == [] and settled.rows_written == first.rows_written + 81
+
+
+def test_a_file_that_changes_while_it_is_read_is_left_for_a_later_run(project: Config, monkeypatch):
+    ingest(project)
+    growing = write_clients(project.input_folder / "growing.csv", 50, seed=12)
+    real_parse = ingestion.parse_new_file
+
+    def parse_then_grow(path: Path, sha256: str, output_folder: Path):
+        parsed = real_parse(path, sha256, output_folder)
+        with open(growing, "a") as handle:  # the copy goes on while the rows are read
+            handle.write("more-client,1,2,3,0\n")
+        return parsed
+
+    monkeypatch.setattr(ingestion, "parse_new_file", parse_then_grow)
+    result = ingest(project)
+    assert result.arriving == ["growing.csv"] and not list((project.output_folder / PARSED_FOLDER).glob("*.tmp*"))
+    monkeypatch.setattr(ingestion, "parse_new_file", real_parse)
+    assert ingest(project).arriving == []  # unchanged since: read now, whole
