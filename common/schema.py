@@ -40,8 +40,8 @@ SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) for name in (
 MAX_COUNT = 2**53 - 1
 # An id is a client's name or number; a longer one is a broken row, not a client.
 MAX_ID_LENGTH = 256
-_HEAD_BYTES = 64 * 1024
 _BLOCK_BYTES = 1024 * 1024  # pyarrow's CSV block: no line may be longer
+_HEAD_BYTES = _BLOCK_BYTES  # the header is read from this much of the start: a longer line is no header
 _FIELD_COUNT_ERROR = re.compile(r"Row #(\d+): Expected (\d+) columns, got (\d+)")
 _QUOTED_TEXT = re.compile(r":\s*\".*$")
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -180,7 +180,10 @@ def parse_header(head: bytes, source: str) -> list[str]:
         raise BadFileError(f"{source}: the file is UTF-16 text; save it as UTF-8 CSV")
     if b"\x00" in head[:_HEAD_BYTES]:
         raise BadFileError(f"{source}: the file is binary, not CSV text")
-    first_line = _LINE_BREAK.split(head.removeprefix(_UTF8_BOM), maxsplit=1)[0]
+    lines = _LINE_BREAK.split(head.removeprefix(_UTF8_BOM), maxsplit=1)
+    if len(lines) == 1 and len(head) >= _HEAD_BYTES:
+        raise BadFileError(f"{source}: {describe_long_line()}")
+    first_line = lines[0]
     try:
         text = first_line.decode("utf-8")
     except UnicodeDecodeError:
@@ -247,6 +250,10 @@ def _read_csv_table(path: Path, columns: tuple[str, ...]) -> tuple[pa.Table, int
     return table, malformed
 
 
+def describe_long_line() -> str:
+    return f"a line is longer than the {_BLOCK_BYTES // (1024 * 1024)} MiB a line of client data may be"
+
+
 def _describe_arrow_error(message: str, names: list[str]) -> str:
     match = _CONVERSION_ERROR.search(message)
     if match:
@@ -261,7 +268,7 @@ def _describe_arrow_error(message: str, names: list[str]) -> str:
         row, expected, got = fields.groups()
         return f"line {row} has {got} field(s) where the header has {expected}"
     if "block size" in message or "straddl" in message:
-        return f"a line is longer than the {_BLOCK_BYTES // (1024 * 1024)} MiB a line of client data may be"
+        return describe_long_line()
     # The reader's own words, without the piece of the file it quotes after a colon.
     return f"cannot be parsed as CSV ({_QUOTED_TEXT.sub('', message.splitlines()[0])[:120]})"
 

@@ -425,3 +425,22 @@ def test_a_model_damaged_under_two_workers_is_replaced_by_the_same_intact_versio
         assert requests.post(f"{url}/prediction", json={"records": [record]}, timeout=5).status_code == 200
     finally:
         stop_server(server)
+
+
+@pytest.mark.parametrize(
+    ("framing", "status"),
+    [
+        (b"zz\r\nabc\r\n0\r\n\r\n", 400),  # a chunk size that is not hexadecimal
+        (b"3\r\nabcdef\r\n0\r\n\r\n", 400),  # a chunk longer than its size
+        (b"5\r\nab", 400),  # cut: the client went away mid-chunk
+        (b"ffffffffffffffffff\r\nabc\r\n", 400),  # a size no body can have
+    ],
+    ids=["not hex", "overlong chunk", "cut", "absurd size"],
+)
+def test_malformed_chunked_framing_is_a_400_not_a_500(deployed: Config, framing: bytes, status: int):
+    server = start_server(deployed)
+    try:
+        head = b"POST /prediction HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n"
+        assert send(server.url, head + b"Connection: close\r\n\r\n" + framing) == status
+    finally:
+        stop_server(server)

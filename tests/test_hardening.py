@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 import ingestion
+from diagnostics import SCRATCH_PREFIX, clean_stale_scratch
 from common.artifacts import FINAL_DATA
 from common.batches import read_ingested_data
 from common.config import Config
@@ -150,3 +152,33 @@ def test_a_file_that_changes_while_it_is_read_is_left_for_a_later_run(project: C
     assert result.arriving == ["growing.csv"] and not list((project.output_folder / PARSED_FOLDER).glob("*.tmp*"))
     monkeypatch.setattr(ingestion, "parse_new_file", real_parse)
     assert ingest(project).arriving == []  # unchanged since: read now, whole
+
+
+def test_a_count_from_2_to_the_53_on_is_a_bad_row_not_a_rounded_one(project: Config):
+    (project.input_folder / "big.csv").write_text(HEADER + f"big-a,1,{2**53 + 1},3,0\nbig-b,1,{2**53 - 1},3,0\n")
+    result = ingest(project)
+    entry = next(entry for entry in result.files if entry.name == "big.csv")
+    assert (entry.rows_kept, entry.rows_dropped) == (1, 1)
+    assert f"big-b,1,{2**53 - 1},3,0" in (project.output_folder / FINAL_DATA).read_text()
+
+
+def test_a_10000_column_file_and_a_line_over_1_mib_get_plain_messages(project: Config):
+    wide = HEADER.strip() + "," + ",".join(f"extra{i}" for i in range(10_000)) + "\n"
+    (project.input_folder / "wide.csv").write_text(wide + "acme,1,2,3,0," + ",".join("1" * 10_000) + "\n")
+    (project.input_folder / "longheader.csv").write_text(HEADER.strip() + "," + "x" * 1_200_000 + "\nacme,1,2,3,0,1\n")
+    result = ingest(project)
+    assert next(entry for entry in result.files if entry.name == "wide.csv").rows_kept == 1  # extra columns ignored
+    assert (
+        result.rejected["longheader.csv"]
+        == "longheader.csv: a line is longer than the 1 MiB a line of client data may be"
+    )
+
+
+def test_scratch_folders_of_killed_timing_runs_are_cleared(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, live = tmp_path / f"{SCRATCH_PREFIX}killed", tmp_path / f"{SCRATCH_PREFIX}running"
+    stale.mkdir()
+    live.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    clean_stale_scratch()
+    assert not stale.exists() and live.exists()

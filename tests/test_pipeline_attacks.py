@@ -29,6 +29,7 @@ from common.artifacts import (
 from common.batches import read_ingested_data
 from common.config import Config, load_config
 from common.history import read_runs
+from deployment import PAUSE_ENV_VAR
 from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
 from tests.helpers import PROJECT_ROOT, run_script, write_config
@@ -218,3 +219,54 @@ def test_a_full_disk_is_said_in_one_sentence_and_leaves_the_deployment_serving(t
         print("\n" + "\n".join(f"{kib:>4} KiB free: exit {code}: {line}" for kib, code, line in outcomes))
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if text in line:
+            return
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"{text!r} never appeared")
+
+
+def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing(tmp_path: Path):
+    config_path = project_config(tmp_path / "project")
+    config = load_config(config_path)
+    assert run_fullprocess(config_path).returncode == 0
+    write_batch(config.input_folder / "drifted.csv", 3000, seed=32, world="drifted")
+    holder = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "fullprocess.py"), "--config", str(config_path)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, PAUSE_ENV_VAR: "staged"},  # the run has gated a challenger and is publishing it
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_line(holder, "pausing at step staged")
+        rollback = run_script("deployment.py", "--config", str(config_path), "--rollback")
+        assert rollback.returncode == 1, rollback.stderr
+        assert "being changed by another run" in rollback.stderr and "fullprocess.py run" in rollback.stderr
+        assert current_version(config.deployment_folder) == "v0001"  # the gate's champion is still the one serving
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(timeout=60)
+    assert run_fullprocess(config_path).returncode == 0 and current_version(config.deployment_folder) == "v0002"
+    assert run_script("deployment.py", "--config", str(config_path), "--rollback").returncode == 0
+    assert current_version(config.deployment_folder) == "v0001"
+
+
+def test_a_rejected_file_is_recorded_as_rejected_and_not_tried_again(tmp_path: Path):
+    config_path = project_config(tmp_path / "project")
+    config = load_config(config_path)
+    assert run_fullprocess(config_path).returncode == 0
+    (config.input_folder / "broken.csv").write_text("corporation,lastmonth_activity\nacme,1\n")
+    first = run_fullprocess(config_path)
+    assert first.returncode == 0, first.stderr
+    run = read_runs(config.history_path, limit=1)[0]
+    assert [(row["name"], row["status"]) for row in run["files"]] == [("broken.csv", "rejected")]
+    assert "missing columns" in (run["files"][0]["note"] or "")
+    again = run_fullprocess(config_path)
+    assert "no new data" in again.stderr  # decided: not new again until it changes

@@ -28,6 +28,7 @@ from common.artifacts import (
 )
 from common.batches import read_ingested_data
 from common.config import Config, load_config
+from common.errors import PipelineError
 from common.drivers import explain_clients
 from common.files import find_test_files, write_text_atomic
 from common.history import open_history, save_run, start_run
@@ -289,3 +290,12 @@ def test_a_broken_history_leaves_the_trends_out_with_a_note(diagnosed):
     result = reporting.write_report(diagnosed)
     assert any("trends over runs are left out" in note for note in result["notes"])
     assert "Deployed model" in pdf_text(result["pdf"])
+
+
+def test_a_finaldata_cut_short_is_described_by_neither_the_report_nor_the_diagnostics(diagnosed: Config):
+    data = diagnosed.output_folder / FINAL_DATA
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # a full disk, a crash, an edit
+    with pytest.raises(PipelineError, match="not the file the last ingestion wrote"):
+        reporting.write_report(diagnosed)
+    with pytest.raises(PipelineError, match="not the file the last ingestion wrote"):
+        diagnostics.run_diagnostics(diagnosed, runs=0)
