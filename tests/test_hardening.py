@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 import ingestion
-from diagnostics import SCRATCH_PREFIX, clean_stale_scratch
 from common.artifacts import FINAL_DATA
 from common.batches import read_ingested_data
 from common.config import Config
 from common.schema import MAX_ID_LENGTH
+from diagnostics import SCRATCH_PREFIX, clean_stale_scratch
 from ingestion import PARSED_FOLDER, ingest_folder
 from tests.helpers import write_clients
 

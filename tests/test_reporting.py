@@ -28,8 +28,8 @@ from common.artifacts import (
 )
 from common.batches import read_ingested_data
 from common.config import Config, load_config
-from common.errors import PipelineError
 from common.drivers import explain_clients
+from common.errors import PipelineError
 from common.files import find_test_files, write_text_atomic
 from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, read_labelled_data
