@@ -13,10 +13,12 @@ history (F1, missing data, timings), drawn in ``trends.png``.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from reportlab.lib.enums import TA_CENTER, TA_RIGHT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
@@ -375,7 +378,7 @@ def read_trend_runs(history_path: Path) -> list[dict[str, Any]]:
 
 def plot_trends(runs: list[dict[str, Any]], target: Path) -> Path:
     """Draw F1, missing data and timings over runs as a PNG; write it atomically."""
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -412,6 +415,10 @@ def plot_trends(runs: list[dict[str, Any]], target: Path) -> Path:
     time_axes.plot(*series("seconds"), "k.-", label="whole run")
     time_axes.set_ylabel("seconds")
     time_axes.legend(fontsize=7, loc="upper left", ncols=4)
+    first, last = when(runs[0]), when(runs[-1])
+    margin = timedelta(hours=TREND_MIN_SPAN_HOURS / 2)
+    if last - first < 2 * margin:  # one run, or a burst of runs: an hour either side, not years of empty axis
+        time_axes.set_xlim(first - margin, last + margin)
     locator = AutoDateLocator()
     time_axes.xaxis.set_major_locator(locator)
     time_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
@@ -492,6 +499,7 @@ def make_table(
 
     data = [[cell(text, column, head=True) for column, text in enumerate(header)]]
     data += [[cell(text, column) for column, text in enumerate(row)] for row in rows]
+    widths = widen_for_words(data, widths)
     commands = [
         ("BACKGROUND", (0, 0), (-1, 0), HEADER_BACKGROUND),
         ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, STRIPE]),
@@ -505,6 +513,35 @@ def make_table(
     table = Table(data, colWidths=list(widths), repeatRows=1, hAlign="LEFT")
     table.setStyle(TableStyle(commands))
     return table
+
+
+TREND_MIN_SPAN_HOURS = 2  # the trends' time axis spans at least this
+CELL_PADDING = 12  # reportlab's left and right cell padding, 6 points each
+_MARKUP_TAG = re.compile(r"<[^>]+>")
+
+
+def longest_word_width(paragraph: Paragraph) -> float:
+    """The width of a cell's widest word (a run without a breaking space), in its own font and size."""
+    text = html.unescape(_MARKUP_TAG.sub(" ", paragraph.text))
+    style = paragraph.style
+    return max((stringWidth(word, style.fontName, style.fontSize) for word in text.split(" ") if word), default=0.0)
+
+
+def widen_for_words(data: list[list[Paragraph]], widths: Sequence[float]) -> list[float]:
+    """Column widths in which no word is broken: a column narrower than its widest word takes the room from the
+    columns with the most to spare (text wraps at spaces, so a word is never cut as "deplo / yment")."""
+    needed = [max(longest_word_width(row[column]) for row in data) + CELL_PADDING for column in range(len(widths))]
+    fitted = [max(width, need) for width, need in zip(widths, needed, strict=True)]
+    excess = sum(fitted) - sum(widths)
+    while excess > 0.01:
+        spare = [width - need for width, need in zip(fitted, needed, strict=True)]
+        donor = max(range(len(fitted)), key=lambda column: spare[column])
+        if spare[donor] <= 0.01:
+            break  # every column is at its narrowest: the table is as narrow as its words allow
+        given = min(spare[donor], excess)
+        fitted[donor] -= given
+        excess -= given
+    return fitted
 
 
 def spread_widths(first: float, count: int, total: float = FRAME_WIDTH) -> list[float]:

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pypdf import PdfReader
-from reportlab.platypus import Flowable
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
+from reportlab.platypus import Flowable, Paragraph
 from sklearn.metrics import f1_score
 
 import diagnostics
@@ -299,3 +302,12 @@ def test_a_finaldata_cut_short_is_described_by_neither_the_report_nor_the_diagno
         reporting.write_report(diagnosed)
     with pytest.raises(PipelineError, match="not the file the last ingestion wrote"):
         diagnostics.run_diagnostics(diagnosed, runs=0)
+
+
+def test_table_columns_are_widened_so_no_word_is_cut():
+    cell = ParagraphStyle("cell", fontName="Helvetica", fontSize=8)
+    data = [[Paragraph("Outcome", cell), Paragraph("Decision", cell)]]
+    data.append([Paragraph("first deployment", cell), Paragraph("a long decision " * 8, cell)])
+    fitted = reporting.widen_for_words(data, [10 * mm, 150 * mm])
+    assert fitted[0] >= stringWidth("deployment", "Helvetica", 8) + reporting.CELL_PADDING
+    assert sum(fitted) == pytest.approx(160 * mm)  # the room came from the column with words to wrap
