@@ -52,7 +52,7 @@ from common.artifacts import (
 from common.cli import build_parser, run_stage
 from common.config import PROJECT_ROOT, Config, DiagnosticsSettings, load_config
 from common.errors import PipelineError
-from common.files import find_test_files, list_data_files, shown_path, write_text_atomic
+from common.files import find_test_files, list_data_files, parse_utc, shown_path, write_text_atomic
 from common.schema import BadFileError, read_feature_file
 from common.timings import read_stage_timings, record_stage_timings
 
@@ -226,11 +226,8 @@ def read_cache(path: Path) -> dict[str, dict[str, str]]:
 
 def age_hours(stamp: str | None, now: datetime) -> float:
     """Hours since an ISO 8601 time; infinite when it is missing or unreadable."""
-    try:
-        then = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return float("inf")
-    return (now - then).total_seconds() / 3600
+    then = parse_utc(stamp)
+    return float("inf") if then is None else (now - then).total_seconds() / 3600
 
 
 def describe_failure(exc: BaseException | None, timeout: float) -> str:

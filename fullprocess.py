@@ -68,6 +68,7 @@ from common.files import (
     file_signature,
     hold_lock,
     list_data_files,
+    list_names,
     sha256_file,
     write_text_atomic,
 )
@@ -214,7 +215,7 @@ def let_files_settle(new: NewData, settle_seconds: float) -> None:
 def describe_stray(stray: list[str]) -> str:
     if not stray:
         return ""
-    shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+    shown = list_names(stray)
     return f"; ignored {len(stray)} file(s) that are not data ({shown})"
 
 

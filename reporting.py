@@ -61,7 +61,7 @@ from common.config import Config, load_config
 from common.drift import CalibrationBins, calibration_bins
 from common.drivers import explain_clients
 from common.errors import PipelineError
-from common.files import atomic_path, find_test_files, sha256_file, write_text_atomic
+from common.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
 from common.schema import FEATURE_LABELS, FEATURES, ID_COLUMN, TARGET, BadFileError
 from training import LinearRiskModel
@@ -273,13 +273,6 @@ def format_seconds(value: float | None) -> str:
     return DASH if value is None else f"{value:,.2f}"
 
 
-def list_names(names: Sequence[str], limit: int = MAX_LISTED_FILES) -> str:
-    """Names joined by commas, the tail summarised when there are many."""
-    if len(names) <= limit:
-        return ", ".join(names)
-    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
-
-
 def breakable(name: str) -> str:
     """Paragraph markup of a column name that wraps after its last underscore, to fit a narrow column."""
     head, underscore, tail = name.rpartition("_")
@@ -389,7 +382,9 @@ def plot_trends(runs: list[dict[str, Any]], target: Path) -> Path:
         return [point[0] for point in points], [point[1] for point in points]
 
     def when(run: dict[str, Any]) -> datetime:
-        return datetime.fromisoformat(run["started_at"].replace("Z", "+00:00"))
+        moment = parse_utc(run["started_at"])
+        assert moment is not None  # the history writes these times
+        return moment
 
     figure = Figure(figsize=(7.2, 6.6), dpi=150, layout="constrained")
     FigureCanvasAgg(figure)
@@ -573,7 +568,7 @@ def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, 
         if info.get("retrained_because"):
             data_text += f", retrained because of {info['retrained_because']}"
     elif files:
-        data_text += f" from {len(files)} file{'s' if len(files) != 1 else ''}: {list_names(files)}"
+        data_text += f" from {len(files)} file{'s' if len(files) != 1 else ''}: {list_names(files, MAX_LISTED_FILES)}"
     threshold = info.get("decision_threshold")
     chosen = (info.get("settings") or {}).get("decision_threshold")
     how = "chosen to maximise F1 on the training data" if chosen == "f1" else "set in the config"
@@ -615,8 +610,9 @@ def performance_section(
 ) -> list[Flowable]:
     """Metrics of the deployed model on the test data (and on the recent window), and its confusion matrix."""
     files = [Path(name).name for name in evaluation.get("test_data", [])]
+    shown = escape(list_names(files, MAX_LISTED_FILES))
     caption = (
-        f"The deployed model on {format_number(evaluation['rows'])} rows of {escape(list_names(files))} "
+        f"The deployed model on {format_number(evaluation['rows'])} rows of {shown} "
         f"(exit rate {format_percent(evaluation.get('exit_rate'))}), "
         f"measured {nowrap(format_time(evaluation['scored_at']))}."
     )

@@ -10,7 +10,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,6 +62,24 @@ def write_text_atomic(target: Path, text: str) -> Path:
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with a Z, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_utc(text: object) -> datetime | None:
+    """A time written by ``utc_now`` (or any ISO 8601 time; one without a zone is UTC), or None when unreadable."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def list_names(names: Sequence[str], limit: int = 5) -> str:
+    """Names joined by commas, the tail summarised when there are more than ``limit``."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
 
 
 class LockHeld(PipelineError):

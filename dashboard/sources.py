@@ -29,6 +29,7 @@ from common.artifacts import (
 from common.batches import IngestedData, read_ingested_data
 from common.config import Config
 from common.errors import PipelineError
+from common.files import parse_utc
 from common.history import read_runs
 from dashboard.clients import ClientTable, build_client_table
 
@@ -164,19 +165,9 @@ class DashboardSources:
         return self.stored_json(DIAGNOSTICS_FILE)
 
 
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def describe_age(text: str | None, now: datetime | None = None) -> str:
     """How long ago a UTC time was, in words: "12 minutes ago"."""
-    moment = parse_time(text)
+    moment = parse_utc(text)
     if moment is None:
         return "at an unknown time"
     seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
