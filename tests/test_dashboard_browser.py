@@ -26,6 +26,7 @@ from common.config import Config, load_config
 from ingestion import ingest_folder
 from tests.helpers import PROJECT_ROOT, deploy, train_and_score, write_clients, write_config
 from tests.test_dashboard import active_clients, add_runs
+from dashboard import URL_PREFIX
 from tests.test_server import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -192,7 +193,7 @@ def site(browser_ready, tmp_path_factory) -> Iterator[tuple[str, Config]]:
     config = build_project(tmp_path_factory.mktemp("dashboard-site"))
     process, url = start_server(config.path, TOKEN)
     try:
-        yield url, config
+        yield f"{url}{URL_PREFIX}", config
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
