@@ -100,15 +100,30 @@ def test_gzip_bodies_are_decoded_within_the_limit_and_other_encodings_refused(cl
 @pytest.mark.parametrize(
     ("payload", "words"),
     [
-        (b'{"records": [{"corporation": "\\ud800", "lastmonth_activity": 1, "lastyear_activity": 2, '
-         b'"number_of_employees": 3}]}', "not valid JSON"),
-        (b'{"records": [{"corporation": "a", "lastmonth_activity": ' + b"[" * 1000 + b"]" * 1000
-         + b', "lastyear_activity": 2, "number_of_employees": 3}]}', "lastmonth_activity is a list"),
+        (
+            b'{"records": [{"corporation": "\\ud800", "lastmonth_activity": 1, "lastyear_activity": 2, '
+            b'"number_of_employees": 3}]}',
+            "not valid JSON",
+        ),
+        (
+            b'{"records": [{"corporation": "a", "lastmonth_activity": '
+            + b"[" * 1000
+            + b"]" * 1000
+            + b', "lastyear_activity": 2, "number_of_employees": 3}]}',
+            "lastmonth_activity is a list",
+        ),
         (b'{"records": [' * 600 + b"]}" * 600, "nested too deeply"),
-        (b'{"records": [{"corporation": "a", "lastmonth_activity": ' + b"9" * 5000
-         + b', "lastyear_activity": 2, "number_of_employees": 3}]}', "not valid JSON"),
-        (b'{"records": [{"corporation": "a", "lastmonth_activity": 9007199254740993, "lastyear_activity": 2, '
-         b'"number_of_employees": 3}]}', "too large"),
+        (
+            b'{"records": [{"corporation": "a", "lastmonth_activity": '
+            + b"9" * 5000
+            + b', "lastyear_activity": 2, "number_of_employees": 3}]}',
+            "not valid JSON",
+        ),
+        (
+            b'{"records": [{"corporation": "a", "lastmonth_activity": 9007199254740993, "lastyear_activity": 2, '
+            b'"number_of_employees": 3}]}',
+            "too large",
+        ),
     ],
     ids=["lone surrogate", "value nested 1,000 deep", "body nested 1,200 deep", "5,000-digit integer", "2**53 + 1"],
 )

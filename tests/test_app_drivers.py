@@ -16,9 +16,8 @@ from common.config import Config
 from common.evaluation import score_model
 from common.imports import sklearn_without_pandas
 from common.schema import FEATURES, ID_COLUMN, TARGET
-from dashboard.clients import latest_active_rows
 from scoring import write_scores
-from tests.helpers import deploy
+from tests.helpers import deploy, latest_active_rows
 
 with sklearn_without_pandas():
     from sklearn.linear_model import LogisticRegression

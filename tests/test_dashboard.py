@@ -17,8 +17,7 @@ from common.config import Config
 from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, ID_COLUMN, TARGET
 from dashboard.access import session_secret
-from dashboard.clients import latest_active_rows
-from tests.helpers import deploy, train_and_score
+from tests.helpers import deploy, latest_active_rows, train_and_score
 
 PAGES = tuple(f"/dashboard{page}" for page in ("/", "/clients", "/model-health", "/runs", "/runs?all=1", "/system"))
 TOKEN = "s3cret-token"
@@ -290,7 +289,9 @@ def test_the_json_api_keeps_its_bearer_token_whatever_the_session(guarded):
 
 def test_sign_in_sends_people_back_to_this_site_only(guarded):
     csrf = sign_in_form(guarded)
-    answer = guarded.post("/dashboard/sign-in", data={"token": TOKEN, "csrf": csrf, "next": "https://elsewhere.example/"})
+    answer = guarded.post(
+        "/dashboard/sign-in", data={"token": TOKEN, "csrf": csrf, "next": "https://elsewhere.example/"}
+    )
     assert answer.headers["Location"] == "/dashboard/"
 
 

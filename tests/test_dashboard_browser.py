@@ -23,10 +23,10 @@ import pytest
 
 from common.artifacts import current_version_folder, load_deployed_version
 from common.config import Config, load_config
+from dashboard import URL_PREFIX
 from ingestion import ingest_folder
 from tests.helpers import PROJECT_ROOT, deploy, train_and_score, write_clients, write_config
 from tests.test_dashboard import active_clients, add_runs
-from dashboard import URL_PREFIX
 from tests.test_server import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
