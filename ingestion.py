@@ -95,6 +95,7 @@ class IngestionResult:
     duplicates_removed: int = 0
     rows_written: int = 0
     appended: bool = False  # True when the new rows were appended to the earlier output
+    unchanged: bool = False  # True when finaldata.csv was left as it was (no labelled file changed)
     written_hashes: np.ndarray | None = None  # hashes of the rows this run wrote (all of them after a rebuild)
     batch: int = 0  # the batch the rows new in this run arrived in (0: no new rows)
     seconds: float = 0.0
@@ -600,7 +601,7 @@ def ingest_locked(
         result.rows_merged,
         result.duplicates_removed,
         result.rows_written,
-        "in (new rows appended to)" if result.appended else "written to",
+        "in (new rows appended to)" if result.appended else "kept, unchanged, in" if result.unchanged else "written to",
         result.final_data,
         result.seconds,
     )
@@ -652,7 +653,7 @@ def index_if_unchanged(
     result.rows_merged, result.duplicates_removed = index.rows_merged, index.duplicates_removed
     result.rows_written = int(index.hashes.size)
     result.final_data = output_folder / FINAL_DATA
-    log.info("the labelled files are unchanged; %s stays as it is", FINAL_DATA)
+    result.unchanged = True
     return index
 
 
@@ -737,6 +738,7 @@ def describe_result(result: IngestionResult, input_folder: Path) -> dict:
         "duplicates_removed": result.duplicates_removed,
         "rows_written": result.rows_written,
         "appended": result.appended,
+        "unchanged": result.unchanged,
         "batch": result.batch,
         "seconds": result.seconds,
         "finaldata_sha256": sha256_file(result.final_data),
