@@ -15,16 +15,20 @@ from common.artifacts import (
     INGESTION_REPORT,
     MODEL_INFO_FILE,
     UNLABELLED_CLIENTS,
+    current_version_folder,
+    load_deployed_version,
     read_ingested_files,
     read_json_file,
 )
 from common.batches import read_final_data, read_unlabelled_clients, select_current_clients
-from common.config import Config
+from common.config import Config, load_config
 from common.schema import UNLABELLED_COLUMNS, read_data_file
+from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
 from reporting import rank_clients
 from tests.helpers import train_and_score
 from tests.test_app_drivers import served_model
+from tests.test_fullprocess import last_run, run_fullprocess, scenario_config
 
 HEADER = ",".join(UNLABELLED_COLUMNS) + "\n"
 # Riskier than any generated client: no activity, many employees.
@@ -193,3 +197,63 @@ def test_the_unlabelled_file_goes_once_the_unlabelled_files_do(deployed):
     (deployed.input_folder / "current.csv").unlink()
     ingest_folder(deployed.input_folder, deployed.output_folder, fresh=True)
     assert not (deployed.output_folder / UNLABELLED_CLIENTS).exists()
+
+
+@pytest.mark.slow
+def test_fullprocess_on_unlabelled_files_estimates_f1_tests_data_drift_and_never_model_drift(tmp_path):
+    write_shipped_data(tmp_path)
+    shipped = scenario_config(tmp_path)
+    root, config = tmp_path, load_config(shipped)
+    assert run_fullprocess(shipped).returncode == 0
+    final = config.output_folder / FINAL_DATA
+    before, active = final.read_bytes(), ranked(config)["count"]
+
+    # A batch of clients without outcomes, from the same world: ranked, estimated, nothing to retrain for.
+    write_batch(root / "sourceddata" / "current_a.csv", 300, seed=41, labelled=False)
+    first = run_fullprocess(shipped)
+    assert first.returncode == 0, first.stderr
+    run = last_run(shipped)
+    assert run["outcome"] == "kept" and run["model_version_after"] == "v0001"
+    assert run["new_data_f1"] is None and run["model_drift"] is None and run["drift_threshold"] is None
+    assert 0 < run["estimated_f1_low"] <= run["estimated_f1"] <= run["estimated_f1_high"] < 1
+    assert run["data_drift"] is False and run["first_batch"] is None and run["new_rows"] == 300
+    assert [(row["name"], row["status"]) for row in run["files"]] == [("current_a.csv", "unlabelled")]
+    assert "no outcomes, so no model-drift test" in first.stderr and "model drift" not in run["decision"]
+    assert final.read_bytes() == before and ranked(config)["count"] == active + 300
+    answer = create_app(config, token="").test_client().get("/history?limit=1").get_json()["runs"][0]
+    assert answer["estimated_f1"] == run["estimated_f1"] and answer["new_data_f1"] is None
+
+    idle = run_fullprocess(shipped)  # the unlabelled file was decided on: not new again
+    assert idle.returncode == 0 and last_run(shipped)["outcome"] == "no_new_data", idle.stderr
+
+    # Outcomes for a stable batch fill the recent window; then a shifted batch without outcomes drifts,
+    # and the challengers are trained on the labelled rows alone and judged on that window.
+    write_batch(root / "sourceddata" / "labelled_b.csv", 2000, seed=42)
+    assert run_fullprocess(shipped).returncode == 0
+    assert last_run(shipped)["new_data_f1"] is not None
+    training_rows_before = load_deployed_version(current_version_folder(config.deployment_folder)).model_info
+    write_batch(root / "sourceddata" / "current_c.csv", 2000, seed=43, world="shifted", labelled=False)
+    shifted = run_fullprocess(shipped)
+    assert shifted.returncode == 0, shifted.stderr
+    run = last_run(shipped)
+    assert run["data_drift"] is True and run["drift_trigger"].startswith("data drift (")
+    assert run["new_data_f1"] is None and run["model_drift"] is None and run["estimated_f1"] is not None
+    assert run["candidates"] and run["outcome"] in ("kept", "deployed")
+    labelled_rows = len(final.read_text().splitlines()) - 1
+    for candidate in run["candidates"]:
+        assert candidate["rows"] <= labelled_rows
+    assert "retraining on the labelled rows: data drift" in shifted.stderr
+    assert training_rows_before["training_rows"] <= labelled_rows
+
+
+@pytest.mark.slow
+def test_fullprocess_with_retraining_on_model_drift_only_reports_unlabelled_data_drift(tmp_path):
+    write_shipped_data(tmp_path)
+    config_path = scenario_config(tmp_path, retrain_on="model_drift")
+    assert run_fullprocess(config_path).returncode == 0
+    write_batch(tmp_path / "sourceddata" / "current.csv", 2000, seed=44, world="shifted", labelled=False)
+    result = run_fullprocess(config_path)
+    assert result.returncode == 0, result.stderr
+    run = last_run(config_path)
+    assert run["data_drift"] is True and run["drift_trigger"] is None and run["outcome"] == "kept"
+    assert "but retrain_on is model_drift" in run["decision"] and run["estimated_f1"] is not None
