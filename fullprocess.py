@@ -15,6 +15,9 @@ One run, in order (each step is a named stage; a failure stops the run and names
    the recent rows, recency-weighted), none on the rolling evaluation window, and the best on
    the held-out recent rows faces the serving model at the gate (``monitoring.min_gain``,
    ``monitoring.gate_confidence``).
+   New files without outcomes (no ``exited`` column) are ranked but never trained on: when the
+   new rows are all such, the run records the estimated F1 and tests data drift only, and only
+   data drift can retrain (on the labelled rows, judged on the rolling evaluation window).
 4. deployment of a winner, then diagnostics, reporting (``confusionmatrix2.png`` and the PDF)
    and the API calls (``apireturns2.txt``) when the API is running.
 

@@ -27,12 +27,12 @@ SORT_KEYS = ("probability", ID_COLUMN, *FEATURES)
 
 @dataclass(frozen=True)
 class ClientRow:
-    """One row of a client as it arrived: the batch, its time, the counts and the label."""
+    """One row of a client as it arrived: the batch, its time, the counts and the label (None: not known yet)."""
 
     batch: int
     ingested_at: str
     values: dict[str, int]
-    exited: int
+    exited: int | None
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,16 @@ def build_client_table(
         orders=orders,
         position={name: row for row, name in enumerate(ids)},
         rank=rank,
-        history=client_histories(data.table[ID_COLUMN].to_pylist(), data, set(ids)),
+        history=add_unlabelled_rows(client_histories(data.table[ID_COLUMN].to_pylist(), data, set(ids)), current),
     )
+
+
+def add_unlabelled_rows(history: dict[str, list[ClientRow]], current: CurrentClients) -> dict[str, list[ClientRow]]:
+    """Each client's rows with, last, the unlabelled row that is its current state (when it is one)."""
+    for row in np.flatnonzero(current.unlabelled).tolist():
+        values = {name: int(current.features[row, j]) for j, name in enumerate(FEATURES)}
+        history.setdefault(current.ids[row], []).append(ClientRow(0, "", values, None))
+    return history
 
 
 def clients_csv(table: ClientTable, rows: np.ndarray) -> str:

@@ -100,6 +100,8 @@ def test_unlabelled_clients_are_counted_and_ranked_beside_the_active_ones(deploy
     assert [row["corporation"] for row in top] == ["newcomer_a", "newcomer_b", "newcomer_c"]
     page = create_app(deployed, token="").test_client().get("/dashboard/clients.csv").get_data(as_text=True)
     assert page.splitlines()[1].split(",")[1] == "newcomer_a" and len(page.splitlines()) == active + 4
+    detail = create_app(deployed, token="").test_client().get("/dashboard/clients/newcomer_a").get_data(as_text=True)
+    assert "Rank 1 of" in detail and "not known yet" in detail
 
 
 def test_a_later_labelled_row_supersedes_the_unlabelled_state_and_the_other_way_round(deployed):
