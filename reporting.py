@@ -111,9 +111,10 @@ def read_recent_window(path: Path, version: str) -> dict[str, Any] | None:
 
 
 def read_deployed_model(deploy_root: Path) -> tuple[DeployedVersion, list[str]]:
-    """The serving version (resolved once, checked) and the names of the files it was trained on."""
+    """The serving version (resolved once, checked) and the names of the files it was trained on (labelled ones)."""
     deployed = load_deployed_version(current_version_folder(deploy_root))
-    return deployed, list(read_ingested_files(deployed.folder / INGESTED_FILES))
+    files = read_ingested_files(deployed.folder / INGESTED_FILES).values()
+    return deployed, [entry.name for entry in files if entry.labelled]
 
 
 def rank_clients(model: Any, folder: Path, top: int) -> list[dict[str, Any]]:
