@@ -319,7 +319,7 @@ def test_sign_in_with_a_wrong_token_then_the_right_one_then_sign_out(site, drive
     sign_in_here = driver.find_element(By.ID, "token")
     sign_in_here.send_keys(TOKEN)
     sign_in_here.submit()
-    wait_for(lambda: driver.current_url.endswith("/runs"))
+    wait_for(lambda: "/sign-in" not in driver.current_url and driver.current_url.endswith("/runs"))
     assert TOKEN not in driver.current_url
     cookie = driver.get_cookie("risk_dashboard")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
