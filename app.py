@@ -11,11 +11,13 @@ changes: each request reads that one link, so a newly deployed version is picked
 restart, and since a version is complete before the link points at it, no request ever sees a
 half-published one. A version that fails to load is logged and the previous one keeps serving.
 
-Endpoints: ``GET``/``POST /prediction`` (``explain``: what drives each risk), ``GET /ranking`` (the active
+Endpoints: ``GET``/``POST /prediction`` (``explain``: what drives each risk), ``GET /clients`` (the current
 clients, riskiest first, ``?limit=N``), ``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
 ``GET /history`` (the fullprocess.py runs), ``GET /health``, ``GET /version``. Bad input gets a
 4xx JSON error naming the problem. When the environment variable named by ``api.token_env``
 (default ``RISK_API_TOKEN``) is set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``.
+The dashboard's pages live under ``/dashboard/`` (``GET /`` redirects there) and sign people in with
+the same token.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import os
 import threading
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, redirect, request, url_for
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable, Unauthorized
 
 from api.body import WholeBodies
@@ -55,6 +57,13 @@ log = logging.getLogger("app")
 
 # Query parameters that would carry a secret into every access log and browser history on the way.
 TOKEN_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "authorization"})
+# Answered without a token: the health check, and the way from the site's root to the dashboard's sign-in.
+OPEN_ENDPOINTS = frozenset({"api.health", "root"})
+
+
+def redirect_to_dashboard() -> Response:
+    """``GET /``: the dashboard's overview, where a person starts."""
+    return redirect(url_for("dashboard.overview"))
 
 
 def create_app(config: Config | str | os.PathLike[str] | None = None, token: str | None = None) -> Flask:
@@ -80,6 +89,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     app.extensions[DASHBOARD_STATE] = (api.watcher, token)  # the pages sign people in with the same token
     app.register_blueprint(api_bp)
     app.register_blueprint(dashboard_bp)
+    app.add_url_rule("/", "root", redirect_to_dashboard)
     expected = token.encode() if token else None
 
     @app.before_request
@@ -88,7 +98,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
             raise BadRequest(
                 "send the token in the header 'Authorization: Bearer <token>', never in the URL (URLs are logged)"
             )
-        if expected is None or request.endpoint == "api.health" or request.blueprint == dashboard_bp.name:
+        if expected is None or request.endpoint in OPEN_ENDPOINTS or request.blueprint == dashboard_bp.name:
             return  # the dashboard's pages keep their own signed session
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":

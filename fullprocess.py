@@ -15,6 +15,9 @@ One run, in order (each step is a named stage; a failure stops the run and names
    the recent rows, recency-weighted), none on the rolling evaluation window, and the best on
    the held-out recent rows faces the serving model at the gate (``monitoring.min_gain``,
    ``monitoring.gate_confidence``).
+   New files without outcomes (no ``exited`` column) are ranked but never trained on: when the
+   new rows are all such, the run records the estimated F1 and tests data drift only, and only
+   data drift can retrain (on the labelled rows, judged on the rolling evaluation window).
 4. deployment of a winner, then diagnostics, reporting (``confusionmatrix2.png`` and the PDF)
    and the API calls (``apireturns2.txt``) when the API is running.
 
@@ -247,6 +250,7 @@ def deploy_first_model(config: Config, record: RunRecord) -> dict[str, Any]:
         )
         missing = missing_percent([config.input_folder / entry.name for entry in ingested.files], config.model_folder)
     record.details["missing_data"] = missing
+    mark_unlabelled(record, ingested.unlabelled)
     with clock.stage("training"):
         info = train_from_folder(config.output_folder, config.model_folder, config.model)
     with clock.stage("scoring"):
@@ -295,7 +299,7 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     Returns the run's fields.
     """
     from common.batches import read_ingested_data
-    from common.monitoring import RunInputs, assess
+    from common.monitoring import RunInputs, assess, assess_unlabelled
     from deployment import publish_deployment
     from ingestion import ingest_folder
 
@@ -314,16 +318,24 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
         missing = missing_percent([item.path for item in new.files], config.model_folder)
     record.details["missing_data"] = missing
     left_out = mark_rejected(record, ingested.rejected)
+    unlabelled = mark_unlabelled(record, ingested.unlabelled)
     batch_before = ingested.batch - 1 if ingested.batch else data.latest_batch
     watermark = find_watermark(connection, champion, batch_before)
-    if left_out == len(new.files) and not data.in_batches(watermark + 1).any():
+    labelled_rows = data.in_batches(watermark + 1).any()
+    if left_out == len(new.files) and not labelled_rows:
         return {
             "outcome": NO_NEW_DATA,
             "ingested_rows": ingested.rows_written,
             "decision": f"no new data: the new file(s) were left out ({'; '.join(ingested.rejected.values())}); "
             f"{champion.version} serves",
         }
-    assessment = assess(RunInputs(config, connection, champion, data, watermark), clock)
+    inputs = RunInputs(config, connection, champion, data, watermark)
+    if unlabelled and not labelled_rows:
+        with clock.stage("unlabelled rows"):
+            features = read_unlabelled_features(config.output_folder, unlabelled)
+        assessment = assess_unlabelled(inputs, clock, features)
+    else:
+        assessment = assess(inputs, clock)
     record.feature_drift = assessment.feature_drift
     fields = {
         "ingested_rows": ingested.rows_written,
@@ -359,6 +371,28 @@ def mark_rejected(record: RunRecord, rejected: dict[str, str]) -> int:
             row.update(status="rejected", note=rejected[row["name"]])
             count += 1
     return count
+
+
+def mark_unlabelled(record: RunRecord, unlabelled: list[Any]) -> list[Any]:
+    """Record the new files ingestion read as unlabelled as such; return their ingestion entries."""
+    new = {entry.sha256: entry for entry in unlabelled}
+    found = []
+    for row in record.files:
+        if row.get("sha256") in new and row["status"] in ("new", "edited"):
+            row.update(status="unlabelled", note="no exited column: ranked as current clients, never trained on")
+            found.append(new[row["sha256"]])
+    return found
+
+
+def read_unlabelled_features(output_folder: Path, files: list[Any]) -> Any:
+    """The features (float64, one column per feature) of the valid rows of these unlabelled files, as ingested."""
+    import numpy as np
+
+    from common.schema import FEATURES, UNLABELLED_SCHEMA
+    from ingestion import merge_tables
+
+    table = merge_tables(output_folder, [entry.sha256 for entry in files], UNLABELLED_SCHEMA)
+    return np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
 
 
 def keep_hashes(champion: Any) -> frozenset[str]:
@@ -635,6 +669,7 @@ HISTORY_COLUMNS = (
     ("model_version_before", "before", str),
     ("model_version_after", "after", str),
     ("new_data_f1", "F1 new", lambda value: f"{value:.4f}"),
+    ("estimated_f1", "F1 estimated", lambda value: f"{value:.4f}"),
     ("drift_threshold", "threshold", lambda value: f"{value:.4f}"),
     ("model_drift", "model drift", lambda value: "yes" if value else "no"),
     ("data_drift", "data drift", lambda value: "yes" if value else "no"),

@@ -23,7 +23,7 @@ import numpy as np
 from common.cli import add_logging_flags, run_command
 from common.config import PROJECT_ROOT
 from common.files import write_text_atomic
-from common.schema import COLUMNS
+from common.schema import COLUMNS, UNLABELLED_COLUMNS
 
 log = logging.getLogger("generate_data")
 
@@ -106,9 +106,9 @@ def take_rows(clients: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np
     return {name: values[index] for name, values in clients.items()}
 
 
-def rows_of(clients: dict[str, np.ndarray]) -> list[list[str]]:
-    """The clients as rows of text cells, in the schema's column order."""
-    return [list(row) for row in zip(*(clients[name].astype(str) for name in COLUMNS), strict=True)]
+def rows_of(clients: dict[str, np.ndarray], columns: tuple[str, ...] = COLUMNS) -> list[list[str]]:
+    """The clients as rows of text cells, in the schema's column order (``columns``: a subset of it)."""
+    return [list(row) for row in zip(*(clients[name].astype(str) for name in columns), strict=True)]
 
 
 def add_export_noise(rows: list[list[str]], rng: np.random.Generator) -> list[list[str]]:
@@ -121,9 +121,9 @@ def add_export_noise(rows: list[list[str]], rng: np.random.Generator) -> list[li
     return rows
 
 
-def format_csv(rows: list[list[str]]) -> str:
+def format_csv(rows: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
     """CSV text with the schema's header (ids are plain letters, so no quoting is needed)."""
-    return ",".join(COLUMNS) + "\n" + "".join(",".join(row) + "\n" for row in rows)
+    return ",".join(columns) + "\n" + "".join(",".join(row) + "\n" for row in rows)
 
 
 def write_shipped_data(root: Path = PROJECT_ROOT, seed: int = SHIPPED_SEED) -> list[Path]:
@@ -146,8 +146,14 @@ def write_shipped_data(root: Path = PROJECT_ROOT, seed: int = SHIPPED_SEED) -> l
     return list(outputs)
 
 
-def write_batch(out: Path, rows: int, seed: int, world: str = "stable", files: int = 1) -> list[Path]:
-    """Write ``rows`` new clients of ``world`` (see WORLDS) to ``out`` (a .csv file, or a folder when ``files`` > 1)."""
+def write_batch(
+    out: Path, rows: int, seed: int, world: str = "stable", files: int = 1, labelled: bool = True
+) -> list[Path]:
+    """Write ``rows`` new clients of ``world`` (see WORLDS) to ``out`` (a .csv file, or a folder when ``files`` > 1).
+
+    ``labelled=False`` leaves out the ``exited`` column: clients whose outcome is not known yet.
+    """
+    columns = COLUMNS if labelled else UNLABELLED_COLUMNS
     rng = np.random.default_rng(seed)
     clients = generate_clients(rows, rng, WORLDS[world])
     if files == 1 and out.suffix == ".csv":
@@ -155,7 +161,7 @@ def write_batch(out: Path, rows: int, seed: int, world: str = "stable", files: i
     else:
         targets = [out / f"batch_{seed}_{number:02d}.csv" for number in range(1, files + 1)]
     for target, part in zip(targets, np.array_split(np.arange(rows), len(targets)), strict=True):
-        write_text_atomic(target, format_csv(rows_of(take_rows(clients, part))))
+        write_text_atomic(target, format_csv(rows_of(take_rows(clients, part), columns), columns))
     log.info("wrote %d %s rows to %d file(s) under %s", rows, world, len(targets), out)
     return targets
 
@@ -182,6 +188,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     changed.add_argument(
         "--drift", dest="world", action="store_const", const="drifted", help="move the population and change the risk"
     )
+    batch.add_argument("--unlabelled", action="store_true", help="leave out the exited column (outcomes not known yet)")
     batch.set_defaults(world="stable")
     return parser.parse_args(argv)
 
@@ -190,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "batch":
         return run_command(
-            "generate_data", args, lambda: write_batch(args.out, args.rows, args.seed, args.world, args.files)
+            "generate_data",
+            args,
+            lambda: write_batch(args.out, args.rows, args.seed, args.world, args.files, not args.unlabelled),
         )
     return run_command("generate_data", args, lambda: write_shipped_data(getattr(args, "root", PROJECT_ROOT)))
 

@@ -40,13 +40,21 @@ from common.artifacts import (
     FINAL_DATA,
     INGESTED_FILES,
     INGESTION_REPORT,
+    UNLABELLED_CLIENTS,
     IngestedFile,
     IngestionRecord,
     read_ingestion_record,
     utc_now,
     write_ingestion_record,
 )
-from common.batches import BatchBook, read_batch_book, read_final_data, write_batch_book
+from common.batches import (
+    ARRIVED_AFTER_COLUMN,
+    BatchBook,
+    latest_rows,
+    read_batch_book,
+    read_final_data,
+    write_batch_book,
+)
 from common.cli import build_parser, run_stage
 from common.config import load_config
 from common.errors import NO_SPACE_ERRNOS, PipelineError
@@ -61,7 +69,7 @@ from common.files import (
     write_text_atomic,
 )
 from common.rowhash import hash_rows
-from common.schema import COLUMNS, ID_COLUMN, SCHEMA, BadFileError, read_data_file
+from common.schema import COLUMNS, ID_COLUMN, SCHEMA, UNLABELLED_SCHEMA, BadFileError, read_data_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,10 +95,21 @@ class IngestionResult:
     duplicates_removed: int = 0
     rows_written: int = 0
     appended: bool = False  # True when the new rows were appended to the earlier output
+    unchanged: bool = False  # True when finaldata.csv was left as it was (no labelled file changed)
     written_hashes: np.ndarray | None = None  # hashes of the rows this run wrote (all of them after a rebuild)
     batch: int = 0  # the batch the rows new in this run arrived in (0: no new rows)
     seconds: float = 0.0
     final_data: Path | None = None
+    unlabelled_clients: int = 0  # clients whose latest unlabelled row is kept in unlabelledclients.csv
+
+    @property
+    def labelled(self) -> list[IngestedFile]:
+        """The files with outcomes: the ones ``finaldata.csv`` is made of."""
+        return [entry for entry in self.files if entry.labelled]
+
+    @property
+    def unlabelled(self) -> list[IngestedFile]:
+        return [entry for entry in self.files if not entry.labelled]
 
 
 def parsed_path(output_folder: Path, sha256: str) -> Path:
@@ -99,7 +118,7 @@ def parsed_path(output_folder: Path, sha256: str) -> Path:
 
 def parse_new_file(path: Path, sha256: str, output_folder: Path) -> IngestedFile:
     """Read and check one data file, cache its valid rows by content hash, and describe it."""
-    parsed = read_data_file(path)
+    parsed = read_data_file(path, allow_unlabelled=True)
     try:
         with atomic_path(parsed_path(output_folder, sha256)) as tmp:
             feather.write_feather(parsed.table, tmp, compression="uncompressed")
@@ -111,13 +130,14 @@ def parse_new_file(path: Path, sha256: str, output_folder: Path) -> IngestedFile
         ) from None
     detail = ", ".join(f"{count} {reason}" for reason, count in parsed.dropped.items())
     log.info(
-        "%s: %d rows kept, %d dropped%s",
+        "%s: %d %srows kept, %d dropped%s",
         path.name,
         parsed.rows_kept,
+        "" if parsed.labelled else "unlabelled ",
         parsed.rows_dropped,
         f" ({detail})" if detail else "",
     )
-    return IngestedFile(path.name, sha256, parsed.rows_kept, parsed.rows_dropped, utc_now())
+    return IngestedFile(path.name, sha256, parsed.rows_kept, parsed.rows_dropped, utc_now(), parsed.labelled)
 
 
 def usable_cache(output_folder: Path, sha256: str) -> bool:
@@ -127,7 +147,7 @@ def usable_cache(output_folder: Path, sha256: str) -> bool:
         return False
     try:
         table = feather.read_table(path, memory_map=True)
-        if not table.schema.equals(SCHEMA):
+        if not (table.schema.equals(SCHEMA) or table.schema.equals(UNLABELLED_SCHEMA)):
             raise ValueError("its columns are not the schema's")
     except Exception as exc:  # only a cache: any fault in it means read the source again
         aside = path.with_name(path.name + ".damaged")
@@ -216,7 +236,14 @@ def collect_files(
             seen_hashes.add(digest)
             previous = cached[digest]
             result.files.append(
-                IngestedFile(path.name, digest, previous.rows_kept, previous.rows_dropped, previous.ingested_at)
+                IngestedFile(
+                    path.name,
+                    digest,
+                    previous.rows_kept,
+                    previous.rows_dropped,
+                    previous.ingested_at,
+                    previous.labelled,
+                )
             )
             log.debug("%s: unchanged since %s", path.name, previous.ingested_at)
             continue
@@ -260,10 +287,10 @@ def arrival_order(earlier: list[IngestedFile]) -> Callable[[IngestedFile], tuple
     return key
 
 
-def merge_tables(output_folder: Path, digests: list[str]) -> pa.Table:
+def merge_tables(output_folder: Path, digests: list[str], schema: pa.Schema = SCHEMA) -> pa.Table:
     """Concatenate the cached rows of the files with these content hashes, in order."""
     tables = [feather.read_table(parsed_path(output_folder, digest), memory_map=True) for digest in digests]
-    return pa.concat_tables(tables).cast(SCHEMA) if tables else SCHEMA.empty_table()
+    return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
 
 
 @dataclass
@@ -441,7 +468,7 @@ def ingest_folder(
 
 def rebuild_final_data(output_folder: Path, result: IngestionResult) -> RowIndex:
     """Merge every file's rows, remove duplicates, write ``finaldata.csv``; return its row index."""
-    merged = merge_tables(output_folder, unique_digests(result.files))
+    merged = merge_tables(output_folder, unique_digests(result.labelled))
     final, kept, hashes = deduplicate(merged)
     result.rows_merged, result.rows_written = merged.num_rows, final.num_rows
     result.duplicates_removed = merged.num_rows - final.num_rows
@@ -486,7 +513,7 @@ def append_final_data(
     quoted: only a rebuild then writes what a rebuild would.
     """
     earlier_digests = unique_digests(earlier)
-    new_digests = [digest for digest in unique_digests(result.files) if digest not in set(earlier_digests)]
+    new_digests = [digest for digest in unique_digests(result.labelled) if digest not in set(earlier_digests)]
     earlier_rows = merge_tables(output_folder, earlier_digests)  # memory-mapped: only fetched rows are read
     added = merge_tables(output_folder, new_digests)
     hashes = hash_rows(added)
@@ -551,19 +578,18 @@ def ingest_locked(
     if not result.files:
         reasons = "; ".join(result.rejected.values()) or "no .csv, .json or .jsonl files"
         raise PipelineError(f"no usable data in {input_folder} ({reasons}); earlier outputs are untouched")
+    if not result.labelled:
+        raise PipelineError(
+            f"no labelled data in {input_folder}: every file lacks the exited column, and a model needs outcomes "
+            "to learn from; earlier outputs are untouched"
+        )
     # finaldata.csv first: a crash before the record leaves the old record, so the next run
     # redoes the work; the report, written last, vouches for finaldata.csv (training checks it).
-    final_data = output_folder / FINAL_DATA
-    before = file_signature(final_data) if final_data.exists() else None
-    if before is not None and read_batch_book(output_folder).latest == 0:
-        start_batch_book(output_folder)
-    index = index_if_appendable(output_folder, history, result.files)
-    if index is not None:
-        index = append_final_data(output_folder, result, list(history.values()), index)
+    labelled_history = {name: entry for name, entry in history.items() if entry.labelled}
+    index = index_if_unchanged(output_folder, labelled_history, result)
     if index is None:
-        index = rebuild_final_data(output_folder, result)
-    save_row_index(output_folder, index, result.files)
-    result.batch = record_batch(output_folder, result, history, before)
+        index = write_final_data(output_folder, result, labelled_history)
+    result.unlabelled_clients = write_unlabelled_clients(output_folder, result.files, index)
     write_ingestion_record(output_folder, IngestionRecord(str(input_folder), result.files))
     result.seconds = round(time.perf_counter() - started, 3)
     write_text_atomic(output_folder / INGESTION_REPORT, json.dumps(describe_result(result, input_folder), indent=2))
@@ -575,13 +601,88 @@ def ingest_locked(
         result.rows_merged,
         result.duplicates_removed,
         result.rows_written,
-        "in (new rows appended to)" if result.appended else "written to",
+        "in (new rows appended to)" if result.appended else "kept, unchanged, in" if result.unchanged else "written to",
         result.final_data,
         result.seconds,
     )
+    if result.unlabelled:
+        log.info(
+            "%d unlabelled file(s), kept out of %s: the latest rows of %d client(s) in %s",
+            len(result.unlabelled),
+            FINAL_DATA,
+            result.unlabelled_clients,
+            UNLABELLED_CLIENTS,
+        )
     if result.rejected:
         log.warning("%d file(s) left out: %s", len(result.rejected), ", ".join(result.rejected))
     return result
+
+
+def write_final_data(output_folder: Path, result: IngestionResult, history: dict[str, IngestedFile]) -> RowIndex:
+    """Append to or rebuild ``finaldata.csv`` from the labelled files, keep its row index and batches; return the index.
+
+    ``history``: the labelled files ingested before.
+    """
+    final_data = output_folder / FINAL_DATA
+    before = file_signature(final_data) if final_data.exists() else None
+    if before is not None and read_batch_book(output_folder).latest == 0:
+        start_batch_book(output_folder)
+    index = index_if_appendable(output_folder, history, result.labelled)
+    if index is not None:
+        index = append_final_data(output_folder, result, list(history.values()), index)
+    if index is None:
+        index = rebuild_final_data(output_folder, result)
+    save_row_index(output_folder, index, result.labelled)
+    result.batch = record_batch(output_folder, result, history, before)
+    return index
+
+
+def index_if_unchanged(
+    output_folder: Path, history: dict[str, IngestedFile], result: IngestionResult
+) -> RowIndex | None:
+    """The row index when the labelled files are the ones ``finaldata.csv`` already holds (it is then left as it is).
+
+    Fills ``result`` with the counts of the data as it stands; None when ``finaldata.csv`` must be written.
+    """
+    earlier = list(history.values())
+    if not earlier or [entry.sha256 for entry in result.labelled] != [entry.sha256 for entry in earlier]:
+        return None
+    index = load_row_index(output_folder, earlier)
+    if index is None:
+        return None
+    result.rows_merged, result.duplicates_removed = index.rows_merged, index.duplicates_removed
+    result.rows_written = int(index.hashes.size)
+    result.final_data = output_folder / FINAL_DATA
+    result.unchanged = True
+    return index
+
+
+def write_unlabelled_clients(output_folder: Path, files: list[IngestedFile], index: RowIndex) -> int:
+    """Write the latest unlabelled row of each client, with where it arrived, to ``unlabelledclients.csv``.
+
+    ``files`` are in arrival order. Each row keeps ``arrived_after_row``: how many rows of
+    ``finaldata.csv`` arrived before it, so a reader can tell which of a client's rows, labelled
+    or not, is its latest. Returns the number of clients (0, and no file, without unlabelled files).
+    """
+    target = output_folder / UNLABELLED_CLIENTS
+    if all(entry.labelled for entry in files):
+        target.unlink(missing_ok=True)
+        return 0
+    written = np.sort(index.positions)  # positions in the merged labelled files of the rows finaldata.csv holds
+    merged_before, seen, digests, after = 0, set(), [], []
+    for entry in files:
+        if entry.labelled:
+            if entry.sha256 not in seen:  # merged once, as in finaldata.csv
+                seen.add(entry.sha256)
+                merged_before += entry.rows_kept
+            continue
+        digests.append(entry.sha256)
+        after.append(np.full(entry.rows_kept, np.searchsorted(written, merged_before), np.int64))
+    table = merge_tables(output_folder, digests, UNLABELLED_SCHEMA)
+    table = table.append_column(ARRIVED_AFTER_COLUMN, pa.array(np.concatenate(after)))
+    latest = table.take(latest_rows(table))
+    write_csv_table(latest, target)
+    return latest.num_rows
 
 
 def start_batch_book(output_folder: Path) -> None:
@@ -604,7 +705,7 @@ def record_batch(
     """
     book = read_batch_book(output_folder)
     new_files = [
-        entry.name for entry in result.files if getattr(history.get(entry.name), "sha256", None) != entry.sha256
+        entry.name for entry in result.labelled if getattr(history.get(entry.name), "sha256", None) != entry.sha256
     ]
     updated = book.with_rows(result.written_hashes, new_files, utc_now())
     written = updated.batch_of(result.written_hashes)
@@ -627,6 +728,8 @@ def describe_result(result: IngestionResult, input_folder: Path) -> dict:
         "finished_at": utc_now(),
         "input_folder": str(input_folder),
         "files": [asdict(entry) for entry in result.files],
+        "unlabelled_files": [entry.name for entry in result.unlabelled],
+        "unlabelled_clients": result.unlabelled_clients,
         "rejected": result.rejected,
         "ignored": result.ignored,
         "kept_from_history": result.kept_from_history,
@@ -635,6 +738,7 @@ def describe_result(result: IngestionResult, input_folder: Path) -> dict:
         "duplicates_removed": result.duplicates_removed,
         "rows_written": result.rows_written,
         "appended": result.appended,
+        "unchanged": result.unchanged,
         "batch": result.batch,
         "seconds": result.seconds,
         "finaldata_sha256": sha256_file(result.final_data),

@@ -55,7 +55,13 @@ from common.artifacts import (
     read_json_file,
     utc_now,
 )
-from common.batches import TrainingWindow, latest_rows, read_final_data, read_ingested_data
+from common.batches import (
+    TrainingWindow,
+    read_final_data,
+    read_ingested_data,
+    read_unlabelled_clients,
+    select_current_clients,
+)
 from common.cli import build_parser, run_stage
 from common.config import Config, load_config
 from common.drift import CalibrationBins, calibration_bins
@@ -63,7 +69,7 @@ from common.drivers import explain_clients
 from common.errors import PipelineError
 from common.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
-from common.schema import FEATURE_LABELS, FEATURES, ID_COLUMN, TARGET, BadFileError
+from common.schema import FEATURE_LABELS, FEATURES, BadFileError
 from training import LinearRiskModel
 
 log = logging.getLogger("reporting")
@@ -108,32 +114,33 @@ def read_recent_window(path: Path, version: str) -> dict[str, Any] | None:
 
 
 def read_deployed_model(deploy_root: Path) -> tuple[DeployedVersion, list[str]]:
-    """The serving version (resolved once, checked) and the names of the files it was trained on."""
+    """The serving version (resolved once, checked) and the names of the files it was trained on (labelled ones)."""
     deployed = load_deployed_version(current_version_folder(deploy_root))
-    return deployed, list(read_ingested_files(deployed.folder / INGESTED_FILES))
+    files = read_ingested_files(deployed.folder / INGESTED_FILES).values()
+    return deployed, [entry.name for entry in files if entry.labelled]
 
 
-def rank_clients(model: Any, path: Path, top: int) -> list[dict[str, Any]]:
-    """The ``top`` active clients (exited = 0) of a data file with the highest exit probability, highest first.
+def rank_clients(model: Any, folder: Path, top: int) -> list[dict[str, Any]]:
+    """The ``top`` current clients of an ingested-data folder with the highest exit probability, highest first.
 
-    A corporation listed more than once counts by its last row, its latest state; clients who
-    already exited are left out, as they have gone. Ties keep file order.
+    A client counts by its latest row by arrival: labelled and not exited (clients who already
+    exited are left out, as they have gone), or not labelled yet (``unlabelledclients.csv``).
+    Ties keep arrival order.
     """
+    path = Path(folder) / FINAL_DATA
     if not path.is_file():
         raise PipelineError(f"ingested data {path} does not exist; run ingestion.py first")
     try:
-        table = read_final_data(path)
+        current = select_current_clients(read_final_data(path), read_unlabelled_clients(folder))
     except BadFileError as exc:
         raise PipelineError(f"cannot rank clients: {exc}") from None
-    latest = latest_rows(table)
-    rows = latest[table[TARGET].to_numpy()[latest] == 0]
-    if rows.size == 0:
+    if not current.ids:
         return []
-    counts = {name: table[name].to_numpy()[rows] for name in FEATURES}
-    features = np.column_stack([counts[name].astype(np.float64) for name in FEATURES])
+    features = current.features
+    counts = {name: features[:, j] for j, name in enumerate(FEATURES)}
     probabilities = model.predict_proba(features)[:, 1]
     order = np.argsort(-probabilities, kind="stable")[:top]
-    ids = table[ID_COLUMN].take(rows[order]).to_pylist()
+    ids = [current.ids[index] for index in order.tolist()]
     drivers_model = LinearRiskModel.for_model(model)
     if drivers_model is None:
         reasons = [DASH] * order.size
@@ -813,13 +820,14 @@ def clients_section(
     """The active clients most likely to leave, as the deployed model sees them."""
     title = f"Top {top} clients at risk of leaving"
     caption = (
-        f"Active clients (exited = 0) of {escape(data_path.name)} with the highest exit probability under model "
-        f"{escape(version)}; a corporation listed more than once counts by its last row."
+        f"Current clients of {escape(data_path.name)} (not exited) and of the files whose outcome is not known yet, "
+        f"with the highest exit probability under model {escape(version)}; a corporation listed more than once "
+        "counts by its latest row."
     )
     if not clients:
-        return [*heading(styles, title, caption), Paragraph("<i>No active clients in the data.</i>", styles["body"])]
+        return [*heading(styles, title, caption), Paragraph("<i>No current clients in the data.</i>", styles["body"])]
     if len(clients) < top:
-        caption += f" Only {len(clients)} active clients are in the data."
+        caption += f" Only {len(clients)} current clients are in the data."
     caption += " Why: the count that raises the client's risk most, against the typical training client's."
     rows = [
         [
@@ -972,7 +980,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     calibration_plot = plot_calibration(calibration, deployed.version, config.model_folder / CALIBRATION_PLOT_FILE)
     data_path = config.output_folder / FINAL_DATA
     check_final_data(config.output_folder)  # a finaldata.csv cut short is not ranked as if whole
-    clients = rank_clients(deployed.model, data_path, config.reporting.top_clients)
+    clients = rank_clients(deployed.model, config.output_folder, config.reporting.top_clients)
     notes = report_notes(deployed, scores, diagnostics)
     for note in notes:
         log.warning("%s", note)

@@ -1,4 +1,4 @@
-"""The JSON API as a blueprint: /prediction, /ranking, /scoring, /summarystats, /diagnostics, /history,
+"""The JSON API as a blueprint: /prediction, /clients, /scoring, /summarystats, /diagnostics, /history,
 /health, /version."""
 
 from __future__ import annotations
@@ -233,14 +233,14 @@ def prediction() -> Response:
     return json_response(describe_predictions(served, asked.batch, asked.explain))
 
 
-@bp.get("/ranking")
-def ranking() -> Response:
+@bp.get("/clients")
+def clients() -> Response:
     served = state().watcher.served()
     limit = read_limit(request.args.get("limit"), RANKING_DEFAULT_CLIENTS, RANKING_MAX_CLIENTS)
     try:
         table = app_sources(current_app).clients(served)
     except (OSError, PipelineError) as exc:
-        log.error("/ranking: %s", exc)
+        log.error("/clients: %s", exc)
         raise ServiceUnavailable(f"the ingested clients cannot be read ({exc}); run ingestion.py") from None
     return json_response(describe_ranking(served, table, limit))
 

@@ -31,6 +31,7 @@ import numpy as np
 from common.config import PROJECT_ROOT, load_config
 from common.history import open_history, save_run, start_run
 from common.schema import FEATURES
+from dashboard import URL_PREFIX
 from generate_data import format_csv, generate_clients, rows_of
 
 log = logging.getLogger("bench_dashboard")
@@ -126,9 +127,9 @@ def list_pages(config_path: Path) -> list[str]:
     from app import create_app
 
     client = create_app(config_path, token="").test_client()
-    csv_rows = client.get("/clients.csv?sort=corporation&order=asc").get_data(as_text=True).splitlines()
+    csv_rows = client.get(f"{URL_PREFIX}/clients.csv?sort=corporation&order=asc").get_data(as_text=True).splitlines()
     some_client = csv_rows[1].split(",")[1]
-    return [
+    pages = [
         "/",
         "/clients",
         "/clients?q=ab",
@@ -140,6 +141,7 @@ def list_pages(config_path: Path) -> list[str]:
         "/runs?all=1&page=5",
         "/system",
     ]
+    return [f"{URL_PREFIX}{page}" for page in pages]
 
 
 def time_pages(config_path: Path, requests: int) -> list[tuple[str, float, float, float, int]]:

@@ -20,6 +20,8 @@ from common.imports import sklearn_without_pandas
 log = logging.getLogger(__name__)
 
 FINAL_DATA = "finaldata.csv"
+# The latest row of each client whose outcome is not known yet, beside finaldata.csv (never trained on).
+UNLABELLED_CLIENTS = "unlabelledclients.csv"
 INGESTED_FILES = "ingestedfiles.txt"
 # Beside ingestedfiles.txt (one file name a line, as in the classic project): what identifies each file's content.
 INGESTED_RECORD = "ingestedfiles.json"
@@ -155,6 +157,7 @@ class IngestedFile:
     rows_kept: int
     rows_dropped: int
     ingested_at: str
+    labelled: bool = True  # False: no exited column; its rows describe current clients and are never trained on
 
     @classmethod
     def from_json(cls, item: dict[str, Any]) -> IngestedFile:
@@ -165,6 +168,7 @@ class IngestedFile:
             rows_kept=int(item["rows_kept"]),
             rows_dropped=int(item["rows_dropped"]),
             ingested_at=str(item["ingested_at"]),
+            labelled=item.get("labelled", True) is not False,
         )
 
 

@@ -22,15 +22,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from common.artifacts import FINAL_DATA
+from common.artifacts import FINAL_DATA, UNLABELLED_CLIENTS
 from common.errors import PipelineError
 from common.files import atomic_path, file_signature
 from common.rowhash import hash_rows, hash_strings
-from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, read_data_file
+from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, UNLABELLED_SCHEMA, read_data_file
 
 log = logging.getLogger(__name__)
 
 ROW_BATCHES_FILE = "rowbatches.npz"
+# In unlabelledclients.csv: how many rows of finaldata.csv arrived before the row (its place in arrival order).
+ARRIVED_AFTER_COLUMN = "arrived_after_row"
 HOLDOUT_BUCKETS = 1_000_000
 
 
@@ -231,6 +233,74 @@ def latest_rows(table: pa.Table) -> np.ndarray:
     hashes = hash_strings(table[ID_COLUMN])[::-1]
     _, first_from_end = np.unique(hashes, return_index=True)
     return np.sort(table.num_rows - 1 - first_from_end)
+
+
+def read_unlabelled_clients(folder: Path) -> pa.Table:
+    """The latest unlabelled row of each client that has one, with ``arrived_after_row``; empty without any.
+
+    Raises PipelineError naming the file when it cannot be read.
+    """
+    path = Path(folder) / UNLABELLED_CLIENTS
+    schema = UNLABELLED_SCHEMA.append(pa.field(ARRIVED_AFTER_COLUMN, pa.int64()))
+    if not path.exists():
+        return schema.empty_table()
+    options = pa_csv.ConvertOptions(column_types=schema, include_columns=schema.names, strings_can_be_null=False)
+    try:
+        table = pa_csv.read_csv(path, convert_options=options)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PipelineError(
+            f"{path} cannot be read ({str(exc).splitlines()[0][:120]}); run ingestion.py again"
+        ) from None
+    if any(table[name].null_count for name in schema.names):
+        raise PipelineError(f"{path} has empty cells, which ingestion never writes; run ingestion.py again")
+    return table
+
+
+@dataclass(frozen=True)
+class CurrentClients:
+    """Each client's current state: its latest row by arrival, labelled and not exited, or not labelled yet."""
+
+    ids: list[str]
+    features: np.ndarray  # float64, one column per feature
+    final_rows: np.ndarray  # the row of finaldata.csv holding the state; -1 for an unlabelled row
+
+    @property
+    def unlabelled(self) -> np.ndarray:
+        return self.final_rows < 0
+
+
+def select_current_clients(final: pa.Table, unlabelled: pa.Table) -> CurrentClients:
+    """The latest row of each corporation over ``finaldata.csv`` and the unlabelled rows, in arrival order.
+
+    A client whose latest row is labelled counts while it has not exited; one whose latest row is
+    unlabelled counts (its outcome is not known yet). Clients come in the order their rows arrived.
+    """
+    rows = final.num_rows
+    # Row r of finaldata.csv sits at 2r + 1; an unlabelled row after a rows of it, at 2a: between rows a - 1 and a.
+    place = np.concatenate(
+        [2 * np.arange(rows, dtype=np.int64) + 1, 2 * unlabelled[ARRIVED_AFTER_COLUMN].to_numpy().astype(np.int64)]
+    )
+    ids = pa.concat_arrays([final[ID_COLUMN].combine_chunks(), unlabelled[ID_COLUMN].combine_chunks()])
+    order = np.argsort(place, kind="stable") if unlabelled.num_rows else np.arange(place.size)
+    hashes = hash_strings(ids)[order][::-1]
+    _, first_from_end = np.unique(hashes, return_index=True)
+    chosen = np.sort(order[order.size - 1 - first_from_end])
+    chosen = chosen[np.argsort(place[chosen], kind="stable")]
+    labelled = chosen < rows
+    keep = np.ones(chosen.size, dtype=bool)
+    keep[labelled] = final[TARGET].to_numpy()[chosen[labelled]] == 0
+    chosen = chosen[keep]
+    features = np.column_stack(
+        [
+            np.concatenate([final[name].to_numpy(), unlabelled[name].to_numpy()]).astype(np.float64)[chosen]
+            for name in FEATURES
+        ]
+    ).reshape(-1, len(FEATURES))
+    return CurrentClients(
+        ids=ids.take(pa.array(chosen)).to_pylist(),
+        features=features,
+        final_rows=np.where(chosen < rows, chosen, -1),
+    )
 
 
 def read_ingested_data(folder: Path) -> IngestedData:

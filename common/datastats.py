@@ -75,7 +75,8 @@ def count_missing(path: Path) -> tuple[int, dict[str, int]]:
     """(rows, missing cells per column) of one raw data file, by the rules ingestion applies.
 
     A numeric cell is missing when blank or a null marker such as NA; an id when blank after
-    trimming (an id "NA" is a name). An absent column counts as missing in every row; rows
+    trimming (an id "NA" is a name). An absent column counts as missing in every row, except
+    ``exited``: a file without it holds clients whose outcome is not known yet, not gaps. Rows
     with the wrong number of fields count as rows with every column missing.
     """
     if path.suffix.lower() in (".json", ".jsonl"):
@@ -85,6 +86,8 @@ def count_missing(path: Path) -> tuple[int, dict[str, int]]:
             name: sum(1 for item in normalised if item.get(name) is None or str(item[name]).strip() == "")
             for name in COLUMNS
         }
+        if not any(TARGET in item for item in normalised):
+            missing[TARGET] = 0
         return len(records), missing
     names = read_header(path)
     present = [name for name in COLUMNS if name in names]
@@ -110,7 +113,7 @@ def count_missing(path: Path) -> tuple[int, dict[str, int]]:
     missing = {}
     for name in COLUMNS:
         if name not in present:
-            missing[name] = table.num_rows + malformed
+            missing[name] = 0 if name == TARGET else table.num_rows + malformed
             continue
         values = pc.utf8_trim_whitespace(table[name])
         blank = pc.equal(pc.utf8_length(values), 0)

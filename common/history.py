@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS run_files (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     name TEXT NOT NULL,
     sha256 TEXT,
-    status TEXT NOT NULL,                  -- new, edited, stray, rejected (a bad file, left out)
+    status TEXT NOT NULL,                  -- new, edited, stray, rejected (a bad file, left out), unlabelled
     note TEXT
 );
 CREATE TABLE IF NOT EXISTS feature_drift (
@@ -298,8 +298,11 @@ def hashes_with_outcome(
 
 
 def decided_hashes(connection: sqlite3.Connection) -> set[str]:
-    """Content hashes of the files that finished runs have already decided on, or left out as bad."""
-    left_out = hashes_with_outcome(connection, (*DECIDED_OUTCOMES, WAITING, NO_NEW_DATA), ("rejected",))
+    """Content hashes of the files that finished runs have already decided on, left out as bad, or read as unlabelled.
+
+    Unlabelled rows never wait for more: they are ranked and tested for data drift when they arrive.
+    """
+    left_out = hashes_with_outcome(connection, (*DECIDED_OUTCOMES, WAITING, NO_NEW_DATA), ("rejected", "unlabelled"))
     return hashes_with_outcome(connection, DECIDED_OUTCOMES) | left_out
 
 

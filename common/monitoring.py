@@ -156,6 +156,7 @@ class Assessment:
     gate: Gate | None = None
     window: WindowScore | None = None  # the serving model's, after the decision
     max_calibration_error: float = 0.05
+    unlabelled: bool = False  # the new rows carry no outcome: no model-drift test, batches untouched
 
     @property
     def reliable(self) -> bool:
@@ -167,12 +168,9 @@ class Assessment:
 
     def history_fields(self) -> dict[str, Any]:
         """The run-history columns this assessment fills."""
-        fields: dict[str, Any] = {
-            "first_batch": self.first_batch,
-            "last_batch": self.last_batch,
-            "new_rows": self.new_rows,
-            "decision": self.decision,
-        }
+        fields: dict[str, Any] = {"new_rows": self.new_rows, "decision": self.decision}
+        if not self.unlabelled:
+            fields.update(first_batch=self.first_batch, last_batch=self.last_batch)
         if self.outcome != DEPLOYED:
             fields["outcome"] = self.outcome
         verdict = self.model_drift
@@ -186,6 +184,9 @@ class Assessment:
                 reference_rows=verdict.reference_rows,
                 drift_spread=round(verdict.spread, 6),
                 model_drift=verdict.drifted,
+            )
+        if self.data_drift_reference is not None:
+            fields.update(
                 data_drift=any(row["drifted"] for row in self.feature_drift),
                 data_drift_reference=self.data_drift_reference,
             )
@@ -302,14 +303,14 @@ def data_reference(
 
 
 def judge_data_drift(
-    settings: MonitoringSettings, data: IngestedData, reference_rows: np.ndarray, new: np.ndarray
+    settings: MonitoringSettings, data: IngestedData, reference_rows: np.ndarray, new_features: np.ndarray
 ) -> list[dict[str, Any]]:
     """Each feature of the new rows against the reference rows."""
     if reference_rows.size == 0:
         return []
     if reference_rows.size > MAX_REFERENCE_ROWS:  # the distances are as clear on a sample, and sorting it is cheaper
         reference_rows = np.sort(np.random.default_rng(0).choice(reference_rows, MAX_REFERENCE_ROWS, replace=False))
-    rows = feature_drift(data.features()[reference_rows], data.features(new), settings)
+    rows = feature_drift(data.features()[reference_rows], new_features, settings)
     for row in rows:
         (log.warning if row["drifted"] else log.info)(
             "data drift %s: %s", "detected" if row["drifted"] else "not detected", describe_feature_drift(row)
@@ -317,20 +318,23 @@ def judge_data_drift(
     return rows
 
 
-def retraining_triggers(retrain_on: str, model_drift: ModelDrift, drifted: list[dict[str, Any]]) -> list[str]:
-    """What calls for retraining under ``monitoring.retrain_on``, each with the statistic behind it."""
+def retraining_triggers(retrain_on: str, model_drift: ModelDrift | None, drifted: list[dict[str, Any]]) -> list[str]:
+    """What calls for retraining under ``monitoring.retrain_on``, each with the statistic behind it.
+
+    ``model_drift``: None for rows without outcomes, where only data drift can call for retraining.
+    """
     triggers = []
-    if model_drift.drifted and retrain_on in ("model_drift", "either"):
+    if model_drift is not None and model_drift.drifted and retrain_on in ("model_drift", "either"):
         triggers.append(f"model drift ({model_drift.describe()})")
     if drifted and retrain_on in ("data_drift", "either"):
         triggers.append("data drift (" + "; ".join(describe_feature_drift(row) for row in drifted) + ")")
     return triggers
 
 
-def describe_no_trigger(retrain_on: str, model_drift: ModelDrift, drifted: list[dict[str, Any]]) -> str:
+def describe_no_trigger(retrain_on: str, model_drift: ModelDrift | None, drifted: list[dict[str, Any]]) -> str:
     """Why a run with drift found did not retrain, or "" when there was none."""
     found = []
-    if model_drift.drifted:
+    if model_drift is not None and model_drift.drifted:
         found.append("model drift")
     if drifted:
         found.append("data drift in " + ", ".join(row["feature"] for row in drifted))
@@ -534,7 +538,7 @@ def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> Ass
         verdict = judge_model_drift(settings, inputs.connection, champion, features, labels)
     with clock.stage("data drift"):
         reference, reference_text = data_reference(inputs.connection, data, champion, inputs.watermark)
-        drift_rows = judge_data_drift(settings, data, reference, new)
+        drift_rows = judge_data_drift(settings, data, reference, features)
     log.info("data drift reference: %s", reference_text)
     drifted = [row for row in drift_rows if row["drifted"]]
     assessment = Assessment(
@@ -559,6 +563,95 @@ def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> Ass
         verdict.new_f1,
         calibration,
         "" if assessment.reliable else f", above {settings.max_calibration_error:g}: the estimate is unreliable",
+    )
+    return assessment
+
+
+def expected_shares(probabilities: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The confusion shares (TP, FP, FN, TN) expected when each row exits with its predicted probability."""
+    flagged = np.asarray(predicted).astype(bool)
+    tp, fn = probabilities[flagged].sum(), probabilities[~flagged].sum()
+    cells = np.array([tp, flagged.sum() - tp, fn], dtype=float)
+    return np.append(cells, probabilities.size - cells.sum()) / max(probabilities.size, 1)
+
+
+def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray) -> Assessment:
+    """Decide on new rows without outcomes: the label-free estimate of F1 and data drift, never model drift.
+
+    Only data drift (when ``monitoring.retrain_on`` allows it) calls for retraining, on the labelled
+    rows, judged on the rolling evaluation window; an estimated F1 below the model-drift threshold
+    is a warning until the outcomes arrive.
+    """
+    settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
+    rows = features.shape[0]
+    with clock.stage("performance estimate"):
+        probabilities = champion.model.predict_proba(features)[:, 1]
+        predicted = champion.model.predict(features)
+        estimate = estimate_performance(probabilities, predicted)
+        yardstick = check_model_drift(
+            estimate.f1,
+            expected_shares(probabilities, predicted),
+            rows,
+            reference_scores(inputs.connection, champion),
+            settings,
+        )
+    assessment = Assessment(KEPT, "", inputs.watermark + 1, data.latest_batch, rows, estimate=estimate, unlabelled=True)
+    log.info(
+        "%d unlabelled row(s): F1 estimated from the probabilities alone %.4f (%.4f-%.4f); no outcomes, so no "
+        "model-drift test",
+        rows,
+        estimate.f1,
+        estimate.f1_low,
+        estimate.f1_high,
+    )
+    low_estimate = ""
+    if yardstick.drifted:
+        low_estimate = (
+            f"; the estimated F1 {estimate.f1:.4f} is below the model-drift threshold {yardstick.threshold:.4f}: "
+            "check the model once these clients' outcomes arrive"
+        )
+        log.warning("%s", low_estimate.removeprefix("; ").capitalize())
+    if rows < settings.min_new_rows:
+        log.info("%d unlabelled row(s): too few to test for data drift", rows)
+        assessment.decision = (
+            f"{rows} unlabelled row(s) ranked, too few (under {settings.min_new_rows}) for a data-drift test; "
+            f"estimated F1 {estimate.f1:.4f}{low_estimate}; kept {champion.version}"
+        )
+        return assessment
+    with clock.stage("data drift"):
+        reference, assessment.data_drift_reference = data_reference(inputs.connection, data, champion, inputs.watermark)
+        assessment.feature_drift = judge_data_drift(settings, data, reference, features)
+    log.info("data drift reference: %s", assessment.data_drift_reference)
+    drifted = [row for row in assessment.feature_drift if row["drifted"]]
+    assessment.triggers = retraining_triggers(settings.retrain_on, None, drifted)
+    yardsticks = read_yardsticks(inputs, clock)
+    evaluation = yardsticks.evaluation
+    judged = int(evaluation.sum()) >= settings.min_holdout_rows and np.unique(data.labels(evaluation)).size == 2
+    if assessment.triggers and not judged:
+        log.warning(
+            "data drift calls for retraining, but the recent window holds %d held-out labelled row(s), too few to "
+            "judge a challenger on; %s keeps serving until outcomes arrive",
+            int(evaluation.sum()),
+            champion.version,
+        )
+        assessment.decision = (
+            f"{rows} unlabelled row(s) ranked; {'; '.join(assessment.triggers)}, but the recent window holds "
+            f"{int(evaluation.sum())} held-out labelled row(s) (at least {settings.min_holdout_rows} with both "
+            f"classes are needed to judge a challenger); estimated F1 {estimate.f1:.4f}{low_estimate}; "
+            f"kept {champion.version}"
+        )
+        return assessment
+    if assessment.triggers:
+        log.warning("retraining on the labelled rows: %s", "; ".join(assessment.triggers))
+        retrain_and_gate(inputs, clock, assessment, evaluation, yardsticks)
+        assessment.decision = f"{rows} unlabelled row(s) ranked; {assessment.decision}{low_estimate}"
+        return assessment
+    with clock.stage("evaluation window"):
+        assessment.window = score_window(champion.model, data, yardsticks, settings)
+    assessment.decision = (
+        f"{rows} unlabelled row(s) ranked; no drift that triggers retraining"
+        f"{describe_no_trigger(settings.retrain_on, None, drifted)}; estimated F1 {estimate.f1:.4f} "
+        f"({estimate.f1_low:.4f}-{estimate.f1_high:.4f}){low_estimate}; kept {champion.version}"
     )
     return assessment
 

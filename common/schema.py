@@ -34,6 +34,9 @@ FEATURE_LABELS = {
 TARGET = "exited"
 COLUMNS = (ID_COLUMN, *FEATURES, TARGET)
 SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) for name in (*FEATURES, TARGET)]])
+# Clients whose outcome is not known yet: the same columns without the label.
+UNLABELLED_COLUMNS = (ID_COLUMN, *FEATURES)
+UNLABELLED_SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) for name in FEATURES]])
 
 # The largest count a float64 holds exactly: from 2**53 on, two different counts (2**53 and 2**53 + 1)
 # parse to the same float, so such a value is refused as too large rather than silently rounded.
@@ -70,11 +73,18 @@ class ParsedFile:
     def rows_dropped(self) -> int:
         return self.rows_read - self.table.num_rows
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the rows carry the outcome (``exited``); unlabelled rows describe clients still to be decided."""
+        return TARGET in self.table.column_names
 
-def read_data_file(path: Path) -> ParsedFile:
+
+def read_data_file(path: Path, allow_unlabelled: bool = False) -> ParsedFile:
     """Read a CSV, JSON (array of records) or JSON Lines file and keep its valid rows.
 
-    Columns may come in any order and extra columns are ignored.
+    Columns may come in any order and extra columns are ignored. With ``allow_unlabelled``, a file
+    without the ``exited`` column is read as unlabelled (its table in ``UNLABELLED_SCHEMA``), as
+    strictly as labelled data; otherwise a missing ``exited`` is a missing column like any other.
     """
     path = Path(path)
     try:
@@ -83,13 +93,14 @@ def read_data_file(path: Path) -> ParsedFile:
         raise BadFileError(f"{path.name}: cannot be read ({exc.strerror})") from None
     if size == 0:
         raise BadFileError(f"{path.name}: the file is empty")
+    optional = (TARGET,) if allow_unlabelled else ()
     if path.suffix.lower() in (".json", ".jsonl"):
-        table, malformed = _read_json_table(path, COLUMNS), 0
+        table, malformed = _read_json_table(path, COLUMNS, optional), 0
     else:
-        table, malformed = _read_csv_table(path, COLUMNS)
+        table, malformed = _read_csv_table(path, COLUMNS, optional)
     if table.num_rows == 0 and malformed == 0:
         raise BadFileError(f"{path.name}: the file has a header but no data rows")
-    parsed = clean_rows(table, COLUMNS)
+    parsed = clean_rows(table, tuple(name for name in COLUMNS if name in table.column_names))
     parsed.rows_read += malformed
     if malformed:
         parsed.dropped["wrong number of fields"] = malformed
@@ -197,11 +208,15 @@ def parse_header(head: bytes, source: str) -> list[str]:
     return [name.strip().lower() for name in names]
 
 
-def _check_columns(path: Path | str, names: list[str], columns: tuple[str, ...]) -> None:
+def _check_columns(
+    path: Path | str, names: list[str], columns: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """The ``columns`` the header holds; BadFileError naming a missing one (``optional`` ones may be absent)."""
     source = getattr(path, "name", path)
-    missing = [name for name in columns if name not in names]
+    absent = [name for name in columns if name not in names]
+    missing = [name for name in absent if name not in optional]
     found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-    if len(missing) == len(columns):
+    if len(absent) == len(columns):
         raise BadFileError(
             f"{source}: not client-activity data; it has none of the columns {', '.join(columns)} (found: {found})"
         )
@@ -212,6 +227,7 @@ def _check_columns(path: Path | str, names: list[str], columns: tuple[str, ...])
     repeated = sorted({name for name in columns if names.count(name) > 1})
     if repeated:
         raise BadFileError(f"{source}: column {', '.join(repeated)} appears more than once in the header")
+    return tuple(name for name in columns if name not in absent)
 
 
 def unique_names(names: list[str]) -> list[str]:
@@ -224,9 +240,9 @@ def unique_names(names: list[str]) -> list[str]:
     return unique
 
 
-def _read_csv_table(path: Path, columns: tuple[str, ...]) -> tuple[pa.Table, int]:
+def _read_csv_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pa.Table, int]:
     names = read_header(path)
-    _check_columns(path, names, columns)
+    columns = _check_columns(path, names, columns, optional)
     malformed = 0
 
     def skip_malformed(_row: object) -> str:
@@ -317,12 +333,12 @@ def normalise_keys(record: dict) -> dict:
     return {str(key).strip().lower(): value for key, value in record.items()}
 
 
-def _read_json_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
+def _read_json_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pa.Table:
     records = [normalise_keys(item) for item in read_json_records(path)]
     if not records:
         raise BadFileError(f"{path.name}: the file holds no records")
     present = set().union(*records)
-    _check_columns(path, sorted(present), columns)
+    columns = _check_columns(path, sorted(present), columns, optional)
     arrays = {}
     for name in columns:
         values = [item.get(name) for item in records]

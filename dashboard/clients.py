@@ -1,7 +1,8 @@
-"""The active clients ranked by exit probability, and what drives each one's risk.
+"""The current clients ranked by exit probability, and what drives each one's risk.
 
-An active client is a corporation whose latest row in ``finaldata.csv`` has ``exited`` = 0. What
-drives a client's risk comes from common/drivers.py, as in the API and the report.
+A current client is a corporation whose latest row by arrival is labelled with ``exited`` = 0, or
+is not labelled yet (``unlabelledclients.csv``): see ``common.batches.select_current_clients``.
+What drives a client's risk comes from common/drivers.py, as in the API and the report.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.batches import IngestedData
+from common.batches import CurrentClients, IngestedData
 from common.drivers import explain_clients
-from common.schema import FEATURES, ID_COLUMN, TARGET
+from common.schema import FEATURES, ID_COLUMN
 
 if TYPE_CHECKING:
     from training import LinearRiskModel
@@ -26,12 +27,12 @@ SORT_KEYS = ("probability", ID_COLUMN, *FEATURES)
 
 @dataclass(frozen=True)
 class ClientRow:
-    """One row of a client as it arrived: the batch, its time, the counts and the label."""
+    """One row of a client as it arrived: the batch, its time, the counts and the label (None: not known yet)."""
 
     batch: int
     ingested_at: str
     values: dict[str, int]
-    exited: int
+    exited: int | None
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,12 @@ class ClientDetail:
 
 @dataclass(frozen=True)
 class ClientTable:
-    """Every active client, scored once per deployed version and version of ``finaldata.csv``."""
+    """Every current client, scored once per deployed version and version of the ingested data."""
 
     version: str
     threshold: float
     ids: list[str]
+    unlabelled: np.ndarray  # bool: the client's state is a row whose outcome is not known yet
     features: np.ndarray  # float64, one column per feature
     probabilities: np.ndarray
     drivers_model: LinearRiskModel | None  # None for a model whose risk cannot be split into drivers
@@ -107,14 +109,6 @@ class ClientTable:
         )
 
 
-def latest_active_rows(ids: list[str], exited: np.ndarray) -> np.ndarray:
-    """The row of each corporation's latest appearance, for those whose latest row has not exited."""
-    latest = {name: row for row, name in enumerate(ids)}
-    rows = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
-    rows.sort()
-    return rows[exited[rows] == 0]
-
-
 def client_histories(ids: list[str], data: IngestedData, wanted: set[str]) -> dict[str, list[ClientRow]]:
     """Every row of each wanted corporation, in the order they were written, with its batch."""
     times = {batch.number: batch.ingested_at for batch in data.batches}
@@ -130,16 +124,20 @@ def client_histories(ids: list[str], data: IngestedData, wanted: set[str]) -> di
 
 
 def build_client_table(
-    version: str, drivers_model: LinearRiskModel | None, threshold: float, predict: Any, data: IngestedData
+    version: str,
+    drivers_model: LinearRiskModel | None,
+    threshold: float,
+    predict: Any,
+    data: IngestedData,
+    current: CurrentClients,
 ) -> ClientTable:
-    """Score the active clients with ``predict`` (features -> probabilities) and index them for the pages.
+    """Score the current clients with ``predict`` (features -> probabilities) and index them for the pages.
 
     ``drivers_model``: the served model's arithmetic, to tell what drives each client's risk (None when it has none).
+    ``data``: the labelled rows, for each client's rows as they arrived.
     """
-    ids_all = data.table[ID_COLUMN].to_pylist()
-    rows = latest_active_rows(ids_all, data.table[TARGET].to_numpy())
-    ids = [ids_all[row] for row in rows]
-    features = np.ascontiguousarray(data.features()[rows])
+    ids = current.ids
+    features = np.ascontiguousarray(current.features)
     probabilities = np.asarray(predict(features), dtype=np.float64)
     orders = {"probability": np.argsort(probabilities, kind="stable")}
     orders[ID_COLUMN] = np.argsort(np.array(ids, dtype=object), kind="stable")
@@ -151,14 +149,23 @@ def build_client_table(
         version=version,
         threshold=threshold,
         ids=ids,
+        unlabelled=current.unlabelled,
         features=features,
         probabilities=probabilities,
         drivers_model=drivers_model,
         orders=orders,
         position={name: row for row, name in enumerate(ids)},
         rank=rank,
-        history=client_histories(ids_all, data, set(ids)),
+        history=add_unlabelled_rows(client_histories(data.table[ID_COLUMN].to_pylist(), data, set(ids)), current),
     )
+
+
+def add_unlabelled_rows(history: dict[str, list[ClientRow]], current: CurrentClients) -> dict[str, list[ClientRow]]:
+    """Each client's rows with, last, the unlabelled row that is its current state (when it is one)."""
+    for row in np.flatnonzero(current.unlabelled).tolist():
+        values = {name: int(current.features[row, j]) for j, name in enumerate(FEATURES)}
+        history.setdefault(current.ids[row], []).append(ClientRow(0, "", values, None))
+    return history
 
 
 def clients_csv(table: ClientTable, rows: np.ndarray) -> str:

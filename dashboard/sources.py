@@ -22,11 +22,18 @@ from common.artifacts import (
     DIAGNOSTICS_FILE,
     EVALUATION_WINDOW_FILE,
     FINAL_DATA,
+    UNLABELLED_CLIENTS,
     VERSIONS_FOLDER,
     load_deployed_version,
     read_json_file,
 )
-from common.batches import IngestedData, read_ingested_data
+from common.batches import (
+    ROW_BATCHES_FILE,
+    IngestedData,
+    read_ingested_data,
+    read_unlabelled_clients,
+    select_current_clients,
+)
 from common.config import Config
 from common.errors import PipelineError
 from common.files import parse_utc
@@ -91,20 +98,33 @@ class DashboardSources:
     def final_data(self) -> Path:
         return self.config.output_folder / FINAL_DATA
 
+    @property
+    def data_files(self) -> list[Path]:
+        """The files the ingested data is read from: their signatures say when to read it again."""
+        folder = self.config.output_folder
+        return [self.final_data, folder / ROW_BATCHES_FILE, folder / UNLABELLED_CLIENTS]
+
     def ingested(self) -> IngestedData:
-        key = signature([self.final_data, self.config.output_folder / "rowbatches.npz"])
+        key = signature(self.data_files[:2])
         return self._data.get(key, lambda: read_ingested_data(self.config.output_folder))
 
     def clients(self, served: Any) -> ClientTable:
-        """The active clients scored by the serving model; PipelineError without ingested data."""
-        key = (served.version, signature([self.final_data, self.config.output_folder / "rowbatches.npz"]))
+        """The current clients scored by the serving model; PipelineError without ingested data."""
+        key = (served.version, signature(self.data_files))
 
         def compute() -> ClientTable:
             threshold = float(getattr(served.deployed.model, "threshold", 0.5))
+            data = self.ingested()
+            current = select_current_clients(data.table, read_unlabelled_clients(self.config.output_folder))
             table = build_client_table(
-                served.version, served.shortcut, threshold, lambda rows: served.predict(rows)[0], self.ingested()
+                served.version, served.shortcut, threshold, lambda rows: served.predict(rows)[0], data, current
             )
-            log.info("scored %d active clients with %s", len(table.ids), served.version)
+            log.info(
+                "scored %d current clients (%d not labelled yet) with %s",
+                len(table.ids),
+                int(table.unlabelled.sum()),
+                served.version,
+            )
             return table
 
         return self._clients.get(key, compute)

@@ -68,3 +68,10 @@ def run_script(script: str, *args: str, env: dict[str, str] | None = None, timeo
         env={**os.environ, **(env or {})},
         cwd=PROJECT_ROOT,
     )
+
+
+def latest_active_rows(ids: list[str], exited: np.ndarray) -> np.ndarray:
+    """Each corporation's latest row, for those whose latest row has not exited: a plain reference."""
+    latest = {name: row for row, name in enumerate(ids)}
+    rows = np.array(sorted(latest.values()), dtype=np.int64)
+    return rows[exited[rows] == 0]

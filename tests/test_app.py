@@ -377,7 +377,7 @@ def test_diagnostics_are_served_as_stored_with_their_timestamp(client, deployed)
 def test_token_is_needed_everywhere_but_health_when_configured(deployed):
     client = create_app(deployed, token="s3cret").test_client()
     assert client.get("/health").status_code == 200
-    for path in ("/scoring", "/version", "/summarystats", "/diagnostics", "/ranking"):
+    for path in ("/scoring", "/version", "/summarystats", "/diagnostics", "/clients"):
         answer = client.get(path)
         assert answer.status_code == 401 and "token" in answer.get_json()["error"]
         assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401

@@ -1,4 +1,4 @@
-"""What drives a risk, through the API: /prediction with explain, and /ranking of the active clients."""
+"""What drives a risk, through the API: /prediction with explain, and /clients, the current clients ranked."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from common.config import Config
 from common.evaluation import score_model
 from common.imports import sklearn_without_pandas
 from common.schema import FEATURES, ID_COLUMN, TARGET
-from dashboard.clients import latest_active_rows
 from scoring import write_scores
-from tests.helpers import deploy
+from tests.helpers import deploy, latest_active_rows
 
 with sklearn_without_pandas():
     from sklearn.linear_model import LogisticRegression
@@ -107,7 +106,7 @@ def test_a_model_of_another_shape_answers_400_to_explain_and_ranking(client, dep
     deploy_plain_logistic_regression(deployed)
     plain = client.post("/prediction", json={"records": RECORDS})
     assert plain.status_code == 200 and plain.get_json()["model_version"] == "v0002"
-    for answer in (client.post("/prediction", json={"records": RECORDS, "explain": True}), client.get("/ranking")):
+    for answer in (client.post("/prediction", json={"records": RECORDS, "explain": True}), client.get("/clients")):
         assert answer.status_code == 400
         assert "v0002 is not a logistic regression on log-scaled, standardised counts" in answer.get_json()["error"]
 
@@ -119,7 +118,7 @@ def test_ranking_lists_the_active_clients_riskiest_first(client, deployed):
     probabilities = served_model(deployed).predict_proba(data.features()[rows])[:, 1]
     expected = {ids[row]: p for row, p in zip(rows.tolist(), probabilities.tolist(), strict=True)}
 
-    body = client.get("/ranking").get_json()
+    body = client.get("/clients").get_json()
     assert body["model_version"] == "v0001" and body["count"] == len(expected)
     assert len(body["clients"]) == 50
     listed = [client["probability"] for client in body["clients"]]
@@ -128,19 +127,19 @@ def test_ranking_lists_the_active_clients_riskiest_first(client, deployed):
         assert row["probability"] == expected[row["corporation"]]
         assert abs(body["baseline_log_odds"] + sum(row["drivers"].values()) - logit(row["probability"])) < 1e-9
         assert list(row) == ["corporation", "probability", "label", "drivers", "log_odds", "reason"]
-    assert [row["corporation"] for row in client.get("/ranking?limit=5").get_json()["clients"]] == [
+    assert [row["corporation"] for row in client.get("/clients?limit=5").get_json()["clients"]] == [
         row["corporation"] for row in body["clients"][:5]
     ]
-    assert len(client.get("/ranking?limit=1000").get_json()["clients"]) == len(expected)
+    assert len(client.get("/clients?limit=1000").get_json()["clients"]) == len(expected)
 
 
 @pytest.mark.parametrize("limit", ["0", "1001", "-3", "ten", "2.5", ""])
 def test_ranking_refuses_a_bad_limit_naming_it(client, limit):
-    answer = client.get(f"/ranking?limit={limit}")
+    answer = client.get(f"/clients?limit={limit}")
     assert answer.status_code == 400 and answer.get_json()["error"].startswith("limit must be")
 
 
 def test_ranking_without_ingested_data_says_so(client, deployed):
     shutil.rmtree(deployed.output_folder)
-    answer = client.get("/ranking")
+    answer = client.get("/clients")
     assert answer.status_code == 503 and "run ingestion.py" in answer.get_json()["error"]

@@ -17,10 +17,9 @@ from common.config import Config
 from common.history import open_history, save_run, start_run
 from common.schema import FEATURES, ID_COLUMN, TARGET
 from dashboard.access import session_secret
-from dashboard.clients import latest_active_rows
-from tests.helpers import deploy, train_and_score
+from tests.helpers import deploy, latest_active_rows, train_and_score
 
-PAGES = ("/", "/clients", "/model-health", "/runs", "/runs?all=1", "/system")
+PAGES = tuple(f"/dashboard{page}" for page in ("/", "/clients", "/model-health", "/runs", "/runs?all=1", "/system"))
 TOKEN = "s3cret-token"
 
 
@@ -97,7 +96,7 @@ def test_every_page_answers_html_without_a_token(client):
 
 
 def test_the_overview_shows_version_scores_health_last_run_and_risk(client, deployed):
-    page = client.get("/").get_data(as_text=True)
+    page = client.get("/dashboard/").get_data(as_text=True)
     deployed_version = load_deployed_version(current_version_folder(deployed.deployment_folder))
     assert "v0001" in page and ">ok<" in page
     assert f"{deployed_version.metrics['f1']:.3f}" in page and f"{deployed_version.metrics['roc_auc']:.3f}" in page
@@ -112,12 +111,12 @@ def test_the_overview_shows_version_scores_health_last_run_and_risk(client, depl
 def test_the_overview_compares_with_the_previous_version(deployed):
     train_and_score(deployed, C=0.01)
     deploy(deployed)
-    page = create_app(deployed, token="").test_client().get("/").get_data(as_text=True)
+    page = create_app(deployed, token="").test_client().get("/dashboard/").get_data(as_text=True)
     assert "v0002" in page and "v0001 put" in page and "v0001 expected" in page
 
 
 def test_the_csv_holds_every_active_client_with_the_models_own_probabilities(client, deployed):
-    answer = client.get("/clients.csv")
+    answer = client.get("/dashboard/clients.csv")
     assert answer.status_code == 200 and answer.mimetype == "text/csv"
     assert "attachment" in answer.headers["Content-Disposition"]
     rows = read_csv(answer.get_data(as_text=True))
@@ -135,34 +134,34 @@ def test_the_csv_holds_every_active_client_with_the_models_own_probabilities(cli
 def test_search_finds_clients_by_part_of_their_id(client, deployed):
     ids, _ = active_clients(deployed)
     part = ids[0][1:4].upper()
-    rows = read_csv(client.get(f"/clients.csv?q={part}").get_data(as_text=True))
+    rows = read_csv(client.get(f"/dashboard/clients.csv?q={part}").get_data(as_text=True))
     assert rows and all(part.lower() in row[ID_COLUMN].lower() for row in rows)
     assert len(rows) == sum(part.lower() in name.lower() for name in ids)
-    page = client.get(f"/clients?q={part}").get_data(as_text=True)
+    page = client.get(f"/dashboard/clients?q={part}").get_data(as_text=True)
     assert ids[0] in page or len(rows) > 50
-    assert "No active client id contains" in client.get("/clients?q=zzzzzzzzzz").get_data(as_text=True)
+    assert "No active client id contains" in client.get("/dashboard/clients?q=zzzzzzzzzz").get_data(as_text=True)
 
 
 @pytest.mark.parametrize("key", ["probability", ID_COLUMN, *FEATURES])
 @pytest.mark.parametrize("order", ["asc", "desc"])
 def test_sorting_orders_the_table_and_the_csv(client, key, order):
-    rows = read_csv(client.get(f"/clients.csv?sort={key}&order={order}").get_data(as_text=True))
+    rows = read_csv(client.get(f"/dashboard/clients.csv?sort={key}&order={order}").get_data(as_text=True))
     values = [row[key] if key == ID_COLUMN else float(row[key]) for row in rows]
     assert values == sorted(values, reverse=order == "desc")
-    page = client.get(f"/clients?sort={key}&order={order}&per=25").get_data(as_text=True)
-    shown = re.findall(r'<a href="/clients/([^"]+)">', page)
+    page = client.get(f"/dashboard/clients?sort={key}&order={order}&per=25").get_data(as_text=True)
+    shown = re.findall(r'<a href="/dashboard/clients/([^"]+)">', page)
     assert shown == [row[ID_COLUMN] for row in rows[:25]]
 
 
 def test_paging_shows_consecutive_slices(client):
-    rows = read_csv(client.get("/clients.csv").get_data(as_text=True))
-    second = client.get("/clients?per=25&page=2").get_data(as_text=True)
-    assert re.findall(r'<a href="/clients/([^"]+)">', second) == [row[ID_COLUMN] for row in rows[25:50]]
+    rows = read_csv(client.get("/dashboard/clients.csv").get_data(as_text=True))
+    second = client.get("/dashboard/clients?per=25&page=2").get_data(as_text=True)
+    assert re.findall(r'<a href="/dashboard/clients/([^"]+)">', second) == [row[ID_COLUMN] for row in rows[25:50]]
     assert f"Showing 26–50 of {len(rows):,}" in second
     assert 'rel="prev"' in second and 'rel="next"' in second
-    last = client.get("/clients?per=25&page=9999").get_data(as_text=True)
+    last = client.get("/dashboard/clients?per=25&page=9999").get_data(as_text=True)
     assert 'rel="next"' not in last
-    assert client.get("/clients?per=7&page=x&sort=nonsense&order=up").status_code == 200
+    assert client.get("/dashboard/clients?per=7&page=x&sort=nonsense&order=up").status_code == 200
 
 
 def test_a_client_page_shows_its_rows_and_drivers_that_add_up(app, client, deployed):
@@ -170,7 +169,7 @@ def test_a_client_page_shows_its_rows_and_drivers_that_add_up(app, client, deplo
     model = load_deployed_version(current_version_folder(deployed.deployment_folder)).model
     probabilities = model.predict_proba(features)[:, 1]
     for index in (int(np.argmax(probabilities)), int(np.argmin(probabilities)), 0):
-        page = client.get(f"/clients/{ids[index]}").get_data(as_text=True)
+        page = client.get(f"/dashboard/clients/{ids[index]}").get_data(as_text=True)
         assert f"Client {ids[index]}" in page
         assert any(words in page for words in ("raises the risk most", "lowers the risk most", "no count stands out"))
         assert "Its rows as they arrived" in page
@@ -182,18 +181,18 @@ def test_a_client_page_shows_its_rows_and_drivers_that_add_up(app, client, deplo
         assert abs(detail.baseline + sum(detail.contributions.values()) - logit(probabilities[index])) < 1e-9
         assert detail.rows[-1].values == {name: int(features[index][j]) for j, name in enumerate(FEATURES)}
         assert all(row.batch >= 1 for row in detail.rows)
-    assert client.get("/clients/nobody-has-this-id").status_code == 404
+    assert client.get("/dashboard/clients/nobody-has-this-id").status_code == 404
 
 
 def test_the_runs_page_lists_runs_newest_first_with_details(client):
-    page = client.get("/runs").get_data(as_text=True)
+    page = client.get("/dashboard/runs").get_data(as_text=True)
     assert page.index("#3") < page.index("#2") < page.index("#1") and "#4" not in page
     assert "<details>" in page and "batch_1.csv" in page and "all rows" in page
-    assert "#4" in client.get("/runs?all=1").get_data(as_text=True)
+    assert "#4" in client.get("/dashboard/runs?all=1").get_data(as_text=True)
 
 
 def test_model_health_draws_charts_with_values_on_hover(client):
-    page = client.get("/model-health").get_data(as_text=True)
+    page = client.get("/dashboard/model-health").get_data(as_text=True)
     assert page.count("<svg") >= 4
     assert "<title>F1 on new rows, #1: 0.600</title>" in page
     assert "deployed v0002" in page
@@ -202,19 +201,19 @@ def test_model_health_draws_charts_with_values_on_hover(client):
 def test_only_the_report_and_the_plot_are_served_from_the_model_folder(client, deployed):
     (deployed.model_folder / REPORT_FILE).write_bytes(b"%PDF-1.4 test")
     (deployed.model_folder / CONFUSION_MATRIX_FILE).write_bytes(b"\x89PNG test")
-    assert client.get("/files/report").data == b"%PDF-1.4 test"
-    assert client.get("/files/confusion-matrix").data == b"\x89PNG test"
+    assert client.get("/dashboard/files/report").data == b"%PDF-1.4 test"
+    assert client.get("/dashboard/files/confusion-matrix").data == b"\x89PNG test"
     for name in ("trainedmodel.pkl", "metrics.json", "..%2Fconfig.json"):
-        assert client.get(f"/files/{name}").status_code == 404
-    assert 'href="/files/report"' in client.get("/system").get_data(as_text=True)
+        assert client.get(f"/dashboard/files/{name}").status_code == 404
+    assert 'href="/dashboard/files/report"' in client.get("/dashboard/system").get_data(as_text=True)
 
 
 def test_pages_answer_before_anything_is_deployed(project):
     client = create_app(project, token="").test_client()
     for page in PAGES:
         assert client.get(page).status_code == 200, page
-    assert "No model is deployed" in client.get("/").get_data(as_text=True)
-    assert client.get("/clients.csv").status_code == 503
+    assert "No model is deployed" in client.get("/dashboard/").get_data(as_text=True)
+    assert client.get("/dashboard/clients.csv").status_code == 503
 
 
 def test_the_client_table_is_scored_once_per_version_and_data(app, deployed):
@@ -229,7 +228,7 @@ def test_the_client_table_is_scored_once_per_version_and_data(app, deployed):
     assert again is not first and "newcorp" in again.ids
 
 
-def sign_in_form(client, path: str = "/sign-in") -> str:
+def sign_in_form(client, path: str = "/dashboard/sign-in") -> str:
     page = client.get(path).get_data(as_text=True)
     return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
 
@@ -244,54 +243,56 @@ def test_with_a_token_pages_ask_to_sign_in_and_the_token_never_goes_in_a_url(gua
         answer = guarded.get(page)
         assert answer.status_code == 302 and "/sign-in" in answer.headers["Location"], page
     csrf = sign_in_form(guarded)
-    answer = guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf, "next": "/runs"})
-    assert answer.status_code == 302 and answer.headers["Location"] == "/runs"
+    answer = guarded.post("/dashboard/sign-in", data={"token": TOKEN, "csrf": csrf, "next": "/dashboard/runs"})
+    assert answer.status_code == 302 and answer.headers["Location"] == "/dashboard/runs"
     assert TOKEN not in answer.headers["Location"]
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
     for page in PAGES:
         assert guarded.get(page).status_code == 200, page
-    assert guarded.get("/clients.csv").status_code == 200
+    assert guarded.get("/dashboard/clients.csv").status_code == 200
 
 
 def test_a_wrong_token_is_refused(guarded):
     csrf = sign_in_form(guarded)
-    answer = guarded.post("/sign-in", data={"token": "wrong", "csrf": csrf})
+    answer = guarded.post("/dashboard/sign-in", data={"token": "wrong", "csrf": csrf})
     assert answer.status_code == 401 and "not the one" in answer.get_data(as_text=True)
-    assert guarded.get("/").status_code == 302
+    assert guarded.get("/dashboard/").status_code == 302
 
 
 def test_a_form_without_its_csrf_token_is_refused(guarded):
     sign_in_form(guarded)
-    assert guarded.post("/sign-in", data={"token": TOKEN}).status_code == 400
-    assert guarded.post("/sign-in", data={"token": TOKEN, "csrf": "forged"}).status_code == 400
-    assert guarded.get("/").status_code == 302
+    assert guarded.post("/dashboard/sign-in", data={"token": TOKEN}).status_code == 400
+    assert guarded.post("/dashboard/sign-in", data={"token": TOKEN, "csrf": "forged"}).status_code == 400
+    assert guarded.get("/dashboard/").status_code == 302
     csrf = sign_in_form(guarded)
-    guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf})
-    assert guarded.post("/sign-out", data={}).status_code == 400
-    assert guarded.get("/").status_code == 200
+    guarded.post("/dashboard/sign-in", data={"token": TOKEN, "csrf": csrf})
+    assert guarded.post("/dashboard/sign-out", data={}).status_code == 400
+    assert guarded.get("/dashboard/").status_code == 200
 
 
 def test_sign_out_ends_the_session(guarded):
     csrf = sign_in_form(guarded)
-    guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf})
-    csrf = re.search(r'name="csrf" value="([^"]+)"', guarded.get("/").get_data(as_text=True)).group(1)
-    answer = guarded.post("/sign-out", data={"csrf": csrf})
+    guarded.post("/dashboard/sign-in", data={"token": TOKEN, "csrf": csrf})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', guarded.get("/dashboard/").get_data(as_text=True)).group(1)
+    answer = guarded.post("/dashboard/sign-out", data={"csrf": csrf})
     assert answer.status_code == 302 and "/sign-in" in answer.headers["Location"]
-    assert guarded.get("/").status_code == 302
+    assert guarded.get("/dashboard/").status_code == 302
 
 
 def test_the_json_api_keeps_its_bearer_token_whatever_the_session(guarded):
     csrf = sign_in_form(guarded)
-    guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf})
+    guarded.post("/dashboard/sign-in", data={"token": TOKEN, "csrf": csrf})
     assert guarded.get("/version").status_code == 401
     assert guarded.get("/version", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
 def test_sign_in_sends_people_back_to_this_site_only(guarded):
     csrf = sign_in_form(guarded)
-    answer = guarded.post("/sign-in", data={"token": TOKEN, "csrf": csrf, "next": "https://elsewhere.example/"})
-    assert answer.headers["Location"] == "/"
+    answer = guarded.post(
+        "/dashboard/sign-in", data={"token": TOKEN, "csrf": csrf, "next": "https://elsewhere.example/"}
+    )
+    assert answer.headers["Location"] == "/dashboard/"
 
 
 def test_every_worker_signs_sessions_with_the_same_key(deployed):
@@ -301,7 +302,7 @@ def test_every_worker_signs_sessions_with_the_same_key(deployed):
 
 
 def test_pages_forbid_framing_and_scripts_and_are_not_cached(client):
-    answer = client.get("/clients")
+    answer = client.get("/dashboard/clients")
     policy = answer.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in policy and "script-src 'none'" in policy
     assert answer.headers["Cache-Control"] == "no-store"
@@ -311,5 +312,16 @@ def test_the_overview_says_degraded_and_why_when_the_deployed_version_cannot_be_
     train_and_score(deployed, C=0.01)
     deploy(deployed)
     (current_version_folder(deployed.deployment_folder) / "trainedmodel.pkl").write_bytes(b"not a model")
-    page = client.get("/").get_data(as_text=True)
+    page = client.get("/dashboard/").get_data(as_text=True)
     assert ">degraded<" in page and "v0002 cannot be loaded" in page and "v0001 serves" in page
+
+
+def test_the_pages_live_under_dashboard_and_the_root_leads_there(client, guarded):
+    for test_client in (client, guarded):  # no token needed to be sent on to the sign-in
+        answer = test_client.get("/")
+        assert answer.status_code == 302 and answer.headers["Location"] == "/dashboard/"
+    assert client.get("/dashboard/static/dashboard.css").status_code == 200
+    assert 'href="/dashboard/static/dashboard.css"' in client.get("/dashboard/").get_data(as_text=True)
+    for old in ("/model-health", "/runs", "/system", "/sign-in", "/clients.csv", "/ranking"):
+        assert client.get(old).status_code == 404, old
+    assert client.get("/clients").get_json()["clients"]  # the JSON list, not the page

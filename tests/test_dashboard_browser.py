@@ -23,6 +23,7 @@ import pytest
 
 from common.artifacts import current_version_folder, load_deployed_version
 from common.config import Config, load_config
+from dashboard import URL_PREFIX
 from ingestion import ingest_folder
 from tests.helpers import PROJECT_ROOT, deploy, train_and_score, write_clients, write_config
 from tests.test_dashboard import active_clients, add_runs
@@ -192,7 +193,7 @@ def site(browser_ready, tmp_path_factory) -> Iterator[tuple[str, Config]]:
     config = build_project(tmp_path_factory.mktemp("dashboard-site"))
     process, url = start_server(config.path, TOKEN)
     try:
-        yield url, config
+        yield f"{url}{URL_PREFIX}", config
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
@@ -318,7 +319,7 @@ def test_sign_in_with_a_wrong_token_then_the_right_one_then_sign_out(site, drive
     sign_in_here = driver.find_element(By.ID, "token")
     sign_in_here.send_keys(TOKEN)
     sign_in_here.submit()
-    wait_for(lambda: driver.current_url.endswith("/runs"))
+    wait_for(lambda: "/sign-in" not in driver.current_url and driver.current_url.endswith("/runs"))
     assert TOKEN not in driver.current_url
     cookie = driver.get_cookie("risk_dashboard")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"

@@ -177,8 +177,8 @@ def test_report_notes_diagnostics_of_another_model_version(diagnosed):
 
 
 def test_rank_clients_keeps_each_corporations_last_row_and_active_clients_only(deployed, tmp_path):
-    data = tmp_path / "clients.csv"
-    data.write_text(
+    data = tmp_path
+    (data / "finaldata.csv").write_text(
         "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
         "left_later,0,0,900,0\n"  # riskiest row, but its last row says it exited
         "twice,0,0,500,0\n"
