@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import contextlib
 import gzip
 import json
 import re
@@ -28,6 +27,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from app import create_app
+from bench.bench_api import hold_slow_clients
 from common.artifacts import MODEL_FILE, VERSIONS_FOLDER
 from common.config import Config, load_config
 from tests.helpers import PROJECT_ROOT, deploy, run_script, train_and_score, write_config
@@ -324,30 +324,11 @@ def test_a_fuzzer_of_ten_thousand_hostile_requests_gets_no_5xx_and_no_200_to_a_b
     assert requests.get(f"{url}/health", timeout=5).status_code == 200  # and it still serves
 
 
-def slow_clients(url: str, count: int, stop: threading.Event) -> list[socket.socket]:
-    """``count`` connections that send a request's headers a line every half second and never finish."""
-    host, port = url.removeprefix("http://").split(":")
-    connections = []
-    for _ in range(count):
-        connection = socket.create_connection((host, int(port)), timeout=5)
-        connection.sendall(b"GET /health HTTP/1.1\r\nHost: slow\r\n")
-        connections.append(connection)
-
-    def trickle() -> None:
-        while not stop.wait(0.5):
-            for connection in connections:
-                with contextlib.suppress(OSError):
-                    connection.sendall(b"X-Slow: 1\r\n")
-
-    threading.Thread(target=trickle, daemon=True).start()
-    return connections
-
-
 def test_fifty_slow_clients_do_not_hold_the_api(deployed: Config):
     server = start_server(deployed)
     url = server.url
     stop = threading.Event()
-    connections = slow_clients(url, 50, stop)
+    connections = hold_slow_clients(int(url.rsplit(":", 1)[1]), 50, stop)
     try:
         time.sleep(1)
         answers = [requests.get(f"{url}/health", timeout=2) for _ in range(20)]  # sync workers: 19 s, or none
