@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.databases import DEFAULT_PASSWORD_ENV, DatabaseSource, check_identifier, parse_database_url
+from common.databases import DEFAULT_PASSWORD_ENV, DatabaseSource, DatabaseUrl, check_identifier, parse_database_url
 from common.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -144,8 +144,10 @@ class MonitoringSettings:
     webhooks: tuple[str, ...] = ()
     alert_timeout_seconds: float = 10.0
     # Empty: runhistory.sqlite and fullprocess.log in the model output folder, so each config's
-    # runs keep their own record.
+    # runs keep their own record. A PostgreSQL URL lets several API hosts and the job share one
+    # history; its password comes from the variable history_password_env names.
     history_url: str = ""
+    history_password_env: str = DEFAULT_PASSWORD_ENV
     log_file: str = ""
     log_max_mb: float = 5.0
     log_backups: int = 5
@@ -170,11 +172,16 @@ class Config:
     database: DatabaseSource | None = None
 
     @property
-    def history_path(self) -> Path:
-        """The SQLite file of the run history: ``monitoring.history_url`` (relative to the config folder)."""
-        if not self.monitoring.history_url:
+    def history_path(self) -> Path | DatabaseUrl:
+        """The run history: a SQLite file (``monitoring.history_url``, relative to the config folder) or a database."""
+        url = self.monitoring.history_url
+        if not url:
             return self.model_folder / DEFAULT_HISTORY_FILE
-        return (self.path.parent / self.monitoring.history_url[len(SQLITE_URL_PREFIX) :]).resolve()
+        if not url.startswith(SQLITE_URL_PREFIX):
+            return parse_database_url(
+                url, self.path.parent, "monitoring.history_url", self.monitoring.history_password_env
+            )
+        return (self.path.parent / url[len(SQLITE_URL_PREFIX) :]).resolve()
 
     @property
     def log_path(self) -> Path:
@@ -309,11 +316,8 @@ def _read_monitoring_settings(raw: dict[str, Any], config_path: Path) -> Monitor
         )
     url = settings.history_url
     if url and (not url.startswith(SQLITE_URL_PREFIX) or url == SQLITE_URL_PREFIX):
-        raise PipelineError(
-            f"config file {config_path}: monitoring.history_url must be a SQLite URL such as "
-            f"'sqlite:///models/{DEFAULT_HISTORY_FILE}' (a path after sqlite:///, relative to the config file; "
-            f"sqlite:////abs/path for an absolute one), not {url!r}"
-        )
+        where = f"config file {config_path}: monitoring.history_url"
+        parse_database_url(url, config_path.parent, where, settings.history_password_env)
     return settings
 
 

@@ -49,6 +49,9 @@ class DatabaseUrl:
         user = f"{self.user}:***@" if self.user else ""
         return f"postgresql://{user}{self.host}:{self.port}/{self.database}"
 
+    def __str__(self) -> str:
+        return self.shown
+
     def password(self) -> str | None:
         """The password from its environment variable (None when unset)."""
         return os.environ.get(self.password_env) or None

@@ -19,7 +19,9 @@ from tests.test_fullprocess import free_port
 
 pytestmark = pytest.mark.slow
 
-HEAVY = ("numpy", "pandas", "sklearn", "scipy", "pyarrow", "matplotlib", "requests", "urllib.request", "sqlalchemy")
+# SQLAlchemy is not among them: the run history goes through it (about 0.15 s to import); the check
+# for new rows itself asks sqlite3 or psycopg directly.
+HEAVY = ("numpy", "pandas", "sklearn", "scipy", "pyarrow", "matplotlib", "requests", "urllib.request")
 
 
 def database_config(root: Path, url: str) -> Path:
@@ -69,6 +71,18 @@ def test_a_no_op_run_against_the_database_is_cheap(sqlite_shipped: Path):
     assert (code, heavy) == (0, [])
     assert seconds < 1.0
     assert read_runs(load_config(sqlite_shipped).history_path, limit=1)[0]["outcome"] == "no_new_data"
+
+
+def test_the_check_for_new_rows_imports_no_sqlalchemy(sqlite_shipped: Path):
+    probe = (
+        "import sys\n"
+        "from common.config import load_config\n"
+        "from common.databases import has_rows_past\n"
+        f"source = load_config({str(sqlite_shipped)!r}).database\n"
+        "print(has_rows_past(source, 10047), has_rows_past(source, 10048), 'sqlalchemy' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "False", "False"], result.stderr
 
 
 def test_new_rows_in_the_table_are_decided_on(sqlite_shipped: Path, tmp_path: Path):

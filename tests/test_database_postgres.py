@@ -1,4 +1,4 @@
-"""A PostgreSQL table as a source, on a real server the tests start: ingestion, the no-op check, a server stopped mid-fetch."""
+"""A PostgreSQL table as a source, on a server the tests start: ingestion, the no-op check, a server stopped mid-fetch."""
 
 from __future__ import annotations
 
