@@ -1,9 +1,9 @@
 """Rows past the watermark of a database source, fetched in one pass and checked as a file's rows are.
 
-PostgreSQL streams them with ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` and SQLite answers one
-query; either way the values arrive as text columns in a pyarrow table, never row by row, and go
-through the same checks as a file's (``common/schema.py``): a bad row is dropped and counted by
-reason. The range is fixed first (up to the newest watermark now), so rows added during the fetch
+One query through the database's Arrow (ADBC) driver: PostgreSQL's streams the rows with COPY in
+binary form, SQLite's reads the file; either way they arrive as pyarrow columns, never row by row,
+and go through the same checks as a file's (``common/schema.py``): a bad row is dropped and
+counted by reason. The range is fixed first (up to the newest watermark now), so rows added during the fetch
 wait for the next one. Nothing here writes the ingestion record: the caller advances the
 watermark only once the output is safely written.
 """
@@ -13,17 +13,16 @@ from __future__ import annotations
 import datetime
 import decimal
 import hashlib
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.feather as feather
 
 from common.artifacts import IngestedFetch, IngestedFile, utc_now
@@ -38,6 +37,7 @@ log = logging.getLogger("ingestion")
 # A number as text: what a numeric column may hold; anything else in it is text where a number is expected.
 NUMBER_PATTERN = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 NOT_A_NUMBER = "text where a number is expected"
+BATCH_BYTES = 4 << 20
 
 
 @dataclass
@@ -129,61 +129,101 @@ def newest_watermark(connection: Any, source: DatabaseSource, since: int | str |
     return newest
 
 
-def select_rows(source: DatabaseSource, since_marker: str | None, until_marker: str) -> str:
-    """The query of a fetch: the schema's columns as text, rows in the watermark range, in watermark order."""
+def sql_literal(value: int | str) -> str:
+    """A watermark as a SQL literal both databases read: a whole number, or quoted text (quotes doubled)."""
+    if isinstance(value, int):
+        return str(int(value))
+    text = str(value)
+    if "\x00" in text:
+        raise PipelineError(f"the recorded watermark {text!r} holds a NUL character")
+    return "'" + text.replace("'", "''") + "'"
+
+
+def select_rows(source: DatabaseSource, since: Any, until: Any, as_text: bool) -> str:
+    """The query of a fetch: the rows in the watermark range, in watermark order, ids as text.
+
+    ``as_text``: every value as text (never null), for a SQLite table whose numeric columns hold
+    something other than whole numbers; such values are then checked as a file's text is.
+    """
     column = quote_identifier(source.watermark)
-    values = ", ".join(f"CAST({quote_identifier(name)} AS TEXT)" for name in COLUMNS)
-    where = f"{column} <= {until_marker}"
-    if since_marker is not None:
-        where = f"{column} > {since_marker} AND {where}"
-    return f"SELECT {values} FROM {quote_identifier(source.table)} WHERE {where} ORDER BY {column}"
+    if as_text:
+        values = [f"COALESCE(CAST({quote_identifier(name)} AS TEXT), '')" for name in COLUMNS]
+    else:
+        values = [f"COALESCE(CAST({quote_identifier(ID_COLUMN)} AS TEXT), '')"]
+        values += [quote_identifier(name) for name in COLUMNS[1:]]
+    where = f"{column} <= {sql_literal(json_watermark(until))}"
+    if since is not None:
+        where = f"{column} > {sql_literal(since)} AND {where}"
+    selected = ", ".join(f"{value} AS {quote_identifier(name)}" for value, name in zip(values, COLUMNS, strict=True))
+    return f"SELECT {selected} FROM {quote_identifier(source.table)} WHERE {where} ORDER BY {column}"
 
 
-def fetch_postgres_text(connection: Any, source: DatabaseSource, since: Any, until: Any) -> pa.Table:
-    """The range's rows as text columns, streamed by COPY as CSV and parsed by pyarrow."""
-    from psycopg import sql
+def holds_other_than_whole_numbers(connection: Any, source: DatabaseSource, since: Any, until: Any) -> bool:
+    """Whether a SQLite table's numeric columns hold anything but whole numbers in the range (one scan in SQLite)."""
+    from sqlalchemy import text
 
-    raw = connection.connection.driver_connection
-    query = select_rows(source, None if since is None else "{since}", "{until}")
-    statement = sql.SQL(f"COPY ({query}) TO STDOUT (FORMAT csv)").format(
-        since=sql.Literal(since), until=sql.Literal(until)
-    )
-    buffer = io.BytesIO()
-    with raw.cursor() as cursor, cursor.copy(statement) as copy:
-        for block in copy:
-            buffer.write(block)
-    if buffer.tell() == 0:
-        return pa.table({name: pa.array([], pa.string()) for name in COLUMNS})
-    buffer.seek(0)
-    return pa_csv.read_csv(
-        buffer,
-        read_options=pa_csv.ReadOptions(column_names=list(COLUMNS), block_size=16 << 20),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=dict.fromkeys(COLUMNS, pa.string()), strings_can_be_null=True, quoted_strings_can_be_null=False
-        ),
-    )
+    column = quote_identifier(source.watermark)
+    odd = " OR ".join(f"typeof({quote_identifier(name)}) NOT IN ('integer', 'null')" for name in COLUMNS[1:])
+    where = f"{column} <= {sql_literal(json_watermark(until))}"
+    if since is not None:
+        where = f"{column} > {sql_literal(since)} AND {where}"
+    query = f"SELECT 1 FROM {quote_identifier(source.table)} WHERE {where} AND ({odd}) LIMIT 1"
+    return connection.execute(text(query)).scalar() is not None
 
 
-def fetch_sqlite_text(connection: Any, source: DatabaseSource, since: Any, until: Any) -> pa.Table:
-    """The range's rows as text columns from one SQLite query, turned into columns at once."""
-    raw = connection.connection.driver_connection
-    query = select_rows(source, None if since is None else "?", "?")
-    params = (until,) if since is None else (since, until)
-    rows = raw.execute(query, params).fetchall()
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in COLUMNS]
-    return pa.table({name: pa.array(values, pa.string()) for name, values in zip(COLUMNS, columns, strict=True)})
+def libpq_uri(source: DatabaseSource) -> str:
+    """The PostgreSQL connection URI for the Arrow driver, with the password from its variable."""
+    url = source.url
+    login = quote(url.user, safe="")
+    password = url.password()
+    if password:
+        login += ":" + quote(password, safe="")
+    return f"postgresql://{login}@{url.host}:{url.port}/{quote(url.database, safe='')}?connect_timeout=5"
+
+
+def read_batches(reader: Any) -> pa.Table:
+    """Every record batch of a query's result, as one table."""
+    return pa.Table.from_batches(list(reader), schema=reader.schema)
+
+
+def fetch_arrow_table(source: DatabaseSource, query: str) -> pa.Table:
+    """Run one query through the database's Arrow (ADBC) driver: the rows arrive as columns, never row by row.
+
+    PostgreSQL's driver streams them with COPY in binary form; SQLite's reads the file directly (read-only).
+    """
+    if source.url.kind == "postgresql":
+        import adbc_driver_postgresql.dbapi as driver
+
+        connection = driver.connect(libpq_uri(source))
+    else:
+        import adbc_driver_sqlite.dbapi as driver
+
+        connection = driver.connect(f"{source.url.path.as_uri()}?mode=ro")
+    with connection, connection.cursor() as cursor:
+        if source.url.kind == "postgresql":  # batches of a few MiB: memory stays flat, a lost server is seen at once
+            cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+        cursor.execute(query)
+        return read_batches(cursor.fetch_record_batch())
+
+
+def as_numbers(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """A column as float64 (nulls where missing) and a mask of the values that are text, not numbers."""
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_decimal(values.type):
+        return pc.cast(values, pa.float64()), np.zeros(len(values), dtype=bool)
+    values = pc.cast(values, pa.string())
+    number = pc.fill_null(pc.match_substring_regex(values, NUMBER_PATTERN), False)
+    blank = pc.fill_null(pc.equal(pc.utf8_length(values), 0), True)
+    text = ~(number.to_numpy(zero_copy_only=False) | blank.to_numpy(zero_copy_only=False))
+    return pc.cast(pc.if_else(number, values, pa.scalar(None, pa.string())), pa.float64()), text
 
 
 def check_fetched_rows(table: pa.Table) -> ParsedFile:
     """The rows of a fetch checked like a file's: text in a numeric column drops its row, then the file rules."""
     not_number = np.zeros(table.num_rows, dtype=bool)
-    columns: dict[str, Any] = {ID_COLUMN: table[ID_COLUMN]}
+    columns: dict[str, Any] = {ID_COLUMN: pc.cast(table[ID_COLUMN], pa.string())}
     for name in COLUMNS[1:]:
-        values = table[name]
-        number = pc.fill_null(pc.match_substring_regex(values, NUMBER_PATTERN), False)
-        blank = pc.fill_null(pc.equal(pc.utf8_length(values), 0), True)
-        not_number |= ~(number.to_numpy(zero_copy_only=False) | blank.to_numpy(zero_copy_only=False))
-        columns[name] = pc.cast(pc.if_else(number, values, pa.scalar(None, pa.string())), pa.float64())
+        columns[name], text = as_numbers(table[name])
+        not_number |= text
     checked = pa.table(columns)
     if not_number.any():
         checked = checked.filter(pa.array(~not_number))
@@ -208,8 +248,8 @@ def fetch_past_watermark(source: DatabaseSource, since: int | str | None) -> Fet
             until = newest_watermark(connection, source, since)
             if until is None:
                 return None
-            fetch = fetch_postgres_text if source.url.kind == "postgresql" else fetch_sqlite_text
-            table = fetch(connection, source, since, until)
+            as_text = source.url.kind == "sqlite" and holds_other_than_whole_numbers(connection, source, since, until)
+        table = fetch_arrow_table(source, select_rows(source, since, until, as_text))
     except PipelineError:
         raise
     except Exception as exc:  # a driver's error of any kind: the database could not be read

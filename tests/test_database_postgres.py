@@ -1,4 +1,4 @@
-"""A PostgreSQL table as a source, on a server the tests start: ingestion, the no-op check, a server stopped mid-fetch."""
+"""A PostgreSQL table as a source, on a server the tests start: ingestion, the no-op check, a stop mid-fetch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import common.database_rows as database_rows
 from common.artifacts import FINAL_DATA, INGESTED_FILES, current_version, read_ingestion_record
 from common.config import Config, load_config
 from common.errors import PipelineError
@@ -75,17 +76,20 @@ def test_a_server_stopped_mid_fetch_loses_nothing_and_repeats_nothing(
             "INSERT INTO client_activity (corporation, lastmonth_activity, lastyear_activity, number_of_employees, "
             "exited) SELECT 'c' || n, n % 97, n % 1000, 1 + n % 50, n % 2 FROM generate_series(1, 200000) AS n"
         )
-    original = psycopg.Copy.__iter__
+    original = database_rows.read_batches
     stopped = threading.Event()
 
-    def stop_the_server_after_some_rows(copy: psycopg.Copy):
-        for number, block in enumerate(original(copy)):
-            if number == 1000 and not stopped.is_set():
-                stopped.set()
-                postgres_server.stop("immediate")
-            yield block
+    def stop_the_server_after_the_first_batch(reader):
+        def batches():
+            for number, batch in enumerate(reader):
+                if number == 0:
+                    stopped.set()
+                    postgres_server.stop("immediate")
+                yield batch
 
-    monkeypatch.setattr(psycopg.Copy, "__iter__", stop_the_server_after_some_rows)
+        return original(type("Reader", (), {"schema": reader.schema, "__iter__": lambda self: batches()})())
+
+    monkeypatch.setattr(database_rows, "read_batches", stop_the_server_after_the_first_batch)
     try:
         with pytest.raises(PipelineError) as failure:
             ingest(config)

@@ -157,11 +157,11 @@ def test_a_fetch_that_fails_midway_takes_nothing_and_the_next_takes_all(
     ingest(sqlite_project)
     add_rows(sqlite_project, ("new1", 1, 2, 3, 0), ("new2", 4, 5, 6, 1))
 
-    def lose_connection(*args: object) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+    def lose_connection(reader: object) -> None:
+        raise OSError("[SQLite] disk I/O error")
 
-    monkeypatch.setattr(database_rows, "fetch_sqlite_text", lose_connection)
-    with pytest.raises(PipelineError, match="cannot be read .disk I/O error.; nothing was taken from it"):
+    monkeypatch.setattr(database_rows, "read_batches", lose_connection)
+    with pytest.raises(PipelineError, match=r"cannot be read \(\[SQLite\] disk I/O error\); nothing was taken from it"):
         ingest(sqlite_project)
     monkeypatch.undo()
     assert read_ingestion_record(sqlite_project.output_folder / INGESTED_FILES).files[-1].watermark_to == 1000
