@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pyarrow.csv as pa_csv
 
+from bench.bench_fullprocess import median
 from bench.bench_pipeline import generate, run_measured
 from common.schema import COLUMNS
 from tests.postgres_server import PASSWORD, PASSWORD_ENV, USER, PostgresServer
@@ -129,10 +130,6 @@ def measure(config: Path, rows: int, repeat: int) -> dict:
     run_measured([sys.executable, "fullprocess.py", "--config", str(config), "-q"])  # the first deployment
     no_op = [run_measured([sys.executable, "fullprocess.py", "--config", str(config), "-q"])[0] for _ in range(repeat)]
     return {"ingestion": process, "stage": stage, "check": check, "no_op": no_op}
-
-
-def median(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f})"
 
 
 def main(argv: list[str] | None = None) -> int:

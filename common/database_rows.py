@@ -158,19 +158,6 @@ def select_rows(source: DatabaseSource, since: Any, until: Any, as_text: bool) -
     return f"SELECT {selected} FROM {quote_identifier(source.table)} WHERE {where} ORDER BY {column}"
 
 
-def holds_other_than_whole_numbers(connection: Any, source: DatabaseSource, since: Any, until: Any) -> bool:
-    """Whether a SQLite table's numeric columns hold anything but whole numbers in the range (one scan in SQLite)."""
-    from sqlalchemy import text
-
-    column = quote_identifier(source.watermark)
-    odd = " OR ".join(f"typeof({quote_identifier(name)}) NOT IN ('integer', 'null')" for name in COLUMNS[1:])
-    where = f"{column} <= {sql_literal(json_watermark(until))}"
-    if since is not None:
-        where = f"{column} > {sql_literal(since)} AND {where}"
-    query = f"SELECT 1 FROM {quote_identifier(source.table)} WHERE {where} AND ({odd}) LIMIT 1"
-    return connection.execute(text(query)).scalar() is not None
-
-
 def libpq_uri(source: DatabaseSource) -> str:
     """The PostgreSQL connection URI for the Arrow driver, with the password from its variable."""
     url = source.url
@@ -204,6 +191,22 @@ def fetch_arrow_table(source: DatabaseSource, query: str) -> pa.Table:
             cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
         cursor.execute(query)
         return read_batches(cursor.fetch_record_batch())
+
+
+def fetch_rows(source: DatabaseSource, since: Any, until: Any) -> pa.Table:
+    """The range's rows, numbers as numbers; as text when SQLite's loose types mix kinds in a column.
+
+    SQLite's driver takes a column's type from its first rows: a later value of another kind
+    (text, or a fraction among whole numbers) is a type mismatch, and the range is read again
+    as text, which is then checked as a file's text is.
+    """
+    try:
+        return fetch_arrow_table(source, select_rows(source, since, until, as_text=False))
+    except Exception as exc:  # the driver's own error type; only a type mismatch is retried
+        if source.url.kind != "sqlite" or "type mismatch" not in str(exc).lower():
+            raise
+    log.info("%s: the numeric columns hold values of mixed kinds; reading them as text", source.shown)
+    return fetch_arrow_table(source, select_rows(source, since, until, as_text=True))
 
 
 def as_numbers(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray]:
@@ -248,8 +251,7 @@ def fetch_past_watermark(source: DatabaseSource, since: int | str | None) -> Fet
             until = newest_watermark(connection, source, since)
             if until is None:
                 return None
-            as_text = source.url.kind == "sqlite" and holds_other_than_whole_numbers(connection, source, since, until)
-        table = fetch_arrow_table(source, select_rows(source, since, until, as_text))
+        table = fetch_rows(source, since, until)
     except PipelineError:
         raise
     except Exception as exc:  # a driver's error of any kind: the database could not be read

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +17,11 @@ from common.errors import PipelineError
 from common.history import open_history, read_runs
 from generate_data import write_batch, write_shipped_data
 from tests import test_history
-from tests.helpers import PROJECT_ROOT
 from tests.postgres_server import PASSWORD, USER
+from tests.test_dashboard_browser import start_server
 from tests.test_database_monitoring import run_fullprocess
 from tests.test_fullprocess import scenario_config
-from tests.test_server import free_port, wait_until_healthy
+from tests.test_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -109,20 +107,6 @@ def test_an_unreachable_history_is_one_sentence(tmp_path: Path, monkeypatch: pyt
     assert "hunter2" not in str(failure.value)
 
 
-def start_api(config_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(config_path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=PROJECT_ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, process)
-    return process, url
-
-
 @pytest.fixture
 def two_hosts(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     """Two project checkouts (each its own data, models and deployment) sharing one history in PostgreSQL.
@@ -137,7 +121,7 @@ def two_hosts(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Path, list[st
         configs.append(scenario_config(root, history_url=postgres_url))
     assert run_fullprocess(configs[0]).returncode == 0
     assert run_fullprocess(configs[1]).returncode == 0  # host B deploys its own model: a second run in the history
-    servers = [start_api(path) for path in configs]
+    servers = [start_server(path) for path in configs]
     try:
         yield configs[0], [url for _, url in servers]
     finally:
