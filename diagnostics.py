@@ -329,12 +329,24 @@ def compare_versions(installed: str | None, latest: str | None) -> str:
         return "unknown"
 
 
+def measure_missing_data(config: Config, cached: bool = True) -> dict[str, Any]:
+    """Percent of missing values in the source: the input folder's data files, else the database table."""
+    folder = config.input_folder
+    source_files, _ = list_data_files(folder) if folder is not None and folder.is_dir() else ([], [])
+    if not source_files and config.database is not None:
+        from common.database_rows import count_missing_in_table
+
+        return {"dataset": config.database.shown, **count_missing_in_table(config.database)}
+    if not source_files:
+        raise PipelineError(f"the source folder {folder} holds no data files")
+    cache = config.model_folder / MISSING_CACHE_FILE if cached else None
+    return {"dataset": shown_path(folder, config.path.parent), **datastats.missing_data(source_files, cache)}
+
+
 def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     """Everything diagnostics measures, as one JSON-ready dictionary."""
     started = time.perf_counter()
-    source_files, _ = list_data_files(config.input_folder) if config.input_folder.is_dir() else ([], [])
-    if not source_files:
-        raise PipelineError(f"the source folder {config.input_folder} holds no data files")
+    missing = measure_missing_data(config)
     deployed = load_deployed_version(current_version_folder(config.deployment_folder))  # resolved once
     check_final_data(config.output_folder)  # a finaldata.csv cut short is not described as if whole
     report = {
@@ -346,10 +358,7 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
             "dataset": shown_path(config.output_folder / FINAL_DATA, config.path.parent),
             "columns": datastats.summary_statistics(datastats.read_numeric_columns(config.output_folder / FINAL_DATA)),
         },
-        "missing_data": {
-            "dataset": shown_path(config.input_folder, config.path.parent),
-            **datastats.missing_data(source_files, config.model_folder / MISSING_CACHE_FILE),
-        },
+        "missing_data": missing,
         "timing": time_stages(config, runs) if runs > 0 else recorded_timings(config.model_folder),
         "dependencies": dependency_status(config.diagnostics, config.model_folder / DEPENDENCY_CACHE_FILE),
     }
@@ -402,10 +411,7 @@ def dataframe_summary(config_path: str | os.PathLike[str] | None = None) -> list
 def missing_data(config_path: str | os.PathLike[str] | None = None) -> list[float]:
     """Percent of missing values in each column of the source files, in column order (corporation first)."""
     config = load_config(config_path)
-    source_files, _ = list_data_files(config.input_folder) if config.input_folder.is_dir() else ([], [])
-    if not source_files:
-        raise PipelineError(f"the source folder {config.input_folder} holds no data files")
-    return list(datastats.missing_data(source_files)["percent"].values())
+    return list(measure_missing_data(config, cached=False)["percent"].values())
 
 
 def execution_time(config_path: str | os.PathLike[str] | None = None) -> list[float]:

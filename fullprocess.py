@@ -59,10 +59,12 @@ from common.artifacts import (
     current_version_folder,
     load_deployed_version,
     read_ingested_files,
+    read_ingestion_record,
     utc_now,
 )
 from common.cli import build_parser
 from common.config import PROJECT_ROOT, Config, load_config
+from common.databases import DatabaseSource, describe_sources, fetched_from, has_rows_past, last_watermark
 from common.errors import PipelineError
 from common.files import (
     LockHeld,
@@ -108,11 +110,11 @@ API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
 
 @dataclass
 class SourceFile:
-    """A file in the source folder that the deployed model has not seen."""
+    """A file in the source folder (or a fetch from the database) that the deployed model has not seen."""
 
     name: str
-    path: Path
-    sha256: str
+    path: Path | None  # None: rows of the database
+    sha256: str | None  # None: rows past the watermark, not fetched yet
     status: str  # "new", or "edited" when a file of that name was trained on with other content
 
 
@@ -123,6 +125,7 @@ class NewData:
     known: int
     waiting: set[str] = field(default_factory=set)  # hashes of files whose rows wait for more to be tested
     arriving: list[str] = field(default_factory=list)  # files still changing: read on a later run
+    fetched_before: set[str] = field(default_factory=set)  # hashes of the database fetches ingested before this run
 
 
 @dataclass
@@ -183,6 +186,33 @@ def find_new_data(input_folder: Path, trained_on: dict[str, Any], decided: set[s
     return NewData(files, [path.name for path in ignored], known)
 
 
+def find_new_rows(
+    source: DatabaseSource, output_folder: Path, trained_on: dict[str, Any], decided: set[str]
+) -> tuple[list[SourceFile], set[str]]:
+    """Fetches ingested but not decided on, and rows past the watermark (one cheap query); and the fetches' hashes.
+
+    Raises PipelineError in one sentence when the database cannot be reached.
+    """
+    fetched = fetched_from(read_ingestion_record(output_folder / INGESTED_FILES).files, source)
+    known = {entry.sha256 for entry in trained_on.values()} | decided
+    files = [SourceFile(entry.name, None, entry.sha256, "new") for entry in fetched if entry.sha256 not in known]
+    watermark = last_watermark(fetched, source)
+    if has_rows_past(source, watermark):
+        past = "" if watermark is None else f" past {source.watermark} {watermark}"
+        files.append(SourceFile(f"{source.table}: rows{past}", None, None, "new"))
+    return files, {entry.sha256 for entry in fetched}
+
+
+def note_fetches(record: RunRecord, new: NewData, ingested: list[Any]) -> None:
+    """Record the database fetches this run ingested (by content hash) in place of "rows past the watermark"."""
+    record.files = [row for row in record.files if row.get("sha256") is not None or row["status"] != "new"]
+    record.files += [
+        {"name": entry.name, "sha256": entry.sha256, "status": "new"}
+        for entry in ingested
+        if entry.source and entry.sha256 not in new.fetched_before
+    ]
+
+
 def let_files_settle(new: NewData, settle_seconds: float) -> None:
     """Wait (at most ``settle_seconds``) for new files modified just now to stop changing; set aside any that did not.
 
@@ -192,6 +222,8 @@ def let_files_settle(new: NewData, settle_seconds: float) -> None:
     """
     recent = {}
     for item in new.files:
+        if item.path is None:  # rows of the database: fetched whole, up to the watermark of the moment
+            continue
         signature = file_signature(item.path)
         if changed_within(signature, settle_seconds):
             recent[item.name] = signature
@@ -235,7 +267,7 @@ def missing_percent(paths: list[Path], model_folder: Path) -> dict[str, Any]:
     return {"overall": round(overall, 4), "columns": percents, "rows": missing["rows"]}
 
 
-def deploy_first_model(config: Config, record: RunRecord) -> dict[str, Any]:
+def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> dict[str, Any]:
     """Nothing is deployed yet: ingest, train, score and deploy without a gate; return the run's fields."""
     from common.evaluation import score_model
     from deployment import publish_deployment
@@ -246,9 +278,16 @@ def deploy_first_model(config: Config, record: RunRecord) -> dict[str, Any]:
     clock = record.clock
     with clock.stage("ingestion"):
         ingested = ingest_folder(
-            config.input_folder, config.output_folder, settle_seconds=config.monitoring.settle_seconds
+            config.input_folder,
+            config.output_folder,
+            settle_seconds=config.monitoring.settle_seconds,
+            database=config.database,
         )
-        missing = missing_percent([config.input_folder / entry.name for entry in ingested.files], config.model_folder)
+        note_fetches(record, new, ingested.files)
+        folder = config.input_folder
+        missing = missing_percent(
+            [folder / entry.name for entry in ingested.files if folder and not entry.source], config.model_folder
+        )
     record.details["missing_data"] = missing
     mark_unlabelled(record, ingested.unlabelled)
     with clock.stage("training"):
@@ -312,10 +351,12 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
             config.output_folder,
             keep_parsed=keep_hashes(champion),
             settle_seconds=config.monitoring.settle_seconds,
+            database=config.database,
         )
+        note_fetches(record, new, ingested.files)
     with clock.stage("new rows"):
         data = read_ingested_data(config.output_folder)
-        missing = missing_percent([item.path for item in new.files], config.model_folder)
+        missing = missing_percent([item.path for item in new.files if item.path], config.model_folder)
     record.details["missing_data"] = missing
     left_out = mark_rejected(record, ingested.rejected)
     unlabelled = mark_unlabelled(record, ingested.unlabelled)
@@ -437,7 +478,12 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
         else:
             trained_on = read_ingested_files(current_version_folder(config.deployment_folder) / INGESTED_FILES)
             decided = decided_hashes(connection)
-        new = find_new_data(config.input_folder, trained_on, decided)
+        new = NewData([], [], 0)
+        if config.input_folder is not None:
+            new = find_new_data(config.input_folder, trained_on, decided)
+        if config.database is not None:
+            rows, new.fetched_before = find_new_rows(config.database, config.output_folder, trained_on, decided)
+            new.files += rows
         new.waiting = waiting_hashes(connection) if version else set()
     with record.clock.stage("settle"):
         let_files_settle(new, config.monitoring.settle_seconds)
@@ -479,7 +525,7 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         if not reports_outdated(config, version):
             log.info(
                 "no new data in %s (%d file(s), all seen before%s)%s; nothing to do",
-                config.input_folder,
+                describe_sources(config.input_folder, config.database),
                 new.known,
                 note,
                 describe_stray(new.stray),
@@ -496,12 +542,12 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
     log.info(
         "%d new or edited file(s) in %s: %s%s",
         len(new.files),
-        config.input_folder,
+        describe_sources(config.input_folder, config.database),
         ", ".join(f"{item.name} ({item.status})" for item in new.files),
         describe_stray(new.stray),
     )
     if version is None:
-        record.set(**deploy_first_model(config, record))
+        record.set(**deploy_first_model(config, record, new))
     else:
         record.set(**assess_new_data(config, connection, record, new))
     if record.fields["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):

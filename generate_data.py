@@ -9,6 +9,7 @@ clients now stay, yearly activity no longer protects), so a model trained before
 
     python generate_data.py                      # rewrite practicedata/, sourceddata/, testdata/
     python generate_data.py batch --rows 5000 --out sourceddata/dataset5.csv --seed 5 [--shift | --drift]
+    python generate_data.py database --url sqlite:///clients.sqlite [--table client_activity] [FILE.csv ...]
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 
 from common.cli import add_logging_flags, run_command
 from common.config import PROJECT_ROOT
+from common.databases import DEFAULT_PASSWORD_ENV, check_identifier, parse_database_url, unreachable
 from common.files import write_text_atomic
-from common.schema import COLUMNS, UNLABELLED_COLUMNS
+from common.schema import COLUMNS, ID_COLUMN, UNLABELLED_COLUMNS
 
 log = logging.getLogger("generate_data")
 
@@ -166,6 +168,64 @@ def write_batch(
     return targets
 
 
+DEFAULT_TABLE = "client_activity"
+
+
+def read_csv_rows(paths: list[Path]) -> list[dict[str, object]]:
+    """The rows of schema CSV files as column values (blank cells None, counts as numbers), in file order."""
+    import csv
+
+    rows: list[dict[str, object]] = []
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for record in csv.DictReader(handle):
+                values = {name: (record.get(name) or "").strip() or None for name in COLUMNS}
+                rows.append(
+                    {
+                        name: value if value is None or name == ID_COLUMN else int(value)
+                        for name, value in values.items()
+                    }
+                )
+    return rows
+
+
+def load_into_database(url: str, table_name: str, paths: list[Path], password_env: str = DEFAULT_PASSWORD_ENV) -> int:
+    """Append the rows of ``paths`` to a table (created if missing, with an ``id`` watermark); return how many.
+
+    The table holds the schema's columns, ``id`` (an integer that grows with each row added)
+    and ``loaded_at`` (when the row was added), so either can serve as the watermark.
+    """
+    from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, Table, Text, create_engine, func
+    from sqlalchemy.engine import make_url
+
+    where = "--url"
+    parsed = parse_database_url(url, Path.cwd(), where, password_env)
+    check_identifier(table_name, "--table", qualified=True)
+    schema, _, name = table_name.rpartition(".")
+    metadata = MetaData(schema=schema or None)
+    table = Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column(COLUMNS[0], Text),
+        *(Column(column, BigInteger) for column in COLUMNS[1:]),
+        Column("loaded_at", DateTime(timezone=True), server_default=func.current_timestamp(), index=True),
+    )
+    rows = read_csv_rows(paths)
+    engine = create_engine(make_url(parsed.url).set(password=parsed.password()))
+    try:
+        with engine.begin() as connection:
+            metadata.create_all(connection)
+            if rows:
+                connection.execute(table.insert(), rows)
+    except Exception as exc:  # any driver error: one sentence, the URL masked
+        raise unreachable(parsed, exc, "written", "no row was added") from None
+    finally:
+        engine.dispose()
+    log.info("added %d rows from %d file(s) to table %s of %s", len(rows), len(paths), table_name, parsed.shown)
+    return len(rows)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_logging_flags(parser)
@@ -190,11 +250,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     batch.add_argument("--unlabelled", action="store_true", help="leave out the exited column (outcomes not known yet)")
     batch.set_defaults(world="stable")
+    database = sub.add_parser(
+        "database", help="add the shipped source data (or the given CSV files) to a database table"
+    )
+    database.add_argument(
+        "--url", required=True, help="sqlite:///clients.sqlite or postgresql+psycopg://user@host:port/db"
+    )
+    database.add_argument(
+        "--table", default=DEFAULT_TABLE, help=f"table to create or append to (default {DEFAULT_TABLE})"
+    )
+    database.add_argument("--password-env", default=DEFAULT_PASSWORD_ENV, help="variable holding the password")
+    database.add_argument("csv", nargs="*", type=Path, help="CSV files to add (default: sourceddata/*.csv)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "database":
+        paths = args.csv or sorted((PROJECT_ROOT / "sourceddata").glob("*.csv"))
+        return run_command(
+            "generate_data", args, lambda: load_into_database(args.url, args.table, paths, args.password_env)
+        )
     if args.command == "batch":
         return run_command(
             "generate_data",

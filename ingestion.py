@@ -57,6 +57,7 @@ from common.batches import (
 )
 from common.cli import build_parser, run_stage
 from common.config import load_config
+from common.databases import DatabaseSource, describe_sources
 from common.errors import NO_SPACE_ERRNOS, PipelineError
 from common.files import (
     atomic_path,
@@ -446,11 +447,12 @@ def prune_parsed(output_folder: Path, files: list[IngestedFile], keep: frozenset
 
 
 def ingest_folder(
-    input_folder: Path,
+    input_folder: Path | None,
     output_folder: Path,
     fresh: bool = False,
     keep_parsed: frozenset[str] = frozenset(),
     settle_seconds: float = 0.0,
+    database: DatabaseSource | None = None,
 ) -> IngestionResult:
     """Ingest ``input_folder`` into ``output_folder``; return what was done.
 
@@ -459,11 +461,13 @@ def ingest_folder(
 
     ``keep_parsed``: content hashes whose cached rows are kept even when no file holds them
     any more (the files the deployed model was trained on, which the drift tests read).
-    Raises PipelineError, leaving earlier outputs untouched, when no usable data remains or
-    another ingestion into the same folder is running.
+    ``database``: a table read beside (or, when ``input_folder`` is None, instead of) the folder;
+    the rows past its watermark are one more cached "file" (see ``common/database_rows.py``).
+    Raises PipelineError, leaving earlier outputs untouched, when no usable data remains,
+    the database cannot be read, or another ingestion into the same folder is running.
     """
     with folder_lock(output_folder, "ingestion"):
-        return ingest_locked(input_folder, output_folder, fresh, keep_parsed, settle_seconds)
+        return ingest_locked(input_folder, output_folder, fresh, keep_parsed, settle_seconds, database)
 
 
 def rebuild_final_data(output_folder: Path, result: IngestionResult) -> RowIndex:
@@ -546,7 +550,7 @@ def index_if_appendable(
     return load_row_index(output_folder, earlier)
 
 
-def read_history(input_folder: Path, output_folder: Path) -> dict[str, IngestedFile]:
+def read_history(input_folder: Path | None, output_folder: Path) -> dict[str, IngestedFile]:
     """The files ingested before into ``output_folder``, by name; none when they came from another input folder.
 
     The course's workflow runs the practice config, then points ``input_folder_path`` at the
@@ -565,22 +569,53 @@ def read_history(input_folder: Path, output_folder: Path) -> dict[str, IngestedF
     return {entry.name: entry for entry in record.files}
 
 
+def collect_sources(
+    input_folder: Path | None,
+    output_folder: Path,
+    history: dict[str, IngestedFile],
+    settle_seconds: float,
+    database: DatabaseSource | None,
+) -> IngestionResult:
+    """``collect_files`` for the folder (when there is one), then the database's fetches, in arrival order."""
+    files = {name: entry for name, entry in history.items() if not entry.source}
+    result = IngestionResult(files=[])
+    if input_folder is not None:
+        result = collect_files(input_folder, output_folder, files, settle_seconds)
+    if database is not None:
+        from common.database_rows import read_database_source
+
+        fetches = read_database_source(
+            database,
+            list(history.values()),
+            lambda digest: parsed_path(output_folder, digest),
+            lambda digest: usable_cache(output_folder, digest),
+        )
+        result.files = sorted([*result.files, *fetches], key=arrival_order(list(history.values())))
+    return result
+
+
 def ingest_locked(
-    input_folder: Path, output_folder: Path, fresh: bool, keep_parsed: frozenset[str], settle_seconds: float
+    input_folder: Path | None,
+    output_folder: Path,
+    fresh: bool,
+    keep_parsed: frozenset[str],
+    settle_seconds: float,
+    database: DatabaseSource | None = None,
 ) -> IngestionResult:
     started = time.perf_counter()
     history = {} if fresh else read_history(input_folder, output_folder)
-    result = collect_files(input_folder, output_folder, history, settle_seconds)
+    result = collect_sources(input_folder, output_folder, history, settle_seconds, database)
+    where = describe_sources(input_folder, database)
     if not result.files and result.arriving:
         raise PipelineError(
-            f"no data ready in {input_folder}: {', '.join(result.arriving)} still changing; run again once copied"
+            f"no data ready in {where}: {', '.join(result.arriving)} still changing; run again once copied"
         )
     if not result.files:
         reasons = "; ".join(result.rejected.values()) or "no .csv, .json or .jsonl files"
-        raise PipelineError(f"no usable data in {input_folder} ({reasons}); earlier outputs are untouched")
+        raise PipelineError(f"no usable data in {where} ({reasons}); earlier outputs are untouched")
     if not result.labelled:
         raise PipelineError(
-            f"no labelled data in {input_folder}: every file lacks the exited column, and a model needs outcomes "
+            f"no labelled data in {where}: every file lacks the exited column, and a model needs outcomes "
             "to learn from; earlier outputs are untouched"
         )
     # finaldata.csv first: a crash before the record leaves the old record, so the next run
@@ -590,14 +625,15 @@ def ingest_locked(
     if index is None:
         index = write_final_data(output_folder, result, labelled_history)
     result.unlabelled_clients = write_unlabelled_clients(output_folder, result.files, index)
-    write_ingestion_record(output_folder, IngestionRecord(str(input_folder), result.files))
+    folder = None if input_folder is None else str(input_folder)
+    write_ingestion_record(output_folder, IngestionRecord(folder, result.files))
     result.seconds = round(time.perf_counter() - started, 3)
-    write_text_atomic(output_folder / INGESTION_REPORT, json.dumps(describe_result(result, input_folder), indent=2))
+    write_text_atomic(output_folder / INGESTION_REPORT, json.dumps(describe_result(result, where), indent=2))
     prune_parsed(output_folder, result.files, keep_parsed)
     log.info(
         "ingested %d file(s) from %s: %d rows merged, %d duplicates removed, %d rows %s %s in %.2fs",
         len(result.files),
-        input_folder,
+        where,
         result.rows_merged,
         result.duplicates_removed,
         result.rows_written,
@@ -722,11 +758,11 @@ def record_batch(
     return updated.latest
 
 
-def describe_result(result: IngestionResult, input_folder: Path) -> dict:
+def describe_result(result: IngestionResult, input_folder: str) -> dict:
     """The run as a JSON-ready report."""
     return {
         "finished_at": utc_now(),
-        "input_folder": str(input_folder),
+        "input_folder": input_folder,
         "files": [asdict(entry) for entry in result.files],
         "unlabelled_files": [entry.name for entry in result.unlabelled],
         "unlabelled_clients": result.unlabelled_clients,
@@ -753,7 +789,7 @@ def merge_multiple_dataframe(config_path: str | os.PathLike[str] | None = None) 
     from common.frames import read_client_frame
 
     config = load_config(config_path)
-    result = ingest_folder(config.input_folder, config.output_folder)
+    result = ingest_folder(config.input_folder, config.output_folder, database=config.database)
     return read_client_frame(result.final_data)
 
 
@@ -773,7 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     return run_stage(
         "ingestion",
         args,
-        lambda config: ingest_folder(config.input_folder, config.output_folder, args.fresh, settle_seconds=args.settle),
+        lambda config: ingest_folder(
+            config.input_folder, config.output_folder, args.fresh, settle_seconds=args.settle, database=config.database
+        ),
     )
 
 

@@ -39,6 +39,8 @@ def allowed_data_places(config: Config) -> list[Path]:
     protected = (config.path, config.model_folder, config.deployment_folder)
     places = []
     for place in (config.input_folder, config.output_folder, config.test_data_path):
+        if place is None:  # a database is the only source
+            continue
         if place.is_dir() and any(path.is_relative_to(place) for path in protected):
             log.warning("/prediction will not read files in %s by location: it holds the config or models", place)
             continue

@@ -290,7 +290,9 @@ def history() -> Response:
     except PipelineError as exc:
         log.error("/history: %s", exc)
         raise ServiceUnavailable(f"the run history cannot be read: {exc}") from None
-    return json_response({"history": config.history_path.name, "count": len(runs), "runs": runs})
+    location = config.history_path
+    name = location.name if isinstance(location, Path) else location.shown
+    return json_response({"history": name, "count": len(runs), "runs": runs})
 
 
 @bp.get("/health")

@@ -10,7 +10,7 @@ import pickle
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from common.errors import PipelineError
 from common.files import atomic_path, sha256_file, write_text_atomic
@@ -158,11 +158,12 @@ class IngestedFile:
     rows_dropped: int
     ingested_at: str
     labelled: bool = True  # False: no exited column; its rows describe current clients and are never trained on
+    source: ClassVar[str] = ""  # a file; see IngestedFetch
 
     @classmethod
     def from_json(cls, item: dict[str, Any]) -> IngestedFile:
         """An entry of ``ingestedfiles.json``; KeyError, TypeError or ValueError when it is not one."""
-        return cls(
+        entry = IngestedFile(
             name=str(item["name"]),
             sha256=str(item["sha256"]),
             rows_kept=int(item["rows_kept"]),
@@ -170,6 +171,24 @@ class IngestedFile:
             ingested_at=str(item["ingested_at"]),
             labelled=item.get("labelled", True) is not False,
         )
+        if not item.get("source"):
+            return entry
+        return IngestedFetch(
+            **vars(entry),
+            source=str(item["source"]),
+            watermark_from=item.get("watermark_from"),
+            watermark_to=item["watermark_to"],
+        )
+
+
+@dataclass
+class IngestedFetch(IngestedFile):
+    """One fetch from a database, ingested as a file is: the source (URL masked, table, watermark column)
+    and the watermark range it covered, above ``watermark_from`` (None: from the start) up to ``watermark_to``."""
+
+    source: str = ""  # type: ignore[misc]
+    watermark_from: int | str | None = None
+    watermark_to: int | str | None = None
 
 
 @dataclass(frozen=True)

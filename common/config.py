@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.databases import DEFAULT_PASSWORD_ENV, DatabaseSource, DatabaseUrl, check_identifier, parse_database_url
 from common.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,13 @@ PATH_KEYS = (
     "test_data_path",
     "output_model_path",
     "prod_deployment_path",
+)
+# A database as a source, beside or instead of the input folder (see common/databases.py).
+DATABASE_KEYS = (
+    "input_database_url",
+    "input_database_table",
+    "input_database_watermark",
+    "input_database_password_env",
 )
 SECTION_KEYS = ("model", "deployment", "api", "diagnostics", "reporting", "monitoring")
 SQLITE_URL_PREFIX = "sqlite:///"
@@ -136,8 +144,10 @@ class MonitoringSettings:
     webhooks: tuple[str, ...] = ()
     alert_timeout_seconds: float = 10.0
     # Empty: runhistory.sqlite and fullprocess.log in the model output folder, so each config's
-    # runs keep their own record.
+    # runs keep their own record. A PostgreSQL URL lets several API hosts and the job share one
+    # history; its password comes from the variable history_password_env names.
     history_url: str = ""
+    history_password_env: str = DEFAULT_PASSWORD_ENV
     log_file: str = ""
     log_max_mb: float = 5.0
     log_backups: int = 5
@@ -148,7 +158,7 @@ class Config:
     """Resolved settings; every path is absolute."""
 
     path: Path
-    input_folder: Path
+    input_folder: Path | None  # None when only a database is the source
     output_folder: Path
     test_data_path: Path
     model_folder: Path
@@ -159,13 +169,19 @@ class Config:
     diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
     reporting: ReportingSettings = field(default_factory=ReportingSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    database: DatabaseSource | None = None
 
     @property
-    def history_path(self) -> Path:
-        """The SQLite file of the run history: ``monitoring.history_url`` (relative to the config folder)."""
-        if not self.monitoring.history_url:
+    def history_path(self) -> Path | DatabaseUrl:
+        """The run history: a SQLite file (``monitoring.history_url``, relative to the config folder) or a database."""
+        url = self.monitoring.history_url
+        if not url:
             return self.model_folder / DEFAULT_HISTORY_FILE
-        return (self.path.parent / self.monitoring.history_url[len(SQLITE_URL_PREFIX) :]).resolve()
+        if not url.startswith(SQLITE_URL_PREFIX):
+            return parse_database_url(
+                url, self.path.parent, "monitoring.history_url", self.monitoring.history_password_env
+            )
+        return (self.path.parent / url[len(SQLITE_URL_PREFIX) :]).resolve()
 
     @property
     def log_path(self) -> Path:
@@ -197,15 +213,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise PipelineError(f"config file {config_path} must hold a JSON object")
 
-    unknown = sorted(set(raw) - set(PATH_KEYS) - set(SECTION_KEYS))
+    unknown = sorted(set(raw) - set(PATH_KEYS) - set(SECTION_KEYS) - set(DATABASE_KEYS))
     if unknown:
         log.warning("config file %s: ignoring unknown keys %s", config_path, ", ".join(unknown))
 
     base = config_path.parent
-    paths = {key: _resolve_path(raw, key, base, config_path) for key in PATH_KEYS}
+    database = _read_database_source(raw, config_path)
+    optional = {"input_folder_path"} if database is not None and "input_folder_path" not in raw else set()
+    paths = {key: _resolve_path(raw, key, base, config_path) for key in PATH_KEYS if key not in optional}
     return Config(
         path=config_path,
-        input_folder=paths["input_folder_path"],
+        input_folder=paths.get("input_folder_path"),
         output_folder=paths["output_folder_path"],
         test_data_path=paths["test_data_path"],
         model_folder=paths["output_model_path"],
@@ -216,7 +234,28 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         diagnostics=_read_settings(DiagnosticsSettings, raw, "diagnostics", config_path),
         reporting=_read_settings(ReportingSettings, raw, "reporting", config_path),
         monitoring=_read_monitoring_settings(raw, config_path),
+        database=database,
     )
+
+
+def _read_database_source(raw: dict[str, Any], config_path: Path) -> DatabaseSource | None:
+    """The database source, when ``input_database_url`` is set; its table and watermark column checked."""
+    if not any(key in raw for key in DATABASE_KEYS):
+        return None
+    values = {}
+    for key in DATABASE_KEYS:
+        value = raw.get(key, DEFAULT_PASSWORD_ENV if key == "input_database_password_env" else None)
+        if not isinstance(value, str) or not value.strip():
+            raise PipelineError(f"config file {config_path} needs '{key}' as a non-empty string with a database source")
+        values[key] = value.strip()
+    where = f"config file {config_path}: "
+    password_env = check_identifier(values["input_database_password_env"], f"{where}input_database_password_env")
+    url = parse_database_url(
+        values["input_database_url"], config_path.parent, f"{where}input_database_url", password_env
+    )
+    table = check_identifier(values["input_database_table"], f"{where}input_database_table", qualified=True)
+    watermark = check_identifier(values["input_database_watermark"], f"{where}input_database_watermark")
+    return DatabaseSource(url, table, watermark)
 
 
 def _resolve_path(raw: dict[str, Any], key: str, base: Path, config_path: Path) -> Path:
@@ -277,11 +316,8 @@ def _read_monitoring_settings(raw: dict[str, Any], config_path: Path) -> Monitor
         )
     url = settings.history_url
     if url and (not url.startswith(SQLITE_URL_PREFIX) or url == SQLITE_URL_PREFIX):
-        raise PipelineError(
-            f"config file {config_path}: monitoring.history_url must be a SQLite URL such as "
-            f"'sqlite:///models/{DEFAULT_HISTORY_FILE}' (a path after sqlite:///, relative to the config file; "
-            f"sqlite:////abs/path for an absolute one), not {url!r}"
-        )
+        where = f"config file {config_path}: monitoring.history_url"
+        parse_database_url(url, config_path.parent, where, settings.history_password_env)
     return settings
 
 

@@ -150,7 +150,7 @@ def missing_data(paths: list[Path], cache_path: Path | None = None) -> dict[str,
         total_rows += rows
         for name in COLUMNS:
             total_missing[name] += missing[name]
-        per_file[path.name] = {"rows": rows, "percent": _percentages(missing, rows)}
+        per_file[path.name] = {"rows": rows, "percent": percentages(missing, rows)}
     if cache_path and kept.keys() != cache.keys():
         try:
             write_text_atomic(cache_path, json.dumps(dict(list(kept.items())[-MISSING_CACHE_FILES:])))
@@ -158,7 +158,7 @@ def missing_data(paths: list[Path], cache_path: Path | None = None) -> dict[str,
             log.warning("the missing-data counts were not kept in %s (%s)", cache_path, exc.strerror)
     return {
         "rows": total_rows,
-        "percent": _percentages(total_missing, total_rows),
+        "percent": percentages(total_missing, total_rows),
         "files": per_file,
         "unreadable": unreadable,
     }
@@ -176,7 +176,7 @@ def read_missing_cache(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _percentages(missing: dict[str, int], rows: int) -> dict[str, float]:
+def percentages(missing: dict[str, int], rows: int) -> dict[str, float]:
     return {name: round(100.0 * count / rows, 4) if rows else 0.0 for name, count in missing.items()}
 
 

@@ -1,14 +1,19 @@
-"""The run history: one SQLite database that records every fullprocess.py run and its decision.
+"""The run history: one database that records every fullprocess.py run and its decision.
 
-Tables (query them with ``sqlite3 models/runhistory.sqlite``)::
+SQLite by default (``models/runhistory.sqlite``), or a PostgreSQL database named by
+``monitoring.history_url``, so that several API hosts and the monitoring job share one history;
+both go through one storage layer (SQLAlchemy Core, plain SQL that both speak). Tables (query
+them with ``sqlite3 models/runhistory.sqlite`` or ``psql``)::
 
     runs           one row per run: times, outcome, decision, versions, scores, drift, timings
     run_files      the data files a run saw as new or edited, and the stray files it ignored
     feature_drift  per run and feature: the data-drift test, its statistic, threshold and verdict
 
-Writers and readers may overlap (the API reads while a run writes): the database is in WAL
-mode, so readers see the last committed state and never wait for a run to finish.
-This module imports only the standard library: the no-op run reads it before anything heavy.
+The project creates and upgrades the schema itself; its version is SQLite's ``user_version``
+or PostgreSQL's ``history_schema`` table, and a database of a newer version is refused.
+Writers and readers may overlap (the API reads while a run writes): SQLite runs in WAL mode,
+so readers see the last committed state and never wait for a run to finish.
+SQLAlchemy is imported when a history is opened, not at import: the cron job's check stays cheap.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.databases import DatabaseUrl
 from common.errors import PipelineError, describe_os_error, disk_is_full
 
 SCHEMA_VERSION = 2
@@ -37,12 +43,13 @@ INTERRUPTED = "interrupted"
 # Runs whose decision covers the new files they saw, so those files are not new again.
 DECIDED_OUTCOMES = (FIRST_DEPLOYMENT, KEPT, DEPLOYED)
 
+# {id} and {real} differ between SQLite and PostgreSQL (see COLUMN_TYPES); the rest is plain SQL.
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
+    id {{id}},
     started_at TEXT NOT NULL,              -- UTC, ISO 8601
     finished_at TEXT,
-    seconds REAL,
+    seconds {{real}},
     outcome TEXT NOT NULL,                 -- {RUNNING}, {NO_NEW_DATA}, {FIRST_DEPLOYMENT}, {KEPT}, {WAITING},
                                            -- {DEPLOYED}, {FAILED} or {INTERRUPTED}
     decision TEXT,                         -- why, in one sentence
@@ -55,42 +62,51 @@ CREATE TABLE IF NOT EXISTS runs (
     new_rows INTEGER,                      -- labelled rows not seen before
     ingested_rows INTEGER,                 -- rows in finaldata.csv after the run
     model_drift_test TEXT,                 -- raw, parametric or nonparametric
-    deployed_f1 REAL,                      -- the champion's F1 on the test data when deployed
-    new_data_f1 REAL,                      -- the champion's F1 on the new rows
-    drift_threshold REAL,                  -- model drift when new_data_f1 is below this
+    deployed_f1 {{real}},                      -- the champion's F1 on the test data when deployed
+    new_data_f1 {{real}},                      -- the champion's F1 on the new rows
+    drift_threshold {{real}},                  -- model drift when new_data_f1 is below this
     drift_reference TEXT,                  -- where the earlier F1 scores came from
     model_drift INTEGER,                   -- 1 drift, 0 none
     data_drift INTEGER,
     drift_trigger TEXT,                    -- the statistic that triggered retraining
-    champion_recent_f1 REAL,               -- on the held-out part of the new rows
-    challenger_recent_f1 REAL,
-    champion_test_f1 REAL,                 -- on the test data
-    challenger_test_f1 REAL,
-    missing_percent REAL,                  -- percent of empty cells in the new files
+    champion_recent_f1 {{real}},               -- on the held-out part of the new rows
+    challenger_recent_f1 {{real}},
+    champion_test_f1 {{real}},                 -- on the test data
+    challenger_test_f1 {{real}},
+    missing_percent {{real}},                  -- percent of empty cells in the new files
     timings TEXT,                          -- JSON: seconds per stage
     details TEXT                           -- JSON: everything else worth keeping
 );
 CREATE TABLE IF NOT EXISTS run_files (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
+    {{row_id}}run_id INTEGER NOT NULL REFERENCES runs(id),
     name TEXT NOT NULL,
     sha256 TEXT,
     status TEXT NOT NULL,                  -- new, edited, stray, rejected (a bad file, left out), unlabelled
     note TEXT
 );
 CREATE TABLE IF NOT EXISTS feature_drift (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
+    {{row_id}}run_id INTEGER NOT NULL REFERENCES runs(id),
     feature TEXT NOT NULL,
     test TEXT NOT NULL,                    -- ks (p-value below threshold) or wasserstein (normalised distance above)
-    statistic REAL NOT NULL,
-    p_value REAL,
-    threshold REAL NOT NULL,
+    statistic {{real}} NOT NULL,
+    p_value {{real}},
+    threshold {{real}} NOT NULL,
     drifted INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS run_files_sha256 ON run_files(sha256);
 CREATE INDEX IF NOT EXISTS run_files_run ON run_files(run_id);
-CREATE INDEX IF NOT EXISTS feature_drift_run ON feature_drift(run_id);
-PRAGMA user_version = {SCHEMA_VERSION};
+CREATE INDEX IF NOT EXISTS feature_drift_run ON feature_drift(run_id)
 """
+# What differs between the two: the key that numbers runs, the type of a float, the order rows were added in.
+COLUMN_TYPES = {
+    "sqlite": {"id": "INTEGER PRIMARY KEY", "real": "REAL", "row_id": "", "row_order": "rowid"},
+    "postgresql": {
+        "id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        "real": "DOUBLE PRECISION",
+        "row_id": "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,\n    ",
+        "row_order": "id",
+    },
+}
 
 # Columns added after the first schema: created on a new database and added to an older one.
 ADDED_COLUMNS = (
@@ -149,72 +165,195 @@ RUN_COLUMNS = (
 JSON_COLUMNS = ("timings", "details", "candidates", "alerts")
 
 
-def open_history(path: Path) -> sqlite3.Connection:
-    """Open (creating if need be) the history database for writing; raise PipelineError naming the file."""
-    path = Path(path)
+HistoryLocation = Path | DatabaseUrl  # a SQLite file, or a PostgreSQL database
+VERSION_TABLE = "history_schema"  # PostgreSQL's place for the schema version (SQLite: PRAGMA user_version)
+
+
+class HistoryStore:
+    """One open history: a SQLAlchemy connection in autocommit mode, with explicit transactions.
+
+    ``execute`` takes plain SQL with ``:name`` parameters (or a string run as is, for the
+    database's own statements); ``where`` names the database in messages (a URL masked).
+    """
+
+    def __init__(self, engine: Any, connection: Any, where: str):
+        self.engine = engine
+        self.connection = connection
+        self.where = where
+        self.dialect = engine.dialect.name
+        self.types = COLUMN_TYPES[self.dialect]
+
+    def execute(self, statement: str, parameters: Any = None) -> Any:
+        if parameters is None:
+            return self.connection.exec_driver_sql(statement)
+        from sqlalchemy import text
+
+        return self.connection.execute(text(statement), parameters)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; SQLite takes its write lock at the start, so two writers never deadlock."""
+        self.connection.exec_driver_sql("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.connection.exec_driver_sql("ROLLBACK")
+            raise
+        self.connection.exec_driver_sql("COMMIT")
+
+    def close(self) -> None:
+        self.connection.close()
+        self.engine.dispose()
+
+
+def history_name(location: HistoryLocation) -> str:
+    """The history as messages and the API show it: the SQLite file's path, or the URL masked."""
+    return location.shown if isinstance(location, DatabaseUrl) else str(location)
+
+
+def connect_history(location: HistoryLocation, read_only: bool = False) -> HistoryStore:
+    """A connection to the history; SQLite opened read-only when ``read_only`` (the file must then exist)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    if isinstance(location, DatabaseUrl):
+        engine = create_engine(
+            make_url(location.url).set(password=location.password()),
+            poolclass=NullPool,
+            connect_args={"connect_timeout": 10},
+        )
+    else:
+        path = Path(location)
+        uri = f"{path.resolve().as_uri()}?mode=ro" if read_only else str(path)
+        engine = create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(uri, uri=read_only, timeout=10, isolation_level=None),
+            poolclass=NullPool,
+        )
+    connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    return HistoryStore(engine, connection, history_name(location))
+
+
+def database_error(exc: BaseException) -> BaseException:
+    """The driver's own error behind SQLAlchemy's wrapper, whose message names the fault without the SQL."""
+    return getattr(exc, "orig", None) or exc
+
+
+def open_history(location: HistoryLocation) -> HistoryStore:
+    """Open (creating and upgrading the schema if need be) the history for writing; raise PipelineError naming it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    where = history_name(location)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(path, timeout=10, isolation_level=None)
-        connection.execute("PRAGMA journal_mode = WAL")
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            connection.close()
-            raise PipelineError(
-                f"run history {path} has schema version {version}, newer than this code's {SCHEMA_VERSION}; "
-                "update the code"
-            )
-        connection.executescript(SCHEMA)
-        add_missing_columns(connection)
-    except sqlite3.OperationalError as exc:
-        if disk_is_full(path) or "full" in str(exc):
-            raise PipelineError(
-                f"run history {path} cannot be written: the disk holding it is full; free some space and run again"
-            ) from None
-        hint = "if another program holds it, try again when it is done" if "locked" in str(exc) else "check the file"
-        raise PipelineError(f"run history {path} cannot be opened ({exc}); {hint}") from None
-    except sqlite3.DatabaseError as exc:
-        raise PipelineError(
-            f"run history {path} cannot be used ({exc}); move it aside and the next run starts a new one"
-        ) from None
+        if not isinstance(location, DatabaseUrl):
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
+        store = connect_history(location)
+        try:
+            prepare_schema(store)
+        except BaseException:
+            store.close()
+            raise
+    except PipelineError:
+        raise
     except OSError as exc:
-        raise PipelineError(f"run history {path} cannot be created ({describe_os_error(exc)})") from None
-    return connection
+        raise PipelineError(f"run history {where} cannot be created ({describe_os_error(exc)})") from None
+    except SQLAlchemyError as exc:
+        raise describe_open_error(location, database_error(exc)) from None
+    return store
 
 
-def add_missing_columns(connection: sqlite3.Connection) -> None:
+def describe_open_error(location: HistoryLocation, exc: BaseException) -> PipelineError:
+    """One sentence for a history that cannot be opened: a full disk, a lock, a file that is no database, no server."""
+    where = history_name(location)
+    if isinstance(location, DatabaseUrl):
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return PipelineError(f"run history {where} cannot be opened ({detail}); the next run tries again")
+    if isinstance(exc, sqlite3.OperationalError):
+        if disk_is_full(Path(location)) or "full" in str(exc):
+            return PipelineError(
+                f"run history {where} cannot be written: the disk holding it is full; free some space and run again"
+            )
+        hint = "if another program holds it, try again when it is done" if "locked" in str(exc) else "check the file"
+        return PipelineError(f"run history {where} cannot be opened ({exc}); {hint}")
+    return PipelineError(f"run history {where} cannot be used ({exc}); move it aside and the next run starts a new one")
+
+
+def read_schema_version(store: HistoryStore) -> int:
+    if store.dialect == "sqlite":
+        return int(store.execute("PRAGMA user_version").fetchone()[0])
+    store.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")
+    return int(store.execute(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}").fetchone()[0])
+
+
+def prepare_schema(store: HistoryStore) -> None:
+    """Create the tables, add the columns later versions added, and record the version; refuse a newer database."""
+    if store.dialect == "sqlite":
+        store.execute("PRAGMA journal_mode = WAL")
+    version = read_schema_version(store)
+    if version > SCHEMA_VERSION:
+        raise PipelineError(
+            f"run history {store.where} has schema version {version}, newer than this code's {SCHEMA_VERSION}; "
+            "update the code"
+        )
+    if version == SCHEMA_VERSION and store.dialect == "postgresql":
+        return  # up to date: no DDL, so API hosts and the job opening it at once never wait on each other
+    with store.transaction():
+        if store.dialect == "postgresql":  # one upgrader at a time; the others wait, then find it done
+            store.execute(f"LOCK TABLE {VERSION_TABLE} IN EXCLUSIVE MODE")
+        for statement in SCHEMA.format(**store.types).split(";"):
+            store.execute(statement)
+        add_missing_columns(store)
+        if store.dialect == "sqlite":
+            store.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        else:
+            store.execute(f"DELETE FROM {VERSION_TABLE}")
+            store.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES ({SCHEMA_VERSION})")
+
+
+def add_missing_columns(store: HistoryStore) -> None:
     """Add the columns of ``ADDED_COLUMNS`` that a database written by an earlier version lacks."""
-    present = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+    from sqlalchemy import inspect
+
+    present = {column["name"] for column in inspect(store.connection).get_columns("runs")}
     for name, kind in ADDED_COLUMNS:
         if name not in present:
-            connection.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            store.execute(f"ALTER TABLE runs ADD COLUMN {name} {store.types['real'] if kind == 'REAL' else kind}")
 
 
 @contextlib.contextmanager
-def named_errors(path: Path | str, doing: str) -> Iterator[None]:
-    """Turn a database error into PipelineError naming the history file and what was being done."""
+def named_errors(where: str, doing: str) -> Iterator[None]:
+    """Turn a database error into PipelineError naming the history and what was being done."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         yield
-    except sqlite3.Error as exc:
-        why = "the disk holding it is full; free some space" if disk_is_full(Path(path)) else str(exc)
-        raise PipelineError(f"run history {path}: cannot {doing} ({why})") from None
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        cause = database_error(exc)
+        full = not where.startswith("postgresql:") and disk_is_full(Path(where))
+        why = "the disk holding it is full; free some space" if full else str(cause).strip().splitlines()[0]
+        raise PipelineError(f"run history {where}: cannot {doing} ({why})") from None
 
 
-def database_path(connection: sqlite3.Connection) -> str:
-    return connection.execute("PRAGMA database_list").fetchone()[2]
+def placeholders(name: str, values: Iterable[Any]) -> tuple[str, dict[str, Any]]:
+    """``:name0, :name1, ...`` for an IN list, and the parameters that fill it."""
+    params = {f"{name}{index}": value for index, value in enumerate(values)}
+    return ", ".join(f":{key}" for key in params), params
 
 
-def start_run(connection: sqlite3.Connection, started_at: str, pid: int, version_before: str | None) -> int:
+def start_run(connection: HistoryStore, started_at: str, pid: int, version_before: str | None) -> int:
     """Insert a run as ``running``; return its id."""
-    with named_errors(database_path(connection), "record the start of the run"):
-        cursor = connection.execute(
-            "INSERT INTO runs (started_at, outcome, pid, model_version_before) VALUES (?, ?, ?, ?)",
-            (started_at, RUNNING, pid, version_before),
-        )
-    return int(cursor.lastrowid)
+    with named_errors(connection.where, "record the start of the run"):
+        row = connection.execute(
+            "INSERT INTO runs (started_at, outcome, pid, model_version_before) "
+            "VALUES (:started, :outcome, :pid, :version) RETURNING id",
+            {"started": started_at, "outcome": RUNNING, "pid": pid, "version": version_before},
+        ).fetchone()
+    return int(row[0])
 
 
 def save_run(
-    connection: sqlite3.Connection,
+    connection: HistoryStore,
     run_id: int,
     fields: dict[str, Any],
     files: Iterable[dict[str, Any]] = (),
@@ -225,33 +364,48 @@ def save_run(
     if unknown:
         raise ValueError(f"unknown run fields: {', '.join(sorted(unknown))}")
     values = {key: json.dumps(value) if key in JSON_COLUMNS else value for key, value in fields.items()}
+    values = {key: int(value) if isinstance(value, bool) else value for key, value in values.items()}
     assignments = ", ".join(f"{key} = :{key}" for key in values)
-    with named_errors(database_path(connection), "record the run"), connection:
-        connection.execute("BEGIN IMMEDIATE")
-        connection.execute(f"UPDATE runs SET {assignments} WHERE id = :run_id", {**values, "run_id": run_id})
-        connection.executemany(
-            "INSERT INTO run_files (run_id, name, sha256, status, note) VALUES (?, ?, ?, ?, ?)",
-            [(run_id, row["name"], row.get("sha256"), row["status"], row.get("note")) for row in files],
-        )
-        connection.executemany(
-            "INSERT INTO feature_drift (run_id, feature, test, statistic, p_value, threshold, drifted) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    run_id,
-                    row["feature"],
-                    row["test"],
-                    row["statistic"],
-                    row.get("p_value"),
-                    row["threshold"],
-                    int(row["drifted"]),
-                )
-                for row in feature_drift
-            ],
-        )
+    file_rows = [
+        {
+            "run_id": run_id,
+            "name": row["name"],
+            "sha256": row.get("sha256"),
+            "status": row["status"],
+            "note": row.get("note"),
+        }
+        for row in files
+    ]
+    drift_rows = [
+        {
+            "run_id": run_id,
+            "feature": row["feature"],
+            "test": row["test"],
+            "statistic": row["statistic"],
+            "p_value": row.get("p_value"),
+            "threshold": row["threshold"],
+            "drifted": int(row["drifted"]),
+        }
+        for row in feature_drift
+    ]
+    with named_errors(connection.where, "record the run"), connection.transaction():
+        if assignments:
+            connection.execute(f"UPDATE runs SET {assignments} WHERE id = :run_id", {**values, "run_id": run_id})
+        if file_rows:
+            connection.execute(
+                "INSERT INTO run_files (run_id, name, sha256, status, note) "
+                "VALUES (:run_id, :name, :sha256, :status, :note)",
+                file_rows,
+            )
+        if drift_rows:
+            connection.execute(
+                "INSERT INTO feature_drift (run_id, feature, test, statistic, p_value, threshold, drifted) "
+                "VALUES (:run_id, :feature, :test, :statistic, :p_value, :threshold, :drifted)",
+                drift_rows,
+            )
 
 
-def mark_interrupted(connection: sqlite3.Connection, finished_at: str, serving: str | None) -> int:
+def mark_interrupted(connection: HistoryStore, finished_at: str, serving: str | None) -> int:
     """Close the runs a process that died left unfinished; call only while holding the run lock.
 
     A run still ``running`` becomes ``interrupted``; if the serving version changed under it,
@@ -259,45 +413,45 @@ def mark_interrupted(connection: sqlite3.Connection, finished_at: str, serving: 
     after keeps its outcome and gets its end noted.
     """
     stopped = "the run stopped before it finished (killed or crashed)"
-    with named_errors(database_path(connection), "close unfinished runs"), connection:
-        connection.execute("BEGIN IMMEDIATE")
-        cursor = connection.execute(
+    with named_errors(connection.where, "close unfinished runs"), connection.transaction():
+        closed = connection.execute(
             "UPDATE runs SET outcome = :interrupted, finished_at = :now, model_version_after = :serving, "
-            "decision = CASE WHEN model_version_before IS :serving THEN :stopped || '; nothing was decided' "
-            "ELSE :stopped || ' after deploying ' || COALESCE(:serving, 'nothing') END "
+            "decision = CASE WHEN model_version_before = :serving OR (model_version_before IS NULL AND "
+            "CAST(:serving AS TEXT) IS NULL) THEN :nothing_decided ELSE :deployed END "
             "WHERE outcome = :running",
             {
                 "interrupted": INTERRUPTED,
                 "now": finished_at,
                 "serving": serving,
-                "stopped": stopped,
+                "nothing_decided": f"{stopped}; nothing was decided",
+                "deployed": f"{stopped} after deploying {serving or 'nothing'}",
                 "running": RUNNING,
             },
-        )
-        closed = cursor.rowcount
-        cursor = connection.execute(
+        ).rowcount
+        noted = connection.execute(
             "UPDATE runs SET finished_at = :now, failed_stage = 'after deployment', "
             "error = :stopped WHERE finished_at IS NULL AND outcome != :running",
             {"now": finished_at, "stopped": stopped, "running": RUNNING},
-        )
-    return closed + cursor.rowcount
+        ).rowcount
+    return closed + noted
 
 
 def hashes_with_outcome(
-    connection: sqlite3.Connection, outcomes: tuple[str, ...], statuses: tuple[str, ...] = ("new", "edited")
+    connection: HistoryStore, outcomes: tuple[str, ...], statuses: tuple[str, ...] = ("new", "edited")
 ) -> set[str]:
     """Content hashes of the files with one of ``statuses`` seen by runs that ended with one of ``outcomes``."""
-    with named_errors(database_path(connection), "read the files of earlier runs"):
+    status_list, status_params = placeholders("status", statuses)
+    outcome_list, outcome_params = placeholders("outcome", outcomes)
+    with named_errors(connection.where, "read the files of earlier runs"):
         rows = connection.execute(
             "SELECT DISTINCT f.sha256 FROM run_files f JOIN runs r ON r.id = f.run_id "
-            f"WHERE f.status IN ({', '.join('?' for _ in statuses)}) AND f.sha256 IS NOT NULL "
-            f"AND r.outcome IN ({', '.join('?' for _ in outcomes)})",
-            (*statuses, *outcomes),
+            f"WHERE f.status IN ({status_list}) AND f.sha256 IS NOT NULL AND r.outcome IN ({outcome_list})",
+            {**status_params, **outcome_params},
         ).fetchall()
     return {row[0] for row in rows}
 
 
-def decided_hashes(connection: sqlite3.Connection) -> set[str]:
+def decided_hashes(connection: HistoryStore) -> set[str]:
     """Content hashes of the files that finished runs have already decided on, left out as bad, or read as unlabelled.
 
     Unlabelled rows never wait for more: they are ranked and tested for data drift when they arrive.
@@ -306,7 +460,7 @@ def decided_hashes(connection: sqlite3.Connection) -> set[str]:
     return hashes_with_outcome(connection, DECIDED_OUTCOMES) | left_out
 
 
-def waiting_hashes(connection: sqlite3.Connection) -> set[str]:
+def waiting_hashes(connection: HistoryStore) -> set[str]:
     """Content hashes of the files whose rows were too few to decide on, and not decided since."""
     return hashes_with_outcome(connection, (WAITING,)) - decided_hashes(connection)
 
@@ -320,32 +474,33 @@ class ReferenceScore:
     source: str
 
 
-def gate_score(connection: sqlite3.Connection, version: str) -> tuple[int, ReferenceScore | None]:
+def gate_score(connection: HistoryStore, version: str) -> tuple[int, ReferenceScore | None]:
     """(the id of the run that deployed ``version`` as a challenger, its F1 at the gate); (0, None) without one.
 
     A version deployed by the first run or by the stage scripts had no gate: it was judged on the test data.
     """
-    with named_errors(database_path(connection), "read the deployment of the serving model"):
+    with named_errors(connection.where, "read the deployment of the serving model"):
         row = connection.execute(
-            "SELECT id, challenger_recent_f1, holdout_rows FROM runs WHERE outcome = ? AND model_version_after = ? "
-            "ORDER BY id DESC LIMIT 1",
-            (DEPLOYED, version),
+            "SELECT id, challenger_recent_f1, holdout_rows FROM runs WHERE outcome = :outcome "
+            "AND model_version_after = :version ORDER BY id DESC LIMIT 1",
+            {"outcome": DEPLOYED, "version": version},
         ).fetchone()
     if row is None or row[1] is None or not row[2]:
         return (row[0] if row else 0), None
     return row[0], ReferenceScore(float(row[1]), int(row[2]), f"held-out recent rows at its gate in run {row[0]}")
 
 
-def later_scores(connection: sqlite3.Connection, version: str, after_run: int) -> list[ReferenceScore]:
+def later_scores(connection: HistoryStore, version: str, after_run: int) -> list[ReferenceScore]:
     """The F1 scores ``version`` had on batches after run ``after_run`` in which no model drift was found, oldest first.
 
     Batches that drifted are left out, so drift cannot widen the reference that detects it.
     """
-    with named_errors(database_path(connection), "read earlier F1 scores"):
+    with named_errors(connection.where, "read earlier F1 scores"):
         rows = connection.execute(
-            "SELECT id, new_data_f1, new_rows FROM runs WHERE model_version_before = ? AND id > ? "
-            "AND new_data_f1 IS NOT NULL AND new_rows > 0 AND model_drift = 0 AND outcome IN (?, ?) ORDER BY id",
-            (version, after_run, KEPT, DEPLOYED),
+            "SELECT id, new_data_f1, new_rows FROM runs WHERE model_version_before = :version AND id > :after "
+            "AND new_data_f1 IS NOT NULL AND new_rows > 0 AND model_drift = 0 AND outcome IN (:kept, :deployed) "
+            "ORDER BY id",
+            {"version": version, "after": after_run, "kept": KEPT, "deployed": DEPLOYED},
         ).fetchall()
     return [ReferenceScore(float(f1), int(rows), f"new rows of run {run}") for run, f1, rows in rows]
 
@@ -366,14 +521,14 @@ class Confirmation:
     score: ReferenceScore
 
 
-def latest_confirmation(connection: sqlite3.Connection, version: str, after_run: int) -> Confirmation | None:
+def latest_confirmation(connection: HistoryStore, version: str, after_run: int) -> Confirmation | None:
     """The latest run after ``after_run`` in which ``version`` faced challengers and kept serving; None if none."""
-    with named_errors(database_path(connection), "read the runs that confirmed the serving model"):
+    with named_errors(connection.where, "read the runs that confirmed the serving model"):
         row = connection.execute(
-            "SELECT id, first_batch, last_batch, new_data_f1, new_rows FROM runs WHERE model_version_before = ? "
-            "AND id > ? AND outcome = ? AND confirmed = 1 AND new_data_f1 IS NOT NULL AND first_batch IS NOT NULL "
-            "ORDER BY id DESC LIMIT 1",
-            (version, after_run, KEPT),
+            "SELECT id, first_batch, last_batch, new_data_f1, new_rows FROM runs WHERE model_version_before = :version "
+            "AND id > :after AND outcome = :kept AND confirmed = 1 AND new_data_f1 IS NOT NULL "
+            "AND first_batch IS NOT NULL ORDER BY id DESC LIMIT 1",
+            {"version": version, "after": after_run, "kept": KEPT},
         ).fetchone()
     if row is None:
         return None
@@ -382,69 +537,77 @@ def latest_confirmation(connection: sqlite3.Connection, version: str, after_run:
     return Confirmation(run_id, int(first), int(last), ReferenceScore(float(f1), int(rows), source))
 
 
-def decided_batch(connection: sqlite3.Connection) -> int | None:
+def decided_batch(connection: HistoryStore) -> int | None:
     """The latest batch a finished run decided on (its rows are no longer new); None when no run recorded one."""
-    placeholders = ", ".join("?" for _ in DECIDED_OUTCOMES)
-    with named_errors(database_path(connection), "read the batches earlier runs decided on"):
-        row = connection.execute(
-            f"SELECT MAX(last_batch) FROM runs WHERE outcome IN ({placeholders})", DECIDED_OUTCOMES
-        ).fetchone()
+    outcomes, params = placeholders("outcome", DECIDED_OUTCOMES)
+    with named_errors(connection.where, "read the batches earlier runs decided on"):
+        row = connection.execute(f"SELECT MAX(last_batch) FROM runs WHERE outcome IN ({outcomes})", params).fetchone()
     return None if row[0] is None else int(row[0])
 
 
-def change_started_batch(connection: sqlite3.Connection) -> int | None:
+def change_started_batch(connection: HistoryStore) -> int | None:
     """The first batch of the earliest run since the last deployment or confirmation whose drift called for retraining.
 
     The change it found has not been followed yet (no challenger was deployed since, and none
     was found no better than the serving model), so a recent training window starts there.
     """
-    with named_errors(database_path(connection), "read when the change began"):
+    with named_errors(connection.where, "read when the change began"):
         row = connection.execute(
             "SELECT MIN(first_batch) FROM runs WHERE drift_trigger IS NOT NULL AND id > "
-            "COALESCE((SELECT MAX(id) FROM runs WHERE outcome IN (?, ?) OR confirmed = 1), 0)",
-            (DEPLOYED, FIRST_DEPLOYMENT),
+            "COALESCE((SELECT MAX(id) FROM runs WHERE outcome IN (:deployed, :first) OR confirmed = 1), 0)",
+            {"deployed": DEPLOYED, "first": FIRST_DEPLOYMENT},
         ).fetchone()
     return None if row[0] is None else int(row[0])
 
 
-def read_runs(path: Path, limit: int = 100, with_no_op: bool = True) -> list[dict[str, Any]]:
+def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = True) -> list[dict[str, Any]]:
     """The latest ``limit`` runs, newest first, each with its files and feature drift; [] without a history.
 
-    Opens the database read-only, so a reader never creates or changes it.
+    Opens SQLite read-only, and creates nothing in PostgreSQL, so a reader never creates or changes a history.
     """
-    path = Path(path)
-    if not path.exists():
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    where = history_name(location)
+    if not isinstance(location, DatabaseUrl) and not Path(location).exists():
         return []
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error as exc:
-        raise PipelineError(f"run history {path} cannot be opened ({exc})") from None
+        store = connect_history(location, read_only=True)
+    except SQLAlchemyError as exc:
+        raise PipelineError(f"run history {where} cannot be opened ({database_error(exc)})") from None
     try:
-        connection.row_factory = sqlite3.Row
-        where = "" if with_no_op else f"WHERE outcome != '{NO_NEW_DATA}'"
-        runs = [
-            decode_run(row)
-            for row in connection.execute(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (limit,))
-        ]
-        for run in runs:
-            run["files"] = [
-                dict(row)
-                for row in connection.execute(
-                    "SELECT name, sha256, status, note FROM run_files WHERE run_id = ? ORDER BY rowid", (run["id"],)
-                )
-            ]
-            run["feature_drift"] = [
-                {**dict(row), "drifted": bool(row["drifted"])}
-                for row in connection.execute(
-                    "SELECT feature, test, statistic, p_value, threshold, drifted FROM feature_drift "
-                    "WHERE run_id = ? ORDER BY rowid",
-                    (run["id"],),
-                )
-            ]
-    except sqlite3.Error as exc:
-        raise PipelineError(f"run history {path} cannot be read ({exc})") from None
+        if store.dialect == "postgresql" and not inspect(store.connection).has_table("runs"):
+            return []
+        return read_latest_runs(store, limit, with_no_op)
+    except SQLAlchemyError as exc:
+        raise PipelineError(f"run history {where} cannot be read ({database_error(exc)})") from None
     finally:
-        connection.close()
+        store.close()
+
+
+def read_latest_runs(store: HistoryStore, limit: int, with_no_op: bool) -> list[dict[str, Any]]:
+    order = store.types["row_order"]
+    where = "" if with_no_op else "WHERE outcome != :no_op"
+    rows = store.execute(
+        f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT :limit", {"limit": limit, "no_op": NO_NEW_DATA}
+    )
+    runs = [decode_run(row) for row in rows.mappings()]
+    for run in runs:
+        run["files"] = [
+            dict(row)
+            for row in store.execute(
+                f"SELECT name, sha256, status, note FROM run_files WHERE run_id = :run ORDER BY {order}",
+                {"run": run["id"]},
+            ).mappings()
+        ]
+        run["feature_drift"] = [
+            {**dict(row), "drifted": bool(row["drifted"])}
+            for row in store.execute(
+                "SELECT feature, test, statistic, p_value, threshold, drifted FROM feature_drift "
+                f"WHERE run_id = :run ORDER BY {order}",
+                {"run": run["id"]},
+            ).mappings()
+        ]
     return runs
 
 
@@ -458,7 +621,7 @@ def decode_json(text: str | None) -> Any:
         return None
 
 
-def decode_run(row: sqlite3.Row) -> dict[str, Any]:
+def decode_run(row: Any) -> dict[str, Any]:
     run = dict(row)
     for key in JSON_COLUMNS:
         run[key] = decode_json(run.get(key))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -152,7 +153,8 @@ class DashboardSources:
     def runs(self) -> list[dict[str, Any]]:
         """The run history, newest first; [] without one."""
         path = self.config.history_path
-        key = signature([path, Path(f"{path}-wal")])
+        # A shared database has no file to watch: its runs are read again every few seconds.
+        key = signature([path, Path(f"{path}-wal")]) if isinstance(path, Path) else time.monotonic() // 5
         return self._runs.get(key, lambda: read_runs(path, HISTORY_RUNS))
 
     def runs_or_empty(self) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from common.config import Config, load_config
 from ingestion import ingest_folder
 from tests.helpers import deploy, train_and_score, write_clients, write_config
+from tests.postgres_server import PASSWORD, PASSWORD_ENV, PostgresServer, PostgresUnavailable
 
 
 @pytest.fixture
@@ -27,3 +29,26 @@ def deployed(project: Config) -> Config:
     train_and_score(project)
     deploy(project)
     return project
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session (skipped, with the reason, where none can be started)."""
+    try:
+        server = PostgresServer.create()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(
+    postgres_server: PostgresServer, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A fresh database on the session's server, for one test; its password in the environment, as a user sets it."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    name = "t_" + "".join(char if char.isalnum() else "_" for char in request.node.name.lower())[:50]
+    return postgres_server.create_database(name)

@@ -75,3 +75,14 @@ def latest_active_rows(ids: list[str], exited: np.ndarray) -> np.ndarray:
     latest = {name: row for row, name in enumerate(ids)}
     rows = np.array(sorted(latest.values()), dtype=np.int64)
     return rows[exited[rows] == 0]
+
+
+def write_database_config(folder: Path, url: str, folder_too: bool = False, **overrides: object) -> Path:
+    """A config.json whose source is the table client_activity at ``url`` (and sourceddata/ when ``folder_too``)."""
+    source = {"input_database_url": url, "input_database_table": "client_activity", "input_database_watermark": "id"}
+    path = write_config(folder, **{**source, **overrides})
+    if not folder_too:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        del config["input_folder_path"]
+        path.write_text(json.dumps(config), encoding="utf-8")
+    return path

@@ -70,7 +70,10 @@ def test_broken_config_files_get_one_clear_sentence(tmp_path, content, message):
         ({"monitoring": {"min_new_rows": 2.5}}, "monitoring.min_new_rows must be a whole number"),
         ({"monitoring": {"min_new_rows": 60}}, r"min_new_rows \(60\) times holdout_fraction \(0.3\) must be at least"),
         ({"monitoring": {"min_history_scores": 1}}, "monitoring.min_history_scores must be at least 2"),
-        ({"monitoring": {"history_url": "postgresql://db/risk"}}, "history_url must be a SQLite URL"),
+        (
+            {"monitoring": {"history_url": "mysql://db/risk"}},
+            "history_url must be 'sqlite:///path/to/file.sqlite' or 'postgresql",
+        ),
     ],
 )
 def test_bad_settings_are_named(tmp_path, section, message):

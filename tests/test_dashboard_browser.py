@@ -74,10 +74,10 @@ def build_project(root: Path) -> Config:
     return config
 
 
-def start_server(config_path: Path, token: str) -> tuple[subprocess.Popen, str]:
-    """``app.py`` under gunicorn on a free port, with the API token set; (process, URL)."""
+def start_server(config_path: Path, token: str | None = None) -> tuple[subprocess.Popen, str]:
+    """``app.py`` under gunicorn on a free port, with the API token set when given; (process, URL)."""
     port = free_port()
-    env = {**os.environ, "RISK_API_TOKEN": token}
+    env = {**os.environ, **({"RISK_API_TOKEN": token} if token is not None else {})}
     process = subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(config_path), "--port", str(port)],
         stdout=subprocess.DEVNULL,

@@ -1,0 +1,343 @@
+"""Rows past the watermark of a database source, fetched in one pass and checked as a file's rows are.
+
+One query through the database's Arrow (ADBC) driver: PostgreSQL's streams the rows with COPY in
+binary form, SQLite's reads the file; either way they arrive as pyarrow columns, never row by row,
+and go through the same checks as a file's (``common/schema.py``): a bad row is dropped and
+counted by reason. The range is fixed first (up to the newest watermark now), so rows added during the fetch
+wait for the next one. Nothing here writes the ingestion record: the caller advances the
+watermark only once the output is safely written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
+
+from common.artifacts import IngestedFetch, IngestedFile, utc_now
+from common.databases import DatabaseSource, fetched_from, last_watermark, quote_identifier, unreachable
+from common.errors import PipelineError
+from common.files import atomic_path
+from common.rowhash import hash_rows
+from common.schema import COLUMNS, ID_COLUMN, ParsedFile, clean_rows
+
+log = logging.getLogger("ingestion")
+
+# A number as text: what a numeric column may hold; anything else in it is text where a number is expected.
+NUMBER_PATTERN = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+NOT_A_NUMBER = "text where a number is expected"
+BATCH_BYTES = 4 << 20
+
+
+@dataclass
+class FetchedRows:
+    """One fetch: its checked rows, the watermark range it covered and a hash of what it holds."""
+
+    parsed: ParsedFile
+    watermark_from: int | str | None
+    watermark_to: int | str
+    sha256: str
+
+    def describe(self, source: DatabaseSource) -> str:
+        """The fetch's name in ``ingestedfiles.txt``: the table and the watermark range."""
+        start = "" if self.watermark_from is None else f"{self.watermark_from} < "
+        return f"{source.table} [{start}{source.watermark} <= {self.watermark_to}]"
+
+
+def json_watermark(value: Any) -> int | str:
+    """A watermark value as the ingestion record keeps it: a whole number, or text (timestamps as ISO 8601)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    return str(value)
+
+
+def open_engine(source: DatabaseSource) -> Any:
+    """A SQLAlchemy engine for the source; the password from its environment variable; SQLite opened read-only."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    url = source.url
+    if url.kind == "sqlite":
+        if url.path is None or not url.path.is_file():
+            raise PipelineError(f"database file {url.path} does not exist")
+        path = url.path
+        return create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10),
+            poolclass=NullPool,
+        )
+    return create_engine(
+        make_url(url.url).set(password=url.password()),
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def check_table(connection: Any, source: DatabaseSource) -> None:
+    """Raise PipelineError naming the table when it is missing or lacks a column the schema needs."""
+    from sqlalchemy import inspect
+
+    schema, _, table = source.table.rpartition(".")
+    inspector = inspect(connection)
+    if not inspector.has_table(table, schema=schema or None):
+        raise PipelineError(f"{source.shown} does not exist (a table or view holding {', '.join(COLUMNS)} is needed)")
+    present = {column["name"].lower() for column in inspector.get_columns(table, schema=schema or None)}
+    missing = [name for name in (*COLUMNS, source.watermark) if name.lower() not in present]
+    if missing:
+        raise PipelineError(f"{source.shown} has no column {', '.join(missing)}")
+
+
+def newest_watermark(connection: Any, source: DatabaseSource, since: int | str | None) -> Any:
+    """The largest watermark past ``since`` now (None: no new row); a table whose watermark went back is said."""
+    from sqlalchemy import text
+
+    table, column = quote_identifier(source.table), quote_identifier(source.watermark)
+    if since is None:
+        return connection.execute(text(f"SELECT MAX({column}) FROM {table}")).scalar()
+    newest = connection.execute(text(f"SELECT MAX({column}) FROM {table} WHERE {column} > :since"), {"since": since})
+    newest = newest.scalar()
+    if newest is None:
+        reached = connection.execute(text(f"SELECT 1 FROM {table} WHERE {column} >= :since LIMIT 1"), {"since": since})
+        if reached.scalar() is None:
+            log.warning(
+                "%s: no row has a %s of %s or more, the value its rows were ingested up to (rows replaced, or the "
+                "column went back); rows up to it are not fetched again (ingestion.py --fresh reads the table anew)",
+                source.shown,
+                source.watermark,
+                since,
+            )
+    return newest
+
+
+def sql_literal(value: int | str) -> str:
+    """A watermark as a SQL literal both databases read: a whole number, or quoted text (quotes doubled)."""
+    if isinstance(value, int):
+        return str(int(value))
+    text = str(value)
+    if "\x00" in text:
+        raise PipelineError(f"the recorded watermark {text!r} holds a NUL character")
+    return "'" + text.replace("'", "''") + "'"
+
+
+def select_rows(source: DatabaseSource, since: Any, until: Any, as_text: bool) -> str:
+    """The query of a fetch: the rows in the watermark range, in watermark order, ids as text.
+
+    ``as_text``: every value as text (never null), for a SQLite table whose numeric columns hold
+    something other than whole numbers; such values are then checked as a file's text is.
+    """
+    column = quote_identifier(source.watermark)
+    if as_text:
+        values = [f"COALESCE(CAST({quote_identifier(name)} AS TEXT), '')" for name in COLUMNS]
+    else:
+        values = [f"COALESCE(CAST({quote_identifier(ID_COLUMN)} AS TEXT), '')"]
+        values += [quote_identifier(name) for name in COLUMNS[1:]]
+    where = f"{column} <= {sql_literal(json_watermark(until))}"
+    if since is not None:
+        where = f"{column} > {sql_literal(since)} AND {where}"
+    selected = ", ".join(f"{value} AS {quote_identifier(name)}" for value, name in zip(values, COLUMNS, strict=True))
+    return f"SELECT {selected} FROM {quote_identifier(source.table)} WHERE {where} ORDER BY {column}"
+
+
+def libpq_uri(source: DatabaseSource) -> str:
+    """The PostgreSQL connection URI for the Arrow driver, with the password from its variable."""
+    url = source.url
+    login = quote(url.user, safe="")
+    password = url.password()
+    if password:
+        login += ":" + quote(password, safe="")
+    return f"postgresql://{login}@{url.host}:{url.port}/{quote(url.database, safe='')}?connect_timeout=5"
+
+
+def read_batches(reader: Any) -> pa.Table:
+    """Every record batch of a query's result, as one table."""
+    return pa.Table.from_batches(list(reader), schema=reader.schema)
+
+
+def fetch_arrow_table(source: DatabaseSource, query: str) -> pa.Table:
+    """Run one query through the database's Arrow (ADBC) driver: the rows arrive as columns, never row by row.
+
+    PostgreSQL's driver streams them with COPY in binary form; SQLite's reads the file directly (read-only).
+    """
+    if source.url.kind == "postgresql":
+        import adbc_driver_postgresql.dbapi as driver
+
+        connection = driver.connect(libpq_uri(source))
+    else:
+        import adbc_driver_sqlite.dbapi as driver
+
+        connection = driver.connect(f"{source.url.path.as_uri()}?mode=ro")
+    with connection, connection.cursor() as cursor:
+        if source.url.kind == "postgresql":  # batches of a few MiB: memory stays flat, a lost server is seen at once
+            cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+        cursor.execute(query)
+        return read_batches(cursor.fetch_record_batch())
+
+
+def fetch_rows(source: DatabaseSource, since: Any, until: Any) -> pa.Table:
+    """The range's rows, numbers as numbers; as text when SQLite's loose types mix kinds in a column.
+
+    SQLite's driver takes a column's type from its first rows: a later value of another kind
+    (text, or a fraction among whole numbers) is a type mismatch, and the range is read again
+    as text, which is then checked as a file's text is.
+    """
+    try:
+        return fetch_arrow_table(source, select_rows(source, since, until, as_text=False))
+    except Exception as exc:  # the driver's own error type; only a type mismatch is retried
+        if source.url.kind != "sqlite" or "type mismatch" not in str(exc).lower():
+            raise
+    log.info("%s: the numeric columns hold values of mixed kinds; reading them as text", source.shown)
+    return fetch_arrow_table(source, select_rows(source, since, until, as_text=True))
+
+
+def as_numbers(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """A column as float64 (nulls where missing) and a mask of the values that are text, not numbers."""
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_decimal(values.type):
+        return pc.cast(values, pa.float64()), np.zeros(len(values), dtype=bool)
+    values = pc.cast(values, pa.string())
+    number = pc.fill_null(pc.match_substring_regex(values, NUMBER_PATTERN), False)
+    blank = pc.fill_null(pc.equal(pc.utf8_length(values), 0), True)
+    text = ~(number.to_numpy(zero_copy_only=False) | blank.to_numpy(zero_copy_only=False))
+    return pc.cast(pc.if_else(number, values, pa.scalar(None, pa.string())), pa.float64()), text
+
+
+def check_fetched_rows(table: pa.Table) -> ParsedFile:
+    """The rows of a fetch checked like a file's: text in a numeric column drops its row, then the file rules."""
+    not_number = np.zeros(table.num_rows, dtype=bool)
+    columns: dict[str, Any] = {ID_COLUMN: pc.cast(table[ID_COLUMN], pa.string())}
+    for name in COLUMNS[1:]:
+        columns[name], text = as_numbers(table[name])
+        not_number |= text
+    checked = pa.table(columns)
+    if not_number.any():
+        checked = checked.filter(pa.array(~not_number))
+    parsed = clean_rows(checked, COLUMNS)
+    bad = int(not_number.sum())
+    if bad:
+        parsed.rows_read += bad
+        parsed.dropped = {NOT_A_NUMBER: bad, **parsed.dropped}
+    return parsed
+
+
+def fetch_past_watermark(source: DatabaseSource, since: int | str | None) -> FetchedRows | None:
+    """The rows past ``since`` up to the newest watermark now, checked; None when there is none.
+
+    Raises PipelineError (URL masked) when the database cannot be reached, the connection is lost
+    mid-fetch, or the table is missing: nothing is returned, so nothing is ingested or advanced.
+    """
+    engine = open_engine(source)
+    try:
+        with engine.connect() as connection:
+            check_table(connection, source)
+            until = newest_watermark(connection, source, since)
+            if until is None:
+                return None
+        table = fetch_rows(source, since, until)
+    except PipelineError:
+        raise
+    except Exception as exc:  # a driver's error of any kind: the database could not be read
+        raise unreachable(source, exc) from None
+    finally:
+        engine.dispose()
+    parsed = check_fetched_rows(table)
+    until_value = json_watermark(until)
+    digest = hashlib.sha256(f"{source.key}|{since}|{until_value}|{parsed.rows_read}|".encode())
+    digest.update(hash_rows(parsed.table).tobytes())
+    return FetchedRows(parsed, since, until_value, digest.hexdigest())
+
+
+def read_database_source(
+    source: DatabaseSource,
+    earlier: list[IngestedFile],
+    cache_path: Callable[[str], Path],
+    usable: Callable[[str], bool],
+) -> list[IngestedFile]:
+    """The entries this source contributes: its earlier fetches (their cached rows kept) and a new fetch, if any.
+
+    The new fetch's rows are cached under ``cache_path(sha256)`` like a file's parsed rows;
+    the watermark it reached is only kept once the caller writes the ingestion record.
+    """
+    kept = fetched_from(earlier, source)
+    for entry in kept:
+        if not usable(entry.sha256):
+            raise PipelineError(
+                f"the rows fetched from {source.shown} as {entry.name!r} are missing from "
+                f"{cache_path(entry.sha256).parent}; run ingestion.py --fresh to read the table from the start"
+            )
+    fetched = fetch_past_watermark(source, last_watermark(earlier, source))
+    if fetched is None:
+        log.info("%s: no rows past the watermark", source.shown)
+        return kept
+    with atomic_path(cache_path(fetched.sha256)) as tmp:
+        feather.write_feather(fetched.parsed.table, tmp, compression="uncompressed")
+    name = fetched.describe(source)
+    detail = ", ".join(f"{count} {reason}" for reason, count in fetched.parsed.dropped.items())
+    log.info(
+        "%s: %d rows kept, %d dropped%s",
+        name,
+        fetched.parsed.rows_kept,
+        fetched.parsed.rows_dropped,
+        f" ({detail})" if detail else "",
+    )
+    entry = IngestedFetch(
+        name,
+        fetched.sha256,
+        fetched.parsed.rows_kept,
+        fetched.parsed.rows_dropped,
+        utc_now(),
+        source.key,
+        fetched.watermark_from,
+        fetched.watermark_to,
+    )
+    return [*kept, entry]
+
+
+def count_missing_in_table(source: DatabaseSource) -> dict[str, Any]:
+    """Percent of missing (null or blank) values per column of the source table, in one query."""
+    from sqlalchemy import text
+
+    from common.datastats import percentages
+
+    sums = ", ".join(
+        f"SUM(CASE WHEN {quote_identifier(name)} IS NULL OR CAST({quote_identifier(name)} AS TEXT) = '' "
+        "THEN 1 ELSE 0 END)"
+        for name in COLUMNS
+    )
+    engine = open_engine(source)
+    try:
+        with engine.connect() as connection:
+            check_table(connection, source)
+            row = connection.execute(text(f"SELECT COUNT(*), {sums} FROM {quote_identifier(source.table)}")).one()
+    except PipelineError:
+        raise
+    except Exception as exc:  # a driver's error of any kind: the database could not be read
+        raise unreachable(source, exc, outcome="its missing values are not measured") from None
+    finally:
+        engine.dispose()
+    rows, missing = int(row[0]), {name: int(count or 0) for name, count in zip(COLUMNS, row[1:], strict=True)}
+    percent = percentages(missing, rows)
+    return {
+        "rows": rows,
+        "percent": percent,
+        "files": {source.table: {"rows": rows, "percent": percent}},
+        "unreadable": {},
+    }
