@@ -299,14 +299,14 @@ def read_database_source(
         f" ({detail})" if detail else "",
     )
     entry = IngestedFetch(
-        name,
-        fetched.sha256,
-        fetched.parsed.rows_kept,
-        fetched.parsed.rows_dropped,
-        utc_now(),
-        source.key,
-        fetched.watermark_from,
-        fetched.watermark_to,
+        name=name,
+        sha256=fetched.sha256,
+        rows_kept=fetched.parsed.rows_kept,
+        rows_dropped=fetched.parsed.rows_dropped,
+        ingested_at=utc_now(),
+        source=source.key,
+        watermark_from=fetched.watermark_from,
+        watermark_to=fetched.watermark_to,
     )
     return [*kept, entry]
 
