@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,82 +198,92 @@ def collect_files(
     data_files, ignored, refused = list_source_files(input_folder)
     for path in ignored:
         log.info("%s: not a data file (only .csv, .json, .jsonl are read); ignored", shown_name(path.name))
-    cached = {entry.sha256: entry for entry in history.values() if usable_cache(output_folder, entry.sha256)}
-    result = IngestionResult(files=[], ignored=[shown_name(path.name) for path in ignored])
-    seen_hashes = set()
-
-    def leave_out(name: str, message: str, arriving: bool = False) -> None:
-        """Leave a file out, keeping the rows ingested from it before (by its name) if there are any."""
-        if arriving:
-            result.arriving.append(name)
-        else:
-            result.rejected[name] = message
-        earlier = history.get(name)
-        if earlier is None:
-            log.warning("left out %s", message)
-            return
-        if earlier.sha256 not in cached:
-            raise PipelineError(
-                f"{message}; its rows ingested on {earlier.ingested_at} are missing from "
-                f"{output_folder / PARSED_FOLDER}; fix the file, or run with --fresh to ingest only the good files"
-            )
-        log.warning(
-            "left out %s; keeping the %d rows ingested from it on %s", message, earlier.rows_kept, earlier.ingested_at
-        )
-        result.files.append(earlier)
-        result.kept_from_history.append(name)
-        seen_hashes.add(earlier.sha256)
-
+    collection = FileCollection(
+        output_folder, history, IngestionResult(files=[], ignored=[shown_name(p.name) for p in ignored])
+    )
     for name, reason in refused.items():
-        leave_out(name, f"{name}: not read: {reason}")
+        collection.leave_out(name, f"{name}: not read: {reason}")
     for path in data_files:
+        collection.take(path, settle_seconds)
+    collection.keep_files_gone_from(input_folder)
+    collection.result.files.sort(key=arrival_order(list(history.values())))
+    return collection.result
+
+
+class FileCollection:
+    """The files of one ingestion as they are decided on: taken, left out (keeping earlier rows), or kept."""
+
+    def __init__(self, output_folder: Path, history: dict[str, IngestedFile], result: IngestionResult):
+        self.output_folder, self.history, self.result = output_folder, history, result
+        self.cached = {entry.sha256: entry for entry in history.values() if usable_cache(output_folder, entry.sha256)}
+        self.seen_hashes: set[str] = set()
+
+    def take(self, path: Path, settle_seconds: float) -> None:
+        """Decide on one data file: unchanged (its cached rows), still arriving, new, or bad."""
         try:
             signature = file_signature(path)
             digest = sha256_file(path)
         except OSError as exc:
-            leave_out(path.name, f"{path.name}: cannot be read ({exc.strerror})")
-            continue
-        if digest in cached:
-            seen_hashes.add(digest)
-            previous = cached[digest]
-            result.files.append(
-                IngestedFile(
-                    path.name,
-                    digest,
-                    previous.rows_kept,
-                    previous.rows_dropped,
-                    previous.ingested_at,
-                    previous.labelled,
-                )
-            )
+            self.leave_out(path.name, f"{path.name}: cannot be read ({exc.strerror})")
+            return
+        if digest in self.cached:
+            self.seen_hashes.add(digest)
+            previous = self.cached[digest]
+            self.result.files.append(replace(previous, name=path.name))
             log.debug("%s: unchanged since %s", path.name, previous.ingested_at)
-            continue
+            return
         if changed_within(signature, settle_seconds):
             message = f"{shown_name(path.name)}: changed in the last {settle_seconds:g} s; read once it stops changing"
-            leave_out(path.name, message, arriving=True)
-            continue
-        seen_hashes.add(digest)
+            self.leave_out(path.name, message, arriving=True)
+            return
         try:
-            result.files.append(read_new_file(path, digest, output_folder, signature))
+            self.result.files.append(read_new_file(path, digest, self.output_folder, signature))
+            self.seen_hashes.add(digest)
         except StillArriving as exc:
-            seen_hashes.discard(digest)
-            leave_out(path.name, f"{exc}; read once it stops changing", arriving=True)
+            self.leave_out(path.name, f"{exc}; read once it stops changing", arriving=True)
         except BadFileError as exc:
-            leave_out(path.name, str(exc))
-    present = {entry.name for entry in result.files} | set(result.rejected) | set(result.arriving)
-    for name, entry in sorted(history.items()):
-        if name in present or entry.sha256 in seen_hashes:
-            continue
-        if entry.sha256 not in cached:
+            self.seen_hashes.add(digest)
+            self.leave_out(path.name, str(exc))
+
+    def leave_out(self, name: str, message: str, arriving: bool = False) -> None:
+        """Leave a file out, keeping the rows ingested from it before (by its name) if there are any."""
+        if arriving:
+            self.result.arriving.append(name)
+        else:
+            self.result.rejected[name] = message
+        earlier = self.history.get(name)
+        if earlier is None:
+            log.warning("left out %s", message)
+            return
+        if earlier.sha256 not in self.cached:
             raise PipelineError(
-                f"{name} was ingested before but is no longer in {input_folder} and its parsed rows are missing "
-                f"from {output_folder / PARSED_FOLDER}; run with --fresh to ingest only the files present now"
+                f"{message}; its rows ingested on {earlier.ingested_at} are missing from "
+                f"{self.output_folder / PARSED_FOLDER}; fix the file, or run with --fresh to ingest only the good files"
             )
-        log.warning("%s is no longer in %s; keeping the %d rows ingested from it", name, input_folder, entry.rows_kept)
-        result.files.append(entry)
-        result.kept_from_history.append(name)
-    result.files.sort(key=arrival_order(list(history.values())))
-    return result
+        log.warning(
+            "left out %s; keeping the %d rows ingested from it on %s", message, earlier.rows_kept, earlier.ingested_at
+        )
+        self.result.files.append(earlier)
+        self.result.kept_from_history.append(name)
+        self.seen_hashes.add(earlier.sha256)
+
+    def keep_files_gone_from(self, input_folder: Path) -> None:
+        """Keep the rows of files ingested before that are no longer in the folder (nothing is lost that way)."""
+        result = self.result
+        present = {entry.name for entry in result.files} | set(result.rejected) | set(result.arriving)
+        for name, entry in sorted(self.history.items()):
+            if name in present or entry.sha256 in self.seen_hashes:
+                continue
+            if entry.sha256 not in self.cached:
+                raise PipelineError(
+                    f"{name} was ingested before but is no longer in {input_folder} and its parsed rows are missing "
+                    f"from {self.output_folder / PARSED_FOLDER}; run with --fresh to ingest only the files present now"
+                )
+            log.warning(
+                "%s is no longer in %s; keeping the %d rows ingested from it", name, input_folder, entry.rows_kept
+            )
+            result.files.append(entry)
+            result.kept_from_history.append(name)
 
 
 def arrival_order(earlier: list[IngestedFile]) -> Callable[[IngestedFile], tuple[int, int, str]]:
