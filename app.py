@@ -90,6 +90,14 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     app.register_blueprint(api_bp)
     app.register_blueprint(dashboard_bp)
     app.add_url_rule("/", "root", redirect_to_dashboard)
+    require_token(app, token)
+    answer_errors_as_json(app, config)
+    return app
+
+
+def require_token(app: Flask, token: str | None) -> None:
+    """Every API endpoint but the open ones needs ``Authorization: Bearer <token>`` when a token is set; a token in
+    the URL is refused whether one is set or not (URLs end up in logs)."""
     expected = token.encode() if token else None
 
     @app.before_request
@@ -105,6 +113,10 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
             raise Unauthorized("this API needs a token: send the header 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
             raise Unauthorized("the token sent in 'Authorization: Bearer <token>' is not this API's token")
+
+
+def answer_errors_as_json(app: Flask, config: Config) -> None:
+    """Every error, expected or not, is a JSON object naming the problem; an unexpected one is logged, not shown."""
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -122,8 +134,6 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
         return json_response(
             {"error": f"internal error ({type(exc).__name__}); see the server log", "status": 500}, 500
         )
-
-    return app
 
 
 def build_api_state(config: Config) -> ApiState:
