@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-database classic-clients data lint clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-database classic-clients data lint metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,8 @@ classic-clients: $(VENV)/.installed ## status of each request shape of classic c
 	$(PY) -m bench.classic_clients
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
 	$(PY) generate_data.py shipped
+metrics: $(VENV)/.installed ## count Any-dicts, .get( calls, functions over 50 lines and the largest complexity
+	$(PY) -m bench.code_metrics
 lint: $(VENV)/.installed ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
