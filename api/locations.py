@@ -56,6 +56,37 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
     the file must lie inside ``places`` (403 otherwise). The check is made on the opened file
     itself, so a file swapped for a link between check and read is caught too.
     """
+    path, shown = check_location(location)
+    outside = Forbidden(
+        f"{shown} is outside the data folders ({', '.join(shown_path(place, base) for place in places)})"
+    )
+    try:
+        real = resolve_location(path, base, places)  # follows links: a link out of the data folders is caught
+    except (OSError, RuntimeError, ValueError):
+        raise BadRequest(f"filelocation {shown!r} is not a usable file name") from None
+    if not _inside(real, places):
+        raise outside
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"{shown} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise outside from None  # it became a link after the check
+        raise BadRequest(f"{shown} cannot be read ({exc.strerror})") from None
+    try:
+        opened = _opened_path(fd)
+        if opened is not None and not _inside(opened, places):
+            raise outside  # a folder on the way was swapped for a link
+        info = check_opened_file(fd, os.path.basename(real), shown, max_bytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info, os.path.basename(real)
+
+
+def check_location(location: object) -> tuple[PurePosixPath, str]:
+    """The path a ``filelocation`` names and how to show it, after the checks on its text alone (400 or 403)."""
     if not isinstance(location, str) or not location.strip():
         raise BadRequest("filelocation must be a non-empty string, such as testdata/testdata.csv")
     shown = location if len(location) <= MAX_SHOWN else location[:MAX_SHOWN] + "..."
@@ -71,46 +102,23 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
         )
     if ".." in path.parts:
         raise Forbidden("filelocation may not contain '..'")
+    return path, shown
 
-    def outside() -> Forbidden:
-        return Forbidden(
-            f"{shown} is outside the data folders ({', '.join(shown_path(place, base) for place in places)})"
-        )
 
-    try:
-        real = resolve_location(path, base, places)  # follows links: a link out of the data folders is caught
-    except (OSError, RuntimeError, ValueError):
-        raise BadRequest(f"filelocation {shown!r} is not a usable file name") from None
-    if not _inside(real, places):
-        raise outside()
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFound(f"{shown} does not exist") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise outside() from None  # it became a link after the check
-        raise BadRequest(f"{shown} cannot be read ({exc.strerror})") from None
-    try:
-        opened = _opened_path(fd)
-        if opened is not None and not _inside(opened, places):
-            raise outside()  # a folder on the way was swapped for a link
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise BadRequest(f"{shown} is a folder; name a data file in it")
-        if not stat.S_ISREG(info.st_mode):
-            raise BadRequest(f"{shown} is not a regular file")
-        if info.st_nlink > 1:  # another name for the same file, possibly outside the data folders
-            raise Forbidden(f"{shown} is a hard link (the file has other names); copy the file into a data folder")
-        name = os.path.basename(real)
-        if not name.lower().endswith(DATA_SUFFIXES):
-            raise BadRequest(f"{shown} is not a .csv, .json or .jsonl file")
-        if info.st_size > max_bytes:
-            raise RequestEntityTooLarge(f"{shown} is larger than the {max_bytes / MIB:g} MiB the API reads")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, info, name
+def check_opened_file(fd: int, name: str, shown: str, max_bytes: int) -> os.stat_result:
+    """The opened file's stat, after checking it is a plain data file of one name, small enough to read."""
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise BadRequest(f"{shown} is a folder; name a data file in it")
+    if not stat.S_ISREG(info.st_mode):
+        raise BadRequest(f"{shown} is not a regular file")
+    if info.st_nlink > 1:  # another name for the same file, possibly outside the data folders
+        raise Forbidden(f"{shown} is a hard link (the file has other names); copy the file into a data folder")
+    if not name.lower().endswith(DATA_SUFFIXES):
+        raise BadRequest(f"{shown} is not a .csv, .json or .jsonl file")
+    if info.st_size > max_bytes:
+        raise RequestEntityTooLarge(f"{shown} is larger than the {max_bytes / MIB:g} MiB the API reads")
+    return info
 
 
 def resolve_location(path: PurePosixPath, base: Path, places: list[Path]) -> str:
