@@ -604,18 +604,8 @@ def collect_sources(
     return result
 
 
-def ingest_locked(
-    input_folder: Path | None,
-    output_folder: Path,
-    fresh: bool,
-    keep_parsed: frozenset[str],
-    settle_seconds: float,
-    database: DatabaseSource | None = None,
-) -> IngestionResult:
-    started = time.perf_counter()
-    history = {} if fresh else read_history(input_folder, output_folder)
-    result = collect_sources(input_folder, output_folder, history, settle_seconds, database)
-    where = describe_sources(input_folder, database)
+def refuse_without_labelled_data(result: IngestionResult, where: str) -> None:
+    """Raise PipelineError, before anything is written, when the sources hold no labelled rows to ingest."""
     if not result.files and result.arriving:
         raise PipelineError(
             f"no data ready in {where}: {', '.join(result.arriving)} still changing; run again once copied"
@@ -628,6 +618,21 @@ def ingest_locked(
             f"no labelled data in {where}: every file lacks the exited column, and a model needs outcomes "
             "to learn from; earlier outputs are untouched"
         )
+
+
+def ingest_locked(
+    input_folder: Path | None,
+    output_folder: Path,
+    fresh: bool,
+    keep_parsed: frozenset[str],
+    settle_seconds: float,
+    database: DatabaseSource | None = None,
+) -> IngestionResult:
+    started = time.perf_counter()
+    history = {} if fresh else read_history(input_folder, output_folder)
+    result = collect_sources(input_folder, output_folder, history, settle_seconds, database)
+    where = describe_sources(input_folder, database)
+    refuse_without_labelled_data(result, where)
     # finaldata.csv first: a crash before the record leaves the old record, so the next run
     # redoes the work; the report, written last, vouches for finaldata.csv (training checks it).
     labelled_history = {name: entry for name, entry in history.items() if entry.labelled}
