@@ -87,6 +87,7 @@ class IngestionResult:
     """What one ingestion run did."""
 
     files: list[IngestedFile]
+    final_data: Path  # finaldata.csv, written or kept as it was
     rejected: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     kept_from_history: list[str] = field(default_factory=list)
@@ -96,10 +97,10 @@ class IngestionResult:
     rows_written: int = 0
     appended: bool = False  # True when the new rows were appended to the earlier output
     unchanged: bool = False  # True when finaldata.csv was left as it was (no labelled file changed)
-    written_hashes: np.ndarray | None = None  # hashes of the rows this run wrote (all of them after a rebuild)
+    # hashes of the rows this run wrote (all of them after a rebuild)
+    written_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     batch: int = 0  # the batch the rows new in this run arrived in (0: no new rows)
     seconds: float = 0.0
-    final_data: Path | None = None
     unlabelled_clients: int = 0  # clients whose latest unlabelled row is kept in unlabelledclients.csv
 
     @property
@@ -198,7 +199,9 @@ def collect_files(
     for path in ignored:
         log.info("%s: not a data file (only .csv, .json, .jsonl are read); ignored", shown_name(path.name))
     cached = {entry.sha256: entry for entry in history.values() if usable_cache(output_folder, entry.sha256)}
-    result = IngestionResult(files=[], ignored=[shown_name(path.name) for path in ignored])
+    result = IngestionResult(
+        files=[], final_data=output_folder / FINAL_DATA, ignored=[shown_name(path.name) for path in ignored]
+    )
     seen_hashes = set()
 
     def leave_out(name: str, message: str, arriving: bool = False) -> None:
@@ -652,7 +655,6 @@ def index_if_unchanged(
         return None
     result.rows_merged, result.duplicates_removed = index.rows_merged, index.duplicates_removed
     result.rows_written = int(index.hashes.size)
-    result.final_data = output_folder / FINAL_DATA
     result.unchanged = True
     return index
 
