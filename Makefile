@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess bench-cycle classic-clients data lint clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess bench-cycle classic-clients data lint typecheck clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,8 @@ data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
 lint: $(VENV)/.installed ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+typecheck: $(VENV)/.installed ## mypy: strict on common/, the stages, api/ and dashboard/ checked as they are typed
+	$(VENV)/bin/mypy
 
 clean: ## remove generated artifacts (keeps .venv and the shipped data)
 	rm -rf ingesteddata/* models/* practicemodels/* production_deployment/* build .pytest_cache
