@@ -416,7 +416,8 @@ def load_row_index(output_folder: Path, files: list[IngestedFile]) -> RowIndex |
     """The row index, when it describes the ``finaldata.csv`` on disk made from exactly ``files``; else None."""
     path = output_folder / PARSED_FOLDER / ROW_INDEX_FILE
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        # numpy leaves a file it opened itself open when the archive is damaged: open it here instead
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
             if meta["finaldata"] != file_signature(output_folder / FINAL_DATA):
                 return None

@@ -97,7 +97,8 @@ def read_batch_book(folder: Path) -> BatchBook:
     if not path.exists():
         return BatchBook.empty()
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        # numpy leaves a file it opened itself open when the archive is damaged: open it here instead
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
             batches = tuple(
                 Batch(item["number"], item["ingested_at"], item["rows"], tuple(item["files"]))
