@@ -77,7 +77,7 @@ data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
 lint: $(VENV)/.installed ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-typecheck: $(VENV)/.installed ## mypy: strict on common/, the stages, api/ and dashboard/ checked as they are typed
+typecheck: $(VENV)/.installed ## mypy: common/ strictly; the stages, api/ and dashboard/ with unannotated functions checked too
 	$(VENV)/bin/mypy
 
 clean: ## remove generated artifacts (keeps .venv and the shipped data)
