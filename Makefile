@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-database classic-clients data lint metrics clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-database classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -81,6 +81,8 @@ metrics: $(VENV)/.installed ## count Any-dicts, .get( calls, functions over 50 l
 lint: $(VENV)/.installed ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+typecheck: $(VENV)/.installed ## mypy: common/ strictly; the stages, api/ and dashboard/ with unannotated functions checked too
+	$(VENV)/bin/mypy
 
 clean: ## remove generated artifacts (keeps .venv and the shipped data)
 	rm -rf ingesteddata/* models/* practicemodels/* production_deployment/* build .pytest_cache

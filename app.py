@@ -30,6 +30,7 @@ import threading
 from typing import Any
 
 from flask import Flask, Response, redirect, request, url_for
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable, Unauthorized
 
 from api.body import WholeBodies
@@ -61,7 +62,7 @@ TOKEN_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "aut
 OPEN_ENDPOINTS = frozenset({"api.health", "root"})
 
 
-def redirect_to_dashboard() -> Response:
+def redirect_to_dashboard() -> ResponseReturnValue:
     """``GET /``: the dashboard's overview, where a person starts."""
     return redirect(url_for("dashboard.overview"))
 

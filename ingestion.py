@@ -88,6 +88,7 @@ class IngestionResult:
     """What one ingestion run did."""
 
     files: list[IngestedFile]
+    final_data: Path  # finaldata.csv, written or kept as it was
     rejected: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     kept_from_history: list[str] = field(default_factory=list)
@@ -97,10 +98,10 @@ class IngestionResult:
     rows_written: int = 0
     appended: bool = False  # True when the new rows were appended to the earlier output
     unchanged: bool = False  # True when finaldata.csv was left as it was (no labelled file changed)
-    written_hashes: np.ndarray | None = None  # hashes of the rows this run wrote (all of them after a rebuild)
+    # hashes of the rows this run wrote (all of them after a rebuild)
+    written_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     batch: int = 0  # the batch the rows new in this run arrived in (0: no new rows)
     seconds: float = 0.0
-    final_data: Path | None = None
     unlabelled_clients: int = 0  # clients whose latest unlabelled row is kept in unlabelledclients.csv
 
     @property
@@ -199,7 +200,7 @@ def collect_files(
     for path in ignored:
         log.info("%s: not a data file (only .csv, .json, .jsonl are read); ignored", shown_name(path.name))
     collection = FileCollection(
-        output_folder, history, IngestionResult(files=[], ignored=[shown_name(p.name) for p in ignored])
+        output_folder, history, IngestionResult(files=[], final_data=output_folder / FINAL_DATA, ignored=[shown_name(p.name) for p in ignored])
     )
     for name, reason in refused.items():
         collection.leave_out(name, f"{name}: not read: {reason}")
@@ -424,7 +425,8 @@ def load_row_index(output_folder: Path, files: list[IngestedFile]) -> RowIndex |
     """The row index, when it describes the ``finaldata.csv`` on disk made from exactly ``files``; else None."""
     path = output_folder / PARSED_FOLDER / ROW_INDEX_FILE
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        # numpy leaves a file it opened itself open when the archive is damaged: open it here instead
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
             if meta["finaldata"] != file_signature(output_folder / FINAL_DATA):
                 return None
@@ -703,7 +705,6 @@ def index_if_unchanged(
         return None
     result.rows_merged, result.duplicates_removed = index.rows_merged, index.duplicates_removed
     result.rows_written = int(index.hashes.size)
-    result.final_data = output_folder / FINAL_DATA
     result.unchanged = True
     return index
 

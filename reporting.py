@@ -502,7 +502,7 @@ def make_table(
     data = [[cell(text, column, head=True) for column, text in enumerate(header)]]
     data += [[cell(text, column) for column, text in enumerate(row)] for row in rows]
     widths = widen_for_words(data, widths)
-    commands = [
+    commands: list[tuple[Any, ...]] = [
         ("BACKGROUND", (0, 0), (-1, 0), HEADER_BACKGROUND),
         ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, STRIPE]),
         ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),

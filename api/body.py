@@ -76,7 +76,8 @@ def settle_body(environ: Environ, max_bytes: int) -> None:
 
 def read_to_end(stream: Any, max_bytes: int) -> bytes:
     """All of a body, or BodyRefused when it is longer than ``max_bytes`` or its framing is broken."""
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     try:
         while True:
             part = stream.read(min(READ_STEP, max_bytes + 1 - size))

@@ -179,20 +179,23 @@ def start_gunicorn(config_path: Path, port: int, app: str = "app:app") -> subpro
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"gunicorn exited early: {server.stderr.read()}")
+            raise RuntimeError(f"gunicorn exited early: {server.communicate()[1]}")
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return server
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    server.kill()
+    with server:
+        server.kill()
     raise RuntimeError("gunicorn did not answer in time")
 
 
 def stop(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    server.wait(timeout=30)
+    """Stop it and close its pipe."""
+    with server:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def post_once(url: str, body: bytes, timeout: float) -> int:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 (the scheme is checked)
             answer.read(1024)
-            return answer.status
+            return int(answer.status)
     except urllib.error.HTTPError as exc:
         return exc.code
 
@@ -147,7 +147,7 @@ def deliver(urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10
 
 def dispatch(
     urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10.0, log_path: Path | None = None
-) -> subprocess.Popen | None:
+) -> subprocess.Popen[bytes] | None:
     """Deliver without waiting: a detached child process retries within the deadline, even after the caller ends.
 
     Returns the child (tests wait on it), or None when there is nothing to send or it could not start.
@@ -169,8 +169,9 @@ def dispatch(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        child.stdin.write(json.dumps(order).encode("utf-8"))
-        child.stdin.close()
+        assert child.stdin is not None  # stdin=PIPE above
+        with child.stdin as orders:
+            orders.write(json.dumps(order).encode("utf-8"))
     except OSError as exc:
         log.warning("the alert %s could not be sent: %s", event.kind, exc)
         return None

@@ -17,6 +17,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -96,7 +97,8 @@ def read_batch_book(folder: Path) -> BatchBook:
     if not path.exists():
         return BatchBook.empty()
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        # numpy leaves a file it opened itself open when the archive is damaged: open it here instead
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
             batches = tuple(
                 Batch(item["number"], item["ingested_at"], item["rows"], tuple(item["files"]))
@@ -156,7 +158,7 @@ class IngestedData:
 
     @property
     def rows(self) -> int:
-        return self.table.num_rows
+        return int(self.table.num_rows)
 
     @cached_property
     def _features(self) -> np.ndarray:
@@ -164,7 +166,8 @@ class IngestedData:
 
     @cached_property
     def _labels(self) -> np.ndarray:
-        return self.table[TARGET].to_numpy().astype(np.int64)
+        labels: np.ndarray = self.table[TARGET].to_numpy().astype(np.int64)
+        return labels
 
     def features(self, mask: np.ndarray | None = None) -> np.ndarray:
         """The features (float64, one column per feature) of every row, or of the rows in ``mask``."""
@@ -209,7 +212,8 @@ class IngestedData:
         for number, stamp in stamps.items():
             if number < age_days.size:
                 age_days[number] = (latest - stamp) / np.timedelta64(1, "D")
-        return np.power(0.5, age_days[self.batch] / half_life_days)
+        weights: np.ndarray = np.power(0.5, age_days[self.batch] / half_life_days)
+        return weights
 
 
 def read_final_data(path: Path) -> pa.Table:
@@ -358,7 +362,7 @@ class TrainingWindow:
         return f"{'all rows' if self.name == 'all' else 'recent rows'}, {span} ({self.rows} rows)"
 
     @classmethod
-    def from_info(cls, info: dict) -> TrainingWindow | None:
+    def from_info(cls, info: dict[str, Any]) -> TrainingWindow | None:
         """The window a model's metadata records; None for a model trained before windows were recorded."""
         stored = info.get("training_window")
         if not isinstance(stored, dict):

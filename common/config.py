@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 from common.databases import DEFAULT_PASSWORD_ENV, DatabaseSource, DatabaseUrl, check_identifier, parse_database_url
 from common.errors import PipelineError
@@ -321,7 +324,10 @@ def _read_monitoring_settings(raw: dict[str, Any], config_path: Path) -> Monitor
     return settings
 
 
-def _read_settings(kind: type, raw: dict[str, Any], name: str, config_path: Path) -> Any:
+SettingsT = TypeVar("SettingsT", bound="DataclassInstance")
+
+
+def _read_settings(kind: type[SettingsT], raw: dict[str, Any], name: str, config_path: Path) -> SettingsT:
     """Fill a settings dataclass from the config section ``name``: types as the defaults', numbers positive.
 
     A field's metadata can narrow that: ``choices`` for strings, ``min`` (a lowest allowed
@@ -329,13 +335,14 @@ def _read_settings(kind: type, raw: dict[str, Any], name: str, config_path: Path
     """
     section = _section(raw, name, config_path)
     defaults = kind()
-    unknown = sorted(set(section) - set(kind.__dataclass_fields__))
+    known = {setting.name: setting for setting in fields(kind)}
+    unknown = sorted(set(section) - set(known))
     if unknown:
         raise PipelineError(f"config file {config_path}: unknown {name} settings {', '.join(unknown)}")
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in section.items():
         default = getattr(defaults, key)
-        rules = kind.__dataclass_fields__[key].metadata
+        rules = known[key].metadata
         where = f"config file {config_path}: {name}.{key}"
         if isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):

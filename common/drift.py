@@ -29,22 +29,17 @@ measured on labelled rows as the expected calibration error over ten bins.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 
 from common.config import MonitoringSettings
 from common.schema import FEATURES
 
-
-@dataclass(frozen=True)
-class ReferenceScore:
-    """One F1 score the deployed model is judged against: what it scored, on how many rows, and where."""
-
-    f1: float
-    rows: int
-    source: str
+if TYPE_CHECKING:
+    from common.history import ReferenceScore
 
 
 @dataclass(frozen=True)
@@ -66,9 +61,11 @@ class ModelDrift:
         return f"{self.test} test: F1 {self.new_f1:.4f} on the new rows is {relation} {self.threshold:.4f}"
 
 
-def f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+def f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> npt.NDArray[np.float64]:
     denominator = 2 * tp + fp + fn
-    return np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp), dtype=float), where=denominator > 0)
+    f1 = np.zeros(np.shape(tp), dtype=np.float64)
+    np.divide(2 * tp, denominator, out=f1, where=denominator > 0)
+    return f1
 
 
 def confusion_shares(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -266,11 +263,13 @@ class CalibrationBins:
 
     def mean_predicted(self) -> np.ndarray:
         """The mean predicted probability of each bin that holds rows."""
-        return self.predicted[self.filled] / self.rows[self.filled]
+        means: np.ndarray = self.predicted[self.filled] / self.rows[self.filled]
+        return means
 
     def observed_rate(self) -> np.ndarray:
         """The observed exit rate of each bin that holds rows."""
-        return self.exits[self.filled] / self.rows[self.filled]
+        rates: np.ndarray = self.exits[self.filled] / self.rows[self.filled]
+        return rates
 
 
 def calibration_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> CalibrationBins:

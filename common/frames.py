@@ -24,15 +24,17 @@ def read_client_frame(path: Path) -> pd.DataFrame:
         raise PipelineError(f"ingested data {path} does not exist; run ingestion.py first") from None
     except (OSError, ValueError) as exc:
         raise PipelineError(f"ingested data {path} cannot be read ({str(exc).splitlines()[0]})") from None
-    return table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
+    return frame
 
 
 def read_test_frame(path: Path) -> pd.DataFrame:
     """A test data file as a DataFrame, its rows checked as ingestion checks them (bad rows dropped)."""
     try:
-        return read_data_file(path).table.to_pandas()
+        frame: pd.DataFrame = read_data_file(path).table.to_pandas()
     except BadFileError as exc:
         raise PipelineError(f"cannot use test data: {exc}") from None
+    return frame
 
 
 def frame_features(frame: pd.DataFrame, source: str = "the DataFrame") -> np.ndarray:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from common.artifacts import MODEL_FILE, DeployedVersion, load_model, utc_now
@@ -405,7 +406,7 @@ def paired_gain_resamples(
     shares = np.bincount(cells, minlength=8) / labels.size
     counts = np.random.default_rng(seed).multinomial(labels.size, shares, size=samples)
 
-    def f1(predicted_bit: int) -> np.ndarray:
+    def f1(predicted_bit: int) -> npt.NDArray[np.float64]:
         positive = [cell for cell in range(8) if cell & predicted_bit]
         tp = counts[:, [cell for cell in positive if cell & 4]].sum(axis=1)
         fp = counts[:, [cell for cell in positive if not cell & 4]].sum(axis=1)
@@ -511,7 +512,7 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
             data.latest_batch,
             new_rows,
         )
-    assessment = look_for_drift(inputs, clock, new)
+    assessment, verdict = look_for_drift(inputs, clock, new)
     yardsticks = read_yardsticks(inputs, clock)
     if assessment.triggers:
         log.warning("retraining: %s", "; ".join(assessment.triggers))
@@ -519,7 +520,6 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
         return assessment
     with clock.stage("evaluation window"):
         assessment.window = score_window(champion.model, data, yardsticks, settings)
-    verdict = assessment.model_drift
     drifted = [row for row in assessment.feature_drift if row["drifted"]]
     assessment.decision = (
         f"no drift that triggers retraining{describe_no_trigger(settings.retrain_on, verdict, drifted)}; kept "
@@ -528,8 +528,9 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
     return assessment
 
 
-def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> Assessment:
-    """The label-free estimate, the model-drift and data-drift tests on the new rows, and what they trigger."""
+def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tuple[Assessment, ModelDrift]:
+    """The label-free estimate, the model-drift and data-drift tests on the new rows, and what they trigger;
+    with the model-drift verdict, which rows with outcomes always have."""
     settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
     features, labels = data.features(new), data.labels(new)
     with clock.stage("performance estimate"):
@@ -564,7 +565,7 @@ def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> Ass
         calibration,
         "" if assessment.reliable else f", above {settings.max_calibration_error:g}: the estimate is unreliable",
     )
-    return assessment
+    return assessment, verdict
 
 
 def expected_shares(probabilities: np.ndarray, predicted: np.ndarray) -> np.ndarray:

@@ -22,7 +22,8 @@ def _mix(values: np.ndarray) -> np.ndarray:
     values = values * _MIX1
     values = values ^ (values >> np.uint64(27))
     values = values * _MIX2
-    return values ^ (values >> np.uint64(31))
+    values = values ^ (values >> np.uint64(31))
+    return values
 
 
 def hash_strings(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

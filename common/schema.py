@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -67,11 +68,11 @@ class ParsedFile:
 
     @property
     def rows_kept(self) -> int:
-        return self.table.num_rows
+        return int(self.table.num_rows)
 
     @property
     def rows_dropped(self) -> int:
-        return self.rows_read - self.table.num_rows
+        return self.rows_read - self.rows_kept
 
     @property
     def labelled(self) -> bool:
@@ -289,12 +290,12 @@ def _describe_arrow_error(message: str, names: list[str]) -> str:
     return f"cannot be parsed as CSV ({_QUOTED_TEXT.sub('', message.splitlines()[0])[:120]})"
 
 
-def read_json_records(path: Path) -> list[dict]:
+def read_json_records(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON (array, or ``{"records": [...]}``) or JSON Lines file."""
     return parse_json_records(path.read_bytes(), path.name, lines=path.suffix.lower() == ".jsonl")
 
 
-def parse_json_records(data: bytes, source: str, lines: bool = False) -> list[dict]:
+def parse_json_records(data: bytes, source: str, lines: bool = False) -> list[dict[str, Any]]:
     """Records from JSON bytes: an array of objects, ``{"records": [...]}``, or one object per line."""
     try:
         data.decode("utf-8")
@@ -328,7 +329,7 @@ def describe_json_error(exc: orjson.JSONDecodeError, where: str) -> str:
     return f"not valid JSON ({where}: {reason})"
 
 
-def normalise_keys(record: dict) -> dict:
+def normalise_keys(record: dict[Any, Any]) -> dict[str, Any]:
     """A record with its keys matched as CSV header names are: trimmed and lower-case."""
     return {str(key).strip().lower(): value for key, value in record.items()}
 
@@ -361,14 +362,14 @@ def _read_json_table(path: Path, columns: tuple[str, ...], optional: tuple[str, 
 
 @dataclass
 class FeatureBatch:
-    """Rows to score: client ids (None when the input has no id column) and float64 features."""
+    """Rows to score: client ids (None when the input has no id column; None for a row without one) and features."""
 
-    ids: list[str] | None
+    ids: list[str | None] | None
     features: np.ndarray
 
     @property
     def rows(self) -> int:
-        return self.features.shape[0]
+        return len(self.features)
 
 
 def check_feature_values(features: np.ndarray, source: str, unit: str = "row") -> None:

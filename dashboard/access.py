@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, current_app, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
+from flask.typing import ResponseReturnValue
 
 from dashboard import DASHBOARD_STATE, bp
 
@@ -77,7 +78,7 @@ def configure_sessions(state) -> None:  # noqa: ANN001 (Flask's BlueprintSetupSt
 
 
 @bp.before_request
-def require_sign_in() -> Response | None:
+def require_sign_in() -> ResponseReturnValue | None:
     if request.method == "POST":
         check_csrf()
     if request.endpoint in OPEN_ENDPOINTS or is_signed_in():
@@ -110,7 +111,7 @@ def access_values() -> dict:
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])
-def sign_in() -> Response | str:
+def sign_in() -> ResponseReturnValue:
     token = api_token()
     target = safe_next(request.values.get("next"))
     if token is None or (request.method == "GET" and session.get(SIGNED_IN) is True):
@@ -129,6 +130,6 @@ def sign_in() -> Response | str:
 
 
 @bp.post("/sign-out")
-def sign_out() -> Response:
+def sign_out() -> ResponseReturnValue:
     session.clear()
     return redirect(url_for("dashboard.sign_in"))

@@ -92,11 +92,11 @@ def render_chart(chart: Chart) -> Markup:
         f'preserveAspectRatio="xMidYMid meet"><title id="{title_id}">{escape(chart.title)}</title>'
     ]
     for tick in range(5):
-        value = low + (high - low) * tick / 4
-        y = y_at(value)
+        level = low + (high - low) * tick / 4
+        y = y_at(level)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(
-            f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{ticks.format(value)}</text>'
+            f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{ticks.format(level)}</text>'
         )
     every = max(1, math.ceil(count / 10))
     for index, label in enumerate(chart.labels):
@@ -116,11 +116,11 @@ def render_chart(chart: Chart) -> Markup:
             f"<title>{escape(mark.label)}</title></line>"
         )
     if chart.reference is not None:
-        value, what = chart.reference
-        y = y_at(value)
+        level, what = chart.reference
+        y = y_at(level)
         parts.append(
             f'<line class="reference" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}">'
-            f"<title>{escape(what)}: {chart.format_value(value)}</title></line>"
+            f"<title>{escape(what)}: {chart.format_value(level)}</title></line>"
         )
     width = step * 0.8 / max(len(chart.series), 1)
     for number, series in enumerate(chart.series):

@@ -49,7 +49,7 @@ SOURCES = "risk_dashboard_sources"
 
 def signature(paths: list[Path]) -> tuple[tuple[int, int] | None, ...]:
     """Size and modification time of each path; None for one that does not exist."""
-    found = []
+    found: list[tuple[int, int] | None] = []
     for path in paths:
         try:
             info = os.stat(path)

@@ -277,8 +277,8 @@ def health_charts(runs: list[dict[str, Any]]) -> list[tuple[Chart, list[str], li
     features = [name for name in FEATURES if any(r["feature"] == name for run in runs for r in run["feature_drift"])]
     if features:
         styles = ("series-a", "series-c", "series-d")
-        drift = {name: [None] * len(runs) for name in features}
-        tests = {}
+        drift: dict[str, list[float | None]] = {name: [None] * len(runs) for name in features}
+        tests: dict[str, dict[str, Any]] = {}
         for index, run in enumerate(runs):
             for row in run["feature_drift"]:
                 if row["feature"] in drift:
@@ -341,7 +341,7 @@ def slowest_stage(timings: Any) -> str:
     numeric = {k: v for k, v in timings.items() if isinstance(v, int | float)}
     if not numeric:
         return "–"
-    name = max(numeric, key=numeric.get)
+    name = max(numeric, key=numeric.__getitem__)
     return f"{name} ({numeric[name]:.1f} s)"
 
 

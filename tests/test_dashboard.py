@@ -201,8 +201,11 @@ def test_model_health_draws_charts_with_values_on_hover(client):
 def test_only_the_report_and_the_plot_are_served_from_the_model_folder(client, deployed):
     (deployed.model_folder / REPORT_FILE).write_bytes(b"%PDF-1.4 test")
     (deployed.model_folder / CONFUSION_MATRIX_FILE).write_bytes(b"\x89PNG test")
-    assert client.get("/dashboard/files/report").data == b"%PDF-1.4 test"
-    assert client.get("/dashboard/files/confusion-matrix").data == b"\x89PNG test"
+    # a served file stays open until its response is closed, as a WSGI server closes it
+    with client.get("/dashboard/files/report") as answer:
+        assert answer.data == b"%PDF-1.4 test"
+    with client.get("/dashboard/files/confusion-matrix") as answer:
+        assert answer.data == b"\x89PNG test"
     for name in ("trainedmodel.pkl", "metrics.json", "..%2Fconfig.json"):
         assert client.get(f"/dashboard/files/{name}").status_code == 404
     assert 'href="/dashboard/files/report"' in client.get("/dashboard/system").get_data(as_text=True)
@@ -320,7 +323,8 @@ def test_the_pages_live_under_dashboard_and_the_root_leads_there(client, guarded
     for test_client in (client, guarded):  # no token needed to be sent on to the sign-in
         answer = test_client.get("/")
         assert answer.status_code == 302 and answer.headers["Location"] == "/dashboard/"
-    assert client.get("/dashboard/static/dashboard.css").status_code == 200
+    with client.get("/dashboard/static/dashboard.css") as answer:
+        assert answer.status_code == 200
     assert 'href="/dashboard/static/dashboard.css"' in client.get("/dashboard/").get_data(as_text=True)
     for old in ("/model-health", "/runs", "/system", "/sign-in", "/clients.csv", "/ranking"):
         assert client.get(old).status_code == 404, old

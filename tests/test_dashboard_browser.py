@@ -90,7 +90,8 @@ def start_server(config_path: Path, token: str | None = None) -> tuple[subproces
     try:
         wait_until_healthy(url, process)
     except BaseException:
-        process.kill()
+        with process:
+            process.kill()
         raise
     return process, url
 
@@ -192,11 +193,12 @@ def browser_ready() -> None:
 def site(browser_ready, tmp_path_factory) -> Iterator[tuple[str, Config]]:
     config = build_project(tmp_path_factory.mktemp("dashboard-site"))
     process, url = start_server(config.path, TOKEN)
-    try:
-        yield f"{url}{URL_PREFIX}", config
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    with process:
+        try:
+            yield f"{url}{URL_PREFIX}", config
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -237,6 +237,7 @@ def start_paused_deployment(config: Config, step: str) -> subprocess.Popen:
         for line in process.stderr:
             if f"pausing at step {step}" in line:
                 return process
+        process.communicate()
         pytest.fail(f"deployment ended without reaching step {step}")
     finally:
         watchdog.cancel()
@@ -249,9 +250,9 @@ def test_kill_9_mid_deployment_leaves_a_whole_version_and_the_next_run_completes
     first_hash = sha256_file(trained.model_folder / MODEL_FILE)
     deploy(trained)
     second_hash = train_and_score(trained, C=0.01)
-    process = start_paused_deployment(trained, step)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
+    with start_paused_deployment(trained, step) as process:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL
     assert assert_whole_version(root, first_hash if serving == "v0001" else second_hash) == serving
 

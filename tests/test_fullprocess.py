@@ -200,21 +200,21 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     #    the first is killed mid-way, v0002 keeps serving, and the next run completes. The batch
     #    comes from the first world again: v0002 follows the changed world, so it drifts.
     write_batch(root / "sourceddata" / "batch_back.csv", 4000, seed=35)
-    holder = start_fullprocess(shipped, {PAUSE_ENV_VAR: "staged"})
-    try:
-        wait_for_line(holder, "pausing at step staged")
-        started = time.monotonic()
-        second = run_fullprocess(shipped)
-        assert time.monotonic() - started < 10
-        assert second.returncode == EXIT_LOCKED, second.stderr
-        assert f"another run changing the deployment (pid {holder.pid}," in second.stderr
-        assert "fullprocess.py run)" in second.stderr
-        rollback = run_script("deployment.py", "--config", str(shipped), "--rollback")
-        assert rollback.returncode == 1 and "the deployment is being changed by another run" in rollback.stderr
-        assert "this run exits doing nothing" in second.stderr
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+    with start_fullprocess(shipped, {PAUSE_ENV_VAR: "staged"}) as holder:
+        try:
+            wait_for_line(holder, "pausing at step staged")
+            started = time.monotonic()
+            second = run_fullprocess(shipped)
+            assert time.monotonic() - started < 10
+            assert second.returncode == EXIT_LOCKED, second.stderr
+            assert f"another run changing the deployment (pid {holder.pid}," in second.stderr
+            assert "fullprocess.py run)" in second.stderr
+            rollback = run_script("deployment.py", "--config", str(shipped), "--rollback")
+            assert rollback.returncode == 1 and "the deployment is being changed by another run" in rollback.stderr
+            assert "this run exits doing nothing" in second.stderr
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
     assert current_version(config.deployment_folder) == "v0002"
     load_deployed_version(current_version_folder(config.deployment_folder))  # loads: still serving
     assert last_run(shipped)["outcome"] == "running"  # as the killed run left it
@@ -356,21 +356,21 @@ def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(s
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
     port = config.api.url.rsplit(":", 1)[1]
-    server = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(shipped), "--port", port],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         cwd=PROJECT_ROOT,
-    )
-    try:
-        wait_until_healthy(config.api.url, server)
-        write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
-        result = run_fullprocess(shipped)
-        assert result.returncode == 0, result.stderr
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+    ) as server:
+        try:
+            wait_until_healthy(config.api.url, server)
+            write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
+            result = run_fullprocess(shipped)
+            assert result.returncode == 0, result.stderr
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
     returns = json.loads((config.model_folder / API_RETURNS_AFTER_DEPLOYMENT).read_text())
     answers = returns["answers"]
     assert answers["version"]["model_version"] == "v0002" and answers["version"]["previous_version"] == "v0001"
@@ -384,12 +384,12 @@ def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_m
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
-    holder = start_fullprocess(shipped, {PAUSE_ENV_VAR: "switched"})
-    try:
-        wait_for_line(holder, "pausing at step switched")
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+    with start_fullprocess(shipped, {PAUSE_ENV_VAR: "switched"}) as holder:
+        try:
+            wait_for_line(holder, "pausing at step switched")
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
     assert current_version(config.deployment_folder) == "v0002"
     assert json.loads((config.model_folder / "diagnostics.json").read_text())["model_version"] == "v0001"
     after = run_fullprocess(shipped)
@@ -409,14 +409,14 @@ def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
-    holder = start_fullprocess(shipped, {PAUSE_ENV_VAR: "staged"})
-    try:
-        wait_for_line(holder, "pausing at step staged")
-        holder.send_signal(signal.SIGTERM)
-        assert holder.wait(timeout=30) == 130
-        assert "interrupted; the deployed model keeps serving" in holder.stderr.read()
-    finally:
-        holder.kill()
+    with start_fullprocess(shipped, {PAUSE_ENV_VAR: "staged"}) as holder:
+        try:
+            wait_for_line(holder, "pausing at step staged")
+            holder.send_signal(signal.SIGTERM)
+            assert holder.wait(timeout=30) == 130
+            assert "interrupted; the deployed model keeps serving" in holder.stderr.read()
+        finally:
+            holder.kill()
     run = last_run(shipped)
     assert run["outcome"] == "interrupted" and run["decision"] == "stopped by a signal; nothing was decided"
     assert run["finished_at"] is not None and current_version(config.deployment_folder) == "v0001"

@@ -237,22 +237,22 @@ def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing
     config = load_config(config_path)
     assert run_fullprocess(config_path).returncode == 0
     write_batch(config.input_folder / "drifted.csv", 3000, seed=32, world="drifted")
-    holder = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "fullprocess.py"), "--config", str(config_path)],
         cwd=PROJECT_ROOT,
         env={**os.environ, PAUSE_ENV_VAR: "staged"},  # the run has gated a challenger and is publishing it
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        wait_for_line(holder, "pausing at step staged")
-        rollback = run_script("deployment.py", "--config", str(config_path), "--rollback")
-        assert rollback.returncode == 1, rollback.stderr
-        assert "being changed by another run" in rollback.stderr and "fullprocess.py run" in rollback.stderr
-        assert current_version(config.deployment_folder) == "v0001"  # the gate's champion is still the one serving
-    finally:
-        holder.send_signal(signal.SIGTERM)
-        holder.wait(timeout=60)
+    ) as holder:
+        try:
+            wait_for_line(holder, "pausing at step staged")
+            rollback = run_script("deployment.py", "--config", str(config_path), "--rollback")
+            assert rollback.returncode == 1, rollback.stderr
+            assert "being changed by another run" in rollback.stderr and "fullprocess.py run" in rollback.stderr
+            assert current_version(config.deployment_folder) == "v0001"  # the gate's champion is still the one serving
+        finally:
+            holder.send_signal(signal.SIGTERM)
+            holder.wait(timeout=60)
     assert run_fullprocess(config_path).returncode == 0 and current_version(config.deployment_folder) == "v0002"
     assert run_script("deployment.py", "--config", str(config_path), "--rollback").returncode == 0
     assert current_version(config.deployment_folder) == "v0001"

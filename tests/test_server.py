@@ -33,7 +33,7 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 60) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"the server exited early: {server.stderr.read()}")
+            raise AssertionError(f"the server exited early: {server.communicate()[1]}")
         try:
             if requests.get(f"{url}/health", timeout=2).status_code == 200:
                 return
@@ -47,20 +47,20 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 60) 
 def server(deployed: Config) -> Iterator[str]:
     """``app.py`` (gunicorn, 2 workers) serving the deployed project on a free port; yields its URL."""
     port = free_port()
-    process = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    with subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(deployed.path), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         cwd=PROJECT_ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, process)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    ) as process:
+        try:
+            wait_until_healthy(url, process)
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
 
 
 def hammer(url: str, stop: threading.Event, answers: list[tuple[int, str | None, float | None]]) -> None:
