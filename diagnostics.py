@@ -337,7 +337,7 @@ def measure_missing_data(config: Config, cached: bool = True) -> dict[str, Any]:
         from common.database_rows import count_missing_in_table
 
         return {"dataset": config.database.shown, **count_missing_in_table(config.database)}
-    if not source_files:
+    if not source_files or folder is None:
         raise PipelineError(f"the source folder {folder} holds no data files")
     cache = config.model_folder / MISSING_CACHE_FILE if cached else None
     return {"dataset": shown_path(folder, config.path.parent), **datastats.missing_data(source_files, cache)}

@@ -234,7 +234,7 @@ def let_files_settle(new: NewData, settle_seconds: float) -> None:
     log.info("waiting %.1f s for %s to stop changing", wait, ", ".join(sorted(recent)))
     time.sleep(wait)
     for item in list(new.files):
-        if item.name not in recent:
+        if item.name not in recent or item.path is None:
             continue
         try:
             unchanged = file_signature(item.path) == recent[item.name]

@@ -200,7 +200,9 @@ def collect_files(
     for path in ignored:
         log.info("%s: not a data file (only .csv, .json, .jsonl are read); ignored", shown_name(path.name))
     collection = FileCollection(
-        output_folder, history, IngestionResult(files=[], final_data=output_folder / FINAL_DATA, ignored=[shown_name(p.name) for p in ignored])
+        output_folder,
+        history,
+        IngestionResult(files=[], final_data=output_folder / FINAL_DATA, ignored=[shown_name(p.name) for p in ignored]),
     )
     for name, reason in refused.items():
         collection.leave_out(name, f"{name}: not read: {reason}")
@@ -590,7 +592,7 @@ def collect_sources(
 ) -> IngestionResult:
     """``collect_files`` for the folder (when there is one), then the database's fetches, in arrival order."""
     files = {name: entry for name, entry in history.items() if not entry.source}
-    result = IngestionResult(files=[])
+    result = IngestionResult(files=[], final_data=output_folder / FINAL_DATA)
     if input_folder is not None:
         result = collect_files(input_folder, output_folder, files, settle_seconds)
     if database is not None:

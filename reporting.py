@@ -68,7 +68,7 @@ from common.drift import CalibrationBins, calibration_bins
 from common.drivers import explain_clients
 from common.errors import PipelineError
 from common.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file, write_text_atomic
-from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, read_runs
+from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, HistoryLocation, read_runs
 from common.schema import FEATURE_LABELS, FEATURES, BadFileError
 from training import LinearRiskModel
 
@@ -370,7 +370,7 @@ def plot_calibration(curves: Sequence[CalibrationCurve], version: str, target: P
     return Path(target)
 
 
-def read_trend_runs(history_path: Path) -> list[dict[str, Any]]:
+def read_trend_runs(history_path: HistoryLocation) -> list[dict[str, Any]]:
     """Finished runs that saw new data, oldest first ([] without a history)."""
     runs = read_runs(history_path, limit=TREND_RUNS, with_no_op=False)
     return [run for run in reversed(runs) if run["outcome"] != RUNNING]
@@ -849,12 +849,13 @@ def clients_section(
 
 
 def trends_section(
-    styles: dict[str, ParagraphStyle], runs: list[dict[str, Any]], plot: Path | None, history_path: Path
+    styles: dict[str, ParagraphStyle], runs: list[dict[str, Any]], plot: Path | None, history_path: HistoryLocation
 ) -> list[Flowable]:
     """F1, missing data and timings over the fullprocess.py runs that found new data, and the latest of them."""
     title = "Trends over runs"
     if not runs or plot is None:
-        text = f"No run with new data is recorded in {escape(str(history_path))} yet; fullprocess.py records every run."
+        where = history_path.name if isinstance(history_path, Path) else history_path.shown
+        text = f"No run with new data is recorded in {escape(where)} yet; fullprocess.py records every run."
         return [*heading(styles, title), Paragraph(f"<i>{text}</i>", styles["body"])]
     caption = (
         f"{len(runs)} run{'s' if len(runs) != 1 else ''} of fullprocess.py that found new data, from "
@@ -919,7 +920,7 @@ def build_report(
     calibration_plot: Path | None = None,
     trend_runs: list[dict[str, Any]] | None = None,
     trend_plot: Path | None = None,
-    history_path: Path | None = None,
+    history_path: HistoryLocation | None = None,
     notes: Sequence[str] = (),
     generated_at: str | None = None,
     recent: dict[str, Any] | None = None,

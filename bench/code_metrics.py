@@ -56,9 +56,13 @@ def measure(root: Path) -> CodeMetrics:
     files = project_files(root)
     texts = {path: path.read_text(encoding="utf-8") for path in files}
     any_dicts = sum(len(re.findall(r"dict\[str, Any\]", text)) for text in texts.values())
-    gets = {name: (root / name).read_text(encoding="utf-8").count(".get(") for name in READERS if (root / name).exists()}
+    gets = {
+        name: (root / name).read_text(encoding="utf-8").count(".get(") for name in READERS if (root / name).exists()
+    }
     complexity = [
-        (block.complexity, f"{path.relative_to(root)}:{block.name}") for path in files for block in cc_visit(texts[path])
+        (block.complexity, f"{path.relative_to(root)}:{block.name}")
+        for path in files
+        for block in cc_visit(texts[path])
     ]
     return CodeMetrics(
         any_dicts=any_dicts,

@@ -185,6 +185,8 @@ def fetch_arrow_table(source: DatabaseSource, query: str) -> pa.Table:
     else:
         import adbc_driver_sqlite.dbapi as driver
 
+        if source.url.path is None:
+            raise PipelineError(f"{source.shown}: a SQLite URL needs a file path")
         connection = driver.connect(f"{source.url.path.as_uri()}?mode=ro")
     with connection, connection.cursor() as cursor:
         if source.url.kind == "postgresql":  # batches of a few MiB: memory stays flat, a lost server is seen at once

@@ -148,7 +148,7 @@ def connect_directly(url: DatabaseUrl) -> Iterator[Any]:
     if url.kind == "sqlite":
         if not url.path or not url.path.is_file():
             raise PipelineError(f"database file {url.path} does not exist")
-        connection = sqlite3.connect(f"{url.path.as_uri()}?mode=ro", uri=True, timeout=10)
+        connection: Any = sqlite3.connect(f"{url.path.as_uri()}?mode=ro", uri=True, timeout=10)
     else:
         import psycopg  # only when a PostgreSQL database is configured
 

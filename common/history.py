@@ -433,7 +433,7 @@ def mark_interrupted(connection: HistoryStore, finished_at: str, serving: str | 
             "error = :stopped WHERE finished_at IS NULL AND outcome != :running",
             {"now": finished_at, "stopped": stopped, "running": RUNNING},
         ).rowcount
-    return closed + noted
+    return int(closed) + int(noted)
 
 
 def hashes_with_outcome(
