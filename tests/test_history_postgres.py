@@ -126,8 +126,9 @@ def two_hosts(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Path, list[st
         yield configs[0], [url for _, url in servers]
     finally:
         for process, _ in servers:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+            with process:  # closes its stderr pipe too
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
 
 
 def test_two_api_hosts_and_the_job_share_one_history(two_hosts: tuple[Path, list[str]], tmp_path: Path):
