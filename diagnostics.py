@@ -340,7 +340,7 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     report = {
         "generated_at": utc_now(),
         "model_version": deployed.version,
-        "model_trained_at": deployed.model_info.get("trained_at"),
+        "model_trained_at": deployed.model_info.trained_at,
         "predictions": predict_data_file(deployed.model, find_test_files(config.test_data_path)[0]),
         "summary_statistics": {
             "dataset": shown_path(config.output_folder / FINAL_DATA, config.path.parent),
