@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,40 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         reporting=_read_settings(ReportingSettings, raw, "reporting", config_path),
         monitoring=_read_monitoring_settings(raw, config_path),
     )
+
+
+def dump_config(config: Config) -> str:
+    """The config file (JSON) that ``load_config`` reads back as ``config`` from ``config.path``.
+
+    Paths are written absolute; settings at their defaults are left out, as a person would write
+    the file, so it keeps following the defaults.
+    """
+    paths = {
+        "input_folder_path": config.input_folder,
+        "output_folder_path": config.output_folder,
+        "test_data_path": config.test_data_path,
+        "output_model_path": config.model_folder,
+        "prod_deployment_path": config.deployment_folder,
+    }
+    sections = {
+        "model": _changed_settings(config.model),
+        "deployment": {"keep_versions": config.keep_versions},
+        "api": _changed_settings(config.api),
+        "diagnostics": _changed_settings(config.diagnostics),
+        "reporting": _changed_settings(config.reporting),
+        "monitoring": _changed_settings(config.monitoring),
+    }
+    return json.dumps({**{key: str(path) for key, path in paths.items()}, **sections}, indent=2) + "\n"
+
+
+def _changed_settings(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as its config section: the values that differ from its defaults (tuples as lists)."""
+    defaults = asdict(type(settings)())
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in asdict(settings).items()
+        if value != defaults[key]
+    }
 
 
 def _resolve_path(raw: dict[str, Any], key: str, base: Path, config_path: Path) -> Path:
