@@ -38,14 +38,14 @@ from common.artifacts import (
     check_version_folder,
     current_version,
     list_versions,
+    read_deployment_details,
     utc_now,
 )
 from common.cli import build_parser, run_stage
 from common.config import Config, load_config
 from common.errors import PipelineError
 from common.files import folder_lock, fsync_dir, hold_lock, sha256_file
-from common.records import Metrics, ModelInfo, VersionInfo, write_version_info
-from common.records import read_version_info as read_version_record
+from common.records import VersionInfo, write_version_info
 
 log = logging.getLogger("deployment")
 
@@ -67,12 +67,6 @@ def find_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
             f"cannot deploy: {', '.join(missing)} missing; run ingestion.py, training.py and scoring.py first"
         )
     return {name: path for name, path in sources.items() if path.is_file()}
-
-
-def check_version_files(folder: Path) -> tuple[Metrics, ModelInfo]:
-    """Check that a version's files belong together and its model loads; return (scores, model metadata)."""
-    _, metrics, model_info = check_version_folder(folder)
-    return metrics, model_info
 
 
 def pause_if_asked(step: str) -> None:
@@ -121,20 +115,12 @@ def remove_leftovers(deploy_root: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def read_version_info(deploy_root: Path, version: str) -> VersionInfo:
-    """The ``version.json`` of a kept version (unknown details when it cannot be read)."""
-    try:
-        return read_version_record(deploy_root / VERSIONS_FOLDER / version / VERSION_INFO_FILE)
-    except PipelineError:
-        return VersionInfo()
-
-
 def rollback_target(deploy_root: Path, current: str | None) -> str | None:
     """The version that served before ``current``, if kept, else the newest kept one older than it."""
     if current is None:
         return None
     kept = list_versions(deploy_root)
-    previous = read_version_info(deploy_root, current).previous_version
+    previous = read_deployment_details(deploy_root / VERSIONS_FOLDER / current).previous_version
     if previous in kept:
         return previous
     older = [name for name in kept if int(name[1:]) < int(current[1:])]
@@ -160,7 +146,7 @@ def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> 
     try:
         for name, source in sources.items():
             copy_durably(source, staging / name)
-        metrics, model_info = check_version_files(staging)  # the copies: nothing can change after the check
+        _, metrics, model_info = check_version_folder(staging)  # the copies: nothing can change after the check
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, PipelineError):
@@ -216,7 +202,8 @@ def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: P
         serving = current_version(deploy_root)
         if serving is not None and same_model(deploy_root / VERSIONS_FOLDER / serving, sources):
             log.info("the model in %s is the one %s serves; no new version", model_folder, serving)
-            return Publication(replace(read_version_info(deploy_root, serving), version=serving), unchanged=True)
+            kept = read_deployment_details(deploy_root / VERSIONS_FOLDER / serving)
+            return Publication(replace(kept, version=serving), unchanged=True)
         existing = list_versions(deploy_root)
         version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
         staging, info = stage_version(sources, deploy_root, version)
@@ -241,7 +228,7 @@ def rollback_deployment(deploy_root: Path) -> str:
         if target is None:
             raise PipelineError(f"no version before {current} is kept in {deploy_root}; cannot roll back")
         try:
-            check_version_files(deploy_root / VERSIONS_FOLDER / target)
+            check_version_folder(deploy_root / VERSIONS_FOLDER / target)
         except PipelineError as exc:
             raise PipelineError(f"cannot roll back to {target}: {exc}") from None
         switch_current(deploy_root, target)
@@ -269,7 +256,7 @@ def describe_versions(deploy_root: Path) -> list[str]:
     current = current_version(deploy_root)
     lines = []
     for name in list_versions(deploy_root):
-        info = read_version_info(deploy_root, name)
+        info = read_deployment_details(deploy_root / VERSIONS_FOLDER / name)
         mark = "*" if name == current else " "
         f1 = "?" if info.f1 is None else info.f1
         lines.append(f"{mark} {name}  deployed {info.deployed_at or '?'}  F1 {f1}")
