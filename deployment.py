@@ -18,43 +18,40 @@ one current again.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from common.artifacts import (
     CURRENT_LINK,
     DEPLOYMENT_LOCK_FILE,
     INGESTED_FILES,
     INGESTED_RECORD,
-    LATEST_SCORE_FILE,
-    METRICS_FILE,
     MODEL_FILE,
-    MODEL_INFO_FILE,
+    OPTIONAL_VERSION_FILES,
+    VERSION_FILES,
     VERSION_INFO_FILE,
     VERSIONS_FOLDER,
+    check_version_folder,
     current_version,
     list_versions,
-    load_model,
-    read_json_file,
+    read_deployment_details,
     utc_now,
 )
 from common.cli import build_parser, run_stage
 from common.config import Config, load_config
 from common.errors import PipelineError
-from common.files import folder_lock, fsync_dir, hold_lock, sha256_file, write_text_atomic
+from common.files import folder_lock, fsync_dir, hold_lock, sha256_file
+from common.records import VersionInfo, write_version_info
 
 log = logging.getLogger("deployment")
 
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
-PUBLISHED_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES, INGESTED_RECORD)
-# Versions published before ingestedfiles.json existed, and classic ingestion folders, lack it.
-OPTIONAL_FILES = (INGESTED_RECORD,)
+PUBLISHED_FILES = VERSION_FILES  # classic ingestion folders lack ingestedfiles.json (OPTIONAL_VERSION_FILES)
 INGESTION_FILES = (INGESTED_FILES, INGESTED_RECORD)
 # Fault injection for tests: the deployment stops at this step and waits to be killed.
 PAUSE_ENV_VAR = "RISK_DEPLOY_PAUSE_AT"
@@ -64,47 +61,12 @@ def find_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
     """The files to publish; raise PipelineError naming any that is missing."""
     sources = {name: model_folder / name for name in PUBLISHED_FILES if name not in INGESTION_FILES}
     sources.update({name: ingested_folder / name for name in INGESTION_FILES})
-    missing = [str(path) for name, path in sources.items() if not path.is_file() and name not in OPTIONAL_FILES]
+    missing = [str(path) for name, path in sources.items() if not path.is_file() and name not in OPTIONAL_VERSION_FILES]
     if missing:
         raise PipelineError(
             f"cannot deploy: {', '.join(missing)} missing; run ingestion.py, training.py and scoring.py first"
         )
     return {name: path for name, path in sources.items() if path.is_file()}
-
-
-def check_version_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check that a version's files belong together and its model loads; return (scores, model metadata).
-
-    The scores, the model metadata and the ingestion record must all name this model file.
-    Messages name the files only; callers say which folder they were checking.
-    """
-    missing = [name for name in PUBLISHED_FILES if not (folder / name).is_file() and name not in OPTIONAL_FILES]
-    if missing:
-        raise PipelineError(f"{', '.join(missing)} missing")
-    model_hash = sha256_file(folder / MODEL_FILE)
-    metrics = read_json_file(folder / METRICS_FILE, METRICS_FILE)
-    model_info = read_json_file(folder / MODEL_INFO_FILE, MODEL_INFO_FILE)
-    if metrics.get("model_sha256") != model_hash:
-        raise PipelineError(f"{METRICS_FILE} holds the scores of another model; run scoring.py after training.py")
-    if model_info.get("model_sha256") != model_hash:
-        raise PipelineError(f"{MODEL_INFO_FILE} describes another model; run training.py")
-    try:
-        score = float((folder / LATEST_SCORE_FILE).read_text(encoding="utf-8"))
-    except ValueError:
-        score = None
-    if score != metrics.get("f1"):
-        raise PipelineError(f"{LATEST_SCORE_FILE} does not match {METRICS_FILE}; run scoring.py")
-    for name, key in ((INGESTED_FILES, "ingested_files_sha256"), (INGESTED_RECORD, "ingested_record_sha256")):
-        trained_on = model_info.get(key)
-        if trained_on is not None and (not (folder / name).is_file() or trained_on != sha256_file(folder / name)):
-            raise PipelineError(
-                f"{name} has changed since the model was trained (ingestion ran again); run training.py and scoring.py"
-            )
-    try:
-        load_model(folder / MODEL_FILE)
-    except PipelineError:
-        raise PipelineError(f"{MODEL_FILE} is corrupt or cannot be loaded by the installed libraries") from None
-    return metrics, model_info
 
 
 def pause_if_asked(step: str) -> None:
@@ -153,20 +115,12 @@ def remove_leftovers(deploy_root: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def read_version_info(deploy_root: Path, version: str) -> dict[str, Any]:
-    """The ``version.json`` of a kept version ({} when it cannot be read)."""
-    try:
-        return read_json_file(deploy_root / VERSIONS_FOLDER / version / VERSION_INFO_FILE, "version record")
-    except PipelineError:
-        return {}
-
-
 def rollback_target(deploy_root: Path, current: str | None) -> str | None:
     """The version that served before ``current``, if kept, else the newest kept one older than it."""
     if current is None:
         return None
     kept = list_versions(deploy_root)
-    previous = read_version_info(deploy_root, current).get("previous_version")
+    previous = read_deployment_details(deploy_root / VERSIONS_FOLDER / current).previous_version
     if previous in kept:
         return previous
     older = [name for name in kept if int(name[1:]) < int(current[1:])]
@@ -185,30 +139,30 @@ def prune_versions(deploy_root: Path, keep: int) -> list[str]:
     return doomed
 
 
-def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> tuple[Path, dict[str, Any]]:
+def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> tuple[Path, VersionInfo]:
     """Copy the sources into a staging folder, check the copies, and write ``version.json``."""
     staging = deploy_root / VERSIONS_FOLDER / f"{STAGING_PREFIX}{version}"
     staging.mkdir(parents=True)
     try:
         for name, source in sources.items():
             copy_durably(source, staging / name)
-        metrics, model_info = check_version_files(staging)  # the copies: nothing can change after the check
+        _, metrics, model_info = check_version_folder(staging)  # the copies: nothing can change after the check
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, PipelineError):
             raise PipelineError(f"cannot deploy from {sources[MODEL_FILE].parent}: {exc}") from None
         raise
-    info = {
-        "version": version,
-        "deployed_at": utc_now(),
-        "previous_version": current_version(deploy_root),
-        "model_sha256": metrics["model_sha256"],
-        "f1": metrics.get("f1"),
-        "roc_auc": metrics.get("roc_auc"),
-        "trained_at": model_info.get("trained_at"),
-        "sources": {name: str(path) for name, path in sources.items()},
-    }
-    write_text_atomic(staging / VERSION_INFO_FILE, json.dumps(info, indent=2) + "\n")
+    info = VersionInfo(
+        version=version,
+        deployed_at=utc_now(),
+        previous_version=current_version(deploy_root),
+        model_sha256=metrics.model_sha256,
+        f1=metrics.f1,
+        roc_auc=metrics.roc_auc,
+        trained_at=model_info.trained_at,
+        sources={name: str(path) for name, path in sources.items()},
+    )
+    write_version_info(staging / VERSION_INFO_FILE, info)
     return staging, info
 
 
@@ -224,8 +178,20 @@ def same_model(folder: Path, sources: dict[str, Path]) -> bool:
         return False
 
 
-def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: Path, keep: int = 5) -> dict[str, Any]:
-    """Publish the model, its scores and the ingestion record as a new version; return its description.
+@dataclass(frozen=True)
+class Publication:
+    """What a deployment published: the version's record, and whether it was the model already serving."""
+
+    info: VersionInfo
+    unchanged: bool = False
+
+    @property
+    def version(self) -> str:
+        return str(self.info.version)
+
+
+def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: Path, keep: int = 5) -> Publication:
+    """Publish the model, its scores and the ingestion record as a new version; return what was published.
 
     Raises PipelineError, leaving the served version as it was, when the files do not belong
     together, the model does not load, or another deployment is running.
@@ -236,7 +202,8 @@ def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: P
         serving = current_version(deploy_root)
         if serving is not None and same_model(deploy_root / VERSIONS_FOLDER / serving, sources):
             log.info("the model in %s is the one %s serves; no new version", model_folder, serving)
-            return {**read_version_info(deploy_root, serving), "version": serving, "unchanged": True}
+            kept = read_deployment_details(deploy_root / VERSIONS_FOLDER / serving)
+            return Publication(replace(kept, version=serving), unchanged=True)
         existing = list_versions(deploy_root)
         version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
         staging, info = stage_version(sources, deploy_root, version)
@@ -247,8 +214,8 @@ def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: P
         switch_current(deploy_root, version)
         pause_if_asked("switched")
         prune_versions(deploy_root, keep)
-    log.info("deployed %s (F1 %s) to %s", version, info["f1"], deploy_root)
-    return info
+    log.info("deployed %s (F1 %s) to %s", version, info.f1, deploy_root)
+    return Publication(info)
 
 
 def rollback_deployment(deploy_root: Path) -> str:
@@ -261,7 +228,7 @@ def rollback_deployment(deploy_root: Path) -> str:
         if target is None:
             raise PipelineError(f"no version before {current} is kept in {deploy_root}; cannot roll back")
         try:
-            check_version_files(deploy_root / VERSIONS_FOLDER / target)
+            check_version_folder(deploy_root / VERSIONS_FOLDER / target)
         except PipelineError as exc:
             raise PipelineError(f"cannot roll back to {target}: {exc}") from None
         switch_current(deploy_root, target)
@@ -275,7 +242,7 @@ def deployment_lock(deploy_root: Path, owner: str) -> contextlib.AbstractContext
     return hold_lock(path, owner, "the deployment is being changed by another run ({holder}); try again when it ends")
 
 
-def store_model_into_pickle(config_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def store_model_into_pickle(config_path: str | os.PathLike[str] | None = None) -> Publication:
     """The classic course function: publish the model, its score and ``ingestedfiles.txt``; return the version.
 
     ``config_path``: default ``$RISK_CONFIG``, else config.json.
@@ -289,9 +256,10 @@ def describe_versions(deploy_root: Path) -> list[str]:
     current = current_version(deploy_root)
     lines = []
     for name in list_versions(deploy_root):
-        info = read_version_info(deploy_root, name)
+        info = read_deployment_details(deploy_root / VERSIONS_FOLDER / name)
         mark = "*" if name == current else " "
-        lines.append(f"{mark} {name}  deployed {info.get('deployed_at', '?')}  F1 {info.get('f1', '?')}")
+        f1 = "?" if info.f1 is None else info.f1
+        lines.append(f"{mark} {name}  deployed {info.deployed_at or '?'}  F1 {f1}")
     return lines
 
 

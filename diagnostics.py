@@ -50,7 +50,7 @@ from common.artifacts import (
     utc_now,
 )
 from common.cli import build_parser, run_stage
-from common.config import PROJECT_ROOT, Config, DiagnosticsSettings, load_config
+from common.config import PROJECT_ROOT, Config, DiagnosticsSettings, dump_config, load_config
 from common.errors import PipelineError
 from common.files import find_test_files, list_data_files, parse_utc, shown_path, write_text_atomic
 from common.schema import BadFileError, read_feature_file
@@ -143,21 +143,17 @@ def clean_stale_scratch(older_than: float = 3600.0) -> None:
 
 
 def write_scratch_config(config: Config, scratch: Path) -> Path:
-    """A config that reads the live inputs and writes every output under ``scratch``."""
-    settings = {
-        "input_folder_path": str(config.input_folder),
-        "output_folder_path": str(scratch / "ingesteddata"),
-        "test_data_path": str(config.test_data_path),
-        "output_model_path": str(scratch / "models"),
-        "prod_deployment_path": str(scratch / "production_deployment"),
-        "model": {
-            "C": config.model.C,
-            "max_iter": config.model.max_iter,
-            "class_weight": config.model.class_weight,
-            "decision_threshold": config.model.decision_threshold,
-        },
-    }
-    return write_text_atomic(scratch / "config.json", json.dumps(settings, indent=2))
+    """A config that reads the live inputs and writes every output under ``scratch``; other settings at defaults."""
+    scratch_config = Config(
+        path=scratch / "config.json",
+        input_folder=config.input_folder,
+        output_folder=scratch / "ingesteddata",
+        test_data_path=config.test_data_path,
+        model_folder=scratch / "models",
+        deployment_folder=scratch / "production_deployment",
+        model=config.model,
+    )
+    return write_text_atomic(scratch_config.path, dump_config(scratch_config))
 
 
 def run_stage_process(stage: str, config_path: Path) -> float:
@@ -349,10 +345,10 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     missing = measure_missing_data(config)
     deployed = load_deployed_version(current_version_folder(config.deployment_folder))  # resolved once
     check_final_data(config.output_folder)  # a finaldata.csv cut short is not described as if whole
-    report = {
+    report: dict[str, Any] = {
         "generated_at": utc_now(),
         "model_version": deployed.version,
-        "model_trained_at": deployed.model_info.get("trained_at"),
+        "model_trained_at": deployed.model_info.trained_at,
         "predictions": predict_data_file(deployed.model, find_test_files(config.test_data_path)[0]),
         "summary_statistics": {
             "dataset": shown_path(config.output_folder / FINAL_DATA, config.path.parent),

@@ -302,14 +302,14 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> dict[
     return {
         "outcome": FIRST_DEPLOYMENT,
         "first_batch": 1,
-        "last_batch": info["training_window"]["last_batch"],
+        "last_batch": info.training_window.last_batch if info.training_window else None,
         "new_rows": ingested.rows_written,
         "ingested_rows": ingested.rows_written,
         "missing_percent": missing["overall"],
-        "deployed_f1": metrics["f1"],
-        "challenger_test_f1": metrics["f1"],
-        "model_version_after": deployed["version"],
-        "decision": f"nothing was deployed; deployed {deployed['version']} (F1 {metrics['f1']:.4f} on the test data)",
+        "deployed_f1": metrics.f1,
+        "challenger_test_f1": metrics.f1,
+        "model_version_after": deployed.version,
+        "decision": f"nothing was deployed; deployed {deployed.version} (F1 {metrics.f1:.4f} on the test data)",
     }
 
 
@@ -324,10 +324,9 @@ def adopt_challenger(folder: Path, model_folder: Path) -> None:
 
 def find_watermark(connection: Any, champion: Any, batch_before: int) -> int:
     """The last batch whose rows are not new: decided on by an earlier run, or trained on by the serving model."""
-    from common.batches import TrainingWindow
 
     decided = decided_batch(connection)
-    window = TrainingWindow.from_info(champion.model_info)
+    window = champion.model_info.training_window
     known = [value for value in (decided, window.last_batch if window else None) if value is not None]
     return max(known) if known else batch_before
 
@@ -381,7 +380,7 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     fields = {
         "ingested_rows": ingested.rows_written,
         "missing_percent": missing["overall"],
-        "deployed_f1": champion.metrics["f1"],
+        "deployed_f1": champion.metrics.f1,
         **assessment.history_fields(),
     }
     serving = champion.version
@@ -391,7 +390,7 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
                 assessment.deploy_folder, config.output_folder, config.deployment_folder, config.keep_versions
             )
             adopt_challenger(assessment.deploy_folder, config.model_folder)
-        serving = info["version"]
+        serving = info.version
         fields.update(
             outcome=DEPLOYED,
             model_version_after=serving,

@@ -69,6 +69,7 @@ from common.drivers import explain_clients
 from common.errors import PipelineError
 from common.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, HistoryLocation, read_runs
+from common.records import Confusion, Metrics
 from common.schema import FEATURE_LABELS, FEATURES, BadFileError
 from training import LinearRiskModel
 
@@ -205,15 +206,16 @@ def measure_calibrations(
     return curves
 
 
-def evaluate_deployed(deployed: DeployedVersion, test_data_path: Path) -> dict[str, Any]:
+def evaluate_deployed(deployed: DeployedVersion, test_data_path: Path) -> Metrics:
     """The deployed model's metrics on the test data: those it was scored with, unless the test data changed since."""
     files = find_test_files(test_data_path)
-    if deployed.metrics.get("test_data_sha256") == {path.name: sha256_file(path) for path in files}:
-        return deployed.metrics
+    scored = deployed.metrics
+    if scored.confusion is not None and scored.test_data_sha256 == {path.name: sha256_file(path) for path in files}:
+        return scored
     return evaluation.score_model(deployed.folder / MODEL_FILE, test_data_path)
 
 
-def report_notes(deployed: DeployedVersion, evaluation: dict[str, Any], diagnostics: dict[str, Any]) -> list[str]:
+def report_notes(deployed: DeployedVersion, evaluation: Metrics, diagnostics: dict[str, Any]) -> list[str]:
     """Warnings a reader must see first: figures that do not belong to the deployed model as it is now."""
     notes = []
     diagnosed = diagnostics.get("model_version")
@@ -222,11 +224,11 @@ def report_notes(deployed: DeployedVersion, evaluation: dict[str, Any], diagnost
             f"diagnostics.json was made for model {diagnosed or 'unknown'}, not the deployed {deployed.version}; "
             "its statistics, timings and dependency checks may be out of date. Run diagnostics.py again to refresh."
         )
-    recorded = deployed.metrics.get("test_data_sha256")
-    if recorded is not None and recorded != evaluation.get("test_data_sha256"):
+    recorded = deployed.metrics.test_data_sha256
+    if recorded is not None and recorded != evaluation.test_data_sha256:
         notes.append(
-            f"The test data changed after the model was scored on {format_time(deployed.metrics.get('scored_at'))} "
-            f"(F1 then {format_metric(deployed.metrics.get('f1'))}); the metrics below are measured on the test data "
+            f"The test data changed after the model was scored on {format_time(deployed.metrics.scored_at)} "
+            f"(F1 then {format_metric(deployed.metrics.f1)}); the metrics below are measured on the test data "
             "as it is now."
         )
     return notes
@@ -294,13 +296,15 @@ def nowrap(text: str) -> str:
 # ---------------------------------------------------------------- the plot
 
 
-def plot_confusion_matrix(confusion: dict[str, int], version: str, target: Path) -> Path:
+def plot_confusion_matrix(confusion: Confusion | None, version: str, target: Path) -> Path:
     """Draw the confusion matrix (counts and percent of each actual class) as a PNG; write it atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg for this figure only, not process-wide
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
 
-    counts = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]], dtype=np.int64)
+    if confusion is None:
+        raise PipelineError(f"the scores of model {version} hold no confusion counts; run scoring.py")
+    counts = np.array([[confusion.tn, confusion.fp], [confusion.fn, confusion.tp]], dtype=np.int64)
     totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
 
@@ -565,26 +569,29 @@ def missing_section(styles: dict[str, ParagraphStyle], what: str) -> Paragraph:
 def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, files: list[str]) -> list[Flowable]:
     """Which model serves, when it was made, on what data (``files``), and how it turns risk into a label."""
     info, record = deployed.model_info, deployed.version_info
-    sha = str(info.get("training_data_sha256") or "")
-    data_text = f"{format_number(info.get('training_rows'))} rows"
-    if info.get("training_exit_rate") is not None:
-        data_text += f" (exit rate {format_percent(info['training_exit_rate'])})"
-    window = TrainingWindow.from_info(info)
+    sha = info.training_data_sha256 or ""
+    data_text = f"{format_number(info.training_rows)} rows"
+    if info.training_exit_rate is not None:
+        data_text += f" (exit rate {format_percent(info.training_exit_rate)})"
+    window = info.training_window
     if window is not None and window.name != "all":
         data_text += f": {window.describe()}"
-        if info.get("retrained_because"):
-            data_text += f", retrained because of {info['retrained_because']}"
+        if info.retrained_because:
+            data_text += f", retrained because of {info.retrained_because}"
     elif files:
         data_text += f" from {len(files)} file{'s' if len(files) != 1 else ''}: {list_names(files, MAX_LISTED_FILES)}"
-    threshold = info.get("decision_threshold")
-    chosen = (info.get("settings") or {}).get("decision_threshold")
-    how = "chosen to maximise F1 on the training data" if chosen == "f1" else "set in the config"
-    coefficients = ", ".join(f"{name} {value:+.3f}" for name, value in (info.get("coefficients") or {}).items())
+    threshold = info.decision_threshold
+    how = (
+        "chosen to maximise F1 on the training data"
+        if info.settings.decision_threshold == "f1"
+        else "set in the config"
+    )
+    coefficients = ", ".join(f"{name} {value:+.3f}" for name, value in info.coefficients.items())
     rows = [
-        ("Version", f"{deployed.version} (previous: {record.get('previous_version') or 'none'})"),
-        ("Deployed", format_time(record.get("deployed_at"))),
-        ("Trained", format_time(info.get("trained_at"))),
-        ("Model", str(info.get("model") or DASH)),
+        ("Version", f"{deployed.version} (previous: {record.previous_version or 'none'})"),
+        ("Deployed", format_time(record.deployed_at)),
+        ("Trained", format_time(info.trained_at)),
+        ("Model", info.model or DASH),
         ("Training data", data_text),
         ("Training data SHA-256", f"{sha[:SHORT_HASH]}\u2026" if sha else DASH),
         ("Decision threshold", f"{format_metric(threshold)}, {how}" if threshold is not None else DASH),
@@ -610,24 +617,24 @@ def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, 
 
 def performance_section(
     styles: dict[str, ParagraphStyle],
-    evaluation: dict[str, Any],
+    evaluation: Metrics,
     threshold: float | None,
     plot: Path,
     recent: dict[str, Any] | None = None,
 ) -> list[Flowable]:
     """Metrics of the deployed model on the test data (and on the recent window), and its confusion matrix."""
-    files = [Path(name).name for name in evaluation.get("test_data", [])]
+    files = [Path(name).name for name in evaluation.test_data]
     shown = escape(list_names(files, MAX_LISTED_FILES))
     caption = (
-        f"The deployed model on {format_number(evaluation['rows'])} rows of {shown} "
-        f"(exit rate {format_percent(evaluation.get('exit_rate'))}), "
-        f"measured {nowrap(format_time(evaluation['scored_at']))}."
+        f"The deployed model on {format_number(evaluation.rows)} rows of {shown} "
+        f"(exit rate {format_percent(evaluation.exit_rate)}), "
+        f"measured {nowrap(format_time(evaluation.scored_at))}."
     )
     if threshold is not None:
         caption += f" A client is labelled as exiting when the predicted probability is at least {threshold:.4f}."
     metrics = [("F1", "f1"), ("Precision", "precision"), ("Recall", "recall"), ("ROC AUC", "roc_auc")]
     metrics.append(("Accuracy", "accuracy"))
-    rows = [["test data", *(format_metric(evaluation[key]) for _, key in metrics)]]
+    rows = [["test data", *(format_metric(getattr(evaluation, key)) for _, key in metrics)]]
     if recent is not None:
         first, last = recent["batches"]
         batches = f"batch {first}" if first == last else f"batches {first}–{last}"
@@ -910,7 +917,7 @@ def build_report(
     *,
     deployed: DeployedVersion,
     source_files: list[str],
-    evaluation: dict[str, Any],
+    evaluation: Metrics,
     diagnostics: dict[str, Any],
     clients: list[dict[str, Any]],
     top: int,
@@ -939,7 +946,7 @@ def build_report(
     ]
     story += [Paragraph(f"<b>Note:</b> {escape(note)}", styles["note"]) for note in notes]
     story += model_section(styles, deployed, source_files)
-    threshold = deployed.model_info.get("decision_threshold")
+    threshold = deployed.model_info.decision_threshold
     story += performance_section(styles, evaluation, threshold, plot, recent)
     if calibration and calibration_plot is not None:
         story += calibration_section(styles, calibration, calibration_plot)
@@ -975,8 +982,8 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     diagnostics = read_diagnostics(config.model_folder / DIAGNOSTICS_FILE)
     deployed, source_files = read_deployed_model(config.deployment_folder)
     scores = evaluate_deployed(deployed, config.test_data_path)
-    plot = plot_confusion_matrix(scores["confusion"], deployed.version, config.model_folder / plot_name)
-    window = TrainingWindow.from_info(deployed.model_info)
+    plot = plot_confusion_matrix(scores.confusion, deployed.version, config.model_folder / plot_name)
+    window = deployed.model_info.training_window
     calibration = measure_calibrations(deployed.model, config.test_data_path, config.output_folder, window)
     calibration_plot = plot_calibration(calibration, deployed.version, config.model_folder / CALIBRATION_PLOT_FILE)
     data_path = config.output_folder / FINAL_DATA
@@ -1032,7 +1039,7 @@ def score_model(config_path: str | os.PathLike[str] | None = None) -> Path:
     config = load_config(config_path)
     deployed = load_deployed_version(current_version_folder(config.deployment_folder))
     scores = evaluation.score_model(deployed.folder / MODEL_FILE, config.test_data_path)
-    return plot_confusion_matrix(scores["confusion"], deployed.version, config.model_folder / CONFUSION_MATRIX_FILE)
+    return plot_confusion_matrix(scores.confusion, deployed.version, config.model_folder / CONFUSION_MATRIX_FILE)
 
 
 def plain_file_name(suffix: str) -> Callable[[str], str]:
@@ -1072,11 +1079,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info(
             "model %s on %d test rows: F1 %.4f, precision %.4f, recall %.4f, ROC AUC %s",
             result["version"],
-            metrics["rows"],
-            metrics["f1"],
-            metrics["precision"],
-            metrics["recall"],
-            format_metric(metrics["roc_auc"]),
+            metrics.rows,
+            metrics.f1,
+            metrics.precision,
+            metrics.recall,
+            format_metric(metrics.roc_auc),
         )
         log.info("wrote %s", result["plot"])
         log.info("wrote %s (%d clients at risk listed)", result["pdf"], len(result["clients"]))

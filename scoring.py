@@ -7,28 +7,27 @@ counts, and which model and test data they belong to) next to the model.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from common import evaluation
 from common.artifacts import LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE
 from common.cli import build_parser, run_stage
 from common.config import Config, load_config
 from common.files import write_text_atomic
+from common.records import Metrics, write_metrics
 
 log = logging.getLogger("scoring")
 
 
-def write_scores(metrics: dict[str, Any], folder: Path) -> Path:
+def write_scores(metrics: Metrics, folder: Path) -> Path:
     """Write ``latestscore.txt`` (bare F1) then ``metrics.json``, each atomically; return the former.
 
     ``metrics.json`` names the model it scored and is written last, so it marks the pair complete.
     """
-    score_file = write_text_atomic(folder / LATEST_SCORE_FILE, f"{metrics['f1']}\n")
-    write_text_atomic(folder / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    score_file = write_text_atomic(folder / LATEST_SCORE_FILE, f"{metrics.f1}\n")
+    write_metrics(folder / METRICS_FILE, metrics)
     return score_file
 
 
@@ -40,7 +39,7 @@ def score_model(config_path: str | os.PathLike[str] | None = None) -> float:
     config = load_config(config_path)
     metrics = evaluation.score_model(config.model_folder / MODEL_FILE, config.test_data_path)
     write_scores(metrics, config.model_folder)
-    return metrics["f1"]
+    return metrics.f1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,17 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    def work(config: Config) -> dict[str, Any]:
+    def work(config: Config) -> Metrics:
         model_path = (args.model or config.model_folder / MODEL_FILE).resolve()
         metrics = evaluation.score_model(model_path, config.test_data_path)
         score_file = write_scores(metrics, model_path.parent)
         log.info(
             "F1 %.4f, precision %.4f, recall %.4f, ROC AUC %s on %d test rows; wrote %s",
-            metrics["f1"],
-            metrics["precision"],
-            metrics["recall"],
-            metrics["roc_auc"],
-            metrics["rows"],
+            metrics.f1,
+            metrics.precision,
+            metrics.recall,
+            metrics.roc_auc,
+            metrics.rows,
             score_file,
         )
         return metrics

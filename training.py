@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import time
-from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from common.config import Config, ModelSettings, load_config
 from common.errors import PipelineError
 from common.files import sha256_file
 from common.imports import sklearn_without_pandas
+from common.records import ModelInfo, TrainingSettings
 from common.schema import FEATURES, TARGET
 
 with sklearn_without_pandas():
@@ -179,30 +179,30 @@ def describe_model(
     labels: np.ndarray,
     settings: ModelSettings,
     seconds: float,
-) -> dict[str, Any]:
-    """Metadata saved next to the model."""
+) -> ModelInfo:
+    """Metadata saved next to the model; ``data`` names the fields that describe the training data."""
     classifier = model.estimator.named_steps["classifier"]
-    return {
-        "trained_at": utc_now(),
-        "model": "LogisticRegression on log1p-scaled, standardised counts",
-        "features": list(FEATURES),
-        "target": TARGET,
-        "decision_threshold": round(float(model.threshold), 6),
-        "coefficients": dict(zip(FEATURES, np.round(classifier.coef_[0], 6).tolist(), strict=True)),
-        "intercept": round(float(classifier.intercept_[0]), 6),
-        "settings": {
-            "C": settings.C,
-            "max_iter": settings.max_iter,
-            "class_weight": settings.class_weight,
-            "decision_threshold": settings.decision_threshold,
-        },
+    return ModelInfo(
+        trained_at=utc_now(),
+        model="LogisticRegression on log1p-scaled, standardised counts",
+        features=list(FEATURES),
+        target=TARGET,
+        decision_threshold=round(float(model.threshold), 6),
+        coefficients=dict(zip(FEATURES, np.round(classifier.coef_[0], 6).tolist(), strict=True)),
+        intercept=round(float(classifier.intercept_[0]), 6),
+        settings=TrainingSettings(
+            C=settings.C,
+            max_iter=settings.max_iter,
+            class_weight=settings.class_weight,
+            decision_threshold=settings.decision_threshold,
+        ),
         **data,
-        "training_rows": int(labels.size),
-        "training_exit_rate": round(float(labels.mean()), 6),
-        "fit_seconds": round(seconds, 3),
-        "python": platform.python_version(),
-        "libraries": {name: version(name) for name in LIBRARIES},
-    }
+        training_rows=int(labels.size),
+        training_exit_rate=round(float(labels.mean()), 6),
+        fit_seconds=round(seconds, 3),
+        python=platform.python_version(),
+        libraries={name: version(name) for name in LIBRARIES},
+    )
 
 
 def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
@@ -226,7 +226,7 @@ def fit_and_save(
     settings: ModelSettings,
     model_folder: Path,
     sample_weight: np.ndarray | None = None,
-) -> dict[str, Any]:
+) -> ModelInfo:
     """Train on these rows and save the model with its metadata in ``model_folder``; return the metadata."""
     started = time.perf_counter()
     model = fit_classifier(features, labels, settings, sample_weight)
@@ -237,20 +237,20 @@ def fit_and_save(
         labels.size,
         data["training_data"],
         seconds,
-        info["decision_threshold"],
-        info["coefficients"],
+        info.decision_threshold,
+        info.coefficients,
         model_folder / MODEL_FILE,
     )
     return info
 
 
-def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> dict[str, Any]:
+def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> ModelInfo:
     """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
     data = describe_training_data(ingested_folder)
     ingested = read_ingested_data(ingested_folder)
     latest = ingested.latest_batch
     window = TrainingWindow("all", min(1, latest), latest, ingested.rows, held_out_from_batch=latest + 1)
-    data["training_window"] = asdict(window)
+    data["training_window"] = window
     return fit_and_save(ingested.features(), ingested.labels(), data, settings, model_folder)
 
 
@@ -267,7 +267,7 @@ def train_model(config_path: str | os.PathLike[str] | None = None) -> FixedThres
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
 
-    def work(config: Config) -> dict[str, Any]:
+    def work(config: Config) -> ModelInfo:
         return train_from_folder(config.output_folder, config.model_folder, config.model)
 
     return run_stage("training", args, work)

@@ -29,6 +29,7 @@ from common.drivers import ClientDrivers, RiskDrivers, explain_clients
 from common.errors import PipelineError
 from common.files import find_test_files
 from common.history import read_runs
+from common.records import record_to_json
 from common.schema import FeatureBatch
 from dashboard.clients import ClientTable
 from dashboard.sources import app_sources
@@ -121,29 +122,36 @@ def describe_load_error(watcher: DeploymentWatcher) -> dict[str, str]:
 
 
 def describe_version(served: ServedModel) -> dict[str, Any]:
-    info, model_info = served.deployed.version_info, served.deployed.model_info
+    info, model_info, metrics = served.deployed.version_info, served.deployed.model_info, served.deployed.metrics
     return {
         "model_version": served.version,
-        "deployed_at": info.get("deployed_at"),
-        "previous_version": info.get("previous_version"),
-        "trained_at": model_info.get("trained_at"),
-        "training_rows": model_info.get("training_rows"),
-        "training_data_sha256": model_info.get("training_data_sha256"),
-        "decision_threshold": model_info.get("decision_threshold"),
-        "model_sha256": model_info.get("model_sha256"),
-        "metrics": {key: served.deployed.metrics.get(key) for key in ("f1", "precision", "recall", "roc_auc")},
-        "libraries": model_info.get("libraries"),
+        "deployed_at": info.deployed_at,
+        "previous_version": info.previous_version,
+        "trained_at": model_info.trained_at,
+        "training_rows": model_info.training_rows,
+        "training_data_sha256": model_info.training_data_sha256,
+        "decision_threshold": model_info.decision_threshold,
+        "model_sha256": model_info.model_sha256,
+        "metrics": {
+            "f1": metrics.f1,
+            "precision": metrics.precision,
+            "recall": metrics.recall,
+            "roc_auc": metrics.roc_auc,
+        },
+        "libraries": model_info.libraries,
     }
 
 
 def describe_scores(served: ServedModel, test_hashes: dict[str, str]) -> dict[str, Any]:
     """The deployed model's metrics on the test data, as scored before it was deployed."""
-    unchanged = served.deployed.metrics.get("test_data_sha256") == test_hashes
+    metrics = served.deployed.metrics
+    unchanged = metrics.test_data_sha256 == test_hashes
+    stored = record_to_json(metrics)
     scores = {
         "model_version": served.version,
-        **{key: served.deployed.metrics.get(key) for key in METRIC_KEYS},
-        "scored_at": served.deployed.metrics.get("scored_at"),
-        "test_data": [Path(path).name for path in served.deployed.metrics.get("test_data", [])],
+        **{key: stored[key] for key in METRIC_KEYS},
+        "scored_at": metrics.scored_at,
+        "test_data": [Path(path).name for path in metrics.test_data],
         "test_data_unchanged": unchanged,
     }
     if not unchanged:

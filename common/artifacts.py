@@ -8,7 +8,7 @@ import logging
 import os
 import pickle
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +16,16 @@ from common.errors import PipelineError
 from common.files import atomic_path, sha256_file, write_text_atomic
 from common.files import utc_now as utc_now  # the stages import it from here
 from common.imports import sklearn_without_pandas
+from common.records import (
+    Metrics,
+    ModelInfo,
+    VersionInfo,
+    read_metrics,
+    read_model_info,
+    read_version_info,
+    write_model_info,
+)
+from common.records import read_json_file as read_json_file  # the stages import it from here
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +61,13 @@ VERSION_INFO_FILE = "version.json"
 DEPLOYMENT_LOCK_FILE = ".fullprocess.lock"
 
 
-def save_model(model: Any, info: dict[str, Any], folder: Path) -> dict[str, Any]:
+def save_model(model: Any, info: ModelInfo, folder: Path) -> ModelInfo:
     """Write the model and its metadata atomically; return the metadata with the model's hash."""
     payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
-    info = {**info, "model_sha256": hashlib.sha256(payload).hexdigest()}
+    info = replace(info, model_sha256=hashlib.sha256(payload).hexdigest())
     with atomic_path(folder / MODEL_FILE) as tmp:
         tmp.write_bytes(payload)
-    write_text_atomic(folder / MODEL_INFO_FILE, json.dumps(info, indent=2) + "\n")
+    write_model_info(folder / MODEL_INFO_FILE, info)
     return info
 
 
@@ -84,19 +94,6 @@ def load_model(path: Path) -> Any:
     if not callable(getattr(model, "predict_proba", None)):
         raise PipelineError(f"model file {path} does not hold a classifier with predict_proba")
     return model
-
-
-def read_json_file(path: Path, what: str) -> dict[str, Any]:
-    """Read a JSON object written by a stage; raise PipelineError naming the file and the stage to run."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{what} {path} cannot be read ({exc})") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{what} {path} does not hold a JSON object")
-    return data
 
 
 def check_final_data(ingested_folder: Path) -> str:
@@ -268,50 +265,82 @@ def _entry_from_pairs(name: str, pairs: str) -> IngestedFile | None:
         return None
 
 
+# The files of a version folder, and those versions published before ingestedfiles.json existed lack.
+VERSION_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES, INGESTED_RECORD)
+OPTIONAL_VERSION_FILES = (INGESTED_RECORD,)
+
+
 @dataclass(frozen=True)
 class DeployedVersion:
     """One published version, loaded: the model and its records, all read from one version folder."""
 
     folder: Path
     model: Any
-    metrics: dict[str, Any]  # metrics.json: the scores on the test data
-    model_info: dict[str, Any]  # trainedmodel.json
-    version_info: dict[str, Any]  # version.json
+    metrics: Metrics  # the scores on the test data
+    model_info: ModelInfo
+    version_info: VersionInfo  # all None when version.json is damaged
 
     @property
     def version(self) -> str:
         return self.folder.name
 
 
-def read_version_info(folder: Path) -> dict[str, Any]:
-    """A version's ``version.json`` (when and after what it was deployed), or {} when it is damaged.
+def read_deployment_details(folder: Path) -> VersionInfo:
+    """A version's ``version.json`` (when and after what it was deployed); unknown details when it is damaged.
 
     It only describes the deployment; the model's integrity rests on the model file's hash in
     ``metrics.json``, so a damaged ``version.json`` is logged and the version still serves.
     """
     try:
-        return read_json_file(Path(folder) / VERSION_INFO_FILE, VERSION_INFO_FILE)
+        return read_version_info(Path(folder) / VERSION_INFO_FILE)
     except PipelineError as exc:
         log.warning("%s; its deployment details are unknown", exc)
-        return {}
+        return VersionInfo()
+
+
+def check_version_folder(folder: Path) -> tuple[Any, Metrics, ModelInfo]:
+    """Check that a version folder's files belong together and its model loads; return (model, scores, metadata).
+
+    The scores, the model metadata, the score file and the ingestion record must all describe
+    this model file. Messages name the files only; callers say which folder they were checking.
+    """
+    folder = Path(folder)
+    missing = [name for name in VERSION_FILES if not (folder / name).is_file() and name not in OPTIONAL_VERSION_FILES]
+    if missing:
+        raise PipelineError(f"{', '.join(missing)} missing")
+    model_hash = sha256_file(folder / MODEL_FILE)
+    metrics = read_metrics(folder / METRICS_FILE)
+    model_info = read_model_info(folder / MODEL_INFO_FILE)
+    if metrics.model_sha256 != model_hash:
+        raise PipelineError(f"{METRICS_FILE} holds the scores of another model; run scoring.py after training.py")
+    if model_info.model_sha256 != model_hash:
+        raise PipelineError(f"{MODEL_INFO_FILE} describes another model; run training.py")
+    try:
+        score = float((folder / LATEST_SCORE_FILE).read_text(encoding="utf-8"))
+    except ValueError:
+        score = None
+    if score != metrics.f1:
+        raise PipelineError(f"{LATEST_SCORE_FILE} does not match {METRICS_FILE}; run scoring.py")
+    for name, trained_on in (
+        (INGESTED_FILES, model_info.ingested_files_sha256),
+        (INGESTED_RECORD, model_info.ingested_record_sha256),
+    ):
+        if trained_on is not None and (not (folder / name).is_file() or trained_on != sha256_file(folder / name)):
+            raise PipelineError(
+                f"{name} has changed since the model was trained (ingestion ran again); run training.py and scoring.py"
+            )
+    try:
+        model = load_model(folder / MODEL_FILE)
+    except PipelineError:
+        raise PipelineError(f"{MODEL_FILE} is corrupt or cannot be loaded by the installed libraries") from None
+    return model, metrics, model_info
 
 
 def load_deployed_version(folder: Path) -> DeployedVersion:
-    """Load a version folder; raise PipelineError when its model is not the one its scores describe."""
+    """Load a version folder; raise PipelineError naming the folder when its files do not belong together."""
     folder = Path(folder)
-    metrics = read_json_file(folder / METRICS_FILE, METRICS_FILE)
-    model_info = read_json_file(folder / MODEL_INFO_FILE, MODEL_INFO_FILE)
-    version_info = read_version_info(folder)
     try:
-        model_hash = sha256_file(folder / MODEL_FILE)
-    except OSError as exc:
-        raise PipelineError(f"model file {folder / MODEL_FILE} cannot be read ({exc.strerror})") from None
-    if model_hash != metrics.get("model_sha256"):
-        raise PipelineError(f"{folder / MODEL_FILE} is not the model its {METRICS_FILE} describes")
-    return DeployedVersion(
-        folder=folder,
-        model=load_model(folder / MODEL_FILE),
-        metrics=metrics,
-        model_info=model_info,
-        version_info=version_info,
-    )
+        model, metrics, model_info = check_version_folder(folder)
+    except PipelineError as exc:
+        raise PipelineError(f"{folder}: {exc}") from None
+    return DeployedVersion(folder, model, metrics, model_info, read_deployment_details(folder))

@@ -17,7 +17,6 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +25,7 @@ import pyarrow.csv as pa_csv
 from common.artifacts import FINAL_DATA, UNLABELLED_CLIENTS
 from common.errors import PipelineError
 from common.files import atomic_path, file_signature
+from common.records import TrainingWindow as TrainingWindow  # its home was here
 from common.rowhash import hash_rows, hash_strings
 from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, UNLABELLED_SCHEMA, read_data_file
 
@@ -336,38 +336,3 @@ def read_ingested_data(folder: Path) -> IngestedData:
 
 
 WINDOW_NAMES = ("all", "recent", "weighted")
-
-
-@dataclass(frozen=True)
-class TrainingWindow:
-    """Which ingested rows a model was trained on, as its ``trainedmodel.json`` records it."""
-
-    name: str  # "all", "recent" or "weighted"
-    first_batch: int
-    last_batch: int
-    rows: int
-    # Rows held out to judge models come from batches from this one on; earlier ones were all trained on.
-    held_out_from_batch: int
-    half_life: float | None = None  # "weighted": weights halve every half_life batches or days
-    half_life_unit: str | None = None
-
-    def describe(self) -> str:
-        span = (
-            f"batch {self.first_batch}"
-            if self.first_batch == self.last_batch
-            else (f"batches {self.first_batch}-{self.last_batch}")
-        )
-        if self.name == "weighted":
-            return f"all rows weighted by recency (halving every {self.half_life:g} {self.half_life_unit}), {span}"
-        return f"{'all rows' if self.name == 'all' else 'recent rows'}, {span} ({self.rows} rows)"
-
-    @classmethod
-    def from_info(cls, info: dict[str, Any]) -> TrainingWindow | None:
-        """The window a model's metadata records; None for a model trained before windows were recorded."""
-        stored = info.get("training_window")
-        if not isinstance(stored, dict):
-            return None
-        try:
-            return cls(**stored)
-        except TypeError:
-            return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -259,6 +259,48 @@ def _read_database_source(raw: dict[str, Any], config_path: Path) -> DatabaseSou
     table = check_identifier(values["input_database_table"], f"{where}input_database_table", qualified=True)
     watermark = check_identifier(values["input_database_watermark"], f"{where}input_database_watermark")
     return DatabaseSource(url, table, watermark)
+
+
+def dump_config(config: Config) -> str:
+    """The config file (JSON) that ``load_config`` reads back as ``config`` from ``config.path``.
+
+    Paths are written absolute; settings at their defaults are left out, as a person would write
+    the file, so it keeps following the defaults.
+    """
+    paths: dict[str, Path | None] = {
+        "input_folder_path": config.input_folder,
+        "output_folder_path": config.output_folder,
+        "test_data_path": config.test_data_path,
+        "output_model_path": config.model_folder,
+        "prod_deployment_path": config.deployment_folder,
+    }
+    sections = {
+        "model": _changed_settings(config.model),
+        "deployment": {"keep_versions": config.keep_versions},
+        "api": _changed_settings(config.api),
+        "diagnostics": _changed_settings(config.diagnostics),
+        "reporting": _changed_settings(config.reporting),
+        "monitoring": _changed_settings(config.monitoring),
+    }
+    written: dict[str, Any] = {key: str(path) for key, path in paths.items() if path is not None}
+    if config.database is not None:
+        written |= {
+            "input_database_url": config.database.url.url,
+            "input_database_table": config.database.table,
+            "input_database_watermark": config.database.watermark,
+            "input_database_password_env": config.database.url.password_env,
+        }
+    return json.dumps({**written, **sections}, indent=2) + "\n"
+
+
+def _changed_settings(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as its config section: the values that differ from its defaults (tuples as lists)."""
+    defaults = asdict(type(settings)())
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in asdict(settings).items()
+        if value != defaults[key]
+    }
 
 
 def _resolve_path(raw: dict[str, Any], key: str, base: Path, config_path: Path) -> Path:

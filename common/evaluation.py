@@ -13,6 +13,7 @@ from common.artifacts import load_model, utc_now
 from common.errors import PipelineError
 from common.files import find_test_files, sha256_file
 from common.imports import sklearn_without_pandas
+from common.records import Confusion, Metrics
 from common.schema import BadFileError, read_labelled_data
 
 with sklearn_without_pandas():
@@ -71,20 +72,20 @@ def read_test_data(test_data_path: Path) -> EvaluationData:
     return EvaluationData(files, {path.name: sha256_file(path) for path in files}, features, labels)
 
 
-def score_loaded_model(model: Any, model_path: Path, test: EvaluationData) -> dict[str, Any]:
+def score_loaded_model(model: Any, model_path: Path, test: EvaluationData) -> Metrics:
     """The metrics of a loaded model (from ``model_path``) on test data already read."""
     probabilities = model.predict_proba(test.features)[:, 1]
-    metrics = score_predictions(test.labels, probabilities, model.predict(test.features))
-    return {
-        **metrics,
-        "scored_at": utc_now(),
-        "model": str(model_path),
-        "model_sha256": sha256_file(model_path),
-        "test_data": [str(path) for path in test.files],
-        "test_data_sha256": test.sha256,
-    }
+    scores = score_predictions(test.labels, probabilities, model.predict(test.features))
+    return Metrics(
+        **{**scores, "confusion": Confusion(**scores["confusion"])},
+        scored_at=utc_now(),
+        model=str(model_path),
+        model_sha256=sha256_file(model_path),
+        test_data=[str(path) for path in test.files],
+        test_data_sha256=test.sha256,
+    )
 
 
-def score_model(model_path: Path, test_data_path: Path) -> dict[str, Any]:
+def score_model(model_path: Path, test_data_path: Path) -> Metrics:
     """Load the model at ``model_path`` and return its metrics on the test data."""
     return score_loaded_model(load_model(model_path), model_path, read_test_data(test_data_path))

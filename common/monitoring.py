@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +243,7 @@ def reference_scores(connection: Any, champion: DeployedVersion) -> list[Referen
         run_id, first = confirmed.run_id, confirmed.score
     elif first is None:
         first = ReferenceScore(
-            float(champion.metrics["f1"]), int(champion.metrics["rows"]), "the test data, scored when it was deployed"
+            champion.metrics.f1, int(champion.metrics.rows or 0), "the test data, scored when it was deployed"
         )
     return [first, *later_scores(connection, champion.version, run_id)]
 
@@ -289,7 +289,7 @@ def data_reference(
     if confirmed is not None:
         rows = np.flatnonzero(data.in_batches(confirmed.first_batch, confirmed.last_batch))
         return rows, f"the {rows.size} rows of run {confirmed.run_id}, where no challenger beat the serving model"
-    window = TrainingWindow.from_info(champion.model_info)
+    window = champion.model_info.training_window
     if window is None:
         mask = data.batch <= watermark
         return np.flatnonzero(mask), f"the {int(mask.sum())} rows ingested before"
@@ -659,7 +659,7 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
 
 def read_yardsticks(inputs: RunInputs, clock: StageClock) -> Yardsticks:
     """The test data and the rolling evaluation window of the serving model's lineage."""
-    window = TrainingWindow.from_info(inputs.champion.model_info)
+    window = inputs.champion.model_info.training_window
     held_out_from = window.held_out_from_batch if window else inputs.watermark + 1
     with clock.stage("test data"):
         test = read_test_data(inputs.config.test_data_path)
@@ -747,14 +747,14 @@ def train_candidates(
         folder = config.model_folder / CHALLENGER_FOLDER / window.name
         info = {
             **described,
-            "training_window": asdict(window),
+            "training_window": window,
             "held_out_recent_rows": held_out,
             "retrained_because": because,
         }
         fit_and_save(data.features(mask), data.labels(mask), info, config.model, folder, weights)
         metrics = score_loaded_model(load_model(folder / MODEL_FILE), folder / MODEL_FILE, test)
         write_scores(metrics, folder)
-        return window, folder, load_model(folder / MODEL_FILE), float(metrics["f1"])
+        return window, folder, load_model(folder / MODEL_FILE), metrics.f1
 
     # Two at a time, each numpy operation on one thread: half the time of one after the other on
     # two cores, where letting numpy's own threads compete for them is no faster than one fit at a time.

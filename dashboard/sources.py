@@ -132,7 +132,7 @@ class DashboardSources:
 
     def previous(self, served: Any, table: ClientTable) -> Comparison | None:
         """The version deployed before the serving one, on the same clients; None when it is gone."""
-        name = served.deployed.version_info.get("previous_version")
+        name = served.deployed.version_info.previous_version
         if not name:
             return None
         folder = self.config.deployment_folder / VERSIONS_FOLDER / name

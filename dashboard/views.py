@@ -146,6 +146,7 @@ def overview() -> str:
         "overview.html",
         page="overview",
         serving=serving,
+        model_version=served.version if served else None,
         version=served.deployed.version_info if served else None,
         metrics=served.deployed.metrics if served else None,
         recent=sources().recent_window(served.version) if served else None,
@@ -362,10 +363,10 @@ def reference_batches(run: dict[str, Any], runs: list[dict[str, Any]], served: A
         earlier = next((r for r in runs if r["id"] == int(named.group(1))), None)
         if earlier and earlier.get("first_batch") and earlier.get("last_batch"):
             return int(earlier["first_batch"]), int(earlier["last_batch"])
-    window = served.deployed.model_info.get("training_window") if served is not None else None
+    window = served.deployed.model_info.training_window if served is not None else None
     version_matches = served is not None and run.get("model_version_before") == served.version
-    if version_matches and isinstance(window, dict) and window.get("first_batch") and window.get("last_batch"):
-        return int(window["first_batch"]), int(window["last_batch"])
+    if version_matches and window is not None and window.first_batch and window.last_batch:
+        return window.first_batch, window.last_batch
     if run.get("first_batch") and int(run["first_batch"]) > 1:
         return 1, int(run["first_batch"]) - 1
     return None

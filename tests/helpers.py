@@ -14,7 +14,7 @@ from common.artifacts import MODEL_FILE
 from common.config import Config, ModelSettings
 from common.evaluation import score_model
 from common.files import sha256_file
-from deployment import publish_deployment
+from deployment import Publication, publish_deployment
 from generate_data import format_csv, generate_clients, rows_of
 from scoring import write_scores
 from training import train_from_folder
@@ -54,7 +54,7 @@ def train_and_score(config: Config, C: float = 1.0) -> str:
     return sha256_file(config.model_folder / MODEL_FILE)
 
 
-def deploy(config: Config) -> dict:
+def deploy(config: Config) -> Publication:
     return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
 
 

@@ -412,7 +412,9 @@ def test_a_version_that_will_not_load_leaves_the_previous_one_serving(client, de
     (deployed.deployment_folder / VERSIONS_FOLDER / "v0002" / MODEL_FILE).write_bytes(b"damaged")
     health = client.get("/health").get_json()
     assert (health["status"], health["model_version"], health["deployed_version"]) == ("degraded", "v0001", "v0002")
-    assert health["load_error"] == "versions/v0002/trainedmodel.pkl is not the model its metrics.json describes"
+    assert health["load_error"] == (
+        "versions/v0002: metrics.json holds the scores of another model; run scoring.py after training.py"
+    )
     assert predict_json(client, {"records": [RECORD]}).get_json()["model_version"] == "v0001"
     assert client.get("/version").get_json()["deployed_version"] == "v0002"
 

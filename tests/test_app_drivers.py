@@ -10,11 +10,12 @@ import pytest
 from scipy.special import logit
 
 from app import create_app
-from common.artifacts import MODEL_FILE, MODEL_INFO_FILE, current_version_folder, load_model, read_json_file, save_model
+from common.artifacts import MODEL_FILE, MODEL_INFO_FILE, current_version_folder, load_model, save_model
 from common.batches import read_ingested_data
 from common.config import Config
 from common.evaluation import score_model
 from common.imports import sklearn_without_pandas
+from common.records import read_model_info
 from common.schema import FEATURES, ID_COLUMN, TARGET
 from scoring import write_scores
 from tests.helpers import deploy, latest_active_rows
@@ -97,7 +98,7 @@ def deploy_plain_logistic_regression(config: Config) -> None:
     """Deploy, as v0002, a plain LogisticRegression on the raw counts: a model of another shape."""
     data = read_ingested_data(config.output_folder)
     model = LogisticRegression(max_iter=1000).fit(data.features(), data.labels())
-    save_model(model, read_json_file(config.model_folder / MODEL_INFO_FILE, "model info"), config.model_folder)
+    save_model(model, read_model_info(config.model_folder / MODEL_INFO_FILE), config.model_folder)
     write_scores(score_model(config.model_folder / MODEL_FILE, config.test_data_path), config.model_folder)
     deploy(config)
 

@@ -82,7 +82,7 @@ def test_the_course_steps_run_with_no_arguments_and_return_classic_values(classi
     assert float((classic.model_folder / LATEST_SCORE_FILE).read_text()) == f1
     for name in (MODEL_FILE, LATEST_SCORE_FILE, INGESTED_FILES):  # the three files the rubric names
         assert (classic.deployment_folder / name).is_file(), name
-    assert answers["deployed"]["version"] == "v0001"
+    assert answers["deployed"].version == "v0001"
 
     batch = read_feature_file(classic.test_data_path / "testdata.csv")
     deployed_model = load_model(current_version_folder(classic.deployment_folder) / MODEL_FILE)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from common.config import CONFIG_ENV_VAR, load_config
+from common.config import CONFIG_ENV_VAR, dump_config, load_config
 from common.errors import PipelineError
 from tests.helpers import PROJECT_ROOT, write_config
 
@@ -101,3 +101,28 @@ def test_history_and_log_default_to_the_model_folder_and_follow_the_url(tmp_path
     assert moved.monitoring.min_gain == 0
     absolute = load_config(write_config(tmp_path, monitoring={"history_url": f"sqlite:///{tmp_path}/abs.db"}))
     assert absolute.history_path == tmp_path / "abs.db"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {
+            "model": {"C": 0.5, "decision_threshold": 0.4, "class_weight": "balanced"},
+            "api": {"max_rows": 10},
+            "reporting": {"top_clients": 5},
+            "diagnostics": {"timing_runs": 2},
+            "monitoring": {
+                "candidate_windows": ["recent", "all"],
+                "webhooks": ["http://127.0.0.1:9/hook"],
+                "history_url": "sqlite:///runs/history.sqlite",
+                "retrain_on": "model_drift",
+            },
+        },
+    ],
+    ids=["defaults", "every section"],
+)
+def test_a_dumped_config_loads_back_the_same(tmp_path, overrides):
+    config = load_config(write_config(tmp_path, **overrides))
+    config.path.write_text(dump_config(config))
+    assert load_config(config.path) == config

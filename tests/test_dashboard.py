@@ -99,7 +99,7 @@ def test_the_overview_shows_version_scores_health_last_run_and_risk(client, depl
     page = client.get("/dashboard/").get_data(as_text=True)
     deployed_version = load_deployed_version(current_version_folder(deployed.deployment_folder))
     assert "v0001" in page and ">ok<" in page
-    assert f"{deployed_version.metrics['f1']:.3f}" in page and f"{deployed_version.metrics['roc_auc']:.3f}" in page
+    assert f"{deployed_version.metrics.f1:.3f}" in page and f"{deployed_version.metrics.roc_auc:.3f}" in page
     assert "Decision number 2 in one sentence." in page and "no new data" in page
     ids, features = active_clients(deployed)
     probabilities = deployed_version.model.predict_proba(features)[:, 1]

@@ -67,7 +67,7 @@ def assert_whole_version(root, model_hash: str | None = None) -> str:
 def test_first_deployment_publishes_one_whole_version_with_classic_paths(trained):
     info = deploy(trained)
     root = trained.deployment_folder
-    assert info["version"] == "v0001" and info["previous_version"] is None
+    assert info.version == "v0001" and info.info.previous_version is None
     assert assert_whole_version(root, sha256_file(trained.model_folder / MODEL_FILE)) == "v0001"
     assert (root / INGESTED_FILES).read_text() == (trained.output_folder / INGESTED_FILES).read_text()
     assert (root / INGESTED_RECORD).read_text() == (trained.output_folder / INGESTED_RECORD).read_text()
@@ -88,8 +88,8 @@ def test_the_model_that_serves_is_not_published_again(trained):
     train_and_score(trained, C=0.01)
     deploy(trained)
     again = deploy(trained)  # the same model and data: no copy that would push v0001 out
-    assert again["version"] == "v0002" and again["unchanged"]
-    assert list_versions(trained.deployment_folder) == ["v0001", "v0002"] and first["version"] == "v0001"
+    assert again.version == "v0002" and again.unchanged
+    assert list_versions(trained.deployment_folder) == ["v0001", "v0002"] and first.version == "v0001"
 
 
 def test_rollback_restores_the_version_that_served_before(trained):
@@ -161,7 +161,7 @@ def test_ingestion_after_training_is_refused_until_retrained(trained):
     with pytest.raises(PipelineError, match="ingestedfiles.txt has changed since the model was trained"):
         deploy(trained)
     train_and_score(trained)
-    assert deploy(trained)["version"] == "v0001"
+    assert deploy(trained).version == "v0001"
 
 
 def test_a_file_edited_in_place_after_training_is_refused_though_the_names_are_the_same(trained):
@@ -257,5 +257,5 @@ def test_kill_9_mid_deployment_leaves_a_whole_version_and_the_next_run_completes
     assert assert_whole_version(root, first_hash if serving == "v0001" else second_hash) == serving
 
     info = deploy(trained)
-    assert assert_whole_version(root, second_hash) == info["version"]
+    assert assert_whole_version(root, second_hash) == info.version
     assert not [entry.name for entry in (root / VERSIONS_FOLDER).iterdir() if entry.name.startswith(".")]

@@ -177,8 +177,8 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert (models / PLOT_AFTER_DEPLOYMENT).stat().st_mtime_ns > plot_before
     assert (models / REPORT_FILE).stat().st_mtime_ns > report_before
     served = load_deployed_version(current_version_folder(config.deployment_folder))
-    assert served.model_info["held_out_recent_rows"] > 0
-    assert served.model_info["training_window"]["name"] == "recent"
+    assert served.model_info.held_out_recent_rows > 0
+    assert served.model_info.training_window.name == "recent"
     assert "batch_drift.csv" in (served.folder / "ingestedfiles.txt").read_text()
 
     # 6. A file edited in place counts as new.

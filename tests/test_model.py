@@ -14,6 +14,7 @@ from common.config import ModelSettings, load_config
 from common.errors import PipelineError
 from common.evaluation import score_model
 from common.files import sha256_file
+from common.records import read_model_info, record_to_json
 from common.schema import FEATURES, read_labelled_data
 from ingestion import ingest_folder
 from scoring import write_scores
@@ -81,7 +82,7 @@ def test_training_saves_model_with_metadata(project):
     ingest_folder(project.input_folder, project.output_folder)
     info = train_from_folder(project.output_folder, project.model_folder, project.model)
     saved = json.loads((project.model_folder / MODEL_INFO_FILE).read_text())
-    assert saved == info
+    assert saved == record_to_json(info) and read_model_info(project.model_folder / MODEL_INFO_FILE) == info
     assert saved["features"] == list(FEATURES)
     assert saved["training_rows"] == 1000
     assert saved["training_data_sha256"] == sha256_file(project.output_folder / FINAL_DATA)
@@ -126,7 +127,7 @@ def test_scoring_writes_bare_f1_and_all_metrics(project):
     train_from_folder(project.output_folder, project.model_folder, project.model)
     metrics = score_model(project.model_folder / MODEL_FILE, project.test_data_path)
     write_scores(metrics, project.model_folder)
-    assert float((project.model_folder / LATEST_SCORE_FILE).read_text()) == metrics["f1"]
+    assert float((project.model_folder / LATEST_SCORE_FILE).read_text()) == metrics.f1
     stored = json.loads((project.model_folder / METRICS_FILE).read_text())
     assert {"f1", "precision", "recall", "roc_auc", "confusion", "brier_score", "model_sha256"} <= set(stored)
     confusion = stored["confusion"]
@@ -142,7 +143,7 @@ def test_scoring_one_class_test_data_reports_auc_as_undefined(project):
     lines = one_class.read_text().splitlines()
     one_class.write_text("\n".join([lines[0], *[line for line in lines[1:] if line.endswith(",0")]]) + "\n")
     metrics = score_model(project.model_folder / MODEL_FILE, project.test_data_path)
-    assert metrics["roc_auc"] is None and metrics["exit_rate"] == 0
+    assert metrics.roc_auc is None and metrics.exit_rate == 0
 
 
 @pytest.mark.parametrize(

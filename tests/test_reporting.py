@@ -35,6 +35,7 @@ from common.drivers import explain_clients
 from common.errors import PipelineError
 from common.files import find_test_files, write_text_atomic
 from common.history import open_history, save_run, start_run
+from common.records import Confusion
 from common.schema import FEATURES, read_labelled_data
 from tests.helpers import run_script, write_config
 from training import LinearRiskModel
@@ -119,7 +120,7 @@ def test_report_shows_every_section_with_the_deployed_models_figures(diagnosed):
     assert "is not in diagnostics.json" not in text, "every section has its figures"
     metrics = result["metrics"]
     for key in ("precision", "recall", "roc_auc", "accuracy"):
-        assert f"{metrics[key]:.4f}" in text, key
+        assert f"{getattr(metrics, key):.4f}" in text, key
     month = stored["summary_statistics"]["columns"]["lastmonth_activity"]
     assert f"{month['mean']:,.2f}" in text and f"{month['max']:,.0f}" in text
     assert "1,000 " in text  # rows of the source files, in the missing-data table
@@ -207,9 +208,7 @@ def test_rank_clients_keeps_each_corporations_last_row_and_active_clients_only(d
 
 
 def test_confusion_matrix_plot_is_written_under_the_given_name(tmp_path):
-    target = reporting.plot_confusion_matrix(
-        {"tn": 1958, "fp": 302, "fn": 260, "tp": 480}, "v0042", tmp_path / "cm.png"
-    )
+    target = reporting.plot_confusion_matrix(Confusion(tn=1958, fp=302, fn=260, tp=480), "v0042", tmp_path / "cm.png")
     assert target == tmp_path / "cm.png"
     assert png_size(target)[0] >= 600
     assert temp_files(tmp_path) == []

@@ -245,7 +245,7 @@ def test_fullprocess_on_unlabelled_files_estimates_f1_tests_data_drift_and_never
     for candidate in run["candidates"]:
         assert candidate["rows"] <= labelled_rows
     assert "retraining on the labelled rows: data drift" in shifted.stderr
-    assert training_rows_before["training_rows"] <= labelled_rows
+    assert training_rows_before.training_rows <= labelled_rows
 
 
 @pytest.mark.slow

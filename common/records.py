@@ -1,0 +1,260 @@
+"""The JSON records the stages hand to each other, typed: ``metrics.json``, ``trainedmodel.json``, ``version.json``.
+
+Each has one reader and one writer here. The files on disk keep the layout earlier versions
+wrote, so their folders keep loading: a reader ignores keys it does not know, and a key older
+versions did not write reads as None.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common.errors import PipelineError
+from common.files import write_text_atomic
+
+Record = TypeVar("Record")
+
+# A key that writers only sometimes add is left out of the file when it is None, as before.
+OMITTED_WHEN_NONE = {"omit_when_none": True}
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """Which ingested rows a model was trained on, as its ``trainedmodel.json`` records it."""
+
+    name: str  # "all", "recent" or "weighted"
+    first_batch: int
+    last_batch: int
+    rows: int
+    # Rows held out to judge models come from batches from this one on; earlier ones were all trained on.
+    held_out_from_batch: int
+    half_life: float | None = None  # "weighted": weights halve every half_life batches or days
+    half_life_unit: str | None = None
+
+    def describe(self) -> str:
+        span = (
+            f"batch {self.first_batch}"
+            if self.first_batch == self.last_batch
+            else (f"batches {self.first_batch}-{self.last_batch}")
+        )
+        if self.name == "weighted":
+            return f"all rows weighted by recency (halving every {self.half_life:g} {self.half_life_unit}), {span}"
+        return f"{'all rows' if self.name == 'all' else 'recent rows'}, {span} ({self.rows} rows)"
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Counts of true negatives, false positives, false negatives and true positives."""
+
+    tn: int
+    fp: int
+    fn: int
+    tp: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metrics:
+    """``metrics.json``: a model's scores on the test data, and which model and test data they belong to."""
+
+    f1: float
+    precision: float | None = None
+    recall: float | None = None
+    roc_auc: float | None = None  # undefined when the test data holds one class
+    accuracy: float | None = None
+    brier_score: float | None = None
+    log_loss: float | None = None
+    confusion: Confusion | None = None
+    rows: int | None = None
+    exit_rate: float | None = None
+    mean_predicted_risk: float | None = None
+    scored_at: str | None = None
+    model: str | None = None
+    model_sha256: str | None = None
+    test_data: list[str] = field(default_factory=list)
+    test_data_sha256: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The model settings a model was trained with."""
+
+    C: float | None = None
+    max_iter: int | None = None
+    class_weight: str | None = None
+    decision_threshold: str | float | None = None  # "f1" or a fixed threshold
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """``trainedmodel.json``: how and on what data a model was trained."""
+
+    trained_at: str | None = None
+    model: str | None = None
+    features: list[str] = field(default_factory=list)
+    target: str | None = None
+    decision_threshold: float | None = None
+    coefficients: dict[str, float] = field(default_factory=dict)
+    intercept: float | None = None
+    settings: TrainingSettings = field(default_factory=TrainingSettings)
+    training_data: str | None = None
+    training_data_sha256: str | None = None
+    ingested_files_sha256: str | None = None
+    ingested_record_sha256: str | None = None
+    training_window: TrainingWindow | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    held_out_recent_rows: int | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    retrained_because: str | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    training_rows: int | None = None
+    training_exit_rate: float | None = None
+    fit_seconds: float | None = None
+    python: str | None = None
+    libraries: dict[str, str] = field(default_factory=dict)
+    model_sha256: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VersionInfo:
+    """``version.json``: when and after what a version was deployed. All None: its details are unknown."""
+
+    version: str | None = None
+    deployed_at: str | None = None
+    previous_version: str | None = None
+    model_sha256: str | None = None
+    f1: float | None = None
+    roc_auc: float | None = None
+    trained_at: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def read_metrics(path: Path) -> Metrics:
+    """Read ``metrics.json``; raise PipelineError naming the file when it is missing, unreadable or malformed."""
+    return read_record(path, Metrics, "scores")
+
+
+def write_metrics(path: Path, metrics: Metrics) -> Path:
+    """Write ``metrics.json`` atomically."""
+    return write_record(path, metrics)
+
+
+def read_model_info(path: Path) -> ModelInfo:
+    """Read ``trainedmodel.json``; raise PipelineError naming the file when it is missing, unreadable or malformed."""
+    return read_record(path, ModelInfo, "model metadata")
+
+
+def write_model_info(path: Path, info: ModelInfo) -> Path:
+    """Write ``trainedmodel.json`` atomically."""
+    return write_record(path, info)
+
+
+def read_version_info(path: Path) -> VersionInfo:
+    """Read ``version.json``; raise PipelineError naming the file when it is missing, unreadable or malformed."""
+    return read_record(path, VersionInfo, "version record")
+
+
+def write_version_info(path: Path, info: VersionInfo) -> Path:
+    """Write ``version.json`` atomically."""
+    return write_record(path, info)
+
+
+# ---------------------------------------------------------------- JSON <-> records
+
+
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """Read a JSON object written by a stage; raise PipelineError naming the file and the stage to run."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{what} {path} cannot be read ({exc})") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{what} {path} does not hold a JSON object")
+    return data
+
+
+def read_record(path: Path, kind: type[Record], what: str) -> Record:
+    """A record of type ``kind`` (``what`` says it in words) from the JSON object at ``path``."""
+    data = read_json_file(path, what)
+    try:
+        return record_from_json(kind, data)
+    except ValueError as exc:
+        raise PipelineError(f"{what} {path}: {exc}") from None
+
+
+def write_record(path: Path, record: object) -> Path:
+    """Write a record as indented JSON, atomically; return ``path``."""
+    return write_text_atomic(Path(path), json.dumps(record_to_json(record), indent=2) + "\n")
+
+
+def record_to_json(record: Any) -> dict[str, Any]:
+    """A record as the JSON object its file holds."""
+    return {
+        item.name: _value_to_json(getattr(record, item.name))
+        for item in fields(record)
+        if not (item.metadata.get("omit_when_none") and getattr(record, item.name) is None)
+    }
+
+
+def _value_to_json(value: Any) -> Any:
+    return record_to_json(value) if is_dataclass(value) else value
+
+
+def record_from_json(kind: type[Record], data: Any) -> Record:
+    """A record of type ``kind`` from a JSON object; ValueError naming the field that is missing or of a wrong type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    hints = typing.get_type_hints(kind)
+    values = {}
+    for item in fields(kind):  # type: ignore[arg-type]
+        if item.name not in data or (data[item.name] is None and _allows_none(hints[item.name])):
+            if item.default is MISSING and item.default_factory is MISSING:
+                raise ValueError(f"field {item.name!r} is missing")
+            continue
+        try:
+            values[item.name] = _convert(hints[item.name], data[item.name])
+        except ValueError as exc:
+            raise ValueError(f"field {item.name!r}: {exc}") from None
+    return kind(**values)
+
+
+def _allows_none(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in hint.__args__
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    """``value`` as the type ``hint`` names; ValueError when it is not one."""
+    if isinstance(hint, types.UnionType):
+        arms = [arm for arm in hint.__args__ if arm is not type(None)]
+        if value is None and len(arms) < len(hint.__args__):
+            return None
+        if len(arms) == 1:
+            return _convert(arms[0], value)
+        for arm in arms:
+            try:
+                return _convert(arm, value)
+            except ValueError:
+                pass
+        expected = " or ".join(arm.__name__ for arm in arms)
+        raise ValueError(f"expected {expected}, found {type(value).__name__}")
+    if isinstance(hint, type) and is_dataclass(hint):
+        return record_from_json(hint, value)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, found {type(value).__name__}")
+        return [_convert(item_type, item) for item in value]
+    if origin is dict:
+        _, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected an object, found {type(value).__name__}")
+        return {str(key): _convert(value_type, item) for key, item in value.items()}
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ValueError(f"expected {getattr(hint, '__name__', hint)}, found {type(value).__name__}")

@@ -1,0 +1,201 @@
+"""The typed records of metrics.json, trainedmodel.json and version.json: reading, writing, and older files."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from common.artifacts import read_deployment_details
+from common.errors import PipelineError
+from common.records import (
+    Confusion,
+    Metrics,
+    ModelInfo,
+    TrainingWindow,
+    VersionInfo,
+    read_metrics,
+    read_model_info,
+    read_version_info,
+    write_metrics,
+    write_model_info,
+    write_version_info,
+)
+
+# As the stages wrote them before the records were typed (paths shortened): they must keep loading.
+METRICS_JSON = """\
+{
+  "f1": 0.627178,
+  "precision": 0.625,
+  "recall": 0.629371,
+  "roc_auc": 0.856849,
+  "accuracy": 0.786,
+  "brier_score": 0.129787,
+  "log_loss": 0.404684,
+  "confusion": {
+    "tn": 303,
+    "fp": 54,
+    "fn": 53,
+    "tp": 90
+  },
+  "rows": 500,
+  "exit_rate": 0.286,
+  "mean_predicted_risk": 0.256447,
+  "scored_at": "2026-11-23T12:43:17Z",
+  "model": "/srv/risk/models/trainedmodel.pkl",
+  "model_sha256": "827077f4bde8ce0864407d2402053f90e6826c950543a95a6fcdc61afdc66807",
+  "test_data": [
+    "/srv/risk/testdata/testdata.csv"
+  ],
+  "test_data_sha256": {
+    "testdata.csv": "8b9715a4a63e1c676090740569d2d2d8e4f9086e9b9bb7dc23e60c1e3e5cc963"
+  }
+}
+"""
+
+MODEL_INFO_JSON = """\
+{
+  "trained_at": "2026-11-23T12:43:17Z",
+  "model": "LogisticRegression on log1p-scaled, standardised counts",
+  "features": [
+    "lastmonth_activity",
+    "lastyear_activity",
+    "number_of_employees"
+  ],
+  "target": "exited",
+  "decision_threshold": 0.302427,
+  "coefficients": {
+    "lastmonth_activity": -1.352114,
+    "lastyear_activity": -0.727617,
+    "number_of_employees": 0.777796
+  },
+  "intercept": -1.319085,
+  "settings": {
+    "C": 1.0,
+    "max_iter": 1000,
+    "class_weight": null,
+    "decision_threshold": "f1"
+  },
+  "training_data": "/srv/risk/ingesteddata/finaldata.csv",
+  "training_data_sha256": "5468eeb7dcf648963209c832dfa7296e4995d49d53a5ef3f2b194e5fec143c13",
+  "ingested_files_sha256": "4de91fba9a99108701840d92ecfa18089b99e75b138e49409da7eb13033ce431",
+  "ingested_record_sha256": "ab22498dd92122902e43e685352b147c0d7ad77ee00330f585b7147315a4d204",
+  "training_window": {
+    "name": "all",
+    "first_batch": 1,
+    "last_batch": 1,
+    "rows": 1000,
+    "held_out_from_batch": 2,
+    "half_life": null,
+    "half_life_unit": null
+  },
+  "training_rows": 1000,
+  "training_exit_rate": 0.268,
+  "fit_seconds": 0.007,
+  "python": "3.11.7",
+  "libraries": {
+    "numpy": "2.4.6",
+    "pyarrow": "26.0.1",
+    "scikit-learn": "1.9.1",
+    "scipy": "1.17.1"
+  },
+  "model_sha256": "827077f4bde8ce0864407d2402053f90e6826c950543a95a6fcdc61afdc66807"
+}
+"""
+
+VERSION_INFO_JSON = """\
+{
+  "version": "v0001",
+  "deployed_at": "2026-11-23T12:43:17Z",
+  "previous_version": null,
+  "model_sha256": "827077f4bde8ce0864407d2402053f90e6826c950543a95a6fcdc61afdc66807",
+  "f1": 0.627178,
+  "roc_auc": 0.856849,
+  "trained_at": "2026-11-23T12:43:17Z",
+  "sources": {
+    "trainedmodel.pkl": "/srv/risk/models/trainedmodel.pkl",
+    "trainedmodel.json": "/srv/risk/models/trainedmodel.json",
+    "latestscore.txt": "/srv/risk/models/latestscore.txt",
+    "metrics.json": "/srv/risk/models/metrics.json",
+    "ingestedfiles.txt": "/srv/risk/ingesteddata/ingestedfiles.txt",
+    "ingestedfiles.json": "/srv/risk/ingesteddata/ingestedfiles.json"
+  }
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "read", "write"),
+    [
+        (METRICS_JSON, read_metrics, write_metrics),
+        (MODEL_INFO_JSON, read_model_info, write_model_info),
+        (VERSION_INFO_JSON, read_version_info, write_version_info),
+    ],
+    ids=["metrics", "model info", "version info"],
+)
+def test_files_written_before_read_back_and_are_written_the_same(tmp_path, text, read, write):
+    (tmp_path / "before.json").write_text(text)
+    record = read(tmp_path / "before.json")
+    write(tmp_path / "after.json", record)
+    assert (tmp_path / "after.json").read_text() == text
+
+
+def test_fields_read_as_typed_values(tmp_path):
+    (tmp_path / "metrics.json").write_text(METRICS_JSON)
+    (tmp_path / "trainedmodel.json").write_text(MODEL_INFO_JSON)
+    (tmp_path / "version.json").write_text(VERSION_INFO_JSON)
+    metrics = read_metrics(tmp_path / "metrics.json")
+    info = read_model_info(tmp_path / "trainedmodel.json")
+    version = read_version_info(tmp_path / "version.json")
+    assert isinstance(metrics.confusion, Confusion) and metrics.rows == sum(vars(metrics.confusion).values())
+    assert metrics.test_data_sha256 == {"testdata.csv": metrics.test_data_sha256["testdata.csv"]}
+    assert info.training_window == TrainingWindow("all", 1, 1, 1000, held_out_from_batch=2)
+    assert info.settings.decision_threshold == "f1" and info.retrained_because is None
+    assert version.version == "v0001" and version.previous_version is None and version.f1 == metrics.f1
+    assert version.model_sha256 == metrics.model_sha256 == info.model_sha256
+
+
+def test_extra_keys_are_ignored_and_keys_older_versions_lacked_read_as_none(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"f1": 0.5, "model_sha256": "abc", "written_by": "a later version"}))
+    assert read_metrics(path) == Metrics(f1=0.5, model_sha256="abc")
+    path = tmp_path / "trainedmodel.json"
+    path.write_text(json.dumps({"trained_at": "2024-01-01T00:00:00Z", "decision_threshold": 1}))
+    info = read_model_info(path)
+    assert info.decision_threshold == 1.0 and info.training_window is None and info.libraries == {}
+    assert "training_window" not in json.loads(write_model_info(path, info).read_text())
+
+
+def test_a_challenger_s_model_info_keeps_why_it_was_trained(tmp_path):
+    window = TrainingWindow("recent", 3, 5, 300, held_out_from_batch=6)
+    info = ModelInfo(training_window=window, held_out_recent_rows=40, retrained_because="model drift")
+    assert read_model_info(write_model_info(tmp_path / "trainedmodel.json", info)) == info
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "metrics.json does not exist"),
+        ("{not json", "metrics.json cannot be read"),
+        ("[1, 2]", "metrics.json does not hold a JSON object"),
+        ('{"precision": 0.5}', "metrics.json: field 'f1' is missing"),
+        ('{"f1": "high"}', "metrics.json: field 'f1': expected float, found str"),
+        ('{"f1": 0.5, "confusion": {"tn": 1}}', "metrics.json: field 'confusion': field 'fp' is missing"),
+        ('{"f1": 0.5, "test_data_sha256": {"a.csv": 3}}', "metrics.json: field 'test_data_sha256'"),
+        ('{"f1": 0.5, "rows": true}', "metrics.json: field 'rows'"),
+    ],
+)
+def test_a_bad_file_is_named_with_the_field_at_fault(tmp_path, content, message):
+    path = tmp_path / "metrics.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(PipelineError, match=message):
+        read_metrics(path)
+
+
+def test_a_damaged_version_record_reads_as_unknown_details(tmp_path, caplog):
+    (tmp_path / "version.json").write_text('{"version": "v0001", "f1": "damaged"')
+    with caplog.at_level(logging.WARNING):
+        assert read_deployment_details(tmp_path) == VersionInfo()
+    assert "deployment details are unknown" in caplog.text
