@@ -126,3 +126,19 @@ def test_a_dumped_config_loads_back_the_same(tmp_path, overrides):
     config = load_config(write_config(tmp_path, **overrides))
     config.path.write_text(dump_config(config))
     assert load_config(config.path) == config
+
+
+def test_a_config_with_a_database_source_and_no_folder_round_trips(tmp_path):
+    path = write_config(
+        tmp_path,
+        input_database_url="sqlite:///clients.sqlite",
+        input_database_table="client_activity",
+        input_database_watermark="id",
+    )
+    raw = json.loads(path.read_text())
+    del raw["input_folder_path"]
+    path.write_text(json.dumps(raw))
+    config = load_config(path)
+    assert config.input_folder is None and config.database is not None
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
