@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -369,6 +370,43 @@ def _read_monitoring_settings(raw: dict[str, Any], config_path: Path) -> Monitor
 SettingsT = TypeVar("SettingsT", bound="DataclassInstance")
 
 
+def _check_setting(value: Any, default: Any, rules: Mapping[str, Any], where: str) -> Any:
+    """A setting's value, checked against the type of its default and its field's rules; ``where`` names it."""
+    if isinstance(default, tuple):
+        return _check_list_setting(value, rules, where)
+    if isinstance(default, str):
+        if not isinstance(value, str) or not value.strip():
+            raise PipelineError(f"{where} must be a non-empty string")
+        if "choices" in rules and value not in rules["choices"]:
+            raise PipelineError(f"{where} must be one of {', '.join(rules['choices'])}, not {value!r}")
+        return value
+    return _check_number_setting(value, isinstance(default, int), rules, where)
+
+
+def _check_list_setting(value: Any, rules: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise PipelineError(f"{where} must be a list of non-empty strings")
+    wrong = [item for item in value if "choices" in rules and item not in rules["choices"]]
+    if wrong or ("choices" in rules and not value):
+        raise PipelineError(f"{where} must list some of {', '.join(rules['choices'])}, not {value!r}")
+    return tuple(dict.fromkeys(value))
+
+
+def _check_number_setting(value: Any, whole: bool, rules: Mapping[str, Any], where: str) -> int | float:
+    """A number: positive unless the rules give a ``min``, below a ``below``, whole when its default is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PipelineError(f"{where} must be a number, not {value!r}")
+    if "min" in rules and value < rules["min"]:
+        raise PipelineError(f"{where} must be at least {rules['min']}, not {value!r}")
+    if "min" not in rules and value <= 0:
+        raise PipelineError(f"{where} must be a positive number, not {value!r}")
+    if "below" in rules and value >= rules["below"]:
+        raise PipelineError(f"{where} must be below {rules['below']}, not {value!r}")
+    if whole and not isinstance(value, int):
+        raise PipelineError(f"{where} must be a whole number, not {value!r}")
+    return value
+
+
 def _read_settings(kind: type[SettingsT], raw: dict[str, Any], name: str, config_path: Path) -> SettingsT:
     """Fill a settings dataclass from the config section ``name``: types as the defaults', numbers positive.
 
@@ -381,32 +419,10 @@ def _read_settings(kind: type[SettingsT], raw: dict[str, Any], name: str, config
     unknown = sorted(set(section) - set(known))
     if unknown:
         raise PipelineError(f"config file {config_path}: unknown {name} settings {', '.join(unknown)}")
-    values: dict[str, Any] = {}
-    for key, value in section.items():
-        default = getattr(defaults, key)
-        rules = known[key].metadata
-        where = f"config file {config_path}: {name}.{key}"
-        if isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
-                raise PipelineError(f"{where} must be a list of non-empty strings")
-            wrong = [item for item in value if "choices" in rules and item not in rules["choices"]]
-            if wrong or ("choices" in rules and not value):
-                raise PipelineError(f"{where} must list some of {', '.join(rules['choices'])}, not {value!r}")
-            value = tuple(dict.fromkeys(value))
-        elif isinstance(default, str):
-            if not isinstance(value, str) or not value.strip():
-                raise PipelineError(f"{where} must be a non-empty string")
-            if "choices" in rules and value not in rules["choices"]:
-                raise PipelineError(f"{where} must be one of {', '.join(rules['choices'])}, not {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PipelineError(f"{where} must be a number, not {value!r}")
-        elif "min" in rules and value < rules["min"]:
-            raise PipelineError(f"{where} must be at least {rules['min']}, not {value!r}")
-        elif "min" not in rules and value <= 0:
-            raise PipelineError(f"{where} must be a positive number, not {value!r}")
-        elif "below" in rules and value >= rules["below"]:
-            raise PipelineError(f"{where} must be below {rules['below']}, not {value!r}")
-        elif isinstance(default, int) and not isinstance(value, int):
-            raise PipelineError(f"{where} must be a whole number, not {value!r}")
-        values[key] = value
+    values = {
+        key: _check_setting(
+            value, getattr(defaults, key), known[key].metadata, f"config file {config_path}: {name}.{key}"
+        )
+        for key, value in section.items()
+    }
     return kind(**values)
