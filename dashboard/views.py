@@ -241,16 +241,35 @@ def run_label(run: dict[str, Any]) -> str:
     return f"#{run['id']}"
 
 
-def health_charts(runs: list[dict[str, Any]]) -> list[tuple[Chart, list[str], list[list[str]]]]:
+ChartWithTable = tuple[Chart, list[str], list[list[str]]]
+
+
+def health_charts(runs: list[dict[str, Any]]) -> list[ChartWithTable]:
     """The charts of model health over the runs that saw new data (oldest first), each with its table."""
     labels = [run_label(run) for run in runs]
+    marks = deployment_marks(runs, labels)
+    drift = drift_chart(runs, labels, marks)
+    return [
+        f1_chart(runs, labels, marks),
+        *([drift] if drift is not None else []),
+        missing_chart(runs, labels),
+        duration_chart(runs, labels),
+    ]
+
+
+def deployment_marks(runs: list[dict[str, Any]], labels: list[str]) -> list[Mark]:
+    """A mark on each run that deployed, or that retrained and kept the champion."""
     marks = []
     for index, run in enumerate(runs):
         if run["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):
             marks.append(Mark(index, f"{labels[index]}: deployed {run.get('model_version_after') or ''}"))
         elif run.get("drift_trigger"):
             marks.append(Mark(index, f"{labels[index]}: retrained, champion kept", "mark-retrain"))
-    f1 = Chart(
+    return marks
+
+
+def f1_chart(runs: list[dict[str, Any]], labels: list[str], marks: list[Mark]) -> ChartWithTable:
+    chart = Chart(
         "F1 of the serving model on each new batch, against the drift threshold",
         labels,
         [
@@ -260,80 +279,68 @@ def health_charts(runs: list[dict[str, Any]]) -> list[tuple[Chart, list[str], li
         "F1",
         marks=marks,
     )
-    charts = [
-        (
-            f1,
-            ["Run", "Outcome", "F1 on new rows", "Drift threshold"],
-            [
-                [
-                    labels[i],
-                    run["outcome"],
-                    format_score(run.get("new_data_f1")),
-                    format_score(run.get("drift_threshold")),
-                ]
-                for i, run in enumerate(runs)
-            ],
-        )
+    rows = [
+        [labels[i], run["outcome"], format_score(run.get("new_data_f1")), format_score(run.get("drift_threshold"))]
+        for i, run in enumerate(runs)
     ]
+    return chart, ["Run", "Outcome", "F1 on new rows", "Drift threshold"], rows
+
+
+def drift_chart(runs: list[dict[str, Any]], labels: list[str], marks: list[Mark]) -> ChartWithTable | None:
+    """Each feature's drift statistic per run, against the latest test's threshold; None when no run tested any."""
     features = [name for name in FEATURES if any(r["feature"] == name for run in runs for r in run["feature_drift"])]
-    if features:
-        styles = ("series-a", "series-c", "series-d")
-        drift: dict[str, list[float | None]] = {name: [None] * len(runs) for name in features}
-        tests: dict[str, dict[str, Any]] = {}
-        for index, run in enumerate(runs):
-            for row in run["feature_drift"]:
-                if row["feature"] in drift:
-                    drift[row["feature"]][index] = compared_value(row)
-                    tests[row["feature"]] = row
-        latest = next(iter(tests.values()))
-        what = "p-value (KS test; drift below the threshold)" if latest["test"] == "ks" else "normalised distance"
-        charts.append(
-            (
-                Chart(
-                    f"Data drift per feature and run: {what}",
-                    labels,
-                    [Series(FEATURE_LABELS[name], drift[name], styles[j % 3]) for j, name in enumerate(features)],
-                    "p-value" if latest["test"] == "ks" else "distance",
-                    reference=(float(latest["threshold"]), "threshold"),
-                    marks=marks,
-                ),
-                ["Run", *[FEATURE_LABELS[name] for name in features]],
-                [[labels[i]] + [format_score(drift[name][i]) for name in features] for i in range(len(runs))],
-            )
-        )
+    if not features:
+        return None
+    styles = ("series-a", "series-c", "series-d")
+    drift: dict[str, list[float | None]] = {name: [None] * len(runs) for name in features}
+    tests: dict[str, dict[str, Any]] = {}
+    for index, run in enumerate(runs):
+        for row in run["feature_drift"]:
+            if row["feature"] in drift:
+                drift[row["feature"]][index] = compared_value(row)
+                tests[row["feature"]] = row
+    latest = next(iter(tests.values()))
+    what = "p-value (KS test; drift below the threshold)" if latest["test"] == "ks" else "normalised distance"
+    chart = Chart(
+        f"Data drift per feature and run: {what}",
+        labels,
+        [Series(FEATURE_LABELS[name], drift[name], styles[j % 3]) for j, name in enumerate(features)],
+        "p-value" if latest["test"] == "ks" else "distance",
+        reference=(float(latest["threshold"]), "threshold"),
+        marks=marks,
+    )
+    rows = [[labels[i]] + [format_score(drift[name][i]) for name in features] for i in range(len(runs))]
+    return chart, ["Run", *[FEATURE_LABELS[name] for name in features]], rows
+
+
+def missing_chart(runs: list[dict[str, Any]], labels: list[str]) -> ChartWithTable:
     missing = [run.get("missing_percent") for run in runs]
-    charts.append(
-        (
-            Chart(
-                "Missing cells in each batch's new files",
-                labels,
-                [Series("missing cells (%)", missing, "series-c")],
-                "%",
-                bars=True,
-            ),
-            ["Run", "Missing cells (%)"],
-            [[labels[i], format_number(value, 2)] for i, value in enumerate(missing)],
-        )
+    chart = Chart(
+        "Missing cells in each batch's new files",
+        labels,
+        [Series("missing cells (%)", missing, "series-c")],
+        "%",
+        bars=True,
     )
+    rows = [[labels[i], format_number(value, 2)] for i, value in enumerate(missing)]
+    return chart, ["Run", "Missing cells (%)"], rows
+
+
+def duration_chart(runs: list[dict[str, Any]], labels: list[str]) -> ChartWithTable:
     seconds = [run.get("seconds") for run in runs]
-    charts.append(
-        (
-            Chart(
-                "How long each monitoring run took",
-                labels,
-                [Series("seconds", seconds, "series-d")],
-                "seconds",
-                bars=True,
-                y_format="{:.1f}",
-            ),
-            ["Run", "Seconds", "Slowest stage"],
-            [
-                [labels[i], format_number(value, 1), slowest_stage(run.get("timings"))]
-                for i, (value, run) in enumerate(zip(seconds, runs, strict=True))
-            ],
-        )
+    chart = Chart(
+        "How long each monitoring run took",
+        labels,
+        [Series("seconds", seconds, "series-d")],
+        "seconds",
+        bars=True,
+        y_format="{:.1f}",
     )
-    return charts
+    rows = [
+        [labels[i], format_number(value, 1), slowest_stage(run.get("timings"))]
+        for i, (value, run) in enumerate(zip(seconds, runs, strict=True))
+    ]
+    return chart, ["Run", "Seconds", "Slowest stage"], rows
 
 
 def slowest_stage(timings: Any) -> str:
