@@ -586,32 +586,8 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
     settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
     rows = features.shape[0]
     with clock.stage("performance estimate"):
-        probabilities = champion.model.predict_proba(features)[:, 1]
-        predicted = champion.model.predict(features)
-        estimate = estimate_performance(probabilities, predicted)
-        yardstick = check_model_drift(
-            estimate.f1,
-            expected_shares(probabilities, predicted),
-            rows,
-            reference_scores(inputs.connection, champion),
-            settings,
-        )
+        estimate, low_estimate = estimate_unlabelled_performance(inputs, features)
     assessment = Assessment(KEPT, "", inputs.watermark + 1, data.latest_batch, rows, estimate=estimate, unlabelled=True)
-    log.info(
-        "%d unlabelled row(s): F1 estimated from the probabilities alone %.4f (%.4f-%.4f); no outcomes, so no "
-        "model-drift test",
-        rows,
-        estimate.f1,
-        estimate.f1_low,
-        estimate.f1_high,
-    )
-    low_estimate = ""
-    if yardstick.drifted:
-        low_estimate = (
-            f"; the estimated F1 {estimate.f1:.4f} is below the model-drift threshold {yardstick.threshold:.4f}: "
-            "check the model once these clients' outcomes arrive"
-        )
-        log.warning("%s", low_estimate.removeprefix("; ").capitalize())
     if rows < settings.min_new_rows:
         log.info("%d unlabelled row(s): too few to test for data drift", rows)
         assessment.decision = (
@@ -655,6 +631,38 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         f"({estimate.f1_low:.4f}-{estimate.f1_high:.4f}){low_estimate}; kept {champion.version}"
     )
     return assessment
+
+
+def estimate_unlabelled_performance(inputs: RunInputs, features: np.ndarray) -> tuple[PerformanceEstimate, str]:
+    """The serving model's F1 estimated from its probabilities alone, and a warning (or "") when that estimate
+    falls below the model-drift threshold."""
+    champion, rows = inputs.champion, features.shape[0]
+    probabilities = champion.model.predict_proba(features)[:, 1]
+    predicted = champion.model.predict(features)
+    estimate = estimate_performance(probabilities, predicted)
+    yardstick = check_model_drift(
+        estimate.f1,
+        expected_shares(probabilities, predicted),
+        rows,
+        reference_scores(inputs.connection, champion),
+        inputs.config.monitoring,
+    )
+    log.info(
+        "%d unlabelled row(s): F1 estimated from the probabilities alone %.4f (%.4f-%.4f); no outcomes, so no "
+        "model-drift test",
+        rows,
+        estimate.f1,
+        estimate.f1_low,
+        estimate.f1_high,
+    )
+    if not yardstick.drifted:
+        return estimate, ""
+    low_estimate = (
+        f"; the estimated F1 {estimate.f1:.4f} is below the model-drift threshold {yardstick.threshold:.4f}: "
+        "check the model once these clients' outcomes arrive"
+    )
+    log.warning("%s", low_estimate.removeprefix("; ").capitalize())
+    return estimate, low_estimate
 
 
 def read_yardsticks(inputs: RunInputs, clock: StageClock) -> Yardsticks:
