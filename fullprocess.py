@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Only light modules at the top: a run that finds nothing new must not pay for numpy, pyarrow,
 # pandas or scikit-learn. The stages and the statistics are imported once there is work.
@@ -95,6 +95,9 @@ from common.history import (
 from common.logs import add_log_file, setup_logging
 from common.stages import StageClock, StageFailed
 from common.timings import record_stage_timings
+
+if TYPE_CHECKING:  # imported where used: a run with nothing new imports no data-science library
+    from common.monitoring import Assessment
 
 log = logging.getLogger("fullprocess")
 
@@ -338,7 +341,6 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     """
     from common.batches import read_ingested_data
     from common.monitoring import RunInputs, assess, assess_unlabelled
-    from deployment import publish_deployment
     from ingestion import ingest_folder
 
     clock = record.clock
@@ -383,24 +385,31 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
         "deployed_f1": champion.metrics.f1,
         **assessment.history_fields(),
     }
-    serving = champion.version
-    if assessment.deploy_folder is not None:
-        with clock.stage("deployment"):
-            info = publish_deployment(
-                assessment.deploy_folder, config.output_folder, config.deployment_folder, config.keep_versions
-            )
-            adopt_challenger(assessment.deploy_folder, config.model_folder)
-        serving = info.version
-        fields.update(
-            outcome=DEPLOYED,
-            model_version_after=serving,
-            decision=assessment.decision.replace("challenger deployed", f"challenger deployed as {serving}", 1),
-        )
+    serving = deploy_winner(config, clock, assessment, fields) or champion.version
     if assessment.window is not None:
         write_text_atomic(
             config.model_folder / EVALUATION_WINDOW_FILE, json.dumps(assessment.window.to_json(serving), indent=2)
         )
     return fields
+
+
+def deploy_winner(config: Config, clock: StageClock, assessment: Assessment, fields: dict[str, Any]) -> str | None:
+    """Publish the challenger the gate chose, if any, noting it in ``fields``; return the version it became."""
+    from deployment import publish_deployment
+
+    if assessment.deploy_folder is None:
+        return None
+    with clock.stage("deployment"):
+        info = publish_deployment(
+            assessment.deploy_folder, config.output_folder, config.deployment_folder, config.keep_versions
+        )
+        adopt_challenger(assessment.deploy_folder, config.model_folder)
+    fields.update(
+        outcome=DEPLOYED,
+        model_version_after=info.version,
+        decision=assessment.decision.replace("challenger deployed", f"challenger deployed as {info.version}", 1),
+    )
+    return str(info.version)
 
 
 def mark_rejected(record: RunRecord, rejected: dict[str, str]) -> int:
