@@ -72,78 +72,110 @@ def tick_format(chart: Chart, low: float, high: float) -> str:
     return f"{{:.{digits}f}}"
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Where a chart's values land on the drawing: the value range and the width of one label's slot."""
+
+    low: float
+    high: float
+    step: float
+
+    @property
+    def plot_height(self) -> float:
+        return HEIGHT - TOP - BOTTOM
+
+    def x_at(self, index: int) -> float:
+        return LEFT + self.step * (index + 0.5)
+
+    def y_at(self, value: float) -> float:
+        return TOP + self.plot_height * (1 - (value - self.low) / (self.high - self.low))
+
+
 def render_chart(chart: Chart) -> Markup:
     """The chart as inline SVG markup (role img, labelled by its title)."""
-    count = max(len(chart.labels), 1)
     low, high = y_range(chart)
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    step = plot_w / count
-    ticks = tick_format(chart, low, high)
-
-    def x_at(index: int) -> float:
-        return LEFT + step * (index + 0.5)
-
-    def y_at(value: float) -> float:
-        return TOP + plot_h * (1 - (value - low) / (high - low))
-
+    frame = Frame(low, high, (WIDTH - LEFT - RIGHT) / max(len(chart.labels), 1))
     title_id = f"chart-{abs(hash(chart.title)) % 10**8}"
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="{title_id}" '
-        f'preserveAspectRatio="xMidYMid meet"><title id="{title_id}">{escape(chart.title)}</title>'
+        f'preserveAspectRatio="xMidYMid meet"><title id="{title_id}">{escape(chart.title)}</title>',
+        *draw_axes(chart, frame),
+        *draw_marks(chart, frame),
     ]
+    for number, series in enumerate(chart.series):
+        parts += draw_series(chart, frame, series, number)
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def draw_axes(chart: Chart, frame: Frame) -> list[str]:
+    """Grid lines with their values, every n-th label under the slots, and the y axis's name."""
+    ticks = tick_format(chart, frame.low, frame.high)
+    parts = []
     for tick in range(5):
-        level = low + (high - low) * tick / 4
-        y = y_at(level)
+        level = frame.low + (frame.high - frame.low) * tick / 4
+        y = frame.y_at(level)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(
             f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{ticks.format(level)}</text>'
         )
-    every = max(1, math.ceil(count / 10))
+    every = max(1, math.ceil(len(chart.labels) / 10))
     for index, label in enumerate(chart.labels):
         if index % every == 0:
             parts.append(
-                f'<text class="tick" x="{x_at(index):.1f}" y="{HEIGHT - BOTTOM + 16}" '
+                f'<text class="tick" x="{frame.x_at(index):.1f}" y="{HEIGHT - BOTTOM + 16}" '
                 f'text-anchor="middle">{escape(label)}</text>'
             )
+    middle = TOP + frame.plot_height / 2
     parts.append(
-        f'<text class="axis" x="12" y="{TOP + plot_h / 2:.1f}" transform="rotate(-90 12 {TOP + plot_h / 2:.1f})" '
+        f'<text class="axis" x="12" y="{middle:.1f}" transform="rotate(-90 12 {middle:.1f})" '
         f'text-anchor="middle">{escape(chart.y_label)}</text>'
     )
+    return parts
+
+
+def draw_marks(chart: Chart, frame: Frame) -> list[str]:
+    """The vertical marks (deployments, retrainings) and the horizontal reference line, each with its tooltip."""
+    parts = []
     for mark in chart.marks:
-        x = x_at(mark.index)
+        x = frame.x_at(mark.index)
         parts.append(
-            f'<line class="{mark.style}" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{TOP + plot_h}">'
+            f'<line class="{mark.style}" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{TOP + frame.plot_height}">'
             f"<title>{escape(mark.label)}</title></line>"
         )
     if chart.reference is not None:
         level, what = chart.reference
-        y = y_at(level)
+        y = frame.y_at(level)
         parts.append(
             f'<line class="reference" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}">'
             f"<title>{escape(what)}: {chart.format_value(level)}</title></line>"
         )
-    width = step * 0.8 / max(len(chart.series), 1)
-    for number, series in enumerate(chart.series):
-        points = []
-        for index, value in enumerate(series.values):
-            if value is None or not math.isfinite(value):
-                continue
-            tip = f"{escape(series.name)}, {escape(chart.labels[index])}: {chart.format_value(value)}"
-            if chart.bars:
-                x = x_at(index) - step * 0.4 + width * number
-                top, base = y_at(max(value, 0.0)), y_at(max(low, 0.0))
-                parts.append(
-                    f'<rect class="{series.style}" x="{x:.1f}" y="{top:.1f}" width="{max(width, 1):.1f}" '
-                    f'height="{max(base - top, 0.5):.1f}"><title>{tip}</title></rect>'
-                )
-            else:
-                points.append((x_at(index), y_at(value), tip))
-        if points:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in points)
-            parts.append(f'<polyline class="{series.style} line" points="{path}"/>')
-            radius = 3 if len(points) <= 120 else 1.5
-            for x, y, tip in points:
-                circle = f'<circle class="{series.style}" cx="{x:.1f}" cy="{y:.1f}" r="{radius}">'
-                parts.append(f"{circle}<title>{tip}</title></circle>")
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    return parts
+
+
+def draw_series(chart: Chart, frame: Frame, series: Series, number: int) -> list[str]:
+    """One series: a bar per value, or a line through points; missing and non-finite values are left out."""
+    width = frame.step * 0.8 / max(len(chart.series), 1)
+    parts, points = [], []
+    for index, value in enumerate(series.values):
+        if value is None or not math.isfinite(value):
+            continue
+        tip = f"{escape(series.name)}, {escape(chart.labels[index])}: {chart.format_value(value)}"
+        if chart.bars:
+            x = frame.x_at(index) - frame.step * 0.4 + width * number
+            top, base = frame.y_at(max(value, 0.0)), frame.y_at(max(frame.low, 0.0))
+            parts.append(
+                f'<rect class="{series.style}" x="{x:.1f}" y="{top:.1f}" width="{max(width, 1):.1f}" '
+                f'height="{max(base - top, 0.5):.1f}"><title>{tip}</title></rect>'
+            )
+        else:
+            points.append((frame.x_at(index), frame.y_at(value), tip))
+    if points:
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in points)
+        parts.append(f'<polyline class="{series.style} line" points="{path}"/>')
+        radius = 3 if len(points) <= 120 else 1.5
+        for x, y, tip in points:
+            parts.append(
+                f'<circle class="{series.style}" cx="{x:.1f}" cy="{y:.1f}" r="{radius}"><title>{tip}</title></circle>'
+            )
+    return parts
