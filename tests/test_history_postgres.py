@@ -139,6 +139,8 @@ def test_two_api_hosts_and_the_job_share_one_history(two_hosts: tuple[Path, list
     answers = [requests.get(f"{url}/history", params={"all": "true"}, timeout=30) for url in urls]
     assert [answer.status_code for answer in answers] == [200, 200]
     first, second = (answer.json() for answer in answers)
+    for url, answer in zip(urls, (first, second), strict=True):
+        print(f"\n{url}/history: {answer['history']}: {[(run['id'], run['outcome']) for run in answer['runs']]}")
     assert first == second
     assert first["history"].startswith("postgresql://risk:***@127.0.0.1:")
     assert [run["outcome"] for run in first["runs"]] == ["deployed", "first_deployment", "first_deployment"]
