@@ -58,7 +58,7 @@ from common.batches import (
 from common.cli import build_parser, run_stage
 from common.config import load_config
 from common.databases import DatabaseSource, describe_sources
-from common.errors import NO_SPACE_ERRNOS, PipelineError
+from common.errors import PipelineError, says_disk_full
 from common.files import (
     atomic_path,
     changed_within,
@@ -125,8 +125,7 @@ def parse_new_file(path: Path, sha256: str, output_folder: Path) -> IngestedFile
         with atomic_path(parsed_path(output_folder, sha256)) as tmp:
             feather.write_feather(parsed.table, tmp, compression="uncompressed")
     except (OSError, pa.ArrowException) as exc:  # the output side: the file itself is fine
-        full = isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS or "No space left" in str(exc)
-        why = "the disk is full; free some space and run again" if full else str(exc)
+        why = "the disk is full; free some space and run again" if says_disk_full(exc) else str(exc)
         raise PipelineError(
             f"cannot keep the parsed rows of {path.name} in {output_folder / PARSED_FOLDER} ({why})"
         ) from None

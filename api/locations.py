@@ -57,32 +57,33 @@ def open_data_location(location: object, base: Path, places: list[Path], max_byt
     itself, so a file swapped for a link between check and read is caught too.
     """
     path, shown = check_location(location)
-    outside = Forbidden(
-        f"{shown} is outside the data folders ({', '.join(shown_path(place, base) for place in places)})"
-    )
     try:
         real = resolve_location(path, base, places)  # follows links: a link out of the data folders is caught
     except (OSError, RuntimeError, ValueError):
         raise BadRequest(f"filelocation {shown!r} is not a usable file name") from None
     if not _inside(real, places):
-        raise outside
+        raise outside_data_folders(shown, places, base)
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound(f"{shown} does not exist") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise outside from None  # it became a link after the check
+            raise outside_data_folders(shown, places, base) from None  # it became a link after the check
         raise BadRequest(f"{shown} cannot be read ({exc.strerror})") from None
     try:
         opened = _opened_path(fd)
         if opened is not None and not _inside(opened, places):
-            raise outside  # a folder on the way was swapped for a link
+            raise outside_data_folders(shown, places, base)  # a folder on the way was swapped for a link
         info = check_opened_file(fd, os.path.basename(real), shown, max_bytes)
     except BaseException:
         os.close(fd)
         raise
     return fd, info, os.path.basename(real)
+
+
+def outside_data_folders(shown: str, places: list[Path], base: Path) -> Forbidden:
+    return Forbidden(f"{shown} is outside the data folders ({', '.join(shown_path(place, base) for place in places)})")
 
 
 def check_location(location: object) -> tuple[PurePosixPath, str]:

@@ -9,7 +9,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,7 +31,8 @@ from common.history import read_runs
 from deployment import PAUSE_ENV_VAR
 from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
-from tests.helpers import PROJECT_ROOT, run_script, write_config
+from tests.helpers import run_script
+from tests.test_fullprocess import run_fullprocess, scenario_config, start_fullprocess, wait_for_line
 
 pytestmark = pytest.mark.slow
 
@@ -41,27 +41,9 @@ WORLDS = ("drifted", "shifted", "stable")
 
 
 def project_config(root: Path, **monitoring: object) -> Path:
-    """The shipped data in ``root``, with a config: quick diagnostics, no package index, no API running."""
+    """The shipped data in ``root``, with fullprocess.py's scenario config."""
     write_shipped_data(root)
-    return write_config(
-        root,
-        diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
-        api={"url": "http://127.0.0.1:9"},
-        monitoring=monitoring,
-    )
-
-
-def start_fullprocess(config_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "fullprocess.py"), "--config", str(config_path)],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def run_fullprocess(config_path: Path) -> subprocess.CompletedProcess:
-    return run_script("fullprocess.py", "--config", str(config_path), timeout=300)
+    return scenario_config(root, **monitoring)
 
 
 def sorted_rows(path: Path) -> list[str]:
@@ -110,11 +92,11 @@ def test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing(tmp_pa
         write_batch(config.input_folder / f"batch_{cycle:02d}.csv", 2000, seed=100 + cycle, world=WORLDS[cycle % 3])
         kind = rng.choice([signal.SIGKILL, signal.SIGTERM])
         delay = rng.uniform(0.05, cycle_seconds)
-        victim = start_fullprocess(config_path)
-        time.sleep(delay)
-        running = victim.poll() is None  # else the run ended first: no kill landed, the cycle still checks
-        victim.send_signal(kind)
-        code = victim.wait(timeout=120)
+        with start_fullprocess(config_path, {}) as victim:
+            time.sleep(delay)
+            running = victim.poll() is None  # else the run ended first: no kill landed, the cycle still checks
+            victim.send_signal(kind)
+            code = victim.wait(timeout=120)
         landed += running
         recovery = run_fullprocess(config_path)  # the next cron run
         assert recovery.returncode == 0, recovery.stderr
@@ -221,29 +203,13 @@ def test_a_full_disk_is_said_in_one_sentence_and_leaves_the_deployment_serving(t
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if text in line:
-            return
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError(f"{text!r} never appeared")
-
-
 def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing(tmp_path: Path):
     config_path = project_config(tmp_path / "project")
     config = load_config(config_path)
     assert run_fullprocess(config_path).returncode == 0
     write_batch(config.input_folder / "drifted.csv", 3000, seed=32, world="drifted")
-    with subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "fullprocess.py"), "--config", str(config_path)],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, PAUSE_ENV_VAR: "staged"},  # the run has gated a challenger and is publishing it
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as holder:
+    # the run has gated a challenger and is publishing it
+    with start_fullprocess(config_path, {PAUSE_ENV_VAR: "staged"}) as holder:
         try:
             wait_for_line(holder, "pausing at step staged")
             rollback = run_script("deployment.py", "--config", str(config_path), "--rollback")
