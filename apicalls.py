@@ -86,7 +86,7 @@ def write_api_returns(config: Config, base_url: str, output: str = API_RETURNS_F
     """Call every endpoint and write the answers to ``output`` in the model folder; return its path."""
     token = os.environ.get(config.api.token_env) or None
     combined = call_api(config, base_url, token)
-    target = write_text_atomic(config.model_folder / output, json.dumps(combined, indent=2) + "\n")
+    target = write_text_atomic(config.output_model_path / output, json.dumps(combined, indent=2) + "\n")
     log.info("wrote the answers of %d endpoints to %s", len(combined["answers"]), target)
     return target
 

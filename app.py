@@ -141,18 +141,18 @@ def build_api_state(config: Config) -> ApiState:
     """The served model and the answers backed by files, for one worker."""
     return ApiState(
         config=config,
-        watcher=DeploymentWatcher(config.deployment_folder),
+        watcher=DeploymentWatcher(config.prod_deployment_path),
         files=LocationReader(config.path.parent, allowed_data_places(config), int(config.api.max_file_mb * MIB)),
-        summary=FileBackedValue(lambda: [config.output_folder / FINAL_DATA], lambda files: read_summary(files[0])),
+        summary=FileBackedValue(lambda: [config.output_folder_path / FINAL_DATA], lambda files: read_summary(files[0])),
         diagnostics=FileBackedValue(
-            lambda: [config.model_folder / DIAGNOSTICS_FILE], lambda files: describe_stored_diagnostics(files[0])
+            lambda: [config.output_model_path / DIAGNOSTICS_FILE], lambda files: describe_stored_diagnostics(files[0])
         ),
         test_hashes=FileBackedValue(
             lambda: find_test_files(config.test_data_path),
             lambda files: {path.name: sha256_file(path) for path in files},
         ),
         recent=FileBackedValue(
-            lambda: [config.model_folder / EVALUATION_WINDOW_FILE], lambda files: read_recent_window(files[0])
+            lambda: [config.output_model_path / EVALUATION_WINDOW_FILE], lambda files: read_recent_window(files[0])
         ),
     )
 

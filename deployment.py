@@ -57,10 +57,10 @@ INGESTION_FILES = (INGESTED_FILES, INGESTED_RECORD)
 PAUSE_ENV_VAR = "RISK_DEPLOY_PAUSE_AT"
 
 
-def find_sources(model_folder: Path, ingested_folder: Path) -> dict[str, Path]:
+def find_sources(output_model_path: Path, output_folder_path: Path) -> dict[str, Path]:
     """The files to publish; raise PipelineError naming any that is missing."""
-    sources = {name: model_folder / name for name in PUBLISHED_FILES if name not in INGESTION_FILES}
-    sources.update({name: ingested_folder / name for name in INGESTION_FILES})
+    sources = {name: output_model_path / name for name in PUBLISHED_FILES if name not in INGESTION_FILES}
+    sources.update({name: output_folder_path / name for name in INGESTION_FILES})
     missing = [str(path) for name, path in sources.items() if not path.is_file() and name not in OPTIONAL_VERSION_FILES]
     if missing:
         raise PipelineError(
@@ -190,18 +190,20 @@ class Publication:
         return str(self.info.version)
 
 
-def publish_deployment(model_folder: Path, ingested_folder: Path, deploy_root: Path, keep: int = 5) -> Publication:
+def publish_deployment(
+    output_model_path: Path, output_folder_path: Path, deploy_root: Path, keep: int = 5
+) -> Publication:
     """Publish the model, its scores and the ingestion record as a new version; return what was published.
 
     Raises PipelineError, leaving the served version as it was, when the files do not belong
     together, the model does not load, or another deployment is running.
     """
-    sources = find_sources(model_folder, ingested_folder)
+    sources = find_sources(output_model_path, output_folder_path)
     with folder_lock(deploy_root, "deployment"):
         remove_leftovers(deploy_root)
         serving = current_version(deploy_root)
         if serving is not None and same_model(deploy_root / VERSIONS_FOLDER / serving, sources):
-            log.info("the model in %s is the one %s serves; no new version", model_folder, serving)
+            log.info("the model in %s is the one %s serves; no new version", output_model_path, serving)
             kept = read_deployment_details(deploy_root / VERSIONS_FOLDER / serving)
             return Publication(replace(kept, version=serving), unchanged=True)
         existing = list_versions(deploy_root)
@@ -248,7 +250,9 @@ def store_model_into_pickle(config_path: str | os.PathLike[str] | None = None) -
     ``config_path``: default ``$RISK_CONFIG``, else config.json.
     """
     config = load_config(config_path)
-    return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
+    return publish_deployment(
+        config.output_model_path, config.output_folder_path, config.prod_deployment_path, config.keep_versions
+    )
 
 
 def describe_versions(deploy_root: Path) -> list[str]:
@@ -272,16 +276,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def work(config: Config) -> object:
         if args.list:
-            lines = describe_versions(config.deployment_folder)
-            print("\n".join(lines) if lines else f"nothing is deployed in {config.deployment_folder}")
+            lines = describe_versions(config.prod_deployment_path)
+            print("\n".join(lines) if lines else f"nothing is deployed in {config.prod_deployment_path}")
             return lines
         with deployment_lock(
-            config.deployment_folder, "deployment.py --rollback" if args.rollback else "deployment.py"
+            config.prod_deployment_path, "deployment.py --rollback" if args.rollback else "deployment.py"
         ):
             if args.rollback:
-                return rollback_deployment(config.deployment_folder)
+                return rollback_deployment(config.prod_deployment_path)
             return publish_deployment(
-                config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
+                config.output_model_path, config.output_folder_path, config.prod_deployment_path, config.keep_versions
             )
 
     return run_stage("deployment", args, work)

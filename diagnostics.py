@@ -105,7 +105,9 @@ def time_stages(config: Config, runs: int) -> dict[str, Any]:
                 seconds[stage].append(run_stage_process(stage, scratch_config))
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
-    record_stage_timings(config.model_folder, {s: statistics.median(v) for s, v in seconds.items()}, "diagnostics.py")
+    record_stage_timings(
+        config.output_model_path, {s: statistics.median(v) for s, v in seconds.items()}, "diagnostics.py"
+    )
     return {
         "runs": runs,
         "unit": "seconds",
@@ -114,9 +116,9 @@ def time_stages(config: Config, runs: int) -> dict[str, Any]:
     }
 
 
-def recorded_timings(model_folder: Path, last: int = RECORDED_RUNS) -> dict[str, Any]:
+def recorded_timings(output_model_path: Path, last: int = RECORDED_RUNS) -> dict[str, Any]:
     """The timing section from the stages' own records: per stage, the latest and the spread of the last ``last``."""
-    records = read_stage_timings(model_folder)
+    records = read_stage_timings(output_model_path)
     order = [*TIMED_STAGES, *sorted(set(records) - set(TIMED_STAGES))]
     stages = {}
     for stage in order:
@@ -146,11 +148,11 @@ def write_scratch_config(config: Config, scratch: Path) -> Path:
     """A config that reads the live inputs and writes every output under ``scratch``; other settings at defaults."""
     scratch_config = Config(
         path=scratch / "config.json",
-        input_folder=config.input_folder,
-        output_folder=scratch / "ingesteddata",
+        input_folder_path=config.input_folder_path,
+        output_folder_path=scratch / "ingesteddata",
         test_data_path=config.test_data_path,
-        model_folder=scratch / "models",
-        deployment_folder=scratch / "production_deployment",
+        output_model_path=scratch / "models",
+        prod_deployment_path=scratch / "production_deployment",
         model=config.model,
     )
     return write_text_atomic(scratch_config.path, dump_config(scratch_config))
@@ -327,7 +329,7 @@ def compare_versions(installed: str | None, latest: str | None) -> str:
 
 def measure_missing_data(config: Config, cached: bool = True) -> dict[str, Any]:
     """Percent of missing values in the source: the input folder's data files, else the database table."""
-    folder = config.input_folder
+    folder = config.input_folder_path
     source_files, _ = list_data_files(folder) if folder is not None and folder.is_dir() else ([], [])
     if not source_files and config.database is not None:
         from common.database_rows import count_missing_in_table
@@ -335,7 +337,7 @@ def measure_missing_data(config: Config, cached: bool = True) -> dict[str, Any]:
         return {"dataset": config.database.shown, **count_missing_in_table(config.database)}
     if not source_files or folder is None:
         raise PipelineError(f"the source folder {folder} holds no data files")
-    cache = config.model_folder / MISSING_CACHE_FILE if cached else None
+    cache = config.output_model_path / MISSING_CACHE_FILE if cached else None
     return {"dataset": shown_path(folder, config.path.parent), **datastats.missing_data(source_files, cache)}
 
 
@@ -343,20 +345,22 @@ def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     """Everything diagnostics measures, as one JSON-ready dictionary."""
     started = time.perf_counter()
     missing = measure_missing_data(config)
-    deployed = load_deployed_version(current_version_folder(config.deployment_folder))  # resolved once
-    check_final_data(config.output_folder)  # a finaldata.csv cut short is not described as if whole
+    deployed = load_deployed_version(current_version_folder(config.prod_deployment_path))  # resolved once
+    check_final_data(config.output_folder_path)  # a finaldata.csv cut short is not described as if whole
     report: dict[str, Any] = {
         "generated_at": utc_now(),
         "model_version": deployed.version,
         "model_trained_at": deployed.model_info.trained_at,
         "predictions": predict_data_file(deployed.model, find_test_files(config.test_data_path)[0]),
         "summary_statistics": {
-            "dataset": shown_path(config.output_folder / FINAL_DATA, config.path.parent),
-            "columns": datastats.summary_statistics(datastats.read_numeric_columns(config.output_folder / FINAL_DATA)),
+            "dataset": shown_path(config.output_folder_path / FINAL_DATA, config.path.parent),
+            "columns": datastats.summary_statistics(
+                datastats.read_numeric_columns(config.output_folder_path / FINAL_DATA)
+            ),
         },
         "missing_data": missing,
-        "timing": time_stages(config, runs) if runs > 0 else recorded_timings(config.model_folder),
-        "dependencies": dependency_status(config.diagnostics, config.model_folder / DEPENDENCY_CACHE_FILE),
+        "timing": time_stages(config, runs) if runs > 0 else recorded_timings(config.output_model_path),
+        "dependencies": dependency_status(config.diagnostics, config.output_model_path / DEPENDENCY_CACHE_FILE),
     }
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
@@ -367,7 +371,7 @@ def write_diagnostics(config: Config, runs: int) -> dict[str, Any]:
     report = run_diagnostics(config, runs)
     # orjson: the predictions for every test row make this file large; the standard encoder takes 10x longer
     text = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n"
-    target = write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, text)
+    target = write_text_atomic(config.output_model_path / DIAGNOSTICS_FILE, text)
     log.info("wrote %s", target)
     return report
 
@@ -384,7 +388,7 @@ def model_predictions(
     from common.frames import frame_features, read_test_frame
 
     config = load_config(config_path)
-    model = load_deployed_version(current_version_folder(config.deployment_folder)).model
+    model = load_deployed_version(current_version_folder(config.prod_deployment_path)).model
     if dataframe is None:
         dataframe = read_test_frame(find_test_files(config.test_data_path)[0])
     try:
@@ -400,7 +404,7 @@ def dataframe_summary(config_path: str | os.PathLike[str] | None = None) -> list
     The columns are ``lastmonth_activity``, ``lastyear_activity``, ``number_of_employees``, ``exited``.
     """
     config = load_config(config_path)
-    summary = datastats.summary_statistics(datastats.read_numeric_columns(config.output_folder / FINAL_DATA))
+    summary = datastats.summary_statistics(datastats.read_numeric_columns(config.output_folder_path / FINAL_DATA))
     return [[column["mean"], column["median"], column["std"]] for column in summary.values()]
 
 
@@ -421,7 +425,7 @@ def outdated_packages_list(config_path: str | os.PathLike[str] | None = None) ->
     import pandas as pd
 
     config = load_config(config_path)
-    rows = dependency_status(config.diagnostics, config.model_folder / DEPENDENCY_CACHE_FILE)
+    rows = dependency_status(config.diagnostics, config.output_model_path / DEPENDENCY_CACHE_FILE)
     return pd.DataFrame(
         [(row["package"], row["installed"], row["latest"]) for row in rows], columns=["package", "installed", "latest"]
     )

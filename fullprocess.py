@@ -146,10 +146,10 @@ class RunRecord:
     def set(self, **values: Any) -> None:
         self.fields.update(values)
 
-    def keep_timings(self, model_folder: Path, run_id: int) -> None:
+    def keep_timings(self, output_model_path: Path, run_id: int) -> None:
         """Add the stages timed since the last call to the stage-timing records diagnostics reports."""
         fresh = {stage: seconds for stage, seconds in self.clock.timings.items() if stage not in self.timings_kept}
-        record_stage_timings(model_folder, fresh, f"fullprocess.py run {run_id}")
+        record_stage_timings(output_model_path, fresh, f"fullprocess.py run {run_id}")
         self.timings_kept.update(fresh)
 
     def save(self, connection: Any, run_id: int) -> None:
@@ -173,11 +173,11 @@ def run_lock(deploy_root: Path) -> contextlib.AbstractContextManager[Path]:
 # ---------------------------------------------------------------- 1. new data (light)
 
 
-def find_new_data(input_folder: Path, trained_on: dict[str, Any], decided: set[str]) -> NewData:
+def find_new_data(input_folder_path: Path, trained_on: dict[str, Any], decided: set[str]) -> NewData:
     """The source files whose content neither the deployed model nor an earlier decision has seen."""
-    if not input_folder.is_dir():
-        raise PipelineError(f"input folder {input_folder} does not exist")
-    data_files, ignored = list_data_files(input_folder)
+    if not input_folder_path.is_dir():
+        raise PipelineError(f"input folder {input_folder_path} does not exist")
+    data_files, ignored = list_data_files(input_folder_path)
     known_hashes = {entry.sha256 for entry in trained_on.values()} | decided
     files, known = [], 0
     for path in data_files:
@@ -190,13 +190,13 @@ def find_new_data(input_folder: Path, trained_on: dict[str, Any], decided: set[s
 
 
 def find_new_rows(
-    source: DatabaseSource, output_folder: Path, trained_on: dict[str, Any], decided: set[str]
+    source: DatabaseSource, output_folder_path: Path, trained_on: dict[str, Any], decided: set[str]
 ) -> tuple[list[SourceFile], set[str]]:
     """Fetches ingested but not decided on, and rows past the watermark (one cheap query); and the fetches' hashes.
 
     Raises PipelineError in one sentence when the database cannot be reached.
     """
-    fetched = fetched_from(read_ingestion_record(output_folder / INGESTED_FILES).files, source)
+    fetched = fetched_from(read_ingestion_record(output_folder_path / INGESTED_FILES).files, source)
     known = {entry.sha256 for entry in trained_on.values()} | decided
     files = [SourceFile(entry.name, None, entry.sha256, "new") for entry in fetched if entry.sha256 not in known]
     watermark = last_watermark(fetched, source)
@@ -260,11 +260,11 @@ def describe_stray(stray: list[str]) -> str:
 # ---------------------------------------------------------------- 2-6. the work (heavy modules imported here)
 
 
-def missing_percent(paths: list[Path], model_folder: Path) -> dict[str, Any]:
+def missing_percent(paths: list[Path], output_model_path: Path) -> dict[str, Any]:
     """Percent of empty cells in these files, overall and per column."""
     from common.datastats import missing_data
 
-    missing = missing_data([path for path in paths if path.is_file()], model_folder / MISSING_CACHE_FILE)
+    missing = missing_data([path for path in paths if path.is_file()], output_model_path / MISSING_CACHE_FILE)
     percents = missing["percent"]
     overall = sum(percents.values()) / len(percents) if percents and missing["rows"] else 0.0
     return {"overall": round(overall, 4), "columns": percents, "rows": missing["rows"]}
@@ -281,26 +281,26 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> dict[
     clock = record.clock
     with clock.stage("ingestion"):
         ingested = ingest_folder(
-            config.input_folder,
-            config.output_folder,
+            config.input_folder_path,
+            config.output_folder_path,
             settle_seconds=config.monitoring.settle_seconds,
             database=config.database,
         )
         note_fetches(record, new, ingested.files)
-        folder = config.input_folder
+        folder = config.input_folder_path
         missing = missing_percent(
-            [folder / entry.name for entry in ingested.files if folder and not entry.source], config.model_folder
+            [folder / entry.name for entry in ingested.files if folder and not entry.source], config.output_model_path
         )
     record.details["missing_data"] = missing
     mark_unlabelled(record, ingested.unlabelled)
     with clock.stage("training"):
-        info = train_from_folder(config.output_folder, config.model_folder, config.model)
+        info = train_from_folder(config.output_folder_path, config.output_model_path, config.model)
     with clock.stage("scoring"):
-        metrics = score_model(config.model_folder / MODEL_FILE, config.test_data_path)
-        write_scores(metrics, config.model_folder)
+        metrics = score_model(config.output_model_path / MODEL_FILE, config.test_data_path)
+        write_scores(metrics, config.output_model_path)
     with clock.stage("deployment"):
         deployed = publish_deployment(
-            config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions
+            config.output_model_path, config.output_folder_path, config.prod_deployment_path, config.keep_versions
         )
     return {
         "outcome": FIRST_DEPLOYMENT,
@@ -316,12 +316,12 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> dict[
     }
 
 
-def adopt_challenger(folder: Path, model_folder: Path) -> None:
+def adopt_challenger(folder: Path, output_model_path: Path) -> None:
     """Copy a deployed challenger's files to the model folder, the classic place of the latest model."""
 
     # metrics.json last: it names the model, so it marks the set complete (as scoring.py writes it)
     for name in (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE):
-        with atomic_path(model_folder / name) as tmp:
+        with atomic_path(output_model_path / name) as tmp:
             shutil.copyfile(folder / name, tmp)
 
 
@@ -345,19 +345,19 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
 
     clock = record.clock
     with clock.stage("champion load"):
-        champion = load_deployed_version(current_version_folder(config.deployment_folder))
+        champion = load_deployed_version(current_version_folder(config.prod_deployment_path))
     with clock.stage("ingestion"):
         ingested = ingest_folder(
-            config.input_folder,
-            config.output_folder,
+            config.input_folder_path,
+            config.output_folder_path,
             keep_parsed=keep_hashes(champion),
             settle_seconds=config.monitoring.settle_seconds,
             database=config.database,
         )
         note_fetches(record, new, ingested.files)
     with clock.stage("new rows"):
-        data = read_ingested_data(config.output_folder)
-        missing = missing_percent([item.path for item in new.files if item.path], config.model_folder)
+        data = read_ingested_data(config.output_folder_path)
+        missing = missing_percent([item.path for item in new.files if item.path], config.output_model_path)
     record.details["missing_data"] = missing
     left_out = mark_rejected(record, ingested.rejected)
     unlabelled = mark_unlabelled(record, ingested.unlabelled)
@@ -374,7 +374,7 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     inputs = RunInputs(config, connection, champion, data, watermark)
     if unlabelled and not labelled_rows:
         with clock.stage("unlabelled rows"):
-            features = read_unlabelled_features(config.output_folder, unlabelled)
+            features = read_unlabelled_features(config.output_folder_path, unlabelled)
         assessment = assess_unlabelled(inputs, clock, features)
     else:
         assessment = assess(inputs, clock)
@@ -388,7 +388,7 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     serving = deploy_winner(config, clock, assessment, fields) or champion.version
     if assessment.window is not None:
         write_text_atomic(
-            config.model_folder / EVALUATION_WINDOW_FILE, json.dumps(assessment.window.to_json(serving), indent=2)
+            config.output_model_path / EVALUATION_WINDOW_FILE, json.dumps(assessment.window.to_json(serving), indent=2)
         )
     return fields
 
@@ -401,9 +401,9 @@ def deploy_winner(config: Config, clock: StageClock, assessment: Assessment, fie
         return None
     with clock.stage("deployment"):
         info = publish_deployment(
-            assessment.deploy_folder, config.output_folder, config.deployment_folder, config.keep_versions
+            assessment.deploy_folder, config.output_folder_path, config.prod_deployment_path, config.keep_versions
         )
-        adopt_challenger(assessment.deploy_folder, config.model_folder)
+        adopt_challenger(assessment.deploy_folder, config.output_model_path)
     fields.update(
         outcome=DEPLOYED,
         model_version_after=info.version,
@@ -433,14 +433,14 @@ def mark_unlabelled(record: RunRecord, unlabelled: list[Any]) -> list[Any]:
     return found
 
 
-def read_unlabelled_features(output_folder: Path, files: list[Any]) -> Any:
+def read_unlabelled_features(output_folder_path: Path, files: list[Any]) -> Any:
     """The features (float64, one column per feature) of the valid rows of these unlabelled files, as ingested."""
     import numpy as np
 
     from common.schema import FEATURES, UNLABELLED_SCHEMA
     from ingestion import merge_tables
 
-    table = merge_tables(output_folder, [entry.sha256 for entry in files], UNLABELLED_SCHEMA)
+    table = merge_tables(output_folder_path, [entry.sha256 for entry in files], UNLABELLED_SCHEMA)
     return np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
 
 
@@ -484,13 +484,13 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
         if version is None:  # nothing serves: every data file is new, whatever earlier runs decided
             trained_on, decided = {}, set()
         else:
-            trained_on = read_ingested_files(current_version_folder(config.deployment_folder) / INGESTED_FILES)
+            trained_on = read_ingested_files(current_version_folder(config.prod_deployment_path) / INGESTED_FILES)
             decided = decided_hashes(connection)
         new = NewData([], [], 0)
-        if config.input_folder is not None:
-            new = find_new_data(config.input_folder, trained_on, decided)
+        if config.input_folder_path is not None:
+            new = find_new_data(config.input_folder_path, trained_on, decided)
         if config.database is not None:
-            rows, new.fetched_before = find_new_rows(config.database, config.output_folder, trained_on, decided)
+            rows, new.fetched_before = find_new_rows(config.database, config.output_folder_path, trained_on, decided)
             new.files += rows
         new.waiting = waiting_hashes(connection) if version else set()
     with record.clock.stage("settle"):
@@ -516,7 +516,7 @@ def reports_outdated(config: Config, version: str | None) -> bool:
     """True when a version serves but the diagnostics or the report describe another (a run died before them)."""
     if version is None:
         return False
-    records = (config.model_folder / DIAGNOSTICS_FILE, config.model_folder / REPORT_RECORD_FILE)
+    records = (config.output_model_path / DIAGNOSTICS_FILE, config.output_model_path / REPORT_RECORD_FILE)
     return any(made_for(path) != version for path in records)
 
 
@@ -533,7 +533,7 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         if not reports_outdated(config, version):
             log.info(
                 "no new data in %s (%d file(s), all seen before%s)%s; nothing to do",
-                describe_sources(config.input_folder, config.database),
+                describe_sources(config.input_folder_path, config.database),
                 new.known,
                 note,
                 describe_stray(new.stray),
@@ -550,7 +550,7 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
     log.info(
         "%d new or edited file(s) in %s: %s%s",
         len(new.files),
-        describe_sources(config.input_folder, config.database),
+        describe_sources(config.input_folder_path, config.database),
         ", ".join(f"{item.name} ({item.status})" for item in new.files),
         describe_stray(new.stray),
     )
@@ -560,7 +560,7 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         record.set(**assess_new_data(config, connection, record, new))
     if record.fields["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):
         record.save(connection, run_id)  # the report made next shows this run in its trends
-        record.keep_timings(config.model_folder, run_id)  # and the diagnostics its stages' timings
+        record.keep_timings(config.output_model_path, run_id)  # and the diagnostics its stages' timings
         after_deployment(config, record)
     log.info("decision: %s", record.fields["decision"])
 
@@ -609,7 +609,7 @@ def begin_run(config: Config, started: str) -> tuple[Any, int, str | None]:
         connection = open_history(config.history_path)
     except PipelineError as exc:
         raise StageFailed("history", str(exc)) from None
-    version = current_version(config.deployment_folder)
+    version = current_version(config.prod_deployment_path)
     try:
         stale = mark_interrupted(connection, started, version)
         run_id = start_run(connection, started, os.getpid(), version)
@@ -641,10 +641,10 @@ def finish_run(
     record.set(
         finished_at=utc_now(),
         seconds=round(time.perf_counter() - clock, 3),
-        model_version_after=current_version(config.deployment_folder),
+        model_version_after=current_version(config.prod_deployment_path),
     )
     if record.fields.get("outcome") != NO_NEW_DATA:
-        record.keep_timings(config.model_folder, run_id)
+        record.keep_timings(config.output_model_path, run_id)
     try:
         record.save(connection, run_id)
         alert = send_alert(config, record.fields, run_id)
@@ -672,7 +672,7 @@ def run_full_process(config: Config) -> dict[str, Any]:
             run_once(config, connection, record, run_id)
         except (StageFailed, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM (see main)
             failure = exc
-            record.set(**describe_failure(exc, record.fields, current_version(config.deployment_folder)))
+            record.set(**describe_failure(exc, record.fields, current_version(config.prod_deployment_path)))
             raise
         finally:
             finish_run(config, connection, record, run_id, clock, failure)
@@ -803,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     signal.signal(signal.SIGTERM, stop_on_signal)
     try:
-        with run_lock(config.deployment_folder):
+        with run_lock(config.prod_deployment_path):
             run_full_process(config)
     except LockHeld as exc:
         log.warning("%s", exc)

@@ -114,20 +114,20 @@ class IngestionResult:
         return [entry for entry in self.files if not entry.labelled]
 
 
-def parsed_path(output_folder: Path, sha256: str) -> Path:
-    return output_folder / PARSED_FOLDER / f"{PARSE_VERSION}-{sha256}.arrow"
+def parsed_path(output_folder_path: Path, sha256: str) -> Path:
+    return output_folder_path / PARSED_FOLDER / f"{PARSE_VERSION}-{sha256}.arrow"
 
 
-def parse_new_file(path: Path, sha256: str, output_folder: Path) -> IngestedFile:
+def parse_new_file(path: Path, sha256: str, output_folder_path: Path) -> IngestedFile:
     """Read and check one data file, cache its valid rows by content hash, and describe it."""
     parsed = read_data_file(path, allow_unlabelled=True)
     try:
-        with atomic_path(parsed_path(output_folder, sha256)) as tmp:
+        with atomic_path(parsed_path(output_folder_path, sha256)) as tmp:
             feather.write_feather(parsed.table, tmp, compression="uncompressed")
     except (OSError, pa.ArrowException) as exc:  # the output side: the file itself is fine
         why = "the disk is full; free some space and run again" if says_disk_full(exc) else str(exc)
         raise PipelineError(
-            f"cannot keep the parsed rows of {path.name} in {output_folder / PARSED_FOLDER} ({why})"
+            f"cannot keep the parsed rows of {path.name} in {output_folder_path / PARSED_FOLDER} ({why})"
         ) from None
     detail = ", ".join(f"{count} {reason}" for reason, count in parsed.dropped.items())
     log.info(
@@ -141,9 +141,9 @@ def parse_new_file(path: Path, sha256: str, output_folder: Path) -> IngestedFile
     return IngestedFile(path.name, sha256, parsed.rows_kept, parsed.rows_dropped, utc_now(), parsed.labelled)
 
 
-def usable_cache(output_folder: Path, sha256: str) -> bool:
+def usable_cache(output_folder_path: Path, sha256: str) -> bool:
     """Whether the cached rows of a file can be read; a damaged cache is named, set aside, and rebuilt from its file."""
-    path = parsed_path(output_folder, sha256)
+    path = parsed_path(output_folder_path, sha256)
     if not path.exists():
         return False
     try:
@@ -164,16 +164,16 @@ class StillArriving(Exception):
     """A file that changed while it was read, or too recently: it is read once it has stopped changing."""
 
 
-def read_new_file(path: Path, digest: str, output_folder: Path, signature: list[int]) -> IngestedFile:
+def read_new_file(path: Path, digest: str, output_folder_path: Path, signature: list[int]) -> IngestedFile:
     """``parse_new_file``, with whatever else goes wrong in reading one file turned into BadFileError naming it.
 
     ``signature``: the file's size and modification time before its hash was taken; a file that
     no longer has them was written to while being read, and raises StillArriving.
     """
     try:
-        parsed = parse_new_file(path, digest, output_folder)
+        parsed = parse_new_file(path, digest, output_folder_path)
         if file_signature(path) != signature:
-            parsed_path(output_folder, digest).unlink(missing_ok=True)
+            parsed_path(output_folder_path, digest).unlink(missing_ok=True)
             raise StillArriving(f"{shown_name(path.name)} changed while it was read")
         return parsed
     except (BadFileError, StillArriving):
@@ -184,7 +184,7 @@ def read_new_file(path: Path, digest: str, output_folder: Path, signature: list[
 
 
 def collect_files(
-    input_folder: Path, output_folder: Path, history: dict[str, IngestedFile], settle_seconds: float = 0.0
+    input_folder_path: Path, output_folder_path: Path, history: dict[str, IngestedFile], settle_seconds: float = 0.0
 ) -> IngestionResult:
     """Decide, file by file, which rows make up the ingested data (new, unchanged or kept).
 
@@ -193,21 +193,23 @@ def collect_files(
     A file is read only once it has stopped changing: new content modified in the last
     ``settle_seconds``, or changed while read, waits for a later run (its earlier rows, if any, kept).
     """
-    if not input_folder.is_dir():
-        raise PipelineError(f"input folder {input_folder} does not exist")
-    data_files, ignored, refused = list_source_files(input_folder)
+    if not input_folder_path.is_dir():
+        raise PipelineError(f"input folder {input_folder_path} does not exist")
+    data_files, ignored, refused = list_source_files(input_folder_path)
     for path in ignored:
         log.info("%s: not a data file (only .csv, .json, .jsonl are read); ignored", shown_name(path.name))
     collection = FileCollection(
-        output_folder,
+        output_folder_path,
         history,
-        IngestionResult(files=[], final_data=output_folder / FINAL_DATA, ignored=[shown_name(p.name) for p in ignored]),
+        IngestionResult(
+            files=[], final_data=output_folder_path / FINAL_DATA, ignored=[shown_name(p.name) for p in ignored]
+        ),
     )
     for name, reason in refused.items():
         collection.leave_out(name, f"{name}: not read: {reason}")
     for path in data_files:
         collection.take(path, settle_seconds)
-    collection.keep_files_gone_from(input_folder)
+    collection.keep_files_gone_from(input_folder_path)
     collection.result.files.sort(key=arrival_order(list(history.values())))
     return collection.result
 
@@ -215,9 +217,11 @@ def collect_files(
 class FileCollection:
     """The files of one ingestion as they are decided on: taken, left out (keeping earlier rows), or kept."""
 
-    def __init__(self, output_folder: Path, history: dict[str, IngestedFile], result: IngestionResult):
-        self.output_folder, self.history, self.result = output_folder, history, result
-        self.cached = {entry.sha256: entry for entry in history.values() if usable_cache(output_folder, entry.sha256)}
+    def __init__(self, output_folder_path: Path, history: dict[str, IngestedFile], result: IngestionResult):
+        self.output_folder_path, self.history, self.result = output_folder_path, history, result
+        self.cached = {
+            entry.sha256: entry for entry in history.values() if usable_cache(output_folder_path, entry.sha256)
+        }
         self.seen_hashes: set[str] = set()
 
     def take(self, path: Path, settle_seconds: float) -> None:
@@ -239,7 +243,7 @@ class FileCollection:
             self.leave_out(path.name, message, arriving=True)
             return
         try:
-            self.result.files.append(read_new_file(path, digest, self.output_folder, signature))
+            self.result.files.append(read_new_file(path, digest, self.output_folder_path, signature))
             self.seen_hashes.add(digest)
         except StillArriving as exc:
             self.leave_out(path.name, f"{exc}; read once it stops changing", arriving=True)
@@ -260,7 +264,8 @@ class FileCollection:
         if earlier.sha256 not in self.cached:
             raise PipelineError(
                 f"{message}; its rows ingested on {earlier.ingested_at} are missing from "
-                f"{self.output_folder / PARSED_FOLDER}; fix the file, or run with --fresh to ingest only the good files"
+                f"{self.output_folder_path / PARSED_FOLDER}; fix the file, "
+                "or run with --fresh to ingest only the good files"
             )
         log.warning(
             "left out %s; keeping the %d rows ingested from it on %s", message, earlier.rows_kept, earlier.ingested_at
@@ -269,7 +274,7 @@ class FileCollection:
         self.result.kept_from_history.append(name)
         self.seen_hashes.add(earlier.sha256)
 
-    def keep_files_gone_from(self, input_folder: Path) -> None:
+    def keep_files_gone_from(self, input_folder_path: Path) -> None:
         """Keep the rows of files ingested before that are no longer in the folder (nothing is lost that way)."""
         result = self.result
         present = {entry.name for entry in result.files} | set(result.rejected) | set(result.arriving)
@@ -278,11 +283,12 @@ class FileCollection:
                 continue
             if entry.sha256 not in self.cached:
                 raise PipelineError(
-                    f"{name} was ingested before but is no longer in {input_folder} and its parsed rows are missing "
-                    f"from {self.output_folder / PARSED_FOLDER}; run with --fresh to ingest only the files present now"
+                    f"{name} was ingested before but is no longer in {input_folder_path} and its parsed rows are "
+                    f"missing from {self.output_folder_path / PARSED_FOLDER}; "
+                    "run with --fresh to ingest only the files present now"
                 )
             log.warning(
-                "%s is no longer in %s; keeping the %d rows ingested from it", name, input_folder, entry.rows_kept
+                "%s is no longer in %s; keeping the %d rows ingested from it", name, input_folder_path, entry.rows_kept
             )
             result.files.append(entry)
             result.kept_from_history.append(name)
@@ -300,9 +306,9 @@ def arrival_order(earlier: list[IngestedFile]) -> Callable[[IngestedFile], tuple
     return key
 
 
-def merge_tables(output_folder: Path, digests: list[str], schema: pa.Schema = SCHEMA) -> pa.Table:
+def merge_tables(output_folder_path: Path, digests: list[str], schema: pa.Schema = SCHEMA) -> pa.Table:
     """Concatenate the cached rows of the files with these content hashes, in order."""
-    tables = [feather.read_table(parsed_path(output_folder, digest), memory_map=True) for digest in digests]
+    tables = [feather.read_table(parsed_path(output_folder_path, digest), memory_map=True) for digest in digests]
     return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
 
 
@@ -409,27 +415,27 @@ def append_csv_rows(source: Path, table: pa.Table, target: Path, quoted: bool) -
     return target
 
 
-def save_row_index(output_folder: Path, index: RowIndex, files: list[IngestedFile]) -> None:
+def save_row_index(output_folder_path: Path, index: RowIndex, files: list[IngestedFile]) -> None:
     """Write the row index, tied to the ``finaldata.csv`` just written and the files it holds."""
     meta = {
-        "finaldata": file_signature(output_folder / FINAL_DATA),
+        "finaldata": file_signature(output_folder_path / FINAL_DATA),
         "files": [entry.sha256 for entry in files],  # by content: a renamed file changes nothing
         "rows_merged": index.rows_merged,
         "duplicates_removed": index.duplicates_removed,
         "quoted": index.quoted,
     }
-    with atomic_path(output_folder / PARSED_FOLDER / ROW_INDEX_FILE) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(output_folder_path / PARSED_FOLDER / ROW_INDEX_FILE) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, hashes=index.hashes, positions=index.positions, meta=np.array(json.dumps(meta)))
 
 
-def load_row_index(output_folder: Path, files: list[IngestedFile]) -> RowIndex | None:
+def load_row_index(output_folder_path: Path, files: list[IngestedFile]) -> RowIndex | None:
     """The row index, when it describes the ``finaldata.csv`` on disk made from exactly ``files``; else None."""
-    path = output_folder / PARSED_FOLDER / ROW_INDEX_FILE
+    path = output_folder_path / PARSED_FOLDER / ROW_INDEX_FILE
     try:
         # numpy leaves a file it opened itself open when the archive is damaged: open it here instead
         with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
-            if meta["finaldata"] != file_signature(output_folder / FINAL_DATA):
+            if meta["finaldata"] != file_signature(output_folder_path / FINAL_DATA):
                 return None
             if meta["files"] != [entry.sha256 for entry in files]:
                 return None
@@ -450,46 +456,46 @@ def unique_digests(files: list[IngestedFile]) -> list[str]:
     return list(dict.fromkeys(entry.sha256 for entry in files))
 
 
-def prune_parsed(output_folder: Path, files: list[IngestedFile], keep: frozenset[str] = frozenset()) -> None:
+def prune_parsed(output_folder_path: Path, files: list[IngestedFile], keep: frozenset[str] = frozenset()) -> None:
     """Delete cached parses no entry refers to any more, except those of the ``keep`` hashes."""
-    folder = output_folder / PARSED_FOLDER
-    wanted = {parsed_path(output_folder, digest).name for digest in {entry.sha256 for entry in files} | keep}
+    folder = output_folder_path / PARSED_FOLDER
+    wanted = {parsed_path(output_folder_path, digest).name for digest in {entry.sha256 for entry in files} | keep}
     for path in folder.glob("*.arrow") if folder.is_dir() else ():
         if path.name not in wanted:
             path.unlink(missing_ok=True)
 
 
 def ingest_folder(
-    input_folder: Path | None,
-    output_folder: Path,
+    input_folder_path: Path | None,
+    output_folder_path: Path,
     fresh: bool = False,
     keep_parsed: frozenset[str] = frozenset(),
     settle_seconds: float = 0.0,
     database: DatabaseSource | None = None,
 ) -> IngestionResult:
-    """Ingest ``input_folder`` into ``output_folder``; return what was done.
+    """Ingest ``input_folder_path`` into ``output_folder_path``; return what was done.
 
     ``settle_seconds``: new files modified more recently than this are still arriving and wait
     for a later run (fullprocess.py, which runs unattended, waits for them first).
 
     ``keep_parsed``: content hashes whose cached rows are kept even when no file holds them
     any more (the files the deployed model was trained on, which the drift tests read).
-    ``database``: a table read beside (or, when ``input_folder`` is None, instead of) the folder;
+    ``database``: a table read beside (or, when ``input_folder_path`` is None, instead of) the folder;
     the rows past its watermark are one more cached "file" (see ``common/database_rows.py``).
     Raises PipelineError, leaving earlier outputs untouched, when no usable data remains,
     the database cannot be read, or another ingestion into the same folder is running.
     """
-    with folder_lock(output_folder, "ingestion"):
-        return ingest_locked(input_folder, output_folder, fresh, keep_parsed, settle_seconds, database)
+    with folder_lock(output_folder_path, "ingestion"):
+        return ingest_locked(input_folder_path, output_folder_path, fresh, keep_parsed, settle_seconds, database)
 
 
-def rebuild_final_data(output_folder: Path, result: IngestionResult) -> RowIndex:
+def rebuild_final_data(output_folder_path: Path, result: IngestionResult) -> RowIndex:
     """Merge every file's rows, remove duplicates, write ``finaldata.csv``; return its row index."""
-    merged = merge_tables(output_folder, unique_digests(result.labelled))
+    merged = merge_tables(output_folder_path, unique_digests(result.labelled))
     final, kept, hashes = deduplicate(merged)
     result.rows_merged, result.rows_written = merged.num_rows, final.num_rows
     result.duplicates_removed = merged.num_rows - final.num_rows
-    result.final_data = write_csv_table(final, output_folder / FINAL_DATA)
+    result.final_data = write_csv_table(final, output_folder_path / FINAL_DATA)
     result.written_hashes = hashes
     return RowIndex.empty().add(hashes, kept, merged.num_rows, result.duplicates_removed, ids_need_quotes(final))
 
@@ -522,7 +528,7 @@ def find_in_index(earlier_rows: pa.Table, index: RowIndex, table: pa.Table, hash
 
 
 def append_final_data(
-    output_folder: Path, result: IngestionResult, earlier: list[IngestedFile], index: RowIndex
+    output_folder_path: Path, result: IngestionResult, earlier: list[IngestedFile], index: RowIndex
 ) -> RowIndex | None:
     """Append the rows of the files after ``earlier`` that are not in ``finaldata.csv`` yet; return the new index.
 
@@ -531,15 +537,15 @@ def append_final_data(
     """
     earlier_digests = unique_digests(earlier)
     new_digests = [digest for digest in unique_digests(result.labelled) if digest not in set(earlier_digests)]
-    earlier_rows = merge_tables(output_folder, earlier_digests)  # memory-mapped: only fetched rows are read
-    added = merge_tables(output_folder, new_digests)
+    earlier_rows = merge_tables(output_folder_path, earlier_digests)  # memory-mapped: only fetched rows are read
+    added = merge_tables(output_folder_path, new_digests)
     hashes = hash_rows(added)
     duplicate = find_duplicates(added, hashes) | find_in_index(earlier_rows, index, added, hashes)
     kept = np.flatnonzero(~duplicate)
     rows = added.take(kept)
     if ids_need_quotes(rows) and not index.quoted:
         return None
-    final_data = output_folder / FINAL_DATA
+    final_data = output_folder_path / FINAL_DATA
     result.final_data = append_csv_rows(final_data, rows, final_data, index.quoted)
     result.appended = True
     result.written_hashes = hashes[kept]
@@ -552,7 +558,7 @@ def append_final_data(
 
 
 def index_if_appendable(
-    output_folder: Path, history: dict[str, IngestedFile], files: list[IngestedFile]
+    output_folder_path: Path, history: dict[str, IngestedFile], files: list[IngestedFile]
 ) -> RowIndex | None:
     """The row index of the earlier output when this run only adds files after it; else None."""
     earlier = list(history.values())
@@ -560,22 +566,22 @@ def index_if_appendable(
         return None
     if [entry.sha256 for entry in files[: len(earlier)]] != [entry.sha256 for entry in earlier]:
         return None
-    return load_row_index(output_folder, earlier)
+    return load_row_index(output_folder_path, earlier)
 
 
-def read_history(input_folder: Path | None, output_folder: Path) -> dict[str, IngestedFile]:
-    """The files ingested before into ``output_folder``, by name; none when they came from another input folder.
+def read_history(input_folder_path: Path | None, output_folder_path: Path) -> dict[str, IngestedFile]:
+    """The files ingested before into ``output_folder_path``, by name; none when they came from another input folder.
 
     The course's workflow runs the practice config, then points ``input_folder_path`` at the
     source data with the same output folder, and expects the output to hold the source data
     only; files that leave the *same* input folder keep their rows.
     """
-    record = read_ingestion_record(output_folder / INGESTED_FILES)
-    if record.files and record.input_folder is not None and Path(record.input_folder) != input_folder:
+    record = read_ingestion_record(output_folder_path / INGESTED_FILES)
+    if record.files and record.input_folder_path is not None and Path(record.input_folder_path) != input_folder_path:
         log.info(
             "the input folder is now %s (was %s); starting from its files, without the %d file(s) ingested from there",
-            input_folder,
-            record.input_folder,
+            input_folder_path,
+            record.input_folder_path,
             len(record.files),
         )
         return {}
@@ -583,25 +589,25 @@ def read_history(input_folder: Path | None, output_folder: Path) -> dict[str, In
 
 
 def collect_sources(
-    input_folder: Path | None,
-    output_folder: Path,
+    input_folder_path: Path | None,
+    output_folder_path: Path,
     history: dict[str, IngestedFile],
     settle_seconds: float,
     database: DatabaseSource | None,
 ) -> IngestionResult:
     """``collect_files`` for the folder (when there is one), then the database's fetches, in arrival order."""
     files = {name: entry for name, entry in history.items() if not entry.source}
-    result = IngestionResult(files=[], final_data=output_folder / FINAL_DATA)
-    if input_folder is not None:
-        result = collect_files(input_folder, output_folder, files, settle_seconds)
+    result = IngestionResult(files=[], final_data=output_folder_path / FINAL_DATA)
+    if input_folder_path is not None:
+        result = collect_files(input_folder_path, output_folder_path, files, settle_seconds)
     if database is not None:
         from common.database_rows import read_database_source
 
         fetches = read_database_source(
             database,
             list(history.values()),
-            lambda digest: parsed_path(output_folder, digest),
-            lambda digest: usable_cache(output_folder, digest),
+            lambda digest: parsed_path(output_folder_path, digest),
+            lambda digest: usable_cache(output_folder_path, digest),
         )
         result.files = sorted([*result.files, *fetches], key=arrival_order(list(history.values())))
     return result
@@ -624,30 +630,30 @@ def refuse_without_labelled_data(result: IngestionResult, where: str) -> None:
 
 
 def ingest_locked(
-    input_folder: Path | None,
-    output_folder: Path,
+    input_folder_path: Path | None,
+    output_folder_path: Path,
     fresh: bool,
     keep_parsed: frozenset[str],
     settle_seconds: float,
     database: DatabaseSource | None = None,
 ) -> IngestionResult:
     started = time.perf_counter()
-    history = {} if fresh else read_history(input_folder, output_folder)
-    result = collect_sources(input_folder, output_folder, history, settle_seconds, database)
-    where = describe_sources(input_folder, database)
+    history = {} if fresh else read_history(input_folder_path, output_folder_path)
+    result = collect_sources(input_folder_path, output_folder_path, history, settle_seconds, database)
+    where = describe_sources(input_folder_path, database)
     refuse_without_labelled_data(result, where)
     # finaldata.csv first: a crash before the record leaves the old record, so the next run
     # redoes the work; the report, written last, vouches for finaldata.csv (training checks it).
     labelled_history = {name: entry for name, entry in history.items() if entry.labelled}
-    index = index_if_unchanged(output_folder, labelled_history, result)
+    index = index_if_unchanged(output_folder_path, labelled_history, result)
     if index is None:
-        index = write_final_data(output_folder, result, labelled_history)
-    result.unlabelled_clients = write_unlabelled_clients(output_folder, result.files, index)
-    folder = None if input_folder is None else str(input_folder)
-    write_ingestion_record(output_folder, IngestionRecord(folder, result.files))
+        index = write_final_data(output_folder_path, result, labelled_history)
+    result.unlabelled_clients = write_unlabelled_clients(output_folder_path, result.files, index)
+    folder = None if input_folder_path is None else str(input_folder_path)
+    write_ingestion_record(output_folder_path, IngestionRecord(folder, result.files))
     result.seconds = round(time.perf_counter() - started, 3)
-    write_text_atomic(output_folder / INGESTION_REPORT, json.dumps(describe_result(result, where), indent=2))
-    prune_parsed(output_folder, result.files, keep_parsed)
+    write_text_atomic(output_folder_path / INGESTION_REPORT, json.dumps(describe_result(result, where), indent=2))
+    prune_parsed(output_folder_path, result.files, keep_parsed)
     log.info(
         "ingested %d file(s) from %s: %d rows merged, %d duplicates removed, %d rows %s %s in %.2fs",
         len(result.files),
@@ -672,27 +678,27 @@ def ingest_locked(
     return result
 
 
-def write_final_data(output_folder: Path, result: IngestionResult, history: dict[str, IngestedFile]) -> RowIndex:
+def write_final_data(output_folder_path: Path, result: IngestionResult, history: dict[str, IngestedFile]) -> RowIndex:
     """Append to or rebuild ``finaldata.csv`` from the labelled files, keep its row index and batches; return the index.
 
     ``history``: the labelled files ingested before.
     """
-    final_data = output_folder / FINAL_DATA
+    final_data = output_folder_path / FINAL_DATA
     before = file_signature(final_data) if final_data.exists() else None
-    if before is not None and read_batch_book(output_folder).latest == 0:
-        start_batch_book(output_folder)
-    index = index_if_appendable(output_folder, history, result.labelled)
+    if before is not None and read_batch_book(output_folder_path).latest == 0:
+        start_batch_book(output_folder_path)
+    index = index_if_appendable(output_folder_path, history, result.labelled)
     if index is not None:
-        index = append_final_data(output_folder, result, list(history.values()), index)
+        index = append_final_data(output_folder_path, result, list(history.values()), index)
     if index is None:
-        index = rebuild_final_data(output_folder, result)
-    save_row_index(output_folder, index, result.labelled)
-    result.batch = record_batch(output_folder, result, history, before)
+        index = rebuild_final_data(output_folder_path, result)
+    save_row_index(output_folder_path, index, result.labelled)
+    result.batch = record_batch(output_folder_path, result, history, before)
     return index
 
 
 def index_if_unchanged(
-    output_folder: Path, history: dict[str, IngestedFile], result: IngestionResult
+    output_folder_path: Path, history: dict[str, IngestedFile], result: IngestionResult
 ) -> RowIndex | None:
     """The row index when the labelled files are the ones ``finaldata.csv`` already holds (it is then left as it is).
 
@@ -701,7 +707,7 @@ def index_if_unchanged(
     earlier = list(history.values())
     if not earlier or [entry.sha256 for entry in result.labelled] != [entry.sha256 for entry in earlier]:
         return None
-    index = load_row_index(output_folder, earlier)
+    index = load_row_index(output_folder_path, earlier)
     if index is None:
         return None
     result.rows_merged, result.duplicates_removed = index.rows_merged, index.duplicates_removed
@@ -710,14 +716,14 @@ def index_if_unchanged(
     return index
 
 
-def write_unlabelled_clients(output_folder: Path, files: list[IngestedFile], index: RowIndex) -> int:
+def write_unlabelled_clients(output_folder_path: Path, files: list[IngestedFile], index: RowIndex) -> int:
     """Write the latest unlabelled row of each client, with where it arrived, to ``unlabelledclients.csv``.
 
     ``files`` are in arrival order. Each row keeps ``arrived_after_row``: how many rows of
     ``finaldata.csv`` arrived before it, so a reader can tell which of a client's rows, labelled
     or not, is its latest. Returns the number of clients (0, and no file, without unlabelled files).
     """
-    target = output_folder / UNLABELLED_CLIENTS
+    target = output_folder_path / UNLABELLED_CLIENTS
     if all(entry.labelled for entry in files):
         target.unlink(missing_ok=True)
         return 0
@@ -731,32 +737,32 @@ def write_unlabelled_clients(output_folder: Path, files: list[IngestedFile], ind
             continue
         digests.append(entry.sha256)
         after.append(np.full(entry.rows_kept, np.searchsorted(written, merged_before), np.int64))
-    table = merge_tables(output_folder, digests, UNLABELLED_SCHEMA)
+    table = merge_tables(output_folder_path, digests, UNLABELLED_SCHEMA)
     table = table.append_column(ARRIVED_AFTER_COLUMN, pa.array(np.concatenate(after)))
     latest = table.take(latest_rows(table))
     write_csv_table(latest, target)
     return latest.num_rows
 
 
-def start_batch_book(output_folder: Path) -> None:
+def start_batch_book(output_folder_path: Path) -> None:
     """Count the rows of an earlier ``finaldata.csv`` (from before batches were kept, or a lost book) as batch 1."""
-    final_data = output_folder / FINAL_DATA
+    final_data = output_folder_path / FINAL_DATA
     table = read_final_data(final_data)
     hashes = hash_rows(table)
     book = BatchBook.empty().with_rows(hashes, [], "")
-    write_batch_book(output_folder, book.aligned(book.batch_of(hashes), file_signature(final_data)))
+    write_batch_book(output_folder_path, book.aligned(book.batch_of(hashes), file_signature(final_data)))
     log.info("the %d rows ingested before batches were kept count as batch 1", table.num_rows)
 
 
 def record_batch(
-    output_folder: Path, result: IngestionResult, history: dict[str, IngestedFile], before: list[int] | None
+    output_folder_path: Path, result: IngestionResult, history: dict[str, IngestedFile], before: list[int] | None
 ) -> int:
     """Add the rows written for the first time to the batch book as a new batch; return its number (0: none).
 
     The book also keeps each row's batch in ``finaldata.csv``'s order, tied to the file just
     written (``before``: the signature the file had before this run appended to it).
     """
-    book = read_batch_book(output_folder)
+    book = read_batch_book(output_folder_path)
     new_files = [
         entry.name for entry in result.labelled if getattr(history.get(entry.name), "sha256", None) != entry.sha256
     ]
@@ -768,18 +774,18 @@ def record_batch(
         in_order = np.concatenate([book.row_batches, written])
     else:  # the order of the earlier rows is not known: readers look each row up by its hash
         in_order = np.zeros(0, np.int32)
-    write_batch_book(output_folder, updated.aligned(in_order, file_signature(output_folder / FINAL_DATA)))
+    write_batch_book(output_folder_path, updated.aligned(in_order, file_signature(output_folder_path / FINAL_DATA)))
     if updated is book:
         return 0
     log.info("batch %d: %d row(s) arrived", updated.latest, updated.batches[-1].rows)
     return updated.latest
 
 
-def describe_result(result: IngestionResult, input_folder: str) -> dict:
+def describe_result(result: IngestionResult, input_folder_path: str) -> dict:
     """The run as a JSON-ready report."""
     return {
         "finished_at": utc_now(),
-        "input_folder": input_folder,
+        "input_folder_path": input_folder_path,
         "files": [asdict(entry) for entry in result.files],
         "unlabelled_files": [entry.name for entry in result.unlabelled],
         "unlabelled_clients": result.unlabelled_clients,
@@ -806,7 +812,7 @@ def merge_multiple_dataframe(config_path: str | os.PathLike[str] | None = None) 
     from common.frames import read_client_frame
 
     config = load_config(config_path)
-    result = ingest_folder(config.input_folder, config.output_folder, database=config.database)
+    result = ingest_folder(config.input_folder_path, config.output_folder_path, database=config.database)
     return read_client_frame(result.final_data)
 
 
@@ -827,7 +833,11 @@ def main(argv: list[str] | None = None) -> int:
         "ingestion",
         args,
         lambda config: ingest_folder(
-            config.input_folder, config.output_folder, args.fresh, settle_seconds=args.settle, database=config.database
+            config.input_folder_path,
+            config.output_folder_path,
+            args.fresh,
+            settle_seconds=args.settle,
+            database=config.database,
         ),
     )
 

@@ -185,7 +185,7 @@ def measure_calibration(
 
 
 def measure_calibrations(
-    model: Any, test_data_path: Path, ingested_folder: Path, window: TrainingWindow | None = None
+    model: Any, test_data_path: Path, output_folder_path: Path, window: TrainingWindow | None = None
 ) -> list[CalibrationCurve]:
     """Calibration on the test data and on the latest batch of ingested rows (left out when it cannot be read).
 
@@ -194,7 +194,7 @@ def measure_calibrations(
     test = evaluation.read_test_data(test_data_path)
     curves = [measure_calibration(model, "test data", test.features, test.labels)]
     try:
-        data = read_ingested_data(ingested_folder)
+        data = read_ingested_data(output_folder_path)
     except (PipelineError, OSError) as exc:
         log.warning("the calibration on the latest batch is left out: %s", exc)
         return curves
@@ -979,16 +979,16 @@ def build_report(
 
 def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_name: str = REPORT_FILE) -> dict[str, Any]:
     """Make the confusion-matrix plot and the PDF report in the model folder; return what they show."""
-    diagnostics = read_diagnostics(config.model_folder / DIAGNOSTICS_FILE)
-    deployed, source_files = read_deployed_model(config.deployment_folder)
+    diagnostics = read_diagnostics(config.output_model_path / DIAGNOSTICS_FILE)
+    deployed, source_files = read_deployed_model(config.prod_deployment_path)
     scores = evaluate_deployed(deployed, config.test_data_path)
-    plot = plot_confusion_matrix(scores.confusion, deployed.version, config.model_folder / plot_name)
+    plot = plot_confusion_matrix(scores.confusion, deployed.version, config.output_model_path / plot_name)
     window = deployed.model_info.training_window
-    calibration = measure_calibrations(deployed.model, config.test_data_path, config.output_folder, window)
-    calibration_plot = plot_calibration(calibration, deployed.version, config.model_folder / CALIBRATION_PLOT_FILE)
-    data_path = config.output_folder / FINAL_DATA
-    check_final_data(config.output_folder)  # a finaldata.csv cut short is not ranked as if whole
-    clients = rank_clients(deployed.model, config.output_folder, config.reporting.top_clients)
+    calibration = measure_calibrations(deployed.model, config.test_data_path, config.output_folder_path, window)
+    calibration_plot = plot_calibration(calibration, deployed.version, config.output_model_path / CALIBRATION_PLOT_FILE)
+    data_path = config.output_folder_path / FINAL_DATA
+    check_final_data(config.output_folder_path)  # a finaldata.csv cut short is not ranked as if whole
+    clients = rank_clients(deployed.model, config.output_folder_path, config.reporting.top_clients)
     notes = report_notes(deployed, scores, diagnostics)
     for note in notes:
         log.warning("%s", note)
@@ -998,9 +998,9 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         notes.append(f"The trends over runs are left out: {exc}.")
         log.warning("%s", notes[-1])
         trend_runs = []
-    trend_plot = plot_trends(trend_runs, config.model_folder / TRENDS_PLOT_FILE) if trend_runs else None
+    trend_plot = plot_trends(trend_runs, config.output_model_path / TRENDS_PLOT_FILE) if trend_runs else None
     pdf = build_report(
-        config.model_folder / pdf_name,
+        config.output_model_path / pdf_name,
         deployed=deployed,
         source_files=source_files,
         evaluation=scores,
@@ -1015,10 +1015,10 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         trend_plot=trend_plot,
         history_path=config.history_path,
         notes=notes,
-        recent=read_recent_window(config.model_folder / EVALUATION_WINDOW_FILE, deployed.version),
+        recent=read_recent_window(config.output_model_path / EVALUATION_WINDOW_FILE, deployed.version),
     )
     record = {"model_version": deployed.version, "generated_at": utc_now(), "pdf": str(pdf), "plot": str(plot)}
-    write_text_atomic(config.model_folder / REPORT_RECORD_FILE, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(config.output_model_path / REPORT_RECORD_FILE, json.dumps(record, indent=2) + "\n")
     return {
         "version": deployed.version,
         "plot": plot,
@@ -1037,9 +1037,9 @@ def score_model(config_path: str | os.PathLike[str] | None = None) -> Path:
     Writes ``confusionmatrix.png`` in the model folder. ``config_path``: default ``$RISK_CONFIG``, else config.json.
     """
     config = load_config(config_path)
-    deployed = load_deployed_version(current_version_folder(config.deployment_folder))
+    deployed = load_deployed_version(current_version_folder(config.prod_deployment_path))
     scores = evaluation.score_model(deployed.folder / MODEL_FILE, config.test_data_path)
-    return plot_confusion_matrix(scores.confusion, deployed.version, config.model_folder / CONFUSION_MATRIX_FILE)
+    return plot_confusion_matrix(scores.confusion, deployed.version, config.output_model_path / CONFUSION_MATRIX_FILE)
 
 
 def plain_file_name(suffix: str) -> Callable[[str], str]:

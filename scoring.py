@@ -37,8 +37,8 @@ def score_model(config_path: str | os.PathLike[str] | None = None) -> float:
     ``config_path``: default ``$RISK_CONFIG``, else config.json.
     """
     config = load_config(config_path)
-    metrics = evaluation.score_model(config.model_folder / MODEL_FILE, config.test_data_path)
-    write_scores(metrics, config.model_folder)
+    metrics = evaluation.score_model(config.output_model_path / MODEL_FILE, config.test_data_path)
+    write_scores(metrics, config.output_model_path)
     return metrics.f1
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work(config: Config) -> Metrics:
-        model_path = (args.model or config.model_folder / MODEL_FILE).resolve()
+        model_path = (args.model or config.output_model_path / MODEL_FILE).resolve()
         metrics = evaluation.score_model(model_path, config.test_data_path)
         score_file = write_scores(metrics, model_path.parent)
         log.info(

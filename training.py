@@ -205,11 +205,11 @@ def describe_model(
     )
 
 
-def describe_training_data(ingested_folder: Path) -> dict[str, Any]:
+def describe_training_data(output_folder_path: Path) -> dict[str, Any]:
     """Path and hashes of the ingested data; refuse data the last ingestion report does not vouch for."""
-    data_path = ingested_folder / FINAL_DATA
-    data_hash = check_final_data(ingested_folder)
-    ingested_files, record = ingested_folder / INGESTED_FILES, ingested_folder / INGESTED_RECORD
+    data_path = output_folder_path / FINAL_DATA
+    data_hash = check_final_data(output_folder_path)
+    ingested_files, record = output_folder_path / INGESTED_FILES, output_folder_path / INGESTED_RECORD
     return {
         "training_data": str(data_path),
         "training_data_sha256": data_hash,
@@ -224,14 +224,14 @@ def fit_and_save(
     labels: np.ndarray,
     data: dict[str, Any],
     settings: ModelSettings,
-    model_folder: Path,
+    output_model_path: Path,
     sample_weight: np.ndarray | None = None,
 ) -> ModelInfo:
-    """Train on these rows and save the model with its metadata in ``model_folder``; return the metadata."""
+    """Train on these rows and save the model with its metadata in ``output_model_path``; return the metadata."""
     started = time.perf_counter()
     model = fit_classifier(features, labels, settings, sample_weight)
     seconds = time.perf_counter() - started
-    info = save_model(model, describe_model(model, data, labels, settings, seconds), model_folder)
+    info = save_model(model, describe_model(model, data, labels, settings, seconds), output_model_path)
     log.info(
         "trained on %d rows of %s in %.2fs (threshold %.3f, coefficients %s); saved %s",
         labels.size,
@@ -239,19 +239,19 @@ def fit_and_save(
         seconds,
         info.decision_threshold,
         info.coefficients,
-        model_folder / MODEL_FILE,
+        output_model_path / MODEL_FILE,
     )
     return info
 
 
-def train_from_folder(ingested_folder: Path, model_folder: Path, settings: ModelSettings) -> ModelInfo:
-    """Train on ``finaldata.csv`` in ``ingested_folder`` and save the model; return its metadata."""
-    data = describe_training_data(ingested_folder)
-    ingested = read_ingested_data(ingested_folder)
+def train_from_folder(output_folder_path: Path, output_model_path: Path, settings: ModelSettings) -> ModelInfo:
+    """Train on ``finaldata.csv`` in ``output_folder_path`` and save the model; return its metadata."""
+    data = describe_training_data(output_folder_path)
+    ingested = read_ingested_data(output_folder_path)
     latest = ingested.latest_batch
     window = TrainingWindow("all", min(1, latest), latest, ingested.rows, held_out_from_batch=latest + 1)
     data["training_window"] = window
-    return fit_and_save(ingested.features(), ingested.labels(), data, settings, model_folder)
+    return fit_and_save(ingested.features(), ingested.labels(), data, settings, output_model_path)
 
 
 def train_model(config_path: str | os.PathLike[str] | None = None) -> FixedThresholdClassifier:
@@ -260,15 +260,15 @@ def train_model(config_path: str | os.PathLike[str] | None = None) -> FixedThres
     ``config_path``: default ``$RISK_CONFIG``, else config.json.
     """
     config = load_config(config_path)
-    train_from_folder(config.output_folder, config.model_folder, config.model)
-    return load_model(config.model_folder / MODEL_FILE)
+    train_from_folder(config.output_folder_path, config.output_model_path, config.model)
+    return load_model(config.output_model_path / MODEL_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
 
     def work(config: Config) -> ModelInfo:
-        return train_from_folder(config.output_folder, config.model_folder, config.model)
+        return train_from_folder(config.output_folder_path, config.output_model_path, config.model)
 
     return run_stage("training", args, work)
 

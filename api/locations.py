@@ -36,9 +36,9 @@ def allowed_data_places(config: Config) -> list[Path]:
     A data folder that holds the config, the models or the deployment is left out, so a config
     such as ``"input_folder_path": "."`` never opens the whole project to requests.
     """
-    protected = (config.path, config.model_folder, config.deployment_folder)
+    protected = (config.path, config.output_model_path, config.prod_deployment_path)
     places = []
-    for place in (config.input_folder, config.output_folder, config.test_data_path):
+    for place in (config.input_folder_path, config.output_folder_path, config.test_data_path):
         if place is None:  # a database is the only source
             continue
         if place.is_dir() and any(path.is_relative_to(place) for path in protected):

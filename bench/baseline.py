@@ -24,7 +24,7 @@ from training import fit_classifier
 def compare_with_baseline(config_path: str | None) -> dict[str, dict]:
     """Metrics of the pipeline's model and of the plain baseline on the config's test data."""
     config = load_config(config_path)
-    features, labels = read_labelled_data([config.output_folder / FINAL_DATA])
+    features, labels = read_labelled_data([config.output_folder_path / FINAL_DATA])
     test_features, test_labels = read_labelled_data(find_test_files(config.test_data_path))
     models = {
         "pipeline model": fit_classifier(features, labels, config.model),

@@ -110,7 +110,7 @@ def start_server(config_path: Path, port: int, worker_class: str) -> subprocess.
 def check_answers_equal_the_model(config_path: Path, url: str) -> None:
     """The file answer must equal the deployed model's own predict_proba, number for number."""
     config = load_config(config_path)
-    model = load_model(current_version_folder(config.deployment_folder) / MODEL_FILE)
+    model = load_model(current_version_folder(config.prod_deployment_path) / MODEL_FILE)
     batch = read_feature_file(config_path.parent / "data" / "bench2000.csv")  # testdata.csv is the test data
     response = requests.post(f"{url}/prediction", json={"filelocation": "data/bench2000.csv"}, timeout=10)
     if response.status_code != 200:

@@ -96,17 +96,17 @@ def load_model(path: Path) -> Any:
     return model
 
 
-def check_final_data(ingested_folder: Path) -> str:
+def check_final_data(output_folder_path: Path) -> str:
     """The hash of ``finaldata.csv``, after checking it is the file the last ingestion wrote.
 
     Raises PipelineError when it is missing, or is not the file the ingestion report vouches for
     (cut short by a full disk, a crash or an edit): nothing should train on or describe such a file.
     """
-    data_path = Path(ingested_folder) / FINAL_DATA
+    data_path = Path(output_folder_path) / FINAL_DATA
     if not data_path.exists():
         raise PipelineError(f"{data_path} does not exist; run ingestion.py first")
     data_hash = sha256_file(data_path)
-    report_path = Path(ingested_folder) / INGESTION_REPORT
+    report_path = Path(output_folder_path) / INGESTION_REPORT
     if report_path.exists():  # classic layouts have no report
         vouched = read_json_file(report_path, "ingestion report").get("finaldata_sha256")
         if vouched not in (None, data_hash):
@@ -192,7 +192,7 @@ class IngestedFetch(IngestedFile):
 class IngestionRecord:
     """What ``ingestedfiles.json`` holds: the input folder the files came from, and the files in arrival order."""
 
-    input_folder: str | None
+    input_folder_path: str | None
     files: list[IngestedFile]
 
 
@@ -207,7 +207,7 @@ def write_ingestion_record(folder: Path, record: IngestionRecord) -> Path:
     The record goes first: a crash between the two leaves names the record describes, or
     names it does not (those read as not ingested, so the next run parses them again).
     """
-    payload = {"input_folder": record.input_folder, "files": [asdict(entry) for entry in record.files]}
+    payload = {"input_folder_path": record.input_folder_path, "files": [asdict(entry) for entry in record.files]}
     write_text_atomic(folder / INGESTED_RECORD, json.dumps(payload, indent=2) + "\n")
     return write_text_atomic(folder / INGESTED_FILES, "".join(f"{entry.name}\n" for entry in record.files))
 
@@ -234,7 +234,7 @@ def read_ingestion_record(path: Path) -> IngestionRecord:
             log.info("%s: %r carries no content hash; treating that file as not ingested", path.name, name)
             continue
         entries[name] = entry
-    return IngestionRecord(stored.input_folder, list(entries.values()))
+    return IngestionRecord(stored.input_folder_path, list(entries.values()))
 
 
 def read_ingested_files(path: Path) -> dict[str, IngestedFile]:
@@ -247,7 +247,7 @@ def _read_record_file(path: Path) -> IngestionRecord:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         files = [IngestedFile.from_json(item) for item in data["files"]]
-        folder = data.get("input_folder")
+        folder = data.get("input_folder_path", data.get("input_folder"))  # "input_folder": records before 2026-11
         return IngestionRecord(folder if isinstance(folder, str) else None, files)
     except FileNotFoundError:
         return IngestionRecord(None, [])

@@ -39,7 +39,7 @@ def run_stage(stage: str, args: argparse.Namespace, work: Callable[[Config], obj
         config = load_config(args.config)
         started = time.perf_counter()
         result = work(config)
-        record_stage_timings(config.model_folder, {stage: time.perf_counter() - started}, f"{stage}.py")
+        record_stage_timings(config.output_model_path, {stage: time.perf_counter() - started}, f"{stage}.py")
         return result
 
     return run_command(stage, args, timed)

@@ -162,11 +162,11 @@ class Config:
     """Resolved settings; every path is absolute."""
 
     path: Path
-    input_folder: Path | None  # None when only a database is the source
-    output_folder: Path
+    input_folder_path: Path | None  # None when only a database is the source
+    output_folder_path: Path
     test_data_path: Path
-    model_folder: Path
-    deployment_folder: Path
+    output_model_path: Path
+    prod_deployment_path: Path
     model: ModelSettings = field(default_factory=ModelSettings)
     keep_versions: int = 5
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -180,7 +180,7 @@ class Config:
         """The run history: a SQLite file (``monitoring.history_url``, relative to the config folder) or a database."""
         url = self.monitoring.history_url
         if not url:
-            return self.model_folder / DEFAULT_HISTORY_FILE
+            return self.output_model_path / DEFAULT_HISTORY_FILE
         if not url.startswith(SQLITE_URL_PREFIX):
             return parse_database_url(
                 url, self.path.parent, "monitoring.history_url", self.monitoring.history_password_env
@@ -191,7 +191,7 @@ class Config:
     def log_path(self) -> Path:
         """The rotating log file of fullprocess.py: ``monitoring.log_file`` (relative to the config folder)."""
         if not self.monitoring.log_file:
-            return self.model_folder / DEFAULT_LOG_FILE
+            return self.output_model_path / DEFAULT_LOG_FILE
         return (self.path.parent / self.monitoring.log_file).resolve()
 
 
@@ -227,11 +227,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     paths = {key: _resolve_path(raw, key, base, config_path) for key in PATH_KEYS if key not in optional}
     return Config(
         path=config_path,
-        input_folder=paths.get("input_folder_path"),
-        output_folder=paths["output_folder_path"],
+        input_folder_path=paths.get("input_folder_path"),
+        output_folder_path=paths["output_folder_path"],
         test_data_path=paths["test_data_path"],
-        model_folder=paths["output_model_path"],
-        deployment_folder=paths["prod_deployment_path"],
+        output_model_path=paths["output_model_path"],
+        prod_deployment_path=paths["prod_deployment_path"],
         model=_read_model_settings(_section(raw, "model", config_path), config_path),
         keep_versions=_read_keep_versions(_section(raw, "deployment", config_path), config_path),
         api=_read_settings(ApiSettings, raw, "api", config_path),
@@ -269,11 +269,11 @@ def dump_config(config: Config) -> str:
     the file, so it keeps following the defaults.
     """
     paths: dict[str, Path | None] = {
-        "input_folder_path": config.input_folder,
-        "output_folder_path": config.output_folder,
+        "input_folder_path": config.input_folder_path,
+        "output_folder_path": config.output_folder_path,
         "test_data_path": config.test_data_path,
-        "output_model_path": config.model_folder,
-        "prod_deployment_path": config.deployment_folder,
+        "output_model_path": config.output_model_path,
+        "prod_deployment_path": config.prod_deployment_path,
     }
     sections = {
         "model": _changed_settings(config.model),

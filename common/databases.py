@@ -197,7 +197,7 @@ def last_watermark(entries: list[Any], source: DatabaseSource) -> Any:
     return fetched[-1].watermark_to if fetched else None
 
 
-def describe_sources(input_folder: Path | None, database: DatabaseSource | None) -> str:
+def describe_sources(input_folder_path: Path | None, database: DatabaseSource | None) -> str:
     """The sources of the data as messages and reports name them (a database's URL masked)."""
-    sources = [str(input_folder)] if input_folder is not None else []
+    sources = [str(input_folder_path)] if input_folder_path is not None else []
     return " and ".join([*sources, *([database.shown] if database is not None else [])]) or "no source"

@@ -733,7 +733,7 @@ def retrain_and_gate(
     log.warning(
         "the challenger is not better by the margin; %s keeps serving (the challengers stay in %s)",
         version,
-        config.model_folder / CHALLENGER_FOLDER,
+        config.output_model_path / CHALLENGER_FOLDER,
     )
 
 
@@ -747,12 +747,12 @@ def train_candidates(
 
     config, data, test = inputs.config, inputs.data, yardsticks.test
     first_new, trainable, because = assessment.first_batch, ~yardsticks.evaluation, "; ".join(assessment.triggers)
-    described = describe_training_data(config.output_folder)
+    described = describe_training_data(config.output_folder_path)
     held_out = int((data.in_batches(first_new) & ~trainable).sum())
     windows = candidate_windows(config, inputs.connection, data, first_new, yardsticks.held_out_from, trainable)
 
     def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None) -> tuple[Any, ...]:
-        folder = config.model_folder / CHALLENGER_FOLDER / window.name
+        folder = config.output_model_path / CHALLENGER_FOLDER / window.name
         info = {
             **described,
             "training_window": window,

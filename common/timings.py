@@ -32,9 +32,9 @@ class StageTiming:
     source: str  # "ingestion.py", "fullprocess.py run 12"
 
 
-def read_stage_timings(model_folder: Path) -> dict[str, list[StageTiming]]:
+def read_stage_timings(output_model_path: Path) -> dict[str, list[StageTiming]]:
     """The kept records per stage, oldest first; {} when there are none or the file cannot be read."""
-    path = Path(model_folder) / STAGE_TIMINGS_FILE
+    path = Path(output_model_path) / STAGE_TIMINGS_FILE
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
         return {stage: [StageTiming(**item) for item in items] for stage, items in stored.items()}
@@ -45,15 +45,16 @@ def read_stage_timings(model_folder: Path) -> dict[str, list[StageTiming]]:
         return {}
 
 
-def record_stage_timings(model_folder: Path, seconds: dict[str, float], source: str) -> None:
+def record_stage_timings(output_model_path: Path, seconds: dict[str, float], source: str) -> None:
     """Add one record per stage in ``seconds``, keeping the latest ``KEPT_PER_STAGE`` of each; never raises."""
     if not seconds:
         return
-    path = Path(model_folder) / STAGE_TIMINGS_FILE
+    path = Path(output_model_path) / STAGE_TIMINGS_FILE
     try:
         with hold_lock(path.with_name(f".{STAGE_TIMINGS_FILE}.lock"), source, "{holder} is recording timings"):
             stored = {
-                stage: [asdict(item) for item in items] for stage, items in read_stage_timings(model_folder).items()
+                stage: [asdict(item) for item in items]
+                for stage, items in read_stage_timings(output_model_path).items()
             }
             if path.exists() and not stored and path.stat().st_size:
                 path.replace(path.with_name(path.name + ".damaged"))

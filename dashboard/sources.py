@@ -97,17 +97,17 @@ class DashboardSources:
 
     @property
     def final_data(self) -> Path:
-        return self.config.output_folder / FINAL_DATA
+        return self.config.output_folder_path / FINAL_DATA
 
     @property
     def data_files(self) -> list[Path]:
         """The files the ingested data is read from: their signatures say when to read it again."""
-        folder = self.config.output_folder
+        folder = self.config.output_folder_path
         return [self.final_data, folder / ROW_BATCHES_FILE, folder / UNLABELLED_CLIENTS]
 
     def ingested(self) -> IngestedData:
         key = signature(self.data_files[:2])
-        return self._data.get(key, lambda: read_ingested_data(self.config.output_folder))
+        return self._data.get(key, lambda: read_ingested_data(self.config.output_folder_path))
 
     def clients(self, served: Any) -> ClientTable:
         """The current clients scored by the serving model; PipelineError without ingested data."""
@@ -116,7 +116,7 @@ class DashboardSources:
         def compute() -> ClientTable:
             threshold = float(getattr(served.deployed.model, "threshold", 0.5))
             data = self.ingested()
-            current = select_current_clients(data.table, read_unlabelled_clients(self.config.output_folder))
+            current = select_current_clients(data.table, read_unlabelled_clients(self.config.output_folder_path))
             table = build_client_table(
                 served.version, served.shortcut, threshold, lambda rows: served.predict(rows)[0], data, current
             )
@@ -135,7 +135,7 @@ class DashboardSources:
         name = served.deployed.version_info.previous_version
         if not name:
             return None
-        folder = self.config.deployment_folder / VERSIONS_FOLDER / name
+        folder = self.config.prod_deployment_path / VERSIONS_FOLDER / name
 
         def compute() -> Comparison | None:
             try:
@@ -167,7 +167,7 @@ class DashboardSources:
 
     def stored_json(self, name: str) -> dict[str, Any] | None:
         """A JSON file of the model folder; None when missing or unreadable."""
-        path = self.config.model_folder / name
+        path = self.config.output_model_path / name
         cache = self._json.setdefault(name, Cached())
 
         def compute() -> dict[str, Any] | None:

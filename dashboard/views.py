@@ -465,7 +465,7 @@ def system() -> str:
 
 def newest_file(key: str) -> str | None:
     """The name of the newest file in the model folder that may be served as ``key``; None when none exists."""
-    folder = current_app.config["RISK_CONFIG"].model_folder
+    folder = current_app.config["RISK_CONFIG"].output_model_path
     found = []
     for name in SERVED_FILES[key]:
         try:
@@ -483,4 +483,4 @@ def model_file(name: str) -> Response:
     chosen = newest_file(name)
     if chosen is None:
         abort(404, f"{SERVED_FILES[name][0]} has not been made yet; run reporting.py.")
-    return send_from_directory(current_app.config["RISK_CONFIG"].model_folder, chosen, max_age=0)
+    return send_from_directory(current_app.config["RISK_CONFIG"].output_model_path, chosen, max_age=0)

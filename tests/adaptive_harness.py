@@ -97,7 +97,9 @@ class ChangingWorld:
 
     def deployed_model(self) -> object | None:
         try:
-            return load_deployed_version(current_version_folder(load_config(self.config_path).deployment_folder)).model
+            return load_deployed_version(
+                current_version_folder(load_config(self.config_path).prod_deployment_path)
+            ).model
         except PipelineError:
             return None
 
@@ -107,7 +109,7 @@ class ChangingWorld:
         result = run_script("fullprocess.py", "--config", str(self.config_path), timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         run = read_runs(load_config(self.config_path).history_path, limit=1)[0]
-        deployed = load_deployed_version(current_version_folder(load_config(self.config_path).deployment_folder))
+        deployed = load_deployed_version(current_version_folder(load_config(self.config_path).prod_deployment_path))
         step = Step(
             self.scenario,
             batch,

@@ -25,7 +25,7 @@ def project(tmp_path: Path) -> Config:
 @pytest.fixture
 def deployed(project: Config) -> Config:
     """The small project, ingested, trained, scored and deployed (v0001)."""
-    ingest_folder(project.input_folder, project.output_folder)
+    ingest_folder(project.input_folder_path, project.output_folder_path)
     train_and_score(project)
     deploy(project)
     return project

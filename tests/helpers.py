@@ -49,13 +49,15 @@ def write_config(folder: Path, **overrides: object) -> Path:
 
 def train_and_score(config: Config, C: float = 1.0) -> str:
     """Train with regularisation ``C`` (so each call can make a distinct model) and score it; return its hash."""
-    train_from_folder(config.output_folder, config.model_folder, ModelSettings(C=C))
-    write_scores(score_model(config.model_folder / MODEL_FILE, config.test_data_path), config.model_folder)
-    return sha256_file(config.model_folder / MODEL_FILE)
+    train_from_folder(config.output_folder_path, config.output_model_path, ModelSettings(C=C))
+    write_scores(score_model(config.output_model_path / MODEL_FILE, config.test_data_path), config.output_model_path)
+    return sha256_file(config.output_model_path / MODEL_FILE)
 
 
 def deploy(config: Config) -> Publication:
-    return publish_deployment(config.model_folder, config.output_folder, config.deployment_folder, config.keep_versions)
+    return publish_deployment(
+        config.output_model_path, config.output_folder_path, config.prod_deployment_path, config.keep_versions
+    )
 
 
 def run_script(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120):

@@ -190,14 +190,14 @@ def test_without_a_token_only_loopback_is_served_unless_asked():
 def test_messages_show_no_absolute_paths(client, deployed: Config):
     from common.artifacts import DIAGNOSTICS_FILE
 
-    (deployed.model_folder / DIAGNOSTICS_FILE).write_text(
+    (deployed.output_model_path / DIAGNOSTICS_FILE).write_text(
         json.dumps({"model_version": "v0001", "missing_data": {"dataset": "sourceddata", "rows": 1}})
     )
     for path in ("/diagnostics", "/summarystats", "/scoring", "/version", "/health"):
         assert str(deployed.path.parent) not in client.get(path).get_data(as_text=True), path
-    (deployed.deployment_folder / "current").unlink()
-    (deployed.deployment_folder / "current").symlink_to(f"{VERSIONS_FOLDER}/v0009")
-    (deployed.deployment_folder / VERSIONS_FOLDER / "v0001" / MODEL_FILE).unlink()  # nothing to fall back to
+    (deployed.prod_deployment_path / "current").unlink()
+    (deployed.prod_deployment_path / "current").symlink_to(f"{VERSIONS_FOLDER}/v0009")
+    (deployed.prod_deployment_path / VERSIONS_FOLDER / "v0001" / MODEL_FILE).unlink()  # nothing to fall back to
     answer = create_app(deployed, token="").test_client().get("/scoring")
     error = answer.get_json()["error"]
     assert answer.status_code == 503 and "versions/v0009: " in error and "metrics.json" in error
@@ -209,7 +209,7 @@ def test_a_damaged_deployed_model_falls_back_to_the_newest_intact_version(deploy
     deploy(deployed)
     running = create_app(deployed, token="").test_client()
     assert running.get("/version").get_json()["model_version"] == "v0002"
-    model = deployed.deployment_folder / VERSIONS_FOLDER / "v0002" / MODEL_FILE
+    model = deployed.prod_deployment_path / VERSIONS_FOLDER / "v0002" / MODEL_FILE
     model.write_bytes(model.read_bytes()[:100])  # damaged after deployment
     health = running.get("/health").get_json()
     assert health["model_version"] == "v0001" and health["status"] == "degraded"
@@ -221,7 +221,7 @@ def test_a_damaged_deployed_model_falls_back_to_the_newest_intact_version(deploy
 
 
 def test_a_truncated_version_json_does_not_stop_an_intact_model_serving(deployed: Config):
-    info = deployed.deployment_folder / VERSIONS_FOLDER / "v0001" / VERSION_INFO_FILE
+    info = deployed.prod_deployment_path / VERSIONS_FOLDER / "v0001" / VERSION_INFO_FILE
     info.write_text(info.read_text()[:10])
     client = create_app(deployed, token="").test_client()
     version = client.get("/version")

@@ -391,7 +391,7 @@ def test_a_model_damaged_under_two_workers_is_replaced_by_the_same_intact_versio
     try:
         with requests.Session() as session:  # each worker loads v0002
             assert {session.get(f"{url}/version", timeout=5).json()["model_version"] for _ in range(10)} == {"v0002"}
-        model = deployed.deployment_folder / VERSIONS_FOLDER / "v0002" / MODEL_FILE
+        model = deployed.prod_deployment_path / VERSIONS_FOLDER / "v0002" / MODEL_FILE
         model.write_bytes(b"damaged")
         served = {requests.get(f"{url}/health", timeout=5).json()["model_version"] for _ in range(20)}
         assert served == {"v0001"}

@@ -39,7 +39,7 @@ def predict_json(client, body):
 
 
 def deployed_model(config: Config):
-    return load_model(current_version_folder(config.deployment_folder) / MODEL_FILE)
+    return load_model(current_version_folder(config.prod_deployment_path) / MODEL_FILE)
 
 
 def test_prediction_by_file_location_equals_the_models_own_predict_proba(client, deployed):
@@ -263,7 +263,7 @@ TRAVERSALS = [
 @pytest.mark.parametrize(("case", "location"), TRAVERSALS, ids=[case for case, _ in TRAVERSALS])
 def test_file_locations_outside_the_data_folders_are_refused_with_403(client, deployed, case, location):
     (deployed.test_data_path / "passwd.csv").symlink_to("/etc/passwd")
-    (deployed.test_data_path / "models").symlink_to(deployed.model_folder)
+    (deployed.test_data_path / "models").symlink_to(deployed.output_model_path)
     location = location.format(root=deployed.path.parent)
     for answer in (
         predict_json(client, {"filelocation": location}),
@@ -287,7 +287,7 @@ def test_an_absolute_path_into_a_data_folder_is_read(client, deployed):
 
 def test_a_test_file_in_the_project_folder_opens_only_itself(deployed):
     shutil.copy(deployed.test_data_path / "testdata.csv", deployed.path.parent / "testdata.csv")
-    (deployed.model_folder / "notes.csv").write_text("api_key,owner\nsecret,me\n")
+    (deployed.output_model_path / "notes.csv").write_text("api_key,owner\nsecret,me\n")
     config = load_config(write_config(deployed.path.parent, test_data_path="testdata.csv"))
     client = create_app(config, token="").test_client()
     assert predict_json(client, {"filelocation": "testdata.csv"}).status_code == 200
@@ -318,7 +318,7 @@ def test_unknown_paths_and_methods_get_json_errors(client):
 
 
 def test_scoring_and_version_describe_the_deployed_model(client, deployed):
-    folder = current_version_folder(deployed.deployment_folder)
+    folder = current_version_folder(deployed.prod_deployment_path)
     metrics = json.loads((folder / "metrics.json").read_text())
     scoring = client.get("/scoring").get_json()
     assert scoring["model_version"] == "v0001"
@@ -338,7 +338,7 @@ def test_scoring_and_version_describe_the_deployed_model(client, deployed):
 
 
 def test_summarystats_are_those_of_the_ingested_data_and_follow_it(client, deployed):
-    data = np.genfromtxt(deployed.output_folder / FINAL_DATA, delimiter=",", skip_header=1, usecols=(1, 2, 3, 4))
+    data = np.genfromtxt(deployed.output_folder_path / FINAL_DATA, delimiter=",", skip_header=1, usecols=(1, 2, 3, 4))
     stats = client.get("/summarystats").get_json()
     assert stats["rows"] == data.shape[0]
     month = stats["columns"]["lastmonth_activity"]
@@ -346,11 +346,11 @@ def test_summarystats_are_those_of_the_ingested_data_and_follow_it(client, deplo
     assert month["median"] == pytest.approx(np.median(data[:, 0]))
     assert month["std"] == pytest.approx(data[:, 0].std(ddof=1), abs=1e-6)
     assert set(month) == {"count", "mean", "median", "std", "min", "q1", "q3", "max"}
-    (deployed.output_folder / FINAL_DATA).write_text(f"corporation,{HEADER},exited\na,1,2,3,0\nb,3,4,5,1\n")
+    (deployed.output_folder_path / FINAL_DATA).write_text(f"corporation,{HEADER},exited\na,1,2,3,0\nb,3,4,5,1\n")
     cut = client.get("/summarystats")  # not the file ingestion wrote: not described as if it were
     assert cut.status_code == 503 and "not the file the last ingestion wrote" in cut.get_json()["error"]
-    (deployed.input_folder / "more.csv").write_text(f"corporation,{HEADER},exited\nnew-client,1,2,3,0\n")
-    ingest_folder(deployed.input_folder, deployed.output_folder)
+    (deployed.input_folder_path / "more.csv").write_text(f"corporation,{HEADER},exited\nnew-client,1,2,3,0\n")
+    ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
     assert client.get("/summarystats").get_json()["rows"] == data.shape[0] + 1
 
 
@@ -366,7 +366,7 @@ def test_diagnostics_are_served_as_stored_with_their_timestamp(client, deployed)
         "dependencies": [{"package": "flask", "status": "current"}],
         "predictions": {"rows": 500},
     }
-    (deployed.model_folder / DIAGNOSTICS_FILE).write_text(json.dumps(stored))
+    (deployed.output_model_path / DIAGNOSTICS_FILE).write_text(json.dumps(stored))
     body = client.get("/diagnostics").get_json()
     assert body["generated_at"] == "2026-11-20T10:00:00Z"
     assert body["timing"] == stored["timing"]
@@ -409,7 +409,7 @@ def test_a_version_that_will_not_load_leaves_the_previous_one_serving(client, de
     assert client.get("/health").get_json()["model_version"] == "v0001"
     train_and_score(deployed, C=0.001)
     deploy(deployed)
-    (deployed.deployment_folder / VERSIONS_FOLDER / "v0002" / MODEL_FILE).write_bytes(b"damaged")
+    (deployed.prod_deployment_path / VERSIONS_FOLDER / "v0002" / MODEL_FILE).write_bytes(b"damaged")
     health = client.get("/health").get_json()
     assert (health["status"], health["model_version"], health["deployed_version"]) == ("degraded", "v0001", "v0002")
     assert health["load_error"] == (
@@ -422,22 +422,22 @@ def test_a_version_that_will_not_load_leaves_the_previous_one_serving(client, de
 def test_a_version_that_failed_to_load_is_tried_again_later(client, deployed, monkeypatch):
     train_and_score(deployed, C=0.001)
     deploy(deployed)
-    model_file = deployed.deployment_folder / VERSIONS_FOLDER / "v0002" / MODEL_FILE
+    model_file = deployed.prod_deployment_path / VERSIONS_FOLDER / "v0002" / MODEL_FILE
     model_file.write_bytes(b"damaged")
     assert client.get("/health").get_json()["status"] == "degraded"
-    shutil.copy(deployed.model_folder / MODEL_FILE, model_file)  # repaired, say after a disk fault
+    shutil.copy(deployed.output_model_path / MODEL_FILE, model_file)  # repaired, say after a disk fault
     assert client.get("/health").get_json()["model_version"] == "v0001"  # not retried at once
     monkeypatch.setattr("api.serving.RETRY_SECONDS", 0.0)
     assert client.get("/health").get_json() == {"status": "ok", "model_version": "v0002"}
 
 
 def test_broken_server_side_files_get_503_not_500(client, deployed):
-    (deployed.output_folder / FINAL_DATA).write_text("corporation,exited\na,0\n")
+    (deployed.output_folder_path / FINAL_DATA).write_text("corporation,exited\na,0\n")
     answer = client.get("/summarystats")
     assert answer.status_code == 503 and "run ingestion.py" in answer.get_json()["error"]
-    (deployed.model_folder / DIAGNOSTICS_FILE).write_text("{not json")
+    (deployed.output_model_path / DIAGNOSTICS_FILE).write_text("{not json")
     assert client.get("/diagnostics").status_code == 503
-    (deployed.model_folder / DIAGNOSTICS_FILE).write_text(json.dumps({"generated_at": "x", "missing_data": [1]}))
+    (deployed.output_model_path / DIAGNOSTICS_FILE).write_text(json.dumps({"generated_at": "x", "missing_data": [1]}))
     assert client.get("/diagnostics").get_json()["missing_data"]["percent"] is None
 
 

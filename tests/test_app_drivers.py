@@ -37,7 +37,7 @@ def client(deployed: Config):
 
 
 def served_model(config: Config):
-    return load_model(current_version_folder(config.deployment_folder) / MODEL_FILE)
+    return load_model(current_version_folder(config.prod_deployment_path) / MODEL_FILE)
 
 
 def check_drivers_add_up(answer: dict, model, features: np.ndarray) -> None:
@@ -96,10 +96,10 @@ def test_an_explain_that_is_not_yes_or_no_gets_400_naming_it(client, query, body
 
 def deploy_plain_logistic_regression(config: Config) -> None:
     """Deploy, as v0002, a plain LogisticRegression on the raw counts: a model of another shape."""
-    data = read_ingested_data(config.output_folder)
+    data = read_ingested_data(config.output_folder_path)
     model = LogisticRegression(max_iter=1000).fit(data.features(), data.labels())
-    save_model(model, read_model_info(config.model_folder / MODEL_INFO_FILE), config.model_folder)
-    write_scores(score_model(config.model_folder / MODEL_FILE, config.test_data_path), config.model_folder)
+    save_model(model, read_model_info(config.output_model_path / MODEL_INFO_FILE), config.output_model_path)
+    write_scores(score_model(config.output_model_path / MODEL_FILE, config.test_data_path), config.output_model_path)
     deploy(config)
 
 
@@ -113,7 +113,7 @@ def test_a_model_of_another_shape_answers_400_to_explain_and_ranking(client, dep
 
 
 def test_ranking_lists_the_active_clients_riskiest_first(client, deployed):
-    data = read_ingested_data(deployed.output_folder)
+    data = read_ingested_data(deployed.output_folder_path)
     ids = data.table[ID_COLUMN].to_pylist()
     rows = latest_active_rows(ids, data.table[TARGET].to_numpy())
     probabilities = served_model(deployed).predict_proba(data.features()[rows])[:, 1]
@@ -141,6 +141,6 @@ def test_ranking_refuses_a_bad_limit_naming_it(client, limit):
 
 
 def test_ranking_without_ingested_data_says_so(client, deployed):
-    shutil.rmtree(deployed.output_folder)
+    shutil.rmtree(deployed.output_folder_path)
     answer = client.get("/clients")
     assert answer.status_code == 503 and "run ingestion.py" in answer.get_json()["error"]

@@ -73,19 +73,19 @@ def test_the_course_steps_run_with_no_arguments_and_return_classic_values(classi
     merged = answers["merged"]
     assert isinstance(merged, pd.DataFrame) and list(merged.columns) == list(COLUMNS)
     assert len(merged) == 1000 and not merged.duplicated().any()
-    assert merged.equals(pd.read_csv(classic.output_folder / FINAL_DATA, dtype={"corporation": str}))
-    assert (classic.output_folder / INGESTED_FILES).read_text().splitlines() == ["clients_a.csv", "clients_b.csv"]
+    assert merged.equals(pd.read_csv(classic.output_folder_path / FINAL_DATA, dtype={"corporation": str}))
+    assert (classic.output_folder_path / INGESTED_FILES).read_text().splitlines() == ["clients_a.csv", "clients_b.csv"]
 
-    assert callable(answers["model"].predict) and (classic.model_folder / MODEL_FILE).is_file()
+    assert callable(answers["model"].predict) and (classic.output_model_path / MODEL_FILE).is_file()
     f1 = answers["f1"]
     assert isinstance(f1, float) and 0 < f1 <= 1
-    assert float((classic.model_folder / LATEST_SCORE_FILE).read_text()) == f1
+    assert float((classic.output_model_path / LATEST_SCORE_FILE).read_text()) == f1
     for name in (MODEL_FILE, LATEST_SCORE_FILE, INGESTED_FILES):  # the three files the rubric names
-        assert (classic.deployment_folder / name).is_file(), name
+        assert (classic.prod_deployment_path / name).is_file(), name
     assert answers["deployed"].version == "v0001"
 
     batch = read_feature_file(classic.test_data_path / "testdata.csv")
-    deployed_model = load_model(current_version_folder(classic.deployment_folder) / MODEL_FILE)
+    deployed_model = load_model(current_version_folder(classic.prod_deployment_path) / MODEL_FILE)
     assert answers["predictions"] == deployed_model.predict(batch.features).tolist()
     assert len(answers["predictions"]) == 500 and set(answers["predictions"]) <= {0, 1}
 
@@ -95,7 +95,7 @@ def test_the_course_steps_run_with_no_arguments_and_return_classic_values(classi
         expected = [merged[name].mean(), merged[name].median(), merged[name].std()]
         np.testing.assert_allclose([mean, median, std], expected, atol=1e-6)
     assert answers["missing"] == [0.0] * len(COLUMNS)
-    assert answers["plot"] == classic.model_folder / CONFUSION_MATRIX_FILE and answers["plot"].stat().st_size > 0
+    assert answers["plot"] == classic.output_model_path / CONFUSION_MATRIX_FILE and answers["plot"].stat().st_size > 0
 
 
 def test_model_predictions_takes_a_dataframe_and_names_a_missing_column(classic):
@@ -112,7 +112,7 @@ def test_model_predictions_takes_a_dataframe_and_names_a_missing_column(classic)
 
 
 def test_missing_data_is_the_percent_of_blank_cells_per_column_of_the_source_files(classic):
-    (classic.input_folder / "clients_c.csv").write_text(
+    (classic.input_folder_path / "clients_c.csv").write_text(
         "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\nx,,1,2,0\ny,1,1,2,1\n"
     )
     missing = diagnostics.missing_data()
@@ -125,7 +125,7 @@ def test_execution_time_and_outdated_packages_list_answer_in_the_classic_shapes(
     ingestion.merge_multiple_dataframe()
     seconds = diagnostics.execution_time()
     assert isinstance(seconds, list) and len(seconds) == 2 and all(value > 0 for value in seconds)
-    assert not (classic.model_folder / MODEL_FILE).exists()  # timed on scratch outputs
+    assert not (classic.output_model_path / MODEL_FILE).exists()  # timed on scratch outputs
     packages = diagnostics.outdated_packages_list()
     assert list(packages.columns) == ["package", "installed", "latest"]
     assert "pandas" in packages["package"].tolist() and packages["installed"].notna().all()
@@ -137,7 +137,7 @@ def test_the_functions_take_another_config_as_an_argument(classic, tmp_path):
     write_clients(other / "testdata" / "testdata.csv", 100, seed=6)
     path = write_config(other)
     assert len(ingestion.merge_multiple_dataframe(path)) == 300
-    assert not (classic.output_folder / FINAL_DATA).exists()
+    assert not (classic.output_folder_path / FINAL_DATA).exists()
 
 
 def test_the_course_workflow_practice_then_source_keeps_the_source_rows_only(classic):
@@ -147,7 +147,7 @@ def test_the_course_workflow_practice_then_source_keeps_the_source_rows_only(cla
     assert len(ingestion.merge_multiple_dataframe()) == 200
     write_config(classic.path.parent)  # input_folder_path back to sourceddata, same output folder
     assert len(ingestion.merge_multiple_dataframe()) == 1000
-    assert "dataset1.csv" not in (classic.output_folder / INGESTED_FILES).read_text()
+    assert "dataset1.csv" not in (classic.output_folder_path / INGESTED_FILES).read_text()
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ def test_paths_resolve_against_the_config_folder_not_the_working_directory(tmp_p
     path = write_config(tmp_path)
     monkeypatch.chdir(PROJECT_ROOT)
     config = load_config(path)
-    assert config.input_folder == tmp_path / "sourceddata"
-    assert config.deployment_folder == tmp_path / "production_deployment"
+    assert config.input_folder_path == tmp_path / "sourceddata"
+    assert config.prod_deployment_path == tmp_path / "production_deployment"
 
 
 def test_a_classic_course_config_works_unchanged(tmp_path):
@@ -37,8 +37,8 @@ def test_a_classic_course_config_works_unchanged(tmp_path):
 def test_environment_variable_chooses_the_config(tmp_path, monkeypatch):
     path = write_config(tmp_path, input_folder_path="elsewhere")
     monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
-    assert load_config().input_folder == tmp_path / "elsewhere"
-    assert load_config(PROJECT_ROOT / "config.json").input_folder == PROJECT_ROOT / "sourceddata"
+    assert load_config().input_folder_path == tmp_path / "elsewhere"
+    assert load_config(PROJECT_ROOT / "config.json").input_folder_path == PROJECT_ROOT / "sourceddata"
 
 
 @pytest.mark.parametrize(
@@ -139,6 +139,6 @@ def test_a_config_with_a_database_source_and_no_folder_round_trips(tmp_path):
     del raw["input_folder_path"]
     path.write_text(json.dumps(raw))
     config = load_config(path)
-    assert config.input_folder is None and config.database is not None
+    assert config.input_folder_path is None and config.database is not None
     path.write_text(dump_config(config))
     assert load_config(path) == config

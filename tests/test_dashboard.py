@@ -78,7 +78,7 @@ def client(app):
 
 def active_clients(config: Config) -> tuple[list[str], np.ndarray]:
     """The active clients (latest row per corporation, not exited) and their features, computed here directly."""
-    data = read_ingested_data(config.output_folder)
+    data = read_ingested_data(config.output_folder_path)
     ids = data.table[ID_COLUMN].to_pylist()
     rows = latest_active_rows(ids, data.table[TARGET].to_numpy())
     return [ids[row] for row in rows], data.features()[rows]
@@ -97,7 +97,7 @@ def test_every_page_answers_html_without_a_token(client):
 
 def test_the_overview_shows_version_scores_health_last_run_and_risk(client, deployed):
     page = client.get("/dashboard/").get_data(as_text=True)
-    deployed_version = load_deployed_version(current_version_folder(deployed.deployment_folder))
+    deployed_version = load_deployed_version(current_version_folder(deployed.prod_deployment_path))
     assert "v0001" in page and ">ok<" in page
     assert f"{deployed_version.metrics.f1:.3f}" in page and f"{deployed_version.metrics.roc_auc:.3f}" in page
     assert "Decision number 2 in one sentence." in page and "no new data" in page
@@ -121,7 +121,7 @@ def test_the_csv_holds_every_active_client_with_the_models_own_probabilities(cli
     assert "attachment" in answer.headers["Content-Disposition"]
     rows = read_csv(answer.get_data(as_text=True))
     ids, features = active_clients(deployed)
-    model = load_deployed_version(current_version_folder(deployed.deployment_folder)).model
+    model = load_deployed_version(current_version_folder(deployed.prod_deployment_path)).model
     expected = dict(zip(ids, model.predict_proba(features)[:, 1].tolist(), strict=True))
     assert len(rows) == len(ids) and {row[ID_COLUMN] for row in rows} == set(ids)
     for row in rows:
@@ -166,7 +166,7 @@ def test_paging_shows_consecutive_slices(client):
 
 def test_a_client_page_shows_its_rows_and_drivers_that_add_up(app, client, deployed):
     ids, features = active_clients(deployed)
-    model = load_deployed_version(current_version_folder(deployed.deployment_folder)).model
+    model = load_deployed_version(current_version_folder(deployed.prod_deployment_path)).model
     probabilities = model.predict_proba(features)[:, 1]
     for index in (int(np.argmax(probabilities)), int(np.argmin(probabilities)), 0):
         page = client.get(f"/dashboard/clients/{ids[index]}").get_data(as_text=True)
@@ -199,8 +199,8 @@ def test_model_health_draws_charts_with_values_on_hover(client):
 
 
 def test_only_the_report_and_the_plot_are_served_from_the_model_folder(client, deployed):
-    (deployed.model_folder / REPORT_FILE).write_bytes(b"%PDF-1.4 test")
-    (deployed.model_folder / CONFUSION_MATRIX_FILE).write_bytes(b"\x89PNG test")
+    (deployed.output_model_path / REPORT_FILE).write_bytes(b"%PDF-1.4 test")
+    (deployed.output_model_path / CONFUSION_MATRIX_FILE).write_bytes(b"\x89PNG test")
     # a served file stays open until its response is closed, as a WSGI server closes it
     with client.get("/dashboard/files/report") as answer:
         assert answer.data == b"%PDF-1.4 test"
@@ -225,7 +225,7 @@ def test_the_client_table_is_scored_once_per_version_and_data(app, deployed):
     with app.app_context():
         first = read_clients(read_serving())
         assert read_clients(read_serving()) is first
-        final = deployed.output_folder / "finaldata.csv"
+        final = deployed.output_folder_path / "finaldata.csv"
         final.write_text(final.read_text() + "newcorp,1,1,1,0\n")
         again = read_clients(read_serving())
     assert again is not first and "newcorp" in again.ids
@@ -314,7 +314,7 @@ def test_pages_forbid_framing_and_scripts_and_are_not_cached(client):
 def test_the_overview_says_degraded_and_why_when_the_deployed_version_cannot_be_loaded(app, client, deployed):
     train_and_score(deployed, C=0.01)
     deploy(deployed)
-    (current_version_folder(deployed.deployment_folder) / "trainedmodel.pkl").write_bytes(b"not a model")
+    (current_version_folder(deployed.prod_deployment_path) / "trainedmodel.pkl").write_bytes(b"not a model")
     page = client.get("/dashboard/").get_data(as_text=True)
     assert ">degraded<" in page and "v0002 cannot be loaded" in page and "v0001 serves" in page
 

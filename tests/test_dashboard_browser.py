@@ -65,7 +65,7 @@ def build_project(root: Path) -> Config:
     write_clients(root / "sourceddata" / "clients_b.csv", 400, seed=2)
     write_clients(root / "testdata" / "testdata.csv", 500, seed=3)
     config = load_config(write_config(root))
-    ingest_folder(config.input_folder, config.output_folder)
+    ingest_folder(config.input_folder_path, config.output_folder_path)
     train_and_score(config, C=0.01)
     deploy(config)
     train_and_score(config)
@@ -301,7 +301,7 @@ def test_the_downloaded_csv_holds_the_models_probabilities(site, driver, downloa
     with files[0].open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     ids, features = active_clients(config)
-    model = load_deployed_version(current_version_folder(config.deployment_folder)).model
+    model = load_deployed_version(current_version_folder(config.prod_deployment_path)).model
     expected = dict(zip(ids, model.predict_proba(features)[:, 1].tolist(), strict=True))
     assert len(rows) == len(ids)
     np.testing.assert_array_equal(

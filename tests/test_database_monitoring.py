@@ -108,7 +108,7 @@ def test_an_unreachable_database_fails_the_run_clearly_and_the_next_retries(sqli
     assert sentence in failed.stderr and "Traceback" not in failed.stderr
     run = read_runs(config.history_path, limit=1)[0]
     assert run["outcome"] == "failed" and run["failed_stage"] == "check" and sentence.split(": ", 1)[1] in run["error"]
-    assert current_version(config.deployment_folder) == "v0001"
+    assert current_version(config.prod_deployment_path) == "v0001"
     (tmp_path / "clients.away").rename(database)
     started = time.perf_counter()
     again = run_fullprocess(sqlite_shipped)

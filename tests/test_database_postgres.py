@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def ingest(config: Config, fresh: bool = False):
-    return ingest_folder(config.input_folder, config.output_folder, fresh=fresh, database=config.database)
+    return ingest_folder(config.input_folder_path, config.output_folder_path, fresh=fresh, database=config.database)
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -39,14 +39,14 @@ def test_ingestion_from_postgresql_matches_the_same_rows_as_files(postgres_url: 
     assert ingest(config).rows_written == 1000
     (tmp_path / "files").mkdir()
     files = load_config(write_config(tmp_path / "files", input_folder_path=str(tmp_path / "csv")))
-    ingest_folder(files.input_folder, files.output_folder)
-    assert (config.output_folder / FINAL_DATA).read_bytes() == (files.output_folder / FINAL_DATA).read_bytes()
+    ingest_folder(files.input_folder_path, files.output_folder_path)
+    assert (config.output_folder_path / FINAL_DATA).read_bytes() == (files.output_folder_path / FINAL_DATA).read_bytes()
     load_into_database(postgres_url, "client_activity", [write_clients(tmp_path / "c.csv", 50, seed=9)])
     with connect(postgres_url) as connection:
         connection.execute("INSERT INTO client_activity (corporation, lastmonth_activity) VALUES ('partial', 3)")
     more = ingest(config)
     assert more.appended and more.rows_written == 1050
-    entries = read_ingestion_record(config.output_folder / INGESTED_FILES).files
+    entries = read_ingestion_record(config.output_folder_path / INGESTED_FILES).files
     assert [(entry.watermark_from, entry.watermark_to, entry.rows_dropped) for entry in entries] == [
         (None, 1000, 0),
         (1000, 1051, 1),
@@ -60,7 +60,7 @@ def test_a_timestamp_watermark(postgres_url: str, tmp_path: Path):
     load_into_database(postgres_url, "client_activity", [write_clients(tmp_path / "b.csv", 200, seed=2)])
     assert ingest(config).rows_written == 500
     assert ingest(config).batch == 0
-    entries = read_ingestion_record(config.output_folder / INGESTED_FILES).files
+    entries = read_ingestion_record(config.output_folder_path / INGESTED_FILES).files
     assert entries[1].watermark_from == entries[0].watermark_to and "T" in str(entries[1].watermark_to)
 
 
@@ -70,7 +70,7 @@ def test_a_server_stopped_mid_fetch_loses_nothing_and_repeats_nothing(
     load_into_database(postgres_url, "client_activity", [write_clients(tmp_path / "a.csv", 1000, seed=1)])
     config = load_config(write_database_config(tmp_path, postgres_url))
     ingest(config)
-    before = (config.output_folder / FINAL_DATA).read_bytes()
+    before = (config.output_folder_path / FINAL_DATA).read_bytes()
     with connect(postgres_url) as connection:  # 200,000 more rows: far more than the socket buffers hold
         connection.execute(
             "INSERT INTO client_activity (corporation, lastmonth_activity, lastyear_activity, number_of_employees, "
@@ -101,14 +101,14 @@ def test_a_server_stopped_mid_fetch_loses_nothing_and_repeats_nothing(
     message = str(failure.value)
     assert message.startswith("table client_activity of postgresql://risk:***@127.0.0.1:")
     assert "nothing was taken from it; the next run tries again" in message and PASSWORD not in message
-    assert (config.output_folder / FINAL_DATA).read_bytes() == before
-    assert read_ingestion_record(config.output_folder / INGESTED_FILES).files[-1].watermark_to == 1000
+    assert (config.output_folder_path / FINAL_DATA).read_bytes() == before
+    assert read_ingestion_record(config.output_folder_path / INGESTED_FILES).files[-1].watermark_to == 1000
     monkeypatch.setenv("RISK_DATABASE_PASSWORD", PASSWORD)
     after = ingest(config)
     assert after.rows_written == 201000
-    lines = (config.output_folder / FINAL_DATA).read_text().splitlines()
+    lines = (config.output_folder_path / FINAL_DATA).read_text().splitlines()
     assert len(lines) == len(set(lines)) == 201001
-    assert read_ingestion_record(config.output_folder / INGESTED_FILES).files[-1].watermark_to == 201000
+    assert read_ingestion_record(config.output_folder_path / INGESTED_FILES).files[-1].watermark_to == 201000
 
 
 @pytest.fixture
@@ -143,6 +143,6 @@ def test_a_stopped_server_fails_the_run_in_one_sentence_and_the_next_run_retries
     assert "Traceback" not in failed.stderr and PASSWORD not in failed.stderr
     run = read_runs(config.history_path, limit=1)[0]
     assert run["outcome"] == "failed" and run["failed_stage"] == "check" and "cannot be read" in run["error"]
-    assert current_version(config.deployment_folder) == "v0001"
+    assert current_version(config.prod_deployment_path) == "v0001"
     again = run_fullprocess(postgres_shipped)
     assert again.returncode == 0 and "no new data" in again.stderr

@@ -21,7 +21,7 @@ from tests.helpers import write_clients, write_config, write_database_config
 
 
 def ingest(config: Config, fresh: bool = False) -> ingestion.IngestionResult:
-    return ingest_folder(config.input_folder, config.output_folder, fresh=fresh, database=config.database)
+    return ingest_folder(config.input_folder_path, config.output_folder_path, fresh=fresh, database=config.database)
 
 
 @pytest.fixture
@@ -48,13 +48,13 @@ def test_the_first_fetch_ingests_what_the_same_rows_as_files_would(sqlite_projec
     assert result.rows_written == 1000
     (tmp_path / "files").mkdir()
     from_files = load_config(write_config(tmp_path / "files", input_folder_path=str(tmp_path / "csv")))
-    ingest_folder(from_files.input_folder, from_files.output_folder)
-    final = sqlite_project.output_folder / FINAL_DATA
-    assert final.read_bytes() == (from_files.output_folder / FINAL_DATA).read_bytes()
-    (entry,) = read_ingestion_record(sqlite_project.output_folder / INGESTED_FILES).files
+    ingest_folder(from_files.input_folder_path, from_files.output_folder_path)
+    final = sqlite_project.output_folder_path / FINAL_DATA
+    assert final.read_bytes() == (from_files.output_folder_path / FINAL_DATA).read_bytes()
+    (entry,) = read_ingestion_record(sqlite_project.output_folder_path / INGESTED_FILES).files
     assert (entry.watermark_from, entry.watermark_to, entry.rows_kept) == (None, 1000, 1000)
     assert entry.name == "client_activity [id <= 1000]"
-    report = json.loads((sqlite_project.output_folder / INGESTION_REPORT).read_text())
+    report = json.loads((sqlite_project.output_folder_path / INGESTION_REPORT).read_text())
     assert report["files"][0]["sha256"] == entry.sha256 and report["files"][0]["watermark_to"] == 1000
 
 
@@ -67,12 +67,12 @@ def test_each_fetch_takes_only_the_rows_past_the_watermark(sqlite_project: Confi
     )
     more = ingest(sqlite_project)
     assert more.appended and more.rows_written == 1050 and more.batch == 2
-    entries = read_ingestion_record(sqlite_project.output_folder / INGESTED_FILES).files
+    entries = read_ingestion_record(sqlite_project.output_folder_path / INGESTED_FILES).files
     assert [(entry.watermark_from, entry.watermark_to, entry.rows_kept) for entry in entries] == [
         (None, 1000, 1000),
         (1000, 1050, 50),
     ]
-    lines = (sqlite_project.output_folder / INGESTED_FILES).read_text().splitlines()
+    lines = (sqlite_project.output_folder_path / INGESTED_FILES).read_text().splitlines()
     assert lines == ["client_activity [id <= 1000]", "client_activity [1000 < id <= 1050]"]
 
 
@@ -92,7 +92,7 @@ def test_bad_rows_are_dropped_and_counted_by_reason(sqlite_project: Config):
     fetch = result.files[-1]
     assert (fetch.rows_kept, fetch.rows_dropped) == (1, 6)
     assert result.rows_written == 1001
-    report = json.loads((sqlite_project.output_folder / INGESTION_REPORT).read_text())
+    report = json.loads((sqlite_project.output_folder_path / INGESTION_REPORT).read_text())
     assert report["files"][-1]["rows_dropped"] == 6
 
 
@@ -138,12 +138,12 @@ def test_an_edited_watermark_repeats_nothing(sqlite_project: Config, caplog: pyt
 
 def test_a_table_that_vanishes_is_named_and_nothing_is_lost(sqlite_project: Config):
     ingest(sqlite_project)
-    before = (sqlite_project.output_folder / FINAL_DATA).read_bytes()
+    before = (sqlite_project.output_folder_path / FINAL_DATA).read_bytes()
     with sqlite3.connect(sqlite_project.database.url.path) as connection:
         connection.execute("ALTER TABLE client_activity RENAME TO old_activity")
     with pytest.raises(PipelineError, match=r"^table client_activity of sqlite:///.*clients.sqlite does not exist"):
         ingest(sqlite_project)
-    assert (sqlite_project.output_folder / FINAL_DATA).read_bytes() == before
+    assert (sqlite_project.output_folder_path / FINAL_DATA).read_bytes() == before
     with sqlite3.connect(sqlite_project.database.url.path) as connection:
         connection.execute("ALTER TABLE old_activity RENAME TO client_activity")
     sqlite_project.database.url.path.rename(sqlite_project.database.url.path.with_suffix(".away"))
@@ -164,7 +164,7 @@ def test_a_fetch_that_fails_midway_takes_nothing_and_the_next_takes_all(
     with pytest.raises(PipelineError, match=r"cannot be read \(\[SQLite\] disk I/O error\); nothing was taken from it"):
         ingest(sqlite_project)
     monkeypatch.undo()
-    assert read_ingestion_record(sqlite_project.output_folder / INGESTED_FILES).files[-1].watermark_to == 1000
+    assert read_ingestion_record(sqlite_project.output_folder_path / INGESTED_FILES).files[-1].watermark_to == 1000
     assert ingest(sqlite_project).rows_written == 1002
 
 
@@ -181,9 +181,9 @@ def test_a_crash_before_the_record_is_written_repeats_nothing(sqlite_project: Co
     monkeypatch.undo()
     result = ingest(sqlite_project)
     assert result.rows_written == 1002
-    lines = (sqlite_project.output_folder / FINAL_DATA).read_text().splitlines()
+    lines = (sqlite_project.output_folder_path / FINAL_DATA).read_text().splitlines()
     assert len(lines) == 1003 and len(set(lines)) == 1003
-    assert read_ingestion_record(sqlite_project.output_folder / INGESTED_FILES).files[-1].watermark_to == 1002
+    assert read_ingestion_record(sqlite_project.output_folder_path / INGESTED_FILES).files[-1].watermark_to == 1002
 
 
 def test_folder_and_database_together(sqlite_project: Config, tmp_path: Path):
@@ -211,7 +211,7 @@ def test_the_config_checks_names_and_keeps_passwords_out(tmp_path: Path, monkeyp
     assert check_identifier("public.client_activity", "t", qualified=True) == "public.client_activity"
     assert quote_identifier("public.client_activity") == '"public"."client_activity"'
     config = load_config(write_database_config(tmp_path, "sqlite:///data/x.sqlite"))
-    assert config.database.url.path == tmp_path / "data" / "x.sqlite" and config.input_folder is None
+    assert config.database.url.path == tmp_path / "data" / "x.sqlite" and config.input_folder_path is None
 
 
 def test_the_cheap_check_asks_one_question(sqlite_project: Config):

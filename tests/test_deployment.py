@@ -42,7 +42,7 @@ from training import train_from_folder
 
 @pytest.fixture
 def trained(project: Config) -> Config:
-    ingest_folder(project.input_folder, project.output_folder)
+    ingest_folder(project.input_folder_path, project.output_folder_path)
     train_and_score(project)
     return project
 
@@ -66,12 +66,14 @@ def assert_whole_version(root, model_hash: str | None = None) -> str:
 
 def test_first_deployment_publishes_one_whole_version_with_classic_paths(trained):
     info = deploy(trained)
-    root = trained.deployment_folder
+    root = trained.prod_deployment_path
     assert info.version == "v0001" and info.info.previous_version is None
-    assert assert_whole_version(root, sha256_file(trained.model_folder / MODEL_FILE)) == "v0001"
-    assert (root / INGESTED_FILES).read_text() == (trained.output_folder / INGESTED_FILES).read_text()
-    assert (root / INGESTED_RECORD).read_text() == (trained.output_folder / INGESTED_RECORD).read_text()
-    assert read_ingested_files(root / INGESTED_FILES) == read_ingested_files(trained.output_folder / INGESTED_FILES)
+    assert assert_whole_version(root, sha256_file(trained.output_model_path / MODEL_FILE)) == "v0001"
+    assert (root / INGESTED_FILES).read_text() == (trained.output_folder_path / INGESTED_FILES).read_text()
+    assert (root / INGESTED_RECORD).read_text() == (trained.output_folder_path / INGESTED_RECORD).read_text()
+    assert read_ingested_files(root / INGESTED_FILES) == read_ingested_files(
+        trained.output_folder_path / INGESTED_FILES
+    )
     assert (root / MODEL_FILE).is_symlink()
 
 
@@ -79,8 +81,8 @@ def test_versions_are_kept_up_to_the_configured_number(trained):
     for C in (1.0, 0.5, 0.1, 0.05, 0.01):
         train_and_score(trained, C)
         deploy(trained)
-    assert list_versions(trained.deployment_folder) == ["v0003", "v0004", "v0005"]
-    assert current_version(trained.deployment_folder) == "v0005"
+    assert list_versions(trained.prod_deployment_path) == ["v0003", "v0004", "v0005"]
+    assert current_version(trained.prod_deployment_path) == "v0005"
 
 
 def test_the_model_that_serves_is_not_published_again(trained):
@@ -89,7 +91,7 @@ def test_the_model_that_serves_is_not_published_again(trained):
     deploy(trained)
     again = deploy(trained)  # the same model and data: no copy that would push v0001 out
     assert again.version == "v0002" and again.unchanged
-    assert list_versions(trained.deployment_folder) == ["v0001", "v0002"] and first.version == "v0001"
+    assert list_versions(trained.prod_deployment_path) == ["v0001", "v0002"] and first.version == "v0001"
 
 
 def test_rollback_restores_the_version_that_served_before(trained):
@@ -97,7 +99,7 @@ def test_rollback_restores_the_version_that_served_before(trained):
     for C in (1.0, 0.01, 0.001):
         hashes.append(train_and_score(trained, C))
         deploy(trained)
-    root = trained.deployment_folder
+    root = trained.prod_deployment_path
     assert rollback_deployment(root) == "v0002"
     assert_whole_version(root, hashes[1])
     assert rollback_deployment(root) == "v0001"
@@ -121,43 +123,45 @@ def test_rollback_from_the_command_line(trained):
     )
     assert done.returncode == 0, done.stderr
     assert "rolled back from v0002 to v0001" in done.stderr
-    assert current_version(trained.deployment_folder) == "v0001"
+    assert current_version(trained.prod_deployment_path) == "v0001"
 
 
 def test_scores_of_another_model_are_refused_and_the_deployment_is_kept(trained):
     deploy(trained)
-    train_from_folder(trained.output_folder, trained.model_folder, ModelSettings(C=0.01))  # no rescoring
+    train_from_folder(trained.output_folder_path, trained.output_model_path, ModelSettings(C=0.01))  # no rescoring
     with pytest.raises(
         PipelineError, match="cannot deploy from .*models: metrics.json holds the scores of another model"
     ):
         deploy(trained)
-    assert list_versions(trained.deployment_folder) == ["v0001"]
-    assert_whole_version(trained.deployment_folder)
+    assert list_versions(trained.prod_deployment_path) == ["v0001"]
+    assert_whole_version(trained.prod_deployment_path)
 
 
 def test_corrupt_model_is_refused_and_the_deployment_is_kept(trained):
     deploy(trained)
-    model = trained.model_folder / MODEL_FILE
+    model = trained.output_model_path / MODEL_FILE
     model.write_bytes(b"\x80\x05 not a model")
     for name in (METRICS_FILE, MODEL_INFO_FILE):  # metadata that vouches for the damaged file
-        path = trained.model_folder / name
+        path = trained.output_model_path / name
         path.write_text(json.dumps({**json.loads(path.read_text()), "model_sha256": sha256_file(model)}))
     with pytest.raises(PipelineError, match="trainedmodel.pkl is corrupt"):
         deploy(trained)
-    assert_whole_version(trained.deployment_folder)
+    assert_whole_version(trained.prod_deployment_path)
 
 
 def test_scores_file_out_of_step_with_latestscore_is_refused(trained):
-    (trained.model_folder / LATEST_SCORE_FILE).write_text("0.99\n")
+    (trained.output_model_path / LATEST_SCORE_FILE).write_text("0.99\n")
     with pytest.raises(PipelineError, match="latestscore.txt does not match metrics.json"):
         deploy(trained)
-    assert current_version(trained.deployment_folder) is None
-    assert list((trained.deployment_folder / VERSIONS_FOLDER).iterdir()) == []
+    assert current_version(trained.prod_deployment_path) is None
+    assert list((trained.prod_deployment_path / VERSIONS_FOLDER).iterdir()) == []
 
 
 def test_ingestion_after_training_is_refused_until_retrained(trained):
-    (trained.input_folder / "more.csv").write_text((trained.input_folder / "clients_a.csv").read_text()[:2000])
-    ingest_folder(trained.input_folder, trained.output_folder)
+    (trained.input_folder_path / "more.csv").write_text(
+        (trained.input_folder_path / "clients_a.csv").read_text()[:2000]
+    )
+    ingest_folder(trained.input_folder_path, trained.output_folder_path)
     with pytest.raises(PipelineError, match="ingestedfiles.txt has changed since the model was trained"):
         deploy(trained)
     train_and_score(trained)
@@ -165,36 +169,38 @@ def test_ingestion_after_training_is_refused_until_retrained(trained):
 
 
 def test_a_file_edited_in_place_after_training_is_refused_though_the_names_are_the_same(trained):
-    names = (trained.output_folder / INGESTED_FILES).read_text()
-    (trained.input_folder / "clients_b.csv").write_text((trained.input_folder / "clients_a.csv").read_text()[:2000])
-    ingest_folder(trained.input_folder, trained.output_folder)
-    assert (trained.output_folder / INGESTED_FILES).read_text() == names
+    names = (trained.output_folder_path / INGESTED_FILES).read_text()
+    (trained.input_folder_path / "clients_b.csv").write_text(
+        (trained.input_folder_path / "clients_a.csv").read_text()[:2000]
+    )
+    ingest_folder(trained.input_folder_path, trained.output_folder_path)
+    assert (trained.output_folder_path / INGESTED_FILES).read_text() == names
     with pytest.raises(PipelineError, match="ingestedfiles.json has changed since the model was trained"):
         deploy(trained)
 
 
 def test_a_version_published_before_the_record_existed_can_be_rolled_back_to(trained):
     deploy(trained)
-    old = trained.deployment_folder / VERSIONS_FOLDER / "v0001"
+    old = trained.prod_deployment_path / VERSIONS_FOLDER / "v0001"
     (old / INGESTED_RECORD).unlink()
     info = json.loads((old / MODEL_INFO_FILE).read_text())
     del info["ingested_record_sha256"]
     (old / MODEL_INFO_FILE).write_text(json.dumps(info))
     train_and_score(trained, C=0.01)
     deploy(trained)
-    assert rollback_deployment(trained.deployment_folder) == "v0001"
+    assert rollback_deployment(trained.prod_deployment_path) == "v0001"
 
 
 def test_rollback_to_a_damaged_version_is_refused(trained):
     deploy(trained)
     train_and_score(trained, C=0.01)
     deploy(trained)
-    (trained.deployment_folder / VERSIONS_FOLDER / "v0001" / MODEL_FILE).write_bytes(b"damaged")
+    (trained.prod_deployment_path / VERSIONS_FOLDER / "v0001" / MODEL_FILE).write_bytes(b"damaged")
     with pytest.raises(
         PipelineError, match="cannot roll back to v0001: metrics.json holds the scores of another model"
     ):
-        rollback_deployment(trained.deployment_folder)
-    assert current_version(trained.deployment_folder) == "v0002"
+        rollback_deployment(trained.prod_deployment_path)
+    assert current_version(trained.prod_deployment_path) == "v0002"
 
 
 def test_rollback_with_nothing_deployed_says_so(tmp_path):
@@ -204,10 +210,10 @@ def test_rollback_with_nothing_deployed_says_so(tmp_path):
 
 def test_leftovers_of_an_interrupted_deployment_or_prune_are_cleared_and_never_listed(trained):
     deploy(trained)
-    versions = trained.deployment_folder / VERSIONS_FOLDER
+    versions = trained.prod_deployment_path / VERSIONS_FOLDER
     (versions / ".trash-v0000-123").mkdir()
     (versions / ".staging-v0002").mkdir()
-    assert list_versions(trained.deployment_folder) == ["v0001"]
+    assert list_versions(trained.prod_deployment_path) == ["v0001"]
     train_and_score(trained, C=0.01)
     deploy(trained)
     assert sorted(entry.name for entry in versions.iterdir()) == ["v0001", "v0002"]
@@ -219,7 +225,10 @@ def test_missing_inputs_are_named(project):
 
 
 def test_a_second_deployment_waits_for_no_one_and_says_so(trained):
-    with folder_lock(trained.deployment_folder, "deployment"), pytest.raises(PipelineError, match="another deployment"):
+    with (
+        folder_lock(trained.prod_deployment_path, "deployment"),
+        pytest.raises(PipelineError, match="another deployment"),
+    ):
         deploy(trained)
 
 
@@ -246,8 +255,8 @@ def start_paused_deployment(config: Config, step: str) -> subprocess.Popen:
 @pytest.mark.slow
 @pytest.mark.parametrize(("step", "serving"), [("staged", "v0001"), ("renamed", "v0001"), ("switched", "v0002")])
 def test_kill_9_mid_deployment_leaves_a_whole_version_and_the_next_run_completes(trained, step, serving):
-    root = trained.deployment_folder
-    first_hash = sha256_file(trained.model_folder / MODEL_FILE)
+    root = trained.prod_deployment_path
+    first_hash = sha256_file(trained.output_model_path / MODEL_FILE)
     deploy(trained)
     second_hash = train_and_score(trained, C=0.01)
     with start_paused_deployment(trained, step) as process:

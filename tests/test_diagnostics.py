@@ -21,7 +21,7 @@ from tests.helpers import run_script, write_config
 
 
 def test_predictions_are_the_models_own(deployed):
-    model = load_model(current_version_folder(deployed.deployment_folder) / MODEL_FILE)
+    model = load_model(current_version_folder(deployed.prod_deployment_path) / MODEL_FILE)
     predictions = diagnostics.predict_data_file(model, deployed.test_data_path / "testdata.csv")
     batch = read_feature_file(deployed.test_data_path / "testdata.csv")
     assert predictions["rows"] == 500 and predictions["corporation"] == batch.ids
@@ -78,11 +78,11 @@ def snapshot(folder: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_timing_runs_each_stage_as_a_process_without_touching_live_outputs(deployed):
     folders = (
-        deployed.input_folder,
-        deployed.output_folder,
+        deployed.input_folder_path,
+        deployed.output_folder_path,
         deployed.test_data_path,
-        deployed.model_folder,
-        deployed.deployment_folder,
+        deployed.output_model_path,
+        deployed.prod_deployment_path,
     )
     live = {folder: snapshot(folder) for folder in folders}
     timing = diagnostics.time_stages(deployed, runs=2)
@@ -92,14 +92,14 @@ def test_timing_runs_each_stage_as_a_process_without_touching_live_outputs(deplo
         assert len(spread["values"]) == 2 and all(value > 0 for value in spread["values"])
         assert spread["min"] <= spread["mean"] <= spread["max"]
     assert {folder: snapshot(folder) for folder in live} == live
-    recorded = read_stage_timings(deployed.model_folder)
+    recorded = read_stage_timings(deployed.output_model_path)
     assert {"ingestion", "training", "scoring"} <= set(recorded)
     assert recorded["training"][-1].source == "diagnostics.py"
 
 
 def test_timing_names_the_stage_that_failed(deployed, tmp_path):
-    (deployed.input_folder / "clients_a.csv").write_text("nothing useful\n")
-    (deployed.input_folder / "clients_b.csv").write_text("nothing useful\n")
+    (deployed.input_folder_path / "clients_a.csv").write_text("nothing useful\n")
+    (deployed.input_folder_path / "clients_b.csv").write_text("nothing useful\n")
     with pytest.raises(diagnostics.PipelineError, match=r"timing ingestion\.py failed"):
         diagnostics.time_stages(deployed, runs=1)
 
@@ -203,7 +203,7 @@ def test_main_writes_one_json_file_with_everything_and_a_timestamp(deployed):
     settings["diagnostics"] = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
     config_path.write_text(json.dumps(settings))
     assert diagnostics.main(["--config", str(config_path), "--runs", "1", "-q"]) == 0
-    stored = json.loads((deployed.model_folder / DIAGNOSTICS_FILE).read_text())
+    stored = json.loads((deployed.output_model_path / DIAGNOSTICS_FILE).read_text())
     assert stored["generated_at"].endswith("Z") and stored["model_version"] == "v0001"
     assert stored["predictions"]["rows"] == 500
     assert set(stored["summary_statistics"]["columns"]) == {
@@ -221,7 +221,7 @@ def test_stages_record_their_own_timings_and_diagnostics_reports_them_without_ru
     config_path = write_config(deployed.path.parent, diagnostics={"package_index": "http://127.0.0.1:9/pypi"})
     assert run_script("training.py", "--config", str(config_path), "-q").returncode == 0
     assert run_script("scoring.py", "--config", str(config_path), "-q").returncode == 0
-    recorded = read_stage_timings(deployed.model_folder)
+    recorded = read_stage_timings(deployed.output_model_path)
     assert [item.source for item in recorded["training"]] == ["training.py"] and recorded["training"][0].seconds > 0
 
     def no_processes(*args, **kwargs):
@@ -237,16 +237,16 @@ def test_stages_record_their_own_timings_and_diagnostics_reports_them_without_ru
 
 
 def test_a_damaged_timing_record_never_fails_a_stage(deployed):
-    (deployed.model_folder / STAGE_TIMINGS_FILE).write_text("{not json")
+    (deployed.output_model_path / STAGE_TIMINGS_FILE).write_text("{not json")
     config_path = write_config(deployed.path.parent)
     assert run_script("scoring.py", "--config", str(config_path), "-q").returncode == 0
-    assert [item.source for item in read_stage_timings(deployed.model_folder)["scoring"]] == ["scoring.py"]
+    assert [item.source for item in read_stage_timings(deployed.output_model_path)["scoring"]] == ["scoring.py"]
 
 
 def test_missing_counts_are_kept_by_content_and_an_unchanged_file_is_counted_once(project, tmp_path, monkeypatch):
     from common import datastats
 
-    paths = sorted(project.input_folder.glob("*.csv"))
+    paths = sorted(project.input_folder_path.glob("*.csv"))
     cache = tmp_path / "missingcache.json"
     first = datastats.missing_data(paths, cache)
     assert first == datastats.missing_data(paths)

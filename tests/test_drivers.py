@@ -32,7 +32,7 @@ def random_clients(rows: int, seed: int) -> np.ndarray:
 
 @pytest.fixture
 def trained(deployed: Config):
-    return load_model(deployed.model_folder / MODEL_FILE)
+    return load_model(deployed.output_model_path / MODEL_FILE)
 
 
 def test_baseline_plus_contributions_is_the_models_own_log_odds(trained):

@@ -101,7 +101,7 @@ def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) ->
 def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     root = shipped.parent
     config = load_config(shipped)
-    models = config.model_folder
+    models = config.output_model_path
 
     # 1. The first run finds everything new and deploys v0001, with diagnostics and the reports.
     first = run_fullprocess(shipped)
@@ -109,7 +109,7 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     run = last_run(shipped)
     assert run["outcome"] == "first_deployment" and run["model_version_after"] == "v0001"
     assert run["new_files"] == 4 and run["new_rows"] == 9992
-    assert current_version(config.deployment_folder) == "v0001"
+    assert current_version(config.prod_deployment_path) == "v0001"
     for name in (PLOT_AFTER_DEPLOYMENT, REPORT_FILE, TRENDS_PLOT_FILE, "diagnostics.json"):
         assert (models / name).is_file(), name
     assert "is not running" in first.stderr and "API calls skipped" in first.stderr
@@ -128,7 +128,7 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert last_run(shipped)["outcome"] == "no_new_data"
 
     # 3. A stable batch: ingested (appended), no drift, the model kept.
-    rows_before = len((config.output_folder / "finaldata.csv").read_text().splitlines()) - 1
+    rows_before = len((config.output_folder_path / "finaldata.csv").read_text().splitlines()) - 1
     write_batch(root / "sourceddata" / "batch_stable.csv", 2000, seed=31)
     stable = run_fullprocess(shipped)
     assert stable.returncode == 0, stable.stderr
@@ -137,7 +137,7 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert run["new_rows"] == 2000 and run["ingested_rows"] == rows_before + 2000
     assert run["new_data_f1"] >= run["drift_threshold"]
     assert "new rows appended" in stable.stderr
-    assert current_version(config.deployment_folder) == "v0001"
+    assert current_version(config.prod_deployment_path) == "v0001"
     assert [row["test"] for row in run["feature_drift"]] == ["wasserstein"] * 3
 
     # 4. A shifted population (clients move, the risk relationship stays) under the data-drift
@@ -156,7 +156,7 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert run["decision"].startswith("challenger not deployed")
     assert {candidate["window"] for candidate in run["candidates"]} == {"all", "recent", "weighted"}
     assert run["data_drift_reference"].startswith("the serving model's training window: all rows")
-    assert current_version(config.deployment_folder) == "v0001"
+    assert current_version(config.prod_deployment_path) == "v0001"
 
     # 5. A drifted batch: model drift, challengers on three windows, the recent one wins on the
     #    held-out recent rows and is deployed as v0002, with the reports made again.
@@ -173,10 +173,10 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert run["challenger_recent_f1"] >= run["champion_recent_f1"] + config.monitoring.min_gain
     assert run["winning_window"] == "recent"
     assert None not in (run["champion_test_f1"], run["challenger_test_f1"])
-    assert current_version(config.deployment_folder) == "v0002"
+    assert current_version(config.prod_deployment_path) == "v0002"
     assert (models / PLOT_AFTER_DEPLOYMENT).stat().st_mtime_ns > plot_before
     assert (models / REPORT_FILE).stat().st_mtime_ns > report_before
-    served = load_deployed_version(current_version_folder(config.deployment_folder))
+    served = load_deployed_version(current_version_folder(config.prod_deployment_path))
     assert served.model_info.held_out_recent_rows > 0
     assert served.model_info.training_window.name == "recent"
     assert "batch_drift.csv" in (served.folder / "ingestedfiles.txt").read_text()
@@ -215,8 +215,8 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
         finally:
             holder.send_signal(signal.SIGKILL)
             holder.wait()
-    assert current_version(config.deployment_folder) == "v0002"
-    load_deployed_version(current_version_folder(config.deployment_folder))  # loads: still serving
+    assert current_version(config.prod_deployment_path) == "v0002"
+    load_deployed_version(current_version_folder(config.prod_deployment_path))  # loads: still serving
     assert last_run(shipped)["outcome"] == "running"  # as the killed run left it
     after = run_fullprocess(shipped)
     assert after.returncode == 0, after.stderr
@@ -228,7 +228,7 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
         "batch_back.csv",
         "batch_stable.csv",  # the edited file's row, which waited, is tested with this batch
     }
-    assert current_version(config.deployment_folder) == "v0003"
+    assert current_version(config.prod_deployment_path) == "v0003"
 
     # The record: every run is in the history, and --history prints it as a table.
     outcomes = [run["outcome"] for run in reversed(read_runs(config.history_path, limit=100))]
@@ -275,7 +275,7 @@ def test_a_failing_stage_is_named_and_the_next_run_starts_clean(shipped: Path):
     assert "the deployed model keeps serving" in failed.stderr
     run = last_run(shipped)
     assert run["outcome"] == "failed" and run["failed_stage"] == "test data"
-    assert current_version(load_config(shipped).deployment_folder) == "v0001"
+    assert current_version(load_config(shipped).prod_deployment_path) == "v0001"
     (root / "testdata.csv.away").rename(root / "testdata" / "testdata.csv")
     again = run_fullprocess(shipped)
     assert again.returncode == 0, again.stderr
@@ -371,12 +371,12 @@ def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(s
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
-    returns = json.loads((config.model_folder / API_RETURNS_AFTER_DEPLOYMENT).read_text())
+    returns = json.loads((config.output_model_path / API_RETURNS_AFTER_DEPLOYMENT).read_text())
     answers = returns["answers"]
     assert answers["version"]["model_version"] == "v0002" and answers["version"]["previous_version"] == "v0001"
     assert answers["prediction"]["model_version"] == "v0002" and answers["prediction"]["rows"] == 3000
     assert [run["outcome"] for run in answers["history"]["runs"]] == ["deployed", "first_deployment"]
-    assert last_run(shipped)["details"]["apicalls"] == str(config.model_folder / API_RETURNS_AFTER_DEPLOYMENT)
+    assert last_run(shipped)["details"]["apicalls"] == str(config.output_model_path / API_RETURNS_AFTER_DEPLOYMENT)
 
 
 def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_makes_its_reports(shipped: Path):
@@ -390,8 +390,8 @@ def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_m
         finally:
             holder.send_signal(signal.SIGKILL)
             holder.wait()
-    assert current_version(config.deployment_folder) == "v0002"
-    assert json.loads((config.model_folder / "diagnostics.json").read_text())["model_version"] == "v0001"
+    assert current_version(config.prod_deployment_path) == "v0002"
+    assert json.loads((config.output_model_path / "diagnostics.json").read_text())["model_version"] == "v0001"
     after = run_fullprocess(shipped)
     assert after.returncode == 0, after.stderr
     assert "not those of v0002" in after.stderr
@@ -400,7 +400,7 @@ def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_m
     assert (
         redo["outcome"] == "no_new_data" and "made the diagnostics, report and API calls for v0002" in redo["decision"]
     )
-    assert json.loads((config.model_folder / "diagnostics.json").read_text())["model_version"] == "v0002"
+    assert json.loads((config.output_model_path / "diagnostics.json").read_text())["model_version"] == "v0002"
     assert "no new data" in run_fullprocess(shipped).stderr  # and the run after that has nothing to do
 
 
@@ -419,20 +419,20 @@ def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
             holder.kill()
     run = last_run(shipped)
     assert run["outcome"] == "interrupted" and run["decision"] == "stopped by a signal; nothing was decided"
-    assert run["finished_at"] is not None and current_version(config.deployment_folder) == "v0001"
+    assert run["finished_at"] is not None and current_version(config.prod_deployment_path) == "v0001"
     after = run_fullprocess(shipped)  # the lock is free and the batch is decided on now
     assert after.returncode == 0, after.stderr
-    assert last_run(shipped)["outcome"] == "deployed" and current_version(config.deployment_folder) == "v0002"
+    assert last_run(shipped)["outcome"] == "deployed" and current_version(config.prod_deployment_path) == "v0002"
 
 
 def test_a_report_left_behind_by_a_stop_after_the_diagnostics_is_made_again(shipped: Path):
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
-    record = config.model_folder / "summaryreport.json"
+    record = config.output_model_path / "summaryreport.json"
     assert json.loads(record.read_text())["model_version"] == "v0001"
     # as a run stopped (SIGTERM, a full disk) after the diagnostics of v0002 and before its report leaves it
-    diagnostics = json.loads((config.model_folder / "diagnostics.json").read_text())
-    (config.model_folder / "diagnostics.json").write_text(json.dumps({**diagnostics, "model_version": "v0001"}))
+    diagnostics = json.loads((config.output_model_path / "diagnostics.json").read_text())
+    (config.output_model_path / "diagnostics.json").write_text(json.dumps({**diagnostics, "model_version": "v0001"}))
     assert run_fullprocess(shipped).returncode == 0  # both describe v0001, which serves: nothing to do
     assert last_run(shipped)["decision"] == "no new data"
     record.write_text(json.dumps({"model_version": "v0000"}))

@@ -79,36 +79,36 @@ def test_threshold_is_the_best_for_f1_on_the_training_data(shipped):
 
 
 def test_training_saves_model_with_metadata(project):
-    ingest_folder(project.input_folder, project.output_folder)
-    info = train_from_folder(project.output_folder, project.model_folder, project.model)
-    saved = json.loads((project.model_folder / MODEL_INFO_FILE).read_text())
-    assert saved == record_to_json(info) and read_model_info(project.model_folder / MODEL_INFO_FILE) == info
+    ingest_folder(project.input_folder_path, project.output_folder_path)
+    info = train_from_folder(project.output_folder_path, project.output_model_path, project.model)
+    saved = json.loads((project.output_model_path / MODEL_INFO_FILE).read_text())
+    assert saved == record_to_json(info) and read_model_info(project.output_model_path / MODEL_INFO_FILE) == info
     assert saved["features"] == list(FEATURES)
     assert saved["training_rows"] == 1000
-    assert saved["training_data_sha256"] == sha256_file(project.output_folder / FINAL_DATA)
-    assert saved["model_sha256"] == sha256_file(project.model_folder / MODEL_FILE)
+    assert saved["training_data_sha256"] == sha256_file(project.output_folder_path / FINAL_DATA)
+    assert saved["model_sha256"] == sha256_file(project.output_model_path / MODEL_FILE)
     assert set(saved["libraries"]) == {"numpy", "pyarrow", "scikit-learn", "scipy"}
     assert saved["coefficients"]["lastmonth_activity"] < 0
 
 
 def test_training_refuses_data_the_last_ingestion_did_not_write(project):
-    ingest_folder(project.input_folder, project.output_folder)
-    with open(project.output_folder / FINAL_DATA, "a") as handle:
+    ingest_folder(project.input_folder_path, project.output_folder_path)
+    with open(project.output_folder_path / FINAL_DATA, "a") as handle:
         handle.write("edited,1,1,1,0\n")
     with pytest.raises(PipelineError, match="not the file the last ingestion wrote"):
-        train_from_folder(project.output_folder, project.model_folder, project.model)
+        train_from_folder(project.output_folder_path, project.output_model_path, project.model)
 
 
 def test_scoring_another_model_file_writes_its_scores_beside_it(project, tmp_path):
-    ingest_folder(project.input_folder, project.output_folder)
-    train_from_folder(project.output_folder, project.model_folder, project.model)
+    ingest_folder(project.input_folder_path, project.output_folder_path)
+    train_from_folder(project.output_folder_path, project.output_model_path, project.model)
     other = tmp_path / "candidate"
     other.mkdir()
-    (other / MODEL_FILE).write_bytes((project.model_folder / MODEL_FILE).read_bytes())
+    (other / MODEL_FILE).write_bytes((project.output_model_path / MODEL_FILE).read_bytes())
     done = run_script("scoring.py", "--config", str(project.path), "--model", str(other / MODEL_FILE))
     assert done.returncode == 0, done.stderr
     assert (other / LATEST_SCORE_FILE).is_file()
-    assert not (project.model_folder / LATEST_SCORE_FILE).exists()
+    assert not (project.output_model_path / LATEST_SCORE_FILE).exists()
 
 
 def test_training_on_one_class_fails_clearly(tmp_path):
@@ -119,16 +119,16 @@ def test_training_on_one_class_fails_clearly(tmp_path):
 
 def test_training_without_ingested_data_names_the_missing_file(project):
     with pytest.raises(PipelineError, match="finaldata.csv does not exist; run ingestion.py first"):
-        train_from_folder(project.output_folder, project.model_folder, project.model)
+        train_from_folder(project.output_folder_path, project.output_model_path, project.model)
 
 
 def test_scoring_writes_bare_f1_and_all_metrics(project):
-    ingest_folder(project.input_folder, project.output_folder)
-    train_from_folder(project.output_folder, project.model_folder, project.model)
-    metrics = score_model(project.model_folder / MODEL_FILE, project.test_data_path)
-    write_scores(metrics, project.model_folder)
-    assert float((project.model_folder / LATEST_SCORE_FILE).read_text()) == metrics.f1
-    stored = json.loads((project.model_folder / METRICS_FILE).read_text())
+    ingest_folder(project.input_folder_path, project.output_folder_path)
+    train_from_folder(project.output_folder_path, project.output_model_path, project.model)
+    metrics = score_model(project.output_model_path / MODEL_FILE, project.test_data_path)
+    write_scores(metrics, project.output_model_path)
+    assert float((project.output_model_path / LATEST_SCORE_FILE).read_text()) == metrics.f1
+    stored = json.loads((project.output_model_path / METRICS_FILE).read_text())
     assert {"f1", "precision", "recall", "roc_auc", "confusion", "brier_score", "model_sha256"} <= set(stored)
     confusion = stored["confusion"]
     assert sum(confusion.values()) == stored["rows"] == 500
@@ -137,12 +137,12 @@ def test_scoring_writes_bare_f1_and_all_metrics(project):
 
 
 def test_scoring_one_class_test_data_reports_auc_as_undefined(project):
-    ingest_folder(project.input_folder, project.output_folder)
-    train_from_folder(project.output_folder, project.model_folder, project.model)
+    ingest_folder(project.input_folder_path, project.output_folder_path)
+    train_from_folder(project.output_folder_path, project.output_model_path, project.model)
     one_class = project.test_data_path / "testdata.csv"
     lines = one_class.read_text().splitlines()
     one_class.write_text("\n".join([lines[0], *[line for line in lines[1:] if line.endswith(",0")]]) + "\n")
-    metrics = score_model(project.model_folder / MODEL_FILE, project.test_data_path)
+    metrics = score_model(project.output_model_path / MODEL_FILE, project.test_data_path)
     assert metrics.roc_auc is None and metrics.exit_rate == 0
 
 
@@ -158,9 +158,9 @@ def test_corrupt_or_missing_model_gets_a_clear_error(tmp_path, content, message)
 
 
 def test_the_api_s_fast_arithmetic_is_taken_for_the_model_training_writes_and_gives_the_same_numbers(project):
-    ingest_folder(project.input_folder, project.output_folder)
-    train_from_folder(project.output_folder, project.model_folder, project.model)
-    model = load_model(project.model_folder / MODEL_FILE)
+    ingest_folder(project.input_folder_path, project.output_folder_path)
+    train_from_folder(project.output_folder_path, project.output_model_path, project.model)
+    model = load_model(project.output_model_path / MODEL_FILE)
     shortcut = LinearRiskModel.for_model(model)
     assert shortcut is not None  # the API would otherwise fall back to scikit-learn on every request
     features, _ = read_labelled_data([project.test_data_path / "testdata.csv"])

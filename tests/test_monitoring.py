@@ -17,39 +17,39 @@ from tests.helpers import write_config
 
 
 def add_batch(config: Config, name: str, rows: int, seed: int, world: str = "stable") -> int:
-    write_batch(config.input_folder / name, rows, seed=seed, world=world)
-    return ingest_folder(config.input_folder, config.output_folder).batch
+    write_batch(config.input_folder_path / name, rows, seed=seed, world=world)
+    return ingest_folder(config.input_folder_path, config.output_folder_path).batch
 
 
 def decide(config: Config, watermark: int):
     connection = open_history(config.history_path)
-    champion = load_deployed_version(current_version_folder(config.deployment_folder))
-    data = read_ingested_data(config.output_folder)
+    champion = load_deployed_version(current_version_folder(config.prod_deployment_path))
+    data = read_ingested_data(config.output_folder_path)
     clock = StageClock()
     return assess(RunInputs(config, connection, champion, data, watermark), clock), clock
 
 
 def test_each_row_keeps_the_batch_it_arrived_in(deployed: Config):
-    data = read_ingested_data(deployed.output_folder)
+    data = read_ingested_data(deployed.output_folder_path)
     assert data.latest_batch == 1 and set(np.unique(data.batch)) == {1}
     assert add_batch(deployed, "later.csv", 500, seed=40) == 2
-    data = read_ingested_data(deployed.output_folder)
+    data = read_ingested_data(deployed.output_folder_path)
     assert int((data.batch == 2).sum()) == 500 and data.batches[-1].files == ("later.csv",)
-    book = read_batch_book(deployed.output_folder)  # kept in the file's order too, and the same as by hash
+    book = read_batch_book(deployed.output_folder_path)  # kept in the file's order too, and the same as by hash
     assert np.array_equal(book.row_batches, data.batch) and np.array_equal(book.batch_of(data.hashes), data.batch)
     # a rebuild (a file removed for good, --fresh) keeps every remaining row's batch
-    (deployed.input_folder / "clients_a.csv").unlink()
-    ingest_folder(deployed.input_folder, deployed.output_folder, fresh=True)
-    rebuilt = read_ingested_data(deployed.output_folder)
+    (deployed.input_folder_path / "clients_a.csv").unlink()
+    ingest_folder(deployed.input_folder_path, deployed.output_folder_path, fresh=True)
+    rebuilt = read_ingested_data(deployed.output_folder_path)
     assert rebuilt.rows == data.rows - 600 and int((rebuilt.batch == 2).sum()) == 500
-    assert np.array_equal(read_batch_book(deployed.output_folder).row_batches, rebuilt.batch)
-    assert read_batch_book(deployed.output_folder).latest == 2  # nothing new arrived, so no new batch
+    assert np.array_equal(read_batch_book(deployed.output_folder_path).row_batches, rebuilt.batch)
+    assert read_batch_book(deployed.output_folder_path).latest == 2  # nothing new arrived, so no new batch
 
 
 def test_rows_ingested_before_batches_were_kept_are_the_first_batch(deployed: Config):
-    (deployed.output_folder / "rowbatches.npz").unlink()  # as an earlier version of the project left it
+    (deployed.output_folder_path / "rowbatches.npz").unlink()  # as an earlier version of the project left it
     assert add_batch(deployed, "later.csv", 300, seed=45) == 2
-    data = read_ingested_data(deployed.output_folder)
+    data = read_ingested_data(deployed.output_folder_path)
     assert int((data.batch == 1).sum()) == data.rows - 300 and int((data.batch == 2).sum()) == 300
 
 

@@ -54,17 +54,17 @@ def sorted_rows(path: Path) -> list[str]:
 def fresh_ingestion_rows(config: Config, scratch: Path) -> list[str]:
     """The rows a fresh ingestion of the source folder writes: what ``finaldata.csv`` must hold."""
     shutil.rmtree(scratch, ignore_errors=True)
-    return sorted_rows(ingest_folder(config.input_folder, scratch, fresh=True).final_data)
+    return sorted_rows(ingest_folder(config.input_folder_path, scratch, fresh=True).final_data)
 
 
 def check_whole(config: Config, scratch: Path) -> dict[str, int]:
     """After a completed run: what was lost, doubled, left stale or left running (all should be 0)."""
-    held, expected = sorted_rows(config.output_folder / FINAL_DATA), fresh_ingestion_rows(config, scratch)
+    held, expected = sorted_rows(config.output_folder_path / FINAL_DATA), fresh_ingestion_rows(config, scratch)
     held_set, expected_set = set(held), set(expected)
-    version = current_version(config.deployment_folder)
-    load_deployed_version(current_version_folder(config.deployment_folder))  # whole, or this raises
+    version = current_version(config.prod_deployment_path)
+    load_deployed_version(current_version_folder(config.prod_deployment_path))  # whole, or this raises
     made_for = [
-        json.loads((config.model_folder / name).read_text())["model_version"]
+        json.loads((config.output_model_path / name).read_text())["model_version"]
         for name in (DIAGNOSTICS_FILE, REPORT_RECORD_FILE)
     ]
     return {
@@ -83,13 +83,15 @@ def test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing(tmp_pa
     assert first.returncode == 0, first.stderr
     rng = random.Random(20261123)
     timed = time.monotonic()
-    write_batch(config.input_folder / "batch_00.csv", 2000, seed=100, world="drifted")
+    write_batch(config.input_folder_path / "batch_00.csv", 2000, seed=100, world="drifted")
     assert run_fullprocess(config_path).returncode == 0
     cycle_seconds = time.monotonic() - timed  # how long a retrain cycle takes here: kills fall inside it
     rows, landed, cycle = [], 0, 0
     while landed < KILL_CYCLES and cycle < 2 * KILL_CYCLES:
         cycle += 1
-        write_batch(config.input_folder / f"batch_{cycle:02d}.csv", 2000, seed=100 + cycle, world=WORLDS[cycle % 3])
+        write_batch(
+            config.input_folder_path / f"batch_{cycle:02d}.csv", 2000, seed=100 + cycle, world=WORLDS[cycle % 3]
+        )
         kind = rng.choice([signal.SIGKILL, signal.SIGTERM])
         delay = rng.uniform(0.05, cycle_seconds)
         with start_fullprocess(config_path, {}) as victim:
@@ -112,20 +114,20 @@ def test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing(tmp_pa
             f"{found['lost']:>4} {found['doubled']:>7} {found['stale']:>5} {found['running']:>7}"
         )
     assert landed == KILL_CYCLES
-    batches = read_ingested_data(config.output_folder)
+    batches = read_ingested_data(config.output_folder_path)
     assert batches.latest_batch >= 2  # the cycles really ingested and decided new batches
 
 
 def test_a_file_copied_in_during_a_run_is_read_once_whole_in_one_batch(tmp_path: Path):
     config_path = project_config(tmp_path / "project", settle_seconds=2)
     config = load_config(config_path)
-    for path in config.input_folder.iterdir():  # the shipped files were written just now; make them old
+    for path in config.input_folder_path.iterdir():  # the shipped files were written just now; make them old
         os.utime(path, (time.time() - 3600, time.time() - 3600))
     assert run_fullprocess(config_path).returncode == 0
     source = tmp_path / "batch.csv"
     write_batch(source, 6000, seed=7, world="drifted")
     data = source.read_bytes()
-    target = config.input_folder / "copied.csv"
+    target = config.input_folder_path / "copied.csv"
     stop_copying = threading.Event()
 
     def copy_slowly() -> None:  # as a slow network copy: a piece every 0.3 s for ~3 s
@@ -151,11 +153,11 @@ def test_a_file_copied_in_during_a_run_is_read_once_whole_in_one_batch(tmp_path:
     after = run_fullprocess(config_path)
     assert after.returncode == 0, after.stderr
     latest = read_runs(config.history_path, limit=1)[0]
-    kept = read_ingested_files(config.output_folder / INGESTED_FILES)["copied.csv"].rows_kept
+    kept = read_ingested_files(config.output_folder_path / INGESTED_FILES)["copied.csv"].rows_kept
     assert kept > 5900 and latest["new_rows"] == kept, latest  # the whole file, read once
-    ingested = read_ingested_data(config.output_folder)
+    ingested = read_ingested_data(config.output_folder_path)
     assert int(ingested.in_batches(ingested.latest_batch).sum()) == kept  # all of it in the batch it arrived in
-    assert sorted_rows(config.output_folder / FINAL_DATA) == fresh_ingestion_rows(config, tmp_path / "fresh")
+    assert sorted_rows(config.output_folder_path / FINAL_DATA) == fresh_ingestion_rows(config, tmp_path / "fresh")
 
 
 def can_mount_tmpfs(where: Path) -> bool:
@@ -178,8 +180,8 @@ def test_a_full_disk_is_said_in_one_sentence_and_leaves_the_deployment_serving(t
         config_path = project_config(disk)
         config = load_config(config_path)
         assert run_fullprocess(config_path).returncode == 0
-        before = (config.output_folder / FINAL_DATA).read_bytes()
-        write_batch(config.input_folder / "more.csv", 3000, seed=5, world="drifted")
+        before = (config.output_folder_path / FINAL_DATA).read_bytes()
+        write_batch(config.input_folder_path / "more.csv", 3000, seed=5, world="drifted")
         outcomes = []
         for free_kib in (0, 40, 120, 300):  # full, and nearly full at different stages of the run
             filler = disk / "filler"
@@ -192,12 +194,12 @@ def test_a_full_disk_is_said_in_one_sentence_and_leaves_the_deployment_serving(t
             assert done.returncode == 1, done.stderr
             assert "Traceback" not in done.stderr and "Logging error" not in done.stderr, done.stderr
             assert "full" in done.stderr and "another program" not in done.stderr, done.stderr
-            assert current_version(config.deployment_folder) == "v0001"
-            assert (config.output_folder / FINAL_DATA).read_bytes() == before  # untouched
+            assert current_version(config.prod_deployment_path) == "v0001"
+            assert (config.output_folder_path / FINAL_DATA).read_bytes() == before  # untouched
         filler.unlink()
         recovered = run_fullprocess(config_path)  # space freed: the next run does the work
         assert recovered.returncode == 0, recovered.stderr
-        assert sorted_rows(config.output_folder / FINAL_DATA) == fresh_ingestion_rows(config, tmp_path / "fresh")
+        assert sorted_rows(config.output_folder_path / FINAL_DATA) == fresh_ingestion_rows(config, tmp_path / "fresh")
         print("\n" + "\n".join(f"{kib:>4} KiB free: exit {code}: {line}" for kib, code, line in outcomes))
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -207,7 +209,7 @@ def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing
     config_path = project_config(tmp_path / "project")
     config = load_config(config_path)
     assert run_fullprocess(config_path).returncode == 0
-    write_batch(config.input_folder / "drifted.csv", 3000, seed=32, world="drifted")
+    write_batch(config.input_folder_path / "drifted.csv", 3000, seed=32, world="drifted")
     # the run has gated a challenger and is publishing it
     with start_fullprocess(config_path, {PAUSE_ENV_VAR: "staged"}) as holder:
         try:
@@ -215,20 +217,22 @@ def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing
             rollback = run_script("deployment.py", "--config", str(config_path), "--rollback")
             assert rollback.returncode == 1, rollback.stderr
             assert "being changed by another run" in rollback.stderr and "fullprocess.py run" in rollback.stderr
-            assert current_version(config.deployment_folder) == "v0001"  # the gate's champion is still the one serving
+            assert (
+                current_version(config.prod_deployment_path) == "v0001"
+            )  # the gate's champion is still the one serving
         finally:
             holder.send_signal(signal.SIGTERM)
             holder.wait(timeout=60)
-    assert run_fullprocess(config_path).returncode == 0 and current_version(config.deployment_folder) == "v0002"
+    assert run_fullprocess(config_path).returncode == 0 and current_version(config.prod_deployment_path) == "v0002"
     assert run_script("deployment.py", "--config", str(config_path), "--rollback").returncode == 0
-    assert current_version(config.deployment_folder) == "v0001"
+    assert current_version(config.prod_deployment_path) == "v0001"
 
 
 def test_a_rejected_file_is_recorded_as_rejected_and_not_tried_again(tmp_path: Path):
     config_path = project_config(tmp_path / "project")
     config = load_config(config_path)
     assert run_fullprocess(config_path).returncode == 0
-    (config.input_folder / "broken.csv").write_text("corporation,lastmonth_activity\nacme,1\n")
+    (config.input_folder_path / "broken.csv").write_text("corporation,lastmonth_activity\nacme,1\n")
     first = run_fullprocess(config_path)
     assert first.returncode == 0, first.stderr
     run = read_runs(config.history_path, limit=1)[0]

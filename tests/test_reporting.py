@@ -62,7 +62,7 @@ def diagnosed(deployed: Config, monkeypatch: pytest.MonkeyPatch) -> Config:
     # Timing runs three stages as processes; a fixed time keeps the test quick and the record whole.
     monkeypatch.setattr(diagnostics, "run_stage_process", lambda stage, config_path: 0.25)
     report = diagnostics.run_diagnostics(config, runs=1)
-    write_text_atomic(config.model_folder / DIAGNOSTICS_FILE, json.dumps(report))
+    write_text_atomic(config.output_model_path / DIAGNOSTICS_FILE, json.dumps(report))
     return config
 
 
@@ -82,7 +82,7 @@ def temp_files(folder: Path) -> list[str]:
 
 
 def deployed_model(config: Config):
-    return load_model(current_version_folder(config.deployment_folder) / MODEL_FILE)
+    return load_model(current_version_folder(config.prod_deployment_path) / MODEL_FILE)
 
 
 def riskiest_active_client(model, data_path: Path) -> str:
@@ -97,12 +97,12 @@ def riskiest_active_client(model, data_path: Path) -> str:
 def test_report_shows_every_section_with_the_deployed_models_figures(diagnosed):
     result = reporting.write_report(diagnosed)
 
-    plot = diagnosed.model_folder / CONFUSION_MATRIX_FILE
+    plot = diagnosed.output_model_path / CONFUSION_MATRIX_FILE
     width, height = png_size(plot)
     assert 600 <= width <= 2000 and 450 <= height <= 1500
     assert plot.stat().st_size > 10_000
 
-    pdf = diagnosed.model_folder / REPORT_FILE
+    pdf = diagnosed.output_model_path / REPORT_FILE
     assert result["pdf"] == pdf and pdf.read_bytes().startswith(b"%PDF")
     text = pdf_text(pdf)
     for heading in SECTION_HEADINGS:
@@ -112,11 +112,13 @@ def test_report_shows_every_section_with_the_deployed_models_figures(diagnosed):
     model = deployed_model(diagnosed)
     features, labels = read_labelled_data(find_test_files(diagnosed.test_data_path))
     assert f"{f1_score(labels, model.predict(features)):.4f}" in text
-    assert riskiest_active_client(model, diagnosed.output_folder / FINAL_DATA) in text
-    assert result["clients"][0]["corporation"] == riskiest_active_client(model, diagnosed.output_folder / FINAL_DATA)
+    assert riskiest_active_client(model, diagnosed.output_folder_path / FINAL_DATA) in text
+    assert result["clients"][0]["corporation"] == riskiest_active_client(
+        model, diagnosed.output_folder_path / FINAL_DATA
+    )
     assert len(result["clients"]) == diagnosed.reporting.top_clients
 
-    stored = json.loads((diagnosed.model_folder / DIAGNOSTICS_FILE).read_text())
+    stored = json.loads((diagnosed.output_model_path / DIAGNOSTICS_FILE).read_text())
     assert "is not in diagnostics.json" not in text, "every section has its figures"
     metrics = result["metrics"]
     for key in ("precision", "recall", "roc_auc", "accuracy"):
@@ -130,19 +132,19 @@ def test_report_shows_every_section_with_the_deployed_models_figures(diagnosed):
 
     assert "unknown" in text and "the package index cannot be reached" in text
     assert "Note:" not in text, "no warning is due when diagnostics match the deployed model"
-    assert temp_files(diagnosed.model_folder) == []
+    assert temp_files(diagnosed.output_model_path) == []
 
 
 def test_report_shows_the_calibration_on_the_test_data_and_the_latest_batch(diagnosed):
     result = reporting.write_report(diagnosed)
 
-    plot = diagnosed.model_folder / CALIBRATION_PLOT_FILE
+    plot = diagnosed.output_model_path / CALIBRATION_PLOT_FILE
     assert result["calibration_plot"] == plot and plot.read_bytes().startswith(PNG_SIGNATURE)
     width, height = png_size(plot)
     assert 600 <= width <= 2000 and 450 <= height <= 1500
     model = deployed_model(diagnosed)
-    curves = reporting.measure_calibrations(model, diagnosed.test_data_path, diagnosed.output_folder)
-    data = read_ingested_data(diagnosed.output_folder)
+    curves = reporting.measure_calibrations(model, diagnosed.test_data_path, diagnosed.output_folder_path)
+    data = read_ingested_data(diagnosed.output_folder_path)
     assert [curve.rows for curve in curves] == [500, int(data.in_batches(data.latest_batch).sum())]
     test_features, test_labels = read_labelled_data(find_test_files(diagnosed.test_data_path))
     bins = curves[0].bins
@@ -165,14 +167,14 @@ def test_report_shows_the_calibration_on_the_test_data_and_the_latest_batch(diag
 
 
 def test_report_notes_diagnostics_of_another_model_version(diagnosed):
-    path = diagnosed.model_folder / DIAGNOSTICS_FILE
+    path = diagnosed.output_model_path / DIAGNOSTICS_FILE
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "model_version": "v0000"}))
 
     result = reporting.write_report(diagnosed, pdf_name="other.pdf")
 
     assert len(result["notes"]) == 1
-    text = pdf_text(diagnosed.model_folder / "other.pdf")
+    text = pdf_text(diagnosed.output_model_path / "other.pdf")
     assert "Note: diagnostics.json was made for model v0000, not the deployed v0001" in text
     assert "Run diagnostics.py again" in text
 
@@ -222,7 +224,7 @@ def test_a_failed_build_leaves_the_old_report_and_no_temp_files(diagnosed, monke
         def draw(self):
             raise RuntimeError("disk trouble while drawing")
 
-    pdf = diagnosed.model_folder / REPORT_FILE
+    pdf = diagnosed.output_model_path / REPORT_FILE
     pdf.write_bytes(b"%PDF old report")
     monkeypatch.setattr(reporting, "clients_section", lambda *args: [Exploding()])
 
@@ -230,7 +232,7 @@ def test_a_failed_build_leaves_the_old_report_and_no_temp_files(diagnosed, monke
         reporting.write_report(diagnosed)
 
     assert pdf.read_bytes() == b"%PDF old report"
-    assert temp_files(diagnosed.model_folder) == []
+    assert temp_files(diagnosed.output_model_path) == []
 
 
 def test_reporting_without_diagnostics_fails_saying_to_run_diagnostics(deployed):
@@ -239,8 +241,8 @@ def test_reporting_without_diagnostics_fails_saying_to_run_diagnostics(deployed)
     assert done.returncode == 1
     assert "run diagnostics.py first" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
-    assert not (deployed.model_folder / REPORT_FILE).exists()
-    assert not (deployed.model_folder / CONFUSION_MATRIX_FILE).exists()
+    assert not (deployed.output_model_path / REPORT_FILE).exists()
+    assert not (deployed.output_model_path / CONFUSION_MATRIX_FILE).exists()
 
 
 def test_cli_writes_the_named_files_in_the_model_folder(diagnosed):
@@ -250,8 +252,8 @@ def test_cli_writes_the_named_files_in_the_model_folder(diagnosed):
 
     assert done.returncode == 0, done.stderr
     for name in ("confusionmatrix2.png", "report2.pdf"):
-        assert (diagnosed.model_folder / name).is_file()
-        assert f"wrote {diagnosed.model_folder / name}" in done.stderr
+        assert (diagnosed.output_model_path / name).is_file()
+        assert f"wrote {diagnosed.output_model_path / name}" in done.stderr
 
 
 @pytest.mark.parametrize("option", [["--plot", "../elsewhere.png"], ["--pdf", "report.png"], ["--pdf", "/tmp/a.pdf"]])
@@ -281,7 +283,7 @@ def test_trends_over_runs_come_from_the_run_history(diagnosed):
     result = reporting.write_report(diagnosed)
     text = pdf_text(result["pdf"])
     assert result["trend_runs"] == 2  # the no-op run is left out
-    assert (diagnosed.model_folder / TRENDS_PLOT_FILE).read_bytes().startswith(PNG_SIGNATURE)
+    assert (diagnosed.output_model_path / TRENDS_PLOT_FILE).read_bytes().startswith(PNG_SIGNATURE)
     assert "Trends over runs" in text and "2 runs of fullprocess.py that found new data" in text
     assert text.index("replaced v0001") < text.index("no drift; kept v0001")  # newest first
     assert "0.3900" in text and "0.5900" in text
@@ -295,7 +297,7 @@ def test_a_broken_history_leaves_the_trends_out_with_a_note(diagnosed):
 
 
 def test_a_finaldata_cut_short_is_described_by_neither_the_report_nor_the_diagnostics(diagnosed: Config):
-    data = diagnosed.output_folder / FINAL_DATA
+    data = diagnosed.output_folder_path / FINAL_DATA
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # a full disk, a crash, an edit
     with pytest.raises(PipelineError, match="not the file the last ingestion wrote"):
         reporting.write_report(diagnosed)

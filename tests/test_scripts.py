@@ -43,7 +43,7 @@ def test_the_pipeline_runs_stage_by_stage_as_processes(project):
     assert "trained on 1000 rows" in training_log
     assert "F1 0." in scoring_log
     assert "deployed v0001" in deployment_log
-    root = project.deployment_folder
+    root = project.prod_deployment_path
     assert all((root / name).is_file() for name in (MODEL_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES))
 
 
@@ -71,20 +71,23 @@ def test_the_classic_course_data_runs_through_all_four_stages(tmp_path):
     ingestion_log, *_ = run_pipeline(config_path)
     assert "ingested 2 file(s)" in ingestion_log
     config = load_config(config_path)
-    assert current_version(config.deployment_folder) == "v0001"
-    assert 0 <= float((config.deployment_folder / LATEST_SCORE_FILE).read_text()) <= 1
-    assert (config.deployment_folder / INGESTED_FILES).read_text().startswith("dataset3.csv\n")
+    assert current_version(config.prod_deployment_path) == "v0001"
+    assert 0 <= float((config.prod_deployment_path / LATEST_SCORE_FILE).read_text()) <= 1
+    assert (config.prod_deployment_path / INGESTED_FILES).read_text().startswith("dataset3.csv\n")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in UDACITY_DATA.rglob("*")) == before
 
 
 def test_shipped_configs_point_where_they_should():
     production = load_config(PROJECT_ROOT / "config.json")
-    assert (production.input_folder, production.model_folder) == (PROJECT_ROOT / "sourceddata", PROJECT_ROOT / "models")
+    assert (production.input_folder_path, production.output_model_path) == (
+        PROJECT_ROOT / "sourceddata",
+        PROJECT_ROOT / "models",
+    )
     practice = load_config(PROJECT_ROOT / "config.practice.json")
-    assert (practice.input_folder, practice.model_folder) == (
+    assert (practice.input_folder_path, practice.output_model_path) == (
         PROJECT_ROOT / "practicedata",
         PROJECT_ROOT / "practicemodels",
     )
-    assert practice.deployment_folder != production.deployment_folder
+    assert practice.prod_deployment_path != production.prod_deployment_path
     course = load_config(PROJECT_ROOT / "config.udacity.json")
-    assert course.input_folder == (PROJECT_ROOT.parent / "shared" / "udacity-data" / "sourcedata").resolve()
+    assert course.input_folder_path == (PROJECT_ROOT.parent / "shared" / "udacity-data" / "sourcedata").resolve()

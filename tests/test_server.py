@@ -99,7 +99,7 @@ def test_a_deployment_during_load_fails_no_request_and_switches_every_worker(ser
             thread.join()
     answers = [answer for thread_answers in per_thread for answer in thread_answers]
     assert answers and all(status == 200 for status, _, _ in answers), {a for a in answers if a[0] != 200}
-    new_probability = load_model(current_version_folder(deployed.deployment_folder) / MODEL_FILE).predict_proba(
+    new_probability = load_model(current_version_folder(deployed.prod_deployment_path) / MODEL_FILE).predict_proba(
         np.array([[37, 412, 18]], dtype=float)
     )[0, 1]
     for thread_answers in per_thread:
@@ -117,7 +117,7 @@ def test_apicalls_writes_every_answer_and_fails_clearly_when_the_api_is_down(ser
     assert diagnostics_log.returncode == 0, diagnostics_log.stderr
     done = run_script("apicalls.py", "--config", str(deployed.path), "--url", server)
     assert done.returncode == 0, done.stderr
-    written = json.loads((deployed.model_folder / API_RETURNS_FILE).read_text())
+    written = json.loads((deployed.output_model_path / API_RETURNS_FILE).read_text())
     answers = written["answers"]
     assert {"prediction", "scoring", "summarystats", "diagnostics", "history", "health", "version"} == set(answers)
     assert answers["prediction"]["rows"] == 500 and written["prediction_input"] == {
@@ -128,13 +128,13 @@ def test_apicalls_writes_every_answer_and_fails_clearly_when_the_api_is_down(ser
     assert answers["diagnostics"]["timing"]["runs"] == 1
 
     second = run_script("apicalls.py", "--config", str(deployed.path), "--url", server, "--output", "apireturns2.txt")
-    assert second.returncode == 0 and (deployed.model_folder / "apireturns2.txt").is_file()
+    assert second.returncode == 0 and (deployed.output_model_path / "apireturns2.txt").is_file()
 
-    before = (deployed.model_folder / API_RETURNS_FILE).read_bytes()
+    before = (deployed.output_model_path / API_RETURNS_FILE).read_bytes()
     down = run_script("apicalls.py", "--config", str(deployed.path), "--url", f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 1
     assert "GET http://127.0.0.1:" in down.stderr and "/health: the API is not reachable" in down.stderr
-    assert (deployed.model_folder / API_RETURNS_FILE).read_bytes() == before
+    assert (deployed.output_model_path / API_RETURNS_FILE).read_bytes() == before
 
 
 @pytest.mark.slow
@@ -155,4 +155,4 @@ def test_apicalls_names_the_endpoint_that_answers_an_error(server, deployed):
     done = run_script("apicalls.py", "--config", str(deployed.path), "--url", server)
     assert done.returncode == 1
     assert "/diagnostics answered 503: no diagnostics have been stored yet; run diagnostics.py" in done.stderr
-    assert not Path(deployed.model_folder / API_RETURNS_FILE).exists()
+    assert not Path(deployed.output_model_path / API_RETURNS_FILE).exists()

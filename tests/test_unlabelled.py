@@ -63,31 +63,31 @@ def ranked(config: Config, limit: int = 1000) -> dict:
 
 
 def test_an_unlabelled_file_is_ingested_recorded_and_kept_out_of_the_training_data(deployed):
-    final = deployed.output_folder / FINAL_DATA
+    final = deployed.output_folder_path / FINAL_DATA
     before = final.read_bytes()
-    training_rows = read_json_file(deployed.model_folder / MODEL_INFO_FILE, "model info")["training_rows"]
-    (deployed.input_folder / "current.csv").write_text(NEWCOMERS + "newcomer_a,0,0,5000\nbad,,1,1\n")
+    training_rows = read_json_file(deployed.output_model_path / MODEL_INFO_FILE, "model info")["training_rows"]
+    (deployed.input_folder_path / "current.csv").write_text(NEWCOMERS + "newcomer_a,0,0,5000\nbad,,1,1\n")
 
-    result = ingest_folder(deployed.input_folder, deployed.output_folder)
+    result = ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
 
     assert final.read_bytes() == before and result.rows_written == 1000 and result.batch == 0
-    assert "current.csv" in (deployed.output_folder / INGESTED_FILES).read_text().splitlines()
-    entry = read_ingested_files(deployed.output_folder / INGESTED_FILES)["current.csv"]
+    assert "current.csv" in (deployed.output_folder_path / INGESTED_FILES).read_text().splitlines()
+    entry = read_ingested_files(deployed.output_folder_path / INGESTED_FILES)["current.csv"]
     assert not entry.labelled and entry.rows_kept == 4 and entry.rows_dropped == 1
-    record = json.loads((deployed.output_folder / INGESTED_RECORD).read_text())
+    record = json.loads((deployed.output_folder_path / INGESTED_RECORD).read_text())
     assert [item["labelled"] for item in record["files"]] == [True, True, False]
-    report = json.loads((deployed.output_folder / INGESTION_REPORT).read_text())
+    report = json.loads((deployed.output_folder_path / INGESTION_REPORT).read_text())
     assert report["unlabelled_files"] == ["current.csv"] and report["unlabelled_clients"] == 3
-    assert read_unlabelled_clients(deployed.output_folder).num_rows == 3
+    assert read_unlabelled_clients(deployed.output_folder_path).num_rows == 3
     train_and_score(deployed, C=0.5)  # training again reads finaldata.csv alone
-    retrained = read_json_file(deployed.model_folder / MODEL_INFO_FILE, "model info")
+    retrained = read_json_file(deployed.output_model_path / MODEL_INFO_FILE, "model info")
     assert retrained["training_rows"] == training_rows
 
 
 def test_unlabelled_clients_are_counted_and_ranked_beside_the_active_ones(deployed):
     active = ranked(deployed)["count"]
-    (deployed.input_folder / "current.csv").write_text(NEWCOMERS)
-    ingest_folder(deployed.input_folder, deployed.output_folder)
+    (deployed.input_folder_path / "current.csv").write_text(NEWCOMERS)
+    ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
 
     body = ranked(deployed, limit=3)
 
@@ -96,7 +96,7 @@ def test_unlabelled_clients_are_counted_and_ranked_beside_the_active_ones(deploy
     model = served_model(deployed)
     expected = model.predict_proba(np.array([[0.0, 0.0, 5000.0]]))[:, 1][0]
     assert body["clients"][0]["probability"] == pytest.approx(expected)
-    top = rank_clients(model, deployed.output_folder, 3)
+    top = rank_clients(model, deployed.output_folder_path, 3)
     assert [row["corporation"] for row in top] == ["newcomer_a", "newcomer_b", "newcomer_c"]
     page = create_app(deployed, token="").test_client().get("/dashboard/clients.csv").get_data(as_text=True)
     assert page.splitlines()[1].split(",")[1] == "newcomer_a" and len(page.splitlines()) == active + 4
@@ -105,17 +105,17 @@ def test_unlabelled_clients_are_counted_and_ranked_beside_the_active_ones(deploy
 
 
 def test_a_later_labelled_row_supersedes_the_unlabelled_state_and_the_other_way_round(deployed):
-    (deployed.input_folder / "c1_current.csv").write_text(NEWCOMERS)
-    ingest_folder(deployed.input_folder, deployed.output_folder)
+    (deployed.input_folder_path / "c1_current.csv").write_text(NEWCOMERS)
+    ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
     labelled = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
     # newcomer_a left; newcomer_b stays, now busy: labelled rows arriving after the unlabelled ones
-    (deployed.input_folder / "c2_outcomes.csv").write_text(
+    (deployed.input_folder_path / "c2_outcomes.csv").write_text(
         labelled + "newcomer_a,0,0,5000,1\nnewcomer_b,900,9000,4,0\n"
     )
-    ingest_folder(deployed.input_folder, deployed.output_folder)
+    ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
 
     current = select_current_clients(
-        read_final_data(deployed.output_folder / FINAL_DATA), read_unlabelled_clients(deployed.output_folder)
+        read_final_data(deployed.output_folder_path / FINAL_DATA), read_unlabelled_clients(deployed.output_folder_path)
     )
     position = {name: row for row, name in enumerate(current.ids)}
     assert "newcomer_a" not in position  # exited: gone from the list
@@ -123,8 +123,10 @@ def test_a_later_labelled_row_supersedes_the_unlabelled_state_and_the_other_way_
     assert current.final_rows[position["newcomer_b"]] >= 0 and current.unlabelled[position["newcomer_c"]]
     assert [row["corporation"] for row in ranked(deployed, 1)["clients"]] == ["newcomer_c"]
 
-    (deployed.input_folder / "c3_current.csv").write_text(HEADER + "newcomer_b,0,0,6000\n")  # and back to unlabelled
-    ingest_folder(deployed.input_folder, deployed.output_folder)
+    (deployed.input_folder_path / "c3_current.csv").write_text(
+        HEADER + "newcomer_b,0,0,6000\n"
+    )  # and back to unlabelled
+    ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
     top = ranked(deployed, 1)["clients"][0]
     assert top["corporation"] == "newcomer_b"
 
@@ -159,22 +161,22 @@ def test_select_current_clients_follows_arrival_order():
 
 @pytest.mark.parametrize(("name", "content", "message"), BAD_UNLABELLED, ids=[row[0] for row in BAD_UNLABELLED])
 def test_a_bad_unlabelled_file_gets_the_same_one_line_error(project, name, content, message):
-    (project.input_folder / name).write_bytes(content)
-    result = ingest_folder(project.input_folder, project.output_folder)
+    (project.input_folder_path / name).write_bytes(content)
+    result = ingest_folder(project.input_folder_path, project.output_folder_path)
     assert message in result.rejected[name] and result.rejected[name].startswith(f"{name}: ")
     assert "\n" not in result.rejected[name]
-    assert not (project.output_folder / UNLABELLED_CLIENTS).exists()
+    assert not (project.output_folder_path / UNLABELLED_CLIENTS).exists()
 
 
 def test_unlabelled_json_and_json_lines_are_read_as_strictly(project):
-    (project.input_folder / "current.jsonl").write_text(
+    (project.input_folder_path / "current.jsonl").write_text(
         '{"corporation": "x", "lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3}\n'
         '{"corporation": "y", "lastmonth_activity": -1, "lastyear_activity": 2, "number_of_employees": 3}\n'
     )
-    result = ingest_folder(project.input_folder, project.output_folder)
+    result = ingest_folder(project.input_folder_path, project.output_folder_path)
     entry = next(item for item in result.files if item.name == "current.jsonl")
     assert not entry.labelled and entry.rows_kept == 1 and entry.rows_dropped == 1
-    assert read_unlabelled_clients(project.output_folder)["corporation"].to_pylist() == ["x"]
+    assert read_unlabelled_clients(project.output_folder_path)["corporation"].to_pylist() == ["x"]
 
 
 def test_training_and_scoring_readers_still_need_the_exited_column(tmp_path):
@@ -186,19 +188,19 @@ def test_training_and_scoring_readers_still_need_the_exited_column(tmp_path):
 
 
 def test_only_unlabelled_files_is_no_training_data(project):
-    for path in project.input_folder.iterdir():
+    for path in project.input_folder_path.iterdir():
         path.unlink()
-    (project.input_folder / "current.csv").write_text(NEWCOMERS)
+    (project.input_folder_path / "current.csv").write_text(NEWCOMERS)
     with pytest.raises(Exception, match="no labelled data in .*exited column"):
-        ingest_folder(project.input_folder, project.output_folder)
+        ingest_folder(project.input_folder_path, project.output_folder_path)
 
 
 def test_the_unlabelled_file_goes_once_the_unlabelled_files_do(deployed):
-    (deployed.input_folder / "current.csv").write_text(NEWCOMERS)
-    ingest_folder(deployed.input_folder, deployed.output_folder)
-    (deployed.input_folder / "current.csv").unlink()
-    ingest_folder(deployed.input_folder, deployed.output_folder, fresh=True)
-    assert not (deployed.output_folder / UNLABELLED_CLIENTS).exists()
+    (deployed.input_folder_path / "current.csv").write_text(NEWCOMERS)
+    ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
+    (deployed.input_folder_path / "current.csv").unlink()
+    ingest_folder(deployed.input_folder_path, deployed.output_folder_path, fresh=True)
+    assert not (deployed.output_folder_path / UNLABELLED_CLIENTS).exists()
 
 
 @pytest.mark.slow
@@ -207,7 +209,7 @@ def test_fullprocess_on_unlabelled_files_estimates_f1_tests_data_drift_and_never
     shipped = scenario_config(tmp_path)
     root, config = tmp_path, load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
-    final = config.output_folder / FINAL_DATA
+    final = config.output_folder_path / FINAL_DATA
     before, active = final.read_bytes(), ranked(config)["count"]
 
     # A batch of clients without outcomes, from the same world: ranked, estimated, nothing to retrain for.
@@ -233,7 +235,7 @@ def test_fullprocess_on_unlabelled_files_estimates_f1_tests_data_drift_and_never
     write_batch(root / "sourceddata" / "labelled_b.csv", 2000, seed=42)
     assert run_fullprocess(shipped).returncode == 0
     assert last_run(shipped)["new_data_f1"] is not None
-    training_rows_before = load_deployed_version(current_version_folder(config.deployment_folder)).model_info
+    training_rows_before = load_deployed_version(current_version_folder(config.prod_deployment_path)).model_info
     write_batch(root / "sourceddata" / "current_c.csv", 2000, seed=43, world="shifted", labelled=False)
     shifted = run_fullprocess(shipped)
     assert shifted.returncode == 0, shifted.stderr
