@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,8 +52,6 @@ STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 PUBLISHED_FILES = VERSION_FILES  # classic ingestion folders lack ingestedfiles.json (OPTIONAL_VERSION_FILES)
 INGESTION_FILES = (INGESTED_FILES, INGESTED_RECORD)
-# Fault injection for tests: the deployment stops at this step and waits to be killed.
-PAUSE_ENV_VAR = "RISK_DEPLOY_PAUSE_AT"
 
 
 def find_sources(output_model_path: Path, output_folder_path: Path) -> dict[str, Path]:
@@ -69,10 +66,12 @@ def find_sources(output_model_path: Path, output_folder_path: Path) -> dict[str,
     return {name: path for name, path in sources.items() if path.is_file()}
 
 
-def pause_if_asked(step: str) -> None:
-    if os.environ.get(PAUSE_ENV_VAR) == step:
-        log.warning("pausing at step %s (%s is set)", step, PAUSE_ENV_VAR)
-        time.sleep(600)
+def reached_step(step: str) -> None:
+    """Called as a publication passes each step: "staged", "renamed", "switched". Does nothing.
+
+    The seam where the crash tests stop a deployment at a step to kill it there
+    (``tests/paused_stage.py`` replaces it); the deployment itself never waits.
+    """
 
 
 def copy_durably(source: Path, target: Path) -> None:
@@ -209,12 +208,12 @@ def publish_deployment(
         existing = list_versions(deploy_root)
         version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
         staging, info = stage_version(sources, deploy_root, version)
-        pause_if_asked("staged")
+        reached_step("staged")
         os.rename(staging, deploy_root / VERSIONS_FOLDER / version)
         fsync_dir(deploy_root / VERSIONS_FOLDER)
-        pause_if_asked("renamed")
+        reached_step("renamed")
         switch_current(deploy_root, version)
-        pause_if_asked("switched")
+        reached_step("switched")
         prune_versions(deploy_root, keep)
     log.info("deployed %s (F1 %s) to %s", version, info.f1, deploy_root)
     return Publication(info)

@@ -20,6 +20,14 @@ from scoring import write_scores
 from training import train_from_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PAUSED_STAGE = PROJECT_ROOT / "tests" / "paused_stage.py"
+
+
+def script_command(script: str, *arguments: str, pause_at: str | None = None) -> list[str]:
+    """The command that runs a top-level script; with ``pause_at``, its deployment stops at that step."""
+    if pause_at is None:
+        return [sys.executable, str(PROJECT_ROOT / script), *arguments]
+    return [sys.executable, str(PAUSED_STAGE), pause_at, script, *arguments]
 
 
 def write_clients(path: Path, rows: int, seed: int) -> Path:
@@ -63,7 +71,7 @@ def deploy(config: Config) -> Publication:
 def run_script(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
     """Run a top-level script with this interpreter; return the CompletedProcess."""
     return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / script), *args],
+        script_command(script, *args),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from common.config import Config, ModelSettings
 from common.errors import PipelineError
 from common.files import folder_lock, sha256_file
 from deployment import (
-    PAUSE_ENV_VAR,
     PUBLISHED_FILES,
     VERSION_INFO_FILE,
     VERSIONS_FOLDER,
@@ -36,7 +34,7 @@ from deployment import (
     rollback_deployment,
 )
 from ingestion import ingest_folder
-from tests.helpers import PROJECT_ROOT, deploy, train_and_score
+from tests.helpers import PROJECT_ROOT, deploy, script_command, train_and_score
 from training import train_from_folder
 
 
@@ -235,10 +233,9 @@ def test_a_second_deployment_waits_for_no_one_and_says_so(trained):
 def start_paused_deployment(config: Config, step: str) -> subprocess.Popen:
     """Start deployment.py and return once it reports that it is paused at ``step``."""
     process = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "deployment.py"), "--config", str(config.path)],
+        script_command("deployment.py", "--config", str(config.path), pause_at=step),
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, PAUSE_ENV_VAR: step},
     )
     watchdog = threading.Timer(60, process.kill)
     watchdog.start()

@@ -31,10 +31,9 @@ from common.artifacts import (
 )
 from common.config import load_config
 from common.history import read_runs
-from deployment import PAUSE_ENV_VAR
 from fullprocess import API_RETURNS_AFTER_DEPLOYMENT, EXIT_LOCKED, PLOT_AFTER_DEPLOYMENT
 from generate_data import write_batch, write_shipped_data
-from tests.helpers import PROJECT_ROOT, run_script, write_config
+from tests.helpers import PROJECT_ROOT, run_script, script_command, write_config
 from tests.test_server import wait_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -74,11 +73,11 @@ def last_run(config_path: Path) -> dict:
     return read_runs(load_config(config_path).history_path, limit=1)[0]
 
 
-def start_fullprocess(config_path: Path, env: dict[str, str]) -> subprocess.Popen:
+def start_fullprocess(config_path: Path, pause_at: str | None = None) -> subprocess.Popen:
+    """Start fullprocess.py; with ``pause_at``, its deployment stops at that step (tests/paused_stage.py)."""
     return subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "fullprocess.py"), "--config", str(config_path)],
+        script_command("fullprocess.py", "--config", str(config_path), pause_at=pause_at),
         cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -200,7 +199,7 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     #    the first is killed mid-way, v0002 keeps serving, and the next run completes. The batch
     #    comes from the first world again: v0002 follows the changed world, so it drifts.
     write_batch(root / "sourceddata" / "batch_back.csv", 4000, seed=35)
-    with start_fullprocess(shipped, {PAUSE_ENV_VAR: "staged"}) as holder:
+    with start_fullprocess(shipped, pause_at="staged") as holder:
         try:
             wait_for_line(holder, "pausing at step staged")
             started = time.monotonic()
@@ -384,7 +383,7 @@ def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_m
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
-    with start_fullprocess(shipped, {PAUSE_ENV_VAR: "switched"}) as holder:
+    with start_fullprocess(shipped, pause_at="switched") as holder:
         try:
             wait_for_line(holder, "pausing at step switched")
         finally:
@@ -409,7 +408,7 @@ def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
-    with start_fullprocess(shipped, {PAUSE_ENV_VAR: "staged"}) as holder:
+    with start_fullprocess(shipped, pause_at="staged") as holder:
         try:
             wait_for_line(holder, "pausing at step staged")
             holder.send_signal(signal.SIGTERM)

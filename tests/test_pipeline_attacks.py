@@ -28,7 +28,6 @@ from common.artifacts import (
 from common.batches import read_ingested_data
 from common.config import Config, load_config
 from common.history import read_runs
-from deployment import PAUSE_ENV_VAR
 from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
 from tests.helpers import run_script
@@ -94,7 +93,7 @@ def test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing(tmp_pa
         )
         kind = rng.choice([signal.SIGKILL, signal.SIGTERM])
         delay = rng.uniform(0.05, cycle_seconds)
-        with start_fullprocess(config_path, {}) as victim:
+        with start_fullprocess(config_path) as victim:
             time.sleep(delay)
             running = victim.poll() is None  # else the run ended first: no kill landed, the cycle still checks
             victim.send_signal(kind)
@@ -211,7 +210,7 @@ def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing
     assert run_fullprocess(config_path).returncode == 0
     write_batch(config.input_folder_path / "drifted.csv", 3000, seed=32, world="drifted")
     # the run has gated a challenger and is publishing it
-    with start_fullprocess(config_path, {PAUSE_ENV_VAR: "staged"}) as holder:
+    with start_fullprocess(config_path, pause_at="staged") as holder:
         try:
             wait_for_line(holder, "pausing at step staged")
             rollback = run_script("deployment.py", "--config", str(config_path), "--rollback")
