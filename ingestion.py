@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,13 +39,14 @@ import pyarrow.feather as feather
 from common.artifacts import (
     FINAL_DATA,
     INGESTED_FILES,
-    INGESTION_REPORT,
     UNLABELLED_CLIENTS,
     IngestedFile,
     IngestionRecord,
+    IngestionReport,
     read_ingestion_record,
     utc_now,
     write_ingestion_record,
+    write_ingestion_report,
 )
 from common.batches import (
     ARRIVED_AFTER_COLUMN,
@@ -67,7 +68,6 @@ from common.files import (
     list_source_files,
     sha256_file,
     shown_name,
-    write_text_atomic,
 )
 from common.rowhash import hash_rows
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, UNLABELLED_SCHEMA, BadFileError, read_data_file
@@ -652,7 +652,7 @@ def ingest_locked(
     folder = None if input_folder_path is None else str(input_folder_path)
     write_ingestion_record(output_folder_path, IngestionRecord(folder, result.files))
     result.seconds = round(time.perf_counter() - started, 3)
-    write_text_atomic(output_folder_path / INGESTION_REPORT, json.dumps(describe_result(result, where), indent=2))
+    write_ingestion_report(output_folder_path, describe_result(result, where))
     prune_parsed(output_folder_path, result.files, keep_parsed)
     log.info(
         "ingested %d file(s) from %s: %d rows merged, %d duplicates removed, %d rows %s %s in %.2fs",
@@ -781,27 +781,27 @@ def record_batch(
     return updated.latest
 
 
-def describe_result(result: IngestionResult, input_folder_path: str) -> dict:
-    """The run as a JSON-ready report."""
-    return {
-        "finished_at": utc_now(),
-        "input_folder_path": input_folder_path,
-        "files": [asdict(entry) for entry in result.files],
-        "unlabelled_files": [entry.name for entry in result.unlabelled],
-        "unlabelled_clients": result.unlabelled_clients,
-        "rejected": result.rejected,
-        "ignored": result.ignored,
-        "kept_from_history": result.kept_from_history,
-        "arriving": result.arriving,
-        "rows_merged": result.rows_merged,
-        "duplicates_removed": result.duplicates_removed,
-        "rows_written": result.rows_written,
-        "appended": result.appended,
-        "unchanged": result.unchanged,
-        "batch": result.batch,
-        "seconds": result.seconds,
-        "finaldata_sha256": sha256_file(result.final_data),
-    }
+def describe_result(result: IngestionResult, source: str) -> IngestionReport:
+    """The run as its ``ingestionreport.json``: ``source`` says where the rows came from."""
+    return IngestionReport(
+        finished_at=utc_now(),
+        source=source,
+        files=list(result.files),
+        unlabelled_files=[entry.name for entry in result.unlabelled],
+        unlabelled_clients=result.unlabelled_clients,
+        rejected=dict(result.rejected),
+        ignored=list(result.ignored),
+        kept_from_history=list(result.kept_from_history),
+        arriving=list(result.arriving),
+        rows_merged=result.rows_merged,
+        duplicates_removed=result.duplicates_removed,
+        rows_written=result.rows_written,
+        appended=result.appended,
+        unchanged=result.unchanged,
+        batch=result.batch,
+        seconds=result.seconds,
+        finaldata_sha256=sha256_file(result.final_data),
+    )
 
 
 def merge_multiple_dataframe(config_path: str | os.PathLike[str] | None = None) -> pd.DataFrame:

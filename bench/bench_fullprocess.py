@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from bench.bench_pipeline import generate, prepare, run_measured
+from common.artifacts import INGESTION_REPORT, read_ingestion_report
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_OP_TARGET = 0.3
@@ -73,7 +74,7 @@ def last_run(workdir: Path) -> dict:
 
 
 def ingestion_seconds(workdir: Path) -> float:
-    return json.loads((workdir / "ingested" / "ingestionreport.json").read_text())["seconds"]
+    return read_ingestion_report(workdir / "ingested" / INGESTION_REPORT).seconds
 
 
 def median(values: list[float]) -> str:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
             seconds, _ = run_measured([sys.executable, "ingestion.py", "--config", str(scratch_config), "-q"])
             scratch_process.append(seconds)
-            scratch_ingest.append(json.loads((scratch / "ingested" / "ingestionreport.json").read_text())["seconds"])
+            scratch_ingest.append(read_ingestion_report(scratch / "ingested" / INGESTION_REPORT).seconds)
 
         new_file = workdir / "source" / "increment.csv"
         increment_ingest, increment_process, increment_run = [], [], []
@@ -122,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             generate(new_file, 10_000, seed=100 + number)
             seconds, _ = run_measured([sys.executable, "ingestion.py", "--config", str(config), "-q"])
             increment_process.append(seconds)
-            report = json.loads((workdir / "ingested" / "ingestionreport.json").read_text())
-            assert report["appended"], "the increment was not appended"
-            increment_ingest.append(report["seconds"])
+            report = read_ingestion_report(workdir / "ingested" / INGESTION_REPORT)
+            assert report.appended, "the increment was not appended"
+            increment_ingest.append(report.seconds)
             restore(workdir, snapshot, [])
             increment_run.append(fullprocess(config))
             run = last_run(workdir)

@@ -8,7 +8,7 @@ import logging
 import os
 import pickle
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +23,9 @@ from common.records import (
     read_metrics,
     read_model_info,
     read_version_info,
+    record_from_json,
     write_model_info,
+    write_record,
 )
 from common.records import read_json_file as read_json_file  # the stages import it from here
 
@@ -96,6 +98,48 @@ def load_model(path: Path) -> Any:
     return model
 
 
+@dataclass(frozen=True, kw_only=True)
+class IngestionReport:
+    """``ingestionreport.json``: what the last ingestion did, and the hash of the ``finaldata.csv`` it wrote.
+
+    Every field has a default: reports written by earlier versions hold fewer keys.
+    """
+
+    finished_at: str | None = None
+    source: str | None = None  # the input folder, the database table, or both
+    files: list[IngestedFile] = field(default_factory=list)
+    unlabelled_files: list[str] = field(default_factory=list)
+    unlabelled_clients: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)  # file name: why it was left out
+    ignored: list[str] = field(default_factory=list)
+    kept_from_history: list[str] = field(default_factory=list)
+    arriving: list[str] = field(default_factory=list)
+    rows_merged: int = 0
+    duplicates_removed: int = 0
+    rows_written: int = 0
+    appended: bool = False
+    unchanged: bool = False
+    batch: int = 0
+    seconds: float = 0.0
+    finaldata_sha256: str | None = None
+
+
+def write_ingestion_report(folder: Path, report: IngestionReport) -> Path:
+    """Write ``ingestionreport.json`` in ``folder``, atomically; return its path."""
+    return write_record(Path(folder) / INGESTION_REPORT, report)
+
+
+def read_ingestion_report(path: Path) -> IngestionReport:
+    """The ``ingestionreport.json`` at ``path``; PipelineError naming the file when it is not one."""
+    data = read_json_file(path, "ingestion report")
+    try:
+        files = [IngestedFile.from_json(item) for item in data.get("files", [])]
+        report = record_from_json(IngestionReport, {key: value for key, value in data.items() if key != "files"})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PipelineError(f"ingestion report {path} cannot be read ({exc}); run ingestion.py again") from None
+    return replace(report, files=files)
+
+
 def check_final_data(output_folder_path: Path) -> str:
     """The hash of ``finaldata.csv``, after checking it is the file the last ingestion wrote.
 
@@ -108,7 +152,7 @@ def check_final_data(output_folder_path: Path) -> str:
     data_hash = sha256_file(data_path)
     report_path = Path(output_folder_path) / INGESTION_REPORT
     if report_path.exists():  # classic layouts have no report
-        vouched = read_json_file(report_path, "ingestion report").get("finaldata_sha256")
+        vouched = read_ingestion_report(report_path).finaldata_sha256
         if vouched not in (None, data_hash):
             raise PipelineError(
                 f"{data_path} is not the file the last ingestion wrote (interrupted, or edited by hand); "

@@ -200,6 +200,8 @@ def record_to_json(record: Any) -> dict[str, Any]:
 
 
 def _value_to_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_value_to_json(item) for item in value]
     return record_to_json(value) if is_dataclass(value) else value
 
 

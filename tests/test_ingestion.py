@@ -10,7 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTED_RECORD, INGESTION_REPORT, read_ingested_files
+from common.artifacts import (
+    FINAL_DATA,
+    INGESTED_FILES,
+    INGESTED_RECORD,
+    INGESTION_REPORT,
+    check_final_data,
+    read_ingested_files,
+    read_ingestion_report,
+)
 from common.config import Config
 from common.errors import PipelineError
 from common.files import atomic_path, folder_lock
@@ -77,6 +85,23 @@ def test_bad_file_is_named_and_left_out_while_good_files_are_ingested(project, c
     assert result.rows_written == 1000
     report = json.loads((project.output_folder_path / INGESTION_REPORT).read_text())
     assert name in report["rejected"]
+
+
+def test_the_ingestion_report_is_typed_and_vouches_for_the_final_data(project):
+    result = ingest_folder(project.input_folder_path, project.output_folder_path)
+    report_path = project.output_folder_path / INGESTION_REPORT
+    report = read_ingestion_report(report_path)
+    assert [entry.name for entry in report.files] == ["clients_a.csv", "clients_b.csv"]
+    assert report.files == result.files and report.rows_written == result.rows_written == 1000
+    assert report.source == str(project.input_folder_path) and report.batch == 1
+    assert check_final_data(project.output_folder_path) == report.finaldata_sha256
+    # a report of an earlier version, with fewer keys, still reads; keys it lacks take their defaults
+    report_path.write_text(json.dumps({"rows_merged": 1, "rows_written": 1, "input_folder": "x"}))
+    older = read_ingestion_report(report_path)
+    assert (older.rows_written, older.files, older.finaldata_sha256) == (1, [], None)
+    report_path.write_text(json.dumps({"files": [{"name": "a.csv"}], "rows_written": 1}))
+    with pytest.raises(PipelineError, match=r"ingestion report .*ingestionreport.json cannot be read"):
+        check_final_data(project.output_folder_path)
 
 
 def test_bad_file_through_the_command_line_exits_zero_and_names_it(project):
