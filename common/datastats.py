@@ -80,17 +80,33 @@ def count_missing(path: Path) -> tuple[int, dict[str, int]]:
     with the wrong number of fields count as rows with every column missing.
     """
     if path.suffix.lower() in (".json", ".jsonl"):
-        records = read_json_records(path)
-        normalised = [normalise_keys(item) for item in records]
-        missing = {
-            name: sum(1 for item in normalised if item.get(name) is None or str(item[name]).strip() == "")
-            for name in COLUMNS
-        }
-        if not any(TARGET in item for item in normalised):
-            missing[TARGET] = 0
-        return len(records), missing
+        return count_missing_in_records(read_json_records(path))
     names = read_header(path)
     present = [name for name in COLUMNS if name in names]
+    table, malformed = read_csv_as_text(path, names, present)
+    missing = {}
+    for name in COLUMNS:
+        if name not in present:
+            missing[name] = 0 if name == TARGET else table.num_rows + malformed
+        else:
+            missing[name] = count_blank(table[name], null_markers=name != ID_COLUMN) + malformed
+    return table.num_rows + malformed, missing
+
+
+def count_missing_in_records(records: list[Any]) -> tuple[int, dict[str, int]]:
+    """(rows, missing cells per column) of the records of a JSON file."""
+    normalised = [normalise_keys(item) for item in records]
+    missing = {
+        name: sum(1 for item in normalised if item.get(name) is None or str(item[name]).strip() == "")
+        for name in COLUMNS
+    }
+    if not any(TARGET in item for item in normalised):
+        missing[TARGET] = 0
+    return len(records), missing
+
+
+def read_csv_as_text(path: Path, names: list[str], present: list[str]) -> tuple[pa.Table, int]:
+    """The ``present`` columns of a CSV file as text, and how many rows had the wrong number of fields."""
     malformed = 0
 
     def count_malformed(_row: object) -> str:
@@ -109,19 +125,16 @@ def count_missing(path: Path) -> tuple[int, dict[str, int]]:
         )
     except (pa.ArrowInvalid, OSError) as exc:
         raise BadFileError(f"{path.name}: cannot be parsed as CSV ({str(exc).splitlines()[0]})") from None
-    null_markers = pa.array(pa_csv.ConvertOptions().null_values, pa.string())
-    missing = {}
-    for name in COLUMNS:
-        if name not in present:
-            missing[name] = 0 if name == TARGET else table.num_rows + malformed
-            continue
-        values = pc.utf8_trim_whitespace(table[name])
-        blank = pc.equal(pc.utf8_length(values), 0)
-        if name != ID_COLUMN:
-            blank = pc.or_(blank, pc.is_in(values, value_set=null_markers))
-        missing[name] = pc.sum(pc.fill_null(blank, True)).as_py() or 0
-        missing[name] += malformed
-    return table.num_rows + malformed, missing
+    return table, malformed
+
+
+def count_blank(column: pa.ChunkedArray, null_markers: bool) -> int:
+    """Cells of a text column that are null, blank after trimming, or (with ``null_markers``) NA and the like."""
+    values = pc.utf8_trim_whitespace(column)
+    blank = pc.equal(pc.utf8_length(values), 0)
+    if null_markers:
+        blank = pc.or_(blank, pc.is_in(values, value_set=pa.array(pa_csv.ConvertOptions().null_values, pa.string())))
+    return int(pc.sum(pc.fill_null(blank, True)).as_py() or 0)
 
 
 def missing_data(paths: list[Path], cache_path: Path | None = None) -> dict[str, Any]:
