@@ -605,17 +605,8 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
     evaluation = yardsticks.evaluation
     judged = int(evaluation.sum()) >= settings.min_holdout_rows and np.unique(data.labels(evaluation)).size == 2
     if assessment.triggers and not judged:
-        log.warning(
-            "data drift calls for retraining, but the recent window holds %d held-out labelled row(s), too few to "
-            "judge a challenger on; %s keeps serving until outcomes arrive",
-            int(evaluation.sum()),
-            champion.version,
-        )
-        assessment.decision = (
-            f"{rows} unlabelled row(s) ranked; {'; '.join(assessment.triggers)}, but the recent window holds "
-            f"{int(evaluation.sum())} held-out labelled row(s) (at least {settings.min_holdout_rows} with both "
-            f"classes are needed to judge a challenger); estimated F1 {estimate.f1:.4f}{low_estimate}; "
-            f"kept {champion.version}"
+        assessment.decision = describe_unjudged_retraining(
+            inputs, assessment, estimate, int(evaluation.sum()), low_estimate
         )
         return assessment
     if assessment.triggers:
@@ -631,6 +622,24 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         f"({estimate.f1_low:.4f}-{estimate.f1_high:.4f}){low_estimate}; kept {champion.version}"
     )
     return assessment
+
+
+def describe_unjudged_retraining(
+    inputs: RunInputs, assessment: Assessment, estimate: PerformanceEstimate, window_rows: int, low_estimate: str
+) -> str:
+    """The decision when data drift calls for retraining but the window holds too few labelled rows to judge on."""
+    version, min_rows = inputs.champion.version, inputs.config.monitoring.min_holdout_rows
+    log.warning(
+        "data drift calls for retraining, but the recent window holds %d held-out labelled row(s), too few to "
+        "judge a challenger on; %s keeps serving until outcomes arrive",
+        window_rows,
+        version,
+    )
+    return (
+        f"{assessment.new_rows} unlabelled row(s) ranked; {'; '.join(assessment.triggers)}, but the recent window "
+        f"holds {window_rows} held-out labelled row(s) (at least {min_rows} with both classes are needed to judge a "
+        f"challenger); estimated F1 {estimate.f1:.4f}{low_estimate}; kept {version}"
+    )
 
 
 def estimate_unlabelled_performance(inputs: RunInputs, features: np.ndarray) -> tuple[PerformanceEstimate, str]:
@@ -691,37 +700,17 @@ def retrain_and_gate(
             f"next batch; {version} serves"
         )
         return
-    evaluation = yardsticks.evaluation
     with clock.stage("training"):
         trained = train_candidates(inputs, assessment, yardsticks)
     if not trained:
         assessment.decision = f"drift found, but no training window holds enough rows to train on; kept {version}"
         return
     with clock.stage("scoring"):
-        recent_rows = (data.features(recent), data.labels(recent))
-        window_rows = (data.features(evaluation), data.labels(evaluation))
-        assessment.candidates = [
-            Candidate(window, folder, f1_on(model, *recent_rows), test_f1, f1_on(model, *window_rows))
-            for window, folder, model, test_f1 in trained
-        ]
-        models = {window.name: model for window, _, model, _ in trained}
-        champion_scores = (
-            f1_on(champion.model, yardsticks.test.features, yardsticks.test.labels),
-            f1_on(champion.model, *window_rows),
-            int(evaluation.sum()),
-        )
-        gate = judge_candidates(settings, champion, assessment.candidates, models, recent_rows, *champion_scores)
+        assessment.candidates, gate = judge_trained(inputs, trained, recent, yardsticks)
     assessment.gate = gate
     log.info("gate: %s", gate.sentence)
-    for candidate in assessment.candidates:
-        log.info(
-            "candidate %s: %s; F1 %.4f on the held-out recent rows, %.4f on the recent window, %.4f on the test data",
-            candidate.window.name,
-            candidate.window.describe(),
-            candidate.recent_f1,
-            candidate.window_f1,
-            candidate.test_f1,
-        )
+    log_candidates(assessment.candidates)
+    models = {window.name: model for window, _, model, _ in trained}
     with clock.stage("evaluation window"):
         serving = models[gate.best.window.name] if gate.passed else champion.model
         assessment.window = score_window(serving, data, yardsticks, settings)
@@ -735,6 +724,43 @@ def retrain_and_gate(
         version,
         config.output_model_path / CHALLENGER_FOLDER,
     )
+
+
+def judge_trained(
+    inputs: RunInputs,
+    trained: list[tuple[TrainingWindow, Path, Any, float]],
+    recent: np.ndarray,
+    yardsticks: Yardsticks,
+) -> tuple[list[Candidate], Gate]:
+    """The challengers scored on the held-out recent rows, the window and the test data; the gate's verdict."""
+    data, champion = inputs.data, inputs.champion
+    recent_rows = (data.features(recent), data.labels(recent))
+    evaluation = yardsticks.evaluation
+    window_rows = (data.features(evaluation), data.labels(evaluation))
+    candidates = [
+        Candidate(window, folder, f1_on(model, *recent_rows), test_f1, f1_on(model, *window_rows))
+        for window, folder, model, test_f1 in trained
+    ]
+    models = {window.name: model for window, _, model, _ in trained}
+    champion_scores = (
+        f1_on(champion.model, yardsticks.test.features, yardsticks.test.labels),
+        f1_on(champion.model, *window_rows),
+        int(evaluation.sum()),
+    )
+    gate = judge_candidates(inputs.config.monitoring, champion, candidates, models, recent_rows, *champion_scores)
+    return candidates, gate
+
+
+def log_candidates(candidates: list[Candidate]) -> None:
+    for candidate in candidates:
+        log.info(
+            "candidate %s: %s; F1 %.4f on the held-out recent rows, %.4f on the recent window, %.4f on the test data",
+            candidate.window.name,
+            candidate.window.describe(),
+            candidate.recent_f1,
+            candidate.window_f1,
+            candidate.test_f1,
+        )
 
 
 def train_candidates(
