@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -173,14 +174,34 @@ def fit_classifier(
     return FixedThresholdClassifier(pipeline, threshold=threshold, response_method="predict_proba")
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The ``finaldata.csv`` a model is trained on, and the hashes that tie the model to it and its ingestion."""
+
+    path: Path
+    sha256: str
+    ingested_files_sha256: str | None
+    ingested_record_sha256: str | None
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """Why the monitoring job trained a challenger, and how many recent rows it held out to judge it."""
+
+    held_out_recent_rows: int
+    because: str
+
+
 def describe_model(
     model: FixedThresholdClassifier,
-    data: dict[str, Any],
+    data: TrainingData,
     labels: np.ndarray,
     settings: ModelSettings,
     seconds: float,
+    window: TrainingWindow,
+    retraining: Retraining | None = None,
 ) -> ModelInfo:
-    """Metadata saved next to the model; ``data`` names the fields that describe the training data."""
+    """Metadata saved next to the model."""
     classifier = model.estimator.named_steps["classifier"]
     return ModelInfo(
         trained_at=utc_now(),
@@ -196,7 +217,13 @@ def describe_model(
             class_weight=settings.class_weight,
             decision_threshold=settings.decision_threshold,
         ),
-        **data,
+        training_data=str(data.path),
+        training_data_sha256=data.sha256,
+        ingested_files_sha256=data.ingested_files_sha256,
+        ingested_record_sha256=data.ingested_record_sha256,
+        training_window=window,
+        held_out_recent_rows=retraining.held_out_recent_rows if retraining else None,
+        retrained_because=retraining.because if retraining else None,
         training_rows=int(labels.size),
         training_exit_rate=round(float(labels.mean()), 6),
         fit_seconds=round(seconds, 3),
@@ -205,37 +232,39 @@ def describe_model(
     )
 
 
-def describe_training_data(output_folder_path: Path) -> dict[str, Any]:
+def describe_training_data(output_folder_path: Path) -> TrainingData:
     """Path and hashes of the ingested data; refuse data the last ingestion report does not vouch for."""
-    data_path = output_folder_path / FINAL_DATA
     data_hash = check_final_data(output_folder_path)
     ingested_files, record = output_folder_path / INGESTED_FILES, output_folder_path / INGESTED_RECORD
-    return {
-        "training_data": str(data_path),
-        "training_data_sha256": data_hash,
-        "ingested_files_sha256": sha256_file(ingested_files) if ingested_files.exists() else None,
+    return TrainingData(
+        path=output_folder_path / FINAL_DATA,
+        sha256=data_hash,
+        ingested_files_sha256=sha256_file(ingested_files) if ingested_files.exists() else None,
         # ingestedfiles.txt names the files; their content hashes are in the record beside it
-        "ingested_record_sha256": sha256_file(record) if record.exists() else None,
-    }
+        ingested_record_sha256=sha256_file(record) if record.exists() else None,
+    )
 
 
 def fit_and_save(
     features: np.ndarray,
     labels: np.ndarray,
-    data: dict[str, Any],
+    data: TrainingData,
     settings: ModelSettings,
     output_model_path: Path,
+    window: TrainingWindow,
     sample_weight: np.ndarray | None = None,
+    retraining: Retraining | None = None,
 ) -> ModelInfo:
     """Train on these rows and save the model with its metadata in ``output_model_path``; return the metadata."""
     started = time.perf_counter()
     model = fit_classifier(features, labels, settings, sample_weight)
     seconds = time.perf_counter() - started
-    info = save_model(model, describe_model(model, data, labels, settings, seconds), output_model_path)
+    described = describe_model(model, data, labels, settings, seconds, window, retraining)
+    info = save_model(model, described, output_model_path)
     log.info(
         "trained on %d rows of %s in %.2fs (threshold %.3f, coefficients %s); saved %s",
         labels.size,
-        data["training_data"],
+        data.path,
         seconds,
         info.decision_threshold,
         info.coefficients,
@@ -250,8 +279,7 @@ def train_from_folder(output_folder_path: Path, output_model_path: Path, setting
     ingested = read_ingested_data(output_folder_path)
     latest = ingested.latest_batch
     window = TrainingWindow("all", min(1, latest), latest, ingested.rows, held_out_from_batch=latest + 1)
-    data["training_window"] = window
-    return fit_and_save(ingested.features(), ingested.labels(), data, settings, output_model_path)
+    return fit_and_save(ingested.features(), ingested.labels(), data, settings, output_model_path, window)
 
 
 def train_model(config_path: str | os.PathLike[str] | None = None) -> FixedThresholdClassifier:

@@ -769,7 +769,7 @@ def train_candidates(
     """Train one challenger per window into ``challenger/<window>/``, on every row outside the evaluation window,
     and score it on the test data."""
     from scoring import write_scores
-    from training import describe_training_data, fit_and_save
+    from training import Retraining, describe_training_data, fit_and_save
 
     config, data, test = inputs.config, inputs.data, yardsticks.test
     first_new, trainable, because = assessment.first_batch, ~yardsticks.evaluation, "; ".join(assessment.triggers)
@@ -779,13 +779,16 @@ def train_candidates(
 
     def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None) -> tuple[Any, ...]:
         folder = config.output_model_path / CHALLENGER_FOLDER / window.name
-        info = {
-            **described,
-            "training_window": window,
-            "held_out_recent_rows": held_out,
-            "retrained_because": because,
-        }
-        fit_and_save(data.features(mask), data.labels(mask), info, config.model, folder, weights)
+        fit_and_save(
+            data.features(mask),
+            data.labels(mask),
+            described,
+            config.model,
+            folder,
+            window,
+            sample_weight=weights,
+            retraining=Retraining(held_out, because),
+        )
         metrics = score_loaded_model(load_model(folder / MODEL_FILE), folder / MODEL_FILE, test)
         write_scores(metrics, folder)
         return window, folder, load_model(folder / MODEL_FILE), metrics.f1
