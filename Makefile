@@ -26,8 +26,8 @@ run: $(VENV)/.installed ## ingest, train, score, deploy, then diagnostics and th
 	$(PY) diagnostics.py --config $(CONFIG)
 	$(PY) reporting.py --config $(CONFIG)
 
-test: $(VENV)/.installed ## run the test suite
-	$(PY) -m pytest
+test: $(VENV)/.installed ## run the test suite (PYTEST_ARGS: more pytest options)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 ingest: $(VENV)/.installed ## ingestion only
 	$(PY) ingestion.py --config $(CONFIG)

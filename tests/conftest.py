@@ -9,7 +9,7 @@ import pytest
 
 from common.config import Config, load_config
 from ingestion import ingest_folder
-from tests.helpers import deploy, train_and_score, write_clients, write_config
+from tests.helpers import deploy, skip_or_fail, train_and_score, write_clients, write_config
 from tests.postgres_server import PASSWORD, PASSWORD_ENV, PostgresServer, PostgresUnavailable
 
 
@@ -37,7 +37,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         server = PostgresServer.create()
     except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server: {exc}")
+        skip_or_fail(f"no PostgreSQL server: {exc}")
     try:
         yield server
     finally:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from common.artifacts import MODEL_FILE
 from common.config import Config, ModelSettings
@@ -21,6 +22,18 @@ from training import train_from_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAUSED_STAGE = PROJECT_ROOT / "tests" / "paused_stage.py"
+
+
+# CI sets this so that a missing PostgreSQL server or browser fails the tests that need it
+# instead of skipping them.
+REQUIRE_SERVICES_ENV = "RISK_TESTS_REQUIRE_SERVICES"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for want of a service, or fail it where $RISK_TESTS_REQUIRE_SERVICES is set."""
+    if os.environ.get(REQUIRE_SERVICES_ENV):
+        pytest.fail(f"{reason} (and ${REQUIRE_SERVICES_ENV} is set)")
+    pytest.skip(reason)
 
 
 def script_command(script: str, *arguments: str, pause_at: str | None = None) -> list[str]:

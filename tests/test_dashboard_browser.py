@@ -25,7 +25,7 @@ from common.artifacts import current_version_folder, load_deployed_version
 from common.config import Config, load_config
 from dashboard import URL_PREFIX
 from ingestion import ingest_folder
-from tests.helpers import PROJECT_ROOT, deploy, train_and_score, write_clients, write_config
+from tests.helpers import PROJECT_ROOT, deploy, skip_or_fail, train_and_score, write_clients, write_config
 from tests.test_dashboard import active_clients, add_runs
 from tests.test_server import free_port, wait_until_healthy
 
@@ -186,7 +186,7 @@ def wait_for(check, timeout: float = 10):  # noqa: ANN001, ANN201
 def browser_ready() -> None:
     reason = find_browser()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 @pytest.fixture(scope="module")
