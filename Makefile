@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-database classic-clients data lint typecheck metrics clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-database classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,11 @@ history: $(VENV)/.installed ## print the latest fullprocess.py runs from the run
 	$(PY) fullprocess.py --config $(CONFIG) --history
 cronjob: $(VENV)/.installed ## write cronjob.txt for this checkout (install it with: crontab cronjob.txt)
 	$(PY) fullprocess.py --config $(CONFIG) --write-cronjob cronjob.txt
+
+clients.sqlite: | $(VENV)/.installed
+	$(PY) generate_data.py database --url sqlite:///clients.sqlite --table client_activity
+database: clients.sqlite ## load the shipped data into clients.sqlite (once), then the whole pipeline from that table
+	$(MAKE) run CONFIG=config.database.json
 
 practice: ## the whole pipeline on practicedata/ (config.practice.json)
 	$(MAKE) run CONFIG=config.practice.json
