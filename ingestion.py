@@ -69,7 +69,7 @@ from common.files import (
     shown_name,
     write_text_atomic,
 )
-from common.rowhash import hash_rows
+from common.rowhash import hash_rows, unique_hashes
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, UNLABELLED_SCHEMA, BadFileError, read_data_file
 
 if TYPE_CHECKING:
@@ -354,7 +354,7 @@ def find_duplicates(table: pa.Table, hashes: np.ndarray) -> np.ndarray:
     if table.num_rows < 2:
         return duplicate
     ordered = np.sort(hashes)
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    repeated = unique_hashes(ordered[1:][ordered[1:] == ordered[:-1]])
     if repeated.size == 0:
         return duplicate
     candidates = np.flatnonzero(np.isin(hashes, repeated))

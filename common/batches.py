@@ -26,7 +26,7 @@ from common.artifacts import FINAL_DATA, UNLABELLED_CLIENTS
 from common.errors import PipelineError
 from common.files import atomic_path, file_signature
 from common.records import TrainingWindow as TrainingWindow  # its home was here
-from common.rowhash import hash_rows, hash_strings
+from common.rowhash import hash_rows, hash_strings, unique_hashes
 from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, UNLABELLED_SCHEMA, read_data_file
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class BatchBook:
 
     def with_rows(self, hashes: np.ndarray, files: list[str], ingested_at: str) -> BatchBook:
         """The book with the rows it does not hold yet added as a new batch (itself when all are known)."""
-        unknown = np.unique(hashes[self.batch_of(hashes) == 0])
+        unknown = unique_hashes(hashes[self.batch_of(hashes) == 0])
         if unknown.size == 0:
             return self
         number = self.latest + 1

