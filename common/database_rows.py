@@ -15,6 +15,7 @@ import decimal
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,14 @@ def check_fetched_rows(table: pa.Table) -> ParsedFile:
     return parsed
 
 
+def import_pandas() -> None:
+    """Import pandas, which pyarrow imports at its first conversion of Python values (a quarter of a second).
+
+    Every check of the rows converts some, so it is imported while the driver reads them instead.
+    """
+    import pandas  # noqa: F401
+
+
 def fetch_past_watermark(source: DatabaseSource, since: int | str | None) -> FetchedRows | None:
     """The rows past ``since`` up to the newest watermark now, checked; None when there is none.
 
@@ -277,7 +286,10 @@ def fetch_past_watermark(source: DatabaseSource, since: int | str | None) -> Fet
             until = newest_watermark(connection, source, since)
         if until is None:
             return None
-        table = fetch_rows(source, since, until)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the driver reads without the GIL
+            fetching = pool.submit(fetch_rows, source, since, until)
+            import_pandas()
+            table = fetching.result()
     except PipelineError:
         raise
     except Exception as exc:  # a driver's error of any kind: the database could not be read
