@@ -181,8 +181,12 @@ def libpq_uri(source: DatabaseSource) -> str:
 
 
 def read_batches(reader: pa.RecordBatchReader) -> pa.Table:
-    """Every record batch of a query's result, as one table."""
-    return pa.Table.from_batches(list(reader), schema=reader.schema)
+    """Every record batch of a query's result, as one table of one chunk per column.
+
+    SQLite's driver hands over 1,024 rows a batch: the checks, the cache and the CSV writer
+    each go faster over one long column than over a thousand short ones.
+    """
+    return pa.Table.from_batches(list(reader), schema=reader.schema).combine_chunks()
 
 
 def open_arrow_database(source: DatabaseSource) -> Any:
