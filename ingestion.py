@@ -69,7 +69,7 @@ from common.files import (
     shown_name,
     write_text_atomic,
 )
-from common.rowhash import hash_rows, unique_hashes
+from common.rowhash import hash_rows, insert_sorted, unique_hashes
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, UNLABELLED_SCHEMA, BadFileError, read_data_file
 
 if TYPE_CHECKING:
@@ -333,11 +333,10 @@ class RowIndex:
     def add(self, hashes: np.ndarray, positions: np.ndarray, merged: int, duplicates: int, quoted: bool) -> RowIndex:
         """A new index with these rows added (of ``merged`` rows read, ``duplicates`` left out)."""
         order = np.argsort(hashes, kind="stable")
-        hashes, positions = hashes[order], positions[order]
-        where = np.searchsorted(self.hashes, hashes, side="right")
+        hashes, positions = insert_sorted(self.hashes, self.positions, hashes[order], positions[order])
         return RowIndex(
-            np.insert(self.hashes, where, hashes),
-            np.insert(self.positions, where, positions),
+            hashes,
+            positions,
             self.rows_merged + merged,
             self.duplicates_removed + duplicates,
             quoted,

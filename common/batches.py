@@ -26,7 +26,7 @@ from common.artifacts import FINAL_DATA, UNLABELLED_CLIENTS
 from common.errors import PipelineError
 from common.files import atomic_path, file_signature
 from common.records import TrainingWindow as TrainingWindow  # its home was here
-from common.rowhash import hash_rows, hash_strings, unique_hashes
+from common.rowhash import hash_rows, hash_strings, insert_sorted, unique_hashes
 from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, UNLABELLED_SCHEMA, read_data_file
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,8 @@ class BatchBook:
         if unknown.size == 0:
             return self
         number = self.latest + 1
-        where = np.searchsorted(self.hashes, unknown)
-        return BatchBook(
-            np.insert(self.hashes, where, unknown),
-            np.insert(self.numbers, where, np.full(unknown.size, number, np.int32)),
-            (*self.batches, Batch(number, ingested_at, int(unknown.size), tuple(files))),
-        )
+        hashes, numbers = insert_sorted(self.hashes, self.numbers, unknown, np.full(unknown.size, number, np.int32))
+        return BatchBook(hashes, numbers, (*self.batches, Batch(number, ingested_at, int(unknown.size), tuple(files))))
 
 
 def read_batch_book(folder: Path) -> BatchBook:
