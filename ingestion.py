@@ -69,7 +69,7 @@ from common.files import (
     sha256_file,
     shown_name,
 )
-from common.rowhash import hash_rows
+from common.rowhash import hash_rows, insert_sorted, unique_hashes
 from common.schema import COLUMNS, ID_COLUMN, SCHEMA, UNLABELLED_SCHEMA, BadFileError, read_data_file
 
 if TYPE_CHECKING:
@@ -333,11 +333,10 @@ class RowIndex:
     def add(self, hashes: np.ndarray, positions: np.ndarray, merged: int, duplicates: int, quoted: bool) -> RowIndex:
         """A new index with these rows added (of ``merged`` rows read, ``duplicates`` left out)."""
         order = np.argsort(hashes, kind="stable")
-        hashes, positions = hashes[order], positions[order]
-        where = np.searchsorted(self.hashes, hashes, side="right")
+        hashes, positions = insert_sorted(self.hashes, self.positions, hashes[order], positions[order])
         return RowIndex(
-            np.insert(self.hashes, where, hashes),
-            np.insert(self.positions, where, positions),
+            hashes,
+            positions,
             self.rows_merged + merged,
             self.duplicates_removed + duplicates,
             quoted,
@@ -354,7 +353,7 @@ def find_duplicates(table: pa.Table, hashes: np.ndarray) -> np.ndarray:
     if table.num_rows < 2:
         return duplicate
     ordered = np.sort(hashes)
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    repeated = unique_hashes(ordered[1:][ordered[1:] == ordered[:-1]])
     if repeated.size == 0:
         return duplicate
     candidates = np.flatnonzero(np.isin(hashes, repeated))
@@ -398,10 +397,10 @@ def csv_options(quoted: bool, header: bool = True) -> pa_csv.WriteOptions:
     )
 
 
-def write_csv_table(table: pa.Table, target: Path) -> Path:
-    """Write ``table`` as CSV atomically, quoting ids only when some id needs it."""
+def write_csv_table(table: pa.Table, target: Path, quoted: bool | None = None) -> Path:
+    """Write ``table`` as CSV atomically, quoting ids only when some id needs it (``quoted``, when known)."""
     with atomic_path(target) as tmp:
-        pa_csv.write_csv(table, tmp, csv_options(ids_need_quotes(table)))
+        pa_csv.write_csv(table, tmp, csv_options(ids_need_quotes(table) if quoted is None else quoted))
     return target
 
 
@@ -495,9 +494,10 @@ def rebuild_final_data(output_folder_path: Path, result: IngestionResult) -> Row
     final, kept, hashes = deduplicate(merged)
     result.rows_merged, result.rows_written = merged.num_rows, final.num_rows
     result.duplicates_removed = merged.num_rows - final.num_rows
-    result.final_data = write_csv_table(final, output_folder_path / FINAL_DATA)
+    quoted = ids_need_quotes(final)
+    result.final_data = write_csv_table(final, output_folder_path / FINAL_DATA, quoted)
     result.written_hashes = hashes
-    return RowIndex.empty().add(hashes, kept, merged.num_rows, result.duplicates_removed, ids_need_quotes(final))
+    return RowIndex.empty().add(hashes, kept, merged.num_rows, result.duplicates_removed, quoted)
 
 
 def rows_equal(left: pa.Table, right: pa.Table) -> np.ndarray:
@@ -766,8 +766,9 @@ def record_batch(
     new_files = [
         entry.name for entry in result.labelled if getattr(history.get(entry.name), "sha256", None) != entry.sha256
     ]
+    known = book.batch_of(result.written_hashes)  # 0: not in the book, so arriving in this run's batch
     updated = book.with_rows(result.written_hashes, new_files, utc_now())
-    written = updated.batch_of(result.written_hashes)
+    written = np.where(known == 0, np.int32(updated.latest), known)
     if not result.appended:
         in_order = written
     elif book.finaldata == before and book.row_batches.size == result.rows_written - written.size:

@@ -26,7 +26,7 @@ from common.artifacts import FINAL_DATA, UNLABELLED_CLIENTS
 from common.errors import PipelineError
 from common.files import atomic_path, file_signature
 from common.records import TrainingWindow as TrainingWindow  # its home was here
-from common.rowhash import hash_rows, hash_strings
+from common.rowhash import hash_rows, hash_strings, insert_sorted, unique_hashes
 from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, UNLABELLED_SCHEMA, read_data_file
 
 log = logging.getLogger(__name__)
@@ -79,16 +79,12 @@ class BatchBook:
 
     def with_rows(self, hashes: np.ndarray, files: list[str], ingested_at: str) -> BatchBook:
         """The book with the rows it does not hold yet added as a new batch (itself when all are known)."""
-        unknown = np.unique(hashes[self.batch_of(hashes) == 0])
+        unknown = unique_hashes(hashes[self.batch_of(hashes) == 0])
         if unknown.size == 0:
             return self
         number = self.latest + 1
-        where = np.searchsorted(self.hashes, unknown)
-        return BatchBook(
-            np.insert(self.hashes, where, unknown),
-            np.insert(self.numbers, where, np.full(unknown.size, number, np.int32)),
-            (*self.batches, Batch(number, ingested_at, int(unknown.size), tuple(files))),
-        )
+        hashes, numbers = insert_sorted(self.hashes, self.numbers, unknown, np.full(unknown.size, number, np.int32))
+        return BatchBook(hashes, numbers, (*self.batches, Batch(number, ingested_at, int(unknown.size), tuple(files))))
 
 
 def read_batch_book(folder: Path) -> BatchBook:

@@ -15,6 +15,7 @@ import decimal
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,15 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 from common.artifacts import IngestedFetch, IngestedFile, utc_now
-from common.databases import DatabaseSource, fetched_from, last_watermark, quote_identifier, unreachable
+from common.databases import (
+    DatabaseSource,
+    connect_directly,
+    fetched_from,
+    last_watermark,
+    parameter_marker,
+    quote_identifier,
+    unreachable,
+)
 from common.errors import PipelineError
 from common.files import atomic_path
 from common.rowhash import hash_rows
@@ -68,57 +77,60 @@ def json_watermark(value: Any) -> int | str:
     return str(value)
 
 
-def open_engine(source: DatabaseSource) -> Any:
-    """A SQLAlchemy engine for the source; the password from its environment variable; SQLite opened read-only."""
-    import sqlite3
+def read_columns(connection: Any, source: DatabaseSource) -> set[str] | None:
+    """The source table's column names, lowercased; None when there is no such table or view.
 
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
-
-    url = source.url
-    if url.kind == "sqlite":
-        if url.path is None or not url.path.is_file():
-            raise PipelineError(f"database file {url.path} does not exist")
-        path = url.path
-        return create_engine(
-            "sqlite://",
-            creator=lambda: sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10),
-            poolclass=NullPool,
-        )
-    return create_engine(
-        make_url(url.url).set(password=url.password()),
-        poolclass=NullPool,
-        connect_args={"connect_timeout": 5},
+    Asked of the database's catalogue through a plain DB-API connection (``connect_directly``),
+    without SQLAlchemy: SQLite's ``table_info`` pragma, or PostgreSQL's ``pg_attribute`` for the
+    relation the table's name resolves to, as the fetch's query will resolve it.
+    """
+    cursor = connection.cursor()
+    if source.url.kind == "sqlite":
+        schema, _, table = source.table.rpartition(".")
+        pragma = f"{quote_identifier(schema)}.table_info" if schema else "table_info"
+        cursor.execute(f"PRAGMA {pragma}({quote_identifier(table)})")
+        names = {str(row[1]).lower() for row in cursor.fetchall()}
+        return names or None  # a table has at least one column: none means there is no table
+    relation = quote_identifier(source.table)
+    cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,))
+    if not cursor.fetchone()[0]:
+        return None
+    cursor.execute(
+        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+        "AND NOT attisdropped",
+        (relation,),
     )
+    return {str(row[0]).lower() for row in cursor.fetchall()}
 
 
 def check_table(connection: Any, source: DatabaseSource) -> None:
     """Raise PipelineError naming the table when it is missing or lacks a column the schema needs."""
-    from sqlalchemy import inspect
-
-    schema, _, table = source.table.rpartition(".")
-    inspector = inspect(connection)
-    if not inspector.has_table(table, schema=schema or None):
+    present = read_columns(connection, source)
+    if present is None:
         raise PipelineError(f"{source.shown} does not exist (a table or view holding {', '.join(COLUMNS)} is needed)")
-    present = {column["name"].lower() for column in inspector.get_columns(table, schema=schema or None)}
     missing = [name for name in (*COLUMNS, source.watermark) if name.lower() not in present]
     if missing:
         raise PipelineError(f"{source.shown} has no column {', '.join(missing)}")
 
 
+def query_value(connection: Any, query: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first value of a query's first row (None: no row)."""
+    cursor = connection.cursor()
+    cursor.execute(query, params)
+    row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
 def newest_watermark(connection: Any, source: DatabaseSource, since: int | str | None) -> Any:
     """The largest watermark past ``since`` now (None: no new row); a table whose watermark went back is said."""
-    from sqlalchemy import text
-
     table, column = quote_identifier(source.table), quote_identifier(source.watermark)
     if since is None:
-        return connection.execute(text(f"SELECT MAX({column}) FROM {table}")).scalar()
-    newest = connection.execute(text(f"SELECT MAX({column}) FROM {table} WHERE {column} > :since"), {"since": since})
-    newest = newest.scalar()
+        return query_value(connection, f"SELECT MAX({column}) FROM {table}")
+    marker = parameter_marker(source.url)
+    newest = query_value(connection, f"SELECT MAX({column}) FROM {table} WHERE {column} > {marker}", (since,))
     if newest is None:
-        reached = connection.execute(text(f"SELECT 1 FROM {table} WHERE {column} >= :since LIMIT 1"), {"since": since})
-        if reached.scalar() is None:
+        reached = query_value(connection, f"SELECT 1 FROM {table} WHERE {column} >= {marker} LIMIT 1", (since,))
+        if reached is None:
             log.warning(
                 "%s: no row has a %s of %s or more, the value its rows were ingested up to (rows replaced, or the "
                 "column went back); rows up to it are not fetched again (ingestion.py --fresh reads the table anew)",
@@ -168,9 +180,30 @@ def libpq_uri(source: DatabaseSource) -> str:
     return f"postgresql://{login}@{url.host}:{url.port}/{quote(url.database, safe='')}?connect_timeout=5"
 
 
-def read_batches(reader: Any) -> pa.Table:
-    """Every record batch of a query's result, as one table."""
-    return pa.Table.from_batches(list(reader), schema=reader.schema)
+def read_batches(reader: pa.RecordBatchReader) -> pa.Table:
+    """Every record batch of a query's result, as one table of one chunk per column.
+
+    SQLite's driver hands over 1,024 rows a batch: the checks, the cache and the CSV writer
+    each go faster over one long column than over a thousand short ones.
+    """
+    return pa.Table.from_batches(list(reader), schema=reader.schema).combine_chunks()
+
+
+def open_arrow_database(source: DatabaseSource) -> Any:
+    """The database's Arrow (ADBC) driver, opened at the source (SQLite read-only).
+
+    The drivers' low-level interface: their DB-API layer imports pyarrow.dataset and pandas
+    (a quarter of a second) for nothing a single query needs.
+    """
+    if source.url.kind == "postgresql":
+        import adbc_driver_postgresql
+
+        return adbc_driver_postgresql.connect(libpq_uri(source))
+    import adbc_driver_sqlite
+
+    if source.url.path is None:
+        raise PipelineError(f"{source.shown}: a SQLite URL needs a file path")
+    return adbc_driver_sqlite.connect(f"{source.url.path.as_uri()}?mode=ro")
 
 
 def fetch_arrow_table(source: DatabaseSource, query: str) -> pa.Table:
@@ -178,21 +211,18 @@ def fetch_arrow_table(source: DatabaseSource, query: str) -> pa.Table:
 
     PostgreSQL's driver streams them with COPY in binary form; SQLite's reads the file directly (read-only).
     """
-    if source.url.kind == "postgresql":
-        import adbc_driver_postgresql.dbapi as driver
+    from adbc_driver_manager import AdbcConnection, AdbcStatement
 
-        connection = driver.connect(libpq_uri(source))
-    else:
-        import adbc_driver_sqlite.dbapi as driver
-
-        if source.url.path is None:
-            raise PipelineError(f"{source.shown}: a SQLite URL needs a file path")
-        connection = driver.connect(f"{source.url.path.as_uri()}?mode=ro")
-    with connection, connection.cursor() as cursor:
+    with (
+        open_arrow_database(source) as database,
+        AdbcConnection(database) as connection,
+        AdbcStatement(connection) as statement,
+    ):
         if source.url.kind == "postgresql":  # batches of a few MiB: memory stays flat, a lost server is seen at once
-            cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
-        cursor.execute(query)
-        return read_batches(cursor.fetch_record_batch())
+            statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+        statement.set_sql_query(query)
+        stream, _ = statement.execute_query()
+        return read_batches(pa.RecordBatchReader.from_stream(stream))
 
 
 def fetch_rows(source: DatabaseSource, since: Any, until: Any) -> pa.Table:
@@ -240,26 +270,34 @@ def check_fetched_rows(table: pa.Table) -> ParsedFile:
     return parsed
 
 
+def import_pandas() -> None:
+    """Import pandas, which pyarrow imports at its first conversion of Python values (a quarter of a second).
+
+    Every check of the rows converts some, so it is imported while the driver reads them instead.
+    """
+    import pandas  # noqa: F401
+
+
 def fetch_past_watermark(source: DatabaseSource, since: int | str | None) -> FetchedRows | None:
     """The rows past ``since`` up to the newest watermark now, checked; None when there is none.
 
     Raises PipelineError (URL masked) when the database cannot be reached, the connection is lost
     mid-fetch, or the table is missing: nothing is returned, so nothing is ingested or advanced.
     """
-    engine = open_engine(source)
     try:
-        with engine.connect() as connection:
+        with connect_directly(source.url) as connection:
             check_table(connection, source)
             until = newest_watermark(connection, source, since)
-            if until is None:
-                return None
-        table = fetch_rows(source, since, until)
+        if until is None:
+            return None
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the driver reads without the GIL
+            fetching = pool.submit(fetch_rows, source, since, until)
+            import_pandas()
+            table = fetching.result()
     except PipelineError:
         raise
     except Exception as exc:  # a driver's error of any kind: the database could not be read
         raise unreachable(source, exc) from None
-    finally:
-        engine.dispose()
     parsed = check_fetched_rows(table)
     until_value = json_watermark(until)
     digest = hashlib.sha256(f"{source.key}|{since}|{until_value}|{parsed.rows_read}|".encode())
@@ -315,8 +353,6 @@ def read_database_source(
 
 def count_missing_in_table(source: DatabaseSource) -> dict[str, Any]:
     """Percent of missing (null or blank) values per column of the source table, in one query."""
-    from sqlalchemy import text
-
     from common.datastats import percentages
 
     sums = ", ".join(
@@ -324,17 +360,16 @@ def count_missing_in_table(source: DatabaseSource) -> dict[str, Any]:
         "THEN 1 ELSE 0 END)"
         for name in COLUMNS
     )
-    engine = open_engine(source)
     try:
-        with engine.connect() as connection:
+        with connect_directly(source.url) as connection:
             check_table(connection, source)
-            row = connection.execute(text(f"SELECT COUNT(*), {sums} FROM {quote_identifier(source.table)}")).one()
+            cursor = connection.cursor()
+            cursor.execute(f"SELECT COUNT(*), {sums} FROM {quote_identifier(source.table)}")
+            row = cursor.fetchone()
     except PipelineError:
         raise
     except Exception as exc:  # a driver's error of any kind: the database could not be read
         raise unreachable(source, exc, outcome="its missing values are not measured") from None
-    finally:
-        engine.dispose()
     rows, missing = int(row[0]), {name: int(count or 0) for name, count in zip(COLUMNS, row[1:], strict=True)}
     percent = percentages(missing, rows)
     return {

@@ -166,10 +166,15 @@ def connect_directly(url: DatabaseUrl) -> Iterator[Any]:
         connection.close()
 
 
+def parameter_marker(url: DatabaseUrl) -> str:
+    """How a query marks a parameter for the database's DB-API driver: sqlite3's ``?``, psycopg's ``%s``."""
+    return "?" if url.kind == "sqlite" else "%s"
+
+
 def has_rows_past(source: DatabaseSource, watermark: Any) -> bool:
     """Whether the table holds a row whose watermark is past ``watermark`` (None: any row); one cheap query."""
     table, column = quote_identifier(source.table), quote_identifier(source.watermark)
-    marker = "?" if source.url.kind == "sqlite" else "%s"
+    marker = parameter_marker(source.url)
     query = f"SELECT 1 FROM {table} WHERE {column} IS NOT NULL LIMIT 1"
     params: tuple[Any, ...] = ()
     if watermark is not None:

@@ -64,6 +64,24 @@ def test_a_timestamp_watermark(postgres_url: str, tmp_path: Path):
     assert entries[1].watermark_from == entries[0].watermark_to and "T" in str(entries[1].watermark_to)
 
 
+def test_the_table_and_its_columns_are_checked_in_the_catalogue(postgres_url: str, tmp_path: Path):
+    load_into_database(postgres_url, "client_activity", [write_clients(tmp_path / "a.csv", 200, seed=1)])
+    qualified = load_config(
+        write_database_config(tmp_path, postgres_url, input_database_table="public.client_activity")
+    )
+    assert ingest(qualified).rows_written == 200
+    with pytest.raises(
+        PipelineError, match=r"^table missing_table of postgresql://.* does not exist \(a table or view"
+    ):
+        ingest(load_config(write_database_config(tmp_path, postgres_url, input_database_table="missing_table")))
+    with connect(postgres_url) as connection:
+        connection.execute(
+            "CREATE VIEW without_exited AS SELECT id, corporation, lastmonth_activity FROM client_activity"
+        )
+    with pytest.raises(PipelineError, match=r"without_exited of .* has no column lastyear_activity, .*exited$"):
+        ingest(load_config(write_database_config(tmp_path, postgres_url, input_database_table="without_exited")))
+
+
 def test_a_server_stopped_mid_fetch_loses_nothing_and_repeats_nothing(
     postgres_server: PostgresServer, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

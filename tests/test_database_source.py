@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from common.databases import check_identifier, has_rows_past, parse_database_url
 from common.errors import PipelineError
 from generate_data import load_into_database
 from ingestion import ingest_folder
-from tests.helpers import write_clients, write_config, write_database_config
+from tests.helpers import PROJECT_ROOT, write_clients, write_config, write_database_config
 
 
 def ingest(config: Config, fresh: bool = False) -> ingestion.IngestionResult:
@@ -218,3 +220,17 @@ def test_the_cheap_check_asks_one_question(sqlite_project: Config):
     assert has_rows_past(sqlite_project.database, None)
     assert has_rows_past(sqlite_project.database, 999)
     assert not has_rows_past(sqlite_project.database, 1000)
+
+
+def test_a_fetch_from_sqlite_imports_neither_sqlalchemy_nor_the_drivers_dbapi_layer(
+    sqlite_project: Config, tmp_path: Path
+):
+    probe = (
+        "import sys\n"
+        "import ingestion\n"
+        f"code = ingestion.main(['--config', {str(tmp_path / 'config.json')!r}, '-q'])\n"
+        "print(code, sorted({'sqlalchemy', 'adbc_driver_manager.dbapi', 'pyarrow.dataset'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["0", "[]"], result.stderr
+    assert read_ingestion_record(sqlite_project.output_folder_path / INGESTED_FILES).files[0].rows_kept == 1000
