@@ -16,8 +16,7 @@ from typing import Any
 
 JsonObject = dict[str, Any]  # a free-form JSON object, as stored (the run's details, its stage timings)
 
-# Columns holding JSON, and INTEGER columns read back as booleans; the other flags stay 0/1 as stored.
-JSON_COLUMNS = ("timings", "details", "candidates", "alerts")
+# INTEGER columns read back as booleans; /history shows the other flags 0/1 as stored.
 BOOLEAN_COLUMNS = ("model_drift", "data_drift", "test_data_drift")
 
 
@@ -177,13 +176,12 @@ def store_value(value: object) -> object:
 class StoredRun(RunFields):
     """One run read from the history, with the files it saw and its per-feature drift tests."""
 
+    started_at: str = ""  # a stored run always has a start and an outcome ("running" until it ends)
+    outcome: str = ""
     id: int = 0
     pid: int | None = None
     files: tuple[RunFile, ...] = ()
     feature_drift: tuple[FeatureDrift, ...] = ()
-
-    started_at: str = ""  # a stored run always has both
-    outcome: str = ""
 
     def to_json(self) -> JsonObject:
         """The run as the API shows it: every column of the runs table in its order, then files and drift tests."""

@@ -148,7 +148,7 @@ def test_a_file_copied_in_during_a_run_is_read_once_whole_in_one_batch(tmp_path:
     assert during.returncode == 0, during.stderr
     run = read_runs(config.history_path, limit=1)[0]
     assert "still changing" in run.decision, run.decision
-    assert {"name": "copied.csv", "status": "arriving"}.items() <= run.files[0].items()
+    assert (run.files[0].name, run.files[0].status) == ("copied.csv", "arriving")
     assert target.read_bytes() == data
     after = run_fullprocess(config_path)
     assert after.returncode == 0, after.stderr
@@ -237,6 +237,6 @@ def test_a_rejected_file_is_recorded_as_rejected_and_not_tried_again(tmp_path: P
     assert first.returncode == 0, first.stderr
     run = read_runs(config.history_path, limit=1)[0]
     assert [(row.name, row.status) for row in run.files] == [("broken.csv", "rejected")]
-    assert "missing columns" in (run.files[0]["note"] or "")
+    assert "missing columns" in (run.files[0].note or "")
     again = run_fullprocess(config_path)
     assert "no new data" in again.stderr  # decided: not new again until it changes
