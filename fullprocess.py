@@ -38,7 +38,8 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,7 @@ from common.history import (
     waiting_hashes,
 )
 from common.logs import add_log_file, setup_logging
+from common.runs import AlertRecord, FeatureDrift, JsonObject, RunFields, RunFile, StoredRun
 from common.stages import StageClock, StageFailed
 from common.timings import record_stage_timings
 
@@ -135,16 +137,17 @@ class NewData:
 class RunRecord:
     """What a run did, collected as it goes and written to the history at the end."""
 
-    fields: dict[str, Any] = field(default_factory=dict)
-    files: list[dict[str, Any]] = field(default_factory=list)
-    feature_drift: list[dict[str, Any]] = field(default_factory=list)
+    fields: RunFields = field(default_factory=RunFields)
+    files: list[RunFile] = field(default_factory=list)
+    feature_drift: list[FeatureDrift] = field(default_factory=list)
     clock: StageClock = field(default_factory=StageClock)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: JsonObject = field(default_factory=dict)
     rows_saved: bool = False
     timings_kept: set[str] = field(default_factory=set)
 
-    def set(self, **values: Any) -> None:
-        self.fields.update(values)
+    def update(self, changes: RunFields) -> None:
+        """Take the fields ``changes`` knows (those not None) in place of the ones recorded so far."""
+        self.fields = self.fields.updated(changes)
 
     def keep_timings(self, output_model_path: Path, run_id: int) -> None:
         """Add the stages timed since the last call to the stage-timing records diagnostics reports."""
@@ -154,9 +157,11 @@ class RunRecord:
 
     def save(self, connection: Any, run_id: int) -> None:
         """Write the run as it stands to the history (its files and drift rows once)."""
-        fields = {**self.fields, "timings": self.clock.timings, "details": self.details or None}
-        rows = ((), ()) if self.rows_saved else (self.files, self.feature_drift)
-        save_run(connection, run_id, fields, *rows)
+        fields = self.fields.updated(RunFields(timings=self.clock.timings, details=self.details or None))
+        if self.rows_saved:
+            save_run(connection, run_id, fields)
+        else:
+            save_run(connection, run_id, fields, self.files, self.feature_drift)
         self.rows_saved = True
 
 
@@ -208,9 +213,9 @@ def find_new_rows(
 
 def note_fetches(record: RunRecord, new: NewData, ingested: list[Any]) -> None:
     """Record the database fetches this run ingested (by content hash) in place of "rows past the watermark"."""
-    record.files = [row for row in record.files if row.get("sha256") is not None or row["status"] != "new"]
+    record.files = [row for row in record.files if row.sha256 is not None or row.status != "new"]
     record.files += [
-        {"name": entry.name, "sha256": entry.sha256, "status": "new"}
+        RunFile(entry.name, "new", entry.sha256)
         for entry in ingested
         if entry.source and entry.sha256 not in new.fetched_before
     ]
@@ -270,7 +275,7 @@ def missing_percent(paths: list[Path], output_model_path: Path) -> dict[str, Any
     return {"overall": round(overall, 4), "columns": percents, "rows": missing["rows"]}
 
 
-def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> dict[str, Any]:
+def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> RunFields:
     """Nothing is deployed yet: ingest, train, score and deploy without a gate; return the run's fields."""
     from common.evaluation import score_model
     from deployment import publish_deployment
@@ -302,18 +307,18 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> dict[
         deployed = publish_deployment(
             config.output_model_path, config.output_folder_path, config.prod_deployment_path, config.keep_versions
         )
-    return {
-        "outcome": FIRST_DEPLOYMENT,
-        "first_batch": 1,
-        "last_batch": info.training_window.last_batch if info.training_window else None,
-        "new_rows": ingested.rows_written,
-        "ingested_rows": ingested.rows_written,
-        "missing_percent": missing["overall"],
-        "deployed_f1": metrics.f1,
-        "challenger_test_f1": metrics.f1,
-        "model_version_after": deployed.version,
-        "decision": f"nothing was deployed; deployed {deployed.version} (F1 {metrics.f1:.4f} on the test data)",
-    }
+    return RunFields(
+        outcome=FIRST_DEPLOYMENT,
+        first_batch=1,
+        last_batch=info.training_window.last_batch if info.training_window else None,
+        new_rows=ingested.rows_written,
+        ingested_rows=ingested.rows_written,
+        missing_percent=missing["overall"],
+        deployed_f1=metrics.f1,
+        challenger_test_f1=metrics.f1,
+        model_version_after=deployed.version,
+        decision=f"nothing was deployed; deployed {deployed.version} (F1 {metrics.f1:.4f} on the test data)",
+    )
 
 
 def adopt_challenger(folder: Path, output_model_path: Path) -> None:
@@ -334,19 +339,43 @@ def find_watermark(connection: Any, champion: Any, batch_before: int) -> int:
     return max(known) if known else batch_before
 
 
-def assess_new_data(config: Config, connection: Any, record: RunRecord, new: NewData) -> dict[str, Any]:
+def assess_new_data(config: Config, connection: Any, record: RunRecord, new: NewData) -> RunFields:
     """Ingest the new files, decide on the rows that arrived (drift, challengers, gate), deploy a winner.
 
     Returns the run's fields.
     """
+    with record.clock.stage("champion load"):
+        champion = load_deployed_version(current_version_folder(config.prod_deployment_path))
+    ingested, data, missing = ingest_new_files(config, record, new, champion)
+    left_out = mark_rejected(record, ingested.rejected)
+    unlabelled = mark_unlabelled(record, ingested.unlabelled)
+    batch_before = ingested.batch - 1 if ingested.batch else data.latest_batch
+    watermark = find_watermark(connection, champion, batch_before)
+    if left_out == len(new.files) and not data.in_batches(watermark + 1).any():
+        return RunFields(
+            outcome=NO_NEW_DATA,
+            ingested_rows=ingested.rows_written,
+            decision=f"no new data: the new file(s) were left out ({'; '.join(ingested.rejected.values())}); "
+            f"{champion.version} serves",
+        )
+    assessment = decide_on_new_rows(config, connection, record, champion, data, watermark, unlabelled)
+    record.feature_drift = assessment.feature_drift
+    measured = RunFields(ingested_rows=ingested.rows_written, missing_percent=missing, deployed_f1=champion.metrics.f1)
+    deployed = deploy_winner(config, record.clock, assessment)
+    if assessment.window is not None:
+        serving = deployed.model_version_after or champion.version
+        write_text_atomic(
+            config.output_model_path / EVALUATION_WINDOW_FILE, json.dumps(assessment.window.to_json(serving), indent=2)
+        )
+    return measured.updated(assessment.history_fields()).updated(deployed)
+
+
+def ingest_new_files(config: Config, record: RunRecord, new: NewData, champion: Any) -> tuple[Any, Any, float]:
+    """Ingest the new files (the serving model's cached rows kept) and read the rows; with the new files' missing %."""
     from common.batches import read_ingested_data
-    from common.monitoring import RunInputs, assess, assess_unlabelled
     from ingestion import ingest_folder
 
-    clock = record.clock
-    with clock.stage("champion load"):
-        champion = load_deployed_version(current_version_folder(config.prod_deployment_path))
-    with clock.stage("ingestion"):
+    with record.clock.stage("ingestion"):
         ingested = ingest_folder(
             config.input_folder_path,
             config.output_folder_path,
@@ -355,82 +384,65 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
             database=config.database,
         )
         note_fetches(record, new, ingested.files)
-    with clock.stage("new rows"):
+    with record.clock.stage("new rows"):
         data = read_ingested_data(config.output_folder_path)
         missing = missing_percent([item.path for item in new.files if item.path], config.output_model_path)
     record.details["missing_data"] = missing
-    left_out = mark_rejected(record, ingested.rejected)
-    unlabelled = mark_unlabelled(record, ingested.unlabelled)
-    batch_before = ingested.batch - 1 if ingested.batch else data.latest_batch
-    watermark = find_watermark(connection, champion, batch_before)
-    labelled_rows = data.in_batches(watermark + 1).any()
-    if left_out == len(new.files) and not labelled_rows:
-        return {
-            "outcome": NO_NEW_DATA,
-            "ingested_rows": ingested.rows_written,
-            "decision": f"no new data: the new file(s) were left out ({'; '.join(ingested.rejected.values())}); "
-            f"{champion.version} serves",
-        }
+    return ingested, data, float(missing["overall"])
+
+
+def decide_on_new_rows(
+    config: Config, connection: Any, record: RunRecord, champion: Any, data: Any, watermark: int, unlabelled: list[Any]
+) -> Assessment:
+    """The monitoring decision on the rows past ``watermark``; on the unlabelled files' rows when only they are new."""
+    from common.monitoring import RunInputs, assess, assess_unlabelled
+
     inputs = RunInputs(config, connection, champion, data, watermark)
-    if unlabelled and not labelled_rows:
-        with clock.stage("unlabelled rows"):
+    if unlabelled and not data.in_batches(watermark + 1).any():
+        with record.clock.stage("unlabelled rows"):
             features = read_unlabelled_features(config.output_folder_path, unlabelled)
-        assessment = assess_unlabelled(inputs, clock, features)
-    else:
-        assessment = assess(inputs, clock)
-    record.feature_drift = assessment.feature_drift
-    fields = {
-        "ingested_rows": ingested.rows_written,
-        "missing_percent": missing["overall"],
-        "deployed_f1": champion.metrics.f1,
-        **assessment.history_fields(),
-    }
-    serving = deploy_winner(config, clock, assessment, fields) or champion.version
-    if assessment.window is not None:
-        write_text_atomic(
-            config.output_model_path / EVALUATION_WINDOW_FILE, json.dumps(assessment.window.to_json(serving), indent=2)
-        )
-    return fields
+        return assess_unlabelled(inputs, record.clock, features)
+    return assess(inputs, record.clock)
 
 
-def deploy_winner(config: Config, clock: StageClock, assessment: Assessment, fields: dict[str, Any]) -> str | None:
-    """Publish the challenger the gate chose, if any, noting it in ``fields``; return the version it became."""
+def deploy_winner(config: Config, clock: StageClock, assessment: Assessment) -> RunFields:
+    """Publish the challenger the gate chose, if any; return the fields that record it (none without one)."""
     from deployment import publish_deployment
 
     if assessment.deploy_folder is None:
-        return None
+        return RunFields()
     with clock.stage("deployment"):
         info = publish_deployment(
             assessment.deploy_folder, config.output_folder_path, config.prod_deployment_path, config.keep_versions
         )
         adopt_challenger(assessment.deploy_folder, config.output_model_path)
-    fields.update(
+    return RunFields(
         outcome=DEPLOYED,
-        model_version_after=info.version,
+        model_version_after=str(info.version),
         decision=assessment.decision.replace("challenger deployed", f"challenger deployed as {info.version}", 1),
     )
-    return str(info.version)
 
 
 def mark_rejected(record: RunRecord, rejected: dict[str, str]) -> int:
     """Record the new files ingestion left out as bad, so they are not new again until edited; return how many."""
-    count = 0
-    for row in record.files:
-        if row["name"] in rejected and row["status"] in ("new", "edited"):
-            row.update(status="rejected", note=rejected[row["name"]])
-            count += 1
-    return count
+    marked = [row.name in rejected and row.status in ("new", "edited") for row in record.files]
+    record.files = [
+        replace(row, status="rejected", note=rejected[row.name]) if bad else row
+        for row, bad in zip(record.files, marked, strict=True)
+    ]
+    return sum(marked)
 
 
 def mark_unlabelled(record: RunRecord, unlabelled: list[Any]) -> list[Any]:
     """Record the new files ingestion read as unlabelled as such; return their ingestion entries."""
     new = {entry.sha256: entry for entry in unlabelled}
-    found = []
-    for row in record.files:
-        if row.get("sha256") in new and row["status"] in ("new", "edited"):
-            row.update(status="unlabelled", note="no exited column: ranked as current clients, never trained on")
-            found.append(new[row["sha256"]])
-    return found
+    marked = [row.sha256 in new and row.status in ("new", "edited") for row in record.files]
+    note = "no exited column: ranked as current clients, never trained on"
+    record.files = [
+        replace(row, status="unlabelled", note=note) if found else row
+        for row, found in zip(record.files, marked, strict=True)
+    ]
+    return [new[row.sha256] for row, found in zip(record.files, marked, strict=True) if found]
 
 
 def read_unlabelled_features(output_folder_path: Path, files: list[Any]) -> Any:
@@ -480,7 +492,7 @@ def after_deployment(config: Config, record: RunRecord) -> None:
 
 def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> NewData:
     with record.clock.stage("check"):
-        version = record.fields["model_version_before"]
+        version = record.fields.model_version_before
         if version is None:  # nothing serves: every data file is new, whatever earlier runs decided
             trained_on, decided = {}, set()
         else:
@@ -495,11 +507,9 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
         new.waiting = waiting_hashes(connection) if version else set()
     with record.clock.stage("settle"):
         let_files_settle(new, config.monitoring.settle_seconds)
-    record.files = [{"name": item.name, "sha256": item.sha256, "status": item.status} for item in new.files]
-    record.files += [
-        {"name": name, "status": "arriving", "note": "still changing; read later"} for name in new.arriving
-    ]
-    record.set(new_files=len(new.files))
+    record.files = [RunFile(item.name, item.status, item.sha256) for item in new.files]
+    record.files += [RunFile(name, "arriving", note="still changing; read later") for name in new.arriving]
+    record.update(RunFields(new_files=len(new.files)))
     return new
 
 
@@ -523,11 +533,11 @@ def reports_outdated(config: Config, version: str | None) -> bool:
 def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) -> None:
     """Decide what this run does and do it, filling ``record``."""
     new = check_for_new_data(config, connection, record)
-    version = record.fields["model_version_before"]
+    version = record.fields.model_version_before
     waiting = [item for item in new.files if item.sha256 in new.waiting]
     if len(waiting) == len(new.files):
         arriving = f"; still changing, read on a later run: {', '.join(new.arriving)}" if new.arriving else ""
-        record.set(outcome=NO_NEW_DATA, decision=f"no new data{arriving}")
+        record.update(RunFields(outcome=NO_NEW_DATA, decision=f"no new data{arriving}"))
         note = f"; {len(waiting)} file(s) wait for more rows to test for drift" if waiting else ""
         note += arriving
         if not reports_outdated(config, version):
@@ -542,11 +552,11 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         log.warning(
             "no new data, but the diagnostics and report are not those of %s, which serves; making them", version
         )
-        record.set(decision=f"no new data; made the diagnostics, report and API calls for {version}")
+        record.update(RunFields(decision=f"no new data; made the diagnostics, report and API calls for {version}"))
         record.save(connection, run_id)
         after_deployment(config, record)
         return
-    record.files += [{"name": name, "status": "stray", "note": "not a data file; ignored"} for name in new.stray]
+    record.files += [RunFile(name, "stray", note="not a data file; ignored") for name in new.stray]
     log.info(
         "%d new or edited file(s) in %s: %s%s",
         len(new.files),
@@ -555,29 +565,29 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         describe_stray(new.stray),
     )
     if version is None:
-        record.set(**deploy_first_model(config, record, new))
+        record.update(deploy_first_model(config, record, new))
     else:
-        record.set(**assess_new_data(config, connection, record, new))
-    if record.fields["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):
+        record.update(assess_new_data(config, connection, record, new))
+    if record.fields.outcome in (DEPLOYED, FIRST_DEPLOYMENT):
         record.save(connection, run_id)  # the report made next shows this run in its trends
         record.keep_timings(config.output_model_path, run_id)  # and the diagnostics its stages' timings
         after_deployment(config, record)
-    log.info("decision: %s", record.fields["decision"])
+    log.info("decision: %s", record.fields.decision)
 
 
-def alert_kind(fields: dict[str, Any]) -> str | None:
+def alert_kind(fields: RunFields) -> str | None:
     """What a run's end is worth telling people: a deployment, a failure, or drift no challenger could fix."""
-    outcome = fields.get("outcome")
+    outcome = fields.outcome
     if outcome in (DEPLOYED, FIRST_DEPLOYMENT):
         return "deployed"
     if outcome == FAILED:
         return "failed"
-    if outcome == KEPT and fields.get("drift_trigger"):
+    if outcome == KEPT and fields.drift_trigger:
         return "unresolved_drift"
     return None
 
 
-def send_alert(config: Config, fields: dict[str, Any], run_id: int) -> dict[str, Any] | None:
+def send_alert(config: Config, fields: RunFields, run_id: int) -> AlertRecord | None:
     """Post the run's end to the configured webhooks without waiting for them; return what was sent."""
     kind = alert_kind(fields)
     if kind is None or not config.monitoring.webhooks:
@@ -587,17 +597,17 @@ def send_alert(config: Config, fields: dict[str, Any], run_id: int) -> dict[str,
     project = config.path.parent.name
     event = AlertEvent(
         kind=kind,
-        text=f"risk model ({project}), run {run_id}: {fields.get('decision')}",
+        text=f"risk model ({project}), run {run_id}: {fields.decision}",
         project=project,
         run_id=run_id,
-        model_version_before=fields.get("model_version_before"),
-        model_version_after=fields.get("model_version_after"),
-        occurred_at=fields.get("finished_at"),
-        details={key: fields.get(key) for key in ALERT_DETAILS if fields.get(key) is not None},
+        model_version_before=fields.model_version_before,
+        model_version_after=fields.model_version_after,
+        occurred_at=fields.finished_at,
+        details={key: getattr(fields, key) for key in ALERT_DETAILS if getattr(fields, key) is not None},
     )
     log_path = config.log_path.parent / ALERTS_LOG_FILE
     dispatch(config.monitoring.webhooks, event, config.monitoring.alert_timeout_seconds, log_path)
-    return {"kind": kind, "webhooks": len(config.monitoring.webhooks), "log": str(log_path)}
+    return AlertRecord(kind, len(config.monitoring.webhooks), str(log_path))
 
 
 def begin_run(config: Config, started: str) -> tuple[Any, int, str | None]:
@@ -621,43 +631,43 @@ def begin_run(config: Config, started: str) -> tuple[Any, int, str | None]:
     return connection, run_id, version
 
 
-def describe_failure(exc: BaseException, fields: dict[str, Any], serving: str | None) -> dict[str, Any]:
+def describe_failure(exc: BaseException, fields: RunFields, serving: str | None) -> RunFields:
     """The fields of a run that a failed stage or a signal stopped; a deployment that happened stands."""
-    deployed = fields.get("outcome") in (DEPLOYED, FIRST_DEPLOYMENT)
+    deployed = fields.outcome in (DEPLOYED, FIRST_DEPLOYMENT)
     if isinstance(exc, StageFailed):
         if deployed:
-            return {"failed_stage": exc.stage, "error": exc.message, "decision": f"{fields['decision']}; then {exc}"}
+            return RunFields(failed_stage=exc.stage, error=exc.message, decision=f"{fields.decision}; then {exc}")
         decision = f"stopped: {exc}; {serving or 'nothing'} serving"
-        return {"failed_stage": exc.stage, "error": exc.message, "outcome": FAILED, "decision": decision}
+        return RunFields(failed_stage=exc.stage, error=exc.message, outcome=FAILED, decision=decision)
     if deployed:
-        return {"failed_stage": "after deployment", "error": "stopped by a signal"}
-    return {"outcome": INTERRUPTED, "decision": "stopped by a signal; nothing was decided"}
+        return RunFields(failed_stage="after deployment", error="stopped by a signal")
+    return RunFields(outcome=INTERRUPTED, decision="stopped by a signal; nothing was decided")
 
 
 def finish_run(
     config: Config, connection: Any, record: RunRecord, run_id: int, clock: float, failure: BaseException | None
 ) -> None:
     """Record how the run ended (and its stages' timings), then alert; a run that cannot be recorded fails."""
-    record.set(
+    record.fields = replace(
+        record.fields,
         finished_at=utc_now(),
         seconds=round(time.perf_counter() - clock, 3),
         model_version_after=current_version(config.prod_deployment_path),
     )
-    if record.fields.get("outcome") != NO_NEW_DATA:
+    if record.fields.outcome != NO_NEW_DATA:
         record.keep_timings(config.output_model_path, run_id)
     try:
         record.save(connection, run_id)
         alert = send_alert(config, record.fields, run_id)
         if alert:
-            save_run(connection, run_id, {"alerts": alert})
+            save_run(connection, run_id, RunFields(alerts=alert))
     except PipelineError as exc:
         if failure is None:
             raise StageFailed("history", str(exc)) from None
         log.error("the run could not be recorded: %s", exc)
-    record.fields["id"] = run_id
 
 
-def run_full_process(config: Config) -> dict[str, Any]:
+def run_full_process(config: Config) -> RunFields:
     """One whole run under the lock, recorded in the run history; return the run's fields.
 
     Raises StageFailed (after recording it) when a stage fails, KeyboardInterrupt on a signal.
@@ -666,13 +676,13 @@ def run_full_process(config: Config) -> dict[str, Any]:
     connection, run_id, version = begin_run(config, started)
     with contextlib.closing(connection):
         record = RunRecord()
-        record.set(started_at=started, model_version_before=version, model_version_after=version)
+        record.update(RunFields(started_at=started, model_version_before=version, model_version_after=version))
         failure: BaseException | None = None
         try:
             run_once(config, connection, record, run_id)
         except (StageFailed, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM (see main)
             failure = exc
-            record.set(**describe_failure(exc, record.fields, current_version(config.prod_deployment_path)))
+            record.update(describe_failure(exc, record.fields, current_version(config.prod_deployment_path)))
             raise
         finally:
             finish_run(config, connection, record, run_id, clock, failure)
@@ -738,13 +748,10 @@ HISTORY_COLUMNS = (
 )
 
 
-def format_history(runs: list[dict[str, Any]]) -> str:
+def format_history(runs: list[StoredRun]) -> str:
     """The runs as a plain-text table, oldest first, then each run's decision and drift trigger."""
     header = [title for _, title, _ in HISTORY_COLUMNS]
-    rows = [
-        [("-" if run.get(key) is None else show(run[key])) for key, _, show in HISTORY_COLUMNS]
-        for run in reversed(runs)
-    ]
+    rows = [[format_cell(getattr(run, key), show) for key, _, show in HISTORY_COLUMNS] for run in reversed(runs)]
     widths = [max(len(text) for text in column) for column in zip(header, *rows, strict=True)]
     lines = [
         "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
@@ -753,22 +760,32 @@ def format_history(runs: list[dict[str, Any]]) -> str:
     lines.insert(1, "  ".join("-" * width for width in widths))
     lines.append("")
     for run in reversed(runs):
-        lines.append(f"run {run['id']}: {run.get('decision') or run['outcome']}")
-        if run.get("drift_trigger"):
-            lines.append(f"    trigger: {run['drift_trigger']}")
-        if run.get("drift_reference"):
-            lines.append(f"    model-drift reference: {run['drift_reference']}")
-        if run.get("data_drift_reference"):
-            lines.append(f"    data-drift reference: {run['data_drift_reference']}")
-        for candidate in run.get("candidates") or ():
-            lines.append(
-                f"    candidate {candidate['window']}: {candidate['describe']}; F1 {candidate['recent_f1']:.4f} on the "
-                f"held-out recent rows, {candidate.get('window_f1', float('nan')):.4f} on the recent window, "
-                f"{candidate['test_f1']:.4f} on the test data"
-            )
-        if run.get("failed_stage"):
-            lines.append(f"    failed stage: {run['failed_stage']}: {run.get('error')}")
+        lines += describe_run(run)
     return "\n".join(lines)
+
+
+def format_cell(value: Any, show: Callable[[Any], str]) -> str:
+    return "-" if value is None else show(value)
+
+
+def describe_run(run: StoredRun) -> list[str]:
+    """A run's decision, and under it what triggered it, its references, its candidates and its failure."""
+    lines = [f"run {run.id}: {run.decision or run.outcome}"]
+    notes = (
+        ("trigger", run.drift_trigger),
+        ("model-drift reference", run.drift_reference),
+        ("data-drift reference", run.data_drift_reference),
+    )
+    lines += [f"    {name}: {value}" for name, value in notes if value]
+    for candidate in run.candidates or ():
+        window_f1 = float("nan") if candidate.window_f1 is None else candidate.window_f1
+        lines.append(
+            f"    candidate {candidate.window}: {candidate.describe}; F1 {candidate.recent_f1:.4f} on the "
+            f"held-out recent rows, {window_f1:.4f} on the recent window, {candidate.test_f1:.4f} on the test data"
+        )
+    if run.failed_stage:
+        lines.append(f"    failed stage: {run.failed_stage}: {run.error}")
+    return lines
 
 
 def stop_on_signal(signum: int, frame: object) -> None:

@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -70,6 +71,7 @@ from common.errors import PipelineError
 from common.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file, write_text_atomic
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, HistoryLocation, read_runs
 from common.records import Confusion, Metrics
+from common.runs import StoredRun
 from common.schema import FEATURE_LABELS, FEATURES, BadFileError
 from training import LinearRiskModel
 
@@ -374,60 +376,99 @@ def plot_calibration(curves: Sequence[CalibrationCurve], version: str, target: P
     return Path(target)
 
 
-def read_trend_runs(history_path: HistoryLocation) -> list[dict[str, Any]]:
+def read_trend_runs(history_path: HistoryLocation) -> list[StoredRun]:
     """Finished runs that saw new data, oldest first ([] without a history)."""
     runs = read_runs(history_path, limit=TREND_RUNS, with_no_op=False)
-    return [run for run in reversed(runs) if run["outcome"] != RUNNING]
+    return [run for run in reversed(runs) if run.outcome != RUNNING]
 
 
-def plot_trends(runs: list[dict[str, Any]], target: Path) -> Path:
-    """Draw F1, missing data and timings over runs as a PNG; write it atomically."""
-    from datetime import datetime, timedelta
+RunValue = Callable[[StoredRun], float | None]  # one number of a run, for a trend line
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+def run_time(run: StoredRun) -> datetime:
+    """When a run started, as a time (the history writes these)."""
+    moment = parse_utc(run.started_at)
+    assert moment is not None  # the history writes these times
+    return moment
+
+
+def trend_series(runs: list[StoredRun], value: RunValue) -> tuple[list[datetime], list[float]]:
+    """The runs' start times and values, where a run has a value."""
+    points = [(run_time(run), found) for run in runs if (found := value(run)) is not None]
+    return [point[0] for point in points], [point[1] for point in points]
+
+
+def stage_seconds(stage: str) -> RunValue:
+    """How long a run spent in ``stage``; None when it did not time it."""
+    return lambda run: (run.timings or {}).get(stage)
+
+
+def plot_f1_trends(axes: Any, runs: list[StoredRun]) -> None:
+    """The serving model's F1 scores, the drift threshold and the challenger's F1 over the runs."""
+    lines: tuple[tuple[RunValue, str, str, dict[str, float], str], ...] = (
+        (lambda run: run.deployed_f1, "-", "#27476E", {}, "serving model, F1 on test data"),
+        (lambda run: run.new_data_f1, "o", "#D9822B", {}, "serving model, F1 on new rows"),
+        (lambda run: run.window_f1, "s", "#7B3F99", {"markersize": 4}, "serving model, F1 on recent window"),
+        (lambda run: run.drift_threshold, "_", "#B22222", {"markersize": 12}, "model-drift threshold"),
+        (lambda run: run.challenger_recent_f1, "^", "#3A7D44", {}, "challenger, F1 on recent rows"),
+    )
+    for value, style, colour, size, label in lines:
+        axes.plot(*trend_series(runs, value), style, color=colour, label=label, **size)
+    axes.set_ylabel("F1")
+    axes.set_title("Runs that found new data (dotted lines: deployments)", fontsize=11)
+    axes.legend(fontsize=7, loc="lower left", ncols=2)
+
+
+def plot_missing_trend(axes: Any, runs: list[StoredRun]) -> None:
+    axes.plot(*trend_series(runs, lambda run: run.missing_percent), "s-", color="#6A4C93", markersize=4)
+    axes.set_ylabel("missing cells, %")
+
+
+def plot_timing_trends(axes: Any, runs: list[StoredRun]) -> None:
+    """The seconds of the slow stages and of the whole run, over the runs."""
+    for stage, colour in (("ingestion", "#1F77B4"), ("training", "#2CA02C"), ("scoring", "#FF7F0E")):
+        times, seconds = trend_series(runs, stage_seconds(stage))
+        if times:
+            axes.plot(times, seconds, ".-", color=colour, label=stage)
+    axes.plot(*trend_series(runs, lambda run: run.seconds), "k.-", label="whole run")
+    axes.set_ylabel("seconds")
+    axes.legend(fontsize=7, loc="upper left", ncols=4)
+
+
+def mark_deployments(all_axes: list[Any], runs: list[StoredRun]) -> None:
+    """A dotted line on every plot at each run that deployed."""
+    for run in runs:
+        if run.outcome in (DEPLOYED, FIRST_DEPLOYMENT):
+            for axes in all_axes:
+                axes.axvline(run_time(run), color="#888888", linewidth=0.8, linestyle=":")
+
+
+def set_time_axis(axes: Any, runs: list[StoredRun]) -> None:
+    """Dates under the last plot; a run or a burst of runs gets an hour either side, not years of empty axis."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    first, last = run_time(runs[0]), run_time(runs[-1])
+    margin = timedelta(hours=TREND_MIN_SPAN_HOURS / 2)
+    if last - first < 2 * margin:
+        axes.set_xlim(first - margin, last + margin)
+    locator = AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+def plot_trends(runs: list[StoredRun], target: Path) -> Path:
+    """Draw F1, missing data and timings over runs as a PNG; write it atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    def series(key: str, source: list[dict[str, Any]] = runs) -> tuple[list[datetime], list[float]]:
-        points = [(when(run), run[key]) for run in source if run.get(key) is not None]
-        return [point[0] for point in points], [point[1] for point in points]
-
-    def when(run: dict[str, Any]) -> datetime:
-        moment = parse_utc(run["started_at"])
-        assert moment is not None  # the history writes these times
-        return moment
 
     figure = Figure(figsize=(7.2, 6.6), dpi=150, layout="constrained")
     FigureCanvasAgg(figure)
     f1_axes, missing_axes, time_axes = figure.subplots(3, 1, sharex=True)
-    f1_axes.plot(*series("deployed_f1"), "-", color="#27476E", label="serving model, F1 on test data")
-    f1_axes.plot(*series("new_data_f1"), "o", color="#D9822B", label="serving model, F1 on new rows")
-    f1_axes.plot(*series("window_f1"), "s", color="#7B3F99", markersize=4, label="serving model, F1 on recent window")
-    f1_axes.plot(*series("drift_threshold"), "_", color="#B22222", markersize=12, label="model-drift threshold")
-    f1_axes.plot(*series("challenger_recent_f1"), "^", color="#3A7D44", label="challenger, F1 on recent rows")
-    for run in runs:
-        if run["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):
-            for axes in (f1_axes, missing_axes, time_axes):
-                axes.axvline(when(run), color="#888888", linewidth=0.8, linestyle=":")
-    f1_axes.set_ylabel("F1")
-    f1_axes.set_title("Runs that found new data (dotted lines: deployments)", fontsize=11)
-    f1_axes.legend(fontsize=7, loc="lower left", ncols=2)
-    missing_axes.plot(*series("missing_percent"), "s-", color="#6A4C93", markersize=4)
-    missing_axes.set_ylabel("missing cells, %")
-    for stage, colour in (("ingestion", "#1F77B4"), ("training", "#2CA02C"), ("scoring", "#FF7F0E")):
-        points = [(when(run), run["timings"][stage]) for run in runs if stage in (run.get("timings") or {})]
-        if points:
-            time_axes.plot(*zip(*points, strict=True), ".-", color=colour, label=stage)
-    time_axes.plot(*series("seconds"), "k.-", label="whole run")
-    time_axes.set_ylabel("seconds")
-    time_axes.legend(fontsize=7, loc="upper left", ncols=4)
-    first, last = when(runs[0]), when(runs[-1])
-    margin = timedelta(hours=TREND_MIN_SPAN_HOURS / 2)
-    if last - first < 2 * margin:  # one run, or a burst of runs: an hour either side, not years of empty axis
-        time_axes.set_xlim(first - margin, last + margin)
-    locator = AutoDateLocator()
-    time_axes.xaxis.set_major_locator(locator)
-    time_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    plot_f1_trends(f1_axes, runs)
+    mark_deployments([f1_axes, missing_axes, time_axes], runs)
+    plot_missing_trend(missing_axes, runs)
+    plot_timing_trends(time_axes, runs)
+    set_time_axis(time_axes, runs)
     with atomic_path(target) as tmp:
         figure.savefig(tmp, format="png")
     return Path(target)
@@ -856,7 +897,7 @@ def clients_section(
 
 
 def trends_section(
-    styles: dict[str, ParagraphStyle], runs: list[dict[str, Any]], plot: Path | None, history_path: HistoryLocation
+    styles: dict[str, ParagraphStyle], runs: list[StoredRun], plot: Path | None, history_path: HistoryLocation
 ) -> list[Flowable]:
     """F1, missing data and timings over the fullprocess.py runs that found new data, and the latest of them."""
     title = "Trends over runs"
@@ -866,20 +907,20 @@ def trends_section(
         return [*heading(styles, title), Paragraph(f"<i>{text}</i>", styles["body"])]
     caption = (
         f"{len(runs)} run{'s' if len(runs) != 1 else ''} of fullprocess.py that found new data, from "
-        f"{nowrap(format_time(runs[0]['started_at']))} to {nowrap(format_time(runs[-1]['started_at']))}, "
+        f"{nowrap(format_time(runs[0].started_at))} to {nowrap(format_time(runs[-1].started_at))}, "
         "from the run history."
     )
     width, height = plot_size(plot)
     image = Image(str(plot), width=FRAME_WIDTH * 0.92, height=FRAME_WIDTH * 0.92 * height / width)
     rows = [
         [
-            nowrap(run["started_at"].replace("T", " ").removesuffix("Z")),
-            escape(run["outcome"].replace("_", " ")),
-            escape(str(run.get("model_version_after") or DASH)),
-            escape(run.get("decision") or DASH),
-            format_number(run.get("new_rows")),
-            format_metric(run.get("new_data_f1")),
-            format_metric(run.get("drift_threshold")),
+            nowrap(run.started_at.replace("T", " ").removesuffix("Z")),
+            escape(run.outcome.replace("_", " ")),
+            escape(run.model_version_after or DASH),
+            escape(run.decision or DASH),
+            format_number(run.new_rows),
+            format_metric(run.new_data_f1),
+            format_metric(run.drift_threshold),
         ]
         for run in runs[-TREND_TABLE_RUNS:][::-1]
     ]
@@ -925,7 +966,7 @@ def build_report(
     plot: Path,
     calibration: Sequence[CalibrationCurve] = (),
     calibration_plot: Path | None = None,
-    trend_runs: list[dict[str, Any]] | None = None,
+    trend_runs: list[StoredRun] | None = None,
     trend_plot: Path | None = None,
     history_path: HistoryLocation | None = None,
     notes: Sequence[str] = (),

@@ -300,7 +300,7 @@ def history() -> Response:
         raise ServiceUnavailable(f"the run history cannot be read: {exc}") from None
     location = config.history_path
     name = location.name if isinstance(location, Path) else location.shown
-    return json_response({"history": name, "count": len(runs), "runs": runs})
+    return json_response({"history": name, "count": len(runs), "runs": [run.to_json() for run in runs]})
 
 
 @bp.get("/health")

@@ -30,6 +30,7 @@ import numpy as np
 
 from common.config import PROJECT_ROOT, load_config
 from common.history import open_history, save_run, start_run
+from common.runs import CandidateScore, FeatureDrift, RunFields, RunFile
 from common.schema import FEATURES
 from dashboard import URL_PREFIX
 from generate_data import format_csv, generate_clients, rows_of
@@ -83,41 +84,33 @@ def add_runs(config_path: Path, count: int = RUNS) -> None:
             started = np.datetime64("2026-01-01T00:00:00") + np.timedelta64(number * 600, "s")
             run = start_run(connection, f"{started}Z", 1000 + number, f"v{version:04d}")
             version += outcome == "deployed"
-            fields = {
-                "finished_at": f"{started + np.timedelta64(9, 's')}Z",
-                "seconds": float(rng.uniform(0.2, 12)),
-                "outcome": outcome,
-                "decision": f"{outcome.replace('_', ' ')} after run {number}, in one sentence",
-                "model_version_after": f"v{version:04d}",
-            }
-            drift = []
+            fields = RunFields(
+                finished_at=f"{started + np.timedelta64(9, 's')}Z",
+                seconds=float(rng.uniform(0.2, 12)),
+                outcome=outcome,
+                decision=f"{outcome.replace('_', ' ')} after run {number}, in one sentence",
+                model_version_after=f"v{version:04d}",
+            )
+            drift: list[FeatureDrift] = []
             if outcome != "no_new_data":
-                fields |= {
-                    "new_rows": 2000,
-                    "new_data_f1": float(rng.uniform(0.5, 0.75)),
-                    "drift_threshold": 0.58,
-                    "missing_percent": float(rng.uniform(0, 0.5)),
-                    "first_batch": number + 2,
-                    "last_batch": number + 2,
-                    "drift_trigger": "model drift" if outcome == "deployed" else None,
-                    "data_drift_reference": "the rows ingested before",
-                    "timings": {"ingestion": 0.1, "training": 0.4, "scoring": 0.01},
-                    "candidates": [
-                        {"window": "all", "describe": "all rows", "rows": 9000, "recent_f1": 0.7, "test_f1": 0.62}
-                    ],
-                }
+                fields = fields.updated(
+                    RunFields(
+                        new_rows=2000,
+                        new_data_f1=float(rng.uniform(0.5, 0.75)),
+                        drift_threshold=0.58,
+                        missing_percent=float(rng.uniform(0, 0.5)),
+                        first_batch=number + 2,
+                        last_batch=number + 2,
+                        drift_trigger="model drift" if outcome == "deployed" else None,
+                        data_drift_reference="the rows ingested before",
+                        timings={"ingestion": 0.1, "training": 0.4, "scoring": 0.01},
+                        candidates=(CandidateScore("all", "all rows", 9000, None, None, 0.7, 0.62),),
+                    )
+                )
                 drift = [
-                    {
-                        "feature": name,
-                        "test": "wasserstein",
-                        "statistic": float(rng.uniform(0, 0.3)),
-                        "p_value": None,
-                        "threshold": 0.1,
-                        "drifted": False,
-                    }
-                    for name in FEATURES
+                    FeatureDrift(name, "wasserstein", float(rng.uniform(0, 0.3)), None, 0.1, False) for name in FEATURES
                 ]
-            files = [{"name": f"batch_{number:04d}.csv", "sha256": f"{number:064x}", "status": "new"}]
+            files = [RunFile(f"batch_{number:04d}.csv", "new", f"{number:064x}")]
             save_run(connection, run, fields, files=files, feature_drift=drift)
     finally:
         connection.close()

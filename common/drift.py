@@ -29,13 +29,14 @@ measured on labelled rows as the expected calibration error over ten bins.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
 from common.config import MonitoringSettings
+from common.runs import FeatureDrift
 from common.schema import FEATURES
 
 if TYPE_CHECKING:
@@ -169,42 +170,49 @@ def check_model_drift(
     )
 
 
-def feature_drift(reference: np.ndarray, new: np.ndarray, settings: MonitoringSettings) -> list[dict[str, Any]]:
+def feature_drift(reference: np.ndarray, new: np.ndarray, settings: MonitoringSettings) -> list[FeatureDrift]:
     """Per feature: the test used, its statistic, p-value (KS only), threshold and verdict.
 
     ``reference`` and ``new`` hold one column per feature (raw counts); both are compared on
     the ``log1p`` scale.
     """
-    rows = []
     use_ks = new.shape[0] <= settings.ks_max_rows
-    for column, name in enumerate(FEATURES):
-        before, after = np.log1p(reference[:, column]), np.log1p(new[:, column])
-        if use_ks:
-            result = stats.ks_2samp(before, after)
-            statistic, p_value = float(result.statistic), float(result.pvalue)
-            drifted = p_value < settings.ks_p_value
-            row = {"test": "ks", "statistic": statistic, "p_value": p_value, "threshold": settings.ks_p_value}
-        else:
-            distance = float(stats.wasserstein_distance(before, after))
-            spread = float(np.std(before))
-            statistic = distance / spread if spread > 0 else (0.0 if distance == 0 else float("inf"))
-            drifted = statistic > settings.wasserstein_threshold
-            row = {"test": "wasserstein", "statistic": statistic, "p_value": None}
-            row["threshold"] = settings.wasserstein_threshold
-        rows.append({"feature": name, **row, "drifted": bool(drifted)})
-    return rows
+    test = judge_by_ks if use_ks else judge_by_wasserstein
+    return [
+        test(name, np.log1p(reference[:, column]), np.log1p(new[:, column]), settings)
+        for column, name in enumerate(FEATURES)
+    ]
 
 
-def describe_feature_drift(row: dict[str, Any]) -> str:
+def judge_by_ks(name: str, before: np.ndarray, after: np.ndarray, settings: MonitoringSettings) -> FeatureDrift:
+    """The two-sample Kolmogorov-Smirnov test: drift when its p-value falls below ``ks_p_value``."""
+    result = stats.ks_2samp(before, after)
+    p_value = float(result.pvalue)
+    return FeatureDrift(
+        name, "ks", float(result.statistic), p_value, settings.ks_p_value, bool(p_value < settings.ks_p_value)
+    )
+
+
+def judge_by_wasserstein(
+    name: str, before: np.ndarray, after: np.ndarray, settings: MonitoringSettings
+) -> FeatureDrift:
+    """The Wasserstein distance over the reference's spread: drift when it passes ``wasserstein_threshold``."""
+    distance = float(stats.wasserstein_distance(before, after))
+    spread = float(np.std(before))
+    statistic = distance / spread if spread > 0 else (0.0 if distance == 0 else float("inf"))
+    threshold = settings.wasserstein_threshold
+    return FeatureDrift(name, "wasserstein", statistic, None, threshold, bool(statistic > threshold))
+
+
+def describe_feature_drift(row: FeatureDrift) -> str:
     """One feature's verdict in words, e.g. ``number_of_employees: normalised Wasserstein 0.61 > 0.1``."""
-    if row["test"] == "ks":
-        relation = "<" if row["drifted"] else ">="
+    if row.test == "ks":
+        relation = "<" if row.drifted else ">="
         return (
-            f"{row['feature']}: Kolmogorov-Smirnov D {row['statistic']:.3f}, "
-            f"p {row['p_value']:.2g} {relation} {row['threshold']:g}"
+            f"{row.feature}: Kolmogorov-Smirnov D {row.statistic:.3f}, p {row.p_value:.2g} {relation} {row.threshold:g}"
         )
-    relation = ">" if row["drifted"] else "<="
-    return f"{row['feature']}: normalised Wasserstein {row['statistic']:.3f} {relation} {row['threshold']:g}"
+    relation = ">" if row.drifted else "<="
+    return f"{row.feature}: normalised Wasserstein {row.statistic:.3f} {relation} {row.threshold:g}"
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,15 @@ SQLAlchemy is imported when a history is opened, not at import: the cron job's c
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.databases import DatabaseUrl
 from common.errors import PipelineError, describe_os_error, disk_is_full
+from common.runs import FeatureDrift, RunFields, RunFile, StoredRun, read_stored_run
 
 SCHEMA_VERSION = 2
 
@@ -162,7 +162,6 @@ RUN_COLUMNS = (
     "details",
     *(name for name, _ in ADDED_COLUMNS),
 )
-JSON_COLUMNS = ("timings", "details", "candidates", "alerts")
 
 
 HistoryLocation = Path | DatabaseUrl  # a SQLite file, or a PostgreSQL database
@@ -355,54 +354,46 @@ def start_run(connection: HistoryStore, started_at: str, pid: int, version_befor
 def save_run(
     connection: HistoryStore,
     run_id: int,
-    fields: dict[str, Any],
-    files: Iterable[dict[str, Any]] = (),
-    feature_drift: Iterable[dict[str, Any]] = (),
+    fields: RunFields,
+    files: Sequence[RunFile] = (),
+    feature_drift: Sequence[FeatureDrift] = (),
 ) -> None:
-    """Write a run's results so far, and add its files and drift statistics, in one transaction."""
-    unknown = set(fields) - set(RUN_COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown run fields: {', '.join(sorted(unknown))}")
-    values = {key: json.dumps(value) if key in JSON_COLUMNS else value for key, value in fields.items()}
-    values = {key: int(value) if isinstance(value, bool) else value for key, value in values.items()}
-    assignments = ", ".join(f"{key} = :{key}" for key in values)
-    file_rows = [
-        {
-            "run_id": run_id,
-            "name": row["name"],
-            "sha256": row.get("sha256"),
-            "status": row["status"],
-            "note": row.get("note"),
-        }
-        for row in files
-    ]
-    drift_rows = [
-        {
-            "run_id": run_id,
-            "feature": row["feature"],
-            "test": row["test"],
-            "statistic": row["statistic"],
-            "p_value": row.get("p_value"),
-            "threshold": row["threshold"],
-            "drifted": int(row["drifted"]),
-        }
-        for row in feature_drift
-    ]
+    """Write the run's known fields, and add its files and drift tests, in one transaction."""
     with named_errors(connection.where, "record the run"), connection.transaction():
-        if assignments:
-            connection.execute(f"UPDATE runs SET {assignments} WHERE id = :run_id", {**values, "run_id": run_id})
-        if file_rows:
-            connection.execute(
-                "INSERT INTO run_files (run_id, name, sha256, status, note) "
-                "VALUES (:run_id, :name, :sha256, :status, :note)",
-                file_rows,
-            )
-        if drift_rows:
-            connection.execute(
-                "INSERT INTO feature_drift (run_id, feature, test, statistic, p_value, threshold, drifted) "
-                "VALUES (:run_id, :feature, :test, :statistic, :p_value, :threshold, :drifted)",
-                drift_rows,
-            )
+        update_run(connection, run_id, fields)
+        insert_files(connection, run_id, files)
+        insert_feature_drift(connection, run_id, feature_drift)
+
+
+def update_run(connection: HistoryStore, run_id: int, fields: RunFields) -> int:
+    """Set the columns ``fields`` knows (those not None); return how many."""
+    values = fields.to_columns()
+    if values:
+        assignments = ", ".join(f"{key} = :{key}" for key in values)
+        connection.execute(f"UPDATE runs SET {assignments} WHERE id = :run_id", {**values, "run_id": run_id})
+    return len(values)
+
+
+def insert_files(connection: HistoryStore, run_id: int, files: Sequence[RunFile]) -> int:
+    """Add the files a run saw; return how many."""
+    if files:
+        connection.execute(
+            "INSERT INTO run_files (run_id, name, sha256, status, note) "
+            "VALUES (:run_id, :name, :sha256, :status, :note)",
+            [{"run_id": run_id, **file.to_json()} for file in files],
+        )
+    return len(files)
+
+
+def insert_feature_drift(connection: HistoryStore, run_id: int, feature_drift: Sequence[FeatureDrift]) -> int:
+    """Add a run's per-feature drift tests; return how many."""
+    if feature_drift:
+        connection.execute(
+            "INSERT INTO feature_drift (run_id, feature, test, statistic, p_value, threshold, drifted) "
+            "VALUES (:run_id, :feature, :test, :statistic, :p_value, :threshold, :drifted)",
+            [{"run_id": run_id, **row.to_json(), "drifted": int(row.drifted)} for row in feature_drift],
+        )
+    return len(feature_drift)
 
 
 def mark_interrupted(connection: HistoryStore, finished_at: str, serving: str | None) -> int:
@@ -560,7 +551,7 @@ def change_started_batch(connection: HistoryStore) -> int | None:
     return None if row[0] is None else int(row[0])
 
 
-def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = True) -> list[dict[str, Any]]:
+def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = True) -> list[StoredRun]:
     """The latest ``limit`` runs, newest first, each with its files and feature drift; [] without a history.
 
     Opens SQLite read-only, and creates nothing in PostgreSQL, so a reader never creates or changes a history.
@@ -585,46 +576,39 @@ def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = Tr
         store.close()
 
 
-def read_latest_runs(store: HistoryStore, limit: int, with_no_op: bool) -> list[dict[str, Any]]:
-    order = store.types["row_order"]
+def read_latest_runs(store: HistoryStore, limit: int, with_no_op: bool) -> list[StoredRun]:
     where = "" if with_no_op else "WHERE outcome != :no_op"
+    rows = (
+        store.execute(
+            f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT :limit", {"limit": limit, "no_op": NO_NEW_DATA}
+        )
+        .mappings()
+        .all()
+    )  # all read before the files and drift tests are asked for
+    return [
+        read_stored_run(row, read_run_files(store, row["id"]), read_feature_drift(store, row["id"])) for row in rows
+    ]
+
+
+def read_run_files(store: HistoryStore, run_id: int) -> tuple[RunFile, ...]:
+    """The files a run saw, in the order it recorded them."""
     rows = store.execute(
-        f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT :limit", {"limit": limit, "no_op": NO_NEW_DATA}
+        f"SELECT name, sha256, status, note FROM run_files WHERE run_id = :run ORDER BY {store.types['row_order']}",
+        {"run": run_id},
+    ).mappings()
+    return tuple(RunFile(row["name"], row["status"], row["sha256"], row["note"]) for row in rows)
+
+
+def read_feature_drift(store: HistoryStore, run_id: int) -> tuple[FeatureDrift, ...]:
+    """A run's per-feature drift tests, in the order it recorded them."""
+    rows = store.execute(
+        "SELECT feature, test, statistic, p_value, threshold, drifted FROM feature_drift "
+        f"WHERE run_id = :run ORDER BY {store.types['row_order']}",
+        {"run": run_id},
+    ).mappings()
+    return tuple(
+        FeatureDrift(
+            row["feature"], row["test"], row["statistic"], row["p_value"], row["threshold"], bool(row["drifted"])
+        )
+        for row in rows
     )
-    runs = [decode_run(row) for row in rows.mappings()]
-    for run in runs:
-        run["files"] = [
-            dict(row)
-            for row in store.execute(
-                f"SELECT name, sha256, status, note FROM run_files WHERE run_id = :run ORDER BY {order}",
-                {"run": run["id"]},
-            ).mappings()
-        ]
-        run["feature_drift"] = [
-            {**dict(row), "drifted": bool(row["drifted"])}
-            for row in store.execute(
-                "SELECT feature, test, statistic, p_value, threshold, drifted FROM feature_drift "
-                f"WHERE run_id = :run ORDER BY {order}",
-                {"run": run["id"]},
-            ).mappings()
-        ]
-    return runs
-
-
-def decode_json(text: str | None) -> Any:
-    """A JSON column's value; None for an empty or damaged one (a damaged cell must not hide the run)."""
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-def decode_run(row: Any) -> dict[str, Any]:
-    run = dict(row)
-    for key in JSON_COLUMNS:
-        run[key] = decode_json(run.get(key))
-    for key in ("model_drift", "data_drift", "test_data_drift"):
-        run[key] = None if run[key] is None else bool(run[key])
-    return run

@@ -52,6 +52,7 @@ from common.history import (
     later_scores,
     latest_confirmation,
 )
+from common.runs import CandidateScore, FeatureDrift, RunFields
 from common.stages import StageClock
 
 log = logging.getLogger("fullprocess")
@@ -71,17 +72,18 @@ class Candidate:
     test_f1: float  # on the test data
     window_f1: float  # on the rolling evaluation window (those rows and the held-out rows of earlier batches)
 
-    def record(self) -> dict[str, Any]:
-        return {
-            "window": self.window.name,
-            "describe": self.window.describe(),
-            "rows": self.window.rows,
-            "first_batch": self.window.first_batch,
-            "last_batch": self.window.last_batch,
-            "recent_f1": round(self.recent_f1, 6),
-            "test_f1": round(self.test_f1, 6),
-            "window_f1": round(self.window_f1, 6),
-        }
+    def record(self) -> CandidateScore:
+        """The challenger as the run history keeps it."""
+        return CandidateScore(
+            window=self.window.name,
+            describe=self.window.describe(),
+            rows=self.window.rows,
+            first_batch=self.window.first_batch,
+            last_batch=self.window.last_batch,
+            recent_f1=round(self.recent_f1, 6),
+            test_f1=round(self.test_f1, 6),
+            window_f1=round(self.window_f1, 6),
+        )
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,14 @@ class WindowScore:
     first_batch: int
     last_batch: int
     metrics: dict[str, Any]
-    test_data_drift: list[dict[str, Any]]
+    test_data_drift: list[FeatureDrift]
 
     @property
     def test_data_drifted(self) -> bool:
-        return any(row["drifted"] for row in self.test_data_drift)
+        return any(row.drifted for row in self.test_data_drift)
 
     def to_json(self, version: str) -> dict[str, Any]:
-        drifted = [describe_feature_drift(row) for row in self.test_data_drift if row["drifted"]]
+        drifted = [describe_feature_drift(row) for row in self.test_data_drift if row.drifted]
         note = (
             "the test data no longer looks like the recent rows (" + "; ".join(drifted) + ")"
             if drifted
@@ -113,7 +115,7 @@ class WindowScore:
             **{key: self.metrics[key] for key in ("f1", "precision", "recall", "roc_auc", "accuracy", "confusion")},
             "test_data_drift": self.test_data_drifted,
             "test_data_note": note,
-            "test_data_features": self.test_data_drift,
+            "test_data_features": [row.to_json() for row in self.test_data_drift],
         }
 
 
@@ -149,7 +151,7 @@ class Assessment:
     estimate: PerformanceEstimate | None = None  # from the probabilities alone, before the labels are used
     calibration: float | None = None  # expected calibration error on the new labelled rows
     model_drift: ModelDrift | None = None
-    feature_drift: list[dict[str, Any]] = field(default_factory=list)
+    feature_drift: list[FeatureDrift] = field(default_factory=list)
     data_drift_reference: str | None = None
     triggers: list[str] = field(default_factory=list)
     holdout_rows: int = 0
@@ -167,59 +169,85 @@ class Assessment:
     def deploy_folder(self) -> Path | None:
         return self.gate.best.folder if self.outcome == DEPLOYED and self.gate else None
 
-    def history_fields(self) -> dict[str, Any]:
-        """The run-history columns this assessment fills."""
-        fields: dict[str, Any] = {"new_rows": self.new_rows, "decision": self.decision}
-        if not self.unlabelled:
-            fields.update(first_batch=self.first_batch, last_batch=self.last_batch)
-        if self.outcome != DEPLOYED:
-            fields["outcome"] = self.outcome
-        verdict = self.model_drift
-        if verdict is not None:
-            fields.update(
-                model_drift_test=verdict.test,
-                new_data_f1=verdict.new_f1,
-                drift_threshold=round(verdict.threshold, 6),
-                drift_reference=verdict.reference,
-                reference_f1=round(verdict.reference_f1, 6),
-                reference_rows=verdict.reference_rows,
-                drift_spread=round(verdict.spread, 6),
-                model_drift=verdict.drifted,
-            )
-        if self.data_drift_reference is not None:
-            fields.update(
-                data_drift=any(row["drifted"] for row in self.feature_drift),
-                data_drift_reference=self.data_drift_reference,
-            )
-        if self.estimate is not None:
-            fields.update(
-                estimated_f1=round(self.estimate.f1, 6),
-                estimated_f1_low=round(self.estimate.f1_low, 6),
-                estimated_f1_high=round(self.estimate.f1_high, 6),
-            )
-        if self.calibration is not None:
-            fields.update(calibration_error=round(self.calibration, 6), estimate_reliable=self.reliable)
-        if self.triggers:
-            fields["drift_trigger"] = "; ".join(self.triggers)
-        if self.candidates:
-            fields["candidates"] = [candidate.record() for candidate in self.candidates]
-            fields["holdout_rows"] = self.holdout_rows
-        if self.gate is not None:
-            fields.update(
-                winning_window=self.gate.best.window.name,
-                champion_recent_f1=self.gate.champion_recent_f1,
-                challenger_recent_f1=self.gate.best.recent_f1,
-                champion_test_f1=self.gate.champion_test_f1,
-                challenger_test_f1=self.gate.best.test_f1,
-                confirmed=self.gate.confirms_champion,
-            )
-        if self.window is not None:
-            fields.update(
-                window_rows=self.window.rows,
-                window_f1=self.window.metrics["f1"],
-                test_data_drift=self.window.test_data_drifted,
-            )
+    @property
+    def drifted_features(self) -> list[FeatureDrift]:
+        return [row for row in self.feature_drift if row.drifted]
+
+    def history_fields(self) -> RunFields:
+        """The run-history columns this assessment fills; the outcome of a deployment is fullprocess.py's to set."""
+        fields = RunFields(
+            outcome=None if self.outcome == DEPLOYED else self.outcome,
+            decision=self.decision,
+            new_rows=self.new_rows,
+            first_batch=None if self.unlabelled else self.first_batch,
+            last_batch=None if self.unlabelled else self.last_batch,
+            drift_trigger="; ".join(self.triggers) or None,
+            candidates=tuple(candidate.record() for candidate in self.candidates) or None,
+            holdout_rows=self.holdout_rows if self.candidates else None,
+        )
+        parts = (
+            model_drift_fields(self.model_drift),
+            self.data_drift_fields(),
+            self.estimate_fields(),
+            gate_fields(self.gate),
+            window_fields(self.window),
+        )
+        for part in parts:
+            fields = fields.updated(part)
         return fields
+
+    def data_drift_fields(self) -> RunFields:
+        if self.data_drift_reference is None:
+            return RunFields()
+        return RunFields(data_drift=bool(self.drifted_features), data_drift_reference=self.data_drift_reference)
+
+    def estimate_fields(self) -> RunFields:
+        """The F1 estimated before the labels were used, and how well calibrated the probabilities were."""
+        estimate, calibration = self.estimate, self.calibration
+        return RunFields(
+            estimated_f1=None if estimate is None else round(estimate.f1, 6),
+            estimated_f1_low=None if estimate is None else round(estimate.f1_low, 6),
+            estimated_f1_high=None if estimate is None else round(estimate.f1_high, 6),
+            calibration_error=None if calibration is None else round(calibration, 6),
+            estimate_reliable=None if calibration is None else self.reliable,
+        )
+
+
+def model_drift_fields(verdict: ModelDrift | None) -> RunFields:
+    """The run-history columns of the model-drift test; none for rows without outcomes."""
+    if verdict is None:
+        return RunFields()
+    return RunFields(
+        model_drift_test=verdict.test,
+        new_data_f1=verdict.new_f1,
+        drift_threshold=round(verdict.threshold, 6),
+        drift_reference=verdict.reference,
+        reference_f1=round(verdict.reference_f1, 6),
+        reference_rows=verdict.reference_rows,
+        drift_spread=round(verdict.spread, 6),
+        model_drift=verdict.drifted,
+    )
+
+
+def gate_fields(gate: Gate | None) -> RunFields:
+    """The run-history columns of the gate: the best challenger against the serving model."""
+    if gate is None:
+        return RunFields()
+    return RunFields(
+        winning_window=gate.best.window.name,
+        champion_recent_f1=gate.champion_recent_f1,
+        challenger_recent_f1=gate.best.recent_f1,
+        champion_test_f1=gate.champion_test_f1,
+        challenger_test_f1=gate.best.test_f1,
+        confirmed=gate.confirms_champion,
+    )
+
+
+def window_fields(window: WindowScore | None) -> RunFields:
+    """The run-history columns of the rolling evaluation window after the decision."""
+    if window is None:
+        return RunFields()
+    return RunFields(window_rows=window.rows, window_f1=window.metrics["f1"], test_data_drift=window.test_data_drifted)
 
 
 # ---------------------------------------------------------------- model drift
@@ -305,7 +333,7 @@ def data_reference(
 
 def judge_data_drift(
     settings: MonitoringSettings, data: IngestedData, reference_rows: np.ndarray, new_features: np.ndarray
-) -> list[dict[str, Any]]:
+) -> list[FeatureDrift]:
     """Each feature of the new rows against the reference rows."""
     if reference_rows.size == 0:
         return []
@@ -313,13 +341,13 @@ def judge_data_drift(
         reference_rows = np.sort(np.random.default_rng(0).choice(reference_rows, MAX_REFERENCE_ROWS, replace=False))
     rows = feature_drift(data.features()[reference_rows], new_features, settings)
     for row in rows:
-        (log.warning if row["drifted"] else log.info)(
-            "data drift %s: %s", "detected" if row["drifted"] else "not detected", describe_feature_drift(row)
+        (log.warning if row.drifted else log.info)(
+            "data drift %s: %s", "detected" if row.drifted else "not detected", describe_feature_drift(row)
         )
     return rows
 
 
-def retraining_triggers(retrain_on: str, model_drift: ModelDrift | None, drifted: list[dict[str, Any]]) -> list[str]:
+def retraining_triggers(retrain_on: str, model_drift: ModelDrift | None, drifted: list[FeatureDrift]) -> list[str]:
     """What calls for retraining under ``monitoring.retrain_on``, each with the statistic behind it.
 
     ``model_drift``: None for rows without outcomes, where only data drift can call for retraining.
@@ -332,13 +360,13 @@ def retraining_triggers(retrain_on: str, model_drift: ModelDrift | None, drifted
     return triggers
 
 
-def describe_no_trigger(retrain_on: str, model_drift: ModelDrift | None, drifted: list[dict[str, Any]]) -> str:
+def describe_no_trigger(retrain_on: str, model_drift: ModelDrift | None, drifted: list[FeatureDrift]) -> str:
     """Why a run with drift found did not retrain, or "" when there was none."""
     found = []
     if model_drift is not None and model_drift.drifted:
         found.append("model drift")
     if drifted:
-        found.append("data drift in " + ", ".join(row["feature"] for row in drifted))
+        found.append("data drift in " + ", ".join(row.feature for row in drifted))
     return f" ({' and '.join(found)} found, but retrain_on is {retrain_on})" if found else ""
 
 
@@ -520,7 +548,7 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
         return assessment
     with clock.stage("evaluation window"):
         assessment.window = score_window(champion.model, data, yardsticks, settings)
-    drifted = [row for row in assessment.feature_drift if row["drifted"]]
+    drifted = assessment.drifted_features
     assessment.decision = (
         f"no drift that triggers retraining{describe_no_trigger(settings.retrain_on, verdict, drifted)}; kept "
         f"{champion.version} (F1 {verdict.new_f1:.4f} on {new_rows} new rows, threshold {verdict.threshold:.4f})"
@@ -541,7 +569,7 @@ def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tup
         reference, reference_text = data_reference(inputs.connection, data, champion, inputs.watermark)
         drift_rows = judge_data_drift(settings, data, reference, features)
     log.info("data drift reference: %s", reference_text)
-    drifted = [row for row in drift_rows if row["drifted"]]
+    drifted = [row for row in drift_rows if row.drifted]
     assessment = Assessment(
         KEPT,
         "",
@@ -599,8 +627,17 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         reference, assessment.data_drift_reference = data_reference(inputs.connection, data, champion, inputs.watermark)
         assessment.feature_drift = judge_data_drift(settings, data, reference, features)
     log.info("data drift reference: %s", assessment.data_drift_reference)
-    drifted = [row for row in assessment.feature_drift if row["drifted"]]
-    assessment.triggers = retraining_triggers(settings.retrain_on, None, drifted)
+    assessment.triggers = retraining_triggers(settings.retrain_on, None, assessment.drifted_features)
+    return act_on_unlabelled_drift(inputs, clock, assessment, estimate, low_estimate)
+
+
+def act_on_unlabelled_drift(
+    inputs: RunInputs, clock: StageClock, assessment: Assessment, estimate: PerformanceEstimate, low_estimate: str
+) -> Assessment:
+    """Retrain on the labelled rows when data drift calls for it and the recent window can judge a challenger;
+    otherwise keep the serving model. Fills the decision of ``assessment`` and returns it."""
+    settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
+    rows = assessment.new_rows
     yardsticks = read_yardsticks(inputs, clock)
     evaluation = yardsticks.evaluation
     judged = int(evaluation.sum()) >= settings.min_holdout_rows and np.unique(data.labels(evaluation)).size == 2
@@ -616,10 +653,11 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         return assessment
     with clock.stage("evaluation window"):
         assessment.window = score_window(champion.model, data, yardsticks, settings)
+    untriggered = describe_no_trigger(settings.retrain_on, None, assessment.drifted_features)
     assessment.decision = (
-        f"{rows} unlabelled row(s) ranked; no drift that triggers retraining"
-        f"{describe_no_trigger(settings.retrain_on, None, drifted)}; estimated F1 {estimate.f1:.4f} "
-        f"({estimate.f1_low:.4f}-{estimate.f1_high:.4f}){low_estimate}; kept {champion.version}"
+        f"{rows} unlabelled row(s) ranked; no drift that triggers retraining{untriggered}; "
+        f"estimated F1 {estimate.f1:.4f} ({estimate.f1_low:.4f}-{estimate.f1_high:.4f}){low_estimate}; "
+        f"kept {champion.version}"
     )
     return assessment
 

@@ -39,6 +39,7 @@ from common.config import Config
 from common.errors import PipelineError
 from common.files import parse_utc
 from common.history import read_runs
+from common.runs import StoredRun
 from dashboard.clients import ClientTable, build_client_table
 
 log = logging.getLogger("dashboard")
@@ -150,14 +151,14 @@ class DashboardSources:
         key = (name, served.version, signature([self.final_data]), signature([folder / "trainedmodel.pkl"]))
         return self._previous.get(key, compute)
 
-    def runs(self) -> list[dict[str, Any]]:
+    def runs(self) -> list[StoredRun]:
         """The run history, newest first; [] without one."""
         path = self.config.history_path
         # A shared database has no file to watch: its runs are read again every few seconds.
         key = signature([path, Path(f"{path}-wal")]) if isinstance(path, Path) else time.monotonic() // 5
         return self._runs.get(key, lambda: read_runs(path, HISTORY_RUNS))
 
-    def runs_or_empty(self) -> list[dict[str, Any]]:
+    def runs_or_empty(self) -> list[StoredRun]:
         """The run history, or [] (logged) when it cannot be read: the pages still answer."""
         try:
             return self.runs()

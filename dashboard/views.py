@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE
 from common.errors import PipelineError
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, NO_NEW_DATA
+from common.runs import FeatureDrift, StoredRun
 from common.schema import FEATURE_LABELS, FEATURES
 from dashboard import DASHBOARD_STATE, bp
 from dashboard.charts import Chart, Mark, Series, render_chart
@@ -153,7 +154,7 @@ def overview() -> str:
         table=table,
         previous=previous,
         last_run=runs[0] if runs else None,
-        last_decided=next((run for run in runs if run["outcome"] != NO_NEW_DATA), None),
+        last_decided=next((run for run in runs if run.outcome != NO_NEW_DATA), None),
     )
 
 
@@ -232,19 +233,19 @@ def client(corporation: str) -> str:
     )
 
 
-def compared_value(row: dict[str, Any]) -> float | None:
+def compared_value(row: FeatureDrift) -> float | None:
     """The number a feature's drift test compares with its threshold: the p-value for KS, else the statistic."""
-    return row.get("p_value") if row.get("test") == "ks" else row.get("statistic")
+    return row.p_value if row.test == "ks" else row.statistic
 
 
-def run_label(run: dict[str, Any]) -> str:
-    return f"#{run['id']}"
+def run_label(run: StoredRun) -> str:
+    return f"#{run.id}"
 
 
 ChartWithTable = tuple[Chart, list[str], list[list[str]]]
 
 
-def health_charts(runs: list[dict[str, Any]]) -> list[ChartWithTable]:
+def health_charts(runs: list[StoredRun]) -> list[ChartWithTable]:
     """The charts of model health over the runs that saw new data (oldest first), each with its table."""
     labels = [run_label(run) for run in runs]
     marks = deployment_marks(runs, labels)
@@ -257,64 +258,64 @@ def health_charts(runs: list[dict[str, Any]]) -> list[ChartWithTable]:
     ]
 
 
-def deployment_marks(runs: list[dict[str, Any]], labels: list[str]) -> list[Mark]:
+def deployment_marks(runs: list[StoredRun], labels: list[str]) -> list[Mark]:
     """A mark on each run that deployed, or that retrained and kept the champion."""
     marks = []
     for index, run in enumerate(runs):
-        if run["outcome"] in (DEPLOYED, FIRST_DEPLOYMENT):
-            marks.append(Mark(index, f"{labels[index]}: deployed {run.get('model_version_after') or ''}"))
-        elif run.get("drift_trigger"):
+        if run.outcome in (DEPLOYED, FIRST_DEPLOYMENT):
+            marks.append(Mark(index, f"{labels[index]}: deployed {run.model_version_after or ''}"))
+        elif run.drift_trigger:
             marks.append(Mark(index, f"{labels[index]}: retrained, champion kept", "mark-retrain"))
     return marks
 
 
-def f1_chart(runs: list[dict[str, Any]], labels: list[str], marks: list[Mark]) -> ChartWithTable:
+def f1_chart(runs: list[StoredRun], labels: list[str], marks: list[Mark]) -> ChartWithTable:
     chart = Chart(
         "F1 of the serving model on each new batch, against the drift threshold",
         labels,
         [
-            Series("F1 on new rows", [run.get("new_data_f1") for run in runs], "series-a"),
-            Series("drift threshold", [run.get("drift_threshold") for run in runs], "series-b"),
+            Series("F1 on new rows", [run.new_data_f1 for run in runs], "series-a"),
+            Series("drift threshold", [run.drift_threshold for run in runs], "series-b"),
         ],
         "F1",
         marks=marks,
     )
     rows = [
-        [labels[i], run["outcome"], format_score(run.get("new_data_f1")), format_score(run.get("drift_threshold"))]
+        [labels[i], run.outcome, format_score(run.new_data_f1), format_score(run.drift_threshold)]
         for i, run in enumerate(runs)
     ]
     return chart, ["Run", "Outcome", "F1 on new rows", "Drift threshold"], rows
 
 
-def drift_chart(runs: list[dict[str, Any]], labels: list[str], marks: list[Mark]) -> ChartWithTable | None:
+def drift_chart(runs: list[StoredRun], labels: list[str], marks: list[Mark]) -> ChartWithTable | None:
     """Each feature's drift statistic per run, against the latest test's threshold; None when no run tested any."""
-    features = [name for name in FEATURES if any(r["feature"] == name for run in runs for r in run["feature_drift"])]
+    features = [name for name in FEATURES if any(r.feature == name for run in runs for r in run.feature_drift)]
     if not features:
         return None
     styles = ("series-a", "series-c", "series-d")
     drift: dict[str, list[float | None]] = {name: [None] * len(runs) for name in features}
-    tests: dict[str, dict[str, Any]] = {}
+    tests: dict[str, FeatureDrift] = {}
     for index, run in enumerate(runs):
-        for row in run["feature_drift"]:
-            if row["feature"] in drift:
-                drift[row["feature"]][index] = compared_value(row)
-                tests[row["feature"]] = row
+        for row in run.feature_drift:
+            if row.feature in drift:
+                drift[row.feature][index] = compared_value(row)
+                tests[row.feature] = row
     latest = next(iter(tests.values()))
-    what = "p-value (KS test; drift below the threshold)" if latest["test"] == "ks" else "normalised distance"
+    what = "p-value (KS test; drift below the threshold)" if latest.test == "ks" else "normalised distance"
     chart = Chart(
         f"Data drift per feature and run: {what}",
         labels,
         [Series(FEATURE_LABELS[name], drift[name], styles[j % 3]) for j, name in enumerate(features)],
-        "p-value" if latest["test"] == "ks" else "distance",
-        reference=(float(latest["threshold"]), "threshold"),
+        "p-value" if latest.test == "ks" else "distance",
+        reference=(float(latest.threshold), "threshold"),
         marks=marks,
     )
     rows = [[labels[i]] + [format_score(drift[name][i]) for name in features] for i in range(len(runs))]
     return chart, ["Run", *[FEATURE_LABELS[name] for name in features]], rows
 
 
-def missing_chart(runs: list[dict[str, Any]], labels: list[str]) -> ChartWithTable:
-    missing = [run.get("missing_percent") for run in runs]
+def missing_chart(runs: list[StoredRun], labels: list[str]) -> ChartWithTable:
+    missing = [run.missing_percent for run in runs]
     chart = Chart(
         "Missing cells in each batch's new files",
         labels,
@@ -326,8 +327,8 @@ def missing_chart(runs: list[dict[str, Any]], labels: list[str]) -> ChartWithTab
     return chart, ["Run", "Missing cells (%)"], rows
 
 
-def duration_chart(runs: list[dict[str, Any]], labels: list[str]) -> ChartWithTable:
-    seconds = [run.get("seconds") for run in runs]
+def duration_chart(runs: list[StoredRun], labels: list[str]) -> ChartWithTable:
+    seconds = [run.seconds for run in runs]
     chart = Chart(
         "How long each monitoring run took",
         labels,
@@ -337,14 +338,14 @@ def duration_chart(runs: list[dict[str, Any]], labels: list[str]) -> ChartWithTa
         y_format="{:.1f}",
     )
     rows = [
-        [labels[i], format_number(value, 1), slowest_stage(run.get("timings"))]
+        [labels[i], format_number(value, 1), slowest_stage(run.timings)]
         for i, (value, run) in enumerate(zip(seconds, runs, strict=True))
     ]
     return chart, ["Run", "Seconds", "Slowest stage"], rows
 
 
-def slowest_stage(timings: Any) -> str:
-    if not isinstance(timings, dict) or not timings:
+def slowest_stage(timings: dict[str, float] | None) -> str:
+    if not timings:
         return "–"
     numeric = {k: v for k, v in timings.items() if isinstance(v, int | float)}
     if not numeric:
@@ -359,51 +360,51 @@ def batch_span(first: int | None, last: int | None) -> str:
     return f"batch {first}" if first == last else f"batches {first}–{last}"
 
 
-def reference_batches(run: dict[str, Any], runs: list[dict[str, Any]], served: Any) -> tuple[int, int] | None:
+def reference_batches(run: StoredRun, runs: list[StoredRun], served: Any) -> tuple[int, int] | None:
     """The batches the run's data-drift tests compared the new rows with, as fullprocess.py chose them.
 
     Either the rows of an earlier run where no challenger beat the serving model (named in the run's
     reference), or the serving model's training window, or everything before the new rows.
     """
-    named = re.search(r"rows of run (\d+)", run.get("data_drift_reference") or "")
+    named = re.search(r"rows of run (\d+)", run.data_drift_reference or "")
     if named:
-        earlier = next((r for r in runs if r["id"] == int(named.group(1))), None)
-        if earlier and earlier.get("first_batch") and earlier.get("last_batch"):
-            return int(earlier["first_batch"]), int(earlier["last_batch"])
+        earlier = next((r for r in runs if r.id == int(named.group(1))), None)
+        if earlier and earlier.first_batch and earlier.last_batch:
+            return earlier.first_batch, earlier.last_batch
     window = served.deployed.model_info.training_window if served is not None else None
-    version_matches = served is not None and run.get("model_version_before") == served.version
+    version_matches = served is not None and run.model_version_before == served.version
     if version_matches and window is not None and window.first_batch and window.last_batch:
         return window.first_batch, window.last_batch
-    if run.get("first_batch") and int(run["first_batch"]) > 1:
-        return 1, int(run["first_batch"]) - 1
+    if run.first_batch and run.first_batch > 1:
+        return 1, run.first_batch - 1
     return None
 
 
-def distribution_charts(run: dict[str, Any], runs: list[dict[str, Any]], served: Any) -> list[tuple[Chart, dict]]:
+def distribution_charts(run: StoredRun, runs: list[StoredRun], served: Any) -> list[tuple[Chart, FeatureDrift]]:
     """For a run's drift tests: each feature's log1p distribution in the reference rows and in the new rows."""
     reference = reference_batches(run, runs, served)
-    if reference is None or not run.get("first_batch") or not run.get("last_batch"):
+    if reference is None or not run.first_batch or not run.last_batch:
         return []
     try:
         data = sources().ingested()
     except (PipelineError, OSError):
         return []
-    new_span = (int(run["first_batch"]), int(run["last_batch"]))
+    new_span = (run.first_batch, run.last_batch)
     old_rows, new_rows = data.in_batches(*reference), data.in_batches(*new_span)
     if not old_rows.any() or not new_rows.any():
         return []
     old_name, new_name = f"reference, {batch_span(*reference)}", f"new, {batch_span(*new_span)}"
     found = []
-    for row in run["feature_drift"]:
-        if row["feature"] not in FEATURES:
+    for row in run.feature_drift:
+        if row.feature not in FEATURES:
             continue
-        column = np.log1p(data.features()[:, FEATURES.index(row["feature"])])
+        column = np.log1p(data.features()[:, FEATURES.index(row.feature)])
         edges = np.histogram_bin_edges(column[old_rows | new_rows], bins=HISTOGRAM_BINS)
         before = np.histogram(column[old_rows], bins=edges)[0] / int(old_rows.sum())
         after = np.histogram(column[new_rows], bins=edges)[0] / int(new_rows.sum())
         labels = [f"{edges[i]:.1f}" for i in range(HISTOGRAM_BINS)]
         chart = Chart(
-            f"{FEATURE_LABELS[row['feature']]}: log1p distribution of the reference and the new rows",
+            f"{FEATURE_LABELS[row.feature]}: log1p distribution of the reference and the new rows",
             labels,
             [
                 Series(old_name, [float(v) for v in before], "series-b"),
@@ -419,9 +420,9 @@ def distribution_charts(run: dict[str, Any], runs: list[dict[str, Any]], served:
 
 @bp.get("/model-health")
 def model_health() -> str:
-    runs = [run for run in sources().runs_or_empty() if run["outcome"] != NO_NEW_DATA][:CHART_RUNS][::-1]
+    runs = [run for run in sources().runs_or_empty() if run.outcome != NO_NEW_DATA][:CHART_RUNS][::-1]
     charts = [(render_chart(chart), chart, header, rows) for chart, header, rows in health_charts(runs)] if runs else []
-    latest = next((run for run in reversed(runs) if run["feature_drift"]), None)
+    latest = next((run for run in reversed(runs) if run.feature_drift), None)
     found = distribution_charts(latest, runs, read_serving().served) if latest else []
     distributions = [(render_chart(chart), chart, row) for chart, row in found]
     return render_template(
@@ -441,7 +442,7 @@ def runs_page() -> str:
     everything = request.args.get("all") == "1"
     runs = sources().runs_or_empty()
     if not everything:
-        runs = [run for run in runs if run["outcome"] != NO_NEW_DATA]
+        runs = [run for run in runs if run.outcome != NO_NEW_DATA]
     number, pages = choose_page(len(runs), RUNS_PER_PAGE)
     return render_template(
         "runs.html",

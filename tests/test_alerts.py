@@ -147,13 +147,13 @@ def test_the_monitoring_job_alerts_on_a_deployment_on_drift_it_cannot_fix_and_on
         run_and_wait(1)  # the first deployment
         assert hook.received[0]["json"]["kind"] == "deployed"
         assert "deployed v0001" in hook.received[0]["json"]["text"]
-        assert read_runs(history, limit=1)[0]["alerts"]["kind"] == "deployed"
+        assert read_runs(history, limit=1)[0].alerts.kind == "deployed"
         run_and_wait(1)  # nothing new: no alert
         write_batch(tmp_path / "sourceddata" / "shift.csv", 2000, seed=33, world="shifted")
         run_and_wait(2)
         run = read_runs(history, limit=1)[0]
-        expected = "unresolved_drift" if run["outcome"] == "kept" else "deployed"
-        assert hook.received[1]["json"]["kind"] == expected and run["decision"] in hook.received[1]["json"]["text"]
+        expected = "unresolved_drift" if run.outcome == "kept" else "deployed"
+        assert hook.received[1]["json"]["kind"] == expected and run.decision in hook.received[1]["json"]["text"]
         write_batch(tmp_path / "sourceddata" / "drift.csv", 3000, seed=32, world="drifted")
         (tmp_path / "testdata" / "testdata.csv").rename(tmp_path / "testdata.away")
         run_and_wait(3)

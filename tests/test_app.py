@@ -6,6 +6,8 @@ import io
 import json
 import os
 import shutil
+import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +23,14 @@ from common.artifacts import (
 )
 from common.config import Config, load_config
 from common.history import open_history, save_run, start_run
+from common.runs import FeatureDrift, RunFields, RunFile
 from common.schema import FEATURES, read_feature_file
 from ingestion import ingest_folder
 from tests.helpers import deploy, train_and_score, write_config
 
 HEADER = ",".join(FEATURES)
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture
@@ -454,13 +458,12 @@ def record_runs(config, outcomes: list[str]) -> None:
     connection = open_history(config.history_path)
     for number, outcome in enumerate(outcomes):
         run_id = start_run(connection, f"2026-11-21T10:{number:02d}:00Z", 100 + number, "v0001")
-        drift = [{"feature": "number_of_employees", "test": "ks", "statistic": 0.3, "p_value": 1e-9}]
         save_run(
             connection,
             run_id,
-            {"outcome": outcome, "decision": f"run {number}", "timings": {"check": 0.01}},
-            files=[{"name": f"batch{number}.csv", "sha256": "ab" * 32, "status": "new"}],
-            feature_drift=[{**drift[0], "threshold": 0.05, "drifted": True}],
+            RunFields(outcome=outcome, decision=f"run {number}", timings={"check": 0.01}),
+            files=[RunFile(f"batch{number}.csv", "new", "ab" * 32)],
+            feature_drift=[FeatureDrift("number_of_employees", "ks", 0.3, 1e-9, 0.05, True)],
         )
     connection.close()
 
@@ -475,6 +478,17 @@ def test_history_serves_the_recorded_runs_newest_first(client, deployed):
     assert newest["files"] == [{"name": "batch4.csv", "sha256": "ab" * 32, "status": "new", "note": None}]
     assert newest["feature_drift"][0]["drifted"] is True and newest["feature_drift"][0]["test"] == "ks"
     assert [run["id"] for run in client.get("/history?all=1&limit=2").get_json()["runs"]] == [5, 4]
+
+
+def test_history_answers_runs_written_before_with_the_same_json(client, deployed):
+    """Rows as the history stored them before runs were typed, and what /history answered for them."""
+    open_history(deployed.history_path).close()
+    with sqlite3.connect(deployed.history_path) as raw:
+        raw.executescript((FIXTURES / "runs_as_written.sql").read_text(encoding="utf-8"))
+    answered = json.loads((FIXTURES / "history_runs.json").read_text(encoding="utf-8"))
+    runs = client.get("/history").get_json()["runs"]
+    assert runs == answered
+    assert [list(run) for run in runs] == [list(run) for run in answered]
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE, current_version
 from common.batches import read_ingested_data
 from common.config import Config
 from common.history import open_history, save_run, start_run
+from common.runs import CandidateScore, FeatureDrift, RunFields, RunFile
 from common.schema import FEATURES, ID_COLUMN, TARGET
 from dashboard.access import session_secret
 from tests.helpers import deploy, latest_active_rows, train_and_score
@@ -32,35 +33,25 @@ def add_runs(config: Config, count: int = 3) -> None:
             save_run(
                 connection,
                 run,
-                {
-                    "finished_at": f"2026-11-0{number + 1}T10:00:09Z",
-                    "seconds": 9.0 + number,
-                    "outcome": "deployed" if number == 1 else "kept",
-                    "decision": f"Decision number {number} in one sentence.",
-                    "model_version_after": "v0002" if number == 1 else "v0001",
-                    "new_rows": 500,
-                    "new_data_f1": 0.6 - 0.05 * number,
-                    "drift_threshold": 0.55,
-                    "missing_percent": 0.5 * number,
-                    "drift_trigger": "model_drift" if number == 1 else None,
-                    "timings": {"ingestion": 1.5, "training": 4.0},
-                    "candidates": [{"window": "all", "describe": "all rows", "rows": 900, "recent_f1": 0.61}],
-                },
-                files=[{"name": f"batch_{number}.csv", "sha256": "ab" * 32, "status": "new"}],
-                feature_drift=[
-                    {
-                        "feature": name,
-                        "test": "ks",
-                        "statistic": 0.1,
-                        "p_value": 0.2,
-                        "threshold": 0.01,
-                        "drifted": False,
-                    }
-                    for name in FEATURES
-                ],
+                RunFields(
+                    finished_at=f"2026-11-0{number + 1}T10:00:09Z",
+                    seconds=9.0 + number,
+                    outcome="deployed" if number == 1 else "kept",
+                    decision=f"Decision number {number} in one sentence.",
+                    model_version_after="v0002" if number == 1 else "v0001",
+                    new_rows=500,
+                    new_data_f1=0.6 - 0.05 * number,
+                    drift_threshold=0.55,
+                    missing_percent=0.5 * number,
+                    drift_trigger="model_drift" if number == 1 else None,
+                    timings={"ingestion": 1.5, "training": 4.0},
+                    candidates=(CandidateScore("all", "all rows", 900, None, None, 0.61, 0.6),),
+                ),
+                files=[RunFile(f"batch_{number}.csv", "new", "ab" * 32)],
+                feature_drift=[FeatureDrift(name, "ks", 0.1, 0.2, 0.01, False) for name in FEATURES],
             )
         start_run(connection, "2026-11-09T10:00:00Z", 200, "v0001")
-        save_run(connection, count + 1, {"outcome": "no_new_data", "decision": "No new data.", "seconds": 0.2})
+        save_run(connection, count + 1, RunFields(outcome="no_new_data", decision="No new data.", seconds=0.2))
     finally:
         connection.close()
 

@@ -66,11 +66,11 @@ def sqlite_shipped(tmp_path: Path) -> Path:
 def test_a_no_op_run_against_the_database_is_cheap(sqlite_shipped: Path):
     first = run_fullprocess(sqlite_shipped)
     assert first.returncode == 0, first.stderr
-    assert read_runs(load_config(sqlite_shipped).history_path, limit=1)[0]["outcome"] == "first_deployment"
+    assert read_runs(load_config(sqlite_shipped).history_path, limit=1)[0].outcome == "first_deployment"
     code, heavy, seconds = no_op_probe(sqlite_shipped)
     assert (code, heavy) == (0, [])
     assert seconds < 1.0
-    assert read_runs(load_config(sqlite_shipped).history_path, limit=1)[0]["outcome"] == "no_new_data"
+    assert read_runs(load_config(sqlite_shipped).history_path, limit=1)[0].outcome == "no_new_data"
 
 
 def test_the_check_for_new_rows_imports_no_sqlalchemy(sqlite_shipped: Path):
@@ -92,8 +92,8 @@ def test_new_rows_in_the_table_are_decided_on(sqlite_shipped: Path, tmp_path: Pa
     result = run_fullprocess(sqlite_shipped)
     assert result.returncode == 0, result.stderr
     run = read_runs(load_config(sqlite_shipped).history_path, limit=1)[0]
-    assert run["outcome"] == "deployed" and run["new_rows"] == 3000
-    assert [(row["name"], row["status"]) for row in run["files"]] == [("client_activity [10048 < id <= 13048]", "new")]
+    assert run.outcome == "deployed" and run.new_rows == 3000
+    assert [(row.name, row.status) for row in run.files] == [("client_activity [10048 < id <= 13048]", "new")]
     assert "no new data" in run_fullprocess(sqlite_shipped).stderr
 
 
@@ -107,7 +107,7 @@ def test_an_unreachable_database_fails_the_run_clearly_and_the_next_retries(sqli
     sentence = f"check failed: database file {database} does not exist"
     assert sentence in failed.stderr and "Traceback" not in failed.stderr
     run = read_runs(config.history_path, limit=1)[0]
-    assert run["outcome"] == "failed" and run["failed_stage"] == "check" and sentence.split(": ", 1)[1] in run["error"]
+    assert run.outcome == "failed" and run.failed_stage == "check" and sentence.split(": ", 1)[1] in run.error
     assert current_version(config.prod_deployment_path) == "v0001"
     (tmp_path / "clients.away").rename(database)
     started = time.perf_counter()

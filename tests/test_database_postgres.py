@@ -143,7 +143,7 @@ def test_a_no_op_run_against_postgresql_is_cheap(postgres_shipped: Path):
     code, heavy, seconds = no_op_probe(postgres_shipped)
     assert (code, heavy) == (0, [])
     assert seconds < 1.0
-    assert read_runs(load_config(postgres_shipped).history_path, limit=1)[0]["outcome"] == "no_new_data"
+    assert read_runs(load_config(postgres_shipped).history_path, limit=1)[0].outcome == "no_new_data"
 
 
 def test_a_stopped_server_fails_the_run_in_one_sentence_and_the_next_run_retries(
@@ -160,7 +160,7 @@ def test_a_stopped_server_fails_the_run_in_one_sentence_and_the_next_run_retries
     assert "fullprocess check failed: table client_activity of postgresql://risk:***@127.0.0.1:" in failed.stderr
     assert "Traceback" not in failed.stderr and PASSWORD not in failed.stderr
     run = read_runs(config.history_path, limit=1)[0]
-    assert run["outcome"] == "failed" and run["failed_stage"] == "check" and "cannot be read" in run["error"]
+    assert run.outcome == "failed" and run.failed_stage == "check" and "cannot be read" in run.error
     assert current_version(config.prod_deployment_path) == "v0001"
     again = run_fullprocess(postgres_shipped)
     assert again.returncode == 0 and "no new data" in again.stderr

@@ -108,16 +108,16 @@ def test_same_population_shows_no_drift_in_either_test():
     reference = features(10_000, 1)
     large = feature_drift(reference, features(5_000, 2), MonitoringSettings())
     small = feature_drift(reference, features(400, 3), MonitoringSettings())
-    assert [row["test"] for row in large] == ["wasserstein"] * 3 and [row["test"] for row in small] == ["ks"] * 3
-    assert not any(row["drifted"] for row in large + small)
+    assert [row.test for row in large] == ["wasserstein"] * 3 and [row.test for row in small] == ["ks"] * 3
+    assert not any(row.drifted for row in large + small)
 
 
 def test_a_shifted_population_drifts_and_is_described():
     reference = features(10_000, 1)
-    large = {row["feature"]: row for row in feature_drift(reference, features(5_000, 2, SHIFTED), MonitoringSettings())}
-    small = {row["feature"]: row for row in feature_drift(reference, features(400, 3, SHIFTED), MonitoringSettings())}
-    assert large["number_of_employees"]["drifted"] and large["number_of_employees"]["statistic"] > 0.3
-    assert small["number_of_employees"]["drifted"] and small["number_of_employees"]["p_value"] < 1e-6
+    large = {row.feature: row for row in feature_drift(reference, features(5_000, 2, SHIFTED), MonitoringSettings())}
+    small = {row.feature: row for row in feature_drift(reference, features(400, 3, SHIFTED), MonitoringSettings())}
+    assert large["number_of_employees"].drifted and large["number_of_employees"].statistic > 0.3
+    assert small["number_of_employees"].drifted and small["number_of_employees"].p_value < 1e-6
     assert describe_feature_drift(large["number_of_employees"]).startswith(
         "number_of_employees: normalised Wasserstein 0."
     )

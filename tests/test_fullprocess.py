@@ -31,6 +31,7 @@ from common.artifacts import (
 )
 from common.config import load_config
 from common.history import read_runs
+from common.runs import StoredRun
 from fullprocess import API_RETURNS_AFTER_DEPLOYMENT, EXIT_LOCKED, PLOT_AFTER_DEPLOYMENT
 from generate_data import write_batch, write_shipped_data
 from tests.helpers import PROJECT_ROOT, run_script, script_command, write_config
@@ -69,7 +70,7 @@ def run_fullprocess(config_path: Path, *args: str, env: dict[str, str] | None = 
     return run_script("fullprocess.py", "--config", str(config_path), *args, env=env, timeout=300)
 
 
-def last_run(config_path: Path) -> dict:
+def last_run(config_path: Path) -> StoredRun:
     return read_runs(load_config(config_path).history_path, limit=1)[0]
 
 
@@ -106,8 +107,8 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     first = run_fullprocess(shipped)
     assert first.returncode == 0, first.stderr
     run = last_run(shipped)
-    assert run["outcome"] == "first_deployment" and run["model_version_after"] == "v0001"
-    assert run["new_files"] == 4 and run["new_rows"] == 9992
+    assert run.outcome == "first_deployment" and run.model_version_after == "v0001"
+    assert run.new_files == 4 and run.new_rows == 9992
     assert current_version(config.prod_deployment_path) == "v0001"
     for name in (PLOT_AFTER_DEPLOYMENT, REPORT_FILE, TRENDS_PLOT_FILE, "diagnostics.json"):
         assert (models / name).is_file(), name
@@ -124,7 +125,7 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert idle.returncode == 0, idle.stderr
     assert len(idle.stderr.strip().splitlines()) == 1, idle.stderr
     assert "no new data" in idle.stderr and "ignored 3 file(s) that are not data" in idle.stderr
-    assert last_run(shipped)["outcome"] == "no_new_data"
+    assert last_run(shipped).outcome == "no_new_data"
 
     # 3. A stable batch: ingested (appended), no drift, the model kept.
     rows_before = len((config.output_folder_path / "finaldata.csv").read_text().splitlines()) - 1
@@ -132,12 +133,12 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     stable = run_fullprocess(shipped)
     assert stable.returncode == 0, stable.stderr
     run = last_run(shipped)
-    assert run["outcome"] == "kept" and run["model_drift"] is False and run["data_drift"] is False
-    assert run["new_rows"] == 2000 and run["ingested_rows"] == rows_before + 2000
-    assert run["new_data_f1"] >= run["drift_threshold"]
+    assert run.outcome == "kept" and run.model_drift is False and run.data_drift is False
+    assert run.new_rows == 2000 and run.ingested_rows == rows_before + 2000
+    assert run.new_data_f1 >= run.drift_threshold
     assert "new rows appended" in stable.stderr
     assert current_version(config.prod_deployment_path) == "v0001"
-    assert [row["test"] for row in run["feature_drift"]] == ["wasserstein"] * 3
+    assert [row.test for row in run.feature_drift] == ["wasserstein"] * 3
 
     # 4. A shifted population (clients move, the risk relationship stays) under the data-drift
     #    trigger: retrained, but no challenger is better on the recent rows by the margin, so
@@ -147,14 +148,14 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     shift = run_fullprocess(either)
     assert shift.returncode == 0, shift.stderr
     run = last_run(either)
-    assert run["outcome"] == "kept" and run["data_drift"] is True and run["model_drift"] is False
-    assert run["drift_trigger"].startswith("data drift (") and "normalised Wasserstein" in run["drift_trigger"]
-    drifted = [row["feature"] for row in run["feature_drift"] if row["drifted"]]
+    assert run.outcome == "kept" and run.data_drift is True and run.model_drift is False
+    assert run.drift_trigger.startswith("data drift (") and "normalised Wasserstein" in run.drift_trigger
+    drifted = [row.feature for row in run.feature_drift if row.drifted]
     assert "number_of_employees" in drifted and "number_of_employees: normalised Wasserstein" in shift.stderr
-    assert run["challenger_recent_f1"] < run["champion_recent_f1"] + config.monitoring.min_gain
-    assert run["decision"].startswith("challenger not deployed")
-    assert {candidate["window"] for candidate in run["candidates"]} == {"all", "recent", "weighted"}
-    assert run["data_drift_reference"].startswith("the serving model's training window: all rows")
+    assert run.challenger_recent_f1 < run.champion_recent_f1 + config.monitoring.min_gain
+    assert run.decision.startswith("challenger not deployed")
+    assert {candidate.window for candidate in run.candidates} == {"all", "recent", "weighted"}
+    assert run.data_drift_reference.startswith("the serving model's training window: all rows")
     assert current_version(config.prod_deployment_path) == "v0001"
 
     # 5. A drifted batch: model drift, challengers on three windows, the recent one wins on the
@@ -165,13 +166,13 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     drift = run_fullprocess(shipped)
     assert drift.returncode == 0, drift.stderr
     run = last_run(shipped)
-    assert run["outcome"] == "deployed" and run["model_version_after"] == "v0002"
-    assert run["model_drift"] is True and run["new_data_f1"] < run["drift_threshold"]
-    assert run["drift_trigger"].startswith("model drift (parametric test: F1")
+    assert run.outcome == "deployed" and run.model_version_after == "v0002"
+    assert run.model_drift is True and run.new_data_f1 < run.drift_threshold
+    assert run.drift_trigger.startswith("model drift (parametric test: F1")
     assert "model drift detected: parametric test" in drift.stderr
-    assert run["challenger_recent_f1"] >= run["champion_recent_f1"] + config.monitoring.min_gain
-    assert run["winning_window"] == "recent"
-    assert None not in (run["champion_test_f1"], run["challenger_test_f1"])
+    assert run.challenger_recent_f1 >= run.champion_recent_f1 + config.monitoring.min_gain
+    assert run.winning_window == "recent"
+    assert None not in (run.champion_test_f1, run.challenger_test_f1)
     assert current_version(config.prod_deployment_path) == "v0002"
     assert (models / PLOT_AFTER_DEPLOYMENT).stat().st_mtime_ns > plot_before
     assert (models / REPORT_FILE).stat().st_mtime_ns > report_before
@@ -186,14 +187,12 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     edited = run_fullprocess(shipped)
     assert edited.returncode == 0, edited.stderr
     run = last_run(shipped)
-    assert [(row["name"], row["status"]) for row in run["files"] if row["status"] != "stray"] == [
-        ("batch_stable.csv", "edited")
-    ]
-    assert run["new_rows"] == 1 and run["outcome"] == "waiting" and run["new_data_f1"] is None
-    assert "fewer than the 100 a drift test needs" in run["decision"]
+    assert [(row.name, row.status) for row in run.files if row.status != "stray"] == [("batch_stable.csv", "edited")]
+    assert run.new_rows == 1 and run.outcome == "waiting" and run.new_data_f1 is None
+    assert "fewer than the 100 a drift test needs" in run.decision
     waits = run_fullprocess(shipped)  # the one row waits: nothing else new, so nothing to do
     assert "no new data" in waits.stderr and "1 file(s) wait for more rows" in waits.stderr
-    assert last_run(shipped)["outcome"] == "no_new_data"
+    assert last_run(shipped).outcome == "no_new_data"
 
     # 7. One run at a time: while a run waits inside its deployment, a second exits at once;
     #    the first is killed mid-way, v0002 keeps serving, and the next run completes. The batch
@@ -216,21 +215,21 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
             holder.wait()
     assert current_version(config.prod_deployment_path) == "v0002"
     load_deployed_version(current_version_folder(config.prod_deployment_path))  # loads: still serving
-    assert last_run(shipped)["outcome"] == "running"  # as the killed run left it
+    assert last_run(shipped).outcome == "running"  # as the killed run left it
     after = run_fullprocess(shipped)
     assert after.returncode == 0, after.stderr
     runs = read_runs(config.history_path, limit=2)
-    assert runs[1]["outcome"] == "interrupted"
-    assert runs[0]["outcome"] == "deployed" and runs[0]["model_version_after"] == "v0003"
-    assert runs[0]["new_rows"] == 4000 + 1  # the edited file's earlier rows were ingested before
-    assert {row["name"] for row in runs[0]["files"] if row["status"] != "stray"} == {
+    assert runs[1].outcome == "interrupted"
+    assert runs[0].outcome == "deployed" and runs[0].model_version_after == "v0003"
+    assert runs[0].new_rows == 4000 + 1  # the edited file's earlier rows were ingested before
+    assert {row.name for row in runs[0].files if row.status != "stray"} == {
         "batch_back.csv",
         "batch_stable.csv",  # the edited file's row, which waited, is tested with this batch
     }
     assert current_version(config.prod_deployment_path) == "v0003"
 
     # The record: every run is in the history, and --history prints it as a table.
-    outcomes = [run["outcome"] for run in reversed(read_runs(config.history_path, limit=100))]
+    outcomes = [run.outcome for run in reversed(read_runs(config.history_path, limit=100))]
     assert outcomes == [
         "first_deployment",
         "no_new_data",
@@ -273,12 +272,12 @@ def test_a_failing_stage_is_named_and_the_next_run_starts_clean(shipped: Path):
     assert "fullprocess test data failed: test data folder" in failed.stderr
     assert "the deployed model keeps serving" in failed.stderr
     run = last_run(shipped)
-    assert run["outcome"] == "failed" and run["failed_stage"] == "test data"
+    assert run.outcome == "failed" and run.failed_stage == "test data"
     assert current_version(load_config(shipped).prod_deployment_path) == "v0001"
     (root / "testdata.csv.away").rename(root / "testdata" / "testdata.csv")
     again = run_fullprocess(shipped)
     assert again.returncode == 0, again.stderr
-    assert last_run(shipped)["outcome"] == "deployed"
+    assert last_run(shipped).outcome == "deployed"
 
 
 def test_a_broken_history_database_is_named(shipped: Path):
@@ -337,7 +336,7 @@ def test_the_written_cronjob_command_runs_under_crons_bare_environment(shipped: 
     result = subprocess.run(["/bin/sh", "-c", command], cwd="/", env=bare, capture_output=True, timeout=300)
     assert result.returncode == 0, (result.stdout, result.stderr)
     config = load_config(shipped)
-    assert last_run(shipped)["outcome"] == "first_deployment"
+    assert last_run(shipped).outcome == "first_deployment"
     assert (config.log_path.parent / "cron.log").exists()
     assert "deployed v0001" in config.log_path.read_text()
 
@@ -375,7 +374,7 @@ def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(s
     assert answers["version"]["model_version"] == "v0002" and answers["version"]["previous_version"] == "v0001"
     assert answers["prediction"]["model_version"] == "v0002" and answers["prediction"]["rows"] == 3000
     assert [run["outcome"] for run in answers["history"]["runs"]] == ["deployed", "first_deployment"]
-    assert last_run(shipped)["details"]["apicalls"] == str(config.output_model_path / API_RETURNS_AFTER_DEPLOYMENT)
+    assert last_run(shipped).details["apicalls"] == str(config.output_model_path / API_RETURNS_AFTER_DEPLOYMENT)
 
 
 def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_makes_its_reports(shipped: Path):
@@ -395,10 +394,8 @@ def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_m
     assert after.returncode == 0, after.stderr
     assert "not those of v0002" in after.stderr
     killed, redo = read_runs(config.history_path, limit=2)[::-1]
-    assert killed["outcome"] == "interrupted" and killed["decision"].endswith("after deploying v0002")
-    assert (
-        redo["outcome"] == "no_new_data" and "made the diagnostics, report and API calls for v0002" in redo["decision"]
-    )
+    assert killed.outcome == "interrupted" and killed.decision.endswith("after deploying v0002")
+    assert redo.outcome == "no_new_data" and "made the diagnostics, report and API calls for v0002" in redo.decision
     assert json.loads((config.output_model_path / "diagnostics.json").read_text())["model_version"] == "v0002"
     assert "no new data" in run_fullprocess(shipped).stderr  # and the run after that has nothing to do
 
@@ -417,11 +414,11 @@ def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
         finally:
             holder.kill()
     run = last_run(shipped)
-    assert run["outcome"] == "interrupted" and run["decision"] == "stopped by a signal; nothing was decided"
-    assert run["finished_at"] is not None and current_version(config.prod_deployment_path) == "v0001"
+    assert run.outcome == "interrupted" and run.decision == "stopped by a signal; nothing was decided"
+    assert run.finished_at is not None and current_version(config.prod_deployment_path) == "v0001"
     after = run_fullprocess(shipped)  # the lock is free and the batch is decided on now
     assert after.returncode == 0, after.stderr
-    assert last_run(shipped)["outcome"] == "deployed" and current_version(config.prod_deployment_path) == "v0002"
+    assert last_run(shipped).outcome == "deployed" and current_version(config.prod_deployment_path) == "v0002"
 
 
 def test_a_report_left_behind_by_a_stop_after_the_diagnostics_is_made_again(shipped: Path):
@@ -433,7 +430,7 @@ def test_a_report_left_behind_by_a_stop_after_the_diagnostics_is_made_again(ship
     diagnostics = json.loads((config.output_model_path / "diagnostics.json").read_text())
     (config.output_model_path / "diagnostics.json").write_text(json.dumps({**diagnostics, "model_version": "v0001"}))
     assert run_fullprocess(shipped).returncode == 0  # both describe v0001, which serves: nothing to do
-    assert last_run(shipped)["decision"] == "no new data"
+    assert last_run(shipped).decision == "no new data"
     record.write_text(json.dumps({"model_version": "v0000"}))
     again = run_fullprocess(shipped)
     assert again.returncode == 0 and "not those of v0001" in again.stderr

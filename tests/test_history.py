@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from common.errors import PipelineError
 from common.history import (
+    RUN_COLUMNS,
     change_started_batch,
     decided_batch,
     decided_hashes,
@@ -20,6 +23,16 @@ from common.history import (
     save_run,
     start_run,
     waiting_hashes,
+)
+from common.runs import (
+    AlertRecord,
+    CandidateScore,
+    FeatureDrift,
+    RunFields,
+    RunFile,
+    StoredRun,
+    column_values,
+    stored_columns,
 )
 
 
@@ -38,17 +51,17 @@ def add_run(
     save_run(
         connection,
         run_id,
-        {
-            "outcome": outcome,
-            "new_data_f1": f1,
-            "new_rows": 3000,
-            "model_drift": drift,
-            "drift_trigger": trigger,
-            "first_batch": first,
-            "last_batch": last,
-            "finished_at": "2026-11-21T10:01:00Z",
-        },
-        files=[{"name": f"{sha}.csv", "sha256": sha, "status": "new"}, {"name": ".DS_Store", "status": "stray"}],
+        RunFields(
+            outcome=outcome,
+            new_data_f1=f1,
+            new_rows=3000,
+            model_drift=drift,
+            drift_trigger=trigger,
+            first_batch=first,
+            last_batch=last,
+            finished_at="2026-11-21T10:01:00Z",
+        ),
+        files=[RunFile(f"{sha}.csv", "new", sha), RunFile(".DS_Store", "stray")],
     )
     return run_id
 
@@ -67,21 +80,21 @@ def test_runs_left_running_are_marked_interrupted(tmp_path):
     start_run(connection, "2026-11-21T11:00:00Z", 2, "v0001")
     assert mark_interrupted(connection, "2026-11-21T11:10:00Z", "v0001") == 1
     runs = read_runs(tmp_path / "history.sqlite")
-    assert [run["outcome"] for run in runs] == ["interrupted", "kept"]
-    assert runs[0]["finished_at"] == "2026-11-21T11:10:00Z"
-    assert runs[0]["decision"].endswith("nothing was decided") and runs[0]["model_version_after"] == "v0001"
+    assert [run.outcome for run in runs] == ["interrupted", "kept"]
+    assert runs[0].finished_at == "2026-11-21T11:10:00Z"
+    assert runs[0].decision.endswith("nothing was decided") and runs[0].model_version_after == "v0001"
 
 
 def test_a_run_killed_after_its_deployment_switched_says_what_it_deployed(tmp_path):
     connection = open_history(tmp_path / "history.sqlite")
     start_run(connection, "2026-11-21T11:00:00Z", 2, "v0001")
     deployed = start_run(connection, "2026-11-21T11:20:00Z", 3, "v0002")
-    save_run(connection, deployed, {"outcome": "deployed", "model_version_after": "v0003"})  # died in diagnostics
+    save_run(connection, deployed, RunFields(outcome="deployed", model_version_after="v0003"))  # died in diagnostics
     assert mark_interrupted(connection, "2026-11-21T11:30:00Z", "v0003") == 2
     newest, oldest = read_runs(tmp_path / "history.sqlite")
-    assert oldest["outcome"] == "interrupted" and oldest["decision"].endswith("after deploying v0003")
-    assert newest["outcome"] == "deployed" and newest["finished_at"] == "2026-11-21T11:30:00Z"
-    assert newest["failed_stage"] == "after deployment"
+    assert oldest.outcome == "interrupted" and oldest.decision.endswith("after deploying v0003")
+    assert newest.outcome == "deployed" and newest.finished_at == "2026-11-21T11:30:00Z"
+    assert newest.failed_stage == "after deployment"
 
 
 def test_files_of_runs_that_wait_for_more_rows_are_neither_decided_nor_forgotten(tmp_path):
@@ -100,7 +113,7 @@ def test_the_reference_starts_at_the_gate_and_takes_later_scores_without_drift(t
     save_run(
         connection,
         gate,
-        {"outcome": "deployed", "model_version_after": "v0002", "challenger_recent_f1": 0.64, "holdout_rows": 900},
+        RunFields(outcome="deployed", model_version_after="v0002", challenger_recent_f1=0.64, holdout_rows=900),
     )
     add_run(connection, "kept", "b", "v0002", 0.62)
     add_run(connection, "failed", "c", "v0002", 0.10)
@@ -117,9 +130,9 @@ def test_a_run_whose_challengers_lost_after_drift_confirms_the_serving_model(tmp
     connection = open_history(tmp_path / "history.sqlite")
     add_run(connection, "kept", "a", "v0001", 0.61)
     lost = add_run(connection, "kept", "b", "v0001", 0.55, drift=True, trigger="data drift (...)", batches=(3, 4))
-    save_run(connection, lost, {"challenger_recent_f1": 0.55, "confirmed": True})
+    save_run(connection, lost, RunFields(challenger_recent_f1=0.55, confirmed=True))
     unsure = add_run(connection, "kept", "c", "v0001", 0.50, drift=True, trigger="model drift (...)", batches=(5, 5))
-    save_run(connection, unsure, {"challenger_recent_f1": 0.60, "confirmed": False})  # better, but not reliably
+    save_run(connection, unsure, RunFields(challenger_recent_f1=0.60, confirmed=False))  # better, but not reliably
     confirmed = latest_confirmation(connection, "v0001", 0)
     assert (confirmed.run_id, confirmed.first_batch, confirmed.last_batch) == (lost, 3, 4)
     assert confirmed.score.f1 == 0.55 and "no challenger beat it" in confirmed.score.source
@@ -162,7 +175,7 @@ def test_a_damaged_json_cell_does_not_hide_the_run(tmp_path):
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE runs SET details = '{not json', timings = '[1,'")
     (run,) = read_runs(path)
-    assert run["outcome"] == "kept" and run["details"] is None and run["timings"] is None
+    assert run.outcome == "kept" and run.details is None and run.timings is None
 
 
 def test_the_schema_is_plain_sql_a_person_can_query(tmp_path):
@@ -197,3 +210,92 @@ def test_a_newer_schema_is_refused(tmp_path):
         connection.execute("PRAGMA user_version = 99")
     with pytest.raises(PipelineError, match="schema version 99, newer than this code's 2"):
         open_history(path)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def a_full_run() -> tuple[RunFields, list[RunFile], list[FeatureDrift]]:
+    """A run with every column filled, as a deployment after drift writes it."""
+    fields = RunFields(
+        started_at="2026-11-21T10:00:00Z",
+        finished_at="2026-11-21T10:02:00Z",
+        seconds=120.5,
+        outcome="deployed",
+        decision="model drift; challenger deployed as v0002",
+        model_version_before="v0001",
+        model_version_after="v0002",
+        new_files=2,
+        new_rows=3000,
+        model_drift=True,
+        data_drift=False,
+        drift_threshold=0.6,
+        new_data_f1=0.52,
+        timings={"ingestion": 0.5, "training": 3.25},
+        details={"missing_data": {"overall": 0.25, "columns": {"lastmonth_activity": 0.5}, "rows": 3000}},
+        first_batch=2,
+        last_batch=3,
+        candidates=(
+            CandidateScore("all", "all rows, batches 1-3", 12000, 1, 3, 0.66, 0.69, 0.65),
+            CandidateScore("recent", "the recent rows", 2400, 3, 3, 0.61, 0.6),
+        ),
+        winning_window="all",
+        test_data_drift=True,
+        alerts=AlertRecord("deployed", 2, "/tmp/alerts.log"),
+        confirmed=False,
+        estimate_reliable=True,
+    )
+    files = [RunFile("new.csv", "new", "ab" * 32), RunFile(".DS_Store", "stray", note="not a data file; ignored")]
+    drift = [
+        FeatureDrift("lastmonth_activity", "ks", 0.2, 0.001, 0.01, True),
+        FeatureDrift("number_of_employees", "wasserstein", 0.05, None, 0.1, False),
+    ]
+    return fields, files, drift
+
+
+def test_a_saved_run_reads_back_as_the_same_typed_values(tmp_path):
+    connection = open_history(tmp_path / "history.sqlite")
+    fields, files, drift = a_full_run()
+    run_id = start_run(connection, fields.started_at, 42, fields.model_version_before)
+    save_run(connection, run_id, fields, files, drift)
+    save_run(connection, run_id, RunFields(error="a later note"))  # fields left None keep what was written
+    connection.close()
+    (run,) = read_runs(tmp_path / "history.sqlite")
+    assert run == StoredRun(
+        **{**column_values(fields), "error": "a later note"},
+        id=run_id,
+        pid=42,
+        files=tuple(files),
+        feature_drift=tuple(drift),
+    )
+    assert run.confirmed is False and run.candidates[1].window_f1 is None
+
+
+def test_damaged_json_cells_read_as_none_and_the_rest_of_the_run_stays(tmp_path):
+    path = tmp_path / "history.sqlite"
+    connection = open_history(path)
+    fields, files, drift = a_full_run()
+    save_run(connection, start_run(connection, "2026-11-21T10:00:00Z", 1, "v0001"), fields, files, drift)
+    connection.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE runs SET candidates = '[{\"window\": 1}]', alerts = '\"sent\"', timings = '[1, 2]'")
+    (run,) = read_runs(path)
+    assert run.candidates is None and run.alerts is None and run.timings is None
+    assert run.details == fields.details and run.files == tuple(files) and run.feature_drift == tuple(drift)
+
+
+def test_runs_written_before_read_back_and_answer_the_same_json(tmp_path):
+    """Rows as the history stored them before runs were typed, and what /history answered for them."""
+    path = tmp_path / "history.sqlite"
+    open_history(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.executescript((FIXTURES / "runs_as_written.sql").read_text(encoding="utf-8"))
+    answered = json.loads((FIXTURES / "history_runs.json").read_text(encoding="utf-8"))
+    runs = read_runs(path)
+    assert [run.to_json() for run in runs] == answered
+    assert [list(run.to_json()) for run in runs] == [list(run) for run in answered]  # the keys in their order
+    assert runs[1].candidates[0].window_f1 == 0.65 and runs[1].alerts == AlertRecord("deployed", 2, "/tmp/alerts.log")
+
+
+def test_the_typed_run_names_every_column_of_the_table_in_its_order():
+    assert stored_columns() == RUN_COLUMNS

@@ -145,4 +145,6 @@ def test_two_api_hosts_and_the_job_share_one_history(two_hosts: tuple[Path, list
     assert first["history"].startswith("postgresql://risk:***@127.0.0.1:")
     assert [run["outcome"] for run in first["runs"]] == ["deployed", "first_deployment", "first_deployment"]
     assert first["runs"][0]["files"][0]["name"] == "batch_drift.csv"
-    assert read_runs(load_config(job_config).history_path, limit=1)[0] == json.loads(json.dumps(first["runs"][0]))
+    assert read_runs(load_config(job_config).history_path, limit=1)[0].to_json() == json.loads(
+        json.dumps(first["runs"][0])
+    )

@@ -68,8 +68,8 @@ def test_a_stable_batch_is_judged_against_the_test_score_and_the_training_window
     assert decision.data_drift_reference.startswith("the serving model's training window: all rows, batch 1")
     assert decision.window is not None and decision.window.first_batch == 2  # only rows held out when they came
     fields = decision.history_fields()
-    assert fields["outcome"] == KEPT and fields["first_batch"] == 2 and fields["last_batch"] == 2
-    assert fields["window_rows"] == decision.window.rows and 0 < fields["window_f1"] < 1
+    assert fields.outcome == KEPT and fields.first_batch == 2 and fields.last_batch == 2
+    assert fields.window_rows == decision.window.rows and 0 < fields.window_f1 < 1
     assert {"model drift", "data drift", "test data"} <= set(clock.timings)
 
 
@@ -84,8 +84,8 @@ def test_a_changed_world_gets_challengers_on_each_window_and_the_best_is_chosen(
     assert decision.outcome == DEPLOYED and decision.deploy_folder == decision.gate.best.folder
     assert (decision.deploy_folder / "metrics.json").is_file()
     fields = decision.history_fields()
-    assert fields["winning_window"] == decision.gate.best.window.name and len(fields["candidates"]) == 3
-    assert "outcome" not in fields  # fullprocess.py sets it once the deployment is done
+    assert fields.winning_window == decision.gate.best.window.name and len(fields.candidates) == 3
+    assert fields.outcome is None  # fullprocess.py sets it once the deployment is done
     assert {"training", "scoring"} <= set(clock.timings)
 
 

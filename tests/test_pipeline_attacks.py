@@ -71,7 +71,7 @@ def check_whole(config: Config, scratch: Path) -> dict[str, int]:
         "doubled": len(held) - len(held_set),
         "extra": len(held_set - expected_set),
         "stale": sum(made != version for made in made_for),
-        "running": sum(run["outcome"] == "running" for run in read_runs(config.history_path, limit=1000)),
+        "running": sum(run.outcome == "running" for run in read_runs(config.history_path, limit=1000)),
     }
 
 
@@ -103,7 +103,7 @@ def test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing(tmp_pa
         assert recovery.returncode == 0, recovery.stderr
         found = check_whole(config, tmp_path / "fresh")
         killed = read_runs(config.history_path, limit=2)[-1]
-        rows.append((cycle, kind.name if running else "(ended)", round(delay, 2), code, killed["outcome"], found))
+        rows.append((cycle, kind.name if running else "(ended)", round(delay, 2), code, killed.outcome, found))
         assert found == {"lost": 0, "doubled": 0, "extra": 0, "stale": 0, "running": 0}, rows[-1]
     print(f"\n{landed} kills landed during runs in {cycle} cycles")
     print(f"{'cycle':>5}  {'signal':7}  {'after s':>7}  {'exit':>4}  {'killed run':16}  lost doubled stale running")
@@ -146,14 +146,14 @@ def test_a_file_copied_in_during_a_run_is_read_once_whole_in_one_batch(tmp_path:
         copier.join()
     assert during.returncode == 0, during.stderr
     run = read_runs(config.history_path, limit=1)[0]
-    assert "still changing" in run["decision"], run["decision"]
-    assert {"name": "copied.csv", "status": "arriving"}.items() <= run["files"][0].items()
+    assert "still changing" in run.decision, run.decision
+    assert (run.files[0].name, run.files[0].status) == ("copied.csv", "arriving")
     assert target.read_bytes() == data
     after = run_fullprocess(config_path)
     assert after.returncode == 0, after.stderr
     latest = read_runs(config.history_path, limit=1)[0]
     kept = read_ingested_files(config.output_folder_path / INGESTED_FILES)["copied.csv"].rows_kept
-    assert kept > 5900 and latest["new_rows"] == kept, latest  # the whole file, read once
+    assert kept > 5900 and latest.new_rows == kept, latest  # the whole file, read once
     ingested = read_ingested_data(config.output_folder_path)
     assert int(ingested.in_batches(ingested.latest_batch).sum()) == kept  # all of it in the batch it arrived in
     assert sorted_rows(config.output_folder_path / FINAL_DATA) == fresh_ingestion_rows(config, tmp_path / "fresh")
@@ -235,7 +235,7 @@ def test_a_rejected_file_is_recorded_as_rejected_and_not_tried_again(tmp_path: P
     first = run_fullprocess(config_path)
     assert first.returncode == 0, first.stderr
     run = read_runs(config.history_path, limit=1)[0]
-    assert [(row["name"], row["status"]) for row in run["files"]] == [("broken.csv", "rejected")]
-    assert "missing columns" in (run["files"][0]["note"] or "")
+    assert [(row.name, row.status) for row in run.files] == [("broken.csv", "rejected")]
+    assert "missing columns" in (run.files[0].note or "")
     again = run_fullprocess(config_path)
     assert "no new data" in again.stderr  # decided: not new again until it changes

@@ -36,6 +36,7 @@ from common.errors import PipelineError
 from common.files import find_test_files, write_text_atomic
 from common.history import open_history, save_run, start_run
 from common.records import Confusion
+from common.runs import RunFields
 from common.schema import FEATURES, read_labelled_data
 from tests.helpers import run_script, write_config
 from training import LinearRiskModel
@@ -277,8 +278,8 @@ def test_trends_over_runs_come_from_the_run_history(diagnosed):
         ]
     ):
         run_id = start_run(connection, f"2026-11-21T10:{minute:02d}:00Z", 1, "v0001")
-        fields = {"outcome": outcome, "decision": decision, "new_data_f1": f1, "new_rows": 2000}
-        save_run(connection, run_id, {**fields, "drift_threshold": 0.59, "timings": {"ingestion": 0.1}, "seconds": 2.0})
+        fields = RunFields(outcome=outcome, decision=decision, new_data_f1=f1, new_rows=2000, drift_threshold=0.59)
+        save_run(connection, run_id, fields.updated(RunFields(timings={"ingestion": 0.1}, seconds=2.0)))
     connection.close()
     result = reporting.write_report(diagnosed)
     text = pdf_text(result["pdf"])

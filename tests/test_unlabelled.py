@@ -217,35 +217,35 @@ def test_fullprocess_on_unlabelled_files_estimates_f1_tests_data_drift_and_never
     first = run_fullprocess(shipped)
     assert first.returncode == 0, first.stderr
     run = last_run(shipped)
-    assert run["outcome"] == "kept" and run["model_version_after"] == "v0001"
-    assert run["new_data_f1"] is None and run["model_drift"] is None and run["drift_threshold"] is None
-    assert 0 < run["estimated_f1_low"] <= run["estimated_f1"] <= run["estimated_f1_high"] < 1
-    assert run["data_drift"] is False and run["first_batch"] is None and run["new_rows"] == 300
-    assert [(row["name"], row["status"]) for row in run["files"]] == [("current_a.csv", "unlabelled")]
-    assert "no outcomes, so no model-drift test" in first.stderr and "model drift" not in run["decision"]
+    assert run.outcome == "kept" and run.model_version_after == "v0001"
+    assert run.new_data_f1 is None and run.model_drift is None and run.drift_threshold is None
+    assert 0 < run.estimated_f1_low <= run.estimated_f1 <= run.estimated_f1_high < 1
+    assert run.data_drift is False and run.first_batch is None and run.new_rows == 300
+    assert [(row.name, row.status) for row in run.files] == [("current_a.csv", "unlabelled")]
+    assert "no outcomes, so no model-drift test" in first.stderr and "model drift" not in run.decision
     assert final.read_bytes() == before and ranked(config)["count"] == active + 300
     answer = create_app(config, token="").test_client().get("/history?limit=1").get_json()["runs"][0]
-    assert answer["estimated_f1"] == run["estimated_f1"] and answer["new_data_f1"] is None
+    assert answer["estimated_f1"] == run.estimated_f1 and answer["new_data_f1"] is None
 
     idle = run_fullprocess(shipped)  # the unlabelled file was decided on: not new again
-    assert idle.returncode == 0 and last_run(shipped)["outcome"] == "no_new_data", idle.stderr
+    assert idle.returncode == 0 and last_run(shipped).outcome == "no_new_data", idle.stderr
 
     # Outcomes for a stable batch fill the recent window; then a shifted batch without outcomes drifts,
     # and the challengers are trained on the labelled rows alone and judged on that window.
     write_batch(root / "sourceddata" / "labelled_b.csv", 2000, seed=42)
     assert run_fullprocess(shipped).returncode == 0
-    assert last_run(shipped)["new_data_f1"] is not None
+    assert last_run(shipped).new_data_f1 is not None
     training_rows_before = load_deployed_version(current_version_folder(config.prod_deployment_path)).model_info
     write_batch(root / "sourceddata" / "current_c.csv", 2000, seed=43, world="shifted", labelled=False)
     shifted = run_fullprocess(shipped)
     assert shifted.returncode == 0, shifted.stderr
     run = last_run(shipped)
-    assert run["data_drift"] is True and run["drift_trigger"].startswith("data drift (")
-    assert run["new_data_f1"] is None and run["model_drift"] is None and run["estimated_f1"] is not None
-    assert run["candidates"] and run["outcome"] in ("kept", "deployed")
+    assert run.data_drift is True and run.drift_trigger.startswith("data drift (")
+    assert run.new_data_f1 is None and run.model_drift is None and run.estimated_f1 is not None
+    assert run.candidates and run.outcome in ("kept", "deployed")
     labelled_rows = len(final.read_text().splitlines()) - 1
-    for candidate in run["candidates"]:
-        assert candidate["rows"] <= labelled_rows
+    for candidate in run.candidates:
+        assert candidate.rows <= labelled_rows
     assert "retraining on the labelled rows: data drift" in shifted.stderr
     assert training_rows_before.training_rows <= labelled_rows
 
@@ -259,5 +259,5 @@ def test_fullprocess_with_retraining_on_model_drift_only_reports_unlabelled_data
     result = run_fullprocess(config_path)
     assert result.returncode == 0, result.stderr
     run = last_run(config_path)
-    assert run["data_drift"] is True and run["drift_trigger"] is None and run["outcome"] == "kept"
-    assert "but retrain_on is model_drift" in run["decision"] and run["estimated_f1"] is not None
+    assert run.data_drift is True and run.drift_trigger is None and run.outcome == "kept"
+    assert "but retrain_on is model_drift" in run.decision and run.estimated_f1 is not None
