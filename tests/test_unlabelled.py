@@ -261,3 +261,19 @@ def test_fullprocess_with_retraining_on_model_drift_only_reports_unlabelled_data
     run = last_run(config_path)
     assert run.data_drift is True and run.drift_trigger is None and run.outcome == "kept"
     assert "but retrain_on is model_drift" in run.decision and run.estimated_f1 is not None
+
+
+@pytest.mark.slow
+def test_unlabelled_drift_with_no_labelled_rows_since_deployment_waits_for_outcomes(tmp_path):
+    write_shipped_data(tmp_path)
+    config_path = scenario_config(tmp_path)
+    assert run_fullprocess(config_path).returncode == 0
+    # Right after the first deployment the recent window holds no held-out labelled row: a
+    # challenger could not be judged, so drift seen in rows without outcomes changes nothing yet.
+    write_batch(tmp_path / "sourceddata" / "current.csv", 2000, seed=44, world="shifted", labelled=False)
+    result = run_fullprocess(config_path)
+    assert result.returncode == 0, result.stderr
+    run = last_run(config_path)
+    assert run.data_drift is True and run.outcome == "kept" and run.model_version_after == "v0001"
+    assert "held-out labelled row(s) (at least 30 with both classes are needed" in run.decision
+    assert not run.candidates and "keeps serving until outcomes arrive" in result.stderr
