@@ -34,6 +34,7 @@ import requests
 from common.artifacts import MODEL_FILE, current_version_folder, load_model
 from common.config import PROJECT_ROOT, load_config
 from common.schema import read_feature_file
+from tests.helpers import free_port
 
 LOADS = {
     "GET /diagnostics": ("GET", "/diagnostics", None),
@@ -74,12 +75,6 @@ def build_project(root: Path) -> Path:
             [sys.executable, str(PROJECT_ROOT / f"{stage}.py"), "--config", str(config_path), "-q"], check=True
         )
     return config_path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(config_path: Path, port: int, worker_class: str) -> subprocess.Popen:

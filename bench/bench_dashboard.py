@@ -14,7 +14,6 @@ from ``app.py`` (gunicorn, 2 workers), one request at a time with ``requests``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ from common.runs import CandidateScore, FeatureDrift, RunFields, RunFile
 from common.schema import FEATURES
 from dashboard import URL_PREFIX
 from generate_data import format_csv, generate_clients, rows_of
+from tests.helpers import write_config
 
 log = logging.getLogger("bench_dashboard")
 
@@ -52,22 +52,12 @@ def build_project(root: Path, clients: int) -> Path:
         chosen = {key: values[part] for key, values in generated.items()}
         (root / "sourceddata" / name).write_text(format_csv(rows_of(chosen)), encoding="utf-8")
     shutil.copy(PROJECT_ROOT / "testdata" / "testdata.csv", root / "testdata" / "testdata.csv")
-    config = {
-        "input_folder_path": "sourceddata",
-        "output_folder_path": "ingesteddata",
-        "test_data_path": "testdata",
-        "output_model_path": "models",
-        "prod_deployment_path": "production_deployment",
-        "model": {"C": 0.05},
-        "diagnostics": {"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
-    }
-    path = root / "config.json"
-    path.write_text(json.dumps(config))
+    diagnostics = {"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1}
+    path = write_config(root, model={"C": 0.05}, diagnostics=diagnostics)
     stages = ("ingestion", "training", "scoring", "deployment")
     for stage in (*stages, "training", "scoring", "deployment", "diagnostics"):
         if stage == "training" and (root / "production_deployment" / "current").exists():
-            config["model"] = {"C": 1.0}
-            path.write_text(json.dumps(config))
+            write_config(root, model={"C": 1.0}, diagnostics=diagnostics)
         subprocess.run([sys.executable, str(PROJECT_ROOT / f"{stage}.py"), "--config", str(path), "-q"], check=True)
     return path
 
@@ -162,7 +152,7 @@ def time_pages_over_http(config_path: Path, requests: int) -> list[tuple[str, fl
     """The same figures from app.py under gunicorn (2 workers), one request at a time."""
     import requests as http
 
-    from tests.test_server import free_port, wait_until_healthy
+    from tests.helpers import free_port, wait_until_healthy
 
     port = free_port()
     server = subprocess.Popen(

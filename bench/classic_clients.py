@@ -199,7 +199,8 @@ def stop(server: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.bench_api import build_project, free_port
+    from bench.bench_api import build_project
+    from tests.helpers import free_port
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", action="store_true", help="print each shape's status too")

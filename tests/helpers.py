@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from common.artifacts import MODEL_FILE
 from common.config import Config, ModelSettings
@@ -109,3 +115,62 @@ def write_database_config(folder: Path, url: str, folder_too: bool = False, **ov
         del config["input_folder_path"]
         path.write_text(json.dumps(config), encoding="utf-8")
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited early: {server.communicate()[1]}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or a worker still starting
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not become healthy in time")
+
+
+def start_api(
+    config_path: Path, *arguments: str, port: int | None = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``app.py`` (gunicorn) serving ``config_path`` on ``port`` (a free one by default), once /health answers.
+
+    Returns (the process, its URL); the caller stops it.
+    """
+    port = port or free_port()
+    process = subprocess.Popen(
+        script_command("app.py", "--config", str(config_path), "--port", str(port), *arguments),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, process)
+    except BaseException:
+        with process:
+            process.kill()
+        raise
+    return process, url
+
+
+@contextlib.contextmanager
+def serving_api(config_path: Path, *arguments: str, port: int | None = None) -> Iterator[str]:
+    """``app.py`` serving ``config_path`` for the ``with`` block (see start_api); yields its URL, then stops it."""
+    process, url = start_api(config_path, *arguments, port=port)
+    with process:
+        try:
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)

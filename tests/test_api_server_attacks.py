@@ -30,8 +30,7 @@ from app import create_app
 from bench.bench_api import hold_slow_clients
 from common.artifacts import MODEL_FILE, VERSIONS_FOLDER
 from common.config import Config, load_config
-from tests.helpers import PROJECT_ROOT, deploy, run_script, train_and_score, write_config
-from tests.test_server import free_port, wait_until_healthy
+from tests.helpers import PROJECT_ROOT, deploy, free_port, run_script, train_and_score, wait_until_healthy, write_config
 
 pytestmark = pytest.mark.slow
 

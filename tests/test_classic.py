@@ -24,7 +24,6 @@ import ingestion
 import reporting
 import scoring
 import training
-from bench.bench_api import free_port
 from bench.classic_clients import RECORD, SHAPES, Target, send_shape, start_gunicorn, stop
 from common.artifacts import (
     CONFUSION_MATRIX_FILE,
@@ -38,7 +37,7 @@ from common.artifacts import (
 from common.config import CONFIG_ENV_VAR, Config, load_config
 from common.errors import PipelineError
 from common.schema import COLUMNS, FEATURES, read_feature_file
-from tests.helpers import PROJECT_ROOT, write_clients, write_config
+from tests.helpers import PROJECT_ROOT, free_port, write_clients, write_config
 from tests.test_scripts import UDACITY_DATA, udacity_config
 
 # No package index in tests: the dependency check answers "unknown" at once.

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,9 +24,8 @@ from common.artifacts import current_version_folder, load_deployed_version
 from common.config import Config, load_config
 from dashboard import URL_PREFIX
 from ingestion import ingest_folder
-from tests.helpers import PROJECT_ROOT, deploy, skip_or_fail, train_and_score, write_clients, write_config
+from tests.helpers import PROJECT_ROOT, deploy, skip_or_fail, start_api, train_and_score, write_clients, write_config
 from tests.test_dashboard import active_clients, add_runs
-from tests.test_server import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -72,28 +70,6 @@ def build_project(root: Path) -> Config:
     deploy(config)
     add_runs(config)
     return config
-
-
-def start_server(config_path: Path, token: str | None = None) -> tuple[subprocess.Popen, str]:
-    """``app.py`` under gunicorn on a free port, with the API token set when given; (process, URL)."""
-    port = free_port()
-    env = {**os.environ, **({"RISK_API_TOKEN": token} if token is not None else {})}
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(config_path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=PROJECT_ROOT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, process)
-    except BaseException:
-        with process:
-            process.kill()
-        raise
-    return process, url
 
 
 def new_driver(downloads: Path, javascript: bool = True):  # noqa: ANN201 (selenium's WebDriver)
@@ -192,7 +168,7 @@ def browser_ready() -> None:
 @pytest.fixture(scope="module")
 def site(browser_ready, tmp_path_factory) -> Iterator[tuple[str, Config]]:
     config = build_project(tmp_path_factory.mktemp("dashboard-site"))
-    process, url = start_server(config.path, TOKEN)
+    process, url = start_api(config.path, env={"RISK_API_TOKEN": TOKEN})
     with process:
         try:
             yield f"{url}{URL_PREFIX}", config

@@ -14,8 +14,7 @@ from common.artifacts import current_version
 from common.config import load_config
 from common.history import read_runs
 from generate_data import load_into_database, write_batch, write_shipped_data
-from tests.helpers import PROJECT_ROOT, run_script, write_database_config
-from tests.test_fullprocess import free_port
+from tests.helpers import PROJECT_ROOT, free_port, run_script, write_database_config
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,16 +33,9 @@ from common.history import read_runs
 from common.runs import StoredRun
 from fullprocess import API_RETURNS_AFTER_DEPLOYMENT, EXIT_LOCKED, PLOT_AFTER_DEPLOYMENT
 from generate_data import write_batch, write_shipped_data
-from tests.helpers import PROJECT_ROOT, run_script, script_command, write_config
-from tests.test_server import wait_until_healthy
+from tests.helpers import PROJECT_ROOT, free_port, run_script, script_command, serving_api, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scenario_config(root: Path, **monitoring: object) -> Path:
@@ -353,22 +345,11 @@ def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(s
     root = shipped.parent
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
-    port = config.api.url.rsplit(":", 1)[1]
-    with subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(shipped), "--port", port],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=PROJECT_ROOT,
-    ) as server:
-        try:
-            wait_until_healthy(config.api.url, server)
-            write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
-            result = run_fullprocess(shipped)
-            assert result.returncode == 0, result.stderr
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+    port = int(config.api.url.rsplit(":", 1)[1])
+    with serving_api(shipped, port=port):
+        write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
+        result = run_fullprocess(shipped)
+        assert result.returncode == 0, result.stderr
     returns = json.loads((config.output_model_path / API_RETURNS_AFTER_DEPLOYMENT).read_text())
     answers = returns["answers"]
     assert answers["version"]["model_version"] == "v0002" and answers["version"]["previous_version"] == "v0001"

@@ -17,11 +17,10 @@ from common.errors import PipelineError
 from common.history import open_history, read_runs
 from generate_data import write_batch, write_shipped_data
 from tests import test_history
+from tests.helpers import free_port, start_api
 from tests.postgres_server import PASSWORD, USER
-from tests.test_dashboard_browser import start_server
 from tests.test_database_monitoring import run_fullprocess
 from tests.test_fullprocess import scenario_config
-from tests.test_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +120,7 @@ def two_hosts(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Path, list[st
         configs.append(scenario_config(root, history_url=postgres_url))
     assert run_fullprocess(configs[0]).returncode == 0
     assert run_fullprocess(configs[1]).returncode == 0  # host B deploys its own model: a second run in the history
-    servers = [start_server(path) for path in configs]
+    servers = [start_api(path) for path in configs]
     try:
         yield configs[0], [url for _, url in servers]
     finally:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,49 +14,16 @@ import requests
 
 from common.artifacts import API_RETURNS_FILE, MODEL_FILE, current_version_folder, load_model
 from common.config import Config
-from tests.helpers import PROJECT_ROOT, deploy, run_script, train_and_score, write_config
+from tests.helpers import deploy, free_port, run_script, serving_api, train_and_score, write_config
 
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"the server exited early: {server.communicate()[1]}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:  # not listening yet, or a worker still starting
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become healthy in time")
 
 
 @pytest.fixture
 def server(deployed: Config) -> Iterator[str]:
     """``app.py`` (gunicorn, 2 workers) serving the deployed project on a free port; yields its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(deployed.path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=PROJECT_ROOT,
-    ) as process:
-        try:
-            wait_until_healthy(url, process)
-            yield url
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+    with serving_api(deployed.path) as url:
+        yield url
 
 
 def hammer(url: str, stop: threading.Event, answers: list[tuple[int, str | None, float | None]]) -> None:
