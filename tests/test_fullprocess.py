@@ -9,12 +9,14 @@ once; a run killed mid-way leaves the previous deployment serving and the next r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,6 +77,18 @@ def start_fullprocess(config_path: Path, pause_at: str | None = None) -> subproc
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@contextlib.contextmanager
+def paused_fullprocess(config_path: Path, step: str) -> Iterator[subprocess.Popen]:
+    """A fullprocess.py run stopped in its deployment at ``step`` for the block; killed when the block ends."""
+    with start_fullprocess(config_path, pause_at=step) as holder:
+        try:
+            wait_for_line(holder, f"pausing at step {step}")
+            yield holder
+        finally:
+            holder.kill()
+            holder.wait()
 
 
 def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
@@ -190,21 +204,16 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     #    the first is killed mid-way, v0002 keeps serving, and the next run completes. The batch
     #    comes from the first world again: v0002 follows the changed world, so it drifts.
     write_batch(root / "sourceddata" / "batch_back.csv", 4000, seed=35)
-    with start_fullprocess(shipped, pause_at="staged") as holder:
-        try:
-            wait_for_line(holder, "pausing at step staged")
-            started = time.monotonic()
-            second = run_fullprocess(shipped)
-            assert time.monotonic() - started < 10
-            assert second.returncode == EXIT_LOCKED, second.stderr
-            assert f"another run changing the deployment (pid {holder.pid}," in second.stderr
-            assert "fullprocess.py run)" in second.stderr
-            rollback = run_script("deployment.py", "--config", str(shipped), "--rollback")
-            assert rollback.returncode == 1 and "the deployment is being changed by another run" in rollback.stderr
-            assert "this run exits doing nothing" in second.stderr
-        finally:
-            holder.send_signal(signal.SIGKILL)
-            holder.wait()
+    with paused_fullprocess(shipped, "staged") as holder:
+        started = time.monotonic()
+        second = run_fullprocess(shipped)
+        assert time.monotonic() - started < 10
+        assert second.returncode == EXIT_LOCKED, second.stderr
+        assert f"another run changing the deployment (pid {holder.pid}," in second.stderr
+        assert "fullprocess.py run)" in second.stderr
+        rollback = run_script("deployment.py", "--config", str(shipped), "--rollback")
+        assert rollback.returncode == 1 and "the deployment is being changed by another run" in rollback.stderr
+        assert "this run exits doing nothing" in second.stderr
     assert current_version(config.prod_deployment_path) == "v0002"
     load_deployed_version(current_version_folder(config.prod_deployment_path))  # loads: still serving
     assert last_run(shipped).outcome == "running"  # as the killed run left it
@@ -363,12 +372,8 @@ def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_m
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
-    with start_fullprocess(shipped, pause_at="switched") as holder:
-        try:
-            wait_for_line(holder, "pausing at step switched")
-        finally:
-            holder.send_signal(signal.SIGKILL)
-            holder.wait()
+    with paused_fullprocess(shipped, "switched"):
+        pass  # killed there
     assert current_version(config.prod_deployment_path) == "v0002"
     assert json.loads((config.output_model_path / "diagnostics.json").read_text())["model_version"] == "v0001"
     after = run_fullprocess(shipped)
@@ -386,14 +391,10 @@ def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
     config = load_config(shipped)
     assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
-    with start_fullprocess(shipped, pause_at="staged") as holder:
-        try:
-            wait_for_line(holder, "pausing at step staged")
-            holder.send_signal(signal.SIGTERM)
-            assert holder.wait(timeout=30) == 130
-            assert "interrupted; the deployed model keeps serving" in holder.stderr.read()
-        finally:
-            holder.kill()
+    with paused_fullprocess(shipped, "staged") as holder:
+        holder.send_signal(signal.SIGTERM)
+        assert holder.wait(timeout=30) == 130
+        assert "interrupted; the deployed model keeps serving" in holder.stderr.read()
     run = last_run(shipped)
     assert run.outcome == "interrupted" and run.decision == "stopped by a signal; nothing was decided"
     assert run.finished_at is not None and current_version(config.prod_deployment_path) == "v0001"

@@ -31,7 +31,12 @@ from common.history import read_runs
 from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
 from tests.helpers import run_script
-from tests.test_fullprocess import run_fullprocess, scenario_config, start_fullprocess, wait_for_line
+from tests.test_fullprocess import (
+    paused_fullprocess,
+    run_fullprocess,
+    scenario_config,
+    start_fullprocess,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -210,18 +215,11 @@ def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing
     assert run_fullprocess(config_path).returncode == 0
     write_batch(config.input_folder_path / "drifted.csv", 3000, seed=32, world="drifted")
     # the run has gated a challenger and is publishing it
-    with start_fullprocess(config_path, pause_at="staged") as holder:
-        try:
-            wait_for_line(holder, "pausing at step staged")
-            rollback = run_script("deployment.py", "--config", str(config_path), "--rollback")
-            assert rollback.returncode == 1, rollback.stderr
-            assert "being changed by another run" in rollback.stderr and "fullprocess.py run" in rollback.stderr
-            assert (
-                current_version(config.prod_deployment_path) == "v0001"
-            )  # the gate's champion is still the one serving
-        finally:
-            holder.send_signal(signal.SIGTERM)
-            holder.wait(timeout=60)
+    with paused_fullprocess(config_path, "staged"):
+        rollback = run_script("deployment.py", "--config", str(config_path), "--rollback")
+        assert rollback.returncode == 1, rollback.stderr
+        assert "being changed by another run" in rollback.stderr and "fullprocess.py run" in rollback.stderr
+        assert current_version(config.prod_deployment_path) == "v0001"  # the gate's champion still serves
     assert run_fullprocess(config_path).returncode == 0 and current_version(config.prod_deployment_path) == "v0002"
     assert run_script("deployment.py", "--config", str(config_path), "--rollback").returncode == 0
     assert current_version(config.prod_deployment_path) == "v0001"
