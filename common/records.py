@@ -500,33 +500,41 @@ def _allows_none(hint: Any) -> bool:
 def _convert(hint: Any, value: Any) -> Any:
     """``value`` as the type ``hint`` names; ValueError when it is not one."""
     if isinstance(hint, types.UnionType):
-        arms = [arm for arm in hint.__args__ if arm is not type(None)]
-        if value is None and len(arms) < len(hint.__args__):
-            return None
-        if len(arms) == 1:
-            return _convert(arms[0], value)
-        for arm in arms:
-            try:
-                return _convert(arm, value)
-            except ValueError:
-                pass
-        expected = " or ".join(arm.__name__ for arm in arms)
-        raise ValueError(f"expected {expected}, found {type(value).__name__}")
+        return _convert_union(hint, value)
     if isinstance(hint, type) and is_dataclass(hint):
         return record_from_json(hint, value)
     origin = typing.get_origin(hint)
     if origin is list:
         (item_type,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ValueError(f"expected a list, found {type(value).__name__}")
-        return [_convert(item_type, item) for item in value]
+        return [_convert(item_type, item) for item in _expect(list, "a list", value)]
     if origin is dict:
         _, value_type = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise ValueError(f"expected an object, found {type(value).__name__}")
-        return {str(key): _convert(value_type, item) for key, item in value.items()}
+        return {str(key): _convert(value_type, item) for key, item in _expect(dict, "an object", value).items()}
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ValueError(f"expected {getattr(hint, '__name__', hint)}, found {type(value).__name__}")
+
+
+def _convert_union(hint: types.UnionType, value: Any) -> Any:
+    """``value`` as the first arm of ``hint`` it converts to (None when the union allows it)."""
+    arms = [arm for arm in hint.__args__ if arm is not type(None)]
+    if value is None and len(arms) < len(hint.__args__):
+        return None
+    if len(arms) == 1:
+        return _convert(arms[0], value)
+    for arm in arms:
+        try:
+            return _convert(arm, value)
+        except ValueError:
+            pass
+    expected = " or ".join(arm.__name__ for arm in arms)
+    raise ValueError(f"expected {expected}, found {type(value).__name__}")
+
+
+def _expect(kind: type[Record], described: str, value: Any) -> Record:
+    """``value`` when it is a ``kind``; ValueError naming what was ``described`` otherwise."""
+    if not isinstance(value, kind):
+        raise ValueError(f"expected {described}, found {type(value).__name__}")
+    return value
