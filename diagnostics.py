@@ -18,6 +18,7 @@ the API's ``/diagnostics`` serves it as stored, so a request never re-runs anyth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import requests
 from packaging.version import InvalidVersion, Version
 
@@ -53,6 +53,19 @@ from common.cli import build_parser, run_stage
 from common.config import PROJECT_ROOT, Config, DiagnosticsSettings, dump_config, load_config
 from common.errors import PipelineError
 from common.files import find_test_files, list_data_files, parse_utc, shown_path, write_text_atomic
+from common.records import (
+    ColumnStatistics,
+    DependencyStatus,
+    Diagnostics,
+    KnownVersion,
+    MissingData,
+    Predictions,
+    StageTiming,
+    StageTimings,
+    SummaryStatistics,
+    record_from_json,
+    write_diagnostics_record,
+)
 from common.schema import BadFileError, read_feature_file
 from common.timings import read_stage_timings, record_stage_timings
 
@@ -69,7 +82,7 @@ RECORDED_RUNS = 10  # the spread of recorded timings is over this many latest re
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([=<>!~].*)?$")
 
 
-def predict_data_file(model: Any, data_path: Path) -> dict[str, Any]:
+def predict_data_file(model: Any, data_path: Path) -> Predictions:
     """Labels and exit probabilities of ``model`` for every row of a data file, in file order."""
     try:
         batch = read_feature_file(data_path)
@@ -77,17 +90,17 @@ def predict_data_file(model: Any, data_path: Path) -> dict[str, Any]:
         raise PipelineError(f"cannot predict for {data_path}: {exc}") from None
     probabilities = model.predict_proba(batch.features)[:, 1]
     labels = model.predict(batch.features)
-    return {
-        "dataset": str(data_path),
-        "rows": batch.rows,
-        "corporation": batch.ids,
-        "label": [int(label) for label in labels],
-        "probability": [round(float(p), 6) for p in probabilities],
-        "predicted_exits": int(labels.sum()),
-    }
+    return Predictions(
+        dataset=str(data_path),
+        rows=batch.rows,
+        corporation=batch.ids,
+        label=[int(label) for label in labels],
+        probability=[round(float(p), 6) for p in probabilities],
+        predicted_exits=int(labels.sum()),
+    )
 
 
-def time_stages(config: Config, runs: int) -> dict[str, Any]:
+def time_stages(config: Config, runs: int) -> StageTimings:
     """Time ingestion, training and scoring as processes, ``runs`` times each, on scratch outputs.
 
     Each run gets a fresh scratch folder whose config reads the live source and test data and
@@ -108,15 +121,15 @@ def time_stages(config: Config, runs: int) -> dict[str, Any]:
     record_stage_timings(
         config.output_model_path, {s: statistics.median(v) for s, v in seconds.items()}, "diagnostics.py"
     )
-    return {
-        "runs": runs,
-        "unit": "seconds",
-        "source": f"each stage run again {runs} time(s) as a process on a scratch copy",
-        "stages": {stage: describe_spread(values) for stage, values in seconds.items()},
-    }
+    return StageTimings(
+        runs=runs,
+        unit="seconds",
+        source=f"each stage run again {runs} time(s) as a process on a scratch copy",
+        stages={stage: describe_spread(values) for stage, values in seconds.items()},
+    )
 
 
-def recorded_timings(output_model_path: Path, last: int = RECORDED_RUNS) -> dict[str, Any]:
+def recorded_timings(output_model_path: Path, last: int = RECORDED_RUNS) -> StageTimings:
     """The timing section from the stages' own records: per stage, the latest and the spread of the last ``last``."""
     records = read_stage_timings(output_model_path)
     order = [*TIMED_STAGES, *sorted(set(records) - set(TIMED_STAGES))]
@@ -124,14 +137,14 @@ def recorded_timings(output_model_path: Path, last: int = RECORDED_RUNS) -> dict
     for stage in order:
         kept = records.get(stage, [])[-last:]
         if kept:
-            stages[stage] = {
-                **describe_spread([item.seconds for item in kept]),
-                "latest": kept[-1].seconds,
-                "latest_at": kept[-1].finished_at,
-                "latest_source": kept[-1].source,
-                "count": len(kept),
-            }
-    return {"runs": 0, "unit": "seconds", "source": "recorded when each stage ran", "stages": stages}
+            stages[stage] = dataclasses.replace(
+                describe_spread([item.seconds for item in kept]),
+                latest=kept[-1].seconds,
+                latest_at=kept[-1].finished_at,
+                latest_source=kept[-1].source,
+                count=len(kept),
+            )
+    return StageTimings(runs=0, unit="seconds", source="recorded when each stage ran", stages=stages)
 
 
 def clean_stale_scratch(older_than: float = 3600.0) -> None:
@@ -173,16 +186,16 @@ def run_stage_process(stage: str, config_path: Path) -> float:
     return elapsed
 
 
-def describe_spread(values: list[float]) -> dict[str, Any]:
+def describe_spread(values: list[float]) -> StageTiming:
     """Mean, standard deviation, median, min and max of timings, with the runs themselves."""
-    return {
-        "mean": round(statistics.fmean(values), 4),
-        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-        "median": round(statistics.median(values), 4),
-        "min": round(min(values), 4),
-        "max": round(max(values), 4),
-        "values": [round(value, 4) for value in values],
-    }
+    return StageTiming(
+        mean=round(statistics.fmean(values), 4),
+        std=round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        median=round(statistics.median(values), 4),
+        min=round(min(values), 4),
+        max=round(max(values), 4),
+        values=[round(value, 4) for value in values],
+    )
 
 
 def read_requirements(path: Path = REQUIREMENTS_FILE) -> list[tuple[str, str]]:
@@ -301,18 +314,28 @@ def ask_index(names: list[str], index_url: str, timeout: float) -> dict[str, str
 
 def dependency_status(
     settings: DiagnosticsSettings, cache_path: Path, requirements: Path = REQUIREMENTS_FILE
-) -> list[dict[str, Any]]:
+) -> list[DependencyStatus]:
     """One row per requirement: required, installed and latest version, and whether it is outdated."""
     wanted = read_requirements(requirements)
     latest = look_up_latest([name for name, _ in wanted], settings, cache_path)
-    rows = []
-    for name, specifier in wanted:
-        installed = installed_version(name)
-        answer = latest[name]
-        row = {"package": name, "required": specifier or None, "installed": installed, **answer}
-        row["status"] = compare_versions(installed, answer.get("latest"))
-        rows.append(row)
-    return rows
+    return [describe_dependency(name, specifier, latest[name]) for name, specifier in wanted]
+
+
+def describe_dependency(name: str, specifier: str, answer: dict[str, Any]) -> DependencyStatus:
+    """One requirement's versions and verdict, from the index's (or the cache's) ``answer``."""
+    installed = installed_version(name)
+    known = answer.get("last_known")
+    return DependencyStatus(
+        package=name,
+        required=specifier or None,
+        installed=installed,
+        latest=answer["latest"],
+        source=answer["source"],
+        checked_at=answer.get("checked_at"),
+        reason=answer.get("reason"),
+        last_known=KnownVersion(latest=known.get("latest"), checked_at=known.get("checked_at")) if known else None,
+        status=compare_versions(installed, answer["latest"]),
+    )
 
 
 def compare_versions(installed: str | None, latest: str | None) -> str:
@@ -327,51 +350,56 @@ def compare_versions(installed: str | None, latest: str | None) -> str:
         return "unknown"
 
 
-def measure_missing_data(config: Config, cached: bool = True) -> dict[str, Any]:
+def measure_missing_data(config: Config, cached: bool = True) -> MissingData:
     """Percent of missing values in the source: the input folder's data files, else the database table."""
     folder = config.input_folder_path
     source_files, _ = list_data_files(folder) if folder is not None and folder.is_dir() else ([], [])
     if not source_files and config.database is not None:
         from common.database_rows import count_missing_in_table
 
-        return {"dataset": config.database.shown, **count_missing_in_table(config.database)}
+        return record_from_json(
+            MissingData, {"dataset": config.database.shown, **count_missing_in_table(config.database)}
+        )
     if not source_files or folder is None:
         raise PipelineError(f"the source folder {folder} holds no data files")
     cache = config.output_model_path / MISSING_CACHE_FILE if cached else None
-    return {"dataset": shown_path(folder, config.path.parent), **datastats.missing_data(source_files, cache)}
+    counted = datastats.missing_data(source_files, cache)
+    return record_from_json(MissingData, {"dataset": shown_path(folder, config.path.parent), **counted})
 
 
-def run_diagnostics(config: Config, runs: int) -> dict[str, Any]:
-    """Everything diagnostics measures, as one JSON-ready dictionary."""
+def run_diagnostics(config: Config, runs: int) -> Diagnostics:
+    """Everything diagnostics measures, as the record ``diagnostics.json`` holds."""
     started = time.perf_counter()
     missing = measure_missing_data(config)
     deployed = load_deployed_version(current_version_folder(config.prod_deployment_path))  # resolved once
     check_final_data(config.output_folder_path)  # a finaldata.csv cut short is not described as if whole
-    report: dict[str, Any] = {
-        "generated_at": utc_now(),
-        "model_version": deployed.version,
-        "model_trained_at": deployed.model_info.trained_at,
-        "predictions": predict_data_file(deployed.model, find_test_files(config.test_data_path)[0]),
-        "summary_statistics": {
-            "dataset": shown_path(config.output_folder_path / FINAL_DATA, config.path.parent),
-            "columns": datastats.summary_statistics(
-                datastats.read_numeric_columns(config.output_folder_path / FINAL_DATA)
-            ),
-        },
-        "missing_data": missing,
-        "timing": time_stages(config, runs) if runs > 0 else recorded_timings(config.output_model_path),
-        "dependencies": dependency_status(config.diagnostics, config.output_model_path / DEPENDENCY_CACHE_FILE),
-    }
-    report["seconds"] = round(time.perf_counter() - started, 3)
-    return report
+    report = Diagnostics(
+        generated_at=utc_now(),
+        model_version=deployed.version,
+        model_trained_at=deployed.model_info.trained_at,
+        predictions=predict_data_file(deployed.model, find_test_files(config.test_data_path)[0]),
+        summary_statistics=describe_ingested_data(config),
+        missing_data=missing,
+        timing=time_stages(config, runs) if runs > 0 else recorded_timings(config.output_model_path),
+        dependencies=dependency_status(config.diagnostics, config.output_model_path / DEPENDENCY_CACHE_FILE),
+    )
+    return dataclasses.replace(report, seconds=round(time.perf_counter() - started, 3))
 
 
-def write_diagnostics(config: Config, runs: int) -> dict[str, Any]:
+def describe_ingested_data(config: Config) -> SummaryStatistics:
+    """Summary statistics of each numeric column of ``finaldata.csv``."""
+    data_path = config.output_folder_path / FINAL_DATA
+    columns = datastats.summary_statistics(datastats.read_numeric_columns(data_path))
+    return SummaryStatistics(
+        dataset=shown_path(data_path, config.path.parent),
+        columns={name: record_from_json(ColumnStatistics, values) for name, values in columns.items()},
+    )
+
+
+def write_diagnostics(config: Config, runs: int) -> Diagnostics:
     """Run the diagnostics and write ``diagnostics.json`` in the model folder; return what it holds."""
     report = run_diagnostics(config, runs)
-    # orjson: the predictions for every test row make this file large; the standard encoder takes 10x longer
-    text = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n"
-    target = write_text_atomic(config.output_model_path / DIAGNOSTICS_FILE, text)
+    target = write_diagnostics_record(config.output_model_path / DIAGNOSTICS_FILE, report)
     log.info("wrote %s", target)
     return report
 
@@ -411,13 +439,13 @@ def dataframe_summary(config_path: str | os.PathLike[str] | None = None) -> list
 def missing_data(config_path: str | os.PathLike[str] | None = None) -> list[float]:
     """Percent of missing values in each column of the source files, in column order (corporation first)."""
     config = load_config(config_path)
-    return list(measure_missing_data(config, cached=False)["percent"].values())
+    return list(measure_missing_data(config, cached=False).percent.values())
 
 
 def execution_time(config_path: str | os.PathLike[str] | None = None) -> list[float]:
     """``[ingestion seconds, training seconds]``, each stage run once as a process on scratch outputs."""
-    stages = time_stages(load_config(config_path), runs=1)["stages"]
-    return [stages["ingestion"]["mean"], stages["training"]["mean"]]
+    stages = time_stages(load_config(config_path), runs=1).stages
+    return [stages["ingestion"].mean or 0.0, stages["training"].mean or 0.0]
 
 
 def outdated_packages_list(config_path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -427,7 +455,28 @@ def outdated_packages_list(config_path: str | os.PathLike[str] | None = None) ->
     config = load_config(config_path)
     rows = dependency_status(config.diagnostics, config.output_model_path / DEPENDENCY_CACHE_FILE)
     return pd.DataFrame(
-        [(row["package"], row["installed"], row["latest"]) for row in rows], columns=["package", "installed", "latest"]
+        [(row.package, row.installed, row.latest) for row in rows], columns=["package", "installed", "latest"]
+    )
+
+
+def log_diagnostics(report: Diagnostics) -> None:
+    """The stage timings and the outdated and unknown packages, in the log."""
+    timing = report.timing or StageTimings()
+    log.info(
+        "timings (%s): %s",
+        timing.source,
+        ", ".join(f"{stage} {values.median or 0.0:.2f} s" for stage, values in timing.stages.items())
+        or "none recorded yet",
+    )
+    dependencies = report.dependencies or []
+    outdated = [row.package or "" for row in dependencies if row.status == "outdated"]
+    unknown = [row for row in dependencies if row.status == "unknown"]
+    log.info(
+        "dependencies: %d outdated%s, %d unknown%s",
+        len(outdated),
+        f" ({', '.join(outdated)})" if outdated else "",
+        len(unknown),
+        f" ({unknown[0].reason})" if unknown else "",
     )
 
 
@@ -446,26 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is not None and args.runs < 0:
         parser.error("--time-stages must be 0 or more")
 
-    def work(config: Config) -> dict[str, Any]:
+    def work(config: Config) -> Diagnostics:
         report = write_diagnostics(config, config.diagnostics.timing_runs if args.runs is None else args.runs)
-        timing = report["timing"]
-        log.info(
-            "timings (%s): %s",
-            timing["source"],
-            ", ".join(f"{stage} {values['median']:.2f} s" for stage, values in timing["stages"].items())
-            or "none recorded yet",
-        )
-        outdated = [row["package"] for row in report["dependencies"] if row["status"] == "outdated"]
-        unknown = [row["package"] for row in report["dependencies"] if row["status"] == "unknown"]
-        log.info(
-            "dependencies: %d outdated%s, %d unknown%s",
-            len(outdated),
-            f" ({', '.join(outdated)})" if outdated else "",
-            len(unknown),
-            f" ({next(row['reason'] for row in report['dependencies'] if row['status'] == 'unknown')})"
-            if unknown
-            else "",
-        )
+        log_diagnostics(report)
         return report
 
     return run_stage("diagnostics", args, work)

@@ -30,7 +30,6 @@ Logs go to stderr and a rotating file.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shlex
@@ -94,6 +93,13 @@ from common.history import (
     waiting_hashes,
 )
 from common.logs import add_log_file, setup_logging
+from common.records import (
+    Diagnostics,
+    ReportRecord,
+    read_diagnostics_record,
+    read_report_record,
+    write_evaluation_window,
+)
 from common.runs import AlertRecord, FeatureDrift, JsonObject, RunFields, RunFile, StoredRun
 from common.stages import StageClock, StageFailed
 from common.timings import record_stage_timings
@@ -364,9 +370,7 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
     deployed = deploy_winner(config, record.clock, assessment)
     if assessment.window is not None:
         serving = deployed.model_version_after or champion.version
-        write_text_atomic(
-            config.output_model_path / EVALUATION_WINDOW_FILE, json.dumps(assessment.window.to_json(serving), indent=2)
-        )
+        write_evaluation_window(config.output_model_path / EVALUATION_WINDOW_FILE, assessment.window.to_record(serving))
     return measured.updated(assessment.history_fields()).updated(deployed)
 
 
@@ -513,21 +517,24 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
     return new
 
 
-def made_for(path: Path) -> str | None:
+def made_for(path: Path, read: Callable[[Path], Diagnostics | ReportRecord]) -> str | None:
     """The model version a diagnostics or report record says it describes (None when there is none)."""
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read(path).model_version
+    except PipelineError:
         return None
-    return stored.get("model_version") if isinstance(stored, dict) else None
 
 
 def reports_outdated(config: Config, version: str | None) -> bool:
     """True when a version serves but the diagnostics or the report describe another (a run died before them)."""
     if version is None:
         return False
-    records = (config.output_model_path / DIAGNOSTICS_FILE, config.output_model_path / REPORT_RECORD_FILE)
-    return any(made_for(path) != version for path in records)
+    folder = config.output_model_path
+    made = (
+        made_for(folder / DIAGNOSTICS_FILE, read_diagnostics_record),
+        made_for(folder / REPORT_RECORD_FILE, read_report_record),
+    )
+    return any(made_version != version for made_version in made)
 
 
 def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
 import math
 import os
@@ -53,7 +52,6 @@ from common.artifacts import (
     current_version_folder,
     load_deployed_version,
     read_ingested_files,
-    read_json_file,
     utc_now,
 )
 from common.batches import (
@@ -68,9 +66,20 @@ from common.config import Config, load_config
 from common.drift import CalibrationBins, calibration_bins
 from common.drivers import explain_clients
 from common.errors import PipelineError
-from common.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file, write_text_atomic
+from common.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file
 from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, HistoryLocation, read_runs
-from common.records import Confusion, Metrics
+from common.records import (
+    Confusion,
+    DependencyStatus,
+    Diagnostics,
+    EvaluationWindow,
+    Metrics,
+    ReportRecord,
+    StageTiming,
+    read_diagnostics_record,
+    read_evaluation_window,
+    write_report_record,
+)
 from common.runs import StoredRun
 from common.schema import FEATURE_LABELS, FEATURES, BadFileError
 from training import LinearRiskModel
@@ -100,20 +109,20 @@ NOTE_BORDER = colors.HexColor("#E0B000")
 # ---------------------------------------------------------------- gathering what the report shows
 
 
-def read_diagnostics(path: Path) -> dict[str, Any]:
+def read_diagnostics(path: Path) -> Diagnostics:
     """The diagnostics record; raise PipelineError saying to run diagnostics.py when it is missing."""
     if not path.is_file():
         raise PipelineError(f"{path} does not exist; run diagnostics.py first, then reporting.py again")
-    return read_json_file(path, "diagnostics file")
+    return read_diagnostics_record(path)
 
 
-def read_recent_window(path: Path, version: str) -> dict[str, Any] | None:
+def read_recent_window(path: Path, version: str) -> EvaluationWindow | None:
     """The serving model's scores on the rolling window of recent held-out rows; None when there are none for it."""
     try:
-        stored = read_json_file(path, EVALUATION_WINDOW_FILE)
+        stored = read_evaluation_window(path)
     except PipelineError:
         return None
-    return stored if stored.get("model_version") == version else None
+    return stored if stored.model_version == version else None
 
 
 def read_deployed_model(deploy_root: Path) -> tuple[DeployedVersion, list[str]]:
@@ -217,10 +226,10 @@ def evaluate_deployed(deployed: DeployedVersion, test_data_path: Path) -> Metric
     return evaluation.score_model(deployed.folder / MODEL_FILE, test_data_path)
 
 
-def report_notes(deployed: DeployedVersion, evaluation: Metrics, diagnostics: dict[str, Any]) -> list[str]:
+def report_notes(deployed: DeployedVersion, evaluation: Metrics, diagnostics: Diagnostics) -> list[str]:
     """Warnings a reader must see first: figures that do not belong to the deployed model as it is now."""
     notes = []
-    diagnosed = diagnostics.get("model_version")
+    diagnosed = diagnostics.model_version
     if diagnosed != deployed.version:
         notes.append(
             f"diagnostics.json was made for model {diagnosed or 'unknown'}, not the deployed {deployed.version}; "
@@ -656,14 +665,41 @@ def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, 
     return [*heading(styles, "Deployed model"), table]
 
 
+PERFORMANCE_METRICS = (
+    ("F1", "f1"),
+    ("Precision", "precision"),
+    ("Recall", "recall"),
+    ("ROC AUC", "roc_auc"),
+    ("Accuracy", "accuracy"),
+)
+
+
 def performance_section(
     styles: dict[str, ParagraphStyle],
     evaluation: Metrics,
     threshold: float | None,
     plot: Path,
-    recent: dict[str, Any] | None = None,
+    recent: EvaluationWindow | None = None,
 ) -> list[Flowable]:
     """Metrics of the deployed model on the test data (and on the recent window), and its confusion matrix."""
+    table = make_table(
+        styles,
+        ["Measured on", *(name for name, _ in PERFORMANCE_METRICS)],
+        performance_rows(evaluation, recent),
+        spread_widths(52 * mm, len(PERFORMANCE_METRICS)),
+        text_columns=1,
+        centred=True,
+    )
+    return [
+        *heading(styles, "Performance on the test data", performance_caption(evaluation, threshold, recent)),
+        table,
+        Spacer(1, 4 * mm),
+        confusion_figure(styles, plot),
+    ]
+
+
+def performance_caption(evaluation: Metrics, threshold: float | None, recent: EvaluationWindow | None) -> str:
+    """What the performance table measures: on which rows, when, and how a probability becomes a label."""
     files = [Path(name).name for name in evaluation.test_data]
     shown = escape(list_names(files, MAX_LISTED_FILES))
     caption = (
@@ -673,43 +709,32 @@ def performance_section(
     )
     if threshold is not None:
         caption += f" A client is labelled as exiting when the predicted probability is at least {threshold:.4f}."
-    metrics = [("F1", "f1"), ("Precision", "precision"), ("Recall", "recall"), ("ROC AUC", "roc_auc")]
-    metrics.append(("Accuracy", "accuracy"))
-    rows = [["test data", *(format_metric(getattr(evaluation, key)) for _, key in metrics)]]
     if recent is not None:
-        first, last = recent["batches"]
-        batches = f"batch {first}" if first == last else f"batches {first}–{last}"
+        caption += f" Recent clients: {escape(recent.test_data_note or DASH)}."
+    return caption
+
+
+def performance_rows(evaluation: Metrics, recent: EvaluationWindow | None) -> list[list[str]]:
+    """The metrics on the test data and, when there are scores for it, on the recent window."""
+    rows = [["test data", *(format_metric(getattr(evaluation, key)) for _, key in PERFORMANCE_METRICS)]]
+    if recent is not None:
         rows.append(
-            [f"recent clients ({format_number(recent['rows'])} held-out rows, {batches})"]
-            + [format_metric(recent.get(key)) for _, key in metrics]
+            [f"recent clients ({format_number(recent.rows)} held-out rows, {recent.batch_span})"]
+            + [format_metric(getattr(recent, key)) for _, key in PERFORMANCE_METRICS]
         )
-        caption += f" Recent clients: {escape(recent['test_data_note'])}."
-    table = make_table(
-        styles,
-        ["Measured on", *(name for name, _ in metrics)],
-        rows,
-        spread_widths(52 * mm, len(metrics)),
-        text_columns=1,
-        centred=True,
-    )
+    return rows
+
+
+def confusion_figure(styles: dict[str, ParagraphStyle], plot: Path) -> KeepTogether:
+    """The confusion-matrix plot with its caption below, kept on one page."""
     width, height = plot_size(plot)
     image = Image(str(plot), width=PLOT_WIDTH, height=PLOT_WIDTH * height / width)
     image.hAlign = "CENTER"
-    return [
-        *heading(styles, "Performance on the test data", caption),
-        table,
-        Spacer(1, 4 * mm),
-        KeepTogether(
-            [
-                image,
-                Paragraph(
-                    "Each cell: number of test clients and their share of the actual class (the row), "
-                    "so the diagonal shows how many of those who stayed and of those who exited the model gets right.",
-                    styles["figure_caption"],
-                ),
-            ]
-        ),
-    ]
+    caption = (
+        "Each cell: number of test clients and their share of the actual class (the row), "
+        "so the diagonal shows how many of those who stayed and of those who exited the model gets right."
+    )
+    return KeepTogether([image, Paragraph(caption, styles["figure_caption"])])
 
 
 def plot_size(path: Path) -> tuple[int, int]:
@@ -738,127 +763,137 @@ def calibration_section(
     return [*heading(styles, "Calibration", caption), image]
 
 
-def statistics_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
+STATISTICS_KEYS = ("count", "mean", "median", "std", "min", "q1", "q3", "max")
+
+
+def statistics_section(styles: dict[str, ParagraphStyle], diagnostics: Diagnostics) -> list[Flowable]:
     """Per-column summary statistics of the ingested data."""
-    section = diagnostics.get("summary_statistics") or {}
-    columns = section.get("columns")
+    section = diagnostics.summary_statistics
     title = "Summary statistics of the ingested data"
-    if not columns:
+    if section is None or not section.columns:
         return [*heading(styles, title), missing_section(styles, "Summary statistics")]
-    keys = ("count", "mean", "median", "std", "min", "q1", "q3", "max")
-    rows = [[escape(name), *(format_number(values.get(key)) for key in keys)] for name, values in columns.items()]
-    caption = f"Of {escape(Path(str(section.get('dataset', FINAL_DATA))).name)}; std is the sample standard deviation."
+    rows = [
+        [escape(name), *(format_number(getattr(values, key)) for key in STATISTICS_KEYS)]
+        for name, values in section.columns.items()
+    ]
+    caption = f"Of {escape(Path(section.dataset or FINAL_DATA).name)}; std is the sample standard deviation."
     header = ["Column", "Count", "Mean", "Median", "Std", "Min", "Q1", "Q3", "Max"]
     return [*heading(styles, title, caption), make_table(styles, header, rows, spread_widths(38 * mm, 8))]
 
 
-def missing_data_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
+def missing_data_section(styles: dict[str, ParagraphStyle], diagnostics: Diagnostics) -> list[Flowable]:
     """Percent of missing values per column, over all source files and per file, and the unreadable files."""
-    section = diagnostics.get("missing_data")
+    section = diagnostics.missing_data
     title = "Missing data in the source files"
-    if not section:
+    if section is None:
         return [*heading(styles, title), missing_section(styles, "Missing data")]
-    columns = list(section.get("percent", {}))
-    rows = [["<b>All files</b>", format_number(section.get("rows")), *map(format_missing, section["percent"].values())]]
-    for name, entry in section.get("files", {}).items():
-        percent = entry.get("percent", {})
-        rows.append(
-            [escape(name), format_number(entry.get("rows")), *(format_missing(percent.get(c)) for c in columns)]
-        )
+    columns = list(section.percent)
+    rows = [["<b>All files</b>", format_number(section.rows), *map(format_missing, section.percent.values())]]
+    for name, entry in section.files.items():
+        percent = [format_missing(entry.percent[column]) if column in entry.percent else DASH for column in columns]
+        rows.append([escape(name), format_number(entry.rows), *percent])
     caption = (
-        f"Percent of values missing per column in {escape(str(section.get('dataset', 'the source folder')))}, "
+        f"Percent of values missing per column in {escape(section.dataset or 'the source folder')}, "
         "before ingestion leaves incomplete rows out."
     )
     header = ["File", "Rows", *(breakable(name) for name in columns)]
-    flowables = [
+    return [
         *heading(styles, title, caption),
         make_table(styles, header, rows, spread_widths(44 * mm, len(columns) + 1)),
+        *unreadable_files(styles, section.unreadable),
     ]
-    unreadable = section.get("unreadable") or {}
-    if unreadable:
-        flowables.append(Spacer(1, 2 * mm))
-        flowables.append(Paragraph(f"<b>Unreadable files ({len(unreadable)})</b>, not counted above:", styles["body"]))
-        flowables += [
-            Paragraph(f"\u2022 {escape(name)}: {escape(str(reason).removeprefix(f'{name}: '))}", styles["body"])
+
+
+def unreadable_files(styles: dict[str, ParagraphStyle], unreadable: dict[str, str]) -> list[Flowable]:
+    """The source files that could not be read, each with the reason; nothing when all could."""
+    if not unreadable:
+        return []
+    return [
+        Spacer(1, 2 * mm),
+        Paragraph(f"<b>Unreadable files ({len(unreadable)})</b>, not counted above:", styles["body"]),
+        *(
+            Paragraph(f"\u2022 {escape(name)}: {escape(reason.removeprefix(f'{name}: '))}", styles["body"])
             for name, reason in unreadable.items()
-        ]
-    return flowables
+        ),
+    ]
 
 
-def timing_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
+def timing_section(styles: dict[str, ParagraphStyle], diagnostics: Diagnostics) -> list[Flowable]:
     """Seconds per stage: the latest, and the median and range over the kept timings."""
-    section = diagnostics.get("timing")
+    section = diagnostics.timing
     title = "Stage timings"
-    if not section or not section.get("stages"):
+    if section is None or not section.stages:
         return [*heading(styles, title), missing_section(styles, "Timing")]
-    source = section.get("source") or f"each stage run again {section.get('runs')} time(s) as a process"
+    source = section.source or f"each stage run again {section.runs} time(s) as a process"
     caption = (
         f"Seconds per stage: {escape(source)}; the latest, and the median, fastest and slowest of the timings kept "
-        f"(diagnostics of {nowrap(format_time(diagnostics.get('generated_at')))})."
+        f"(diagnostics of {nowrap(format_time(diagnostics.generated_at))})."
     )
-    rows = [
-        [
-            escape(stage),
-            format_seconds(values.get("latest", (values.get("values") or [None])[-1])),
-            *(format_seconds(values.get(key)) for key in ("median", "min", "max")),
-            format_number(values.get("count", len(values.get("values") or []))),
-        ]
-        for stage, values in section["stages"].items()
-    ]
+    rows = [timing_row(stage, values) for stage, values in section.stages.items()]
     header = ["Stage", "Latest", "Median", "Min", "Max", "Timings"]
     return [*heading(styles, title, caption), make_table(styles, header, rows, spread_widths(48 * mm, 5))]
 
 
-def dependency_note(row: dict[str, Any]) -> str:
+def timing_row(stage: str, timing: StageTiming) -> list[str]:
+    return [
+        escape(stage),
+        format_seconds(timing.latest_seconds),
+        *(format_seconds(value) for value in (timing.median, timing.min, timing.max)),
+        format_number(timing.timings),
+    ]
+
+
+def dependency_note(row: DependencyStatus) -> str:
     """Why a version is unknown, or where the latest version came from."""
-    if row.get("status") == "unknown":
-        note = str(row.get("reason") or "the latest version could not be compared")
-        known = row.get("last_known") or {}
-        if known.get("latest"):
-            note += f"; last known {known['latest']} ({format_time(known.get('checked_at'))})"
+    if row.status == "unknown":
+        note = row.reason or "the latest version could not be compared"
+        known = row.last_known
+        if known is not None and known.latest:
+            note += f"; last known {known.latest} ({format_time(known.checked_at)})"
         return note
-    if row.get("status") == "not installed":
+    if row.status == "not installed":
         return "not installed in this environment"
-    if row.get("source"):
-        kind = "cached answer from" if row["source"] == "cache" else "asked the index"
-        return f"{kind} {format_time(row.get('checked_at'))}"
+    if row.source:
+        kind = "cached answer from" if row.source == "cache" else "asked the index"
+        return f"{kind} {format_time(row.checked_at)}"
     return ""
 
 
-def dependency_section(styles: dict[str, ParagraphStyle], diagnostics: dict[str, Any]) -> list[Flowable]:
+def dependency_section(styles: dict[str, ParagraphStyle], diagnostics: Diagnostics) -> list[Flowable]:
     """Required, installed and latest version of each requirement; outdated and unknown rows coloured."""
-    dependencies = diagnostics.get("dependencies")
+    dependencies = diagnostics.dependencies
     title = "Dependencies"
     if dependencies is None:
         return [*heading(styles, title), missing_section(styles, "The dependency check")]
-    counts = {status: sum(1 for row in dependencies if row.get("status") == status) for status in STATUS_COLOURS}
+    counts = {status: sum(1 for row in dependencies if row.status == status) for status in STATUS_COLOURS}
     summary = ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "all current"
     caption = (
         f"The {len(dependencies)} packages in requirements.txt, checked against the package index: {summary}. "
         '<font backColor="#FCE2C4">&nbsp;outdated&nbsp;</font> and '
         '<font backColor="#E4E4EC">&nbsp;unknown&nbsp;</font> rows are shaded.'
     )
-    rows, colours = [], {}
-    for index, row in enumerate(dependencies):
-        status = str(row.get("status") or "unknown")
-        rows.append(
-            [
-                escape(str(row.get("package"))),
-                escape(str(row.get("required") or "any")),
-                escape(str(row.get("installed") or DASH)),
-                escape(str(row.get("latest") or DASH)),
-                f"<b>{escape(status)}</b>" if status in STATUS_COLOURS else escape(status),
-                escape(dependency_note(row)),
-            ]
-        )
-        if status in STATUS_COLOURS:
-            colours[index] = STATUS_COLOURS[status]
+    rows = [dependency_row(row) for row in dependencies]
+    shown = [row.status or "unknown" for row in dependencies]
+    colours = {index: STATUS_COLOURS[status] for index, status in enumerate(shown) if status in STATUS_COLOURS}
     header = ["Package", "Required", "Installed", "Latest", "Status", "Note"]
     widths = [30 * mm, 22 * mm, 19 * mm, 19 * mm, 21 * mm]
     widths.append(FRAME_WIDTH - sum(widths))
     return [
         *heading(styles, title, caption),
         make_table(styles, header, rows, widths, text_columns=6, row_colours=colours),
+    ]
+
+
+def dependency_row(row: DependencyStatus) -> list[str]:
+    """One requirement as the dependency table shows it; the status in bold when it is shaded."""
+    status = row.status or "unknown"
+    return [
+        escape(str(row.package)),
+        escape(row.required or "any"),
+        escape(row.installed or DASH),
+        escape(row.latest or DASH),
+        f"<b>{escape(status)}</b>" if status in STATUS_COLOURS else escape(status),
+        escape(dependency_note(row)),
     ]
 
 
@@ -959,7 +994,7 @@ def build_report(
     deployed: DeployedVersion,
     source_files: list[str],
     evaluation: Metrics,
-    diagnostics: dict[str, Any],
+    diagnostics: Diagnostics,
     clients: list[dict[str, Any]],
     top: int,
     data_path: Path,
@@ -971,34 +1006,53 @@ def build_report(
     history_path: HistoryLocation | None = None,
     notes: Sequence[str] = (),
     generated_at: str | None = None,
-    recent: dict[str, Any] | None = None,
+    recent: EvaluationWindow | None = None,
 ) -> Path:
     """Lay out the summary report and write it atomically as a PDF at ``target``; return ``target``."""
     generated_at = generated_at or utc_now()
     styles = make_styles()
-    story: list[Flowable] = [
-        Paragraph("Client exit risk: summary report", styles["title"]),
-        Paragraph(
-            f"Generated {nowrap(format_time(generated_at))} for model {escape(deployed.version)}; "
-            f"diagnostics from {nowrap(format_time(diagnostics.get('generated_at')))} "
-            f"(model {escape(str(diagnostics.get('model_version') or 'unknown'))}).",
-            styles["subtitle"],
-        ),
-    ]
+    story = report_title(styles, deployed.version, diagnostics, generated_at)
     story += [Paragraph(f"<b>Note:</b> {escape(note)}", styles["note"]) for note in notes]
     story += model_section(styles, deployed, source_files)
     threshold = deployed.model_info.decision_threshold
     story += performance_section(styles, evaluation, threshold, plot, recent)
     if calibration and calibration_plot is not None:
         story += calibration_section(styles, calibration, calibration_plot)
-    story += statistics_section(styles, diagnostics)
-    story += missing_data_section(styles, diagnostics)
-    story += timing_section(styles, diagnostics)
-    story += dependency_section(styles, diagnostics)
+    story += diagnostics_sections(styles, diagnostics)
     story += clients_section(styles, clients, top, data_path, deployed.version)
     if history_path is not None:
         story += trends_section(styles, trend_runs or [], trend_plot, history_path)
-    decorate = page_decoration(deployed.version, generated_at)
+    return write_pdf(target, story, deployed.version, generated_at)
+
+
+def report_title(
+    styles: dict[str, ParagraphStyle], version: str, diagnostics: Diagnostics, generated_at: str
+) -> list[Flowable]:
+    """The title, and which model and which diagnostics the report is of."""
+    return [
+        Paragraph("Client exit risk: summary report", styles["title"]),
+        Paragraph(
+            f"Generated {nowrap(format_time(generated_at))} for model {escape(version)}; "
+            f"diagnostics from {nowrap(format_time(diagnostics.generated_at))} "
+            f"(model {escape(diagnostics.model_version or 'unknown')}).",
+            styles["subtitle"],
+        ),
+    ]
+
+
+def diagnostics_sections(styles: dict[str, ParagraphStyle], diagnostics: Diagnostics) -> list[Flowable]:
+    """Summary statistics, missing data, stage timings and dependencies, from ``diagnostics.json``."""
+    return [
+        *statistics_section(styles, diagnostics),
+        *missing_data_section(styles, diagnostics),
+        *timing_section(styles, diagnostics),
+        *dependency_section(styles, diagnostics),
+    ]
+
+
+def write_pdf(target: Path, story: list[Flowable], version: str, generated_at: str) -> Path:
+    """Lay ``story`` out on A4 pages with the footer and write it atomically at ``target``; return ``target``."""
+    decorate = page_decoration(version, generated_at)
     with atomic_path(target) as tmp:
         document = SimpleDocTemplate(
             str(tmp),
@@ -1007,7 +1061,7 @@ def build_report(
             rightMargin=MARGIN,
             topMargin=MARGIN,
             bottomMargin=MARGIN + 4 * mm,
-            title=f"Client exit risk: summary report, model {deployed.version}",
+            title=f"Client exit risk: summary report, model {version}",
             author="reporting.py",
             subject=f"generated {generated_at}",
         )
@@ -1024,22 +1078,13 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     deployed, source_files = read_deployed_model(config.prod_deployment_path)
     scores = evaluate_deployed(deployed, config.test_data_path)
     plot = plot_confusion_matrix(scores.confusion, deployed.version, config.output_model_path / plot_name)
-    window = deployed.model_info.training_window
-    calibration = measure_calibrations(deployed.model, config.test_data_path, config.output_folder_path, window)
-    calibration_plot = plot_calibration(calibration, deployed.version, config.output_model_path / CALIBRATION_PLOT_FILE)
-    data_path = config.output_folder_path / FINAL_DATA
+    calibration, calibration_plot = draw_calibration(config, deployed)
     check_final_data(config.output_folder_path)  # a finaldata.csv cut short is not ranked as if whole
     clients = rank_clients(deployed.model, config.output_folder_path, config.reporting.top_clients)
     notes = report_notes(deployed, scores, diagnostics)
     for note in notes:
         log.warning("%s", note)
-    try:
-        trend_runs = read_trend_runs(config.history_path)
-    except PipelineError as exc:  # the report stands without its trends
-        notes.append(f"The trends over runs are left out: {exc}.")
-        log.warning("%s", notes[-1])
-        trend_runs = []
-    trend_plot = plot_trends(trend_runs, config.output_model_path / TRENDS_PLOT_FILE) if trend_runs else None
+    trend_runs, trend_plot = draw_trends(config, notes)
     pdf = build_report(
         config.output_model_path / pdf_name,
         deployed=deployed,
@@ -1048,7 +1093,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         diagnostics=diagnostics,
         clients=clients,
         top=config.reporting.top_clients,
-        data_path=data_path,
+        data_path=config.output_folder_path / FINAL_DATA,
         plot=plot,
         calibration=calibration,
         calibration_plot=calibration_plot,
@@ -1058,8 +1103,8 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         notes=notes,
         recent=read_recent_window(config.output_model_path / EVALUATION_WINDOW_FILE, deployed.version),
     )
-    record = {"model_version": deployed.version, "generated_at": utc_now(), "pdf": str(pdf), "plot": str(plot)}
-    write_text_atomic(config.output_model_path / REPORT_RECORD_FILE, json.dumps(record, indent=2) + "\n")
+    record = ReportRecord(model_version=deployed.version, generated_at=utc_now(), pdf=str(pdf), plot=str(plot))
+    write_report_record(config.output_model_path / REPORT_RECORD_FILE, record)
     return {
         "version": deployed.version,
         "plot": plot,
@@ -1070,6 +1115,26 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         "notes": notes,
         "trend_runs": len(trend_runs),
     }
+
+
+def draw_calibration(config: Config, deployed: DeployedVersion) -> tuple[list[CalibrationCurve], Path]:
+    """The deployed model's calibration curves, drawn in ``calibration.png``; the curves and the plot."""
+    window = deployed.model_info.training_window
+    calibration = measure_calibrations(deployed.model, config.test_data_path, config.output_folder_path, window)
+    plot = plot_calibration(calibration, deployed.version, config.output_model_path / CALIBRATION_PLOT_FILE)
+    return calibration, plot
+
+
+def draw_trends(config: Config, notes: list[str]) -> tuple[list[StoredRun], Path | None]:
+    """The runs the trends show and their plot (None without runs); a history that cannot be read adds a note."""
+    try:
+        trend_runs = read_trend_runs(config.history_path)
+    except PipelineError as exc:  # the report stands without its trends
+        notes.append(f"The trends over runs are left out: {exc}.")
+        log.warning("%s", notes[-1])
+        trend_runs = []
+    trend_plot = plot_trends(trend_runs, config.output_model_path / TRENDS_PLOT_FILE) if trend_runs else None
+    return trend_runs, trend_plot
 
 
 def score_model(config_path: str | os.PathLike[str] | None = None) -> Path:

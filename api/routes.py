@@ -16,20 +16,20 @@ from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, Ser
 from api.inputs import read_flag, read_prediction_input
 from api.locations import LocationReader
 from api.serving import DeploymentWatcher, FileBackedValue, ServedModel
-from common.artifacts import (
-    DIAGNOSTICS_FILE,
-    EVALUATION_WINDOW_FILE,
-    FINAL_DATA,
-    check_final_data,
-    read_json_file,
-)
+from common.artifacts import DIAGNOSTICS_FILE, FINAL_DATA, check_final_data
 from common.config import Config
 from common.datastats import read_numeric_columns, summary_statistics
 from common.drivers import ClientDrivers, RiskDrivers, explain_clients
 from common.errors import PipelineError
 from common.files import find_test_files
 from common.history import read_runs
-from common.records import record_to_json
+from common.records import (
+    EvaluationWindow,
+    MissingData,
+    read_diagnostics_record,
+    read_evaluation_window,
+    record_to_json,
+)
 from common.schema import FeatureBatch
 from dashboard.clients import ClientTable
 from dashboard.sources import app_sources
@@ -45,6 +45,7 @@ RANKING_DEFAULT_CLIENTS = 50
 RANKING_MAX_CLIENTS = 1000
 METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
 RECENT_WINDOW_KEYS = ("rows", "batches", "f1", "precision", "recall", "roc_auc", "updated_at", "test_data_drift")
+MISSING_DATA_KEYS = ("dataset", "rows", "percent", "unreadable")
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -159,20 +160,20 @@ def describe_scores(served: ServedModel, test_hashes: dict[str, str]) -> dict[st
     return scores
 
 
-def read_recent_window(path: Path) -> dict[str, Any]:
+def read_recent_window(path: Path) -> EvaluationWindow:
     """The serving model's scores on the rolling window of recent held-out rows, as fullprocess.py stored them."""
-    return read_json_file(path, EVALUATION_WINDOW_FILE)
+    return read_evaluation_window(path)
 
 
 def describe_recent_window(served: ServedModel, recent: FileBackedValue) -> dict[str, Any] | None:
     """The served version's scores on the recent window, with the note on the test data; None when there are none."""
     try:
-        stored = recent.get()
+        stored: EvaluationWindow = recent.get()
     except (OSError, ValueError, PipelineError):
         return None
-    if stored.get("model_version") != served.version:
+    if stored.model_version != served.version:
         return None
-    return {**{key: stored.get(key) for key in RECENT_WINDOW_KEYS}, "note": stored.get("test_data_note")}
+    return {**{key: getattr(stored, key) for key in RECENT_WINDOW_KEYS}, "note": stored.test_data_note}
 
 
 def read_summary(path: Path) -> dict[str, Any]:
@@ -184,16 +185,22 @@ def read_summary(path: Path) -> dict[str, Any]:
 
 def describe_stored_diagnostics(path: Path) -> dict[str, Any]:
     """What ``/diagnostics`` answers: timing, missing data and dependencies from ``diagnostics.json``."""
-    stored = read_json_file(path, "diagnostics file")
-    missing = stored.get("missing_data")
-    missing = missing if isinstance(missing, dict) else {}
+    stored = read_diagnostics_record(path)
     return {
-        "generated_at": stored.get("generated_at"),
-        "model_version": stored.get("model_version"),
-        "timing": stored.get("timing"),
-        "missing_data": {key: missing.get(key) for key in ("dataset", "rows", "percent", "unreadable")},
-        "dependencies": stored.get("dependencies"),
+        "generated_at": stored.generated_at,
+        "model_version": stored.model_version,
+        "timing": None if stored.timing is None else record_to_json(stored.timing),
+        "missing_data": describe_missing_data(stored.missing_data),
+        "dependencies": None if stored.dependencies is None else [record_to_json(row) for row in stored.dependencies],
     }
+
+
+def describe_missing_data(missing: MissingData | None) -> dict[str, Any]:
+    """The overall missing data as ``/diagnostics`` shows it (each key None when diagnostics.json holds none)."""
+    if missing is None:
+        return dict.fromkeys(MISSING_DATA_KEYS)
+    stored = record_to_json(missing)
+    return {key: stored[key] for key in MISSING_DATA_KEYS}
 
 
 def read_limit(value: str | None, default: int = HISTORY_DEFAULT_RUNS, maximum: int = HISTORY_MAX_RUNS) -> int:

@@ -52,6 +52,7 @@ from common.history import (
     later_scores,
     latest_confirmation,
 )
+from common.records import Confusion, EvaluationWindow
 from common.runs import CandidateScore, FeatureDrift, RunFields
 from common.stages import StageClock
 
@@ -100,23 +101,29 @@ class WindowScore:
     def test_data_drifted(self) -> bool:
         return any(row.drifted for row in self.test_data_drift)
 
-    def to_json(self, version: str) -> dict[str, Any]:
+    def to_record(self, version: str) -> EvaluationWindow:
+        """The ``evaluationwindow.json`` record of these scores, for the serving ``version``."""
         drifted = [describe_feature_drift(row) for row in self.test_data_drift if row.drifted]
         note = (
             "the test data no longer looks like the recent rows (" + "; ".join(drifted) + ")"
             if drifted
             else "the test data still looks like the recent rows"
         )
-        return {
-            "model_version": version,
-            "updated_at": utc_now(),
-            "rows": self.rows,
-            "batches": [self.first_batch, self.last_batch],
-            **{key: self.metrics[key] for key in ("f1", "precision", "recall", "roc_auc", "accuracy", "confusion")},
-            "test_data_drift": self.test_data_drifted,
-            "test_data_note": note,
-            "test_data_features": [row.to_json() for row in self.test_data_drift],
-        }
+        return EvaluationWindow(
+            model_version=version,
+            updated_at=utc_now(),
+            rows=self.rows,
+            batches=[self.first_batch, self.last_batch],
+            f1=self.metrics["f1"],
+            precision=self.metrics["precision"],
+            recall=self.metrics["recall"],
+            roc_auc=self.metrics["roc_auc"],
+            accuracy=self.metrics["accuracy"],
+            confusion=Confusion(**self.metrics["confusion"]),
+            test_data_drift=self.test_data_drifted,
+            test_data_note=note,
+            test_data_features=list(self.test_data_drift),
+        )
 
 
 @dataclass(frozen=True)

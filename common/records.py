@@ -1,4 +1,5 @@
-"""The JSON records the stages hand to each other, typed: ``metrics.json``, ``trainedmodel.json``, ``version.json``.
+"""The JSON records the stages hand to each other, typed: ``metrics.json``, ``trainedmodel.json``, ``version.json``,
+``diagnostics.json``, ``evaluationwindow.json`` and ``summaryreport.json``.
 
 Each has one reader and one writer here. The files on disk keep the layout earlier versions
 wrote, so their folders keep loading: a reader ignores keys it does not know, and a key older
@@ -8,6 +9,7 @@ versions did not write reads as None.
 from __future__ import annotations
 
 import json
+import logging
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -16,11 +18,16 @@ from typing import Any, TypeVar
 
 from common.errors import PipelineError
 from common.files import write_text_atomic
+from common.runs import FeatureDrift
+
+log = logging.getLogger(__name__)
 
 Record = TypeVar("Record")
 
 # A key that writers only sometimes add is left out of the file when it is None, as before.
 OMITTED_WHEN_NONE = {"omit_when_none": True}
+# The names of the fields a file left out, so that writing the record again leaves them out too.
+ABSENT_KEYS = {"absent_keys": True}
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,226 @@ def write_version_info(path: Path, info: VersionInfo) -> Path:
     return write_record(path, info)
 
 
+# ---------------------------------------------------------------- diagnostics.json
+
+
+@dataclass(frozen=True, kw_only=True)
+class Predictions:
+    """The deployed model's label and exit probability for each row of a data file, in file order."""
+
+    dataset: str | None = None
+    rows: int | None = None
+    corporation: list[str | None] | None = None  # None when the file has no corporation column
+    label: list[int] = field(default_factory=list)
+    probability: list[float] = field(default_factory=list)
+    predicted_exits: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColumnStatistics:
+    """One numeric column: count, mean, median, sample standard deviation, min, quartiles and max."""
+
+    count: int | None = None
+    mean: float | None = None
+    median: float | None = None
+    std: float | None = None
+    min: float | None = None
+    q1: float | None = None
+    q3: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SummaryStatistics:
+    """Summary statistics of each numeric column of the ingested data."""
+
+    dataset: str | None = None
+    columns: dict[str, ColumnStatistics] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileMissing:
+    """Rows of one source file and percent of missing values in each column."""
+
+    rows: int | None = None
+    percent: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MissingData:
+    """Percent of missing values per column in the source, overall and per file, and the files that cannot be read."""
+
+    dataset: str | None = None
+    rows: int | None = None
+    percent: dict[str, float] = field(default_factory=dict)
+    files: dict[str, FileMissing] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageTiming:
+    """Seconds one stage took: the spread of the timings kept, the timings, and the latest (when recorded)."""
+
+    mean: float | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    std: float | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    median: float | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    min: float | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    max: float | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    values: list[float] | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    latest: float | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    latest_at: str | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    latest_source: str | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    count: int | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+
+    @property
+    def latest_seconds(self) -> float | None:
+        """The latest timing: recorded as such, else the last of the timings."""
+        if self.latest is not None:
+            return self.latest
+        return self.values[-1] if self.values else None
+
+    @property
+    def timings(self) -> int:
+        """How many timings the spread is over."""
+        return self.count if self.count is not None else len(self.values or [])
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageTimings:
+    """Seconds per stage, and where the timings come from (the stages' own records, or runs made to time them).
+
+    Fields left out of the file stay left out when the record is written again (``absent``).
+    """
+
+    runs: int | None = None
+    unit: str | None = None
+    source: str | None = None
+    stages: dict[str, StageTiming] = field(default_factory=dict)
+    absent: frozenset[str] = field(default=frozenset(), repr=False, compare=False, metadata=ABSENT_KEYS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KnownVersion:
+    """The latest version of a package the index gave last time, and when."""
+
+    latest: str | None = None
+    checked_at: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DependencyStatus:
+    """One requirement: required, installed and latest version, where the latest came from, and the verdict.
+
+    Fields left out of the file stay left out when the record is written again (``absent``).
+    """
+
+    package: str | None = None
+    required: str | None = None
+    installed: str | None = None
+    latest: str | None = None
+    source: str | None = None  # "index", "cache", or None when the latest version is unknown
+    checked_at: str | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    reason: str | None = field(default=None, metadata=OMITTED_WHEN_NONE)  # why the latest version is unknown
+    last_known: KnownVersion | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    status: str | None = None  # "current", "outdated", "unknown" or "not installed"
+    absent: frozenset[str] = field(default=frozenset(), repr=False, compare=False, metadata=ABSENT_KEYS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Diagnostics:
+    """``diagnostics.json``: what diagnostics.py measured, for which model and when. A section is None when absent."""
+
+    generated_at: str | None = None
+    model_version: str | None = None
+    model_trained_at: str | None = None
+    predictions: Predictions | None = None
+    summary_statistics: SummaryStatistics | None = None
+    missing_data: MissingData | None = None
+    timing: StageTimings | None = None
+    dependencies: list[DependencyStatus] | None = None
+    seconds: float | None = None
+
+
+def read_diagnostics_record(path: Path) -> Diagnostics:
+    """Read ``diagnostics.json``; raise PipelineError naming the file when it is missing or not a JSON object.
+
+    A section that does not hold what it should reads as absent (and is logged), as one that is missing.
+    """
+    data = read_json_file(path, "diagnostics file")
+    return Diagnostics(**read_sections(Diagnostics, data, path))
+
+
+def write_diagnostics_record(path: Path, diagnostics: Diagnostics) -> Path:
+    """Write ``diagnostics.json`` atomically."""
+    import orjson  # the predictions of every test row make this file large; the standard encoder takes 10x longer
+
+    text = orjson.dumps(record_to_json(diagnostics), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    return write_text_atomic(Path(path), text.decode() + "\n")
+
+
+# ---------------------------------------------------------------- evaluationwindow.json
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationWindow:
+    """``evaluationwindow.json``: the serving model's scores on the rolling window of recent held-out rows."""
+
+    model_version: str | None = None
+    updated_at: str | None = None
+    rows: int | None = None
+    batches: list[int] | None = None  # the first and the last batch of the window
+    f1: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    roc_auc: float | None = None
+    accuracy: float | None = None
+    confusion: Confusion | None = None
+    test_data_drift: bool | None = None  # the test data no longer looks like the recent rows
+    test_data_note: str | None = None
+    test_data_features: list[FeatureDrift] = field(default_factory=list)
+
+    @property
+    def batch_span(self) -> str:
+        """ "batch 3" or "batches 2–4"; "" when the batches are not recorded."""
+        if not self.batches:
+            return ""
+        first, last = self.batches[0], self.batches[-1]
+        return f"batch {first}" if first == last else f"batches {first}\u2013{last}"
+
+
+def read_evaluation_window(path: Path) -> EvaluationWindow:
+    """Read ``evaluationwindow.json``; raise PipelineError naming the file when missing, unreadable or malformed."""
+    return read_record(path, EvaluationWindow, "evaluationwindow.json")
+
+
+def write_evaluation_window(path: Path, window: EvaluationWindow) -> Path:
+    """Write ``evaluationwindow.json`` atomically."""
+    return write_record(path, window)
+
+
+# ---------------------------------------------------------------- summaryreport.json
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportRecord:
+    """``summaryreport.json``: which model the latest PDF report describes, when it was made, and its files."""
+
+    model_version: str | None = None
+    generated_at: str | None = None
+    pdf: str | None = None
+    plot: str | None = None
+
+
+def read_report_record(path: Path) -> ReportRecord:
+    """Read ``summaryreport.json``; raise PipelineError naming the file when it is missing, unreadable or malformed."""
+    return read_record(path, ReportRecord, "report record")
+
+
+def write_report_record(path: Path, record: ReportRecord) -> Path:
+    """Write ``summaryreport.json`` atomically."""
+    return write_record(path, record)
+
+
 # ---------------------------------------------------------------- JSON <-> records
 
 
@@ -192,17 +419,32 @@ def write_record(path: Path, record: object) -> Path:
 
 def record_to_json(record: Any) -> dict[str, Any]:
     """A record as the JSON object its file holds."""
+    absent = absent_keys(record)
     return {
         item.name: _value_to_json(getattr(record, item.name))
         for item in fields(record)
         if not (item.metadata.get("omit_when_none") and getattr(record, item.name) is None)
+        and not item.metadata.get("absent_keys")
+        and item.name not in absent
     }
 
 
+def absent_keys(record: Any) -> frozenset[str]:
+    """The names of the fields the file a record was read from left out (none for a record that keeps no such list)."""
+    for item in fields(record):
+        if item.metadata.get("absent_keys"):
+            return frozenset(getattr(record, item.name))
+    return frozenset()
+
+
 def _value_to_json(value: Any) -> Any:
+    if is_dataclass(value):
+        return record_to_json(value)
     if isinstance(value, list):
         return [_value_to_json(item) for item in value]
-    return record_to_json(value) if is_dataclass(value) else value
+    if isinstance(value, dict):
+        return {key: _value_to_json(item) for key, item in value.items()}
+    return value
 
 
 def record_from_json(kind: type[Record], data: Any) -> Record:
@@ -210,17 +452,39 @@ def record_from_json(kind: type[Record], data: Any) -> Record:
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, found {type(data).__name__}")
     hints = typing.get_type_hints(kind)
-    values = {}
+    values: dict[str, Any] = {}
     for item in fields(kind):  # type: ignore[arg-type]
-        if item.name not in data or (data[item.name] is None and _allows_none(hints[item.name])):
-            if item.default is MISSING and item.default_factory is MISSING:
+        if item.metadata.get("absent_keys"):
+            values[item.name] = frozenset(other.name for other in fields(kind) if other.name not in data)  # type: ignore[arg-type]
+            continue
+        required = item.default is MISSING and item.default_factory is MISSING
+        if item.name not in data:
+            if required:
                 raise ValueError(f"field {item.name!r} is missing")
+            continue
+        if data[item.name] is None and _allows_none(hints[item.name]):
+            if required:  # written as null, read as None; otherwise the default stands
+                values[item.name] = None
             continue
         try:
             values[item.name] = _convert(hints[item.name], data[item.name])
         except ValueError as exc:
             raise ValueError(f"field {item.name!r}: {exc}") from None
     return kind(**values)
+
+
+def read_sections(kind: type[Any], data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The fields of ``kind`` that ``data`` holds, converted; one that does not convert is left out and logged."""
+    hints = typing.get_type_hints(kind)
+    values = {}
+    for item in fields(kind):
+        if item.name not in data or data[item.name] is None:
+            continue
+        try:
+            values[item.name] = _convert(hints[item.name], data[item.name])
+        except ValueError as exc:
+            log.warning("%s: %r is left out: %s", path, item.name, exc)
+    return values
 
 
 def _allows_none(hint: Any) -> bool:
@@ -230,33 +494,41 @@ def _allows_none(hint: Any) -> bool:
 def _convert(hint: Any, value: Any) -> Any:
     """``value`` as the type ``hint`` names; ValueError when it is not one."""
     if isinstance(hint, types.UnionType):
-        arms = [arm for arm in hint.__args__ if arm is not type(None)]
-        if value is None and len(arms) < len(hint.__args__):
-            return None
-        if len(arms) == 1:
-            return _convert(arms[0], value)
-        for arm in arms:
-            try:
-                return _convert(arm, value)
-            except ValueError:
-                pass
-        expected = " or ".join(arm.__name__ for arm in arms)
-        raise ValueError(f"expected {expected}, found {type(value).__name__}")
+        return _convert_union(hint, value)
     if isinstance(hint, type) and is_dataclass(hint):
         return record_from_json(hint, value)
     origin = typing.get_origin(hint)
     if origin is list:
         (item_type,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ValueError(f"expected a list, found {type(value).__name__}")
-        return [_convert(item_type, item) for item in value]
+        return [_convert(item_type, item) for item in _expect(list, "a list", value)]
     if origin is dict:
         _, value_type = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise ValueError(f"expected an object, found {type(value).__name__}")
-        return {str(key): _convert(value_type, item) for key, item in value.items()}
+        return {str(key): _convert(value_type, item) for key, item in _expect(dict, "an object", value).items()}
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ValueError(f"expected {getattr(hint, '__name__', hint)}, found {type(value).__name__}")
+
+
+def _convert_union(hint: types.UnionType, value: Any) -> Any:
+    """``value`` as the first arm of ``hint`` it converts to (None when the union allows it)."""
+    arms = [arm for arm in hint.__args__ if arm is not type(None)]
+    if value is None and len(arms) < len(hint.__args__):
+        return None
+    if len(arms) == 1:
+        return _convert(arms[0], value)
+    for arm in arms:
+        try:
+            return _convert(arm, value)
+        except ValueError:
+            pass
+    expected = " or ".join(arm.__name__ for arm in arms)
+    raise ValueError(f"expected {expected}, found {type(value).__name__}")
+
+
+def _expect(kind: type[Record], described: str, value: Any) -> Record:
+    """``value`` when it is a ``kind``; ValueError naming what was ``described`` otherwise."""
+    if not isinstance(value, kind):
+        raise ValueError(f"expected {described}, found {type(value).__name__}")
+    return value

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flask import Flask
@@ -26,7 +26,6 @@ from common.artifacts import (
     UNLABELLED_CLIENTS,
     VERSIONS_FOLDER,
     load_deployed_version,
-    read_json_file,
 )
 from common.batches import (
     ROW_BATCHES_FILE,
@@ -39,6 +38,7 @@ from common.config import Config
 from common.errors import PipelineError
 from common.files import parse_utc
 from common.history import read_runs
+from common.records import Diagnostics, EvaluationWindow, read_diagnostics_record, read_evaluation_window
 from common.runs import StoredRun
 from dashboard.clients import ClientTable, build_client_table
 
@@ -46,6 +46,8 @@ log = logging.getLogger("dashboard")
 
 HISTORY_RUNS = 1000  # runs the pages look back over
 SOURCES = "risk_dashboard_sources"
+
+Record = TypeVar("Record")
 
 
 def signature(paths: list[Path]) -> tuple[tuple[int, int] | None, ...]:
@@ -166,26 +168,27 @@ class DashboardSources:
             log.error("the run history cannot be read: %s", exc)
             return []
 
-    def stored_json(self, name: str) -> dict[str, Any] | None:
-        """A JSON file of the model folder; None when missing or unreadable."""
+    def stored_record(self, name: str, read: Callable[[Path], Record]) -> Record | None:
+        """A JSON record of the model folder, read by ``read``; None when missing or unreadable."""
         path = self.config.output_model_path / name
         cache = self._json.setdefault(name, Cached())
 
-        def compute() -> dict[str, Any] | None:
+        def compute() -> Record | None:
             try:
-                return read_json_file(path, name)
+                return read(path)
             except PipelineError as exc:
                 log.info("%s", exc)
                 return None
 
-        return cache.get(signature([path]), compute)
+        found: Record | None = cache.get(signature([path]), compute)
+        return found
 
-    def recent_window(self, version: str) -> dict[str, Any] | None:
-        stored = self.stored_json(EVALUATION_WINDOW_FILE)
-        return stored if stored and stored.get("model_version") == version else None
+    def recent_window(self, version: str) -> EvaluationWindow | None:
+        stored = self.stored_record(EVALUATION_WINDOW_FILE, read_evaluation_window)
+        return stored if stored is not None and stored.model_version == version else None
 
-    def diagnostics(self) -> dict[str, Any] | None:
-        return self.stored_json(DIAGNOSTICS_FILE)
+    def diagnostics(self) -> Diagnostics | None:
+        return self.stored_record(DIAGNOSTICS_FILE, read_diagnostics_record)
 
 
 def describe_age(text: str | None, now: datetime | None = None) -> str:

@@ -24,9 +24,9 @@ def test_predictions_are_the_models_own(deployed):
     model = load_model(current_version_folder(deployed.prod_deployment_path) / MODEL_FILE)
     predictions = diagnostics.predict_data_file(model, deployed.test_data_path / "testdata.csv")
     batch = read_feature_file(deployed.test_data_path / "testdata.csv")
-    assert predictions["rows"] == 500 and predictions["corporation"] == batch.ids
-    np.testing.assert_allclose(predictions["probability"], model.predict_proba(batch.features)[:, 1], atol=5e-7)
-    assert predictions["label"] == model.predict(batch.features).tolist()
+    assert predictions.rows == 500 and predictions.corporation == batch.ids
+    np.testing.assert_allclose(predictions.probability, model.predict_proba(batch.features)[:, 1], atol=5e-7)
+    assert predictions.label == model.predict(batch.features).tolist()
 
 
 def test_summary_statistics_match_the_textbook_definitions():
@@ -86,11 +86,12 @@ def test_timing_runs_each_stage_as_a_process_without_touching_live_outputs(deplo
     )
     live = {folder: snapshot(folder) for folder in folders}
     timing = diagnostics.time_stages(deployed, runs=2)
-    assert timing["runs"] == 2
+    assert timing.runs == 2
     for stage in ("ingestion", "training", "scoring"):
-        spread = timing["stages"][stage]
-        assert len(spread["values"]) == 2 and all(value > 0 for value in spread["values"])
-        assert spread["min"] <= spread["mean"] <= spread["max"]
+        spread = timing.stages[stage]
+        assert spread.values is not None and len(spread.values) == 2 and all(value > 0 for value in spread.values)
+        assert spread.min is not None and spread.mean is not None and spread.max is not None
+        assert spread.min <= spread.mean <= spread.max
     assert {folder: snapshot(folder) for folder in live} == live
     recorded = read_stage_timings(deployed.output_model_path)
     assert {"ingestion", "training", "scoring"} <= set(recorded)
@@ -151,15 +152,15 @@ def test_dependencies_compare_installed_with_the_index_and_cache_the_answers(tmp
     try:
         settings = DiagnosticsSettings(package_index=index.url, index_timeout_seconds=2, index_cache_hours=1)
         cache = tmp_path / DEPENDENCY_CACHE_FILE
-        rows = {row["package"]: row for row in diagnostics.dependency_status(settings, cache, requirements)}
-        assert rows["numpy"]["status"] == "outdated" and rows["numpy"]["latest"] == "99.0"
-        assert rows["numpy"]["installed"] == "2.4.6" and rows["numpy"]["required"] == "==2.4.6"
-        assert rows["flask"]["status"] == "current" and rows["flask"]["source"] == "index"
-        assert rows["not-installed-package"]["status"] == "not installed"
+        rows = {row.package: row for row in diagnostics.dependency_status(settings, cache, requirements)}
+        assert rows["numpy"].status == "outdated" and rows["numpy"].latest == "99.0"
+        assert rows["numpy"].installed == "2.4.6" and rows["numpy"].required == "==2.4.6"
+        assert rows["flask"].status == "current" and rows["flask"].source == "index"
+        assert rows["not-installed-package"].status == "not installed"
         assert sorted(index.asked) == ["flask", "not-installed-package", "numpy"]
-        again = {row["package"]: row for row in diagnostics.dependency_status(settings, cache, requirements)}
+        again = {row.package: row for row in diagnostics.dependency_status(settings, cache, requirements)}
         assert len(index.asked) == 3  # answered from the cache
-        assert again["numpy"]["source"] == "cache" and again["numpy"]["status"] == "outdated"
+        assert again["numpy"].source == "cache" and again["numpy"].status == "outdated"
     finally:
         index.close()
 
@@ -168,11 +169,11 @@ def test_an_unreachable_index_gives_unknown_with_the_reason_and_the_last_known_a
     cache = tmp_path / DEPENDENCY_CACHE_FILE
     cache.write_text(json.dumps({"numpy": {"latest": "2.5.0", "checked_at": "2026-01-01T00:00:00Z"}}))
     settings = DiagnosticsSettings(package_index="http://127.0.0.1:9", index_timeout_seconds=1)
-    rows = {row["package"]: row for row in diagnostics.dependency_status(settings, cache, requirements)}
-    assert rows["numpy"]["status"] == "unknown"
-    assert rows["numpy"]["reason"] == "the package index cannot be reached"
-    assert rows["numpy"]["last_known"]["latest"] == "2.5.0"
-    assert rows["flask"]["status"] == "unknown" and "last_known" not in rows["flask"]
+    rows = {row.package: row for row in diagnostics.dependency_status(settings, cache, requirements)}
+    assert rows["numpy"].status == "unknown"
+    assert rows["numpy"].reason == "the package index cannot be reached"
+    assert rows["numpy"].last_known is not None and rows["numpy"].last_known.latest == "2.5.0"
+    assert rows["flask"].status == "unknown" and rows["flask"].last_known is None
 
 
 def test_a_silent_index_is_given_up_on_after_the_timeout(tmp_path, requirements):
@@ -184,7 +185,7 @@ def test_a_silent_index_is_given_up_on_after_the_timeout(tmp_path, requirements)
         assert time.monotonic() - started < 3  # bounded by the timeout, not by the index's 5 s delay
         stuck = [thread for thread in threading.enumerate() if thread.is_alive() and not thread.daemon]
         assert stuck == [threading.main_thread()]  # nothing left that would keep the process from exiting
-        assert {row["reason"] for row in rows if row["status"] == "unknown"} == {
+        assert {row.reason for row in rows if row.status == "unknown"} == {
             "the package index did not answer within 0.3 s"
         }
     finally:
@@ -229,11 +230,12 @@ def test_stages_record_their_own_timings_and_diagnostics_reports_them_without_ru
 
     monkeypatch.setattr(diagnostics, "run_stage_process", no_processes)
     report = diagnostics.run_diagnostics(load_config(config_path), runs=0)
-    timing = report["timing"]
-    assert timing["runs"] == 0 and timing["source"] == "recorded when each stage ran"
-    assert list(timing["stages"])[:2] == ["training", "scoring"]
-    assert timing["stages"]["training"]["latest"] == recorded["training"][-1].seconds
-    assert timing["stages"]["training"]["latest_source"] == "training.py"
+    timing = report.timing
+    assert timing is not None
+    assert timing.runs == 0 and timing.source == "recorded when each stage ran"
+    assert list(timing.stages)[:2] == ["training", "scoring"]
+    assert timing.stages["training"].latest == recorded["training"][-1].seconds
+    assert timing.stages["training"].latest_source == "training.py"
 
 
 def test_a_damaged_timing_record_never_fails_a_stage(deployed):

@@ -33,9 +33,9 @@ from common.batches import read_ingested_data
 from common.config import Config, load_config
 from common.drivers import explain_clients
 from common.errors import PipelineError
-from common.files import find_test_files, write_text_atomic
+from common.files import find_test_files
 from common.history import open_history, save_run, start_run
-from common.records import Confusion
+from common.records import Confusion, write_diagnostics_record
 from common.runs import RunFields
 from common.schema import FEATURES, read_labelled_data
 from tests.helpers import run_script, write_config
@@ -63,7 +63,7 @@ def diagnosed(deployed: Config, monkeypatch: pytest.MonkeyPatch) -> Config:
     # Timing runs three stages as processes; a fixed time keeps the test quick and the record whole.
     monkeypatch.setattr(diagnostics, "run_stage_process", lambda stage, config_path: 0.25)
     report = diagnostics.run_diagnostics(config, runs=1)
-    write_text_atomic(config.output_model_path / DIAGNOSTICS_FILE, json.dumps(report))
+    write_diagnostics_record(config.output_model_path / DIAGNOSTICS_FILE, report)
     return config
 
 
