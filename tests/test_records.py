@@ -15,7 +15,6 @@ from common.records import (
     DependencyStatus,
     Diagnostics,
     EvaluationWindow,
-    FeatureDrift,
     Metrics,
     ModelInfo,
     ReportRecord,
@@ -37,6 +36,7 @@ from common.records import (
     write_report_record,
     write_version_info,
 )
+from common.runs import FeatureDrift
 
 # As the stages wrote them before the records were typed (paths shortened): they must keep loading.
 METRICS_JSON = """\
@@ -422,7 +422,7 @@ def test_evaluation_window_and_report_record_read_as_typed_values(tmp_path):
     assert window.batch_span == "batches 2\u20134" and window.roc_auc is None
     assert window.confusion == Confusion(tn=300, fp=20, fn=40, tp=60)
     assert window.test_data_features[1] == FeatureDrift(
-        feature="number_of_employees", test="wasserstein", statistic=0.61, threshold=0.1, drifted=True
+        feature="number_of_employees", test="wasserstein", statistic=0.61, p_value=None, threshold=0.1, drifted=True
     )
     assert EvaluationWindow(batches=[3, 3]).batch_span == "batch 3" and EvaluationWindow().batch_span == ""
     report = read_report_record(tmp_path / "summaryreport.json")
