@@ -40,7 +40,6 @@ from api.routes import (
     ApiState,
     describe_stored_diagnostics,
     json_response,
-    read_recent_window,
     read_summary,
 )
 from api.routes import bp as api_bp
@@ -51,6 +50,7 @@ from common.config import CONFIG_ENV_VAR, Config, load_config
 from common.errors import PipelineError
 from common.files import find_test_files, sha256_file
 from common.logs import setup_logging
+from common.records import read_evaluation_window
 from dashboard import DASHBOARD_STATE
 from dashboard import bp as dashboard_bp
 
@@ -152,7 +152,7 @@ def build_api_state(config: Config) -> ApiState:
             lambda files: {path.name: sha256_file(path) for path in files},
         ),
         recent=FileBackedValue(
-            lambda: [config.output_model_path / EVALUATION_WINDOW_FILE], lambda files: read_recent_window(files[0])
+            lambda: [config.output_model_path / EVALUATION_WINDOW_FILE], lambda files: read_evaluation_window(files[0])
         ),
     )
 

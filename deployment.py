@@ -88,14 +88,14 @@ def point_link(link: Path, target: str) -> None:
     os.replace(temporary, link)
 
 
-def switch_current(deploy_root: Path, version: str) -> None:
+def switch_current(prod_deployment_path: Path, version: str) -> None:
     """Point ``current`` at ``version`` and make sure the classic file links exist."""
-    point_link(deploy_root / CURRENT_LINK, f"{VERSIONS_FOLDER}/{version}")
+    point_link(prod_deployment_path / CURRENT_LINK, f"{VERSIONS_FOLDER}/{version}")
     for name in (*PUBLISHED_FILES, VERSION_INFO_FILE):
-        link, wanted = deploy_root / name, f"{CURRENT_LINK}/{name}"
+        link, wanted = prod_deployment_path / name, f"{CURRENT_LINK}/{name}"
         if not (link.is_symlink() and os.readlink(link) == wanted):
             point_link(link, wanted)
-    fsync_dir(deploy_root)
+    fsync_dir(prod_deployment_path)
 
 
 def remove_folder(folder: Path) -> None:
@@ -105,42 +105,42 @@ def remove_folder(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def remove_leftovers(deploy_root: Path) -> None:
+def remove_leftovers(prod_deployment_path: Path) -> None:
     """Delete staging and trash folders an interrupted deployment left (safe: we hold the lock)."""
-    folder = deploy_root / VERSIONS_FOLDER
+    folder = prod_deployment_path / VERSIONS_FOLDER
     for entry in folder.iterdir() if folder.is_dir() else ():
         if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
             log.info("removing %s, left by an interrupted deployment", entry)
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def rollback_target(deploy_root: Path, current: str | None) -> str | None:
+def rollback_target(prod_deployment_path: Path, current: str | None) -> str | None:
     """The version that served before ``current``, if kept, else the newest kept one older than it."""
     if current is None:
         return None
-    kept = list_versions(deploy_root)
-    previous = read_deployment_details(deploy_root / VERSIONS_FOLDER / current).previous_version
+    kept = list_versions(prod_deployment_path)
+    previous = read_deployment_details(prod_deployment_path / VERSIONS_FOLDER / current).previous_version
     if previous in kept:
         return previous
     older = [name for name in kept if int(name[1:]) < int(current[1:])]
     return older[-1] if older else None
 
 
-def prune_versions(deploy_root: Path, keep: int) -> list[str]:
+def prune_versions(prod_deployment_path: Path, keep: int) -> list[str]:
     """Delete the oldest versions beyond ``keep``; never the current one or its rollback target."""
-    current = current_version(deploy_root)
-    protected = {current, rollback_target(deploy_root, current)}
-    versions = list_versions(deploy_root)
+    current = current_version(prod_deployment_path)
+    protected = {current, rollback_target(prod_deployment_path, current)}
+    versions = list_versions(prod_deployment_path)
     doomed = [name for name in versions if name not in protected][: max(0, len(versions) - keep)]
     for name in doomed:
-        remove_folder(deploy_root / VERSIONS_FOLDER / name)
+        remove_folder(prod_deployment_path / VERSIONS_FOLDER / name)
         log.info("removed old version %s", name)
     return doomed
 
 
-def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> tuple[Path, VersionInfo]:
+def stage_version(sources: dict[str, Path], prod_deployment_path: Path, version: str) -> tuple[Path, VersionInfo]:
     """Copy the sources into a staging folder, check the copies, and write ``version.json``."""
-    staging = deploy_root / VERSIONS_FOLDER / f"{STAGING_PREFIX}{version}"
+    staging = prod_deployment_path / VERSIONS_FOLDER / f"{STAGING_PREFIX}{version}"
     staging.mkdir(parents=True)
     try:
         for name, source in sources.items():
@@ -154,7 +154,7 @@ def stage_version(sources: dict[str, Path], deploy_root: Path, version: str) -> 
     info = VersionInfo(
         version=version,
         deployed_at=utc_now(),
-        previous_version=current_version(deploy_root),
+        previous_version=current_version(prod_deployment_path),
         model_sha256=metrics.model_sha256,
         f1=metrics.f1,
         roc_auc=metrics.roc_auc,
@@ -190,7 +190,7 @@ class Publication:
 
 
 def publish_deployment(
-    output_model_path: Path, output_folder_path: Path, deploy_root: Path, keep: int = 5
+    output_model_path: Path, output_folder_path: Path, prod_deployment_path: Path, keep: int = 5
 ) -> Publication:
     """Publish the model, its scores and the ingestion record as a new version; return what was published.
 
@@ -198,48 +198,48 @@ def publish_deployment(
     together, the model does not load, or another deployment is running.
     """
     sources = find_sources(output_model_path, output_folder_path)
-    with folder_lock(deploy_root, "deployment"):
-        remove_leftovers(deploy_root)
-        serving = current_version(deploy_root)
-        if serving is not None and same_model(deploy_root / VERSIONS_FOLDER / serving, sources):
+    with folder_lock(prod_deployment_path, "deployment"):
+        remove_leftovers(prod_deployment_path)
+        serving = current_version(prod_deployment_path)
+        if serving is not None and same_model(prod_deployment_path / VERSIONS_FOLDER / serving, sources):
             log.info("the model in %s is the one %s serves; no new version", output_model_path, serving)
-            kept = read_deployment_details(deploy_root / VERSIONS_FOLDER / serving)
+            kept = read_deployment_details(prod_deployment_path / VERSIONS_FOLDER / serving)
             return Publication(replace(kept, version=serving), unchanged=True)
-        existing = list_versions(deploy_root)
+        existing = list_versions(prod_deployment_path)
         version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
-        staging, info = stage_version(sources, deploy_root, version)
+        staging, info = stage_version(sources, prod_deployment_path, version)
         reached_step("staged")
-        os.rename(staging, deploy_root / VERSIONS_FOLDER / version)
-        fsync_dir(deploy_root / VERSIONS_FOLDER)
+        os.rename(staging, prod_deployment_path / VERSIONS_FOLDER / version)
+        fsync_dir(prod_deployment_path / VERSIONS_FOLDER)
         reached_step("renamed")
-        switch_current(deploy_root, version)
+        switch_current(prod_deployment_path, version)
         reached_step("switched")
-        prune_versions(deploy_root, keep)
-    log.info("deployed %s (F1 %s) to %s", version, info.f1, deploy_root)
+        prune_versions(prod_deployment_path, keep)
+    log.info("deployed %s (F1 %s) to %s", version, info.f1, prod_deployment_path)
     return Publication(info)
 
 
-def rollback_deployment(deploy_root: Path) -> str:
+def rollback_deployment(prod_deployment_path: Path) -> str:
     """Make the version that served before the current one current again; return its name."""
-    with folder_lock(deploy_root, "deployment"):
-        current = current_version(deploy_root)
+    with folder_lock(prod_deployment_path, "deployment"):
+        current = current_version(prod_deployment_path)
         if current is None:
-            raise PipelineError(f"nothing is deployed in {deploy_root}; there is nothing to roll back")
-        target = rollback_target(deploy_root, current)
+            raise PipelineError(f"nothing is deployed in {prod_deployment_path}; there is nothing to roll back")
+        target = rollback_target(prod_deployment_path, current)
         if target is None:
-            raise PipelineError(f"no version before {current} is kept in {deploy_root}; cannot roll back")
+            raise PipelineError(f"no version before {current} is kept in {prod_deployment_path}; cannot roll back")
         try:
-            check_version_folder(deploy_root / VERSIONS_FOLDER / target)
+            check_version_folder(prod_deployment_path / VERSIONS_FOLDER / target)
         except PipelineError as exc:
             raise PipelineError(f"cannot roll back to {target}: {exc}") from None
-        switch_current(deploy_root, target)
-    log.info("rolled back from %s to %s in %s", current, target, deploy_root)
+        switch_current(prod_deployment_path, target)
+    log.info("rolled back from %s to %s in %s", current, target, prod_deployment_path)
     return target
 
 
-def deployment_lock(deploy_root: Path, owner: str) -> contextlib.AbstractContextManager[Path]:
+def deployment_lock(prod_deployment_path: Path, owner: str) -> contextlib.AbstractContextManager[Path]:
     """The lock every command that changes the deployment holds (fullprocess.py too): one at a time."""
-    path = deploy_root / DEPLOYMENT_LOCK_FILE
+    path = prod_deployment_path / DEPLOYMENT_LOCK_FILE
     return hold_lock(path, owner, "the deployment is being changed by another run ({holder}); try again when it ends")
 
 
@@ -254,12 +254,12 @@ def store_model_into_pickle(config_path: str | os.PathLike[str] | None = None) -
     )
 
 
-def describe_versions(deploy_root: Path) -> list[str]:
+def describe_versions(prod_deployment_path: Path) -> list[str]:
     """One line per kept version: name, deployment time, F1, and a mark on the current one."""
-    current = current_version(deploy_root)
+    current = current_version(prod_deployment_path)
     lines = []
-    for name in list_versions(deploy_root):
-        info = read_deployment_details(deploy_root / VERSIONS_FOLDER / name)
+    for name in list_versions(prod_deployment_path):
+        info = read_deployment_details(prod_deployment_path / VERSIONS_FOLDER / name)
         mark = "*" if name == current else " "
         f1 = "?" if info.f1 is None else info.f1
         lines.append(f"{mark} {name}  deployed {info.deployed_at or '?'}  F1 {f1}")

@@ -60,7 +60,7 @@ from common.records import (
     KnownVersion,
     MissingData,
     Predictions,
-    StageTiming,
+    StageSpread,
     StageTimings,
     SummaryStatistics,
     record_from_json,
@@ -186,9 +186,9 @@ def run_stage_process(stage: str, config_path: Path) -> float:
     return elapsed
 
 
-def describe_spread(values: list[float]) -> StageTiming:
+def describe_spread(values: list[float]) -> StageSpread:
     """Mean, standard deviation, median, min and max of timings, with the runs themselves."""
-    return StageTiming(
+    return StageSpread(
         mean=round(statistics.fmean(values), 4),
         std=round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
         median=round(statistics.median(values), 4),

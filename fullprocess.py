@@ -174,9 +174,9 @@ class RunRecord:
 # ---------------------------------------------------------------- locking and stages
 
 
-def run_lock(deploy_root: Path) -> contextlib.AbstractContextManager[Path]:
+def run_lock(prod_deployment_path: Path) -> contextlib.AbstractContextManager[Path]:
     """Hold the deployment's lock for this run; raise LockHeld at once if a run or a deployment command holds it."""
-    path = deploy_root / DEPLOYMENT_LOCK_FILE
+    path = prod_deployment_path / DEPLOYMENT_LOCK_FILE
     busy = f"another run changing the deployment ({{holder}}) holds {path}; this run exits doing nothing"
     return hold_lock(path, "fullprocess.py run", busy)
 

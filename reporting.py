@@ -75,7 +75,7 @@ from common.records import (
     EvaluationWindow,
     Metrics,
     ReportRecord,
-    StageTiming,
+    StageSpread,
     read_diagnostics_record,
     read_evaluation_window,
     write_report_record,
@@ -122,12 +122,12 @@ def read_recent_window(path: Path, version: str) -> EvaluationWindow | None:
         stored = read_evaluation_window(path)
     except PipelineError:
         return None
-    return stored if stored.model_version == version else None
+    return stored.of_version(version)
 
 
-def read_deployed_model(deploy_root: Path) -> tuple[DeployedVersion, list[str]]:
+def read_deployed_model(prod_deployment_path: Path) -> tuple[DeployedVersion, list[str]]:
     """The serving version (resolved once, checked) and the names of the files it was trained on (labelled ones)."""
-    deployed = load_deployed_version(current_version_folder(deploy_root))
+    deployed = load_deployed_version(current_version_folder(prod_deployment_path))
     files = read_ingested_files(deployed.folder / INGESTED_FILES).values()
     return deployed, [entry.name for entry in files if entry.labelled]
 
@@ -834,7 +834,7 @@ def timing_section(styles: dict[str, ParagraphStyle], diagnostics: Diagnostics) 
     return [*heading(styles, title, caption), make_table(styles, header, rows, spread_widths(48 * mm, 5))]
 
 
-def timing_row(stage: str, timing: StageTiming) -> list[str]:
+def timing_row(stage: str, timing: StageSpread) -> list[str]:
     return [
         escape(stage),
         format_seconds(timing.latest_seconds),

@@ -27,7 +27,6 @@ from common.records import (
     EvaluationWindow,
     MissingData,
     read_diagnostics_record,
-    read_evaluation_window,
     record_to_json,
 )
 from common.schema import FeatureBatch
@@ -160,18 +159,13 @@ def describe_scores(served: ServedModel, test_hashes: dict[str, str]) -> dict[st
     return scores
 
 
-def read_recent_window(path: Path) -> EvaluationWindow:
-    """The serving model's scores on the rolling window of recent held-out rows, as fullprocess.py stored them."""
-    return read_evaluation_window(path)
-
-
 def describe_recent_window(served: ServedModel, recent: FileBackedValue) -> dict[str, Any] | None:
     """The served version's scores on the recent window, with the note on the test data; None when there are none."""
     try:
         stored: EvaluationWindow = recent.get()
     except (OSError, ValueError, PipelineError):
         return None
-    if stored.model_version != served.version:
+    if stored.of_version(served.version) is None:
         return None
     return {**{key: getattr(stored, key) for key in RECENT_WINDOW_KEYS}, "note": stored.test_data_note}
 

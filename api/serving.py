@@ -83,8 +83,8 @@ class DeploymentWatcher:
     ``load_error``; the deployed version is tried again every ``RETRY_SECONDS``.
     """
 
-    def __init__(self, deploy_root: Path):
-        self.deploy_root = deploy_root
+    def __init__(self, prod_deployment_path: Path):
+        self.prod_deployment_path = prod_deployment_path
         self._served: ServedModel | None = None
         self._failed: tuple[str, str, float] | None = None  # (link target, why, when) of a failed load
         self._lock = threading.Lock()
@@ -109,7 +109,7 @@ class DeploymentWatcher:
 
     def _read_link(self) -> str | None:
         try:
-            return os.readlink(self.deploy_root / CURRENT_LINK)
+            return os.readlink(self.prod_deployment_path / CURRENT_LINK)
         except FileNotFoundError:
             return None
 
@@ -118,7 +118,7 @@ class DeploymentWatcher:
         if served.fallback:
             failed = self._failed
             return failed is not None and time.monotonic() - failed[2] < RETRY_SECONDS
-        return stamp_file(self.deploy_root / served.link_target / MODEL_FILE) == served.model_stamp
+        return stamp_file(self.prod_deployment_path / served.link_target / MODEL_FILE) == served.model_stamp
 
     def _switch(self, target: str | None) -> ServedModel:
         served = self._served
@@ -127,7 +127,7 @@ class DeploymentWatcher:
         if target is None:
             raise ServiceUnavailable("no model is deployed; run deployment.py")
         try:
-            self._served = load_served_model(self.deploy_root / target, target)
+            self._served = load_served_model(self.prod_deployment_path / target, target)
         except (PipelineError, OSError) as exc:
             why = self._shown(str(exc))
             self._failed = (target, why, time.monotonic())
@@ -145,17 +145,17 @@ class DeploymentWatcher:
         """The newest kept version older than ``target`` that loads and checks out, or None."""
         match = VERSION_NAME.match(Path(target).name)
         newest = int(match.group(1)) if match else None
-        older = [name for name in list_versions(self.deploy_root) if newest is None or int(name[1:]) < newest]
+        older = [name for name in list_versions(self.prod_deployment_path) if newest is None or int(name[1:]) < newest]
         for name in reversed(older):
             try:
-                return load_served_model(self.deploy_root / VERSIONS_FOLDER / name, target, fallback=True)
+                return load_served_model(self.prod_deployment_path / VERSIONS_FOLDER / name, target, fallback=True)
             except (PipelineError, OSError) as exc:
                 log.error("cannot fall back to %s: %s", name, self._shown(str(exc)))
         return None
 
     def _shown(self, message: str) -> str:
         """A message as clients may see it: paths inside the deployment only."""
-        return message.replace(f"{self.deploy_root}/", "")
+        return message.replace(f"{self.prod_deployment_path}/", "")
 
 
 class FileBackedValue:

@@ -17,11 +17,12 @@ from common.artifacts import FINAL_DATA
 from common.config import load_config
 from common.evaluation import score_predictions
 from common.files import find_test_files
+from common.records import Metrics
 from common.schema import read_labelled_data
 from training import fit_classifier
 
 
-def compare_with_baseline(config_path: str | None) -> dict[str, dict]:
+def compare_with_baseline(config_path: str | None) -> dict[str, Metrics]:
     """Metrics of the pipeline's model and of the plain baseline on the config's test data."""
     config = load_config(config_path)
     features, labels = read_labelled_data([config.output_folder_path / FINAL_DATA])
@@ -43,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | F1 | precision | recall | ROC AUC |\n|---|---|---|---|---|")
     for name, metrics in compare_with_baseline(args.config).items():
         print(
-            f"| {name} | {metrics['f1']:.3f} | {metrics['precision']:.3f} | {metrics['recall']:.3f} "
-            f"| {metrics['roc_auc']:.3f} |"
+            f"| {name} | {metrics.f1:.3f} | {metrics.precision:.3f} | {metrics.recall:.3f} "
+            f"| {'n/a' if metrics.roc_auc is None else f'{metrics.roc_auc:.3f}'} |"
         )
     return 0
 

@@ -38,6 +38,7 @@ import pyarrow.csv as pa_csv
 
 from bench.bench_fullprocess import median
 from bench.bench_pipeline import generate, run_measured
+from common.artifacts import INGESTION_REPORT, read_ingestion_report
 from common.schema import COLUMNS
 from tests.postgres_server import PASSWORD, PASSWORD_ENV, USER, PostgresServer
 
@@ -128,11 +129,11 @@ def measure_ingestion(config: Path, rows: int, repeat: int) -> tuple[list[float]
     for _ in range(repeat):
         shutil.rmtree(ingested, ignore_errors=True)
         seconds, cpu_seconds = run_ingestion(config)
-        report = json.loads((ingested / "ingestionreport.json").read_text())
-        assert report["files"][0]["rows_kept"] == rows, report["files"][0]
+        report = read_ingestion_report(ingested / INGESTION_REPORT)
+        assert report.files[0].rows_kept == rows, report.files[0]
         process.append(seconds)
         cpu.append(cpu_seconds)
-        stage.append(report["seconds"])
+        stage.append(report.seconds)
     return process, cpu, stage
 
 

@@ -73,10 +73,6 @@ def last_run(workdir: Path) -> dict:
         return dict(connection.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone())
 
 
-def ingestion_seconds(workdir: Path) -> float:
-    return read_ingestion_report(workdir / "ingested" / INGESTION_REPORT).seconds
-
-
 def median(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
 

@@ -22,8 +22,8 @@ from common.records import (
     VersionInfo,
     read_metrics,
     read_model_info,
+    read_sections,
     read_version_info,
-    record_from_json,
     write_model_info,
     write_record,
 )
@@ -130,14 +130,27 @@ def write_ingestion_report(folder: Path, report: IngestionReport) -> Path:
 
 
 def read_ingestion_report(path: Path) -> IngestionReport:
-    """The ``ingestionreport.json`` at ``path``; PipelineError naming the file when it is not one."""
+    """The ``ingestionreport.json`` at ``path``; PipelineError naming the file when it is not JSON.
+
+    A field that does not read is left out (logged) and takes its default, as does a ``files``
+    entry that does not, so one odd field never hides the hash the report vouches for.
+    """
     data = read_json_file(path, "ingestion report")
-    try:
-        files = [IngestedFile.from_json(item) for item in data.get("files", [])]
-        report = record_from_json(IngestionReport, {key: value for key, value in data.items() if key != "files"})
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PipelineError(f"ingestion report {path} cannot be read ({exc}); run ingestion.py again") from None
-    return replace(report, files=files)
+    values = read_sections(IngestionReport, {key: value for key, value in data.items() if key != "files"}, path)
+    if "source" not in values and isinstance(data.get("input_folder"), str):  # reports before 2026-11-23
+        values["source"] = data["input_folder"]
+    return IngestionReport(**values, files=read_report_files(data.get("files"), path))
+
+
+def read_report_files(entries: object, path: Path) -> list[IngestedFile]:
+    """The ``files`` of an ingestion report; an entry that is not one is left out and logged."""
+    files = []
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            files.append(IngestedFile.from_json(entry))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s: an entry of 'files' is left out: %s", path, exc)
+    return files
 
 
 def check_final_data(output_folder_path: Path) -> str:
@@ -164,29 +177,29 @@ def check_final_data(output_folder_path: Path) -> str:
 VERSION_NAME = re.compile(r"^v(\d{4,})$")
 
 
-def list_versions(deploy_root: Path) -> list[str]:
+def list_versions(prod_deployment_path: Path) -> list[str]:
     """Kept versions, oldest first."""
-    folder = Path(deploy_root) / VERSIONS_FOLDER
+    folder = Path(prod_deployment_path) / VERSIONS_FOLDER
     if not folder.is_dir():
         return []
     names = [entry.name for entry in folder.iterdir() if VERSION_NAME.match(entry.name) and entry.is_dir()]
     return sorted(names, key=lambda name: int(name[1:]))
 
 
-def current_version(deploy_root: Path) -> str | None:
+def current_version(prod_deployment_path: Path) -> str | None:
     """The name of the version ``current`` points at, or None before the first deployment."""
     try:
-        return Path(os.readlink(Path(deploy_root) / CURRENT_LINK)).name
+        return Path(os.readlink(Path(prod_deployment_path) / CURRENT_LINK)).name
     except FileNotFoundError:
         return None
 
 
-def current_version_folder(deploy_root: Path) -> Path:
+def current_version_folder(prod_deployment_path: Path) -> Path:
     """The folder of the serving version, resolved once so its files all belong together."""
-    version = current_version(deploy_root)
+    version = current_version(prod_deployment_path)
     if version is None:
-        raise PipelineError(f"nothing is deployed in {deploy_root}; run deployment.py first")
-    return Path(deploy_root) / VERSIONS_FOLDER / version
+        raise PipelineError(f"nothing is deployed in {prod_deployment_path}; run deployment.py first")
+    return Path(prod_deployment_path) / VERSIONS_FOLDER / version
 
 
 @dataclass
@@ -291,7 +304,7 @@ def _read_record_file(path: Path) -> IngestionRecord:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         files = [IngestedFile.from_json(item) for item in data["files"]]
-        folder = data.get("input_folder_path", data.get("input_folder"))  # "input_folder": records before 2026-11
+        folder = data.get("input_folder_path", data.get("input_folder"))  # "input_folder": before 2026-11-23
         return IngestionRecord(folder if isinstance(folder, str) else None, files)
     except FileNotFoundError:
         return IngestionRecord(None, [])

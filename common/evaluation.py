@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +31,25 @@ with sklearn_without_pandas():
 log = logging.getLogger(__name__)
 
 
-def score_predictions(labels: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """Every metric of one set of predictions, as plain JSON-ready numbers."""
+def score_predictions(labels: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray) -> Metrics:
+    """Every metric of one set of predictions (which model and data they belong to left unset)."""
     tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     both_classes = np.unique(labels).size == 2
     if not both_classes:
         log.warning("the test data holds one class only; ROC AUC and log loss are undefined")
-    return {
-        "f1": round(float(f1_score(labels, predicted, zero_division=0)), 6),
-        "precision": round(float(precision_score(labels, predicted, zero_division=0)), 6),
-        "recall": round(float(recall_score(labels, predicted, zero_division=0)), 6),
-        "roc_auc": round(float(roc_auc_score(labels, probabilities)), 6) if both_classes else None,
-        "accuracy": round(float(accuracy_score(labels, predicted)), 6),
-        "brier_score": round(float(brier_score_loss(labels, probabilities)), 6),
-        "log_loss": round(float(log_loss(labels, probabilities, labels=[0, 1])), 6) if both_classes else None,
-        "confusion": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
-        "rows": int(labels.size),
-        "exit_rate": round(float(labels.mean()), 6),
-        "mean_predicted_risk": round(float(probabilities.mean()), 6),
-    }
+    return Metrics(
+        f1=round(float(f1_score(labels, predicted, zero_division=0)), 6),
+        precision=round(float(precision_score(labels, predicted, zero_division=0)), 6),
+        recall=round(float(recall_score(labels, predicted, zero_division=0)), 6),
+        roc_auc=round(float(roc_auc_score(labels, probabilities)), 6) if both_classes else None,
+        accuracy=round(float(accuracy_score(labels, predicted)), 6),
+        brier_score=round(float(brier_score_loss(labels, probabilities)), 6),
+        log_loss=round(float(log_loss(labels, probabilities, labels=[0, 1])), 6) if both_classes else None,
+        confusion=Confusion(tn=int(tn), fp=int(fp), fn=int(fn), tp=int(tp)),
+        rows=int(labels.size),
+        exit_rate=round(float(labels.mean()), 6),
+        mean_predicted_risk=round(float(probabilities.mean()), 6),
+    )
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ def score_loaded_model(model: Any, model_path: Path, test: EvaluationData) -> Me
     """The metrics of a loaded model (from ``model_path``) on test data already read."""
     probabilities = model.predict_proba(test.features)[:, 1]
     scores = score_predictions(test.labels, probabilities, model.predict(test.features))
-    return Metrics(
-        **{**scores, "confusion": Confusion(**scores["confusion"])},
+    return replace(
+        scores,
         scored_at=utc_now(),
         model=str(model_path),
         model_sha256=sha256_file(model_path),

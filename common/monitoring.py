@@ -52,7 +52,7 @@ from common.history import (
     later_scores,
     latest_confirmation,
 )
-from common.records import Confusion, EvaluationWindow
+from common.records import EvaluationWindow, Metrics
 from common.runs import CandidateScore, FeatureDrift, RunFields
 from common.stages import StageClock
 
@@ -94,7 +94,7 @@ class WindowScore:
     rows: int
     first_batch: int
     last_batch: int
-    metrics: dict[str, Any]
+    metrics: Metrics
     test_data_drift: list[FeatureDrift]
 
     @property
@@ -114,12 +114,12 @@ class WindowScore:
             updated_at=utc_now(),
             rows=self.rows,
             batches=[self.first_batch, self.last_batch],
-            f1=self.metrics["f1"],
-            precision=self.metrics["precision"],
-            recall=self.metrics["recall"],
-            roc_auc=self.metrics["roc_auc"],
-            accuracy=self.metrics["accuracy"],
-            confusion=Confusion(**self.metrics["confusion"]),
+            f1=self.metrics.f1,
+            precision=self.metrics.precision,
+            recall=self.metrics.recall,
+            roc_auc=self.metrics.roc_auc,
+            accuracy=self.metrics.accuracy,
+            confusion=self.metrics.confusion,
             test_data_drift=self.test_data_drifted,
             test_data_note=note,
             test_data_features=list(self.test_data_drift),
@@ -254,7 +254,7 @@ def window_fields(window: WindowScore | None) -> RunFields:
     """The run-history columns of the rolling evaluation window after the decision."""
     if window is None:
         return RunFields()
-    return RunFields(window_rows=window.rows, window_f1=window.metrics["f1"], test_data_drift=window.test_data_drifted)
+    return RunFields(window_rows=window.rows, window_f1=window.metrics.f1, test_data_drift=window.test_data_drifted)
 
 
 # ---------------------------------------------------------------- model drift
@@ -755,9 +755,9 @@ def retrain_and_gate(
     assessment.gate = gate
     log.info("gate: %s", gate.sentence)
     log_candidates(assessment.candidates)
-    models = {window.name: model for window, _, model, _ in trained}
     with clock.stage("evaluation window"):
-        serving = models[gate.best.window.name] if gate.passed else champion.model
+        best = next(model for window, _, model, _ in trained if window.name == gate.best.window.name)
+        serving = best if gate.passed else champion.model
         assessment.window = score_window(serving, data, yardsticks, settings)
     if gate.passed:
         assessment.outcome = DEPLOYED

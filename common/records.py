@@ -3,7 +3,7 @@
 
 Each has one reader and one writer here. The files on disk keep the layout earlier versions
 wrote, so their folders keep loading: a reader ignores keys it does not know, and a key older
-versions did not write reads as None.
+versions did not write takes the field's default (None, an empty list, 0).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ class MissingData:
 
 
 @dataclass(frozen=True, kw_only=True)
-class StageTiming:
+class StageSpread:
     """Seconds one stage took: the spread of the timings kept, the timings, and the latest (when recorded)."""
 
     mean: float | None = field(default=None, metadata=OMITTED_WHEN_NONE)
@@ -261,7 +261,7 @@ class StageTimings:
     runs: int | None = None
     unit: str | None = None
     source: str | None = None
-    stages: dict[str, StageTiming] = field(default_factory=dict)
+    stages: dict[str, StageSpread] = field(default_factory=dict)
     absent: frozenset[str] = field(default=frozenset(), repr=False, compare=False, metadata=ABSENT_KEYS)
 
 
@@ -344,6 +344,10 @@ class EvaluationWindow:
     test_data_drift: bool | None = None  # the test data no longer looks like the recent rows
     test_data_note: str | None = None
     test_data_features: list[FeatureDrift] = field(default_factory=list)
+
+    def of_version(self, version: str) -> EvaluationWindow | None:
+        """This window when it scores ``version``; None when it belongs to another model."""
+        return self if self.model_version == version else None
 
     @property
     def batch_span(self) -> str:
@@ -500,7 +504,11 @@ def _convert(hint: Any, value: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is list:
         (item_type,) = typing.get_args(hint)
-        return [_convert(item_type, item) for item in _expect(list, "a list", value)]
+        items = _expect(list, "a list", value)
+        exact = _exact_types(item_type)
+        if exact and all(type(item) in exact for item in items):  # a long list of plain values, as it is
+            return list(items)
+        return [_convert(item_type, item) for item in items]
     if origin is dict:
         _, value_type = typing.get_args(hint)
         return {str(key): _convert(value_type, item) for key, item in _expect(dict, "an object", value).items()}
@@ -509,6 +517,14 @@ def _convert(hint: Any, value: Any) -> Any:
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ValueError(f"expected {getattr(hint, '__name__', hint)}, found {type(value).__name__}")
+
+
+def _exact_types(hint: Any) -> frozenset[type]:
+    """The Python types a JSON value of type ``hint`` is already as it stands (none for records and containers)."""
+    arms = hint.__args__ if isinstance(hint, types.UnionType) else (hint,)
+    if not all(arm in (int, float, str, bool, type(None)) for arm in arms):
+        return frozenset()
+    return frozenset(arms)
 
 
 def _convert_union(hint: types.UnionType, value: Any) -> Any:

@@ -222,25 +222,31 @@ def decode_json(text: str | None) -> Any:
 
 
 def read_candidates(text: str | None) -> tuple[CandidateScore, ...] | None:
-    """The challengers a run stored; None when there were none, or the cell is damaged or misshapen."""
+    """The challengers a run stored; None when there were none or the cell is damaged. An entry that is
+    misshapen is left out, the others kept; None when none is left."""
     stored = decode_json(text)
     if not isinstance(stored, list):
         return None
+    candidates = [candidate for candidate in map(read_candidate, stored) if candidate is not None]
+    return tuple(candidates) or None
+
+
+def read_candidate(item: object) -> CandidateScore | None:
+    """One stored challenger; None when the entry is not one."""
+    if not isinstance(item, dict):
+        return None
     try:
-        return tuple(
-            CandidateScore(
-                window=str(item["window"]),
-                describe=str(item["describe"]),
-                rows=item.get("rows"),
-                first_batch=item.get("first_batch"),
-                last_batch=item.get("last_batch"),
-                recent_f1=float(item["recent_f1"]),
-                test_f1=float(item["test_f1"]),
-                window_f1=item.get("window_f1"),
-            )
-            for item in stored
+        return CandidateScore(
+            window=str(item["window"]),
+            describe=str(item["describe"]),
+            rows=item.get("rows"),
+            first_batch=item.get("first_batch"),
+            last_batch=item.get("last_batch"),
+            recent_f1=float(item["recent_f1"]),
+            test_f1=float(item["test_f1"]),
+            window_f1=item.get("window_f1"),
         )
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 

@@ -185,7 +185,7 @@ class DashboardSources:
 
     def recent_window(self, version: str) -> EvaluationWindow | None:
         stored = self.stored_record(EVALUATION_WINDOW_FILE, read_evaluation_window)
-        return stored if stored is not None and stored.model_version == version else None
+        return stored.of_version(version) if stored is not None else None
 
     def diagnostics(self) -> Diagnostics | None:
         return self.stored_record(DIAGNOSTICS_FILE, read_diagnostics_record)

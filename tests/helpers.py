@@ -165,9 +165,11 @@ def start_api(
 
 
 @contextlib.contextmanager
-def serving_api(config_path: Path, *arguments: str, port: int | None = None) -> Iterator[str]:
+def serving_api(
+    config_path: Path, *arguments: str, port: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """``app.py`` serving ``config_path`` for the ``with`` block (see start_api); yields its URL, then stops it."""
-    process, url = start_api(config_path, *arguments, port=port)
+    process, url = start_api(config_path, *arguments, port=port, env=env)
     with process:
         try:
             yield url

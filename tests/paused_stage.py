@@ -4,7 +4,7 @@
 
 STEP is one of the steps ``deployment.reached_step`` is called with ("staged", "renamed",
 "switched"). When the deployment reaches it, this writes ``pausing at step STEP`` to stderr and
-waits (ten minutes at most) for the test to kill the process or let it go on.
+waits there, ten minutes at most, for the test to kill or stop the process.
 """
 
 from __future__ import annotations

@@ -12,11 +12,12 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.helpers import free_port
 
 USER = "risk"
 PASSWORD = "risk-test-password"
@@ -54,12 +55,6 @@ def service_user() -> str | None:
     if created.returncode != 0:
         raise PostgresUnavailable(f"running as root and no unprivileged user could be made: {created.stderr.strip()}")
     return SERVICE_USERS[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

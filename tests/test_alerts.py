@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from common.alerts import AlertEvent, deliver, dispatch
 from common.config import load_config
 from common.history import read_runs
 from generate_data import write_batch, write_shipped_data
-from tests.helpers import PROJECT_ROOT, run_script, write_config
+from tests.helpers import PROJECT_ROOT, free_port, run_script, write_config
 
 EVENT = AlertEvent(kind="deployed", text="risk model: v0002 deployed, replacing v0001", project="demo", run_id=4)
 
@@ -69,10 +68,7 @@ class Receiver:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
+    return f"http://127.0.0.1:{free_port()}/hook"
 
 
 def test_one_event_reaches_each_webhook_as_json_with_the_sentence(caplog):

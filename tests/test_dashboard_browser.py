@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from common.artifacts import current_version_folder, load_deployed_version
 from common.config import Config, load_config
 from dashboard import URL_PREFIX
 from ingestion import ingest_folder
-from tests.helpers import PROJECT_ROOT, deploy, skip_or_fail, start_api, train_and_score, write_clients, write_config
+from tests.helpers import PROJECT_ROOT, deploy, serving_api, skip_or_fail, train_and_score, write_clients, write_config
 from tests.test_dashboard import active_clients, add_runs
 
 pytestmark = pytest.mark.slow
@@ -168,13 +167,8 @@ def browser_ready() -> None:
 @pytest.fixture(scope="module")
 def site(browser_ready, tmp_path_factory) -> Iterator[tuple[str, Config]]:
     config = build_project(tmp_path_factory.mktemp("dashboard-site"))
-    process, url = start_api(config.path, env={"RISK_API_TOKEN": TOKEN})
-    with process:
-        try:
-            yield f"{url}{URL_PREFIX}", config
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+    with serving_api(config.path, env={"RISK_API_TOKEN": TOKEN}) as url:
+        yield f"{url}{URL_PREFIX}", config
 
 
 @pytest.fixture

@@ -98,8 +98,14 @@ def test_the_ingestion_report_is_typed_and_vouches_for_the_final_data(project):
     # a report of an earlier version, with fewer keys, still reads; keys it lacks take their defaults
     report_path.write_text(json.dumps({"rows_merged": 1, "rows_written": 1, "input_folder": "x"}))
     older = read_ingestion_report(report_path)
-    assert (older.rows_written, older.files, older.finaldata_sha256) == (1, [], None)
-    report_path.write_text(json.dumps({"files": [{"name": "a.csv"}], "rows_written": 1}))
+    assert (older.rows_written, older.files, older.finaldata_sha256, older.source) == (1, [], None, "x")
+    # an odd field or files entry is left out; the hash still vouches, or refuses, the final data
+    vouched = {"files": [{"name": "a.csv"}], "batch": "one", "finaldata_sha256": "0" * 64}
+    report_path.write_text(json.dumps(vouched))
+    assert read_ingestion_report(report_path).batch == 0
+    with pytest.raises(PipelineError, match="is not the file the last ingestion wrote"):
+        check_final_data(project.output_folder_path)
+    report_path.write_text("{not json")
     with pytest.raises(PipelineError, match=r"ingestion report .*ingestionreport.json cannot be read"):
         check_final_data(project.output_folder_path)
 
