@@ -94,10 +94,7 @@ from common.history import (
 )
 from common.logs import add_log_file, setup_logging
 from common.records import (
-    Diagnostics,
-    ReportRecord,
-    read_diagnostics_record,
-    read_report_record,
+    read_model_version,
     write_evaluation_window,
 )
 from common.runs import AlertRecord, FeatureDrift, JsonObject, RunFields, RunFile, StoredRun
@@ -517,23 +514,12 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
     return new
 
 
-def made_for(path: Path, read: Callable[[Path], Diagnostics | ReportRecord]) -> str | None:
-    """The model version a diagnostics or report record says it describes (None when there is none)."""
-    try:
-        return read(path).model_version
-    except PipelineError:
-        return None
-
-
 def reports_outdated(config: Config, version: str | None) -> bool:
     """True when a version serves but the diagnostics or the report describe another (a run died before them)."""
     if version is None:
         return False
     folder = config.output_model_path
-    made = (
-        made_for(folder / DIAGNOSTICS_FILE, read_diagnostics_record),
-        made_for(folder / REPORT_RECORD_FILE, read_report_record),
-    )
+    made = (read_model_version(folder / DIAGNOSTICS_FILE), read_model_version(folder / REPORT_RECORD_FILE))
     return any(made_version != version for made_version in made)
 
 

@@ -316,6 +316,19 @@ def read_diagnostics_record(path: Path) -> Diagnostics:
     return Diagnostics(**read_sections(Diagnostics, data, path))
 
 
+def read_model_version(path: Path) -> str | None:
+    """The ``model_version`` a diagnostics or report record names, without reading the rest into a record
+    (diagnostics.json holds a prediction for every test row); None when the file or the key is missing or bad."""
+    import orjson
+
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    version = data.get("model_version") if isinstance(data, dict) else None
+    return version if isinstance(version, str) else None
+
+
 def write_diagnostics_record(path: Path, diagnostics: Diagnostics) -> Path:
     """Write ``diagnostics.json`` atomically."""
     import orjson  # the predictions of every test row make this file large; the standard encoder takes 10x longer
