@@ -234,3 +234,22 @@ def test_a_fetch_from_sqlite_imports_neither_sqlalchemy_nor_the_drivers_dbapi_la
     result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["0", "[]"], result.stderr
     assert read_ingestion_record(sqlite_project.output_folder_path / INGESTED_FILES).files[0].rows_kept == 1000
+
+
+def test_sqlite_rows_are_read_in_two_halves_at_once_and_joined_in_order(
+    sqlite_project: Config, monkeypatch: pytest.MonkeyPatch
+):
+    ranges = []
+    fetch = database_rows.fetch_rows
+
+    def recorded(source, since, until):  # noqa: ANN001, ANN202
+        ranges.append((since, until))
+        return fetch(source, since, until)
+
+    monkeypatch.setattr(database_rows, "fetch_rows", recorded)
+    ingest(sqlite_project)
+    add_rows(sqlite_project, *[(f"late{index}", 1, 2, 3, 0) for index in range(9)])
+    ingest(sqlite_project)
+    assert sorted(ranges, key=str) == sorted([(None, 500), (500, 1000), (1000, 1004), (1004, 1009)], key=str)
+    ids = [line.split(",")[0] for line in (sqlite_project.output_folder_path / FINAL_DATA).read_text().splitlines()]
+    assert ids[-9:] == [f"late{index}" for index in range(9)]
