@@ -2,7 +2,8 @@
 
 SQLite by default (``models/runhistory.sqlite``), or a PostgreSQL database named by
 ``monitoring.history_url``, so that several API hosts and the monitoring job share one history;
-both go through one storage layer (SQLAlchemy Core, plain SQL that both speak). Tables (query
+both speak the same plain SQL through one storage interface (``HistoryStore``: SQLAlchemy Core for
+PostgreSQL, the standard library's sqlite3 for SQLite). Tables (query
 them with ``sqlite3 models/runhistory.sqlite`` or ``psql``)::
 
     runs           one row per run: times, outcome, decision, versions, scores, drift, timings
@@ -13,13 +14,14 @@ The project creates and upgrades the schema itself; its version is SQLite's ``us
 or PostgreSQL's ``history_schema`` table, and a database of a newer version is refused.
 Writers and readers may overlap (the API reads while a run writes): SQLite runs in WAL mode,
 so readers see the last committed state and never wait for a run to finish.
-SQLAlchemy is imported when a history is opened, not at import: the cron job's check stays cheap.
+SQLAlchemy is imported only to open a PostgreSQL history: the cron job's run with nothing new stays cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,10 +171,11 @@ VERSION_TABLE = "history_schema"  # PostgreSQL's place for the schema version (S
 
 
 class HistoryStore:
-    """One open history: a SQLAlchemy connection in autocommit mode, with explicit transactions.
+    """One open history on PostgreSQL: a SQLAlchemy connection in autocommit mode, with explicit transactions.
 
-    ``execute`` takes plain SQL with ``:name`` parameters (or a string run as is, for the
-    database's own statements); ``where`` names the database in messages (a URL masked).
+    ``execute`` takes plain SQL with ``:name`` parameters (a list of parameter sets runs it for
+    each; no parameters: a string run as is, for the database's own statements); ``where``
+    names the database in messages (a URL masked).
     """
 
     def __init__(self, engine: Any, connection: Any, where: str):
@@ -189,20 +192,70 @@ class HistoryStore:
 
         return self.connection.execute(text(statement), parameters)
 
+    def rows(self, statement: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every row of a query, each as a mapping of its column names."""
+        return [dict(row) for row in self.execute(statement, parameters).mappings()]
+
+    def column_names(self, table: str) -> set[str]:
+        from sqlalchemy import inspect
+
+        return {column["name"] for column in inspect(self.connection).get_columns(table)}
+
+    def has_table(self, table: str) -> bool:
+        from sqlalchemy import inspect
+
+        return bool(inspect(self.connection).has_table(table))
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction; SQLite takes its write lock at the start, so two writers never deadlock."""
-        self.connection.exec_driver_sql("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        self.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
         try:
             yield
         except BaseException:
-            self.connection.exec_driver_sql("ROLLBACK")
+            self.execute("ROLLBACK")
             raise
-        self.connection.exec_driver_sql("COMMIT")
+        self.execute("COMMIT")
 
     def close(self) -> None:
         self.connection.close()
         self.engine.dispose()
+
+
+class SqliteHistoryStore(HistoryStore):
+    """One open SQLite history, through the standard library's sqlite3 in autocommit mode.
+
+    The same SQL as on PostgreSQL (sqlite3 takes ``:name`` parameters too); without SQLAlchemy,
+    whose import takes a fifth of a second, so a run that finds nothing new stays cheap.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, where: str):  # noqa: PLW0231 (no engine to set up)
+        self.connection = connection
+        self.where = where
+        self.dialect = "sqlite"
+        self.types = COLUMN_TYPES["sqlite"]
+
+    def execute(self, statement: str, parameters: Any = None) -> Any:
+        if parameters is None:
+            return self.connection.execute(statement)
+        if isinstance(parameters, list):
+            return self.connection.executemany(statement, parameters)
+        return self.connection.execute(statement, parameters)
+
+    def rows(self, statement: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        cursor = self.execute(statement, parameters)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def column_names(self, table: str) -> set[str]:
+        return {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
+
+    def has_table(self, table: str) -> bool:
+        found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name"
+        return self.connection.execute(found, {"name": table}).fetchone() is not None
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 def history_name(location: HistoryLocation) -> str:
@@ -212,26 +265,31 @@ def history_name(location: HistoryLocation) -> str:
 
 def connect_history(location: HistoryLocation, read_only: bool = False) -> HistoryStore:
     """A connection to the history; SQLite opened read-only when ``read_only`` (the file must then exist)."""
+    if not isinstance(location, DatabaseUrl):
+        path = Path(location)
+        uri = f"{path.resolve().as_uri()}?mode=ro" if read_only else str(path)
+        connection = sqlite3.connect(uri, uri=read_only, timeout=10, isolation_level=None)
+        return SqliteHistoryStore(connection, history_name(location))
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
 
-    if isinstance(location, DatabaseUrl):
-        engine = create_engine(
-            make_url(location.url).set(password=location.password()),
-            poolclass=NullPool,
-            connect_args={"connect_timeout": 10},
-        )
-    else:
-        path = Path(location)
-        uri = f"{path.resolve().as_uri()}?mode=ro" if read_only else str(path)
-        engine = create_engine(
-            "sqlite://",
-            creator=lambda: sqlite3.connect(uri, uri=read_only, timeout=10, isolation_level=None),
-            poolclass=NullPool,
-        )
-    connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    return HistoryStore(engine, connection, history_name(location))
+    engine = create_engine(
+        make_url(location.url).set(password=location.password()),
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 10},
+    )
+    return HistoryStore(
+        engine, engine.connect().execution_options(isolation_level="AUTOCOMMIT"), history_name(location)
+    )
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """An error of the history's database: sqlite3's, or SQLAlchemy's where it is in use (it is imported then)."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")
+    return sqlalchemy_errors is not None and isinstance(exc, sqlalchemy_errors.SQLAlchemyError)
 
 
 def database_error(exc: BaseException) -> BaseException:
@@ -241,8 +299,6 @@ def database_error(exc: BaseException) -> BaseException:
 
 def open_history(location: HistoryLocation) -> HistoryStore:
     """Open (creating and upgrading the schema if need be) the history for writing; raise PipelineError naming it."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     where = history_name(location)
     try:
         if not isinstance(location, DatabaseUrl):
@@ -257,7 +313,9 @@ def open_history(location: HistoryLocation) -> HistoryStore:
         raise
     except OSError as exc:
         raise PipelineError(f"run history {where} cannot be created ({describe_os_error(exc)})") from None
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
         raise describe_open_error(location, database_error(exc)) from None
     return store
 
@@ -312,9 +370,7 @@ def prepare_schema(store: HistoryStore) -> None:
 
 def add_missing_columns(store: HistoryStore) -> None:
     """Add the columns of ``ADDED_COLUMNS`` that a database written by an earlier version lacks."""
-    from sqlalchemy import inspect
-
-    present = {column["name"] for column in inspect(store.connection).get_columns("runs")}
+    present = store.column_names("runs")
     for name, kind in ADDED_COLUMNS:
         if name not in present:
             store.execute(f"ALTER TABLE runs ADD COLUMN {name} {store.types['real'] if kind == 'REAL' else kind}")
@@ -323,11 +379,11 @@ def add_missing_columns(store: HistoryStore) -> None:
 @contextlib.contextmanager
 def named_errors(where: str, doing: str) -> Iterator[None]:
     """Turn a database error into PipelineError naming the history and what was being done."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         yield
-    except (SQLAlchemyError, sqlite3.Error) as exc:
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
         cause = database_error(exc)
         full = not where.startswith("postgresql:") and disk_is_full(Path(where))
         why = "the disk holding it is full; free some space" if full else str(cause).strip().splitlines()[0]
@@ -556,21 +612,22 @@ def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = Tr
 
     Opens SQLite read-only, and creates nothing in PostgreSQL, so a reader never creates or changes a history.
     """
-    from sqlalchemy import inspect
-    from sqlalchemy.exc import SQLAlchemyError
-
     where = history_name(location)
     if not isinstance(location, DatabaseUrl) and not Path(location).exists():
         return []
     try:
         store = connect_history(location, read_only=True)
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
         raise PipelineError(f"run history {where} cannot be opened ({database_error(exc)})") from None
     try:
-        if store.dialect == "postgresql" and not inspect(store.connection).has_table("runs"):
+        if store.dialect == "postgresql" and not store.has_table("runs"):
             return []
         return read_latest_runs(store, limit, with_no_op)
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
         raise PipelineError(f"run history {where} cannot be read ({database_error(exc)})") from None
     finally:
         store.close()
@@ -578,13 +635,10 @@ def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = Tr
 
 def read_latest_runs(store: HistoryStore, limit: int, with_no_op: bool) -> list[StoredRun]:
     where = "" if with_no_op else "WHERE outcome != :no_op"
-    rows = (
-        store.execute(
-            f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT :limit", {"limit": limit, "no_op": NO_NEW_DATA}
-        )
-        .mappings()
-        .all()
-    )  # all read before the files and drift tests are asked for
+    # all read before the files and drift tests are asked for
+    rows = store.rows(
+        f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT :limit", {"limit": limit, "no_op": NO_NEW_DATA}
+    )
     return [
         read_stored_run(row, read_run_files(store, row["id"]), read_feature_drift(store, row["id"])) for row in rows
     ]
@@ -592,20 +646,20 @@ def read_latest_runs(store: HistoryStore, limit: int, with_no_op: bool) -> list[
 
 def read_run_files(store: HistoryStore, run_id: int) -> tuple[RunFile, ...]:
     """The files a run saw, in the order it recorded them."""
-    rows = store.execute(
+    rows = store.rows(
         f"SELECT name, sha256, status, note FROM run_files WHERE run_id = :run ORDER BY {store.types['row_order']}",
         {"run": run_id},
-    ).mappings()
+    )
     return tuple(RunFile(row["name"], row["status"], row["sha256"], row["note"]) for row in rows)
 
 
 def read_feature_drift(store: HistoryStore, run_id: int) -> tuple[FeatureDrift, ...]:
     """A run's per-feature drift tests, in the order it recorded them."""
-    rows = store.execute(
+    rows = store.rows(
         "SELECT feature, test, statistic, p_value, threshold, drifted FROM feature_drift "
         f"WHERE run_id = :run ORDER BY {store.types['row_order']}",
         {"run": run_id},
-    ).mappings()
+    )
     return tuple(
         FeatureDrift(
             row["feature"], row["test"], row["statistic"], row["p_value"], row["threshold"], bool(row["drifted"])
