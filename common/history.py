@@ -635,34 +635,35 @@ def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = Tr
 
 def read_latest_runs(store: HistoryStore, limit: int, with_no_op: bool) -> list[StoredRun]:
     where = "" if with_no_op else "WHERE outcome != :no_op"
-    # all read before the files and drift tests are asked for
     rows = store.rows(
         f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT :limit", {"limit": limit, "no_op": NO_NEW_DATA}
     )
+    ids = [row["id"] for row in rows]
+    files = rows_by_run(store, "run_files", "name, sha256, status, note", ids)
+    drift = rows_by_run(store, "feature_drift", "feature, test, statistic, p_value, threshold, drifted", ids)
     return [
-        read_stored_run(row, read_run_files(store, row["id"]), read_feature_drift(store, row["id"])) for row in rows
+        read_stored_run(
+            row,
+            tuple(RunFile(item["name"], item["status"], item["sha256"], item["note"]) for item in files[row["id"]]),
+            tuple(read_drift_row(item) for item in drift[row["id"]]),
+        )
+        for row in rows
     ]
 
 
-def read_run_files(store: HistoryStore, run_id: int) -> tuple[RunFile, ...]:
-    """The files a run saw, in the order it recorded them."""
-    rows = store.rows(
-        f"SELECT name, sha256, status, note FROM run_files WHERE run_id = :run ORDER BY {store.types['row_order']}",
-        {"run": run_id},
-    )
-    return tuple(RunFile(row["name"], row["status"], row["sha256"], row["note"]) for row in rows)
+def rows_by_run(store: HistoryStore, table: str, columns: str, run_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The rows of ``table`` that belong to these runs, in one query; each run's in the order it recorded them."""
+    found: dict[int, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
+    if not run_ids:
+        return found
+    marks, params = placeholders("run", run_ids)
+    query = f"SELECT run_id, {columns} FROM {table} WHERE run_id IN ({marks}) ORDER BY {store.types['row_order']}"
+    for row in store.rows(query, params):
+        found[row["run_id"]].append(row)
+    return found
 
 
-def read_feature_drift(store: HistoryStore, run_id: int) -> tuple[FeatureDrift, ...]:
-    """A run's per-feature drift tests, in the order it recorded them."""
-    rows = store.rows(
-        "SELECT feature, test, statistic, p_value, threshold, drifted FROM feature_drift "
-        f"WHERE run_id = :run ORDER BY {store.types['row_order']}",
-        {"run": run_id},
-    )
-    return tuple(
-        FeatureDrift(
-            row["feature"], row["test"], row["statistic"], row["p_value"], row["threshold"], bool(row["drifted"])
-        )
-        for row in rows
+def read_drift_row(row: dict[str, Any]) -> FeatureDrift:
+    return FeatureDrift(
+        row["feature"], row["test"], row["statistic"], row["p_value"], row["threshold"], bool(row["drifted"])
     )

@@ -163,12 +163,8 @@ def store_value(value: object) -> object:
     """A column's value for the database: JSON for the structured ones, 0 or 1 for a flag."""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, AlertRecord):
-        return json.dumps(value.to_json())
-    if isinstance(value, tuple):
-        return json.dumps([candidate.to_json() for candidate in value])
-    if isinstance(value, dict):
-        return json.dumps(value)
+    if isinstance(value, AlertRecord | tuple | dict):
+        return json.dumps(json_value("", value))
     return value
 
 
