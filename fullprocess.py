@@ -63,7 +63,7 @@ from common.artifacts import (
     utc_now,
 )
 from common.cli import build_parser
-from common.config import PROJECT_ROOT, Config, load_config
+from common.config import MODEL_FAMILIES, PROJECT_ROOT, Config, load_config
 from common.databases import DatabaseSource, describe_sources, fetched_from, has_rows_past, last_watermark
 from common.errors import PipelineError
 from common.files import (
@@ -302,7 +302,7 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> RunFi
     record.details["missing_data"] = missing
     mark_unlabelled(record, ingested.unlabelled)
     with clock.stage("training"):
-        info = train_from_folder(config.output_folder_path, config.output_model_path, config.model)
+        info = train_from_folder(config.output_folder_path, config.output_model_path, config.model, config.monitoring)
     with clock.stage("scoring"):
         metrics = score_model(config.output_model_path / MODEL_FILE, config.test_data_path)
         write_scores(metrics, config.output_model_path)
@@ -320,7 +320,9 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> RunFi
         deployed_f1=metrics.f1,
         challenger_test_f1=metrics.f1,
         model_version_after=deployed.version,
-        decision=f"nothing was deployed; deployed {deployed.version} (F1 {metrics.f1:.4f} on the test data)",
+        model_family=info.family,
+        decision=f"no model was deployed yet: deployed {deployed.version}, the {info.family} family (F1 "
+        f"{metrics.f1:.4f} on the test data)",
     )
 
 
@@ -363,7 +365,12 @@ def assess_new_data(config: Config, connection: Any, record: RunRecord, new: New
         )
     assessment = decide_on_new_rows(config, connection, record, champion, data, watermark, unlabelled)
     record.feature_drift = assessment.feature_drift
-    measured = RunFields(ingested_rows=ingested.rows_written, missing_percent=missing, deployed_f1=champion.metrics.f1)
+    measured = RunFields(
+        ingested_rows=ingested.rows_written,
+        missing_percent=missing,
+        deployed_f1=champion.metrics.f1,
+        model_family=champion.model_info.family or MODEL_FAMILIES[0],  # written before families: linear
+    )
     deployed = deploy_winner(config, record.clock, assessment)
     if assessment.window is not None:
         serving = deployed.model_version_after or champion.version
@@ -420,6 +427,7 @@ def deploy_winner(config: Config, clock: StageClock, assessment: Assessment) -> 
     return RunFields(
         outcome=DEPLOYED,
         model_version_after=str(info.version),
+        model_family=assessment.gate.best.family if assessment.gate else None,
         decision=assessment.decision.replace("challenger deployed", f"challenger deployed as {info.version}", 1),
     )
 

@@ -6,9 +6,14 @@ size. Later batches can come from a changed world, for demos and drift tests:
 ``--shift`` moves the population (larger clients, less activity) under the same risk
 relationship; ``--drift`` moves the population and changes the relationship too (larger
 clients now stay, yearly activity no longer protects), so a model trained before goes wrong.
+``--world nonlinear`` keeps the population but makes the risk non-linear in the log counts (a
+threshold, a non-monotone effect and an interaction), where no log-linear model can follow;
+``exit_probability`` gives any world's true exit probability, so a test can compute the
+Bayes-optimal F1 of a sample.
 
     python generate_data.py                      # rewrite practicedata/, sourceddata/, testdata/
-    python generate_data.py batch --rows 5000 --out sourceddata/dataset5.csv --seed 5 [--shift | --drift]
+    python generate_data.py batch --rows 5000 --out sourceddata/dataset5.csv --seed 5 [--shift | --drift | --world W]
+    python generate_data.py world --world nonlinear --root /tmp/project   # sourceddata/ and testdata/ of a world
     python generate_data.py database --url sqlite:///clients.sqlite [--table client_activity] [FILE.csv ...]
 """
 
@@ -48,6 +53,9 @@ class World:
     coef_month: float = -0.85
     coef_year: float = -0.30
     coef_employees: float = 0.75
+    # "loglinear": the log-odds is linear in the log1p counts (the coefficients above); "nonlinear": see
+    # ``nonlinear_log_odds`` (the coefficients are not used).
+    risk: str = "loglinear"
 
 
 STABLE = World()
@@ -67,7 +75,40 @@ DRIFTED = World(
     coef_year=0.1,
     coef_employees=-0.4,
 )
-WORLDS = {"stable": STABLE, "shifted": SHIFTED, "drifted": DRIFTED}
+NONLINEAR = World(risk="nonlinear")
+WORLDS = {"stable": STABLE, "shifted": SHIFTED, "drifted": DRIFTED, "nonlinear": NONLINEAR}
+
+
+def nonlinear_log_odds(month: np.ndarray, year: np.ndarray, employees: np.ndarray) -> np.ndarray:
+    """A risk no log-linear model can follow (about a third of clients exit; see the module docstring).
+
+    - a threshold: a month with fewer than about 20 activities raises the log-odds by 2.5;
+    - a non-monotone effect: the smallest and the largest clients leave more, quadratically in log size;
+    - an interaction: large clients (over about 90 employees) with little yearly activity per head;
+    - a bounded protective effect of yearly activity.
+    """
+    log_month, log_year, log_employees = np.log1p(month), np.log1p(year), np.log1p(employees)
+    return (
+        -3.5
+        + 1.0 * (log_employees - 3.7) ** 2
+        + 2.5 * (log_month < 3.0)
+        + 2.5 * ((log_employees > 4.5) & (log_year - log_employees < 3.3))
+        - 0.6 * np.clip(log_year - 7.0, -2.0, 2.0)
+    )
+
+
+def exit_probability(world: World, month: np.ndarray, year: np.ndarray, employees: np.ndarray) -> np.ndarray:
+    """The true probability of exit of clients with these counts in ``world``."""
+    if world.risk == "nonlinear":
+        logit = nonlinear_log_odds(month, year, employees)
+    else:
+        logit = (
+            world.intercept
+            + world.coef_month * np.log1p(month)
+            + world.coef_year * np.log1p(year)
+            + world.coef_employees * np.log1p(employees)
+        )
+    return 1 / (1 + np.exp(-logit))
 
 
 def make_ids(count: int, rng: np.random.Generator) -> np.ndarray:
@@ -88,13 +129,7 @@ def generate_clients(count: int, rng: np.random.Generator, world: World = STABLE
     year[rng.random(count) < world.dormant_year_share] = 0
     month = np.rint(year / 12 * rng.lognormal(0.0, world.monthly_trend_sigma, count))
     month[rng.random(count) < world.dormant_month_share] = 0
-    logit = (
-        world.intercept
-        + world.coef_month * np.log1p(month)
-        + world.coef_year * np.log1p(year)
-        + world.coef_employees * np.log1p(employees)
-    )
-    exited = (rng.random(count) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    exited = (rng.random(count) < exit_probability(world, month, year, employees)).astype(np.int64)
     return {
         "corporation": make_ids(count, rng),
         "lastmonth_activity": month.astype(np.int64),
@@ -145,6 +180,26 @@ def write_shipped_data(root: Path = PROJECT_ROOT, seed: int = SHIPPED_SEED) -> l
     for path, text in outputs.items():
         write_text_atomic(path, text)
         log.info("wrote %s (%d rows)", path.relative_to(root), text.count("\n") - 1)
+    return list(outputs)
+
+
+def write_world_data(
+    root: Path, world: str, seed: int, source_rows: int = 10_000, test_rows: int = 3_000, files: int = 4
+) -> list[Path]:
+    """Write ``source_rows`` clients of ``world`` to ``root/sourceddata/`` (in ``files`` files) and ``test_rows``
+    more to ``root/testdata/testdata.csv``: a project's data drawn from another world than the shipped one."""
+    rng = np.random.default_rng(seed)
+    clients = generate_clients(source_rows + test_rows, rng, WORLDS[world])
+    source, test = np.split(np.arange(source_rows + test_rows), [source_rows])
+    outputs = {
+        root / "sourceddata" / f"{world}_{number}.csv": format_csv(rows_of(take_rows(clients, part)))
+        for number, part in enumerate(np.array_split(source, files), start=1)
+    }
+    outputs[root / "testdata" / "testdata.csv"] = format_csv(rows_of(take_rows(clients, test)))
+    for path, text in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+    log.info("wrote %d %s clients to %s/sourceddata and %d to its testdata", source_rows, world, root, test_rows)
     return list(outputs)
 
 
@@ -248,8 +303,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     changed.add_argument(
         "--drift", dest="world", action="store_const", const="drifted", help="move the population and change the risk"
     )
+    changed.add_argument("--world", choices=sorted(WORLDS), help="draw the rows from this world")
     batch.add_argument("--unlabelled", action="store_true", help="leave out the exited column (outcomes not known yet)")
     batch.set_defaults(world="stable")
+    whole = sub.add_parser("world", help="write sourceddata/ and testdata/ of a world under a folder")
+    whole.add_argument("--root", type=Path, required=True, help="folder to write sourceddata/ and testdata/ under")
+    whole.add_argument("--world", choices=sorted(WORLDS), default="nonlinear")
+    whole.add_argument("--rows", type=int, default=10_000, help="source rows (the test data holds 3,000 more)")
+    whole.add_argument("--seed", type=int, default=1)
     database = sub.add_parser(
         "database", help="add the shipped source data (or the given CSV files) to a database table"
     )
@@ -271,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(
             "generate_data", args, lambda: load_into_database(args.url, args.table, paths, args.password_env)
         )
+    if args.command == "world":
+        return run_command("generate_data", args, lambda: write_world_data(args.root, args.world, args.seed, args.rows))
     if args.command == "batch":
         return run_command(
             "generate_data",

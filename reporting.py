@@ -67,22 +67,23 @@ from common.drift import CalibrationBins, calibration_bins
 from common.drivers import explain_clients
 from common.errors import PipelineError
 from common.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file
-from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, HistoryLocation, read_runs
+from common.history import DEPLOYED, FIRST_DEPLOYMENT, RUNNING, HistoryLocation, read_deploying_run, read_runs
 from common.records import (
     Confusion,
     DependencyStatus,
     Diagnostics,
     EvaluationWindow,
     Metrics,
+    ModelInfo,
     ReportRecord,
     StageSpread,
     read_diagnostics_record,
     read_evaluation_window,
     write_report_record,
 )
-from common.runs import StoredRun
+from common.riskmodels import risk_model_for
+from common.runs import CandidateScore, StoredRun
 from common.schema import FEATURE_LABELS, FEATURES, BadFileError
-from training import LinearRiskModel
 
 log = logging.getLogger("reporting")
 
@@ -153,7 +154,7 @@ def rank_clients(model: Any, folder: Path, top: int) -> list[dict[str, Any]]:
     probabilities = model.predict_proba(features)[:, 1]
     order = np.argsort(-probabilities, kind="stable")[:top]
     ids = [current.ids[index] for index in order.tolist()]
-    drivers_model = LinearRiskModel.for_model(model)
+    drivers_model = risk_model_for(model)
     if drivers_model is None:
         reasons = [DASH] * order.size
     else:
@@ -383,6 +384,16 @@ def plot_calibration(curves: Sequence[CalibrationCurve], version: str, target: P
     with atomic_path(target) as tmp:
         figure.savefig(tmp, format="png")
     return Path(target)
+
+
+def read_candidates_of(history_path: HistoryLocation, version: str) -> tuple[CandidateScore, ...]:
+    """The challengers of the run that deployed ``version``; none when it was deployed otherwise or the history
+    cannot be read (which the trends section reports)."""
+    try:
+        run = read_deploying_run(history_path, version)
+    except PipelineError:
+        return ()
+    return run.candidates or () if run is not None else ()
 
 
 def read_trend_runs(history_path: HistoryLocation) -> list[StoredRun]:
@@ -616,7 +627,48 @@ def missing_section(styles: dict[str, ParagraphStyle], what: str) -> Paragraph:
     return Paragraph(f"<i>{escape(what)} is not in diagnostics.json; run diagnostics.py again.</i>", styles["body"])
 
 
-def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, files: list[str]) -> list[Flowable]:
+def describe_family_choice(info: ModelInfo, candidates: Sequence[CandidateScore]) -> str:
+    """How the serving family was chosen, with every candidate's F1: cross-validated at the first deployment, on the
+    held-out recent rows at the gate for a challenger."""
+    family = info.family or "linear"
+    choice = info.family_choice
+    if choice is not None and choice.scores:
+        listed = "; ".join(
+            f"{score.family} {format_metric(score.f1)}"
+            + ("" if score.better is None else (", better" if score.better else ", not better by the margin"))
+            for score in choice.scores
+        )
+        return f"{family}, chosen by {choice.folds}-fold cross-validated F1 on {choice.rows:,} rows: {listed}"
+    if choice is not None:
+        return f"{family}: {choice.reason}"
+    if candidates:
+        listed = "; ".join(
+            f"{candidate.window}/{candidate.family or 'linear'} {format_metric(candidate.recent_f1)}"
+            for candidate in candidates
+        )
+        return (
+            f"{family}, chosen by the gate among {len(candidates)} challengers (F1 on the held-out recent rows: "
+            f"{listed})"
+        )
+    return family
+
+
+def describe_calibration(info: ModelInfo) -> str | None:
+    check = info.calibration
+    if check is None:
+        return None
+    return (
+        f"expected calibration error {format_metric(check.error)} (ten bins of equal counts) on {check.rows:,} rows: "
+        f"{check.measured_on}"
+    )
+
+
+def model_section(
+    styles: dict[str, ParagraphStyle],
+    deployed: DeployedVersion,
+    files: list[str],
+    candidates: Sequence[CandidateScore] = (),
+) -> list[Flowable]:
     """Which model serves, when it was made, on what data (``files``), and how it turns risk into a label."""
     info, record = deployed.model_info, deployed.version_info
     sha = info.training_data_sha256 or ""
@@ -642,12 +694,16 @@ def model_section(styles: dict[str, ParagraphStyle], deployed: DeployedVersion, 
         ("Deployed", format_time(record.deployed_at)),
         ("Trained", format_time(info.trained_at)),
         ("Model", info.model or DASH),
+        ("Model family", describe_family_choice(info, candidates)),
         ("Training data", data_text),
         ("Training data SHA-256", f"{sha[:SHORT_HASH]}\u2026" if sha else DASH),
         ("Decision threshold", f"{format_metric(threshold)}, {how}" if threshold is not None else DASH),
     ]
     if coefficients:
         rows.append(("Coefficients", f"{coefficients} (on log-scaled, standardised counts)"))
+    calibration = describe_calibration(info)
+    if calibration:
+        rows.append(("Calibration", calibration))
     data = [
         [Paragraph(escape(label), styles["label"]), Paragraph(escape(value), styles["cell"])] for label, value in rows
     ]
@@ -1007,13 +1063,14 @@ def build_report(
     notes: Sequence[str] = (),
     generated_at: str | None = None,
     recent: EvaluationWindow | None = None,
+    candidates: Sequence[CandidateScore] = (),
 ) -> Path:
     """Lay out the summary report and write it atomically as a PDF at ``target``; return ``target``."""
     generated_at = generated_at or utc_now()
     styles = make_styles()
     story = report_title(styles, deployed.version, diagnostics, generated_at)
     story += [Paragraph(f"<b>Note:</b> {escape(note)}", styles["note"]) for note in notes]
-    story += model_section(styles, deployed, source_files)
+    story += model_section(styles, deployed, source_files, candidates)
     threshold = deployed.model_info.decision_threshold
     story += performance_section(styles, evaluation, threshold, plot, recent)
     if calibration and calibration_plot is not None:
@@ -1087,6 +1144,7 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
     trend_runs, trend_plot = draw_trends(config, notes)
     pdf = build_report(
         config.output_model_path / pdf_name,
+        candidates=read_candidates_of(config.history_path, deployed.version),
         deployed=deployed,
         source_files=source_files,
         evaluation=scores,

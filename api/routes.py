@@ -17,12 +17,12 @@ from api.inputs import read_flag, read_prediction_input
 from api.locations import LocationReader
 from api.serving import DeploymentWatcher, FileBackedValue, ServedModel
 from common.artifacts import DIAGNOSTICS_FILE, FINAL_DATA, check_final_data
-from common.config import Config
+from common.config import MODEL_FAMILIES, Config
 from common.datastats import read_numeric_columns, summary_statistics
 from common.drivers import ClientDrivers, RiskDrivers, explain_clients
 from common.errors import PipelineError
 from common.files import find_test_files
-from common.history import read_runs
+from common.history import read_deploying_run, read_runs
 from common.records import (
     EvaluationWindow,
     MissingData,
@@ -82,8 +82,8 @@ def explain_served(served: ServedModel, features: np.ndarray) -> RiskDrivers:
     """What drives each row's risk under the served model; 400 when its risk cannot be split into drivers."""
     if served.shortcut is None:
         raise BadRequest(
-            f"explain cannot be answered: the deployed model {served.version} is not a logistic regression on "
-            "log-scaled, standardised counts, so its risk cannot be split into drivers"
+            f"explain cannot be answered: the deployed model {served.version} is of none of the model families "
+            "(linear, additive, boosted), so its risk cannot be split exactly into drivers"
         )
     return explain_clients(served.shortcut, features)
 
@@ -130,6 +130,11 @@ def describe_version(served: ServedModel) -> dict[str, Any]:
         "trained_at": model_info.trained_at,
         "training_rows": model_info.training_rows,
         "training_data_sha256": model_info.training_data_sha256,
+        "model_family": model_info.family or MODEL_FAMILIES[0],  # a model written before families: linear
+        "model": model_info.model,
+        "explained": served.shortcut is not None,
+        "family_choice": None if model_info.family_choice is None else record_to_json(model_info.family_choice),
+        "calibration": None if model_info.calibration is None else record_to_json(model_info.calibration),
         "decision_threshold": model_info.decision_threshold,
         "model_sha256": model_info.model_sha256,
         "metrics": {
@@ -140,6 +145,19 @@ def describe_version(served: ServedModel) -> dict[str, Any]:
         },
         "libraries": model_info.libraries,
     }
+
+
+def describe_candidates(config: Config, served: ServedModel) -> list[dict[str, Any]] | None:
+    """Every challenger of the run that deployed the serving version, with its window, family and F1 (None when the
+    version was deployed by hand or the history cannot be read)."""
+    try:
+        run = read_deploying_run(config.history_path, served.version)
+    except PipelineError as exc:
+        log.warning("/version: %s", exc)
+        return None
+    if run is None or not run.candidates:
+        return None
+    return [candidate.to_json() for candidate in run.candidates]
 
 
 def describe_scores(served: ServedModel, test_hashes: dict[str, str]) -> dict[str, Any]:
@@ -321,6 +339,7 @@ def version() -> Response:
     return json_response(
         {
             **describe_version(served),
+            "candidates": describe_candidates(api.config, served),
             "recent_window": describe_recent_window(served, api.recent),
             **describe_load_error(api.watcher),
         }

@@ -24,7 +24,7 @@ from common.artifacts import (
     load_deployed_version,
 )
 from common.errors import PipelineError
-from training import LinearRiskModel
+from common.riskmodels import RiskModel, risk_model_for
 
 log = logging.getLogger("app")
 
@@ -37,7 +37,7 @@ class ServedModel:
 
     link_target: str  # what ``current`` pointed at when this version was loaded
     deployed: DeployedVersion
-    shortcut: LinearRiskModel | None
+    shortcut: RiskModel | None  # the family's own arithmetic; None for a model of no family
     model_stamp: tuple[int, int, int]  # the model file's inode, size and mtime when it was loaded
     fallback: bool = False  # an older version, because the deployed one cannot be loaded
 
@@ -47,7 +47,7 @@ class ServedModel:
 
     def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.shortcut is not None:
-            return self.shortcut.predict(features)
+            return self.shortcut.score(features)
         model = self.deployed.model
         return model.predict_proba(features)[:, 1], np.asarray(model.predict(features), dtype=np.int64)
 
@@ -68,7 +68,7 @@ def load_served_model(folder: Path, link_target: str, fallback: bool = False) ->
     return ServedModel(
         link_target=link_target,
         deployed=deployed,
-        shortcut=LinearRiskModel.for_model(deployed.model),
+        shortcut=risk_model_for(deployed.model),
         model_stamp=stamp or (0, 0, 0),
         fallback=fallback,
     )

@@ -46,15 +46,31 @@ DEFAULT_LOG_FILE = "fullprocess.log"
 log = logging.getLogger(__name__)
 
 
+MODEL_FAMILIES = ("linear", "additive", "boosted")  # simplest first (common/riskmodels.py)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """Hyperparameters of the logistic regression and how its decision threshold is chosen."""
+    """The model families to choose from, how they are compared, the logistic regression's hyperparameters and
+    how the decision threshold is chosen."""
 
     C: float = 1.0
     max_iter: int = 1000
     class_weight: str | None = None
     # "f1": the threshold that maximises F1 on the training data; a number: that threshold.
     decision_threshold: str | float = "f1"
+    # The families training compares by cross-validated F1 (and the monitoring job trains as challengers);
+    # the simplest listed is kept unless another is better by the gate's rule (monitoring.min_gain and
+    # monitoring.gate_confidence).
+    families: tuple[str, ...] = field(default=MODEL_FAMILIES, metadata={"choices": MODEL_FAMILIES})
+    cross_validation_folds: int = field(default=5, metadata={"min": 2})
+    # The families are compared on at most this many rows (a seeded sample of them); with fewer than
+    # min_selection_rows, the simplest listed family is trained without a comparison.
+    selection_rows: int = 50_000
+    min_selection_rows: int = 1_000
+    # The additive and boosted families fit on at most this many rows (a seeded sample, weights kept): on
+    # three features they gain nothing measurable beyond it, and a cycle on a million rows stays short.
+    max_fit_rows: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -339,7 +355,20 @@ def _read_model_settings(section: dict[str, Any], config_path: Path) -> ModelSet
         raise PipelineError(
             f'config file {config_path}: model.decision_threshold must be "f1" or a number between 0 and 1'
         )
-    return ModelSettings(C=float(c_value), max_iter=max_iter, class_weight=class_weight, decision_threshold=threshold)
+    # The families and how they are compared follow the generic rules (types of the defaults, fields' metadata).
+    generic = {
+        item.name: _check_setting(
+            section[item.name],
+            getattr(defaults, item.name),
+            item.metadata,
+            f"config file {config_path}: model.{item.name}",
+        )
+        for item in fields(ModelSettings)
+        if item.name in section and item.name not in ("C", "max_iter", "class_weight", "decision_threshold")
+    }
+    return ModelSettings(
+        C=float(c_value), max_iter=max_iter, class_weight=class_weight, decision_threshold=threshold, **generic
+    )
 
 
 def _read_keep_versions(section: dict[str, Any], config_path: Path) -> int:

@@ -1,10 +1,11 @@
 """What drives each client's exit risk: its contributions to the log-odds, and one plain sentence.
 
-For the model training.py writes (log1p, standardise, logistic regression) a client's log-odds of
-exit is exactly ``baseline + sum_j coef_j * z_j``, with ``z`` the standardised log1p counts (0 for the
-average training client, whose log-odds is the intercept: the baseline) and ``coef_j * z_j`` feature
-j's contribution. ``LinearRiskModel`` in training.py does that arithmetic; this module gives the API,
-the dashboard and the report the same numbers and the same words.
+For every model family (common/riskmodels.py) a client's log-odds of exit is exactly
+``baseline + sum_j contribution_j``: the baseline is the log-odds of the average training client
+(every standardised log1p count 0), and feature j's contribution is its exact Shapley value against
+that client (for the linear family ``coef_j * z_j``, for the additive family its curve's height
+against the curve's height at the average client). The family does that arithmetic; this module
+gives the API, the dashboard and the report the same numbers and the same words.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from common.schema import FEATURE_LABELS, FEATURES
 
 if TYPE_CHECKING:
-    from training import LinearRiskModel
+    from common.riskmodels import RiskModel
 
 # A contribution smaller than this (on the log-odds) is too small to name as a reason.
 NOTABLE_LOG_ODDS = 0.05
@@ -43,7 +44,7 @@ class RiskDrivers:
     clients: list[ClientDrivers]
 
 
-def explain_clients(model: LinearRiskModel, features: np.ndarray) -> RiskDrivers:
+def explain_clients(model: RiskModel, features: np.ndarray) -> RiskDrivers:
     """The drivers of each row of ``features`` (float64 counts, one column per feature) under ``model``."""
     contributions = model.contributions(features)
     standardised = model.standardise(features)

@@ -22,16 +22,18 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common.databases import DatabaseUrl
 from common.errors import PipelineError, describe_os_error, disk_is_full
 from common.runs import FeatureDrift, RunFields, RunFile, StoredRun, read_stored_run
 
-SCHEMA_VERSION = 2
+T = TypeVar("T")
+
+SCHEMA_VERSION = 3
 
 # Outcomes a run can end with; "running" until it ends, "interrupted" if it never did.
 RUNNING = "running"
@@ -131,6 +133,8 @@ ADDED_COLUMNS = (
     ("estimated_f1_high", "REAL"),
     ("calibration_error", "REAL"),  # expected calibration error on the new labelled rows (ten bins)
     ("estimate_reliable", "INTEGER"),  # 0 when that error passes monitoring.max_calibration_error
+    ("winning_family", "TEXT"),  # the model family of the best challenger
+    ("model_family", "TEXT"),  # the model family of the version serving after the run
 )
 RUN_COLUMNS = (
     "id",
@@ -612,9 +616,26 @@ def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = Tr
 
     Opens SQLite read-only, and creates nothing in PostgreSQL, so a reader never creates or changes a history.
     """
+    none: list[StoredRun] = []
+    return read_history(location, lambda store: read_latest_runs(store, limit, with_no_op), none)
+
+
+def read_deploying_run(location: HistoryLocation, version: str) -> StoredRun | None:
+    """The run that deployed ``version`` (its candidates, the gate's verdict), or None: no history, or the version
+    was deployed by hand. PipelineError when the history cannot be read."""
+    condition = "WHERE model_version_after = :version AND outcome IN (:deployed, :first)"
+    params = {"version": version, "deployed": DEPLOYED, "first": FIRST_DEPLOYMENT}
+    none: list[StoredRun] = []
+    runs = read_history(location, lambda store: read_latest_runs(store, 1, True, (condition, params)), none)
+    return runs[0] if runs else None
+
+
+def read_history(location: HistoryLocation, read: Callable[[HistoryStore], T], empty: T) -> T:
+    """``read`` on the history opened read-only; ``empty`` when there is none yet; PipelineError naming the history
+    when it cannot be opened or read."""
     where = history_name(location)
     if not isinstance(location, DatabaseUrl) and not Path(location).exists():
-        return []
+        return empty
     try:
         store = connect_history(location, read_only=True)
     except Exception as exc:
@@ -623,8 +644,8 @@ def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = Tr
         raise PipelineError(f"run history {where} cannot be opened ({database_error(exc)})") from None
     try:
         if store.dialect == "postgresql" and not store.has_table("runs"):
-            return []
-        return read_latest_runs(store, limit, with_no_op)
+            return empty
+        return read(store)
     except Exception as exc:
         if not is_database_error(exc):
             raise
@@ -633,11 +654,12 @@ def read_runs(location: HistoryLocation, limit: int = 100, with_no_op: bool = Tr
         store.close()
 
 
-def read_latest_runs(store: HistoryStore, limit: int, with_no_op: bool) -> list[StoredRun]:
-    where = "" if with_no_op else "WHERE outcome != :no_op"
-    rows = store.rows(
-        f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT :limit", {"limit": limit, "no_op": NO_NEW_DATA}
-    )
+def read_latest_runs(
+    store: HistoryStore, limit: int, with_no_op: bool, condition: tuple[str, dict[str, Any]] | None = None
+) -> list[StoredRun]:
+    """The latest ``limit`` runs (those meeting ``condition``: a WHERE clause and its parameters, if given)."""
+    where, params = condition or ("" if with_no_op else "WHERE outcome != :no_op", {"no_op": NO_NEW_DATA})
+    rows = store.rows(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT :limit", {"limit": limit, **params})
     ids = [row["id"] for row in rows]
     files = rows_by_run(store, "run_files", "name, sha256, status, note", ids)
     drift = rows_by_run(store, "feature_drift", "feature, test, statistic, p_value, threshold, drifted", ids)

@@ -18,17 +18,18 @@ than only on the fixed test file.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from common.artifacts import MODEL_FILE, DeployedVersion, load_model, utc_now
 from common.batches import IngestedData, TrainingWindow
+from common.comparison import PAIRED_RESAMPLES, paired_gain_resamples
 from common.config import Config, MonitoringSettings
 from common.drift import (
     ModelDrift,
@@ -52,22 +53,23 @@ from common.history import (
     later_scores,
     latest_confirmation,
 )
-from common.records import EvaluationWindow, Metrics
+from common.records import CalibrationCheck, EvaluationWindow, Metrics
+from common.riskmodels import RiskModel, equal_count_calibration_error, fit_risk_model
 from common.runs import CandidateScore, FeatureDrift, RunFields
 from common.stages import StageClock
 
 log = logging.getLogger("fullprocess")
 
 CHALLENGER_FOLDER = "challenger"
-PAIRED_RESAMPLES = 2000
 MAX_REFERENCE_ROWS = 200_000  # data drift compares with a random sample of at most this many reference rows
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One challenger: the window it was trained on and how it scored."""
+    """One challenger: the window it was trained on, its model family, and how it scored."""
 
     window: TrainingWindow
+    family: str
     folder: Path
     recent_f1: float  # on the held-out recent rows of the new batch
     test_f1: float  # on the test data
@@ -84,7 +86,13 @@ class Candidate:
             recent_f1=round(self.recent_f1, 6),
             test_f1=round(self.test_f1, 6),
             window_f1=round(self.window_f1, 6),
+            family=self.family,
         )
+
+    @property
+    def name(self) -> str:
+        """The window and the family, as the gate names them: ``recent/boosted``."""
+        return f"{self.window.name}/{self.family}"
 
 
 @dataclass(frozen=True)
@@ -242,6 +250,7 @@ def gate_fields(gate: Gate | None) -> RunFields:
         return RunFields()
     return RunFields(
         winning_window=gate.best.window.name,
+        winning_family=gate.best.family,
         champion_recent_f1=gate.champion_recent_f1,
         challenger_recent_f1=gate.best.recent_f1,
         champion_test_f1=gate.champion_test_f1,
@@ -429,33 +438,11 @@ def candidate_windows(
 # ---------------------------------------------------------------- the gate
 
 
-def paired_gain_resamples(
-    labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray, samples: int, seed: int = 0
-) -> np.ndarray:
-    """The challenger's F1 gain over the champion on ``samples`` resamples of the same rows (paired).
-
-    Each row falls in one of eight cells (label, champion's label, challenger's label); a
-    resample redraws the eight counts, so it is one multinomial draw whatever the rows.
-    """
-    cells = labels.astype(int) * 4 + champion.astype(int) * 2 + challenger.astype(int)
-    shares = np.bincount(cells, minlength=8) / labels.size
-    counts = np.random.default_rng(seed).multinomial(labels.size, shares, size=samples)
-
-    def f1(predicted_bit: int) -> npt.NDArray[np.float64]:
-        positive = [cell for cell in range(8) if cell & predicted_bit]
-        tp = counts[:, [cell for cell in positive if cell & 4]].sum(axis=1)
-        fp = counts[:, [cell for cell in positive if not cell & 4]].sum(axis=1)
-        fn = counts[:, [cell for cell in range(8) if cell & 4 and not cell & predicted_bit]].sum(axis=1)
-        return f1_from_counts(tp, fp, fn)
-
-    return f1(1) - f1(2)
-
-
 def judge_candidates(
     settings: MonitoringSettings,
     champion: DeployedVersion,
     candidates: list[Candidate],
-    models: dict[str, Any],
+    models: dict[str, RiskModel],
     recent: tuple[np.ndarray, np.ndarray],
     champion_test_f1: float,
     champion_window_f1: float,
@@ -463,21 +450,22 @@ def judge_candidates(
 ) -> Gate:
     """The best candidate on the recent rows against the champion: it must gain ``min_gain`` and gain reliably."""
     features, labels = recent
-    best = max(candidates, key=lambda candidate: candidate.recent_f1)  # ties: the first, "all" when configured
+    # Ties: the first, so the simplest family and, within it, "all" when configured.
+    best = max(candidates, key=lambda candidate: candidate.recent_f1)
     champion_recent = f1_on(champion.model, features, labels)
     gain = best.recent_f1 - champion_recent
     resampled = paired_gain_resamples(
-        labels, champion.model.predict(features), models[best.window.name].predict(features), PAIRED_RESAMPLES
+        labels, champion.model.predict(features), models[best.name].predict(features), PAIRED_RESAMPLES
     )
     p_no_gain = float(np.mean(resampled <= 0))
     # A tolerance, so that a gain of exactly the margin counts despite rounding.
     passed = gain >= settings.min_gain - 1e-9 and p_no_gain <= 1 - settings.gate_confidence
-    others = ", ".join(f"{c.window.name} {c.recent_f1:.4f}" for c in candidates if c is not best)
+    others = ", ".join(f"{c.name} {c.recent_f1:.4f}" for c in candidates if c is not best)
     sentence = (
-        f"challenger ({best.window.name} window) F1 {best.recent_f1:.4f} against champion {champion_recent:.4f} on "
-        f"{labels.size} held-out recent rows (margin {settings.min_gain:g}; no gain in {p_no_gain:.1%} of "
-        f"resamples, at most {1 - settings.gate_confidence:.0%} allowed)"
-        + (f"; other windows: {others}" if others else "")
+        f"challenger ({best.window.name} window, {best.family}) F1 {best.recent_f1:.4f} against champion "
+        f"{champion_recent:.4f} on {labels.size} held-out recent rows (margin {settings.min_gain:g}; no gain in "
+        f"{p_no_gain:.1%} of resamples, at most {1 - settings.gate_confidence:.0%} allowed)"
+        + (f"; other challengers: {others}" if others else "")
         + f"; on the recent window ({window_rows} rows) {best.window_f1:.4f} against {champion_window_f1:.4f}"
         + f"; on the test data {best.test_f1:.4f} against {champion_test_f1:.4f}"
     )
@@ -756,7 +744,7 @@ def retrain_and_gate(
     log.info("gate: %s", gate.sentence)
     log_candidates(assessment.candidates)
     with clock.stage("evaluation window"):
-        best = next(model for window, _, model, _ in trained if window.name == gate.best.window.name)
+        best = next(one.model for one in trained if one.folder == gate.best.folder)
         serving = best if gate.passed else champion.model
         assessment.window = score_window(serving, data, yardsticks, settings)
     if gate.passed:
@@ -773,7 +761,7 @@ def retrain_and_gate(
 
 def judge_trained(
     inputs: RunInputs,
-    trained: list[tuple[TrainingWindow, Path, Any, float]],
+    trained: list[TrainedChallenger],
     recent: np.ndarray,
     yardsticks: Yardsticks,
 ) -> tuple[list[Candidate], Gate]:
@@ -783,10 +771,17 @@ def judge_trained(
     evaluation = yardsticks.evaluation
     window_rows = (data.features(evaluation), data.labels(evaluation))
     candidates = [
-        Candidate(window, folder, f1_on(model, *recent_rows), test_f1, f1_on(model, *window_rows))
-        for window, folder, model, test_f1 in trained
+        Candidate(
+            one.window,
+            one.family,
+            one.folder,
+            f1_on(one.model, *recent_rows),
+            one.test_f1,
+            f1_on(one.model, *window_rows),
+        )
+        for one in trained
     ]
-    models = {window.name: model for window, _, model, _ in trained}
+    models = {candidate.name: one.model for candidate, one in zip(candidates, trained, strict=True)}
     champion_scores = (
         f1_on(champion.model, yardsticks.test.features, yardsticks.test.labels),
         f1_on(champion.model, *window_rows),
@@ -800,7 +795,7 @@ def log_candidates(candidates: list[Candidate]) -> None:
     for candidate in candidates:
         log.info(
             "candidate %s: %s; F1 %.4f on the held-out recent rows, %.4f on the recent window, %.4f on the test data",
-            candidate.window.name,
+            candidate.name,
             candidate.window.describe(),
             candidate.recent_f1,
             candidate.window_f1,
@@ -808,37 +803,48 @@ def log_candidates(candidates: list[Candidate]) -> None:
         )
 
 
-def train_candidates(
-    inputs: RunInputs, assessment: Assessment, yardsticks: Yardsticks
-) -> list[tuple[TrainingWindow, Path, Any, float]]:
-    """Train one challenger per window into ``challenger/<window>/``, on every row outside the evaluation window,
-    and score it on the test data."""
+@dataclass(frozen=True)
+class TrainedChallenger:
+    """One challenger as trained: its window and family, its folder, its arithmetic and its F1 on the test data."""
+
+    window: TrainingWindow
+    family: str
+    folder: Path
+    model: RiskModel
+    test_f1: float
+
+
+def train_candidates(inputs: RunInputs, assessment: Assessment, yardsticks: Yardsticks) -> list[TrainedChallenger]:
+    """Train one challenger per window and model family into ``challenger/<window>-<family>/``, on every row
+    outside the evaluation window, and score it on the test data."""
     from scoring import write_scores
-    from training import Retraining, describe_training_data, fit_and_save
+    from training import FitContext, Retraining, describe_training_data, save_trained
 
     config, data, test = inputs.config, inputs.data, yardsticks.test
     first_new, trainable, because = assessment.first_batch, ~yardsticks.evaluation, "; ".join(assessment.triggers)
     described = describe_training_data(config.output_folder_path)
-    held_out = int((data.in_batches(first_new) & ~trainable).sum())
+    retraining = Retraining(int((data.in_batches(first_new) & ~trainable).sum()), because)
     windows = candidate_windows(config, inputs.connection, data, first_new, yardsticks.held_out_from, trainable)
+    # Simplest family first, so that a tie at the gate goes to the simpler model.
+    jobs = [(window, mask, weights, family) for family in config.model.families for window, mask, weights in windows]
 
-    def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None) -> tuple[Any, ...]:
-        folder = config.output_model_path / CHALLENGER_FOLDER / window.name
-        fit_and_save(
-            data.features(mask),
-            data.labels(mask),
-            described,
-            config.model,
-            folder,
-            window,
-            sample_weight=weights,
-            retraining=Retraining(held_out, because),
+    def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None, family: str) -> TrainedChallenger:
+        folder = config.output_model_path / CHALLENGER_FOLDER / f"{window.name}-{family}"
+        labels = data.labels(mask)
+        started = time.perf_counter()
+        model = fit_risk_model(family, data.features(mask), labels, config.model, weights)
+        seconds = time.perf_counter() - started
+        probabilities = model.score(test.features)[0]
+        calibration = CalibrationCheck(
+            round(equal_count_calibration_error(test.labels, probabilities), 6), int(test.labels.size), "the test data"
         )
+        context = FitContext(seconds, window, retraining, calibration=calibration)
+        save_trained(model, labels, described, config.model, folder, context)
         metrics = score_loaded_model(load_model(folder / MODEL_FILE), folder / MODEL_FILE, test)
         write_scores(metrics, folder)
-        return window, folder, load_model(folder / MODEL_FILE), metrics.f1
+        return TrainedChallenger(window, family, folder, model, metrics.f1)
 
-    # Two at a time, each numpy operation on one thread: half the time of one after the other on
-    # two cores, where letting numpy's own threads compete for them is no faster than one fit at a time.
+    # Two at a time, each numpy operation (and each tree) on one thread: half the time of one after the other
+    # on two cores, where letting numpy's own threads compete for them is no faster than one fit at a time.
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda args: train(*args), windows))
+        return list(pool.map(lambda job: train(*job), jobs))

@@ -96,12 +96,51 @@ class TrainingSettings:
     decision_threshold: str | float | None = None  # "f1" or a fixed threshold
 
 
+@dataclass(frozen=True)
+class FamilyScore:
+    """One family's cross-validated F1 and, for all but the first, how it fared against the family kept before it."""
+
+    family: str
+    f1: float  # of the out-of-fold labels of every row compared on
+    fold_f1: list[float]
+    calibration_error: float  # of the out-of-fold probabilities, equal-count bins
+    compared_with: str | None = None
+    gain: float | None = None
+    p_no_gain: float | None = None
+    better: bool | None = None
+
+
+@dataclass(frozen=True)
+class FamilyChoice:
+    """The family chosen, why, and every family's scores (empty when no comparison was made)."""
+
+    family: str
+    reason: str
+    rows: int  # compared on
+    folds: int
+    scores: list[FamilyScore]
+
+    def score_of(self, family: str) -> FamilyScore | None:
+        return next((score for score in self.scores if score.family == family), None)
+
+
+@dataclass(frozen=True)
+class CalibrationCheck:
+    """How well a model's probabilities matched the exit rates on rows it was not fitted on: the expected
+    calibration error over ten bins of equal row counts, and which rows."""
+
+    error: float
+    rows: int
+    measured_on: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelInfo:
     """``trainedmodel.json``: how and on what data a model was trained."""
 
     trained_at: str | None = None
     model: str | None = None
+    family: str | None = field(default=None, metadata=OMITTED_WHEN_NONE)  # None: written before there were families
     features: list[str] = field(default_factory=list)
     target: str | None = None
     decision_threshold: float | None = None
@@ -113,6 +152,9 @@ class ModelInfo:
     ingested_files_sha256: str | None = None
     ingested_record_sha256: str | None = None
     training_window: TrainingWindow | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    family_choice: FamilyChoice | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    calibration: CalibrationCheck | None = field(default=None, metadata=OMITTED_WHEN_NONE)
+    trees: int | None = field(default=None, metadata=OMITTED_WHEN_NONE)
     held_out_recent_rows: int | None = field(default=None, metadata=OMITTED_WHEN_NONE)
     retrained_because: str | None = field(default=None, metadata=OMITTED_WHEN_NONE)
     training_rows: int | None = None

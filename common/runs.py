@@ -57,7 +57,8 @@ class FeatureDrift:
 
 @dataclass(frozen=True)
 class CandidateScore:
-    """One challenger a run trained: its training window, and its F1 on the held-out rows, test data and window."""
+    """One challenger a run trained: its training window and model family, and its F1 on the held-out rows, test
+    data and window."""
 
     window: str
     describe: str
@@ -67,6 +68,7 @@ class CandidateScore:
     recent_f1: float
     test_f1: float
     window_f1: float | None = None  # runs before the rolling evaluation window did not record it
+    family: str | None = None  # runs before there were model families trained the linear one only
 
     def to_json(self) -> JsonObject:
         stored: JsonObject = {
@@ -78,7 +80,8 @@ class CandidateScore:
             "recent_f1": self.recent_f1,
             "test_f1": self.test_f1,
         }
-        return stored if self.window_f1 is None else {**stored, "window_f1": self.window_f1}
+        optional = {"window_f1": self.window_f1, "family": self.family}
+        return {**stored, **{key: value for key, value in optional.items() if value is not None}}
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class RunFields:
     estimated_f1_high: float | None = None
     calibration_error: float | None = None
     estimate_reliable: bool | None = None
+    winning_family: str | None = None
+    model_family: str | None = None
 
     def updated(self, changes: RunFields) -> RunFields:
         """These fields with those ``changes`` knows (not ``None``) put in their place."""
@@ -241,6 +246,7 @@ def read_candidate(item: object) -> CandidateScore | None:
             recent_f1=float(item["recent_f1"]),
             test_f1=float(item["test_f1"]),
             window_f1=item.get("window_f1"),
+            family=item.get("family"),
         )
     except (KeyError, TypeError, ValueError):
         return None

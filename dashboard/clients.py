@@ -20,7 +20,7 @@ from common.drivers import explain_clients
 from common.schema import FEATURES, ID_COLUMN
 
 if TYPE_CHECKING:
-    from training import LinearRiskModel
+    from common.riskmodels import RiskModel
 
 SORT_KEYS = ("probability", ID_COLUMN, *FEATURES)
 
@@ -59,7 +59,7 @@ class ClientTable:
     unlabelled: np.ndarray  # bool: the client's state is a row whose outcome is not known yet
     features: np.ndarray  # float64, one column per feature
     probabilities: np.ndarray
-    drivers_model: LinearRiskModel | None  # None for a model whose risk cannot be split into drivers
+    drivers_model: RiskModel | None  # None for a model whose risk cannot be split into drivers
     orders: dict[str, np.ndarray]  # sort key -> row order, ascending
     position: dict[str, int]  # corporation -> row
     rank: np.ndarray  # 1 for the highest probability
@@ -125,7 +125,7 @@ def client_histories(ids: list[str], data: IngestedData, wanted: set[str]) -> di
 
 def build_client_table(
     version: str,
-    drivers_model: LinearRiskModel | None,
+    drivers_model: RiskModel | None,
     threshold: float,
     predict: Any,
     data: IngestedData,

@@ -2,8 +2,10 @@
 to ``fullprocess.py`` as real processes, and the deployed model measured on fresh samples of each world.
 
 Each step records, for the scenario table: the world the batch came from, whether the run retrained,
-which training window won, the deployed model's F1 on a fresh sample of that world, the F1 of a
-model fitted on that world alone with the same pipeline, and their ratio.
+which training window and model family won, the deployed model's family and F1 on a fresh sample of
+that world, the F1 of a linear model fitted on that world alone, and their ratio; and the deployed
+model's F1 on a fresh 20,000-row sample against the Bayes-optimal F1 there (each world's true exit
+probability is known).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from common.drift import confusion_shares, f1_from_counts
 from common.errors import PipelineError
 from common.history import read_runs
 from common.schema import FEATURES
-from generate_data import WORLDS, generate_clients, write_batch, write_shipped_data
+from generate_data import WORLDS, exit_probability, generate_clients, write_batch, write_shipped_data
 from tests.helpers import run_script, write_config
 from training import fit_classifier
 
 FRESH_ROWS = 5_000
 ORACLE_ROWS = 50_000
+BAYES_ROWS = 20_000
 
 
 def arrays(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +53,25 @@ def oracle_f1(world: str) -> float:
     return f1_of(model, *fresh_sample(world))
 
 
+@cache
+def bayes_sample(world: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """A fresh 20,000-row sample of ``world``: features, labels, and the Bayes-optimal F1 on it (the best F1 of
+    any threshold on the true exit probabilities)."""
+    clients = generate_clients(BAYES_ROWS, np.random.default_rng(9_000 + sorted(WORLDS).index(world)), WORLDS[world])
+    features = np.column_stack([clients[name] for name in FEATURES]).astype(float)
+    labels = clients["exited"]
+    order = np.argsort(-exit_probability(WORLDS[world], *features.T), kind="stable")
+    hits = np.cumsum(labels[order])
+    best = float(np.max(2 * hits / (np.arange(1, labels.size + 1) + labels.sum())))
+    return features, labels, best
+
+
+def bayes_ratio(model: object, world: str) -> float:
+    """The model's F1 on the fresh 20,000-row sample of ``world`` over the Bayes-optimal F1 there."""
+    features, labels, best = bayes_sample(world)
+    return f1_of(model, features, labels) / best
+
+
 @dataclass
 class Step:
     scenario: str
@@ -63,6 +85,9 @@ class Step:
     f1: float
     oracle: float
     f1_before: float | None  # the model that served before this run, on the same fresh sample
+    family: str = "linear"  # the deployed model's
+    winner: str = "-"  # the best challenger's window and family
+    bayes: float = 0.0  # F1 on the 20,000-row sample over the Bayes-optimal F1
 
     @property
     def ratio(self) -> float:
@@ -122,6 +147,9 @@ class ChangingWorld:
             f1_of(deployed.model, *fresh_sample(world)),
             oracle_f1(world),
             f1_before,
+            deployed.model_info.family or "linear",
+            f"{run.winning_window}/{run.winning_family or 'linear'}" if run.winning_window else "-",
+            bayes_ratio(deployed.model, world),
         )
         self.steps.append(step)
         return step
@@ -146,11 +174,14 @@ def format_steps(steps: list[Step]) -> str:
         "outcome",
         "retrained",
         "window won",
+        "won",
         "deployed",
+        "family",
         "F1 before",
         "F1 fresh",
         "F1 world-only",
         "ratio",
+        "F1/Bayes",
     ]
     rows = [
         [
@@ -161,11 +192,14 @@ def format_steps(steps: list[Step]) -> str:
             step.outcome,
             "yes" if step.retrained else "no",
             step.window,
+            step.winner,
             step.deployed,
+            step.family,
             "-" if step.f1_before is None else f"{step.f1_before:.4f}",
             f"{step.f1:.4f}",
             f"{step.oracle:.4f}",
             f"{step.ratio:.3f}",
+            f"{step.bayes:.3f}",
         ]
         for index, step in enumerate(steps)
     ]

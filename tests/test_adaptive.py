@@ -68,6 +68,14 @@ def test_e_a_change_and_a_return_are_both_followed(tmp_path: Path):
     assert back[-1].ratio >= 0.95, format_steps(world.steps)
 
 
+def test_g_a_world_whose_risk_is_not_log_linear_is_followed_by_another_model_family(tmp_path: Path):
+    world = ChangingWorld.start(tmp_path, "g")
+    steps = [world.feed("nonlinear") for _ in range(3)]
+    TABLE.extend(world.steps)
+    assert steps[0].retrained, format_steps(world.steps)
+    assert steps[-1].family != "linear" and steps[-1].bayes >= 0.93, format_steps(world.steps)
+
+
 def test_f_five_stable_batches_of_200000_rows_trigger_no_retraining(tmp_path: Path):
     world = ChangingWorld.start(tmp_path, "f")
     steps = [world.feed("stable", 200_000) for _ in range(5)]

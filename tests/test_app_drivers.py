@@ -109,7 +109,7 @@ def test_a_model_of_another_shape_answers_400_to_explain_and_ranking(client, dep
     assert plain.status_code == 200 and plain.get_json()["model_version"] == "v0002"
     for answer in (client.post("/prediction", json={"records": RECORDS, "explain": True}), client.get("/clients")):
         assert answer.status_code == 400
-        assert "v0002 is not a logistic regression on log-scaled, standardised counts" in answer.get_json()["error"]
+        assert "v0002 is of none of the model families" in answer.get_json()["error"]
 
 
 def test_ranking_lists_the_active_clients_riskiest_first(client, deployed):

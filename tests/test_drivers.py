@@ -10,8 +10,9 @@ from common.artifacts import MODEL_FILE, load_model
 from common.config import Config, ModelSettings
 from common.drivers import compare_with_typical, describe_reason, explain_clients
 from common.imports import sklearn_without_pandas
+from common.riskmodels import risk_model_for
 from common.schema import FEATURES
-from training import LinearRiskModel, fit_classifier
+from training import fit_classifier
 
 with sklearn_without_pandas():
     from sklearn.linear_model import LogisticRegression
@@ -37,7 +38,7 @@ def trained(deployed: Config):
 
 def test_baseline_plus_contributions_is_the_models_own_log_odds(trained):
     features = random_clients(500, seed=7)
-    drivers = explain_clients(LinearRiskModel.for_model(trained), features)
+    drivers = explain_clients(risk_model_for(trained), features)
     expected = logit(trained.predict_proba(features)[:, 1])
     contributions = np.array([[client.contributions[name] for name in FEATURES] for client in drivers.clients])
     np.testing.assert_allclose(drivers.baseline_log_odds + contributions.sum(axis=1), expected, rtol=0, atol=1e-9)
@@ -45,14 +46,14 @@ def test_baseline_plus_contributions_is_the_models_own_log_odds(trained):
 
 
 def test_the_baseline_is_the_log_odds_of_the_average_training_client(trained):
-    model = LinearRiskModel.for_model(trained)
+    model = risk_model_for(trained)
     typical = model.typical_counts.reshape(1, -1)
     np.testing.assert_allclose(model.contributions(typical), 0, atol=1e-12)
     assert logit(trained.predict_proba(typical)[0, 1]) == pytest.approx(model.baseline_log_odds, abs=1e-9)
 
 
 def test_more_activity_all_else_equal_never_raises_the_activity_contribution(trained):
-    model = LinearRiskModel.for_model(trained)
+    model = risk_model_for(trained)
     features = random_clients(300, seed=8)
     more = features.copy()
     more[:, 0] += np.random.default_rng(9).integers(1, 500, len(features))
@@ -84,15 +85,15 @@ def test_a_model_of_another_shape_has_no_drivers(model):
     features = random_clients(200, seed=10)
     labels = (features[:, 0] < 20).astype(int)
     model = model.fit(features, labels)
-    assert LinearRiskModel.for_model(model) is None
+    assert risk_model_for(model) is None
 
 
 def test_a_tampered_coefficient_is_caught_against_predict_proba():
     features = random_clients(200, seed=11)
     model = fit_classifier(features, (features[:, 0] < 20).astype(int), ModelSettings())
-    assert LinearRiskModel.for_model(model) is not None
+    assert risk_model_for(model) is not None
     model.estimator.named_steps["log_counts"].func = np.log  # not the arithmetic the drivers assume
-    assert LinearRiskModel.for_model(model) is None
+    assert risk_model_for(model) is None
 
 
 def test_the_reason_names_what_raises_the_risk_with_the_typical_value():

@@ -208,7 +208,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "history.sqlite"
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA user_version = 99")
-    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 2"):
+    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 3"):
         open_history(path)
 
 

@@ -91,7 +91,7 @@ def test_an_older_schema_is_upgraded_and_a_newer_one_refused(history_url: Databa
     assert {"first_batch", "last_batch", "candidates", "winning_window", "window_f1"} <= columns
     execute(history_url, "UPDATE history_schema SET version = 99")
     with pytest.raises(
-        PipelineError, match=r"run history postgresql://.* has schema version 99, newer than this code's 2"
+        PipelineError, match=r"run history postgresql://.* has schema version 99, newer than this code's 3"
     ):
         open_history(history_url)
 

@@ -15,11 +15,12 @@ from common.errors import PipelineError
 from common.evaluation import score_model
 from common.files import sha256_file
 from common.records import read_model_info, record_to_json
+from common.riskmodels import risk_model_for
 from common.schema import FEATURES, read_labelled_data
 from ingestion import ingest_folder
 from scoring import write_scores
 from tests.helpers import PROJECT_ROOT, run_script
-from training import LinearRiskModel, fit_classifier, train_from_folder
+from training import fit_classifier, train_from_folder
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +162,13 @@ def test_the_api_s_fast_arithmetic_is_taken_for_the_model_training_writes_and_gi
     ingest_folder(project.input_folder_path, project.output_folder_path)
     train_from_folder(project.output_folder_path, project.output_model_path, project.model)
     model = load_model(project.output_model_path / MODEL_FILE)
-    shortcut = LinearRiskModel.for_model(model)
+    shortcut = risk_model_for(model)
     assert shortcut is not None  # the API would otherwise fall back to scikit-learn on every request
     features, _ = read_labelled_data([project.test_data_path / "testdata.csv"])
-    probabilities, labels = shortcut.predict(features.copy())
+    probabilities, labels = shortcut.score(features.copy())
     assert np.array_equal(probabilities, model.predict_proba(features)[:, 1])
     assert np.array_equal(labels, model.predict(features))
     weighted = fit_classifier(
         features, (features[:, 0] < 20).astype(int), ModelSettings(), np.linspace(1, 2, len(features))
     )
-    assert LinearRiskModel.for_model(weighted) is not None  # a challenger trained with sample weights too
+    assert risk_model_for(weighted) is not None  # a challenger trained with sample weights too

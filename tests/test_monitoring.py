@@ -7,9 +7,10 @@ import pytest
 
 from common.artifacts import current_version_folder, load_deployed_version
 from common.batches import read_batch_book, read_ingested_data
-from common.config import Config, load_config
+from common.comparison import paired_gain_resamples
+from common.config import MODEL_FAMILIES, Config, load_config
 from common.history import DEPLOYED, KEPT, WAITING, open_history
-from common.monitoring import RunInputs, assess, paired_gain_resamples
+from common.monitoring import RunInputs, assess
 from common.stages import StageClock
 from generate_data import write_batch
 from ingestion import ingest_folder
@@ -73,18 +74,23 @@ def test_a_stable_batch_is_judged_against_the_test_score_and_the_training_window
     assert {"model drift", "data drift", "test data"} <= set(clock.timings)
 
 
-def test_a_changed_world_gets_challengers_on_each_window_and_the_best_is_chosen(deployed: Config):
+def test_a_changed_world_gets_challengers_on_each_window_and_family_and_the_best_is_chosen(deployed: Config):
     add_batch(deployed, "drift.csv", 3000, seed=43, world="drifted")
     decision, clock = decide(deployed, watermark=1)
     assert decision.model_drift.drifted and decision.triggers
-    assert [candidate.window.name for candidate in decision.candidates] == ["all", "recent", "weighted"]
+    assert [candidate.name for candidate in decision.candidates] == [
+        f"{window}/{family}" for family in MODEL_FAMILIES for window in ("all", "recent", "weighted")
+    ]
+    assert len({candidate.folder for candidate in decision.candidates}) == 9
     recent = next(candidate for candidate in decision.candidates if candidate.window.name == "recent")
     assert recent.window.first_batch == 2 and recent.window.rows == 3000 - decision.holdout_rows
     assert decision.gate.best.recent_f1 == max(candidate.recent_f1 for candidate in decision.candidates)
     assert decision.outcome == DEPLOYED and decision.deploy_folder == decision.gate.best.folder
     assert (decision.deploy_folder / "metrics.json").is_file()
     fields = decision.history_fields()
-    assert fields.winning_window == decision.gate.best.window.name and len(fields.candidates) == 3
+    assert fields.winning_window == decision.gate.best.window.name and len(fields.candidates) == 9
+    assert fields.winning_family == decision.gate.best.family
+    assert [stored.family for stored in fields.candidates] == [candidate.family for candidate in decision.candidates]
     assert fields.outcome is None  # fullprocess.py sets it once the deployment is done
     assert {"training", "scoring"} <= set(clock.timings)
 
@@ -95,7 +101,7 @@ def test_the_recent_window_can_be_the_last_n_rows_and_windows_can_be_chosen(depl
     )
     add_batch(config, "drift.csv", 3000, seed=43, world="drifted")
     decision, _ = decide(config, watermark=1)
-    assert [candidate.window.rows for candidate in decision.candidates] == [1200]
+    assert [candidate.window.rows for candidate in decision.candidates] == [1200] * len(MODEL_FAMILIES)
 
 
 def test_the_gate_asks_for_a_gain_that_holds_in_resamples():

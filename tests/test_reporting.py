@@ -36,10 +36,10 @@ from common.errors import PipelineError
 from common.files import find_test_files
 from common.history import open_history, save_run, start_run
 from common.records import Confusion, write_diagnostics_record
+from common.riskmodels import risk_model_for
 from common.runs import RunFields
 from common.schema import FEATURES, read_labelled_data
 from tests.helpers import run_script, write_config
-from training import LinearRiskModel
 
 UNREACHABLE_INDEX = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
 SECTION_HEADINGS = (
@@ -204,7 +204,7 @@ def test_rank_clients_keeps_each_corporations_last_row_and_active_clients_only(d
         "lastmonth_activity": 50,
         "lastyear_activity": 800,
         "number_of_employees": 20,
-        "reason": explain_clients(LinearRiskModel.for_model(model), np.array([[50.0, 800.0, 20.0]])).clients[0].reason,
+        "reason": explain_clients(risk_model_for(model), np.array([[50.0, 800.0, 20.0]])).clients[0].reason,
     }
     assert ranked[1]["reason"].startswith("activity last month 900, far above the typical ")
     assert [client["corporation"] for client in reporting.rank_clients(model, data, top=1)] == ["twice"]
