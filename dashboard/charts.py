@@ -41,6 +41,7 @@ class Chart:
     marks: list[Mark] = field(default_factory=list)
     bars: bool = False
     y_format: str = ""  # empty: as many decimals as the range needs
+    x_label: str = ""  # what the x positions are, written under their labels; empty: nothing written
 
     def format_value(self, value: float) -> str:
         return (self.y_format or "{:.3f}").format(value)
@@ -63,13 +64,27 @@ def y_range(chart: Chart) -> tuple[float, float]:
     return (max(low - pad, 0.0) if low >= 0 else low - pad), high + pad
 
 
-def tick_format(chart: Chart, low: float, high: float) -> str:
-    """The chart's own format, or one with enough decimals to tell its five ticks apart."""
+def tick_step(low: float, high: float) -> float:
+    """A round step (1, 2, 2.5 or 5 times a power of ten) that cuts the range into about six parts."""
+    raw = (high - low) / 6
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(factor * magnitude for factor in (1, 2, 2.5, 5, 10) if factor * magnitude >= raw * 0.999)
+
+
+def y_ticks(low: float, high: float) -> list[float]:
+    """The values of the grid lines: the multiples of a round step within the range."""
+    step = tick_step(low, high)
+    first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
+    return [round(step * number, 12) + 0.0 for number in range(first, last + 1)]  # + 0.0: no "-0"
+
+
+def tick_format(chart: Chart, ticks: list[float]) -> str:
+    """The chart's own format, or one with just enough decimals to write its round ticks exactly."""
     if chart.y_format:
         return chart.y_format
-    step = (high - low) / 4
-    digits = max(0, min(4, math.ceil(-math.log10(step)) + 1)) if step > 0 else 2
-    return f"{{:.{digits}f}}"
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    digits = next((d for d in range(7) if abs(round(step, d) - step) < 1e-9 * max(1.0, step)), 6)
+    return f"{{:,.{digits}f}}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class Frame:
     low: float
     high: float
     step: float
+    ticks: list[float]
 
     @property
     def plot_height(self) -> float:
@@ -94,7 +110,7 @@ class Frame:
 def render_chart(chart: Chart) -> Markup:
     """The chart as inline SVG markup (role img, labelled by its title)."""
     low, high = y_range(chart)
-    frame = Frame(low, high, (WIDTH - LEFT - RIGHT) / max(len(chart.labels), 1))
+    frame = Frame(low, high, (WIDTH - LEFT - RIGHT) / max(len(chart.labels), 1), y_ticks(low, high))
     title_id = f"chart-{abs(hash(chart.title)) % 10**8}"
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="{title_id}" '
@@ -109,11 +125,10 @@ def render_chart(chart: Chart) -> Markup:
 
 
 def draw_axes(chart: Chart, frame: Frame) -> list[str]:
-    """Grid lines with their values, every n-th label under the slots, and the y axis's name."""
-    ticks = tick_format(chart, frame.low, frame.high)
+    """Grid lines with their values, every n-th label under the slots, and the axes' names."""
+    ticks = tick_format(chart, frame.ticks)
     parts = []
-    for tick in range(5):
-        level = frame.low + (frame.high - frame.low) * tick / 4
+    for level in frame.ticks:
         y = frame.y_at(level)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(
@@ -131,6 +146,11 @@ def draw_axes(chart: Chart, frame: Frame) -> list[str]:
         f'<text class="axis" x="12" y="{middle:.1f}" transform="rotate(-90 12 {middle:.1f})" '
         f'text-anchor="middle">{escape(chart.y_label)}</text>'
     )
+    if chart.x_label:
+        centre = LEFT + (WIDTH - LEFT - RIGHT) / 2
+        parts.append(
+            f'<text class="axis" x="{centre:.1f}" y="{HEIGHT - 4}" text-anchor="middle">{escape(chart.x_label)}</text>'
+        )
     return parts
 
 

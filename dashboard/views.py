@@ -19,6 +19,7 @@ from common.schema import FEATURE_LABELS, FEATURES
 from dashboard import DASHBOARD_STATE, bp
 from dashboard.charts import Chart, Mark, Series, render_chart
 from dashboard.clients import SORT_KEYS, ClientTable, clients_csv
+from dashboard.model import app_effects_cache, gather_model_page
 from dashboard.sources import DashboardSources, app_sources, describe_age
 
 PAGE_SIZES = (25, 50, 100, 250)
@@ -435,6 +436,19 @@ def model_health() -> str:
         labels=FEATURE_LABELS,
         compared_value=compared_value,
     )
+
+
+@bp.get("/model")
+def model_page() -> str:
+    """The serving model: its family, how it was chosen, and what each count does to the risk (dashboard/model.py)."""
+    serving = read_serving()
+    served = serving.served
+    shown = (
+        gather_model_page(served, read_clients(serving), sources().runs_or_empty(), app_effects_cache(current_app))
+        if served is not None
+        else None
+    )
+    return render_template("model.html", page="model", serving=serving, model=shown, labels=FEATURE_LABELS)
 
 
 @bp.get("/runs")

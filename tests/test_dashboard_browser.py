@@ -35,6 +35,7 @@ PAGES = {
     "overview": "/",
     "clients": "/clients",
     "model-health": "/model-health",
+    "model": "/model",
     "runs": "/runs",
     "diagnostics": "/system",
 }
