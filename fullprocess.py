@@ -743,6 +743,8 @@ HISTORY_COLUMNS = (
     ("champion_test_f1", "champion test", lambda value: f"{value:.4f}"),
     ("challenger_test_f1", "challenger test", lambda value: f"{value:.4f}"),
     ("winning_window", "window won", str),
+    ("winning_family", "family won", str),
+    ("model_family", "serving family", str),
     ("window_f1", "F1 recent window", lambda value: f"{value:.4f}"),
     ("missing_percent", "missing %", lambda value: f"{value:.3f}"),
     ("seconds", "seconds", lambda value: f"{value:.2f}"),

@@ -7,6 +7,11 @@ is touched), deploys it, runs diagnostics once, starts ``app.py`` and measures t
 the table gives the median requests/s and median latency over the repeats, and all errors.
 
     .venv/bin/python -m bench.bench_api [--seconds 10] [--repeats 3]
+    .venv/bin/python -m bench.bench_api --families linear,boosted   # one JSON record, each family's model
+
+With ``--families``, one scratch project per family (``model.families`` set to it alone) serves at
+once, and the one-record load alternates between them run by run, so their requests per second
+are compared on the same machine state.
 
 Needs ``wrk`` (Debian: apt-get install wrk).
 """
@@ -53,10 +58,11 @@ LOADS = {
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def build_project(root: Path) -> Path:
-    """A scratch project reading the shipped source data; its test folder holds the 2,000-row file."""
+def build_project(root: Path, family: str | None = None) -> Path:
+    """A scratch project reading the shipped source data; its test folder holds the 2,000-row file. ``family``:
+    train that model family alone (default: the family training chooses)."""
     data = root / "data"
-    data.mkdir()
+    data.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "testdata" / "testdata.csv", data / "testdata.csv")
     lines = (data / "testdata.csv").read_text().splitlines()
     (data / "bench2000.csv").write_text("\n".join(lines[:2001]) + "\n")
@@ -67,6 +73,7 @@ def build_project(root: Path) -> Path:
         "output_model_path": "models",
         "prod_deployment_path": "production_deployment",
         "diagnostics": {"timing_runs": 0},
+        **({"model": {"families": [family]}} if family else {}),
     }
     config_path = root / "config.json"
     config_path.write_text(json.dumps(config))
@@ -112,7 +119,8 @@ def check_answers_equal_the_model(config_path: Path, url: str) -> None:
         raise SystemExit(f"the API refused the benchmark file: {response.text}")
     answer = response.json()
     served = np.array([row["probability"] for row in answer["predictions"]])
-    if not np.array_equal(served, model.predict_proba(batch.features)[:, 1]):
+    # The linear family's fast path repeats scikit-learn's operations exactly; the others agree to rounding.
+    if not np.allclose(served, model.predict_proba(batch.features)[:, 1], rtol=0, atol=1e-12):
         raise SystemExit("the API's probabilities differ from the model's predict_proba")
     print(f"check: {answer['rows']} probabilities equal the model's own predict_proba", file=sys.stderr)
 
@@ -189,6 +197,39 @@ def time_health_beside_slow_clients(port: int, slow: int, requests_made: int) ->
     return latencies, timeouts
 
 
+def compare_families(families: list[str], seconds: int, repeats: int) -> None:
+    """The one-record load against one server per family, alternating run by run; requests/s and the ratio to the
+    first family's."""
+    root = Path(tempfile.mkdtemp(prefix="risk-bench-families-"))
+    servers: dict[str, tuple[subprocess.Popen, str, Path]] = {}
+    try:
+        for family in families:
+            config_path = build_project(root / family, family)
+            port = free_port()
+            servers[family] = (start_server(config_path, port, "gevent"), f"http://127.0.0.1:{port}", config_path)
+            check_answers_equal_the_model(config_path, servers[family][1])
+        method, path, body = LOADS["POST /prediction, one JSON record"]
+        script = write_wrk_script(root, method, body)
+        rates: dict[str, list[float]] = {family: [] for family in families}
+        for family in families:
+            run_wrk(servers[family][1] + path, script, 2)  # warm-up
+        for _ in range(repeats):
+            for family in families:
+                rates[family].append(run_wrk(servers[family][1] + path, script, seconds)["rate"])
+        first = statistics.median(rates[families[0]])
+        print("| model family | requests/s (median) | share of the first | runs (requests/s) |")
+        print("|---|---|---|---|")
+        for family in families:
+            median = statistics.median(rates[family])
+            runs = ", ".join(f"{rate:,.0f}" for rate in rates[family])
+            print(f"| {family} | {median:,.0f} | {median / first:.0%} | {runs} |")
+    finally:
+        for server, _, _ in servers.values():
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each measured run (default 10)")
@@ -197,9 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         "--worker-classes", default="gevent,sync", help="gunicorn worker classes to compare (default gevent,sync)"
     )
     parser.add_argument("--slow-clients", type=int, default=50, help="slow clients held open (default 50)")
+    parser.add_argument("--families", default="", help="compare these model families on one JSON record instead")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed; on Debian: apt-get install wrk")
+    if args.families:
+        compare_families(args.families.split(","), args.seconds, args.repeats)
+        return 0
     root = Path(tempfile.mkdtemp(prefix="risk-bench-api-"))
     slow_rows = []
     try:

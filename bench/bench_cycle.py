@@ -9,7 +9,7 @@ Measurements, each on a scratch project, medians of ``--repeat`` runs:
   ``fullprocess.py`` process that finds the drift, retrains, deploys, and makes the diagnostics
   and the report (target < 4 s);
 * big (``--big``): the same with 1,000,000 clients in 10 files and 100,000 test rows, then
-  200,000 changed rows (target < 6 s);
+  200,000 changed rows (target < 10 s, every model family trained on every window);
 * make run: the six stage scripts ``make run`` runs, in a row, on the shipped data from nothing,
   with the install done (target < 10 s).
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = {"shipped": 4.0, "big": 6.0, "make run": 10.0}
+TARGETS = {"shipped": 4.0, "big": 10.0, "make run": 10.0}
 MAKE_RUN = ("ingestion", "training", "scoring", "deployment", "diagnostics", "reporting")
 STATE = ("ingesteddata", "models", "production_deployment")
 

@@ -458,13 +458,16 @@ def judge_candidates(
         labels, champion.model.predict(features), models[best.name].predict(features), PAIRED_RESAMPLES
     )
     p_no_gain = float(np.mean(resampled <= 0))
+    # The best of several challengers on the same rows is favoured by luck: each of them would have had to
+    # clear the bar, so the share allowed is split among them (a Bonferroni correction).
+    allowed = (1 - settings.gate_confidence) / len(candidates)
     # A tolerance, so that a gain of exactly the margin counts despite rounding.
-    passed = gain >= settings.min_gain - 1e-9 and p_no_gain <= 1 - settings.gate_confidence
+    passed = gain >= settings.min_gain - 1e-9 and p_no_gain <= allowed
     others = ", ".join(f"{c.name} {c.recent_f1:.4f}" for c in candidates if c is not best)
     sentence = (
         f"challenger ({best.window.name} window, {best.family}) F1 {best.recent_f1:.4f} against champion "
         f"{champion_recent:.4f} on {labels.size} held-out recent rows (margin {settings.min_gain:g}; no gain in "
-        f"{p_no_gain:.1%} of resamples, at most {1 - settings.gate_confidence:.0%} allowed)"
+        f"{p_no_gain:.1%} of resamples, at most {allowed:.2%} allowed for the best of {len(candidates)})"
         + (f"; other challengers: {others}" if others else "")
         + f"; on the recent window ({window_rows} rows) {best.window_f1:.4f} against {champion_window_f1:.4f}"
         + f"; on the test data {best.test_f1:.4f} against {champion_test_f1:.4f}"

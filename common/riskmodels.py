@@ -85,6 +85,15 @@ class RiskModel(Protocol):
     estimator: Any  # the fitted scikit-learn classifier (what trainedmodel.pkl holds)
     threshold: float
 
+    @classmethod
+    def fit(
+        cls,
+        features: np.ndarray,
+        labels: np.ndarray,
+        settings: ModelSettings,
+        sample_weight: np.ndarray | None = None,
+    ) -> RiskModel: ...
+
     @property
     def baseline_log_odds(self) -> float: ...
 
@@ -112,10 +121,22 @@ class FittedModel:
     family: ClassVar[str] = ""
 
     def __init__(self, estimator: Any, mean: np.ndarray, scale: np.ndarray, threshold: float):
+        """The arithmetic of ``estimator``, a fitted classifier of this family's shape; see ``risk_model_for``."""
         self.estimator: Any = estimator
         self.mean: np.ndarray = np.asarray(mean, dtype=np.float64)
         self.scale: np.ndarray = np.asarray(scale, dtype=np.float64)
         self.threshold = threshold
+
+    @classmethod
+    def fit(
+        cls,
+        features: np.ndarray,
+        labels: np.ndarray,
+        settings: ModelSettings,
+        sample_weight: np.ndarray | None = None,
+    ) -> RiskModel:
+        """This family fitted on these rows (each weighted by ``sample_weight``, if given), with its threshold."""
+        return fit_risk_model(cls.family, features, labels, settings, sample_weight)
 
     @property
     def typical_counts(self) -> np.ndarray:

@@ -21,12 +21,14 @@ from app import create_app
 from common.artifacts import MODEL_FILE, MODEL_INFO_FILE, load_model
 from common.comparison import labels_f1
 from common.config import MODEL_FAMILIES, ModelSettings, MonitoringSettings, load_config
+from common.errors import PipelineError
 from common.evaluation import score_model
 from common.familychoice import choose_family
 from common.records import read_model_info
 from common.riskmodels import (
     ADDITIVE,
     BOOSTED,
+    FAMILY_CLASSES,
     LINEAR,
     equal_count_calibration_error,
     fit_risk_model,
@@ -101,9 +103,16 @@ def test_on_the_shipped_world_the_linear_family_is_kept_and_is_as_good_as_the_wo
 def test_the_simplest_family_is_kept_without_a_comparison_when_only_it_is_listed_or_the_rows_are_too_few():
     features, labels, _ = world_sample("nonlinear", 3_000, seed=1)
     only = choose_family(features, labels, ModelSettings(families=("boosted",)), MonitoringSettings())
-    assert only.family == BOOSTED and not only.scores
+    assert only.family == BOOSTED and [score.family for score in only.scores] == [BOOSTED]
+    assert only.scores[0].compared_with is None and "only boosted is listed" in only.reason
     few = choose_family(features[:500], labels[:500], ModelSettings(), MonitoringSettings())
     assert few.family == LINEAR and not few.scores and "too few" in few.reason
+
+
+@pytest.mark.parametrize("families", [["linear", "trees"], []])
+def test_the_families_listed_in_the_config_are_checked(tmp_path, families):
+    with pytest.raises(PipelineError, match="model.families must list some of linear, additive, boosted"):
+        load_config(write_config(tmp_path, model={"families": families}))
 
 
 def test_a_more_complex_family_must_pass_the_gates_rule_against_the_simpler_one():
@@ -121,7 +130,7 @@ def test_a_more_complex_family_must_pass_the_gates_rule_against_the_simpler_one(
 def test_every_familys_drivers_add_up_to_the_log_odds_served(family, weighted):
     features, labels, _ = world_sample("nonlinear", 4_000, seed=3)
     weights = np.linspace(0.1, 1.0, labels.size) if weighted else None
-    model = risk_model_for(fit_risk_model(family, features, labels, ModelSettings(), weights).estimator)
+    model = risk_model_for(FAMILY_CLASSES[family].fit(features, labels, ModelSettings(), weights).estimator)
     assert model is not None and model.family == family
     rows = world_sample("nonlinear", 500, seed=4)[0]
     rows[:25] *= 50  # far beyond the training range too

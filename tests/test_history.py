@@ -166,7 +166,8 @@ def test_a_history_of_the_first_schema_gains_the_new_columns(tmp_path):
     connection = open_history(path)
     columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
     assert {"first_batch", "last_batch", "candidates", "winning_window", "window_f1"} <= columns
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert {"winning_family", "model_family"} <= columns
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_a_damaged_json_cell_does_not_hide_the_run(tmp_path):
