@@ -67,6 +67,8 @@ def write_config(code: Path, project: Path) -> Path:
         "index_timeout_seconds": 1,
     }
     config["api"] = {**config.get("api", {}), "url": "http://127.0.0.1:9"}
+    # The changed batch is copied in just before the run: measure the cycle, not the wait for files to settle.
+    config["monitoring"] = {**config.get("monitoring", {}), "settle_seconds": 0}
     path = project / "config.json"
     path.write_text(json.dumps(config))
     return path

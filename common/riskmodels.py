@@ -51,7 +51,7 @@ LINEAR, ADDITIVE, BOOSTED = MODEL_FAMILIES  # simplest first: a tie goes to the 
 SPLINE_KNOTS = 10
 SPLINE_C = 10.0  # the spline coefficients' penalty is light: ten knots per feature need little smoothing
 BOOSTED_PARAMETERS: dict[str, Any] = {
-    "learning_rate": 0.05,
+    "learning_rate": 0.1,
     "num_leaves": 15,
     "min_child_samples": 40,
     "n_estimators": 1000,  # an upper bound: early stopping picks the number of trees
