@@ -66,7 +66,7 @@ class ModelSettings:
     cross_validation_folds: int = field(default=5, metadata={"min": 2})
     # The families are compared on at most this many rows (a seeded sample of them); with fewer than
     # min_selection_rows, the simplest listed family is trained without a comparison.
-    selection_rows: int = 50_000
+    selection_rows: int = 20_000
     min_selection_rows: int = 1_000
     # The additive and boosted families fit on at most this many rows (a seeded sample, weights kept): on
     # three features they gain nothing measurable beyond it, and a cycle on a million rows stays short.
