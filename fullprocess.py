@@ -783,7 +783,8 @@ def describe_run(run: StoredRun) -> list[str]:
     for candidate in run.candidates or ():
         window_f1 = float("nan") if candidate.window_f1 is None else candidate.window_f1
         lines.append(
-            f"    candidate {candidate.window}: {candidate.describe}; F1 {candidate.recent_f1:.4f} on the "
+            f"    candidate {candidate.window}/{candidate.family or MODEL_FAMILIES[0]}: {candidate.describe}; F1 "
+            f"{candidate.recent_f1:.4f} on the "
             f"held-out recent rows, {window_f1:.4f} on the recent window, {candidate.test_f1:.4f} on the test data"
         )
     if run.failed_stage:
