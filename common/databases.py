@@ -25,7 +25,8 @@ POSTGRES_SCHEMES = ("postgresql+psycopg", "postgresql")
 DEFAULT_PASSWORD_ENV = "RISK_DATABASE_PASSWORD"
 CONNECT_TIMEOUT_SECONDS = 5
 # A plain SQL identifier, optionally qualified by a schema: anything else is refused, then quoted.
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Matched whole (``fullmatch``): ``$`` would also match before a trailing newline.
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def parse_database_url(url: str, base: Path, where: str, password_env: str = DEF
 def check_identifier(name: str, where: str, qualified: bool = False) -> str:
     """A table or column name, checked: letters, digits and underscores (``schema.table`` when ``qualified``)."""
     parts = name.split(".") if qualified else [name]
-    if not isinstance(name, str) or len(parts) > 2 or not all(IDENTIFIER.match(part) for part in parts):
+    if not isinstance(name, str) or len(parts) > 2 or not all(IDENTIFIER.fullmatch(part) for part in parts):
         schema = ", optionally schema.name" if qualified else ""
         raise PipelineError(f"{where} must be a plain SQL name (letters, digits and underscores{schema}), not {name!r}")
     return name

@@ -1,0 +1,43 @@
+"""The source bookkeeping under attack: no row lost, nothing silent (files, config and names)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import load_config
+from common.databases import check_identifier
+from common.errors import PipelineError
+from ingestion import ingest_folder
+from tests.helpers import write_clients, write_config
+
+
+@pytest.mark.parametrize("output", ["sourceddata", "sourceddata/ingested"])
+def test_an_output_folder_at_or_inside_the_input_folder_is_refused_naming_both_keys(tmp_path, output):
+    with pytest.raises(PipelineError) as caught:
+        load_config(write_config(tmp_path, output_folder_path=output))
+    message = str(caught.value)
+    assert "'output_folder_path'" in message and "'input_folder_path'" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_an_output_folder_beside_the_input_folder_is_accepted(tmp_path):
+    config = load_config(write_config(tmp_path, output_folder_path="sourceddata-ingested"))
+    assert config.output_folder_path == tmp_path / "sourceddata-ingested"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c"])
+def test_a_file_name_with_a_line_separator_is_refused_and_ingestedfiles_stays_one_name_a_line(tmp_path, separator):
+    config = load_config(write_config(tmp_path))
+    write_clients(config.input_folder_path / "clients_a.csv", 50, seed=1)
+    write_clients(config.input_folder_path / f"odd{separator}name.csv", 50, seed=2)
+    result = ingest_folder(config.input_folder_path, config.output_folder_path)
+    assert [entry.name for entry in result.files] == ["clients_a.csv"]
+    assert any("line break" in reason for reason in result.rejected.values())
+    lines = (config.output_folder_path / "ingestedfiles.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == ["clients_a.csv"]
+
+
+@pytest.mark.parametrize("name", ["clients\n", "clients\r\n", "public.clients\n", "clients\u2028"])
+def test_an_identifier_with_a_trailing_newline_is_refused(name):
+    with pytest.raises(PipelineError, match="plain SQL name"):
+        check_identifier(name, "input_database_table", qualified=True)
