@@ -41,3 +41,33 @@ def test_a_file_name_with_a_line_separator_is_refused_and_ingestedfiles_stays_on
 def test_an_identifier_with_a_trailing_newline_is_refused(name):
     with pytest.raises(PipelineError, match="plain SQL name"):
         check_identifier(name, "input_database_table", qualified=True)
+
+
+def test_a_file_whose_exited_column_is_blank_is_read_as_unlabelled(tmp_path):
+    config = load_config(write_config(tmp_path))
+    write_clients(config.input_folder_path / "clients_a.csv", 50, seed=1)
+    pending = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\nabc,1,2,3,\nxyz,4,5,6,\n"
+    (config.input_folder_path / "pending.csv").write_text(pending, encoding="utf-8")
+    records = '[{"corporation": "q1", "lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3, '
+    records += '"exited": null}, {"corporation": "q2", "lastmonth_activity": 1, "lastyear_activity": 2, '
+    records += '"number_of_employees": 3, "exited": ""}]'
+    (config.input_folder_path / "pending.json").write_text(records, encoding="utf-8")
+    result = ingest_folder(config.input_folder_path, config.output_folder_path)
+    assert result.rejected == {}
+    assert sorted(entry.name for entry in result.unlabelled) == ["pending.csv", "pending.json"]
+    assert all(entry.rows_kept == 2 for entry in result.unlabelled)
+    assert result.unlabelled_clients == 4
+
+
+def test_json_ids_that_are_objects_lists_booleans_or_fractions_are_bad_rows_counted(tmp_path):
+    config = load_config(write_config(tmp_path))
+    features = '"lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3, "exited": 0'
+    ids = ['"text"', "7", "8.0", '{"a": 1}', "true", "[1]", "1.5"]
+    records = ",".join(f'{{"corporation": {value}, {features}}}' for value in ids)
+    (config.input_folder_path).mkdir(parents=True)
+    (config.input_folder_path / "ids.json").write_text(f"[{records}]", encoding="utf-8")
+    result = ingest_folder(config.input_folder_path, config.output_folder_path)
+    (entry,) = result.files
+    assert (entry.rows_kept, entry.rows_dropped) == (3, 4)
+    written = (config.output_folder_path / "finaldata.csv").read_text(encoding="utf-8").splitlines()
+    assert [line.split(",")[0] for line in written[1:]] == ["text", "7", "8"]
