@@ -351,9 +351,7 @@ def json_id(value: object) -> str | None:
     return None
 
 
-def _read_json_table(
-    path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()
-) -> tuple[pa.Table, int]:
+def _read_json_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pa.Table, int]:
     """The records' columns, and how many records were left out for an id of another kind (``json_id``)."""
     records = [normalise_keys(item) for item in read_json_records(path)]
     if not records:
