@@ -49,6 +49,7 @@ from common.artifacts import (
     DIAGNOSTICS_FILE,
     EVALUATION_WINDOW_FILE,
     INGESTED_FILES,
+    INGESTION_REPORT,
     LATEST_SCORE_FILE,
     METRICS_FILE,
     MISSING_CACHE_FILE,
@@ -60,6 +61,7 @@ from common.artifacts import (
     load_deployed_version,
     read_ingested_files,
     read_ingestion_record,
+    read_ingestion_report,
     utc_now,
 )
 from common.cli import build_parser
@@ -181,8 +183,41 @@ def run_lock(prod_deployment_path: Path) -> contextlib.AbstractContextManager[Pa
 # ---------------------------------------------------------------- 1. new data (light)
 
 
-def find_new_data(input_folder_path: Path, trained_on: dict[str, Any], decided: set[str]) -> NewData:
-    """The source files whose content neither the deployed model nor an earlier decision has seen."""
+@dataclass(frozen=True)
+class IngestedNow:
+    """What the ingested data holds now: the content hashes of its files, and the files its last run left out as bad."""
+
+    hashes: frozenset[str]
+    rejected: frozenset[str]
+
+    def holds(self, path: Path, digest: str) -> bool:
+        """Whether this content is what the ingested data holds now (or was left out as bad, and would be again)."""
+        return digest in self.hashes or path.name in self.rejected
+
+
+def read_ingested_now(output_folder_path: Path) -> IngestedNow:
+    """What ``finaldata.csv`` and the unlabelled clients are made of now, from the ingestion record and report.
+
+    A report that cannot be read names no rejected file: those files are then read again, and left out again.
+    """
+    record = read_ingestion_record(output_folder_path / INGESTED_FILES)
+    rejected: frozenset[str] = frozenset()
+    if (output_folder_path / INGESTION_REPORT).exists():
+        try:
+            rejected = frozenset(read_ingestion_report(output_folder_path / INGESTION_REPORT).rejected)
+        except PipelineError as exc:
+            log.warning("%s; the files it left out are read again", exc)
+    return IngestedNow(frozenset(entry.sha256 for entry in record.files), rejected)
+
+
+def find_new_data(
+    input_folder_path: Path, trained_on: dict[str, Any], decided: set[str], ingested: IngestedNow | None = None
+) -> NewData:
+    """The source files whose content neither the deployed model nor an earlier decision has seen.
+
+    With ``ingested``, content seen before counts as known only while the ingested data holds it: a
+    file restored to an earlier content (or flipped back to labelled) is new again, as ingestion reads it.
+    """
     if not input_folder_path.is_dir():
         raise PipelineError(f"input folder {input_folder_path} does not exist")
     data_files, ignored = list_data_files(input_folder_path)
@@ -190,7 +225,7 @@ def find_new_data(input_folder_path: Path, trained_on: dict[str, Any], decided: 
     files, known = [], 0
     for path in data_files:
         digest = sha256_file(path)
-        if digest in known_hashes:
+        if digest in known_hashes and (ingested is None or ingested.holds(path, digest)):
             known += 1
             continue
         files.append(SourceFile(path.name, path, digest, "edited" if path.name in trained_on else "new"))
@@ -509,7 +544,8 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
             decided = decided_hashes(connection)
         new = NewData([], [], 0)
         if config.input_folder_path is not None:
-            new = find_new_data(config.input_folder_path, trained_on, decided)
+            ingested = read_ingested_now(config.output_folder_path)
+            new = find_new_data(config.input_folder_path, trained_on, decided, ingested)
         if config.database is not None:
             rows, new.fetched_before = find_new_rows(config.database, config.output_folder_path, trained_on, decided)
             new.files += rows
