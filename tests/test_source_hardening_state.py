@@ -53,4 +53,3 @@ def test_a_file_flipped_to_unlabelled_and_back_gets_its_labelled_rows_back(deplo
     assert new_files(deployed) == [("clients_b.csv", "edited")]
     ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
     assert final.read_bytes() == before
-
