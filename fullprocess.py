@@ -66,7 +66,15 @@ from common.artifacts import (
 )
 from common.cli import build_parser
 from common.config import MODEL_FAMILIES, PROJECT_ROOT, Config, load_config
-from common.databases import DatabaseSource, describe_sources, fetched_from, has_rows_past, last_watermark
+from common.databases import (
+    DatabaseSource,
+    check_source,
+    describe_source_state,
+    describe_sources,
+    fetched_from,
+    last_watermark,
+    read_recorded_state,
+)
 from common.errors import PipelineError
 from common.files import (
     LockHeld,
@@ -234,8 +242,9 @@ def find_new_data(
 
 def find_new_rows(
     source: DatabaseSource, output_folder_path: Path, trained_on: dict[str, Any], decided: set[str]
-) -> tuple[list[SourceFile], set[str]]:
-    """Fetches ingested but not decided on, and rows past the watermark (one cheap query); and the fetches' hashes.
+) -> tuple[list[SourceFile], set[str], list[str]]:
+    """Fetches ingested but not decided on, rows past the watermark or late below it (a few cheap queries); the
+    fetches' hashes; and the warnings the table's state is worth (a table that went back, NULL or bad watermarks).
 
     Raises PipelineError in one sentence when the database cannot be reached.
     """
@@ -243,10 +252,25 @@ def find_new_rows(
     known = {entry.sha256 for entry in trained_on.values()} | decided
     files = [SourceFile(entry.name, None, entry.sha256, "new") for entry in fetched if entry.sha256 not in known]
     watermark = last_watermark(fetched, source)
-    if has_rows_past(source, watermark):
+    state = check_source(source, watermark)
+    recorded = read_recorded_state(output_folder_path, source) if fetched else None
+    before = recorded.rows_at_or_below if recorded is not None and recorded.watermark == watermark else None
+    warnings = describe_source_state(source, state, watermark, before)
+    if state.past:
         past = "" if watermark is None else f" past {source.watermark} {watermark}"
         files.append(SourceFile(f"{source.table}: rows{past}", None, None, "new"))
-    return files, {entry.sha256 for entry in fetched}
+    elif before is not None and state.at_or_below > before:
+        files.append(SourceFile(f"{source.table}: rows at or below {source.watermark} {watermark}", None, None, "new"))
+    return files, {entry.sha256 for entry in fetched}, warnings
+
+
+def note_source_warnings(record: RunRecord, warnings: list[str]) -> None:
+    """Log what the sources are worth a person's attention for, and keep it in the run's details (the history)."""
+    fresh = [warning for warning in warnings if warning not in record.details.get("source_warnings", [])]
+    for warning in fresh:
+        log.warning("%s", warning)
+    if fresh:
+        record.details["source_warnings"] = [*record.details.get("source_warnings", []), *fresh]
 
 
 def note_fetches(record: RunRecord, new: NewData, ingested: list[Any]) -> None:
@@ -330,6 +354,7 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> RunFi
             database=config.database,
         )
         note_fetches(record, new, ingested.files)
+        note_source_warnings(record, ingested.warnings)
         folder = config.input_folder_path
         missing = missing_percent(
             [folder / entry.name for entry in ingested.files if folder and not entry.source], config.output_model_path
@@ -427,6 +452,7 @@ def ingest_new_files(config: Config, record: RunRecord, new: NewData, champion: 
             database=config.database,
         )
         note_fetches(record, new, ingested.files)
+        note_source_warnings(record, ingested.warnings)
     with record.clock.stage("new rows"):
         data = read_ingested_data(config.output_folder_path)
         missing = missing_percent([item.path for item in new.files if item.path], config.output_model_path)
@@ -547,8 +573,11 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
             ingested = read_ingested_now(config.output_folder_path)
             new = find_new_data(config.input_folder_path, trained_on, decided, ingested)
         if config.database is not None:
-            rows, new.fetched_before = find_new_rows(config.database, config.output_folder_path, trained_on, decided)
+            rows, new.fetched_before, warnings = find_new_rows(
+                config.database, config.output_folder_path, trained_on, decided
+            )
             new.files += rows
+            note_source_warnings(record, warnings)
         new.waiting = waiting_hashes(connection) if version else set()
     with record.clock.stage("settle"):
         let_files_settle(new, config.monitoring.settle_seconds)
@@ -574,7 +603,9 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
     waiting = [item for item in new.files if item.sha256 in new.waiting]
     if len(waiting) == len(new.files):
         arriving = f"; still changing, read on a later run: {', '.join(new.arriving)}" if new.arriving else ""
-        record.update(RunFields(outcome=NO_NEW_DATA, decision=f"no new data{arriving}"))
+        warned = record.details.get("source_warnings", [])
+        warnings = f"; {len(warned)} source warning(s): {'; '.join(warned)}" if warned else ""
+        record.update(RunFields(outcome=NO_NEW_DATA, decision=f"no new data{arriving}{warnings}"))
         note = f"; {len(waiting)} file(s) wait for more rows to test for drift" if waiting else ""
         note += arriving
         if not reports_outdated(config, version):
@@ -589,7 +620,9 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         log.warning(
             "no new data, but the diagnostics and report are not those of %s, which serves; making them", version
         )
-        record.update(RunFields(decision=f"no new data; made the diagnostics, report and API calls for {version}"))
+        record.update(
+            RunFields(decision=f"no new data; made the diagnostics, report and API calls for {version}{warnings}")
+        )
         record.save(connection, run_id)
         after_deployment(config, record)
         return

@@ -276,7 +276,7 @@ def _read_database_source(raw: dict[str, Any], config_path: Path) -> DatabaseSou
     )
     table = check_identifier(values["input_database_table"], f"{where}input_database_table", qualified=True)
     watermark = check_identifier(values["input_database_watermark"], f"{where}input_database_watermark")
-    return DatabaseSource(url, table, watermark)
+    return DatabaseSource(url, table, watermark, base=config_path.parent)
 
 
 def dump_config(config: Config) -> str:
