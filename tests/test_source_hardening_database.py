@@ -195,3 +195,47 @@ def test_rows_loaded_below_the_watermark_are_found_by_the_cheap_check_and_ingest
     assert any("appeared at or below the id 1000" in warning for warning in record.details["source_warnings"])
     result = ingest(config)
     assert result.rows_written == 1001 and result.files[-1].rows_kept == 1
+
+
+@pytest.mark.slow
+def test_postgresql_rows_of_a_transaction_that_commits_after_a_later_one_are_not_lost(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    import psycopg
+
+    from tests.postgres_server import PASSWORD, USER
+
+    def connect() -> psycopg.Connection:
+        port, database = postgres_url.rsplit(":", 1)[1].split("/")
+        return psycopg.connect(host="127.0.0.1", port=int(port), user=USER, password=PASSWORD, dbname=database)
+
+    load_into_database(postgres_url, "client_activity", [write_clients(tmp_path / "a.csv", 100, seed=1)])
+    config = load_config(write_database_config(tmp_path, postgres_url))
+    assert ingest(config).rows_written == 100
+    insert = f"INSERT INTO client_activity ({COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+    early_rows = [(f"early{index}", index % 40, index % 60, index % 8, index % 2) for index in range(300)]
+    later_rows = [(f"later{index}", index % 40, index % 60, index % 8, index % 2) for index in range(300)]
+    with connect() as early, connect() as later:
+        early.cursor().executemany(insert, early_rows)  # started first: ids 101-400, not committed yet
+        later.cursor().executemany(insert, later_rows)  # started second: ids 401-700
+        later.commit()  # the later-started transaction commits first
+        with caplog.at_level(logging.INFO):
+            between = ingest(config)
+        print(
+            f"while the first transaction is open: {between.rows_written} rows, watermark "
+            f"{between.files[-1].watermark_to}"
+        )
+        assert between.rows_written == 400 and between.files[-1].watermark_to == 700
+        early.commit()
+    with caplog.at_level(logging.INFO):
+        after = ingest(config)
+    print(
+        f"after it committed: {after.rows_written} rows; fetches: "
+        + ", ".join(f"{entry.name} ({entry.rows_kept} rows)" for entry in after.files)
+    )
+    print("log:\n" + "\n".join(record.getMessage() for record in caplog.records))
+    assert after.rows_written == 700
+    assert after.files[-1].rows_kept == 300
+    ids = {line.split(",")[0] for line in (config.output_folder_path / FINAL_DATA).read_text().splitlines()[1:]}
+    assert {f"early{index}" for index in range(300)} <= ids
+    assert ingest(config).batch == 0  # read once: a third run finds nothing new
