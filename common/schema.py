@@ -53,6 +53,7 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 # A JSON id that is neither text nor a whole number (an object, a list, true/false, 1.5): a bad row.
 BAD_ID_TYPE = "id not text or a whole number"
+PENDING_OUTCOME = "exited blank (outcome not known yet)"
 _CONVERSION_ERROR = re.compile(r"CSV column #(\d+).*conversion error to (\w+): invalid value '(.*)'", re.S)
 
 
@@ -150,8 +151,9 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
     fractional = np.zeros(table.num_rows, dtype=bool)
     too_large = np.zeros(table.num_rows, dtype=bool)
     with np.errstate(invalid="ignore"):
-        for column in values.values():
-            missing |= np.isnan(column)
+        for name, column in values.items():
+            if name != TARGET:
+                missing |= np.isnan(column)
             negative |= column < 0
             fractional |= np.isinf(column) | (column != np.floor(column))
             too_large |= column > MAX_COUNT
@@ -162,6 +164,11 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
     negative &= ~missing
     fractional &= ~(missing | negative)
     too_large &= ~(missing | negative | fractional)
+    # Only the outcome blank: a pending client in a file that labels others (a file of its own reads as unlabelled).
+    pending = np.isnan(values[TARGET]) & ~missing if TARGET in values else np.zeros(table.num_rows, dtype=bool)
+    negative &= ~pending
+    fractional &= ~pending
+    too_large &= ~pending
     checks = {
         f"id longer than {MAX_ID_LENGTH} characters": long_id,
         "id with a line break": broken_id,
@@ -169,10 +176,11 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
         "negative count": negative,
         "not a whole number": fractional,
         "count too large": too_large,
+        PENDING_OUTCOME: pending,
     }
     if TARGET in columns:
         outside = (values[TARGET] != 0) & (values[TARGET] != 1)
-        checks["exited not 0 or 1"] = outside & ~(missing | negative | fractional | too_large)
+        checks["exited not 0 or 1"] = outside & ~(missing | negative | fractional | too_large | pending)
     keep = ~np.logical_or.reduce(list(checks.values()))
     kept = pa.array(keep)
     cleaned = {ID_COLUMN: pc.filter(ids, kept)}

@@ -71,3 +71,14 @@ def test_json_ids_that_are_objects_lists_booleans_or_fractions_are_bad_rows_coun
     assert (entry.rows_kept, entry.rows_dropped) == (3, 4)
     written = (config.output_folder_path / "finaldata.csv").read_text(encoding="utf-8").splitlines()
     assert [line.split(",")[0] for line in written[1:]] == ["text", "7", "8"]
+
+
+def test_blank_outcomes_in_a_file_that_labels_other_rows_are_counted_as_pending_not_as_missing(tmp_path):
+    from common.schema import PENDING_OUTCOME, read_data_file
+
+    path = tmp_path / "mixed.csv"
+    header = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
+    path.write_text(header + "a,1,2,3,0\nb,1,2,3,\nc,,2,3,\nd,1,2,3,1\n", encoding="utf-8")
+    parsed = read_data_file(path, allow_unlabelled=True)
+    assert parsed.labelled and parsed.rows_kept == 2
+    assert parsed.dropped == {"missing value": 1, PENDING_OUTCOME: 1}
