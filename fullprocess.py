@@ -49,6 +49,7 @@ from common.artifacts import (
     DIAGNOSTICS_FILE,
     EVALUATION_WINDOW_FILE,
     INGESTED_FILES,
+    INGESTION_REPORT,
     LATEST_SCORE_FILE,
     METRICS_FILE,
     MISSING_CACHE_FILE,
@@ -60,11 +61,20 @@ from common.artifacts import (
     load_deployed_version,
     read_ingested_files,
     read_ingestion_record,
+    read_ingestion_report,
     utc_now,
 )
 from common.cli import build_parser
 from common.config import MODEL_FAMILIES, PROJECT_ROOT, Config, load_config
-from common.databases import DatabaseSource, describe_sources, fetched_from, has_rows_past, last_watermark
+from common.databases import (
+    DatabaseSource,
+    check_source,
+    describe_source_state,
+    describe_sources,
+    fetched_from,
+    last_watermark,
+    read_recorded_state,
+)
 from common.errors import PipelineError
 from common.files import (
     LockHeld,
@@ -181,8 +191,41 @@ def run_lock(prod_deployment_path: Path) -> contextlib.AbstractContextManager[Pa
 # ---------------------------------------------------------------- 1. new data (light)
 
 
-def find_new_data(input_folder_path: Path, trained_on: dict[str, Any], decided: set[str]) -> NewData:
-    """The source files whose content neither the deployed model nor an earlier decision has seen."""
+@dataclass(frozen=True)
+class IngestedNow:
+    """What the ingested data holds now: the content hashes of its files, and the files its last run left out as bad."""
+
+    hashes: frozenset[str]
+    rejected: frozenset[str]
+
+    def holds(self, path: Path, digest: str) -> bool:
+        """Whether this content is what the ingested data holds now (or was left out as bad, and would be again)."""
+        return digest in self.hashes or path.name in self.rejected
+
+
+def read_ingested_now(output_folder_path: Path) -> IngestedNow:
+    """What ``finaldata.csv`` and the unlabelled clients are made of now, from the ingestion record and report.
+
+    A report that cannot be read names no rejected file: those files are then read again, and left out again.
+    """
+    record = read_ingestion_record(output_folder_path / INGESTED_FILES)
+    rejected: frozenset[str] = frozenset()
+    if (output_folder_path / INGESTION_REPORT).exists():
+        try:
+            rejected = frozenset(read_ingestion_report(output_folder_path / INGESTION_REPORT).rejected)
+        except PipelineError as exc:
+            log.warning("%s; the files it left out are read again", exc)
+    return IngestedNow(frozenset(entry.sha256 for entry in record.files), rejected)
+
+
+def find_new_data(
+    input_folder_path: Path, trained_on: dict[str, Any], decided: set[str], ingested: IngestedNow | None = None
+) -> NewData:
+    """The source files whose content neither the deployed model nor an earlier decision has seen.
+
+    With ``ingested``, content seen before counts as known only while the ingested data holds it: a
+    file restored to an earlier content (or flipped back to labelled) is new again, as ingestion reads it.
+    """
     if not input_folder_path.is_dir():
         raise PipelineError(f"input folder {input_folder_path} does not exist")
     data_files, ignored = list_data_files(input_folder_path)
@@ -190,7 +233,7 @@ def find_new_data(input_folder_path: Path, trained_on: dict[str, Any], decided: 
     files, known = [], 0
     for path in data_files:
         digest = sha256_file(path)
-        if digest in known_hashes:
+        if digest in known_hashes and (ingested is None or ingested.holds(path, digest)):
             known += 1
             continue
         files.append(SourceFile(path.name, path, digest, "edited" if path.name in trained_on else "new"))
@@ -199,8 +242,9 @@ def find_new_data(input_folder_path: Path, trained_on: dict[str, Any], decided: 
 
 def find_new_rows(
     source: DatabaseSource, output_folder_path: Path, trained_on: dict[str, Any], decided: set[str]
-) -> tuple[list[SourceFile], set[str]]:
-    """Fetches ingested but not decided on, and rows past the watermark (one cheap query); and the fetches' hashes.
+) -> tuple[list[SourceFile], set[str], list[str]]:
+    """Fetches ingested but not decided on, rows past the watermark or late below it (a few cheap queries); the
+    fetches' hashes; and the warnings the table's state is worth (a table that went back, NULL or bad watermarks).
 
     Raises PipelineError in one sentence when the database cannot be reached.
     """
@@ -208,10 +252,25 @@ def find_new_rows(
     known = {entry.sha256 for entry in trained_on.values()} | decided
     files = [SourceFile(entry.name, None, entry.sha256, "new") for entry in fetched if entry.sha256 not in known]
     watermark = last_watermark(fetched, source)
-    if has_rows_past(source, watermark):
+    state = check_source(source, watermark)
+    recorded = read_recorded_state(output_folder_path, source) if fetched else None
+    before = recorded.rows_at_or_below if recorded is not None and recorded.watermark == watermark else None
+    warnings = describe_source_state(source, state, watermark, before)
+    if state.past:
         past = "" if watermark is None else f" past {source.watermark} {watermark}"
         files.append(SourceFile(f"{source.table}: rows{past}", None, None, "new"))
-    return files, {entry.sha256 for entry in fetched}
+    elif before is not None and state.at_or_below > before:
+        files.append(SourceFile(f"{source.table}: rows at or below {source.watermark} {watermark}", None, None, "new"))
+    return files, {entry.sha256 for entry in fetched}, warnings
+
+
+def note_source_warnings(record: RunRecord, warnings: list[str]) -> None:
+    """Log what the sources are worth a person's attention for, and keep it in the run's details (the history)."""
+    fresh = [warning for warning in warnings if warning not in record.details.get("source_warnings", [])]
+    for warning in fresh:
+        log.warning("%s", warning)
+    if fresh:
+        record.details["source_warnings"] = [*record.details.get("source_warnings", []), *fresh]
 
 
 def note_fetches(record: RunRecord, new: NewData, ingested: list[Any]) -> None:
@@ -295,6 +354,7 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> RunFi
             database=config.database,
         )
         note_fetches(record, new, ingested.files)
+        note_source_warnings(record, ingested.warnings)
         folder = config.input_folder_path
         missing = missing_percent(
             [folder / entry.name for entry in ingested.files if folder and not entry.source], config.output_model_path
@@ -392,6 +452,7 @@ def ingest_new_files(config: Config, record: RunRecord, new: NewData, champion: 
             database=config.database,
         )
         note_fetches(record, new, ingested.files)
+        note_source_warnings(record, ingested.warnings)
     with record.clock.stage("new rows"):
         data = read_ingested_data(config.output_folder_path)
         missing = missing_percent([item.path for item in new.files if item.path], config.output_model_path)
@@ -509,10 +570,14 @@ def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> Ne
             decided = decided_hashes(connection)
         new = NewData([], [], 0)
         if config.input_folder_path is not None:
-            new = find_new_data(config.input_folder_path, trained_on, decided)
+            ingested = read_ingested_now(config.output_folder_path)
+            new = find_new_data(config.input_folder_path, trained_on, decided, ingested)
         if config.database is not None:
-            rows, new.fetched_before = find_new_rows(config.database, config.output_folder_path, trained_on, decided)
+            rows, new.fetched_before, warnings = find_new_rows(
+                config.database, config.output_folder_path, trained_on, decided
+            )
             new.files += rows
+            note_source_warnings(record, warnings)
         new.waiting = waiting_hashes(connection) if version else set()
     with record.clock.stage("settle"):
         let_files_settle(new, config.monitoring.settle_seconds)
@@ -538,7 +603,9 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
     waiting = [item for item in new.files if item.sha256 in new.waiting]
     if len(waiting) == len(new.files):
         arriving = f"; still changing, read on a later run: {', '.join(new.arriving)}" if new.arriving else ""
-        record.update(RunFields(outcome=NO_NEW_DATA, decision=f"no new data{arriving}"))
+        warned = record.details.get("source_warnings", [])
+        warnings = f"; {len(warned)} source warning(s): {'; '.join(warned)}" if warned else ""
+        record.update(RunFields(outcome=NO_NEW_DATA, decision=f"no new data{arriving}{warnings}"))
         note = f"; {len(waiting)} file(s) wait for more rows to test for drift" if waiting else ""
         note += arriving
         if not reports_outdated(config, version):
@@ -553,7 +620,9 @@ def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) ->
         log.warning(
             "no new data, but the diagnostics and report are not those of %s, which serves; making them", version
         )
-        record.update(RunFields(decision=f"no new data; made the diagnostics, report and API calls for {version}"))
+        record.update(
+            RunFields(decision=f"no new data; made the diagnostics, report and API calls for {version}{warnings}")
+        )
         record.save(connection, run_id)
         after_deployment(config, record)
         return

@@ -58,7 +58,13 @@ from common.batches import (
 )
 from common.cli import build_parser, run_stage
 from common.config import load_config
-from common.databases import DatabaseSource, describe_sources
+from common.databases import (
+    DatabaseSource,
+    RecordedState,
+    describe_sources,
+    read_recorded_state,
+    write_recorded_state,
+)
 from common.errors import PipelineError, says_disk_full
 from common.files import (
     atomic_path,
@@ -103,6 +109,9 @@ class IngestionResult:
     batch: int = 0  # the batch the rows new in this run arrived in (0: no new rows)
     seconds: float = 0.0
     unlabelled_clients: int = 0  # clients whose latest unlabelled row is kept in unlabelledclients.csv
+    # what a person should know about the sources (a table that went back, late or bad rows): logged as warnings
+    warnings: list[str] = field(default_factory=list)
+    source_state: RecordedState | None = None  # the database source's, kept once the record is written
 
     @property
     def labelled(self) -> list[IngestedFile]:
@@ -577,15 +586,36 @@ def read_history(input_folder_path: Path | None, output_folder_path: Path) -> di
     only; files that leave the *same* input folder keep their rows.
     """
     record = read_ingestion_record(output_folder_path / INGESTED_FILES)
-    if record.files and record.input_folder_path is not None and Path(record.input_folder_path) != input_folder_path:
+    if record.files and not same_folder(record.input_folder_path, input_folder_path, output_folder_path):
         log.info(
             "the input folder is now %s (was %s); starting from its files, without the %d file(s) ingested from there",
             input_folder_path,
-            record.input_folder_path,
+            os.path.normpath(output_folder_path / record.input_folder_path) if record.input_folder_path else None,
             len(record.files),
         )
         return {}
     return {entry.name: entry for entry in record.files}
+
+
+def stored_folder(input_folder_path: Path | None, output_folder_path: Path) -> str | None:
+    """The input folder as the ingestion record keeps it: relative to the output folder, so a moved project
+    (both folders moved together) keeps its history."""
+    if input_folder_path is None:
+        return None
+    return os.path.relpath(input_folder_path, output_folder_path)
+
+
+def same_folder(stored: str | None, input_folder_path: Path | None, output_folder_path: Path) -> bool:
+    """Whether the record's input folder is ``input_folder_path``: a relative one resolved against the output folder;
+    an absolute one (written before) equal, or gone with a folder of the same name in its place (a moved project)."""
+    if stored is None:
+        return True
+    if input_folder_path is None:
+        return False
+    path = Path(stored)
+    if not path.is_absolute():
+        return Path(os.path.normpath(output_folder_path / path)) == Path(os.path.normpath(input_folder_path))
+    return path == input_folder_path or (not path.exists() and path.name == input_folder_path.name)
 
 
 def collect_sources(
@@ -603,13 +633,16 @@ def collect_sources(
     if database is not None:
         from common.database_rows import read_database_source
 
-        fetches = read_database_source(
+        read = read_database_source(
             database,
             list(history.values()),
             lambda digest: parsed_path(output_folder_path, digest),
             lambda digest: usable_cache(output_folder_path, digest),
+            read_recorded_state(output_folder_path, database) if history else None,
         )
-        result.files = sorted([*result.files, *fetches], key=arrival_order(list(history.values())))
+        result.files = sorted([*result.files, *read.entries], key=arrival_order(list(history.values())))
+        result.warnings += read.warnings
+        result.source_state = read.state
     return result
 
 
@@ -649,8 +682,11 @@ def ingest_locked(
     if index is None:
         index = write_final_data(output_folder_path, result, labelled_history)
     result.unlabelled_clients = write_unlabelled_clients(output_folder_path, result.files, index)
-    folder = None if input_folder_path is None else str(input_folder_path)
-    write_ingestion_record(output_folder_path, IngestionRecord(folder, result.files))
+    write_ingestion_record(
+        output_folder_path, IngestionRecord(stored_folder(input_folder_path, output_folder_path), result.files)
+    )
+    if database is not None and result.source_state is not None:
+        write_recorded_state(output_folder_path, database, result.source_state)
     result.seconds = round(time.perf_counter() - started, 3)
     write_ingestion_report(output_folder_path, describe_result(result, where))
     prune_parsed(output_folder_path, result.files, keep_parsed)

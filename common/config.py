@@ -241,6 +241,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     database = _read_database_source(raw, config_path)
     optional = {"input_folder_path"} if database is not None and "input_folder_path" not in raw else set()
     paths = {key: _resolve_path(raw, key, base, config_path) for key in PATH_KEYS if key not in optional}
+    _check_output_outside_input(paths, config_path)
     return Config(
         path=config_path,
         input_folder_path=paths.get("input_folder_path"),
@@ -275,7 +276,7 @@ def _read_database_source(raw: dict[str, Any], config_path: Path) -> DatabaseSou
     )
     table = check_identifier(values["input_database_table"], f"{where}input_database_table", qualified=True)
     watermark = check_identifier(values["input_database_watermark"], f"{where}input_database_watermark")
-    return DatabaseSource(url, table, watermark)
+    return DatabaseSource(url, table, watermark, base=config_path.parent)
 
 
 def dump_config(config: Config) -> str:
@@ -318,6 +319,16 @@ def _changed_settings(settings: Any) -> dict[str, Any]:
         for key, value in asdict(settings).items()
         if value != defaults[key]
     }
+
+
+def _check_output_outside_input(paths: dict[str, Path], config_path: Path) -> None:
+    """Refuse an output folder equal to or inside the input folder: ingestion would read its own output as data."""
+    source, output = paths.get("input_folder_path"), paths["output_folder_path"]
+    if source is not None and output.is_relative_to(source):
+        raise PipelineError(
+            f"config file {config_path}: 'output_folder_path' ({output}) must not be 'input_folder_path' ({source}) "
+            "or a folder inside it, or ingestion would read its own output as source data"
+        )
 
 
 def _resolve_path(raw: dict[str, Any], key: str, base: Path, config_path: Path) -> Path:

@@ -14,6 +14,7 @@ import datetime
 import decimal
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,11 +30,17 @@ import pyarrow.feather as feather
 from common.artifacts import IngestedFetch, IngestedFile, utc_now
 from common.databases import (
     DatabaseSource,
+    RecordedState,
+    comparable_watermark,
     connect_directly,
+    describe_source_state,
     fetched_from,
     last_watermark,
     parameter_marker,
     quote_identifier,
+    read_source_state,
+    read_watermark_kind,
+    shown_value,
     unreachable,
 )
 from common.errors import PipelineError
@@ -46,6 +53,10 @@ log = logging.getLogger("ingestion")
 # A number as text: what a numeric column may hold; anything else in it is text where a number is expected.
 NUMBER_PATTERN = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 NOT_A_NUMBER = "text where a number is expected"
+UNREADABLE_TEXT = "id not UTF-8 text (binary data)"
+WATERMARK_COLUMN = "_watermark"  # each fetched row's watermark, as text, to name a bad row by
+# Control characters no client id holds (line breaks and NUL have their own reason): binary data read as text.
+CONTROL_CHARACTERS = r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]"
 BATCH_BYTES = 4 << 20
 
 
@@ -121,24 +132,23 @@ def query_value(connection: Any, query: str, params: tuple[Any, ...] = ()) -> An
     return None if row is None else row[0]
 
 
-def newest_watermark(connection: Any, source: DatabaseSource, since: int | str | None) -> Any:
-    """The largest watermark past ``since`` now (None: no new row); a table whose watermark went back is said."""
+def newest_watermark(connection: Any, source: DatabaseSource, since: int | str | None, condition: str) -> Any:
+    """The largest watermark past ``since`` now among the rows meeting ``condition`` (None: no such row)."""
     table, column = quote_identifier(source.table), quote_identifier(source.watermark)
     if since is None:
-        return query_value(connection, f"SELECT MAX({column}) FROM {table}")
+        return query_value(connection, f"SELECT MAX({column}) FROM {table} WHERE {condition}")
     marker = parameter_marker(source.url)
-    newest = query_value(connection, f"SELECT MAX({column}) FROM {table} WHERE {column} > {marker}", (since,))
-    if newest is None:
-        reached = query_value(connection, f"SELECT 1 FROM {table} WHERE {column} >= {marker} LIMIT 1", (since,))
-        if reached is None:
-            log.warning(
-                "%s: no row has a %s of %s or more, the value its rows were ingested up to (rows replaced, or the "
-                "column went back); rows up to it are not fetched again (ingestion.py --fresh reads the table anew)",
-                source.shown,
-                source.watermark,
-                since,
-            )
-    return newest
+    return query_value(
+        connection, f"SELECT MAX({column}) FROM {table} WHERE {condition} AND {column} > {marker}", (since,)
+    )
+
+
+def count_at_or_below(connection: Any, source: DatabaseSource, until: Any, condition: str) -> int:
+    """How many rows meeting ``condition`` have a watermark at or below ``until``."""
+    table, column = quote_identifier(source.table), quote_identifier(source.watermark)
+    marker = parameter_marker(source.url)
+    query = f"SELECT COUNT(*) FROM {table} WHERE {condition} AND {column} <= {marker}"
+    return int(query_value(connection, query, (until,)) or 0)
 
 
 def sql_literal(value: int | str) -> str:
@@ -151,8 +161,9 @@ def sql_literal(value: int | str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def select_rows(source: DatabaseSource, since: Any, until: Any, as_text: bool) -> str:
-    """The query of a fetch: the rows in the watermark range, in watermark order, ids as text.
+def select_rows(source: DatabaseSource, since: Any, until: Any, as_text: bool, condition: str = "1 = 1") -> str:
+    """The query of a fetch: the rows in the watermark range meeting ``condition``, in watermark order, ids as text,
+    and each row's watermark as text (``WATERMARK_COLUMN``), so a bad row can be named.
 
     ``as_text``: every value as text (never null), for a SQLite table whose numeric columns hold
     something other than whole numbers; such values are then checked as a file's text is.
@@ -163,10 +174,11 @@ def select_rows(source: DatabaseSource, since: Any, until: Any, as_text: bool) -
     else:
         values = [f"COALESCE(CAST({quote_identifier(ID_COLUMN)} AS TEXT), '')"]
         values += [quote_identifier(name) for name in COLUMNS[1:]]
-    where = f"{column} <= {sql_literal(json_watermark(until))}"
+    where = f"{condition} AND {column} <= {sql_literal(json_watermark(until))}"
     if since is not None:
         where = f"{column} > {sql_literal(since)} AND {where}"
     selected = ", ".join(f"{value} AS {quote_identifier(name)}" for value, name in zip(values, COLUMNS, strict=True))
+    selected += f", CAST({column} AS TEXT) AS {quote_identifier(WATERMARK_COLUMN)}"
     return f"SELECT {selected} FROM {quote_identifier(source.table)} WHERE {where} ORDER BY {column}"
 
 
@@ -225,7 +237,7 @@ def fetch_arrow_table(source: DatabaseSource, query: str) -> pa.Table:
         return read_batches(pa.RecordBatchReader.from_stream(stream))
 
 
-def fetch_rows(source: DatabaseSource, since: Any, until: Any) -> pa.Table:
+def fetch_rows(source: DatabaseSource, since: Any, until: Any, condition: str = "1 = 1") -> pa.Table:
     """The range's rows, numbers as numbers; as text when SQLite's loose types mix kinds in a column.
 
     SQLite's driver takes a column's type from its first rows: a later value of another kind
@@ -233,12 +245,12 @@ def fetch_rows(source: DatabaseSource, since: Any, until: Any) -> pa.Table:
     as text, which is then checked as a file's text is.
     """
     try:
-        return fetch_arrow_table(source, select_rows(source, since, until, as_text=False))
+        return fetch_arrow_table(source, select_rows(source, since, until, False, condition))
     except Exception as exc:  # the driver's own error type; only a type mismatch is retried
         if source.url.kind != "sqlite" or "type mismatch" not in str(exc).lower():
             raise
     log.info("%s: the numeric columns hold values of mixed kinds; reading them as text", source.shown)
-    return fetch_arrow_table(source, select_rows(source, since, until, as_text=True))
+    return fetch_arrow_table(source, select_rows(source, since, until, True, condition))
 
 
 def as_numbers(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray]:
@@ -270,7 +282,9 @@ def check_fetched_rows(table: pa.Table) -> ParsedFile:
     return parsed
 
 
-def split_range(connection: Any, source: DatabaseSource, since: Any, until: Any) -> list[tuple[Any, Any]]:
+def split_range(
+    connection: Any, source: DatabaseSource, since: Any, until: Any, condition: str = "1 = 1"
+) -> list[tuple[Any, Any]]:
     """The watermark range to fetch, as two halves read at once from SQLite, whose driver reads a query on one core.
 
     Only whole-number watermarks are split; a PostgreSQL server streams one query fast enough.
@@ -280,7 +294,7 @@ def split_range(connection: Any, source: DatabaseSource, since: Any, until: Any)
         return whole
     if since is None:
         table, column = quote_identifier(source.table), quote_identifier(source.watermark)
-        lowest = query_value(connection, f"SELECT MIN({column}) FROM {table}")
+        lowest = query_value(connection, f"SELECT MIN({column}) FROM {table} WHERE {condition}")
         low = lowest - 1 if type(lowest) is int else None
     else:
         low = since if type(since) is int else None
@@ -290,13 +304,15 @@ def split_range(connection: Any, source: DatabaseSource, since: Any, until: Any)
     return [(since, middle), (middle, until)]
 
 
-def join_parts(source: DatabaseSource, parts: list[pa.Table], since: Any, until: Any) -> pa.Table:
+def join_parts(
+    source: DatabaseSource, parts: list[pa.Table], since: Any, until: Any, condition: str = "1 = 1"
+) -> pa.Table:
     """The fetched halves as one table in watermark order; read again whole as text when their column types differ
     (SQLite's loose types: one half held text, or only nulls, in a numeric column)."""
     if len(parts) == 1:
         return parts[0]
     if any(not part.schema.equals(parts[0].schema) for part in parts[1:]):
-        return fetch_arrow_table(source, select_rows(source, since, until, as_text=True))
+        return fetch_arrow_table(source, select_rows(source, since, until, True, condition))
     return pa.concat_tables(parts).combine_chunks()
 
 
@@ -308,32 +324,131 @@ def import_pandas() -> None:
     import pandas  # noqa: F401
 
 
-def fetch_past_watermark(source: DatabaseSource, since: int | str | None) -> FetchedRows | None:
-    """The rows past ``since`` up to the newest watermark now, checked; None when there is none.
+@dataclass
+class DatabaseRead:
+    """What one ingestion took from a database source: its entries, the warnings it is worth, and the state to keep."""
 
-    Raises PipelineError (URL masked) when the database cannot be reached, the connection is lost
-    mid-fetch, or the table is missing: nothing is returned, so nothing is ingested or advanced.
+    entries: list[IngestedFile]
+    warnings: list[str]
+    state: RecordedState | None  # written once the ingestion record is (``write_recorded_state``)
+
+
+def find_unreadable_text(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A mask of the values of a text column that are not UTF-8 text, or hold control characters (binary data).
+
+    One check of the whole column; the values are looked at one by one only when it fails.
     """
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not (pa.types.is_string(array.type) or pa.types.is_binary(array.type)):
+        return np.zeros(len(array), dtype=bool)
+    try:
+        if pa.types.is_binary(array.type):
+            raise pa.ArrowInvalid("binary")
+        array.validate(full=True)
+        control = pc.match_substring_regex(array, CONTROL_CHARACTERS)
+        return np.asarray(pc.fill_null(control, False).to_numpy(zero_copy_only=False), dtype=bool)
+    except pa.ArrowInvalid:
+        values = array.view(pa.binary()).to_pylist()
+        return np.array([value is not None and not readable_text(value) for value in values], dtype=bool)
+
+
+def readable_text(value: bytes) -> bool:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return re.search(CONTROL_CHARACTERS, text) is None
+
+
+def drop_unreadable_rows(table: pa.Table) -> tuple[pa.Table, list[str]]:
+    """The rows whose text is readable; and the watermarks (as text) of the rows dropped."""
+    unreadable = np.zeros(table.num_rows, dtype=bool)
+    for name in table.column_names:
+        if name != WATERMARK_COLUMN:
+            unreadable |= find_unreadable_text(table[name])
+    if not unreadable.any():
+        return table, []
+    watermarks = table[WATERMARK_COLUMN].filter(pa.array(unreadable)).to_pylist()
+    return table.filter(pa.array(~unreadable)), [str(value) for value in watermarks]
+
+
+def fetch_past_watermark(
+    source: DatabaseSource,
+    earlier: list[IngestedFile],
+    recorded: RecordedState | None = None,
+    cache_path: Callable[[str], Path] | None = None,
+) -> tuple[FetchedRows | None, list[str], RecordedState | None]:
+    """The rows past the recorded watermark up to the newest now, checked; the warnings; the state to keep.
+
+    Only rows whose watermark is of the column's kind (its type in the catalogue) are fetched; the
+    others, and rows without one, are counted and named in a warning. Before the fetch, the rows at
+    or below the newest watermark are counted: when a later run finds more there (a transaction that
+    committed after a later one, a row loaded with an old value), the whole range is read again and
+    the rows already fetched are dropped by their hashes. Raises PipelineError (URL masked) when the
+    database cannot be reached, the connection is lost mid-fetch, or the table is missing: nothing
+    is returned, so nothing is ingested or advanced.
+    """
+    warnings: list[str] = []
     try:
         with connect_directly(source.url) as connection:
             check_table(connection, source)
-            until = newest_watermark(connection, source, since)
-            ranges = split_range(connection, source, since, until)
-        if until is None:
-            return None
+            kind = read_watermark_kind(connection, source)
+            condition = comparable_watermark(source, kind)
+            since = last_watermark(earlier, source, kind)
+            latest = last_watermark(earlier, source)
+            if latest != since:
+                warnings.append(
+                    f"{source.shown}: the recorded {source.watermark} {shown_value(latest)} is not a {kind} value; "
+                    f"reading again from {since if since is not None else 'the start'}"
+                )
+            state = read_source_state(connection, source, kind, since)
+            before = recorded.rows_at_or_below if recorded is not None and recorded.watermark == since else None
+            warnings += describe_source_state(source, state, since, before)
+            low = None if before is not None and state.at_or_below > before else since
+            until = newest_watermark(connection, source, low, condition)
+            if until is None:
+                kept = RecordedState(since, state.at_or_below) if since is not None else None
+                return None, warnings, kept
+            counted = count_at_or_below(connection, source, until, condition)  # before the fetch: see above
+            ranges = split_range(connection, source, low, until, condition)
         with ThreadPoolExecutor(max_workers=len(ranges)) as pool:  # the driver reads without the GIL
-            parts = [pool.submit(fetch_rows, source, low, high) for low, high in ranges]
+            parts = [pool.submit(fetch_rows, source, start, end, condition) for start, end in ranges]
             import_pandas()
-            table = join_parts(source, [part.result() for part in parts], since, until)
+            table = join_parts(source, [part.result() for part in parts], low, until, condition)
     except PipelineError:
         raise
     except Exception as exc:  # a driver's error of any kind: the database could not be read
         raise unreachable(source, exc) from None
+    table, unreadable = drop_unreadable_rows(table)
+    if unreadable:
+        warnings.append(
+            f"{source.shown}: {len(unreadable)} row(s) dropped, their text not UTF-8 (binary data), at "
+            f"{source.watermark} {', '.join(shown_value(value) for value in unreadable[:5])}"
+            + (", ..." if len(unreadable) > 5 else "")
+        )
     parsed = check_fetched_rows(table)
+    if unreadable:
+        parsed.rows_read += len(unreadable)
+        parsed.dropped = {UNREADABLE_TEXT: len(unreadable), **parsed.dropped}
     until_value = json_watermark(until)
-    digest = hashlib.sha256(f"{source.key}|{since}|{until_value}|{parsed.rows_read}|".encode())
+    new_state = RecordedState(until_value, counted)
+    if low is None and earlier and cache_path is not None:  # read again: keep only the rows not fetched before
+        parsed = drop_seen_rows(parsed, [cache_path(entry.sha256) for entry in earlier])
+        if parsed.rows_kept == 0:
+            return None, warnings, new_state
+    digest = hashlib.sha256(f"{source.key}|{low}|{until_value}|{parsed.rows_read}|".encode())
     digest.update(hash_rows(parsed.table).tobytes())
-    return FetchedRows(parsed, since, until_value, digest.hexdigest())
+    return FetchedRows(parsed, low, until_value, digest.hexdigest()), warnings, new_state
+
+
+def drop_seen_rows(parsed: ParsedFile, caches: list[Path]) -> ParsedFile:
+    """The rows of a fetch that no earlier fetch (``caches``: their cached rows) held, by row hash; the others are
+    not counted again."""
+    seen = np.concatenate(
+        [np.zeros(0, np.uint64)] + [hash_rows(feather.read_table(path, memory_map=True)) for path in caches]
+    )
+    fresh = ~np.isin(hash_rows(parsed.table), seen)
+    return ParsedFile(parsed.table.filter(pa.array(fresh)), int(fresh.sum()) + parsed.rows_dropped, parsed.dropped)
 
 
 def read_database_source(
@@ -341,11 +456,13 @@ def read_database_source(
     earlier: list[IngestedFile],
     cache_path: Callable[[str], Path],
     usable: Callable[[str], bool],
-) -> list[IngestedFile]:
+    recorded: RecordedState | None = None,
+) -> DatabaseRead:
     """The entries this source contributes: its earlier fetches (their cached rows kept) and a new fetch, if any.
 
     The new fetch's rows are cached under ``cache_path(sha256)`` like a file's parsed rows;
     the watermark it reached is only kept once the caller writes the ingestion record.
+    ``recorded``: the state the last fetch kept (``read_recorded_state``).
     """
     kept = fetched_from(earlier, source)
     for entry in kept:
@@ -354,13 +471,15 @@ def read_database_source(
                 f"the rows fetched from {source.shown} as {entry.name!r} are missing from "
                 f"{cache_path(entry.sha256).parent}; run ingestion.py --fresh to read the table from the start"
             )
-    fetched = fetch_past_watermark(source, last_watermark(earlier, source))
+    fetched, warnings, state = fetch_past_watermark(source, kept, recorded, cache_path)
+    for warning in warnings:
+        log.warning("%s", warning)
     if fetched is None:
         log.info("%s: no rows past the watermark", source.shown)
-        return kept
+        return DatabaseRead(kept, warnings, state)
     with atomic_path(cache_path(fetched.sha256)) as tmp:
         feather.write_feather(fetched.parsed.table, tmp, compression="uncompressed")
-    name = fetched.describe(source)
+    name = unique_name(fetched.describe(source), {entry.name for entry in earlier})
     detail = ", ".join(f"{count} {reason}" for reason, count in fetched.parsed.dropped.items())
     log.info(
         "%s: %d rows kept, %d dropped%s",
@@ -379,7 +498,15 @@ def read_database_source(
         watermark_from=fetched.watermark_from,
         watermark_to=fetched.watermark_to,
     )
-    return [*kept, entry]
+    return DatabaseRead([*kept, entry], warnings, state)
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """A fetch's name, numbered when a range is read again (each line of ``ingestedfiles.txt`` names one fetch)."""
+    number, unique = 2, name
+    while unique in taken:
+        unique, number = f"{name} #{number}", number + 1
+    return unique
 
 
 def count_missing_in_table(source: DatabaseSource) -> dict[str, Any]:

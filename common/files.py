@@ -133,6 +133,11 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# Every character Python's ``str.splitlines`` breaks a line at (U+2028 among them): a name holding one
+# would be two lines of ingestedfiles.txt.
+LINE_SEPARATORS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
 def is_stray_file(path: Path) -> bool:
     """True for files that are never data: hidden files, editor backups, partial downloads."""
     name = path.name
@@ -162,7 +167,7 @@ def refusal(entry: Path, folder: Path) -> str | None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "its name is not UTF-8 text; rename it"
-    if any(character in name for character in "\n\r\t"):
+    if any(character in LINE_SEPARATORS or character == "\t" for character in name):
         return "its name holds a line break or a tab; rename it"
     try:
         if entry.is_symlink():

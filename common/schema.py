@@ -51,6 +51,9 @@ _QUOTED_TEXT = re.compile(r":\s*\".*$")
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+# A JSON id that is neither text nor a whole number (an object, a list, true/false, 1.5): a bad row.
+BAD_ID_TYPE = "id not text or a whole number"
+PENDING_OUTCOME = "exited blank (outcome not known yet)"
 _CONVERSION_ERROR = re.compile(r"CSV column #(\d+).*conversion error to (\w+): invalid value '(.*)'", re.S)
 
 
@@ -95,16 +98,20 @@ def read_data_file(path: Path, allow_unlabelled: bool = False) -> ParsedFile:
     if size == 0:
         raise BadFileError(f"{path.name}: the file is empty")
     optional = (TARGET,) if allow_unlabelled else ()
+    set_aside: dict[str, int] = {}
     if path.suffix.lower() in (".json", ".jsonl"):
-        table, malformed = _read_json_table(path, COLUMNS, optional), 0
+        table, set_aside[BAD_ID_TYPE] = _read_json_table(path, COLUMNS, optional)
     else:
-        table, malformed = _read_csv_table(path, COLUMNS, optional)
-    if table.num_rows == 0 and malformed == 0:
+        table, set_aside["wrong number of fields"] = _read_csv_table(path, COLUMNS, optional)
+    if table.num_rows == 0 and not any(set_aside.values()):
         raise BadFileError(f"{path.name}: the file has a header but no data rows")
+    if allow_unlabelled and TARGET in table.column_names and table[TARGET].null_count == table.num_rows:
+        table = table.drop_columns([TARGET])  # every outcome blank: pending clients, read as unlabelled
     parsed = clean_rows(table, tuple(name for name in COLUMNS if name in table.column_names))
-    parsed.rows_read += malformed
-    if malformed:
-        parsed.dropped["wrong number of fields"] = malformed
+    for reason, count in set_aside.items():
+        if count:
+            parsed.rows_read += count
+            parsed.dropped[reason] = count
     if parsed.rows_kept == 0:
         reasons = ", ".join(f"{count} {reason}" for reason, count in parsed.dropped.items())
         raise BadFileError(f"{path.name}: none of its {parsed.rows_read} rows is valid ({reasons})")
@@ -144,8 +151,9 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
     fractional = np.zeros(table.num_rows, dtype=bool)
     too_large = np.zeros(table.num_rows, dtype=bool)
     with np.errstate(invalid="ignore"):
-        for column in values.values():
-            missing |= np.isnan(column)
+        for name, column in values.items():
+            if name != TARGET:
+                missing |= np.isnan(column)
             negative |= column < 0
             fractional |= np.isinf(column) | (column != np.floor(column))
             too_large |= column > MAX_COUNT
@@ -156,6 +164,11 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
     negative &= ~missing
     fractional &= ~(missing | negative)
     too_large &= ~(missing | negative | fractional)
+    # Only the outcome blank: a pending client in a file that labels others (a file of its own reads as unlabelled).
+    pending = np.isnan(values[TARGET]) & ~missing if TARGET in values else np.zeros(table.num_rows, dtype=bool)
+    negative &= ~pending
+    fractional &= ~pending
+    too_large &= ~pending
     checks = {
         f"id longer than {MAX_ID_LENGTH} characters": long_id,
         "id with a line break": broken_id,
@@ -163,10 +176,11 @@ def clean_rows(table: pa.Table, columns: tuple[str, ...]) -> ParsedFile:
         "negative count": negative,
         "not a whole number": fractional,
         "count too large": too_large,
+        PENDING_OUTCOME: pending,
     }
     if TARGET in columns:
         outside = (values[TARGET] != 0) & (values[TARGET] != 1)
-        checks["exited not 0 or 1"] = outside & ~(missing | negative | fractional | too_large)
+        checks["exited not 0 or 1"] = outside & ~(missing | negative | fractional | too_large | pending)
     keep = ~np.logical_or.reduce(list(checks.values()))
     kept = pa.array(keep)
     cleaned = {ID_COLUMN: pc.filter(ids, kept)}
@@ -334,18 +348,37 @@ def normalise_keys(record: dict[Any, Any]) -> dict[str, Any]:
     return {str(key).strip().lower(): value for key, value in record.items()}
 
 
-def _read_json_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pa.Table:
+def json_id(value: object) -> str | None:
+    """A JSON id as text: text as it is, a whole number in digits; None for anything else (a bad row)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return None
+
+
+def _read_json_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pa.Table, int]:
+    """The records' columns, and how many records were left out for an id of another kind (``json_id``)."""
     records = [normalise_keys(item) for item in read_json_records(path)]
     if not records:
         raise BadFileError(f"{path.name}: the file holds no records")
     present = set().union(*records)
     columns = _check_columns(path, sorted(present), columns, optional)
+    ids = [item.get(ID_COLUMN) for item in records]
+    usable = [value is None or json_id(value) is not None for value in ids]
+    bad_ids = usable.count(False)
+    if bad_ids:
+        records = [item for item, keep in zip(records, usable, strict=True) if keep]
     arrays = {}
     for name in columns:
         values = [item.get(name) for item in records]
         if name == ID_COLUMN:
-            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+            arrays[name] = pa.array([None if v is None else json_id(v) for v in values], pa.string())
             continue
+        if name == TARGET:  # a blank outcome is not known yet, as an empty CSV cell is
+            values = [None if isinstance(v, str) and not v.strip() else v for v in values]
         text = next((v for v in values if isinstance(v, (str, bool, list, dict))), None)
         if text is not None:
             raise BadFileError(
@@ -357,7 +390,7 @@ def _read_json_table(path: Path, columns: tuple[str, ...], optional: tuple[str, 
             raise BadFileError(
                 f"{path.name}: column {name} holds a value that is not a usable number ({exc})"
             ) from None
-    return pa.table(arrays)
+    return pa.table(arrays), bad_ids
 
 
 @dataclass

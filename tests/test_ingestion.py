@@ -246,7 +246,7 @@ def test_ingested_files_holds_one_file_name_a_line_and_the_record_beside_it_the_
     assert entries["clients_a.csv"].rows_kept == 600
     assert len(entries["clients_a.csv"].sha256) == 64
     record = json.loads((project.output_folder_path / INGESTED_RECORD).read_text())
-    assert record["input_folder_path"] == str(project.input_folder_path)
+    assert record["input_folder_path"] == "../sourceddata"  # relative to the output folder: a moved project keeps it
     assert [item["name"] for item in record["files"]] == ["clients_a.csv", "clients_b.csv"]
 
 

@@ -1,0 +1,84 @@
+"""The source bookkeeping under attack: no row lost, nothing silent (files, config and names)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import load_config
+from common.databases import check_identifier
+from common.errors import PipelineError
+from ingestion import ingest_folder
+from tests.helpers import write_clients, write_config
+
+
+@pytest.mark.parametrize("output", ["sourceddata", "sourceddata/ingested"])
+def test_an_output_folder_at_or_inside_the_input_folder_is_refused_naming_both_keys(tmp_path, output):
+    with pytest.raises(PipelineError) as caught:
+        load_config(write_config(tmp_path, output_folder_path=output))
+    message = str(caught.value)
+    assert "'output_folder_path'" in message and "'input_folder_path'" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_an_output_folder_beside_the_input_folder_is_accepted(tmp_path):
+    config = load_config(write_config(tmp_path, output_folder_path="sourceddata-ingested"))
+    assert config.output_folder_path == tmp_path / "sourceddata-ingested"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c"])
+def test_a_file_name_with_a_line_separator_is_refused_and_ingestedfiles_stays_one_name_a_line(tmp_path, separator):
+    config = load_config(write_config(tmp_path))
+    write_clients(config.input_folder_path / "clients_a.csv", 50, seed=1)
+    write_clients(config.input_folder_path / f"odd{separator}name.csv", 50, seed=2)
+    result = ingest_folder(config.input_folder_path, config.output_folder_path)
+    assert [entry.name for entry in result.files] == ["clients_a.csv"]
+    assert any("line break" in reason for reason in result.rejected.values())
+    lines = (config.output_folder_path / "ingestedfiles.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == ["clients_a.csv"]
+
+
+@pytest.mark.parametrize("name", ["clients\n", "clients\r\n", "public.clients\n", "clients\u2028"])
+def test_an_identifier_with_a_trailing_newline_is_refused(name):
+    with pytest.raises(PipelineError, match="plain SQL name"):
+        check_identifier(name, "input_database_table", qualified=True)
+
+
+def test_a_file_whose_exited_column_is_blank_is_read_as_unlabelled(tmp_path):
+    config = load_config(write_config(tmp_path))
+    write_clients(config.input_folder_path / "clients_a.csv", 50, seed=1)
+    pending = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\nabc,1,2,3,\nxyz,4,5,6,\n"
+    (config.input_folder_path / "pending.csv").write_text(pending, encoding="utf-8")
+    records = '[{"corporation": "q1", "lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3, '
+    records += '"exited": null}, {"corporation": "q2", "lastmonth_activity": 1, "lastyear_activity": 2, '
+    records += '"number_of_employees": 3, "exited": ""}]'
+    (config.input_folder_path / "pending.json").write_text(records, encoding="utf-8")
+    result = ingest_folder(config.input_folder_path, config.output_folder_path)
+    assert result.rejected == {}
+    assert sorted(entry.name for entry in result.unlabelled) == ["pending.csv", "pending.json"]
+    assert all(entry.rows_kept == 2 for entry in result.unlabelled)
+    assert result.unlabelled_clients == 4
+
+
+def test_json_ids_that_are_objects_lists_booleans_or_fractions_are_bad_rows_counted(tmp_path):
+    config = load_config(write_config(tmp_path))
+    features = '"lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3, "exited": 0'
+    ids = ['"text"', "7", "8.0", '{"a": 1}', "true", "[1]", "1.5"]
+    records = ",".join(f'{{"corporation": {value}, {features}}}' for value in ids)
+    (config.input_folder_path).mkdir(parents=True)
+    (config.input_folder_path / "ids.json").write_text(f"[{records}]", encoding="utf-8")
+    result = ingest_folder(config.input_folder_path, config.output_folder_path)
+    (entry,) = result.files
+    assert (entry.rows_kept, entry.rows_dropped) == (3, 4)
+    written = (config.output_folder_path / "finaldata.csv").read_text(encoding="utf-8").splitlines()
+    assert [line.split(",")[0] for line in written[1:]] == ["text", "7", "8"]
+
+
+def test_blank_outcomes_in_a_file_that_labels_other_rows_are_counted_as_pending_not_as_missing(tmp_path):
+    from common.schema import PENDING_OUTCOME, read_data_file
+
+    path = tmp_path / "mixed.csv"
+    header = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
+    path.write_text(header + "a,1,2,3,0\nb,1,2,3,\nc,,2,3,\nd,1,2,3,1\n", encoding="utf-8")
+    parsed = read_data_file(path, allow_unlabelled=True)
+    assert parsed.labelled and parsed.rows_kept == 2
+    assert parsed.dropped == {"missing value": 1, PENDING_OUTCOME: 1}
