@@ -4,7 +4,9 @@ finds drift that no challenger could fix.
 The payload carries ``text`` (the decision in one sentence), which Slack and Microsoft Teams
 incoming webhooks show as it is, and the event's fields beside it for anything else. Delivery
 is retried with backoff (on no answer, 408, 429 and 5xx) within a bounded time, in a detached
-child process, so the monitoring run neither waits for it nor fails because of it.
+child process, so the monitoring run neither waits for it nor fails because of it. Only a 2xx
+answer is a delivery: a redirect is not followed (a POST redirected arrives as a GET, or not at
+all) and counts as a failure.
 
 Standard library only: the monitoring job imports this module on its light path.
 """
@@ -51,6 +53,15 @@ class AlertEvent:
         return {"text": self.text, **{key: value for key, value in asdict(self).items() if key != "text"}}
 
 
+@dataclass
+class DeliveryProgress:
+    """What delivery to one URL has done so far, kept up to date as it goes: read when it runs out of time."""
+
+    attempts: int = 0
+    status: int | None = None
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class DeliveryResult:
     url: str  # as it may be shown: scheme, host and the end of the path only
@@ -69,46 +80,72 @@ def shown_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}/…{tail}"
 
 
+class RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as it is (an HTTPError with its 3xx status), never followed."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def post_once(url: str, body: bytes, timeout: float) -> int:
-    """POST ``body``; return the HTTP status (HTTPError statuses included)."""
+    """POST ``body``; return the HTTP status (HTTPError statuses included; a redirect's own 3xx, not followed)."""
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": USER_AGENT}
     )
+    opener = urllib.request.build_opener(RefuseRedirects)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 (the scheme is checked)
+        with opener.open(request, timeout=timeout) as answer:  # the scheme is checked by the caller
             answer.read(1024)
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return exc.code
 
 
-def deliver_one(url: str, body: bytes, deadline: float) -> DeliveryResult:
-    """Deliver to one URL, retrying with backoff until ``deadline`` (a time.monotonic() value)."""
+def describe_status(status: int) -> str:
+    if 300 <= status < 400:
+        return f"answered {status}, a redirect, which is not followed: give the webhook's final address"
+    return f"answered {status}"
+
+
+def deliver_one(url: str, body: bytes, deadline: float, progress: DeliveryProgress | None = None) -> DeliveryResult:
+    """Deliver to one URL, retrying with backoff until ``deadline`` (a time.monotonic() value).
+
+    ``progress`` is kept up to date attempt by attempt, for a caller that stops waiting first.
+    """
     shown = shown_url(url)
     if urlsplit(url).scheme not in ("http", "https"):
         return DeliveryResult(
             shown, False, 0, error=f"only http and https webhooks are called, not {urlsplit(url).scheme!r}"
         )
-    attempts, backoff, status, error = 0, FIRST_BACKOFF_SECONDS, None, None
+    progress = progress or DeliveryProgress()
+    backoff = FIRST_BACKOFF_SECONDS
     while True:
         left = deadline - time.monotonic()
         if left <= 0.05:
             break
-        attempts += 1
+        progress.attempts += 1
         try:
-            status, error = post_once(url, body, timeout=left), None
+            progress.status, progress.error = post_once(url, body, timeout=left), None
         except Exception as exc:  # no answer, refused, reset, timed out: all retried
-            status, error = None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            progress.status, progress.error = None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        status = progress.status
         if status is not None and 200 <= status < 300:
-            return DeliveryResult(shown, True, attempts, status)
+            return DeliveryResult(shown, True, progress.attempts, status)
         if status is not None and status not in RETRY_STATUSES:
-            return DeliveryResult(shown, False, attempts, status, f"answered {status}")
+            return DeliveryResult(shown, False, progress.attempts, status, describe_status(status))
         pause = min(backoff, deadline - time.monotonic())
         if pause <= 0:
             break
         time.sleep(pause)
         backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-    return DeliveryResult(shown, False, attempts, status, error or (f"answered {status}" if status else "no time left"))
+    return unanswered(shown, progress, "no time left")
+
+
+def unanswered(shown: str, progress: DeliveryProgress, otherwise: str) -> DeliveryResult:
+    """The result of a delivery that ran out of time, with the attempts it made and the last answer it had."""
+    status = progress.status
+    error = progress.error or (describe_status(status) if status else otherwise)
+    return DeliveryResult(shown, False, progress.attempts, status, error)
 
 
 def deliver(urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10.0) -> list[DeliveryResult]:
@@ -116,10 +153,11 @@ def deliver(urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10
     deadline = time.monotonic() + deadline_seconds
     body = json.dumps(event.to_payload()).encode("utf-8")
     results: list[DeliveryResult | None] = [None] * len(urls)
+    progress = [DeliveryProgress() for _ in urls]
 
     def send(index: int, url: str) -> None:
         try:
-            results[index] = deliver_one(url, body, deadline)
+            results[index] = deliver_one(url, body, deadline, progress[index])
         except Exception as exc:  # an alert never fails anything
             results[index] = DeliveryResult(shown_url(url), False, 0, error=f"{type(exc).__name__}: {exc}")
 
@@ -129,8 +167,9 @@ def deliver(urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
     done = []
-    for url, result in zip(urls, results, strict=True):
-        result = result or DeliveryResult(shown_url(url), False, 0, error="no answer within the deadline")
+    for url, result, made in zip(urls, results, progress, strict=True):
+        if result is None:  # still waiting on an answer: the attempts made so far
+            result = DeliveryResult(shown_url(url), False, made.attempts, made.status, "no answer within the deadline")
         if result.ok:
             log.info("alert %s sent to %s", event.kind, result.url)
         else:
