@@ -588,17 +588,24 @@ def alert_kind(fields: RunFields) -> str | None:
     return None
 
 
-def send_alert(config: Config, fields: RunFields, run_id: int) -> AlertRecord | None:
-    """Post the run's end to the configured webhooks without waiting for them; return what was sent."""
+def send_alert(config: Config, fields: RunFields, run_id: int | None, connection: Any = None) -> AlertRecord | None:
+    """Post the run's end to the configured webhooks without waiting for them; return what was sent.
+
+    With the history open (``connection``), the alert is recorded first, each delivery not known yet,
+    and the sender records each webhook's answer when it has it. Without (the history could not be
+    opened or written), the alert still goes out; its answers are in the alert log only.
+    """
     kind = alert_kind(fields)
-    if kind is None or not config.monitoring.webhooks:
+    webhooks = config.monitoring.webhooks
+    if kind is None or not webhooks:
         return None
-    from common.alerts import AlertEvent, dispatch  # urllib's import is not for runs with nothing to say
+    from common.alerts import AlertEvent, RecordTo, dispatch, pending_deliveries  # not for runs with nothing to say
 
     project = config.path.parent.name
+    which = f"run {run_id}" if run_id is not None else "a run the history could not record"
     event = AlertEvent(
         kind=kind,
-        text=f"risk model ({project}), run {run_id}: {fields.decision}",
+        text=f"risk model ({project}), {which}: {fields.decision}",
         project=project,
         run_id=run_id,
         model_version_before=fields.model_version_before,
@@ -607,8 +614,28 @@ def send_alert(config: Config, fields: RunFields, run_id: int) -> AlertRecord | 
         details={key: getattr(fields, key) for key in ALERT_DETAILS if getattr(fields, key) is not None},
     )
     log_path = config.log_path.parent / ALERTS_LOG_FILE
-    dispatch(config.monitoring.webhooks, event, config.monitoring.alert_timeout_seconds, log_path)
-    return AlertRecord(kind, len(config.monitoring.webhooks), str(log_path))
+    alert = AlertRecord(kind, len(webhooks), str(log_path), pending_deliveries(webhooks))
+    record_to = None
+    if connection is not None and run_id is not None:
+        try:
+            save_run(connection, run_id, RunFields(alerts=alert))
+            record_to = RecordTo(str(config.path), run_id, str(log_path))
+        except PipelineError as exc:
+            log.error("the alert could not be recorded in the history: %s", exc)
+    dispatch(webhooks, event, config.monitoring.alert_timeout_seconds, log_path, record_to)
+    return alert
+
+
+def alert_unrecorded_failure(config: Config, failure: StageFailed, started: str) -> AlertRecord | None:
+    """Alert on a run that failed before the history opened: the webhooks are in the config, which loaded."""
+    try:
+        serving = current_version(config.prod_deployment_path)
+    except OSError:
+        serving = None
+    fields = RunFields(
+        started_at=started, finished_at=utc_now(), model_version_before=serving, model_version_after=serving
+    ).updated(describe_failure(failure, RunFields(), serving))
+    return send_alert(config, fields, None)
 
 
 def begin_run(config: Config, started: str) -> tuple[Any, int, str | None]:
@@ -657,15 +684,18 @@ def finish_run(
     )
     if record.fields.outcome != NO_NEW_DATA:
         record.keep_timings(config.output_model_path, run_id)
+    unrecorded: StageFailed | None = None
     try:
         record.save(connection, run_id)
-        alert = send_alert(config, record.fields, run_id)
-        if alert:
-            save_run(connection, run_id, RunFields(alerts=alert))
     except PipelineError as exc:
+        unrecorded = StageFailed("history", str(exc))
+        if failure is None:  # the alert says the run failed, as its exit code will
+            record.update(describe_failure(unrecorded, record.fields, record.fields.model_version_after))
+    send_alert(config, record.fields, run_id, None if unrecorded else connection)
+    if unrecorded is not None:
         if failure is None:
-            raise StageFailed("history", str(exc)) from None
-        log.error("the run could not be recorded: %s", exc)
+            raise unrecorded from None
+        log.error("the run could not be recorded: %s", unrecorded.message)
 
 
 def run_full_process(config: Config) -> RunFields:
@@ -674,7 +704,11 @@ def run_full_process(config: Config) -> RunFields:
     Raises StageFailed (after recording it) when a stage fails, KeyboardInterrupt on a signal.
     """
     started, clock = utc_now(), time.perf_counter()
-    connection, run_id, version = begin_run(config, started)
+    try:
+        connection, run_id, version = begin_run(config, started)
+    except StageFailed as exc:
+        alert_unrecorded_failure(config, exc, started)
+        raise
     with contextlib.closing(connection):
         record = RunRecord()
         record.update(RunFields(started_at=started, model_version_before=version, model_version_after=version))

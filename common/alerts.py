@@ -8,6 +8,9 @@ child process, so the monitoring run neither waits for it nor fails because of i
 answer is a delivery: a redirect is not followed (a POST redirected arrives as a GET, or not at
 all) and counts as a failure.
 
+When the run is recorded, the child records each webhook's answer in the run's alert in the run
+history (``common.runs.WebhookDelivery``): delivered, or not and why.
+
 Standard library only: the monitoring job imports this module on its light path.
 """
 
@@ -26,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from common.runs import AlertRecord, WebhookDelivery
 
 log = logging.getLogger("alerts")
 
@@ -69,6 +74,15 @@ class DeliveryResult:
     attempts: int
     status: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordTo:
+    """Where the child records the deliveries: the alert of run ``run_id`` in the history ``config_path`` names."""
+
+    config_path: str
+    run_id: int
+    log: str  # the alert log, as the run's alert record names it
 
 
 def shown_url(url: str) -> str:
@@ -184,10 +198,44 @@ def deliver(urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10
     return done
 
 
+def pending_deliveries(urls: Sequence[str]) -> tuple[WebhookDelivery, ...]:
+    """Each webhook's delivery before the child reports: not known yet."""
+    return tuple(WebhookDelivery(shown_url(url), None) for url in urls)
+
+
+def delivery_of(result: DeliveryResult) -> WebhookDelivery:
+    return WebhookDelivery(result.url, result.ok, result.attempts, result.status, result.error)
+
+
+def record_deliveries(record_to: RecordTo, kind: str, results: Sequence[DeliveryResult]) -> AlertRecord | None:
+    """Write each webhook's answer into the run's alert in the history; return the record, None if it could not."""
+    from common.config import load_config  # the child's work only: the run itself never imports these here
+    from common.errors import PipelineError
+    from common.history import open_history, save_run
+    from common.runs import RunFields
+
+    alert = AlertRecord(kind, len(results), record_to.log, tuple(map(delivery_of, results)))
+    try:
+        connection = open_history(load_config(record_to.config_path).history_path)
+        try:
+            save_run(connection, record_to.run_id, RunFields(alerts=alert))
+        finally:
+            connection.close()
+    except (PipelineError, OSError) as exc:
+        log.warning("the deliveries of alert %s could not be recorded in run %d: %s", kind, record_to.run_id, exc)
+        return None
+    return alert
+
+
 def dispatch(
-    urls: Sequence[str], event: AlertEvent, deadline_seconds: float = 10.0, log_path: Path | None = None
+    urls: Sequence[str],
+    event: AlertEvent,
+    deadline_seconds: float = 10.0,
+    log_path: Path | None = None,
+    record_to: RecordTo | None = None,
 ) -> subprocess.Popen[bytes] | None:
-    """Deliver without waiting: a detached child process retries within the deadline, even after the caller ends.
+    """Deliver without waiting: a detached child process retries within the deadline, even after the caller ends,
+    then records each webhook's answer in the run history when ``record_to`` names the run.
 
     Returns the child (tests wait on it), or None when there is nothing to send or it could not start.
     """
@@ -198,6 +246,7 @@ def dispatch(
         "event": event.to_payload(),
         "deadline_seconds": deadline_seconds,
         "log_path": str(log_path) if log_path else None,
+        "record_to": asdict(record_to) if record_to else None,
     }
     try:
         child = subprocess.Popen(
@@ -229,6 +278,8 @@ def main() -> int:
     payload = order["event"]
     event = AlertEvent(**{key: payload[key] for key in AlertEvent.__dataclass_fields__ if key in payload})
     results = deliver(order["urls"], event, order["deadline_seconds"])
+    if order.get("record_to"):
+        record_deliveries(RecordTo(**order["record_to"]), event.kind, results)
     return 0 if all(result.ok for result in results) else 1
 
 

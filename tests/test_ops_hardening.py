@@ -5,15 +5,28 @@ Every webhook receiver here is a local HTTP server started by the test on a free
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from common import alerts
 from common.alerts import deliver
-from tests.test_alerts import EVENT
+from common.config import load_config
+from common.history import read_runs
+from common.runs import AlertRecord, WebhookDelivery, read_alert
+from common.stages import StageFailed
+from fullprocess import run_full_process
+from tests.helpers import write_config
+from tests.test_alerts import EVENT, Receiver
 
 
 @contextmanager
@@ -93,3 +106,78 @@ def test_an_answer_that_never_ends_is_logged_with_the_attempt_it_took(caplog):
         Dripping.stop.set()
     assert not result.ok and result.attempts == 1 and result.error == "no answer within the deadline"
     assert "after 1 attempt(s): no answer within the deadline" in caplog.text
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 20) -> object:
+    """Poll ``condition`` until it returns something true, or fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not true within {seconds} s: {condition}")
+
+
+@pytest.fixture
+def senders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The alert senders a run in this process starts, waited for at the end of the test."""
+    started: list[subprocess.Popen[bytes]] = []
+    real = alerts.dispatch
+
+    def dispatch(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes] | None:
+        child = real(*args, **kwargs)
+        if child is not None:
+            started.append(child)
+        return child
+
+    monkeypatch.setattr(alerts, "dispatch", dispatch)
+    yield started
+    for child in started:
+        child.wait(timeout=30)
+
+
+def test_a_run_whose_history_cannot_be_opened_still_alerts(tmp_path: Path, senders: list):
+    with Receiver() as hook:
+        config = load_config(write_config(tmp_path, monitoring={"webhooks": [hook.url], "alert_timeout_seconds": 5}))
+        history = config.history_path
+        history.parent.mkdir(parents=True, exist_ok=True)
+        history.write_bytes(b"this is not a database" * 100)
+        with pytest.raises(StageFailed, match="history failed"):
+            run_full_process(config)
+        wait_for(lambda: hook.received)
+    (post,) = hook.received
+    assert post["json"]["kind"] == "failed" and post["json"]["run_id"] is None
+    assert "the history could not record" in post["json"]["text"] and "history failed" in post["json"]["text"]
+    assert "alert failed sent" in wait_for(lambda: (config.log_path.parent / "alerts.log").read_text())
+
+
+def test_the_history_records_whether_each_webhook_got_the_alert(tmp_path: Path, senders: list):
+    Redirecting.requests = []
+    with Receiver() as hook, serving(Redirecting) as moved:
+        webhooks = [hook.url, f"{moved}/hook"]
+        config = load_config(write_config(tmp_path, monitoring={"webhooks": webhooks, "alert_timeout_seconds": 5}))
+        with pytest.raises(StageFailed, match="does not exist"):  # no source folder: the check fails
+            run_full_process(config)
+
+        def answered() -> AlertRecord | None:
+            alert = read_runs(config.history_path, limit=1)[0].alerts
+            return alert if alert and all(item.delivered is not None for item in alert.deliveries) else None
+
+        alert = wait_for(answered)
+    assert isinstance(alert, AlertRecord) and alert.kind == "failed" and alert.webhooks == 2
+    delivered, redirected = alert.deliveries
+    assert (delivered.delivered, delivered.status, delivered.attempts) == (True, 200, 1)
+    assert (redirected.delivered, redirected.status, redirected.attempts) == (False, 302, 1)
+    assert "redirect" in redirected.error and "s3cr3tT0ken" not in delivered.url
+
+
+def test_an_alert_stored_before_deliveries_were_recorded_still_reads():
+    old = read_alert('{"kind": "deployed", "webhooks": 2, "log": "/srv/models/alerts.log"}')
+    assert old == AlertRecord("deployed", 2, "/srv/models/alerts.log") and old.deliveries == ()
+    new = AlertRecord(
+        "failed", 2, "/x.log", (WebhookDelivery("https://h/…abcd", True, 1, 200), WebhookDelivery("u", None))
+    )
+    assert read_alert(json.dumps(new.to_json())) == new
+    damaged = '{"kind": "failed", "webhooks": 1, "log": "/x.log", "deliveries": [{"url": "u", "delivered": true}, 7]}'
+    assert read_alert(damaged).deliveries == (WebhookDelivery("u", True),)
