@@ -24,7 +24,7 @@ from common.config import load_config
 from common.history import read_runs
 from common.runs import AlertRecord, WebhookDelivery, read_alert
 from common.stages import StageFailed
-from fullprocess import run_full_process
+from fullprocess import cron_line, run_full_process, write_cronjob
 from tests.helpers import write_config
 from tests.test_alerts import EVENT, Receiver
 
@@ -181,3 +181,39 @@ def test_an_alert_stored_before_deliveries_were_recorded_still_reads():
     assert read_alert(json.dumps(new.to_json())) == new
     damaged = '{"kind": "failed", "webhooks": 1, "log": "/x.log", "deliveries": [{"url": "u", "delivered": true}, 7]}'
     assert read_alert(damaged).deliveries == (WebhookDelivery("u", True),)
+
+
+def test_the_cron_job_gives_the_run_the_api_token_from_its_environment_file_not_its_command_line(tmp_path: Path):
+    config = load_config(write_config(tmp_path))
+    target = write_cronjob(config, tmp_path / "cronjob.txt")
+    env_file = tmp_path / "fullprocess.env"
+    assert env_file.stat().st_mode & 0o777 == 0o600 and "RISK_API_TOKEN" in env_file.read_text()
+    env_file.write_text("RISK_API_TOKEN=t0ken-from-the-file\n")  # as an operator fills it in: no export needed
+    assert "t0ken" not in target.read_text()
+    # a stand-in for the project's Python: it shows what the run would get
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\necho "token=$RISK_API_TOKEN args=$*"\n')
+    python.chmod(0o755)
+    command = cron_line(config, python=python).split(None, 5)[5]
+    assert "t0ken" not in command
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh"}
+    result = subprocess.run(["/bin/sh", "-c", command], cwd="/", env=bare, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    cron_log = (config.log_path.parent / "cron.log").read_text()
+    assert "token=t0ken-from-the-file args=fullprocess.py --quiet --config" in cron_log
+    env_file.unlink()  # gone: the job stops and says so, rather than running without the token
+    result = subprocess.run(["/bin/sh", "-c", command], cwd="/", env=bare, capture_output=True, timeout=60)
+    cron_log = (config.log_path.parent / "cron.log").read_text()
+    assert result.returncode != 0 and f"cannot open {env_file}" in cron_log and cron_log.count("token=") == 1
+
+
+def test_writing_the_cron_job_again_keeps_the_environment_file_and_warns_when_others_can_read_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    config = load_config(write_config(tmp_path))
+    env_file = tmp_path / "fullprocess.env"
+    env_file.write_text("export RISK_API_TOKEN=kept\n")
+    env_file.chmod(0o644)
+    write_cronjob(config, tmp_path / "cronjob.txt")
+    assert env_file.read_text() == "export RISK_API_TOKEN=kept\n"
+    assert "may be read by other users" in caplog.text and "chmod 600" in caplog.text and "kept" not in caplog.text
