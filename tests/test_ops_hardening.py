@@ -17,12 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pypdf import PdfReader
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
 
+import reporting
 from common import alerts
 from common.alerts import deliver
 from common.config import load_config
 from common.history import read_runs
 from common.runs import AlertRecord, WebhookDelivery, read_alert
+from common.schema import FEATURES
 from common.stages import StageFailed
 from fullprocess import cron_line, run_full_process, write_cronjob
 from tests.helpers import write_config
@@ -217,3 +223,29 @@ def test_writing_the_cron_job_again_keeps_the_environment_file_and_warns_when_ot
     write_cronjob(config, tmp_path / "cronjob.txt")
     assert env_file.read_text() == "export RISK_API_TOKEN=kept\n"
     assert "may be read by other users" in caplog.text and "chmod 600" in caplog.text and "kept" not in caplog.text
+
+
+def long_id_clients(corporation: str) -> list[dict[str, Any]]:
+    counts = {name: 10**6 for name in FEATURES}
+    steady = {"rank": 2, "corporation": "abcd", "probability": 0.5, **counts, "reason": "few employees"}
+    return [{**steady, "rank": 1, "corporation": corporation, "probability": 0.91}, steady]
+
+
+def test_a_256_character_id_keeps_the_top_clients_table_on_the_page(tmp_path: Path):
+    corporation = "corp" + "x" * 248 + "tail"
+    styles = reporting.make_styles()
+    flowables = reporting.clients_section(styles, long_id_clients(corporation), 2, tmp_path / "finaldata.csv", "v0001")
+    table = flowables[-1]
+    width, _ = table.wrap(reporting.FRAME_WIDTH, A4[1])
+    assert width <= reporting.FRAME_WIDTH + 0.01
+    pdf = reporting.write_pdf(tmp_path / "report.pdf", flowables, "v0001", "2026-12-07T12:00:00Z")
+    text = "".join(page.extract_text() for page in PdfReader(pdf).pages)
+    assert "corpxx" in text and "\u2026" in text and "xxtail" in text and corporation not in text.replace("\n", "")
+
+
+def test_an_id_is_cut_in_the_middle_to_fit_and_a_short_one_is_left_as_it_is():
+    cell = reporting.make_styles()["cell"]
+    assert reporting.ellipsize("abcd", 30 * mm, cell) == "abcd"
+    cut = reporting.ellipsize("start" + "m" * 300 + "end", 30 * mm, cell)
+    assert cut.startswith("start") and cut.endswith("end") and "\u2026" in cut
+    assert stringWidth(cut, cell.fontName, cell.fontSize) <= 30 * mm
