@@ -50,6 +50,7 @@ from common.artifacts import (
     DeployedVersion,
     check_final_data,
     current_version_folder,
+    keep_report,
     load_deployed_version,
     read_ingested_files,
     utc_now,
@@ -1185,6 +1186,9 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         notes=notes,
         recent=read_recent_window(config.output_model_path / EVALUATION_WINDOW_FILE, deployed.version),
     )
+    kept = keep_report(config.prod_deployment_path, deployed.version, {REPORT_FILE: pdf, CONFUSION_MATRIX_FILE: plot})
+    if kept:
+        log.info("kept the report of %s with it in %s", deployed.version, kept[0].parent)
     record = ReportRecord(model_version=deployed.version, generated_at=utc_now(), pdf=str(pdf), plot=str(plot))
     write_report_record(config.output_model_path / REPORT_RECORD_FILE, record)
     return {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -22,17 +23,30 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
+import diagnostics
 import reporting
 from common import alerts
 from common.alerts import deliver
-from common.config import load_config
+from common.artifacts import (
+    CONFUSION_MATRIX_FILE,
+    DIAGNOSTICS_FILE,
+    REPORT_FILE,
+    VERSIONS_FOLDER,
+    check_version_folder,
+    keep_report,
+)
+from common.config import Config, load_config
+from common.files import sha256_file
 from common.history import read_runs
+from common.records import write_diagnostics_record
 from common.runs import AlertRecord, WebhookDelivery, read_alert
 from common.schema import FEATURES
 from common.stages import StageFailed
+from deployment import rollback_deployment
 from fullprocess import cron_line, run_full_process, write_cronjob
-from tests.helpers import write_config
+from tests.helpers import deploy, train_and_score, write_config
 from tests.test_alerts import EVENT, Receiver
+from tests.test_reporting import UNREACHABLE_INDEX
 
 
 @contextmanager
@@ -249,3 +263,60 @@ def test_an_id_is_cut_in_the_middle_to_fit_and_a_short_one_is_left_as_it_is():
     cut = reporting.ellipsize("start" + "m" * 300 + "end", 30 * mm, cell)
     assert cut.startswith("start") and cut.endswith("end") and "\u2026" in cut
     assert stringWidth(cut, cell.fontName, cell.fontSize) <= 30 * mm
+
+
+@pytest.fixture
+def diagnosed(deployed: Config, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """The deployed small project with a diagnostics.json (stage timings faked, package index unreachable)."""
+    config = load_config(write_config(deployed.path.parent, diagnostics=UNREACHABLE_INDEX))
+    monkeypatch.setattr(diagnostics, "run_stage_process", lambda stage, config_path: 0.25)
+    write_diagnostics_record(config.output_model_path / DIAGNOSTICS_FILE, diagnostics.run_diagnostics(config, runs=1))
+    return config
+
+
+def served_report(config: Config) -> tuple[str, str]:
+    """The version the deployment folder's report link shows (from the PDF's title) and the PDF's hash."""
+    link = config.prod_deployment_path / REPORT_FILE
+    assert link.is_symlink() and os.readlink(link) == f"current/{REPORT_FILE}"
+    return str(PdfReader(link).metadata.title).rsplit(" ", 1)[-1], sha256_file(link)
+
+
+def test_the_serving_versions_report_is_kept_in_its_version_folder_and_follows_deployments_and_rollback(
+    diagnosed: Config,
+):
+    root = diagnosed.prod_deployment_path
+    first = root / VERSIONS_FOLDER / "v0001"
+    reporting.write_report(diagnosed)
+    for name in (REPORT_FILE, CONFUSION_MATRIX_FILE):
+        assert sha256_file(first / name) == sha256_file(diagnosed.output_model_path / name)
+        assert (root / name).resolve() == (first / name).resolve()
+    assert served_report(diagnosed)[0] == "v0001"
+    check_version_folder(first)  # the integrity checks of the model's files still hold
+
+    train_and_score(diagnosed, C=0.05)
+    assert deploy(diagnosed).version == "v0002"
+    assert not (root / REPORT_FILE).exists()  # never the report of the version that served before
+    write_diagnostics_record(
+        diagnosed.output_model_path / DIAGNOSTICS_FILE, diagnostics.run_diagnostics(diagnosed, runs=1)
+    )
+    reporting.write_report(diagnosed, pdf_name="summaryreport2.pdf")
+    version, second_hash = served_report(diagnosed)
+    assert version == "v0002" and second_hash == sha256_file(diagnosed.output_model_path / "summaryreport2.pdf")
+    assert PdfReader(first / REPORT_FILE).metadata.title.endswith("v0001")  # kept with its version
+
+    assert rollback_deployment(root) == "v0001"
+    assert served_report(diagnosed)[0] == "v0001"
+    check_version_folder(first)
+    reporting.write_report(diagnosed)  # remade: replaced in place
+    version, remade = served_report(diagnosed)
+    assert version == "v0001" and remade == sha256_file(diagnosed.output_model_path / REPORT_FILE)
+    assert not [entry.name for entry in first.iterdir() if entry.name.startswith(".")]  # no temporary file left
+    check_version_folder(root / VERSIONS_FOLDER / "v0002")
+
+
+def test_a_report_of_a_version_no_longer_kept_makes_no_folder_for_it(tmp_path: Path):
+    made = tmp_path / "summaryreport.pdf"
+    made.write_bytes(b"%PDF-1.4 a report")
+    (tmp_path / "production_deployment" / VERSIONS_FOLDER).mkdir(parents=True)
+    assert keep_report(tmp_path / "production_deployment", "v0003", {REPORT_FILE: made}) == []
+    assert list((tmp_path / "production_deployment" / VERSIONS_FOLDER).iterdir()) == []
