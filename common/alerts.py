@@ -152,13 +152,8 @@ def deliver_one(url: str, body: bytes, deadline: float, progress: DeliveryProgre
             break
         time.sleep(pause)
         backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-    return unanswered(shown, progress, "no time left")
-
-
-def unanswered(shown: str, progress: DeliveryProgress, otherwise: str) -> DeliveryResult:
-    """The result of a delivery that ran out of time, with the attempts it made and the last answer it had."""
     status = progress.status
-    error = progress.error or (describe_status(status) if status else otherwise)
+    error = progress.error or (describe_status(status) if status else "no time left")
     return DeliveryResult(shown, False, progress.attempts, status, error)
 
 
