@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,7 +47,8 @@ from common.schema import FEATURES
 from common.stages import StageFailed
 from deployment import rollback_deployment
 from fullprocess import cron_line, run_full_process, write_cronjob
-from tests.helpers import deploy, train_and_score, write_config
+from generate_data import write_shipped_data
+from tests.helpers import PROJECT_ROOT, deploy, free_port, script_command, train_and_score, write_config
 from tests.test_alerts import EVENT, Receiver
 from tests.test_reporting import UNREACHABLE_INDEX
 
@@ -320,3 +324,49 @@ def test_a_report_of_a_version_no_longer_kept_makes_no_folder_for_it(tmp_path: P
     (tmp_path / "production_deployment" / VERSIONS_FOLDER).mkdir(parents=True)
     assert keep_report(tmp_path / "production_deployment", "v0003", {REPORT_FILE: made}) == []
     assert list((tmp_path / "production_deployment" / VERSIONS_FOLDER).iterdir()) == []
+
+
+def answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_cron_run_that_deploys_calls_an_api_that_has_a_token_and_succeeds(tmp_path: Path):
+    write_shipped_data(tmp_path)
+    port = free_port()
+    config_path = write_config(
+        tmp_path,
+        diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
+        api={"url": f"http://127.0.0.1:{port}"},
+    )
+    config = load_config(config_path)
+    write_cronjob(config, tmp_path / "cronjob.txt")
+    with (tmp_path / "fullprocess.env").open("a") as env_file:
+        env_file.write("RISK_API_TOKEN=s3cret-api-t0ken\n")
+    command = cron_line(config).split(None, 5)[5]
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh"}
+    api = subprocess.Popen(  # nothing is deployed yet, so /health answers 503 until the run deploys
+        script_command("app.py", "--config", str(config_path), "--port", str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "RISK_API_TOKEN": "s3cret-api-t0ken"},
+    )
+    with api:
+        try:
+            wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), seconds=60)
+            result = subprocess.run(["/bin/sh", "-c", command], cwd="/", env=bare, capture_output=True, timeout=600)
+        finally:
+            api.send_signal(signal.SIGTERM)
+            api.wait(timeout=30)
+    assert result.returncode == 0, (config.log_path.parent / "cron.log").read_text()
+    run = read_runs(config.history_path, limit=1)[0]
+    assert run.outcome == "first_deployment" and run.failed_stage is None, run.error
+    returns = json.loads((config.output_model_path / "apireturns2.txt").read_text())["answers"]
+    assert run.details["apicalls"].endswith("apireturns2.txt") and "history" in returns  # every call answered
