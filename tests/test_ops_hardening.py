@@ -27,6 +27,7 @@ from reportlab.lib.units import mm
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
 import diagnostics
+import fullprocess
 import reporting
 from common import alerts
 from common.alerts import deliver
@@ -39,6 +40,7 @@ from common.artifacts import (
     keep_report,
 )
 from common.config import Config, load_config
+from common.errors import PipelineError
 from common.files import sha256_file
 from common.history import read_runs
 from common.records import write_diagnostics_record
@@ -370,3 +372,20 @@ def test_a_cron_run_that_deploys_calls_an_api_that_has_a_token_and_succeeds(tmp_
     assert run.outcome == "first_deployment" and run.failed_stage is None, run.error
     returns = json.loads((config.output_model_path / "apireturns2.txt").read_text())["answers"]
     assert run.details["apicalls"].endswith("apireturns2.txt") and "history" in returns  # every call answered
+
+
+def test_a_run_whose_end_cannot_be_written_to_the_history_still_alerts(
+    tmp_path: Path, senders: list, monkeypatch: pytest.MonkeyPatch
+):
+    with Receiver() as hook:
+        config = load_config(write_config(tmp_path, monitoring={"webhooks": [hook.url], "alert_timeout_seconds": 5}))
+
+        def full_disk(*args: object, **kwargs: object) -> None:
+            raise PipelineError(f"the disk holding {config.history_path} is full")
+
+        monkeypatch.setattr(fullprocess, "save_run", full_disk)
+        with pytest.raises(StageFailed, match="does not exist"):  # no source folder: the check fails
+            run_full_process(config)
+        wait_for(lambda: hook.received)
+    (post,) = hook.received
+    assert post["json"]["kind"] == "failed" and "does not exist" in post["json"]["text"]
