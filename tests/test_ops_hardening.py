@@ -209,6 +209,7 @@ def test_an_alert_stored_before_deliveries_were_recorded_still_reads():
     assert read_alert(damaged).deliveries == (WebhookDelivery("u", True),)
 
 
+@pytest.mark.slow
 def test_the_cron_job_gives_the_run_the_api_token_from_its_environment_file_not_its_command_line(tmp_path: Path):
     config = load_config(write_config(tmp_path))
     target = write_cronjob(config, tmp_path / "cronjob.txt")
