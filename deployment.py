@@ -4,8 +4,9 @@ Layout of the deployment folder::
 
     versions/v0001/  trainedmodel.pkl trainedmodel.json latestscore.txt metrics.json
                      ingestedfiles.txt ingestedfiles.json version.json
+                     summaryreport.pdf confusionmatrix.png   (put there by reporting.py)
     current -> versions/v0001          (a symlink, swapped by an atomic rename)
-    trainedmodel.pkl -> current/trainedmodel.pkl, and likewise for each published file
+    trainedmodel.pkl -> current/trainedmodel.pkl, and likewise for each published file and the report
 
 A version is built in a staging folder and renamed into place whole, then ``current`` is
 switched by one rename, so a reader that resolves ``current`` once sees one version's files
@@ -31,12 +32,14 @@ from common.artifacts import (
     INGESTED_RECORD,
     MODEL_FILE,
     OPTIONAL_VERSION_FILES,
+    REPORT_VERSION_FILES,
     VERSION_FILES,
     VERSION_INFO_FILE,
     VERSIONS_FOLDER,
     check_version_folder,
     current_version,
     list_versions,
+    point_link,
     read_deployment_details,
     utc_now,
 )
@@ -80,18 +83,14 @@ def copy_durably(source: Path, target: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def point_link(link: Path, target: str) -> None:
-    """Make ``link`` a symlink to ``target`` with one atomic rename."""
-    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
-    os.symlink(target, temporary)
-    os.replace(temporary, link)
-
-
 def switch_current(prod_deployment_path: Path, version: str) -> None:
-    """Point ``current`` at ``version`` and make sure the classic file links exist."""
+    """Point ``current`` at ``version`` and make sure the classic file links exist.
+
+    The report's links lead nowhere until reporting.py has made the new version's report: never to another
+    version's.
+    """
     point_link(prod_deployment_path / CURRENT_LINK, f"{VERSIONS_FOLDER}/{version}")
-    for name in (*PUBLISHED_FILES, VERSION_INFO_FILE):
+    for name in (*PUBLISHED_FILES, VERSION_INFO_FILE, *REPORT_VERSION_FILES):
         link, wanted = prod_deployment_path / name, f"{CURRENT_LINK}/{name}"
         if not (link.is_symlink() and os.readlink(link) == wanted):
             point_link(link, wanted)

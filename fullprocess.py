@@ -120,6 +120,7 @@ EXIT_FAILED = 1
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock; nothing was done, try again later
 EXIT_INTERRUPTED = 130
 CRON_LOG_FILE = "cron.log"
+CRON_ENV_FILE = "fullprocess.env"  # beside the config: what the cron job exports before each run (the API token)
 PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
 ALERTS_LOG_FILE = "alerts.log"
 ALERT_DETAILS = ("new_rows", "new_data_f1", "drift_threshold", "estimated_f1", "winning_window", "failed_stage")
@@ -657,17 +658,24 @@ def alert_kind(fields: RunFields) -> str | None:
     return None
 
 
-def send_alert(config: Config, fields: RunFields, run_id: int) -> AlertRecord | None:
-    """Post the run's end to the configured webhooks without waiting for them; return what was sent."""
+def send_alert(config: Config, fields: RunFields, run_id: int | None, connection: Any = None) -> AlertRecord | None:
+    """Post the run's end to the configured webhooks without waiting for them; return what was sent.
+
+    With the history open (``connection``), the alert is recorded first, each delivery not known yet,
+    and the sender records each webhook's answer when it has it. Without (the history could not be
+    opened or written), the alert still goes out; its answers are in the alert log only.
+    """
     kind = alert_kind(fields)
-    if kind is None or not config.monitoring.webhooks:
+    webhooks = config.monitoring.webhooks
+    if kind is None or not webhooks:
         return None
-    from common.alerts import AlertEvent, dispatch  # urllib's import is not for runs with nothing to say
+    from common.alerts import AlertEvent, RecordTo, dispatch, pending_deliveries  # not for runs with nothing to say
 
     project = config.path.parent.name
+    which = f"run {run_id}" if run_id is not None else "a run the history could not record"
     event = AlertEvent(
         kind=kind,
-        text=f"risk model ({project}), run {run_id}: {fields.decision}",
+        text=f"risk model ({project}), {which}: {fields.decision}",
         project=project,
         run_id=run_id,
         model_version_before=fields.model_version_before,
@@ -676,8 +684,28 @@ def send_alert(config: Config, fields: RunFields, run_id: int) -> AlertRecord | 
         details={key: getattr(fields, key) for key in ALERT_DETAILS if getattr(fields, key) is not None},
     )
     log_path = config.log_path.parent / ALERTS_LOG_FILE
-    dispatch(config.monitoring.webhooks, event, config.monitoring.alert_timeout_seconds, log_path)
-    return AlertRecord(kind, len(config.monitoring.webhooks), str(log_path))
+    alert = AlertRecord(kind, len(webhooks), str(log_path), pending_deliveries(webhooks))
+    record_to = None
+    if connection is not None and run_id is not None:
+        try:
+            save_run(connection, run_id, RunFields(alerts=alert))
+            record_to = RecordTo(str(config.path), run_id, str(log_path))
+        except PipelineError as exc:
+            log.error("the alert could not be recorded in the history: %s", exc)
+    dispatch(webhooks, event, config.monitoring.alert_timeout_seconds, log_path, record_to)
+    return alert
+
+
+def alert_unrecorded_failure(config: Config, failure: StageFailed, started: str) -> AlertRecord | None:
+    """Alert on a run that failed before the history opened: the webhooks are in the config, which loaded."""
+    try:
+        serving = current_version(config.prod_deployment_path)
+    except OSError:
+        serving = None
+    fields = RunFields(
+        started_at=started, finished_at=utc_now(), model_version_before=serving, model_version_after=serving
+    ).updated(describe_failure(failure, RunFields(), serving))
+    return send_alert(config, fields, None)
 
 
 def begin_run(config: Config, started: str) -> tuple[Any, int, str | None]:
@@ -726,15 +754,18 @@ def finish_run(
     )
     if record.fields.outcome != NO_NEW_DATA:
         record.keep_timings(config.output_model_path, run_id)
+    unrecorded: StageFailed | None = None
     try:
         record.save(connection, run_id)
-        alert = send_alert(config, record.fields, run_id)
-        if alert:
-            save_run(connection, run_id, RunFields(alerts=alert))
     except PipelineError as exc:
+        unrecorded = StageFailed("history", str(exc))
+        if failure is None:  # the alert says the run failed, as its exit code will
+            record.update(describe_failure(unrecorded, record.fields, record.fields.model_version_after))
+    send_alert(config, record.fields, run_id, None if unrecorded else connection)
+    if unrecorded is not None:
         if failure is None:
-            raise StageFailed("history", str(exc)) from None
-        log.error("the run could not be recorded: %s", exc)
+            raise unrecorded from None
+        log.error("the run could not be recorded: %s", unrecorded.message)
 
 
 def run_full_process(config: Config) -> RunFields:
@@ -743,7 +774,11 @@ def run_full_process(config: Config) -> RunFields:
     Raises StageFailed (after recording it) when a stage fails, KeyboardInterrupt on a signal.
     """
     started, clock = utc_now(), time.perf_counter()
-    connection, run_id, version = begin_run(config, started)
+    try:
+        connection, run_id, version = begin_run(config, started)
+    except StageFailed as exc:
+        alert_unrecorded_failure(config, exc, started)
+        raise
     with contextlib.closing(connection):
         record = RunRecord()
         record.update(RunFields(started_at=started, model_version_before=version, model_version_after=version))
@@ -762,14 +797,28 @@ def run_full_process(config: Config) -> RunFields:
 CRON_SCHEDULE = "*/10 * * * *"
 
 
+def cron_env_path(config: Config) -> Path:
+    """The environment file the cron job sources before each run: beside the config, mode 0600, never committed."""
+    return config.path.parent / CRON_ENV_FILE
+
+
 def cron_line(config: Config, python: Path | None = None) -> str:
     """The crontab line: every 10 minutes, in the project folder, with the project's Python, appending to the log.
 
     The config is named by its absolute path, so the job runs the config it was written for
-    whatever chose it (``--config``, ``$RISK_CONFIG``). ``%`` is escaped: cron turns it into a newline.
+    whatever chose it (``--config``, ``$RISK_CONFIG``). The run's secrets (the API token) come
+    from the environment file it sources (``set -a`` exports what it sets), never from the
+    command line, which any user of the machine can read. ``%`` is escaped: cron turns it into a newline.
     """
     project = PROJECT_ROOT
-    for what, path in (("the config file", config.path), ("the project folder", project), ("the log", config.log_path)):
+    env_file = cron_env_path(config)
+    places = (
+        ("the config file", config.path),
+        ("the project folder", project),
+        ("the log", config.log_path),
+        ("the environment file", env_file),
+    )
+    for what, path in places:
         if "\n" in str(path) or "\r" in str(path):
             raise PipelineError(f"{what} {str(path)!r} holds a line break; cron reads one job per line, so move it")
     if python is None:
@@ -778,17 +827,44 @@ def cron_line(config: Config, python: Path | None = None) -> str:
     command = [shlex.quote(str(python)), "fullprocess.py", "--quiet", "--config", shlex.quote(str(config.path))]
     cron_log = shlex.quote(str(config.log_path.parent / CRON_LOG_FILE))
     mkdir = f"mkdir -p {shlex.quote(str(config.log_path.parent))}"
-    line = f"{CRON_SCHEDULE} cd {shlex.quote(str(project))} && {mkdir} && {' '.join(command)} >> {cron_log} 2>&1"
+    source = f"set -a && . {shlex.quote(str(env_file))} && set +a"
+    run = f"{{ {source} && {' '.join(command)}; }} >> {cron_log} 2>&1"
+    line = f"{CRON_SCHEDULE} cd {shlex.quote(str(project))} && {mkdir} && {run}"
     return line.replace("%", "\\%")
 
 
+def write_cron_env(config: Config) -> Path:
+    """Create the cron job's environment file, mode 0600, if there is none; never touch one that exists.
+
+    Warns when an existing one may be read by other users: it holds the API token.
+    """
+    path = cron_env_path(config)
+    text = (
+        "# The environment of fullprocess.py under cron: cronjob.txt sources this file before each run.\n"
+        "# Keep it mode 0600 (only you can read it) and out of version control. When the API has a token,\n"
+        "# give the same one here, or the run's calls to the API after a deployment are refused (401):\n"
+        f"# {config.api.token_env}=the-token\n"
+    )
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            log.warning("%s may be read by other users and holds the API token; run: chmod 600 %s", path, path)
+        return path
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
 def write_cronjob(config: Config, target: Path) -> Path:
-    """Write ``cronjob.txt`` for this checkout; install it with ``crontab``."""
+    """Write ``cronjob.txt`` for this checkout (and its environment file if there is none); install it with crontab."""
+    env_file = write_cron_env(config)
     text = (
         f"# fullprocess.py every 10 minutes for the checkout at {PROJECT_ROOT}.\n"
         "# Written by `make cronjob`; install with `crontab cronjob.txt` (replaces your crontab) or\n"
         "# `(crontab -l; cat cronjob.txt) | crontab -`. Warnings and errors go to the cron log below;\n"
         f"# everything is in the rotating log {config.log_path}.\n"
+        f"# Secrets (the API token: {config.api.token_env}=...) go in {env_file} (mode 0600), which the job sources.\n"
         f"{cron_line(config)}\n"
     )
     return write_text_atomic(target, text)

@@ -50,6 +50,7 @@ from common.artifacts import (
     DeployedVersion,
     check_final_data,
     current_version_folder,
+    keep_report,
     load_deployed_version,
     read_ingested_files,
     utc_now,
@@ -298,6 +299,21 @@ def breakable(name: str) -> str:
     """Paragraph markup of a column name that wraps after its last underscore, to fit a narrow column."""
     head, underscore, tail = name.rpartition("_")
     return f"{escape(head)}_<br/>{escape(tail)}" if underscore else escape(name)
+
+
+def ellipsize(text: str, width: float, style: ParagraphStyle) -> str:
+    """``text`` cut in the middle with an ellipsis to fit ``width`` points in ``style``; as it is when it fits.
+
+    The start and the end stay, so two long ids that differ at either end still read apart.
+    """
+    if stringWidth(text, style.fontName, style.fontSize) <= width:
+        return text
+    for keep in range(len(text) - 1, 1, -1):
+        tail = keep // 3
+        shown = f"{text[: keep - tail]}\u2026{text[len(text) - tail :]}"
+        if stringWidth(shown, style.fontName, style.fontSize) <= width:
+            return shown
+    return "\u2026"
 
 
 def nowrap(text: str) -> str:
@@ -584,6 +600,8 @@ def make_table(
 
 TREND_MIN_SPAN_HOURS = 2  # the trends' time axis spans at least this
 CELL_PADDING = 12  # reportlab's left and right cell padding, 6 points each
+MAX_WORD_COLUMN = FRAME_WIDTH / 3  # the widest a column grows to keep a word whole
+CORPORATION_WIDTH = 44 * mm  # a longer corporation id is cut in the middle with an ellipsis
 _MARKUP_TAG = re.compile(r"<[^>]+>")
 
 
@@ -596,8 +614,15 @@ def longest_word_width(paragraph: Paragraph) -> float:
 
 def widen_for_words(data: list[list[Paragraph]], widths: Sequence[float]) -> list[float]:
     """Column widths in which no word is broken: a column narrower than its widest word takes the room from the
-    columns with the most to spare (text wraps at spaces, so a word is never cut as "deplo / yment")."""
-    needed = [max(longest_word_width(row[column]) for row in data) + CELL_PADDING for column in range(len(widths))]
+    columns with the most to spare (text wraps at spaces, so a word is never cut as "deplo / yment").
+
+    A column widens to a third of the page at most: a longer word (a 256-character id) is split
+    across lines there rather than pushing the table off the page.
+    """
+    needed = [
+        min(max(longest_word_width(row[column]) for row in data) + CELL_PADDING, MAX_WORD_COLUMN)
+        for column in range(len(widths))
+    ]
     fitted = [max(width, need) for width, need in zip(widths, needed, strict=True)]
     excess = sum(fitted) - sum(widths)
     while excess > 0.01:
@@ -961,7 +986,7 @@ def clients_section(
     caption = (
         f"Current clients of {escape(data_path.name)} (not exited) and of the files whose outcome is not known yet, "
         f"with the highest exit probability under model {escape(version)}; a corporation listed more than once "
-        "counts by its latest row."
+        "counts by its latest row; an id too long for the page is cut in the middle (\u2026)."
     )
     if not clients:
         return [*heading(styles, title, caption), Paragraph("<i>No current clients in the data.</i>", styles["body"])]
@@ -971,7 +996,7 @@ def clients_section(
     rows = [
         [
             str(client["rank"]),
-            escape(str(client["corporation"])),
+            escape(ellipsize(str(client["corporation"]), CORPORATION_WIDTH - CELL_PADDING, styles["cell"])),
             format_percent(client["probability"]),
             *(format_number(client[name]) for name in FEATURES),
             escape(client["reason"][:1].upper() + client["reason"][1:]),
@@ -1161,6 +1186,9 @@ def write_report(config: Config, plot_name: str = CONFUSION_MATRIX_FILE, pdf_nam
         notes=notes,
         recent=read_recent_window(config.output_model_path / EVALUATION_WINDOW_FILE, deployed.version),
     )
+    kept = keep_report(config.prod_deployment_path, deployed.version, {REPORT_FILE: pdf, CONFUSION_MATRIX_FILE: plot})
+    if kept:
+        log.info("kept the report of %s with it in %s", deployed.version, kept[0].parent)
     record = ReportRecord(model_version=deployed.version, generated_at=utc_now(), pdf=str(pdf), plot=str(plot))
     write_report_record(config.output_model_path / REPORT_RECORD_FILE, record)
     return {

@@ -8,12 +8,14 @@ import logging
 import os
 import pickle
 import re
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from common.errors import PipelineError
-from common.files import atomic_path, sha256_file, write_text_atomic
+from common.files import atomic_path, current_umask, fsync_dir, sha256_file, write_text_atomic
 from common.files import utc_now as utc_now  # the stages import it from here
 from common.imports import sklearn_without_pandas
 from common.records import (
@@ -325,6 +327,51 @@ def _entry_from_pairs(name: str, pairs: str) -> IngestedFile | None:
 # The files of a version folder, and those versions published before ingestedfiles.json existed lack.
 VERSION_FILES = (MODEL_FILE, MODEL_INFO_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES, INGESTED_RECORD)
 OPTIONAL_VERSION_FILES = (INGESTED_RECORD,)
+# The version's report, put in its folder by reporting.py (after the deployment, so never checked with the model's
+# files): the deployment folder links to the serving version's, as to its other files.
+REPORT_VERSION_FILES = (REPORT_FILE, CONFUSION_MATRIX_FILE)
+
+
+def point_link(link: Path, target: str) -> None:
+    """Make ``link`` a symlink to ``target`` with one atomic rename."""
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
+
+
+def keep_report(prod_deployment_path: Path, version: str, made: dict[str, Path]) -> list[Path]:
+    """Copy the report ``version``'s files were made into (name in the version folder: the file) into its version
+    folder, each replaced atomically, and link the deployment folder's names to ``current``'s; return the copies.
+
+    A version no longer kept (a later deployment removed it) gets nothing: its folder is never made again.
+    """
+    folder = Path(prod_deployment_path) / VERSIONS_FOLDER / version
+    kept: list[Path] = []
+    for name, source in made.items():
+        try:  # in the folder as it is: atomic_path would make a removed version's folder again
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        except FileNotFoundError:
+            log.warning("version %s is no longer kept in %s; its report stays in the model folder", version, folder)
+            return kept
+        tmp = Path(tmp_name)
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+            with open(fd, "wb") as copy, open(source, "rb") as original:
+                shutil.copyfileobj(original, copy)
+                copy.flush()
+                os.fsync(copy.fileno())
+            os.replace(tmp, folder / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        kept.append(folder / name)
+    fsync_dir(folder)
+    for name in made:
+        link, wanted = Path(prod_deployment_path) / name, f"{CURRENT_LINK}/{name}"
+        if not (link.is_symlink() and os.readlink(link) == wanted):
+            point_link(link, wanted)
+    return kept
 
 
 @dataclass(frozen=True)

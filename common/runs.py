@@ -85,15 +85,40 @@ class CandidateScore:
 
 
 @dataclass(frozen=True)
+class WebhookDelivery:
+    """What became of an alert at one webhook: delivered (a 2xx answer), not delivered, or not known yet (None)."""
+
+    url: str  # as it may be shown: scheme, host and the end of the path only
+    delivered: bool | None
+    attempts: int = 0
+    status: int | None = None  # the last HTTP answer
+    error: str | None = None
+
+    def to_json(self) -> JsonObject:
+        return {
+            "url": self.url,
+            "delivered": self.delivered,
+            "attempts": self.attempts,
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
 class AlertRecord:
-    """The alert a run sent: its kind, how many webhooks it went to, and the log of their answers."""
+    """The alert a run sent: its kind, how many webhooks it went to, the log of their answers, and each one's
+    delivery (empty for runs recorded before deliveries were; ``delivered`` None until the sender reports)."""
 
     kind: str
     webhooks: int
     log: str
+    deliveries: tuple[WebhookDelivery, ...] = ()
 
     def to_json(self) -> JsonObject:
-        return {"kind": self.kind, "webhooks": self.webhooks, "log": self.log}
+        stored: JsonObject = {"kind": self.kind, "webhooks": self.webhooks, "log": self.log}
+        if self.deliveries:
+            stored["deliveries"] = [delivery.to_json() for delivery in self.deliveries]
+        return stored
 
 
 @dataclass(frozen=True)
@@ -253,10 +278,30 @@ def read_candidate(item: object) -> CandidateScore | None:
 
 
 def read_alert(text: str | None) -> AlertRecord | None:
-    """The alert a run stored; None when it sent none, or the cell is damaged or misshapen."""
+    """The alert a run stored; None when it sent none, or the cell is damaged or misshapen. A stored delivery
+    that is misshapen is left out, the others kept; an alert stored before deliveries were has none."""
     stored = decode_json(text)
     try:
-        return AlertRecord(str(stored["kind"]), int(stored["webhooks"]), str(stored["log"]))
+        deliveries = stored.get("deliveries")
+        kept = tuple(filter(None, map(read_delivery, deliveries))) if isinstance(deliveries, list) else ()
+        return AlertRecord(str(stored["kind"]), int(stored["webhooks"]), str(stored["log"]), kept)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def read_delivery(item: object) -> WebhookDelivery | None:
+    """One stored webhook delivery; None when the entry is not one."""
+    if not isinstance(item, dict):
+        return None
+    delivered, status = item.get("delivered"), item.get("status")
+    try:
+        return WebhookDelivery(
+            url=str(item["url"]),
+            delivered=None if delivered is None else bool(delivered),
+            attempts=int(item.get("attempts") or 0),
+            status=None if status is None else int(status),
+            error=None if item.get("error") is None else str(item["error"]),
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
