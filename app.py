@@ -34,6 +34,15 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable, Unauthorized
 
 from api.body import WholeBodies
+from api.guard import (
+    ACCESS_STATE,
+    WebAccess,
+    count_failure,
+    is_allowed_host,
+    open_access,
+    refuse_if_waiting,
+    warn_about_weak_token,
+)
 from api.locations import MIB, LocationReader, allowed_data_places
 from api.routes import (
     API_STATE,
@@ -76,7 +85,9 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     if not isinstance(config, Config):
         config = load_config(config)
     if token is None:
-        token = os.environ.get(config.api.token_env) or None
+        token = os.environ.get(config.api.token_env)
+    token = token or None  # an empty token sets none
+    warn_about_weak_token(token, config.api.token_env)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(config.api.max_body_mb * MIB)
     app.config["RISK_CONFIG"] = config
@@ -87,18 +98,45 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     except ServiceUnavailable as exc:
         log.warning("%s", exc.description)
     app.extensions[API_STATE] = api
+    app.extensions[ACCESS_STATE] = WebAccess(*open_access(config.prod_deployment_path, config.api.session_idle_hours))
     app.extensions[DASHBOARD_STATE] = (api.watcher, token)  # the pages sign people in with the same token
     app.register_blueprint(api_bp)
     app.register_blueprint(dashboard_bp)
     app.add_url_rule("/", "root", redirect_to_dashboard)
+    check_hosts(app, config.api.allowed_hosts, token is not None)
     require_token(app, token)
+    add_safety_headers(app)
     answer_errors_as_json(app, config)
     return app
 
 
+def check_hosts(app: Flask, allowed: tuple[str, ...], token_set: bool) -> None:
+    """Answer only requests addressed to this server's names (api.allowed_hosts, and the loopback ones): a page
+    on another site cannot read an open API through a DNS name it rebinds to this machine."""
+
+    @app.before_request
+    def check_host() -> None:
+        host = request.headers.get("Host", "")
+        if not is_allowed_host(host, allowed, token_set):
+            raise BadRequest(
+                f"this server does not answer requests for the host {host[:100]!r}; add it to api.allowed_hosts"
+            )
+
+
+def add_safety_headers(app: Flask) -> None:
+    """No answer may be framed by another site or read by a browser as anything but its declared type."""
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+
 def require_token(app: Flask, token: str | None) -> None:
     """Every API endpoint but the open ones needs ``Authorization: Bearer <token>`` when a token is set; a token in
-    the URL is refused whether one is set or not (URLs end up in logs)."""
+    the URL is refused whether one is set or not (URLs end up in logs). An address that sent too many wrong
+    tokens waits, longer after each further one (429 with Retry-After), and each wrong token is logged."""
     expected = token.encode() if token else None
 
     @app.before_request
@@ -109,10 +147,14 @@ def require_token(app: Flask, token: str | None) -> None:
             )
         if expected is None or request.endpoint in OPEN_ENDPOINTS or request.blueprint == dashboard_bp.name:
             return  # the dashboard's pages keep their own signed session
+        store = app.extensions[ACCESS_STATE].store
+        address = request.remote_addr or "unknown"
+        refuse_if_waiting(store, address)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             raise Unauthorized("this API needs a token: send the header 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
+            count_failure(store, address, f"bearer token, {request.method} {request.path[:100]}")
             raise Unauthorized("the token sent in 'Authorization: Bearer <token>' is not this API's token")
 
 
@@ -127,6 +169,9 @@ def answer_errors_as_json(app: Flask, config: Config) -> None:
         response = json_response({"error": message, "status": exc.code}, exc.code or 500)
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
+        retry_after = dict(exc.get_headers()).get("Retry-After")
+        if retry_after is not None:
+            response.headers["Retry-After"] = retry_after
         return response
 
     @app.errorhandler(Exception)
