@@ -28,7 +28,8 @@ ACCESS_FOLDER = "web_access"
 SECRET_FILE = "session_secret"
 STORE_FILE = "access.sqlite"
 SECRET_BYTES = 32
-# Failures an address may make before it must wait; then 4 s, 8 s, 16 s ... up to the longest wait.
+# Failures in a row an address may make freely; each further one makes it wait 4 s, 8 s, 16 s ... up to the
+# longest wait.
 FREE_FAILURES = 5
 FIRST_WAIT_SECONDS = 4
 LONGEST_WAIT_SECONDS = 15 * 60
@@ -133,10 +134,10 @@ class Refusal:
 
 
 def wait_after(failures: int) -> float:
-    """Seconds an address waits after its ``failures``-th failure in a row: none for the first few, then doubling."""
-    if failures < FREE_FAILURES:
+    """Seconds an address waits after its ``failures``-th failure in a row: none for the free ones, then doubling."""
+    if failures <= FREE_FAILURES:
         return 0.0
-    return float(min(FIRST_WAIT_SECONDS * 2 ** min(failures - FREE_FAILURES, 20), LONGEST_WAIT_SECONDS))
+    return float(min(FIRST_WAIT_SECONDS * 2 ** min(failures - FREE_FAILURES - 1, 20), LONGEST_WAIT_SECONDS))
 
 
 class AccessStore:

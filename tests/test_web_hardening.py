@@ -206,37 +206,38 @@ def test_ids_that_start_a_formula_are_text_in_the_csv(odd_ids):
 def test_wrong_sign_ins_make_the_address_wait_and_are_logged(deployed, caplog):
     client = create_app(deployed, token=TOKEN).test_client()
     with caplog.at_level(logging.WARNING, logger="app"):
-        for _ in range(FREE_FAILURES):
+        for _ in range(FREE_FAILURES + 1):
             assert sign_in(client, "wrong").status_code == 401
         refused = sign_in(client, "wrong")
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
         assert sign_in(client, TOKEN).status_code == 429  # not even the right token, while it waits
     failures = [record for record in caplog.records if "wrong token from" in record.getMessage()]
-    assert len(failures) == FREE_FAILURES and "dashboard sign-in" in failures[0].getMessage()
+    assert len(failures) == FREE_FAILURES + 1 and "dashboard sign-in" in failures[0].getMessage()
     assert "wrong" not in " ".join(record.getMessage().split("wrong token")[1] for record in failures)
 
 
 def test_wrong_bearer_tokens_make_the_address_wait_and_are_logged(deployed, caplog):
     client = create_app(deployed, token=TOKEN).test_client()
     with caplog.at_level(logging.WARNING, logger="app"):
-        for _ in range(FREE_FAILURES):
+        for _ in range(FREE_FAILURES + 1):
             assert client.get("/version", headers={"Authorization": "Bearer guess"}).status_code == 401
     answer = client.get("/version", headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 429 and int(answer.headers["Retry-After"]) >= 1
     assert "wait" in answer.get_json()["error"]
-    assert sum("wrong token from" in record.getMessage() for record in caplog.records) == FREE_FAILURES
+    assert sum("wrong token from" in record.getMessage() for record in caplog.records) == FREE_FAILURES + 1
     assert "guess" not in caplog.text
     assert client.get("/health").status_code == 200  # the health check needs no token
 
 
 def test_the_waits_grow_and_failures_long_past_are_forgiven(tmp_path):
     store = AccessStore(tmp_path / STORE_FILE, idle_seconds=100)
-    for n in range(1, FREE_FAILURES):
+    for n in range(1, FREE_FAILURES + 1):
         assert store.record_failure("10.0.0.1", now=1000) == n and store.refusal("10.0.0.1", now=1000) is None
     store.record_failure("10.0.0.1", now=1000)
-    assert store.refusal("10.0.0.1", now=1000).retry_after == wait_after(FREE_FAILURES)
+    assert store.refusal("10.0.0.1", now=1000).retry_after == wait_after(FREE_FAILURES + 1) > 0
+    assert store.refusal("10.0.0.1", now=1000 + wait_after(FREE_FAILURES + 1)) is None  # the wait is over
     assert store.refusal("10.0.0.2", now=1000) is None  # per address
-    assert wait_after(FREE_FAILURES + 1) == 2 * wait_after(FREE_FAILURES) and wait_after(10**6) == 15 * 60
+    assert wait_after(FREE_FAILURES + 2) == 2 * wait_after(FREE_FAILURES + 1) and wait_after(10**6) == 15 * 60
     assert store.record_failure("10.0.0.1", now=10**6) == 1
 
 
