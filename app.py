@@ -317,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             args.host,
             args.port,
         )
+        if args.host not in LOOPBACK_HOSTS and not config.api.allowed_hosts:
+            log.warning(
+                "api.allowed_hosts is empty, so without a token only requests for 127.0.0.1, localhost or [::1] "
+                "are answered: list the names this server is reached by"
+            )
     build_server(args.config, args.host, args.port, args.workers, args.access_log, args.worker_class).run()
     return 0
 

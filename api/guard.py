@@ -22,6 +22,8 @@ from pathlib import Path
 
 from werkzeug.exceptions import TooManyRequests
 
+from common.errors import PipelineError, describe_os_error
+
 log = logging.getLogger("app")
 
 ACCESS_FOLDER = "web_access"
@@ -221,8 +223,14 @@ class AccessStore:
 def open_access(prod_deployment_path: Path, idle_hours: float) -> tuple[bytes, AccessStore]:
     """The session secret and the shared store, in ``<prod_deployment_path>/web_access``."""
     folder = prod_deployment_path / ACCESS_FOLDER
-    secret = read_or_create_secret(folder)
-    return secret, AccessStore(folder / STORE_FILE, idle_hours * 3600)
+    try:
+        return read_or_create_secret(folder), AccessStore(folder / STORE_FILE, idle_hours * 3600)
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        raise PipelineError(
+            f"the web app's session secret and sign-in record in {folder} cannot be made or read ({reason}); "
+            "the server needs to write that folder"
+        ) from None
 
 
 ACCESS_STATE = "risk_web_access"

@@ -31,6 +31,7 @@ from api.guard import (
 )
 from app import create_app
 from common.config import Config, load_config
+from common.errors import PipelineError
 from common.schema import ID_COLUMN, TARGET
 from ingestion import ingest_folder
 from tests.helpers import deploy, train_and_score, write_clients, write_config
@@ -293,3 +294,9 @@ def test_clients_page_with_offset(deployed):
         answer = client.get(f"/clients?offset={bad}")
         assert answer.status_code == 400 and "offset must be" in answer.get_json()["error"], bad
     assert client.get("/clients?limit=" + "9" * 5000).status_code == 400
+
+
+def test_a_folder_the_server_cannot_write_is_named_in_one_sentence(deployed):
+    (deployed.prod_deployment_path / ACCESS_FOLDER).write_text("not a folder", encoding="utf-8")
+    with pytest.raises(PipelineError, match=f"{ACCESS_FOLDER} cannot be made or read"):
+        create_app(deployed, token=TOKEN)
