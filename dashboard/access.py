@@ -101,7 +101,14 @@ def require_sign_in() -> ResponseReturnValue | None:
         check_csrf()
     if request.endpoint in OPEN_ENDPOINTS or is_signed_in():
         return None
-    return redirect(url_for("dashboard.sign_in", next=request.full_path.rstrip("?")))
+    return redirect(url_for("dashboard.sign_in", next=requested_target()))
+
+
+def requested_target() -> str:
+    """The path and query asked for, as sent: gunicorn's raw request line keeps an id's %2F, which the decoded
+    path has lost (``a%2F..%2Fb`` would come back as ``a/../b``, and a browser would shorten it)."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    return raw if isinstance(raw, str) and raw.startswith("/") else request.full_path.rstrip("?")
 
 
 PAGE_HEADERS = {

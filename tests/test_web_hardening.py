@@ -300,3 +300,12 @@ def test_a_folder_the_server_cannot_write_is_named_in_one_sentence(deployed):
     (deployed.prod_deployment_path / ACCESS_FOLDER).write_text("not a folder", encoding="utf-8")
     with pytest.raises(PipelineError, match=f"{ACCESS_FOLDER} cannot be made or read"):
         create_app(deployed, token=TOKEN)
+
+
+def test_after_sign_in_a_client_link_leads_back_to_the_same_client(deployed):
+    client = create_app(deployed, token=TOKEN).test_client()
+    link = f"/dashboard/clients/{quote('a/../b', safe='')}"
+    answer = client.get(link, environ_overrides={"RAW_URI": link})  # as gunicorn passes the request line
+    assert answer.status_code == 302
+    page = client.get(answer.headers["Location"]).get_data(as_text=True)
+    assert re.search(r'name="next" value="([^"]+)"', page).group(1) == link
