@@ -89,7 +89,8 @@ def configure_sessions(state) -> None:  # noqa: ANN001 (Flask's BlueprintSetupSt
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="risk_dashboard",
-        # A cookie's signature is not accepted after the idle time either (Flask's default: 31 days).
+        # A signed-in cookie's signature is not accepted after the idle time either (Flask's default: 31 days);
+        # it is re-signed on every page, so only an unused one runs out.
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=access.store.idle_seconds),
     )
     app.session_interface = SecureCookieSessionInterface()
@@ -151,6 +152,7 @@ def sign_in() -> ResponseReturnValue:
             session.clear()
             session[SESSION_ID] = store.start_session()
             session[CSRF] = secrets.token_urlsafe(32)
+            session.permanent = True  # re-signed on each page, so the signature's age is the idle time too
             return redirect(target)
         count_failure(store, address, "dashboard sign-in")
         error = "That token is not the one this dashboard was given; check it and try again."

@@ -11,6 +11,8 @@ import logging
 import re
 import sqlite3
 import stat
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -309,3 +311,14 @@ def test_after_sign_in_a_client_link_leads_back_to_the_same_client(deployed):
     assert answer.status_code == 302
     page = client.get(answer.headers["Location"]).get_data(as_text=True)
     assert re.search(r'name="next" value="([^"]+)"', page).group(1) == link
+
+
+def hours_left(set_cookie: str) -> float:
+    expires = parsedate_to_datetime(re.search(r"Expires=([^;]+)", set_cookie).group(1))
+    return (expires - datetime.now(UTC)).total_seconds() / 3600
+
+
+def test_a_signed_in_cookie_runs_out_with_the_idle_time_and_is_renewed_by_use(deployed):
+    client = create_app(deployed, token=TOKEN).test_client()
+    assert 7.9 < hours_left(sign_in(client).headers["Set-Cookie"]) <= 8  # not Flask's 31 days
+    assert 7.9 < hours_left(client.get("/dashboard/").headers["Set-Cookie"]) <= 8  # renewed by each page
