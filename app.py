@@ -6,18 +6,23 @@ Serve it with a real WSGI server, never Flask's development server::
     RISK_CONFIG=config.json .venv/bin/gunicorn -w 2 -b 127.0.0.1:8000 'app:create_app()'
     .venv/bin/gunicorn app:app                               # as the classic project's wsgi.py expects
 
+All three run the same gevent workers: gunicorn reads gunicorn.conf.py from the project folder, and it and
+``build_server`` take their settings from api/gunicorn_settings.py.
+
 The deployed model is loaded once per worker and swapped when ``production_deployment/current``
 changes: each request reads that one link, so a newly deployed version is picked up without a
 restart, and since a version is complete before the link points at it, no request ever sees a
 half-published one. A version that fails to load is logged and the previous one keeps serving.
 
 Endpoints: ``GET``/``POST /prediction`` (``explain``: what drives each risk), ``GET /clients`` (the current
-clients, riskiest first, ``?limit=N``), ``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
+clients, riskiest first, ``?limit=N&offset=M``), ``GET /clients/<corporation>`` (one client),
+``GET /scoring``, ``GET /summarystats``, ``GET /diagnostics``,
 ``GET /history`` (the fullprocess.py runs), ``GET /health``, ``GET /version``. Bad input gets a
 4xx JSON error naming the problem. When the environment variable named by ``api.token_env``
 (default ``RISK_API_TOKEN``) is set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``.
 The dashboard's pages live under ``/dashboard/`` (``GET /`` redirects there) and sign people in with
-the same token.
+the same token. Only the loopback host names and ``api.allowed_hosts`` are answered; wrong tokens are logged
+and slowed down per address (api/guard.py).
 """
 
 from __future__ import annotations
@@ -34,6 +39,23 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable, Unauthorized
 
 from api.body import WholeBodies
+from api.guard import (
+    ACCESS_STATE,
+    WebAccess,
+    count_failure,
+    is_allowed_host,
+    open_access,
+    refuse_if_waiting,
+    warn_about_weak_token,
+)
+from api.gunicorn_settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_WORKERS,
+    WORKER_CLASSES,
+    bind_address,
+    gunicorn_settings,
+)
 from api.locations import MIB, LocationReader, allowed_data_places
 from api.routes import (
     API_STATE,
@@ -76,7 +98,9 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     if not isinstance(config, Config):
         config = load_config(config)
     if token is None:
-        token = os.environ.get(config.api.token_env) or None
+        token = os.environ.get(config.api.token_env)
+    token = token or None  # an empty token sets none
+    warn_about_weak_token(token, config.api.token_env)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(config.api.max_body_mb * MIB)
     app.config["RISK_CONFIG"] = config
@@ -87,18 +111,45 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     except ServiceUnavailable as exc:
         log.warning("%s", exc.description)
     app.extensions[API_STATE] = api
+    app.extensions[ACCESS_STATE] = WebAccess(*open_access(config.prod_deployment_path, config.api.session_idle_hours))
     app.extensions[DASHBOARD_STATE] = (api.watcher, token)  # the pages sign people in with the same token
     app.register_blueprint(api_bp)
     app.register_blueprint(dashboard_bp)
     app.add_url_rule("/", "root", redirect_to_dashboard)
+    check_hosts(app, config.api.allowed_hosts, token is not None)
     require_token(app, token)
+    add_safety_headers(app)
     answer_errors_as_json(app, config)
     return app
 
 
+def check_hosts(app: Flask, allowed: tuple[str, ...], token_set: bool) -> None:
+    """Answer only requests addressed to this server's names (api.allowed_hosts, and the loopback ones): a page
+    on another site cannot read an open API through a DNS name it rebinds to this machine."""
+
+    @app.before_request
+    def check_host() -> None:
+        host = request.headers.get("Host", "")
+        if not is_allowed_host(host, allowed, token_set):
+            raise BadRequest(
+                f"this server does not answer requests for the host {host[:100]!r}; add it to api.allowed_hosts"
+            )
+
+
+def add_safety_headers(app: Flask) -> None:
+    """No answer may be framed by another site or read by a browser as anything but its declared type."""
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+
 def require_token(app: Flask, token: str | None) -> None:
     """Every API endpoint but the open ones needs ``Authorization: Bearer <token>`` when a token is set; a token in
-    the URL is refused whether one is set or not (URLs end up in logs)."""
+    the URL is refused whether one is set or not (URLs end up in logs). An address that sent too many wrong
+    tokens waits, longer after each further one (429 with Retry-After), and each wrong token is logged."""
     expected = token.encode() if token else None
 
     @app.before_request
@@ -109,10 +160,14 @@ def require_token(app: Flask, token: str | None) -> None:
             )
         if expected is None or request.endpoint in OPEN_ENDPOINTS or request.blueprint == dashboard_bp.name:
             return  # the dashboard's pages keep their own signed session
+        store = app.extensions[ACCESS_STATE].store
+        address = request.remote_addr or "unknown"
+        refuse_if_waiting(store, address)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             raise Unauthorized("this API needs a token: send the header 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
+            count_failure(store, address, f"bearer token, {request.method} {request.path[:100]}")
             raise Unauthorized("the token sent in 'Authorization: Bearer <token>' is not this API's token")
 
 
@@ -127,6 +182,9 @@ def answer_errors_as_json(app: Flask, config: Config) -> None:
         response = json_response({"error": message, "status": exc.code}, exc.code or 500)
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
+        retry_after = dict(exc.get_headers()).get("Retry-After")
+        if retry_after is not None:
+            response.headers["Retry-After"] = retry_after
         return response
 
     @app.errorhandler(Exception)
@@ -176,12 +234,7 @@ def __getattr__(name: str) -> Flask:
     return _built
 
 
-# The access log names the path but neither the query string nor a Basic user name: either may hold a secret.
-ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-WORKER_CLASSES = ("gevent", "sync")
 
 
 def build_server(
@@ -190,27 +243,22 @@ def build_server(
     port: int,
     workers: int,
     access_log: bool = False,
-    worker_class: str = "gevent",
+    worker_class: str = WORKER_CLASSES[0],
 ) -> Any:
     """A gunicorn server for the app (gunicorn is imported here: the test client does not need it).
 
-    Workers are gevent's: a sync worker holds one connection at a time, so a client that sends
-    its headers slowly holds a whole worker, and gunicorn's documentation says sync workers need
-    a buffering proxy in front for exactly that reason. With gevent each connection waits in its
-    own greenlet, and the model's arithmetic (milliseconds a request) runs between them.
-    ``worker_class="sync"`` is for a deployment behind a buffering proxy (nginx) that absorbs slow clients.
+    Its settings are api/gunicorn_settings.py's, the ones ``gunicorn.conf.py`` gives gunicorn's own command
+    line: gevent workers, so slow clients cannot hold them (``worker_class="sync"`` only behind a buffering
+    proxy), and an access log without query strings.
     """
     from gunicorn.app.base import BaseApplication
 
     class RiskApiServer(BaseApplication):
         def load_config(self) -> None:
-            self.cfg.set("bind", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            self.cfg.set("bind", bind_address(host, port))
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", worker_class)
-            self.cfg.set("worker_connections", WORKER_CONNECTIONS)
-            self.cfg.set("proc_name", "risk-api")
-            self.cfg.set("control_socket_disable", True)
-            self.cfg.set("access_log_format", ACCESS_LOG_FORMAT)
+            for name, value in gunicorn_settings(worker_class).items():
+                self.cfg.set(name, value)
             if access_log:
                 self.cfg.set("accesslog", "-")
 
@@ -218,9 +266,6 @@ def build_server(
             return create_app(config_path)
 
     return RiskApiServer()
-
-
-WORKER_CONNECTIONS = 1000  # open connections a worker holds at once, slow ones included
 
 
 def check_exposure(host: str, token: str | None, open_to_network: bool) -> str | None:
@@ -236,14 +281,16 @@ def check_exposure(host: str, token: str | None, open_to_network: bool) -> str |
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the API with gunicorn.")
     parser.add_argument("--config", metavar="PATH", help=f"config file (default: ${CONFIG_ENV_VAR}, else config.json)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2, one per core)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help=f"worker processes (default {DEFAULT_WORKERS})"
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request to stdout")
     parser.add_argument(
         "--worker-class",
         choices=WORKER_CLASSES,
-        default="gevent",
+        default=WORKER_CLASSES[0],
         help="gevent (default): slow clients cannot hold the workers; sync: only behind a buffering proxy (nginx)",
     )
     parser.add_argument(
@@ -270,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             args.host,
             args.port,
         )
+        if args.host not in LOOPBACK_HOSTS and not config.api.allowed_hosts:
+            log.warning(
+                "api.allowed_hosts is empty, so without a token only requests for 127.0.0.1, localhost or [::1] "
+                "are answered: list the names this server is reached by"
+            )
     build_server(args.config, args.host, args.port, args.workers, args.access_log, args.worker_class).run()
     return 0
 

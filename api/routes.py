@@ -42,6 +42,7 @@ HISTORY_DEFAULT_RUNS = 50
 HISTORY_MAX_RUNS = 1000
 RANKING_DEFAULT_CLIENTS = 50
 RANKING_MAX_CLIENTS = 1000
+PARAMETER_DIGITS = 9  # a longer number in a query parameter is refused before it is parsed
 METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
 RECENT_WINDOW_KEYS = ("rows", "batches", "f1", "precision", "recall", "roc_auc", "updated_at", "test_data_drift")
 MISSING_DATA_KEYS = ("dataset", "rows", "percent", "unreadable")
@@ -92,24 +93,43 @@ def describe_drivers(client: ClientDrivers) -> dict[str, Any]:
     return {"drivers": client.contributions, "log_odds": client.log_odds, "reason": client.reason}
 
 
-def describe_ranking(served: ServedModel, table: ClientTable, limit: int) -> dict[str, Any]:
-    """The ``limit`` active clients most likely to leave, highest probability first, with what drives each risk."""
-    rows = table.select("", "probability", descending=True)[:limit]
+def describe_ranking(served: ServedModel, table: ClientTable, limit: int, offset: int = 0) -> dict[str, Any]:
+    """The ``limit`` active clients most likely to leave after the first ``offset``, highest probability first,
+    with what drives each risk."""
+    rows = table.select("", "probability", descending=True)[offset : offset + limit]
     drivers = explain_served(served, table.features[rows])
-    clients = [
-        {
-            "corporation": table.ids[row],
-            "probability": float(table.probabilities[row]),
-            "label": int(table.probabilities[row] >= table.threshold),
-            **describe_drivers(client),
-        }
-        for row, client in zip(rows.tolist(), drivers.clients, strict=True)
-    ]
     return {
         "model_version": served.version,
         "count": len(table.ids),
+        "offset": offset,
         "baseline_log_odds": drivers.baseline_log_odds,
-        "clients": clients,
+        "clients": [
+            describe_client(table, row, client) for row, client in zip(rows.tolist(), drivers.clients, strict=True)
+        ],
+    }
+
+
+def describe_client(table: ClientTable, row: int, drivers: ClientDrivers) -> dict[str, Any]:
+    """One active client as ``/clients`` lists it: id, probability, label and what drives the risk."""
+    return {
+        "corporation": table.ids[row],
+        "probability": float(table.probabilities[row]),
+        "label": int(table.probabilities[row] >= table.threshold),
+        **describe_drivers(drivers),
+    }
+
+
+def describe_one_client(served: ServedModel, table: ClientTable, corporation: str) -> dict[str, Any]:
+    """``GET /clients/<corporation>``: the client as ``/clients`` lists it, with its rank; 404 for an unknown id."""
+    row = table.position.get(corporation)
+    if row is None:
+        raise NotFound(f"no active client has the id {corporation[:100]!r}; it may have exited or never been ingested")
+    drivers = explain_served(served, table.features[[row]])
+    return {
+        "model_version": served.version,
+        "rank": int(table.rank[row]),
+        "baseline_log_odds": drivers.baseline_log_odds,
+        **describe_client(table, row, drivers.clients[0]),
     }
 
 
@@ -219,8 +239,18 @@ def read_limit(value: str | None, default: int = HISTORY_DEFAULT_RUNS, maximum: 
     """The ``limit`` query parameter: a whole number from 1 to ``maximum``; ``default`` when absent."""
     if value is None:
         return default
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= maximum:
+    if not (value.isascii() and value.isdigit()) or len(value) > PARAMETER_DIGITS or not 1 <= int(value) <= maximum:
         raise BadRequest(f"limit must be a whole number from 1 to {maximum}, not {value[:40]!r}")
+    return int(value)
+
+
+def read_offset(value: str | None) -> int:
+    """The ``offset`` query parameter: how many of the riskiest clients to skip, a whole number from 0; 0 when
+    absent."""
+    if value is None:
+        return 0
+    if not (value.isascii() and value.isdigit()) or len(value) > PARAMETER_DIGITS:
+        raise BadRequest(f"offset must be a whole number from 0 to {10**PARAMETER_DIGITS - 1}, not {value[:40]!r}")
     return int(value)
 
 
@@ -260,16 +290,26 @@ def prediction() -> Response:
     return json_response(describe_predictions(served, asked.batch, asked.explain))
 
 
+def read_client_table(served: ServedModel) -> ClientTable:
+    try:
+        return app_sources(current_app).clients(served)
+    except (OSError, PipelineError) as exc:
+        log.error("/clients: %s", exc)
+        raise ServiceUnavailable(f"the ingested clients cannot be read ({exc}); run ingestion.py") from None
+
+
 @bp.get("/clients")
 def clients() -> Response:
     served = state().watcher.served()
     limit = read_limit(request.args.get("limit"), RANKING_DEFAULT_CLIENTS, RANKING_MAX_CLIENTS)
-    try:
-        table = app_sources(current_app).clients(served)
-    except (OSError, PipelineError) as exc:
-        log.error("/clients: %s", exc)
-        raise ServiceUnavailable(f"the ingested clients cannot be read ({exc}); run ingestion.py") from None
-    return json_response(describe_ranking(served, table, limit))
+    offset = read_offset(request.args.get("offset"))
+    return json_response(describe_ranking(served, read_client_table(served), limit, offset))
+
+
+@bp.get("/clients/<path:corporation>")
+def one_client(corporation: str) -> Response:
+    served = state().watcher.served()
+    return json_response(describe_one_client(served, read_client_table(served), corporation))
 
 
 @bp.get("/scoring")

@@ -84,6 +84,11 @@ class ApiSettings:
     max_file_mb: float = 256.0
     max_rows: int = 1_000_000
     timeout_seconds: float = 60.0
+    # Host names (Host header, any port) the app answers besides the loopback ones; "*" answers any. Empty: any
+    # host when a token is set, loopback only when none is (a page elsewhere cannot reach an open API by DNS).
+    allowed_hosts: tuple[str, ...] = ()
+    # A dashboard session not used for this long is signed out on the server.
+    session_idle_hours: float = 8.0
 
 
 @dataclass(frozen=True)

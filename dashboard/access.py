@@ -1,7 +1,11 @@
 """Who may see the pages: a sign-in form for the API's token, a signed session cookie, CSRF tokens on forms.
 
-The session key is derived from the token with HMAC, so every gunicorn worker signs and reads the
-same cookies, and changing the token signs everybody out. The token itself never goes into a URL.
+Cookies are signed with a key made from the server's random secret (api/guard.py: created once beside the
+deployment, shared by every gunicorn worker), so a cookie tells nothing about the token and cannot be forged
+offline; the token is mixed in, so changing it signs everybody out. A signed-in cookie names a session that
+lives on the server: signing out ends it there, and one unused for ``api.session_idle_hours`` expires, so a
+copied cookie stops working too. Wrong tokens are logged and, past a few, make the address wait. The token
+itself never goes into a URL.
 """
 
 from __future__ import annotations
@@ -9,24 +13,30 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import timedelta
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Flask, Response, abort, current_app, g, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 
+from api.guard import ACCESS_STATE, AccessStore, WebAccess, count_failure, refuse_if_waiting
 from dashboard import DASHBOARD_STATE, bp
 
 SESSION_KEY_LABEL = b"risk-dashboard-session"
 OPEN_ENDPOINTS = ("dashboard.sign_in", "dashboard.static")
-SIGNED_IN = "signed_in"
+SESSION_ID = "session"
 CSRF = "csrf"
 
 
-def session_secret(token: str | None, config_path: str) -> bytes:
-    """The key that signs session cookies: from the token when there is one (all workers agree on it)."""
-    key = token.encode() if token else config_path.encode()
-    return hmac.new(key, SESSION_KEY_LABEL, hashlib.sha256).digest()
+def session_secret(server_secret: bytes, token: str | None) -> bytes:
+    """The key that signs session cookies: the server's random secret with the token mixed in."""
+    return hmac.new(server_secret, SESSION_KEY_LABEL + (token or "").encode(), hashlib.sha256).digest()
+
+
+def access_store() -> AccessStore:
+    access: WebAccess = current_app.extensions[ACCESS_STATE]
+    return access.store
 
 
 def api_token() -> str | None:
@@ -60,19 +70,28 @@ def safe_next(target: str | None) -> str:
 
 
 def is_signed_in() -> bool:
-    return api_token() is None or session.get(SIGNED_IN) is True
+    """No token is asked for, or the cookie names a session live on the server (asked once per request)."""
+    if api_token() is None:
+        return True
+    if "signed_in" not in g:
+        session_id = session.get(SESSION_ID)
+        g.signed_in = isinstance(session_id, str) and access_store().is_live(session_id)
+    return bool(g.signed_in)
 
 
 @bp.record_once
 def configure_sessions(state) -> None:  # noqa: ANN001 (Flask's BlueprintSetupState)
     app: Flask = state.app
-    watcher_token = app.extensions.get(DASHBOARD_STATE, (None, None))
-    config = app.config.get("RISK_CONFIG")
-    app.secret_key = session_secret(watcher_token[1], str(getattr(config, "path", "")))
+    token = app.extensions[DASHBOARD_STATE][1]
+    access: WebAccess = app.extensions[ACCESS_STATE]
+    app.secret_key = session_secret(access.secret, token)
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="risk_dashboard",
+        # A signed-in cookie's signature is not accepted after the idle time either (Flask's default: 31 days);
+        # it is re-signed on every page, so only an unused one runs out.
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=access.store.idle_seconds),
     )
     app.session_interface = SecureCookieSessionInterface()
 
@@ -83,7 +102,14 @@ def require_sign_in() -> ResponseReturnValue | None:
         check_csrf()
     if request.endpoint in OPEN_ENDPOINTS or is_signed_in():
         return None
-    return redirect(url_for("dashboard.sign_in", next=request.full_path.rstrip("?")))
+    return redirect(url_for("dashboard.sign_in", next=requested_target()))
+
+
+def requested_target() -> str:
+    """The path and query asked for, as sent: gunicorn's raw request line keeps an id's %2F, which the decoded
+    path has lost (``a%2F..%2Fb`` would come back as ``a/../b``, and a browser would shorten it)."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    return raw if isinstance(raw, str) and raw.startswith("/") else request.full_path.rstrip("?")
 
 
 PAGE_HEADERS = {
@@ -114,16 +140,21 @@ def access_values() -> dict:
 def sign_in() -> ResponseReturnValue:
     token = api_token()
     target = safe_next(request.values.get("next"))
-    if token is None or (request.method == "GET" and session.get(SIGNED_IN) is True):
+    if token is None or (request.method == "GET" and is_signed_in()):
         return redirect(target)
     error = None
     if request.method == "POST":
+        store, address = access_store(), request.remote_addr or "unknown"
+        refuse_if_waiting(store, address)
         given = request.form.get("token", "")
-        if hmac.compare_digest(given.strip().encode(), token.encode()):
+        if hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode()):
+            store.forget_failures(address)
             session.clear()
-            session[SIGNED_IN] = True
+            session[SESSION_ID] = store.start_session()
             session[CSRF] = secrets.token_urlsafe(32)
+            session.permanent = True  # re-signed on each page, so the signature's age is the idle time too
             return redirect(target)
+        count_failure(store, address, "dashboard sign-in")
         error = "That token is not the one this dashboard was given; check it and try again."
     status = 401 if error else 200
     return render_template("sign_in.html", error=error, next=target), status
@@ -131,5 +162,8 @@ def sign_in() -> ResponseReturnValue:
 
 @bp.post("/sign-out")
 def sign_out() -> ResponseReturnValue:
+    session_id = session.get(SESSION_ID)
+    if isinstance(session_id, str):
+        access_store().end_session(session_id)  # a copy of the cookie no longer signs anyone in
     session.clear()
     return redirect(url_for("dashboard.sign_in"))

@@ -168,8 +168,21 @@ def add_unlabelled_rows(history: dict[str, list[ClientRow]], current: CurrentCli
     return history
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP's list for CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """A text cell a spreadsheet shows as text: one that would start a formula gets a leading apostrophe."""
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
+
+
 def clients_csv(table: ClientTable, rows: np.ndarray) -> str:
-    """The chosen clients as CSV: rank, id, probability (full precision), at risk, and the counts."""
+    """The chosen clients as CSV: rank, id, probability (full precision), at risk, and the counts.
+
+    The ids are the only text: one that a spreadsheet would run as a formula is neutralised; the other
+    cells are numbers this function makes (the counts are non-negative whole numbers).
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["rank", ID_COLUMN, "probability", "at_risk", *FEATURES])
@@ -177,6 +190,12 @@ def clients_csv(table: ClientTable, rows: np.ndarray) -> str:
         counts = [int(value) for value in table.features[row]]
         probability = float(table.probabilities[row])
         writer.writerow(
-            [int(table.rank[row]), table.ids[row], repr(probability), int(probability >= table.threshold), *counts]
+            [
+                int(table.rank[row]),
+                spreadsheet_text(table.ids[row]),
+                repr(probability),
+                int(probability >= table.threshold),
+                *counts,
+            ]
         )
     return out.getvalue()

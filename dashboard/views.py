@@ -6,9 +6,10 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
-from flask import Response, abort, current_app, render_template, request, send_from_directory
+from flask import Response, abort, current_app, render_template, request, send_from_directory, url_for
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE
@@ -133,8 +134,9 @@ def format_age(value: str | None) -> str:
 
 
 @bp.errorhandler(HTTPException)
-def page_error(exc: HTTPException) -> tuple[str, int]:
-    return render_template("error.html", code=exc.code, message=exc.description), exc.code or 500
+def page_error(exc: HTTPException) -> tuple[str, int, dict[str, str]]:
+    kept = {name: value for name, value in exc.get_headers() if name == "Retry-After"}
+    return render_template("error.html", code=exc.code, message=exc.description), exc.code or 500, kept
 
 
 @bp.get("/")
@@ -199,6 +201,12 @@ def clients() -> str:
         page_sizes=PAGE_SIZES,
         features=FEATURES,
     )
+
+
+@bp.app_template_global("client_url")
+def client_url(corporation: str) -> str:
+    """The link to a client's page, the whole id quoted: a browser cannot read ``/../``, ``?`` or ``#`` in it."""
+    return f"{url_for('dashboard.clients')}/{quote(corporation, safe='')}"
 
 
 @bp.get("/clients.csv")

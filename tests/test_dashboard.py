@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
+from api.guard import ACCESS_FOLDER, SECRET_FILE
 from app import create_app
 from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE, current_version_folder, load_deployed_version
 from common.batches import read_ingested_data
@@ -291,7 +292,8 @@ def test_sign_in_sends_people_back_to_this_site_only(guarded):
 
 def test_every_worker_signs_sessions_with_the_same_key(deployed):
     first, second = create_app(deployed, token=TOKEN), create_app(deployed, token=TOKEN)
-    assert first.secret_key == second.secret_key == session_secret(TOKEN, str(deployed.path))
+    server_secret = (deployed.prod_deployment_path / ACCESS_FOLDER / SECRET_FILE).read_bytes()
+    assert first.secret_key == second.secret_key == session_secret(server_secret, TOKEN)
     assert create_app(deployed, token="other").secret_key != first.secret_key
 
 

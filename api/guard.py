@@ -1,0 +1,261 @@
+"""What every worker of the web app shares to keep strangers out: the session secret, the live sessions, the
+failed sign-ins per address, and the host names it answers to.
+
+They live in one folder beside the deployment (``<prod_deployment_path>/web_access``): a random secret created
+once (mode 0600) that signs the dashboard's cookies, and a small SQLite file of the live sessions and of the
+failures per client address, so that every gunicorn worker agrees on who is signed in and who must wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import secrets
+import sqlite3
+import string
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from werkzeug.exceptions import TooManyRequests
+
+from common.errors import PipelineError, describe_os_error
+
+log = logging.getLogger("app")
+
+ACCESS_FOLDER = "web_access"
+SECRET_FILE = "session_secret"
+STORE_FILE = "access.sqlite"
+SECRET_BYTES = 32
+# Failures in a row an address may make freely; each further one makes it wait 4 s, 8 s, 16 s ... up to the
+# longest wait.
+FREE_FAILURES = 5
+FIRST_WAIT_SECONDS = 4
+LONGEST_WAIT_SECONDS = 15 * 60
+# A session's last use is written at most this often (not on every page).
+TOUCH_SECONDS = 60.0
+STRONG_TOKEN_BITS = 128
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, last_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (address TEXT PRIMARY KEY, count INTEGER NOT NULL, blocked_until REAL NOT NULL);
+"""
+
+
+def read_or_create_secret(folder: Path) -> bytes:
+    """The server's session secret in ``folder``, created with ``secrets`` on first use (mode 0600).
+
+    The new secret is written to a temporary file and linked into place, which fails if another worker got
+    there first: then that worker's secret is read, so all workers sign with the same one.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SECRET_FILE
+    if not path.exists():
+        temporary = folder / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(secrets.token_bytes(SECRET_BYTES))
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    secret = path.read_bytes()
+    if len(secret) < SECRET_BYTES:
+        raise ValueError(f"{path} holds {len(secret)} bytes, not a {SECRET_BYTES}-byte secret; delete it to make one")
+    return secret
+
+
+def token_bits(token: str) -> float:
+    """A rough upper bound of a token's entropy: its length times log2 of the alphabet its characters come from."""
+    alphabet = 0
+    for characters, size in (
+        (string.ascii_lowercase, 26),
+        (string.ascii_uppercase, 26),
+        (string.digits, 10),
+    ):
+        if any(c in characters for c in token):
+            alphabet += size
+    if any(not (c.isascii() and c.isalnum()) for c in token):
+        alphabet += 33  # punctuation and the rest
+    return len(token) * math.log2(alphabet) if alphabet else 0.0
+
+
+def warn_about_weak_token(token: str | None, variable: str) -> float | None:
+    """Log a warning when ``token`` holds fewer than 128 bits (by length and alphabet); return its estimate."""
+    if not token:
+        return None
+    bits = token_bits(token)
+    if bits < STRONG_TOKEN_BITS:
+        log.warning(
+            "the API token in %s holds about %d bits, fewer than %d: use a longer random one "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            variable,
+            bits,
+            STRONG_TOKEN_BITS,
+        )
+    return bits
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port or brackets, lower case, without a trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def is_allowed_host(host: str, allowed: tuple[str, ...], token_set: bool) -> bool:
+    """Whether a request sent with this Host header is answered.
+
+    The loopback names always are; the names in ``allowed`` too (``*``: any). With nothing configured, any host
+    is answered when a token protects the API, and only loopback names when none does: a page elsewhere cannot
+    then reach an open API through a DNS name rebound to this machine.
+    """
+    name = host_name(host)
+    if name in LOOPBACK_NAMES:
+        return True
+    if allowed:
+        return "*" in allowed or name in {host_name(entry) for entry in allowed}
+    return token_set
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An address that must wait before it may try again."""
+
+    retry_after: int  # whole seconds
+
+
+def wait_after(failures: int) -> float:
+    """Seconds an address waits after its ``failures``-th failure in a row: none for the free ones, then doubling."""
+    if failures <= FREE_FAILURES:
+        return 0.0
+    return float(min(FIRST_WAIT_SECONDS * 2 ** min(failures - FREE_FAILURES - 1, 20), LONGEST_WAIT_SECONDS))
+
+
+class AccessStore:
+    """The live sessions and the failures per address, in one SQLite file all workers share."""
+
+    def __init__(self, path: Path, idle_seconds: float) -> None:
+        self.path = path
+        self.idle_seconds = idle_seconds
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as connection:
+            connection.executescript(SCHEMA)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def start_session(self, now: float | None = None) -> str:
+        """A new live session's id (and the expired ones forgotten)."""
+        now = time.time() if now is None else now
+        session_id = secrets.token_urlsafe(32)
+        with self.connect() as connection:
+            connection.execute("DELETE FROM sessions WHERE last_seen < ?", (now - self.idle_seconds,))
+            connection.execute("INSERT INTO sessions (id, last_seen) VALUES (?, ?)", (session_id, now))
+        return session_id
+
+    def is_live(self, session_id: str, now: float | None = None) -> bool:
+        """Whether the session was started here, not ended, and used within the idle time; a use is recorded."""
+        now = time.time() if now is None else now
+        with self.connect() as connection:
+            row = connection.execute("SELECT last_seen FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                return False
+            if row[0] < now - self.idle_seconds:
+                connection.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+                return False
+            if now - row[0] >= TOUCH_SECONDS:
+                connection.execute("UPDATE sessions SET last_seen = ? WHERE id = ?", (now, session_id))
+        return True
+
+    def end_session(self, session_id: str) -> None:
+        with self.connect() as connection:
+            connection.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    def refusal(self, address: str, now: float | None = None) -> Refusal | None:
+        """Why ``address`` may not try a token now (it failed too often, too recently); None when it may."""
+        now = time.time() if now is None else now
+        with self.connect() as connection:
+            row = connection.execute("SELECT blocked_until FROM failures WHERE address = ?", (address,)).fetchone()
+        if row is None or row[0] <= now:
+            return None
+        return Refusal(max(1, math.ceil(row[0] - now)))
+
+    def record_failure(self, address: str, now: float | None = None) -> int:
+        """Count one more failed try from ``address``; return how many it has made in a row."""
+        now = time.time() if now is None else now
+        with self.connect() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            row = connection.execute(
+                "SELECT count, blocked_until FROM failures WHERE address = ?", (address,)
+            ).fetchone()
+            # Failures long past (the longest wait after the last one's) are forgiven.
+            count = (row[0] if row and row[1] >= now - LONGEST_WAIT_SECONDS else 0) + 1
+            connection.execute(
+                "INSERT OR REPLACE INTO failures (address, count, blocked_until) VALUES (?, ?, ?)",
+                (address, count, now + wait_after(count)),
+            )
+            connection.execute("COMMIT")
+        return count
+
+    def forget_failures(self, address: str) -> None:
+        with self.connect() as connection:
+            connection.execute("DELETE FROM failures WHERE address = ?", (address,))
+
+
+def open_access(prod_deployment_path: Path, idle_hours: float) -> tuple[bytes, AccessStore]:
+    """The session secret and the shared store, in ``<prod_deployment_path>/web_access``."""
+    folder = prod_deployment_path / ACCESS_FOLDER
+    try:
+        return read_or_create_secret(folder), AccessStore(folder / STORE_FILE, idle_hours * 3600)
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        raise PipelineError(
+            f"the web app's session secret and sign-in record in {folder} cannot be made or read ({reason}); "
+            "the server needs to write that folder"
+        ) from None
+
+
+ACCESS_STATE = "risk_web_access"
+
+
+@dataclass(frozen=True)
+class WebAccess:
+    """What ``create_app`` keeps in ``app.extensions[ACCESS_STATE]``: the session secret and the shared store."""
+
+    secret: bytes
+    store: AccessStore
+
+
+def refuse_if_waiting(store: AccessStore, address: str) -> None:
+    """Answer 429 (with Retry-After) when ``address`` failed too often to try a token again yet."""
+    refusal = store.refusal(address)
+    if refusal is not None:
+        raise TooManyRequests(
+            f"too many wrong tokens from {address}: wait {refusal.retry_after} s before trying again",
+            retry_after=refusal.retry_after,
+        )
+
+
+def count_failure(store: AccessStore, address: str, what: str) -> int:
+    """Record and log one wrong token from ``address`` (``what``: where it was sent); the token is never logged."""
+    failures = store.record_failure(address)
+    log.warning("wrong token from %s (%s), %d in a row", address, what, failures)
+    return failures
