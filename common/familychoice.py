@@ -10,7 +10,6 @@ first, each against the one kept so far, so a more complex family must earn its 
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -21,8 +20,6 @@ from common.comparison import judge_gain, labels_f1
 from common.config import ModelSettings, MonitoringSettings
 from common.records import FamilyChoice, FamilyScore
 from common.riskmodels import equal_count_calibration_error, fit_risk_model
-
-log = logging.getLogger("training")
 
 
 def choose_family(
@@ -117,7 +114,6 @@ def compare_families(
         f"(a more complex family must gain {gate.min_gain:g} in F1 over the one kept before it, in at least "
         f"{gate.gate_confidence:.0%} of paired resamples)"
     )
-    log.info("model families: %s", reason)
     return FamilyChoice(kept, reason, labels.size, folds, scores)
 
 
