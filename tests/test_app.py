@@ -299,8 +299,10 @@ def test_a_test_file_in_the_project_folder_opens_only_itself(deployed):
         assert predict_json(client, {"filelocation": location}).status_code == 403, location
 
 
-def test_a_data_folder_holding_the_models_is_not_served_by_location(deployed):
-    config = load_config(write_config(deployed.path.parent, input_folder_path="."))
+def test_a_data_folder_holding_the_models_is_not_served_by_location(deployed, tmp_path_factory):
+    # The ingested data elsewhere: an output folder inside the input folder is refused by the config itself.
+    elsewhere = tmp_path_factory.mktemp("ingested")
+    config = load_config(write_config(deployed.path.parent, input_folder_path=".", output_folder_path=str(elsewhere)))
     client = create_app(config, token="").test_client()
     assert predict_json(client, {"filelocation": "models/metrics.json"}).status_code == 403
     assert predict_json(client, {"filelocation": "sourceddata/clients_a.csv"}).status_code == 403
