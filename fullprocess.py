@@ -68,12 +68,13 @@ from common.cli import build_parser
 from common.config import MODEL_FAMILIES, PROJECT_ROOT, Config, load_config
 from common.databases import (
     DatabaseSource,
-    check_source,
     describe_source_state,
     describe_sources,
     fetched_from,
+    inspect_source,
     last_watermark,
     read_recorded_state,
+    watermark_fits,
 )
 from common.errors import PipelineError
 from common.files import (
@@ -252,9 +253,18 @@ def find_new_rows(
     fetched = fetched_from(read_ingestion_record(output_folder_path / INGESTED_FILES).files, source)
     known = {entry.sha256 for entry in trained_on.values()} | decided
     files = [SourceFile(entry.name, None, entry.sha256, "new") for entry in fetched if entry.sha256 not in known]
-    watermark = last_watermark(fetched, source)
-    state = check_source(source, watermark)
     recorded = read_recorded_state(output_folder_path, source) if fetched else None
+
+    def choose_watermark(kind: str) -> Any:
+        """The last watermark of the column's kind (one recorded from a bad row, text in an integer column, is
+        passed over); with none, the one ingestion kept after reading the table again, so that an old bad
+        record does not send every run down the heavy path."""
+        found = last_watermark(fetched, source, kind)
+        if found is None and recorded is not None and watermark_fits(recorded.watermark, kind):
+            return recorded.watermark
+        return found
+
+    watermark, state = inspect_source(source, choose_watermark)
     before = recorded.rows_at_or_below if recorded is not None and recorded.watermark == watermark else None
     warnings = describe_source_state(source, state, watermark, before)
     if state.past:

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,10 +342,17 @@ def has_rows_past(source: DatabaseSource, watermark: Any) -> bool:
 
 def check_source(source: DatabaseSource, watermark: Any) -> SourceState:
     """The cheap check's look at the table around ``watermark``; one sentence when the database cannot be asked."""
+    return inspect_source(source, lambda kind: watermark if watermark_fits(watermark, kind) else None)[1]
+
+
+def inspect_source(source: DatabaseSource, choose_watermark: Callable[[str], Any]) -> tuple[Any, SourceState]:
+    """The watermark ``choose_watermark`` picks for the column's kind, and the table's state around it; one
+    sentence when the database cannot be asked."""
     try:
         with connect_directly(source.url) as connection:
             kind = read_watermark_kind(connection, source)
-            return read_source_state(connection, source, kind, watermark if watermark_fits(watermark, kind) else None)
+            watermark = choose_watermark(kind)
+            return watermark, read_source_state(connection, source, kind, watermark)
     except PipelineError:
         raise
     except Exception as exc:  # sqlite3 or psycopg: any failure to ask is the same sentence

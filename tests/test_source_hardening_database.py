@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from common.artifacts import FINAL_DATA, INGESTED_RECORD, read_ingestion_record
+from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTED_RECORD, read_ingestion_record
 from common.config import Config, load_config
 from common.history import open_history, read_runs
 from common.runs import RunFields
-from fullprocess import RunRecord, check_for_new_data, run_full_process
+from fullprocess import RunRecord, check_for_new_data, find_new_rows, run_full_process
 from generate_data import load_into_database
 from ingestion import ingest_folder
 from tests.helpers import deploy, free_port, train_and_score, write_clients, write_config, write_database_config
@@ -77,6 +77,25 @@ def test_a_watermark_recorded_from_a_bad_row_is_passed_over(tmp_path):
     again = ingest(config)
     assert again.rows_written == 600
     assert any("the recorded id n/a is not a integer value" in warning for warning in again.warnings)
+
+
+def test_a_bad_recorded_watermark_does_not_make_every_cheap_check_find_rows(tmp_path):
+    """The cheap check passes over a watermark of the wrong kind as ingestion does, so a job whose record holds
+    one does not take the heavy path every 10 minutes."""
+    config = loose_table(tmp_path, 100)
+    ingest(config)
+    record_file = config.output_folder_path / INGESTED_RECORD
+    record = json.loads(record_file.read_text())
+    record["files"][-1]["watermark_to"] = "n/a"  # as the code before recorded it
+    record_file.write_text(json.dumps(record))
+    ingest(config)  # reads the table again from the start, finds nothing new, keeps the newest id it saw
+    decided = {entry.sha256 for entry in read_ingestion_record(config.output_folder_path / INGESTED_FILES).files}
+    for _ in range(2):
+        files, _, _ = find_new_rows(config.database, config.output_folder_path, {}, decided)
+        assert [file.name for file in files] == []
+    add_loose_rows(tmp_path, range(101, 111))
+    files, _, _ = find_new_rows(config.database, config.output_folder_path, {}, decided)
+    assert [file.name for file in files] == ["client_activity: rows past id 100"]
 
 
 def test_an_id_that_is_not_utf8_is_one_bad_row_named_by_table_and_watermark(tmp_path):
