@@ -817,8 +817,8 @@ def cron_line(config: Config, python: Path | None = None) -> str:
 
     The config is named by its absolute path, so the job runs the config it was written for
     whatever chose it (``--config``, ``$RISK_CONFIG``). The run's secrets (the API token) come
-    from the environment file it sources (``set -a`` exports what it sets), never from the
-    command line, which any user of the machine can read. ``%`` is escaped: cron turns it into a newline.
+    from the environment file it sources when it is there (``set -a`` exports what it sets), never
+    from the command line, which any user of the machine can read. ``%`` is escaped: cron turns it into a newline.
     """
     project = PROJECT_ROOT
     env_file = cron_env_path(config)
@@ -837,8 +837,11 @@ def cron_line(config: Config, python: Path | None = None) -> str:
     command = [shlex.quote(str(python)), "fullprocess.py", "--quiet", "--config", shlex.quote(str(config.path))]
     cron_log = shlex.quote(str(config.log_path.parent / CRON_LOG_FILE))
     mkdir = f"mkdir -p {shlex.quote(str(config.log_path.parent))}"
-    source = f"set -a && . {shlex.quote(str(env_file))} && set +a"
-    run = f"{{ {source} && {' '.join(command)}; }} >> {cron_log} 2>&1"
+    # A missing file must not stop the job before it can record and alert (dash's "." ends the shell): the run
+    # goes on without it, and calls the API refuses without the token fail the run, which alerts.
+    env = shlex.quote(str(env_file))
+    source = f"if [ -r {env} ]; then set -a; . {env}; set +a; fi"
+    run = f"{{ {source}; {' '.join(command)}; }} >> {cron_log} 2>&1"
     line = f"{CRON_SCHEDULE} cd {shlex.quote(str(project))} && {mkdir} && {run}"
     return line.replace("%", "\\%")
 
