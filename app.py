@@ -37,11 +37,13 @@ from typing import Any
 from flask import Flask, Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable, Unauthorized
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.body import WholeBodies
 from api.guard import (
     ACCESS_STATE,
     WebAccess,
+    client_key,
     count_failure,
     is_allowed_host,
     open_access,
@@ -105,6 +107,8 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, token: str
     app.config["MAX_CONTENT_LENGTH"] = int(config.api.max_body_mb * MIB)
     app.config["RISK_CONFIG"] = config
     app.wsgi_app = WholeBodies(app.wsgi_app, int(config.api.max_body_mb * MIB))  # type: ignore[method-assign]
+    if config.api.trusted_proxies:  # the client's address from X-Forwarded-For, as set by that many proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.api.trusted_proxies)  # type: ignore[method-assign]
     api = build_api_state(config)
     try:
         api.watcher.served()  # load the model now, not on a client's first request
@@ -161,7 +165,7 @@ def require_token(app: Flask, token: str | None) -> None:
         if expected is None or request.endpoint in OPEN_ENDPOINTS or request.blueprint == dashboard_bp.name:
             return  # the dashboard's pages keep their own signed session
         store = app.extensions[ACCESS_STATE].store
-        address = request.remote_addr or "unknown"
+        address = client_key(request.remote_addr)
         refuse_if_waiting(store, address)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":

@@ -9,6 +9,7 @@ failures per client address, so that every gunicorn worker agrees on who is sign
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import os
@@ -52,7 +53,7 @@ def read_or_create_secret(folder: Path) -> bytes:
     The new secret is written to a temporary file and linked into place, which fails if another worker got
     there first: then that worker's secret is read, so all workers sign with the same one.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the sessions' journal lives here too
     path = folder / SECRET_FILE
     if not path.exists():
         temporary = folder / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -148,8 +149,10 @@ class AccessStore:
     def __init__(self, path: Path, idle_seconds: float) -> None:
         self.path = path
         self.idle_seconds = idle_seconds
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self.connect() as connection:
+            # Readers do not wait for a worker that writes (a failed try, a new session) with a write-ahead log.
+            connection.execute("PRAGMA journal_mode = WAL")
             connection.executescript(SCHEMA)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
@@ -203,6 +206,8 @@ class AccessStore:
         now = time.time() if now is None else now
         with self.connect() as connection:
             connection.execute("BEGIN IMMEDIATE")
+            # Addresses whose failures are long past are forgotten, so the table stays small.
+            connection.execute("DELETE FROM failures WHERE blocked_until < ?", (now - LONGEST_WAIT_SECONDS,))
             row = connection.execute(
                 "SELECT count, blocked_until FROM failures WHERE address = ?", (address,)
             ).fetchone()
@@ -242,6 +247,22 @@ class WebAccess:
 
     secret: bytes
     store: AccessStore
+
+
+def client_key(address: str | None) -> str:
+    """Whom a failed try is counted against: the client's IPv4 address, or its IPv6 /64 network (one host
+    usually holds a whole /64, so counting single addresses would let it try without end)."""
+    if not address:
+        return "unknown"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
 
 
 def refuse_if_waiting(store: AccessStore, address: str) -> None:

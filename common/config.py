@@ -89,6 +89,9 @@ class ApiSettings:
     allowed_hosts: tuple[str, ...] = ()
     # A dashboard session not used for this long is signed out on the server.
     session_idle_hours: float = 8.0
+    # How many proxies in front of the app set X-Forwarded-For: the client's address (which wrong tokens are
+    # counted against) is read from it. 0: the connecting address, which behind a proxy is the proxy's for all.
+    trusted_proxies: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass(frozen=True)

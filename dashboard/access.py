@@ -20,7 +20,7 @@ from flask import Flask, Response, abort, current_app, g, redirect, render_templ
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 
-from api.guard import ACCESS_STATE, AccessStore, WebAccess, count_failure, refuse_if_waiting
+from api.guard import ACCESS_STATE, AccessStore, WebAccess, client_key, count_failure, refuse_if_waiting
 from dashboard import DASHBOARD_STATE, bp
 
 SESSION_KEY_LABEL = b"risk-dashboard-session"
@@ -64,7 +64,9 @@ def safe_next(target: str | None) -> str:
     if not target:
         return url_for("dashboard.overview")
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    # Browsers read a backslash as a slash ("/\\evil" as "//evil"); no control character belongs in a path.
+    unsafe = "\\" in target or any(ord(character) < 0x20 or ord(character) == 0x7F for character in target)
+    if unsafe or parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return url_for("dashboard.overview")
     return target
 
@@ -144,7 +146,7 @@ def sign_in() -> ResponseReturnValue:
         return redirect(target)
     error = None
     if request.method == "POST":
-        store, address = access_store(), request.remote_addr or "unknown"
+        store, address = access_store(), client_key(request.remote_addr)
         refuse_if_waiting(store, address)
         given = request.form.get("token", "")
         if hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode()):

@@ -26,6 +26,7 @@ from api.guard import (
     SECRET_FILE,
     STORE_FILE,
     AccessStore,
+    client_key,
     host_name,
     is_allowed_host,
     token_bits,
@@ -242,6 +243,39 @@ def test_the_waits_grow_and_failures_long_past_are_forgiven(tmp_path):
     assert store.refusal("10.0.0.2", now=1000) is None  # per address
     assert wait_after(FREE_FAILURES + 2) == 2 * wait_after(FREE_FAILURES + 1) and wait_after(10**6) == 15 * 60
     assert store.record_failure("10.0.0.1", now=10**6) == 1
+
+
+def test_failures_are_counted_per_ipv6_network_and_old_ones_are_dropped(tmp_path):
+    assert client_key("2001:db8:1:2:3:4:5:6") == client_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:10.0.0.7") == client_key("10.0.0.7") == "10.0.0.7" and client_key(None) == "unknown"
+    store = AccessStore(tmp_path / STORE_FILE, idle_seconds=100)
+    store.record_failure("10.0.0.1", now=1000)
+    store.record_failure("10.0.0.2", now=10**6)  # the first's failure is long past: forgotten, not kept for ever
+    with sqlite3.connect(tmp_path / STORE_FILE) as connection:
+        assert [row[0] for row in connection.execute("SELECT address FROM failures")] == ["10.0.0.2"]
+    assert stat.S_IMODE((tmp_path / STORE_FILE).stat().st_mode) == 0o600
+
+
+def test_behind_trusted_proxies_the_clients_own_address_is_counted(deployed, tmp_path):
+    config = load_config(write_config(deployed.path.parent, api={"trusted_proxies": 1}))
+    client = create_app(config, token=TOKEN).test_client()
+    wrong = {"Authorization": "Bearer guess", "X-Forwarded-For": "203.0.113.9"}
+    for _ in range(FREE_FAILURES + 1):
+        assert client.get("/version", headers=wrong).status_code == 401
+    assert client.get("/version", headers={**wrong, "Authorization": f"Bearer {TOKEN}"}).status_code == 429
+    other = {"Authorization": f"Bearer {TOKEN}", "X-Forwarded-For": "198.51.100.4"}
+    assert client.get("/version", headers=other).status_code == 200  # another client behind the same proxy
+
+
+@pytest.mark.parametrize("target", ["/\\evil.example/", "/\tevil", "//evil.example", "https://evil.example/"])
+def test_sign_in_never_sends_people_off_site(deployed, target):
+    client = create_app(deployed, token=TOKEN).test_client()
+    page = client.get(f"/dashboard/sign-in?next={quote(target)}").get_data(as_text=True)
+    answer = client.post(
+        "/dashboard/sign-in", data={"token": TOKEN, "csrf": csrf_of(page), "next": target}, follow_redirects=False
+    )
+    assert answer.status_code == 302 and answer.headers["Location"].endswith("/dashboard/")
 
 
 # Row 20: links keep the whole id; nothing is framed or sniffed.
