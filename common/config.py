@@ -70,7 +70,7 @@ class ModelSettings:
     min_selection_rows: int = 1_000
     # The additive and boosted families fit on at most this many rows (a seeded sample, weights kept): on
     # three features they gain nothing measurable beyond it, and a cycle on a million rows stays short.
-    max_fit_rows: int = 100_000
+    max_fit_rows: int = 50_000
 
 
 @dataclass(frozen=True)
