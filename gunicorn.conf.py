@@ -30,6 +30,7 @@ worker_connections = settings["worker_connections"]
 proc_name = settings["proc_name"]
 control_socket_disable = settings["control_socket_disable"]
 access_log_format = settings["access_log_format"]
+graceful_timeout = settings["graceful_timeout"]
 bind = [bind_address(DEFAULT_HOST, DEFAULT_PORT)]
 workers = DEFAULT_WORKERS
 

@@ -13,6 +13,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_WORKERS = 2  # one per core
 PROCESS_NAME = "risk-api"
+# On a stop or restart, a worker still holding a connection after this long is ended: the API's requests take
+# milliseconds, so what is left then is a slow or idle client (gunicorn waits 30 s by default).
+GRACEFUL_SECONDS = 10
 
 
 def gunicorn_settings(worker_class: str = WORKER_CLASSES[0]) -> dict[str, object]:
@@ -26,6 +29,7 @@ def gunicorn_settings(worker_class: str = WORKER_CLASSES[0]) -> dict[str, object
     return {
         "worker_class": worker_class,
         "worker_connections": WORKER_CONNECTIONS,
+        "graceful_timeout": GRACEFUL_SECONDS,
         "proc_name": PROCESS_NAME,
         "control_socket_disable": True,
         "access_log_format": ACCESS_LOG_FORMAT,
