@@ -66,13 +66,19 @@ def test_a_text_watermark_in_an_integer_column_is_a_bad_row_not_the_watermark(tm
     assert ingest(config).rows_written == 600
 
 
-def test_a_watermark_recorded_from_a_bad_row_is_passed_over(tmp_path):
+def table_with_a_bad_recorded_watermark(tmp_path: Path) -> Config:
+    """100 rows ingested, then the last fetch's watermark turned to text, as the code before could record it."""
     config = loose_table(tmp_path, 100)
     ingest(config)
     record_file = config.output_folder_path / INGESTED_RECORD
     record = json.loads(record_file.read_text())
-    record["files"][-1]["watermark_to"] = "n/a"  # as the code before recorded it
+    record["files"][-1]["watermark_to"] = "n/a"
     record_file.write_text(json.dumps(record))
+    return config
+
+
+def test_a_watermark_recorded_from_a_bad_row_is_passed_over(tmp_path):
+    config = table_with_a_bad_recorded_watermark(tmp_path)
     add_loose_rows(tmp_path, range(101, 601))
     again = ingest(config)
     assert again.rows_written == 600
@@ -82,12 +88,7 @@ def test_a_watermark_recorded_from_a_bad_row_is_passed_over(tmp_path):
 def test_a_bad_recorded_watermark_does_not_make_every_cheap_check_find_rows(tmp_path):
     """The cheap check passes over a watermark of the wrong kind as ingestion does, so a job whose record holds
     one does not take the heavy path every 10 minutes."""
-    config = loose_table(tmp_path, 100)
-    ingest(config)
-    record_file = config.output_folder_path / INGESTED_RECORD
-    record = json.loads(record_file.read_text())
-    record["files"][-1]["watermark_to"] = "n/a"  # as the code before recorded it
-    record_file.write_text(json.dumps(record))
+    config = table_with_a_bad_recorded_watermark(tmp_path)
     ingest(config)  # reads the table again from the start, finds nothing new, keeps the newest id it saw
     decided = {entry.sha256 for entry in read_ingestion_record(config.output_folder_path / INGESTED_FILES).files}
     for _ in range(2):
