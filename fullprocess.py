@@ -363,6 +363,7 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> RunFi
             config.output_folder_path,
             settle_seconds=config.monitoring.settle_seconds,
             database=config.database,
+            block_bytes=config.ingestion.batch_bytes,
         )
         note_fetches(record, new, ingested.files)
         note_source_warnings(record, ingested.warnings)
@@ -461,6 +462,7 @@ def ingest_new_files(config: Config, record: RunRecord, new: NewData, champion: 
             keep_parsed=keep_hashes(champion),
             settle_seconds=config.monitoring.settle_seconds,
             database=config.database,
+            block_bytes=config.ingestion.batch_bytes,
         )
         note_fetches(record, new, ingested.files)
         note_source_warnings(record, ingested.warnings)
@@ -530,8 +532,8 @@ def read_unlabelled_features(output_folder_path: Path, files: list[Any]) -> Any:
     """The features (float64, one column per feature) of the valid rows of these unlabelled files, as ingested."""
     import numpy as np
 
+    from common.finaldata import merge_tables
     from common.schema import FEATURES, UNLABELLED_SCHEMA
-    from ingestion import merge_tables
 
     table = merge_tables(output_folder_path, [entry.sha256 for entry in files], UNLABELLED_SCHEMA)
     return np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])

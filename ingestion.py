@@ -20,10 +20,8 @@ still touches every row, at disk speed. The result is the same file a full rebui
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,8 +30,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.feather as feather
 
 from common.artifacts import (
@@ -65,6 +61,7 @@ from common.databases import (
     read_recorded_state,
     write_recorded_state,
 )
+from common.datafiles import stream_data_file
 from common.errors import PipelineError, says_disk_full
 from common.files import (
     atomic_path,
@@ -75,18 +72,30 @@ from common.files import (
     sha256_file,
     shown_name,
 )
-from common.rowhash import hash_rows, insert_sorted, unique_hashes
-from common.schema import COLUMNS, ID_COLUMN, SCHEMA, UNLABELLED_SCHEMA, BadFileError, read_data_file
+from common.finaldata import (
+    PARSED_FOLDER,
+    ROW_INDEX_FILE,
+    MergeResult,
+    RowIndex,
+    append,
+    cached_batches,
+    load_row_index,
+    parsed_path,
+    pending_path,
+    rebuild,
+    save_row_index,
+    write_csv_table,
+)
+from common.rowhash import hash_rows
+from common.schema import SCHEMA, UNLABELLED_SCHEMA, BadFileError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger("ingestion")
 
-PARSED_FOLDER = "parsed"
-# Bump when the rules that turn a file into rows change, so cached parses are redone.
-PARSE_VERSION = "v1"
-ROW_INDEX_FILE = f"rowindex-{PARSE_VERSION}.npz"
+# New rows beyond this many are merged by a streamed rebuild rather than appended in memory.
+MAX_APPEND_ROWS = 1_000_000
 
 
 @dataclass
@@ -104,8 +113,6 @@ class IngestionResult:
     rows_written: int = 0
     appended: bool = False  # True when the new rows were appended to the earlier output
     unchanged: bool = False  # True when finaldata.csv was left as it was (no labelled file changed)
-    # hashes of the rows this run wrote (all of them after a rebuild)
-    written_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     batch: int = 0  # the batch the rows new in this run arrived in (0: no new rows)
     seconds: float = 0.0
     unlabelled_clients: int = 0  # clients whose latest unlabelled row is kept in unlabelledclients.csv
@@ -123,36 +130,101 @@ class IngestionResult:
         return [entry for entry in self.files if not entry.labelled]
 
 
-def parsed_path(output_folder_path: Path, sha256: str) -> Path:
-    return output_folder_path / PARSED_FOLDER / f"{PARSE_VERSION}-{sha256}.arrow"
+@dataclass
+class FileCounts:
+    """What reading one file found, batch by batch."""
+
+    read: int = 0
+    labelled: int = 0
+    pending: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, read: int, labelled: int, pending: int, dropped: dict[str, int]) -> None:
+        self.read, self.labelled, self.pending = self.read + read, self.labelled + labelled, self.pending + pending
+        for reason, count in dropped.items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
-def parse_new_file(path: Path, sha256: str, output_folder_path: Path) -> IngestedFile:
-    """Read and check one data file, cache its valid rows by content hash, and describe it."""
-    parsed = read_data_file(path, allow_unlabelled=True)
+def write_parsed_batches(
+    path: Path, labelled_target: Path, pending_target: Path, block_bytes: int | None
+) -> FileCounts:
+    """Stream a data file's checked rows into its two caches (with and without an outcome); return the counts."""
+    counts = FileCounts()
+    with atomic_path(labelled_target) as labelled_tmp, atomic_path(pending_target) as pending_tmp:
+        with (
+            pa.ipc.new_file(str(labelled_tmp), SCHEMA) as labelled_sink,
+            pa.ipc.new_file(str(pending_tmp), UNLABELLED_SCHEMA) as pending_sink,
+        ):
+            for batch in stream_data_file(path, block_bytes):
+                if batch.labelled.num_rows:
+                    labelled_sink.write_table(batch.labelled)
+                if batch.pending.num_rows:
+                    pending_sink.write_table(batch.pending)
+                counts.add(batch.rows_read, batch.labelled.num_rows, batch.pending.num_rows, batch.dropped)
+        check_rows_found(path.name, counts)
+    return counts
+
+
+def check_rows_found(name: str, counts: FileCounts) -> None:
+    """BadFileError for a file with no data rows or no valid one."""
+    if counts.read == 0:
+        raise BadFileError(f"{name}: the file has a header but no data rows")
+    if counts.labelled + counts.pending == 0:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in counts.dropped.items())
+        raise BadFileError(f"{name}: none of its {counts.read} rows is valid ({reasons})")
+
+
+def parse_new_file(path: Path, sha256: str, output_folder_path: Path, block_bytes: int | None = None) -> IngestedFile:
+    """Read and check one data file a batch at a time, cache its valid rows by content hash, and describe it.
+
+    Rows whose outcome is blank are cached apart; a file all of whose rows are such is an unlabelled file.
+    """
+    labelled_target, pending_target = parsed_path(output_folder_path, sha256), pending_path(output_folder_path, sha256)
     try:
-        with atomic_path(parsed_path(output_folder_path, sha256)) as tmp:
-            feather.write_feather(parsed.table, tmp, compression="uncompressed")
+        counts = write_parsed_batches(path, labelled_target, pending_target, block_bytes)
+        if counts.labelled == 0:
+            os.replace(pending_target, labelled_target)  # no outcome anywhere: an unlabelled file
+        elif counts.pending == 0:
+            pending_target.unlink()
     except (OSError, pa.ArrowException) as exc:  # the output side: the file itself is fine
         why = "the disk is full; free some space and run again" if says_disk_full(exc) else str(exc)
         raise PipelineError(
             f"cannot keep the parsed rows of {path.name} in {output_folder_path / PARSED_FOLDER} ({why})"
         ) from None
-    detail = ", ".join(f"{count} {reason}" for reason, count in parsed.dropped.items())
+    labelled = counts.labelled > 0
+    detail = ", ".join(f"{count} {reason}" for reason, count in counts.dropped.items())
+    pending = f" ({counts.pending} with the outcome not known yet)" if labelled and counts.pending else ""
     log.info(
-        "%s: %d %srows kept, %d dropped%s",
+        "%s: %d %srows kept%s, %d dropped%s",
         path.name,
-        parsed.rows_kept,
-        "" if parsed.labelled else "unlabelled ",
-        parsed.rows_dropped,
+        counts.labelled if labelled else counts.pending,
+        "" if labelled else "unlabelled ",
+        pending,
+        sum(counts.dropped.values()),
         f" ({detail})" if detail else "",
     )
-    return IngestedFile(path.name, sha256, parsed.rows_kept, parsed.rows_dropped, utc_now(), parsed.labelled)
+    return IngestedFile(
+        path.name,
+        sha256,
+        counts.labelled if labelled else counts.pending,
+        sum(counts.dropped.values()),
+        utc_now(),
+        labelled,
+        counts.pending if labelled else 0,
+    )
 
 
-def usable_cache(output_folder_path: Path, sha256: str) -> bool:
-    """Whether the cached rows of a file can be read; a damaged cache is named, set aside, and rebuilt from its file."""
-    path = parsed_path(output_folder_path, sha256)
+def usable_cache(output_folder_path: Path, sha256: str, pending: bool = False) -> bool:
+    """Whether the cached rows of a file can be read; a damaged cache is named, set aside, and rebuilt from its file.
+
+    ``pending``: the file has rows with a blank outcome, whose cache must be readable too.
+    """
+    if pending and not usable_cache_file(pending_path(output_folder_path, sha256)):
+        return False
+    return usable_cache_file(parsed_path(output_folder_path, sha256))
+
+
+def usable_cache_file(path: Path) -> bool:
     if not path.exists():
         return False
     try:
@@ -173,16 +245,19 @@ class StillArriving(Exception):
     """A file that changed while it was read, or too recently: it is read once it has stopped changing."""
 
 
-def read_new_file(path: Path, digest: str, output_folder_path: Path, signature: list[int]) -> IngestedFile:
+def read_new_file(
+    path: Path, digest: str, output_folder_path: Path, signature: list[int], block_bytes: int | None = None
+) -> IngestedFile:
     """``parse_new_file``, with whatever else goes wrong in reading one file turned into BadFileError naming it.
 
     ``signature``: the file's size and modification time before its hash was taken; a file that
     no longer has them was written to while being read, and raises StillArriving.
     """
     try:
-        parsed = parse_new_file(path, digest, output_folder_path)
+        parsed = parse_new_file(path, digest, output_folder_path, block_bytes)
         if file_signature(path) != signature:
             parsed_path(output_folder_path, digest).unlink(missing_ok=True)
+            pending_path(output_folder_path, digest).unlink(missing_ok=True)
             raise StillArriving(f"{shown_name(path.name)} changed while it was read")
         return parsed
     except (BadFileError, StillArriving):
@@ -193,7 +268,11 @@ def read_new_file(path: Path, digest: str, output_folder_path: Path, signature: 
 
 
 def collect_files(
-    input_folder_path: Path, output_folder_path: Path, history: dict[str, IngestedFile], settle_seconds: float = 0.0
+    input_folder_path: Path,
+    output_folder_path: Path,
+    history: dict[str, IngestedFile],
+    settle_seconds: float = 0.0,
+    block_bytes: int | None = None,
 ) -> IngestionResult:
     """Decide, file by file, which rows make up the ingested data (new, unchanged or kept).
 
@@ -213,6 +292,7 @@ def collect_files(
         IngestionResult(
             files=[], final_data=output_folder_path / FINAL_DATA, ignored=[shown_name(p.name) for p in ignored]
         ),
+        block_bytes,
     )
     for name, reason in refused.items():
         collection.leave_out(name, f"{name}: not read: {reason}")
@@ -226,10 +306,19 @@ def collect_files(
 class FileCollection:
     """The files of one ingestion as they are decided on: taken, left out (keeping earlier rows), or kept."""
 
-    def __init__(self, output_folder_path: Path, history: dict[str, IngestedFile], result: IngestionResult):
+    def __init__(
+        self,
+        output_folder_path: Path,
+        history: dict[str, IngestedFile],
+        result: IngestionResult,
+        block_bytes: int | None = None,
+    ):
         self.output_folder_path, self.history, self.result = output_folder_path, history, result
+        self.block_bytes = block_bytes
         self.cached = {
-            entry.sha256: entry for entry in history.values() if usable_cache(output_folder_path, entry.sha256)
+            entry.sha256: entry
+            for entry in history.values()
+            if usable_cache(output_folder_path, entry.sha256, entry.rows_pending > 0)
         }
         self.seen_hashes: set[str] = set()
 
@@ -252,7 +341,7 @@ class FileCollection:
             self.leave_out(path.name, message, arriving=True)
             return
         try:
-            self.result.files.append(read_new_file(path, digest, self.output_folder_path, signature))
+            self.result.files.append(read_new_file(path, digest, self.output_folder_path, signature, self.block_bytes))
             self.seen_hashes.add(digest)
         except StillArriving as exc:
             self.leave_out(path.name, f"{exc}; read once it stops changing", arriving=True)
@@ -315,162 +404,23 @@ def arrival_order(earlier: list[IngestedFile]) -> Callable[[IngestedFile], tuple
     return key
 
 
-def merge_tables(output_folder_path: Path, digests: list[str], schema: pa.Schema = SCHEMA) -> pa.Table:
-    """Concatenate the cached rows of the files with these content hashes, in order."""
-    tables = [feather.read_table(parsed_path(output_folder_path, digest), memory_map=True) for digest in digests]
-    return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
-
-
-@dataclass
-class RowIndex:
-    """The 64-bit hashes of the rows in ``finaldata.csv``, sorted, and where each row came from.
-
-    ``positions`` are row numbers in the merged parsed tables (before duplicates were removed),
-    so a row can be fetched back from its cached parse to compare exactly.
-    """
-
-    hashes: np.ndarray  # uint64, sorted
-    positions: np.ndarray  # int64, aligned with hashes
-    rows_merged: int = 0  # the counts of the ingestion report, kept with the rows they count
-    duplicates_removed: int = 0
-    quoted: bool = False  # whether finaldata.csv quotes its ids
-
-    @classmethod
-    def empty(cls) -> RowIndex:
-        return cls(np.zeros(0, np.uint64), np.zeros(0, np.int64))
-
-    def add(self, hashes: np.ndarray, positions: np.ndarray, merged: int, duplicates: int, quoted: bool) -> RowIndex:
-        """A new index with these rows added (of ``merged`` rows read, ``duplicates`` left out)."""
-        order = np.argsort(hashes, kind="stable")
-        hashes, positions = insert_sorted(self.hashes, self.positions, hashes[order], positions[order])
-        return RowIndex(
-            hashes,
-            positions,
-            self.rows_merged + merged,
-            self.duplicates_removed + duplicates,
-            quoted,
-        )
-
-
-def find_duplicates(table: pa.Table, hashes: np.ndarray) -> np.ndarray:
-    """A mask of the rows that repeat an earlier row of ``table`` exactly.
-
-    Rows are sorted by hash; only rows whose hash repeats are compared exactly, so the result
-    is exact and the cost is one sort of 64-bit numbers.
-    """
-    duplicate = np.zeros(table.num_rows, dtype=bool)
-    if table.num_rows < 2:
-        return duplicate
-    ordered = np.sort(hashes)
-    repeated = unique_hashes(ordered[1:][ordered[1:] == ordered[:-1]])
-    if repeated.size == 0:
-        return duplicate
-    candidates = np.flatnonzero(np.isin(hashes, repeated))
-    firsts = (
-        table.take(candidates)
-        .append_column("_row", pa.array(candidates))
-        .group_by(list(COLUMNS), use_threads=False)
-        .aggregate([("_row", "min")])["_row_min"]
-        .to_numpy()
-    )
-    duplicate[candidates] = True
-    duplicate[firsts] = False
-    return duplicate
-
-
-def deduplicate(table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """(the rows without exact duplicates, the first of each kept in order; their positions; their hashes)."""
-    hashes = hash_rows(table)
-    duplicate = find_duplicates(table, hashes)
-    if not duplicate.any():
-        return table, np.arange(table.num_rows, dtype=np.int64), hashes
-    kept = np.flatnonzero(~duplicate).astype(np.int64)
-    return table.take(kept), kept, hashes[kept]
-
-
-def drop_duplicate_rows(table: pa.Table) -> tuple[pa.Table, int]:
-    """Remove exact duplicate rows, keeping the first of each, in the original order."""
-    rows, _, _ = deduplicate(table)
-    return rows, table.num_rows - rows.num_rows
-
-
-def ids_need_quotes(table: pa.Table) -> bool:
-    """Whether some id holds a quote, comma or line break, so the CSV must quote ids."""
-    return table.num_rows > 0 and bool(pc.any(pc.match_substring_regex(table[ID_COLUMN], r'[",\r\n]')).as_py())
-
-
-def csv_options(quoted: bool, header: bool = True) -> pa_csv.WriteOptions:
-    """CSV options: ids quoted (every one, as pyarrow does) or not at all."""
-    return pa_csv.WriteOptions(
-        include_header=header, quoting_style="needed" if quoted else "none", quoting_header="none"
-    )
-
-
-def write_csv_table(table: pa.Table, target: Path, quoted: bool | None = None) -> Path:
-    """Write ``table`` as CSV atomically, quoting ids only when some id needs it (``quoted``, when known)."""
-    with atomic_path(target) as tmp:
-        pa_csv.write_csv(table, tmp, csv_options(ids_need_quotes(table) if quoted is None else quoted))
-    return target
-
-
-def append_csv_rows(source: Path, table: pa.Table, target: Path, quoted: bool) -> Path:
-    """Write ``target`` atomically as ``source`` followed by the rows of ``table`` (no header)."""
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-        if table.num_rows:
-            with open(tmp, "ab") as handle:
-                pa_csv.write_csv(table, handle, csv_options(quoted, header=False))
-    return target
-
-
-def save_row_index(output_folder_path: Path, index: RowIndex, files: list[IngestedFile]) -> None:
-    """Write the row index, tied to the ``finaldata.csv`` just written and the files it holds."""
-    meta = {
-        "finaldata": file_signature(output_folder_path / FINAL_DATA),
-        "files": [entry.sha256 for entry in files],  # by content: a renamed file changes nothing
-        "rows_merged": index.rows_merged,
-        "duplicates_removed": index.duplicates_removed,
-        "quoted": index.quoted,
-    }
-    with atomic_path(output_folder_path / PARSED_FOLDER / ROW_INDEX_FILE) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, hashes=index.hashes, positions=index.positions, meta=np.array(json.dumps(meta)))
-
-
-def load_row_index(output_folder_path: Path, files: list[IngestedFile]) -> RowIndex | None:
-    """The row index, when it describes the ``finaldata.csv`` on disk made from exactly ``files``; else None."""
-    path = output_folder_path / PARSED_FOLDER / ROW_INDEX_FILE
-    try:
-        # numpy leaves a file it opened itself open when the archive is damaged: open it here instead
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
-            if meta["finaldata"] != file_signature(output_folder_path / FINAL_DATA):
-                return None
-            if meta["files"] != [entry.sha256 for entry in files]:
-                return None
-            return RowIndex(
-                stored["hashes"],
-                stored["positions"],
-                int(meta["rows_merged"]),
-                int(meta["duplicates_removed"]),
-                bool(meta["quoted"]),
-            )
-    except Exception as exc:  # only a cache: any fault in it (a truncated zip included) means rebuild
-        log.info("the row index %s cannot be used (%s: %s); rebuilding", path.name, type(exc).__name__, exc)
-        return None
-
-
 def unique_digests(files: list[IngestedFile]) -> list[str]:
     """The content hashes of ``files`` in order, each once: files with the same content count once."""
     return list(dict.fromkeys(entry.sha256 for entry in files))
 
 
 def prune_parsed(output_folder_path: Path, files: list[IngestedFile], keep: frozenset[str] = frozenset()) -> None:
-    """Delete cached parses no entry refers to any more, except those of the ``keep`` hashes."""
+    """Delete cached parses no entry refers to any more, except those of the ``keep`` hashes, and row indexes of
+    an earlier layout."""
     folder = output_folder_path / PARSED_FOLDER
-    wanted = {parsed_path(output_folder_path, digest).name for digest in {entry.sha256 for entry in files} | keep}
-    for path in folder.glob("*.arrow") if folder.is_dir() else ():
-        if path.name not in wanted:
-            path.unlink(missing_ok=True)
+    digests = {entry.sha256 for entry in files} | keep
+    wanted = {path(output_folder_path, digest).name for digest in digests for path in (parsed_path, pending_path)}
+    for stale in folder.glob("*.arrow") if folder.is_dir() else ():
+        if stale.name not in wanted:
+            stale.unlink(missing_ok=True)
+    for stale in folder.glob("rowindex-*.npz") if folder.is_dir() else ():
+        if stale.name != ROW_INDEX_FILE:
+            stale.unlink(missing_ok=True)
 
 
 def ingest_folder(
@@ -480,6 +430,7 @@ def ingest_folder(
     keep_parsed: frozenset[str] = frozenset(),
     settle_seconds: float = 0.0,
     database: DatabaseSource | None = None,
+    block_bytes: int | None = None,
 ) -> IngestionResult:
     """Ingest ``input_folder_path`` into ``output_folder_path``; return what was done.
 
@@ -488,92 +439,28 @@ def ingest_folder(
 
     ``keep_parsed``: content hashes whose cached rows are kept even when no file holds them
     any more (the files the deployed model was trained on, which the drift tests read).
+    ``block_bytes``: files are read this much at a time (``ingestion.batch_mb``; default 8 MiB).
     ``database``: a table read beside (or, when ``input_folder_path`` is None, instead of) the folder;
     the rows past its watermark are one more cached "file" (see ``common/database_rows.py``).
     Raises PipelineError, leaving earlier outputs untouched, when no usable data remains,
     the database cannot be read, or another ingestion into the same folder is running.
     """
     with folder_lock(output_folder_path, "ingestion"):
-        return ingest_locked(input_folder_path, output_folder_path, fresh, keep_parsed, settle_seconds, database)
-
-
-def rebuild_final_data(output_folder_path: Path, result: IngestionResult) -> RowIndex:
-    """Merge every file's rows, remove duplicates, write ``finaldata.csv``; return its row index."""
-    merged = merge_tables(output_folder_path, unique_digests(result.labelled))
-    final, kept, hashes = deduplicate(merged)
-    result.rows_merged, result.rows_written = merged.num_rows, final.num_rows
-    result.duplicates_removed = merged.num_rows - final.num_rows
-    quoted = ids_need_quotes(final)
-    result.final_data = write_csv_table(final, output_folder_path / FINAL_DATA, quoted)
-    result.written_hashes = hashes
-    return RowIndex.empty().add(hashes, kept, merged.num_rows, result.duplicates_removed, quoted)
-
-
-def rows_equal(left: pa.Table, right: pa.Table) -> np.ndarray:
-    """Per row, whether two tables of the same length hold the same values in every column."""
-    same = np.ones(left.num_rows, dtype=bool)
-    for name in COLUMNS:
-        same &= pc.equal(left[name], right[name]).to_numpy(zero_copy_only=False).astype(bool)
-    return same
-
-
-def find_in_index(earlier_rows: pa.Table, index: RowIndex, table: pa.Table, hashes: np.ndarray) -> np.ndarray:
-    """A mask of the rows of ``table`` already in the index, compared exactly with the rows they hash like."""
-    left = np.searchsorted(index.hashes, hashes, side="left")
-    right = np.searchsorted(index.hashes, hashes, side="right")
-    found = np.zeros(table.num_rows, dtype=bool)
-    candidates = np.flatnonzero(right > left)
-    if candidates.size == 0:
-        return found
-    same = rows_equal(table.take(candidates), earlier_rows.take(index.positions[left[candidates]]))
-    found[candidates[same]] = True
-    for row in candidates[~same]:  # a hash shared by different rows: compare with each row that has it
-        wanted = table.slice(int(row), 1)
-        for position in index.positions[left[row] + 1 : right[row]]:
-            if rows_equal(wanted, earlier_rows.slice(int(position), 1))[0]:
-                found[row] = True
-                break
-    return found
-
-
-def append_final_data(
-    output_folder_path: Path, result: IngestionResult, earlier: list[IngestedFile], index: RowIndex
-) -> RowIndex | None:
-    """Append the rows of the files after ``earlier`` that are not in ``finaldata.csv`` yet; return the new index.
-
-    Returns None, writing nothing, when the new rows need quoted ids and the earlier ones are not
-    quoted: only a rebuild then writes what a rebuild would.
-    """
-    earlier_digests = unique_digests(earlier)
-    new_digests = [digest for digest in unique_digests(result.labelled) if digest not in set(earlier_digests)]
-    earlier_rows = merge_tables(output_folder_path, earlier_digests)  # memory-mapped: only fetched rows are read
-    added = merge_tables(output_folder_path, new_digests)
-    hashes = hash_rows(added)
-    duplicate = find_duplicates(added, hashes) | find_in_index(earlier_rows, index, added, hashes)
-    kept = np.flatnonzero(~duplicate)
-    rows = added.take(kept)
-    if ids_need_quotes(rows) and not index.quoted:
-        return None
-    final_data = output_folder_path / FINAL_DATA
-    result.final_data = append_csv_rows(final_data, rows, final_data, index.quoted)
-    result.appended = True
-    result.written_hashes = hashes[kept]
-    updated = index.add(
-        hashes[kept], kept.astype(np.int64) + earlier_rows.num_rows, added.num_rows, int(duplicate.sum()), index.quoted
-    )
-    result.rows_merged, result.duplicates_removed = updated.rows_merged, updated.duplicates_removed
-    result.rows_written = int(updated.hashes.size)
-    return updated
+        return ingest_locked(
+            input_folder_path, output_folder_path, fresh, keep_parsed, settle_seconds, database, block_bytes
+        )
 
 
 def index_if_appendable(
     output_folder_path: Path, history: dict[str, IngestedFile], files: list[IngestedFile]
 ) -> RowIndex | None:
     """The row index of the earlier output when this run only adds files after it; else None."""
-    earlier = list(history.values())
-    if not earlier or len(files) <= len(earlier):
+    earlier = unique_digests(list(history.values()))
+    digests = unique_digests(files)
+    if not earlier or len(digests) <= len(earlier) or digests[: len(earlier)] != earlier:
         return None
-    if [entry.sha256 for entry in files[: len(earlier)]] != [entry.sha256 for entry in earlier]:
+    new_rows = sum(entry.rows_kept for entry in files if entry.sha256 not in set(earlier))
+    if new_rows > MAX_APPEND_ROWS:  # a streamed rebuild holds a batch; an append holds the new rows
         return None
     return load_row_index(output_folder_path, earlier)
 
@@ -624,12 +511,13 @@ def collect_sources(
     history: dict[str, IngestedFile],
     settle_seconds: float,
     database: DatabaseSource | None,
+    block_bytes: int | None = None,
 ) -> IngestionResult:
     """``collect_files`` for the folder (when there is one), then the database's fetches, in arrival order."""
     files = {name: entry for name, entry in history.items() if not entry.source}
     result = IngestionResult(files=[], final_data=output_folder_path / FINAL_DATA)
     if input_folder_path is not None:
-        result = collect_files(input_folder_path, output_folder_path, files, settle_seconds)
+        result = collect_files(input_folder_path, output_folder_path, files, settle_seconds, block_bytes)
     if database is not None:
         from common.database_rows import read_database_source
 
@@ -669,10 +557,11 @@ def ingest_locked(
     keep_parsed: frozenset[str],
     settle_seconds: float,
     database: DatabaseSource | None = None,
+    block_bytes: int | None = None,
 ) -> IngestionResult:
     started = time.perf_counter()
     history = {} if fresh else read_history(input_folder_path, output_folder_path)
-    result = collect_sources(input_folder_path, output_folder_path, history, settle_seconds, database)
+    result = collect_sources(input_folder_path, output_folder_path, history, settle_seconds, database, block_bytes)
     where = describe_sources(input_folder_path, database)
     refuse_without_labelled_data(result, where)
     # finaldata.csv first: a crash before the record leaves the old record, so the next run
@@ -723,13 +612,21 @@ def write_final_data(output_folder_path: Path, result: IngestionResult, history:
     before = file_signature(final_data) if final_data.exists() else None
     if before is not None and read_batch_book(output_folder_path).latest == 0:
         start_batch_book(output_folder_path)
-    index = index_if_appendable(output_folder_path, history, result.labelled)
-    if index is not None:
-        index = append_final_data(output_folder_path, result, list(history.values()), index)
-    if index is None:
-        index = rebuild_final_data(output_folder_path, result)
-    save_row_index(output_folder_path, index, result.labelled)
-    result.batch = record_batch(output_folder_path, result, history, before)
+    digests = unique_digests(result.labelled)
+    earlier = index_if_appendable(output_folder_path, history, result.labelled)
+    merged = None
+    if earlier is not None:
+        known = unique_digests(list(history.values()))
+        merged = append(output_folder_path, earlier, known, digests[len(known) :])
+        del earlier
+    if merged is None:
+        merged = rebuild(output_folder_path, digests)
+    index = merged.index
+    result.final_data, result.appended = final_data, merged.appended
+    result.rows_merged, result.duplicates_removed = index.rows_merged, index.duplicates_removed
+    result.rows_written = int(index.hashes.size)
+    save_row_index(output_folder_path, index, digests)
+    result.batch = record_batch(output_folder_path, result, history, before, merged)
     return index
 
 
@@ -740,8 +637,8 @@ def index_if_unchanged(
 
     Fills ``result`` with the counts of the data as it stands; None when ``finaldata.csv`` must be written.
     """
-    earlier = list(history.values())
-    if not earlier or [entry.sha256 for entry in result.labelled] != [entry.sha256 for entry in earlier]:
+    earlier = unique_digests(list(history.values()))
+    if not earlier or unique_digests(result.labelled) != earlier:
         return None
     index = load_row_index(output_folder_path, earlier)
     if index is None:
@@ -760,20 +657,20 @@ def write_unlabelled_clients(output_folder_path: Path, files: list[IngestedFile]
     or not, is its latest. Returns the number of clients (0, and no file, without unlabelled files).
     """
     target = output_folder_path / UNLABELLED_CLIENTS
-    if all(entry.labelled for entry in files):
+    if all(entry.labelled and not entry.rows_pending for entry in files):
         target.unlink(missing_ok=True)
         return 0
-    written = np.sort(index.positions)  # positions in the merged labelled files of the rows finaldata.csv holds
-    merged_before, seen, digests, after = 0, set(), [], []
+    written_before, seen, paths, after = 0, set(), [], []
     for entry in files:
-        if entry.labelled:
-            if entry.sha256 not in seen:  # merged once, as in finaldata.csv
-                seen.add(entry.sha256)
-                merged_before += entry.rows_kept
+        if entry.labelled and entry.sha256 not in seen:  # written once, as in finaldata.csv
+            seen.add(entry.sha256)
+            written_before += index.kept.get(entry.sha256, 0)
+        if entry.labelled and not entry.rows_pending:
             continue
-        digests.append(entry.sha256)
-        after.append(np.full(entry.rows_kept, np.searchsorted(written, merged_before), np.int64))
-    table = merge_tables(output_folder_path, digests, UNLABELLED_SCHEMA)
+        # A file's rows with a blank outcome arrived after the rows it labels.
+        paths.append((pending_path if entry.labelled else parsed_path)(output_folder_path, entry.sha256))
+        after.append(np.full(entry.rows_pending if entry.labelled else entry.rows_kept, written_before, np.int64))
+    table = pa.concat_tables(list(cached_batches(paths, UNLABELLED_SCHEMA)) or [UNLABELLED_SCHEMA.empty_table()])
     table = table.append_column(ARRIVED_AFTER_COLUMN, pa.array(np.concatenate(after)))
     latest = table.take(latest_rows(table))
     write_csv_table(latest, target)
@@ -791,7 +688,11 @@ def start_batch_book(output_folder_path: Path) -> None:
 
 
 def record_batch(
-    output_folder_path: Path, result: IngestionResult, history: dict[str, IngestedFile], before: list[int] | None
+    output_folder_path: Path,
+    result: IngestionResult,
+    history: dict[str, IngestedFile],
+    before: list[int] | None,
+    merged: MergeResult,
 ) -> int:
     """Add the rows written for the first time to the batch book as a new batch; return its number (0: none).
 
@@ -802,10 +703,15 @@ def record_batch(
     new_files = [
         entry.name for entry in result.labelled if getattr(history.get(entry.name), "sha256", None) != entry.sha256
     ]
-    known = book.batch_of(result.written_hashes)  # 0: not in the book, so arriving in this run's batch
-    updated = book.with_rows(result.written_hashes, new_files, utc_now())
-    written = np.where(known == 0, np.int32(updated.latest), known)
-    if not result.appended:
+    if book.hashes.size == 0 and not merged.appended:  # every row is new: the book is the index's hashes
+        updated = BatchBook.empty().first_batch(merged.index.hashes, new_files, utc_now())
+        written = np.broadcast_to(np.int32(updated.latest), (result.rows_written,))
+        merged.written_hashes = np.zeros(0, np.uint64)
+    else:
+        known = book.batch_of(merged.written_hashes)  # 0: not in the book, so arriving in this run's batch
+        updated = book.with_rows(merged.written_hashes, new_files, utc_now())
+        written = np.where(known == 0, np.int32(updated.latest), known)
+    if not merged.appended:
         in_order = written
     elif book.finaldata == before and book.row_batches.size == result.rows_written - written.size:
         in_order = np.concatenate([book.row_batches, written])
@@ -849,7 +755,12 @@ def merge_multiple_dataframe(config_path: str | os.PathLike[str] | None = None) 
     from common.frames import read_client_frame
 
     config = load_config(config_path)
-    result = ingest_folder(config.input_folder_path, config.output_folder_path, database=config.database)
+    result = ingest_folder(
+        config.input_folder_path,
+        config.output_folder_path,
+        database=config.database,
+        block_bytes=config.ingestion.batch_bytes,
+    )
     return read_client_frame(result.final_data)
 
 
@@ -875,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             args.fresh,
             settle_seconds=args.settle,
             database=config.database,
+            block_bytes=config.ingestion.batch_bytes,
         ),
     )
 

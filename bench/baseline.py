@@ -15,10 +15,10 @@ from sklearn.linear_model import LogisticRegression
 
 from common.artifacts import FINAL_DATA
 from common.config import load_config
+from common.datafiles import read_labelled_data
 from common.evaluation import score_predictions
 from common.files import find_test_files
 from common.records import Metrics
-from common.schema import read_labelled_data
 from training import fit_classifier
 
 

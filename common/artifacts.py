@@ -213,7 +213,10 @@ class IngestedFile:
     rows_kept: int
     rows_dropped: int
     ingested_at: str
-    labelled: bool = True  # False: no exited column; its rows describe current clients and are never trained on
+    labelled: bool = True  # False: no outcome in any row; its rows describe current clients and are never trained on
+    # Of a labelled file, the rows whose exited cell is blank: clients whose outcome is not known yet, kept
+    # (cached apart) with the unlabelled clients, never trained on.
+    rows_pending: int = 0
     source: ClassVar[str] = ""  # a file; see IngestedFetch
 
     @classmethod
@@ -226,6 +229,7 @@ class IngestedFile:
             rows_dropped=int(item["rows_dropped"]),
             ingested_at=str(item["ingested_at"]),
             labelled=item.get("labelled", True) is not False,
+            rows_pending=int(item.get("rows_pending", 0)),
         )
         if not item.get("source"):
             return entry

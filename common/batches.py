@@ -22,12 +22,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from common.arrays import write_npz
 from common.artifacts import FINAL_DATA, UNLABELLED_CLIENTS
+from common.datafiles import read_data_file
 from common.errors import PipelineError
-from common.files import atomic_path, file_signature
+from common.files import file_signature
 from common.records import TrainingWindow as TrainingWindow  # its home was here
 from common.rowhash import hash_rows, hash_strings, insert_sorted, unique_hashes
-from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, UNLABELLED_SCHEMA, read_data_file
+from common.schema import COLUMNS, FEATURES, ID_COLUMN, SCHEMA, TARGET, UNLABELLED_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class BatchBook:
 
     def aligned(self, row_batches: np.ndarray, finaldata: list[int]) -> BatchBook:
         """The book with each row's batch in the order of the ``finaldata.csv`` that has this signature."""
-        return replace(self, row_batches=row_batches.astype(np.int32), finaldata=finaldata)
+        return replace(self, row_batches=row_batches.astype(np.int32, copy=False), finaldata=finaldata)
 
     @property
     def latest(self) -> int:
@@ -76,6 +78,17 @@ class BatchBook:
             return np.zeros(hashes.shape, np.int32)
         where = np.minimum(np.searchsorted(self.hashes, hashes), self.hashes.size - 1)
         return np.where(self.hashes[where] == hashes, self.numbers[where], 0).astype(np.int32)
+
+    def first_batch(self, ordered: np.ndarray, files: list[str], ingested_at: str) -> BatchBook:
+        """The book of a first batch made of the rows with these sorted hashes (no copy when they are distinct)."""
+        if ordered.size > 1 and bool((ordered[1:] == ordered[:-1]).any()):
+            ordered = unique_hashes(ordered)
+        number = self.latest + 1
+        return BatchBook(
+            ordered,
+            np.full(ordered.size, number, np.int32),
+            (Batch(number, ingested_at, int(ordered.size), tuple(files)),),
+        )
 
     def with_rows(self, hashes: np.ndarray, files: list[str], ingested_at: str) -> BatchBook:
         """The book with the rows it does not hold yet added as a new batch (itself when all are known)."""
@@ -128,14 +141,15 @@ def write_batch_book(folder: Path, book: BatchBook) -> Path:
         "batches": [{**asdict(batch), "files": list(batch.files)} for batch in book.batches],
         "finaldata": book.finaldata,
     }
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(
-            handle,
-            hashes=book.hashes,
-            numbers=book.numbers,
-            row_batches=book.row_batches,
-            meta=np.array(json.dumps(meta)),
-        )
+    write_npz(
+        path,
+        {
+            "hashes": book.hashes,
+            "numbers": book.numbers,
+            "row_batches": book.row_batches,
+            "meta": np.array(json.dumps(meta)),
+        },
+    )
     return path
 
 

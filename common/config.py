@@ -38,7 +38,7 @@ DATABASE_KEYS = (
     "input_database_watermark",
     "input_database_password_env",
 )
-SECTION_KEYS = ("model", "deployment", "api", "diagnostics", "reporting", "monitoring")
+SECTION_KEYS = ("ingestion", "model", "deployment", "api", "diagnostics", "reporting", "monitoring")
 SQLITE_URL_PREFIX = "sqlite:///"
 DEFAULT_HISTORY_FILE = "runhistory.sqlite"
 DEFAULT_LOG_FILE = "fullprocess.log"
@@ -71,6 +71,20 @@ class ModelSettings:
     # The additive and boosted families fit on at most this many rows (a seeded sample, weights kept): on
     # three features they gain nothing measurable beyond it, and a cycle on a million rows stays short.
     max_fit_rows: int = 50_000
+
+
+@dataclass(frozen=True)
+class IngestionSettings:
+    """How ingestion reads its files."""
+
+    # Files are read this many MiB at a time (pyarrow's CSV reader parses up to a few dozen such blocks ahead):
+    # ingestion's memory is that plus about 16 bytes a row (the row hashes that find duplicates and tell batches
+    # apart), whatever the size of a file. A line of a CSV file may be at most this long.
+    batch_mb: float = field(default=1.0, metadata={"min": 1})
+
+    @property
+    def batch_bytes(self) -> int:
+        return int(self.batch_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -191,6 +205,7 @@ class Config:
     test_data_path: Path
     output_model_path: Path
     prod_deployment_path: Path
+    ingestion: IngestionSettings = field(default_factory=IngestionSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     keep_versions: int = 5
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -257,6 +272,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         test_data_path=paths["test_data_path"],
         output_model_path=paths["output_model_path"],
         prod_deployment_path=paths["prod_deployment_path"],
+        ingestion=_read_settings(IngestionSettings, raw, "ingestion", config_path),
         model=_read_model_settings(_section(raw, "model", config_path), config_path),
         keep_versions=_read_keep_versions(_section(raw, "deployment", config_path), config_path),
         api=_read_settings(ApiSettings, raw, "api", config_path),
@@ -301,6 +317,7 @@ def dump_config(config: Config) -> str:
         "prod_deployment_path": config.prod_deployment_path,
     }
     sections = {
+        "ingestion": _changed_settings(config.ingestion),
         "model": _changed_settings(config.model),
         "deployment": {"keep_versions": config.keep_versions},
         "api": _changed_settings(config.api),

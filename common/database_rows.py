@@ -111,7 +111,12 @@ def read_columns(connection: Any, source: DatabaseSource) -> set[str] | None:
         "AND NOT attisdropped",
         (relation,),
     )
-    return {str(row[0]).lower() for row in cursor.fetchall()}
+    return {as_text(row[0]).lower() for row in cursor.fetchall()}
+
+
+def as_text(value: object) -> str:
+    """A catalogue value as text: a database in SQL_ASCII hands text over as bytes."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def check_table(connection: Any, source: DatabaseSource) -> None:

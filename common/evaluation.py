@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from common.artifacts import load_model, utc_now
+from common.datafiles import read_labelled_data
 from common.errors import PipelineError
 from common.files import find_test_files, sha256_file
 from common.imports import sklearn_without_pandas
 from common.records import Confusion, Metrics
-from common.schema import BadFileError, read_labelled_data
+from common.schema import BadFileError
 
 with sklearn_without_pandas():
     from sklearn.metrics import (

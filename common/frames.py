@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.csv as pa_csv
 
+from common.datafiles import read_data_file
 from common.errors import PipelineError
-from common.schema import FEATURES, ID_COLUMN, BadFileError, check_feature_values, read_data_file
+from common.schema import FEATURES, ID_COLUMN, BadFileError, check_feature_values
 
 
 def read_client_frame(path: Path) -> pd.DataFrame:

@@ -83,55 +83,6 @@ class ParsedFile:
         return TARGET in self.table.column_names
 
 
-def read_data_file(path: Path, allow_unlabelled: bool = False) -> ParsedFile:
-    """Read a CSV, JSON (array of records) or JSON Lines file and keep its valid rows.
-
-    Columns may come in any order and extra columns are ignored. With ``allow_unlabelled``, a file
-    without the ``exited`` column is read as unlabelled (its table in ``UNLABELLED_SCHEMA``), as
-    strictly as labelled data; otherwise a missing ``exited`` is a missing column like any other.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise BadFileError(f"{path.name}: cannot be read ({exc.strerror})") from None
-    if size == 0:
-        raise BadFileError(f"{path.name}: the file is empty")
-    optional = (TARGET,) if allow_unlabelled else ()
-    set_aside: dict[str, int] = {}
-    if path.suffix.lower() in (".json", ".jsonl"):
-        table, set_aside[BAD_ID_TYPE] = _read_json_table(path, COLUMNS, optional)
-    else:
-        table, set_aside["wrong number of fields"] = _read_csv_table(path, COLUMNS, optional)
-    if table.num_rows == 0 and not any(set_aside.values()):
-        raise BadFileError(f"{path.name}: the file has a header but no data rows")
-    if allow_unlabelled and TARGET in table.column_names and table[TARGET].null_count == table.num_rows:
-        table = table.drop_columns([TARGET])  # every outcome blank: pending clients, read as unlabelled
-    parsed = clean_rows(table, tuple(name for name in COLUMNS if name in table.column_names))
-    for reason, count in set_aside.items():
-        if count:
-            parsed.rows_read += count
-            parsed.dropped[reason] = count
-    if parsed.rows_kept == 0:
-        reasons = ", ".join(f"{count} {reason}" for reason, count in parsed.dropped.items())
-        raise BadFileError(f"{path.name}: none of its {parsed.rows_read} rows is valid ({reasons})")
-    return parsed
-
-
-def read_labelled_data(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Features (float64, one column per feature) and labels of checked data files, in order.
-
-    Invalid rows are left out with a warning; a bad file raises BadFileError.
-    """
-    tables = []
-    for path in paths:
-        parsed = read_data_file(path)
-        if parsed.rows_dropped:
-            log.warning("%s: %d invalid rows left out (%s)", path, parsed.rows_dropped, parsed.dropped)
-        tables.append(parsed.table)
-    return labelled_arrays(pa.concat_tables(tables))
-
-
 def labelled_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Features (float64, one column per feature) and labels of a table in the schema."""
     features = np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
@@ -223,7 +174,7 @@ def parse_header(head: bytes, source: str) -> list[str]:
     return [name.strip().lower() for name in names]
 
 
-def _check_columns(
+def check_columns(
     path: Path | str, names: list[str], columns: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> tuple[str, ...]:
     """The ``columns`` the header holds; BadFileError naming a missing one (``optional`` ones may be absent)."""
@@ -255,37 +206,11 @@ def unique_names(names: list[str]) -> list[str]:
     return unique
 
 
-def _read_csv_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pa.Table, int]:
-    names = read_header(path)
-    columns = _check_columns(path, names, columns, optional)
-    malformed = 0
-
-    def skip_malformed(_row: object) -> str:
-        nonlocal malformed
-        malformed += 1
-        return "skip"
-
-    types = {name: pa.float64() for name in columns if name != ID_COLUMN}
-    types[ID_COLUMN] = pa.string()
-    try:
-        table = pa_csv.read_csv(
-            path,
-            read_options=pa_csv.ReadOptions(column_names=unique_names(names), skip_rows=1),
-            parse_options=pa_csv.ParseOptions(invalid_row_handler=skip_malformed),
-            convert_options=pa_csv.ConvertOptions(include_columns=list(columns), column_types=types),
-        )
-    except pa.ArrowInvalid as exc:
-        raise BadFileError(f"{path.name}: {_describe_arrow_error(str(exc), names)}") from None
-    except OSError as exc:
-        raise BadFileError(f"{path.name}: cannot be read ({exc})") from None
-    return table, malformed
-
-
 def describe_long_line() -> str:
     return f"a line is longer than the {_BLOCK_BYTES // (1024 * 1024)} MiB a line of client data may be"
 
 
-def _describe_arrow_error(message: str, names: list[str]) -> str:
+def describe_arrow_error(message: str, names: list[str]) -> str:
     match = _CONVERSION_ERROR.search(message)
     if match:
         index, target = int(match.group(1)), match.group(2)
@@ -359,40 +284,6 @@ def json_id(value: object) -> str | None:
     return None
 
 
-def _read_json_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pa.Table, int]:
-    """The records' columns, and how many records were left out for an id of another kind (``json_id``)."""
-    records = [normalise_keys(item) for item in read_json_records(path)]
-    if not records:
-        raise BadFileError(f"{path.name}: the file holds no records")
-    present = set().union(*records)
-    columns = _check_columns(path, sorted(present), columns, optional)
-    ids = [item.get(ID_COLUMN) for item in records]
-    usable = [value is None or json_id(value) is not None for value in ids]
-    bad_ids = usable.count(False)
-    if bad_ids:
-        records = [item for item, keep in zip(records, usable, strict=True) if keep]
-    arrays = {}
-    for name in columns:
-        values = [item.get(name) for item in records]
-        if name == ID_COLUMN:
-            arrays[name] = pa.array([None if v is None else json_id(v) for v in values], pa.string())
-            continue
-        if name == TARGET:  # a blank outcome is not known yet, as an empty CSV cell is
-            values = [None if isinstance(v, str) and not v.strip() else v for v in values]
-        text = next((v for v in values if isinstance(v, (str, bool, list, dict))), None)
-        if text is not None:
-            raise BadFileError(
-                f"{path.name}: column {name} holds {describe_json_type(text)} where a number is expected"
-            )
-        try:
-            arrays[name] = pa.array(values, pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-            raise BadFileError(
-                f"{path.name}: column {name} holds a value that is not a usable number ({exc})"
-            ) from None
-    return pa.table(arrays), bad_ids
-
-
 @dataclass
 class FeatureBatch:
     """Rows to score: client ids (None when the input has no id column; None for a row without one) and features."""
@@ -434,7 +325,7 @@ def read_feature_csv(data: bytes, source: str) -> FeatureBatch:
     if not data.strip():
         raise BadFileError(f"{source}: the CSV is empty")
     names = parse_header(data[:_HEAD_BYTES], source)
-    _check_columns(source, names, FEATURES)
+    check_columns(source, names, FEATURES)
     wanted = [*FEATURES, ID_COLUMN] if ID_COLUMN in names else list(FEATURES)
     types = {name: pa.float64() for name in FEATURES}
     types[ID_COLUMN] = pa.string()
@@ -445,7 +336,7 @@ def read_feature_csv(data: bytes, source: str) -> FeatureBatch:
             convert_options=pa_csv.ConvertOptions(include_columns=wanted, column_types=types),
         )
     except pa.ArrowInvalid as exc:
-        raise BadFileError(f"{source}: {_describe_arrow_error(str(exc), names)}") from None
+        raise BadFileError(f"{source}: {describe_arrow_error(str(exc), names)}") from None
     if table.num_rows == 0:
         raise BadFileError(f"{source}: the CSV has a header but no data rows")
     features = np.column_stack([table[name].to_numpy() for name in FEATURES])

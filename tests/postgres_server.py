@@ -114,14 +114,15 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{USER}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; its SQLAlchemy URL (no password: that comes from PASSWORD_ENV)."""
+    def create_database(self, name: str, encoding: str = "") -> str:
+        """A new empty database (in ``encoding``, when given); its URL (no password: that comes from PASSWORD_ENV)."""
         import psycopg
 
+        options = f" ENCODING '{encoding}' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'" if encoding else ""
         with psycopg.connect(
             host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname="postgres", autocommit=True
         ) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
+            connection.execute(f'CREATE DATABASE "{name}"{options}')
         return self.url(name)
 
     def remove(self) -> None:

@@ -20,11 +20,13 @@ from common.artifacts import (
     read_ingestion_report,
 )
 from common.config import Config
+from common.datafiles import read_data_file
 from common.errors import PipelineError
 from common.files import atomic_path, folder_lock
+from common.finaldata import drop_duplicate_rows
 from common.rowhash import hash_strings
-from common.schema import COLUMNS, read_data_file
-from ingestion import drop_duplicate_rows, ingest_folder
+from common.schema import COLUMNS
+from ingestion import ingest_folder
 from tests.helpers import run_script, write_clients, write_config
 
 HEADER = ",".join(COLUMNS) + "\n"
@@ -321,7 +323,7 @@ def test_a_renamed_unchanged_file_is_not_parsed_again(project, monkeypatch):
     (project.input_folder_path / "clients_b.csv").rename(project.input_folder_path / "clients_b_renamed.csv")
     import ingestion
 
-    monkeypatch.setattr(ingestion, "read_data_file", lambda *_: pytest.fail("an unchanged file was parsed again"))
+    monkeypatch.setattr(ingestion, "stream_data_file", lambda *_: pytest.fail("an unchanged file was parsed again"))
     result = ingest_folder(project.input_folder_path, project.output_folder_path)
     assert [entry.name for entry in result.files] == ["clients_a.csv", "clients_b_renamed.csv"]
     assert result.rows_written == 1000
@@ -438,7 +440,7 @@ def test_appending_ids_that_need_quotes_to_unquoted_output_rebuilds_the_same_fil
 
 def test_a_damaged_row_index_is_rebuilt_and_counts_survive_a_stale_report(project):
     first = ingest_folder(project.input_folder_path, project.output_folder_path)
-    index = project.output_folder_path / "parsed" / "rowindex-v1.npz"
+    index = project.output_folder_path / "parsed" / "rowindex-v2.npz"
     index.write_bytes(index.read_bytes()[:100])
     write_clients(project.input_folder_path / "clients_c.csv", 100, seed=13)
     second = ingest_folder(project.input_folder_path, project.output_folder_path)

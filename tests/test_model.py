@@ -11,12 +11,13 @@ from sklearn.metrics import f1_score
 
 from common.artifacts import FINAL_DATA, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, load_model
 from common.config import ModelSettings, load_config
+from common.datafiles import read_labelled_data
 from common.errors import PipelineError
 from common.evaluation import score_model
 from common.files import sha256_file
 from common.records import read_model_info, record_to_json
 from common.riskmodels import risk_model_for
-from common.schema import FEATURES, read_labelled_data
+from common.schema import FEATURES
 from ingestion import ingest_folder
 from scoring import write_scores
 from tests.helpers import PROJECT_ROOT, run_script

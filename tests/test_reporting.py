@@ -31,6 +31,7 @@ from common.artifacts import (
 )
 from common.batches import read_ingested_data
 from common.config import Config, load_config
+from common.datafiles import read_labelled_data
 from common.drivers import explain_clients
 from common.errors import PipelineError
 from common.files import find_test_files
@@ -38,7 +39,7 @@ from common.history import open_history, save_run, start_run
 from common.records import Confusion, write_diagnostics_record
 from common.riskmodels import risk_model_for
 from common.runs import RunFields
-from common.schema import FEATURES, read_labelled_data
+from common.schema import FEATURES
 from tests.helpers import run_script, write_config
 
 UNREACHABLE_INDEX = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}

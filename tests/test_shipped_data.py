@@ -7,7 +7,8 @@ import pyarrow.csv as pa_csv
 import pytest
 
 from common.artifacts import FINAL_DATA
-from common.schema import COLUMNS, read_labelled_data
+from common.datafiles import read_labelled_data
+from common.schema import COLUMNS
 from generate_data import write_shipped_data
 from ingestion import ingest_folder
 from tests.helpers import PROJECT_ROOT

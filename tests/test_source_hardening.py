@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from common.config import load_config
@@ -74,7 +76,8 @@ def test_json_ids_that_are_objects_lists_booleans_or_fractions_are_bad_rows_coun
 
 
 def test_blank_outcomes_in_a_file_that_labels_other_rows_are_counted_as_pending_not_as_missing(tmp_path):
-    from common.schema import PENDING_OUTCOME, read_data_file
+    from common.datafiles import read_data_file
+    from common.schema import PENDING_OUTCOME
 
     path = tmp_path / "mixed.csv"
     header = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
@@ -82,3 +85,30 @@ def test_blank_outcomes_in_a_file_that_labels_other_rows_are_counted_as_pending_
     parsed = read_data_file(path, allow_unlabelled=True)
     assert parsed.labelled and parsed.rows_kept == 2
     assert parsed.dropped == {"missing value": 1, PENDING_OUTCOME: 1}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+def test_blank_outcomes_beside_labelled_rows_are_current_clients_and_never_trained_on(tmp_path, suffix):
+    config = load_config(write_config(tmp_path))
+    config.input_folder_path.mkdir(parents=True)
+    write_clients(config.input_folder_path / "a_clients.csv", 200, seed=5)
+    rows = [("known", 1, 2, 3, 0), ("pending", 4, 5, 6, None), ("bad", -1, 5, 6, None), ("gone", 7, 8, 9, 1)]
+    names = ("corporation", "lastmonth_activity", "lastyear_activity", "number_of_employees", "exited")
+    path = config.input_folder_path / f"b_mixed{suffix}"
+    if suffix == ".csv":
+        lines = [",".join(names)] + [",".join("" if value is None else str(value) for value in row) for row in rows]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        records = [dict(zip(names, row, strict=True)) for row in rows]
+        body = "\n".join(json.dumps(item) for item in records) if suffix == ".jsonl" else json.dumps(records)
+        path.write_text(body, encoding="utf-8")
+    result = ingest_folder(config.input_folder_path, config.output_folder_path)
+    entry = next(item for item in result.files if item.name == path.name)
+    assert (entry.labelled, entry.rows_kept, entry.rows_pending, entry.rows_dropped) == (True, 2, 1, 1)
+    final = (config.output_folder_path / "finaldata.csv").read_text(encoding="utf-8").splitlines()
+    assert [line.split(",")[0] for line in final[-2:]] == ["known", "gone"]
+    assert not any(line.startswith("pending,") for line in final)
+    unlabelled = (config.output_folder_path / "unlabelledclients.csv").read_text(encoding="utf-8").splitlines()
+    assert unlabelled[1:] == ["pending,4,5,6,202"]  # arrived after the 200 + 2 labelled rows
+    again = ingest_folder(config.input_folder_path, config.output_folder_path)  # from the cached rows
+    assert again.unchanged and again.unlabelled_clients == 1

@@ -22,7 +22,8 @@ from common.artifacts import (
 )
 from common.batches import read_final_data, read_unlabelled_clients, select_current_clients
 from common.config import Config, load_config
-from common.schema import UNLABELLED_COLUMNS, read_data_file
+from common.datafiles import read_data_file
+from common.schema import UNLABELLED_COLUMNS
 from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
 from reporting import rank_clients
