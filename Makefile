@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-families bench-database classic-clients data lint typecheck metrics clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,6 +79,8 @@ bench-families: $(VENV)/.installed ## the model families side by side: F1 agains
 	$(PY) -m bench.bench_families
 bench-database: $(VENV)/.installed ## benchmark a database source: 1,000,000 rows from PostgreSQL and SQLite, the no-op check
 	$(PY) -m bench.bench_database
+bench-ingest-memory: $(VENV)/.installed ## peak memory and time of ingesting one 60 MB, 250 MB and 1 GB CSV file and a 60 MB JSON file
+	$(PY) -m bench.bench_ingest_memory $(if $(OLD),--old $(OLD))
 classic-clients: $(VENV)/.installed ## status of each request shape of classic course clients against gunicorn app:app
 	$(PY) -m bench.classic_clients
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)

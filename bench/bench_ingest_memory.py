@@ -90,7 +90,7 @@ def write_config(folder: Path, source: Path) -> Path:
 
 def ingest_measured(code: Path, config: Path) -> tuple[float, float]:
     """(seconds, peak MiB) of ``code``'s ingestion.py on ``config``, started afresh."""
-    shutil.rmtree(config.parent / "ingested", ignore_errors=True)
+    shutil.rmtree(config.parent / json.loads(config.read_text())["output_folder_path"], ignore_errors=True)
     started = time.perf_counter()
     output = subprocess.run(
         [sys.executable, "-c", MEASURE, sys.executable, str(code / "ingestion.py"), "--config", str(config)],

@@ -114,6 +114,7 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert first.returncode == 0, first.stderr
     run = last_run(shipped)
     assert run.outcome == "first_deployment" and run.model_version_after == "v0001"
+    assert run.decision.startswith("no model was deployed yet: deployed v0001") and "nothing" not in run.decision
     assert run.new_files == 4 and run.new_rows == 9992
     assert current_version(config.prod_deployment_path) == "v0001"
     for name in (PLOT_AFTER_DEPLOYMENT, REPORT_FILE, TRENDS_PLOT_FILE, "diagnostics.json"):
