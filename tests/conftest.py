@@ -12,6 +12,9 @@ from ingestion import ingest_folder
 from tests.helpers import deploy, skip_or_fail, train_and_score, write_clients, write_config
 from tests.postgres_server import PASSWORD, PASSWORD_ENV, PostgresServer, PostgresUnavailable
 
+# The history's rules are asserted outside a test module: pytest explains their failures as in one.
+pytest.register_assert_rewrite("tests.history_rules")
+
 
 @pytest.fixture
 def project(tmp_path: Path) -> Config:

@@ -37,8 +37,7 @@ from common.artifacts import (
 from common.config import CONFIG_ENV_VAR, Config, load_config
 from common.errors import PipelineError
 from common.schema import COLUMNS, FEATURES, read_feature_file
-from tests.helpers import PROJECT_ROOT, free_port, write_clients, write_config
-from tests.test_scripts import UDACITY_DATA, udacity_config
+from tests.helpers import PROJECT_ROOT, UDACITY_DATA, free_port, udacity_config, write_clients, write_config
 
 # No package index in tests: the dependency check answers "unknown" at once.
 OFFLINE = {"diagnostics": {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}}

@@ -23,8 +23,17 @@ from common.artifacts import current_version_folder, load_deployed_version
 from common.config import Config, load_config
 from dashboard import URL_PREFIX
 from ingestion import ingest_folder
-from tests.helpers import PROJECT_ROOT, deploy, serving_api, skip_or_fail, train_and_score, write_clients, write_config
-from tests.test_dashboard import active_clients, add_runs
+from tests.helpers import (
+    PROJECT_ROOT,
+    active_clients,
+    add_runs,
+    deploy,
+    serving_api,
+    skip_or_fail,
+    train_and_score,
+    write_clients,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -50,9 +50,16 @@ from common.stages import StageFailed
 from deployment import rollback_deployment
 from fullprocess import cron_line, run_full_process, write_cronjob
 from generate_data import write_shipped_data
-from tests.helpers import PROJECT_ROOT, deploy, free_port, script_command, train_and_score, write_config
-from tests.test_alerts import EVENT, Receiver
-from tests.test_reporting import UNREACHABLE_INDEX
+from tests.helpers import (
+    PROJECT_ROOT,
+    UNREACHABLE_INDEX,
+    deploy,
+    free_port,
+    script_command,
+    train_and_score,
+    write_config,
+)
+from tests.webhook_receiver import EVENT, Receiver
 
 
 @contextmanager

@@ -30,13 +30,13 @@ from common.config import Config, load_config
 from common.history import read_runs
 from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
-from tests.helpers import run_script
-from tests.test_fullprocess import (
+from tests.fullprocess_runs import (
     paused_fullprocess,
     run_fullprocess,
     scenario_config,
     start_fullprocess,
 )
+from tests.helpers import run_script
 
 pytestmark = pytest.mark.slow
 

@@ -40,9 +40,8 @@ from common.records import Confusion, write_diagnostics_record
 from common.riskmodels import risk_model_for
 from common.runs import RunFields
 from common.schema import FEATURES
-from tests.helpers import run_script, write_config
+from tests.helpers import UNREACHABLE_INDEX, run_script, write_config
 
-UNREACHABLE_INDEX = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
 SECTION_HEADINGS = (
     "Client exit risk: summary report",
     "Deployed model",
