@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,6 +83,22 @@ def write_config(folder: Path, **overrides: object) -> Path:
     path = folder / "config.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
+
+
+def copy_project(template: Path, folder: Path) -> None:
+    """Copy a project folder into ``folder`` as it is: links stay links (the deployment's are relative), files keep
+    their times (ingestion knows a file by its size and time), and the absolute paths that its records hold of
+    ``template`` name ``folder`` instead."""
+    shutil.copytree(template, folder, symlinks=True, dirs_exist_ok=True)
+    old, new = str(template).encode(), str(folder).encode()
+    for path in folder.rglob("*"):
+        if path.is_symlink() or not path.is_file():
+            continue
+        content = path.read_bytes()
+        if old in content:
+            times = path.stat()
+            path.write_bytes(content.replace(old, new))
+            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def train_and_score(config: Config, C: float = 1.0) -> str:
