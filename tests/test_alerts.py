@@ -59,6 +59,7 @@ def test_only_http_webhooks_are_called():
     assert "not 'file'" in results[0].error
 
 
+@pytest.mark.slow
 def test_dispatch_returns_at_once_and_the_child_delivers_after(tmp_path: Path):
     with Receiver(delay=2) as slow:
         started = time.monotonic()
@@ -70,6 +71,7 @@ def test_dispatch_returns_at_once_and_the_child_delivers_after(tmp_path: Path):
     assert "alert deployed sent" in log_text and "s3cr3tT0ken" not in log_text
 
 
+@pytest.mark.slow
 def test_alerts_import_nothing_heavy():
     probe = "import sys, common.alerts; print(sorted({'requests', 'numpy', 'pandas'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True)

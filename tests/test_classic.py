@@ -163,6 +163,7 @@ def switch_input_folder(config_path: Path, folder: Path) -> None:
     config_path.write_text(json.dumps({**config, "input_folder_path": str(folder)}))
 
 
+@pytest.mark.slow
 def test_the_course_data_through_the_course_steps(udacity):
     before = sorted((p.name, p.stat().st_mtime_ns) for p in UDACITY_DATA.rglob("*"))
     practice = ingestion.merge_multiple_dataframe()
@@ -177,6 +178,7 @@ def test_the_course_data_through_the_course_steps(udacity):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in UDACITY_DATA.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_importing_the_stages_and_the_api_does_not_import_pandas():
     """Not even through scikit-learn, which would import it whenever it is installed."""
     code = (
@@ -229,6 +231,7 @@ def test_a_request_naming_no_file_gets_400_listing_the_accepted_keys(classic_ser
     assert xml.status_code == 415
 
 
+@pytest.mark.slow
 def test_serving_records_imports_no_pandas_and_no_request_imports_anything_once_warm(deployed):
     """JSON records (the hot path) never touch pandas; a CSV read makes pyarrow import it, once per worker."""
     code = (
@@ -257,6 +260,7 @@ def test_serving_records_imports_no_pandas_and_no_request_imports_anything_once_
     assert json.loads(done.stdout) == []
 
 
+@pytest.mark.slow
 def test_importing_app_builds_nothing(tmp_path):
     code = "import app\nassert app._built is None\n"
     missing = str(tmp_path / "no-config.json")  # building would fail on it

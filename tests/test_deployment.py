@@ -109,6 +109,7 @@ def test_rollback_restores_the_version_that_served_before(trained):
     assert [line[0] for line in describe_versions(root)].count("*") == 1
 
 
+@pytest.mark.slow
 def test_rollback_from_the_command_line(trained):
     deploy(trained)
     train_and_score(trained, C=0.01)

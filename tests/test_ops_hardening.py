@@ -170,6 +170,7 @@ def senders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[b
         child.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_run_whose_history_cannot_be_opened_still_alerts(tmp_path: Path, senders: list):
     with Receiver() as hook:
         config = load_config(write_config(tmp_path, monitoring={"webhooks": [hook.url], "alert_timeout_seconds": 5}))
@@ -185,6 +186,7 @@ def test_a_run_whose_history_cannot_be_opened_still_alerts(tmp_path: Path, sende
     assert "alert failed sent" in wait_for(lambda: (config.log_path.parent / "alerts.log").read_text())
 
 
+@pytest.mark.slow
 def test_the_history_records_whether_each_webhook_got_the_alert(tmp_path: Path, senders: list):
     Redirecting.requests = []
     with Receiver() as hook, serving(Redirecting) as moved:
@@ -383,6 +385,7 @@ def test_a_cron_run_that_deploys_calls_an_api_that_has_a_token_and_succeeds(tmp_
     assert run.details["apicalls"].endswith("apireturns2.txt") and "history" in returns  # every call answered
 
 
+@pytest.mark.slow
 def test_a_run_whose_end_cannot_be_written_to_the_history_still_alerts(
     tmp_path: Path, senders: list, monkeypatch: pytest.MonkeyPatch
 ):

@@ -236,6 +236,7 @@ def test_a_failed_build_leaves_the_old_report_and_no_temp_files(diagnosed, monke
     assert temp_files(diagnosed.output_model_path) == []
 
 
+@pytest.mark.slow
 def test_reporting_without_diagnostics_fails_saying_to_run_diagnostics(deployed):
     done = run_script("reporting.py", "--config", str(deployed.path))
 
@@ -246,6 +247,7 @@ def test_reporting_without_diagnostics_fails_saying_to_run_diagnostics(deployed)
     assert not (deployed.output_model_path / CONFUSION_MATRIX_FILE).exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_the_named_files_in_the_model_folder(diagnosed):
     done = run_script(
         "reporting.py", "--config", str(diagnosed.path), "--plot", "confusionmatrix2.png", "--pdf", "report2.pdf"

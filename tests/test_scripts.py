@@ -17,6 +17,7 @@ STAGES = ("ingestion.py", "training.py", "scoring.py", "deployment.py")
 @pytest.mark.parametrize(
     "script", [*STAGES, "generate_data.py", "diagnostics.py", "reporting.py", "apicalls.py", "app.py"]
 )
+@pytest.mark.slow
 def test_every_script_has_help(script):
     done = run_script(script, "--help")
     assert done.returncode == 0
