@@ -31,13 +31,21 @@ def project(tmp_path: Path) -> Config:
 
 
 @pytest.fixture(scope="session")
-def deployed_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small project, ingested, trained, scored and deployed (v0001) once a session (each xdist worker's own)."""
-    folder = tmp_path_factory.mktemp("deployed-template")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small project, ingested, trained and scored once a session (each xdist worker's own); copy it to use it."""
+    folder = tmp_path_factory.mktemp("trained-template")
     config = write_project(folder)
     ingest_folder(config.input_folder_path, config.output_folder_path)
     train_and_score(config)
-    deploy(config)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def deployed_template(tmp_path_factory: pytest.TempPathFactory, trained_template: Path) -> Path:
+    """The trained small project, deployed (v0001) once a session (each xdist worker's own); copy it to use it."""
+    folder = tmp_path_factory.mktemp("deployed-template")
+    copy_project(trained_template, folder)
+    deploy(load_config(folder / "config.json"))
     return folder
 
 
