@@ -88,7 +88,7 @@ def write_config(folder: Path, **overrides: object) -> Path:
 def copy_project(template: Path, folder: Path) -> None:
     """Copy a project folder into ``folder`` as it is: links stay links (the deployment's are relative), files keep
     their times (ingestion knows a file by its size and time), and the absolute paths that its records hold of
-    ``template`` name ``folder`` instead."""
+    ``template`` name ``folder`` instead (text files only: a binary one, such as a SQLite history, is refused)."""
     shutil.copytree(template, folder, symlinks=True, dirs_exist_ok=True)
     old, new = str(template).encode(), str(folder).encode()
     for path in folder.rglob("*"):
@@ -96,6 +96,10 @@ def copy_project(template: Path, folder: Path) -> None:
             continue
         content = path.read_bytes()
         if old in content:
+            try:
+                content.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path.name} names the template's folder but is not text: cannot copy it") from None
             times = path.stat()
             path.write_bytes(content.replace(old, new))
             os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))

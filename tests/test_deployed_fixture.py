@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from common.artifacts import (
     FINAL_DATA,
     MODEL_FILE,
@@ -71,3 +73,11 @@ def test_changes_to_a_copy_reach_neither_the_template_nor_the_next_copy(
     files, links = files_and_links(second)
     assert links == template_before[1]
     assert files.keys() == template_before[0].keys()
+
+
+def test_a_binary_file_that_names_the_template_is_refused_not_corrupted(tmp_path: Path):
+    template = tmp_path / "template"
+    template.mkdir()
+    (template / "history.sqlite").write_bytes(b"SQLite format 3\x00\xff" + str(template).encode())
+    with pytest.raises(ValueError, match="history.sqlite names the template's folder but is not text"):
+        copy_project(template, tmp_path / "copy")
