@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-families bench-database classic-clients data lint typecheck metrics clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-families bench-database bench-clients classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,6 +79,8 @@ bench-families: $(VENV)/.installed ## the model families side by side: F1 agains
 	$(PY) -m bench.bench_families
 bench-database: $(VENV)/.installed ## benchmark a database source: 1,000,000 rows from PostgreSQL and SQLite, the no-op check
 	$(PY) -m bench.bench_database
+bench-clients: $(VENV)/.installed ## the client table with 540,000 current clients: first /clients, memory per worker, CSV (OLD=path: earlier code beside)
+	$(PY) -m bench.bench_clients $(if $(OLD),--old $(OLD))
 classic-clients: $(VENV)/.installed ## status of each request shape of classic course clients against gunicorn app:app
 	$(PY) -m bench.classic_clients
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
