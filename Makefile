@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory classic-clients data lint typecheck metrics clean
+.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -81,6 +81,8 @@ bench-database: $(VENV)/.installed ## benchmark a database source: 1,000,000 row
 	$(PY) -m bench.bench_database
 bench-ingest-memory: $(VENV)/.installed ## peak memory and time of ingesting one 60 MB, 250 MB and 1 GB CSV file and a 60 MB JSON file
 	$(PY) -m bench.bench_ingest_memory $(if $(OLD),--old $(OLD))
+bench-clients: $(VENV)/.installed ## the client table with 540,000 current clients: first /clients, memory per worker, CSV (OLD=path: earlier code beside)
+	$(PY) -m bench.bench_clients $(if $(OLD),--old $(OLD))
 classic-clients: $(VENV)/.installed ## status of each request shape of classic course clients against gunicorn app:app
 	$(PY) -m bench.classic_clients
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)

@@ -21,7 +21,7 @@ from common.config import MODEL_FAMILIES, Config
 from common.datastats import read_numeric_columns, summary_statistics
 from common.drivers import ClientDrivers, RiskDrivers, explain_clients
 from common.errors import PipelineError
-from common.files import find_test_files
+from common.files import LockHeld, find_test_files
 from common.history import read_deploying_run, read_runs
 from common.records import (
     EvaluationWindow,
@@ -121,7 +121,7 @@ def describe_client(table: ClientTable, row: int, drivers: ClientDrivers) -> dic
 
 def describe_one_client(served: ServedModel, table: ClientTable, corporation: str) -> dict[str, Any]:
     """``GET /clients/<corporation>``: the client as ``/clients`` lists it, with its rank; 404 for an unknown id."""
-    row = table.position.get(corporation)
+    row = table.row_of(corporation)
     if row is None:
         raise NotFound(f"no active client has the id {corporation[:100]!r}; it may have exited or never been ingested")
     drivers = explain_served(served, table.features[[row]])
@@ -293,6 +293,9 @@ def prediction() -> Response:
 def read_client_table(served: ServedModel) -> ClientTable:
     try:
         return app_sources(current_app).clients(served)
+    except LockHeld as exc:  # another worker is still building the table this one waited for
+        log.error("/clients: %s", exc)
+        raise ServiceUnavailable(f"{exc}; try again in a minute") from None
     except (OSError, PipelineError) as exc:
         log.error("/clients: %s", exc)
         raise ServiceUnavailable(f"the ingested clients cannot be read ({exc}); run ingestion.py") from None
