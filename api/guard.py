@@ -9,6 +9,7 @@ failures per client address, so that every gunicorn worker agrees on who is sign
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -16,10 +17,12 @@ import os
 import secrets
 import sqlite3
 import string
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from werkzeug.exceptions import TooManyRequests
 
@@ -40,6 +43,7 @@ LONGEST_WAIT_SECONDS = 15 * 60
 TOUCH_SECONDS = 60.0
 STRONG_TOKEN_BITS = 128
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+CACHED_ADDRESSES = 4096  # client addresses whose key (client_key) each worker keeps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, last_seen REAL NOT NULL);
@@ -149,6 +153,8 @@ class AccessStore:
     def __init__(self, path: Path, idle_seconds: float) -> None:
         self.path = path
         self.idle_seconds = idle_seconds
+        self._reader: tuple[int, sqlite3.Connection] | None = None  # (process id, connection) of ``read_one``
+        self._reader_lock = threading.Lock()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self.connect() as connection:
             # Readers do not wait for a worker that writes (a failed try, a new session) with a write-ahead log.
@@ -165,6 +171,22 @@ class AccessStore:
         finally:
             connection.close()
 
+    def read_one(self, query: str, parameters: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """The first row of a read-only ``query``, on a connection this process keeps open.
+
+        Opening the file costs about 0.3 ms (the write-ahead log's shared memory is mapped each time), reading a
+        row on an open connection a few microseconds; the wait check runs on every request with a token. Each
+        read is its own transaction, so it sees every failure committed by any worker before it. A process forked
+        from this one opens its own connection (SQLite's connections must not cross a fork).
+        """
+        with self._reader_lock:  # one statement at a time on the shared connection, whatever the worker's threads
+            reader = self._reader
+            if reader is None or reader[0] != os.getpid():
+                connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+                reader = self._reader = (os.getpid(), connection)
+            rows = reader[1].execute(query, parameters).fetchall()  # read to the end: no snapshot is kept open
+        return rows[0] if rows else None
+
     def start_session(self, now: float | None = None) -> str:
         """A new live session's id (and the expired ones forgotten)."""
         now = time.time() if now is None else now
@@ -177,14 +199,15 @@ class AccessStore:
     def is_live(self, session_id: str, now: float | None = None) -> bool:
         """Whether the session was started here, not ended, and used within the idle time; a use is recorded."""
         now = time.time() if now is None else now
-        with self.connect() as connection:
-            row = connection.execute("SELECT last_seen FROM sessions WHERE id = ?", (session_id,)).fetchone()
-            if row is None:
-                return False
-            if row[0] < now - self.idle_seconds:
+        row = self.read_one("SELECT last_seen FROM sessions WHERE id = ?", (session_id,))
+        if row is None:
+            return False
+        if row[0] < now - self.idle_seconds:
+            with self.connect() as connection:
                 connection.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
-                return False
-            if now - row[0] >= TOUCH_SECONDS:
+            return False
+        if now - row[0] >= TOUCH_SECONDS:
+            with self.connect() as connection:
                 connection.execute("UPDATE sessions SET last_seen = ? WHERE id = ?", (now, session_id))
         return True
 
@@ -195,8 +218,7 @@ class AccessStore:
     def refusal(self, address: str, now: float | None = None) -> Refusal | None:
         """Why ``address`` may not try a token now (it failed too often, too recently); None when it may."""
         now = time.time() if now is None else now
-        with self.connect() as connection:
-            row = connection.execute("SELECT blocked_until FROM failures WHERE address = ?", (address,)).fetchone()
+        row = self.read_one("SELECT blocked_until FROM failures WHERE address = ?", (address,))
         if row is None or row[0] <= now:
             return None
         return Refusal(max(1, math.ceil(row[0] - now)))
@@ -249,9 +271,11 @@ class WebAccess:
     store: AccessStore
 
 
+@functools.lru_cache(maxsize=CACHED_ADDRESSES)
 def client_key(address: str | None) -> str:
     """Whom a failed try is counted against: the client's IPv4 address, or its IPv6 /64 network (one host
-    usually holds a whole /64, so counting single addresses would let it try without end)."""
+    usually holds a whole /64, so counting single addresses would let it try without end). Asked on every
+    request with a token: the answers for recent addresses are kept (parsing takes 3 µs for IPv4, 20 µs for IPv6)."""
     if not address:
         return "unknown"
     try:

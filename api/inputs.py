@@ -61,11 +61,11 @@ def read_prediction_input(files: LocationReader, default_location: Callable[[], 
     """
     explain = read_flag(request.args.get(EXPLAIN), EXPLAIN)
     mimetype = request.mimetype
-    values = {key: request.values[key] for key in request.values if key != EXPLAIN}
     try:
         if mimetype == "application/json" or mimetype.endswith("+json"):
             batch, asked = read_json_request(files)
             return PredictionRequest(batch, explain or asked)
+        values = {key: request.values[key] for key in request.values if key != EXPLAIN}  # a JSON body has no form
         return PredictionRequest(read_other_request(files, default_location, values), explain)
     except BadFileError as exc:
         raise BadRequest(str(exc)) from None

@@ -42,6 +42,7 @@ UNLABELLED_SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) fo
 # The largest count a float64 holds exactly: from 2**53 on, two different counts (2**53 and 2**53 + 1)
 # parse to the same float, so such a value is refused as too large rather than silently rounded.
 MAX_COUNT = 2**53 - 1
+FEW_VALUES = 64  # up to this many values are checked in Python rather than by numpy (see features_are_counts)
 # An id is a client's name or number; a longer one is a broken row, not a client.
 MAX_ID_LENGTH = 256
 _BLOCK_BYTES = 1024 * 1024  # pyarrow's CSV block: no line may be longer
@@ -296,8 +297,21 @@ class FeatureBatch:
         return len(self.features)
 
 
+def features_are_counts(features: np.ndarray) -> bool:
+    """Whether every value is a whole count from 0 to ``MAX_COUNT`` (a NaN or an infinity is not).
+
+    A few values (one API request's records) are tested one by one in Python, where numpy's cost per call would
+    be most of the time; more with array operations (no error state to set: a NaN fails each comparison).
+    """
+    if features.size <= FEW_VALUES and features.dtype.kind == "f":
+        return all(0 <= value <= MAX_COUNT and value.is_integer() for value in features.ravel().tolist())
+    return bool(((features >= 0) & (features <= MAX_COUNT) & (np.floor(features) == features)).all())
+
+
 def check_feature_values(features: np.ndarray, source: str, unit: str = "row") -> None:
     """Raise BadFileError naming the first row (or record) and column whose value is not a usable count."""
+    if features_are_counts(features):
+        return
     with np.errstate(invalid="ignore"):
         bad = np.isnan(features) | (features < 0) | (features != np.floor(features)) | (features > MAX_COUNT)
     if not bad.any():
