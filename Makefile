@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-price bench-health bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
+.PHONY: help run test test-fast ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-price bench-health bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,8 +26,15 @@ run: $(VENV)/.installed ## ingest, train, score, deploy, then diagnostics and th
 	$(PY) diagnostics.py --config $(CONFIG)
 	$(PY) reporting.py --config $(CONFIG)
 
-test: $(VENV)/.installed ## run the test suite (PYTEST_ARGS: more pytest options)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Tests run on PYTEST_WORKERS processes (pytest-xdist; 0: in pytest's own), each taking the next test when it is free:
+# the slow tests mostly wait on the processes they start. PYTEST_ARGS: more pytest options.
+PYTEST_WORKERS ?= 2
+PYTEST_RUN = $(PY) -m pytest -n $(PYTEST_WORKERS) $(if $(filter-out 0,$(PYTEST_WORKERS)),--dist worksteal)
+
+test: $(VENV)/.installed ## run every test, 2 at a time (PYTEST_ARGS: more pytest options; PYTEST_WORKERS=0: one at a time)
+	$(PYTEST_RUN) $(PYTEST_ARGS)
+test-fast: $(VENV)/.installed ## the in-process tests only (-m "not slow"): under a minute
+	$(PYTEST_RUN) -m "not slow" $(PYTEST_ARGS)
 
 ingest: $(VENV)/.installed ## ingestion only
 	$(PY) ingestion.py --config $(CONFIG)

@@ -9,25 +9,50 @@ import pytest
 
 from common.config import Config, load_config
 from ingestion import ingest_folder
-from tests.helpers import deploy, skip_or_fail, train_and_score, write_clients, write_config
+from tests.helpers import copy_project, deploy, skip_or_fail, train_and_score, write_clients, write_config
 from tests.postgres_server import PASSWORD, PASSWORD_ENV, PostgresServer, PostgresUnavailable
+
+# The history's rules are asserted outside a test module: pytest explains their failures as in one.
+pytest.register_assert_rewrite("tests.history_rules")
+
+
+def write_project(folder: Path) -> Config:
+    """A small project in ``folder``: two source files, a test file and a config."""
+    write_clients(folder / "sourceddata" / "clients_a.csv", 600, seed=1)
+    write_clients(folder / "sourceddata" / "clients_b.csv", 400, seed=2)
+    write_clients(folder / "testdata" / "testdata.csv", 500, seed=3)
+    return load_config(write_config(folder))
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Config:
     """A small project in tmp_path: two source files, a test file and a config."""
-    write_clients(tmp_path / "sourceddata" / "clients_a.csv", 600, seed=1)
-    write_clients(tmp_path / "sourceddata" / "clients_b.csv", 400, seed=2)
-    write_clients(tmp_path / "testdata" / "testdata.csv", 500, seed=3)
-    return load_config(write_config(tmp_path))
+    return write_project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small project, ingested, trained and scored once a session (each xdist worker's own); copy it to use it."""
+    folder = tmp_path_factory.mktemp("trained-template")
+    config = write_project(folder)
+    ingest_folder(config.input_folder_path, config.output_folder_path)
+    train_and_score(config)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def deployed_template(tmp_path_factory: pytest.TempPathFactory, trained_template: Path) -> Path:
+    """The trained small project, deployed (v0001) once a session (each xdist worker's own); copy it to use it."""
+    folder = tmp_path_factory.mktemp("deployed-template")
+    copy_project(trained_template, folder)
+    deploy(load_config(folder / "config.json"))
+    return folder
 
 
 @pytest.fixture
-def deployed(project: Config) -> Config:
-    """The small project, ingested, trained, scored and deployed (v0001)."""
-    ingest_folder(project.input_folder_path, project.output_folder_path)
-    train_and_score(project)
-    deploy(project)
+def deployed(project: Config, deployed_template: Path) -> Config:
+    """The small project, ingested, trained, scored and deployed (v0001): a copy of the session's, the test's own."""
+    copy_project(deployed_template, project.path.parent)
     return project
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +18,16 @@ import numpy as np
 import pytest
 import requests
 
-from common.artifacts import MODEL_FILE
+from common.artifacts import MODEL_FILE, MODEL_INFO_FILE, current_version_folder, load_model, save_model
+from common.batches import read_ingested_data
 from common.config import Config, ModelSettings
 from common.evaluation import score_model
 from common.files import sha256_file
+from common.history import open_history, save_run, start_run
+from common.imports import sklearn_without_pandas
+from common.records import read_model_info
+from common.runs import CandidateScore, FeatureDrift, RunFields, RunFile
+from common.schema import FEATURES, ID_COLUMN, TARGET
 from deployment import Publication, publish_deployment
 from generate_data import format_csv, generate_clients, rows_of
 from scoring import write_scores
@@ -28,6 +35,10 @@ from training import train_from_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAUSED_STAGE = PROJECT_ROOT / "tests" / "paused_stage.py"
+# The classic course's data, beside the project (shared/udacity-data).
+UDACITY_DATA = PROJECT_ROOT.parent / "shared" / "udacity-data"
+# Diagnostics that ask a package index nobody listens on, and give up quickly.
+UNREACHABLE_INDEX = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
 
 
 # CI sets this so that a missing PostgreSQL server or browser fails the tests that need it
@@ -72,6 +83,22 @@ def write_config(folder: Path, **overrides: object) -> Path:
     path = folder / "config.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
+
+
+def copy_project(template: Path, folder: Path) -> None:
+    """Copy a project folder into ``folder`` as it is: links stay links (the deployment's are relative), files keep
+    their times (ingestion knows a file by its size and time), and the absolute paths that its records hold of
+    ``template`` name ``folder`` instead."""
+    shutil.copytree(template, folder, symlinks=True, dirs_exist_ok=True)
+    old, new = str(template).encode(), str(folder).encode()
+    for path in folder.rglob("*"):
+        if path.is_symlink() or not path.is_file():
+            continue
+        content = path.read_bytes()
+        if old in content:
+            times = path.stat()
+            path.write_bytes(content.replace(old, new))
+            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def train_and_score(config: Config, C: float = 1.0) -> str:
@@ -178,3 +205,78 @@ def serving_api(
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
+
+
+def served_model(config: Config):
+    """The model the current deployed version serves."""
+    return load_model(current_version_folder(config.prod_deployment_path) / MODEL_FILE)
+
+
+def deploy_plain_logistic_regression(config: Config) -> None:
+    """Deploy, as v0002, a plain LogisticRegression on the raw counts: a model of another shape."""
+    with sklearn_without_pandas():
+        from sklearn.linear_model import LogisticRegression
+
+    data = read_ingested_data(config.output_folder_path)
+    model = LogisticRegression(max_iter=1000).fit(data.features(), data.labels())
+    save_model(model, read_model_info(config.output_model_path / MODEL_INFO_FILE), config.output_model_path)
+    write_scores(score_model(config.output_model_path / MODEL_FILE, config.test_data_path), config.output_model_path)
+    deploy(config)
+
+
+def udacity_config(tmp_path: Path) -> Path:
+    """A config in ``tmp_path`` reading the classic course data where it lies (skipped, or failed in CI, without it)."""
+    if not UDACITY_DATA.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"the course data fixture {UDACITY_DATA} is missing")
+        pytest.skip(f"the course data fixture {UDACITY_DATA} is not beside the project")
+    config = {
+        "input_folder_path": str(UDACITY_DATA / "sourcedata"),
+        "output_folder_path": "ingesteddata",
+        "test_data_path": str(UDACITY_DATA / "testdata"),
+        "output_model_path": "models",
+        "prod_deployment_path": "production_deployment",
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def add_runs(config: Config, count: int = 3) -> None:
+    """Runs in the history as fullprocess.py records them: one deployment, kept ones, one without new data."""
+    connection = open_history(config.history_path)
+    try:
+        for number in range(count):
+            run = start_run(connection, f"2026-11-0{number + 1}T10:00:00Z", 100 + number, "v0001")
+            save_run(
+                connection,
+                run,
+                RunFields(
+                    finished_at=f"2026-11-0{number + 1}T10:00:09Z",
+                    seconds=9.0 + number,
+                    outcome="deployed" if number == 1 else "kept",
+                    decision=f"Decision number {number} in one sentence.",
+                    model_version_after="v0002" if number == 1 else "v0001",
+                    new_rows=500,
+                    new_data_f1=0.6 - 0.05 * number,
+                    drift_threshold=0.55,
+                    missing_percent=0.5 * number,
+                    drift_trigger="model_drift" if number == 1 else None,
+                    timings={"ingestion": 1.5, "training": 4.0},
+                    candidates=(CandidateScore("all", "all rows", 900, None, None, 0.61, 0.6),),
+                ),
+                files=[RunFile(f"batch_{number}.csv", "new", "ab" * 32)],
+                feature_drift=[FeatureDrift(name, "ks", 0.1, 0.2, 0.01, False) for name in FEATURES],
+            )
+        start_run(connection, "2026-11-09T10:00:00Z", 200, "v0001")
+        save_run(connection, count + 1, RunFields(outcome="no_new_data", decision="No new data.", seconds=0.2))
+    finally:
+        connection.close()
+
+
+def active_clients(config: Config) -> tuple[list[str], np.ndarray]:
+    """The active clients (latest row per corporation, not exited) and their features, computed here directly."""
+    data = read_ingested_data(config.output_folder_path)
+    ids = data.table[ID_COLUMN].to_pylist()
+    rows = latest_active_rows(ids, data.table[TARGET].to_numpy())
+    return [ids[row] for row in rows], data.features()[rows]

@@ -37,22 +37,27 @@ def find_binaries() -> Path:
     return found[-1].parent
 
 
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def service_user() -> str | None:
     """The unprivileged user the server runs as when the tests run as root (None: run as ourselves)."""
     if os.geteuid() != 0:
         return None
     for name in SERVICE_USERS:
-        try:
-            pwd.getpwnam(name)
+        if user_exists(name):
             return name
-        except KeyError:
-            continue
     created = subprocess.run(
         ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USERS[-1]],
         capture_output=True,
         text=True,
     )
-    if created.returncode != 0:
+    if created.returncode != 0 and not user_exists(SERVICE_USERS[-1]):  # another test worker may have just made it
         raise PostgresUnavailable(f"running as root and no unprivileged user could be made: {created.stderr.strip()}")
     return SERVICE_USERS[-1]
 

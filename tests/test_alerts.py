@@ -5,66 +5,20 @@ Every receiver here is a local HTTP server started by the test on a free port.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from common.alerts import AlertEvent, deliver, dispatch
+from common.alerts import deliver, dispatch
 from common.config import load_config
 from common.history import read_runs
 from generate_data import write_batch, write_shipped_data
 from tests.helpers import PROJECT_ROOT, free_port, run_script, write_config
-
-EVENT = AlertEvent(kind="deployed", text="risk model: v0002 deployed, replacing v0001", project="demo", run_id=4)
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1: answers with ``statuses`` in turn (then 200), after ``delay`` seconds."""
-
-    def __init__(self, statuses: list[int] | None = None, delay: float = 0.0, hang: bool = False):
-        self.statuses, self.delay, self.hang = list(statuses or []), delay, hang
-        self.received: list[dict] = []
-        self.attempts = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the http.server name)
-                receiver.attempts += 1
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if receiver.hang:
-                    time.sleep(30)
-                    return
-                time.sleep(receiver.delay)
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                if status == 200:
-                    receiver.received.append(
-                        {"path": self.path, "type": self.headers["Content-Type"], "json": json.loads(body)}
-                    )
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/s3cr3tT0ken?sig=abcdef"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.webhook_receiver import EVENT, Receiver
 
 
 def closed_port_url() -> str:
@@ -105,6 +59,7 @@ def test_only_http_webhooks_are_called():
     assert "not 'file'" in results[0].error
 
 
+@pytest.mark.slow
 def test_dispatch_returns_at_once_and_the_child_delivers_after(tmp_path: Path):
     with Receiver(delay=2) as slow:
         started = time.monotonic()
@@ -116,6 +71,7 @@ def test_dispatch_returns_at_once_and_the_child_delivers_after(tmp_path: Path):
     assert "alert deployed sent" in log_text and "s3cr3tT0ken" not in log_text
 
 
+@pytest.mark.slow
 def test_alerts_import_nothing_heavy():
     probe = "import sys, common.alerts; print(sorted({'requests', 'numpy', 'pandas'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True)

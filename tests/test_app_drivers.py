@@ -10,18 +10,14 @@ import pytest
 from scipy.special import logit
 
 from app import create_app
-from common.artifacts import MODEL_FILE, MODEL_INFO_FILE, current_version_folder, load_model, save_model
 from common.batches import read_ingested_data
 from common.config import Config
-from common.evaluation import score_model
 from common.imports import sklearn_without_pandas
-from common.records import read_model_info
 from common.schema import FEATURES, ID_COLUMN, TARGET
-from scoring import write_scores
-from tests.helpers import deploy, latest_active_rows
+from tests.helpers import deploy_plain_logistic_regression, latest_active_rows, served_model
 
 with sklearn_without_pandas():
-    from sklearn.linear_model import LogisticRegression
+    pass
 
 RECORDS = [
     {"corporation": "acme", "lastmonth_activity": 3, "lastyear_activity": 412, "number_of_employees": 18},
@@ -34,10 +30,6 @@ CSV_BODY = "corporation,lastmonth_activity,lastyear_activity,number_of_employees
 @pytest.fixture
 def client(deployed: Config):
     return create_app(deployed, token="").test_client()
-
-
-def served_model(config: Config):
-    return load_model(current_version_folder(config.prod_deployment_path) / MODEL_FILE)
 
 
 def check_drivers_add_up(answer: dict, model, features: np.ndarray) -> None:
@@ -92,15 +84,6 @@ def test_an_explain_that_is_not_yes_or_no_gets_400_naming_it(client, query, body
     )
     assert answer.status_code == 400
     assert answer.get_json()["error"].startswith("explain must be")
-
-
-def deploy_plain_logistic_regression(config: Config) -> None:
-    """Deploy, as v0002, a plain LogisticRegression on the raw counts: a model of another shape."""
-    data = read_ingested_data(config.output_folder_path)
-    model = LogisticRegression(max_iter=1000).fit(data.features(), data.labels())
-    save_model(model, read_model_info(config.output_model_path / MODEL_INFO_FILE), config.output_model_path)
-    write_scores(score_model(config.output_model_path / MODEL_FILE, config.test_data_path), config.output_model_path)
-    deploy(config)
 
 
 def test_a_model_of_another_shape_answers_400_to_explain_and_ranking(client, deployed):

@@ -37,8 +37,7 @@ from common.artifacts import (
 from common.config import CONFIG_ENV_VAR, Config, load_config
 from common.errors import PipelineError
 from common.schema import COLUMNS, FEATURES, read_feature_file
-from tests.helpers import PROJECT_ROOT, free_port, write_clients, write_config
-from tests.test_scripts import UDACITY_DATA, udacity_config
+from tests.helpers import PROJECT_ROOT, UDACITY_DATA, free_port, udacity_config, write_clients, write_config
 
 # No package index in tests: the dependency check answers "unknown" at once.
 OFFLINE = {"diagnostics": {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}}
@@ -164,6 +163,7 @@ def switch_input_folder(config_path: Path, folder: Path) -> None:
     config_path.write_text(json.dumps({**config, "input_folder_path": str(folder)}))
 
 
+@pytest.mark.slow
 def test_the_course_data_through_the_course_steps(udacity):
     before = sorted((p.name, p.stat().st_mtime_ns) for p in UDACITY_DATA.rglob("*"))
     practice = ingestion.merge_multiple_dataframe()
@@ -178,6 +178,7 @@ def test_the_course_data_through_the_course_steps(udacity):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in UDACITY_DATA.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_importing_the_stages_and_the_api_does_not_import_pandas():
     """Not even through scikit-learn, which would import it whenever it is installed."""
     code = (
@@ -230,6 +231,7 @@ def test_a_request_naming_no_file_gets_400_listing_the_accepted_keys(classic_ser
     assert xml.status_code == 415
 
 
+@pytest.mark.slow
 def test_serving_records_imports_no_pandas_and_no_request_imports_anything_once_warm(deployed):
     """JSON records (the hot path) never touch pandas; a CSV read makes pyarrow import it, once per worker."""
     code = (
@@ -258,6 +260,7 @@ def test_serving_records_imports_no_pandas_and_no_request_imports_anything_once_
     assert json.loads(done.stdout) == []
 
 
+@pytest.mark.slow
 def test_importing_app_builds_nothing(tmp_path):
     code = "import app\nassert app._built is None\n"
     missing = str(tmp_path / "no-config.json")  # building would fail on it

@@ -13,48 +13,13 @@ from scipy.special import logit
 from api.guard import ACCESS_FOLDER, SECRET_FILE
 from app import create_app
 from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE, current_version_folder, load_deployed_version
-from common.batches import read_ingested_data
 from common.config import Config
-from common.history import open_history, save_run, start_run
-from common.runs import CandidateScore, FeatureDrift, RunFields, RunFile
-from common.schema import FEATURES, ID_COLUMN, TARGET
+from common.schema import FEATURES, ID_COLUMN
 from dashboard.access import session_secret
-from tests.helpers import deploy, latest_active_rows, train_and_score
+from tests.helpers import active_clients, add_runs, deploy, train_and_score
 
 PAGES = tuple(f"/dashboard{page}" for page in ("/", "/clients", "/model-health", "/runs", "/runs?all=1", "/system"))
 TOKEN = "s3cret-token"
-
-
-def add_runs(config: Config, count: int = 3) -> None:
-    """Runs in the history as fullprocess.py records them: one deployment, kept ones, one without new data."""
-    connection = open_history(config.history_path)
-    try:
-        for number in range(count):
-            run = start_run(connection, f"2026-11-0{number + 1}T10:00:00Z", 100 + number, "v0001")
-            save_run(
-                connection,
-                run,
-                RunFields(
-                    finished_at=f"2026-11-0{number + 1}T10:00:09Z",
-                    seconds=9.0 + number,
-                    outcome="deployed" if number == 1 else "kept",
-                    decision=f"Decision number {number} in one sentence.",
-                    model_version_after="v0002" if number == 1 else "v0001",
-                    new_rows=500,
-                    new_data_f1=0.6 - 0.05 * number,
-                    drift_threshold=0.55,
-                    missing_percent=0.5 * number,
-                    drift_trigger="model_drift" if number == 1 else None,
-                    timings={"ingestion": 1.5, "training": 4.0},
-                    candidates=(CandidateScore("all", "all rows", 900, None, None, 0.61, 0.6),),
-                ),
-                files=[RunFile(f"batch_{number}.csv", "new", "ab" * 32)],
-                feature_drift=[FeatureDrift(name, "ks", 0.1, 0.2, 0.01, False) for name in FEATURES],
-            )
-        start_run(connection, "2026-11-09T10:00:00Z", 200, "v0001")
-        save_run(connection, count + 1, RunFields(outcome="no_new_data", decision="No new data.", seconds=0.2))
-    finally:
-        connection.close()
 
 
 @pytest.fixture
@@ -66,14 +31,6 @@ def app(deployed: Config):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-def active_clients(config: Config) -> tuple[list[str], np.ndarray]:
-    """The active clients (latest row per corporation, not exited) and their features, computed here directly."""
-    data = read_ingested_data(config.output_folder_path)
-    ids = data.table[ID_COLUMN].to_pylist()
-    rows = latest_active_rows(ids, data.table[TARGET].to_numpy())
-    return [ids[row] for row in rows], data.features()[rows]
 
 
 def read_csv(text: str) -> list[dict[str, str]]:

@@ -23,8 +23,17 @@ from common.artifacts import current_version_folder, load_deployed_version
 from common.config import Config, load_config
 from dashboard import URL_PREFIX
 from ingestion import ingest_folder
-from tests.helpers import PROJECT_ROOT, deploy, serving_api, skip_or_fail, train_and_score, write_clients, write_config
-from tests.test_dashboard import active_clients, add_runs
+from tests.helpers import (
+    PROJECT_ROOT,
+    active_clients,
+    add_runs,
+    deploy,
+    serving_api,
+    skip_or_fail,
+    train_and_score,
+    write_clients,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -103,14 +112,14 @@ def new_driver(downloads: Path, javascript: bool = True):  # noqa: ANN201 (selen
 
 def sign_in(driver, url: str, token: str = TOKEN) -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.wait import WebDriverWait
 
     driver.get(f"{url}/sign-in")
     driver.find_element(By.ID, "token").send_keys(token)
-    button = driver.find_element(By.CSS_SELECTOR, "form.sign-in button")
-    button.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(button))  # the answer has replaced the form
+    driver.find_element(By.CSS_SELECTOR, "form.sign-in button").click()
+    # The answer has replaced the form: the page asked for, or the form again saying why the token was refused. Its
+    # content is waited for, not the old button's staleness: chromium may answer a question about a node of the page
+    # it has dropped with "Node with given id does not belong to the document" instead of a stale element.
+    wait_for(lambda: "/sign-in" not in driver.current_url or driver.find_elements(By.CSS_SELECTOR, "[role=alert]"))
 
 
 def console_errors(driver) -> list[str]:  # noqa: ANN001
@@ -143,19 +152,23 @@ def screenshot(driver, path: Path, width: int) -> Path:  # noqa: ANN001
 
 
 def wait_for(check, timeout: float = 10):  # noqa: ANN001, ANN201
-    """``check()``'s first truthy value; a page still being replaced counts as not yet."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    """``check()``'s first truthy value; a page still being replaced counts as not yet.
 
-    deadline = time.monotonic() + timeout
+    Chromium reports a node of a page being replaced as stale, missing, or "not belonging to the document": any
+    error of the driver while waiting is taken as not yet, and the last one is given as the cause of a timeout.
+    """
+    from selenium.common.exceptions import WebDriverException
+
+    deadline, last_error = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
             value = check()
-        except (NoSuchElementException, StaleElementReferenceException):
-            value = None
+        except WebDriverException as error:
+            value, last_error = None, error
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError("timed out waiting in the browser")
+    raise AssertionError("timed out waiting in the browser") from last_error
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +250,7 @@ def test_search_for_a_client_and_open_its_page(site, driver):
     links = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "table.clients tbody a"))
     assert ids[3] in [link.text for link in links]
     next(link for link in links if link.text == ids[3]).click()
+    wait_for(lambda: "/clients/" in driver.current_url)  # the client's page has replaced the table's (and its h1)
     assert wait_for(lambda: driver.find_element(By.TAG_NAME, "h1").text) == f"Client {ids[3]}"
     assert "risk most" in driver.find_element(By.CSS_SELECTOR, "p.lead").text or "average" in driver.page_source
 

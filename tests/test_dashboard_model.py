@@ -30,8 +30,7 @@ from dashboard.model import SAMPLE_LIMIT, bin_dependence, format_count, measure_
 from generate_data import write_world_data
 from ingestion import ingest_folder
 from scoring import write_scores
-from tests.helpers import deploy, write_config
-from tests.test_app_drivers import deploy_plain_logistic_regression
+from tests.helpers import deploy, deploy_plain_logistic_regression, write_config
 from training import FitContext, describe_training_data, fit_and_save, train_from_folder
 
 PAGE = "/dashboard/model"

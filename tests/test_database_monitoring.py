@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -14,42 +13,10 @@ from common.artifacts import current_version
 from common.config import load_config
 from common.history import read_runs
 from generate_data import load_into_database, write_batch, write_shipped_data
-from tests.helpers import PROJECT_ROOT, free_port, run_script, write_database_config
+from tests.fullprocess_runs import database_config, no_op_probe, run_fullprocess
+from tests.helpers import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
-
-# SQLAlchemy is not among them: the run history goes through it (about 0.15 s to import); the check
-# for new rows itself asks sqlite3 or psycopg directly.
-HEAVY = ("numpy", "pandas", "sklearn", "scipy", "pyarrow", "matplotlib", "requests", "urllib.request")
-
-
-def database_config(root: Path, url: str) -> Path:
-    """A config reading the table client_activity at ``url``: quick diagnostics, no package index, no API."""
-    return write_database_config(
-        root,
-        url,
-        diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
-        api={"url": f"http://127.0.0.1:{free_port()}"},
-    )
-
-
-def run_fullprocess(config_path: Path) -> subprocess.CompletedProcess:
-    return run_script("fullprocess.py", "--config", str(config_path), timeout=300)
-
-
-def no_op_probe(config_path: Path) -> tuple[int, list[str], float]:
-    """Run fullprocess.main in a fresh interpreter: its exit code, the heavy modules it imported, its seconds."""
-    probe = (
-        "import json, sys, time\n"
-        "started = time.perf_counter()\n"
-        "import fullprocess\n"
-        f"code = fullprocess.main(['--config', {str(config_path)!r}])\n"
-        f"heavy = sorted(set({HEAVY!r}) & set(sys.modules))\n"
-        "print(json.dumps([code, heavy, time.perf_counter() - started]))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
-    code, heavy, seconds = json.loads(result.stdout)
-    return code, heavy, seconds
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from common.errors import PipelineError
 from common.history import read_runs
 from generate_data import load_into_database, write_shipped_data
 from ingestion import ingest_folder
+from tests.fullprocess_runs import database_config, no_op_probe, run_fullprocess
 from tests.helpers import write_clients, write_config, write_database_config
 from tests.postgres_server import PASSWORD, USER, PostgresServer
-from tests.test_database_monitoring import database_config, no_op_probe, run_fullprocess
 
 pytestmark = pytest.mark.slow
 

@@ -222,6 +222,7 @@ def test_the_cheap_check_asks_one_question(sqlite_project: Config):
     assert not has_rows_past(sqlite_project.database, 1000)
 
 
+@pytest.mark.slow
 def test_a_fetch_from_sqlite_imports_neither_sqlalchemy_nor_the_drivers_dbapi_layer(
     sqlite_project: Config, tmp_path: Path
 ):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -34,14 +35,14 @@ from deployment import (
     rollback_deployment,
 )
 from ingestion import ingest_folder
-from tests.helpers import PROJECT_ROOT, deploy, script_command, train_and_score
+from tests.helpers import PROJECT_ROOT, copy_project, deploy, script_command, train_and_score
 from training import train_from_folder
 
 
 @pytest.fixture
-def trained(project: Config) -> Config:
-    ingest_folder(project.input_folder_path, project.output_folder_path)
-    train_and_score(project)
+def trained(project: Config, trained_template: Path) -> Config:
+    """The small project, ingested, trained and scored: a copy of the session's, the test's own."""
+    copy_project(trained_template, project.path.parent)
     return project
 
 
@@ -109,6 +110,7 @@ def test_rollback_restores_the_version_that_served_before(trained):
     assert [line[0] for line in describe_versions(root)].count("*") == 1
 
 
+@pytest.mark.slow
 def test_rollback_from_the_command_line(trained):
     deploy(trained)
     train_and_score(trained, C=0.01)

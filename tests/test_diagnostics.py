@@ -98,6 +98,7 @@ def test_timing_runs_each_stage_as_a_process_without_touching_live_outputs(deplo
     assert recorded["training"][-1].source == "diagnostics.py"
 
 
+@pytest.mark.slow
 def test_timing_names_the_stage_that_failed(deployed, tmp_path):
     (deployed.input_folder_path / "clients_a.csv").write_text("nothing useful\n")
     (deployed.input_folder_path / "clients_b.csv").write_text("nothing useful\n")
@@ -218,6 +219,7 @@ def test_main_writes_one_json_file_with_everything_and_a_timestamp(deployed):
     assert all(row["status"] == "unknown" for row in stored["dependencies"])
 
 
+@pytest.mark.slow
 def test_stages_record_their_own_timings_and_diagnostics_reports_them_without_running_anything(deployed, monkeypatch):
     config_path = write_config(deployed.path.parent, diagnostics={"package_index": "http://127.0.0.1:9/pypi"})
     assert run_script("training.py", "--config", str(config_path), "-q").returncode == 0
@@ -238,6 +240,7 @@ def test_stages_record_their_own_timings_and_diagnostics_reports_them_without_ru
     assert timing.stages["training"].latest_source == "training.py"
 
 
+@pytest.mark.slow
 def test_a_damaged_timing_record_never_fails_a_stage(deployed):
     (deployed.output_model_path / STAGE_TIMINGS_FILE).write_text("{not json")
     config_path = write_config(deployed.path.parent)

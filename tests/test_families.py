@@ -152,6 +152,7 @@ def test_every_family_offered_is_calibrated_on_a_fresh_sample_of_its_world(world
         assert error <= MAX_CALIBRATION_ERROR, (world, family, error)
 
 
+@pytest.mark.slow
 def test_each_familys_model_file_loads_in_a_fresh_interpreter_with_the_libraries_alone(tmp_path):
     """No project code on the path: the pickle holds scikit-learn (and LightGBM) objects only; the classic
     functions' DataFrames work too."""

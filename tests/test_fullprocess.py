@@ -9,14 +9,12 @@ once; a run killed mid-way leaves the previous deployment serving and the next r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,22 +30,17 @@ from common.artifacts import (
 )
 from common.config import MODEL_FAMILIES, load_config
 from common.history import read_runs
-from common.runs import StoredRun
 from fullprocess import API_RETURNS_AFTER_DEPLOYMENT, EXIT_LOCKED, PLOT_AFTER_DEPLOYMENT
 from generate_data import write_batch, write_shipped_data
-from tests.helpers import PROJECT_ROOT, free_port, run_script, script_command, serving_api, write_config
+from tests.fullprocess_runs import (
+    last_run,
+    paused_fullprocess,
+    run_fullprocess,
+    scenario_config,
+)
+from tests.helpers import PROJECT_ROOT, run_script, serving_api, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def scenario_config(root: Path, **monitoring: object) -> Path:
-    """A config for a copy of the shipped data: quick diagnostics, no package index, no API running."""
-    return write_config(
-        root,
-        diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
-        api={"url": f"http://127.0.0.1:{free_port()}"},
-        monitoring=monitoring,
-    )
 
 
 @pytest.fixture
@@ -58,50 +51,6 @@ def shipped(tmp_path: Path) -> Path:
     """
     write_shipped_data(tmp_path)
     return scenario_config(tmp_path)
-
-
-def run_fullprocess(config_path: Path, *args: str, env: dict[str, str] | None = None):
-    return run_script("fullprocess.py", "--config", str(config_path), *args, env=env, timeout=300)
-
-
-def last_run(config_path: Path) -> StoredRun:
-    return read_runs(load_config(config_path).history_path, limit=1)[0]
-
-
-def start_fullprocess(config_path: Path, pause_at: str | None = None) -> subprocess.Popen:
-    """Start fullprocess.py; with ``pause_at``, its deployment stops at that step (tests/paused_stage.py)."""
-    return subprocess.Popen(
-        script_command("fullprocess.py", "--config", str(config_path), pause_at=pause_at),
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@contextlib.contextmanager
-def paused_fullprocess(config_path: Path, step: str) -> Iterator[subprocess.Popen]:
-    """A fullprocess.py run stopped in its deployment at ``step`` for the block; killed when the block ends."""
-    with start_fullprocess(config_path, pause_at=step) as holder:
-        try:
-            wait_for_line(holder, f"pausing at step {step}")
-            yield holder
-        finally:
-            holder.kill()
-            holder.wait()
-
-
-def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
-    """Read the process's stderr until a line holds ``text``; return the lines read."""
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line and process.poll() is not None:
-            break
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError(f"{text!r} never appeared; stderr so far:\n{''.join(lines)}")
 
 
 def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):

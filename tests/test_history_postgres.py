@@ -16,11 +16,10 @@ from common.databases import DatabaseUrl, parse_database_url
 from common.errors import PipelineError
 from common.history import open_history, read_runs
 from generate_data import write_batch, write_shipped_data
-from tests import test_history
+from tests import history_rules
+from tests.fullprocess_runs import run_fullprocess, scenario_config
 from tests.helpers import free_port, start_api
 from tests.postgres_server import PASSWORD, USER
-from tests.test_database_monitoring import run_fullprocess
-from tests.test_fullprocess import scenario_config
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +39,7 @@ def history_url(postgres_url: str, tmp_path: Path) -> DatabaseUrl:
     return parse_database_url(postgres_url, tmp_path, "history_url")
 
 
-@pytest.mark.parametrize(
-    "rules",
-    [
-        test_history.test_only_files_of_finished_decisions_count_as_decided,
-        test_history.test_runs_left_running_are_marked_interrupted,
-        test_history.test_a_run_killed_after_its_deployment_switched_says_what_it_deployed,
-        test_history.test_files_of_runs_that_wait_for_more_rows_are_neither_decided_nor_forgotten,
-        test_history.test_the_reference_starts_at_the_gate_and_takes_later_scores_without_drift,
-        test_history.test_a_run_whose_challengers_lost_after_drift_confirms_the_serving_model,
-        test_history.test_batches_decided_and_where_an_unfollowed_change_began,
-    ],
-    ids=lambda rules: rules.__name__.removeprefix("test_"),
-)
+@pytest.mark.parametrize("rules", history_rules.RULES, ids=lambda rules: rules.__name__)
 def test_the_history_rules_hold_in_postgresql(rules, history_url: DatabaseUrl):
     rules(DatabasePlace(history_url))
 

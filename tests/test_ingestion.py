@@ -112,6 +112,7 @@ def test_the_ingestion_report_is_typed_and_vouches_for_the_final_data(project):
         check_final_data(project.output_folder_path)
 
 
+@pytest.mark.slow
 def test_bad_file_through_the_command_line_exits_zero_and_names_it(project):
     (project.input_folder_path / "text_in_number.csv").write_text(HEADER + "ab,lots,1,1,0\n")
     done = run_script("ingestion.py", "--config", str(project.path))
@@ -357,6 +358,7 @@ def test_no_usable_file_fails_and_leaves_earlier_outputs_untouched(project):
     assert (project.output_folder_path / FINAL_DATA).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_missing_input_folder_exits_nonzero_with_one_sentence(tmp_path):
     config = write_config(tmp_path)
     done = run_script("ingestion.py", "--config", str(config))

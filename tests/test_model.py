@@ -101,6 +101,7 @@ def test_training_refuses_data_the_last_ingestion_did_not_write(project):
         train_from_folder(project.output_folder_path, project.output_model_path, project.model)
 
 
+@pytest.mark.slow
 def test_scoring_another_model_file_writes_its_scores_beside_it(project, tmp_path):
     ingest_folder(project.input_folder_path, project.output_folder_path)
     train_from_folder(project.output_folder_path, project.output_model_path, project.model)

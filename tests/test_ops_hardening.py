@@ -50,9 +50,16 @@ from common.stages import StageFailed
 from deployment import rollback_deployment
 from fullprocess import cron_line, run_full_process, write_cronjob
 from generate_data import write_shipped_data
-from tests.helpers import PROJECT_ROOT, deploy, free_port, script_command, train_and_score, write_config
-from tests.test_alerts import EVENT, Receiver
-from tests.test_reporting import UNREACHABLE_INDEX
+from tests.helpers import (
+    PROJECT_ROOT,
+    UNREACHABLE_INDEX,
+    deploy,
+    free_port,
+    script_command,
+    train_and_score,
+    write_config,
+)
+from tests.webhook_receiver import EVENT, Receiver
 
 
 @contextmanager
@@ -163,6 +170,7 @@ def senders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[b
         child.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_run_whose_history_cannot_be_opened_still_alerts(tmp_path: Path, senders: list):
     with Receiver() as hook:
         config = load_config(write_config(tmp_path, monitoring={"webhooks": [hook.url], "alert_timeout_seconds": 5}))
@@ -178,6 +186,7 @@ def test_a_run_whose_history_cannot_be_opened_still_alerts(tmp_path: Path, sende
     assert "alert failed sent" in wait_for(lambda: (config.log_path.parent / "alerts.log").read_text())
 
 
+@pytest.mark.slow
 def test_the_history_records_whether_each_webhook_got_the_alert(tmp_path: Path, senders: list):
     Redirecting.requests = []
     with Receiver() as hook, serving(Redirecting) as moved:
@@ -376,6 +385,7 @@ def test_a_cron_run_that_deploys_calls_an_api_that_has_a_token_and_succeeds(tmp_
     assert run.details["apicalls"].endswith("apireturns2.txt") and "history" in returns  # every call answered
 
 
+@pytest.mark.slow
 def test_a_run_whose_end_cannot_be_written_to_the_history_still_alerts(
     tmp_path: Path, senders: list, monkeypatch: pytest.MonkeyPatch
 ):

@@ -30,13 +30,13 @@ from common.config import Config, load_config
 from common.history import read_runs
 from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
-from tests.helpers import run_script
-from tests.test_fullprocess import (
+from tests.fullprocess_runs import (
     paused_fullprocess,
     run_fullprocess,
     scenario_config,
     start_fullprocess,
 )
+from tests.helpers import run_script
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,11 @@ def test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing(tmp_pa
             time.sleep(delay)
             running = victim.poll() is None  # else the run ended first: no kill landed, the cycle still checks
             victim.send_signal(kind)
-            code = victim.wait(timeout=120)
+            try:
+                code = victim.wait(timeout=120)
+            finally:  # a run that outlives its deadline fails the test; leaving the block must not wait on it forever
+                if victim.poll() is None:
+                    victim.kill()
         landed += running
         recovery = run_fullprocess(config_path)  # the next cron run
         assert recovery.returncode == 0, recovery.stderr

@@ -40,9 +40,8 @@ from common.records import Confusion, write_diagnostics_record
 from common.riskmodels import risk_model_for
 from common.runs import RunFields
 from common.schema import FEATURES
-from tests.helpers import run_script, write_config
+from tests.helpers import UNREACHABLE_INDEX, run_script, write_config
 
-UNREACHABLE_INDEX = {"package_index": "http://127.0.0.1:9", "index_timeout_seconds": 0.5}
 SECTION_HEADINGS = (
     "Client exit risk: summary report",
     "Deployed model",
@@ -237,6 +236,7 @@ def test_a_failed_build_leaves_the_old_report_and_no_temp_files(diagnosed, monke
     assert temp_files(diagnosed.output_model_path) == []
 
 
+@pytest.mark.slow
 def test_reporting_without_diagnostics_fails_saying_to_run_diagnostics(deployed):
     done = run_script("reporting.py", "--config", str(deployed.path))
 
@@ -247,6 +247,7 @@ def test_reporting_without_diagnostics_fails_saying_to_run_diagnostics(deployed)
     assert not (deployed.output_model_path / CONFUSION_MATRIX_FILE).exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_the_named_files_in_the_model_folder(diagnosed):
     done = run_script(
         "reporting.py", "--config", str(diagnosed.path), "--plot", "confusionmatrix2.png", "--pdf", "report2.pdf"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,15 +9,15 @@ import pytest
 from common.artifacts import INGESTED_FILES, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE
 from common.config import load_config
 from deployment import current_version
-from tests.helpers import PROJECT_ROOT, run_script
+from tests.helpers import PROJECT_ROOT, UDACITY_DATA, run_script, udacity_config
 
 STAGES = ("ingestion.py", "training.py", "scoring.py", "deployment.py")
-UDACITY_DATA = PROJECT_ROOT.parent / "shared" / "udacity-data"
 
 
 @pytest.mark.parametrize(
     "script", [*STAGES, "generate_data.py", "diagnostics.py", "reporting.py", "apicalls.py", "app.py"]
 )
+@pytest.mark.slow
 def test_every_script_has_help(script):
     done = run_script(script, "--help")
     assert done.returncode == 0
@@ -45,23 +43,6 @@ def test_the_pipeline_runs_stage_by_stage_as_processes(project):
     assert "deployed v0001" in deployment_log
     root = project.prod_deployment_path
     assert all((root / name).is_file() for name in (MODEL_FILE, LATEST_SCORE_FILE, METRICS_FILE, INGESTED_FILES))
-
-
-def udacity_config(tmp_path: Path) -> Path:
-    if not UDACITY_DATA.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"the course data fixture {UDACITY_DATA} is missing")
-        pytest.skip(f"the course data fixture {UDACITY_DATA} is not beside the project")
-    config = {
-        "input_folder_path": str(UDACITY_DATA / "sourcedata"),
-        "output_folder_path": "ingesteddata",
-        "test_data_path": str(UDACITY_DATA / "testdata"),
-        "output_model_path": "models",
-        "prod_deployment_path": "production_deployment",
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 @pytest.mark.slow

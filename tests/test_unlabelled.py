@@ -27,9 +27,8 @@ from common.schema import UNLABELLED_COLUMNS
 from generate_data import write_batch, write_shipped_data
 from ingestion import ingest_folder
 from reporting import rank_clients
-from tests.helpers import train_and_score
-from tests.test_app_drivers import served_model
-from tests.test_fullprocess import last_run, run_fullprocess, scenario_config
+from tests.fullprocess_runs import last_run, run_fullprocess, scenario_config
+from tests.helpers import served_model, train_and_score
 
 HEADER = ",".join(UNLABELLED_COLUMNS) + "\n"
 # Riskier than any generated client: no activity, many employees.

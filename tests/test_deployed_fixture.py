@@ -1,0 +1,73 @@
+"""The ``deployed`` fixture: a copy of a project deployed once a session, each test's own and as good as a fresh one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from common.artifacts import (
+    FINAL_DATA,
+    MODEL_FILE,
+    current_version,
+    current_version_folder,
+    load_deployed_version,
+)
+from common.config import Config
+from common.files import sha256_file
+from ingestion import ingest_folder
+from tests.helpers import copy_project, deploy, train_and_score
+
+
+def files_and_links(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Each regular file's SHA-256 and each link's target, by path under ``root``."""
+    files, links = {}, {}
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if path.is_symlink():
+            links[name] = os.readlink(path)
+        elif path.is_file():
+            files[name] = sha256_file(path)
+    return files, links
+
+
+def test_the_copy_lies_in_tmp_path_and_names_nothing_of_the_template(deployed: Config, deployed_template: Path):
+    root = deployed.path.parent
+    assert root != deployed_template
+    for folder in (deployed.input_folder_path, deployed.output_folder_path, deployed.prod_deployment_path):
+        assert folder.parent == root
+    template_name = str(deployed_template).encode()
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            assert not os.path.isabs(os.readlink(path)), path
+            assert path.resolve().is_relative_to(root), path
+        elif path.is_file():
+            assert template_name not in path.read_bytes(), path
+    assert str(root / "models" / MODEL_FILE) in (deployed.output_model_path / "metrics.json").read_text()
+    assert current_version_folder(deployed.prod_deployment_path) == deployed.prod_deployment_path / "versions/v0001"
+    assert load_deployed_version(current_version_folder(deployed.prod_deployment_path)).model is not None
+
+
+def test_the_copy_is_recognised_as_ingested_so_nothing_is_new(deployed: Config):
+    final = deployed.output_folder_path / FINAL_DATA
+    before = (final.read_bytes(), final.stat().st_mtime_ns)
+    result = ingest_folder(deployed.input_folder_path, deployed.output_folder_path)
+    assert result.unchanged and result.batch == 0
+    assert (final.read_bytes(), final.stat().st_mtime_ns) == before
+
+
+def test_changes_to_a_copy_reach_neither_the_template_nor_the_next_copy(
+    deployed: Config, deployed_template: Path, tmp_path: Path
+):
+    template_before = files_and_links(deployed_template)
+    train_and_score(deployed, C=0.01)
+    deploy(deployed)
+    (deployed.input_folder_path / "clients_a.csv").write_text("changed\n", encoding="utf-8")
+    assert current_version(deployed.prod_deployment_path) == "v0002"
+    assert files_and_links(deployed_template) == template_before
+
+    second = tmp_path / "second"
+    copy_project(deployed_template, second)
+    assert current_version(second / "production_deployment") == "v0001"
+    files, links = files_and_links(second)
+    assert links == template_before[1]
+    assert files.keys() == template_before[0].keys()
