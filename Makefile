@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-price bench-health bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
+.PHONY: help run test test-fast ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-api-memory bench-price bench-health bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,8 @@ bench-price: $(VENV)/.installed ## one JSON record: the API's requests/s as a sh
 	$(PY) -m bench.bench_api --price-of-checks $(if $(OLD),--old $(OLD))
 bench-health: $(VENV)/.installed ## GET /health beside 50 slow clients, for each documented way of starting the server
 	$(PY) -m bench.bench_api --health-per-start
+bench-api-memory: $(VENV)/.installed ## one API worker's memory: unread large answers, a 250 MB file refused (OLD=path: earlier code beside)
+	$(PY) -m bench.bench_api_memory $(if $(OLD),--old $(OLD))
 bench-fullprocess: $(VENV)/.installed ## benchmark fullprocess.py: no-op run, 10,000 new rows on 1,000,000, drift-retrain-deploy
 	$(PY) -m bench.bench_fullprocess
 bench-cycle: $(VENV)/.installed ## benchmark the whole drift-retrain-deploy-report cycle and make run (OLD=path: earlier code beside)

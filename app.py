@@ -202,7 +202,12 @@ def build_api_state(config: Config) -> ApiState:
     return ApiState(
         config=config,
         watcher=DeploymentWatcher(config.prod_deployment_path),
-        files=LocationReader(config.path.parent, allowed_data_places(config), int(config.api.max_file_mb * MIB)),
+        files=LocationReader(
+            config.path.parent,
+            allowed_data_places(config),
+            int(config.api.max_file_mb * MIB),
+            max_whole_bytes=int(config.api.max_body_mb * MIB),  # a JSON array file is parsed whole, as a body is
+        ),
         summary=FileBackedValue(lambda: [config.output_folder_path / FINAL_DATA], lambda files: read_summary(files[0])),
         diagnostics=FileBackedValue(
             lambda: [config.output_model_path / DIAGNOSTICS_FILE], lambda files: describe_stored_diagnostics(files[0])
