@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from api.guard import FREE_FAILURES, STORE_FILE, AccessStore
+from api.guard import FREE_FAILURES, RECHECK_SECONDS, STORE_FILE, AccessStore, ChangeCounter
 from app import create_app
 from common.artifacts import MODEL_FILE, current_version_folder
 from common.config import Config, load_config
 from common.schema import FEW_VALUES, MAX_COUNT, BadFileError, check_feature_values, features_are_counts
-from tests.helpers import write_config
+from tests.helpers import PROJECT_ROOT, write_config
 
 TOKEN = "a-long-random-token-for-the-checks-0123456789abcdef"
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}
@@ -44,6 +47,46 @@ def test_the_wait_check_sees_each_change_and_keeps_no_snapshot_open(tmp_path):
         assert connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
     writer.forget_failures("10.0.0.1")
     assert reader.refusal("10.0.0.1", now=1000) is None
+
+
+def test_a_wait_recorded_by_another_process_holds_at_once(tmp_path):
+    store = AccessStore(tmp_path / STORE_FILE, 100)
+    assert store.refusal("10.0.0.1", now=1000) is None  # kept: no change since
+    record = (
+        "import sys; from pathlib import Path; from api.guard import AccessStore, FREE_FAILURES;"
+        "store = AccessStore(Path(sys.argv[1]), 100);"
+        "[store.record_failure('10.0.0.1', now=1000) for _ in range(FREE_FAILURES + 1)]"
+    )
+    subprocess.run([sys.executable, "-c", record, str(tmp_path / STORE_FILE)], cwd=PROJECT_ROOT, check=True)
+    assert store.refusal("10.0.0.1", now=1000) is not None
+    forgive = "import sys; from pathlib import Path; from api.guard import AccessStore;"
+    forgive += "AccessStore(Path(sys.argv[1]), 100).forget_failures('10.0.0.1')"
+    subprocess.run([sys.executable, "-c", forgive, str(tmp_path / STORE_FILE)], cwd=PROJECT_ROOT, check=True)
+    assert store.refusal("10.0.0.1", now=1000) is None
+
+
+def test_the_count_of_changes_only_grows_whatever_adds_to_it_at_once(tmp_path):
+    counter = ChangeCounter(tmp_path / "failures.changes")
+    add = "import sys; from pathlib import Path; from api.guard import ChangeCounter;"
+    add += "counter = ChangeCounter(Path(sys.argv[1])); [counter.add_one() for _ in range(300)]"
+    adders = [
+        subprocess.Popen([sys.executable, "-c", add, str(tmp_path / "failures.changes")], cwd=PROJECT_ROOT)
+        for _ in range(4)
+    ]
+    assert all(adder.wait(timeout=60) == 0 for adder in adders)
+    assert counter.read() == 4 * 300  # no two adds read the same number
+
+
+def test_a_wait_changed_by_hand_is_seen_after_the_recheck_time(tmp_path, monkeypatch):
+    store = AccessStore(tmp_path / STORE_FILE, 100)
+    for _ in range(FREE_FAILURES + 1):
+        store.record_failure("10.0.0.1", now=1000)
+    assert store.refusal("10.0.0.1", now=1000) is not None
+    with sqlite3.connect(tmp_path / STORE_FILE) as connection:  # an operator forgives it, bypassing the counter
+        connection.execute("DELETE FROM failures")
+    later = time.monotonic() + RECHECK_SECONDS
+    monkeypatch.setattr("api.guard.time.monotonic", lambda: later)
+    assert store.refusal("10.0.0.1", now=1000) is None
 
 
 def test_a_session_checked_on_its_open_connection_follows_the_server_record(tmp_path):
