@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory classic-clients data lint typecheck metrics clean
+.PHONY: help run test test-fast ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-api-memory bench-price bench-health bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -78,6 +78,12 @@ bench: $(VENV)/.installed ## benchmark ingestion, training and scoring on 1,000,
 	$(PY) -m bench.bench_pipeline
 bench-api: $(VENV)/.installed ## benchmark the API under gunicorn with wrk (apt-get install wrk)
 	$(PY) -m bench.bench_api
+bench-price: $(VENV)/.installed ## one JSON record: the API's requests/s as a share of a bare Flask app's (OLD=path: earlier code beside)
+	$(PY) -m bench.bench_api --price-of-checks $(if $(OLD),--old $(OLD))
+bench-health: $(VENV)/.installed ## GET /health beside 50 slow clients, for each documented way of starting the server
+	$(PY) -m bench.bench_api --health-per-start
+bench-api-memory: $(VENV)/.installed ## one API worker's memory: unread large answers, a 250 MB file refused (OLD=path: earlier code beside)
+	$(PY) -m bench.bench_api_memory $(if $(OLD),--old $(OLD))
 bench-fullprocess: $(VENV)/.installed ## benchmark fullprocess.py: no-op run, 10,000 new rows on 1,000,000, drift-retrain-deploy
 	$(PY) -m bench.bench_fullprocess
 bench-cycle: $(VENV)/.installed ## benchmark the whole drift-retrain-deploy-report cycle and make run (OLD=path: earlier code beside)
@@ -88,6 +94,8 @@ bench-database: $(VENV)/.installed ## benchmark a database source: 1,000,000 row
 	$(PY) -m bench.bench_database
 bench-ingest-memory: $(VENV)/.installed ## peak memory and time of ingesting one 60 MB, 250 MB and 1 GB CSV file and a 60 MB JSON file
 	$(PY) -m bench.bench_ingest_memory $(if $(OLD),--old $(OLD))
+bench-clients: $(VENV)/.installed ## the client table with 540,000 current clients: first /clients, memory per worker, CSV (OLD=path: earlier code beside)
+	$(PY) -m bench.bench_clients $(if $(OLD),--old $(OLD))
 classic-clients: $(VENV)/.installed ## status of each request shape of classic course clients against gunicorn app:app
 	$(PY) -m bench.classic_clients
 data: $(VENV)/.installed ## regenerate the shipped data (deterministic)

@@ -58,6 +58,7 @@ from api.gunicorn_settings import (
     bind_address,
     gunicorn_settings,
 )
+from api.headers import SafetyHeaders
 from api.locations import MIB, LocationReader, allowed_data_places
 from api.routes import (
     API_STATE,
@@ -133,7 +134,7 @@ def check_hosts(app: Flask, allowed: tuple[str, ...], token_set: bool) -> None:
 
     @app.before_request
     def check_host() -> None:
-        host = request.headers.get("Host", "")
+        host = request.environ.get("HTTP_HOST", "")
         if not is_allowed_host(host, allowed, token_set):
             raise BadRequest(
                 f"this server does not answer requests for the host {host[:100]!r}; add it to api.allowed_hosts"
@@ -141,13 +142,9 @@ def check_hosts(app: Flask, allowed: tuple[str, ...], token_set: bool) -> None:
 
 
 def add_safety_headers(app: Flask) -> None:
-    """No answer may be framed by another site or read by a browser as anything but its declared type."""
-
-    @app.after_request
-    def add_headers(response: Response) -> Response:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        return response
+    """No answer may be framed by another site or read by a browser as anything but its declared type: the
+    headers are added around the whole app, so the body middleware's refusals carry them too."""
+    app.wsgi_app = SafetyHeaders(app.wsgi_app)  # type: ignore[method-assign]
 
 
 def require_token(app: Flask, token: str | None) -> None:
@@ -158,20 +155,21 @@ def require_token(app: Flask, token: str | None) -> None:
 
     @app.before_request
     def check_token() -> None:
-        if any(name.lower() in TOKEN_PARAMETERS for name in request.args):
+        asked = request._get_current_object()  # type: ignore[attr-defined]  # once, not through the proxy each time
+        if asked.query_string and any(name.lower() in TOKEN_PARAMETERS for name in asked.args):
             raise BadRequest(
                 "send the token in the header 'Authorization: Bearer <token>', never in the URL (URLs are logged)"
             )
-        if expected is None or request.endpoint in OPEN_ENDPOINTS or request.blueprint == dashboard_bp.name:
+        if expected is None or asked.endpoint in OPEN_ENDPOINTS or asked.blueprint == dashboard_bp.name:
             return  # the dashboard's pages keep their own signed session
         store = app.extensions[ACCESS_STATE].store
-        address = client_key(request.remote_addr)
+        address = client_key(asked.remote_addr)
         refuse_if_waiting(store, address)
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        scheme, _, given = asked.environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         if scheme.lower() != "bearer":
             raise Unauthorized("this API needs a token: send the header 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
-            count_failure(store, address, f"bearer token, {request.method} {request.path[:100]}")
+            count_failure(store, address, f"bearer token, {asked.method} {asked.path[:100]}")
             raise Unauthorized("the token sent in 'Authorization: Bearer <token>' is not this API's token")
 
 
@@ -204,7 +202,12 @@ def build_api_state(config: Config) -> ApiState:
     return ApiState(
         config=config,
         watcher=DeploymentWatcher(config.prod_deployment_path),
-        files=LocationReader(config.path.parent, allowed_data_places(config), int(config.api.max_file_mb * MIB)),
+        files=LocationReader(
+            config.path.parent,
+            allowed_data_places(config),
+            int(config.api.max_file_mb * MIB),
+            max_whole_bytes=int(config.api.max_body_mb * MIB),  # a JSON array file is parsed whole, as a body is
+        ),
         summary=FileBackedValue(lambda: [config.output_folder_path / FINAL_DATA], lambda files: read_summary(files[0])),
         diagnostics=FileBackedValue(
             lambda: [config.output_model_path / DIAGNOSTICS_FILE], lambda files: describe_stored_diagnostics(files[0])

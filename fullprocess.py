@@ -952,8 +952,15 @@ def describe_run(run: StoredRun) -> list[str]:
     return lines
 
 
+# A run told to stop records that and releases its lock within this long, or the kernel ends it (SIGALRM's default
+# action): a run that cannot finish its cleanup is then a killed run, which the pipeline survives (see docs/design.md).
+STOP_SECONDS = 30
+
+
 def stop_on_signal(signum: int, frame: object) -> None:
-    """SIGTERM ends a run as Ctrl-C does: recorded, the lock released, the deployed model serving."""
+    """SIGTERM ends a run as Ctrl-C does: recorded, the lock released, the deployed model serving; a run still
+    going ``STOP_SECONDS`` later is ended by the kernel."""
+    signal.alarm(STOP_SECONDS)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

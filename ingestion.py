@@ -12,10 +12,13 @@ keeps its earlier rows (parsed once, cached by content hash under ``parsed/``), 
 overwrites the output with less. ``--fresh`` starts over from the files present now, and so does
 a run whose input folder is not the one the output was ingested from.
 
-When the only change is new files, their rows are appended: a sorted index of the row hashes
-already written (``parsed/rowindex-*.npz``) finds the duplicates, so the parsing and the
-deduplication cost what the new data costs; only copying ``finaldata.csv`` and the index
-still touches every row, at disk speed. The result is the same file a full rebuild would write.
+Files are read a batch at a time (``common/datafiles.py``) and ``finaldata.csv`` is written
+from the caches in streamed passes (``common/finaldata.py``), so memory is a batch plus the row
+hashes, whatever the size of a file. When the only change is new files, their rows are
+appended: the sorted hashes of the rows already written (``parsed/rowindex-v2.npz``) find the
+duplicates, so the parsing and the deduplication cost what the new data costs; only copying
+``finaldata.csv`` and the index still touches every row, at disk speed. The result is the same
+file a full rebuild would write.
 """
 
 from __future__ import annotations

@@ -2,24 +2,31 @@
 failed sign-ins per address, and the host names it answers to.
 
 They live in one folder beside the deployment (``<prod_deployment_path>/web_access``): a random secret created
-once (mode 0600) that signs the dashboard's cookies, and a small SQLite file of the live sessions and of the
-failures per client address, so that every gunicorn worker agrees on who is signed in and who must wait.
+once (mode 0600) that signs the dashboard's cookies, a small SQLite file of the live sessions and of the
+failures per client address, so that every gunicorn worker agrees on who is signed in and who must wait, and
+beside it the count of changes to those failures, which lets each worker keep what it read until one changes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import ipaddress
 import logging
 import math
+import mmap
 import os
 import secrets
 import sqlite3
 import string
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from werkzeug.exceptions import TooManyRequests
 
@@ -40,6 +47,11 @@ LONGEST_WAIT_SECONDS = 15 * 60
 TOUCH_SECONDS = 60.0
 STRONG_TOKEN_BITS = 128
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+CACHED_ADDRESSES = 4096  # client addresses whose key (client_key) each worker keeps
+KEPT_WAITS = 4096  # addresses whose wait (or none) each worker keeps between changes of the failures
+RECHECK_SECONDS = 10.0  # a kept wait is read again after this long even when no worker changed the failures
+CHANGES_SUFFIX = ".changes"  # beside the store: the count of changes to the failures (ChangeCounter)
+COUNTER = struct.Struct("<Q")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, last_seen REAL NOT NULL);
@@ -143,12 +155,47 @@ def wait_after(failures: int) -> float:
     return float(min(FIRST_WAIT_SECONDS * 2 ** min(failures - FREE_FAILURES - 1, 20), LONGEST_WAIT_SECONDS))
 
 
+class ChangeCounter:
+    """A number in a small file that every process maps into its memory: whoever changes the failures adds one
+    after committing, under an exclusive lock, so the number only grows; reading it takes no system call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(descriptor).st_size < COUNTER.size:  # a new file; never shorten one in use
+                os.ftruncate(descriptor, COUNTER.size)
+            self._mapped = mmap.mmap(descriptor, COUNTER.size)  # shared with the file, and kept across a fork
+        finally:
+            os.close(descriptor)
+
+    def read(self) -> int:
+        return int(COUNTER.unpack_from(self._mapped)[0])
+
+    def add_one(self) -> None:
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)  # a lock of its own, whatever else is open
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            COUNTER.pack_into(self._mapped, 0, COUNTER.unpack_from(self._mapped)[0] + 1)
+        finally:
+            os.close(descriptor)  # which unlocks
+
+
 class AccessStore:
-    """The live sessions and the failures per address, in one SQLite file all workers share."""
+    """The live sessions and the failures per address, in one SQLite file all workers share.
+
+    Whether an address must wait is asked on every request with a token. Each process keeps the answers it read,
+    each with the number of ``ChangeCounter`` it read before them: a failure recorded or forgiven by any worker
+    adds one to that number after its commit, so a kept answer is used only while no failure has changed since
+    it was read (and for at most ``RECHECK_SECONDS``, for a change made to the file by hand).
+    """
 
     def __init__(self, path: Path, idle_seconds: float) -> None:
         self.path = path
         self.idle_seconds = idle_seconds
+        self._reader: tuple[int, sqlite3.Connection] | None = None  # (process id, connection) of ``read_one``
+        self._reader_lock = threading.Lock()
+        self._waits: dict[str, tuple[int, float, float | None]] = {}  # address: (count, read at, blocked until)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self.connect() as connection:
             # Readers do not wait for a worker that writes (a failed try, a new session) with a write-ahead log.
@@ -156,6 +203,7 @@ class AccessStore:
             connection.executescript(SCHEMA)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
+        self.failure_changes = ChangeCounter(path.with_name(path.name + CHANGES_SUFFIX))
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -164,6 +212,22 @@ class AccessStore:
             yield connection
         finally:
             connection.close()
+
+    def read_one(self, query: str, parameters: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """The first row of a read-only ``query``, on a connection this process keeps open.
+
+        Opening the file costs about 0.3 ms (the write-ahead log's shared memory is mapped each time), reading a
+        row on an open connection a few microseconds. Each read is its own transaction, so it sees every change
+        committed by any worker before it. A process forked from this one opens its own connection (SQLite's
+        connections must not cross a fork).
+        """
+        with self._reader_lock:  # one statement at a time on the shared connection, whatever the worker's threads
+            reader = self._reader
+            if reader is None or reader[0] != os.getpid():
+                connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+                reader = self._reader = (os.getpid(), connection)
+            rows = reader[1].execute(query, parameters).fetchall()  # read to the end: no snapshot is kept open
+        return rows[0] if rows else None
 
     def start_session(self, now: float | None = None) -> str:
         """A new live session's id (and the expired ones forgotten)."""
@@ -177,14 +241,15 @@ class AccessStore:
     def is_live(self, session_id: str, now: float | None = None) -> bool:
         """Whether the session was started here, not ended, and used within the idle time; a use is recorded."""
         now = time.time() if now is None else now
-        with self.connect() as connection:
-            row = connection.execute("SELECT last_seen FROM sessions WHERE id = ?", (session_id,)).fetchone()
-            if row is None:
-                return False
-            if row[0] < now - self.idle_seconds:
+        row = self.read_one("SELECT last_seen FROM sessions WHERE id = ?", (session_id,))
+        if row is None:
+            return False
+        if row[0] < now - self.idle_seconds:
+            with self.connect() as connection:
                 connection.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
-                return False
-            if now - row[0] >= TOUCH_SECONDS:
+            return False
+        if now - row[0] >= TOUCH_SECONDS:
+            with self.connect() as connection:
                 connection.execute("UPDATE sessions SET last_seen = ? WHERE id = ?", (now, session_id))
         return True
 
@@ -195,11 +260,23 @@ class AccessStore:
     def refusal(self, address: str, now: float | None = None) -> Refusal | None:
         """Why ``address`` may not try a token now (it failed too often, too recently); None when it may."""
         now = time.time() if now is None else now
-        with self.connect() as connection:
-            row = connection.execute("SELECT blocked_until FROM failures WHERE address = ?", (address,)).fetchone()
-        if row is None or row[0] <= now:
+        blocked_until = self.blocked_until(address)
+        if blocked_until is None or blocked_until <= now:
             return None
-        return Refusal(max(1, math.ceil(row[0] - now)))
+        return Refusal(max(1, math.ceil(blocked_until - now)))
+
+    def blocked_until(self, address: str) -> float | None:
+        """Until when ``address`` was last told to wait (None: it never was, or was forgiven)."""
+        count = self.failure_changes.read()  # before the table: a change committed after this read counts later
+        kept = self._waits.get(address)
+        if kept is not None and kept[0] == count and time.monotonic() - kept[1] < RECHECK_SECONDS:
+            return kept[2]
+        read_at = time.monotonic()
+        row = self.read_one("SELECT blocked_until FROM failures WHERE address = ?", (address,))
+        if len(self._waits) >= KEPT_WAITS:
+            self._waits.clear()
+        self._waits[address] = (count, read_at, None if row is None else float(row[0]))
+        return self._waits[address][2]
 
     def record_failure(self, address: str, now: float | None = None) -> int:
         """Count one more failed try from ``address``; return how many it has made in a row."""
@@ -218,11 +295,13 @@ class AccessStore:
                 (address, count, now + wait_after(count)),
             )
             connection.execute("COMMIT")
+        self.failure_changes.add_one()  # after the commit: whoever reads the new number reads the new row
         return count
 
     def forget_failures(self, address: str) -> None:
         with self.connect() as connection:
             connection.execute("DELETE FROM failures WHERE address = ?", (address,))
+        self.failure_changes.add_one()
 
 
 def open_access(prod_deployment_path: Path, idle_hours: float) -> tuple[bytes, AccessStore]:
@@ -249,9 +328,11 @@ class WebAccess:
     store: AccessStore
 
 
+@functools.lru_cache(maxsize=CACHED_ADDRESSES)
 def client_key(address: str | None) -> str:
     """Whom a failed try is counted against: the client's IPv4 address, or its IPv6 /64 network (one host
-    usually holds a whole /64, so counting single addresses would let it try without end)."""
+    usually holds a whole /64, so counting single addresses would let it try without end). Asked on every
+    request with a token: the answers for recent addresses are kept (parsing takes 3 µs for IPv4, 20 µs for IPv6)."""
     if not address:
         return "unknown"
     try:

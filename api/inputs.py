@@ -10,13 +10,15 @@ from typing import Any
 
 import orjson
 from flask import request
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from api.locations import LocationReader
+from common.config import ApiSettings
 from common.schema import (
     FEATURES,
     BadFileError,
     FeatureBatch,
+    TooManyRowsError,
     describe_json_error,
     features_from_records,
     normalise_keys,
@@ -53,39 +55,63 @@ class PredictionRequest:
     explain: bool
 
 
-def read_prediction_input(files: LocationReader, default_location: Callable[[], str]) -> PredictionRequest:
+def read_prediction_input(
+    files: LocationReader, default_location: Callable[[], str], settings: ApiSettings
+) -> PredictionRequest:
     """What a /prediction request asks: rows by file location, JSON records, or a CSV body or upload; and ``explain``.
 
     ``default_location``: the file a ``GET`` without parameters predicts for (the test data).
-    ``explain`` comes from the query string (1 or 0) or a JSON object body (true or false).
+    ``explain`` comes from the query string (1 or 0) or a JSON object body (true or false); it is known before
+    any row is read, so the rows are read only up to the request's limit (``row_limit``): past it, a 413.
     """
     explain = read_flag(request.args.get(EXPLAIN), EXPLAIN)
     mimetype = request.mimetype
-    values = {key: request.values[key] for key in request.values if key != EXPLAIN}
+    is_json = mimetype == "application/json" or mimetype.endswith("+json")
+    body = read_json_body() if is_json else None
+    explain = explain or (isinstance(body, dict) and read_json_flag(body, EXPLAIN))
+    limit = row_limit(settings, explain)
     try:
-        if mimetype == "application/json" or mimetype.endswith("+json"):
-            batch, asked = read_json_request(files)
-            return PredictionRequest(batch, explain or asked)
-        return PredictionRequest(read_other_request(files, default_location, values), explain)
+        if is_json:
+            return PredictionRequest(read_json_rows(files, body, limit), explain)
+        values = {key: request.values[key] for key in request.values if key != EXPLAIN}  # a JSON body has no form
+        return PredictionRequest(read_other_request(files, default_location, values, limit), explain)
     except BadFileError as exc:
         raise BadRequest(str(exc)) from None
+    except TooManyRowsError as exc:
+        raise RequestEntityTooLarge(describe_too_many_rows(exc, explain, settings)) from None
+
+
+def row_limit(settings: ApiSettings, explain: bool) -> int:
+    """The most rows one request may ask about: ``api.max_rows``, and with ``explain`` ``api.max_explain_rows``."""
+    return min(settings.max_explain_rows, settings.max_rows) if explain else settings.max_rows
+
+
+def describe_too_many_rows(exc: TooManyRowsError, explain: bool, settings: ApiSettings) -> str:
+    """The 413 sentence: how many rows (or that there are more than the limit), the limit and its setting."""
+    if exc.rows is None:  # the reader stopped once past the limit
+        counted = f"{exc.source} has more than the {exc.limit:,} rows"
+    else:
+        counted = f"{exc.rows:,} rows is more than the {exc.limit:,}"
+    if explain and settings.max_explain_rows < settings.max_rows:
+        return f"{counted} the API explains at once (api.max_explain_rows); send fewer rows, or ask without explain"
+    return f"{counted} the API scores at once (api.max_rows)"
 
 
 def read_other_request(
-    files: LocationReader, default_location: Callable[[], str], values: dict[str, str]
+    files: LocationReader, default_location: Callable[[], str], values: dict[str, str], max_rows: int
 ) -> FeatureBatch:
     """The rows of a request that is not JSON: an upload, a CSV body, a location in the query or a form."""
     mimetype = request.mimetype
     upload = find_upload()
     if upload is not None:
-        return read_feature_bytes(upload.read(), Path(upload.filename or "upload.csv").name)
+        return read_feature_bytes(upload.read(), Path(upload.filename or "upload.csv").name, max_rows)
     if mimetype in CSV_TYPES:
-        return read_feature_csv(request.get_data(cache=False), "the CSV body")
+        return read_feature_csv(request.get_data(cache=False), "the CSV body", max_rows)
     key = find_location_key(values)
     if key is not None:
-        return files.rows(values[key])
+        return files.rows(values[key], max_rows)
     if request.method == "GET" and not values and not request.content_length:
-        return files.rows(default_location())
+        return files.rows(default_location(), max_rows)
     if not request.content_length and not values:
         raise BadRequest(
             'the request is empty; send JSON {"filelocation": "testdata/testdata.csv"} or {"records": [...]}, '
@@ -133,28 +159,32 @@ def find_upload() -> Any:
     return request.files[fields[0]]
 
 
-def read_json_request(files: LocationReader) -> tuple[FeatureBatch, bool]:
-    """The rows a JSON request asks about, and whether its body asks for ``explain``."""
+def read_json_body() -> Any:
+    """The parsed JSON body; when it is empty and the query string names the file (a client that says JSON but
+    names the file in the query), an object naming that file."""
     data = request.get_data(cache=False)
     key = find_location_key(request.args)
-    if not data.strip() and key is not None:  # a client that says JSON but names the file in the query
-        return files.rows(request.args[key]), False
-    body = parse_json(data, "the request body")
+    if not data.strip() and key is not None:
+        return {key: request.args[key]}
+    return parse_json(data, "the request body")
+
+
+def read_json_rows(files: LocationReader, body: Any, max_rows: int) -> FeatureBatch:
+    """The rows a JSON request asks about (``body`` from ``read_json_body``), at most ``max_rows``."""
     if isinstance(body, list):
-        return features_from_records(body, "the request body"), False
+        return features_from_records(body, "the request body", max_rows)
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object with 'filelocation' or 'records', or a list of records")
-    explain = read_json_flag(body, EXPLAIN)
     if "records" in body:
-        return features_from_records(body["records"], "records"), explain
+        return features_from_records(body["records"], "records", max_rows)
     key = find_location_key(body)
     if key is not None:
         value = body[key]
         if isinstance(value, (list, dict)):  # {"data": [records]} or {"data": {record}}
-            return features_from_records(value if isinstance(value, list) else [value], key), explain
-        return files.rows(value), explain
+            return features_from_records(value if isinstance(value, list) else [value], key, max_rows)
+        return files.rows(value, max_rows)
     if any(name in normalise_keys(body) for name in FEATURES):
-        return features_from_records([body], "the request body"), explain
+        return features_from_records([body], "the request body", max_rows)
     raise BadRequest(
         "the JSON body needs 'filelocation' (a data file; or one of "
         f"{ACCEPTED_KEYS.removeprefix('filelocation, ')}) or 'records' (a list of client records), or one record"

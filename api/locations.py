@@ -19,7 +19,7 @@ from werkzeug.exceptions import BadRequest, Forbidden, NotFound, RequestEntityTo
 
 from common.config import Config
 from common.files import DATA_SUFFIXES, shown_path
-from common.schema import FeatureBatch, read_feature_bytes
+from common.schema import FeatureBatch, TooManyRowsError, read_feature_stream
 
 log = logging.getLogger("app")
 
@@ -27,7 +27,7 @@ MIB = 1024 * 1024
 MAX_LOCATION = 1024  # longest filelocation looked at
 MAX_SHOWN = 200  # longest piece of a client's input echoed in an error
 CACHED_FILES = 8  # parsed data files kept per worker, for repeated requests by location
-CACHED_FILE_BYTES = 16 * MIB  # larger files are parsed on every request
+CACHED_ROWS = 20_000  # files of more rows are parsed on every request: the cache holds at most 8 x 20,000 rows
 
 
 def allowed_data_places(config: Config) -> list[Path]:
@@ -138,37 +138,60 @@ def resolve_location(path: PurePosixPath, base: Path, places: list[Path]) -> str
 
 
 class LocationReader:
-    """The rows of data files named by location, each version of a file parsed once.
+    """The rows of data files named by location, each version of a small file parsed once.
 
     A file is the same when its device, inode, size and modification time are (an edit or an
-    atomic replacement changes one of them); the last ``CACHED_FILES`` small files are kept.
-    Every request still opens and checks the file.
+    atomic replacement changes one of them); the last ``CACHED_FILES`` files of at most
+    ``CACHED_ROWS`` rows are kept. Every request still opens and checks the file. CSV and JSON
+    Lines are read a block at a time and the reading stops once past the request's row limit, so
+    a large file costs what that many rows take, never the file; a JSON array is parsed whole,
+    so it may be at most ``max_whole_bytes`` long (the request body's limit).
     """
 
-    def __init__(self, base: Path, places: list[Path], max_bytes: int):
+    def __init__(self, base: Path, places: list[Path], max_bytes: int, max_whole_bytes: int | None = None):
         self.base, self.places, self.max_bytes = base, places, max_bytes
+        self.max_whole_bytes = max_bytes if max_whole_bytes is None else max_whole_bytes
         self._parsed: OrderedDict[tuple[int, int, int, int], FeatureBatch] = OrderedDict()
         self._lock = threading.Lock()
 
-    def rows(self, location: object) -> FeatureBatch:
+    def rows(self, location: object, max_rows: int | None = None) -> FeatureBatch:
+        """The rows of the file ``location`` names; TooManyRowsError past ``max_rows``, read no further."""
         fd, info, name = open_data_location(location, self.base, self.places, self.max_bytes)
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         try:
             with self._lock:
-                if key in self._parsed:
+                batch = self._parsed.get(key)
+                if batch is not None:
                     self._parsed.move_to_end(key)
-                    return self._parsed[key]
-            with open(fd, "rb", closefd=False) as handle:
-                batch = read_feature_bytes(handle.read(self.max_bytes), name)
+            if batch is None:
+                self.check_whole_size(name, info, location)
+                with open(fd, "rb", closefd=False) as handle:
+                    batch = read_feature_stream(handle, name, max_rows)
+                self.keep(key, batch)
         finally:
             os.close(fd)
-        if info.st_size <= CACHED_FILE_BYTES:
-            batch.features.flags.writeable = False  # shared by later requests
-            with self._lock:
-                self._parsed[key] = batch
-                while len(self._parsed) > CACHED_FILES:
-                    self._parsed.popitem(last=False)
+        if max_rows is not None and batch.rows > max_rows:
+            raise TooManyRowsError(name, max_rows, batch.rows)
         return batch
+
+    def check_whole_size(self, name: str, info: os.stat_result, location: object) -> None:
+        """A JSON array is parsed whole: 413 when it is longer than ``max_whole_bytes``."""
+        if name.lower().endswith(".json") and info.st_size > self.max_whole_bytes:
+            shown = check_location(location)[1]
+            raise RequestEntityTooLarge(
+                f"{shown} is a JSON file larger than the {self.max_whole_bytes / MIB:.3g} MiB the API parses whole; "
+                "send it as JSON Lines (.jsonl) or CSV, which are read in parts"
+            )
+
+    def keep(self, key: tuple[int, int, int, int], batch: FeatureBatch) -> None:
+        """Keep a small file's rows for the next request that names it (read-only: requests share them)."""
+        if batch.rows > CACHED_ROWS:
+            return
+        batch.features.flags.writeable = False
+        with self._lock:
+            self._parsed[key] = batch
+            while len(self._parsed) > CACHED_FILES:
+                self._parsed.popitem(last=False)
 
 
 def _inside(path: str, places: list[Path]) -> bool:

@@ -4,24 +4,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-from flask import Blueprint, Response, current_app, request
+import pyarrow as pa
+from flask import Blueprint, Response, after_this_request, current_app, request
 from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, ServiceUnavailable
 
 from api.inputs import read_flag, read_prediction_input
 from api.locations import LocationReader
+from api.memory import release_free_memory
 from api.serving import DeploymentWatcher, FileBackedValue, ServedModel
 from common.artifacts import DIAGNOSTICS_FILE, FINAL_DATA, check_final_data
 from common.config import MODEL_FAMILIES, Config
 from common.datastats import read_numeric_columns, summary_statistics
 from common.drivers import ClientDrivers, RiskDrivers, explain_clients
 from common.errors import PipelineError
-from common.files import find_test_files
+from common.files import LockHeld, find_test_files
 from common.history import read_deploying_run, read_runs
 from common.records import (
     EvaluationWindow,
@@ -29,6 +32,7 @@ from common.records import (
     read_diagnostics_record,
     record_to_json,
 )
+from common.riskmodels import RiskModel
 from common.schema import FeatureBatch
 from dashboard.clients import ClientTable
 from dashboard.sources import app_sources
@@ -42,6 +46,9 @@ HISTORY_DEFAULT_RUNS = 50
 HISTORY_MAX_RUNS = 1000
 RANKING_DEFAULT_CLIENTS = 50
 RANKING_MAX_CLIENTS = 1000
+# A /prediction answer of more rows is made and sent this many rows at a time (explain: about 0.6 MB a part).
+ANSWER_PART_ROWS = 2_000
+TRIM_AFTER_ROWS = 100_000  # around a request of this many rows, the freed memory is given back to the system
 PARAMETER_DIGITS = 9  # a longer number in a query parameter is refused before it is parsed
 METRIC_KEYS = ("f1", "precision", "recall", "roc_auc", "accuracy", "brier_score", "log_loss", "confusion", "rows")
 RECENT_WINDOW_KEYS = ("rows", "batches", "f1", "precision", "recall", "roc_auc", "updated_at", "test_data_drift")
@@ -54,39 +61,116 @@ def json_response(payload: Any, status: int = 200) -> Response:
     )
 
 
-def describe_predictions(served: ServedModel, batch: FeatureBatch, explain: bool = False) -> dict[str, Any]:
-    """Each row's probability and label; with ``explain``, also what drives its risk, and the baseline once."""
+@dataclass(frozen=True)
+class ScoredRows:
+    """What a /prediction answer is made of: each row's id, probability and label and, with ``explain``, the model
+    that splits the risk into drivers and the rows' features (None without: a streamed answer does not keep them)."""
+
+    version: str
+    ids: list[str | None] | pa.Array | None
+    probabilities: np.ndarray
+    labels: np.ndarray
+    drivers_model: RiskModel | None = None
+    features: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.probabilities)
+
+    def ids_in(self, part: slice) -> list[str | None] | None:
+        """The ids of one part of the rows; None when the rows have none."""
+        if isinstance(self.ids, pa.Array):
+            return self.ids[part].to_pylist()
+        return None if self.ids is None else self.ids[part]
+
+
+def answer_predictions(served: ServedModel, batch: FeatureBatch, explain: bool = False) -> Response:
+    """Each row's probability and label; with ``explain``, also what drives its risk, and the baseline once.
+
+    An answer of more than ``ANSWER_PART_ROWS`` rows is sent in parts as they are made (chunked), so a worker
+    never holds a whole large answer, and a client that does not read holds back only the next part.
+    """
+    drivers_model = explainable(served) if explain else None  # a 400 before anything is sent
     probabilities, labels = served.predict(batch.features)
-    if batch.ids is None:
-        rows = [
-            {"label": label, "probability": p} for label, p in zip(labels.tolist(), probabilities.tolist(), strict=True)
-        ]
+    streamed = batch.rows > ANSWER_PART_ROWS
+    scored = ScoredRows(
+        served.version,
+        # While a large answer is sent, the ids are one Arrow array: about 13 bytes an id, 66 in a Python list.
+        pa.array(batch.ids, pa.string()) if streamed and batch.ids is not None else batch.ids,
+        probabilities,
+        labels.astype(np.int8),  # 0 or 1: an eighth of the memory
+        drivers_model,
+        batch.features if explain else None,
+    )
+    parts = prediction_parts(scored)
+    if not streamed:
+        return Response(b"".join(parts), mimetype="application/json")
+    return Response(parts, mimetype="application/json")
+
+
+def release_memory_when_sent(response: Response) -> Response:
+    """Once ``response`` is sent (or its client gone), give the memory its request freed back to the system."""
+    response.call_on_close(release_free_memory)
+    return response
+
+
+def release_memory_now_and_when_sent(response: Response) -> Response:
+    """Give back what reading a large request's rows took (free once its view has returned, before the answer is
+    sent, so a client that reads slowly does not keep it), and once the answer is sent what it held."""
+    release_free_memory()
+    return release_memory_when_sent(response)
+
+
+def prediction_parts(scored: ScoredRows) -> Iterator[bytes]:
+    """The answer's JSON, ``ANSWER_PART_ROWS`` rows at a time; joined, the bytes orjson makes of the whole answer
+    ``{"model_version", "rows", ["baseline_log_odds",] "predictions": [...]}``."""
+    head: dict[str, Any] = {"model_version": scored.version, "rows": scored.rows}
+    if scored.drivers_model is not None:
+        head["baseline_log_odds"] = scored.drivers_model.baseline_log_odds
+    yield orjson.dumps(head)[:-1] + b',"predictions":['
+    for start in range(0, scored.rows, ANSWER_PART_ROWS):
+        yield encode_rows(scored, slice(start, start + ANSWER_PART_ROWS), first=start == 0)
+    yield b"]}"
+
+
+def encode_rows(scored: ScoredRows, part: slice, first: bool) -> bytes:
+    """One part's rows as JSON, without the list's brackets, after a comma unless ``first``. Made in a function
+    of its own, so the rows' objects are gone while the part waits for a slow client."""
+    encoded = orjson.dumps(describe_rows(scored, part), option=orjson.OPT_SERIALIZE_NUMPY)
+    return encoded[1:-1] if first else b"," + encoded[1:-1]
+
+
+def describe_rows(scored: ScoredRows, part: slice) -> list[dict[str, Any]]:
+    """The answer's rows for one part of the batch (what drives a row's risk depends on that row alone)."""
+    pairs = zip(scored.labels[part].tolist(), scored.probabilities[part].tolist(), strict=True)
+    ids = scored.ids_in(part)
+    if ids is None:
+        rows = [{"label": label, "probability": p} for label, p in pairs]
     else:
         rows = [
             {"corporation": corporation, "label": label, "probability": p}
-            for corporation, label, p in zip(batch.ids, labels.tolist(), probabilities.tolist(), strict=True)
+            for corporation, (label, p) in zip(ids, pairs, strict=True)
         ]
-    if not explain:
-        return {"model_version": served.version, "rows": batch.rows, "predictions": rows}
-    drivers = explain_served(served, batch.features)
-    for row, client in zip(rows, drivers.clients, strict=True):
-        row.update(describe_drivers(client))
-    return {
-        "model_version": served.version,
-        "rows": batch.rows,
-        "baseline_log_odds": drivers.baseline_log_odds,
-        "predictions": rows,
-    }
+    if scored.drivers_model is not None and scored.features is not None:
+        drivers = explain_clients(scored.drivers_model, scored.features[part])
+        for row, client in zip(rows, drivers.clients, strict=True):
+            row.update(describe_drivers(client))
+    return rows
 
 
 def explain_served(served: ServedModel, features: np.ndarray) -> RiskDrivers:
     """What drives each row's risk under the served model; 400 when its risk cannot be split into drivers."""
+    return explain_clients(explainable(served), features)
+
+
+def explainable(served: ServedModel) -> RiskModel:
+    """The served model's own arithmetic, which splits its risk into drivers; 400 when it has none."""
     if served.shortcut is None:
         raise BadRequest(
             f"explain cannot be answered: the deployed model {served.version} is of none of the model families "
             "(linear, additive, boosted), so its risk cannot be split exactly into drivers"
         )
-    return explain_clients(served.shortcut, features)
+    return served.shortcut
 
 
 def describe_drivers(client: ClientDrivers) -> dict[str, Any]:
@@ -121,7 +205,7 @@ def describe_client(table: ClientTable, row: int, drivers: ClientDrivers) -> dic
 
 def describe_one_client(served: ServedModel, table: ClientTable, corporation: str) -> dict[str, Any]:
     """``GET /clients/<corporation>``: the client as ``/clients`` lists it, with its rank; 404 for an unknown id."""
-    row = table.position.get(corporation)
+    row = table.row_of(corporation)
     if row is None:
         raise NotFound(f"no active client has the id {corporation[:100]!r}; it may have exited or never been ingested")
     drivers = explain_served(served, table.features[[row]])
@@ -283,16 +367,22 @@ def default_location() -> str:
 def prediction() -> Response:
     api = state()
     served = api.watcher.served()
-    asked = read_prediction_input(api.files, default_location)
-    if asked.batch.rows > api.config.api.max_rows:
-        limit = api.config.api.max_rows
-        raise RequestEntityTooLarge(f"{asked.batch.rows:,} rows is more than the {limit:,} the API scores at once")
-    return json_response(describe_predictions(served, asked.batch, asked.explain))
+    try:
+        asked = read_prediction_input(api.files, default_location, api.config.api)
+    except RequestEntityTooLarge:
+        after_this_request(release_memory_when_sent)  # the rows read until the limit was passed
+        raise
+    if asked.batch.rows >= TRIM_AFTER_ROWS:
+        after_this_request(release_memory_now_and_when_sent)
+    return answer_predictions(served, asked.batch, asked.explain)
 
 
 def read_client_table(served: ServedModel) -> ClientTable:
     try:
         return app_sources(current_app).clients(served)
+    except LockHeld as exc:  # another worker is still building the table this one waited for
+        log.error("/clients: %s", exc)
+        raise ServiceUnavailable(f"{exc}; try again in a minute") from None
     except (OSError, PipelineError) as exc:
         log.error("/clients: %s", exc)
         raise ServiceUnavailable(f"the ingested clients cannot be read ({exc}); run ingestion.py") from None

@@ -38,6 +38,7 @@ class ServedModel:
     link_target: str  # what ``current`` pointed at when this version was loaded
     deployed: DeployedVersion
     shortcut: RiskModel | None  # the family's own arithmetic; None for a model of no family
+    model_file: str  # its model file, stat-ed on every request (as a string: no path arithmetic per request)
     model_stamp: tuple[int, int, int]  # the model file's inode, size and mtime when it was loaded
     fallback: bool = False  # an older version, because the deployed one cannot be loaded
 
@@ -52,7 +53,7 @@ class ServedModel:
         return model.predict_proba(features)[:, 1], np.asarray(model.predict(features), dtype=np.int64)
 
 
-def stamp_file(path: Path) -> tuple[int, int, int] | None:
+def stamp_file(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
     """A file's inode, size and modification time (any rewrite changes one), or None when it is gone."""
     try:
         info = os.stat(path)
@@ -63,12 +64,14 @@ def stamp_file(path: Path) -> tuple[int, int, int] | None:
 
 def load_served_model(folder: Path, link_target: str, fallback: bool = False) -> ServedModel:
     """Load one version folder; raise PipelineError when its files do not hold together."""
-    stamp = stamp_file(folder / MODEL_FILE)
+    model_file = str(folder / MODEL_FILE)
+    stamp = stamp_file(model_file)
     deployed = load_deployed_version(folder)
     return ServedModel(
         link_target=link_target,
         deployed=deployed,
         shortcut=risk_model_for(deployed.model),
+        model_file=model_file,
         model_stamp=stamp or (0, 0, 0),
         fallback=fallback,
     )
@@ -77,14 +80,16 @@ def load_served_model(folder: Path, link_target: str, fallback: bool = False) ->
 class DeploymentWatcher:
     """Holds the loaded model and swaps it when ``current`` points at another version or its model file changes.
 
-    Every request reads the link and stats the model file, so all workers agree on what is
-    served: when the deployed version cannot be loaded (its model file damaged, say), each
-    worker falls back to the newest kept version that loads and checks out, and says so in
-    ``load_error``; the deployed version is tried again every ``RETRY_SECONDS``.
+    Every request reads the link and stats the model file (two system calls, a few microseconds), so all
+    workers agree on what is served and the first request after a change sees it: when the deployed version
+    cannot be loaded (its model file damaged, say), each worker falls back to the newest kept version that
+    loads and checks out, and says so in ``load_error``; the deployed version is tried again every
+    ``RETRY_SECONDS``.
     """
 
     def __init__(self, prod_deployment_path: Path):
         self.prod_deployment_path = prod_deployment_path
+        self._link = str(prod_deployment_path / CURRENT_LINK)  # read on every request: no path arithmetic there
         self._served: ServedModel | None = None
         self._failed: tuple[str, str, float] | None = None  # (link target, why, when) of a failed load
         self._lock = threading.Lock()
@@ -109,7 +114,7 @@ class DeploymentWatcher:
 
     def _read_link(self) -> str | None:
         try:
-            return os.readlink(self.prod_deployment_path / CURRENT_LINK)
+            return os.readlink(self._link)
         except FileNotFoundError:
             return None
 
@@ -118,7 +123,7 @@ class DeploymentWatcher:
         if served.fallback:
             failed = self._failed
             return failed is not None and time.monotonic() - failed[2] < RETRY_SECONDS
-        return stamp_file(self.prod_deployment_path / served.link_target / MODEL_FILE) == served.model_stamp
+        return stamp_file(served.model_file) == served.model_stamp  # the file ``current`` reaches: same target
 
     def _switch(self, target: str | None) -> ServedModel:
         served = self._served

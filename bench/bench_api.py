@@ -13,6 +13,16 @@ With ``--families``, one scratch project per family (``model.families`` set to i
 once, and the one-record load alternates between them run by run, so their requests per second
 are compared on the same machine state.
 
+    .venv/bin/python -m bench.bench_api --price-of-checks [--old /tmp/old]   # make bench-price OLD=/tmp/old
+    .venv/bin/python -m bench.bench_api --health-per-start                  # make bench-health
+
+With ``--price-of-checks``, the one-record load against a bare Flask app (bench/bare_app.py: the JSON body
+parsed, a constant answered, the same gunicorn settings), the API's checks around that bare view, and the whole
+API, each with no token and with one, for this code and, with ``--old``, an earlier checkout; all up at once,
+loaded in turn round by round. Besides requests/s, the CPU time per request of each server's processes and of
+wrk, which other work on the machine moves far less. With ``--health-per-start``, ``GET /health`` one request at
+a time beside 50 slow clients, against a server started each way the documentation gives.
+
 Needs ``wrk`` (Debian: apt-get install wrk).
 """
 
@@ -21,7 +31,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
+import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -31,13 +44,16 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import requests
 
+from api.gunicorn_settings import DEFAULT_WORKERS
+from bench.bare_app import CONSTANT_ANSWER
 from common.artifacts import MODEL_FILE, current_version_folder, load_model
-from common.config import PROJECT_ROOT, load_config
+from common.config import PROJECT_ROOT, ApiSettings, load_config
 from common.schema import read_feature_file
 from tests.helpers import free_port
 
@@ -56,6 +72,7 @@ LOADS = {
     ),
 }
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+TOKEN_ENV = ApiSettings().token_env  # the scratch projects keep the default
 
 
 def build_project(root: Path, family: str | None = None) -> Path:
@@ -84,21 +101,18 @@ def build_project(root: Path, family: str | None = None) -> Path:
     return config_path
 
 
-def start_server(config_path: Path, port: int, worker_class: str) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "app.py"),
-            "--config",
-            str(config_path),
-            "--port",
-            str(port),
-            "--worker-class",
-            worker_class,
-            "-q",
-        ],
-        cwd=PROJECT_ROOT,
-    )
+def start_server(
+    config_path: Path, port: int, worker_class: str, code: Path = PROJECT_ROOT, token: str | None = None
+) -> subprocess.Popen:
+    """``app.py`` of the checkout ``code`` serving ``config_path`` on ``port``, once /health answers; with ``token``,
+    the API asks for it."""
+    command = [str(code / "app.py"), "--config", str(config_path), "--port", str(port), "--worker-class", worker_class]
+    process = subprocess.Popen([sys.executable, *command, "-q"], cwd=code, env=server_environment(token))
+    return wait_for_health(process, port)
+
+
+def wait_for_health(server: subprocess.Popen, port: int) -> subprocess.Popen:
+    """``server`` once its /health answers 200; it is killed and the bench ends when it never does."""
     for _ in range(200):
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
@@ -125,10 +139,13 @@ def check_answers_equal_the_model(config_path: Path, url: str) -> None:
     print(f"check: {answer['rows']} probabilities equal the model's own predict_proba", file=sys.stderr)
 
 
-def write_wrk_script(folder: Path, method: str, body: dict | str | None) -> Path:
-    """A wrk script sending ``body``: JSON, or with "csv" the 2,000-row file as a text/csv body."""
-    script = folder / f"{method.lower()}-{abs(hash(json.dumps(body)))}.lua"
+def write_wrk_script(folder: Path, method: str, body: dict | str | None, token: str | None = None) -> Path:
+    """A wrk script sending ``body``: JSON, or with "csv" the 2,000-row file as a text/csv body; with ``token``, in
+    an Authorization header."""
+    script = folder / f"{method.lower()}-{abs(hash(json.dumps([body, token])))}.lua"
     lines = [f'wrk.method = "{method}"']
+    if token is not None:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
     if body == "csv":
         csv_text = (folder / "data" / "bench2000.csv").read_text()
         lines += [f"wrk.body = {json.dumps(csv_text)}", 'wrk.headers["Content-Type"] = "text/csv"']
@@ -152,9 +169,44 @@ def run_wrk(url: str, script: Path, seconds: int) -> dict[str, float]:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return {
         "rate": rate,
+        "requests": int(re.search(r"(\d+) requests in", output).group(1)),
         "median_ms": float(value) * _UNITS[unit],
         "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
     }
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) spent so far by ``pid`` and its descendants still running (Linux /proc)."""
+    parents: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents[int(entry.name)], seconds[int(entry.name)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent and child not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(seconds.get(member, 0.0) for member in tree)
+
+
+def run_wrk_measuring_cpu(url: str, script: Path, seconds: int, server: subprocess.Popen) -> dict[str, float]:
+    """``run_wrk``, with the CPU time per request of the server's processes and of wrk itself (µs): unlike
+    requests/s, these hardly move when other work shares the machine."""
+    server_before = process_tree_cpu_seconds(server.pid)
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = run_wrk(url, script, seconds)
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_seconds = (wrk_after.ru_utime - wrk_before.ru_utime) + (wrk_after.ru_stime - wrk_before.ru_stime)
+    server_seconds = process_tree_cpu_seconds(server.pid) - server_before
+    return {**run, "server_us": server_seconds / run["requests"] * 1e6, "wrk_us": wrk_seconds / run["requests"] * 1e6}
 
 
 def hold_slow_clients(port: int, count: int, stop: threading.Event) -> list[socket.socket]:
@@ -197,6 +249,75 @@ def time_health_beside_slow_clients(port: int, slow: int, requests_made: int) ->
     return latencies, timeouts
 
 
+# Every way docs/api.md and README.md give of starting the server (``make serve`` runs the first), by a short name.
+DOCUMENTED_STARTS = ("app.py", "app:create_app()", "app:app", "app:app, elsewhere")
+
+
+def documented_start(way: str, config_path: Path, port: int, elsewhere: Path) -> tuple[list[str], Path]:
+    """The command line docs/api.md gives for ``way`` on ``port``, and the folder it is run from; the caller sets
+    RISK_CONFIG to ``config_path``. "elsewhere": gunicorn started in another folder, given the project's
+    gunicorn.conf.py by ``--config``."""
+    workers = ["--workers", str(DEFAULT_WORKERS)]
+    gunicorn = [sys.executable, "-m", "gunicorn", *workers, "--bind", f"127.0.0.1:{port}"]
+    if way == "app.py":
+        script = [sys.executable, str(PROJECT_ROOT / "app.py"), "--config", str(config_path), "--port", str(port)]
+        return [*script, *workers], PROJECT_ROOT
+    if way == "app:app, elsewhere":
+        return [*gunicorn, "--config", str(PROJECT_ROOT / "gunicorn.conf.py"), "app:app"], elsewhere
+    return [*gunicorn, way], PROJECT_ROOT
+
+
+def describe_start(way: str) -> str:
+    """``way`` as a person types it (docs/api.md's form)."""
+    return {
+        "app.py": "python app.py --port 8000 --workers 2",
+        "app:create_app()": "RISK_CONFIG=config.json gunicorn --workers 2 --bind 127.0.0.1:8000 'app:create_app()'",
+        "app:app": "gunicorn --workers 2 --bind 127.0.0.1:8000 app:app",
+        "app:app, elsewhere": "cd elsewhere; gunicorn --config <project>/gunicorn.conf.py --workers 2 ... app:app",
+    }[way]
+
+
+def time_health_per_start(slow: int, requests_made: int, rounds: int) -> None:
+    """GET /health one request at a time beside ``slow`` slow clients, against a server started each documented
+    way; all servers up at once, the ways taken in turn, ``rounds`` times. Prints median, 90th percentile, maximum."""
+    root = Path(tempfile.mkdtemp(prefix="risk-bench-starts-"))
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    try:
+        config_path = build_project(root)
+        (root / "elsewhere").mkdir()
+        env = {**server_environment(None), "RISK_CONFIG": str(config_path)}
+        for way in DOCUMENTED_STARTS:
+            port = free_port()
+            command, folder = documented_start(way, config_path, port, root / "elsewhere")
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            process = subprocess.Popen(command, cwd=folder, env=env, **quiet)
+            servers[way] = (wait_for_health(process, port), port)
+        latencies: dict[str, list[float]] = {way: [] for way in DOCUMENTED_STARTS}
+        timeouts = dict.fromkeys(DOCUMENTED_STARTS, 0)
+        for _ in range(rounds):
+            for way, (_, port) in servers.items():
+                times, missed = time_health_beside_slow_clients(port, slow, requests_made)
+                latencies[way] += times
+                timeouts[way] += missed
+        total = rounds * requests_made
+        print(f"GET /health, {total} requests one at a time per start command ({rounds} rounds, the commands in turn),")
+        print(f"while {slow} slow clients hold connections")
+        print("| start command | median | 90th percentile | maximum | no answer within 5 s |")
+        print("|---|---|---|---|---|")
+        for way in DOCUMENTED_STARTS:
+            times = latencies[way]
+            shown = "- | - | -"
+            if len(times) > 1:
+                p90 = statistics.quantiles(times, n=10)[-1]
+                shown = f"{statistics.median(times):.1f} ms | {p90:.1f} ms | {max(times):.1f} ms"
+            print(f"| `{describe_start(way)}` | {shown} | {timeouts[way]} of {total} |", flush=True)
+    finally:
+        for process, _ in servers.values():
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def compare_families(families: list[str], seconds: int, repeats: int) -> None:
     """The one-record load against one server per family, alternating run by run; requests/s and the ratio to the
     first family's."""
@@ -230,6 +351,115 @@ def compare_families(families: list[str], seconds: int, repeats: int) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class PricedServer:
+    """One server of the price-of-checks comparison: its name, process, URL and the token it asks for."""
+
+    name: str
+    process: subprocess.Popen
+    url: str
+    token: str | None
+
+
+def server_environment(token: str | None) -> dict[str, str]:
+    """This environment with ``token`` as the API token (none when None)."""
+    env = {key: value for key, value in os.environ.items() if key != TOKEN_ENV}
+    return env if token is None else {**env, TOKEN_ENV: token}
+
+
+def start_yardstick(
+    port: int, checks: Path | None = None, code: Path = PROJECT_ROOT, token: str | None = None
+) -> subprocess.Popen:
+    """bench/bare_app.py under the API's gunicorn settings, once /health answers: the bare app, or with ``checks``
+    (a config) the API of the checkout ``code`` with the bare /prediction view."""
+    command = [sys.executable, "-m", "bench.bare_app", "--port", str(port)]
+    if checks is not None:
+        command += ["--checks", str(checks), "--code", str(code)]
+    return wait_for_health(subprocess.Popen(command, cwd=PROJECT_ROOT, env=server_environment(token)), port)
+
+
+def start_priced_servers(config_path: Path, old: Path | None) -> list[PricedServer]:
+    """The bare app; then, for this code and the checkout ``old``, with no token and with one: its checks around the
+    bare view, and its whole API."""
+    token = secrets.token_urlsafe(32)
+    port = free_port()
+    servers = [PricedServer("bare Flask app", start_yardstick(port), f"http://127.0.0.1:{port}", None)]
+    codes = [("this code", PROJECT_ROOT)] + ([("old code", old.resolve())] if old is not None else [])
+    for label, code in codes:
+        for given in (None, token):
+            named = label + (", token set" if given else "")
+            port = free_port()
+            checks = start_yardstick(port, config_path, code, given)
+            servers.append(PricedServer(f"{named}: the checks only", checks, f"http://127.0.0.1:{port}", given))
+            port = free_port()
+            whole = start_server(config_path, port, "gevent", code, given)
+            servers.append(PricedServer(named, whole, f"http://127.0.0.1:{port}", given))
+    _, _, body = LOADS["POST /prediction, one JSON record"]
+    for server in servers:
+        headers = {"Authorization": f"Bearer {server.token}"} if server.token else {}
+        answer = requests.post(f"{server.url}/prediction", json=body, headers=headers, timeout=10)
+        if answer.status_code != 200:
+            raise SystemExit(f"{server.name} answered {answer.status_code} to the one-record load: {answer.text}")
+        if server.url == servers[0].url and answer.content != CONSTANT_ANSWER:
+            raise SystemExit("the bare app did not answer its constant")
+    return servers
+
+
+def print_price_of_checks(runs: dict[str, list[dict[str, float]]], bare_name: str, repeats: int, seconds: int) -> None:
+    """The table of ``price_checks``: requests/s and its share of the bare app's, per round too; the CPU time per
+    request of the server and of wrk, and the share of the bare app's throughput that CPU time predicts."""
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[name])
+
+    bare_rates = [run["rate"] for run in runs[bare_name]]
+    bare_cpu = median(bare_name, "server_us") + median(bare_name, "wrk_us")
+    print(f"POST /prediction, one JSON record; wrk -t2 -c8, {repeats} runs of {seconds} s per server, alternating")
+    print(
+        "| server | requests/s (median) | share of the bare app's | share per round | CPU µs per request: server "
+        "| wrk | share by CPU time | errors | runs (requests/s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, own in runs.items():
+        rates = [run["rate"] for run in own]
+        shares = [rate / base for rate, base in zip(rates, bare_rates, strict=True)]
+        server_us, wrk_us = median(name, "server_us"), median(name, "wrk_us")
+        rate = statistics.median(rates)
+        print(
+            f"| {name} | {rate:,.0f} | {rate / statistics.median(bare_rates):.0%} "
+            f"| {min(shares):.0%}–{max(shares):.0%} | {server_us:.0f} | {wrk_us:.0f} "
+            f"| {bare_cpu / (server_us + wrk_us):.0%} | {sum(int(run['errors']) for run in own)} "
+            f"| {', '.join(f'{rate:,.0f}' for rate in rates)} |",
+            flush=True,
+        )
+
+
+def price_checks(seconds: int, repeats: int, old: Path | None) -> None:
+    """One JSON record by POST /prediction: the API's requests/s as a share of the bare app's, all servers up at
+    once and loaded in turn, round by round (the order rotating), so each share compares one machine state."""
+    root = Path(tempfile.mkdtemp(prefix="risk-bench-price-"))
+    servers: list[PricedServer] = []
+    try:
+        config_path = build_project(root)
+        servers = start_priced_servers(config_path, old)
+        method, path, body = LOADS["POST /prediction, one JSON record"]
+        scripts = {server.token: write_wrk_script(root, method, body, server.token) for server in servers}
+        for server in servers:
+            run_wrk(server.url + path, scripts[server.token], 2)  # warm-up
+        runs: dict[str, list[dict[str, float]]] = {server.name: [] for server in servers}
+        for round_number in range(repeats):
+            shift = round_number % len(servers)
+            for server in servers[shift:] + servers[:shift]:
+                measured = run_wrk_measuring_cpu(server.url + path, scripts[server.token], seconds, server.process)
+                runs[server.name].append(measured)
+        print_price_of_checks(runs, servers[0].name, repeats, seconds)
+    finally:
+        for server in servers:
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each measured run (default 10)")
@@ -239,11 +469,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--slow-clients", type=int, default=50, help="slow clients held open (default 50)")
     parser.add_argument("--families", default="", help="compare these model families on one JSON record instead")
+    parser.add_argument(
+        "--price-of-checks",
+        action="store_true",
+        help="one JSON record: the API's requests/s as a share of a bare Flask app's, under the same gunicorn settings",
+    )
+    parser.add_argument("--old", type=Path, help="with --price-of-checks: a checkout of earlier code, measured too")
+    parser.add_argument(
+        "--health-per-start",
+        action="store_true",
+        help="GET /health beside the slow clients, against a server started each documented way",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --health-per-start: rounds (default 3)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed; on Debian: apt-get install wrk")
     if args.families:
         compare_families(args.families.split(","), args.seconds, args.repeats)
+        return 0
+    if args.price_of_checks:
+        price_checks(args.seconds, args.repeats, args.old)
+        return 0
+    if args.health_per_start:
+        time_health_per_start(args.slow_clients, 50, args.rounds)
         return 0
     root = Path(tempfile.mkdtemp(prefix="risk-bench-api-"))
     slow_rows = []

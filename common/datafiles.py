@@ -13,6 +13,7 @@ written some batches somewhere throws them away (see ``ingestion.parse_new_file`
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,12 +219,29 @@ def _json_array_records(path: Path, block: int) -> Iterator[list[Any]]:
     ijson's Python parser, which reads it (as orjson did), so such a count is a bad row, not a bad file.
     """
     done = 0
+    # The C parser turns a lone surrogate escape (``"\\ud800"``) into "?": such a file is read by the Python
+    # parser, which keeps it, so that the id is dropped as not UTF-8 text (``encodable``).
+    first = ijson.get_backend("python") if has_surrogate_escape(path, block) else ijson
     try:
-        for records in _records_by(path, block, ijson, skip=0):
+        for records in _records_by(path, block, first, skip=0):
             done += len(records)
             yield records
     except _NumberTooLarge:
         yield from _records_by(path, block, ijson.get_backend("python"), skip=done)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def has_surrogate_escape(path: Path, block: int) -> bool:
+    """Whether a file spells a UTF-16 surrogate as an escape (``\\ud800``-``\\udfff``), read a block at a time."""
+    with open(path, "rb") as handle:
+        tail = b""
+        while chunk := handle.read(block):
+            if _SURROGATE_ESCAPE.search(tail + chunk):
+                return True
+            tail = chunk[-5:]
+    return False
 
 
 class _NumberTooLarge(Exception):
@@ -280,7 +298,7 @@ def records_table(source: str, records: list[dict[str, Any]]) -> tuple[pa.Table,
     """One batch of normalised records as a raw table (every schema column; blank ``exited`` when absent),
     with the records left out for an id of another kind (``json_id``) counted."""
     ids = [item.get(ID_COLUMN) for item in records]
-    usable = [value is None or json_id(value) is not None for value in ids]
+    usable = [value is None or (json_id(value) is not None and encodable(value)) for value in ids]
     bad_ids = usable.count(False)
     if bad_ids:
         records = [item for item, keep in zip(records, usable, strict=True) if keep]
@@ -302,6 +320,17 @@ def records_table(source: str, records: list[dict[str, Any]]) -> tuple[pa.Table,
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise BadFileError(f"{source}: column {name} holds a value that is not a usable number ({exc})") from None
     return pa.table(arrays), {BAD_ID_TYPE: bad_ids}
+
+
+def encodable(value: object) -> bool:
+    """Whether an id can be written as UTF-8 text: JSON can spell a lone surrogate (``"\\ud800"``), UTF-8 cannot."""
+    if not isinstance(value, str) or value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_data_file(path: Path, allow_unlabelled: bool = False) -> ParsedFile:

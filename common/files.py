@@ -86,21 +86,32 @@ class LockHeld(PipelineError):
     """Another process holds the lock; the message names it (pid, what it is doing, since when)."""
 
 
-@contextlib.contextmanager
-def hold_lock(path: Path, owner: str, busy: str) -> Iterator[Path]:
-    """Hold an exclusive ``flock`` on ``path``, noting ``owner`` in it; raise LockHeld at once if it is held.
+LOCK_POLL_SECONDS = 0.05
 
-    ``busy`` is the message, with ``{holder}`` for what the holder noted. The lock is released
-    when its holder ends, however it ends (kill -9 included): a stale lock file never blocks.
+
+@contextlib.contextmanager
+def hold_lock(path: Path, owner: str, busy: str, wait_seconds: float = 0.0) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``path``, noting ``owner`` in it; raise LockHeld if it is held.
+
+    ``busy`` is the message, with ``{holder}`` for what the holder noted. ``wait_seconds``: how long to
+    wait for a holder to let go before raising (0: raise at once). The wait polls, so a gevent worker's
+    other requests go on meanwhile. The lock is released when its holder ends, however it ends
+    (kill -9 included): a stale lock file never blocks.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
     with open(path, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "a process"
-            raise LockHeld(busy.format(holder=holder)) from None
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL_SECONDS)
+                    continue
+                handle.seek(0)
+                holder = handle.read().strip() or "a process"
+                raise LockHeld(busy.format(holder=holder)) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}, started {utc_now()}, {owner}\n")

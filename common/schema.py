@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ UNLABELLED_SCHEMA = pa.schema([(ID_COLUMN, pa.string()), *[(name, pa.int64()) fo
 # The largest count a float64 holds exactly: from 2**53 on, two different counts (2**53 and 2**53 + 1)
 # parse to the same float, so such a value is refused as too large rather than silently rounded.
 MAX_COUNT = 2**53 - 1
+FEW_VALUES = 64  # up to this many values are checked in Python rather than by numpy (see features_are_counts)
 # An id is a client's name or number; a longer one is a broken row, not a client.
 MAX_ID_LENGTH = 256
 _BLOCK_BYTES = 1024 * 1024  # pyarrow's CSV block: no line may be longer
@@ -55,10 +57,21 @@ _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 BAD_ID_TYPE = "id not text or a whole number"
 PENDING_OUTCOME = "exited blank (outcome not known yet)"
 _CONVERSION_ERROR = re.compile(r"CSV column #(\d+).*conversion error to (\w+): invalid value '(.*)'", re.S)
+JSON_LINES_BATCH = 10_000  # JSON Lines records parsed and checked at a time
 
 
 class BadFileError(PipelineError):
     """A data file that cannot be used at all; the message names the file and the fault."""
+
+
+class TooManyRowsError(PipelineError):
+    """More rows to score than a reader may hold: ``rows`` is how many when they were counted, else None (the reader
+    stopped once past ``limit``)."""
+
+    def __init__(self, source: str, limit: int, rows: int | None = None):
+        counted = f"more than {limit:,}" if rows is None else f"{rows:,}"
+        super().__init__(f"{source}: {counted} rows, where at most {limit:,} may be read")
+        self.source, self.limit, self.rows = source, limit, rows
 
 
 @dataclass
@@ -296,8 +309,21 @@ class FeatureBatch:
         return len(self.features)
 
 
+def features_are_counts(features: np.ndarray) -> bool:
+    """Whether every value is a whole count from 0 to ``MAX_COUNT`` (a NaN or an infinity is not).
+
+    A few values (one API request's records) are tested one by one in Python, where numpy's cost per call would
+    be most of the time; more with array operations (no error state to set: a NaN fails each comparison).
+    """
+    if features.size <= FEW_VALUES and features.dtype.kind == "f":
+        return all(0 <= value <= MAX_COUNT and value.is_integer() for value in features.ravel().tolist())
+    return bool(((features >= 0) & (features <= MAX_COUNT) & (np.floor(features) == features)).all())
+
+
 def check_feature_values(features: np.ndarray, source: str, unit: str = "row") -> None:
     """Raise BadFileError naming the first row (or record) and column whose value is not a usable count."""
+    if features_are_counts(features):
+        return
     with np.errstate(invalid="ignore"):
         bad = np.isnan(features) | (features < 0) | (features != np.floor(features)) | (features > MAX_COUNT)
     if not bad.any():
@@ -317,32 +343,60 @@ def check_feature_values(features: np.ndarray, source: str, unit: str = "row") -
     raise BadFileError(f"{source}: {unit} {row + 1}, {FEATURES[column]} {problem}{more}")
 
 
-def read_feature_csv(data: bytes, source: str) -> FeatureBatch:
+def read_feature_csv(data: bytes, source: str, max_rows: int | None = None) -> FeatureBatch:
     """Parse CSV bytes into rows to score, strictly: any missing or invalid value is an error.
 
-    The id column is optional; ``exited`` and other columns are ignored.
+    The id column is optional; ``exited`` and other columns are ignored. More than ``max_rows`` rows raise
+    TooManyRowsError (see ``read_csv_features``).
     """
     if not data.strip():
         raise BadFileError(f"{source}: the CSV is empty")
-    names = parse_header(data[:_HEAD_BYTES], source)
+    return read_csv_features(pa.BufferReader(data), source, max_rows)
+
+
+def read_csv_features(stream: Any, source: str, max_rows: int | None = None) -> FeatureBatch:
+    """Rows to score from a seekable binary stream of CSV, strictly, read a block (``_BLOCK_BYTES``) at a time.
+
+    Only the features (24 bytes a row) and the ids of the rows read so far are kept, beside pyarrow's blocks in
+    flight (read ahead: at most about 65 MiB, measured), so a reader never holds more than ``max_rows`` rows,
+    whatever the stream's length: past ``max_rows`` it stops and raises TooManyRowsError.
+    """
+    head = stream.read(_HEAD_BYTES)
+    if not head.strip() and len(head) < _HEAD_BYTES:
+        raise BadFileError(f"{source}: the CSV is empty")
+    names = parse_header(head, source)
     check_columns(source, names, FEATURES)
-    wanted = [*FEATURES, ID_COLUMN] if ID_COLUMN in names else list(FEATURES)
+    stream.seek(0)
+    with_ids = ID_COLUMN in names
     types = {name: pa.float64() for name in FEATURES}
     types[ID_COLUMN] = pa.string()
+    parts: list[np.ndarray] = []
+    ids: list[pa.Array] = []
+    rows = 0
     try:
-        table = pa_csv.read_csv(
-            pa.BufferReader(data),
-            read_options=pa_csv.ReadOptions(column_names=unique_names(names), skip_rows=1, use_threads=False),
-            convert_options=pa_csv.ConvertOptions(include_columns=wanted, column_types=types),
+        reader = pa_csv.open_csv(
+            stream,
+            read_options=pa_csv.ReadOptions(
+                column_names=unique_names(names), skip_rows=1, use_threads=False, block_size=_BLOCK_BYTES
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=[*FEATURES, ID_COLUMN] if with_ids else list(FEATURES), column_types=types
+            ),
         )
+        for batch in reader:
+            rows += batch.num_rows
+            if max_rows is not None and rows > max_rows:
+                raise TooManyRowsError(source, max_rows)
+            parts.append(np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in FEATURES]))
+            if with_ids:
+                ids.append(batch.column(ID_COLUMN))
     except pa.ArrowInvalid as exc:
         raise BadFileError(f"{source}: {describe_arrow_error(str(exc), names)}") from None
-    if table.num_rows == 0:
+    if rows == 0:
         raise BadFileError(f"{source}: the CSV has a header but no data rows")
-    features = np.column_stack([table[name].to_numpy() for name in FEATURES])
+    features = parts[0] if len(parts) == 1 else np.concatenate(parts)
     check_feature_values(features, source)
-    ids = table[ID_COLUMN].to_pylist() if ID_COLUMN in names else None
-    return FeatureBatch(ids=ids, features=features)
+    return FeatureBatch(ids=pa.chunked_array(ids, pa.string()).to_pylist() if with_ids else None, features=features)
 
 
 def describe_json_type(value: object) -> str:
@@ -353,16 +407,27 @@ def describe_json_type(value: object) -> str:
     return next((kind for cls, kind in kinds.items() if isinstance(value, cls)), type(value).__name__)
 
 
-def features_from_records(records: object, source: str) -> FeatureBatch:
+def features_from_records(records: object, source: str, max_rows: int | None = None) -> FeatureBatch:
     """Turn JSON records (a list of objects) into rows to score, strictly, naming the first fault.
 
-    Keys are matched as in CSV headers (trimmed, any case); ``corporation`` is optional.
+    Keys are matched as in CSV headers (trimmed, any case); ``corporation`` is optional. More than ``max_rows``
+    records raise TooManyRowsError before any is looked at.
     """
     if not isinstance(records, list) or not records:
         raise BadFileError(f"{source}: expected a non-empty list of client records (JSON objects)")
+    if max_rows is not None and len(records) > max_rows:
+        raise TooManyRowsError(source, max_rows, len(records))
+    features, ids = records_to_features(records, source)
+    check_feature_values(features, source, unit="record")
+    return FeatureBatch(ids=None if all(value is None for value in ids) else ids, features=features)
+
+
+def records_to_features(records: list[Any], source: str, first: int = 1) -> tuple[np.ndarray, list[str | None]]:
+    """The features and ids of JSON records numbered from ``first``, naming the first one of the wrong shape (its
+    values are checked by ``check_feature_values``)."""
     columns: list[list[object]] = [[] for _ in FEATURES]
     ids: list[str | None] = []
-    for number, record in enumerate(records, start=1):
+    for number, record in enumerate(records, start=first):
         if not isinstance(record, dict):
             raise BadFileError(f"{source}: record {number} is {type(record).__name__}, not an object")
         if any(name not in record for name in FEATURES):
@@ -384,23 +449,89 @@ def features_from_records(records: object, source: str) -> FeatureBatch:
         features = np.array(columns, dtype=np.float64).T.copy()
     except OverflowError:
         raise BadFileError(f"{source}: a count is too large to be a number of this kind") from None
+    return features, ids
+
+
+def read_json_lines_features(stream: Any, source: str, max_rows: int | None = None) -> FeatureBatch:
+    """Rows to score from a binary stream of JSON Lines (one record per line), strictly, ``JSON_LINES_BATCH``
+    records at a time: as ``read_csv_features``, never more than ``max_rows`` rows and one batch are held."""
+    parts: list[np.ndarray] = []
+    ids: list[str | None] = []
+    rows = 0
+    for records in json_line_batches(stream, source):
+        if not all(isinstance(item, dict) for item in records):
+            raise BadFileError(f"{source}: JSON data must be a list of records (objects)")
+        if max_rows is not None and rows + len(records) > max_rows:
+            raise TooManyRowsError(source, max_rows)
+        features, batch_ids = records_to_features(records, source, first=rows + 1)
+        parts.append(features)
+        ids.extend(batch_ids)
+        rows += len(records)
+    if rows == 0:
+        raise BadFileError(f"{source}: expected a non-empty list of client records (JSON objects)")
+    features = parts[0] if len(parts) == 1 else np.concatenate(parts)
     check_feature_values(features, source, unit="record")
     return FeatureBatch(ids=None if all(value is None for value in ids) else ids, features=features)
 
 
-def read_feature_bytes(data: bytes, name: str) -> FeatureBatch:
-    """Rows to score from the bytes of a file called ``name``: JSON, JSON Lines or else CSV, strictly."""
+def json_line_batches(stream: Any, source: str) -> Iterator[list[Any]]:
+    """The values of the non-blank lines of a binary stream of JSON Lines, ``JSON_LINES_BATCH`` at a time, each
+    line checked to be UTF-8 JSON (a line ends in \\n: a U+2028 inside a string is no line break)."""
+    batch: list[Any] = []
+    rest, number, started = b"", 0, False
+    while True:
+        block = stream.read(_BLOCK_BYTES)
+        data = rest + block
+        if not started:
+            data, started = data.removeprefix(_UTF8_BOM), True
+        lines = data.split(b"\n")
+        rest = lines.pop() if block else b""
+        if len(rest) > _BLOCK_BYTES:
+            raise BadFileError(f"{source}: {describe_long_line()}")
+        try:
+            data[: len(data) - len(rest)].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadFileError(f"{source}: the file is not UTF-8 text") from None
+        for line in lines:
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                batch.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise BadFileError(f"{source}: {describe_json_error(exc, f'line {number}')}") from None
+            if len(batch) == JSON_LINES_BATCH:
+                yield batch
+                batch = []
+        if not block:
+            break
+    if batch:
+        yield batch
+
+
+def read_feature_stream(stream: Any, name: str, max_rows: int | None = None) -> FeatureBatch:
+    """Rows to score from a seekable binary stream of a file called ``name``: CSV and JSON Lines read in blocks,
+    a JSON array whole (the caller bounds its size); more than ``max_rows`` rows raise TooManyRowsError."""
     suffix = Path(name).suffix.lower()
-    if suffix in (".json", ".jsonl"):
-        return features_from_records(parse_json_records(data, name, lines=suffix == ".jsonl"), name)
-    return read_feature_csv(data, name)
+    if suffix == ".jsonl":
+        return read_json_lines_features(stream, name, max_rows)
+    if suffix == ".json":
+        return features_from_records(parse_json_records(stream.read(), name), name, max_rows)
+    return read_csv_features(stream, name, max_rows)
 
 
-def read_feature_file(path: Path) -> FeatureBatch:
-    """Rows to score from a CSV, JSON or JSON Lines file, strictly (see ``read_feature_csv``)."""
+def read_feature_bytes(data: bytes, name: str, max_rows: int | None = None) -> FeatureBatch:
+    """Rows to score from the bytes of a file called ``name``: JSON, JSON Lines or else CSV, strictly."""
+    if Path(name).suffix.lower() not in (".json", ".jsonl"):
+        return read_feature_csv(data, name, max_rows)
+    return read_feature_stream(pa.BufferReader(data), name, max_rows)
+
+
+def read_feature_file(path: Path, max_rows: int | None = None) -> FeatureBatch:
+    """Rows to score from a CSV, JSON or JSON Lines file, strictly (see ``read_feature_stream``)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            return read_feature_stream(handle, path.name, max_rows)
     except OSError as exc:
         raise BadFileError(f"{path.name}: cannot be read ({exc.strerror})") from None
-    return read_feature_bytes(data, path.name)

@@ -1,7 +1,8 @@
 """What the pages read, each computed once per change of the files behind it.
 
-The client table is keyed by the serving version and ``finaldata.csv``'s signature; the run history
-by the SQLite file's (and its write-ahead log's) signature; small JSON files by their own.
+The client table is keyed by the serving version (and its model file) and the ingested-data files'
+signatures, and kept in a file every worker maps (dashboard/clientstore.py); the run history by the
+SQLite file's (and its write-ahead log's) signature; small JSON files by their own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pyarrow as pa
 from flask import Flask
 
 from common.artifacts import (
@@ -40,7 +42,8 @@ from common.files import parse_utc
 from common.history import read_runs
 from common.records import Diagnostics, EvaluationWindow, read_diagnostics_record, read_evaluation_window
 from common.runs import StoredRun
-from dashboard.clients import ClientTable, build_client_table
+from dashboard.clients import ClientTable, build_client_columns
+from dashboard.clientstore import CLIENT_TABLES_FOLDER, TableKey, open_client_columns
 
 log = logging.getLogger("dashboard")
 
@@ -112,26 +115,44 @@ class DashboardSources:
         key = signature(self.data_files[:2])
         return self._data.get(key, lambda: read_ingested_data(self.config.output_folder_path))
 
+    @property
+    def client_tables(self) -> Path:
+        """The folder the client tables are kept in, beside the ingested data they are made of."""
+        return self.config.output_folder_path / CLIENT_TABLES_FOLDER
+
     def clients(self, served: Any) -> ClientTable:
         """The current clients scored by the serving model; PipelineError without ingested data."""
-        key = (served.version, signature(self.data_files))
+        key = TableKey(served.version, served.model_stamp, signature(self.data_files))
 
         def compute() -> ClientTable:
             threshold = float(getattr(served.deployed.model, "threshold", 0.5))
-            data = self.ingested()
-            current = select_current_clients(data.table, read_unlabelled_clients(self.config.output_folder_path))
-            table = build_client_table(
-                served.version, served.shortcut, threshold, lambda rows: served.predict(rows)[0], data, current
+            columns = open_client_columns(
+                self.client_tables,
+                key,
+                lambda: self.score_clients(served),
+                lambda: signature(self.data_files) == key.data,
             )
-            log.info(
-                "scored %d current clients (%d not labelled yet) with %s",
-                len(table.ids),
-                int(table.unlabelled.sum()),
-                served.version,
-            )
-            return table
+            return ClientTable(columns, served.version, threshold, served.shortcut)
 
         return self._clients.get(key, compute)
+
+    def score_clients(self, served: Any) -> pa.Table:
+        """The client table's columns: the current clients of the ingested data scored by the serving model.
+
+        The ingested data is read for this alone and not kept: the table holds what the pages need of it.
+        """
+        folder = self.config.output_folder_path
+        data = read_ingested_data(folder)
+        current = select_current_clients(data.table, read_unlabelled_clients(folder))
+        probabilities = served.predict(np.ascontiguousarray(current.features))[0]
+        columns = build_client_columns(probabilities, data, current)
+        log.info(
+            "scored %d current clients (%d not labelled yet) with %s",
+            len(current.ids),
+            int(current.unlabelled.sum()),
+            served.version,
+        )
+        return columns
 
     def previous(self, served: Any, table: ClientTable) -> Comparison | None:
         """The version deployed before the serving one, on the same clients; None when it is gone."""

@@ -19,7 +19,7 @@ from common.runs import FeatureDrift, StoredRun
 from common.schema import FEATURE_LABELS, FEATURES
 from dashboard import DASHBOARD_STATE, bp
 from dashboard.charts import Chart, Mark, Series, render_chart
-from dashboard.clients import SORT_KEYS, ClientTable, clients_csv
+from dashboard.clients import SORT_KEYS, ClientTable, stream_clients_csv
 from dashboard.model import app_effects_cache, gather_model_page
 from dashboard.sources import DashboardSources, app_sources, describe_age
 
@@ -216,7 +216,7 @@ def clients_download() -> Response:
         abort(503, "No model or no ingested data yet: run the pipeline, then reload.")
     rows, _ = chosen_clients(table)
     return Response(
-        clients_csv(table, rows),
+        stream_clients_csv(table, rows),  # sent in pieces as they are written: a large table is never one string
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="clients-at-risk-{table.version}.csv"'},
     )

@@ -115,9 +115,8 @@ def test_too_many_rows_get_413(deployed):
         .test_client()
         .post("/prediction", data=json.dumps({"records": [RECORD] * 3}), content_type="application/json")
     )
-    assert (
-        answer.status_code == 413 and answer.get_json()["error"] == "3 rows is more than the 2 the API scores at once"
-    )
+    assert answer.status_code == 413
+    assert answer.get_json()["error"] == "3 rows is more than the 2 the API scores at once (api.max_rows)"
 
 
 def test_records_without_ids_and_a_bare_list_are_accepted(client):

@@ -166,30 +166,41 @@ def test_a_stopped_server_fails_the_run_in_one_sentence_and_the_next_run_retries
     assert again.returncode == 0 and "no new data" in again.stderr
 
 
+def insert_clients(url: str, rows: list[tuple], create: bool = False) -> None:
+    """Insert client rows into ``client_activity`` over a UTF-8 client connection (creating the table first)."""
+    port, database = url.rsplit(":", 1)[1].split("/")
+    columns = "corporation, lastmonth_activity, lastyear_activity, number_of_employees, exited"
+    with (
+        psycopg.connect(
+            host="127.0.0.1",
+            port=int(port),
+            user=USER,
+            password=PASSWORD,
+            dbname=database,
+            options="-c client_encoding=UTF8",
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        if create:
+            cursor.execute(
+                "CREATE TABLE client_activity (id serial PRIMARY KEY, corporation text, lastmonth_activity bigint, "
+                "lastyear_activity bigint, number_of_employees bigint, exited bigint)"
+            )
+        cursor.executemany(f"INSERT INTO client_activity ({columns}) VALUES (%s, %s, %s, %s, %s)", rows)
+
+
 def test_an_id_that_is_not_utf8_on_postgresql_is_one_bad_row_named_by_table_and_watermark(
     postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
 ):
-    # A SQL_ASCII database keeps the bytes it is given: an id can hold bytes that are not UTF-8 text.
+    # A SQL_ASCII database keeps the bytes it is given: an id can hold bytes that are not UTF-8 text
+    # (the escape below is the byte 0xFF, stored as it is).
     url = postgres_server.create_database("t_ascii_bytes", encoding="SQL_ASCII")
-    columns = "corporation, lastmonth_activity, lastyear_activity, number_of_employees, exited"
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=int(url.rsplit(":", 1)[1].split("/")[0]),
-        user=USER,
-        password=PASSWORD,
-        dbname="t_ascii_bytes",
-        options="-c client_encoding=UTF8",
-    ) as connection:
+    insert_clients(url, [(f"client{number}", number, 2 * number, 3, number % 2) for number in range(100)], True)
+    with connect(url) as connection:
         connection.execute(
-            "CREATE TABLE client_activity (id serial PRIMARY KEY, corporation text, lastmonth_activity bigint, "
-            "lastyear_activity bigint, number_of_employees bigint, exited bigint)"
+            "INSERT INTO client_activity (corporation, lastmonth_activity, lastyear_activity, number_of_employees, "
+            "exited) VALUES (E'f\\377o', 1, 2, 3, 0)"
         )
-        rows = [(f"client{number}", number, 2 * number, 3, number % 2) for number in range(100)]
-        with connection.cursor() as cursor:
-            cursor.executemany(f"INSERT INTO client_activity ({columns}) VALUES (%s, %s, %s, %s, %s)", rows)
-        connection.execute(f"INSERT INTO client_activity ({columns}) VALUES (E'f\\377o', 1, 2, 3, 0)")
-        cursor = connection.cursor()
-        cursor.executemany(f"INSERT INTO client_activity ({columns}) VALUES (%s, %s, %s, %s, %s)", rows[:0])
     config = load_config(write_database_config(tmp_path, url))
     result = ingest(config)
     (fetch,) = result.files
@@ -197,17 +208,5 @@ def test_an_id_that_is_not_utf8_on_postgresql_is_one_bad_row_named_by_table_and_
     (warning,) = [warning for warning in result.warnings if "UTF-8" in warning]
     assert "client_activity" in warning and "id 101" in warning
     (config.output_folder_path / FINAL_DATA).read_bytes().decode("utf-8")  # the output stays UTF-8 text
-    with (
-        psycopg.connect(
-            host="127.0.0.1",
-            port=int(url.rsplit(":", 1)[1].split("/")[0]),
-            user=USER,
-            password=PASSWORD,
-            dbname="t_ascii_bytes",
-            options="-c client_encoding=UTF8",
-        ) as connection,
-        connection.cursor() as cursor,
-    ):
-        more = [(f"later{number}", number, 2 * number, 3, 0) for number in range(50)]
-        cursor.executemany(f"INSERT INTO client_activity ({columns}) VALUES (%s, %s, %s, %s, %s)", more)
+    insert_clients(url, [(f"later{number}", number, 2 * number, 3, 0) for number in range(50)])
     assert ingest(config).rows_written == 150  # later runs go on

@@ -141,8 +141,8 @@ def test_a_file_that_changes_while_it_is_read_is_left_for_a_later_run(project: C
     growing = write_clients(project.input_folder_path / "growing.csv", 50, seed=12)
     real_parse = ingestion.parse_new_file
 
-    def parse_then_grow(path: Path, sha256: str, output_folder_path: Path):
-        parsed = real_parse(path, sha256, output_folder_path)
+    def parse_then_grow(path: Path, sha256: str, output_folder_path: Path, *more):
+        parsed = real_parse(path, sha256, output_folder_path, *more)
         with open(growing, "a") as handle:  # the copy goes on while the rows are read
             handle.write("more-client,1,2,3,0\n")
         return parsed

@@ -1,44 +1,38 @@
 """Every documented way of starting the server runs the same hardened workers: gunicorn's own command lines read
-gunicorn.conf.py from the project folder, and 50 slow clients cannot keep /health from answering."""
+gunicorn.conf.py from the project folder (or from ``--config`` when started elsewhere), and 50 slow clients cannot
+keep /health from answering. The ways are bench/bench_api.py's, which times the same for docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from bench.bench_api import hold_slow_clients
+from bench.bench_api import DOCUMENTED_STARTS, documented_start, hold_slow_clients
 from common.config import Config
-from tests.helpers import PROJECT_ROOT, free_port, script_command, wait_until_healthy
+from tests.helpers import free_port, wait_until_healthy
 
 SLOW_CLIENTS = 50
 HEALTH_CHECKS = 10
 QUICK_SECONDS = 2.0
 
 
-def documented_command(way: str, config: Path, port: int) -> list[str]:
-    """The command line docs/api.md gives for ``way``, on ``port``."""
-    if way == "app.py":
-        return script_command("app.py", "--config", str(config), "--port", str(port))
-    return [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", way]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("way", ["app:create_app()", "app:app", "app.py"])
+@pytest.mark.parametrize("way", DOCUMENTED_STARTS)
 def test_every_documented_command_line_keeps_health_answering_beside_50_slow_clients(deployed: Config, way, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "server.log").open("w+", encoding="utf-8")
+    (tmp_path / "elsewhere").mkdir()
+    command, folder = documented_start(way, deployed.path, port, tmp_path / "elsewhere")
     server = subprocess.Popen(
-        documented_command(way, deployed.path, port),
-        cwd=PROJECT_ROOT,
+        command,
+        cwd=folder,
         env={**os.environ, "RISK_CONFIG": str(deployed.path)},
         stdout=subprocess.DEVNULL,
         stderr=log,
