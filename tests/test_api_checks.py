@@ -49,6 +49,7 @@ def test_the_wait_check_sees_each_change_and_keeps_no_snapshot_open(tmp_path):
     assert reader.refusal("10.0.0.1", now=1000) is None
 
 
+@pytest.mark.slow
 def test_a_wait_recorded_by_another_process_holds_at_once(tmp_path):
     store = AccessStore(tmp_path / STORE_FILE, 100)
     assert store.refusal("10.0.0.1", now=1000) is None  # kept: no change since
@@ -65,6 +66,7 @@ def test_a_wait_recorded_by_another_process_holds_at_once(tmp_path):
     assert store.refusal("10.0.0.1", now=1000) is None
 
 
+@pytest.mark.slow
 def test_the_count_of_changes_only_grows_whatever_adds_to_it_at_once(tmp_path):
     counter = ChangeCounter(tmp_path / "failures.changes")
     add = "import sys; from pathlib import Path; from api.guard import ChangeCounter;"
