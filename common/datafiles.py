@@ -250,8 +250,9 @@ class _NumberTooLarge(Exception):
 
 def _records_by(path: Path, block: int, backend: Any, skip: int) -> Iterator[list[Any]]:
     with open(path, "rb") as handle:
-        start = handle.read(4096).removeprefix(_UTF8_BOM).lstrip()
-        handle.seek(3 if handle.read(3) == _UTF8_BOM else 0)
+        head = handle.read(4096)
+        handle.seek(len(_UTF8_BOM) if head.startswith(_UTF8_BOM) else 0)
+        start = head.removeprefix(_UTF8_BOM).lstrip()
         if start[:1] not in (b"[", b"{"):
             raise BadFileError(f"{path.name}: {describe_ijson_error(start[:1])}")
         prefix = "item" if start.startswith(b"[") else "records.item"

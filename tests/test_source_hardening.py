@@ -112,3 +112,13 @@ def test_blank_outcomes_beside_labelled_rows_are_current_clients_and_never_train
     assert unlabelled[1:] == ["pending,4,5,6,202"]  # arrived after the 200 + 2 labelled rows
     again = ingest_folder(config.input_folder_path, config.output_folder_path)  # from the cached rows
     assert again.unchanged and again.unlabelled_clients == 1
+
+
+def test_a_json_array_saved_with_a_byte_order_mark_is_read_whole(tmp_path):
+    from common.datafiles import read_data_file
+
+    names = ("corporation", "lastmonth_activity", "lastyear_activity", "number_of_employees", "exited")
+    records = [dict(zip(names, (f"client{n}", n, 2 * n, 3, n % 2), strict=True)) for n in range(300)]
+    path = tmp_path / "exported.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(records).encode())  # longer than the 4 KiB first read
+    assert read_data_file(path).rows_kept == 300
