@@ -462,7 +462,8 @@ def index_if_appendable(
     digests = unique_digests(files)
     if not earlier or len(digests) <= len(earlier) or digests[: len(earlier)] != earlier:
         return None
-    new_rows = sum(entry.rows_kept for entry in files if entry.sha256 not in set(earlier))
+    known = set(earlier)
+    new_rows = sum(entry.rows_kept for entry in files if entry.sha256 not in known)
     if new_rows > MAX_APPEND_ROWS:  # a streamed rebuild holds a batch; an append holds the new rows
         return None
     return load_row_index(output_folder_path, earlier)

@@ -329,9 +329,13 @@ def find_in_index(paths: list[Path], index: RowIndex, table: pa.Table, hashes: n
     earlier, earlier_hashes = earlier.take(order), earlier_hashes[order]
     left = np.searchsorted(earlier_hashes, hashes[hits], side="left")
     right = np.searchsorted(earlier_hashes, hashes[hits], side="right")
-    for row, start, stop in zip(hits, left, right, strict=True):  # hits are the duplicates: usually a few
+    present = right > left
+    hits, left, right = hits[present], left[present], right[present]
+    same = rows_equal(table.take(hits), earlier.take(left))  # each with the first earlier row of its hash
+    found[hits[same]] = True
+    for row, start, stop in zip(hits[~same], left[~same], right[~same], strict=True):  # a hash shared by others
         wanted = table.slice(int(row), 1)
-        found[row] = any(rows_equal(wanted, earlier.slice(int(at), 1))[0] for at in range(start, stop))
+        found[row] = any(rows_equal(wanted, earlier.slice(int(at), 1))[0] for at in range(start + 1, stop))
     return found
 
 
