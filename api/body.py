@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+from flask import Request
+from werkzeug.exceptions import BadRequest
 
 log = logging.getLogger("app")
 
@@ -28,6 +30,10 @@ WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 READ_STEP = 1024 * 1024
 # zlib's window bits: 16 + 15 is gzip, 15 is the zlib ("deflate") wrapper.
 DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+# Set in the environ of a request whose body this middleware has settled: a Content-Length within the limit.
+SETTLED = "risk.body_settled"
 
 
 class BodyRefused(Exception):
@@ -50,6 +56,7 @@ class WholeBodies:
         except BodyRefused as refused:
             answer = refuse(start_response, refused)
             return [] if environ.get("REQUEST_METHOD") == "HEAD" else answer
+        environ[SETTLED] = True
         return self.app(environ, start_response)
 
 
@@ -72,6 +79,21 @@ def settle_body(environ: Environ, max_bytes: int) -> None:
     environ["CONTENT_LENGTH"] = str(len(data))
     environ.pop("HTTP_TRANSFER_ENCODING", None)
     environ.pop("wsgi.input_terminated", None)
+
+
+def read_whole_body(asked: Request) -> bytes:
+    """A request's whole body. Once ``WholeBodies`` has settled it (its length known and within the limit), it is
+    read straight from the input, without Werkzeug's stream wrapper, which costs more than a small body's reading;
+    a body that ends before its declared length is a 400, as Werkzeug's wrapper would make it."""
+    environ = asked.environ
+    length = environ.get("CONTENT_LENGTH") or "0"
+    if not environ.get(SETTLED) or not length.isdigit():
+        return asked.get_data(cache=False)
+    expected = int(length)
+    data = environ["wsgi.input"].read(expected) if expected else b""
+    if len(data) != expected:
+        raise BadRequest("the request body did not arrive whole (it ended before its Content-Length)")
+    return data
 
 
 def read_to_end(stream: Any, max_bytes: int) -> bytes:

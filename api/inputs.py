@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import request
+from flask import Request, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
+from api.body import read_whole_body
 from api.locations import LocationReader
 from common.config import ApiSettings
 from common.schema import (
@@ -64,21 +65,29 @@ def read_prediction_input(
     ``explain`` comes from the query string (1 or 0) or a JSON object body (true or false); it is known before
     any row is read, so the rows are read only up to the request's limit (``row_limit``): past it, a 413.
     """
-    explain = read_flag(request.args.get(EXPLAIN), EXPLAIN)
-    mimetype = request.mimetype
+    asked: Request = request._get_current_object()  # type: ignore[attr-defined]  # once, not through the proxy
+    has_query = bool(asked.environ.get("QUERY_STRING"))  # most requests have none: no query to parse
+    explain = has_query and read_flag(asked.args.get(EXPLAIN), EXPLAIN)
+    mimetype = read_mimetype(asked)
     is_json = mimetype == "application/json" or mimetype.endswith("+json")
-    body = read_json_body() if is_json else None
+    body = read_json_body(asked, has_query) if is_json else None
     explain = explain or (isinstance(body, dict) and read_json_flag(body, EXPLAIN))
     limit = row_limit(settings, explain)
     try:
         if is_json:
             return PredictionRequest(read_json_rows(files, body, limit), explain)
-        values = {key: request.values[key] for key in request.values if key != EXPLAIN}  # a JSON body has no form
-        return PredictionRequest(read_other_request(files, default_location, values, limit), explain)
+        values = {key: asked.values[key] for key in asked.values if key != EXPLAIN}  # a JSON body has no form
+        return PredictionRequest(read_other_request(asked, files, default_location, values, limit), explain)
     except BadFileError as exc:
         raise BadRequest(str(exc)) from None
     except TooManyRowsError as exc:
         raise RequestEntityTooLarge(describe_too_many_rows(exc, explain, settings)) from None
+
+
+def read_mimetype(asked: Request) -> str:
+    """The body's media type; a plain ``application/json`` header, the common case, is taken as it is."""
+    content_type = asked.environ.get("CONTENT_TYPE", "")
+    return content_type if content_type == "application/json" else asked.mimetype
 
 
 def row_limit(settings: ApiSettings, explain: bool) -> int:
@@ -98,26 +107,26 @@ def describe_too_many_rows(exc: TooManyRowsError, explain: bool, settings: ApiSe
 
 
 def read_other_request(
-    files: LocationReader, default_location: Callable[[], str], values: dict[str, str], max_rows: int
+    asked: Request, files: LocationReader, default_location: Callable[[], str], values: dict[str, str], max_rows: int
 ) -> FeatureBatch:
     """The rows of a request that is not JSON: an upload, a CSV body, a location in the query or a form."""
-    mimetype = request.mimetype
-    upload = find_upload()
+    mimetype = asked.mimetype
+    upload = find_upload(asked)
     if upload is not None:
         return read_feature_bytes(upload.read(), Path(upload.filename or "upload.csv").name, max_rows)
     if mimetype in CSV_TYPES:
-        return read_feature_csv(request.get_data(cache=False), "the CSV body", max_rows)
+        return read_feature_csv(asked.get_data(cache=False), "the CSV body", max_rows)
     key = find_location_key(values)
     if key is not None:
         return files.rows(values[key], max_rows)
-    if request.method == "GET" and not values and not request.content_length:
+    if asked.method == "GET" and not values and not asked.content_length:
         return files.rows(default_location(), max_rows)
-    if not request.content_length and not values:
+    if not asked.content_length and not values:
         raise BadRequest(
             'the request is empty; send JSON {"filelocation": "testdata/testdata.csv"} or {"records": [...]}, '
             "or a CSV body (Content-Type: text/csv)"
         )
-    if not request.content_length or mimetype in FORM_TYPES:
+    if not asked.content_length or mimetype in FORM_TYPES:
         raise BadRequest(f"name the data file with one of {ACCEPTED_KEYS} (in the query string, JSON or a form)")
     raise UnsupportedMediaType(
         f"cannot read a body of type {mimetype or '(none given)'}; send application/json, text/csv "
@@ -147,25 +156,26 @@ def find_location_key(values: Any) -> str | None:
     return next((key for key in LOCATION_KEYS if key in values), None)
 
 
-def find_upload() -> Any:
+def find_upload(asked: Request) -> Any:
     """The uploaded file of a multipart request: the field ``file``, else the only file field; else None."""
-    if request.mimetype != "multipart/form-data" or not request.files:
+    if asked.mimetype != "multipart/form-data" or not asked.files:
         return None
-    if "file" in request.files:
-        return request.files["file"]
-    fields = list(request.files)
+    if "file" in asked.files:
+        return asked.files["file"]
+    fields = list(asked.files)
     if len(fields) > 1:
         raise BadRequest(f"the upload holds {len(fields)} files ({', '.join(fields[:5])}); send one, named 'file'")
-    return request.files[fields[0]]
+    return asked.files[fields[0]]
 
 
-def read_json_body() -> Any:
+def read_json_body(asked: Request, has_query: bool) -> Any:
     """The parsed JSON body; when it is empty and the query string names the file (a client that says JSON but
     names the file in the query), an object naming that file."""
-    data = request.get_data(cache=False)
-    key = find_location_key(request.args)
-    if not data.strip() and key is not None:
-        return {key: request.args[key]}
+    data = read_whole_body(asked)
+    if has_query and not data.strip():
+        key = find_location_key(asked.args)
+        if key is not None:
+            return {key: asked.args[key]}
     return parse_json(data, "the request body")
 
 
@@ -192,9 +202,9 @@ def read_json_rows(files: LocationReader, body: Any, max_rows: int) -> FeatureBa
 
 
 def parse_json(data: bytes, what: str) -> Any:
-    if not data.strip():
-        raise BadRequest(f"{what} is empty")
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if not data.strip():
+            raise BadRequest(f"{what} is empty") from None
         raise BadRequest(f"{what}: {describe_json_error(exc, f'line {exc.lineno}, column {exc.colno}')}") from None

@@ -98,14 +98,20 @@ def answer_predictions(served: ServedModel, batch: FeatureBatch, explain: bool =
         # While a large answer is sent, the ids are one Arrow array: about 13 bytes an id, 66 in a Python list.
         pa.array(batch.ids, pa.string()) if streamed and batch.ids is not None else batch.ids,
         probabilities,
-        labels.astype(np.int8),  # 0 or 1: an eighth of the memory
+        labels.astype(np.int8) if streamed else labels,  # 0 or 1: an eighth of the memory while sent in parts
         drivers_model,
         batch.features if explain else None,
     )
-    parts = prediction_parts(scored)
     if not streamed:
-        return Response(b"".join(parts), mimetype="application/json")
-    return Response(parts, mimetype="application/json")
+        return Response(encode_answer(scored), content_type="application/json")
+    return Response(prediction_parts(scored), content_type="application/json")
+
+
+def encode_answer(scored: ScoredRows) -> bytes:
+    """The whole answer's JSON at once (the bytes ``prediction_parts`` makes in parts)."""
+    return orjson.dumps(
+        {**answer_head(scored), "predictions": describe_rows(scored, slice(None))}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
 
 
 def release_memory_when_sent(response: Response) -> Response:
@@ -124,13 +130,19 @@ def release_memory_now_and_when_sent(response: Response) -> Response:
 def prediction_parts(scored: ScoredRows) -> Iterator[bytes]:
     """The answer's JSON, ``ANSWER_PART_ROWS`` rows at a time; joined, the bytes orjson makes of the whole answer
     ``{"model_version", "rows", ["baseline_log_odds",] "predictions": [...]}``."""
-    head: dict[str, Any] = {"model_version": scored.version, "rows": scored.rows}
-    if scored.drivers_model is not None:
-        head["baseline_log_odds"] = scored.drivers_model.baseline_log_odds
-    yield orjson.dumps(head)[:-1] + b',"predictions":['
+    yield orjson.dumps(answer_head(scored))[:-1] + b',"predictions":['
     for start in range(0, scored.rows, ANSWER_PART_ROWS):
         yield encode_rows(scored, slice(start, start + ANSWER_PART_ROWS), first=start == 0)
     yield b"]}"
+
+
+def answer_head(scored: ScoredRows) -> dict[str, Any]:
+    """What the answer says before its rows: the model's version, the number of rows and, with drivers, the
+    baseline log-odds."""
+    head: dict[str, Any] = {"model_version": scored.version, "rows": scored.rows}
+    if scored.drivers_model is not None:
+        head["baseline_log_odds"] = scored.drivers_model.baseline_log_odds
+    return head
 
 
 def encode_rows(scored: ScoredRows, part: slice, first: bool) -> bytes:

@@ -309,6 +309,9 @@ class FeatureBatch:
         return len(self.features)
 
 
+PLAIN_NUMBERS = (int, float)  # what JSON numbers parse to; a bool is not one
+
+
 def features_are_counts(features: np.ndarray) -> bool:
     """Whether every value is a whole count from 0 to ``MAX_COUNT`` (a NaN or an infinity is not).
 
@@ -419,37 +422,45 @@ def features_from_records(records: object, source: str, max_rows: int | None = N
         raise TooManyRowsError(source, max_rows, len(records))
     features, ids = records_to_features(records, source)
     check_feature_values(features, source, unit="record")
-    return FeatureBatch(ids=None if all(value is None for value in ids) else ids, features=features)
+    return FeatureBatch(ids=None if ids.count(None) == len(ids) else ids, features=features)
 
 
 def records_to_features(records: list[Any], source: str, first: int = 1) -> tuple[np.ndarray, list[str | None]]:
     """The features and ids of JSON records numbered from ``first``, naming the first one of the wrong shape (its
     values are checked by ``check_feature_values``)."""
-    columns: list[list[object]] = [[] for _ in FEATURES]
+    rows: list[list[Any]] = []
     ids: list[str | None] = []
     for number, record in enumerate(records, start=first):
         if not isinstance(record, dict):
             raise BadFileError(f"{source}: record {number} is {type(record).__name__}, not an object")
-        if any(name not in record for name in FEATURES):
+        try:
+            values = [record[name] for name in FEATURES]
+        except KeyError:  # keys in another case or with spaces, or a feature missing
             record = normalise_keys(record)
-        for values, name in zip(columns, FEATURES, strict=True):
-            value = record.get(name)
-            if value is None:
-                raise BadFileError(f"{source}: record {number} lacks {name}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise BadFileError(
-                    f"{source}: record {number}, {name} is {describe_json_type(value)}, where a number is expected"
-                )
-            values.append(value)
+            values = [record.get(name) for name in FEATURES]
+        if not all(type(value) in PLAIN_NUMBERS for value in values):  # the common case in one pass
+            check_record_values(values, source, number)
+        rows.append(values)
         corporation = record.get(ID_COLUMN)
         if isinstance(corporation, (dict, list)):
             raise BadFileError(f"{source}: record {number}, {ID_COLUMN} must be a string or a number")
         ids.append(None if corporation is None else str(corporation))
     try:
-        features = np.array(columns, dtype=np.float64).T.copy()
+        features = np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
     except OverflowError:
         raise BadFileError(f"{source}: a count is too large to be a number of this kind") from None
     return features, ids
+
+
+def check_record_values(values: list[Any], source: str, number: int) -> None:
+    """Raise BadFileError naming the first of a record's features that is missing or not a number."""
+    for name, value in zip(FEATURES, values, strict=True):
+        if value is None:
+            raise BadFileError(f"{source}: record {number} lacks {name}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadFileError(
+                f"{source}: record {number}, {name} is {describe_json_type(value)}, where a number is expected"
+            )
 
 
 def read_json_lines_features(stream: Any, source: str, max_rows: int | None = None) -> FeatureBatch:

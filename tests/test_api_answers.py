@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from api.routes import ANSWER_PART_ROWS, ScoredRows, prediction_parts
+from api.routes import ANSWER_PART_ROWS, ScoredRows, encode_answer, prediction_parts
 from api.serving import ServedModel
 from app import create_app
 from common.artifacts import MODEL_FILE, current_version_folder, load_model
@@ -149,6 +149,7 @@ def test_an_answer_made_in_parts_is_byte_for_byte_the_whole_answer(family):
         parts = list(prediction_parts(scored))
         assert len(parts) == 6 + 2  # the head, six parts of rows, the end
         assert b"".join(parts) == whole_answer("v0007", model, ids, asked, explain)
+        assert encode_answer(scored) == b"".join(parts)  # as a small answer is made, at once
 
 
 def test_a_large_answer_is_streamed_and_equals_the_whole_answer(deployed):

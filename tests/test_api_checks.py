@@ -4,6 +4,7 @@ a cookie."""
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import subprocess
@@ -17,7 +18,14 @@ from api.guard import FREE_FAILURES, RECHECK_SECONDS, STORE_FILE, AccessStore, C
 from app import create_app
 from common.artifacts import MODEL_FILE, current_version_folder
 from common.config import Config, load_config
-from common.schema import FEW_VALUES, MAX_COUNT, BadFileError, check_feature_values, features_are_counts
+from common.schema import (
+    FEW_VALUES,
+    MAX_COUNT,
+    BadFileError,
+    check_feature_values,
+    features_are_counts,
+    features_from_records,
+)
 from tests.helpers import PROJECT_ROOT, write_config
 
 TOKEN = "a-long-random-token-for-the-checks-0123456789abcdef"
@@ -160,3 +168,49 @@ def test_a_few_values_are_judged_as_many_are(value, count):
         else:
             with pytest.raises(BadFileError, match=f"records: {unit}, number_of_employees "):
                 check_feature_values(features, "records", unit="record")
+
+
+def test_a_json_body_that_ends_before_its_length_is_refused_not_read_short(deployed: Config):
+    app = create_app(deployed, token="")
+    body = json.dumps({"records": [RECORD]}).encode()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/prediction",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "HTTP_HOST": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body) + 50),  # the client said more than it sent, then went away
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+    }
+    statuses: list[str] = []
+    answer = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses == ["400 BAD REQUEST"]
+    assert "did not arrive whole" in json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"lastmonth_activity": 1, "lastyear_activity": 2}, "record 1 lacks number_of_employees"),
+        ({**RECORD, "lastyear_activity": None}, "record 1 lacks lastyear_activity"),
+        ({**RECORD, "lastmonth_activity": True}, "record 1, lastmonth_activity is true or false"),
+        ({**RECORD, "number_of_employees": "18"}, "record 1, number_of_employees is text"),
+        ({**RECORD, "lastmonth_activity": [1]}, "record 1, lastmonth_activity is a list"),
+    ],
+)
+def test_a_record_of_the_wrong_shape_is_named_by_its_first_fault(record, message):
+    with pytest.raises(BadFileError, match=message):
+        features_from_records([record], "records")
+
+
+def test_records_in_any_key_case_or_of_a_number_subclass_are_read_as_plain_ones():
+    class Count(int):
+        pass
+
+    plain = features_from_records([RECORD, RECORD], "records")
+    odd = {" LastMonth_Activity ": Count(37), "lastyear_activity": 412.0, "NUMBER_OF_EMPLOYEES": 18, "corporation": 7}
+    mixed = features_from_records([RECORD, odd], "records")
+    assert mixed.features.flags.c_contiguous and mixed.features.shape == (2, 3)
+    assert np.array_equal(mixed.features, plain.features) and mixed.ids == ["acme", "7"]
