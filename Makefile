@@ -102,10 +102,11 @@ data: $(VENV)/.installed ## regenerate the shipped data (deterministic)
 	$(PY) generate_data.py shipped
 metrics: $(VENV)/.installed ## count Any-dicts, .get( calls, functions over 50 lines and the largest complexity
 	$(PY) -m bench.code_metrics
-lint: $(VENV)/.installed ## ruff check and format check
+lint: $(VENV)/.installed ## ruff check and format check; the package's layers import only downward (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-typecheck: $(VENV)/.installed ## mypy: common/ strictly; the stages, api/ and dashboard/ with unannotated functions checked too
+	$(VENV)/bin/lint-imports --no-cache
+typecheck: $(VENV)/.installed ## mypy: riskwatch's layers below the web and the report strictly; the rest with unannotated functions checked too
 	$(VENV)/bin/mypy
 
 clean: ## remove generated artifacts (keeps .venv and the shipped data)

@@ -7,7 +7,8 @@ Every documented way of starting the server then runs the same workers as ``app.
     .venv/bin/python app.py
 
 gevent workers (slow clients cannot hold them), 1000 connections each, an access log format without query
-strings, no control socket, and the project's log format; api/gunicorn_settings.py holds the values for both.
+strings, no control socket, and the project's log format; riskwatch/web/api/gunicorn_settings.py holds the
+values for both.
 Options on gunicorn's command line (``--bind``, ``--workers``) still win over this file.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the project's modules, whatever gunicorn's chdir
 
-from api.gunicorn_settings import (  # noqa: E402
+from riskwatch.web.api.gunicorn_settings import (  # noqa: E402
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_WORKERS,
@@ -37,6 +38,6 @@ workers = DEFAULT_WORKERS
 
 def on_starting(server: object) -> None:
     """The project's log lines in every worker, as ``app.py`` sets them up (workers inherit the master's)."""
-    from common.logs import setup_logging
+    from riskwatch.core.logs import setup_logging
 
     setup_logging()

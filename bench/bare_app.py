@@ -41,7 +41,7 @@ def create_bare_app() -> Flask:
 
 def create_checked_app(config_path: Path) -> Flask:
     """The API's app (token from the environment, as ``app.py`` reads it) with the bare /prediction view."""
-    from app import create_app
+    from riskwatch.web.app import create_app
 
     app = create_app(config_path)
     app.view_functions[PREDICTION_ENDPOINT] = answer_constant
@@ -53,7 +53,7 @@ def build_yardstick_server(port: int, workers: int, checks: Path | None) -> Any:
     the API (gevent workers, ...)."""
     from gunicorn.app.base import BaseApplication
 
-    from api.gunicorn_settings import DEFAULT_HOST, bind_address, gunicorn_settings
+    from riskwatch.web.api.gunicorn_settings import DEFAULT_HOST, bind_address, gunicorn_settings
 
     class YardstickServer(BaseApplication):
         def load_config(self) -> None:

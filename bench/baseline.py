@@ -13,13 +13,13 @@ import argparse
 
 from sklearn.linear_model import LogisticRegression
 
-from common.artifacts import FINAL_DATA
-from common.config import load_config
-from common.datafiles import read_labelled_data
-from common.evaluation import score_predictions
-from common.files import find_test_files
-from common.records import Metrics
-from training import fit_classifier
+from riskwatch.core.config import load_config
+from riskwatch.core.files import find_test_files
+from riskwatch.data.datafiles import read_labelled_data
+from riskwatch.model.evaluation import score_predictions
+from riskwatch.stages.training import fit_classifier
+from riskwatch.state.artifacts import FINAL_DATA
+from riskwatch.state.records import Metrics
 
 
 def compare_with_baseline(config_path: str | None) -> dict[str, Metrics]:

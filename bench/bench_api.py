@@ -50,11 +50,11 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from api.gunicorn_settings import DEFAULT_WORKERS
 from bench.bare_app import CONSTANT_ANSWER
-from common.artifacts import MODEL_FILE, current_version_folder, load_model
-from common.config import PROJECT_ROOT, ApiSettings, load_config
-from common.schema import read_feature_file
+from riskwatch.core.config import PROJECT_ROOT, ApiSettings, load_config
+from riskwatch.core.schema import read_feature_file
+from riskwatch.state.artifacts import MODEL_FILE, current_version_folder, load_model
+from riskwatch.web.api.gunicorn_settings import DEFAULT_WORKERS
 from tests.helpers import free_port
 
 LOADS = {

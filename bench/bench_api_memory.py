@@ -44,8 +44,8 @@ import orjson
 import requests
 
 from bench.bench_api import build_project
-from common.config import PROJECT_ROOT
-from common.schema import FEATURES
+from riskwatch.core.config import PROJECT_ROOT
+from riskwatch.core.schema import FEATURES
 from tests.helpers import free_port
 
 MIB = 1024 * 1024

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import PROJECT_ROOT, load_config
-from generate_data import format_csv, generate_clients, rows_of
+from riskwatch.core.config import PROJECT_ROOT, load_config
+from riskwatch.data.generator import format_csv, generate_clients, rows_of
 from tests.helpers import free_port, wait_until_healthy, write_config
 
 log = logging.getLogger("bench_clients")
@@ -69,7 +69,7 @@ def build_project(root: Path, rows: int, repeats: int) -> Path:
 
 
 def count_current_clients(config_path: Path) -> int:
-    from common.batches import read_final_data, read_unlabelled_clients, select_current_clients
+    from riskwatch.data.batches import read_final_data, read_unlabelled_clients, select_current_clients
 
     folder = load_config(config_path).output_folder_path
     return len(select_current_clients(read_final_data(folder / "finaldata.csv"), read_unlabelled_clients(folder)).ids)

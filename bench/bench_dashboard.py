@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import PROJECT_ROOT, load_config
-from common.history import open_history, save_run, start_run
-from common.runs import CandidateScore, FeatureDrift, RunFields, RunFile
-from common.schema import FEATURES
-from dashboard import URL_PREFIX
-from generate_data import format_csv, generate_clients, rows_of
+from riskwatch.core.config import PROJECT_ROOT, load_config
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.generator import format_csv, generate_clients, rows_of
+from riskwatch.state.history import open_history, save_run, start_run
+from riskwatch.state.runs import CandidateScore, FeatureDrift, RunFields, RunFile
+from riskwatch.web.dashboard import URL_PREFIX
 from tests.helpers import write_config
 
 log = logging.getLogger("bench_dashboard")
@@ -107,7 +107,7 @@ def add_runs(config_path: Path, count: int = RUNS) -> None:
 
 
 def list_pages(config_path: Path) -> list[str]:
-    from app import create_app
+    from riskwatch.web.app import create_app
 
     client = create_app(config_path, token="").test_client()
     csv_rows = client.get(f"{URL_PREFIX}/clients.csv?sort=corporation&order=asc").get_data(as_text=True).splitlines()
@@ -129,7 +129,7 @@ def list_pages(config_path: Path) -> list[str]:
 
 def time_pages(config_path: Path, requests: int) -> list[tuple[str, float, float, float, int]]:
     """(page, first request ms, median ms, 90th percentile ms, bytes) for each page, through the test client."""
-    from app import create_app
+    from riskwatch.web.app import create_app
 
     fresh = create_app(config_path, token="").test_client()
     found = []
@@ -207,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_path = build_project(root, args.clients)
         add_runs(config_path)
-        from app import create_app
+        from riskwatch.web.app import create_app
 
         with create_app(config_path, token="").test_request_context():
-            from dashboard.views import read_clients, read_serving
+            from riskwatch.web.dashboard.views import read_clients, read_serving
 
             active = len(read_clients(read_serving()).ids)
         print(f"{active:,} active clients, {RUNS} runs in the history; {args.requests} requests per page")

@@ -38,8 +38,8 @@ import pyarrow.csv as pa_csv
 
 from bench.bench_fullprocess import median
 from bench.bench_pipeline import generate, run_measured
-from common.artifacts import INGESTION_REPORT, read_ingestion_report
-from common.schema import COLUMNS
+from riskwatch.core.schema import COLUMNS
+from riskwatch.state.artifacts import INGESTION_REPORT, read_ingestion_report
 from tests.postgres_server import PASSWORD, PASSWORD_ENV, USER, PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,8 +101,8 @@ def check_probe(config: Path, rows: int) -> str:
     """Python code that runs the cheap check (nothing past the last row) and prints its seconds, imports included."""
     return (
         "import time; started = time.perf_counter()\n"
-        "from common.config import load_config\n"
-        "from common.databases import has_rows_past\n"
+        "from riskwatch.core.config import load_config\n"
+        "from riskwatch.core.databases import has_rows_past\n"
         f"assert not has_rows_past(load_config({str(config)!r}).database, {rows})\n"
         "print(time.perf_counter() - started)\n"
     )

@@ -20,12 +20,12 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from common.comparison import labels_f1
-from common.config import MODEL_FAMILIES, ModelSettings, MonitoringSettings
-from common.familychoice import choose_family
-from common.riskmodels import equal_count_calibration_error, fit_risk_model
-from common.schema import FEATURES
-from generate_data import WORLDS, exit_probability, generate_clients
+from riskwatch.core.config import MODEL_FAMILIES, ModelSettings, MonitoringSettings
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.generator import WORLDS, exit_probability, generate_clients
+from riskwatch.model.familychoice import choose_family
+from riskwatch.model.riskmodels import equal_count_calibration_error, fit_risk_model
+from riskwatch.stats.comparison import labels_f1
 
 FRESH_ROWS = 20_000
 SIZES = (10_000, 50_000)

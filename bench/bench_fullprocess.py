@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from bench.bench_pipeline import generate, prepare, run_measured
-from common.artifacts import INGESTION_REPORT, read_ingestion_report
+from riskwatch.state.artifacts import INGESTION_REPORT, read_ingestion_report
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_OP_TARGET = 0.3

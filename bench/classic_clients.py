@@ -24,7 +24,7 @@ from typing import Any
 
 import requests
 
-from common.config import PROJECT_ROOT
+from riskwatch.core.config import PROJECT_ROOT
 
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}
 

@@ -1,6 +1,6 @@
 """Measure the code itself: the numbers a reader of this codebase feels first.
 
-Prints, for the project's own Python (the stages, ``common/``, ``api/``, ``dashboard/``; not the
+Prints, for the project's own Python (the scripts and the ``riskwatch`` package; not the
 tests or the benchmarks): how many ``dict[str, Any]`` annotations there are, how many ``.get(``
 calls the report and the API make, how many functions run over 50 lines, and the largest
 cyclomatic complexity (radon), with where it is.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 from radon.complexity import cc_visit
 
-from common.config import PROJECT_ROOT
+from riskwatch.core.config import PROJECT_ROOT
 
-PACKAGES = ("common", "api", "dashboard")
+PACKAGES = ("riskwatch",)
 LONG_FUNCTION_LINES = 50
-READERS = ("reporting.py", "app.py", "api/routes.py")
+READERS = ("riskwatch/report/reporting.py", "riskwatch/web/app.py", "riskwatch/web/api/routes.py")
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from common.artifacts import current_version_folder, load_deployed_version
-from common.config import ModelSettings, load_config
-from common.drift import confusion_shares, f1_from_counts
-from common.errors import PipelineError
-from common.history import read_runs
-from common.schema import FEATURES
-from generate_data import WORLDS, exit_probability, generate_clients, write_batch, write_shipped_data
+from riskwatch.core.config import ModelSettings, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.generator import WORLDS, exit_probability, generate_clients, write_batch, write_shipped_data
+from riskwatch.stages.training import fit_classifier
+from riskwatch.state.artifacts import current_version_folder, load_deployed_version
+from riskwatch.state.history import read_runs
+from riskwatch.stats.drift import confusion_shares, f1_from_counts
 from tests.helpers import run_script, write_config
-from training import fit_classifier
 
 FRESH_ROWS = 5_000
 ORACLE_ROWS = 50_000

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Config, load_config
-from ingestion import ingest_folder
+from riskwatch.core.config import Config, load_config
+from riskwatch.stages.ingestion import ingest_folder
 from tests.helpers import copy_project, deploy, skip_or_fail, train_and_score, write_clients, write_config
 from tests.postgres_server import PASSWORD, PASSWORD_ENV, PostgresServer, PostgresUnavailable
 

@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from common.config import load_config
-from common.history import read_runs
-from common.runs import StoredRun
+from riskwatch.core.config import load_config
+from riskwatch.state.history import read_runs
+from riskwatch.state.runs import StoredRun
 from tests.helpers import PROJECT_ROOT, free_port, run_script, script_command, write_config, write_database_config
 
 # SQLAlchemy is not among them: the run history goes through it (about 0.15 s to import); the check

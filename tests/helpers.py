@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 import requests
 
-from common.artifacts import MODEL_FILE, MODEL_INFO_FILE, current_version_folder, load_model, save_model
-from common.batches import read_ingested_data
-from common.config import Config, ModelSettings
-from common.evaluation import score_model
-from common.files import sha256_file
-from common.history import open_history, save_run, start_run
-from common.imports import sklearn_without_pandas
-from common.records import read_model_info
-from common.runs import CandidateScore, FeatureDrift, RunFields, RunFile
-from common.schema import FEATURES, ID_COLUMN, TARGET
-from deployment import Publication, publish_deployment
-from generate_data import format_csv, generate_clients, rows_of
-from scoring import write_scores
-from training import train_from_folder
+from riskwatch.core.config import Config, ModelSettings
+from riskwatch.core.files import sha256_file
+from riskwatch.core.imports import sklearn_without_pandas
+from riskwatch.core.schema import FEATURES, ID_COLUMN, TARGET
+from riskwatch.data.batches import read_ingested_data
+from riskwatch.data.generator import format_csv, generate_clients, rows_of
+from riskwatch.model.evaluation import score_model
+from riskwatch.stages.deployment import Publication, publish_deployment
+from riskwatch.stages.scoring import write_scores
+from riskwatch.stages.training import train_from_folder
+from riskwatch.state.artifacts import MODEL_FILE, MODEL_INFO_FILE, current_version_folder, load_model, save_model
+from riskwatch.state.history import open_history, save_run, start_run
+from riskwatch.state.records import read_model_info
+from riskwatch.state.runs import CandidateScore, FeatureDrift, RunFields, RunFile
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAUSED_STAGE = PROJECT_ROOT / "tests" / "paused_stage.py"

@@ -3,7 +3,7 @@ on SQLite files in tmp_path, tests/test_history_postgres.py on a PostgreSQL data
 
 from __future__ import annotations
 
-from common.history import (
+from riskwatch.state.history import (
     change_started_batch,
     decided_batch,
     decided_hashes,
@@ -17,7 +17,7 @@ from common.history import (
     start_run,
     waiting_hashes,
 )
-from common.runs import RunFields, RunFile
+from riskwatch.state.runs import RunFields, RunFile
 
 
 def add_run(

@@ -31,7 +31,7 @@ def pause_at(wanted: str) -> Callable[[str], None]:
 def main(argv: list[str]) -> int:
     step, script, *arguments = argv
     sys.path.insert(0, str(PROJECT_ROOT))
-    deployment = importlib.import_module("deployment")
+    deployment = importlib.import_module("riskwatch.stages.deployment")
     deployment.reached_step = pause_at(step)
     stage = importlib.import_module(Path(script).stem)
     return int(stage.main(arguments))

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from common.alerts import deliver, dispatch
-from common.config import load_config
-from common.history import read_runs
-from generate_data import write_batch, write_shipped_data
+from riskwatch.core.config import load_config
+from riskwatch.data.generator import write_batch, write_shipped_data
+from riskwatch.monitoring.alerts import deliver, dispatch
+from riskwatch.state.history import read_runs
 from tests.helpers import PROJECT_ROOT, free_port, run_script, write_config
 from tests.webhook_receiver import EVENT, Receiver
 
@@ -73,7 +73,7 @@ def test_dispatch_returns_at_once_and_the_child_delivers_after(tmp_path: Path):
 
 @pytest.mark.slow
 def test_alerts_import_nothing_heavy():
-    probe = "import sys, common.alerts; print(sorted({'requests', 'numpy', 'pandas'} & set(sys.modules)))"
+    probe = "import sys, riskwatch.monitoring.alerts; print(sorted({'requests', 'numpy', 'pandas'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
 

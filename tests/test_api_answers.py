@@ -10,15 +10,15 @@ import numpy as np
 import orjson
 import pytest
 
-from api.routes import ANSWER_PART_ROWS, ScoredRows, encode_answer, prediction_parts
-from api.serving import ServedModel
-from app import create_app
-from common.artifacts import MODEL_FILE, current_version_folder, load_model
-from common.config import MODEL_FAMILIES, Config, ModelSettings, load_config
-from common.drivers import explain_clients
-from common.riskmodels import FAMILY_CLASSES, RiskModel, risk_model_for
-from common.schema import FEATURES
-from generate_data import format_csv, generate_clients, rows_of
+from riskwatch.core.config import MODEL_FAMILIES, Config, ModelSettings, load_config
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.generator import format_csv, generate_clients, rows_of
+from riskwatch.model.drivers import explain_clients
+from riskwatch.model.riskmodels import FAMILY_CLASSES, RiskModel, risk_model_for
+from riskwatch.state.artifacts import MODEL_FILE, current_version_folder, load_model
+from riskwatch.web.api.routes import ANSWER_PART_ROWS, ScoredRows, encode_answer, prediction_parts
+from riskwatch.web.api.serving import ServedModel
+from riskwatch.web.app import create_app
 from tests.helpers import write_config
 
 HEADER = ",".join(FEATURES)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from app import check_exposure, create_app
-from common.artifacts import MODEL_FILE, VERSION_INFO_FILE, VERSIONS_FOLDER
-from common.config import Config
+from riskwatch.core.config import Config
+from riskwatch.state.artifacts import MODEL_FILE, VERSION_INFO_FILE, VERSIONS_FOLDER
+from riskwatch.web.app import check_exposure, create_app
 from tests.helpers import deploy, train_and_score
 
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}
@@ -188,7 +188,7 @@ def test_without_a_token_only_loopback_is_served_unless_asked():
 
 
 def test_messages_show_no_absolute_paths(client, deployed: Config):
-    from common.artifacts import DIAGNOSTICS_FILE
+    from riskwatch.state.artifacts import DIAGNOSTICS_FILE
 
     (deployed.output_model_path / DIAGNOSTICS_FILE).write_text(
         json.dumps({"model_version": "v0001", "missing_data": {"dataset": "sourceddata", "rows": 1}})

@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pytest
 
-from common.config import Config
-from common.schema import FEATURES
-from generate_data import format_csv, generate_clients, rows_of
+from riskwatch.core.config import Config
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.generator import format_csv, generate_clients, rows_of
 from tests.helpers import PROJECT_ROOT, start_api, write_config
 
 MIB = 1024 * 1024
@@ -29,8 +29,8 @@ EXPLAIN_ROWS = 50_000
 READER_PEAK = """
 import json, resource, sys
 from pathlib import Path
-from api.locations import LocationReader
-from common.schema import TooManyRowsError
+from riskwatch.web.api.locations import LocationReader
+from riskwatch.core.schema import TooManyRowsError
 folder = Path(sys.argv[1])
 reader = LocationReader(folder, [folder], 1024 ** 3)
 reader.rows("small.csv")  # the reading code and pyarrow's threads, before the peak is taken

@@ -26,10 +26,10 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from app import create_app
 from bench.bench_api import hold_slow_clients
-from common.artifacts import MODEL_FILE, VERSIONS_FOLDER
-from common.config import Config, load_config
+from riskwatch.core.config import Config, load_config
+from riskwatch.state.artifacts import MODEL_FILE, VERSIONS_FOLDER
+from riskwatch.web.app import create_app
 from tests.helpers import PROJECT_ROOT, deploy, free_port, run_script, train_and_score, wait_until_healthy, write_config
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import create_app
-from common.artifacts import (
+from riskwatch.core.config import Config, load_config
+from riskwatch.core.schema import FEATURES, read_feature_file
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import (
     DIAGNOSTICS_FILE,
     FINAL_DATA,
     MODEL_FILE,
@@ -21,11 +23,9 @@ from common.artifacts import (
     current_version_folder,
     load_model,
 )
-from common.config import Config, load_config
-from common.history import open_history, save_run, start_run
-from common.runs import FeatureDrift, RunFields, RunFile
-from common.schema import FEATURES, read_feature_file
-from ingestion import ingest_folder
+from riskwatch.state.history import open_history, save_run, start_run
+from riskwatch.state.runs import FeatureDrift, RunFields, RunFile
+from riskwatch.web.app import create_app
 from tests.helpers import deploy, train_and_score, write_config
 
 HEADER = ",".join(FEATURES)
@@ -432,7 +432,7 @@ def test_a_version_that_failed_to_load_is_tried_again_later(client, deployed, mo
     assert client.get("/health").get_json()["status"] == "degraded"
     shutil.copy(deployed.output_model_path / MODEL_FILE, model_file)  # repaired, say after a disk fault
     assert client.get("/health").get_json()["model_version"] == "v0001"  # not retried at once
-    monkeypatch.setattr("api.serving.RETRY_SECONDS", 0.0)
+    monkeypatch.setattr("riskwatch.web.api.serving.RETRY_SECONDS", 0.0)
     assert client.get("/health").get_json() == {"status": "ok", "model_version": "v0002"}
 
 

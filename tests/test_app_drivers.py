@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from app import create_app
-from common.batches import read_ingested_data
-from common.config import Config
-from common.imports import sklearn_without_pandas
-from common.schema import FEATURES, ID_COLUMN, TARGET
+from riskwatch.core.config import Config
+from riskwatch.core.imports import sklearn_without_pandas
+from riskwatch.core.schema import FEATURES, ID_COLUMN, TARGET
+from riskwatch.data.batches import read_ingested_data
+from riskwatch.web.app import create_app
 from tests.helpers import deploy_plain_logistic_regression, latest_active_rows, served_model
 
 with sklearn_without_pandas():

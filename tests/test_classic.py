@@ -25,7 +25,10 @@ import reporting
 import scoring
 import training
 from bench.classic_clients import RECORD, SHAPES, Target, send_shape, start_gunicorn, stop
-from common.artifacts import (
+from riskwatch.core.config import CONFIG_ENV_VAR, Config, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.schema import COLUMNS, FEATURES, read_feature_file
+from riskwatch.state.artifacts import (
     CONFUSION_MATRIX_FILE,
     FINAL_DATA,
     INGESTED_FILES,
@@ -34,9 +37,6 @@ from common.artifacts import (
     current_version_folder,
     load_model,
 )
-from common.config import CONFIG_ENV_VAR, Config, load_config
-from common.errors import PipelineError
-from common.schema import COLUMNS, FEATURES, read_feature_file
 from tests.helpers import PROJECT_ROOT, UDACITY_DATA, free_port, udacity_config, write_clients, write_config
 
 # No package index in tests: the dependency check answers "unknown" at once.
@@ -241,7 +241,7 @@ def test_serving_records_imports_no_pandas_and_no_request_imports_anything_once_
         f"record = {RECORD!r}\n"
         "for body in (record, [record], {'records': [record]}):\n"
         "    assert client.post('/prediction', json=body).status_code == 200\n"
-        "assert 'pandas' not in sys.modules and 'common.frames' not in sys.modules\n"
+        "assert 'pandas' not in sys.modules and 'riskwatch.data.frames' not in sys.modules\n"
         "assert client.post('/prediction', json={'filelocation': 'testdata/testdata.csv'}).status_code == 200\n"
         "before = set(sys.modules)\n"
         "for body in (record, [record], {'filename': 'testdata.csv'}):\n"
@@ -262,7 +262,7 @@ def test_serving_records_imports_no_pandas_and_no_request_imports_anything_once_
 
 @pytest.mark.slow
 def test_importing_app_builds_nothing(tmp_path):
-    code = "import app\nassert app._built is None\n"
+    code = "import app\nfrom riskwatch.web import app as web_app\nassert web_app._built is None\n"
     missing = str(tmp_path / "no-config.json")  # building would fail on it
     done = subprocess.run(
         [sys.executable, "-c", code],

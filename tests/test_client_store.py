@@ -23,16 +23,12 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from api.routes import API_STATE, describe_one_client, describe_ranking
-from app import create_app
-from common.artifacts import FINAL_DATA
-from common.batches import CurrentClients, IngestedData, read_ingested_data, read_unlabelled_clients
-from common.batches import select_current_clients as select_current
-from common.config import Config, load_config
-from common.drivers import explain_clients
-from common.files import LockHeld, hold_lock
-from common.schema import FEATURES, ID_COLUMN, SCHEMA, UNLABELLED_COLUMNS
-from dashboard.clients import (
+from riskwatch.core.config import Config, load_config
+from riskwatch.core.files import LockHeld, hold_lock
+from riskwatch.core.schema import FEATURES, ID_COLUMN, SCHEMA, UNLABELLED_COLUMNS
+from riskwatch.data.batches import CurrentClients, IngestedData, read_ingested_data, read_unlabelled_clients
+from riskwatch.data.batches import select_current_clients as select_current
+from riskwatch.model.clients import (
     ClientDetail,
     ClientRow,
     ClientTable,
@@ -41,9 +37,13 @@ from dashboard.clients import (
     spreadsheet_text,
     stream_clients_csv,
 )
-from dashboard.clientstore import CLIENT_TABLES_FOLDER, LOCK_FILE
-from dashboard.sources import DashboardSources, app_sources
-from ingestion import ingest_folder
+from riskwatch.model.clientstore import CLIENT_TABLES_FOLDER, LOCK_FILE
+from riskwatch.model.drivers import explain_clients
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import FINAL_DATA
+from riskwatch.web.api.routes import API_STATE, describe_one_client, describe_ranking
+from riskwatch.web.app import create_app
+from riskwatch.web.dashboard.sources import DashboardSources, app_sources
 from tests.helpers import PROJECT_ROOT, deploy, train_and_score, write_config
 
 # Clients the shipped data does not hold, and one it does (its latest labelled row is then not its state).
@@ -356,8 +356,8 @@ ASKING_SCRIPT = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, ".")
-from app import create_app
-from dashboard.sources import DashboardSources
+from riskwatch.web.app import create_app
+from riskwatch.web.dashboard.sources import DashboardSources
 
 built = []
 original = DashboardSources.score_clients
@@ -373,7 +373,7 @@ print(json.dumps({"built": len(built), "clients": answer["clients"], "pandas": "
 
 
 def test_a_build_elsewhere_that_takes_too_long_is_a_503_naming_it(deployed, monkeypatch):
-    monkeypatch.setattr("dashboard.clientstore.BUILD_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr("riskwatch.model.clientstore.BUILD_WAIT_SECONDS", 0.2)
     folder = deployed.output_folder_path / CLIENT_TABLES_FOLDER
     client = create_app(deployed, token="").test_client()
     with hold_lock(folder / LOCK_FILE, "building clients-v0001-test", "held"):

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from common.config import CONFIG_ENV_VAR, dump_config, load_config
-from common.errors import PipelineError
+from riskwatch.core.config import CONFIG_ENV_VAR, dump_config, load_config
+from riskwatch.core.errors import PipelineError
 from tests.helpers import PROJECT_ROOT, write_config
 
 

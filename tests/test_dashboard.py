@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from api.guard import ACCESS_FOLDER, SECRET_FILE
-from app import create_app
-from common.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE, current_version_folder, load_deployed_version
-from common.config import Config
-from common.schema import FEATURES, ID_COLUMN
-from dashboard.access import session_secret
+from riskwatch.core.config import Config
+from riskwatch.core.schema import FEATURES, ID_COLUMN
+from riskwatch.state.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE, current_version_folder, load_deployed_version
+from riskwatch.web.api.guard import ACCESS_FOLDER, SECRET_FILE
+from riskwatch.web.app import create_app
+from riskwatch.web.dashboard.access import session_secret
 from tests.helpers import active_clients, add_runs, deploy, train_and_score
 
 PAGES = tuple(f"/dashboard{page}" for page in ("/", "/clients", "/model-health", "/runs", "/runs?all=1", "/system"))
@@ -123,7 +123,7 @@ def test_a_client_page_shows_its_rows_and_drivers_that_add_up(app, client, deplo
         assert any(words in page for words in ("raises the risk most", "lowers the risk most", "no count stands out"))
         assert "Its rows as they arrived" in page
         with app.app_context():
-            from dashboard.views import read_clients, read_serving
+            from riskwatch.web.dashboard.views import read_clients, read_serving
 
             detail = read_clients(read_serving()).detail(ids[index])
         assert detail.probability == probabilities[index]
@@ -169,7 +169,7 @@ def test_pages_answer_before_anything_is_deployed(project):
 
 
 def test_the_client_table_is_scored_once_per_version_and_data(app, deployed):
-    from dashboard.views import read_clients, read_serving
+    from riskwatch.web.dashboard.views import read_clients, read_serving
 
     with app.app_context():
         first = read_clients(read_serving())

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.artifacts import current_version_folder, load_deployed_version
-from common.config import Config, load_config
-from dashboard import URL_PREFIX
-from ingestion import ingest_folder
+from riskwatch.core.config import Config, load_config
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import current_version_folder, load_deployed_version
+from riskwatch.web.dashboard import URL_PREFIX
 from tests.helpers import (
     PROJECT_ROOT,
     active_clients,

@@ -15,23 +15,23 @@ import pytest
 from flask import Flask
 from markupsafe import escape
 
-from app import create_app
-from common.artifacts import MODEL_FILE, current_version_folder, load_deployed_version
-from common.batches import TrainingWindow, read_ingested_data
-from common.config import Config, ModelSettings, load_config
-from common.evaluation import score_model
-from common.history import DEPLOYED, open_history, save_run, start_run
-from common.riskmodels import ADDITIVE, BOOSTED, LINEAR
-from common.runs import CandidateScore, RunFields
-from common.schema import FEATURE_LABELS, FEATURES
-from dashboard.charts import Chart, Series, render_chart, y_ticks
-from dashboard.clients import ClientTable
-from dashboard.model import SAMPLE_LIMIT, bin_dependence, format_count, measure_effects, sample_rows
-from generate_data import write_world_data
-from ingestion import ingest_folder
-from scoring import write_scores
+from riskwatch.core.config import Config, ModelSettings, load_config
+from riskwatch.core.schema import FEATURE_LABELS, FEATURES
+from riskwatch.data.batches import TrainingWindow, read_ingested_data
+from riskwatch.data.generator import write_world_data
+from riskwatch.model.clients import ClientTable
+from riskwatch.model.evaluation import score_model
+from riskwatch.model.riskmodels import ADDITIVE, BOOSTED, LINEAR
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.stages.scoring import write_scores
+from riskwatch.stages.training import FitContext, describe_training_data, fit_and_save, train_from_folder
+from riskwatch.state.artifacts import MODEL_FILE, current_version_folder, load_deployed_version
+from riskwatch.state.history import DEPLOYED, open_history, save_run, start_run
+from riskwatch.state.runs import CandidateScore, RunFields
+from riskwatch.web.app import create_app
+from riskwatch.web.dashboard.charts import Chart, Series, render_chart, y_ticks
+from riskwatch.web.dashboard.model import SAMPLE_LIMIT, bin_dependence, format_count, measure_effects, sample_rows
 from tests.helpers import deploy, deploy_plain_logistic_regression, write_config
-from training import FitContext, describe_training_data, fit_and_save, train_from_folder
 
 PAGE = "/dashboard/model"
 WORLD_ROWS = 3_000
@@ -68,7 +68,7 @@ def open_page(config: Config) -> tuple[str, Flask]:
 
 
 def client_table(app: Flask) -> ClientTable:
-    from dashboard.views import read_clients, read_serving
+    from riskwatch.web.dashboard.views import read_clients, read_serving
 
     with app.app_context():
         return read_clients(read_serving())
@@ -306,11 +306,11 @@ def test_with_a_token_the_page_asks_to_sign_in(deployed):
 
 
 def test_the_effects_are_computed_once_per_client_table(deployed, monkeypatch):
-    import dashboard.model
+    from riskwatch.web.dashboard import model as dashboard_model
 
     calls = []
-    measure = dashboard.model.measure_effects
-    monkeypatch.setattr(dashboard.model, "measure_effects", lambda *args: calls.append(1) or measure(*args))
+    measure = dashboard_model.measure_effects
+    monkeypatch.setattr(dashboard_model, "measure_effects", lambda *args: calls.append(1) or measure(*args))
     client = create_app(deployed, token="").test_client()
     assert client.get(PAGE).status_code == 200 and client.get(PAGE).status_code == 200
     assert len(calls) == 1

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from common.artifacts import current_version
-from common.config import load_config
-from common.history import read_runs
-from generate_data import load_into_database, write_batch, write_shipped_data
+from riskwatch.core.config import load_config
+from riskwatch.data.generator import load_into_database, write_batch, write_shipped_data
+from riskwatch.state.artifacts import current_version
+from riskwatch.state.history import read_runs
 from tests.fullprocess_runs import database_config, no_op_probe, run_fullprocess
 from tests.helpers import PROJECT_ROOT
 
@@ -42,8 +42,8 @@ def test_a_no_op_run_against_the_database_is_cheap(sqlite_shipped: Path):
 def test_the_check_for_new_rows_imports_no_sqlalchemy(sqlite_shipped: Path):
     probe = (
         "import sys\n"
-        "from common.config import load_config\n"
-        "from common.databases import has_rows_past\n"
+        "from riskwatch.core.config import load_config\n"
+        "from riskwatch.core.databases import has_rows_past\n"
         f"source = load_config({str(sqlite_shipped)!r}).database\n"
         "print(has_rows_past(source, 10047), has_rows_past(source, 10048), 'sqlalchemy' in sys.modules)\n"
     )

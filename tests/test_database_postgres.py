@@ -8,13 +8,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import common.database_rows as database_rows
-from common.artifacts import FINAL_DATA, INGESTED_FILES, current_version, read_ingestion_record
-from common.config import Config, load_config
-from common.errors import PipelineError
-from common.history import read_runs
-from generate_data import load_into_database, write_shipped_data
-from ingestion import ingest_folder
+from riskwatch.core.config import Config, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.data import database_rows
+from riskwatch.data.generator import load_into_database, write_shipped_data
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import FINAL_DATA, INGESTED_FILES, current_version, read_ingestion_record
+from riskwatch.state.history import read_runs
 from tests.fullprocess_runs import database_config, no_op_probe, run_fullprocess
 from tests.helpers import write_clients, write_config, write_database_config
 from tests.postgres_server import PASSWORD, USER, PostgresServer

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-import common.database_rows as database_rows
-import ingestion
-from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT, read_ingestion_record
-from common.config import Config, load_config
-from common.databases import check_identifier, has_rows_past, parse_database_url, quote_identifier
-from common.errors import PipelineError
-from generate_data import load_into_database
-from ingestion import ingest_folder
+from riskwatch.core.config import Config, load_config
+from riskwatch.core.databases import check_identifier, has_rows_past, parse_database_url, quote_identifier
+from riskwatch.core.errors import PipelineError
+from riskwatch.data import database_rows
+from riskwatch.data.generator import load_into_database
+from riskwatch.stages import ingestion
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import FINAL_DATA, INGESTED_FILES, INGESTION_REPORT, read_ingestion_record
 from tests.helpers import PROJECT_ROOT, write_clients, write_config, write_database_config
 
 

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from common.artifacts import (
+from riskwatch.core.config import Config
+from riskwatch.core.files import sha256_file
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import (
     FINAL_DATA,
     MODEL_FILE,
     current_version,
     current_version_folder,
     load_deployed_version,
 )
-from common.config import Config
-from common.files import sha256_file
-from ingestion import ingest_folder
 from tests.helpers import copy_project, deploy, train_and_score
 
 

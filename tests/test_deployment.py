@@ -11,7 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from common.artifacts import (
+from riskwatch.core.config import Config, ModelSettings
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.files import folder_lock, sha256_file
+from riskwatch.stages.deployment import (
+    PUBLISHED_FILES,
+    VERSION_INFO_FILE,
+    VERSIONS_FOLDER,
+    current_version,
+    describe_versions,
+    list_versions,
+    rollback_deployment,
+)
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.stages.training import train_from_folder
+from riskwatch.state.artifacts import (
     INGESTED_FILES,
     INGESTED_RECORD,
     LATEST_SCORE_FILE,
@@ -22,21 +36,7 @@ from common.artifacts import (
     load_model,
     read_ingested_files,
 )
-from common.config import Config, ModelSettings
-from common.errors import PipelineError
-from common.files import folder_lock, sha256_file
-from deployment import (
-    PUBLISHED_FILES,
-    VERSION_INFO_FILE,
-    VERSIONS_FOLDER,
-    current_version,
-    describe_versions,
-    list_versions,
-    rollback_deployment,
-)
-from ingestion import ingest_folder
 from tests.helpers import PROJECT_ROOT, copy_project, deploy, script_command, train_and_score
-from training import train_from_folder
 
 
 @pytest.fixture

@@ -11,12 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import diagnostics
-from common.artifacts import DEPENDENCY_CACHE_FILE, DIAGNOSTICS_FILE, MODEL_FILE, current_version_folder, load_model
-from common.config import DiagnosticsSettings, load_config
-from common.datastats import missing_data, summary_statistics
-from common.schema import read_feature_file
-from common.timings import STAGE_TIMINGS_FILE, read_stage_timings
+from riskwatch.core.config import DiagnosticsSettings, load_config
+from riskwatch.core.schema import read_feature_file
+from riskwatch.core.timings import STAGE_TIMINGS_FILE, read_stage_timings
+from riskwatch.data.datastats import missing_data, summary_statistics
+from riskwatch.stages import diagnostics
+from riskwatch.state.artifacts import (
+    DEPENDENCY_CACHE_FILE,
+    DIAGNOSTICS_FILE,
+    MODEL_FILE,
+    current_version_folder,
+    load_model,
+)
 from tests.helpers import run_script, write_config
 
 
@@ -249,7 +255,7 @@ def test_a_damaged_timing_record_never_fails_a_stage(deployed):
 
 
 def test_missing_counts_are_kept_by_content_and_an_unchanged_file_is_counted_once(project, tmp_path, monkeypatch):
-    from common import datastats
+    from riskwatch.data import datastats
 
     paths = sorted(project.input_folder_path.glob("*.csv"))
     cache = tmp_path / "missingcache.json"

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from common.config import MonitoringSettings
-from common.drift import (
+from riskwatch.core.config import MonitoringSettings
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.generator import SHIFTED, STABLE, generate_clients
+from riskwatch.state.history import ReferenceScore
+from riskwatch.stats.drift import (
     bootstrap_f1,
     calibration_error,
     check_model_drift,
@@ -18,9 +21,6 @@ from common.drift import (
     feature_drift,
     resampled_f1,
 )
-from common.history import ReferenceScore
-from common.schema import FEATURES
-from generate_data import SHIFTED, STABLE, generate_clients
 
 SHARES = np.array([0.16, 0.10, 0.09, 0.65])  # tp, fp, fn, tn: F1 about 0.63, as the shipped model scores
 
@@ -126,7 +126,7 @@ def test_a_shifted_population_drifts_and_is_described():
 
 
 def world_arrays(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from generate_data import WORLDS
+    from riskwatch.data.generator import WORLDS
 
     clients = generate_clients(rows, np.random.default_rng(seed), WORLDS[world])
     return np.column_stack([clients[name].astype(float) for name in FEATURES]), clients["exited"]
@@ -134,8 +134,8 @@ def world_arrays(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 @pytest.fixture(scope="module")
 def shipped_like_model():
-    from common.config import ModelSettings
-    from training import fit_classifier
+    from riskwatch.core.config import ModelSettings
+    from riskwatch.stages.training import fit_classifier
 
     return fit_classifier(*world_arrays("stable", 10_000, 1), ModelSettings())
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from common.artifacts import MODEL_FILE, load_model
-from common.config import Config, ModelSettings
-from common.drivers import compare_with_typical, describe_reason, explain_clients
-from common.imports import sklearn_without_pandas
-from common.riskmodels import risk_model_for
-from common.schema import FEATURES
-from training import fit_classifier
+from riskwatch.core.config import Config, ModelSettings
+from riskwatch.core.imports import sklearn_without_pandas
+from riskwatch.core.schema import FEATURES
+from riskwatch.model.drivers import compare_with_typical, describe_reason, explain_clients
+from riskwatch.model.riskmodels import risk_model_for
+from riskwatch.stages.training import fit_classifier
+from riskwatch.state.artifacts import MODEL_FILE, load_model
 
 with sklearn_without_pandas():
     from sklearn.linear_model import LogisticRegression

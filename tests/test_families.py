@@ -17,15 +17,13 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from app import create_app
-from common.artifacts import MODEL_FILE, MODEL_INFO_FILE, load_model
-from common.comparison import labels_f1
-from common.config import MODEL_FAMILIES, ModelSettings, MonitoringSettings, load_config
-from common.errors import PipelineError
-from common.evaluation import score_model
-from common.familychoice import choose_family
-from common.records import read_model_info
-from common.riskmodels import (
+from riskwatch.core.config import MODEL_FAMILIES, ModelSettings, MonitoringSettings, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.generator import WORLDS, exit_probability, generate_clients, write_world_data
+from riskwatch.model.evaluation import score_model
+from riskwatch.model.familychoice import choose_family
+from riskwatch.model.riskmodels import (
     ADDITIVE,
     BOOSTED,
     FAMILY_CLASSES,
@@ -34,13 +32,15 @@ from common.riskmodels import (
     fit_risk_model,
     risk_model_for,
 )
-from common.schema import FEATURES
-from deployment import publish_deployment
-from generate_data import WORLDS, exit_probability, generate_clients, write_world_data
-from ingestion import ingest_folder
-from scoring import write_scores
+from riskwatch.stages.deployment import publish_deployment
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.stages.scoring import write_scores
+from riskwatch.stages.training import train_from_folder
+from riskwatch.state.artifacts import MODEL_FILE, MODEL_INFO_FILE, load_model
+from riskwatch.state.records import read_model_info
+from riskwatch.stats.comparison import labels_f1
+from riskwatch.web.app import create_app
 from tests.helpers import write_config
-from training import train_from_folder
 
 FRESH_ROWS = 20_000
 MAX_CALIBRATION_ERROR = 0.02
@@ -167,7 +167,7 @@ def test_each_familys_model_file_loads_in_a_fresh_interpreter_with_the_libraries
             f"model = pickle.load(open({str(tmp_path / (family + '.pkl'))!r}, 'rb'))\n"
             f"frame = pd.DataFrame({features[:5].tolist()!r}, columns={list(FEATURES)!r})\n"
             "print(json.dumps([model.predict_proba(frame.to_numpy())[:, 1].tolist(), model.predict(frame).tolist()]))\n"
-            "assert not any(name.split('.')[0] in ('common', 'training') for name in sys.modules)\n"
+            "assert not any(name.split('.')[0] in ('riskwatch', 'training') for name in sys.modules)\n"
         )
         done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, done.stderr

@@ -21,17 +21,17 @@ from pathlib import Path
 import pytest
 from cronsim import CronSim
 
-from common.artifacts import (
+from riskwatch.core.config import MODEL_FAMILIES, load_config
+from riskwatch.cycle.fullprocess import API_RETURNS_AFTER_DEPLOYMENT, EXIT_LOCKED, PLOT_AFTER_DEPLOYMENT
+from riskwatch.data.generator import write_batch, write_shipped_data
+from riskwatch.state.artifacts import (
     REPORT_FILE,
     TRENDS_PLOT_FILE,
     current_version,
     current_version_folder,
     load_deployed_version,
 )
-from common.config import MODEL_FAMILIES, load_config
-from common.history import read_runs
-from fullprocess import API_RETURNS_AFTER_DEPLOYMENT, EXIT_LOCKED, PLOT_AFTER_DEPLOYMENT
-from generate_data import write_batch, write_shipped_data
+from riskwatch.state.history import read_runs
 from tests.fullprocess_runs import (
     last_run,
     paused_fullprocess,

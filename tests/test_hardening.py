@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import ingestion
-from common.artifacts import FINAL_DATA
-from common.batches import read_ingested_data
-from common.config import Config
-from common.schema import MAX_ID_LENGTH
-from diagnostics import SCRATCH_PREFIX, clean_stale_scratch
-from ingestion import PARSED_FOLDER, ingest_folder
+from riskwatch.core.config import Config
+from riskwatch.core.schema import MAX_ID_LENGTH
+from riskwatch.data.batches import read_ingested_data
+from riskwatch.stages import ingestion
+from riskwatch.stages.diagnostics import SCRATCH_PREFIX, clean_stale_scratch
+from riskwatch.stages.ingestion import PARSED_FOLDER, ingest_folder
+from riskwatch.state.artifacts import FINAL_DATA
 from tests.helpers import write_clients
 
 HEADER = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import PipelineError
-from common.history import (
+from riskwatch.core.errors import PipelineError
+from riskwatch.state.history import (
     RUN_COLUMNS,
     open_history,
     read_runs,
     save_run,
     start_run,
 )
-from common.runs import (
+from riskwatch.state.runs import (
     AlertRecord,
     CandidateScore,
     FeatureDrift,

@@ -11,11 +11,11 @@ import psycopg
 import pytest
 import requests
 
-from common.config import load_config
-from common.databases import DatabaseUrl, parse_database_url
-from common.errors import PipelineError
-from common.history import open_history, read_runs
-from generate_data import write_batch, write_shipped_data
+from riskwatch.core.config import load_config
+from riskwatch.core.databases import DatabaseUrl, parse_database_url
+from riskwatch.core.errors import PipelineError
+from riskwatch.data.generator import write_batch, write_shipped_data
+from riskwatch.state.history import open_history, read_runs
 from tests import history_rules
 from tests.fullprocess_runs import run_fullprocess, scenario_config
 from tests.helpers import free_port, start_api

@@ -10,7 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from common.artifacts import (
+from riskwatch.core.config import Config
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.files import atomic_path, folder_lock
+from riskwatch.core.rowhash import hash_strings
+from riskwatch.core.schema import COLUMNS
+from riskwatch.data.datafiles import read_data_file
+from riskwatch.data.finaldata import drop_duplicate_rows
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import (
     FINAL_DATA,
     INGESTED_FILES,
     INGESTED_RECORD,
@@ -19,14 +27,6 @@ from common.artifacts import (
     read_ingested_files,
     read_ingestion_report,
 )
-from common.config import Config
-from common.datafiles import read_data_file
-from common.errors import PipelineError
-from common.files import atomic_path, folder_lock
-from common.finaldata import drop_duplicate_rows
-from common.rowhash import hash_strings
-from common.schema import COLUMNS
-from ingestion import ingest_folder
 from tests.helpers import run_script, write_clients, write_config
 
 HEADER = ",".join(COLUMNS) + "\n"
@@ -322,7 +322,7 @@ def test_a_file_edited_in_place_replaces_its_old_rows(project):
 def test_a_renamed_unchanged_file_is_not_parsed_again(project, monkeypatch):
     ingest_folder(project.input_folder_path, project.output_folder_path)
     (project.input_folder_path / "clients_b.csv").rename(project.input_folder_path / "clients_b_renamed.csv")
-    import ingestion
+    from riskwatch.stages import ingestion
 
     monkeypatch.setattr(ingestion, "stream_data_file", lambda *_: pytest.fail("an unchanged file was parsed again"))
     result = ingest_folder(project.input_folder_path, project.output_folder_path)

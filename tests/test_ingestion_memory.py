@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.bench_ingest_memory import ingest_measured, write_config, write_csv_of_size
-from common.config import PROJECT_ROOT
+from riskwatch.core.config import PROJECT_ROOT
 
 # The interpreter with pyarrow and numpy loaded (about 75 MiB), the CSV reader's blocks read ahead (about
 # 60 MiB at 1 MiB blocks), and the row hashes: 8 bytes a row in file order and 8 sorted.

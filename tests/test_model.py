@@ -9,19 +9,26 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from common.artifacts import FINAL_DATA, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, load_model
-from common.config import ModelSettings, load_config
-from common.datafiles import read_labelled_data
-from common.errors import PipelineError
-from common.evaluation import score_model
-from common.files import sha256_file
-from common.records import read_model_info, record_to_json
-from common.riskmodels import risk_model_for
-from common.schema import FEATURES
-from ingestion import ingest_folder
-from scoring import write_scores
+from riskwatch.core.config import ModelSettings, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.files import sha256_file
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.datafiles import read_labelled_data
+from riskwatch.model.evaluation import score_model
+from riskwatch.model.riskmodels import risk_model_for
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.stages.scoring import write_scores
+from riskwatch.stages.training import fit_classifier, train_from_folder
+from riskwatch.state.artifacts import (
+    FINAL_DATA,
+    LATEST_SCORE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_INFO_FILE,
+    load_model,
+)
+from riskwatch.state.records import read_model_info, record_to_json
 from tests.helpers import PROJECT_ROOT, run_script
-from training import fit_classifier, train_from_folder
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.artifacts import current_version_folder, load_deployed_version
-from common.batches import read_batch_book, read_ingested_data
-from common.comparison import paired_gain_resamples
-from common.config import MODEL_FAMILIES, Config, load_config
-from common.history import DEPLOYED, KEPT, WAITING, open_history
-from common.monitoring import RunInputs, assess
-from common.stages import StageClock
-from generate_data import write_batch
-from ingestion import ingest_folder
+from riskwatch.core.config import MODEL_FAMILIES, Config, load_config
+from riskwatch.data.batches import read_batch_book, read_ingested_data
+from riskwatch.data.generator import write_batch
+from riskwatch.monitoring.decision import RunInputs, assess
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import current_version_folder, load_deployed_version
+from riskwatch.state.history import DEPLOYED, KEPT, WAITING, open_history
+from riskwatch.state.stages import StageClock
+from riskwatch.stats.comparison import paired_gain_resamples
 from tests.helpers import write_config
 
 

@@ -26,12 +26,19 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
-import diagnostics
-import fullprocess
-import reporting
-from common import alerts
-from common.alerts import deliver
-from common.artifacts import (
+from riskwatch.core.config import Config, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.files import sha256_file
+from riskwatch.core.schema import FEATURES
+from riskwatch.cycle import fullprocess
+from riskwatch.cycle.fullprocess import cron_line, run_full_process, write_cronjob
+from riskwatch.data.generator import write_shipped_data
+from riskwatch.monitoring import alerts
+from riskwatch.monitoring.alerts import deliver
+from riskwatch.report import reporting
+from riskwatch.stages import diagnostics
+from riskwatch.stages.deployment import rollback_deployment
+from riskwatch.state.artifacts import (
     CONFUSION_MATRIX_FILE,
     DIAGNOSTICS_FILE,
     REPORT_FILE,
@@ -39,17 +46,10 @@ from common.artifacts import (
     check_version_folder,
     keep_report,
 )
-from common.config import Config, load_config
-from common.errors import PipelineError
-from common.files import sha256_file
-from common.history import read_runs
-from common.records import write_diagnostics_record
-from common.runs import AlertRecord, WebhookDelivery, read_alert
-from common.schema import FEATURES
-from common.stages import StageFailed
-from deployment import rollback_deployment
-from fullprocess import cron_line, run_full_process, write_cronjob
-from generate_data import write_shipped_data
+from riskwatch.state.history import read_runs
+from riskwatch.state.records import write_diagnostics_record
+from riskwatch.state.runs import AlertRecord, WebhookDelivery, read_alert
+from riskwatch.state.stages import StageFailed
 from tests.helpers import (
     PROJECT_ROOT,
     UNREACHABLE_INDEX,

@@ -37,11 +37,11 @@ def test_the_wheel_holds_every_stage_the_shared_code_and_the_dashboards_files(tm
     stages = ["ingestion", "training", "scoring", "deployment", "diagnostics", "reporting", "app", "apicalls"]
     assert {f"{stage}.py" for stage in [*stages, "fullprocess"]} <= names
     assert {
-        "common/config.py",
-        "api/routes.py",
-        "dashboard/templates/base.html",
-        "dashboard/static/dashboard.css",
+        "riskwatch/core/config.py",
+        "riskwatch/web/api/routes.py",
+        "riskwatch/web/dashboard/templates/base.html",
+        "riskwatch/web/dashboard/static/dashboard.css",
     } <= names
     assert not any(name.startswith("tests/") for name in names)
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
-    assert "risk-fullprocess = fullprocess:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "risk-fullprocess = riskwatch.cycle.fullprocess:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from common.artifacts import (
+from riskwatch.core.config import Config, load_config
+from riskwatch.data.batches import read_ingested_data
+from riskwatch.data.generator import write_batch, write_shipped_data
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import (
     DIAGNOSTICS_FILE,
     FINAL_DATA,
     INGESTED_FILES,
@@ -25,11 +29,7 @@ from common.artifacts import (
     load_deployed_version,
     read_ingested_files,
 )
-from common.batches import read_ingested_data
-from common.config import Config, load_config
-from common.history import read_runs
-from generate_data import write_batch, write_shipped_data
-from ingestion import ingest_folder
+from riskwatch.state.history import read_runs
 from tests.fullprocess_runs import (
     paused_fullprocess,
     run_fullprocess,

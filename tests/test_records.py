@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
-from common.artifacts import read_deployment_details
-from common.errors import PipelineError
-from common.records import (
+from riskwatch.core.errors import PipelineError
+from riskwatch.state.artifacts import read_deployment_details
+from riskwatch.state.records import (
     Confusion,
     DependencyStatus,
     Diagnostics,
@@ -36,7 +36,7 @@ from common.records import (
     write_report_record,
     write_version_info,
 )
-from common.runs import FeatureDrift
+from riskwatch.state.runs import FeatureDrift
 
 # As the stages wrote them before the records were typed (paths shortened): they must keep loading.
 METRICS_JSON = """\

@@ -16,9 +16,17 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.platypus import Flowable, Paragraph
 from sklearn.metrics import f1_score
 
-import diagnostics
-import reporting
-from common.artifacts import (
+from riskwatch.core.config import Config, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.files import find_test_files
+from riskwatch.core.schema import FEATURES
+from riskwatch.data.batches import read_ingested_data
+from riskwatch.data.datafiles import read_labelled_data
+from riskwatch.model.drivers import explain_clients
+from riskwatch.model.riskmodels import risk_model_for
+from riskwatch.report import reporting
+from riskwatch.stages import diagnostics
+from riskwatch.state.artifacts import (
     CALIBRATION_PLOT_FILE,
     CONFUSION_MATRIX_FILE,
     DIAGNOSTICS_FILE,
@@ -29,17 +37,9 @@ from common.artifacts import (
     current_version_folder,
     load_model,
 )
-from common.batches import read_ingested_data
-from common.config import Config, load_config
-from common.datafiles import read_labelled_data
-from common.drivers import explain_clients
-from common.errors import PipelineError
-from common.files import find_test_files
-from common.history import open_history, save_run, start_run
-from common.records import Confusion, write_diagnostics_record
-from common.riskmodels import risk_model_for
-from common.runs import RunFields
-from common.schema import FEATURES
+from riskwatch.state.history import open_history, save_run, start_run
+from riskwatch.state.records import Confusion, write_diagnostics_record
+from riskwatch.state.runs import RunFields
 from tests.helpers import UNREACHABLE_INDEX, run_script, write_config
 
 SECTION_HEADINGS = (

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from common.artifacts import INGESTED_FILES, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE
-from common.config import load_config
-from deployment import current_version
+from riskwatch.core.config import load_config
+from riskwatch.stages.deployment import current_version
+from riskwatch.state.artifacts import INGESTED_FILES, LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE
 from tests.helpers import PROJECT_ROOT, UDACITY_DATA, run_script, udacity_config
 
 STAGES = ("ingestion.py", "training.py", "scoring.py", "deployment.py")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 
-from common.artifacts import API_RETURNS_FILE, MODEL_FILE, current_version_folder, load_model
-from common.config import Config
+from riskwatch.core.config import Config
+from riskwatch.state.artifacts import API_RETURNS_FILE, MODEL_FILE, current_version_folder, load_model
 from tests.helpers import deploy, free_port, run_script, serving_api, train_and_score, write_config
 
 RECORD = {"corporation": "acme", "lastmonth_activity": 37, "lastyear_activity": 412, "number_of_employees": 18}

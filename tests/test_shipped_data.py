@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow.csv as pa_csv
 import pytest
 
-from common.artifacts import FINAL_DATA
-from common.datafiles import read_labelled_data
-from common.schema import COLUMNS
-from generate_data import write_shipped_data
-from ingestion import ingest_folder
+from riskwatch.core.schema import COLUMNS
+from riskwatch.data.datafiles import read_labelled_data
+from riskwatch.data.generator import write_shipped_data
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import FINAL_DATA
 from tests.helpers import PROJECT_ROOT
 
 SHIPPED_FOLDERS = ("practicedata", "sourceddata", "testdata")
@@ -60,7 +60,7 @@ def test_shipped_data_is_heavy_tailed_with_about_a_quarter_exiting():
 
 
 def test_drifted_batch_differs_in_distribution_and_relationship(tmp_path):
-    from generate_data import write_batch
+    from riskwatch.data.generator import write_batch
 
     stable = write_batch(tmp_path / "stable.csv", 20_000, seed=5)
     drifted = write_batch(tmp_path / "drifted.csv", 20_000, seed=5, world="drifted")

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from common.config import load_config
-from common.databases import check_identifier
-from common.errors import PipelineError
-from ingestion import ingest_folder
+from riskwatch.core.config import load_config
+from riskwatch.core.databases import check_identifier
+from riskwatch.core.errors import PipelineError
+from riskwatch.stages.ingestion import ingest_folder
 from tests.helpers import write_clients, write_config
 
 
@@ -76,8 +76,8 @@ def test_json_ids_that_are_objects_lists_booleans_or_fractions_are_bad_rows_coun
 
 
 def test_blank_outcomes_in_a_file_that_labels_other_rows_are_counted_as_pending_not_as_missing(tmp_path):
-    from common.datafiles import read_data_file
-    from common.schema import PENDING_OUTCOME
+    from riskwatch.core.schema import PENDING_OUTCOME
+    from riskwatch.data.datafiles import read_data_file
 
     path = tmp_path / "mixed.csv"
     header = "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
@@ -115,7 +115,7 @@ def test_blank_outcomes_beside_labelled_rows_are_current_clients_and_never_train
 
 
 def test_a_json_array_saved_with_a_byte_order_mark_is_read_whole(tmp_path):
-    from common.datafiles import read_data_file
+    from riskwatch.data.datafiles import read_data_file
 
     names = ("corporation", "lastmonth_activity", "lastyear_activity", "number_of_employees", "exited")
     records = [dict(zip(names, (f"client{n}", n, 2 * n, 3, n % 2), strict=True)) for n in range(300)]

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from common.artifacts import FINAL_DATA, INGESTED_FILES, INGESTED_RECORD, read_ingestion_record
-from common.config import Config, load_config
-from common.history import open_history, read_runs
-from common.runs import RunFields
-from fullprocess import RunRecord, check_for_new_data, find_new_rows, run_full_process
-from generate_data import load_into_database
-from ingestion import ingest_folder
+from riskwatch.core.config import Config, load_config
+from riskwatch.cycle.fullprocess import RunRecord, check_for_new_data, find_new_rows, run_full_process
+from riskwatch.data.generator import load_into_database
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import FINAL_DATA, INGESTED_FILES, INGESTED_RECORD, read_ingestion_record
+from riskwatch.state.history import open_history, read_runs
+from riskwatch.state.runs import RunFields
 from tests.helpers import deploy, free_port, train_and_score, write_clients, write_config, write_database_config
 
 COLUMNS = "corporation, lastmonth_activity, lastyear_activity, number_of_employees, exited"

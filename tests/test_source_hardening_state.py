@@ -6,12 +6,12 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from common.artifacts import current_version
-from common.config import Config
-from common.history import open_history
-from common.runs import RunFields
-from fullprocess import RunRecord, check_for_new_data
-from ingestion import ingest_folder
+from riskwatch.core.config import Config
+from riskwatch.cycle.fullprocess import RunRecord, check_for_new_data
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import current_version
+from riskwatch.state.history import open_history
+from riskwatch.state.runs import RunFields
 from tests.helpers import write_clients
 
 

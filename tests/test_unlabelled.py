@@ -7,8 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from app import create_app
-from common.artifacts import (
+from riskwatch.core.config import Config, load_config
+from riskwatch.core.schema import UNLABELLED_COLUMNS
+from riskwatch.data.batches import read_final_data, read_unlabelled_clients, select_current_clients
+from riskwatch.data.datafiles import read_data_file
+from riskwatch.data.generator import write_batch, write_shipped_data
+from riskwatch.report.reporting import rank_clients
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.state.artifacts import (
     FINAL_DATA,
     INGESTED_FILES,
     INGESTED_RECORD,
@@ -20,13 +26,7 @@ from common.artifacts import (
     read_ingested_files,
     read_json_file,
 )
-from common.batches import read_final_data, read_unlabelled_clients, select_current_clients
-from common.config import Config, load_config
-from common.datafiles import read_data_file
-from common.schema import UNLABELLED_COLUMNS
-from generate_data import write_batch, write_shipped_data
-from ingestion import ingest_folder
-from reporting import rank_clients
+from riskwatch.web.app import create_app
 from tests.fullprocess_runs import last_run, run_fullprocess, scenario_config
 from tests.helpers import served_model, train_and_score
 

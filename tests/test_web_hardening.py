@@ -20,7 +20,11 @@ import pytest
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 
-from api.guard import (
+from riskwatch.core.config import Config, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.core.schema import ID_COLUMN, TARGET
+from riskwatch.stages.ingestion import ingest_folder
+from riskwatch.web.api.guard import (
     ACCESS_FOLDER,
     FREE_FAILURES,
     SECRET_FILE,
@@ -32,11 +36,7 @@ from api.guard import (
     token_bits,
     wait_after,
 )
-from app import create_app
-from common.config import Config, load_config
-from common.errors import PipelineError
-from common.schema import ID_COLUMN, TARGET
-from ingestion import ingest_folder
+from riskwatch.web.app import create_app
 from tests.helpers import deploy, train_and_score, write_clients, write_config
 
 TOKEN = "s3cret-token"

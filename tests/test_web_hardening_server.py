@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from bench.bench_api import DOCUMENTED_STARTS, documented_start, hold_slow_clients
-from common.config import Config
+from riskwatch.core.config import Config
 from tests.helpers import free_port, wait_until_healthy
 
 SLOW_CLIENTS = 50

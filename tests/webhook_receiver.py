@@ -7,7 +7,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from common.alerts import AlertEvent
+from riskwatch.monitoring.alerts import AlertEvent
 
 EVENT = AlertEvent(kind="deployed", text="risk model: v0002 deployed, replacing v0001", project="demo", run_id=4)
 

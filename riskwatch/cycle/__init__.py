@@ -1,0 +1,1 @@
+"""The monitoring job's run: new data, drift, retraining, the gated deployment, in order."""

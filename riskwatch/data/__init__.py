@@ -1,0 +1,1 @@
+"""The data: readers of source files and databases, the ingested rows and their batches, data statistics."""

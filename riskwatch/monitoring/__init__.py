@@ -1,0 +1,1 @@
+"""The monitoring decision (drift, retraining, the gate) and the alerts it sends."""

@@ -1,0 +1,1 @@
+"""What people and programs reach over HTTP: the app, the JSON API and the dashboard."""

@@ -1,0 +1,183 @@
+"""The model a worker answers with, loaded once and swapped when ``production_deployment/current`` changes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from werkzeug.exceptions import ServiceUnavailable
+
+from riskwatch.core.errors import PipelineError
+from riskwatch.model.riskmodels import RiskModel, risk_model_for
+from riskwatch.state.artifacts import (
+    CURRENT_LINK,
+    MODEL_FILE,
+    VERSION_NAME,
+    VERSIONS_FOLDER,
+    DeployedVersion,
+    list_versions,
+    load_deployed_version,
+)
+
+log = logging.getLogger("app")
+
+RETRY_SECONDS = 30.0  # how soon a version that failed to load is tried again
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The version a worker answers with: loaded once, with the fast arithmetic when it applies."""
+
+    link_target: str  # what ``current`` pointed at when this version was loaded
+    deployed: DeployedVersion
+    shortcut: RiskModel | None  # the family's own arithmetic; None for a model of no family
+    model_file: str  # its model file, stat-ed on every request (as a string: no path arithmetic per request)
+    model_stamp: tuple[int, int, int]  # the model file's inode, size and mtime when it was loaded
+    fallback: bool = False  # an older version, because the deployed one cannot be loaded
+
+    @property
+    def version(self) -> str:
+        return self.deployed.version
+
+    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.shortcut is not None:
+            return self.shortcut.score(features)
+        model = self.deployed.model
+        return model.predict_proba(features)[:, 1], np.asarray(model.predict(features), dtype=np.int64)
+
+
+def stamp_file(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """A file's inode, size and modification time (any rewrite changes one), or None when it is gone."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def load_served_model(folder: Path, link_target: str, fallback: bool = False) -> ServedModel:
+    """Load one version folder; raise PipelineError when its files do not hold together."""
+    model_file = str(folder / MODEL_FILE)
+    stamp = stamp_file(model_file)
+    deployed = load_deployed_version(folder)
+    return ServedModel(
+        link_target=link_target,
+        deployed=deployed,
+        shortcut=risk_model_for(deployed.model),
+        model_file=model_file,
+        model_stamp=stamp or (0, 0, 0),
+        fallback=fallback,
+    )
+
+
+class DeploymentWatcher:
+    """Holds the loaded model and swaps it when ``current`` points at another version or its model file changes.
+
+    Every request reads the link and stats the model file (two system calls, a few microseconds), so all
+    workers agree on what is served and the first request after a change sees it: when the deployed version
+    cannot be loaded (its model file damaged, say), each worker falls back to the newest kept version that
+    loads and checks out, and says so in ``load_error``; the deployed version is tried again every
+    ``RETRY_SECONDS``.
+    """
+
+    def __init__(self, prod_deployment_path: Path):
+        self.prod_deployment_path = prod_deployment_path
+        self._link = str(prod_deployment_path / CURRENT_LINK)  # read on every request: no path arithmetic there
+        self._served: ServedModel | None = None
+        self._failed: tuple[str, str, float] | None = None  # (link target, why, when) of a failed load
+        self._lock = threading.Lock()
+
+    def served(self) -> ServedModel:
+        """The model to answer with; raise ServiceUnavailable when none can be loaded."""
+        target = self._read_link()
+        served = self._served
+        if served is not None and target is None:
+            return served
+        if served is not None and served.link_target == target and self._still_valid(served):
+            return served
+        with self._lock:
+            return self._switch(target)
+
+    def load_error(self) -> tuple[str, str] | None:
+        """(deployed version, why) when the deployed version could not be loaded, else None."""
+        failed = self._failed
+        if failed is None or failed[0] != self._read_link():
+            return None
+        return Path(failed[0]).name, failed[1]
+
+    def _read_link(self) -> str | None:
+        try:
+            return os.readlink(self._link)
+        except FileNotFoundError:
+            return None
+
+    def _still_valid(self, served: ServedModel) -> bool:
+        """Whether the served model is what ``current`` holds: its file unchanged, or a fallback not yet due a retry."""
+        if served.fallback:
+            failed = self._failed
+            return failed is not None and time.monotonic() - failed[2] < RETRY_SECONDS
+        return stamp_file(served.model_file) == served.model_stamp  # the file ``current`` reaches: same target
+
+    def _switch(self, target: str | None) -> ServedModel:
+        served = self._served
+        if served is not None and served.link_target == target and self._still_valid(served):
+            return served  # another thread switched while this one waited
+        if target is None:
+            raise ServiceUnavailable("no model is deployed; run deployment.py")
+        try:
+            self._served = load_served_model(self.prod_deployment_path / target, target)
+        except (PipelineError, OSError) as exc:
+            why = self._shown(str(exc))
+            self._failed = (target, why, time.monotonic())
+            self._served = self._load_fallback(target)
+            kept = f"; serving {self._served.version} instead" if self._served else ""
+            log.error("cannot serve %s: %s%s", Path(target).name, why, kept)
+            if self._served is None:
+                raise ServiceUnavailable(f"the deployed model cannot be loaded: {why}") from None
+            return self._served
+        self._failed = None
+        log.info("serving model %s", self._served.version)
+        return self._served
+
+    def _load_fallback(self, target: str) -> ServedModel | None:
+        """The newest kept version older than ``target`` that loads and checks out, or None."""
+        match = VERSION_NAME.match(Path(target).name)
+        newest = int(match.group(1)) if match else None
+        older = [name for name in list_versions(self.prod_deployment_path) if newest is None or int(name[1:]) < newest]
+        for name in reversed(older):
+            try:
+                return load_served_model(self.prod_deployment_path / VERSIONS_FOLDER / name, target, fallback=True)
+            except (PipelineError, OSError) as exc:
+                log.error("cannot fall back to %s: %s", name, self._shown(str(exc)))
+        return None
+
+    def _shown(self, message: str) -> str:
+        """A message as clients may see it: paths inside the deployment only."""
+        return message.replace(f"{self.prod_deployment_path}/", "")
+
+
+class FileBackedValue:
+    """A value computed from some files, recomputed only when one of them changes (inode, size, mtime)."""
+
+    def __init__(self, list_files: Callable[[], list[Path]], compute: Callable[[list[Path]], Any]):
+        self.list_files, self.compute = list_files, compute
+        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
+        self._value: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        """The value; OSError or PipelineError when the files are missing or unreadable."""
+        with self._lock:
+            files = self.list_files()
+            stats = [(str(path), os.stat(path)) for path in files]
+            signature = tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
+            if signature != self._signature:
+                self._value, self._signature = self.compute(files), signature
+            return self._value
