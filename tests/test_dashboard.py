@@ -279,3 +279,22 @@ def test_the_pages_live_under_dashboard_and_the_root_leads_there(client, guarded
     for old in ("/model-health", "/runs", "/system", "/sign-in", "/clients.csv", "/ranking"):
         assert client.get(old).status_code == 404, old
     assert client.get("/clients").get_json()["clients"]  # the JSON list, not the page
+
+
+def test_a_runs_drift_charts_compare_with_the_batches_the_run_recorded_not_a_sentence():
+    from riskwatch.state.runs import StoredRun
+    from riskwatch.web.dashboard.views import reference_batches
+
+    recorded = StoredRun(
+        started_at="2026-01-01T00:00:00Z",
+        outcome="kept",
+        id=9,
+        first_batch=7,
+        last_batch=7,
+        data_drift_reference="reworded: any sentence at all",
+        data_reference_first_batch=3,
+        data_reference_last_batch=5,
+    )
+    assert reference_batches(recorded, [recorded], None) == (3, 5)
+    older = StoredRun(started_at="2026-01-01T00:00:00Z", outcome="kept", id=4, first_batch=6, last_batch=6)
+    assert reference_batches(older, [older], None) == (1, 5)  # recorded before the batches were: all rows before

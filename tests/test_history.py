@@ -69,8 +69,8 @@ def test_a_history_of_the_first_schema_gains_the_new_columns(tmp_path):
     connection = open_history(path)
     columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
     assert {"first_batch", "last_batch", "candidates", "winning_window", "window_f1"} <= columns
-    assert {"winning_family", "model_family"} <= columns
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert {"winning_family", "model_family", "data_reference_first_batch", "data_reference_last_batch"} <= columns
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 4
 
 
 def test_a_damaged_json_cell_does_not_hide_the_run(tmp_path):
@@ -112,7 +112,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "history.sqlite"
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA user_version = 99")
-    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 3"):
+    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 4"):
         open_history(path)
 
 
@@ -192,12 +192,19 @@ def test_runs_written_before_read_back_and_answer_the_same_json(tmp_path):
     """Rows as the history stored them before runs were typed, and what /history answered for them."""
     path = tmp_path / "history.sqlite"
     open_history(path).close()
+    later = ("data_reference_first_batch", "data_reference_last_batch")  # columns added since (schema 4)
     with sqlite3.connect(path) as raw:
+        for name in later:
+            raw.execute(f"ALTER TABLE runs DROP COLUMN {name}")
+        raw.execute("PRAGMA user_version = 3")
         raw.executescript((FIXTURES / "runs_as_written.sql").read_text(encoding="utf-8"))
+    open_history(path).close()  # upgraded: the columns added, the rows kept
     answered = json.loads((FIXTURES / "history_runs.json").read_text(encoding="utf-8"))
     runs = read_runs(path)
-    assert [run.to_json() for run in runs] == answered
-    assert [list(run.to_json()) for run in runs] == [list(run) for run in answered]  # the keys in their order
+    assert all(run.to_json()[name] is None for run in runs for name in later)
+    shown = [{key: value for key, value in run.to_json().items() if key not in later} for run in runs]
+    assert shown == answered
+    assert [list(run) for run in shown] == [list(run) for run in answered]  # the keys in their order
     assert runs[1].candidates[0].window_f1 == 0.65 and runs[1].alerts == AlertRecord("deployed", 2, "/tmp/alerts.log")
 
 

@@ -74,11 +74,11 @@ def test_an_older_schema_is_upgraded_and_a_newer_one_refused(history_url: Databa
         columns = {
             row[0] for row in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'")
         }
-        assert db.execute("SELECT version FROM history_schema").fetchall() == [(3,)]
-    assert {"first_batch", "last_batch", "candidates", "winning_window", "window_f1"} <= columns
+        assert db.execute("SELECT version FROM history_schema").fetchall() == [(4,)]
+    assert {"first_batch", "last_batch", "candidates", "winning_window", "data_reference_last_batch"} <= columns
     execute(history_url, "UPDATE history_schema SET version = 99")
     with pytest.raises(
-        PipelineError, match=r"run history postgresql://.* has schema version 99, newer than this code's 3"
+        PipelineError, match=r"run history postgresql://.* has schema version 99, newer than this code's 4"
     ):
         open_history(history_url)
 

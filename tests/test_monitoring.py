@@ -66,10 +66,15 @@ def test_a_stable_batch_is_judged_against_the_test_score_and_the_training_window
     decision, clock = decide(deployed, watermark=1)
     assert decision.outcome == KEPT and not decision.triggers and not decision.candidates
     assert decision.model_drift.reference.endswith("(the test data, scored when it was deployed)")
-    assert decision.data_drift_reference.startswith("the serving model's training window: all rows, batch 1")
+    reference = decision.data_reference
+    assert reference is not None and reference.window is not None and reference.run_id is None
+    assert (reference.first_batch, reference.last_batch) == (1, 1) and reference.rows.size > 0
+    assert reference.describe().startswith("the serving model's training window: all rows, batch 1")
     assert decision.window is not None and decision.window.first_batch == 2  # only rows held out when they came
     fields = decision.history_fields()
     assert fields.outcome == KEPT and fields.first_batch == 2 and fields.last_batch == 2
+    assert fields.data_drift_reference == reference.describe()  # the sentence, made from the fields once
+    assert (fields.data_reference_first_batch, fields.data_reference_last_batch) == (1, 1)
     assert fields.window_rows == decision.window.rows and 0 < fields.window_f1 < 1
     assert {"model drift", "data drift", "test data"} <= set(clock.timings)
 

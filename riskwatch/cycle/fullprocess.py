@@ -490,6 +490,7 @@ def decide_on_new_rows(
 
 def deploy_winner(config: Config, clock: StageClock, assessment: Assessment) -> RunFields:
     """Publish the challenger the gate chose, if any; return the fields that record it (none without one)."""
+    from riskwatch.monitoring.decision import describe_deployment
     from riskwatch.stages.deployment import publish_deployment
 
     if assessment.deploy_folder is None:
@@ -503,7 +504,9 @@ def deploy_winner(config: Config, clock: StageClock, assessment: Assessment) -> 
         outcome=DEPLOYED,
         model_version_after=str(info.version),
         model_family=assessment.gate.best.family if assessment.gate else None,
-        decision=assessment.decision.replace("challenger deployed", f"challenger deployed as {info.version}", 1),
+        decision=describe_deployment(assessment.gate, assessment.replaced_version, str(info.version))
+        if assessment.gate and assessment.replaced_version
+        else assessment.decision,
     )
 
 

@@ -173,13 +173,14 @@ class Assessment:
     calibration: float | None = None  # expected calibration error on the new labelled rows
     model_drift: ModelDrift | None = None
     feature_drift: list[FeatureDrift] = field(default_factory=list)
-    data_drift_reference: str | None = None
+    data_reference: DataReference | None = None
     triggers: list[str] = field(default_factory=list)
     holdout_rows: int = 0
     candidates: list[Candidate] = field(default_factory=list)
     gate: Gate | None = None
     window: WindowScore | None = None  # the serving model's, after the decision
     max_calibration_error: float = 0.05
+    replaced_version: str | None = None  # the version a deployed challenger replaces
     unlabelled: bool = False  # the new rows carry no outcome: no model-drift test, batches untouched
 
     @property
@@ -218,9 +219,15 @@ class Assessment:
         return fields
 
     def data_drift_fields(self) -> RunFields:
-        if self.data_drift_reference is None:
+        reference = self.data_reference
+        if reference is None:
             return RunFields()
-        return RunFields(data_drift=bool(self.drifted_features), data_drift_reference=self.data_drift_reference)
+        return RunFields(
+            data_drift=bool(self.drifted_features),
+            data_drift_reference=reference.describe(),
+            data_reference_first_batch=reference.first_batch,
+            data_reference_last_batch=reference.last_batch,
+        )
 
     def estimate_fields(self) -> RunFields:
         """The F1 estimated before the labels were used, and how well calibrated the probabilities were."""
@@ -325,10 +332,39 @@ def estimate_before_labels(model: Any, features: np.ndarray, labels: np.ndarray)
 # ---------------------------------------------------------------- data drift
 
 
-def data_reference(
-    connection: Any, data: IngestedData, champion: DeployedVersion, watermark: int
-) -> tuple[np.ndarray, str]:
-    """Row numbers of the rows new ones are compared with, and in words.
+@dataclass(frozen=True)
+class DataReference:
+    """The rows new ones are compared with: their row numbers, the batches they span, and why these rows.
+
+    ``run_id``: the run whose rows they are, once drift called for retraining and no challenger beat the
+    serving model; else ``window``, the serving model's training window (``weighted``: sampled by its weights);
+    else neither, the rows ingested before.
+    """
+
+    rows: np.ndarray
+    first_batch: int | None
+    last_batch: int | None
+    run_id: int | None = None
+    window: TrainingWindow | None = None
+    weighted: bool = False
+
+    def describe(self) -> str:
+        if self.run_id is not None:
+            return f"the {self.rows.size} rows of run {self.run_id}, where no challenger beat the serving model"
+        if self.window is not None:
+            sampled = ", sampled by its weights" if self.weighted else ""
+            return f"the serving model's training window: {self.window.describe()}{sampled}"
+        return f"the {self.rows.size} rows ingested before"
+
+
+def describe_deployment(gate: Gate, replaced: str, deployed_as: str | None = None) -> str:
+    """The decision of a run that deploys the gate's best challenger (``deployed_as``: its version, once known)."""
+    named = f" as {deployed_as}" if deployed_as else ""
+    return f"challenger deployed{named}, replacing {replaced}: {gate.sentence}"
+
+
+def data_reference(connection: Any, data: IngestedData, champion: DeployedVersion, watermark: int) -> DataReference:
+    """The rows new ones are compared with.
 
     The rows the serving model was trained on (a weighted sample for a weighted window); or, once
     drift called for retraining and no challenger beat it, the rows of that run, which it is
@@ -338,19 +374,18 @@ def data_reference(
     confirmed = latest_confirmation(connection, champion.version, run_id)
     if confirmed is not None:
         rows = np.flatnonzero(data.in_batches(confirmed.first_batch, confirmed.last_batch))
-        return rows, f"the {rows.size} rows of run {confirmed.run_id}, where no challenger beat the serving model"
+        return DataReference(rows, confirmed.first_batch, confirmed.last_batch, run_id=confirmed.run_id)
     window = champion.model_info.training_window
     if window is None:
         mask = data.batch <= watermark
-        return np.flatnonzero(mask), f"the {int(mask.sum())} rows ingested before"
+        return DataReference(np.flatnonzero(mask), 1 if watermark >= 1 else None, watermark if watermark >= 1 else None)
     rows = np.flatnonzero(data.in_batches(window.first_batch, window.last_batch))
-    text = f"the serving model's training window: {window.describe()}"
-    if window.name == "weighted" and rows.size:
+    weighted = window.name == "weighted" and rows.size > 0
+    if weighted:
         weights = recency_weights(data, window.half_life or 1.0, window.half_life_unit or "batches", window.last_batch)
         weights = weights[rows] / weights[rows].sum()
         rows = np.sort(np.random.default_rng(0).choice(rows, size=rows.size, p=weights))
-        text += ", sampled by its weights"
-    return rows, text
+    return DataReference(rows, window.first_batch, window.last_batch, window=window, weighted=weighted)
 
 
 def judge_data_drift(
@@ -570,9 +605,9 @@ def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tup
     with clock.stage("model drift"):
         verdict = judge_model_drift(settings, inputs.connection, champion, features, labels)
     with clock.stage("data drift"):
-        reference, reference_text = data_reference(inputs.connection, data, champion, inputs.watermark)
-        drift_rows = judge_data_drift(settings, data, reference, features)
-    log.info("data drift reference: %s", reference_text)
+        reference = data_reference(inputs.connection, data, champion, inputs.watermark)
+        drift_rows = judge_data_drift(settings, data, reference.rows, features)
+    log.info("data drift reference: %s", reference.describe())
     drifted = [row for row in drift_rows if row.drifted]
     assessment = Assessment(
         KEPT,
@@ -584,7 +619,7 @@ def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tup
         calibration=calibration,
         model_drift=verdict,
         feature_drift=drift_rows,
-        data_drift_reference=reference_text,
+        data_reference=reference,
         triggers=retraining_triggers(settings.retrain_on, verdict, drifted),
         max_calibration_error=settings.max_calibration_error,
     )
@@ -628,9 +663,10 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         )
         return assessment
     with clock.stage("data drift"):
-        reference, assessment.data_drift_reference = data_reference(inputs.connection, data, champion, inputs.watermark)
-        assessment.feature_drift = judge_data_drift(settings, data, reference, features)
-    log.info("data drift reference: %s", assessment.data_drift_reference)
+        reference = data_reference(inputs.connection, data, champion, inputs.watermark)
+        assessment.data_reference = reference
+        assessment.feature_drift = judge_data_drift(settings, data, reference.rows, features)
+    log.info("data drift reference: %s", reference.describe())
     assessment.triggers = retraining_triggers(settings.retrain_on, None, assessment.drifted_features)
     return act_on_unlabelled_drift(inputs, clock, assessment, estimate, low_estimate)
 
@@ -758,7 +794,8 @@ def retrain_and_gate(
         assessment.window = score_window(serving, data, yardsticks, settings)
     if gate.passed:
         assessment.outcome = DEPLOYED
-        assessment.decision = f"challenger deployed, replacing {version}: {gate.sentence}"
+        assessment.replaced_version = version
+        assessment.decision = describe_deployment(gate, version)
         return
     assessment.decision = f"challenger not deployed: {gate.sentence}; kept {version}"
     log.warning(

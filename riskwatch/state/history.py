@@ -33,7 +33,7 @@ from riskwatch.state.runs import FeatureDrift, RunFields, RunFile, StoredRun, re
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Outcomes a run can end with; "running" until it ends, "interrupted" if it never did.
 RUNNING = "running"
@@ -135,6 +135,8 @@ ADDED_COLUMNS = (
     ("estimate_reliable", "INTEGER"),  # 0 when that error passes monitoring.max_calibration_error
     ("winning_family", "TEXT"),  # the model family of the best challenger
     ("model_family", "TEXT"),  # the model family of the version serving after the run
+    ("data_reference_first_batch", "INTEGER"),  # the batches of the rows the data-drift tests compared with
+    ("data_reference_last_batch", "INTEGER"),
 )
 RUN_COLUMNS = (
     "id",

@@ -173,6 +173,8 @@ class RunFields:
     estimate_reliable: bool | None = None
     winning_family: str | None = None
     model_family: str | None = None
+    data_reference_first_batch: int | None = None  # the batches of the rows the data-drift tests compared with
+    data_reference_last_batch: int | None = None
 
     def updated(self, changes: RunFields) -> RunFields:
         """These fields with those ``changes`` knows (not ``None``) put in their place."""

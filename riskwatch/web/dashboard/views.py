@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -372,14 +371,11 @@ def batch_span(first: int | None, last: int | None) -> str:
 def reference_batches(run: StoredRun, runs: list[StoredRun], served: Any) -> tuple[int, int] | None:
     """The batches the run's data-drift tests compared the new rows with, as fullprocess.py chose them.
 
-    Either the rows of an earlier run where no challenger beat the serving model (named in the run's
-    reference), or the serving model's training window, or everything before the new rows.
+    The run records them; for a run recorded before it did, the serving model's training window, or
+    everything before the new rows.
     """
-    named = re.search(r"rows of run (\d+)", run.data_drift_reference or "")
-    if named:
-        earlier = next((r for r in runs if r.id == int(named.group(1))), None)
-        if earlier and earlier.first_batch and earlier.last_batch:
-            return earlier.first_batch, earlier.last_batch
+    if run.data_reference_first_batch and run.data_reference_last_batch:
+        return run.data_reference_first_batch, run.data_reference_last_batch
     window = served.deployed.model_info.training_window if served is not None else None
     version_matches = served is not None and run.model_version_before == served.version
     if version_matches and window is not None and window.first_batch and window.last_batch:
