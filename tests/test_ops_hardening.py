@@ -31,7 +31,8 @@ from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import sha256_file
 from riskwatch.core.schema import FEATURES
 from riskwatch.cycle import fullprocess
-from riskwatch.cycle.fullprocess import cron_line, run_full_process, write_cronjob
+from riskwatch.cycle.crontab import cron_line, write_cronjob
+from riskwatch.cycle.fullprocess import run_full_process
 from riskwatch.data.generator import write_shipped_data
 from riskwatch.monitoring import alerts
 from riskwatch.monitoring.alerts import deliver

@@ -32,18 +32,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
 import shutil
 import signal
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from riskwatch.core.cli import build_parser
-from riskwatch.core.config import MODEL_FAMILIES, PROJECT_ROOT, Config, load_config
+from riskwatch.core.config import MODEL_FAMILIES, Config, load_config
 from riskwatch.core.databases import (
     DatabaseSource,
     describe_source_state,
@@ -64,10 +61,10 @@ from riskwatch.core.files import (
     list_data_files,
     list_names,
     sha256_file,
-    write_text_atomic,
 )
 from riskwatch.core.logs import add_log_file, setup_logging
 from riskwatch.core.timings import record_stage_timings
+from riskwatch.cycle.crontab import write_cronjob
 
 # Only light modules at the top: a run that finds nothing new must not pay for numpy, pyarrow,
 # pandas or scikit-learn. The stages and the statistics are imported once there is work.
@@ -110,7 +107,7 @@ from riskwatch.state.records import (
     read_model_version,
     write_evaluation_window,
 )
-from riskwatch.state.runs import AlertRecord, FeatureDrift, JsonObject, RunFields, RunFile, StoredRun
+from riskwatch.state.runs import AlertRecord, FeatureDrift, JsonObject, RunFields, RunFile
 from riskwatch.state.stages import StageClock, StageFailed
 
 if TYPE_CHECKING:  # imported where used: a run with nothing new imports no data-science library
@@ -121,8 +118,6 @@ log = logging.getLogger("fullprocess")
 EXIT_FAILED = 1
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock; nothing was done, try again later
 EXIT_INTERRUPTED = 130
-CRON_LOG_FILE = "cron.log"
-CRON_ENV_FILE = "fullprocess.env"  # beside the config: what the cron job exports before each run (the API token)
 PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
 ALERTS_LOG_FILE = "alerts.log"
 ALERT_DETAILS = ("new_rows", "new_data_f1", "drift_threshold", "estimated_f1", "winning_window", "failed_stage")
@@ -815,152 +810,6 @@ def run_full_process(config: Config) -> RunFields:
     return record.fields
 
 
-CRON_SCHEDULE = "*/10 * * * *"
-
-
-def cron_env_path(config: Config) -> Path:
-    """The environment file the cron job sources before each run: beside the config, mode 0600, never committed."""
-    return config.path.parent / CRON_ENV_FILE
-
-
-def cron_line(config: Config, python: Path | None = None) -> str:
-    """The crontab line: every 10 minutes, in the project folder, with the project's Python, appending to the log.
-
-    The config is named by its absolute path, so the job runs the config it was written for
-    whatever chose it (``--config``, ``$RISK_CONFIG``). The run's secrets (the API token) come
-    from the environment file it sources when it is there (``set -a`` exports what it sets), never
-    from the command line, which any user of the machine can read. ``%`` is escaped: cron turns it into a newline.
-    """
-    project = PROJECT_ROOT
-    env_file = cron_env_path(config)
-    places = (
-        ("the config file", config.path),
-        ("the project folder", project),
-        ("the log", config.log_path),
-        ("the environment file", env_file),
-    )
-    for what, path in places:
-        if "\n" in str(path) or "\r" in str(path):
-            raise PipelineError(f"{what} {str(path)!r} holds a line break; cron reads one job per line, so move it")
-    if python is None:
-        venv_python = project / ".venv" / "bin" / "python"
-        python = venv_python if venv_python.exists() else Path(sys.executable).absolute()
-    command = [shlex.quote(str(python)), "fullprocess.py", "--quiet", "--config", shlex.quote(str(config.path))]
-    cron_log = shlex.quote(str(config.log_path.parent / CRON_LOG_FILE))
-    mkdir = f"mkdir -p {shlex.quote(str(config.log_path.parent))}"
-    # A missing file must not stop the job before it can record and alert (dash's "." ends the shell): the run
-    # goes on without it, and calls the API refuses without the token fail the run, which alerts.
-    env = shlex.quote(str(env_file))
-    source = f"if [ -r {env} ]; then set -a; . {env}; set +a; fi"
-    run = f"{{ {source}; {' '.join(command)}; }} >> {cron_log} 2>&1"
-    line = f"{CRON_SCHEDULE} cd {shlex.quote(str(project))} && {mkdir} && {run}"
-    return line.replace("%", "\\%")
-
-
-def write_cron_env(config: Config) -> Path:
-    """Create the cron job's environment file, mode 0600, if there is none; never touch one that exists.
-
-    Warns when an existing one may be read by other users: it holds the API token.
-    """
-    path = cron_env_path(config)
-    text = (
-        "# The environment of fullprocess.py under cron: cronjob.txt sources this file before each run.\n"
-        "# Keep it mode 0600 (only you can read it) and out of version control. When the API has a token,\n"
-        "# give the same one here, or the run's calls to the API after a deployment are refused (401):\n"
-        f"# {config.api.token_env}=the-token\n"
-    )
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            log.warning("%s may be read by other users and holds the API token; run: chmod 600 %s", path, path)
-        return path
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return path
-
-
-def write_cronjob(config: Config, target: Path) -> Path:
-    """Write ``cronjob.txt`` for this checkout (and its environment file if there is none); install it with crontab."""
-    env_file = write_cron_env(config)
-    text = (
-        f"# fullprocess.py every 10 minutes for the checkout at {PROJECT_ROOT}.\n"
-        "# Written by `make cronjob`; install with `crontab cronjob.txt` (replaces your crontab) or\n"
-        "# `(crontab -l; cat cronjob.txt) | crontab -`. Warnings and errors go to the cron log below;\n"
-        f"# everything is in the rotating log {config.log_path}.\n"
-        f"# Secrets (the API token: {config.api.token_env}=...) go in {env_file} (mode 0600), which the job sources.\n"
-        f"{cron_line(config)}\n"
-    )
-    return write_text_atomic(target, text)
-
-
-HISTORY_COLUMNS = (
-    ("id", "run", lambda value: str(value)),
-    ("started_at", "started (UTC)", lambda value: value.replace("T", " ").removesuffix("Z")),
-    ("outcome", "outcome", str),
-    ("new_files", "files", str),
-    ("new_rows", "new rows", str),
-    ("model_version_before", "before", str),
-    ("model_version_after", "after", str),
-    ("new_data_f1", "F1 new", lambda value: f"{value:.4f}"),
-    ("estimated_f1", "F1 estimated", lambda value: f"{value:.4f}"),
-    ("drift_threshold", "threshold", lambda value: f"{value:.4f}"),
-    ("model_drift", "model drift", lambda value: "yes" if value else "no"),
-    ("data_drift", "data drift", lambda value: "yes" if value else "no"),
-    ("champion_recent_f1", "champion recent", lambda value: f"{value:.4f}"),
-    ("challenger_recent_f1", "challenger recent", lambda value: f"{value:.4f}"),
-    ("champion_test_f1", "champion test", lambda value: f"{value:.4f}"),
-    ("challenger_test_f1", "challenger test", lambda value: f"{value:.4f}"),
-    ("winning_window", "window won", str),
-    ("winning_family", "family won", str),
-    ("model_family", "serving family", str),
-    ("window_f1", "F1 recent window", lambda value: f"{value:.4f}"),
-    ("missing_percent", "missing %", lambda value: f"{value:.3f}"),
-    ("seconds", "seconds", lambda value: f"{value:.2f}"),
-)
-
-
-def format_history(runs: list[StoredRun]) -> str:
-    """The runs as a plain-text table, oldest first, then each run's decision and drift trigger."""
-    header = [title for _, title, _ in HISTORY_COLUMNS]
-    rows = [[format_cell(getattr(run, key), show) for key, _, show in HISTORY_COLUMNS] for run in reversed(runs)]
-    widths = [max(len(text) for text in column) for column in zip(header, *rows, strict=True)]
-    lines = [
-        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
-        for line in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    lines.append("")
-    for run in reversed(runs):
-        lines += describe_run(run)
-    return "\n".join(lines)
-
-
-def format_cell(value: Any, show: Callable[[Any], str]) -> str:
-    return "-" if value is None else show(value)
-
-
-def describe_run(run: StoredRun) -> list[str]:
-    """A run's decision, and under it what triggered it, its references, its candidates and its failure."""
-    lines = [f"run {run.id}: {run.decision or run.outcome}"]
-    notes = (
-        ("trigger", run.drift_trigger),
-        ("model-drift reference", run.drift_reference),
-        ("data-drift reference", run.data_drift_reference),
-    )
-    lines += [f"    {name}: {value}" for name, value in notes if value]
-    for candidate in run.candidates or ():
-        window_f1 = float("nan") if candidate.window_f1 is None else candidate.window_f1
-        lines.append(
-            f"    candidate {candidate.window}/{candidate.family or MODEL_FAMILIES[0]}: {candidate.describe}; F1 "
-            f"{candidate.recent_f1:.4f} on the "
-            f"held-out recent rows, {window_f1:.4f} on the recent window, {candidate.test_f1:.4f} on the test data"
-        )
-    if run.failed_stage:
-        lines.append(f"    failed stage: {run.failed_stage}: {run.error}")
-    return lines
-
-
 # A run told to stop records that and releases its lock within this long, or the kernel ends it (SIGALRM's default
 # action): a run that cannot finish its cleanup is then a killed run, which the pipeline survives (see docs/design.md).
 STOP_SECONDS = 30
@@ -987,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         if args.history is not None:
+            from riskwatch.cycle.historytext import format_history
             from riskwatch.state.history import read_runs
 
             print(format_history(read_runs(config.history_path, limit=max(1, args.history))))

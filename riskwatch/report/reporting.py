@@ -39,6 +39,7 @@ from riskwatch.core.cli import build_parser, run_stage
 from riskwatch.core.config import Config, load_config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import atomic_path, find_test_files, list_names, parse_utc, sha256_file
+from riskwatch.core.formatting import format_timestamp
 from riskwatch.core.schema import FEATURE_LABELS, FEATURES, BadFileError
 from riskwatch.data.batches import (
     TrainingWindow,
@@ -288,7 +289,7 @@ def format_time(stamp: str | None) -> str:
     """An ISO 8601 UTC time as '2026-11-20 23:17:30 UTC'."""
     if not stamp:
         return DASH
-    return str(stamp).replace("T", " ").removesuffix("Z") + " UTC"
+    return format_timestamp(str(stamp)) + " UTC"
 
 
 def format_seconds(value: float | None) -> str:
@@ -1030,7 +1031,7 @@ def trends_section(
     image = Image(str(plot), width=FRAME_WIDTH * 0.92, height=FRAME_WIDTH * 0.92 * height / width)
     rows = [
         [
-            nowrap(run.started_at.replace("T", " ").removesuffix("Z")),
+            nowrap(format_timestamp(run.started_at)),
             escape(run.outcome.replace("_", " ")),
             escape(run.model_version_after or DASH),
             escape(run.decision or DASH),

@@ -12,6 +12,7 @@ from flask import Response, abort, current_app, render_template, request, send_f
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from riskwatch.core.errors import PipelineError
+from riskwatch.core.formatting import format_timestamp
 from riskwatch.core.schema import FEATURE_LABELS, FEATURES
 from riskwatch.model.clients import SORT_KEYS, ClientTable, stream_clients_csv
 from riskwatch.state.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE
@@ -124,7 +125,7 @@ def format_sentence(value: Any) -> str:
 
 @bp.app_template_filter("when")
 def format_time(value: str | None) -> str:
-    return "–" if not value else value.replace("T", " ").replace("Z", "")
+    return "–" if not value else format_timestamp(value)
 
 
 @bp.app_template_filter("ago")
