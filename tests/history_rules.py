@@ -3,6 +3,9 @@ on SQLite files in tmp_path, tests/test_history_postgres.py on a PostgreSQL data
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from riskwatch.state.history import (
     change_started_batch,
     decided_batch,
@@ -148,3 +151,24 @@ RULES = (
     a_run_whose_challengers_lost_after_drift_confirms_the_serving_model,
     batches_decided_and_where_an_unfollowed_change_began,
 )
+
+
+# Columns the runs table gained after the rows in tests/fixtures/runs_as_written.sql were written (schema 3).
+LATER_COLUMNS = ("data_reference_first_batch", "data_reference_last_batch")
+
+
+def write_runs_as_written(path: Path) -> None:
+    """A SQLite history of schema 3 holding the fixture's rows, as written then, and upgraded by opening it."""
+    open_history(path).close()
+    with sqlite3.connect(path) as raw:
+        for name in LATER_COLUMNS:
+            raw.execute(f"ALTER TABLE runs DROP COLUMN {name}")
+        raw.execute("PRAGMA user_version = 3")
+        raw.executescript((Path(__file__).parent / "fixtures" / "runs_as_written.sql").read_text(encoding="utf-8"))
+    open_history(path).close()  # the columns added since, the rows kept
+
+
+def without_later_columns(run: dict) -> dict:
+    """A run as /history answers it, less the columns added after the fixture's rows were written."""
+    assert all(run[name] is None for name in LATER_COLUMNS)
+    return {key: value for key, value in run.items() if key not in LATER_COLUMNS}

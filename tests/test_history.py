@@ -191,18 +191,10 @@ def test_damaged_json_cells_read_as_none_and_the_rest_of_the_run_stays(tmp_path)
 def test_runs_written_before_read_back_and_answer_the_same_json(tmp_path):
     """Rows as the history stored them before runs were typed, and what /history answered for them."""
     path = tmp_path / "history.sqlite"
-    open_history(path).close()
-    later = ("data_reference_first_batch", "data_reference_last_batch")  # columns added since (schema 4)
-    with sqlite3.connect(path) as raw:
-        for name in later:
-            raw.execute(f"ALTER TABLE runs DROP COLUMN {name}")
-        raw.execute("PRAGMA user_version = 3")
-        raw.executescript((FIXTURES / "runs_as_written.sql").read_text(encoding="utf-8"))
-    open_history(path).close()  # upgraded: the columns added, the rows kept
+    history_rules.write_runs_as_written(path)
     answered = json.loads((FIXTURES / "history_runs.json").read_text(encoding="utf-8"))
     runs = read_runs(path)
-    assert all(run.to_json()[name] is None for run in runs for name in later)
-    shown = [{key: value for key, value in run.to_json().items() if key not in later} for run in runs]
+    shown = [history_rules.without_later_columns(run.to_json()) for run in runs]
     assert shown == answered
     assert [list(run) for run in shown] == [list(run) for run in answered]  # the keys in their order
     assert runs[1].candidates[0].window_f1 == 0.65 and runs[1].alerts == AlertRecord("deployed", 2, "/tmp/alerts.log")
