@@ -95,6 +95,7 @@ from riskwatch.state.history import (
     INTERRUPTED,
     KEPT,
     NO_NEW_DATA,
+    HistoryStore,
     decided_batch,
     decided_hashes,
     mark_interrupted,
@@ -166,7 +167,7 @@ class RunRecord:
         record_stage_timings(output_model_path, fresh, f"fullprocess.py run {run_id}")
         self.timings_kept.update(fresh)
 
-    def save(self, connection: Any, run_id: int) -> None:
+    def save(self, connection: HistoryStore, run_id: int) -> None:
         """Write the run as it stands to the history (its files and drift rows once)."""
         fields = self.fields.updated(RunFields(timings=self.clock.timings, details=self.details or None))
         if self.rows_saved:
@@ -403,7 +404,7 @@ def adopt_challenger(folder: Path, output_model_path: Path) -> None:
             shutil.copyfile(folder / name, tmp)
 
 
-def find_watermark(connection: Any, champion: Any, batch_before: int) -> int:
+def find_watermark(connection: HistoryStore, champion: Any, batch_before: int) -> int:
     """The last batch whose rows are not new: decided on by an earlier run, or trained on by the serving model."""
 
     decided = decided_batch(connection)
@@ -412,7 +413,7 @@ def find_watermark(connection: Any, champion: Any, batch_before: int) -> int:
     return max(known) if known else batch_before
 
 
-def assess_new_data(config: Config, connection: Any, record: RunRecord, new: NewData) -> RunFields:
+def assess_new_data(config: Config, connection: HistoryStore, record: RunRecord, new: NewData) -> RunFields:
     """Ingest the new files, decide on the rows that arrived (drift, challengers, gate), deploy a winner.
 
     Returns the run's fields.
@@ -470,7 +471,13 @@ def ingest_new_files(config: Config, record: RunRecord, new: NewData, champion: 
 
 
 def decide_on_new_rows(
-    config: Config, connection: Any, record: RunRecord, champion: Any, data: Any, watermark: int, unlabelled: list[Any]
+    config: Config,
+    connection: HistoryStore,
+    record: RunRecord,
+    champion: Any,
+    data: Any,
+    watermark: int,
+    unlabelled: list[Any],
 ) -> Assessment:
     """The monitoring decision on the rows past ``watermark``; on the unlabelled files' rows when only they are new."""
     from riskwatch.monitoring.decision import RunInputs, assess, assess_unlabelled
@@ -572,7 +579,7 @@ def after_deployment(config: Config, record: RunRecord) -> None:
 # ---------------------------------------------------------------- the run
 
 
-def check_for_new_data(config: Config, connection: Any, record: RunRecord) -> NewData:
+def check_for_new_data(config: Config, connection: HistoryStore, record: RunRecord) -> NewData:
     with record.clock.stage("check"):
         version = record.fields.model_version_before
         if version is None:  # nothing serves: every data file is new, whatever earlier runs decided
@@ -608,7 +615,7 @@ def reports_outdated(config: Config, version: str | None) -> bool:
     return any(made_version != version for made_version in made)
 
 
-def run_once(config: Config, connection: Any, record: RunRecord, run_id: int) -> None:
+def run_once(config: Config, connection: HistoryStore, record: RunRecord, run_id: int) -> None:
     """Decide what this run does and do it, filling ``record``."""
     new = check_for_new_data(config, connection, record)
     version = record.fields.model_version_before
@@ -669,7 +676,9 @@ def alert_kind(fields: RunFields) -> str | None:
     return None
 
 
-def send_alert(config: Config, fields: RunFields, run_id: int | None, connection: Any = None) -> AlertRecord | None:
+def send_alert(
+    config: Config, fields: RunFields, run_id: int | None, connection: HistoryStore | None = None
+) -> AlertRecord | None:
     """Post the run's end to the configured webhooks without waiting for them; return what was sent.
 
     With the history open (``connection``), the alert is recorded first, each delivery not known yet,
@@ -759,7 +768,12 @@ def describe_failure(exc: BaseException, fields: RunFields, serving: str | None)
 
 
 def finish_run(
-    config: Config, connection: Any, record: RunRecord, run_id: int, clock: float, failure: BaseException | None
+    config: Config,
+    connection: HistoryStore,
+    record: RunRecord,
+    run_id: int,
+    clock: float,
+    failure: BaseException | None,
 ) -> None:
     """Record how the run ended (and its stages' timings), then alert; a run that cannot be recorded fails."""
     record.fields = replace(

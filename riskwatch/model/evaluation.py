@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from riskwatch.core.files import find_test_files, sha256_file
 from riskwatch.core.imports import sklearn_without_pandas
 from riskwatch.core.schema import BadFileError
 from riskwatch.data.datafiles import read_labelled_data
-from riskwatch.state.artifacts import load_model, utc_now
+from riskwatch.state.artifacts import Classifier, load_model, utc_now
 from riskwatch.state.records import Confusion, Metrics
 
 with sklearn_without_pandas():
@@ -73,7 +72,7 @@ def read_test_data(test_data_path: Path) -> EvaluationData:
     return EvaluationData(files, {path.name: sha256_file(path) for path in files}, features, labels)
 
 
-def score_loaded_model(model: Any, model_path: Path, test: EvaluationData) -> Metrics:
+def score_loaded_model(model: Classifier, model_path: Path, test: EvaluationData) -> Metrics:
     """The metrics of a loaded model (from ``model_path``) on test data already read."""
     probabilities = model.predict_proba(test.features)[:, 1]
     scores = score_predictions(test.labels, probabilities, model.predict(test.features))

@@ -22,7 +22,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -37,11 +36,12 @@ from riskwatch.model.riskmodels import (
     equal_count_calibration_error,
     fit_risk_model,
 )
-from riskwatch.state.artifacts import MODEL_FILE, DeployedVersion, utc_now
+from riskwatch.state.artifacts import MODEL_FILE, Classifier, DeployedVersion, utc_now
 from riskwatch.state.history import (
     DEPLOYED,
     KEPT,
     WAITING,
+    HistoryStore,
     ReferenceScore,
     change_started_batch,
     gate_score,
@@ -282,13 +282,13 @@ def window_fields(window: WindowScore | None) -> RunFields:
 # ---------------------------------------------------------------- model drift
 
 
-def f1_on(model: Any, features: np.ndarray, labels: np.ndarray) -> float:
+def f1_on(model: Classifier, features: np.ndarray, labels: np.ndarray) -> float:
     """The F1 of a model's labels on these rows."""
     shares = confusion_shares(labels, model.predict(features))
     return float(f1_from_counts(shares[0], shares[1], shares[2]))
 
 
-def reference_scores(connection: Any, champion: DeployedVersion) -> list[ReferenceScore]:
+def reference_scores(connection: HistoryStore, champion: DeployedVersion) -> list[ReferenceScore]:
     """What the serving model is judged against, first score first, then its later scores on batches that did not drift.
 
     The first is its F1 at its gate (with no gate: on the test data), or, once drift called for
@@ -306,7 +306,11 @@ def reference_scores(connection: Any, champion: DeployedVersion) -> list[Referen
 
 
 def judge_model_drift(
-    settings: MonitoringSettings, connection: Any, champion: DeployedVersion, features: np.ndarray, labels: np.ndarray
+    settings: MonitoringSettings,
+    connection: HistoryStore,
+    champion: DeployedVersion,
+    features: np.ndarray,
+    labels: np.ndarray,
 ) -> ModelDrift:
     """The serving model's F1 on the new rows against its reference."""
     shares = confusion_shares(labels, champion.model.predict(features))
@@ -323,7 +327,9 @@ def judge_model_drift(
     return verdict
 
 
-def estimate_before_labels(model: Any, features: np.ndarray, labels: np.ndarray) -> tuple[PerformanceEstimate, float]:
+def estimate_before_labels(
+    model: Classifier, features: np.ndarray, labels: np.ndarray
+) -> tuple[PerformanceEstimate, float]:
     """The F1 the probabilities alone promise on these rows, and how well calibrated they are on the labels."""
     probabilities = model.predict_proba(features)[:, 1]
     return estimate_performance(probabilities, model.predict(features)), calibration_error(labels, probabilities)
@@ -363,7 +369,9 @@ def describe_deployment(gate: Gate, replaced: str, deployed_as: str | None = Non
     return f"challenger deployed{named}, replacing {replaced}: {gate.sentence}"
 
 
-def data_reference(connection: Any, data: IngestedData, champion: DeployedVersion, watermark: int) -> DataReference:
+def data_reference(
+    connection: HistoryStore, data: IngestedData, champion: DeployedVersion, watermark: int
+) -> DataReference:
     """The rows new ones are compared with.
 
     The rows the serving model was trained on (a weighted sample for a weighted window); or, once
@@ -443,7 +451,12 @@ def evaluation_mask(data: IngestedData, settings: MonitoringSettings, held_out_f
 
 
 def candidate_windows(
-    config: Config, connection: Any, data: IngestedData, first_new: int, held_out_from_batch: int, trainable: np.ndarray
+    config: Config,
+    connection: HistoryStore,
+    data: IngestedData,
+    first_new: int,
+    held_out_from_batch: int,
+    trainable: np.ndarray,
 ) -> list[tuple[TrainingWindow, np.ndarray, np.ndarray | None]]:
     """The training windows to try: (window, mask of its rows, weights or None), the configured ones that differ."""
     settings = config.monitoring
@@ -530,7 +543,7 @@ def judge_candidates(
 
 
 def score_window(
-    model: Any, data: IngestedData, yardsticks: Yardsticks, settings: MonitoringSettings
+    model: Classifier, data: IngestedData, yardsticks: Yardsticks, settings: MonitoringSettings
 ) -> WindowScore | None:
     """A model's scores on the rolling evaluation window and the test data's drift against it."""
     window = yardsticks.evaluation
@@ -548,7 +561,7 @@ class RunInputs:
     """What a decision needs: settings, the history, the serving model, the ingested rows and what is new."""
 
     config: Config
-    connection: Any
+    connection: HistoryStore
     champion: DeployedVersion
     data: IngestedData
     watermark: int  # batches up to this one were decided on; later ones are new

@@ -62,6 +62,7 @@ from riskwatch.state.artifacts import (
     REPORT_FILE,
     REPORT_RECORD_FILE,
     TRENDS_PLOT_FILE,
+    Classifier,
     DeployedVersion,
     check_final_data,
     current_version_folder,
@@ -135,7 +136,7 @@ def read_deployed_model(prod_deployment_path: Path) -> tuple[DeployedVersion, li
     return deployed, [entry.name for entry in files if entry.labelled]
 
 
-def rank_clients(model: Any, folder: Path, top: int) -> list[dict[str, Any]]:
+def rank_clients(model: Classifier, folder: Path, top: int) -> list[dict[str, Any]]:
     """The ``top`` current clients of an ingested-data folder with the highest exit probability, highest first.
 
     A client counts by its latest row by arrival: labelled and not exited (clients who already
@@ -192,14 +193,14 @@ class CalibrationCurve:
 
 
 def measure_calibration(
-    model: Any, name: str, features: np.ndarray, labels: np.ndarray, in_training: bool = False
+    model: Classifier, name: str, features: np.ndarray, labels: np.ndarray, in_training: bool = False
 ) -> CalibrationCurve:
     """The model's predicted probabilities on these rows against their labels, in ten probability bins."""
     return CalibrationCurve(name, calibration_bins(labels, model.predict_proba(features)[:, 1]), in_training)
 
 
 def measure_calibrations(
-    model: Any, test_data_path: Path, output_folder_path: Path, window: TrainingWindow | None = None
+    model: Classifier, test_data_path: Path, output_folder_path: Path, window: TrainingWindow | None = None
 ) -> list[CalibrationCurve]:
     """Calibration on the test data and on the latest batch of ingested rows (left out when it cannot be read).
 

@@ -50,6 +50,7 @@ from riskwatch.state.artifacts import (
     DIAGNOSTICS_FILE,
     FINAL_DATA,
     MISSING_CACHE_FILE,
+    Classifier,
     check_final_data,
     current_version_folder,
     load_deployed_version,
@@ -82,7 +83,7 @@ RECORDED_RUNS = 10  # the spread of recorded timings is over this many latest re
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([=<>!~].*)?$")
 
 
-def predict_data_file(model: Any, data_path: Path) -> Predictions:
+def predict_data_file(model: Classifier, data_path: Path) -> Predictions:
     """Labels and exit probabilities of ``model`` for every row of a data file, in file order."""
     try:
         batch = read_feature_file(data_path)

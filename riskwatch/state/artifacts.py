@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import atomic_path, current_umask, fsync_dir, sha256_file, write_text_atomic
@@ -65,7 +65,16 @@ VERSION_INFO_FILE = "version.json"
 DEPLOYMENT_LOCK_FILE = ".fullprocess.lock"
 
 
-def save_model(model: Any, info: ModelInfo, folder: Path) -> ModelInfo:
+class Classifier(Protocol):
+    """What every model the pipeline saves, loads and serves answers: scikit-learn's classifier methods, one row
+    per client, exit the second column of ``predict_proba``."""
+
+    def predict_proba(self, features: Any) -> Any: ...
+
+    def predict(self, features: Any) -> Any: ...
+
+
+def save_model(model: Classifier, info: ModelInfo, folder: Path) -> ModelInfo:
     """Write the model and its metadata atomically; return the metadata with the model's hash."""
     payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
     info = replace(info, model_sha256=hashlib.sha256(payload).hexdigest())
@@ -383,7 +392,7 @@ class DeployedVersion:
     """One published version, loaded: the model and its records, all read from one version folder."""
 
     folder: Path
-    model: Any
+    model: Classifier
     metrics: Metrics  # the scores on the test data
     model_info: ModelInfo
     version_info: VersionInfo  # all None when version.json is damaged
