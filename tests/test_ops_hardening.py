@@ -36,7 +36,9 @@ from riskwatch.cycle.fullprocess import run_full_process
 from riskwatch.data.generator import write_shipped_data
 from riskwatch.monitoring import alerts
 from riskwatch.monitoring.alerts import deliver
+from riskwatch.report import pdf as report_pdf
 from riskwatch.report import reporting
+from riskwatch.report import text as report_text
 from riskwatch.stages import diagnostics
 from riskwatch.stages.deployment import rollback_deployment
 from riskwatch.state.artifacts import (
@@ -265,20 +267,20 @@ def long_id_clients(corporation: str) -> list[dict[str, Any]]:
 
 def test_a_256_character_id_keeps_the_top_clients_table_on_the_page(tmp_path: Path):
     corporation = "corp" + "x" * 248 + "tail"
-    styles = reporting.make_styles()
-    flowables = reporting.clients_section(styles, long_id_clients(corporation), 2, tmp_path / "finaldata.csv", "v0001")
+    styles = report_pdf.make_styles()
+    flowables = report_pdf.clients_section(styles, long_id_clients(corporation), 2, tmp_path / "finaldata.csv", "v0001")
     table = flowables[-1]
-    width, _ = table.wrap(reporting.FRAME_WIDTH, A4[1])
-    assert width <= reporting.FRAME_WIDTH + 0.01
-    pdf = reporting.write_pdf(tmp_path / "report.pdf", flowables, "v0001", "2026-12-07T12:00:00Z")
+    width, _ = table.wrap(report_pdf.FRAME_WIDTH, A4[1])
+    assert width <= report_pdf.FRAME_WIDTH + 0.01
+    pdf = report_pdf.write_pdf(tmp_path / "report.pdf", flowables, "v0001", "2026-12-07T12:00:00Z")
     text = "".join(page.extract_text() for page in PdfReader(pdf).pages)
     assert "corpxx" in text and "\u2026" in text and "xxtail" in text and corporation not in text.replace("\n", "")
 
 
 def test_an_id_is_cut_in_the_middle_to_fit_and_a_short_one_is_left_as_it_is():
-    cell = reporting.make_styles()["cell"]
-    assert reporting.ellipsize("abcd", 30 * mm, cell) == "abcd"
-    cut = reporting.ellipsize("start" + "m" * 300 + "end", 30 * mm, cell)
+    cell = report_pdf.make_styles()["cell"]
+    assert report_text.ellipsize("abcd", 30 * mm, cell) == "abcd"
+    cut = report_text.ellipsize("start" + "m" * 300 + "end", 30 * mm, cell)
     assert cut.startswith("start") and cut.endswith("end") and "\u2026" in cut
     assert stringWidth(cut, cell.fontName, cell.fontSize) <= 30 * mm
 

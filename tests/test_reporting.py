@@ -24,6 +24,9 @@ from riskwatch.data.batches import read_ingested_data
 from riskwatch.data.datafiles import read_labelled_data
 from riskwatch.model.drivers import explain_clients
 from riskwatch.model.riskmodels import risk_model_for
+from riskwatch.report import gather as report_gather
+from riskwatch.report import pdf as report_pdf
+from riskwatch.report import plots as report_plots
 from riskwatch.report import reporting
 from riskwatch.stages import diagnostics
 from riskwatch.state.artifacts import (
@@ -144,7 +147,7 @@ def test_report_shows_the_calibration_on_the_test_data_and_the_latest_batch(diag
     width, height = png_size(plot)
     assert 600 <= width <= 2000 and 450 <= height <= 1500
     model = deployed_model(diagnosed)
-    curves = reporting.measure_calibrations(model, diagnosed.test_data_path, diagnosed.output_folder_path)
+    curves = report_gather.measure_calibrations(model, diagnosed.test_data_path, diagnosed.output_folder_path)
     data = read_ingested_data(diagnosed.output_folder_path)
     assert [curve.rows for curve in curves] == [500, int(data.in_batches(data.latest_batch).sum())]
     test_features, test_labels = read_labelled_data(find_test_files(diagnosed.test_data_path))
@@ -194,7 +197,7 @@ def test_rank_clients_keeps_each_corporations_last_row_and_active_clients_only(d
     )
     model = deployed_model(deployed)
 
-    ranked = reporting.rank_clients(model, data, top=5)
+    ranked = report_gather.rank_clients(model, data, top=5)
 
     assert [client["corporation"] for client in ranked] == ["twice", "steady"]
     assert ranked[0] == {
@@ -207,11 +210,13 @@ def test_rank_clients_keeps_each_corporations_last_row_and_active_clients_only(d
         "reason": explain_clients(risk_model_for(model), np.array([[50.0, 800.0, 20.0]])).clients[0].reason,
     }
     assert ranked[1]["reason"].startswith("activity last month 900, far above the typical ")
-    assert [client["corporation"] for client in reporting.rank_clients(model, data, top=1)] == ["twice"]
+    assert [client["corporation"] for client in report_gather.rank_clients(model, data, top=1)] == ["twice"]
 
 
 def test_confusion_matrix_plot_is_written_under_the_given_name(tmp_path):
-    target = reporting.plot_confusion_matrix(Confusion(tn=1958, fp=302, fn=260, tp=480), "v0042", tmp_path / "cm.png")
+    target = report_plots.plot_confusion_matrix(
+        Confusion(tn=1958, fp=302, fn=260, tp=480), "v0042", tmp_path / "cm.png"
+    )
     assert target == tmp_path / "cm.png"
     assert png_size(target)[0] >= 600
     assert temp_files(tmp_path) == []
@@ -227,7 +232,7 @@ def test_a_failed_build_leaves_the_old_report_and_no_temp_files(diagnosed, monke
 
     pdf = diagnosed.output_model_path / REPORT_FILE
     pdf.write_bytes(b"%PDF old report")
-    monkeypatch.setattr(reporting, "clients_section", lambda *args: [Exploding()])
+    monkeypatch.setattr(report_pdf, "clients_section", lambda *args: [Exploding()])
 
     with pytest.raises(RuntimeError, match="disk trouble"):
         reporting.write_report(diagnosed)
@@ -312,6 +317,6 @@ def test_table_columns_are_widened_so_no_word_is_cut():
     cell = ParagraphStyle("cell", fontName="Helvetica", fontSize=8)
     data = [[Paragraph("Outcome", cell), Paragraph("Decision", cell)]]
     data.append([Paragraph("first deployment", cell), Paragraph("a long decision " * 8, cell)])
-    fitted = reporting.widen_for_words(data, [10 * mm, 150 * mm])
-    assert fitted[0] >= stringWidth("deployment", "Helvetica", 8) + reporting.CELL_PADDING
+    fitted = report_pdf.widen_for_words(data, [10 * mm, 150 * mm])
+    assert fitted[0] >= stringWidth("deployment", "Helvetica", 8) + report_pdf.CELL_PADDING
     assert sum(fitted) == pytest.approx(160 * mm)  # the room came from the column with words to wrap

@@ -12,7 +12,7 @@ from riskwatch.core.schema import UNLABELLED_COLUMNS
 from riskwatch.data.batches import read_final_data, read_unlabelled_clients, select_current_clients
 from riskwatch.data.datafiles import read_data_file
 from riskwatch.data.generator import write_batch, write_shipped_data
-from riskwatch.report.reporting import rank_clients
+from riskwatch.report.gather import rank_clients
 from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.state.artifacts import (
     FINAL_DATA,
