@@ -267,3 +267,14 @@ def test_kill_9_mid_deployment_leaves_a_whole_version_and_the_next_run_completes
     info = deploy(trained)
     assert assert_whole_version(root, second_hash) == info.version
     assert not [entry.name for entry in (root / VERSIONS_FOLDER).iterdir() if entry.name.startswith(".")]
+
+
+def test_version_numbers_parse_order_and_follow_each_other():
+    from riskwatch.state.artifacts import FIRST_VERSION, VersionNumber, version_number
+
+    assert VersionNumber.parse("v0007") == VersionNumber(7) and VersionNumber.parse("v12345") == VersionNumber(12345)
+    assert all(VersionNumber.parse(name) is None for name in ("v7", "0007", "v0007.tmp", "current", "v-001"))
+    assert sorted(["v0010", "v9999", "v0002", "v10000"], key=version_number) == ["v0002", "v0010", "v9999", "v10000"]
+    assert FIRST_VERSION.name == "v0001" and version_number("v9999").next().name == "v10000"
+    with pytest.raises(ValueError, match="not a version name"):
+        version_number("staging")

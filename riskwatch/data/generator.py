@@ -29,7 +29,7 @@ import numpy as np
 from riskwatch.core.cli import add_logging_flags, run_command
 from riskwatch.core.config import PROJECT_ROOT
 from riskwatch.core.databases import DEFAULT_PASSWORD_ENV, check_identifier, parse_database_url, unreachable
-from riskwatch.core.files import write_text_atomic
+from riskwatch.core.files import CLASSIC_TEST_FILE, write_text_atomic
 from riskwatch.core.schema import COLUMNS, ID_COLUMN, UNLABELLED_COLUMNS
 
 log = logging.getLogger("generate_data")
@@ -177,7 +177,7 @@ def write_shipped_data(root: Path = PROJECT_ROOT, seed: int = SHIPPED_SEED) -> l
     for number, part in enumerate(np.array_split(source, 4), start=1):
         rows = add_export_noise(rows_of(take_rows(clients, part)), rng)
         outputs[root / "sourceddata" / f"clients_2026q{number}.csv"] = format_csv(rows)
-    outputs[root / "testdata" / "testdata.csv"] = format_csv(rows_of(take_rows(clients, test)))
+    outputs[root / "testdata" / CLASSIC_TEST_FILE] = format_csv(rows_of(take_rows(clients, test)))
     for path, text in outputs.items():
         write_text_atomic(path, text)
         log.info("wrote %s (%d rows)", path.relative_to(root), text.count("\n") - 1)
@@ -196,7 +196,7 @@ def write_world_data(
         root / "sourceddata" / f"{world}_{number}.csv": format_csv(rows_of(take_rows(clients, part)))
         for number, part in enumerate(np.array_split(source, files), start=1)
     }
-    outputs[root / "testdata" / "testdata.csv"] = format_csv(rows_of(take_rows(clients, test)))
+    outputs[root / "testdata" / CLASSIC_TEST_FILE] = format_csv(rows_of(take_rows(clients, test)))
     for path, text in outputs.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)

@@ -32,6 +32,7 @@ from riskwatch.core.files import folder_lock, fsync_dir, hold_lock, sha256_file
 from riskwatch.state.artifacts import (
     CURRENT_LINK,
     DEPLOYMENT_LOCK_FILE,
+    FIRST_VERSION,
     INGESTED_FILES,
     INGESTED_RECORD,
     MODEL_FILE,
@@ -46,6 +47,7 @@ from riskwatch.state.artifacts import (
     point_link,
     read_deployment_details,
     utc_now,
+    version_number,
 )
 from riskwatch.state.records import VersionInfo, write_version_info
 
@@ -121,7 +123,7 @@ def rollback_target(prod_deployment_path: Path, current: str | None) -> str | No
     previous = read_deployment_details(prod_deployment_path / VERSIONS_FOLDER / current).previous_version
     if previous in kept:
         return previous
-    older = [name for name in kept if int(name[1:]) < int(current[1:])]
+    older = [name for name in kept if version_number(name) < version_number(current)]
     return older[-1] if older else None
 
 
@@ -205,7 +207,7 @@ def publish_deployment(
             kept = read_deployment_details(prod_deployment_path / VERSIONS_FOLDER / serving)
             return Publication(replace(kept, version=serving), unchanged=True)
         existing = list_versions(prod_deployment_path)
-        version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+        version = (version_number(existing[-1]).next() if existing else FIRST_VERSION).name
         staging, info = stage_version(sources, prod_deployment_path, version)
         reached_step("staged")
         os.rename(staging, prod_deployment_path / VERSIONS_FOLDER / version)

@@ -188,13 +188,44 @@ def check_final_data(output_folder_path: Path) -> str:
 VERSION_NAME = re.compile(r"^v(\d{4,})$")
 
 
+@dataclass(frozen=True, order=True)
+class VersionNumber:
+    """A deployed version's number, ordered as versions are published: ``v0007`` is 7 and comes before ``v0010``."""
+
+    number: int
+
+    @classmethod
+    def parse(cls, name: str) -> VersionNumber | None:
+        """The number of a version name (``v0007``); None for any other name."""
+        match = VERSION_NAME.match(name)
+        return None if match is None else cls(int(match.group(1)))
+
+    def next(self) -> VersionNumber:
+        return VersionNumber(self.number + 1)
+
+    @property
+    def name(self) -> str:
+        return f"v{self.number:04d}"
+
+
+FIRST_VERSION = VersionNumber(1)
+
+
+def version_number(name: str) -> VersionNumber:
+    """The number of a kept version's name (``list_versions`` gives only such names)."""
+    number = VersionNumber.parse(name)
+    if number is None:
+        raise ValueError(f"{name!r} is not a version name (v0001, v0002, ...)")
+    return number
+
+
 def list_versions(prod_deployment_path: Path) -> list[str]:
     """Kept versions, oldest first."""
     folder = Path(prod_deployment_path) / VERSIONS_FOLDER
     if not folder.is_dir():
         return []
     names = [entry.name for entry in folder.iterdir() if VERSION_NAME.match(entry.name) and entry.is_dir()]
-    return sorted(names, key=lambda name: int(name[1:]))
+    return sorted(names, key=version_number)
 
 
 def current_version(prod_deployment_path: Path) -> str | None:

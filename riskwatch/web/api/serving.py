@@ -19,11 +19,12 @@ from riskwatch.model.riskmodels import RiskModel, risk_model_for
 from riskwatch.state.artifacts import (
     CURRENT_LINK,
     MODEL_FILE,
-    VERSION_NAME,
     VERSIONS_FOLDER,
     DeployedVersion,
+    VersionNumber,
     list_versions,
     load_deployed_version,
+    version_number,
 )
 
 log = logging.getLogger("app")
@@ -148,9 +149,9 @@ class DeploymentWatcher:
 
     def _load_fallback(self, target: str) -> ServedModel | None:
         """The newest kept version older than ``target`` that loads and checks out, or None."""
-        match = VERSION_NAME.match(Path(target).name)
-        newest = int(match.group(1)) if match else None
-        older = [name for name in list_versions(self.prod_deployment_path) if newest is None or int(name[1:]) < newest]
+        newest = VersionNumber.parse(Path(target).name)
+        kept = list_versions(self.prod_deployment_path)
+        older = [name for name in kept if newest is None or version_number(name) < newest]
         for name in reversed(older):
             try:
                 return load_served_model(self.prod_deployment_path / VERSIONS_FOLDER / name, target, fallback=True)

@@ -37,6 +37,7 @@ from riskwatch.state.artifacts import (
     DIAGNOSTICS_FILE,
     EVALUATION_WINDOW_FILE,
     FINAL_DATA,
+    MODEL_FILE,
     UNLABELLED_CLIENTS,
     VERSIONS_FOLDER,
     load_deployed_version,
@@ -171,7 +172,7 @@ class DashboardSources:
             threshold = float(getattr(model, "threshold", 0.5))
             return Comparison(name, int(np.count_nonzero(probabilities >= threshold)), float(probabilities.sum()))
 
-        key = (name, served.version, signature([self.final_data]), signature([folder / "trainedmodel.pkl"]))
+        key = (name, served.version, signature([self.final_data]), signature([folder / MODEL_FILE]))
         return self._previous.get(key, compute)
 
     def runs(self) -> list[StoredRun]:
