@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-api-memory bench-price bench-health bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
+.PHONY: help run test test-fast test-soak ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-api-memory bench-price bench-health bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ test: $(VENV)/.installed ## run every test, 2 at a time (PYTEST_ARGS: more pytes
 	$(PYTEST_RUN) $(PYTEST_ARGS)
 test-fast: $(VENV)/.installed ## the in-process tests only (-m "not slow"): under a minute
 	$(PYTEST_RUN) -m "not slow" $(PYTEST_ARGS)
+test-soak: $(VENV)/.installed ## the attacks at soak strength: 20 kills during retraining runs, 10,000 fuzzed requests
+	RISK_TEST_KILL_CYCLES=20 RISK_TEST_FUZZ_REQUESTS=10000 $(PYTEST_RUN) $(PYTEST_ARGS) \
+		tests/test_pipeline_attacks.py::test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing \
+		tests/test_api_server_attacks.py::test_a_fuzzer_of_thousands_of_hostile_requests_gets_no_5xx_and_no_200_to_a_body_not_read_whole
 
 ingest: $(VENV)/.installed ## ingestion only
 	$(PY) ingestion.py --config $(CONFIG)

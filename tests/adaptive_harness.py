@@ -1,5 +1,7 @@
 """A world that changes, for the adaptive-monitoring scenarios: batches from the project's generator fed
-to ``fullprocess.py`` as real processes, and the deployed model measured on fresh samples of each world.
+to the monitoring job's run (``run_full_process``, what ``fullprocess.py`` runs, here in the test's own
+process: the scenarios test the decision; tests/test_fullprocess.py and tests/test_pipeline_attacks.py run
+the job as processes), and the deployed model measured on fresh samples of each world.
 
 Each step records, for the scenario table: the world the batch came from, whether the run retrained,
 which training window and model family won, the deployed model's family and F1 on a fresh sample of
@@ -19,12 +21,13 @@ import numpy as np
 from riskwatch.core.config import ModelSettings, load_config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.schema import FEATURES
+from riskwatch.cycle.fullprocess import run_full_process
 from riskwatch.data.generator import WORLDS, exit_probability, generate_clients, write_batch, write_shipped_data
 from riskwatch.stages.training import fit_classifier
 from riskwatch.state.artifacts import current_version_folder, load_deployed_version
 from riskwatch.state.history import read_runs
 from riskwatch.stats.drift import confusion_shares, f1_from_counts
-from tests.helpers import run_script, write_config
+from tests.helpers import write_config
 
 FRESH_ROWS = 5_000
 ORACLE_ROWS = 50_000
@@ -131,8 +134,7 @@ class ChangingWorld:
     def run(self, batch: str, world: str, rows: int) -> Step:
         before = self.deployed_model()
         f1_before = None if before is None else f1_of(before, *fresh_sample(world))
-        result = run_script("fullprocess.py", "--config", str(self.config_path), timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        run_full_process(load_config(self.config_path))  # the monitoring job's run, in this process
         run = read_runs(load_config(self.config_path).history_path, limit=1)[0]
         deployed = load_deployed_version(current_version_folder(load_config(self.config_path).prod_deployment_path))
         step = Step(

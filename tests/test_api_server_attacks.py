@@ -8,6 +8,7 @@ import base64
 import collections
 import gzip
 import json
+import os
 import re
 import signal
 import socket
@@ -36,7 +37,8 @@ pytestmark = pytest.mark.slow
 
 MAX_BODY_MB = 0.05  # the fuzzed server's body limit: bodies over it are cheap to send
 MAX_BODY = int(MAX_BODY_MB * 1024 * 1024)
-FUZZ_REQUESTS = 10_000
+# 4,000 hostile requests on every run; `make test-soak` sends 10,000 (RISK_TEST_FUZZ_REQUESTS).
+FUZZ_REQUESTS = int(os.environ.get("RISK_TEST_FUZZ_REQUESTS", "4000"))
 FEATURES = ("lastmonth_activity", "lastyear_activity", "number_of_employees")
 
 
@@ -290,7 +292,7 @@ def send(url: str, raw: bytes) -> int:
     return int(match.group(1)) if match else 0
 
 
-def test_a_fuzzer_of_ten_thousand_hostile_requests_gets_no_5xx_and_no_200_to_a_body_not_read_whole(fuzzed):
+def test_a_fuzzer_of_thousands_of_hostile_requests_gets_no_5xx_and_no_200_to_a_body_not_read_whole(fuzzed):
     url, routes = fuzzed
     statuses: collections.Counter[int] = collections.Counter()
     failures: list[str] = []
