@@ -27,9 +27,11 @@ run: $(VENV)/.installed ## ingest, train, score, deploy, then diagnostics and th
 	$(PY) reporting.py --config $(CONFIG)
 
 # Tests run on PYTEST_WORKERS processes (pytest-xdist; 0: in pytest's own), each taking the next test when it is free:
-# the slow tests mostly wait on the processes they start. PYTEST_ARGS: more pytest options.
+# the slow tests mostly wait on the processes they start. PYTEST_ARGS: more pytest options. The hundreds of processes
+# the tests start reuse the project's compiled modules (__pycache__, ignored by git) even where the environment turns
+# writing them off (PYTHONDONTWRITEBYTECODE).
 PYTEST_WORKERS ?= 2
-PYTEST_RUN = $(PY) -m pytest -n $(PYTEST_WORKERS) $(if $(filter-out 0,$(PYTEST_WORKERS)),--dist worksteal)
+PYTEST_RUN = PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(PYTEST_WORKERS) $(if $(filter-out 0,$(PYTEST_WORKERS)),--dist worksteal)
 
 test: $(VENV)/.installed ## run every test, 2 at a time (PYTEST_ARGS: more pytest options; PYTEST_WORKERS=0: one at a time)
 	$(PYTEST_RUN) $(PYTEST_ARGS)
