@@ -14,9 +14,10 @@ import pytest
 from riskwatch.core.config import Config
 from riskwatch.core.schema import MAX_ID_LENGTH
 from riskwatch.data.batches import read_ingested_data
-from riskwatch.stages import ingestion
+from riskwatch.data.finaldata import PARSED_FOLDER
+from riskwatch.stages import ingestion_reading
 from riskwatch.stages.diagnostics import SCRATCH_PREFIX, clean_stale_scratch
-from riskwatch.stages.ingestion import PARSED_FOLDER, ingest_folder
+from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.state.artifacts import FINAL_DATA
 from tests.helpers import write_clients
 
@@ -139,7 +140,7 @@ def test_a_new_file_changed_within_the_settle_time_waits_and_an_edit_keeps_the_e
 def test_a_file_that_changes_while_it_is_read_is_left_for_a_later_run(project: Config, monkeypatch):
     ingest(project)
     growing = write_clients(project.input_folder_path / "growing.csv", 50, seed=12)
-    real_parse = ingestion.parse_new_file
+    real_parse = ingestion_reading.parse_new_file
 
     def parse_then_grow(path: Path, sha256: str, output_folder_path: Path, *more):
         parsed = real_parse(path, sha256, output_folder_path, *more)
@@ -147,10 +148,10 @@ def test_a_file_that_changes_while_it_is_read_is_left_for_a_later_run(project: C
             handle.write("more-client,1,2,3,0\n")
         return parsed
 
-    monkeypatch.setattr(ingestion, "parse_new_file", parse_then_grow)
+    monkeypatch.setattr(ingestion_reading, "parse_new_file", parse_then_grow)
     result = ingest(project)
     assert result.arriving == ["growing.csv"] and not list((project.output_folder_path / PARSED_FOLDER).glob("*.tmp*"))
-    monkeypatch.setattr(ingestion, "parse_new_file", real_parse)
+    monkeypatch.setattr(ingestion_reading, "parse_new_file", real_parse)
     assert ingest(project).arriving == []  # unchanged since: read now, whole
 
 

@@ -7,7 +7,7 @@ outcome and rows whose ``exited`` cell is blank: clients whose outcome is not kn
 
 A structural fault anywhere in the file (a missing column, text in a numeric column, a line too
 long, bytes that are not UTF-8) raises ``BadFileError`` naming the file: a reader that has
-written some batches somewhere throws them away (see ``ingestion.parse_new_file``).
+written some batches somewhere throws them away (see ``riskwatch.stages.ingestion_reading.parse_new_file``).
 """
 
 from __future__ import annotations
