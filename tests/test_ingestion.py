@@ -322,9 +322,11 @@ def test_a_file_edited_in_place_replaces_its_old_rows(project):
 def test_a_renamed_unchanged_file_is_not_parsed_again(project, monkeypatch):
     ingest_folder(project.input_folder_path, project.output_folder_path)
     (project.input_folder_path / "clients_b.csv").rename(project.input_folder_path / "clients_b_renamed.csv")
-    from riskwatch.stages import ingestion, ingestion_reading
+    from riskwatch.stages import ingestion_reading
 
-    monkeypatch.setattr(ingestion_reading, "stream_data_file", lambda *_: pytest.fail("an unchanged file was parsed again"))
+    monkeypatch.setattr(
+        ingestion_reading, "stream_data_file", lambda *_: pytest.fail("an unchanged file was parsed again")
+    )
     result = ingest_folder(project.input_folder_path, project.output_folder_path)
     assert [entry.name for entry in result.files] == ["clients_a.csv", "clients_b_renamed.csv"]
     assert result.rows_written == 1000
