@@ -90,15 +90,23 @@ class DeploymentWatcher:
 
     def __init__(self, prod_deployment_path: Path):
         self.prod_deployment_path = prod_deployment_path
-        self._link = str(prod_deployment_path / CURRENT_LINK)  # read on every request: no path arithmetic there
+        self._link = str(prod_deployment_path / CURRENT_LINK)  # no path arithmetic per request
+        self._current_model = str(prod_deployment_path / CURRENT_LINK / MODEL_FILE)  # the model file, through the link
         self._served: ServedModel | None = None
         self._failed: tuple[str, str, float] | None = None  # (link target, why, when) of a failed load
         self._lock = threading.Lock()
 
     def served(self) -> ServedModel:
-        """The model to answer with; raise ServiceUnavailable when none can be loaded."""
-        target = self._read_link()
+        """The model to answer with; raise ServiceUnavailable when none can be loaded.
+
+        Most requests cost one system call: the file ``current`` leads to has the inode, size and modification
+        time of the file loaded, so the link still leads to that version and its model is unchanged. Otherwise the
+        link is read, and the model loaded again or a fallback kept.
+        """
         served = self._served
+        if served is not None and not served.fallback and stamp_file(self._current_model) == served.model_stamp:
+            return served
+        target = self._read_link()
         if served is not None and target is None:
             return served
         if served is not None and served.link_target == target and self._still_valid(served):
