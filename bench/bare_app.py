@@ -39,16 +39,22 @@ def create_bare_app() -> Flask:
     return app
 
 
-def create_checked_app(config_path: Path) -> Flask:
-    """The API's app (token from the environment, as ``app.py`` reads it) with the bare /prediction view."""
-    from riskwatch.web.app import create_app
+def create_checked_app(config_path: Path, code: Path | None = None) -> Flask:
+    """The API's app (token from the environment, as ``app.py`` reads it) with the bare /prediction view.
+
+    ``code``: the checkout it comes from; one from before the ``riskwatch`` package has ``create_app`` in app.py.
+    """
+    if code is not None and not (code / "riskwatch").is_dir():
+        from app import create_app  # type: ignore[attr-defined,unused-ignore]
+    else:
+        from riskwatch.web.app import create_app
 
     app = create_app(config_path)
     app.view_functions[PREDICTION_ENDPOINT] = answer_constant
     return app
 
 
-def build_yardstick_server(port: int, workers: int, checks: Path | None) -> Any:
+def build_yardstick_server(port: int, workers: int, checks: Path | None, code: Path | None = None) -> Any:
     """gunicorn serving the bare app (or, with ``checks``, the checked one) with the settings ``app.py`` gives
     the API (gevent workers, ...)."""
     from gunicorn.app.base import BaseApplication
@@ -63,7 +69,7 @@ def build_yardstick_server(port: int, workers: int, checks: Path | None) -> Any:
                 self.cfg.set(name, value)
 
         def load(self) -> Flask:
-            return create_bare_app() if checks is None else create_checked_app(checks)
+            return create_bare_app() if checks is None else create_checked_app(checks, code)
 
     return YardstickServer()
 
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.code is not None:
         sys.path.insert(0, str(args.code.resolve()))
-    build_yardstick_server(args.port, args.workers, args.checks).run()
+    build_yardstick_server(args.port, args.workers, args.checks, args.code and args.code.resolve()).run()
     return 0
 
 
