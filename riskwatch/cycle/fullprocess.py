@@ -433,7 +433,7 @@ def assess_new_data(config: Config, connection: HistoryStore, record: RunRecord,
             f"{champion.version} serves",
         )
     assessment = decide_on_new_rows(config, connection, record, champion, data, watermark, unlabelled)
-    record.feature_drift = assessment.feature_drift
+    record.feature_drift = list(assessment.feature_drift)
     measured = RunFields(
         ingested_rows=ingested.rows_written,
         missing_percent=missing,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,9 +160,41 @@ class Gate:
         return not self.passed and self.gain < self.margin
 
 
-@dataclass
+@dataclass(frozen=True)
+class Findings:
+    """What the tests found on the new rows, before anything is decided: the label-free estimate, the model-drift
+    verdict (rows with outcomes only), the data-drift verdicts with their reference, and the retraining they call
+    for."""
+
+    estimate: PerformanceEstimate | None = None  # from the probabilities alone, before the labels are used
+    calibration: float | None = None  # expected calibration error on the new labelled rows
+    model_drift: ModelDrift | None = None
+    feature_drift: tuple[FeatureDrift, ...] = ()
+    data_reference: DataReference | None = None
+    triggers: tuple[str, ...] = ()
+
+    @property
+    def drifted_features(self) -> list[FeatureDrift]:
+        return [row for row in self.feature_drift if row.drifted]
+
+
+@dataclass(frozen=True)
+class Action:
+    """What is done about the findings: the outcome and its sentence; with challengers, their scores and the gate;
+    the serving model's scores on the evaluation window once decided."""
+
+    outcome: str  # WAITING, KEPT, or DEPLOYED (deploy ``gate.best``)
+    decision: str
+    holdout_rows: int = 0
+    candidates: tuple[Candidate, ...] = ()
+    gate: Gate | None = None
+    window: WindowScore | None = None  # the serving model's, after the decision
+    replaced_version: str | None = None  # the version a deployed challenger replaces
+
+
+@dataclass(frozen=True)
 class Assessment:
-    """What the new rows showed and what to do about them."""
+    """What the new rows showed and what to do about them: assembled once, by ``assessed``, from the steps' values."""
 
     outcome: str  # WAITING, KEPT, or DEPLOYED (deploy ``gate.best``)
     decision: str
@@ -172,11 +204,11 @@ class Assessment:
     estimate: PerformanceEstimate | None = None  # from the probabilities alone, before the labels are used
     calibration: float | None = None  # expected calibration error on the new labelled rows
     model_drift: ModelDrift | None = None
-    feature_drift: list[FeatureDrift] = field(default_factory=list)
+    feature_drift: tuple[FeatureDrift, ...] = ()
     data_reference: DataReference | None = None
-    triggers: list[str] = field(default_factory=list)
+    triggers: tuple[str, ...] = ()
     holdout_rows: int = 0
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: tuple[Candidate, ...] = ()
     gate: Gate | None = None
     window: WindowScore | None = None  # the serving model's, after the decision
     max_calibration_error: float = 0.05
@@ -495,7 +527,7 @@ def candidate_windows(
 def judge_candidates(
     settings: MonitoringSettings,
     champion: DeployedVersion,
-    candidates: list[Candidate],
+    candidates: tuple[Candidate, ...],
     models: dict[str, RiskModel],
     recent: tuple[np.ndarray, np.ndarray],
     champion_test_f1: float,
@@ -583,32 +615,57 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
     new_rows = int(new.sum())
     if new_rows < settings.min_new_rows:
         log.info("%d new row(s): too few to test for drift; they wait for more", new_rows)
-        return Assessment(
+        waiting = Action(
             WAITING,
             f"the new files hold {new_rows} row(s) not ingested before, fewer than the {settings.min_new_rows} a "
             f"drift test needs; ingested, and they wait for the next batch to be tested with it; "
             f"{champion.version} serves",
-            inputs.watermark + 1,
-            data.latest_batch,
-            new_rows,
         )
-    assessment, verdict = look_for_drift(inputs, clock, new)
+        return assessed(inputs, new_rows, Findings(), waiting)
+    findings, verdict = look_for_drift(inputs, clock, new)
     yardsticks = read_yardsticks(inputs, clock)
-    if assessment.triggers:
-        log.warning("retraining: %s", "; ".join(assessment.triggers))
-        retrain_and_gate(inputs, clock, assessment, new, yardsticks)
-        return assessment
+    if findings.triggers:
+        log.warning("retraining: %s", "; ".join(findings.triggers))
+        return assessed(inputs, new_rows, findings, retrain_and_gate(inputs, clock, findings.triggers, new, yardsticks))
     with clock.stage("evaluation window"):
-        assessment.window = score_window(champion.model, data, yardsticks, settings)
-    drifted = assessment.drifted_features
-    assessment.decision = (
-        f"no drift that triggers retraining{describe_no_trigger(settings.retrain_on, verdict, drifted)}; kept "
-        f"{champion.version} (F1 {verdict.new_f1:.4f} on {new_rows} new rows, threshold {verdict.threshold:.4f})"
+        window = score_window(champion.model, data, yardsticks, settings)
+    untriggered = describe_no_trigger(settings.retrain_on, verdict, findings.drifted_features)
+    kept = Action(
+        KEPT,
+        f"no drift that triggers retraining{untriggered}; kept {champion.version} "
+        f"(F1 {verdict.new_f1:.4f} on {new_rows} new rows, threshold {verdict.threshold:.4f})",
+        window=window,
     )
-    return assessment
+    return assessed(inputs, new_rows, findings, kept)
 
 
-def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tuple[Assessment, ModelDrift]:
+def assessed(
+    inputs: RunInputs, new_rows: int, findings: Findings, action: Action, unlabelled: bool = False
+) -> Assessment:
+    """The assessment of the rows past the watermark, made once from what was found and what is done about it."""
+    return Assessment(
+        action.outcome,
+        action.decision,
+        inputs.watermark + 1,
+        inputs.data.latest_batch,
+        new_rows,
+        estimate=findings.estimate,
+        calibration=findings.calibration,
+        model_drift=findings.model_drift,
+        feature_drift=findings.feature_drift,
+        data_reference=findings.data_reference,
+        triggers=findings.triggers,
+        holdout_rows=action.holdout_rows,
+        candidates=action.candidates,
+        gate=action.gate,
+        window=action.window,
+        max_calibration_error=inputs.config.monitoring.max_calibration_error,
+        replaced_version=action.replaced_version,
+        unlabelled=unlabelled,
+    )
+
+
+def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tuple[Findings, ModelDrift]:
     """The label-free estimate, the model-drift and data-drift tests on the new rows, and what they trigger;
     with the model-drift verdict, which rows with outcomes always have."""
     settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
@@ -622,19 +679,13 @@ def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tup
         drift_rows = judge_data_drift(settings, data, reference.rows, features)
     log.info("data drift reference: %s", reference.describe())
     drifted = [row for row in drift_rows if row.drifted]
-    assessment = Assessment(
-        KEPT,
-        "",
-        inputs.watermark + 1,
-        data.latest_batch,
-        int(new.sum()),
+    findings = Findings(
         estimate=estimate,
         calibration=calibration,
         model_drift=verdict,
-        feature_drift=drift_rows,
+        feature_drift=tuple(drift_rows),
         data_reference=reference,
-        triggers=retraining_triggers(settings.retrain_on, verdict, drifted),
-        max_calibration_error=settings.max_calibration_error,
+        triggers=tuple(retraining_triggers(settings.retrain_on, verdict, drifted)),
     )
     log.info(
         "F1 estimated from the probabilities alone %.4f (%.4f-%.4f), measured %.4f; calibration error %.4f%s",
@@ -643,9 +694,11 @@ def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tup
         estimate.f1_high,
         verdict.new_f1,
         calibration,
-        "" if assessment.reliable else f", above {settings.max_calibration_error:g}: the estimate is unreliable",
+        ""
+        if calibration <= settings.max_calibration_error
+        else f", above {settings.max_calibration_error:g}: the estimate is unreliable",
     )
-    return assessment, verdict
+    return findings, verdict
 
 
 def expected_shares(probabilities: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -667,59 +720,60 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
     rows = features.shape[0]
     with clock.stage("performance estimate"):
         estimate, low_estimate = estimate_unlabelled_performance(inputs, features)
-    assessment = Assessment(KEPT, "", inputs.watermark + 1, data.latest_batch, rows, estimate=estimate, unlabelled=True)
     if rows < settings.min_new_rows:
         log.info("%d unlabelled row(s): too few to test for data drift", rows)
-        assessment.decision = (
+        kept = Action(
+            KEPT,
             f"{rows} unlabelled row(s) ranked, too few (under {settings.min_new_rows}) for a data-drift test; "
-            f"estimated F1 {estimate.f1:.4f}{low_estimate}; kept {champion.version}"
+            f"estimated F1 {estimate.f1:.4f}{low_estimate}; kept {champion.version}",
         )
-        return assessment
+        return assessed(inputs, rows, Findings(estimate), kept, unlabelled=True)
     with clock.stage("data drift"):
         reference = data_reference(inputs.connection, data, champion, inputs.watermark)
-        assessment.data_reference = reference
-        assessment.feature_drift = judge_data_drift(settings, data, reference.rows, features)
+        drift_rows = tuple(judge_data_drift(settings, data, reference.rows, features))
     log.info("data drift reference: %s", reference.describe())
-    assessment.triggers = retraining_triggers(settings.retrain_on, None, assessment.drifted_features)
-    return act_on_unlabelled_drift(inputs, clock, assessment, estimate, low_estimate)
+    drifted = [row for row in drift_rows if row.drifted]
+    triggers = tuple(retraining_triggers(settings.retrain_on, None, drifted))
+    findings = Findings(estimate, feature_drift=drift_rows, data_reference=reference, triggers=triggers)
+    action = act_on_unlabelled_drift(inputs, clock, findings, rows, low_estimate)
+    return assessed(inputs, rows, findings, action, unlabelled=True)
 
 
 def act_on_unlabelled_drift(
-    inputs: RunInputs, clock: StageClock, assessment: Assessment, estimate: PerformanceEstimate, low_estimate: str
-) -> Assessment:
+    inputs: RunInputs, clock: StageClock, findings: Findings, rows: int, low_estimate: str
+) -> Action:
     """Retrain on the labelled rows when data drift calls for it and the recent window can judge a challenger;
-    otherwise keep the serving model. Fills the decision of ``assessment`` and returns it."""
+    otherwise keep the serving model."""
     settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
-    rows = assessment.new_rows
+    estimate = findings.estimate
+    assert estimate is not None  # every unlabelled batch is estimated
     yardsticks = read_yardsticks(inputs, clock)
     evaluation = yardsticks.evaluation
     judged = int(evaluation.sum()) >= settings.min_holdout_rows and np.unique(data.labels(evaluation)).size == 2
-    if assessment.triggers and not judged:
-        assessment.decision = describe_unjudged_retraining(
-            inputs, assessment, estimate, int(evaluation.sum()), low_estimate
-        )
-        return assessment
-    if assessment.triggers:
-        log.warning("retraining on the labelled rows: %s", "; ".join(assessment.triggers))
-        retrain_and_gate(inputs, clock, assessment, evaluation, yardsticks)
-        assessment.decision = f"{rows} unlabelled row(s) ranked; {assessment.decision}{low_estimate}"
-        return assessment
+    if findings.triggers and not judged:
+        return Action(KEPT, describe_unjudged_retraining(inputs, findings, rows, int(evaluation.sum()), low_estimate))
+    if findings.triggers:
+        log.warning("retraining on the labelled rows: %s", "; ".join(findings.triggers))
+        action = retrain_and_gate(inputs, clock, findings.triggers, evaluation, yardsticks)
+        return replace(action, decision=f"{rows} unlabelled row(s) ranked; {action.decision}{low_estimate}")
     with clock.stage("evaluation window"):
-        assessment.window = score_window(champion.model, data, yardsticks, settings)
-    untriggered = describe_no_trigger(settings.retrain_on, None, assessment.drifted_features)
-    assessment.decision = (
+        window = score_window(champion.model, data, yardsticks, settings)
+    untriggered = describe_no_trigger(settings.retrain_on, None, findings.drifted_features)
+    return Action(
+        KEPT,
         f"{rows} unlabelled row(s) ranked; no drift that triggers retraining{untriggered}; "
         f"estimated F1 {estimate.f1:.4f} ({estimate.f1_low:.4f}-{estimate.f1_high:.4f}){low_estimate}; "
-        f"kept {champion.version}"
+        f"kept {champion.version}",
+        window=window,
     )
-    return assessment
 
 
 def describe_unjudged_retraining(
-    inputs: RunInputs, assessment: Assessment, estimate: PerformanceEstimate, window_rows: int, low_estimate: str
+    inputs: RunInputs, findings: Findings, rows: int, window_rows: int, low_estimate: str
 ) -> str:
     """The decision when data drift calls for retraining but the window holds too few labelled rows to judge on."""
-    version, min_rows = inputs.champion.version, inputs.config.monitoring.min_holdout_rows
+    version, min_rows, estimate = inputs.champion.version, inputs.config.monitoring.min_holdout_rows, findings.estimate
+    assert estimate is not None
     log.warning(
         "data drift calls for retraining, but the recent window holds %d held-out labelled row(s), too few to "
         "judge a challenger on; %s keeps serving until outcomes arrive",
@@ -727,7 +781,7 @@ def describe_unjudged_retraining(
         version,
     )
     return (
-        f"{assessment.new_rows} unlabelled row(s) ranked; {'; '.join(assessment.triggers)}, but the recent window "
+        f"{rows} unlabelled row(s) ranked; {'; '.join(findings.triggers)}, but the recent window "
         f"holds {window_rows} held-out labelled row(s) (at least {min_rows} with both classes are needed to judge a "
         f"challenger); estimated F1 {estimate.f1:.4f}{low_estimate}; kept {version}"
     )
@@ -776,45 +830,43 @@ def read_yardsticks(inputs: RunInputs, clock: StageClock) -> Yardsticks:
 
 
 def retrain_and_gate(
-    inputs: RunInputs, clock: StageClock, assessment: Assessment, new: np.ndarray, yardsticks: Yardsticks
-) -> None:
-    """Train the challengers, judge them at the gate, and fill ``assessment`` with the decision."""
+    inputs: RunInputs, clock: StageClock, triggers: tuple[str, ...], new: np.ndarray, yardsticks: Yardsticks
+) -> Action:
+    """Train the challengers, judge them at the gate on the held-out rows of ``new``, and say what to do."""
     config, data, champion = inputs.config, inputs.data, inputs.champion
     settings, version = config.monitoring, champion.version
     recent = new & data.held_out(settings.holdout_fraction)
-    assessment.holdout_rows = int(recent.sum())
-    if assessment.holdout_rows < settings.min_holdout_rows or np.unique(data.labels(recent)).size < 2:
-        assessment.outcome = WAITING
-        assessment.decision = (
-            f"drift found, but only {assessment.holdout_rows} recent rows could be held out (at least "
+    holdout_rows = int(recent.sum())
+    if holdout_rows < settings.min_holdout_rows or np.unique(data.labels(recent)).size < 2:
+        return Action(
+            WAITING,
+            f"drift found, but only {holdout_rows} recent rows could be held out (at least "
             f"{settings.min_holdout_rows} with both classes are needed to compare models); the rows wait for the "
-            f"next batch; {version} serves"
+            f"next batch; {version} serves",
+            holdout_rows,
         )
-        return
     with clock.stage("training"):
-        trained = train_candidates(inputs, assessment, yardsticks)
+        trained = train_candidates(inputs, triggers, yardsticks)
     if not trained:
-        assessment.decision = f"drift found, but no training window holds enough rows to train on; kept {version}"
-        return
+        return Action(
+            KEPT, f"drift found, but no training window holds enough rows to train on; kept {version}", holdout_rows
+        )
     with clock.stage("scoring"):
-        assessment.candidates, gate = judge_trained(inputs, trained, recent, yardsticks)
-    assessment.gate = gate
+        candidates, gate = judge_trained(inputs, trained, recent, yardsticks)
     log.info("gate: %s", gate.sentence)
-    log_candidates(assessment.candidates)
+    log_candidates(candidates)
     with clock.stage("evaluation window"):
         best = next(one.model for one in trained if one.folder == gate.best.folder)
-        serving = best if gate.passed else champion.model
-        assessment.window = score_window(serving, data, yardsticks, settings)
+        window = score_window(best if gate.passed else champion.model, data, yardsticks, settings)
     if gate.passed:
-        assessment.outcome = DEPLOYED
-        assessment.replaced_version = version
-        assessment.decision = describe_deployment(gate, version)
-        return
-    assessment.decision = f"challenger not deployed: {gate.sentence}; kept {version}"
+        return Action(DEPLOYED, describe_deployment(gate, version), holdout_rows, candidates, gate, window, version)
     log.warning(
         "the challenger is not better by the margin; %s keeps serving (the challengers stay in %s)",
         version,
         config.output_model_path / CHALLENGER_FOLDER,
+    )
+    return Action(
+        KEPT, f"challenger not deployed: {gate.sentence}; kept {version}", holdout_rows, candidates, gate, window
     )
 
 
@@ -823,13 +875,13 @@ def judge_trained(
     trained: list[TrainedChallenger],
     recent: np.ndarray,
     yardsticks: Yardsticks,
-) -> tuple[list[Candidate], Gate]:
+) -> tuple[tuple[Candidate, ...], Gate]:
     """The challengers scored on the held-out recent rows, the window and the test data; the gate's verdict."""
     data, champion = inputs.data, inputs.champion
     recent_rows = (data.features(recent), data.labels(recent))
     evaluation = yardsticks.evaluation
     window_rows = (data.features(evaluation), data.labels(evaluation))
-    candidates = [
+    candidates = tuple(
         Candidate(
             one.window,
             one.family,
@@ -839,7 +891,7 @@ def judge_trained(
             f1_on(one.model, *window_rows),
         )
         for one in trained
-    ]
+    )
     models = {candidate.name: one.model for candidate, one in zip(candidates, trained, strict=True)}
     champion_scores = (
         f1_on(champion.model, yardsticks.test.features, yardsticks.test.labels),
@@ -850,7 +902,7 @@ def judge_trained(
     return candidates, gate
 
 
-def log_candidates(candidates: list[Candidate]) -> None:
+def log_candidates(candidates: tuple[Candidate, ...]) -> None:
     for candidate in candidates:
         log.info(
             "candidate %s: %s; F1 %.4f on the held-out recent rows, %.4f on the recent window, %.4f on the test data",
@@ -873,14 +925,14 @@ class TrainedChallenger:
     test_f1: float
 
 
-def train_candidates(inputs: RunInputs, assessment: Assessment, yardsticks: Yardsticks) -> list[TrainedChallenger]:
+def train_candidates(inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Yardsticks) -> list[TrainedChallenger]:
     """Train one challenger per window and model family into ``challenger/<window>-<family>/``, on every row
-    outside the evaluation window, and score it on the test data."""
+    outside the evaluation window, and score it on the test data; ``triggers``: why, as the models record it."""
     from riskwatch.stages.scoring import write_scores
     from riskwatch.stages.training import FitContext, Retraining, describe_training_data, save_trained
 
     config, data, test = inputs.config, inputs.data, yardsticks.test
-    first_new, trainable, because = assessment.first_batch, ~yardsticks.evaluation, "; ".join(assessment.triggers)
+    first_new, trainable, because = inputs.watermark + 1, ~yardsticks.evaluation, "; ".join(triggers)
     described = describe_training_data(config.output_folder_path)
     retraining = Retraining(int((data.in_batches(first_new) & ~trainable).sum()), because)
     windows = candidate_windows(config, inputs.connection, data, first_new, yardsticks.held_out_from, trainable)
