@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from pypdf import PdfReader
 from reportlab.lib.styles import ParagraphStyle
@@ -22,6 +23,7 @@ from riskwatch.core.files import find_test_files
 from riskwatch.core.schema import FEATURES
 from riskwatch.data.batches import read_ingested_data
 from riskwatch.data.datafiles import read_labelled_data
+from riskwatch.model.clients import riskiest_first, sort_orders
 from riskwatch.model.drivers import explain_clients
 from riskwatch.model.riskmodels import risk_model_for
 from riskwatch.report import gather as report_gather
@@ -211,6 +213,24 @@ def test_rank_clients_keeps_each_corporations_last_row_and_active_clients_only(d
     }
     assert ranked[1]["reason"].startswith("activity last month 900, far above the typical ")
     assert [client["corporation"] for client in report_gather.rank_clients(model, data, top=1)] == ["twice"]
+
+
+def test_the_report_ranks_equal_risks_as_the_client_table_does(deployed, tmp_path):
+    (tmp_path / "finaldata.csv").write_text(
+        "corporation,lastmonth_activity,lastyear_activity,number_of_employees,exited\n"
+        "first,0,0,500,0\n"
+        "steady,900,9000,5,0\n"
+        "second,0,0,500,0\n",  # the same counts as "first": the same probability
+        encoding="utf-8",
+    )
+    model = deployed_model(deployed)
+    probabilities = model.predict_proba(np.array([[0, 0, 500], [900, 9000, 5], [0, 0, 500]], dtype=float))[:, 1]
+    table_order = sort_orders(pa.array(["first", "steady", "second"]), np.zeros((3, 3)), probabilities)["probability"]
+
+    ranked = report_gather.rank_clients(model, tmp_path, top=3)
+
+    assert [client["corporation"] for client in ranked] == ["second", "first", "steady"]
+    assert riskiest_first(probabilities).tolist() == table_order[::-1].tolist() == [2, 0, 1]
 
 
 def test_confusion_matrix_plot_is_written_under_the_given_name(tmp_path):

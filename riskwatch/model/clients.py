@@ -272,10 +272,21 @@ class ClientTable:
 # ---------------------------------------------------------------- building the columns (arrays in, arrays out)
 
 
+def riskiest_first(probabilities: np.ndarray) -> np.ndarray:
+    """The rows from the highest exit probability to the lowest; of equal ones, the later row first. The one
+    ranking of clients: the client table's probability order read backwards (``/clients``, the dashboard), and
+    the report's top clients."""
+    return ascending_risk(probabilities)[::-1]
+
+
+def ascending_risk(probabilities: np.ndarray) -> np.ndarray:
+    return np.argsort(probabilities, kind="stable")
+
+
 def sort_orders(ids: pa.StringArray, features: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
     """Each sort key's row order, ascending and stable (ids are unique; Arrow orders them by code point, as
-    Python does)."""
-    orders = {"probability": np.argsort(probabilities, kind="stable")}
+    Python does); read backwards for a descending sort, so the probability's is ``riskiest_first``."""
+    orders = {"probability": ascending_risk(probabilities)}
     orders[ID_COLUMN] = np.asarray(pc.sort_indices(ids).to_numpy())
     for j, name in enumerate(FEATURES):
         orders[name] = np.argsort(features[:, j], kind="stable")

@@ -23,6 +23,7 @@ from riskwatch.data.batches import (
     select_current_clients,
 )
 from riskwatch.model import evaluation
+from riskwatch.model.clients import riskiest_first
 from riskwatch.model.drivers import explain_clients
 from riskwatch.model.riskmodels import risk_model_for
 from riskwatch.report.text import DASH, format_metric, format_time
@@ -81,7 +82,7 @@ def rank_clients(model: Classifier, folder: Path, top: int) -> list[dict[str, An
 
     A client counts by its latest row by arrival: labelled and not exited (clients who already
     exited are left out, as they have gone), or not labelled yet (``unlabelledclients.csv``).
-    Ties keep arrival order.
+    In the order ``/clients`` and the dashboard give them (``riskiest_first``: of equal risks, the later row first).
     """
     path = Path(folder) / FINAL_DATA
     if not path.is_file():
@@ -95,7 +96,7 @@ def rank_clients(model: Classifier, folder: Path, top: int) -> list[dict[str, An
     features = current.features
     counts = {name: features[:, j] for j, name in enumerate(FEATURES)}
     probabilities = model.predict_proba(features)[:, 1]
-    order = np.argsort(-probabilities, kind="stable")[:top]
+    order = riskiest_first(probabilities)[:top]
     ids = [current.ids[index] for index in order.tolist()]
     drivers_model = risk_model_for(model)
     if drivers_model is None:
