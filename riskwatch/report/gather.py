@@ -14,6 +14,7 @@ import numpy as np
 
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import find_test_files, parse_utc, sha256_file
+from riskwatch.core.formatting import DASH
 from riskwatch.core.schema import FEATURES, BadFileError
 from riskwatch.data.batches import (
     TrainingWindow,
@@ -26,7 +27,7 @@ from riskwatch.model import evaluation
 from riskwatch.model.clients import riskiest_first
 from riskwatch.model.drivers import explain_clients
 from riskwatch.model.riskmodels import risk_model_for
-from riskwatch.report.text import DASH, format_metric, format_time
+from riskwatch.report.text import format_metric, format_time
 from riskwatch.state.artifacts import (
     FINAL_DATA,
     INGESTED_FILES,

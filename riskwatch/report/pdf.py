@@ -19,17 +19,15 @@ from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from riskwatch.core.files import atomic_path, list_names
-from riskwatch.core.formatting import format_timestamp
+from riskwatch.core.formatting import DASH, format_percent, format_timestamp
 from riskwatch.core.schema import FEATURE_LABELS, FEATURES
 from riskwatch.report.gather import CalibrationCurve
 from riskwatch.report.text import (
-    DASH,
     breakable,
     ellipsize,
     format_metric,
     format_missing,
     format_number,
-    format_percent,
     format_seconds,
     format_time,
     nowrap,

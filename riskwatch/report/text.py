@@ -2,38 +2,32 @@
 
 from __future__ import annotations
 
-import math
 from xml.sax.saxutils import escape
 
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
-from riskwatch.core.formatting import format_timestamp
-
-DASH = "\u2013"  # shown where a value is unknown
+from riskwatch.core.formatting import DASH, format_decimals, format_grouped, is_number
+from riskwatch.core.formatting import format_time as format_stored_time
 
 
 def format_number(value: float | int | None) -> str:
     """Thousands separators; whole numbers without decimals, others with 1 to 3 as the size suits."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if not is_number(value):
         return DASH
-    if float(value).is_integer():
+    size = abs(float(value))
+    if size.is_integer():
         return f"{value:,.0f}"
-    if abs(value) >= 1000:
+    if size >= 1000:
         return f"{value:,.1f}"
-    if abs(value) >= 1:
+    if size >= 1:
         return f"{value:,.2f}"
     return f"{value:.3f}"
 
 
 def format_metric(value: float | None) -> str:
     """A score between 0 and 1 to four decimals."""
-    return DASH if value is None else f"{value:.4f}"
-
-
-def format_percent(value: float | None, decimals: int = 1) -> str:
-    """A share between 0 and 1 as a percentage."""
-    return DASH if value is None else f"{100 * value:.{decimals}f}%"
+    return format_decimals(value, 4)
 
 
 def format_missing(percent: float | None) -> str:
@@ -49,13 +43,11 @@ def format_missing(percent: float | None) -> str:
 
 def format_time(stamp: str | None) -> str:
     """An ISO 8601 UTC time as '2026-11-20 23:17:30 UTC'."""
-    if not stamp:
-        return DASH
-    return format_timestamp(str(stamp)) + " UTC"
+    return format_stored_time(stamp) + " UTC" if stamp else DASH
 
 
 def format_seconds(value: float | None) -> str:
-    return DASH if value is None else f"{value:,.2f}"
+    return format_grouped(value, 2)
 
 
 def breakable(name: str) -> str:

@@ -12,7 +12,7 @@ from flask import Response, abort, current_app, render_template, request, send_f
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from riskwatch.core.errors import PipelineError
-from riskwatch.core.formatting import format_timestamp
+from riskwatch.core.formatting import DASH, format_decimals, format_grouped, format_percent, format_time, is_number
 from riskwatch.core.schema import FEATURE_LABELS, FEATURES
 from riskwatch.model.clients import SORT_KEYS, ClientTable, stream_clients_csv
 from riskwatch.state.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE
@@ -78,37 +78,28 @@ def whole_number(name: str, default: int, low: int = 1) -> int:
     return int(value) if value.isascii() and value.isdigit() and int(value) >= low else default
 
 
-def is_number(value: Any) -> bool:
-    """Whether a stored value can be shown as a number (a missing or damaged one shows as a dash)."""
-    return isinstance(value, int | float | np.number) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def choose_page(total: int, per: int) -> tuple[int, int]:
     """(the page asked for, clamped to 1..pages; the number of pages) for ``total`` items ``per`` page."""
     pages = max(1, math.ceil(total / per))
     return min(whole_number("page", 1), pages), pages
 
 
-@bp.app_template_filter("pct")
-def format_percent(value: Any, digits: int = 1) -> str:
-    return f"{value * 100:.{digits}f}%" if is_number(value) else "–"
-
-
-@bp.app_template_filter("num")
-def format_number(value: Any, digits: int = 0) -> str:
-    return f"{value:,.{digits}f}" if is_number(value) else "–"
+bp.add_app_template_filter(format_percent, "pct")
+bp.add_app_template_filter(format_grouped, "num")
+bp.add_app_template_filter(format_time, "when")
 
 
 @bp.app_template_filter("score")
 def format_score(value: Any) -> str:
-    return f"{value:.3f}" if is_number(value) else "–"
+    """A score as the pages show it: three decimals."""
+    return format_decimals(value, 3)
 
 
 @bp.app_template_filter("signed")
 def format_change(value: Any) -> str:
     """A change with its sign and thousands separators: +3,125, -22, ±0."""
     if not is_number(value):
-        return "–"
+        return DASH
     rounded = round(value)
     return "±0" if rounded == 0 else f"{rounded:+,}"
 
@@ -121,11 +112,6 @@ def format_sentence(value: Any) -> str:
         return ""
     text = text[0].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else f"{text}."
-
-
-@bp.app_template_filter("when")
-def format_time(value: str | None) -> str:
-    return "–" if not value else format_timestamp(value)
 
 
 @bp.app_template_filter("ago")
@@ -332,7 +318,7 @@ def missing_chart(runs: list[StoredRun], labels: list[str]) -> ChartWithTable:
         "%",
         bars=True,
     )
-    rows = [[labels[i], format_number(value, 2)] for i, value in enumerate(missing)]
+    rows = [[labels[i], format_grouped(value, 2)] for i, value in enumerate(missing)]
     return chart, ["Run", "Missing cells (%)"], rows
 
 
@@ -347,7 +333,7 @@ def duration_chart(runs: list[StoredRun], labels: list[str]) -> ChartWithTable:
         y_format="{:.1f}",
     )
     rows = [
-        [labels[i], format_number(value, 1), slowest_stage(run.timings)]
+        [labels[i], format_grouped(value, 1), slowest_stage(run.timings)]
         for i, (value, run) in enumerate(zip(seconds, runs, strict=True))
     ]
     return chart, ["Run", "Seconds", "Slowest stage"], rows
