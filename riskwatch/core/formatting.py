@@ -14,7 +14,11 @@ DASH = "\u2013"  # shown where a value is unknown, missing or damaged
 
 def is_number(value: Any) -> TypeGuard[int | float | np.integer[Any] | np.floating[Any]]:
     """Whether a value can be shown as a number: a finite int or float (numpy's too), never a bool."""
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and math.isfinite(value)
+    return (
+        isinstance(value, int | float | np.integer | np.floating)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 def format_percent(value: Any, digits: int = 1) -> str:

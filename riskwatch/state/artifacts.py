@@ -74,6 +74,13 @@ class Classifier(Protocol):
     def predict(self, features: Any) -> Any: ...
 
 
+def decision_threshold(model: Classifier) -> float:
+    """The probability from which a model predicts an exit: its own threshold (every family's has one), else
+    scikit-learn's 0.5 (a classic pipeline's)."""
+    threshold = getattr(model, "threshold", None)
+    return 0.5 if threshold is None else float(threshold)
+
+
 def save_model(model: Classifier, info: ModelInfo, folder: Path) -> ModelInfo:
     """Write the model and its metadata atomically; return the metadata with the model's hash."""
     payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)

@@ -39,6 +39,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable, Unauthorized
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from riskwatch.core.cache import FileBackedValue
 from riskwatch.core.cli import add_logging_flags
 from riskwatch.core.config import CONFIG_ENV_VAR, Config, load_config
 from riskwatch.core.errors import PipelineError
@@ -75,7 +76,7 @@ from riskwatch.web.api.routes import (
     read_summary,
 )
 from riskwatch.web.api.routes import bp as api_bp
-from riskwatch.web.api.serving import DeploymentWatcher, FileBackedValue
+from riskwatch.web.api.serving import DeploymentWatcher
 from riskwatch.web.dashboard import DASHBOARD_STATE
 from riskwatch.web.dashboard import bp as dashboard_bp
 

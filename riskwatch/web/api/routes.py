@@ -15,6 +15,7 @@ import pyarrow as pa
 from flask import Blueprint, Response, after_this_request, current_app, request
 from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, ServiceUnavailable
 
+from riskwatch.core.cache import FileBackedValue
 from riskwatch.core.config import MODEL_FAMILIES, Config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import LockHeld, find_test_files
@@ -34,7 +35,7 @@ from riskwatch.state.records import (
 from riskwatch.web.api.inputs import read_flag, read_prediction_input
 from riskwatch.web.api.locations import LocationReader
 from riskwatch.web.api.memory import release_free_memory
-from riskwatch.web.api.serving import DeploymentWatcher, FileBackedValue, ServedModel
+from riskwatch.web.api.serving import DeploymentWatcher, ServedModel
 from riskwatch.web.dashboard.sources import app_sources
 
 log = logging.getLogger("app")

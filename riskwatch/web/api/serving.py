@@ -6,10 +6,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from werkzeug.exceptions import ServiceUnavailable
@@ -170,23 +168,3 @@ class DeploymentWatcher:
     def _shown(self, message: str) -> str:
         """A message as clients may see it: paths inside the deployment only."""
         return message.replace(f"{self.prod_deployment_path}/", "")
-
-
-class FileBackedValue:
-    """A value computed from some files, recomputed only when one of them changes (inode, size, mtime)."""
-
-    def __init__(self, list_files: Callable[[], list[Path]], compute: Callable[[list[Path]], Any]):
-        self.list_files, self.compute = list_files, compute
-        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
-        self._value: Any = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        """The value; OSError or PipelineError when the files are missing or unreadable."""
-        with self._lock:
-            files = self.list_files()
-            stats = [(str(path), os.stat(path)) for path in files]
-            signature = tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
-            if signature != self._signature:
-                self._value, self._signature = self.compute(files), signature
-            return self._value

@@ -25,12 +25,13 @@ import numpy as np
 from flask import Flask
 from markupsafe import Markup
 
+from riskwatch.core.cache import Cached
 from riskwatch.core.schema import FEATURE_LABELS, FEATURES
+from riskwatch.state.artifacts import decision_threshold
 from riskwatch.state.history import DEPLOYED, FIRST_DEPLOYMENT
 from riskwatch.state.records import CalibrationCheck, FamilyChoice, FamilyScore
 from riskwatch.state.runs import StoredRun
 from riskwatch.web.dashboard.charts import Chart, Series, render_chart
-from riskwatch.web.dashboard.sources import Cached
 
 if TYPE_CHECKING:
     from riskwatch.model.clients import ClientTable
@@ -387,7 +388,7 @@ def read_serving_facts(served: Any) -> ServingFacts:
     window = info.training_window
     threshold = info.decision_threshold
     if threshold is None:
-        threshold = getattr(served.deployed.model, "threshold", None)
+        threshold = decision_threshold(served.deployed.model)
     return ServingFacts(
         version=served.version,
         family=served.shortcut.family if served.shortcut is not None else None,

@@ -8,8 +8,6 @@ SQLite file's (and its write-ahead log's) signature; small JSON files by their o
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from flask import Flask
 
+from riskwatch.core.cache import Cached, files_signature
 from riskwatch.core.config import Config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import parse_utc
@@ -40,6 +39,7 @@ from riskwatch.state.artifacts import (
     MODEL_FILE,
     UNLABELLED_CLIENTS,
     VERSIONS_FOLDER,
+    decision_threshold,
     load_deployed_version,
 )
 from riskwatch.state.history import read_runs
@@ -52,34 +52,6 @@ HISTORY_RUNS = 1000  # runs the pages look back over
 SOURCES = "risk_dashboard_sources"
 
 Record = TypeVar("Record")
-
-
-def signature(paths: list[Path]) -> tuple[tuple[int, int] | None, ...]:
-    """Size and modification time of each path; None for one that does not exist."""
-    found: list[tuple[int, int] | None] = []
-    for path in paths:
-        try:
-            info = os.stat(path)
-            found.append((info.st_size, info.st_mtime_ns))
-        except FileNotFoundError:
-            found.append(None)
-    return tuple(found)
-
-
-class Cached:
-    """A value recomputed only when its key changes; the last key and value are kept."""
-
-    def __init__(self) -> None:
-        self._key: Any = object()
-        self._value: Any = None
-        self._lock = threading.Lock()
-
-    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key != self._key:
-                self._value = compute()
-                self._key = key
-            return self._value
 
 
 @dataclass(frozen=True)
@@ -96,11 +68,11 @@ class DashboardSources:
 
     def __init__(self, config: Config):
         self.config = config
-        self._clients = Cached()
-        self._previous = Cached()
-        self._runs = Cached()
-        self._data = Cached()
-        self._json: dict[str, Cached] = {}
+        self._clients: Cached[ClientTable] = Cached()
+        self._previous: Cached[Comparison | None] = Cached()
+        self._runs: Cached[list[StoredRun]] = Cached()
+        self._data: Cached[IngestedData] = Cached()
+        self._json: dict[str, Cached[Any]] = {}
 
     @property
     def final_data(self) -> Path:
@@ -113,7 +85,7 @@ class DashboardSources:
         return [self.final_data, folder / ROW_BATCHES_FILE, folder / UNLABELLED_CLIENTS]
 
     def ingested(self) -> IngestedData:
-        key = signature(self.data_files[:2])
+        key = files_signature(self.data_files[:2])
         return self._data.get(key, lambda: read_ingested_data(self.config.output_folder_path))
 
     @property
@@ -123,15 +95,15 @@ class DashboardSources:
 
     def clients(self, served: Any) -> ClientTable:
         """The current clients scored by the serving model; PipelineError without ingested data."""
-        key = TableKey(served.version, served.model_stamp, signature(self.data_files))
+        key = TableKey(served.version, served.model_stamp, files_signature(self.data_files))
 
         def compute() -> ClientTable:
-            threshold = float(getattr(served.deployed.model, "threshold", 0.5))
+            threshold = decision_threshold(served.deployed.model)
             columns = open_client_columns(
                 self.client_tables,
                 key,
                 lambda: self.score_clients(served),
-                lambda: signature(self.data_files) == key.data,
+                lambda: files_signature(self.data_files) == key.data,
             )
             return ClientTable(columns, served.version, threshold, served.shortcut)
 
@@ -169,17 +141,17 @@ class DashboardSources:
                 log.info("previous version %s cannot be compared: %s", name, exc)
                 return None
             probabilities = model.predict_proba(table.features)[:, 1]
-            threshold = float(getattr(model, "threshold", 0.5))
+            threshold = decision_threshold(model)
             return Comparison(name, int(np.count_nonzero(probabilities >= threshold)), float(probabilities.sum()))
 
-        key = (name, served.version, signature([self.final_data]), signature([folder / MODEL_FILE]))
+        key = (name, served.version, files_signature([self.final_data]), files_signature([folder / MODEL_FILE]))
         return self._previous.get(key, compute)
 
     def runs(self) -> list[StoredRun]:
         """The run history, newest first; [] without one."""
         path = self.config.history_path
         # A shared database has no file to watch: its runs are read again every few seconds.
-        key = signature([path, Path(f"{path}-wal")]) if isinstance(path, Path) else time.monotonic() // 5
+        key = files_signature([path, Path(f"{path}-wal")]) if isinstance(path, Path) else time.monotonic() // 5
         return self._runs.get(key, lambda: read_runs(path, HISTORY_RUNS))
 
     def runs_or_empty(self) -> list[StoredRun]:
@@ -202,7 +174,7 @@ class DashboardSources:
                 log.info("%s", exc)
                 return None
 
-        found: Record | None = cache.get(signature([path]), compute)
+        found: Record | None = cache.get(files_signature([path]), compute)
         return found
 
     def recent_window(self, version: str) -> EvaluationWindow | None:
