@@ -3,7 +3,8 @@
 This file is the command line; the work is in ``riskwatch.stages.deployment``.
 """
 
-from riskwatch.stages.deployment import main, store_model_into_pickle
+from riskwatch.classic import store_model_into_pickle
+from riskwatch.stages.deployment import main
 
 __all__ = ["main", "store_model_into_pickle"]  # with the classic project's functions, importable from here
 

@@ -3,14 +3,14 @@
 This file is the command line; the work is in ``riskwatch.stages.diagnostics``.
 """
 
-from riskwatch.stages.diagnostics import (
+from riskwatch.classic import (
     dataframe_summary,
     execution_time,
-    main,
     missing_data,
     model_predictions,
     outdated_packages_list,
 )
+from riskwatch.stages.diagnostics import main
 
 __all__ = [
     "dataframe_summary",

@@ -3,7 +3,8 @@
 This file is the command line; the work is in ``riskwatch.stages.ingestion``.
 """
 
-from riskwatch.stages.ingestion import main, merge_multiple_dataframe
+from riskwatch.classic import merge_multiple_dataframe
+from riskwatch.stages.ingestion import main
 
 __all__ = ["main", "merge_multiple_dataframe"]  # with the classic project's functions, importable from here
 

@@ -3,7 +3,8 @@
 This file is the command line; the work is in ``riskwatch.report.reporting``.
 """
 
-from riskwatch.report.reporting import main, score_model
+from riskwatch.classic import report_score_model as score_model
+from riskwatch.report.reporting import main
 
 __all__ = ["main", "score_model"]  # with the classic project's functions, importable from here
 

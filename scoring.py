@@ -3,7 +3,8 @@
 This file is the command line; the work is in ``riskwatch.stages.scoring``.
 """
 
-from riskwatch.stages.scoring import main, score_model
+from riskwatch.classic import score_model
+from riskwatch.stages.scoring import main
 
 __all__ = ["main", "score_model"]  # with the classic project's functions, importable from here
 

@@ -3,7 +3,8 @@
 This file is the command line; the work is in ``riskwatch.stages.training``.
 """
 
-from riskwatch.stages.training import main, train_model
+from riskwatch.classic import train_model
+from riskwatch.stages.training import main
 
 __all__ = ["main", "train_model"]  # with the classic project's functions, importable from here
 

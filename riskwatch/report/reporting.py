@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from riskwatch.core.cli import build_parser, run_stage
-from riskwatch.core.config import Config, load_config
+from riskwatch.core.config import Config
 from riskwatch.core.errors import PipelineError
-from riskwatch.model import evaluation
 from riskwatch.report.gather import (
     CalibrationCurve,
     evaluate_deployed,
@@ -47,15 +45,12 @@ from riskwatch.state.artifacts import (
     DIAGNOSTICS_FILE,
     EVALUATION_WINDOW_FILE,
     FINAL_DATA,
-    MODEL_FILE,
     REPORT_FILE,
     REPORT_RECORD_FILE,
     TRENDS_PLOT_FILE,
     DeployedVersion,
     check_final_data,
-    current_version_folder,
     keep_report,
-    load_deployed_version,
     utc_now,
 )
 from riskwatch.state.records import (
@@ -134,17 +129,6 @@ def draw_trends(config: Config, notes: list[str]) -> tuple[list[StoredRun], Path
         trend_runs = []
     trend_plot = plot_trends(trend_runs, config.output_model_path / TRENDS_PLOT_FILE) if trend_runs else None
     return trend_runs, trend_plot
-
-
-def score_model(config_path: str | os.PathLike[str] | None = None) -> Path:
-    """The classic course function: plot the deployed model's confusion matrix on the test data; return the file.
-
-    Writes ``confusionmatrix.png`` in the model folder. ``config_path``: default ``$RISK_CONFIG``, else config.json.
-    """
-    config = load_config(config_path)
-    deployed = load_deployed_version(current_version_folder(config.prod_deployment_path))
-    scores = evaluation.score_model(deployed.folder / MODEL_FILE, config.test_data_path)
-    return plot_confusion_matrix(scores.confusion, deployed.version, config.output_model_path / CONFUSION_MATRIX_FILE)
 
 
 def plain_file_name(suffix: str) -> Callable[[str], str]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from riskwatch.core.cli import build_parser, run_stage
-from riskwatch.core.config import Config, load_config
+from riskwatch.core.config import Config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import folder_lock, fsync_dir, hold_lock, sha256_file
 from riskwatch.state.artifacts import (
@@ -242,17 +242,6 @@ def deployment_lock(prod_deployment_path: Path, owner: str) -> contextlib.Abstra
     """The lock every command that changes the deployment holds (fullprocess.py too): one at a time."""
     path = prod_deployment_path / DEPLOYMENT_LOCK_FILE
     return hold_lock(path, owner, "the deployment is being changed by another run ({holder}); try again when it ends")
-
-
-def store_model_into_pickle(config_path: str | os.PathLike[str] | None = None) -> Publication:
-    """The classic course function: publish the model, its score and ``ingestedfiles.txt``; return the version.
-
-    ``config_path``: default ``$RISK_CONFIG``, else config.json.
-    """
-    config = load_config(config_path)
-    return publish_deployment(
-        config.output_model_path, config.output_folder_path, config.prod_deployment_path, config.keep_versions
-    )
 
 
 def describe_versions(prod_deployment_path: Path) -> list[str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 import statistics
@@ -39,7 +38,7 @@ import requests
 from packaging.version import InvalidVersion, Version
 
 from riskwatch.core.cli import build_parser, run_stage
-from riskwatch.core.config import PROJECT_ROOT, Config, DiagnosticsSettings, dump_config, load_config
+from riskwatch.core.config import PROJECT_ROOT, Config, DiagnosticsSettings, dump_config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import find_test_files, list_data_files, parse_utc, shown_path, write_text_atomic
 from riskwatch.core.schema import BadFileError, read_feature_file
@@ -71,7 +70,7 @@ from riskwatch.state.records import (
 )
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 log = logging.getLogger("diagnostics")
 
@@ -403,61 +402,6 @@ def write_diagnostics(config: Config, runs: int) -> Diagnostics:
     target = write_diagnostics_record(config.output_model_path / DIAGNOSTICS_FILE, report)
     log.info("wrote %s", target)
     return report
-
-
-# ---------------------------------------------------------------- the classic course functions
-# Each reads config.json (or the file ``config_path`` or ``$RISK_CONFIG`` names) as the course does,
-# and returns plain lists or pandas objects; pandas is imported only when one of them is called.
-
-
-def model_predictions(
-    dataframe: pd.DataFrame | None = None, config_path: str | os.PathLike[str] | None = None
-) -> list[int]:
-    """The deployed model's label (0 or 1) for each row of ``dataframe``, default the test data, in row order."""
-    from riskwatch.data.frames import frame_features, read_test_frame
-
-    config = load_config(config_path)
-    model = load_deployed_version(current_version_folder(config.prod_deployment_path)).model
-    if dataframe is None:
-        dataframe = read_test_frame(find_test_files(config.test_data_path)[0])
-    try:
-        features = frame_features(dataframe)
-    except BadFileError as exc:
-        raise PipelineError(f"cannot predict: {exc}") from None
-    return [int(label) for label in model.predict(features)]
-
-
-def dataframe_summary(config_path: str | os.PathLike[str] | None = None) -> list[list[float | None]]:
-    """``[mean, median, standard deviation]`` of each numeric column of the ingested data, in column order.
-
-    The columns are ``lastmonth_activity``, ``lastyear_activity``, ``number_of_employees``, ``exited``.
-    """
-    config = load_config(config_path)
-    summary = datastats.summary_statistics(datastats.read_numeric_columns(config.output_folder_path / FINAL_DATA))
-    return [[column["mean"], column["median"], column["std"]] for column in summary.values()]
-
-
-def missing_data(config_path: str | os.PathLike[str] | None = None) -> list[float]:
-    """Percent of missing values in each column of the source files, in column order (corporation first)."""
-    config = load_config(config_path)
-    return list(measure_missing_data(config, cached=False).percent.values())
-
-
-def execution_time(config_path: str | os.PathLike[str] | None = None) -> list[float]:
-    """``[ingestion seconds, training seconds]``, each stage run once as a process on scratch outputs."""
-    stages = time_stages(load_config(config_path), runs=1).stages
-    return [stages["ingestion"].mean or 0.0, stages["training"].mean or 0.0]
-
-
-def outdated_packages_list(config_path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """One row per requirement: ``package``, ``installed`` and ``latest`` version (None when unknown)."""
-    import pandas as pd
-
-    config = load_config(config_path)
-    rows = dependency_status(config.diagnostics, config.output_model_path / DEPENDENCY_CACHE_FILE)
-    return pd.DataFrame(
-        [(row.package, row.installed, row.latest) for row in rows], columns=["package", "installed", "latest"]
-    )
 
 
 def log_diagnostics(report: Diagnostics) -> None:

@@ -24,7 +24,6 @@ file a full rebuild would write.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 
 from riskwatch.core.cli import build_parser, run_stage
-from riskwatch.core.config import load_config
 from riskwatch.core.databases import (
     DatabaseSource,
     describe_sources,
@@ -79,7 +77,7 @@ from riskwatch.state.artifacts import (
 )
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 from riskwatch.stages.ingestion_sources import (
     IngestionResult,
@@ -351,23 +349,6 @@ def describe_result(result: IngestionResult, source: str) -> IngestionReport:
         seconds=result.seconds,
         finaldata_sha256=sha256_file(result.final_data),
     )
-
-
-def merge_multiple_dataframe(config_path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """The classic course function: ingest the configured input folder; return ``finaldata.csv`` as a DataFrame.
-
-    Writes what ``ingestion.py`` writes. ``config_path``: default ``$RISK_CONFIG``, else config.json.
-    """
-    from riskwatch.data.frames import read_client_frame
-
-    config = load_config(config_path)
-    result = ingest_folder(
-        config.input_folder_path,
-        config.output_folder_path,
-        database=config.database,
-        block_bytes=config.ingestion.batch_bytes,
-    )
-    return read_client_frame(result.final_data)
 
 
 def main(argv: list[str] | None = None) -> int:

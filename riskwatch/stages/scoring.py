@@ -8,11 +8,10 @@ counts, and which model and test data they belong to) next to the model.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from riskwatch.core.cli import build_parser, run_stage
-from riskwatch.core.config import Config, load_config
+from riskwatch.core.config import Config
 from riskwatch.core.files import write_text_atomic
 from riskwatch.model import evaluation
 from riskwatch.state.artifacts import LATEST_SCORE_FILE, METRICS_FILE, MODEL_FILE
@@ -29,17 +28,6 @@ def write_scores(metrics: Metrics, folder: Path) -> Path:
     score_file = write_text_atomic(folder / LATEST_SCORE_FILE, f"{metrics.f1}\n")
     write_metrics(folder / METRICS_FILE, metrics)
     return score_file
-
-
-def score_model(config_path: str | os.PathLike[str] | None = None) -> float:
-    """The classic course function: score the trained model on the test data, write the scores; return the F1.
-
-    ``config_path``: default ``$RISK_CONFIG``, else config.json.
-    """
-    config = load_config(config_path)
-    metrics = evaluation.score_model(config.output_model_path / MODEL_FILE, config.test_data_path)
-    write_scores(metrics, config.output_model_path)
-    return metrics.f1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ honest risks.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from riskwatch.core.cli import build_parser, run_stage
-from riskwatch.core.config import Config, ModelSettings, MonitoringSettings, load_config
+from riskwatch.core.config import Config, ModelSettings, MonitoringSettings
 from riskwatch.core.files import sha256_file
 from riskwatch.core.schema import FEATURES, TARGET
 from riskwatch.data.batches import TrainingWindow, read_ingested_data
@@ -36,7 +35,6 @@ from riskwatch.state.artifacts import (
     INGESTED_RECORD,
     MODEL_FILE,
     check_final_data,
-    load_model,
     save_model,
     utc_now,
 )
@@ -211,16 +209,6 @@ def train_from_folder(
     )
     context = FitContext(time.perf_counter() - started, window, family_choice=choice, calibration=calibration)
     return fit_and_save(choice.family, features, labels, data, settings, output_model_path, context, threads=2)
-
-
-def train_model(config_path: str | os.PathLike[str] | None = None) -> FixedThresholdClassifier:
-    """The classic course function: train on the ingested data, save ``trainedmodel.pkl``; return the model.
-
-    ``config_path``: default ``$RISK_CONFIG``, else config.json.
-    """
-    config = load_config(config_path)
-    train_from_folder(config.output_folder_path, config.output_model_path, config.model, config.monitoring)
-    return load_model(config.output_model_path / MODEL_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:
