@@ -57,45 +57,46 @@ def test_rows_ingested_before_batches_were_kept_are_the_first_batch(deployed: Co
 def test_too_few_new_rows_wait(deployed: Config):
     add_batch(deployed, "tiny.csv", 40, seed=41)
     decision, _ = decide(deployed, watermark=1)
-    assert decision.outcome == WAITING and decision.new_rows == 40 and decision.model_drift is None
+    assert decision.outcome == WAITING and decision.new_rows == 40 and decision.findings.model_drift is None
     assert "fewer than the 100 a drift test needs" in decision.decision
 
 
 def test_a_stable_batch_is_judged_against_the_test_score_and_the_training_window(deployed: Config):
     add_batch(deployed, "stable.csv", 1500, seed=42)
     decision, clock = decide(deployed, watermark=1)
-    assert decision.outcome == KEPT and not decision.triggers and not decision.candidates
-    assert decision.model_drift.reference.endswith("(the test data, scored when it was deployed)")
-    reference = decision.data_reference
+    assert decision.outcome == KEPT and not decision.findings.triggers and not decision.action.candidates
+    assert decision.findings.model_drift.reference.endswith("(the test data, scored when it was deployed)")
+    reference = decision.findings.data_reference
     assert reference is not None and reference.window is not None and reference.run_id is None
     assert (reference.first_batch, reference.last_batch) == (1, 1) and reference.rows.size > 0
     assert reference.describe().startswith("the serving model's training window: all rows, batch 1")
-    assert decision.window is not None and decision.window.first_batch == 2  # only rows held out when they came
+    window = decision.action.window
+    assert window is not None and window.first_batch == 2  # only rows held out when they came
     fields = decision.history_fields()
     assert fields.outcome == KEPT and fields.first_batch == 2 and fields.last_batch == 2
     assert fields.data_drift_reference == reference.describe()  # the sentence, made from the fields once
     assert (fields.data_reference_first_batch, fields.data_reference_last_batch) == (1, 1)
-    assert fields.window_rows == decision.window.rows and 0 < fields.window_f1 < 1
+    assert fields.window_rows == decision.action.window.rows and 0 < fields.window_f1 < 1
     assert {"model drift", "data drift", "test data"} <= set(clock.timings)
 
 
 def test_a_changed_world_gets_challengers_on_each_window_and_family_and_the_best_is_chosen(deployed: Config):
     add_batch(deployed, "drift.csv", 3000, seed=43, world="drifted")
     decision, clock = decide(deployed, watermark=1)
-    assert decision.model_drift.drifted and decision.triggers
-    assert [candidate.name for candidate in decision.candidates] == [
+    assert decision.findings.model_drift.drifted and decision.findings.triggers
+    assert [candidate.name for candidate in decision.action.candidates] == [
         f"{window}/{family}" for family in MODEL_FAMILIES for window in ("all", "recent", "weighted")
     ]
-    assert len({candidate.folder for candidate in decision.candidates}) == 9
-    recent = next(candidate for candidate in decision.candidates if candidate.window.name == "recent")
-    assert recent.window.first_batch == 2 and recent.window.rows == 3000 - decision.holdout_rows
-    assert decision.gate.best.recent_f1 == max(candidate.recent_f1 for candidate in decision.candidates)
-    assert decision.outcome == DEPLOYED and decision.deploy_folder == decision.gate.best.folder
+    assert len({candidate.folder for candidate in decision.action.candidates}) == 9
+    recent = next(candidate for candidate in decision.action.candidates if candidate.window.name == "recent")
+    assert recent.window.first_batch == 2 and recent.window.rows == 3000 - decision.action.holdout_rows
+    assert decision.action.gate.best.recent_f1 == max(candidate.recent_f1 for candidate in decision.action.candidates)
+    assert decision.outcome == DEPLOYED and decision.deploy_folder == decision.action.gate.best.folder
     assert (decision.deploy_folder / "metrics.json").is_file()
     fields = decision.history_fields()
-    assert fields.winning_window == decision.gate.best.window.name and len(fields.candidates) == 9
-    assert fields.winning_family == decision.gate.best.family
-    assert [stored.family for stored in fields.candidates] == [candidate.family for candidate in decision.candidates]
+    assert fields.winning_window == decision.action.gate.best.window.name and len(fields.candidates) == 9
+    assert fields.winning_family == decision.action.gate.best.family
+    assert [stored.family for stored in fields.candidates] == [one.family for one in decision.action.candidates]
     assert fields.outcome is None  # fullprocess.py sets it once the deployment is done
     assert {"training", "scoring"} <= set(clock.timings)
 
@@ -106,7 +107,7 @@ def test_the_recent_window_can_be_the_last_n_rows_and_windows_can_be_chosen(depl
     )
     add_batch(config, "drift.csv", 3000, seed=43, world="drifted")
     decision, _ = decide(config, watermark=1)
-    assert [candidate.window.rows for candidate in decision.candidates] == [1200] * len(MODEL_FAMILIES)
+    assert [candidate.window.rows for candidate in decision.action.candidates] == [1200] * len(MODEL_FAMILIES)
 
 
 def test_the_gate_asks_for_a_gain_that_holds_in_resamples():
@@ -123,4 +124,4 @@ def test_single_windows_train(deployed: Config, windows: list[str]):
     config = load_config(write_config(deployed.path.parent, monitoring={"candidate_windows": windows}))
     add_batch(config, "drift.csv", 3000, seed=44, world="drifted")
     decision, _ = decide(config, watermark=1)
-    assert [candidate.window.name for candidate in decision.candidates] == windows * len(MODEL_FAMILIES)
+    assert [candidate.window.name for candidate in decision.action.candidates] == windows * len(MODEL_FAMILIES)

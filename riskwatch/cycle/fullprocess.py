@@ -433,7 +433,7 @@ def assess_new_data(config: Config, connection: HistoryStore, record: RunRecord,
             f"{champion.version} serves",
         )
     assessment = decide_on_new_rows(config, connection, record, champion, data, watermark, unlabelled)
-    record.feature_drift = list(assessment.feature_drift)
+    record.feature_drift = list(assessment.findings.feature_drift)
     measured = RunFields(
         ingested_rows=ingested.rows_written,
         missing_percent=missing,
@@ -441,9 +441,10 @@ def assess_new_data(config: Config, connection: HistoryStore, record: RunRecord,
         model_family=champion.model_info.family or MODEL_FAMILIES[0],  # written before families: linear
     )
     deployed = deploy_winner(config, record.clock, assessment)
-    if assessment.window is not None:
+    window = assessment.action.window
+    if window is not None:
         serving = deployed.model_version_after or champion.version
-        write_evaluation_window(config.output_model_path / EVALUATION_WINDOW_FILE, assessment.window.to_record(serving))
+        write_evaluation_window(config.output_model_path / EVALUATION_WINDOW_FILE, window.to_record(serving))
     return measured.updated(assessment.history_fields()).updated(deployed)
 
 
@@ -502,13 +503,12 @@ def deploy_winner(config: Config, clock: StageClock, assessment: Assessment) -> 
             assessment.deploy_folder, config.output_folder_path, config.prod_deployment_path, config.keep_versions
         )
         adopt_challenger(assessment.deploy_folder, config.output_model_path)
+    gate, replaced = assessment.action.gate, assessment.action.replaced_version
     return RunFields(
         outcome=DEPLOYED,
         model_version_after=str(info.version),
-        model_family=assessment.gate.best.family if assessment.gate else None,
-        decision=describe_deployment(assessment.gate, assessment.replaced_version, str(info.version))
-        if assessment.gate and assessment.replaced_version
-        else assessment.decision,
+        model_family=gate.best.family if gate else None,
+        decision=describe_deployment(gate, replaced, str(info.version)) if gate and replaced else assessment.decision,
     )
 
 

@@ -194,68 +194,64 @@ class Action:
 
 @dataclass(frozen=True)
 class Assessment:
-    """What the new rows showed and what to do about them: assembled once, by ``assessed``, from the steps' values."""
+    """What the new rows showed and what to do about them: made once, by ``assessed``, from the steps' values."""
 
-    outcome: str  # WAITING, KEPT, or DEPLOYED (deploy ``gate.best``)
-    decision: str
     first_batch: int
     last_batch: int
     new_rows: int
-    estimate: PerformanceEstimate | None = None  # from the probabilities alone, before the labels are used
-    calibration: float | None = None  # expected calibration error on the new labelled rows
-    model_drift: ModelDrift | None = None
-    feature_drift: tuple[FeatureDrift, ...] = ()
-    data_reference: DataReference | None = None
-    triggers: tuple[str, ...] = ()
-    holdout_rows: int = 0
-    candidates: tuple[Candidate, ...] = ()
-    gate: Gate | None = None
-    window: WindowScore | None = None  # the serving model's, after the decision
+    findings: Findings
+    action: Action
     max_calibration_error: float = 0.05
-    replaced_version: str | None = None  # the version a deployed challenger replaces
     unlabelled: bool = False  # the new rows carry no outcome: no model-drift test, batches untouched
 
     @property
+    def outcome(self) -> str:
+        return self.action.outcome
+
+    @property
+    def decision(self) -> str:
+        return self.action.decision
+
+    @property
     def reliable(self) -> bool:
-        return self.calibration is None or self.calibration <= self.max_calibration_error
+        calibration = self.findings.calibration
+        return calibration is None or calibration <= self.max_calibration_error
 
     @property
     def deploy_folder(self) -> Path | None:
-        return self.gate.best.folder if self.outcome == DEPLOYED and self.gate else None
-
-    @property
-    def drifted_features(self) -> list[FeatureDrift]:
-        return [row for row in self.feature_drift if row.drifted]
+        gate = self.action.gate
+        return gate.best.folder if self.outcome == DEPLOYED and gate else None
 
     def history_fields(self) -> RunFields:
         """The run-history columns this assessment fills; the outcome of a deployment is fullprocess.py's to set."""
+        findings, action = self.findings, self.action
         fields = RunFields(
             outcome=None if self.outcome == DEPLOYED else self.outcome,
             decision=self.decision,
             new_rows=self.new_rows,
             first_batch=None if self.unlabelled else self.first_batch,
             last_batch=None if self.unlabelled else self.last_batch,
-            drift_trigger="; ".join(self.triggers) or None,
-            candidates=tuple(candidate.record() for candidate in self.candidates) or None,
-            holdout_rows=self.holdout_rows if self.candidates else None,
+            drift_trigger="; ".join(findings.triggers) or None,
+            candidates=tuple(candidate.record() for candidate in action.candidates) or None,
+            holdout_rows=action.holdout_rows if action.candidates else None,
         )
         parts = (
-            model_drift_fields(self.model_drift),
+            model_drift_fields(findings.model_drift),
             self.data_drift_fields(),
             self.estimate_fields(),
-            gate_fields(self.gate),
-            window_fields(self.window),
+            gate_fields(action.gate),
+            window_fields(action.window),
         )
         for part in parts:
             fields = fields.updated(part)
         return fields
 
     def data_drift_fields(self) -> RunFields:
-        reference = self.data_reference
+        reference = self.findings.data_reference
         if reference is None:
             return RunFields()
         return RunFields(
-            data_drift=bool(self.drifted_features),
+            data_drift=bool(self.findings.drifted_features),
             data_drift_reference=reference.describe(),
             data_reference_first_batch=reference.first_batch,
             data_reference_last_batch=reference.last_batch,
@@ -263,7 +259,7 @@ class Assessment:
 
     def estimate_fields(self) -> RunFields:
         """The F1 estimated before the labels were used, and how well calibrated the probabilities were."""
-        estimate, calibration = self.estimate, self.calibration
+        estimate, calibration = self.findings.estimate, self.findings.calibration
         return RunFields(
             estimated_f1=None if estimate is None else round(estimate.f1, 6),
             estimated_f1_low=None if estimate is None else round(estimate.f1_low, 6),
@@ -644,24 +640,13 @@ def assessed(
 ) -> Assessment:
     """The assessment of the rows past the watermark, made once from what was found and what is done about it."""
     return Assessment(
-        action.outcome,
-        action.decision,
         inputs.watermark + 1,
         inputs.data.latest_batch,
         new_rows,
-        estimate=findings.estimate,
-        calibration=findings.calibration,
-        model_drift=findings.model_drift,
-        feature_drift=findings.feature_drift,
-        data_reference=findings.data_reference,
-        triggers=findings.triggers,
-        holdout_rows=action.holdout_rows,
-        candidates=action.candidates,
-        gate=action.gate,
-        window=action.window,
-        max_calibration_error=inputs.config.monitoring.max_calibration_error,
-        replaced_version=action.replaced_version,
-        unlabelled=unlabelled,
+        findings,
+        action,
+        inputs.config.monitoring.max_calibration_error,
+        unlabelled,
     )
 
 
