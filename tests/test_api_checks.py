@@ -24,8 +24,8 @@ from riskwatch.core.schema import (
     features_from_records,
 )
 from riskwatch.state.artifacts import MODEL_FILE, current_version_folder
-from riskwatch.web.api.guard import FREE_FAILURES, RECHECK_SECONDS, STORE_FILE, AccessStore, ChangeCounter
 from riskwatch.web.app import create_app
+from riskwatch.web.guard import FREE_FAILURES, RECHECK_SECONDS, STORE_FILE, AccessStore, ChangeCounter
 from tests.helpers import PROJECT_ROOT, write_config
 
 TOKEN = "a-long-random-token-for-the-checks-0123456789abcdef"
@@ -62,13 +62,13 @@ def test_a_wait_recorded_by_another_process_holds_at_once(tmp_path):
     store = AccessStore(tmp_path / STORE_FILE, 100)
     assert store.refusal("10.0.0.1", now=1000) is None  # kept: no change since
     record = (
-        "import sys; from pathlib import Path; from riskwatch.web.api.guard import AccessStore, FREE_FAILURES;"
+        "import sys; from pathlib import Path; from riskwatch.web.guard import AccessStore, FREE_FAILURES;"
         "store = AccessStore(Path(sys.argv[1]), 100);"
         "[store.record_failure('10.0.0.1', now=1000) for _ in range(FREE_FAILURES + 1)]"
     )
     subprocess.run([sys.executable, "-c", record, str(tmp_path / STORE_FILE)], cwd=PROJECT_ROOT, check=True)
     assert store.refusal("10.0.0.1", now=1000) is not None
-    forgive = "import sys; from pathlib import Path; from riskwatch.web.api.guard import AccessStore;"
+    forgive = "import sys; from pathlib import Path; from riskwatch.web.guard import AccessStore;"
     forgive += "AccessStore(Path(sys.argv[1]), 100).forget_failures('10.0.0.1')"
     subprocess.run([sys.executable, "-c", forgive, str(tmp_path / STORE_FILE)], cwd=PROJECT_ROOT, check=True)
     assert store.refusal("10.0.0.1", now=1000) is None
@@ -77,7 +77,7 @@ def test_a_wait_recorded_by_another_process_holds_at_once(tmp_path):
 @pytest.mark.slow
 def test_the_count_of_changes_only_grows_whatever_adds_to_it_at_once(tmp_path):
     counter = ChangeCounter(tmp_path / "failures.changes")
-    add = "import sys; from pathlib import Path; from riskwatch.web.api.guard import ChangeCounter;"
+    add = "import sys; from pathlib import Path; from riskwatch.web.guard import ChangeCounter;"
     add += "counter = ChangeCounter(Path(sys.argv[1])); [counter.add_one() for _ in range(300)]"
     adders = [
         subprocess.Popen([sys.executable, "-c", add, str(tmp_path / "failures.changes")], cwd=PROJECT_ROOT)
@@ -95,7 +95,7 @@ def test_a_wait_changed_by_hand_is_seen_after_the_recheck_time(tmp_path, monkeyp
     with sqlite3.connect(tmp_path / STORE_FILE) as connection:  # an operator forgives it, bypassing the counter
         connection.execute("DELETE FROM failures")
     later = time.monotonic() + RECHECK_SECONDS
-    monkeypatch.setattr("riskwatch.web.api.guard.time.monotonic", lambda: later)
+    monkeypatch.setattr("riskwatch.web.guard.time.monotonic", lambda: later)
     assert store.refusal("10.0.0.1", now=1000) is None
 
 

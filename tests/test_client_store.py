@@ -43,7 +43,7 @@ from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.state.artifacts import FINAL_DATA
 from riskwatch.web.api.routes import API_STATE, describe_one_client, describe_ranking
 from riskwatch.web.app import create_app
-from riskwatch.web.dashboard.sources import DashboardSources, app_sources
+from riskwatch.web.sources import DashboardSources, app_sources
 from tests.helpers import PROJECT_ROOT, deploy, train_and_score, write_config
 
 # Clients the shipped data does not hold, and one it does (its latest labelled row is then not its state).
@@ -357,7 +357,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, ".")
 from riskwatch.web.app import create_app
-from riskwatch.web.dashboard.sources import DashboardSources
+from riskwatch.web.sources import DashboardSources
 
 built = []
 original = DashboardSources.score_clients

@@ -13,9 +13,9 @@ from scipy.special import logit
 from riskwatch.core.config import Config
 from riskwatch.core.schema import FEATURES, ID_COLUMN
 from riskwatch.state.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE, current_version_folder, load_deployed_version
-from riskwatch.web.api.guard import ACCESS_FOLDER, SECRET_FILE
 from riskwatch.web.app import create_app
 from riskwatch.web.dashboard.access import session_secret
+from riskwatch.web.guard import ACCESS_FOLDER, SECRET_FILE
 from tests.helpers import active_clients, add_runs, deploy, train_and_score
 
 PAGES = tuple(f"/dashboard{page}" for page in ("/", "/clients", "/model-health", "/runs", "/runs?all=1", "/system"))

@@ -24,7 +24,8 @@ from riskwatch.core.config import Config, load_config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.schema import ID_COLUMN, TARGET
 from riskwatch.stages.ingestion import ingest_folder
-from riskwatch.web.api.guard import (
+from riskwatch.web.app import create_app
+from riskwatch.web.guard import (
     ACCESS_FOLDER,
     FREE_FAILURES,
     SECRET_FILE,
@@ -36,7 +37,6 @@ from riskwatch.web.api.guard import (
     token_bits,
     wait_after,
 )
-from riskwatch.web.app import create_app
 from tests.helpers import deploy, train_and_score, write_clients, write_config
 
 TOKEN = "s3cret-token"

@@ -22,7 +22,7 @@ clients, riskiest first, ``?limit=N&offset=M``), ``GET /clients/<corporation>`` 
 (default ``RISK_API_TOKEN``) is set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``.
 The dashboard's pages live under ``/dashboard/`` (``GET /`` redirects there) and sign people in with
 the same token. Only the loopback host names and ``api.allowed_hosts`` are answered; wrong tokens are logged
-and slowed down per address (riskwatch/web/api/guard.py).
+and slowed down per address (riskwatch/web/guard.py).
 """
 
 from __future__ import annotations
@@ -48,16 +48,6 @@ from riskwatch.core.logs import setup_logging
 from riskwatch.state.artifacts import DIAGNOSTICS_FILE, EVALUATION_WINDOW_FILE, FINAL_DATA
 from riskwatch.state.records import read_evaluation_window
 from riskwatch.web.api.body import WholeBodies
-from riskwatch.web.api.guard import (
-    ACCESS_STATE,
-    WebAccess,
-    client_key,
-    count_failure,
-    is_allowed_host,
-    open_access,
-    refuse_if_waiting,
-    warn_about_weak_token,
-)
 from riskwatch.web.api.gunicorn_settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -79,6 +69,16 @@ from riskwatch.web.api.routes import bp as api_bp
 from riskwatch.web.api.serving import DeploymentWatcher
 from riskwatch.web.dashboard import DASHBOARD_STATE
 from riskwatch.web.dashboard import bp as dashboard_bp
+from riskwatch.web.guard import (
+    ACCESS_STATE,
+    WebAccess,
+    client_key,
+    count_failure,
+    is_allowed_host,
+    open_access,
+    refuse_if_waiting,
+    warn_about_weak_token,
+)
 
 log = logging.getLogger("app")
 

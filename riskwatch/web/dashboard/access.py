@@ -1,6 +1,6 @@
 """Who may see the pages: a sign-in form for the API's token, a signed session cookie, CSRF tokens on forms.
 
-Cookies are signed with a key made from the server's random secret (riskwatch/web/api/guard.py: created once beside the
+Cookies are signed with a key made from the server's random secret (riskwatch/web/guard.py: created once beside the
 deployment, shared by every gunicorn worker), so a cookie tells nothing about the token and cannot be forged
 offline; the token is mixed in, so changing it signs everybody out. A signed-in cookie names a session that
 lives on the server: signing out ends it there, and one unused for ``api.session_idle_hours`` expires, so a
@@ -20,8 +20,8 @@ from flask import Flask, Request, Response, abort, current_app, g, redirect, ren
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 
-from riskwatch.web.api.guard import ACCESS_STATE, AccessStore, WebAccess, client_key, count_failure, refuse_if_waiting
 from riskwatch.web.dashboard import DASHBOARD_STATE, bp
+from riskwatch.web.guard import ACCESS_STATE, AccessStore, WebAccess, client_key, count_failure, refuse_if_waiting
 
 SESSION_KEY_LABEL = b"risk-dashboard-session"
 OPEN_ENDPOINTS = ("dashboard.sign_in", "dashboard.static")

@@ -21,7 +21,7 @@ from riskwatch.state.runs import FeatureDrift, StoredRun
 from riskwatch.web.dashboard import DASHBOARD_STATE, bp
 from riskwatch.web.dashboard.charts import Chart, Mark, Series, render_chart
 from riskwatch.web.dashboard.model import app_effects_cache, gather_model_page
-from riskwatch.web.dashboard.sources import DashboardSources, app_sources, describe_age
+from riskwatch.web.sources import DashboardSources, app_sources, describe_age
 
 PAGE_SIZES = (25, 50, 100, 250)
 DEFAULT_PAGE_SIZE = 50
