@@ -17,8 +17,8 @@ from riskwatch.model.drivers import explain_clients
 from riskwatch.model.riskmodels import FAMILY_CLASSES, RiskModel, risk_model_for
 from riskwatch.state.artifacts import MODEL_FILE, current_version_folder, load_model
 from riskwatch.web.api.routes import ANSWER_PART_ROWS, ScoredRows, encode_answer, prediction_parts
-from riskwatch.web.api.serving import ServedModel
 from riskwatch.web.app import create_app
+from riskwatch.web.serving import ServedModel
 from tests.helpers import write_config
 
 HEADER = ",".join(FEATURES)

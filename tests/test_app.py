@@ -432,7 +432,7 @@ def test_a_version_that_failed_to_load_is_tried_again_later(client, deployed, mo
     assert client.get("/health").get_json()["status"] == "degraded"
     shutil.copy(deployed.output_model_path / MODEL_FILE, model_file)  # repaired, say after a disk fault
     assert client.get("/health").get_json()["model_version"] == "v0001"  # not retried at once
-    monkeypatch.setattr("riskwatch.web.api.serving.RETRY_SECONDS", 0.0)
+    monkeypatch.setattr("riskwatch.web.serving.RETRY_SECONDS", 0.0)
     assert client.get("/health").get_json() == {"status": "ok", "model_version": "v0002"}
 
 

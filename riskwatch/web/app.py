@@ -66,7 +66,6 @@ from riskwatch.web.api.routes import (
     read_summary,
 )
 from riskwatch.web.api.routes import bp as api_bp
-from riskwatch.web.api.serving import DeploymentWatcher
 from riskwatch.web.dashboard import DASHBOARD_STATE
 from riskwatch.web.dashboard import bp as dashboard_bp
 from riskwatch.web.guard import (
@@ -79,6 +78,7 @@ from riskwatch.web.guard import (
     refuse_if_waiting,
     warn_about_weak_token,
 )
+from riskwatch.web.serving import DeploymentWatcher
 
 log = logging.getLogger("app")
 

@@ -45,6 +45,7 @@ from riskwatch.state.artifacts import (
 from riskwatch.state.history import read_runs
 from riskwatch.state.records import Diagnostics, EvaluationWindow, read_diagnostics_record, read_evaluation_window
 from riskwatch.state.runs import StoredRun
+from riskwatch.web.serving import ServedModel
 
 log = logging.getLogger("dashboard")
 
@@ -93,7 +94,7 @@ class DashboardSources:
         """The folder the client tables are kept in, beside the ingested data they are made of."""
         return self.config.output_folder_path / CLIENT_TABLES_FOLDER
 
-    def clients(self, served: Any) -> ClientTable:
+    def clients(self, served: ServedModel) -> ClientTable:
         """The current clients scored by the serving model; PipelineError without ingested data."""
         key = TableKey(served.version, served.model_stamp, files_signature(self.data_files))
 
@@ -109,7 +110,7 @@ class DashboardSources:
 
         return self._clients.get(key, compute)
 
-    def score_clients(self, served: Any) -> pa.Table:
+    def score_clients(self, served: ServedModel) -> pa.Table:
         """The client table's columns: the current clients of the ingested data scored by the serving model.
 
         The ingested data is read for this alone and not kept: the table holds what the pages need of it.
@@ -127,7 +128,7 @@ class DashboardSources:
         )
         return columns
 
-    def previous(self, served: Any, table: ClientTable) -> Comparison | None:
+    def previous(self, served: ServedModel, table: ClientTable) -> Comparison | None:
         """The version deployed before the serving one, on the same clients; None when it is gone."""
         name = served.deployed.version_info.previous_version
         if not name:

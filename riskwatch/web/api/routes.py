@@ -35,7 +35,7 @@ from riskwatch.state.records import (
 from riskwatch.web.api.inputs import read_flag, read_prediction_input
 from riskwatch.web.api.locations import LocationReader
 from riskwatch.web.api.memory import release_free_memory
-from riskwatch.web.api.serving import DeploymentWatcher, ServedModel
+from riskwatch.web.serving import DeploymentWatcher, ServedModel
 from riskwatch.web.sources import app_sources
 
 log = logging.getLogger("app")

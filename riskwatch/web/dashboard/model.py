@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flask import Flask
@@ -36,6 +36,7 @@ from riskwatch.web.dashboard.charts import Chart, Series, render_chart
 if TYPE_CHECKING:
     from riskwatch.model.clients import ClientTable
     from riskwatch.model.riskmodels import RiskModel
+    from riskwatch.web.serving import ServedModel
 
 GRID_POINTS = 40  # points of each effect curve
 DEPENDENCE_BINS = 30  # bins of each dependence plot
@@ -382,7 +383,7 @@ def draw_effects(effects: Effects) -> list[ShownChart]:
 # ---------------------------------------------------------------- the page
 
 
-def read_serving_facts(served: Any) -> ServingFacts:
+def read_serving_facts(served: ServedModel) -> ServingFacts:
     """The serving version's facts from its records (``trainedmodel.json``, ``version.json``)."""
     info, version = served.deployed.model_info, served.deployed.version_info
     window = info.training_window
@@ -454,7 +455,9 @@ def cached_effects(cache: Cached, table: ClientTable, model: RiskModel) -> tuple
     return effects, charts
 
 
-def gather_model_page(served: Any, table: ClientTable | None, runs: Sequence[StoredRun], cache: Cached) -> ModelPage:
+def gather_model_page(
+    served: ServedModel, table: ClientTable | None, runs: Sequence[StoredRun], cache: Cached
+) -> ModelPage:
     """The model page of the serving version; ``table``: the current clients (None without ingested data)."""
     info = served.deployed.model_info
     facts = read_serving_facts(served)
