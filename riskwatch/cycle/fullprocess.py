@@ -112,7 +112,12 @@ from riskwatch.state.runs import AlertRecord, FeatureDrift, JsonObject, RunField
 from riskwatch.state.stages import StageClock, StageFailed
 
 if TYPE_CHECKING:  # imported where used: a run with nothing new imports no data-science library
+    import numpy as np
+
+    from riskwatch.data.batches import IngestedData
     from riskwatch.monitoring.decision import Assessment
+    from riskwatch.stages.ingestion_sources import IngestionResult
+    from riskwatch.state.artifacts import DeployedVersion, IngestedFile
 
 log = logging.getLogger("fullprocess")
 
@@ -404,7 +409,7 @@ def adopt_challenger(folder: Path, output_model_path: Path) -> None:
             shutil.copyfile(folder / name, tmp)
 
 
-def find_watermark(connection: HistoryStore, champion: Any, batch_before: int) -> int:
+def find_watermark(connection: HistoryStore, champion: DeployedVersion, batch_before: int) -> int:
     """The last batch whose rows are not new: decided on by an earlier run, or trained on by the serving model."""
 
     decided = decided_batch(connection)
@@ -448,7 +453,9 @@ def assess_new_data(config: Config, connection: HistoryStore, record: RunRecord,
     return measured.updated(assessment.history_fields()).updated(deployed)
 
 
-def ingest_new_files(config: Config, record: RunRecord, new: NewData, champion: Any) -> tuple[Any, Any, float]:
+def ingest_new_files(
+    config: Config, record: RunRecord, new: NewData, champion: DeployedVersion
+) -> tuple[IngestionResult, IngestedData, float]:
     """Ingest the new files (the serving model's cached rows kept) and read the rows; with the new files' missing %."""
     from riskwatch.data.batches import read_ingested_data
     from riskwatch.stages.ingestion import ingest_folder
@@ -475,10 +482,10 @@ def decide_on_new_rows(
     config: Config,
     connection: HistoryStore,
     record: RunRecord,
-    champion: Any,
-    data: Any,
+    champion: DeployedVersion,
+    data: IngestedData,
     watermark: int,
-    unlabelled: list[Any],
+    unlabelled: list[IngestedFile],
 ) -> Assessment:
     """The monitoring decision on the rows past ``watermark``; on the unlabelled files' rows when only they are new."""
     from riskwatch.monitoring.decision import RunInputs, assess, assess_unlabelled
@@ -522,7 +529,7 @@ def mark_rejected(record: RunRecord, rejected: dict[str, str]) -> int:
     return sum(marked)
 
 
-def mark_unlabelled(record: RunRecord, unlabelled: list[Any]) -> list[Any]:
+def mark_unlabelled(record: RunRecord, unlabelled: list[IngestedFile]) -> list[IngestedFile]:
     """Record the new files ingestion read as unlabelled as such; return their ingestion entries."""
     new = {entry.sha256: entry for entry in unlabelled}
     marked = [row.sha256 in new and row.status in ("new", "edited") for row in record.files]
@@ -531,10 +538,10 @@ def mark_unlabelled(record: RunRecord, unlabelled: list[Any]) -> list[Any]:
         replace(row, status="unlabelled", note=note) if found else row
         for row, found in zip(record.files, marked, strict=True)
     ]
-    return [new[row.sha256] for row, found in zip(record.files, marked, strict=True) if found]
+    return [new[row.sha256] for row, found in zip(record.files, marked, strict=True) if found and row.sha256]
 
 
-def read_unlabelled_features(output_folder_path: Path, files: list[Any]) -> Any:
+def read_unlabelled_features(output_folder_path: Path, files: list[IngestedFile]) -> np.ndarray:
     """The features (float64, one column per feature) of the valid rows of these unlabelled files, as ingested."""
     import numpy as np
 
@@ -545,7 +552,7 @@ def read_unlabelled_features(output_folder_path: Path, files: list[Any]) -> Any:
     return np.column_stack([table[name].to_numpy().astype(np.float64) for name in FEATURES])
 
 
-def keep_hashes(champion: Any) -> frozenset[str]:
+def keep_hashes(champion: DeployedVersion) -> frozenset[str]:
     """Content hashes of the files the serving model was trained on, whose cached rows ingestion keeps."""
     return frozenset(entry.sha256 for entry in read_ingested_files(champion.folder / INGESTED_FILES).values())
 
@@ -733,7 +740,7 @@ def alert_unrecorded_failure(config: Config, failure: StageFailed, started: str)
     return send_alert(config, fields, None)
 
 
-def begin_run(config: Config, started: str) -> tuple[Any, int, str | None]:
+def begin_run(config: Config, started: str) -> tuple[HistoryStore, int, str | None]:
     """Open the history, close the records of runs that died, and record this one as running.
 
     Returns (the connection, this run's id, the serving version); raises StageFailed("history").
