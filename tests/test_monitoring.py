@@ -8,7 +8,8 @@ import pytest
 from riskwatch.core.config import MODEL_FAMILIES, Config, load_config
 from riskwatch.data.batches import read_batch_book, read_ingested_data
 from riskwatch.data.generator import write_batch
-from riskwatch.monitoring.decision import RunInputs, assess
+from riskwatch.monitoring.decision import assess
+from riskwatch.monitoring.verdicts import RunInputs
 from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.state.artifacts import current_version_folder, load_deployed_version
 from riskwatch.state.history import DEPLOYED, KEPT, WAITING, open_history

@@ -115,7 +115,7 @@ if TYPE_CHECKING:  # imported where used: a run with nothing new imports no data
     import numpy as np
 
     from riskwatch.data.batches import IngestedData
-    from riskwatch.monitoring.decision import Assessment
+    from riskwatch.monitoring.verdicts import Assessment
     from riskwatch.stages.ingestion_sources import IngestionResult
     from riskwatch.state.artifacts import DeployedVersion, IngestedFile
 
@@ -488,7 +488,8 @@ def decide_on_new_rows(
     unlabelled: list[IngestedFile],
 ) -> Assessment:
     """The monitoring decision on the rows past ``watermark``; on the unlabelled files' rows when only they are new."""
-    from riskwatch.monitoring.decision import RunInputs, assess, assess_unlabelled
+    from riskwatch.monitoring.decision import assess, assess_unlabelled
+    from riskwatch.monitoring.verdicts import RunInputs
 
     inputs = RunInputs(config, connection, champion, data, watermark)
     if unlabelled and not data.in_batches(watermark + 1).any():
@@ -500,7 +501,7 @@ def decide_on_new_rows(
 
 def deploy_winner(config: Config, clock: StageClock, assessment: Assessment) -> RunFields:
     """Publish the challenger the gate chose, if any; return the fields that record it (none without one)."""
-    from riskwatch.monitoring.decision import describe_deployment
+    from riskwatch.monitoring.verdicts import describe_deployment
     from riskwatch.stages.deployment import publish_deployment
 
     if assessment.deploy_folder is None:

@@ -18,38 +18,41 @@ than only on the fixed test file.
 from __future__ import annotations
 
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from riskwatch.core.config import Config, MonitoringSettings
-from riskwatch.data.batches import IngestedData, TrainingWindow
-from riskwatch.model.evaluation import EvaluationData, read_test_data, score_loaded_model, score_predictions
+from riskwatch.core.config import MonitoringSettings
+from riskwatch.data.batches import IngestedData
+from riskwatch.model.evaluation import read_test_data, score_predictions
 from riskwatch.model.riskmodels import (
-    ADDITIVE,
-    LINEAR,
     RiskModel,
-    equal_count_calibration_error,
-    fit_risk_model,
 )
-from riskwatch.state.artifacts import MODEL_FILE, Classifier, DeployedVersion, utc_now
+from riskwatch.monitoring.challengers import CHALLENGER_FOLDER, TrainedChallenger, recency_weights, train_candidates
+from riskwatch.monitoring.verdicts import (
+    Action,
+    Assessment,
+    Candidate,
+    DataReference,
+    Findings,
+    Gate,
+    RunInputs,
+    WindowScore,
+    Yardsticks,
+    describe_deployment,
+)
+from riskwatch.state.artifacts import Classifier, DeployedVersion
 from riskwatch.state.history import (
     DEPLOYED,
     KEPT,
     WAITING,
     HistoryStore,
     ReferenceScore,
-    change_started_batch,
     gate_score,
     later_scores,
     latest_confirmation,
 )
-from riskwatch.state.records import CalibrationCheck, EvaluationWindow, Metrics
-from riskwatch.state.runs import CandidateScore, FeatureDrift, RunFields
+from riskwatch.state.runs import FeatureDrift
 from riskwatch.state.stages import StageClock
 from riskwatch.stats.comparison import PAIRED_RESAMPLES, paired_gain_resamples
 from riskwatch.stats.drift import (
@@ -66,248 +69,7 @@ from riskwatch.stats.drift import (
 
 log = logging.getLogger("fullprocess")
 
-CHALLENGER_FOLDER = "challenger"
 MAX_REFERENCE_ROWS = 200_000  # data drift compares with a random sample of at most this many reference rows
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One challenger: the window it was trained on, its model family, and how it scored."""
-
-    window: TrainingWindow
-    family: str
-    folder: Path
-    recent_f1: float  # on the held-out recent rows of the new batch
-    test_f1: float  # on the test data
-    window_f1: float  # on the rolling evaluation window (those rows and the held-out rows of earlier batches)
-
-    def record(self) -> CandidateScore:
-        """The challenger as the run history keeps it."""
-        return CandidateScore(
-            window=self.window.name,
-            describe=self.window.describe(),
-            rows=self.window.rows,
-            first_batch=self.window.first_batch,
-            last_batch=self.window.last_batch,
-            recent_f1=round(self.recent_f1, 6),
-            test_f1=round(self.test_f1, 6),
-            window_f1=round(self.window_f1, 6),
-            family=self.family,
-        )
-
-    @property
-    def name(self) -> str:
-        """The window and the family, as the gate names them: ``recent/boosted``."""
-        return f"{self.window.name}/{self.family}"
-
-
-@dataclass(frozen=True)
-class WindowScore:
-    """A model's scores on the rolling evaluation window, and whether the test data still looks like it."""
-
-    rows: int
-    first_batch: int
-    last_batch: int
-    metrics: Metrics
-    test_data_drift: list[FeatureDrift]
-
-    @property
-    def test_data_drifted(self) -> bool:
-        return any(row.drifted for row in self.test_data_drift)
-
-    def to_record(self, version: str) -> EvaluationWindow:
-        """The ``evaluationwindow.json`` record of these scores, for the serving ``version``."""
-        drifted = [describe_feature_drift(row) for row in self.test_data_drift if row.drifted]
-        note = (
-            "the test data no longer looks like the recent rows (" + "; ".join(drifted) + ")"
-            if drifted
-            else "the test data still looks like the recent rows"
-        )
-        return EvaluationWindow(
-            model_version=version,
-            updated_at=utc_now(),
-            rows=self.rows,
-            batches=[self.first_batch, self.last_batch],
-            f1=self.metrics.f1,
-            precision=self.metrics.precision,
-            recall=self.metrics.recall,
-            roc_auc=self.metrics.roc_auc,
-            accuracy=self.metrics.accuracy,
-            confusion=self.metrics.confusion,
-            test_data_drift=self.test_data_drifted,
-            test_data_note=note,
-            test_data_features=list(self.test_data_drift),
-        )
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The best challenger against the serving model on the held-out recent rows."""
-
-    champion_recent_f1: float
-    champion_test_f1: float
-    champion_window_f1: float
-    best: Candidate
-    gain: float
-    p_no_gain: float  # share of paired resamples of the recent rows in which the challenger does not gain
-    passed: bool
-    sentence: str
-    margin: float
-
-    @property
-    def confirms_champion(self) -> bool:
-        """Not passed because no challenger was better by the margin (not for want of rows to tell)."""
-        return not self.passed and self.gain < self.margin
-
-
-@dataclass(frozen=True)
-class Findings:
-    """What the tests found on the new rows, before anything is decided: the label-free estimate, the model-drift
-    verdict (rows with outcomes only), the data-drift verdicts with their reference, and the retraining they call
-    for."""
-
-    estimate: PerformanceEstimate | None = None  # from the probabilities alone, before the labels are used
-    calibration: float | None = None  # expected calibration error on the new labelled rows
-    model_drift: ModelDrift | None = None
-    feature_drift: tuple[FeatureDrift, ...] = ()
-    data_reference: DataReference | None = None
-    triggers: tuple[str, ...] = ()
-
-    @property
-    def drifted_features(self) -> list[FeatureDrift]:
-        return [row for row in self.feature_drift if row.drifted]
-
-
-@dataclass(frozen=True)
-class Action:
-    """What is done about the findings: the outcome and its sentence; with challengers, their scores and the gate;
-    the serving model's scores on the evaluation window once decided."""
-
-    outcome: str  # WAITING, KEPT, or DEPLOYED (deploy ``gate.best``)
-    decision: str
-    holdout_rows: int = 0
-    candidates: tuple[Candidate, ...] = ()
-    gate: Gate | None = None
-    window: WindowScore | None = None  # the serving model's, after the decision
-    replaced_version: str | None = None  # the version a deployed challenger replaces
-
-
-@dataclass(frozen=True)
-class Assessment:
-    """What the new rows showed and what to do about them: made once, by ``assessed``, from the steps' values."""
-
-    first_batch: int
-    last_batch: int
-    new_rows: int
-    findings: Findings
-    action: Action
-    max_calibration_error: float = 0.05
-    unlabelled: bool = False  # the new rows carry no outcome: no model-drift test, batches untouched
-
-    @property
-    def outcome(self) -> str:
-        return self.action.outcome
-
-    @property
-    def decision(self) -> str:
-        return self.action.decision
-
-    @property
-    def reliable(self) -> bool:
-        calibration = self.findings.calibration
-        return calibration is None or calibration <= self.max_calibration_error
-
-    @property
-    def deploy_folder(self) -> Path | None:
-        gate = self.action.gate
-        return gate.best.folder if self.outcome == DEPLOYED and gate else None
-
-    def history_fields(self) -> RunFields:
-        """The run-history columns this assessment fills; the outcome of a deployment is fullprocess.py's to set."""
-        findings, action = self.findings, self.action
-        fields = RunFields(
-            outcome=None if self.outcome == DEPLOYED else self.outcome,
-            decision=self.decision,
-            new_rows=self.new_rows,
-            first_batch=None if self.unlabelled else self.first_batch,
-            last_batch=None if self.unlabelled else self.last_batch,
-            drift_trigger="; ".join(findings.triggers) or None,
-            candidates=tuple(candidate.record() for candidate in action.candidates) or None,
-            holdout_rows=action.holdout_rows if action.candidates else None,
-        )
-        parts = (
-            model_drift_fields(findings.model_drift),
-            self.data_drift_fields(),
-            self.estimate_fields(),
-            gate_fields(action.gate),
-            window_fields(action.window),
-        )
-        for part in parts:
-            fields = fields.updated(part)
-        return fields
-
-    def data_drift_fields(self) -> RunFields:
-        reference = self.findings.data_reference
-        if reference is None:
-            return RunFields()
-        return RunFields(
-            data_drift=bool(self.findings.drifted_features),
-            data_drift_reference=reference.describe(),
-            data_reference_first_batch=reference.first_batch,
-            data_reference_last_batch=reference.last_batch,
-        )
-
-    def estimate_fields(self) -> RunFields:
-        """The F1 estimated before the labels were used, and how well calibrated the probabilities were."""
-        estimate, calibration = self.findings.estimate, self.findings.calibration
-        return RunFields(
-            estimated_f1=None if estimate is None else round(estimate.f1, 6),
-            estimated_f1_low=None if estimate is None else round(estimate.f1_low, 6),
-            estimated_f1_high=None if estimate is None else round(estimate.f1_high, 6),
-            calibration_error=None if calibration is None else round(calibration, 6),
-            estimate_reliable=None if calibration is None else self.reliable,
-        )
-
-
-def model_drift_fields(verdict: ModelDrift | None) -> RunFields:
-    """The run-history columns of the model-drift test; none for rows without outcomes."""
-    if verdict is None:
-        return RunFields()
-    return RunFields(
-        model_drift_test=verdict.test,
-        new_data_f1=verdict.new_f1,
-        drift_threshold=round(verdict.threshold, 6),
-        drift_reference=verdict.reference,
-        reference_f1=round(verdict.reference_f1, 6),
-        reference_rows=verdict.reference_rows,
-        drift_spread=round(verdict.spread, 6),
-        model_drift=verdict.drifted,
-    )
-
-
-def gate_fields(gate: Gate | None) -> RunFields:
-    """The run-history columns of the gate: the best challenger against the serving model."""
-    if gate is None:
-        return RunFields()
-    return RunFields(
-        winning_window=gate.best.window.name,
-        winning_family=gate.best.family,
-        champion_recent_f1=gate.champion_recent_f1,
-        challenger_recent_f1=gate.best.recent_f1,
-        champion_test_f1=gate.champion_test_f1,
-        challenger_test_f1=gate.best.test_f1,
-        confirmed=gate.confirms_champion,
-    )
-
-
-def window_fields(window: WindowScore | None) -> RunFields:
-    """The run-history columns of the rolling evaluation window after the decision."""
-    if window is None:
-        return RunFields()
-    return RunFields(window_rows=window.rows, window_f1=window.metrics.f1, test_data_drift=window.test_data_drifted)
-
-
-# ---------------------------------------------------------------- model drift
 
 
 def f1_on(model: Classifier, features: np.ndarray, labels: np.ndarray) -> float:
@@ -364,37 +126,6 @@ def estimate_before_labels(
 
 
 # ---------------------------------------------------------------- data drift
-
-
-@dataclass(frozen=True)
-class DataReference:
-    """The rows new ones are compared with: their row numbers, the batches they span, and why these rows.
-
-    ``run_id``: the run whose rows they are, once drift called for retraining and no challenger beat the
-    serving model; else ``window``, the serving model's training window (``weighted``: sampled by its weights);
-    else neither, the rows ingested before.
-    """
-
-    rows: np.ndarray
-    first_batch: int | None
-    last_batch: int | None
-    run_id: int | None = None
-    window: TrainingWindow | None = None
-    weighted: bool = False
-
-    def describe(self) -> str:
-        if self.run_id is not None:
-            return f"the {self.rows.size} rows of run {self.run_id}, where no challenger beat the serving model"
-        if self.window is not None:
-            sampled = ", sampled by its weights" if self.weighted else ""
-            return f"the serving model's training window: {self.window.describe()}{sampled}"
-        return f"the {self.rows.size} rows ingested before"
-
-
-def describe_deployment(gate: Gate, replaced: str, deployed_as: str | None = None) -> str:
-    """The decision of a run that deploys the gate's best challenger (``deployed_as``: its version, once known)."""
-    named = f" as {deployed_as}" if deployed_as else ""
-    return f"challenger deployed{named}, replacing {replaced}: {gate.sentence}"
 
 
 def data_reference(
@@ -466,58 +197,10 @@ def describe_no_trigger(retrain_on: str, model_drift: ModelDrift | None, drifted
 # ---------------------------------------------------------------- windows
 
 
-def recency_weights(data: IngestedData, half_life: float, unit: str, latest: int | None = None) -> np.ndarray:
-    if unit == "days":
-        return data.day_weights(half_life)
-    return data.batch_weights(half_life, latest)
-
-
 def evaluation_mask(data: IngestedData, settings: MonitoringSettings, held_out_from_batch: int) -> np.ndarray:
     """The rolling evaluation window: the newest held-out rows of the batches that were held out when they came."""
     eligible = data.held_out(settings.holdout_fraction) & data.in_batches(held_out_from_batch)
     return data.newest(eligible, settings.evaluation_window_rows)
-
-
-def candidate_windows(
-    config: Config,
-    connection: HistoryStore,
-    data: IngestedData,
-    first_new: int,
-    held_out_from_batch: int,
-    trainable: np.ndarray,
-) -> list[tuple[TrainingWindow, np.ndarray, np.ndarray | None]]:
-    """The training windows to try: (window, mask of its rows, weights or None), the configured ones that differ."""
-    settings = config.monitoring
-    latest = data.latest_batch
-    windows: list[tuple[TrainingWindow, np.ndarray, np.ndarray | None]] = []
-    for name in settings.candidate_windows:
-        weights = None
-        if name == "all":
-            mask, first = trainable, 1
-        elif name == "recent":
-            if settings.recent_window_rows:
-                mask = data.newest(trainable, settings.recent_window_rows)
-            else:  # since the change was first seen, in this run or an earlier one whose challenger lost
-                earlier = change_started_batch(connection)
-                mask = trainable & data.in_batches(min(first_new, earlier or first_new))
-            first = int(data.batch[mask].min(initial=latest))
-        else:
-            mask, first = trainable, 1
-            weights = recency_weights(data, settings.recency_half_life, settings.recency_unit)[mask]
-        rows = int(mask.sum())
-        if rows < settings.min_new_rows or np.unique(data.labels(mask)).size < 2:
-            log.info("no %s challenger: its window holds %d rows (or one class only)", name, rows)
-            continue
-        if any(np.array_equal(mask, other) and weights is None and w is None for _, other, w in windows):
-            log.info("no %s challenger: its window holds the same rows as another", name)
-            continue
-        half_life = settings.recency_half_life if name == "weighted" else None
-        unit = settings.recency_unit if name == "weighted" else None
-        windows.append((TrainingWindow(name, first, latest, rows, held_out_from_batch, half_life, unit), mask, weights))
-    return windows
-
-
-# ---------------------------------------------------------------- the gate
 
 
 def judge_candidates(
@@ -582,26 +265,6 @@ def score_window(
     batches = data.batch[window]
     drift = feature_drift(features, yardsticks.test.features, settings)
     return WindowScore(int(window.sum()), int(batches.min()), int(batches.max()), metrics, drift)
-
-
-@dataclass(frozen=True)
-class RunInputs:
-    """What a decision needs: settings, the history, the serving model, the ingested rows and what is new."""
-
-    config: Config
-    connection: HistoryStore
-    champion: DeployedVersion
-    data: IngestedData
-    watermark: int  # batches up to this one were decided on; later ones are new
-
-
-@dataclass(frozen=True)
-class Yardsticks:
-    """What every model is measured on besides the new rows: the test data and the rolling evaluation window."""
-
-    test: EvaluationData
-    evaluation: np.ndarray  # mask of the ingested rows in the rolling evaluation window
-    held_out_from: int  # the first batch whose held-out rows may be in it
 
 
 def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
@@ -897,65 +560,3 @@ def log_candidates(candidates: tuple[Candidate, ...]) -> None:
             candidate.window_f1,
             candidate.test_f1,
         )
-
-
-@dataclass(frozen=True)
-class TrainedChallenger:
-    """One challenger as trained: its window and family, its folder, its arithmetic and its F1 on the test data."""
-
-    window: TrainingWindow
-    family: str
-    folder: Path
-    model: RiskModel
-    test_f1: float
-
-
-def train_candidates(inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Yardsticks) -> list[TrainedChallenger]:
-    """Train one challenger per window and model family into ``challenger/<window>-<family>/``, on every row
-    outside the evaluation window, and score it on the test data; ``triggers``: why, as the models record it."""
-    from riskwatch.stages.scoring import write_scores
-    from riskwatch.stages.training import FitContext, Retraining, describe_training_data, save_trained
-
-    config, data, test = inputs.config, inputs.data, yardsticks.test
-    first_new, trainable, because = inputs.watermark + 1, ~yardsticks.evaluation, "; ".join(triggers)
-    described = describe_training_data(config.output_folder_path)
-    retraining = Retraining(int((data.in_batches(first_new) & ~trainable).sum()), because)
-    windows = candidate_windows(config, inputs.connection, data, first_new, yardsticks.held_out_from, trainable)
-    # Simplest family first, so that a tie at the gate goes to the simpler model.
-    jobs = [(window, mask, weights, family) for family in config.model.families for window, mask, weights in windows]
-
-    def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None, family: str) -> TrainedChallenger:
-        folder = config.output_model_path / CHALLENGER_FOLDER / f"{window.name}-{family}"
-        labels = data.labels(mask)
-        started = time.perf_counter()
-        model = fit_risk_model(family, data.features(mask), labels, config.model, weights)
-        seconds = time.perf_counter() - started
-        probabilities = model.score(test.features)[0]
-        calibration = CalibrationCheck(
-            round(equal_count_calibration_error(test.labels, probabilities), 6), int(test.labels.size), "the test data"
-        )
-        context = FitContext(seconds, window, retraining, calibration=calibration)
-        save_trained(model, labels, described, config.model, folder, context)
-        # Scored with the family's own arithmetic, the numbers the API will serve (checked against the saved
-        # classifier when it is loaded); the metrics name the saved file and its hash.
-        metrics = score_loaded_model(model, folder / MODEL_FILE, test)
-        write_scores(metrics, folder)
-        return TrainedChallenger(window, family, folder, model, metrics.f1)
-
-    # Two at a time, each numpy operation (and each tree) on one thread: half the time of one after the other
-    # on two cores, where letting numpy's own threads compete for them is no faster than one fit at a time. The
-    # largest fits start first, so the two threads finish together; the results keep the order of ``jobs``.
-    cap = config.model.max_fit_rows
-    order = sorted(range(len(jobs)), key=lambda index: -fit_cost(jobs[index][3], int(jobs[index][1].sum()), cap))
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
-        done = dict(zip(order, pool.map(lambda index: train(*jobs[index]), order), strict=True))
-    return [done[index] for index in range(len(jobs))]
-
-
-def fit_cost(family: str, rows: int, max_fit_rows: int) -> float:
-    """A rough relative cost of fitting ``family`` on ``rows`` rows, to start the largest fits first (measured:
-    the boosted family takes about ten times the linear one's time per row, the additive family four; both fit
-    on at most ``max_fit_rows``)."""
-    if family == LINEAR:
-        return float(rows)
-    return min(rows, max_fit_rows) * (4.0 if family == ADDITIVE else 10.0)

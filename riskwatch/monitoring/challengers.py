@@ -1,0 +1,146 @@
+"""The challengers: the training windows a retraining considers (all rows, the recent rows, all rows weighted by
+recency), one model per window and family trained two at a time into ``challenger/<window>-<family>/``, each
+scored on the test data."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from riskwatch.core.config import Config
+from riskwatch.data.batches import IngestedData, TrainingWindow
+from riskwatch.model.evaluation import score_loaded_model
+from riskwatch.model.riskmodels import (
+    ADDITIVE,
+    LINEAR,
+    RiskModel,
+    equal_count_calibration_error,
+    fit_risk_model,
+)
+from riskwatch.monitoring.verdicts import RunInputs, Yardsticks
+from riskwatch.state.artifacts import MODEL_FILE
+from riskwatch.state.history import (
+    HistoryStore,
+    change_started_batch,
+)
+from riskwatch.state.records import CalibrationCheck
+
+log = logging.getLogger("fullprocess")
+
+CHALLENGER_FOLDER = "challenger"
+
+
+def recency_weights(data: IngestedData, half_life: float, unit: str, latest: int | None = None) -> np.ndarray:
+    if unit == "days":
+        return data.day_weights(half_life)
+    return data.batch_weights(half_life, latest)
+
+
+def candidate_windows(
+    config: Config,
+    connection: HistoryStore,
+    data: IngestedData,
+    first_new: int,
+    held_out_from_batch: int,
+    trainable: np.ndarray,
+) -> list[tuple[TrainingWindow, np.ndarray, np.ndarray | None]]:
+    """The training windows to try: (window, mask of its rows, weights or None), the configured ones that differ."""
+    settings = config.monitoring
+    latest = data.latest_batch
+    windows: list[tuple[TrainingWindow, np.ndarray, np.ndarray | None]] = []
+    for name in settings.candidate_windows:
+        weights = None
+        if name == "all":
+            mask, first = trainable, 1
+        elif name == "recent":
+            if settings.recent_window_rows:
+                mask = data.newest(trainable, settings.recent_window_rows)
+            else:  # since the change was first seen, in this run or an earlier one whose challenger lost
+                earlier = change_started_batch(connection)
+                mask = trainable & data.in_batches(min(first_new, earlier or first_new))
+            first = int(data.batch[mask].min(initial=latest))
+        else:
+            mask, first = trainable, 1
+            weights = recency_weights(data, settings.recency_half_life, settings.recency_unit)[mask]
+        rows = int(mask.sum())
+        if rows < settings.min_new_rows or np.unique(data.labels(mask)).size < 2:
+            log.info("no %s challenger: its window holds %d rows (or one class only)", name, rows)
+            continue
+        if any(np.array_equal(mask, other) and weights is None and w is None for _, other, w in windows):
+            log.info("no %s challenger: its window holds the same rows as another", name)
+            continue
+        half_life = settings.recency_half_life if name == "weighted" else None
+        unit = settings.recency_unit if name == "weighted" else None
+        windows.append((TrainingWindow(name, first, latest, rows, held_out_from_batch, half_life, unit), mask, weights))
+    return windows
+
+
+# ---------------------------------------------------------------- the gate
+
+
+@dataclass(frozen=True)
+class TrainedChallenger:
+    """One challenger as trained: its window and family, its folder, its arithmetic and its F1 on the test data."""
+
+    window: TrainingWindow
+    family: str
+    folder: Path
+    model: RiskModel
+    test_f1: float
+
+
+def train_candidates(inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Yardsticks) -> list[TrainedChallenger]:
+    """Train one challenger per window and model family into ``challenger/<window>-<family>/``, on every row
+    outside the evaluation window, and score it on the test data; ``triggers``: why, as the models record it."""
+    from riskwatch.stages.scoring import write_scores
+    from riskwatch.stages.training import FitContext, Retraining, describe_training_data, save_trained
+
+    config, data, test = inputs.config, inputs.data, yardsticks.test
+    first_new, trainable, because = inputs.watermark + 1, ~yardsticks.evaluation, "; ".join(triggers)
+    described = describe_training_data(config.output_folder_path)
+    retraining = Retraining(int((data.in_batches(first_new) & ~trainable).sum()), because)
+    windows = candidate_windows(config, inputs.connection, data, first_new, yardsticks.held_out_from, trainable)
+    # Simplest family first, so that a tie at the gate goes to the simpler model.
+    jobs = [(window, mask, weights, family) for family in config.model.families for window, mask, weights in windows]
+
+    def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None, family: str) -> TrainedChallenger:
+        folder = config.output_model_path / CHALLENGER_FOLDER / f"{window.name}-{family}"
+        labels = data.labels(mask)
+        started = time.perf_counter()
+        model = fit_risk_model(family, data.features(mask), labels, config.model, weights)
+        seconds = time.perf_counter() - started
+        probabilities = model.score(test.features)[0]
+        calibration = CalibrationCheck(
+            round(equal_count_calibration_error(test.labels, probabilities), 6), int(test.labels.size), "the test data"
+        )
+        context = FitContext(seconds, window, retraining, calibration=calibration)
+        save_trained(model, labels, described, config.model, folder, context)
+        # Scored with the family's own arithmetic, the numbers the API will serve (checked against the saved
+        # classifier when it is loaded); the metrics name the saved file and its hash.
+        metrics = score_loaded_model(model, folder / MODEL_FILE, test)
+        write_scores(metrics, folder)
+        return TrainedChallenger(window, family, folder, model, metrics.f1)
+
+    # Two at a time, each numpy operation (and each tree) on one thread: half the time of one after the other
+    # on two cores, where letting numpy's own threads compete for them is no faster than one fit at a time. The
+    # largest fits start first, so the two threads finish together; the results keep the order of ``jobs``.
+    cap = config.model.max_fit_rows
+    order = sorted(range(len(jobs)), key=lambda index: -fit_cost(jobs[index][3], int(jobs[index][1].sum()), cap))
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(order, pool.map(lambda index: train(*jobs[index]), order), strict=True))
+    return [done[index] for index in range(len(jobs))]
+
+
+def fit_cost(family: str, rows: int, max_fit_rows: int) -> float:
+    """A rough relative cost of fitting ``family`` on ``rows`` rows, to start the largest fits first (measured:
+    the boosted family takes about ten times the linear one's time per row, the additive family four; both fit
+    on at most ``max_fit_rows``)."""
+    if family == LINEAR:
+        return float(rows)
+    return min(rows, max_fit_rows) * (4.0 if family == ADDITIVE else 10.0)
