@@ -14,7 +14,7 @@ from tests.helpers import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_the_wheel_holds_every_stage_the_shared_code_and_the_dashboards_files(tmp_path: Path):
+def test_the_wheel_holds_the_package_alone_with_a_command_per_stage(tmp_path: Path):
     built = subprocess.run(
         [
             sys.executable,
@@ -34,9 +34,10 @@ def test_the_wheel_holds_every_stage_the_shared_code_and_the_dashboards_files(tm
     assert built.returncode == 0, built.stderr
     wheel = next(tmp_path.glob("dynamic_risk_assessment-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    stages = ["ingestion", "training", "scoring", "deployment", "diagnostics", "reporting", "app", "apicalls"]
-    assert {f"{stage}.py" for stage in [*stages, "fullprocess"]} <= names
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"riskwatch"}  # no app.py or training.py beside other distributions' modules
     assert {
+        "riskwatch/classic.py",
         "riskwatch/core/config.py",
         "riskwatch/web/api/routes.py",
         "riskwatch/web/dashboard/templates/base.html",
@@ -44,4 +45,7 @@ def test_the_wheel_holds_every_stage_the_shared_code_and_the_dashboards_files(tm
     } <= names
     assert not any(name.startswith("tests/") for name in names)
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
-    assert "risk-fullprocess = riskwatch.cycle.fullprocess:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    commands = zipfile.ZipFile(wheel).read(entry_points).decode()
+    stages = ["ingestion", "training", "scoring", "deployment", "diagnostics", "reporting", "apicalls", "fullprocess"]
+    assert all(f"risk-{stage} = riskwatch." in commands for stage in stages)
+    assert "risk-api = riskwatch.web.app:main" in commands and "risk-generate-data = " in commands
