@@ -54,7 +54,7 @@ from riskwatch.state.history import (
 )
 from riskwatch.state.runs import FeatureDrift
 from riskwatch.state.stages import StageClock
-from riskwatch.stats.comparison import PAIRED_RESAMPLES, paired_gain_resamples
+from riskwatch.stats.comparison import judge_gain, labels_f1
 from riskwatch.stats.drift import (
     ModelDrift,
     PerformanceEstimate,
@@ -74,8 +74,7 @@ MAX_REFERENCE_ROWS = 200_000  # data drift compares with a random sample of at m
 
 def f1_on(model: Classifier, features: np.ndarray, labels: np.ndarray) -> float:
     """The F1 of a model's labels on these rows."""
-    shares = confusion_shares(labels, model.predict(features))
-    return float(f1_from_counts(shares[0], shares[1], shares[2]))
+    return labels_f1(labels, model.predict(features))
 
 
 def reference_scores(connection: HistoryStore, champion: DeployedVersion) -> list[ReferenceScore]:
@@ -213,21 +212,18 @@ def judge_candidates(
     champion_window_f1: float,
     window_rows: int,
 ) -> Gate:
-    """The best candidate on the recent rows against the champion: it must gain ``min_gain`` and gain reliably."""
+    """The best candidate on the recent rows against the champion, by the gate's rule (``judge_gain``): it must
+    gain ``min_gain`` and gain reliably."""
     features, labels = recent
     # Ties: the first, so the simplest family and, within it, "all" when configured.
     best = max(candidates, key=lambda candidate: candidate.recent_f1)
-    champion_recent = f1_on(champion.model, features, labels)
-    gain = best.recent_f1 - champion_recent
-    resampled = paired_gain_resamples(
-        labels, champion.model.predict(features), models[best.name].predict(features), PAIRED_RESAMPLES
-    )
-    p_no_gain = float(np.mean(resampled <= 0))
     # The best of several challengers on the same rows is favoured by luck: each of them would have had to
     # clear the bar, so the share allowed is split among them (a Bonferroni correction).
     allowed = (1 - settings.gate_confidence) / len(candidates)
-    # A tolerance, so that a gain of exactly the margin counts despite rounding.
-    passed = gain >= settings.min_gain - 1e-9 and p_no_gain <= allowed
+    verdict = judge_gain(
+        labels, champion.model.predict(features), models[best.name].predict(features), settings.min_gain, 1 - allowed
+    )
+    champion_recent, gain, p_no_gain, passed = verdict.champion_f1, verdict.gain, verdict.p_no_gain, verdict.passed
     others = ", ".join(f"{c.name} {c.recent_f1:.4f}" for c in candidates if c is not best)
     sentence = (
         f"challenger ({best.window.name} window, {best.family}) F1 {best.recent_f1:.4f} against champion "
