@@ -40,7 +40,7 @@ from riskwatch.state.artifacts import MODEL_FILE, MODEL_INFO_FILE, load_model
 from riskwatch.state.records import read_model_info
 from riskwatch.stats.comparison import labels_f1
 from riskwatch.web.app import create_app
-from tests.helpers import write_config
+from tests.helpers import PROJECT_ROOT, write_config
 
 FRESH_ROWS = 20_000
 MAX_CALIBRATION_ERROR = 0.02
@@ -123,6 +123,25 @@ def test_a_more_complex_family_must_pass_the_gates_rule_against_the_simpler_one(
     additive = usual.score_of(ADDITIVE)
     assert additive.compared_with == LINEAR and additive.better and additive.p_no_gain <= 0.05
     assert len(additive.fold_f1) == 5 and usual.family != LINEAR
+
+
+@pytest.mark.slow
+def test_the_families_are_compared_in_a_fresh_interpreter_without_an_import_race():
+    # Two fits on threads: LightGBM's first import (which imports pandas) in one used to leave pandas half
+    # imported for scikit-learn's checks in the other, an AttributeError whenever nothing had imported it before.
+    code = (
+        "import sys; from riskwatch.core.config import ModelSettings, MonitoringSettings;"
+        "import numpy as np; from riskwatch.core.schema import FEATURES;"
+        "from riskwatch.data.generator import WORLDS, generate_clients;"
+        "from riskwatch.model.familychoice import choose_family;"
+        "assert 'pandas' not in sys.modules and 'lightgbm' not in sys.modules;"
+        "c = generate_clients(3000, np.random.default_rng(2), WORLDS['nonlinear']);"
+        "f = np.column_stack([c[name] for name in FEATURES]).astype(np.float64); y = c['exited'];"
+        "print(choose_family(f, y, ModelSettings(), MonitoringSettings()).family)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() in MODEL_FAMILIES
 
 
 @pytest.mark.parametrize("family", MODEL_FAMILIES)

@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from riskwatch.core.config import ModelSettings, MonitoringSettings
-from riskwatch.model.riskmodels import equal_count_calibration_error, fit_risk_model
+from riskwatch.model.riskmodels import equal_count_calibration_error, fit_risk_model, import_family_libraries
 from riskwatch.state.records import FamilyChoice, FamilyScore
 from riskwatch.stats.comparison import judge_gain, labels_f1
 
@@ -65,6 +65,7 @@ def cross_validate(
         model = fit_risk_model(family, features[~held_out], labels[~held_out], settings)
         return model.score(features[held_out])
 
+    import_family_libraries(settings.families)
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(fit_fold, jobs))
     predicted: dict[str, tuple[np.ndarray, np.ndarray]] = {}

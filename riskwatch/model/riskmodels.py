@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -407,6 +408,14 @@ def fit_pipeline(
     if sample_weight is not None and family == ADDITIVE:
         weights["splines__sample_weight"] = sample_weight
     return pipeline.fit(features, labels, **weights)
+
+
+def import_family_libraries(families: Iterable[str]) -> None:
+    """Import what these families fit with, before fits run on threads: a library one thread imports while
+    another fits is half there for the other (LightGBM imports pandas, which scikit-learn's checks then find
+    in ``sys.modules`` without its classes)."""
+    if BOOSTED in families:
+        import lightgbm  # noqa: F401
 
 
 def fit_boosted_pipeline(

@@ -22,6 +22,7 @@ from riskwatch.model.riskmodels import (
     RiskModel,
     equal_count_calibration_error,
     fit_risk_model,
+    import_family_libraries,
 )
 from riskwatch.monitoring.verdicts import RunInputs, Yardsticks
 from riskwatch.state.artifacts import MODEL_FILE
@@ -132,6 +133,7 @@ def train_candidates(inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Y
     # largest fits start first, so the two threads finish together; the results keep the order of ``jobs``.
     cap = config.model.max_fit_rows
     order = sorted(range(len(jobs)), key=lambda index: -fit_cost(jobs[index][3], int(jobs[index][1].sum()), cap))
+    import_family_libraries(config.model.families)
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
         done = dict(zip(order, pool.map(lambda index: train(*jobs[index]), order), strict=True))
     return [done[index] for index in range(len(jobs))]
