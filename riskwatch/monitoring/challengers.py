@@ -26,10 +26,7 @@ from riskwatch.model.riskmodels import (
 )
 from riskwatch.monitoring.verdicts import RunInputs, Yardsticks
 from riskwatch.state.artifacts import MODEL_FILE
-from riskwatch.state.history import (
-    HistoryStore,
-    change_started_batch,
-)
+from riskwatch.state.history import HistoryStore, change_started_batch
 from riskwatch.state.records import CalibrationCheck
 
 log = logging.getLogger("fullprocess")

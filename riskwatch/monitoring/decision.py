@@ -25,9 +25,7 @@ import numpy as np
 from riskwatch.core.config import MonitoringSettings
 from riskwatch.data.batches import IngestedData
 from riskwatch.model.evaluation import read_test_data, score_predictions
-from riskwatch.model.riskmodels import (
-    RiskModel,
-)
+from riskwatch.model.riskmodels import RiskModel
 from riskwatch.monitoring.challengers import CHALLENGER_FOLDER, TrainedChallenger, recency_weights, train_candidates
 from riskwatch.monitoring.verdicts import (
     Action,

@@ -14,17 +14,10 @@ from riskwatch.core.config import Config
 from riskwatch.data.batches import IngestedData, TrainingWindow
 from riskwatch.model.evaluation import EvaluationData
 from riskwatch.state.artifacts import DeployedVersion, utc_now
-from riskwatch.state.history import (
-    DEPLOYED,
-    HistoryStore,
-)
+from riskwatch.state.history import DEPLOYED, HistoryStore
 from riskwatch.state.records import EvaluationWindow, Metrics
 from riskwatch.state.runs import CandidateScore, FeatureDrift, RunFields
-from riskwatch.stats.drift import (
-    ModelDrift,
-    PerformanceEstimate,
-    describe_feature_drift,
-)
+from riskwatch.stats.drift import ModelDrift, PerformanceEstimate, describe_feature_drift
 
 
 @dataclass(frozen=True)
