@@ -5,20 +5,17 @@ for a moment in time."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, TypeGuard
-
-import numpy as np
 
 DASH = "\u2013"  # shown where a value is unknown, missing or damaged
 
 
-def is_number(value: Any) -> TypeGuard[int | float | np.integer[Any] | np.floating[Any]]:
-    """Whether a value can be shown as a number: a finite int or float (numpy's too), never a bool."""
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+def is_number(value: Any) -> TypeGuard[float]:
+    """Whether a value can be shown as a number: a finite int or float, never a bool. numpy's numbers register
+    as ``numbers.Real``, so they count too without this module importing numpy (the history table is printed
+    by a command that loads no data library)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def format_percent(value: Any, digits: int = 1) -> str:
