@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from riskwatch.core.config import Config, load_config
-from riskwatch.cycle.fullprocess import RunRecord, check_for_new_data, find_new_rows, run_full_process
+from riskwatch.cycle.fullprocess import check_for_new_data, run_full_process
+from riskwatch.cycle.newdata import find_new_rows
 from riskwatch.data.generator import load_into_database
 from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.state.artifacts import FINAL_DATA, INGESTED_FILES, INGESTED_RECORD, read_ingestion_record
 from riskwatch.state.history import open_history, read_runs
-from riskwatch.state.runs import RunFields
+from riskwatch.state.stages import StageClock
 from tests.helpers import deploy, free_port, train_and_score, write_clients, write_config, write_database_config
 
 COLUMNS = "corporation, lastmonth_activity, lastyear_activity, number_of_employees, exited"
@@ -207,12 +208,10 @@ def test_rows_loaded_below_the_watermark_are_found_by_the_cheap_check_and_ingest
     ingest(config)  # the count below the watermark is recorded without it
     with contextlib.closing(sqlite3.connect(config.database.url.path)) as connection, connection:
         connection.execute(f"INSERT INTO client_activity (id, {COLUMNS}) VALUES (10, 'late', 1, 2, 3, 0)")
-    record = RunRecord()
-    record.update(RunFields(model_version_before="v0001"))
     with contextlib.closing(open_history(config.history_path)) as connection:
-        new = check_for_new_data(config, connection, record)
-    assert [item.name for item in new.files] == ["client_activity: rows at or below id 1000"]
-    assert any("appeared at or below the id 1000" in warning for warning in record.details["source_warnings"])
+        check = check_for_new_data(config, connection, "v0001", StageClock())
+    assert [item.name for item in check.new.files] == ["client_activity: rows at or below id 1000"]
+    assert any("appeared at or below the id 1000" in warning for warning in check.warnings)
     result = ingest(config)
     assert result.rows_written == 1001 and result.files[-1].rows_kept == 1
 

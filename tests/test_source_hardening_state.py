@@ -7,21 +7,20 @@ import shutil
 from pathlib import Path
 
 from riskwatch.core.config import Config
-from riskwatch.cycle.fullprocess import RunRecord, check_for_new_data
+from riskwatch.cycle.fullprocess import check_for_new_data
 from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.state.artifacts import current_version
 from riskwatch.state.history import open_history
-from riskwatch.state.runs import RunFields
+from riskwatch.state.stages import StageClock
 from tests.helpers import write_clients
 
 
 def new_files(config: Config) -> list[tuple[str, str]]:
     """The files the monitoring job's cheap check finds new, with their status."""
-    record = RunRecord()
-    record.update(RunFields(model_version_before=current_version(config.prod_deployment_path)))
+    version = current_version(config.prod_deployment_path)
     with contextlib.closing(open_history(config.history_path)) as connection:
-        new = check_for_new_data(config, connection, record)
-    return [(item.name, item.status) for item in new.files]
+        check = check_for_new_data(config, connection, version, StageClock())
+    return [(item.name, item.status) for item in check.new.files]
 
 
 def test_a_file_restored_to_its_deployed_content_is_new_again_and_ingested(deployed: Config, tmp_path: Path):

@@ -35,36 +35,37 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from riskwatch.core.cli import build_parser
 from riskwatch.core.config import MODEL_FAMILIES, Config, load_config
-from riskwatch.core.databases import (
-    DatabaseSource,
-    describe_source_state,
-    describe_sources,
-    fetched_from,
-    inspect_source,
-    last_watermark,
-    read_recorded_state,
-    watermark_fits,
-)
+from riskwatch.core.databases import describe_sources
 from riskwatch.core.errors import PipelineError
-from riskwatch.core.files import (
-    LockHeld,
-    atomic_path,
-    changed_within,
-    file_signature,
-    hold_lock,
-    list_data_files,
-    list_names,
-    sha256_file,
-)
+from riskwatch.core.files import LockHeld, atomic_path, hold_lock
 from riskwatch.core.logs import add_log_file, setup_logging
-from riskwatch.core.timings import record_stage_timings
 from riskwatch.cycle.crontab import write_cronjob
+from riskwatch.cycle.newdata import (
+    NewData,
+    SourceCheck,
+    describe_stray,
+    find_new_data,
+    find_new_rows,
+    let_files_settle,
+    read_ingested_now,
+)
+from riskwatch.cycle.runrecord import (
+    IngestionStep,
+    ReportMade,
+    RunEnd,
+    RunRecord,
+    RunSteps,
+    RunWriter,
+    record_of,
+    rejected_count,
+    unlabelled_new,
+)
 
 # Only light modules at the top: a run that finds nothing new must not pay for numpy, pyarrow,
 # pandas or scikit-learn. The stages and the statistics are imported once there is work.
@@ -73,7 +74,6 @@ from riskwatch.state.artifacts import (
     DIAGNOSTICS_FILE,
     EVALUATION_WINDOW_FILE,
     INGESTED_FILES,
-    INGESTION_REPORT,
     LATEST_SCORE_FILE,
     METRICS_FILE,
     MISSING_CACHE_FILE,
@@ -84,8 +84,6 @@ from riskwatch.state.artifacts import (
     current_version_folder,
     load_deployed_version,
     read_ingested_files,
-    read_ingestion_record,
-    read_ingestion_report,
     utc_now,
 )
 from riskwatch.state.history import (
@@ -108,7 +106,7 @@ from riskwatch.state.records import (
     read_model_version,
     write_evaluation_window,
 )
-from riskwatch.state.runs import AlertRecord, FeatureDrift, JsonObject, RunFields, RunFile
+from riskwatch.state.runs import AlertRecord, RunFields
 from riskwatch.state.stages import StageClock, StageFailed
 
 if TYPE_CHECKING:  # imported where used: a run with nothing new imports no data-science library
@@ -116,7 +114,6 @@ if TYPE_CHECKING:  # imported where used: a run with nothing new imports no data
 
     from riskwatch.data.batches import IngestedData
     from riskwatch.monitoring.verdicts import Assessment
-    from riskwatch.stages.ingestion_sources import IngestionResult
     from riskwatch.state.artifacts import DeployedVersion, IngestedFile
 
 log = logging.getLogger("fullprocess")
@@ -128,58 +125,6 @@ PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
 ALERTS_LOG_FILE = "alerts.log"
 ALERT_DETAILS = ("new_rows", "new_data_f1", "drift_threshold", "estimated_f1", "winning_window", "failed_stage")
 API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
-
-
-@dataclass
-class SourceFile:
-    """A file in the source folder (or a fetch from the database) that the deployed model has not seen."""
-
-    name: str
-    path: Path | None  # None: rows of the database
-    sha256: str | None  # None: rows past the watermark, not fetched yet
-    status: str  # "new", or "edited" when a file of that name was trained on with other content
-
-
-@dataclass
-class NewData:
-    files: list[SourceFile]
-    stray: list[str]
-    known: int
-    waiting: set[str] = field(default_factory=set)  # hashes of files whose rows wait for more to be tested
-    arriving: list[str] = field(default_factory=list)  # files still changing: read on a later run
-    fetched_before: set[str] = field(default_factory=set)  # hashes of the database fetches ingested before this run
-
-
-@dataclass
-class RunRecord:
-    """What a run did, collected as it goes and written to the history at the end."""
-
-    fields: RunFields = field(default_factory=RunFields)
-    files: list[RunFile] = field(default_factory=list)
-    feature_drift: list[FeatureDrift] = field(default_factory=list)
-    clock: StageClock = field(default_factory=StageClock)
-    details: JsonObject = field(default_factory=dict)
-    rows_saved: bool = False
-    timings_kept: set[str] = field(default_factory=set)
-
-    def update(self, changes: RunFields) -> None:
-        """Take the fields ``changes`` knows (those not None) in place of the ones recorded so far."""
-        self.fields = self.fields.updated(changes)
-
-    def keep_timings(self, output_model_path: Path, run_id: int) -> None:
-        """Add the stages timed since the last call to the stage-timing records diagnostics reports."""
-        fresh = {stage: seconds for stage, seconds in self.clock.timings.items() if stage not in self.timings_kept}
-        record_stage_timings(output_model_path, fresh, f"fullprocess.py run {run_id}")
-        self.timings_kept.update(fresh)
-
-    def save(self, connection: HistoryStore, run_id: int) -> None:
-        """Write the run as it stands to the history (its files and drift rows once)."""
-        fields = self.fields.updated(RunFields(timings=self.clock.timings, details=self.details or None))
-        if self.rows_saved:
-            save_run(connection, run_id, fields)
-        else:
-            save_run(connection, run_id, fields, self.files, self.feature_drift)
-        self.rows_saved = True
 
 
 # ---------------------------------------------------------------- locking and stages
@@ -195,146 +140,31 @@ def run_lock(prod_deployment_path: Path) -> contextlib.AbstractContextManager[Pa
 # ---------------------------------------------------------------- 1. new data (light)
 
 
-@dataclass(frozen=True)
-class IngestedNow:
-    """What the ingested data holds now: the content hashes of its files, and the files its last run left out as bad."""
-
-    hashes: frozenset[str]
-    rejected: frozenset[str]
-
-    def holds(self, path: Path, digest: str) -> bool:
-        """Whether this content is what the ingested data holds now (or was left out as bad, and would be again)."""
-        return digest in self.hashes or path.name in self.rejected
-
-
-def read_ingested_now(output_folder_path: Path) -> IngestedNow:
-    """What ``finaldata.csv`` and the unlabelled clients are made of now, from the ingestion record and report.
-
-    A report that cannot be read names no rejected file: those files are then read again, and left out again.
-    """
-    record = read_ingestion_record(output_folder_path / INGESTED_FILES)
-    rejected: frozenset[str] = frozenset()
-    if (output_folder_path / INGESTION_REPORT).exists():
-        try:
-            rejected = frozenset(read_ingestion_report(output_folder_path / INGESTION_REPORT).rejected)
-        except PipelineError as exc:
-            log.warning("%s; the files it left out are read again", exc)
-    return IngestedNow(frozenset(entry.sha256 for entry in record.files), rejected)
-
-
-def find_new_data(
-    input_folder_path: Path, trained_on: dict[str, Any], decided: set[str], ingested: IngestedNow | None = None
-) -> NewData:
-    """The source files whose content neither the deployed model nor an earlier decision has seen.
-
-    With ``ingested``, content seen before counts as known only while the ingested data holds it: a
-    file restored to an earlier content (or flipped back to labelled) is new again, as ingestion reads it.
-    """
-    if not input_folder_path.is_dir():
-        raise PipelineError(f"input folder {input_folder_path} does not exist")
-    data_files, ignored = list_data_files(input_folder_path)
-    known_hashes = {entry.sha256 for entry in trained_on.values()} | decided
-    files, known = [], 0
-    for path in data_files:
-        digest = sha256_file(path)
-        if digest in known_hashes and (ingested is None or ingested.holds(path, digest)):
-            known += 1
-            continue
-        files.append(SourceFile(path.name, path, digest, "edited" if path.name in trained_on else "new"))
-    return NewData(files, [path.name for path in ignored], known)
-
-
-def find_new_rows(
-    source: DatabaseSource, output_folder_path: Path, trained_on: dict[str, Any], decided: set[str]
-) -> tuple[list[SourceFile], set[str], list[str]]:
-    """Fetches ingested but not decided on, rows past the watermark or late below it (a few cheap queries); the
-    fetches' hashes; and the warnings the table's state is worth (a table that went back, NULL or bad watermarks).
-
-    Raises PipelineError in one sentence when the database cannot be reached.
-    """
-    fetched = fetched_from(read_ingestion_record(output_folder_path / INGESTED_FILES).files, source)
-    known = {entry.sha256 for entry in trained_on.values()} | decided
-    files = [SourceFile(entry.name, None, entry.sha256, "new") for entry in fetched if entry.sha256 not in known]
-    recorded = read_recorded_state(output_folder_path, source) if fetched else None
-
-    def choose_watermark(kind: str) -> Any:
-        """The last watermark of the column's kind (one recorded from a bad row, text in an integer column, is
-        passed over); with none, the one ingestion kept after reading the table again, so that an old bad
-        record does not send every run down the heavy path."""
-        found = last_watermark(fetched, source, kind)
-        if found is None and recorded is not None and watermark_fits(recorded.watermark, kind):
-            return recorded.watermark
-        return found
-
-    watermark, state = inspect_source(source, choose_watermark)
-    before = recorded.rows_at_or_below if recorded is not None and recorded.watermark == watermark else None
-    warnings = describe_source_state(source, state, watermark, before)
-    if state.past:
-        past = "" if watermark is None else f" past {source.watermark} {watermark}"
-        files.append(SourceFile(f"{source.table}: rows{past}", None, None, "new"))
-    elif before is not None and state.at_or_below > before:
-        files.append(SourceFile(f"{source.table}: rows at or below {source.watermark} {watermark}", None, None, "new"))
-    return files, {entry.sha256 for entry in fetched}, warnings
-
-
-def note_source_warnings(record: RunRecord, warnings: list[str]) -> None:
-    """Log what the sources are worth a person's attention for, and keep it in the run's details (the history)."""
-    fresh = [warning for warning in warnings if warning not in record.details.get("source_warnings", [])]
-    for warning in fresh:
-        log.warning("%s", warning)
-    if fresh:
-        record.details["source_warnings"] = [*record.details.get("source_warnings", []), *fresh]
-
-
-def note_fetches(record: RunRecord, new: NewData, ingested: list[Any]) -> None:
-    """Record the database fetches this run ingested (by content hash) in place of "rows past the watermark"."""
-    record.files = [row for row in record.files if row.sha256 is not None or row.status != "new"]
-    record.files += [
-        RunFile(entry.name, "new", entry.sha256)
-        for entry in ingested
-        if entry.source and entry.sha256 not in new.fetched_before
-    ]
-
-
-def let_files_settle(new: NewData, settle_seconds: float) -> None:
-    """Wait (at most ``settle_seconds``) for new files modified just now to stop changing; set aside any that did not.
-
-    A file being copied in grows while it is copied: read then, its first rows would count as
-    arrived in this batch and the rest in the next. The ones still changing go to ``new.arriving``
-    and are read on a later run, whole.
-    """
-    recent = {}
-    for item in new.files:
-        if item.path is None:  # rows of the database: fetched whole, up to the watermark of the moment
-            continue
-        signature = file_signature(item.path)
-        if changed_within(signature, settle_seconds):
-            recent[item.name] = signature
-    if not recent:
-        return
-    newest = max(signature[1] for signature in recent.values())
-    wait = min(settle_seconds, max(0.0, settle_seconds - (time.time_ns() - newest) / 1e9))
-    log.info("waiting %.1f s for %s to stop changing", wait, ", ".join(sorted(recent)))
-    time.sleep(wait)
-    for item in list(new.files):
-        if item.name not in recent or item.path is None:
-            continue
-        try:
-            unchanged = file_signature(item.path) == recent[item.name]
-        except OSError:
-            unchanged = False
-        if not unchanged:
-            new.files.remove(item)
-            new.arriving.append(item.name)
-    if new.arriving:
-        log.info("still changing, read on a later run: %s", ", ".join(new.arriving))
-
-
-def describe_stray(stray: list[str]) -> str:
-    if not stray:
-        return ""
-    shown = list_names(stray)
-    return f"; ignored {len(stray)} file(s) that are not data ({shown})"
+def check_for_new_data(config: Config, connection: HistoryStore, version: str | None, clock: StageClock) -> SourceCheck:
+    """Step 1: the new files and database rows (``version``: the serving one; None: everything is new)."""
+    with clock.stage("check"):
+        if version is None:  # nothing serves: every data file is new, whatever earlier runs decided
+            trained_on, decided = {}, set()
+        else:
+            trained_on = read_ingested_files(current_version_folder(config.prod_deployment_path) / INGESTED_FILES)
+            decided = decided_hashes(connection)
+        new = NewData(())
+        if config.input_folder_path is not None:
+            ingested = read_ingested_now(config.output_folder_path)
+            new = find_new_data(config.input_folder_path, trained_on, decided, ingested)
+        warnings: list[str] = []
+        if config.database is not None:
+            rows, fetched_before, warnings = find_new_rows(
+                config.database, config.output_folder_path, trained_on, decided
+            )
+            new = replace(new, files=new.files + tuple(rows), fetched_before=frozenset(fetched_before))
+        for warning in dict.fromkeys(warnings):
+            log.warning("%s", warning)
+        if version:
+            new = replace(new, waiting=frozenset(waiting_hashes(connection)))
+    with clock.stage("settle"):
+        new = let_files_settle(new, config.monitoring.settle_seconds)
+    return SourceCheck(new, tuple(dict.fromkeys(warnings)))
 
 
 # ---------------------------------------------------------------- 2-6. the work (heavy modules imported here)
@@ -350,31 +180,45 @@ def missing_percent(paths: list[Path], output_model_path: Path) -> dict[str, Any
     return {"overall": round(overall, 4), "columns": percents, "rows": missing["rows"]}
 
 
-def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> RunFields:
-    """Nothing is deployed yet: ingest, train, score and deploy without a gate; return the run's fields."""
-    from riskwatch.model.evaluation import score_model
-    from riskwatch.stages.deployment import publish_deployment
-    from riskwatch.stages.ingestion import ingest_folder
-    from riskwatch.stages.scoring import write_scores
-    from riskwatch.stages.training import train_from_folder
+def ingest_sources(
+    config: Config, clock: StageClock, check: SourceCheck, champion: DeployedVersion | None = None
+) -> IngestionStep:
+    """Step 2: ingest the new files (the serving model's cached rows kept); with the new files' missing cells.
 
-    clock = record.clock
+    Logs the source warnings the check had not given already.
+    """
+    from riskwatch.stages.ingestion import ingest_folder
+
     with clock.stage("ingestion"):
-        ingested = ingest_folder(
+        result = ingest_folder(
             config.input_folder_path,
             config.output_folder_path,
+            keep_parsed=keep_hashes(champion) if champion is not None else frozenset(),
             settle_seconds=config.monitoring.settle_seconds,
             database=config.database,
             block_bytes=config.ingestion.batch_bytes,
         )
-        note_fetches(record, new, ingested.files)
-        note_source_warnings(record, ingested.warnings)
+        for warning in dict.fromkeys(result.warnings):
+            if warning not in check.warnings:
+                log.warning("%s", warning)
+    if champion is None:  # the first model: every file it ingested is new
         folder = config.input_folder_path
-        missing = missing_percent(
-            [folder / entry.name for entry in ingested.files if folder and not entry.source], config.output_model_path
-        )
-    record.details["missing_data"] = missing
-    mark_unlabelled(record, ingested.unlabelled)
+        paths = [folder / entry.name for entry in result.files if folder and not entry.source]
+    else:
+        paths = [item.path for item in check.new.files if item.path]
+    with clock.stage("ingestion" if champion is None else "new rows"):
+        return IngestionStep(result, missing_percent(paths, config.output_model_path))
+
+
+def deploy_first_model(config: Config, steps: RunSteps, check: SourceCheck) -> None:
+    """Nothing is deployed yet: ingest, train, score and deploy without a gate."""
+    from riskwatch.model.evaluation import score_model
+    from riskwatch.stages.deployment import publish_deployment
+    from riskwatch.stages.scoring import write_scores
+    from riskwatch.stages.training import train_from_folder
+
+    clock = steps.clock
+    steps.ingestion = ingested = ingest_sources(config, clock, check)
     with clock.stage("training"):
         info = train_from_folder(config.output_folder_path, config.output_model_path, config.model, config.monitoring)
     with clock.stage("scoring"):
@@ -384,13 +228,13 @@ def deploy_first_model(config: Config, record: RunRecord, new: NewData) -> RunFi
         deployed = publish_deployment(
             config.output_model_path, config.output_folder_path, config.prod_deployment_path, config.keep_versions
         )
-    return RunFields(
+    steps.outcome = RunFields(
         outcome=FIRST_DEPLOYMENT,
         first_batch=1,
         last_batch=info.training_window.last_batch if info.training_window else None,
-        new_rows=ingested.rows_written,
-        ingested_rows=ingested.rows_written,
-        missing_percent=missing["overall"],
+        new_rows=ingested.result.rows_written,
+        ingested_rows=ingested.result.rows_written,
+        missing_percent=ingested.missing_overall,
         deployed_f1=metrics.f1,
         challenger_test_f1=metrics.f1,
         model_version_after=deployed.version,
@@ -418,70 +262,46 @@ def find_watermark(connection: HistoryStore, champion: DeployedVersion, batch_be
     return max(known) if known else batch_before
 
 
-def assess_new_data(config: Config, connection: HistoryStore, record: RunRecord, new: NewData) -> RunFields:
-    """Ingest the new files, decide on the rows that arrived (drift, challengers, gate), deploy a winner.
+def assess_new_data(config: Config, connection: HistoryStore, steps: RunSteps, check: SourceCheck) -> None:
+    """Ingest the new files, decide on the rows that arrived (drift, challengers, gate), deploy a winner."""
+    from riskwatch.data.batches import read_ingested_data
 
-    Returns the run's fields.
-    """
-    with record.clock.stage("champion load"):
+    with steps.clock.stage("champion load"):
         champion = load_deployed_version(current_version_folder(config.prod_deployment_path))
-    ingested, data, missing = ingest_new_files(config, record, new, champion)
-    left_out = mark_rejected(record, ingested.rejected)
-    unlabelled = mark_unlabelled(record, ingested.unlabelled)
-    batch_before = ingested.batch - 1 if ingested.batch else data.latest_batch
+    steps.ingestion = ingested = ingest_sources(config, steps.clock, check, champion)
+    with steps.clock.stage("new rows"):
+        data = read_ingested_data(config.output_folder_path)
+    result = ingested.result
+    batch_before = result.batch - 1 if result.batch else data.latest_batch
     watermark = find_watermark(connection, champion, batch_before)
-    if left_out == len(new.files) and not data.in_batches(watermark + 1).any():
-        return RunFields(
+    if rejected_count(steps) == len(check.new.files) and not data.in_batches(watermark + 1).any():
+        steps.outcome = RunFields(
             outcome=NO_NEW_DATA,
-            ingested_rows=ingested.rows_written,
-            decision=f"no new data: the new file(s) were left out ({'; '.join(ingested.rejected.values())}); "
+            ingested_rows=result.rows_written,
+            decision=f"no new data: the new file(s) were left out ({'; '.join(result.rejected.values())}); "
             f"{champion.version} serves",
         )
-    assessment = decide_on_new_rows(config, connection, record, champion, data, watermark, unlabelled)
-    record.feature_drift = list(assessment.findings.feature_drift)
+        return
+    assessment = decide_on_new_rows(config, connection, steps.clock, champion, data, watermark, unlabelled_new(steps))
+    steps.feature_drift = tuple(assessment.findings.feature_drift)
     measured = RunFields(
-        ingested_rows=ingested.rows_written,
-        missing_percent=missing,
+        ingested_rows=result.rows_written,
+        missing_percent=ingested.missing_overall,
         deployed_f1=champion.metrics.f1,
         model_family=champion.model_info.family or MODEL_FAMILIES[0],  # written before families: linear
     )
-    deployed = deploy_winner(config, record.clock, assessment)
+    deployed = deploy_winner(config, steps.clock, assessment)
     window = assessment.action.window
     if window is not None:
         serving = deployed.model_version_after or champion.version
         write_evaluation_window(config.output_model_path / EVALUATION_WINDOW_FILE, window.to_record(serving))
-    return measured.updated(assessment.history_fields()).updated(deployed)
-
-
-def ingest_new_files(
-    config: Config, record: RunRecord, new: NewData, champion: DeployedVersion
-) -> tuple[IngestionResult, IngestedData, float]:
-    """Ingest the new files (the serving model's cached rows kept) and read the rows; with the new files' missing %."""
-    from riskwatch.data.batches import read_ingested_data
-    from riskwatch.stages.ingestion import ingest_folder
-
-    with record.clock.stage("ingestion"):
-        ingested = ingest_folder(
-            config.input_folder_path,
-            config.output_folder_path,
-            keep_parsed=keep_hashes(champion),
-            settle_seconds=config.monitoring.settle_seconds,
-            database=config.database,
-            block_bytes=config.ingestion.batch_bytes,
-        )
-        note_fetches(record, new, ingested.files)
-        note_source_warnings(record, ingested.warnings)
-    with record.clock.stage("new rows"):
-        data = read_ingested_data(config.output_folder_path)
-        missing = missing_percent([item.path for item in new.files if item.path], config.output_model_path)
-    record.details["missing_data"] = missing
-    return ingested, data, float(missing["overall"])
+    steps.outcome = measured.updated(assessment.history_fields()).updated(deployed)
 
 
 def decide_on_new_rows(
     config: Config,
     connection: HistoryStore,
-    record: RunRecord,
+    clock: StageClock,
     champion: DeployedVersion,
     data: IngestedData,
     watermark: int,
@@ -493,10 +313,10 @@ def decide_on_new_rows(
 
     inputs = RunInputs(config, connection, champion, data, watermark)
     if unlabelled and not data.in_batches(watermark + 1).any():
-        with record.clock.stage("unlabelled rows"):
+        with clock.stage("unlabelled rows"):
             features = read_unlabelled_features(config.output_folder_path, unlabelled)
-        return assess_unlabelled(inputs, record.clock, features)
-    return assess(inputs, record.clock)
+        return assess_unlabelled(inputs, clock, features)
+    return assess(inputs, clock)
 
 
 def deploy_winner(config: Config, clock: StageClock, assessment: Assessment) -> RunFields:
@@ -520,28 +340,6 @@ def deploy_winner(config: Config, clock: StageClock, assessment: Assessment) -> 
     )
 
 
-def mark_rejected(record: RunRecord, rejected: dict[str, str]) -> int:
-    """Record the new files ingestion left out as bad, so they are not new again until edited; return how many."""
-    marked = [row.name in rejected and row.status in ("new", "edited") for row in record.files]
-    record.files = [
-        replace(row, status="rejected", note=rejected[row.name]) if bad else row
-        for row, bad in zip(record.files, marked, strict=True)
-    ]
-    return sum(marked)
-
-
-def mark_unlabelled(record: RunRecord, unlabelled: list[IngestedFile]) -> list[IngestedFile]:
-    """Record the new files ingestion read as unlabelled as such; return their ingestion entries."""
-    new = {entry.sha256: entry for entry in unlabelled}
-    marked = [row.sha256 in new and row.status in ("new", "edited") for row in record.files]
-    note = "no exited column: ranked as current clients, never trained on"
-    record.files = [
-        replace(row, status="unlabelled", note=note) if found else row
-        for row, found in zip(record.files, marked, strict=True)
-    ]
-    return [new[row.sha256] for row, found in zip(record.files, marked, strict=True) if found and row.sha256]
-
-
 def read_unlabelled_features(output_folder_path: Path, files: list[IngestedFile]) -> np.ndarray:
     """The features (float64, one column per feature) of the valid rows of these unlabelled files, as ingested."""
     import numpy as np
@@ -558,60 +356,38 @@ def keep_hashes(champion: DeployedVersion) -> frozenset[str]:
     return frozenset(entry.sha256 for entry in read_ingested_files(champion.folder / INGESTED_FILES).values())
 
 
-def after_deployment(config: Config, record: RunRecord) -> None:
+def after_deployment(config: Config, steps: RunSteps) -> None:
     """Diagnostics, the report and the API calls for the model just deployed."""
-    import requests
-
     from riskwatch.report.reporting import write_report
-    from riskwatch.stages.apicalls import write_api_returns
     from riskwatch.stages.diagnostics import write_diagnostics
 
-    with record.clock.stage("diagnostics"):
+    with steps.clock.stage("diagnostics"):
         write_diagnostics(config, config.diagnostics.timing_runs)
-    with record.clock.stage("reporting"):
+    with steps.clock.stage("reporting"):
         report = write_report(config, plot_name=PLOT_AFTER_DEPLOYMENT)
-        record.details["report"] = {"plot": str(report["plot"]), "pdf": str(report["pdf"])}
-    with record.clock.stage("apicalls"):
-        url = config.api.url.rstrip("/")
-        try:
-            requests.get(f"{url}/health", timeout=3)
-        except requests.RequestException as exc:
-            log.warning(
-                "the API at %s is not running (%s); API calls skipped; the deployment stands", url, type(exc).__name__
-            )
-            record.details["apicalls"] = f"skipped: the API at {url} is not running"
-            return
-        record.details["apicalls"] = str(write_api_returns(config, url, API_RETURNS_AFTER_DEPLOYMENT))
+        steps.report = ReportMade(str(report["plot"]), str(report["pdf"]))
+    with steps.clock.stage("apicalls"):
+        steps.apicalls = call_api(config)
+
+
+def call_api(config: Config) -> str:
+    """Call the API's endpoints and write their answers; return the file, or why the calls were skipped."""
+    import requests
+
+    from riskwatch.stages.apicalls import write_api_returns
+
+    url = config.api.url.rstrip("/")
+    try:
+        requests.get(f"{url}/health", timeout=3)
+    except requests.RequestException as exc:
+        log.warning(
+            "the API at %s is not running (%s); API calls skipped; the deployment stands", url, type(exc).__name__
+        )
+        return f"skipped: the API at {url} is not running"
+    return str(write_api_returns(config, url, API_RETURNS_AFTER_DEPLOYMENT))
 
 
 # ---------------------------------------------------------------- the run
-
-
-def check_for_new_data(config: Config, connection: HistoryStore, record: RunRecord) -> NewData:
-    with record.clock.stage("check"):
-        version = record.fields.model_version_before
-        if version is None:  # nothing serves: every data file is new, whatever earlier runs decided
-            trained_on, decided = {}, set()
-        else:
-            trained_on = read_ingested_files(current_version_folder(config.prod_deployment_path) / INGESTED_FILES)
-            decided = decided_hashes(connection)
-        new = NewData([], [], 0)
-        if config.input_folder_path is not None:
-            ingested = read_ingested_now(config.output_folder_path)
-            new = find_new_data(config.input_folder_path, trained_on, decided, ingested)
-        if config.database is not None:
-            rows, new.fetched_before, warnings = find_new_rows(
-                config.database, config.output_folder_path, trained_on, decided
-            )
-            new.files += rows
-            note_source_warnings(record, warnings)
-        new.waiting = waiting_hashes(connection) if version else set()
-    with record.clock.stage("settle"):
-        let_files_settle(new, config.monitoring.settle_seconds)
-    record.files = [RunFile(item.name, item.status, item.sha256) for item in new.files]
-    record.files += [RunFile(name, "arriving", note="still changing; read later") for name in new.arriving]
-    record.update(RunFields(new_files=len(new.files)))
-    return new
 
 
 def reports_outdated(config: Config, version: str | None) -> bool:
@@ -623,19 +399,31 @@ def reports_outdated(config: Config, version: str | None) -> bool:
     return any(made_version != version for made_version in made)
 
 
-def run_once(config: Config, connection: HistoryStore, record: RunRecord, run_id: int) -> None:
-    """Decide what this run does and do it, filling ``record``."""
-    new = check_for_new_data(config, connection, record)
-    version = record.fields.model_version_before
-    waiting = [item for item in new.files if item.sha256 in new.waiting]
-    if len(waiting) == len(new.files):
-        arriving = f"; still changing, read on a later run: {', '.join(new.arriving)}" if new.arriving else ""
-        warned = record.details.get("source_warnings", [])
-        warnings = f"; {len(warned)} source warning(s): {'; '.join(warned)}" if warned else ""
-        record.update(RunFields(outcome=NO_NEW_DATA, decision=f"no new data{arriving}{warnings}"))
-        note = f"; {len(waiting)} file(s) wait for more rows to test for drift" if waiting else ""
-        note += arriving
-        if not reports_outdated(config, version):
+def describe_no_new_data(check: SourceCheck, outdated_for: str | None) -> str:
+    """The decision of a run with nothing new (``outdated_for``: the version whose diagnostics and report it made)."""
+    new = check.new
+    warned = check.warnings
+    warnings = f"; {len(warned)} source warning(s): {'; '.join(warned)}" if warned else ""
+    if outdated_for is not None:
+        return f"no new data; made the diagnostics, report and API calls for {outdated_for}{warnings}"
+    arriving = f"; still changing, read on a later run: {', '.join(new.arriving)}" if new.arriving else ""
+    return f"no new data{arriving}{warnings}"
+
+
+def run_once(config: Config, connection: HistoryStore, steps: RunSteps, writer: RunWriter) -> None:
+    """Decide what this run does and do it, keeping each step's value in ``steps``."""
+    version = steps.version_before
+    steps.check = check = check_for_new_data(config, connection, version, steps.clock)
+    new = check.new
+    if new.nothing_to_decide:
+        outdated = reports_outdated(config, version)
+        steps.outcome = RunFields(
+            outcome=NO_NEW_DATA, decision=describe_no_new_data(check, version if outdated else None)
+        )
+        if not outdated:
+            waiting = new.waiting_files
+            note = f"; {len(waiting)} file(s) wait for more rows to test for drift" if waiting else ""
+            note += f"; still changing, read on a later run: {', '.join(new.arriving)}" if new.arriving else ""
             log.info(
                 "no new data in %s (%d file(s), all seen before%s)%s; nothing to do",
                 describe_sources(config.input_folder_path, config.database),
@@ -647,13 +435,9 @@ def run_once(config: Config, connection: HistoryStore, record: RunRecord, run_id
         log.warning(
             "no new data, but the diagnostics and report are not those of %s, which serves; making them", version
         )
-        record.update(
-            RunFields(decision=f"no new data; made the diagnostics, report and API calls for {version}{warnings}")
-        )
-        record.save(connection, run_id)
-        after_deployment(config, record)
+        writer.save(record_of(steps))
+        after_deployment(config, steps)
         return
-    record.files += [RunFile(name, "stray", note="not a data file; ignored") for name in new.stray]
     log.info(
         "%d new or edited file(s) in %s: %s%s",
         len(new.files),
@@ -662,14 +446,15 @@ def run_once(config: Config, connection: HistoryStore, record: RunRecord, run_id
         describe_stray(new.stray),
     )
     if version is None:
-        record.update(deploy_first_model(config, record, new))
+        deploy_first_model(config, steps, check)
     else:
-        record.update(assess_new_data(config, connection, record, new))
-    if record.fields.outcome in (DEPLOYED, FIRST_DEPLOYMENT):
-        record.save(connection, run_id)  # the report made next shows this run in its trends
-        record.keep_timings(config.output_model_path, run_id)  # and the diagnostics its stages' timings
-        after_deployment(config, record)
-    log.info("decision: %s", record.fields.decision)
+        assess_new_data(config, connection, steps, check)
+    outcome = steps.outcome or RunFields()
+    if outcome.outcome in (DEPLOYED, FIRST_DEPLOYMENT):
+        writer.save(record_of(steps))  # the report made next shows this run in its trends
+        writer.keep_timings(config.output_model_path, steps.clock.timings)  # and the diagnostics its stages' timings
+        after_deployment(config, steps)
+    log.info("decision: %s", outcome.decision)
 
 
 def alert_kind(fields: RunFields) -> str | None:
@@ -776,34 +561,30 @@ def describe_failure(exc: BaseException, fields: RunFields, serving: str | None)
 
 
 def finish_run(
-    config: Config,
-    connection: HistoryStore,
-    record: RunRecord,
-    run_id: int,
-    clock: float,
-    failure: BaseException | None,
-) -> None:
-    """Record how the run ended (and its stages' timings), then alert; a run that cannot be recorded fails."""
-    record.fields = replace(
-        record.fields,
-        finished_at=utc_now(),
-        seconds=round(time.perf_counter() - clock, 3),
-        model_version_after=current_version(config.prod_deployment_path),
-    )
+    config: Config, steps: RunSteps, writer: RunWriter, clock: float, failure: BaseException | None
+) -> RunRecord:
+    """Record how the run ended (and its stages' timings), then alert; return the record.
+
+    A run that cannot be recorded fails (StageFailed("history")).
+    """
+    steps.end = RunEnd(utc_now(), round(time.perf_counter() - clock, 3), current_version(config.prod_deployment_path))
+    record = record_of(steps)
     if record.fields.outcome != NO_NEW_DATA:
-        record.keep_timings(config.output_model_path, run_id)
+        writer.keep_timings(config.output_model_path, steps.clock.timings)
     unrecorded: StageFailed | None = None
+    alerted = record.fields
     try:
-        record.save(connection, run_id)
+        writer.save(record)
     except PipelineError as exc:
         unrecorded = StageFailed("history", str(exc))
         if failure is None:  # the alert says the run failed, as its exit code will
-            record.update(describe_failure(unrecorded, record.fields, record.fields.model_version_after))
-    send_alert(config, record.fields, run_id, None if unrecorded else connection)
+            alerted = alerted.updated(describe_failure(unrecorded, alerted, alerted.model_version_after))
+    send_alert(config, alerted, writer.run_id, None if unrecorded else writer.connection)
     if unrecorded is not None:
         if failure is None:
             raise unrecorded from None
         log.error("the run could not be recorded: %s", unrecorded.message)
+    return record
 
 
 def run_full_process(config: Config) -> RunFields:
@@ -818,17 +599,18 @@ def run_full_process(config: Config) -> RunFields:
         alert_unrecorded_failure(config, exc, started)
         raise
     with contextlib.closing(connection):
-        record = RunRecord()
-        record.update(RunFields(started_at=started, model_version_before=version, model_version_after=version))
+        steps = RunSteps(RunFields(started_at=started, model_version_before=version, model_version_after=version))
+        writer = RunWriter(connection, run_id)
         failure: BaseException | None = None
         try:
-            run_once(config, connection, record, run_id)
+            run_once(config, connection, steps, writer)
         except (StageFailed, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM (see main)
             failure = exc
-            record.update(describe_failure(exc, record.fields, current_version(config.prod_deployment_path)))
+            so_far = record_of(steps).fields
+            steps.failure = describe_failure(exc, so_far, current_version(config.prod_deployment_path))
             raise
         finally:
-            finish_run(config, connection, record, run_id, clock, failure)
+            record = finish_run(config, steps, writer, clock, failure)
     return record.fields
 
 
