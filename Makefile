@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast test-soak ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-api-memory bench-price bench-health bench-fullprocess bench-cycle bench-families bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
+.PHONY: help run test test-fast test-soak ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-api-memory bench-price bench-health bench-fullprocess bench-cycle bench-families bench-estimate bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -94,6 +94,8 @@ bench-fullprocess: $(VENV)/.installed ## benchmark fullprocess.py: no-op run, 10
 	$(PY) -m bench.bench_fullprocess
 bench-cycle: $(VENV)/.installed ## benchmark the whole drift-retrain-deploy-report cycle and make run (OLD=path: earlier code beside)
 	$(PY) -m bench.bench_cycle --big $(if $(OLD),--old $(OLD))
+bench-estimate: $(VENV)/.installed ## how often the label-free estimate's interval holds the F1 measured later (50 batches a world)
+	$(PY) -m bench.bench_estimate
 bench-families: $(VENV)/.installed ## the model families side by side: F1 against the Bayes-optimal, calibration, fit and one-row time
 	$(PY) -m bench.bench_families
 bench-database: $(VENV)/.installed ## benchmark a database source: 1,000,000 rows from PostgreSQL and SQLite, the no-op check

@@ -10,17 +10,17 @@ from riskwatch.core.config import MonitoringSettings
 from riskwatch.core.schema import FEATURES
 from riskwatch.data.generator import SHIFTED, STABLE, generate_clients
 from riskwatch.state.history import ReferenceScore
+from riskwatch.stats.calibration import calibration_error, fit_calibration
 from riskwatch.stats.drift import (
     bootstrap_f1,
-    calibration_error,
     check_model_drift,
     describe_feature_drift,
     drift_threshold,
-    estimate_performance,
     f1_from_counts,
     feature_drift,
     resampled_f1,
 )
+from riskwatch.stats.estimate import estimate_performance
 
 SHARES = np.array([0.16, 0.10, 0.09, 0.65])  # tp, fp, fn, tn: F1 about 0.63, as the shipped model scores
 
@@ -164,6 +164,50 @@ def test_f1_estimated_from_probabilities_alone_matches_the_labels_on_30_batches(
     print("\n" + "\n".join(table) + f"\nmedian |error| {np.median(errors):.4f}; covered {np.mean(covered):.0%}")
     assert np.median(errors) <= 0.03
     assert np.mean(covered) >= 0.9
+
+
+def test_the_estimates_interval_covers_the_measured_f1_on_100_batches_of_1000_rows(shipped_like_model):
+    """At least 93% in each world, stable and shifted, counting the calibration's doubt (the interval widens)."""
+    test_features, test_labels = world_arrays("stable", 3_000, 2)  # the test data: rows the model never saw
+    fit = fit_calibration(test_labels, shipped_like_model.predict_proba(test_features)[:, 1])
+    assert fit is not None and fit.rows == 3_000
+    table = []
+    for world in ("stable", "shifted"):
+        covered, widened = [], []
+        for seed in range(1_000, 1_050):
+            features, labels = world_arrays(world, 1_000, seed)
+            probabilities = shipped_like_model.predict_proba(features)[:, 1]
+            predicted = shipped_like_model.predict(features)
+            honest = estimate_performance(probabilities, predicted, fit)
+            labels_only = estimate_performance(probabilities, predicted)
+            covered.append(honest.f1_low <= measured_f1(labels, predicted) <= honest.f1_high)
+            widened.append((honest.f1_high - honest.f1_low) / (labels_only.f1_high - labels_only.f1_low))
+        table.append(f"{world:8} covered {np.mean(covered):.0%} of 50; interval x{np.median(widened):.3f} wider")
+        assert np.mean(covered) >= 0.93, table[-1]
+        assert 1.0 < np.median(widened) < 1.5, table[-1]
+    print("\n" + "\n".join(table))
+
+
+def test_the_calibration_fit_recovers_a_known_miscalibration_and_its_doubt_shrinks_with_rows():
+    rng = np.random.default_rng(5)
+    fits = {}
+    for rows in (2_000, 20_000):
+        probabilities = rng.uniform(0.02, 0.9, rows)
+        truth = 1 / (1 + np.exp(-(0.4 + 0.7 * np.log(probabilities / (1 - probabilities)))))
+        labels = (rng.random(rows) < truth).astype(int)
+        fits[rows] = fit = fit_calibration(labels, probabilities)
+        assert fit is not None
+        errors = np.sqrt(np.diag(fit.covariance_matrix))
+        assert abs(fit.intercept - 0.4) < 3 * errors[0] and abs(fit.slope - 0.7) < 3 * errors[1]
+        assert np.allclose(fit.recalibrate(probabilities), truth, atol=6 * errors.sum())
+    assert fits[20_000].covariance[1][1] < fits[2_000].covariance[1][1] / 5
+
+
+def test_a_calibration_fit_needs_both_outcomes_and_varied_probabilities():
+    assert fit_calibration(np.zeros(50), np.linspace(0.1, 0.9, 50)) is None
+    assert fit_calibration(np.r_[np.zeros(25), np.ones(25)], np.full(50, 0.3)) is None
+    without = estimate_performance(np.full(10, 0.3), np.ones(10), None)
+    assert without.calibration_rows == 0
 
 
 def test_what_the_estimate_cannot_see_and_the_labelled_test_catches(shipped_like_model):

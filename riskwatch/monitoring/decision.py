@@ -24,7 +24,7 @@ import numpy as np
 
 from riskwatch.core.config import MonitoringSettings
 from riskwatch.data.batches import IngestedData
-from riskwatch.model.evaluation import read_test_data, score_predictions
+from riskwatch.model.evaluation import EvaluationData, read_test_data, score_predictions
 from riskwatch.model.riskmodels import RiskModel
 from riskwatch.monitoring.challengers import CHALLENGER_FOLDER, TrainedChallenger, recency_weights, train_candidates
 from riskwatch.monitoring.verdicts import (
@@ -52,18 +52,17 @@ from riskwatch.state.history import (
 )
 from riskwatch.state.runs import FeatureDrift
 from riskwatch.state.stages import StageClock
+from riskwatch.stats.calibration import CalibrationFit, calibration_error, fit_calibration
 from riskwatch.stats.comparison import judge_gain, labels_f1
 from riskwatch.stats.drift import (
     ModelDrift,
-    PerformanceEstimate,
-    calibration_error,
     check_model_drift,
     confusion_shares,
     describe_feature_drift,
-    estimate_performance,
     f1_from_counts,
     feature_drift,
 )
+from riskwatch.stats.estimate import PerformanceEstimate, estimate_performance
 
 log = logging.getLogger("fullprocess")
 
@@ -115,11 +114,18 @@ def judge_model_drift(
 
 
 def estimate_before_labels(
-    model: Classifier, features: np.ndarray, labels: np.ndarray
+    model: Classifier, features: np.ndarray, labels: np.ndarray, calibration: CalibrationFit | None
 ) -> tuple[PerformanceEstimate, float]:
     """The F1 the probabilities alone promise on these rows, and how well calibrated they are on the labels."""
     probabilities = model.predict_proba(features)[:, 1]
-    return estimate_performance(probabilities, model.predict(features)), calibration_error(labels, probabilities)
+    estimate = estimate_performance(probabilities, model.predict(features), calibration)
+    return estimate, calibration_error(labels, probabilities)
+
+
+def fit_serving_calibration(model: Classifier, test: EvaluationData) -> CalibrationFit | None:
+    """The serving model's recalibration fit on the test data, rows it was never trained on: how well its
+    probabilities are known to be calibrated, which the label-free estimate's interval counts."""
+    return fit_calibration(test.labels, model.predict_proba(test.features)[:, 1])
 
 
 # ---------------------------------------------------------------- data drift
@@ -275,8 +281,8 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
             f"{champion.version} serves",
         )
         return assessed(inputs, new_rows, Findings(), waiting)
-    findings, verdict = look_for_drift(inputs, clock, new)
     yardsticks = read_yardsticks(inputs, clock)
+    findings, verdict = look_for_drift(inputs, clock, new, yardsticks)
     if findings.triggers:
         log.warning("retraining: %s", "; ".join(findings.triggers))
         return assessed(inputs, new_rows, findings, retrain_and_gate(inputs, clock, findings.triggers, new, yardsticks))
@@ -307,13 +313,16 @@ def assessed(
     )
 
 
-def look_for_drift(inputs: RunInputs, clock: StageClock, new: np.ndarray) -> tuple[Findings, ModelDrift]:
+def look_for_drift(
+    inputs: RunInputs, clock: StageClock, new: np.ndarray, yardsticks: Yardsticks
+) -> tuple[Findings, ModelDrift]:
     """The label-free estimate, the model-drift and data-drift tests on the new rows, and what they trigger;
     with the model-drift verdict, which rows with outcomes always have."""
     settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
     features, labels = data.features(new), data.labels(new)
     with clock.stage("performance estimate"):
-        estimate, calibration = estimate_before_labels(champion.model, features, labels)
+        fit = fit_serving_calibration(champion.model, yardsticks.test)
+        estimate, calibration = estimate_before_labels(champion.model, features, labels, fit)
     with clock.stage("model drift"):
         verdict = judge_model_drift(settings, inputs.connection, champion, features, labels)
     with clock.stage("data drift"):
@@ -360,8 +369,9 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
     """
     settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
     rows = features.shape[0]
+    yardsticks = read_yardsticks(inputs, clock)
     with clock.stage("performance estimate"):
-        estimate, low_estimate = estimate_unlabelled_performance(inputs, features)
+        estimate, low_estimate = estimate_unlabelled_performance(inputs, features, yardsticks.test)
     if rows < settings.min_new_rows:
         log.info("%d unlabelled row(s): too few to test for data drift", rows)
         kept = Action(
@@ -377,19 +387,18 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
     drifted = [row for row in drift_rows if row.drifted]
     triggers = tuple(retraining_triggers(settings.retrain_on, None, drifted))
     findings = Findings(estimate, feature_drift=drift_rows, data_reference=reference, triggers=triggers)
-    action = act_on_unlabelled_drift(inputs, clock, findings, rows, low_estimate)
+    action = act_on_unlabelled_drift(inputs, clock, findings, rows, low_estimate, yardsticks)
     return assessed(inputs, rows, findings, action, unlabelled=True)
 
 
 def act_on_unlabelled_drift(
-    inputs: RunInputs, clock: StageClock, findings: Findings, rows: int, low_estimate: str
+    inputs: RunInputs, clock: StageClock, findings: Findings, rows: int, low_estimate: str, yardsticks: Yardsticks
 ) -> Action:
     """Retrain on the labelled rows when data drift calls for it and the recent window can judge a challenger;
     otherwise keep the serving model."""
     settings, data, champion = inputs.config.monitoring, inputs.data, inputs.champion
     estimate = findings.estimate
     assert estimate is not None  # every unlabelled batch is estimated
-    yardsticks = read_yardsticks(inputs, clock)
     evaluation = yardsticks.evaluation
     judged = int(evaluation.sum()) >= settings.min_holdout_rows and np.unique(data.labels(evaluation)).size == 2
     if findings.triggers and not judged:
@@ -429,13 +438,15 @@ def describe_unjudged_retraining(
     )
 
 
-def estimate_unlabelled_performance(inputs: RunInputs, features: np.ndarray) -> tuple[PerformanceEstimate, str]:
+def estimate_unlabelled_performance(
+    inputs: RunInputs, features: np.ndarray, test: EvaluationData
+) -> tuple[PerformanceEstimate, str]:
     """The serving model's F1 estimated from its probabilities alone, and a warning (or "") when that estimate
     falls below the model-drift threshold."""
     champion, rows = inputs.champion, features.shape[0]
     probabilities = champion.model.predict_proba(features)[:, 1]
     predicted = champion.model.predict(features)
-    estimate = estimate_performance(probabilities, predicted)
+    estimate = estimate_performance(probabilities, predicted, fit_serving_calibration(champion.model, test))
     yardstick = check_model_drift(
         estimate.f1,
         expected_shares(probabilities, predicted),

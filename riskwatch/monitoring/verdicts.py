@@ -17,7 +17,8 @@ from riskwatch.state.artifacts import DeployedVersion, utc_now
 from riskwatch.state.history import DEPLOYED, HistoryStore
 from riskwatch.state.records import EvaluationWindow, Metrics
 from riskwatch.state.runs import CandidateScore, FeatureDrift, RunFields
-from riskwatch.stats.drift import ModelDrift, PerformanceEstimate, describe_feature_drift
+from riskwatch.stats.drift import ModelDrift, describe_feature_drift
+from riskwatch.stats.estimate import PerformanceEstimate
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from riskwatch.state.records import (
     read_evaluation_window,
 )
 from riskwatch.state.runs import CandidateScore, StoredRun
-from riskwatch.stats.drift import CalibrationBins, calibration_bins
+from riskwatch.stats.calibration import CalibrationBins, calibration_bins
 
 log = logging.getLogger("reporting")
 

@@ -1,5 +1,4 @@
-"""Drift tests: has the model's F1 fallen (model drift), have the features moved (data drift), and what F1 do
-the probabilities alone promise before the labels arrive?
+"""Drift tests: has the model's F1 fallen (model drift), have the features moved (data drift)?
 
 Model drift compares the serving model's F1 on newly arrived labelled rows with its reference
 scores (the score it was judged on when deployed, then its later scores without drift) by one
@@ -21,9 +20,7 @@ Wasserstein distance divided by the reference's standard deviation (drift when a
 threshold), whose verdict, unlike a p-value, does not turn every negligible shift into "drift"
 once samples are large.
 
-The label-free estimate (confidence-based performance estimation) takes the expected confusion
-counts when each row exits with its predicted probability; it is as good as the calibration,
-measured on labelled rows as the expected calibration error over ten bins.
+The label-free estimate is in ``estimate.py``, calibration in ``calibration.py``.
 """
 
 from __future__ import annotations
@@ -213,85 +210,3 @@ def describe_feature_drift(row: FeatureDrift) -> str:
         )
     relation = ">" if row.drifted else "<="
     return f"{row.feature}: normalised Wasserstein {row.statistic:.3f} {relation} {row.threshold:g}"
-
-
-@dataclass(frozen=True)
-class PerformanceEstimate:
-    """Precision, recall and F1 expected from a calibrated model's probabilities alone, before labels arrive."""
-
-    precision: float
-    recall: float
-    f1: float
-    f1_low: float  # the central 95% of the F1 the labels could show
-    f1_high: float
-    rows: int
-
-
-def estimate_performance(
-    probabilities: np.ndarray, predicted: np.ndarray, samples: int = 2000, seed: int = 0
-) -> PerformanceEstimate:
-    """Confidence-based performance estimation: the expected confusion counts when each row exits with its probability.
-
-    A row labelled at risk is a true positive with its probability and a false positive otherwise;
-    a row not labelled is a false negative with its probability. The interval draws the labels:
-    the true positives and the false negatives are sums of independent draws over disjoint rows,
-    so each is drawn from its normal approximation (exact mean and variance).
-    """
-    probabilities = np.asarray(probabilities, dtype=float)
-    flagged = np.asarray(predicted).astype(bool)
-    positive_p, negative_p = probabilities[flagged], probabilities[~flagged]
-    tp, fn = positive_p.sum(), negative_p.sum()
-    fp = flagged.sum() - tp
-    rng = np.random.default_rng(seed)
-    tp_draws = np.clip(rng.normal(tp, np.sqrt(np.sum(positive_p * (1 - positive_p))), samples), 0, flagged.sum())
-    fn_draws = np.clip(rng.normal(fn, np.sqrt(np.sum(negative_p * (1 - negative_p))), samples), 0, None)
-    f1_draws = f1_from_counts(tp_draws, flagged.sum() - tp_draws, fn_draws)
-    low, high = np.percentile(f1_draws, [2.5, 97.5])
-    return PerformanceEstimate(
-        precision=float(tp / flagged.sum()) if flagged.any() else 0.0,
-        recall=float(tp / (tp + fn)) if tp + fn > 0 else 0.0,
-        f1=float(f1_from_counts(tp, fp, fn)),
-        f1_low=float(low),
-        f1_high=float(high),
-        rows=int(probabilities.size),
-    )
-
-
-@dataclass(frozen=True)
-class CalibrationBins:
-    """Per equal-width probability bin: how many rows, their summed predicted probability and their exits."""
-
-    rows: np.ndarray
-    predicted: np.ndarray  # sum of the predicted probabilities
-    exits: np.ndarray  # sum of the labels
-
-    @property
-    def filled(self) -> np.ndarray:
-        return self.rows > 0
-
-    def mean_predicted(self) -> np.ndarray:
-        """The mean predicted probability of each bin that holds rows."""
-        means: np.ndarray = self.predicted[self.filled] / self.rows[self.filled]
-        return means
-
-    def observed_rate(self) -> np.ndarray:
-        """The observed exit rate of each bin that holds rows."""
-        rates: np.ndarray = self.exits[self.filled] / self.rows[self.filled]
-        return rates
-
-
-def calibration_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> CalibrationBins:
-    """Rows, predicted probability and exits in each of ``bins`` equal-width probability bins."""
-    probabilities = np.asarray(probabilities, dtype=float)
-    labels = np.asarray(labels, dtype=float)
-    which = np.minimum((probabilities * bins).astype(int), bins - 1)
-    return CalibrationBins(
-        np.bincount(which, minlength=bins), np.bincount(which, probabilities, bins), np.bincount(which, labels, bins)
-    )
-
-
-def calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over ``bins`` equal-width probability bins: the row-weighted gap
-    between the mean predicted probability and the observed exit rate in each bin."""
-    binned = calibration_bins(labels, probabilities, bins)
-    return float(np.abs(binned.predicted - binned.exits).sum() / max(binned.rows.sum(), 1))
