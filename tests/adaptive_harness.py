@@ -26,8 +26,9 @@ from riskwatch.data.generator import WORLDS, exit_probability, generate_clients,
 from riskwatch.stages.training import fit_classifier
 from riskwatch.state.artifacts import current_version_folder, load_deployed_version
 from riskwatch.state.history import read_runs
+from riskwatch.state.runs import StoredRun
 from riskwatch.stats.drift import confusion_shares, f1_from_counts
-from tests.helpers import write_config
+from tests.helpers import world_number, write_config
 
 FRESH_ROWS = 5_000
 ORACLE_ROWS = 50_000
@@ -46,13 +47,13 @@ def f1_of(model: object, features: np.ndarray, labels: np.ndarray) -> float:
 
 @cache
 def fresh_sample(world: str) -> tuple[np.ndarray, np.ndarray]:
-    return arrays(world, FRESH_ROWS, seed=7_000 + sorted(WORLDS).index(world))
+    return arrays(world, FRESH_ROWS, seed=7_000 + world_number(world))
 
 
 @cache
 def oracle_f1(world: str) -> float:
     """F1 on the fresh sample of a model fitted on that world alone (a large sample of it), same pipeline."""
-    model = fit_classifier(*arrays(world, ORACLE_ROWS, seed=8_000 + sorted(WORLDS).index(world)), ModelSettings())
+    model = fit_classifier(*arrays(world, ORACLE_ROWS, seed=8_000 + world_number(world)), ModelSettings())
     return f1_of(model, *fresh_sample(world))
 
 
@@ -60,13 +61,20 @@ def oracle_f1(world: str) -> float:
 def bayes_sample(world: str) -> tuple[np.ndarray, np.ndarray, float]:
     """A fresh 20,000-row sample of ``world``: features, labels, and the Bayes-optimal F1 on it (the best F1 of
     any threshold on the true exit probabilities)."""
-    clients = generate_clients(BAYES_ROWS, np.random.default_rng(9_000 + sorted(WORLDS).index(world)), WORLDS[world])
+    clients = generate_clients(BAYES_ROWS, np.random.default_rng(9_000 + world_number(world)), WORLDS[world])
     features = np.column_stack([clients[name] for name in FEATURES]).astype(float)
     labels = clients["exited"]
     order = np.argsort(-exit_probability(WORLDS[world], *features.T), kind="stable")
     hits = np.cumsum(labels[order])
     best = float(np.max(2 * hits / (np.arange(1, labels.size + 1) + labels.sum())))
     return features, labels, best
+
+
+def probability_ratio(model: object, world: str) -> float:
+    """The model's mean exit probability on the fresh 20,000-row sample of ``world`` over its exit rate there: 1.0
+    when the expected exits are right."""
+    features, labels, _ = bayes_sample(world)
+    return float(model.predict_proba(features)[:, 1].mean() / labels.mean())  # type: ignore[attr-defined]
 
 
 def bayes_ratio(model: object, world: str) -> float:
@@ -91,6 +99,8 @@ class Step:
     family: str = "linear"  # the deployed model's
     winner: str = "-"  # the best challenger's window and family
     bayes: float = 0.0  # F1 on the 20,000-row sample over the Bayes-optimal F1
+    mean_ratio: float = 0.0  # mean predicted probability over the exit rate on that sample
+    fired: str = "-"  # which tests fired: model drift, data drift, calibration
 
     @property
     def ratio(self) -> float:
@@ -152,6 +162,8 @@ class ChangingWorld:
             deployed.model_info.family or "linear",
             f"{run.winning_window}/{run.winning_family or 'linear'}" if run.winning_window else "-",
             bayes_ratio(deployed.model, world),
+            probability_ratio(deployed.model, world),
+            fired_tests(run),
         )
         self.steps.append(step)
         return step
@@ -165,6 +177,16 @@ class ChangingWorld:
 
     def retrained(self, steps: list[Step]) -> int:
         return sum(step.retrained for step in steps)
+
+
+def fired_tests(run: StoredRun) -> str:
+    """The tests that fired on a run's rows, in short: model drift, data drift, calibration."""
+    fired = [
+        name
+        for name, flag in (("model", run.model_drift), ("data", run.data_drift), ("calibration", run.miscalibrated))
+        if flag
+    ]
+    return "+".join(fired) or "-"
 
 
 def format_steps(steps: list[Step]) -> str:
@@ -184,6 +206,8 @@ def format_steps(steps: list[Step]) -> str:
         "F1 world-only",
         "ratio",
         "F1/Bayes",
+        "fired",
+        "mean p/rate",
     ]
     rows = [
         [
@@ -202,6 +226,8 @@ def format_steps(steps: list[Step]) -> str:
             f"{step.oracle:.4f}",
             f"{step.ratio:.3f}",
             f"{step.bayes:.3f}",
+            step.fired,
+            f"{step.mean_ratio:.3f}",
         ]
         for index, step in enumerate(steps)
     ]

@@ -284,3 +284,11 @@ def active_clients(config: Config) -> tuple[list[str], np.ndarray]:
     ids = data.table[ID_COLUMN].to_pylist()
     rows = latest_active_rows(ids, data.table[TARGET].to_numpy())
     return [ids[row] for row in rows], data.features()[rows]
+
+
+WORLD_ORDER = ("drifted", "nonlinear", "shifted", "stable", "riskier")  # worlds added later come last
+
+
+def world_number(world: str) -> int:
+    """A fixed number per generator world, for the seeds of its samples (stable as worlds are added)."""
+    return WORLD_ORDER.index(world)

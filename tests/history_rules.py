@@ -154,7 +154,19 @@ RULES = (
 
 
 # Columns the runs table gained after the rows in tests/fixtures/runs_as_written.sql were written (schema 3).
-LATER_COLUMNS = ("data_reference_first_batch", "data_reference_last_batch")
+LATER_COLUMNS = (
+    "data_reference_first_batch",
+    "data_reference_last_batch",
+    "expected_exits",
+    "expected_exits_low",
+    "expected_exits_high",
+    "observed_exits",
+    "calibration_slope",
+    "miscalibrated",
+    "champion_recent_log_loss",
+    "challenger_recent_log_loss",
+    "gate_rule",
+)
 
 
 def write_runs_as_written(path: Path) -> None:

@@ -81,3 +81,12 @@ def test_f_five_stable_batches_of_200000_rows_trigger_no_retraining(tmp_path: Pa
     steps = [world.feed("stable", 200_000) for _ in range(5)]
     TABLE.extend(world.steps)
     assert world.retrained(steps) == 0, format_steps(world.steps)
+
+
+def test_h_doubled_odds_are_repaired_within_two_batches(tmp_path: Path):
+    world = ChangingWorld.start(tmp_path, "h")
+    steps = [world.feed("riskier") for _ in range(2)]
+    TABLE.extend(world.steps)
+    assert steps[0].fired != "-" and "calibration" in steps[0].fired, format_steps(world.steps)
+    assert abs(steps[-1].mean_ratio - 1) <= 0.05, format_steps(world.steps)
+    assert steps[-1].bayes >= 0.99, format_steps(world.steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
@@ -13,6 +14,8 @@ from scipy.special import logit
 from riskwatch.core.config import Config
 from riskwatch.core.schema import FEATURES, ID_COLUMN
 from riskwatch.state.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE, current_version_folder, load_deployed_version
+from riskwatch.state.history import open_history, save_run, start_run
+from riskwatch.state.runs import RunFields
 from riskwatch.web.app import create_app
 from riskwatch.web.dashboard.access import session_secret
 from riskwatch.web.guard import ACCESS_FOLDER, SECRET_FILE
@@ -55,6 +58,21 @@ def test_the_overview_shows_version_scores_health_last_run_and_risk(client, depl
     at_risk = int((probabilities >= deployed_version.model.threshold).sum())
     assert f'<p class="big">{at_risk:,}</p>' in page
     assert f'<p class="big">{probabilities.sum():,.0f}</p>' in page
+
+
+def test_the_expected_exits_say_how_the_latest_calibration_test_of_the_serving_version_came_out(client, deployed):
+    page = client.get("/dashboard/").get_data(as_text=True)
+    assert "No labelled batch has tested the calibration of v0001 yet." in page
+    with contextlib.closing(open_history(deployed.history_path)) as connection:
+        run = start_run(connection, "2026-11-10T10:00:00Z", 300, "v0001")
+        tested = RunFields(outcome="kept", new_rows=3000, expected_exits=767.2, expected_exits_low=718.4)
+        tested = tested.updated(RunFields(expected_exits_high=815.9, observed_exits=1039, miscalibrated=True))
+        save_run(connection, run, tested)
+    page = client.get("/dashboard/").get_data(as_text=True)
+    assert (
+        f"The latest calibration test of v0001 (run {run}, 3,000 labelled rows): 767 exits expected, 1,039 observed "
+        "(+35%), outside the range a calibrated model shows (718-816): its expected exits were that far off."
+    ) in page
 
 
 def test_the_overview_compares_with_the_previous_version(deployed):

@@ -10,7 +10,8 @@ from riskwatch.core.config import MonitoringSettings
 from riskwatch.core.schema import FEATURES
 from riskwatch.data.generator import SHIFTED, STABLE, generate_clients
 from riskwatch.state.history import ReferenceScore
-from riskwatch.stats.calibration import calibration_error, fit_calibration
+from riskwatch.stats.calibration import CalibrationVerdict, calibration_error, fit_calibration, judge_calibration
+from riskwatch.stats.comparison import judge_log_loss
 from riskwatch.stats.drift import (
     bootstrap_f1,
     check_model_drift,
@@ -208,6 +209,39 @@ def test_a_calibration_fit_needs_both_outcomes_and_varied_probabilities():
     assert fit_calibration(np.r_[np.zeros(25), np.ones(25)], np.full(50, 0.3)) is None
     without = estimate_performance(np.full(10, 0.3), np.ones(10), None)
     assert without.calibration_rows == 0
+
+
+def test_the_calibration_test_stays_quiet_on_stable_batches_and_sees_doubled_odds(shipped_like_model):
+    settings = MonitoringSettings()
+
+    def judged(world: str, seed: int) -> CalibrationVerdict:
+        features, labels = world_arrays(world, 3_000, seed)
+        return judge_calibration(
+            labels,
+            shipped_like_model.predict_proba(features)[:, 1],
+            settings.calibration_confidence,
+            settings.calibration_tolerance,
+            settings.calibration_slope_tolerance,
+        )
+
+    stable = [judged(world, seed) for world in ("stable", "shifted") for seed in range(2_000, 2_020)]
+    assert not any(verdict.miscalibrated for verdict in stable)
+    riskier = [judged("riskier", seed) for seed in range(2_100, 2_110)]
+    assert all(verdict.miscalibrated and verdict.gap > 0.2 for verdict in riskier)
+    assert all(0.8 < (verdict.slope or 0) < 1.2 for verdict in riskier)  # the ranking holds; the level moved
+
+
+def test_the_log_loss_rule_prefers_reliably_better_calibrated_probabilities():
+    rng = np.random.default_rng(9)
+    truth = rng.uniform(0.05, 0.8, 2_000)
+    labels = (rng.random(2_000) < truth).astype(int)
+    too_low = truth / 2
+    better = judge_log_loss(labels, too_low, truth, 0.95)
+    assert better.passed and better.challenger_loss < better.champion_loss and better.p_no_gain < 0.001
+    same = judge_log_loss(labels, truth, truth, 0.95)
+    assert not same.passed and same.p_no_gain == 1.0
+    worse = judge_log_loss(labels, truth, too_low, 0.95)
+    assert not worse.passed and worse.p_no_gain > 0.999
 
 
 def test_what_the_estimate_cannot_see_and_the_labelled_test_catches(shipped_like_model):

@@ -40,7 +40,7 @@ from riskwatch.state.artifacts import MODEL_FILE, MODEL_INFO_FILE, load_model
 from riskwatch.state.records import read_model_info
 from riskwatch.stats.comparison import labels_f1
 from riskwatch.web.app import create_app
-from tests.helpers import PROJECT_ROOT, write_config
+from tests.helpers import PROJECT_ROOT, world_number, write_config
 
 FRESH_ROWS = 20_000
 MAX_CALIBRATION_ERROR = 0.02
@@ -55,7 +55,7 @@ def world_sample(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 @cache
 def fresh(world: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return world_sample(world, FRESH_ROWS, seed=90_000 + sorted(WORLDS).index(world))
+    return world_sample(world, FRESH_ROWS, seed=90_000 + world_number(world))
 
 
 def bayes_f1(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -11,6 +11,7 @@ import pytest
 from riskwatch.core.errors import PipelineError
 from riskwatch.state.history import (
     RUN_COLUMNS,
+    SCHEMA_VERSION,
     open_history,
     read_runs,
     save_run,
@@ -70,7 +71,7 @@ def test_a_history_of_the_first_schema_gains_the_new_columns(tmp_path):
     columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
     assert {"first_batch", "last_batch", "candidates", "winning_window", "window_f1"} <= columns
     assert {"winning_family", "model_family", "data_reference_first_batch", "data_reference_last_batch"} <= columns
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_a_damaged_json_cell_does_not_hide_the_run(tmp_path):
@@ -112,7 +113,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "history.sqlite"
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA user_version = 99")
-    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 4"):
+    with pytest.raises(PipelineError, match="schema version 99, newer than this code's 5"):
         open_history(path)
 
 

@@ -15,7 +15,7 @@ from riskwatch.core.config import load_config
 from riskwatch.core.databases import DatabaseUrl, parse_database_url
 from riskwatch.core.errors import PipelineError
 from riskwatch.data.generator import write_batch, write_shipped_data
-from riskwatch.state.history import open_history, read_runs
+from riskwatch.state.history import SCHEMA_VERSION, open_history, read_runs
 from tests import history_rules
 from tests.fullprocess_runs import run_fullprocess, scenario_config
 from tests.helpers import free_port, start_api
@@ -74,11 +74,11 @@ def test_an_older_schema_is_upgraded_and_a_newer_one_refused(history_url: Databa
         columns = {
             row[0] for row in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'")
         }
-        assert db.execute("SELECT version FROM history_schema").fetchall() == [(4,)]
+        assert db.execute("SELECT version FROM history_schema").fetchall() == [(SCHEMA_VERSION,)]
     assert {"first_batch", "last_batch", "candidates", "winning_window", "data_reference_last_batch"} <= columns
     execute(history_url, "UPDATE history_schema SET version = 99")
     with pytest.raises(
-        PipelineError, match=r"run history postgresql://.* has schema version 99, newer than this code's 4"
+        PipelineError, match=r"run history postgresql://.* has schema version 99, newer than this code's 5"
     ):
         open_history(history_url)
 

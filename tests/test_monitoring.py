@@ -11,7 +11,7 @@ from riskwatch.data.generator import write_batch
 from riskwatch.monitoring.decision import assess
 from riskwatch.monitoring.verdicts import RunInputs
 from riskwatch.stages.ingestion import ingest_folder
-from riskwatch.state.artifacts import current_version_folder, load_deployed_version
+from riskwatch.state.artifacts import MODEL_FILE, current_version_folder, load_deployed_version, load_model
 from riskwatch.state.history import DEPLOYED, KEPT, WAITING, open_history
 from riskwatch.state.stages import StageClock
 from riskwatch.stats.comparison import paired_gain_resamples
@@ -85,17 +85,18 @@ def test_a_changed_world_gets_challengers_on_each_window_and_family_and_the_best
     add_batch(deployed, "drift.csv", 3000, seed=43, world="drifted")
     decision, clock = decide(deployed, watermark=1)
     assert decision.findings.model_drift.drifted and decision.findings.triggers
-    assert [candidate.name for candidate in decision.action.candidates] == [
+    assert decision.findings.calibration_test.miscalibrated  # a changed relationship moves the probabilities too
+    assert [candidate.name for candidate in decision.action.candidates] == ["recalibrated/linear"] + [
         f"{window}/{family}" for family in MODEL_FAMILIES for window in ("all", "recent", "weighted")
     ]
-    assert len({candidate.folder for candidate in decision.action.candidates}) == 9
+    assert len({candidate.folder for candidate in decision.action.candidates}) == 10
     recent = next(candidate for candidate in decision.action.candidates if candidate.window.name == "recent")
     assert recent.window.first_batch == 2 and recent.window.rows == 3000 - decision.action.holdout_rows
     assert decision.action.gate.best.recent_f1 == max(candidate.recent_f1 for candidate in decision.action.candidates)
     assert decision.outcome == DEPLOYED and decision.deploy_folder == decision.action.gate.best.folder
     assert (decision.deploy_folder / "metrics.json").is_file()
     fields = decision.history_fields()
-    assert fields.winning_window == decision.action.gate.best.window.name and len(fields.candidates) == 9
+    assert fields.winning_window == decision.action.gate.best.window.name and len(fields.candidates) == 10
     assert fields.winning_family == decision.action.gate.best.family
     assert [stored.family for stored in fields.candidates] == [one.family for one in decision.action.candidates]
     assert fields.outcome is None  # fullprocess.py sets it once the deployment is done
@@ -108,7 +109,8 @@ def test_the_recent_window_can_be_the_last_n_rows_and_windows_can_be_chosen(depl
     )
     add_batch(config, "drift.csv", 3000, seed=43, world="drifted")
     decision, _ = decide(config, watermark=1)
-    assert [candidate.window.rows for candidate in decision.action.candidates] == [1200] * len(MODEL_FAMILIES)
+    # the serving model is recalibrated on the same recent rows
+    assert [candidate.window.rows for candidate in decision.action.candidates] == [1200] * (len(MODEL_FAMILIES) + 1)
 
 
 def test_the_gate_asks_for_a_gain_that_holds_in_resamples():
@@ -122,7 +124,57 @@ def test_the_gate_asks_for_a_gain_that_holds_in_resamples():
 
 @pytest.mark.parametrize("windows", [["all"], ["weighted"]])
 def test_single_windows_train(deployed: Config, windows: list[str]):
-    config = load_config(write_config(deployed.path.parent, monitoring={"candidate_windows": windows}))
+    config = load_config(
+        write_config(deployed.path.parent, monitoring={"candidate_windows": windows, "recalibrate": False})
+    )
     add_batch(config, "drift.csv", 3000, seed=44, world="drifted")
     decision, _ = decide(config, watermark=1)
     assert [candidate.window.name for candidate in decision.action.candidates] == windows * len(MODEL_FAMILIES)
+
+
+def test_doubled_odds_fail_the_calibration_test_and_the_recalibrated_serving_model_is_deployed(deployed: Config):
+    add_batch(deployed, "riskier.csv", 3000, seed=46, world="riskier")
+    decision, _ = decide(deployed, watermark=1)
+    findings = decision.findings
+    calibration = findings.calibration_test
+    assert calibration.miscalibrated and calibration.observed_exits > calibration.expected_high
+    assert calibration.gap > 0.3 and "observed 1,005 (+38%)" in calibration.describe()
+    assert any(trigger.startswith("miscalibration (expected") for trigger in findings.triggers)
+    first = decision.action.candidates[0]
+    assert first.name == "recalibrated/linear" and first.window.recalibrated_from_batch == 2
+    # the serving model's coefficients, all scaled by one slope: the same ranking, new probabilities
+    serving = load_model(current_version_folder(deployed.prod_deployment_path) / MODEL_FILE)
+    refitted = load_model(first.folder / MODEL_FILE)
+    ratio = coefficients(refitted) / coefficients(serving)
+    assert np.allclose(ratio, ratio[0]) and not np.isclose(ratio[0], 1.0)
+    gate = decision.action.gate
+    assert decision.outcome == DEPLOYED and gate.rule == "calibration" and gate.challenger_loss < gate.champion_loss
+    assert "better calibrated: log loss" in gate.sentence
+    fields = decision.history_fields()
+    assert fields.miscalibrated is True and fields.observed_exits == calibration.observed_exits
+    assert fields.expected_exits_low < fields.expected_exits < fields.expected_exits_high < fields.observed_exits
+    assert fields.gate_rule == "calibration" and fields.challenger_recent_log_loss < fields.champion_recent_log_loss
+
+
+def coefficients(estimator: object) -> np.ndarray:
+    return np.asarray(estimator.estimator.named_steps["classifier"].coef_).reshape(-1)  # type: ignore[attr-defined]
+
+
+def test_a_stable_batch_keeps_its_exits_within_their_interval_and_the_slope_is_recorded(deployed: Config):
+    add_batch(deployed, "stable.csv", 3000, seed=47)
+    decision, _ = decide(deployed, watermark=1)
+    calibration = decision.findings.calibration_test
+    assert calibration.expected_low <= calibration.observed_exits <= calibration.expected_high
+    # the small project's model (1,000 rows) is too flat: its slope, 1.26, is past the 0.2 tolerance
+    assert calibration.slope_low > 1.0 and calibration.miscalibrated
+    assert decision.history_fields().calibration_slope == round(calibration.slope, 6)
+
+
+def test_with_recalibration_off_a_miscalibrated_model_is_kept_and_the_decision_says_why(deployed: Config):
+    monitoring = {"recalibrate": False, "retrain_on": "model_drift"}
+    config = load_config(write_config(deployed.path.parent, monitoring=monitoring))
+    add_batch(config, "riskier.csv", 3000, seed=46, world="riskier")
+    decision, _ = decide(config, watermark=1)
+    assert decision.findings.calibration_test.miscalibrated and not decision.findings.triggers
+    assert decision.outcome == KEPT and "miscalibration found: expected" in decision.decision
+    assert "recalibrate is off" in decision.decision

@@ -315,6 +315,19 @@ def test_trends_over_runs_come_from_the_run_history(diagnosed):
     assert "Trends over runs" in text and "2 runs of fullprocess.py that found new data" in text
     assert text.index("replaced v0001") < text.index("no drift; kept v0001")  # newest first
     assert "0.3900" in text and "0.5900" in text
+    # no run tested v0001's calibration: the calibration section says so; a run that does is reported
+    assert "No labelled batch has tested the calibration of v0001 yet." in " ".join(text.split())
+    connection = open_history(diagnosed.history_path)
+    run_id = start_run(connection, "2026-11-21T11:00:00Z", 1, "v0001")
+    tested = RunFields(outcome="kept", decision="kept", new_rows=3000, expected_exits=1020.8, observed_exits=1002)
+    tested = tested.updated(RunFields(expected_exits_low=964.1, expected_exits_high=1077.5, miscalibrated=False))
+    save_run(connection, run_id, tested)
+    connection.close()
+    text = " ".join(pdf_text(reporting.write_report(diagnosed)["pdf"]).split())
+    assert (
+        f"The latest calibration test of v0001 (run {run_id}, 3,000 labelled rows): 1,021 exits expected, 1,002 "
+        "observed (-2%), within the range a calibrated model shows (964-1,078): its expected exits held."
+    ) in text
 
 
 def test_a_broken_history_leaves_the_trends_out_with_a_note(diagnosed):

@@ -189,6 +189,15 @@ class MonitoringSettings:
     # The label-free estimate of F1 is flagged unreliable when the model's calibration error on
     # labelled new rows passes this.
     max_calibration_error: float = 0.05
+    # The calibration test on labelled new rows: the exits the probabilities expect against those observed, and
+    # the calibration slope against 1, each at this confidence; an alarm needs the gap past its tolerance too
+    # (relative for the exits), so that a negligible gap on a large batch is no alarm.
+    calibration_confidence: float = field(default=0.99, metadata={"below": 1})
+    calibration_tolerance: float = field(default=0.1, metadata={"min": 0})
+    calibration_slope_tolerance: float = field(default=0.2, metadata={"min": 0})
+    # A miscalibrated serving model calls for retraining, with itself recalibrated (its log-odds refitted on the
+    # recent rows, its threshold chosen again) among the challengers.
+    recalibrate: bool = True
     # Held-out rows of the latest batches that make the rolling evaluation window.
     evaluation_window_rows: int = 5000
     # Alerts: a JSON event to each URL when a run deploys, fails or finds drift it cannot fix.
@@ -448,6 +457,10 @@ def _check_setting(value: Any, default: Any, rules: Mapping[str, Any], where: st
     """A setting's value, checked against the type of its default and its field's rules; ``where`` names it."""
     if isinstance(default, tuple):
         return _check_list_setting(value, rules, where)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise PipelineError(f"{where} must be true or false, not {value!r}")
+        return value
     if isinstance(default, str):
         if not isinstance(value, str) or not value.strip():
             raise PipelineError(f"{where} must be a non-empty string")

@@ -8,6 +8,8 @@ relationship; ``--drift`` moves the population and changes the relationship too 
 clients now stay, yearly activity no longer protects), so a model trained before goes wrong.
 ``--world nonlinear`` keeps the population but makes the risk non-linear in the log counts (a
 threshold, a non-monotone effect and an interaction), where no log-linear model can follow;
+``--world riskier`` keeps the clients and doubles their odds of exit (the probabilities move, the
+ranking does not);
 ``exit_probability`` gives any world's true exit probability, so a test can compute the
 Bayes-optimal F1 of a sample.
 
@@ -76,7 +78,10 @@ DRIFTED = World(
     coef_employees=-0.4,
 )
 NONLINEAR = World(risk="nonlinear")
-WORLDS = {"stable": STABLE, "shifted": SHIFTED, "drifted": DRIFTED, "nonlinear": NONLINEAR}
+# The same clients, twice the odds of exit: the log-odds all move by log 2, so the ranking (and the F1 a model
+# can reach) barely changes, but every probability a model learned before is too low.
+RISKIER = World(intercept=STABLE.intercept + float(np.log(2.0)))
+WORLDS = {"stable": STABLE, "shifted": SHIFTED, "drifted": DRIFTED, "nonlinear": NONLINEAR, "riskier": RISKIER}
 
 
 def nonlinear_log_odds(month: np.ndarray, year: np.ndarray, employees: np.ndarray) -> np.ndarray:

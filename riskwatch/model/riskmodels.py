@@ -26,6 +26,7 @@ trusted; a classifier of any other shape has no ``RiskModel`` (it serves, but is
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Iterable
@@ -474,6 +475,28 @@ def fit_risk_model(
     model.estimator = FixedThresholdClassifier(pipeline, threshold=threshold, response_method="predict_proba")
     model.threshold = threshold
     return model
+
+
+RECALIBRATED_FAMILIES = (LINEAR, ADDITIVE)  # their log-odds end in a logistic regression, which takes a refit
+
+
+def recalibrated_model(family: str, estimator: Any, intercept: float, slope: float) -> FittedModel:
+    """A copy of a fitted model of a ``RECALIBRATED_FAMILIES`` family whose log-odds are ``intercept + slope ×``
+    its own: its final logistic regression's coefficients times ``slope``, its intercept moved to match. The
+    result is a model of the same family and shape, served and explained as any other (same threshold)."""
+    pipeline = copy.deepcopy(estimator.estimator)
+    classifier = pipeline.named_steps["classifier"]
+    classifier.coef_ = classifier.coef_ * slope
+    classifier.intercept_ = intercept + slope * classifier.intercept_
+    threshold = float(estimator.threshold)
+    return wrap(family, FixedThresholdClassifier(pipeline, threshold=threshold, response_method="predict_proba"))
+
+
+def with_threshold(model: FittedModel, threshold: float) -> FittedModel:
+    """The same fitted model deciding "at risk" from ``threshold`` on."""
+    pipeline = model.estimator.estimator
+    estimator = FixedThresholdClassifier(pipeline, threshold=threshold, response_method="predict_proba")
+    return wrap(model.family, estimator)
 
 
 def wrap(family: str, estimator: Any) -> FittedModel:

@@ -19,19 +19,27 @@ from riskwatch.model.evaluation import score_loaded_model
 from riskwatch.model.riskmodels import (
     ADDITIVE,
     LINEAR,
+    RECALIBRATED_FAMILIES,
+    FittedModel,
     RiskModel,
+    choose_threshold,
     equal_count_calibration_error,
+    family_of,
     fit_risk_model,
     import_family_libraries,
+    recalibrated_model,
+    with_threshold,
 )
 from riskwatch.monitoring.verdicts import RunInputs, Yardsticks
 from riskwatch.state.artifacts import MODEL_FILE
 from riskwatch.state.history import HistoryStore, change_started_batch
 from riskwatch.state.records import CalibrationCheck
+from riskwatch.stats.calibration import fit_calibration
 
 log = logging.getLogger("fullprocess")
 
 CHALLENGER_FOLDER = "challenger"
+RECALIBRATED = "recalibrated"  # the window name of the serving model recalibrated on the recent rows
 
 
 def recency_weights(data: IngestedData, half_life: float, unit: str, latest: int | None = None) -> np.ndarray:
@@ -57,11 +65,7 @@ def candidate_windows(
         if name == "all":
             mask, first = trainable, 1
         elif name == "recent":
-            if settings.recent_window_rows:
-                mask = data.newest(trainable, settings.recent_window_rows)
-            else:  # since the change was first seen, in this run or an earlier one whose challenger lost
-                earlier = change_started_batch(connection)
-                mask = trainable & data.in_batches(min(first_new, earlier or first_new))
+            mask = recent_rows(config, connection, data, first_new, trainable)
             first = int(data.batch[mask].min(initial=latest))
         else:
             mask, first = trainable, 1
@@ -79,6 +83,18 @@ def candidate_windows(
     return windows
 
 
+def recent_rows(
+    config: Config, connection: HistoryStore, data: IngestedData, first_new: int, trainable: np.ndarray
+) -> np.ndarray:
+    """The recent window's rows: since the change was first seen (in this run, or an earlier one whose challenger
+    lost), or the last ``monitoring.recent_window_rows`` rows when that is set; of the ``trainable`` ones."""
+    if config.monitoring.recent_window_rows:
+        return data.newest(trainable, config.monitoring.recent_window_rows)
+    earlier = change_started_batch(connection)
+    mask: np.ndarray = trainable & data.in_batches(min(first_new, earlier or first_new))
+    return mask
+
+
 # ---------------------------------------------------------------- the gate
 
 
@@ -93,9 +109,14 @@ class TrainedChallenger:
     test_f1: float
 
 
-def train_candidates(inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Yardsticks) -> list[TrainedChallenger]:
+def train_candidates(
+    inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Yardsticks, recalibrate: bool = False
+) -> list[TrainedChallenger]:
     """Train one challenger per window and model family into ``challenger/<window>-<family>/``, on every row
-    outside the evaluation window, and score it on the test data; ``triggers``: why, as the models record it."""
+    outside the evaluation window, and score it on the test data; ``triggers``: why, as the models record it.
+
+    With ``recalibrate``, the serving model recalibrated on the recent rows comes first (``recalibrate_serving``).
+    """
     from riskwatch.stages.scoring import write_scores
     from riskwatch.stages.training import FitContext, Retraining, describe_training_data, save_trained
 
@@ -107,23 +128,29 @@ def train_candidates(inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Y
     # Simplest family first, so that a tie at the gate goes to the simpler model.
     jobs = [(window, mask, weights, family) for family in config.model.families for window, mask, weights in windows]
 
-    def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None, family: str) -> TrainedChallenger:
+    def save(window: TrainingWindow, family: str, model: RiskModel, labels: np.ndarray, seconds: float) -> Path:
         folder = config.output_model_path / CHALLENGER_FOLDER / f"{window.name}-{family}"
-        labels = data.labels(mask)
-        started = time.perf_counter()
-        model = fit_risk_model(family, data.features(mask), labels, config.model, weights)
-        seconds = time.perf_counter() - started
         probabilities = model.score(test.features)[0]
         calibration = CalibrationCheck(
             round(equal_count_calibration_error(test.labels, probabilities), 6), int(test.labels.size), "the test data"
         )
         context = FitContext(seconds, window, retraining, calibration=calibration)
         save_trained(model, labels, described, config.model, folder, context)
+        return folder
+
+    def score(window: TrainingWindow, family: str, model: RiskModel, folder: Path) -> TrainedChallenger:
         # Scored with the family's own arithmetic, the numbers the API will serve (checked against the saved
         # classifier when it is loaded); the metrics name the saved file and its hash.
         metrics = score_loaded_model(model, folder / MODEL_FILE, test)
         write_scores(metrics, folder)
         return TrainedChallenger(window, family, folder, model, metrics.f1)
+
+    def train(window: TrainingWindow, mask: np.ndarray, weights: np.ndarray | None, family: str) -> TrainedChallenger:
+        labels = data.labels(mask)
+        started = time.perf_counter()
+        model = fit_risk_model(family, data.features(mask), labels, config.model, weights)
+        folder = save(window, family, model, labels, time.perf_counter() - started)
+        return score(window, family, model, folder)
 
     # Two at a time, each numpy operation (and each tree) on one thread: half the time of one after the other
     # on two cores, where letting numpy's own threads compete for them is no faster than one fit at a time. The
@@ -133,7 +160,58 @@ def train_candidates(inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Y
     import_family_libraries(config.model.families)
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
         done = dict(zip(order, pool.map(lambda index: train(*jobs[index]), order), strict=True))
-    return [done[index] for index in range(len(jobs))]
+    trained = [done[index] for index in range(len(jobs))]
+    recalibrated = recalibrate_serving(inputs, trainable, yardsticks.held_out_from) if recalibrate else None
+    if recalibrated is None:
+        return trained
+    window, model, labels, seconds = recalibrated
+    family = model.family
+    return [score(window, family, model, save(window, family, model, labels, seconds)), *trained]
+
+
+def recalibrate_serving(
+    inputs: RunInputs, trainable: np.ndarray, held_out_from: int
+) -> tuple[TrainingWindow, FittedModel, np.ndarray, float] | None:
+    """The serving model with its log-odds refitted on the recent rows (``intercept + slope × log-odds``, the
+    outcomes' maximum-likelihood fit) and its threshold chosen again there: the cheapest repair of a model whose
+    ranking holds but whose probabilities no longer match the exits. Its window, arithmetic, the rows' labels and
+    the seconds it took; None when the serving model's family cannot be refitted so (the boosted trees) or the
+    recent rows cannot pin the fit down."""
+    config, data, champion = inputs.config, inputs.data, inputs.champion
+    serving = champion.model.estimator if isinstance(champion.model, FittedModel) else champion.model
+    family = family_of(serving)
+    if family not in RECALIBRATED_FAMILIES:
+        log.info("no recalibrated challenger: %s's log-odds cannot be refitted", champion.version)
+        return None
+    started = time.perf_counter()
+    mask = recent_rows(config, inputs.connection, data, inputs.watermark + 1, trainable)
+    features, labels = data.features(mask), data.labels(mask)
+    fit = fit_calibration(labels, champion.model.predict_proba(features)[:, 1]) if labels.size else None
+    if fit is None:
+        log.info("no recalibrated challenger: the %d recent rows cannot pin the calibration down", labels.size)
+        return None
+    model = recalibrated_model(family, serving, fit.intercept, fit.slope)
+    if config.model.decision_threshold == "f1":
+        model = with_threshold(model, choose_threshold(labels, model.score(features)[0]))
+    first = int(data.batch[mask].min())
+    lineage = champion.model_info.training_window
+    window = TrainingWindow(
+        RECALIBRATED,
+        lineage.first_batch if lineage else 1,
+        data.latest_batch,
+        int(labels.size),
+        held_out_from,
+        recalibrated_from_batch=first,
+    )
+    log.info(
+        "recalibrated %s on %d recent rows: log-odds' = %.3f + %.3f x log-odds, threshold %.3f",
+        champion.version,
+        labels.size,
+        fit.intercept,
+        fit.slope,
+        model.threshold,
+    )
+    return window, model, labels, time.perf_counter() - started
 
 
 def fit_cost(family: str, rows: int, max_fit_rows: int) -> float:

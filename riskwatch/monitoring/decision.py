@@ -52,8 +52,14 @@ from riskwatch.state.history import (
 )
 from riskwatch.state.runs import FeatureDrift
 from riskwatch.state.stages import StageClock
-from riskwatch.stats.calibration import CalibrationFit, calibration_error, fit_calibration
-from riskwatch.stats.comparison import judge_gain, labels_f1
+from riskwatch.stats.calibration import (
+    CalibrationFit,
+    CalibrationVerdict,
+    calibration_error,
+    fit_calibration,
+    judge_calibration,
+)
+from riskwatch.stats.comparison import judge_gain, judge_log_loss, labels_f1
 from riskwatch.stats.drift import (
     ModelDrift,
     check_model_drift,
@@ -114,12 +120,27 @@ def judge_model_drift(
 
 
 def estimate_before_labels(
-    model: Classifier, features: np.ndarray, labels: np.ndarray, calibration: CalibrationFit | None
-) -> tuple[PerformanceEstimate, float]:
-    """The F1 the probabilities alone promise on these rows, and how well calibrated they are on the labels."""
+    model: Classifier,
+    features: np.ndarray,
+    labels: np.ndarray,
+    calibration: CalibrationFit | None,
+    settings: MonitoringSettings,
+) -> tuple[PerformanceEstimate, float, CalibrationVerdict]:
+    """The F1 the probabilities alone promise on these rows; how well calibrated they are on the labels (the
+    expected calibration error, and the calibration test)."""
     probabilities = model.predict_proba(features)[:, 1]
     estimate = estimate_performance(probabilities, model.predict(features), calibration)
-    return estimate, calibration_error(labels, probabilities)
+    verdict = judge_calibration(
+        labels,
+        probabilities,
+        settings.calibration_confidence,
+        settings.calibration_tolerance,
+        settings.calibration_slope_tolerance,
+    )
+    (log.warning if verdict.miscalibrated else log.info)(
+        "calibration %s: %s", "off" if verdict.miscalibrated else "holds", verdict.describe()
+    )
+    return estimate, calibration_error(labels, probabilities), verdict
 
 
 def fit_serving_calibration(model: Classifier, test: EvaluationData) -> CalibrationFit | None:
@@ -174,27 +195,44 @@ def judge_data_drift(
     return rows
 
 
-def retraining_triggers(retrain_on: str, model_drift: ModelDrift | None, drifted: list[FeatureDrift]) -> list[str]:
-    """What calls for retraining under ``monitoring.retrain_on``, each with the statistic behind it.
+def retraining_triggers(
+    settings: MonitoringSettings,
+    model_drift: ModelDrift | None,
+    drifted: list[FeatureDrift],
+    calibration: CalibrationVerdict | None = None,
+) -> list[str]:
+    """What calls for retraining under ``monitoring.retrain_on`` (drift) and ``monitoring.recalibrate``
+    (miscalibration), each with the statistic behind it.
 
-    ``model_drift``: None for rows without outcomes, where only data drift can call for retraining.
+    ``model_drift`` and ``calibration``: None for rows without outcomes, where only data drift can call for it.
     """
+    retrain_on = settings.retrain_on
     triggers = []
     if model_drift is not None and model_drift.drifted and retrain_on in ("model_drift", "either"):
         triggers.append(f"model drift ({model_drift.describe()})")
     if drifted and retrain_on in ("data_drift", "either"):
         triggers.append("data drift (" + "; ".join(describe_feature_drift(row) for row in drifted) + ")")
+    if calibration is not None and calibration.miscalibrated and settings.recalibrate:
+        triggers.append(f"miscalibration ({calibration.describe()})")
     return triggers
 
 
-def describe_no_trigger(retrain_on: str, model_drift: ModelDrift | None, drifted: list[FeatureDrift]) -> str:
-    """Why a run with drift found did not retrain, or "" when there was none."""
+def describe_no_trigger(
+    settings: MonitoringSettings,
+    model_drift: ModelDrift | None,
+    drifted: list[FeatureDrift],
+    calibration: CalibrationVerdict | None = None,
+) -> str:
+    """Why a run with drift or miscalibration found did not retrain, or "" when there was none."""
     found = []
     if model_drift is not None and model_drift.drifted:
         found.append("model drift")
     if drifted:
         found.append("data drift in " + ", ".join(row.feature for row in drifted))
-    return f" ({' and '.join(found)} found, but retrain_on is {retrain_on})" if found else ""
+    drift = f" ({' and '.join(found)} found, but retrain_on is {settings.retrain_on})" if found else ""
+    if calibration is not None and calibration.miscalibrated and not settings.recalibrate:
+        drift += f" (miscalibration found: {calibration.describe()}; recalibrate is off)"
+    return drift
 
 
 # ---------------------------------------------------------------- windows
@@ -216,37 +254,62 @@ def judge_candidates(
     champion_window_f1: float,
     window_rows: int,
 ) -> Gate:
-    """The best candidate on the recent rows against the champion, by the gate's rule (``judge_gain``): it must
-    gain ``min_gain`` and gain reliably."""
+    """The best candidate on the recent rows against the champion, by the gate's rules: the best by F1 must gain
+    ``min_gain`` and gain reliably (``judge_gain``); failing that, the best calibrated (lowest log loss) passes
+    when its log loss is reliably lower (``judge_log_loss``) and its F1 no more than ``min_gain`` lower."""
     features, labels = recent
     # Ties: the first, so the simplest family and, within it, "all" when configured.
     best = max(candidates, key=lambda candidate: candidate.recent_f1)
     # The best of several challengers on the same rows is favoured by luck: each of them would have had to
     # clear the bar, so the share allowed is split among them (a Bonferroni correction).
     allowed = (1 - settings.gate_confidence) / len(candidates)
-    verdict = judge_gain(
-        labels, champion.model.predict(features), models[best.name].predict(features), settings.min_gain, 1 - allowed
-    )
-    champion_recent, gain, p_no_gain, passed = verdict.champion_f1, verdict.gain, verdict.p_no_gain, verdict.passed
+    champion_labels = champion.model.predict(features)
+    verdict = judge_gain(labels, champion_labels, models[best.name].predict(features), settings.min_gain, 1 - allowed)
+    champion_probabilities = champion.model.predict_proba(features)[:, 1]
+    losses = {
+        candidate.name: judge_log_loss(
+            labels, champion_probabilities, models[candidate.name].predict_proba(features)[:, 1], 1 - allowed
+        )
+        for candidate in candidates
+    }
+    calibrated = min(candidates, key=lambda candidate: losses[candidate.name].challenger_loss)
+    rule = "f1" if verdict.passed else None
+    if not verdict.passed and losses[calibrated.name].passed:
+        kept_f1 = judge_gain(
+            labels, champion_labels, models[calibrated.name].predict(features), -settings.min_gain, 0.0
+        )
+        if kept_f1.passed:  # no more than the margin lower in F1: the better calibrated model is taken
+            best, verdict, rule = calibrated, kept_f1, "calibration"
+    loss = losses[best.name]
     others = ", ".join(f"{c.name} {c.recent_f1:.4f}" for c in candidates if c is not best)
     sentence = (
-        f"challenger ({best.window.name} window, {best.family}) F1 {best.recent_f1:.4f} against champion "
-        f"{champion_recent:.4f} on {labels.size} held-out recent rows (margin {settings.min_gain:g}; no gain in "
-        f"{p_no_gain:.1%} of resamples, at most {allowed:.2%} allowed for the best of {len(candidates)})"
+        f"challenger ({best.label}) F1 {best.recent_f1:.4f} against champion "
+        f"{verdict.champion_f1:.4f} on {labels.size} held-out recent rows (margin {settings.min_gain:g}; "
+        + (
+            f"better calibrated: log loss {loss.challenger_loss:.4f} against {loss.champion_loss:.4f}, not lower in "
+            f"{loss.p_no_gain:.1%} of resamples, at most {allowed:.2%} allowed for the best of {len(candidates)}"
+            if rule == "calibration"
+            else f"no gain in {verdict.p_no_gain:.1%} of resamples, at most {allowed:.2%} allowed for the best of "
+            f"{len(candidates)}; log loss {loss.challenger_loss:.4f} against {loss.champion_loss:.4f}"
+        )
+        + ")"
         + (f"; other challengers: {others}" if others else "")
         + f"; on the recent window ({window_rows} rows) {best.window_f1:.4f} against {champion_window_f1:.4f}"
         + f"; on the test data {best.test_f1:.4f} against {champion_test_f1:.4f}"
     )
     return Gate(
-        champion_recent,
+        verdict.champion_f1,
         champion_test_f1,
         champion_window_f1,
         best,
-        gain,
-        p_no_gain,
-        passed,
+        best.recent_f1 - verdict.champion_f1,
+        verdict.p_no_gain,
+        rule is not None,
         sentence,
         settings.min_gain,
+        rule=rule,
+        champion_loss=loss.champion_loss,
+        challenger_loss=loss.challenger_loss,
     )
 
 
@@ -285,10 +348,11 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
     findings, verdict = look_for_drift(inputs, clock, new, yardsticks)
     if findings.triggers:
         log.warning("retraining: %s", "; ".join(findings.triggers))
-        return assessed(inputs, new_rows, findings, retrain_and_gate(inputs, clock, findings.triggers, new, yardsticks))
+        action = retrain_and_gate(inputs, clock, findings, new, yardsticks)
+        return assessed(inputs, new_rows, findings, action)
     with clock.stage("evaluation window"):
         window = score_window(champion.model, data, yardsticks, settings)
-    untriggered = describe_no_trigger(settings.retrain_on, verdict, findings.drifted_features)
+    untriggered = describe_no_trigger(settings, verdict, findings.drifted_features, findings.calibration_test)
     kept = Action(
         KEPT,
         f"no drift that triggers retraining{untriggered}; kept {champion.version} "
@@ -322,7 +386,9 @@ def look_for_drift(
     features, labels = data.features(new), data.labels(new)
     with clock.stage("performance estimate"):
         fit = fit_serving_calibration(champion.model, yardsticks.test)
-        estimate, calibration = estimate_before_labels(champion.model, features, labels, fit)
+        estimate, calibration, calibration_test = estimate_before_labels(
+            champion.model, features, labels, fit, settings
+        )
     with clock.stage("model drift"):
         verdict = judge_model_drift(settings, inputs.connection, champion, features, labels)
     with clock.stage("data drift"):
@@ -336,7 +402,8 @@ def look_for_drift(
         model_drift=verdict,
         feature_drift=tuple(drift_rows),
         data_reference=reference,
-        triggers=tuple(retraining_triggers(settings.retrain_on, verdict, drifted)),
+        triggers=tuple(retraining_triggers(settings, verdict, drifted, calibration_test)),
+        calibration_test=calibration_test,
     )
     log.info(
         "F1 estimated from the probabilities alone %.4f (%.4f-%.4f), measured %.4f; calibration error %.4f%s",
@@ -385,7 +452,7 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         drift_rows = tuple(judge_data_drift(settings, data, reference.rows, features))
     log.info("data drift reference: %s", reference.describe())
     drifted = [row for row in drift_rows if row.drifted]
-    triggers = tuple(retraining_triggers(settings.retrain_on, None, drifted))
+    triggers = tuple(retraining_triggers(settings, None, drifted))
     findings = Findings(estimate, feature_drift=drift_rows, data_reference=reference, triggers=triggers)
     action = act_on_unlabelled_drift(inputs, clock, findings, rows, low_estimate, yardsticks)
     return assessed(inputs, rows, findings, action, unlabelled=True)
@@ -405,11 +472,11 @@ def act_on_unlabelled_drift(
         return Action(KEPT, describe_unjudged_retraining(inputs, findings, rows, int(evaluation.sum()), low_estimate))
     if findings.triggers:
         log.warning("retraining on the labelled rows: %s", "; ".join(findings.triggers))
-        action = retrain_and_gate(inputs, clock, findings.triggers, evaluation, yardsticks)
+        action = retrain_and_gate(inputs, clock, findings, evaluation, yardsticks)
         return replace(action, decision=f"{rows} unlabelled row(s) ranked; {action.decision}{low_estimate}")
     with clock.stage("evaluation window"):
         window = score_window(champion.model, data, yardsticks, settings)
-    untriggered = describe_no_trigger(settings.retrain_on, None, findings.drifted_features)
+    untriggered = describe_no_trigger(settings, None, findings.drifted_features)
     return Action(
         KEPT,
         f"{rows} unlabelled row(s) ranked; no drift that triggers retraining{untriggered}; "
@@ -483,9 +550,10 @@ def read_yardsticks(inputs: RunInputs, clock: StageClock) -> Yardsticks:
 
 
 def retrain_and_gate(
-    inputs: RunInputs, clock: StageClock, triggers: tuple[str, ...], new: np.ndarray, yardsticks: Yardsticks
+    inputs: RunInputs, clock: StageClock, findings: Findings, new: np.ndarray, yardsticks: Yardsticks
 ) -> Action:
-    """Train the challengers, judge them at the gate on the held-out rows of ``new``, and say what to do."""
+    """Train the challengers (the serving model recalibrated among them when the calibration test failed), judge
+    them at the gate on the held-out rows of ``new``, and say what to do."""
     config, data, champion = inputs.config, inputs.data, inputs.champion
     settings, version = config.monitoring, champion.version
     recent = new & data.held_out(settings.holdout_fraction)
@@ -499,7 +567,9 @@ def retrain_and_gate(
             holdout_rows,
         )
     with clock.stage("training"):
-        trained = train_candidates(inputs, triggers, yardsticks)
+        calibration = findings.calibration_test
+        recalibrate = calibration is not None and calibration.miscalibrated and settings.recalibrate
+        trained = train_candidates(inputs, findings.triggers, yardsticks, recalibrate)
     if not trained:
         return Action(
             KEPT, f"drift found, but no training window holds enough rows to train on; kept {version}", holdout_rows

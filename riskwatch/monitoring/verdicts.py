@@ -17,6 +17,7 @@ from riskwatch.state.artifacts import DeployedVersion, utc_now
 from riskwatch.state.history import DEPLOYED, HistoryStore
 from riskwatch.state.records import EvaluationWindow, Metrics
 from riskwatch.state.runs import CandidateScore, FeatureDrift, RunFields
+from riskwatch.stats.calibration import CalibrationVerdict
 from riskwatch.stats.drift import ModelDrift, describe_feature_drift
 from riskwatch.stats.estimate import PerformanceEstimate
 
@@ -71,6 +72,13 @@ class Candidate:
         """The window and the family, as the gate names them: ``recent/boosted``."""
         return f"{self.window.name}/{self.family}"
 
+    @property
+    def label(self) -> str:
+        """The challenger in words: ``recent window, boosted``, or ``the serving model recalibrated, linear``."""
+        if self.window.name == "recalibrated":
+            return f"the serving model recalibrated, {self.family}"
+        return f"{self.window.name} window, {self.family}"
+
 
 @dataclass(frozen=True)
 class WindowScore:
@@ -124,6 +132,9 @@ class Gate:
     passed: bool
     sentence: str
     margin: float
+    rule: str | None = None  # "f1" or "calibration": the rule ``best`` passed (None: it passed neither)
+    champion_loss: float | None = None  # log loss on the held-out recent rows
+    challenger_loss: float | None = None
 
     @property
     def confirms_champion(self) -> bool:
@@ -143,6 +154,7 @@ class Findings:
     feature_drift: tuple[FeatureDrift, ...] = ()
     data_reference: DataReference | None = None
     triggers: tuple[str, ...] = ()
+    calibration_test: CalibrationVerdict | None = None  # expected against observed exits, and the slope
 
     @property
     def drifted_features(self) -> list[FeatureDrift]:
@@ -237,7 +249,21 @@ class Assessment:
             estimated_f1_high=None if estimate is None else round(estimate.f1_high, 6),
             calibration_error=None if calibration is None else round(calibration, 6),
             estimate_reliable=None if calibration is None else self.reliable,
-        )
+        ).updated(calibration_fields(self.findings.calibration_test))
+
+
+def calibration_fields(verdict: CalibrationVerdict | None) -> RunFields:
+    """The run-history columns of the calibration test; none for rows without outcomes."""
+    if verdict is None:
+        return RunFields()
+    return RunFields(
+        expected_exits=round(verdict.expected_exits, 3),
+        expected_exits_low=round(verdict.expected_low, 3),
+        expected_exits_high=round(verdict.expected_high, 3),
+        observed_exits=verdict.observed_exits,
+        calibration_slope=None if verdict.slope is None else round(verdict.slope, 6),
+        miscalibrated=verdict.miscalibrated,
+    )
 
 
 def model_drift_fields(verdict: ModelDrift | None) -> RunFields:
@@ -268,6 +294,9 @@ def gate_fields(gate: Gate | None) -> RunFields:
         champion_test_f1=gate.champion_test_f1,
         challenger_test_f1=gate.best.test_f1,
         confirmed=gate.confirms_champion,
+        champion_recent_log_loss=None if gate.champion_loss is None else round(gate.champion_loss, 6),
+        challenger_recent_log_loss=None if gate.challenger_loss is None else round(gate.challenger_loss, 6),
+        gate_rule=gate.rule,
     )
 
 

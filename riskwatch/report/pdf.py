@@ -46,7 +46,7 @@ from riskwatch.state.records import (
     ModelInfo,
     StageSpread,
 )
-from riskwatch.state.runs import CandidateScore, StoredRun
+from riskwatch.state.runs import CandidateScore, StoredRun, describe_calibration_test, latest_calibration_test
 
 MARGIN = 16 * mm
 
@@ -403,9 +403,10 @@ def plot_size(path: Path) -> tuple[int, int]:
 
 
 def calibration_section(
-    styles: dict[str, ParagraphStyle], curves: Sequence[CalibrationCurve], plot: Path
+    styles: dict[str, ParagraphStyle], curves: Sequence[CalibrationCurve], plot: Path, tested: str | None = None
 ) -> list[Flowable]:
-    """How well the predicted probabilities match the exit rates seen, on the test data and the latest batch."""
+    """How well the predicted probabilities match the exit rates seen, on the test data and the latest batch;
+    ``tested``: the latest calibration test of the monitoring job, in a sentence."""
     described = "; ".join(f"{escape(curve.label)}: {format_number(curve.rows)} rows" for curve in curves)
     caption = (
         "The labelled rows are put in ten bins of predicted exit probability (0–10%, 10–20%, …); each point is a "
@@ -418,7 +419,8 @@ def calibration_section(
     width, height = plot_size(plot)
     image = Image(str(plot), width=PLOT_WIDTH, height=PLOT_WIDTH * height / width)
     image.hAlign = "CENTER"
-    return [*heading(styles, "Calibration", caption), image]
+    test = [Paragraph(escape(tested), styles["body"])] if tested else []
+    return [*heading(styles, "Calibration", caption), *test, image]
 
 
 STATISTICS_KEYS = ("count", "mean", "median", "std", "min", "q1", "q3", "max")
@@ -676,7 +678,11 @@ def build_report(
     threshold = deployed.model_info.decision_threshold
     story += performance_section(styles, evaluation, threshold, plot, recent)
     if calibration and calibration_plot is not None:
-        story += calibration_section(styles, calibration, calibration_plot)
+        tested = None
+        if history_path is not None:  # newest first, as the test is looked for
+            latest = latest_calibration_test(list(reversed(trend_runs or [])), deployed.version)
+            tested = describe_calibration_test(latest, deployed.version)
+        story += calibration_section(styles, calibration, calibration_plot, tested)
     story += diagnostics_sections(styles, diagnostics)
     story += clients_section(styles, clients, top, data_path, deployed.version)
     if history_path is not None:

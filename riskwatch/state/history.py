@@ -33,7 +33,7 @@ from riskwatch.state.runs import FeatureDrift, RunFields, RunFile, StoredRun, re
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Outcomes a run can end with; "running" until it ends, "interrupted" if it never did.
 RUNNING = "running"
@@ -137,6 +137,15 @@ ADDED_COLUMNS = (
     ("model_family", "TEXT"),  # the model family of the version serving after the run
     ("data_reference_first_batch", "INTEGER"),  # the batches of the rows the data-drift tests compared with
     ("data_reference_last_batch", "INTEGER"),
+    ("expected_exits", "REAL"),  # the calibration test on the new labelled rows
+    ("expected_exits_low", "REAL"),
+    ("expected_exits_high", "REAL"),
+    ("observed_exits", "INTEGER"),
+    ("calibration_slope", "REAL"),
+    ("miscalibrated", "INTEGER"),
+    ("champion_recent_log_loss", "REAL"),  # the gate's calibration rule
+    ("challenger_recent_log_loss", "REAL"),
+    ("gate_rule", "TEXT"),  # "f1" or "calibration": the rule the best challenger passed
 )
 RUN_COLUMNS = (
     "id",

@@ -34,14 +34,16 @@ ABSENT_KEYS = {"absent_keys": True}
 class TrainingWindow:
     """Which ingested rows a model was trained on, as its ``trainedmodel.json`` records it."""
 
-    name: str  # "all", "recent" or "weighted"
+    name: str  # "all", "recent", "weighted", or "recalibrated" (a serving model's log-odds refitted)
     first_batch: int
     last_batch: int
-    rows: int
+    rows: int  # "recalibrated": the rows the log-odds were refitted on
     # Rows held out to judge models come from batches from this one on; earlier ones were all trained on.
     held_out_from_batch: int
     half_life: float | None = None  # "weighted": weights halve every half_life batches or days
     half_life_unit: str | None = None
+    # "recalibrated": the first batch of the rows refitted on (left out of the file for the other windows)
+    recalibrated_from_batch: int | None = field(default=None, metadata=OMITTED_WHEN_NONE)
 
     def describe(self) -> str:
         span = (
@@ -49,6 +51,8 @@ class TrainingWindow:
             if self.first_batch == self.last_batch
             else (f"batches {self.first_batch}-{self.last_batch}")
         )
+        if self.name == "recalibrated":
+            return f"the serving model recalibrated on {self.rows} rows from batch {self.recalibrated_from_batch}"
         if self.name == "weighted":
             return f"all rows weighted by recency (halving every {self.half_life:g} {self.half_life_unit}), {span}"
         return f"{'all rows' if self.name == 'all' else 'recent rows'}, {span} ({self.rows} rows)"

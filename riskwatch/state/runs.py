@@ -10,9 +10,11 @@ misshapen cell reads as ``None`` rather than hiding the run.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
+
+from riskwatch.core.formatting import format_grouped
 
 JsonObject = dict[str, Any]  # a free-form JSON object, as stored (the run's details, its stage timings)
 
@@ -175,6 +177,15 @@ class RunFields:
     model_family: str | None = None
     data_reference_first_batch: int | None = None  # the batches of the rows the data-drift tests compared with
     data_reference_last_batch: int | None = None
+    expected_exits: float | None = None  # the calibration test on the new labelled rows: exits the model expected,
+    expected_exits_low: float | None = None  # the central interval a calibrated model would see,
+    expected_exits_high: float | None = None
+    observed_exits: int | None = None  # the exits observed,
+    calibration_slope: float | None = None  # the outcomes' slope on the model's log-odds (1: calibrated),
+    miscalibrated: bool | None = None  # and the verdict
+    champion_recent_log_loss: float | None = None  # the gate's calibration rule, on the held-out recent rows
+    challenger_recent_log_loss: float | None = None
+    gate_rule: str | None = None  # "f1" or "calibration": the rule the best challenger passed, if any
 
     def updated(self, changes: RunFields) -> RunFields:
         """These fields with those ``changes`` knows (not ``None``) put in their place."""
@@ -331,3 +342,31 @@ def read_stored_run(
     )
     values.update({name: read_flag(values[name]) for name in (*BOOLEAN_COLUMNS, "confirmed", "estimate_reliable")})
     return StoredRun(**values, files=files, feature_drift=feature_drift)
+
+
+def latest_calibration_test(runs: Sequence[StoredRun], version: str) -> StoredRun | None:
+    """The newest run that tested ``version``'s calibration on labelled rows (runs newest first); None if none."""
+    return next((run for run in runs if run.model_version_before == version and run.observed_exits is not None), None)
+
+
+def describe_calibration_test(run: StoredRun | None, version: str) -> str:
+    """How far the expected exits of ``version`` can be trusted, in one sentence, from its latest calibration test
+    (``latest_calibration_test``): the exits it expected on labelled rows against those observed."""
+    if run is None or run.expected_exits is None or run.observed_exits is None:
+        return f"No labelled batch has tested the calibration of {version} yet."
+    expected, observed = run.expected_exits, run.observed_exits
+    gap = f" ({observed / expected - 1:+.0%})" if expected > 0 else ""
+    span = f"{format_grouped(run.expected_exits_low)}-{format_grouped(run.expected_exits_high)}"
+    tested = (
+        f"The latest calibration test of {version} (run {run.id}, {format_grouped(run.new_rows)} labelled rows): "
+        f"{format_grouped(expected)} exits expected, {format_grouped(observed)} observed{gap}"
+    )
+    low, high = run.expected_exits_low or 0.0, run.expected_exits_high or 0.0
+    if not low <= observed <= high:
+        return f"{tested}, outside the range a calibrated model shows ({span}): its expected exits were that far off."
+    held = f"{tested}, within the range a calibrated model shows ({span}): its expected exits held"
+    slope = run.calibration_slope
+    if run.miscalibrated and slope is not None:
+        spread = "too flat" if slope > 1 else "too steep"
+        return f"{held}, but its calibration slope, {slope:.2f}, says its probabilities are {spread}."
+    return f"{held}."

@@ -1,9 +1,14 @@
-"""The gate's rule: is one model's F1 reliably better than another's on the same rows?
+"""The gate's rules: is one model reliably better than another on the same rows?
 
-A challenger is better when it gains at least a margin on these rows and gains at all in at
-least ``confidence`` of paired resamples of them. The monitoring job's gate judges challengers
+By F1: a challenger is better when it gains at least a margin on these rows and gains at all in
+at least ``confidence`` of paired resamples of them. The monitoring job's gate judges challengers
 against the serving model with it; training judges the model families against each other with
 it, on their cross-validated labels.
+
+By calibration: a challenger is better calibrated when its log loss on these rows is lower in at
+least ``confidence`` of paired resamples of them (the mean of the rows' paired differences, whose
+resampling distribution is normal at these sizes, so it is computed rather than drawn). The gate
+takes such a challenger when it also loses no more than the margin in F1.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy.stats import norm
 
 from riskwatch.stats.drift import f1_from_counts
 
@@ -72,3 +78,32 @@ def judge_gain(
     # A tolerance, so that a gain of exactly the margin counts despite rounding.
     passed = challenger_f1 - champion_f1 >= min_gain - 1e-9 and p_no_gain <= 1 - confidence
     return GainVerdict(champion_f1, challenger_f1, p_no_gain, passed)
+
+
+@dataclass(frozen=True)
+class LossVerdict:
+    """The challenger's log loss against the champion's on the rows, the share of paired resamples in which it is
+    not lower, and whether that is rare enough."""
+
+    champion_loss: float
+    challenger_loss: float
+    p_no_gain: float
+    passed: bool
+
+
+def row_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> npt.NDArray[np.float64]:
+    """Each row's log loss (probabilities kept 1e-15 from 0 and 1, as scikit-learn's ``log_loss`` does)."""
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-15, 1 - 1e-15)
+    exited = np.asarray(labels).astype(bool)
+    return np.asarray(-np.where(exited, np.log(clipped), np.log1p(-clipped)), dtype=np.float64)
+
+
+def judge_log_loss(labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray, confidence: float) -> LossVerdict:
+    """The calibration rule on these rows: the challenger's probabilities have a lower log loss than the
+    champion's in at least ``confidence`` of paired resamples."""
+    before, after = row_log_loss(labels, champion), row_log_loss(labels, challenger)
+    differences = after - before
+    spread = float(np.std(differences, ddof=1)) / np.sqrt(differences.size) if differences.size > 1 else 0.0
+    mean = float(differences.mean())
+    p_no_gain = float(norm.sf(-mean / spread)) if spread > 0 else float(mean >= 0)
+    return LossVerdict(float(before.mean()), float(after.mean()), p_no_gain, p_no_gain <= 1 - confidence)

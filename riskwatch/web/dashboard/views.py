@@ -17,7 +17,7 @@ from riskwatch.core.schema import FEATURE_LABELS, FEATURES
 from riskwatch.model.clients import SORT_KEYS, ClientTable, stream_clients_csv
 from riskwatch.state.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE
 from riskwatch.state.history import DEPLOYED, FIRST_DEPLOYMENT, NO_NEW_DATA
-from riskwatch.state.runs import FeatureDrift, StoredRun
+from riskwatch.state.runs import FeatureDrift, StoredRun, describe_calibration_test, latest_calibration_test
 from riskwatch.web.dashboard import DASHBOARD_STATE, bp
 from riskwatch.web.dashboard.charts import Chart, Mark, Series, render_chart
 from riskwatch.web.dashboard.model import app_effects_cache, gather_model_page
@@ -144,6 +144,9 @@ def overview() -> str:
         previous=previous,
         last_run=runs[0] if runs else None,
         last_decided=next((run for run in runs if run.outcome != NO_NEW_DATA), None),
+        calibration=(
+            describe_calibration_test(latest_calibration_test(runs, served.version), served.version) if served else None
+        ),
     )
 
 
