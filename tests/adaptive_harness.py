@@ -168,11 +168,13 @@ class ChangingWorld:
         self.steps.append(step)
         return step
 
-    def feed(self, world: str, rows: int = 3_000) -> Step:
-        """A batch of ``rows`` new clients from ``world``, then one monitoring run."""
+    def feed(self, world: str, rows: int = 3_000, faulty_join: str | None = None, labelled: bool = True) -> Step:
+        """A batch of ``rows`` new clients from ``world`` (``faulty_join``: with that feature paired with other
+        clients' rows; ``labelled=False``: without outcomes), then one monitoring run."""
         self.seed += 1
         name = f"batch_{len(self.steps):03d}_{world}.csv"
-        write_batch(self.root / "sourceddata" / name, rows, seed=self.seed, world=world)
+        path = self.root / "sourceddata" / name
+        write_batch(path, rows, seed=self.seed, world=world, labelled=labelled, faulty_join=faulty_join)
         return self.run(name, world, rows)
 
     def retrained(self, steps: list[Step]) -> int:
@@ -181,11 +183,13 @@ class ChangingWorld:
 
 def fired_tests(run: StoredRun) -> str:
     """The tests that fired on a run's rows, in short: model drift, data drift, calibration."""
-    fired = [
-        name
-        for name, flag in (("model", run.model_drift), ("data", run.data_drift), ("calibration", run.miscalibrated))
-        if flag
-    ]
+    tests = (
+        ("model", run.model_drift),
+        ("data", run.data_drift),
+        ("calibration", run.miscalibrated),
+        ("integrity", run.integrity_alarm),
+    )
+    fired = [name for name, flag in tests if flag]
     return "+".join(fired) or "-"
 
 

@@ -166,6 +166,13 @@ LATER_COLUMNS = (
     "champion_recent_log_loss",
     "challenger_recent_log_loss",
     "gate_rule",
+    "reconstruction_error",
+    "reconstruction_reference",
+    "reconstruction_expected",
+    "reconstruction_threshold",
+    "multivariate_drift",
+    "integrity_alarm",
+    "integrity_accepted_at",
 )
 
 

@@ -75,6 +75,22 @@ def test_the_expected_exits_say_how_the_latest_calibration_test_of_the_serving_v
     ) in page
 
 
+def test_model_health_charts_calibration_and_data_integrity_per_run(client, deployed):
+    page = client.get("/dashboard/model-health").get_data(as_text=True)
+    assert "Data integrity" not in page and "Exits observed" not in page  # no run tested them
+    with contextlib.closing(open_history(deployed.history_path)) as connection:
+        run = start_run(connection, "2026-11-10T10:00:00Z", 300, "v0001")
+        fields = RunFields(outcome="quarantined", new_rows=3000, reconstruction_error=1.1396)
+        fields = fields.updated(RunFields(reconstruction_expected=0.6922, reconstruction_threshold=0.8307))
+        fields = fields.updated(RunFields(integrity_alarm=True, observed_exits=740, expected_exits=731.5))
+        fields = fields.updated(RunFields(expected_exits_low=681.2, expected_exits_high=781.8, miscalibrated=False))
+        save_run(connection, run, fields)
+    page = client.get("/dashboard/model-health").get_data(as_text=True)
+    assert "Data integrity: how far each batch&#39;s rows lie from the training rows&#39; principal axes" in page
+    assert "<td>1.140</td><td>0.692</td><td>0.831</td><td>yes</td>" in page
+    assert "Exits observed in each labelled batch" in page and "681-782" in page
+
+
 def test_the_overview_compares_with_the_previous_version(deployed):
     train_and_score(deployed, C=0.01)
     deploy(deployed)

@@ -6,13 +6,33 @@ import numpy as np
 import pytest
 
 from riskwatch.core.config import MODEL_FAMILIES, Config, load_config
+from riskwatch.core.errors import PipelineError
+from riskwatch.cycle.fullprocess import read_unlabelled_features
 from riskwatch.data.batches import read_batch_book, read_ingested_data
 from riskwatch.data.generator import write_batch
-from riskwatch.monitoring.decision import assess
+from riskwatch.monitoring.decision import assess, assess_unlabelled
 from riskwatch.monitoring.verdicts import RunInputs
 from riskwatch.stages.ingestion import ingest_folder
-from riskwatch.state.artifacts import MODEL_FILE, current_version_folder, load_deployed_version, load_model
-from riskwatch.state.history import DEPLOYED, KEPT, WAITING, open_history
+from riskwatch.state.artifacts import (
+    INGESTED_FILES,
+    MODEL_FILE,
+    current_version_folder,
+    load_deployed_version,
+    load_model,
+    read_ingestion_record,
+)
+from riskwatch.state.history import (
+    DEPLOYED,
+    KEPT,
+    QUARANTINED,
+    WAITING,
+    accept_quarantined,
+    open_history,
+    quarantined_batches,
+    save_run,
+    start_run,
+)
+from riskwatch.state.runs import RunFields
 from riskwatch.state.stages import StageClock
 from riskwatch.stats.comparison import paired_gain_resamples
 from tests.helpers import write_config
@@ -178,3 +198,69 @@ def test_with_recalibration_off_a_miscalibrated_model_is_kept_and_the_decision_s
     assert decision.findings.calibration_test.miscalibrated and not decision.findings.triggers
     assert decision.outcome == KEPT and "miscalibration found: expected" in decision.decision
     assert "recalibrate is off" in decision.decision
+
+
+def add_faulty_batch(config: Config, name: str, rows: int, seed: int, labelled: bool = True) -> None:
+    write_batch(config.input_folder_path / name, rows, seed=seed, labelled=labelled, faulty_join="lastyear_activity")
+    ingest_folder(config.input_folder_path, config.output_folder_path)
+
+
+def test_a_faulty_join_raises_a_data_integrity_alarm_and_nothing_is_trained_on_it(deployed: Config):
+    add_faulty_batch(deployed, "faulty.csv", 3000, seed=48)
+    decision, clock = decide(deployed, watermark=1)
+    integrity = decision.findings.integrity
+    assert integrity.broken and integrity.error > integrity.integrity_threshold > integrity.expected_error
+    assert decision.outcome == QUARANTINED and not decision.findings.triggers and not decision.action.candidates
+    assert decision.decision.startswith("data integrity alarm: the 3000 new row(s) of batch 2 keep each column's")
+    assert "kept out of training until accepted (fullprocess.py --accept-run" in decision.decision
+    fields = decision.history_fields()
+    assert fields.integrity_alarm is True and fields.reconstruction_error == round(integrity.error, 6)
+    assert "data integrity" in clock.timings
+
+
+def test_stable_shifted_and_changed_batches_keep_their_integrity(deployed: Config):
+    for seed, world in enumerate(("stable", "shifted", "drifted", "riskier"), start=60):
+        add_batch(deployed, f"{world}.csv", 3000, seed=seed, world=world)
+        decision, _ = decide(deployed, watermark=deployed_batches(deployed) - 1)
+        assert not decision.findings.integrity.broken, (world, decision.findings.integrity.describe())
+        assert decision.findings.integrity.multivariate_drift is (world in ("shifted", "drifted")), world
+
+
+def deployed_batches(config: Config) -> int:
+    return read_ingested_data(config.output_folder_path).latest_batch
+
+
+def test_batches_under_an_alarm_are_kept_out_of_training_until_accepted(deployed: Config):
+    connection = open_history(deployed.history_path)
+    add_faulty_batch(deployed, "faulty.csv", 3000, seed=48)
+    run = start_run(connection, "2026-12-07T10:00:00Z", 1, "v0001")
+    decision, _ = decide(deployed, watermark=1)
+    save_run(connection, run, decision.history_fields().updated(RunFields(outcome=decision.outcome)))
+    assert quarantined_batches(connection) == [(2, 2)]
+    add_batch(deployed, "drift.csv", 3000, seed=43, world="drifted")
+    changed, _ = decide(deployed, watermark=2)
+    data = read_ingested_data(deployed.output_folder_path)
+    everything = next(one for one in changed.action.candidates if one.name == "all/linear")
+    held_out = data.held_out(deployed.monitoring.holdout_fraction) & data.in_batches(2)
+    assert everything.window.rows == data.rows - int((data.batch == 2).sum()) - int((held_out & (data.batch > 2)).sum())
+    assert accept_quarantined(connection, run, "2026-12-07T11:00:00Z") == (2, 2)
+    assert quarantined_batches(connection) == []
+    with pytest.raises(PipelineError, match=f"run {run}'s batch was accepted already"):
+        accept_quarantined(connection, run, "2026-12-07T12:00:00Z")
+    with pytest.raises(PipelineError, match="raised no data integrity alarm; nothing to accept"):
+        accept_quarantined(connection, run + 99, "2026-12-07T12:00:00Z")
+    connection.close()
+
+
+def test_unlabelled_rows_from_a_faulty_join_raise_the_alarm_too(deployed: Config):
+    add_faulty_batch(deployed, "pending.csv", 3000, seed=49, labelled=False)
+    data = read_ingested_data(deployed.output_folder_path)
+
+    record = read_ingestion_record(deployed.output_folder_path / INGESTED_FILES)
+    pending = [entry for entry in record.files if not entry.labelled]
+    features = read_unlabelled_features(deployed.output_folder_path, pending)
+    champion = load_deployed_version(current_version_folder(deployed.prod_deployment_path))
+    inputs = RunInputs(deployed, open_history(deployed.history_path), champion, data, 1, run_id=7)
+    decision = assess_unlabelled(inputs, StageClock(), features)
+    assert decision.outcome == QUARANTINED and decision.findings.integrity.broken
+    assert "they are ranked, but never trained on" in decision.decision

@@ -198,6 +198,11 @@ class MonitoringSettings:
     # A miscalibrated serving model calls for retraining, with itself recalibrated (its log-odds refitted on the
     # recent rows, its threshold chosen again) among the challengers.
     recalibrate: bool = True
+    # The data integrity test on every batch: the new rows' reconstruction error from the principal axes of the
+    # serving model's training rows, against what their own columns imply; a batch past it by three standard
+    # errors and this tolerance (relative) is a data integrity alarm, and nothing is trained on it until accepted.
+    check_integrity: bool = True
+    integrity_tolerance: float = field(default=0.2, metadata={"min": 0})
     # Held-out rows of the latest batches that make the rolling evaluation window.
     evaluation_window_rows: int = 5000
     # Alerts: a JSON event to each URL when a run deploys, fails or finds drift it cannot fix.

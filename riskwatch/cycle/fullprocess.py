@@ -93,7 +93,9 @@ from riskwatch.state.history import (
     INTERRUPTED,
     KEPT,
     NO_NEW_DATA,
+    QUARANTINED,
     HistoryStore,
+    accept_quarantined,
     decided_batch,
     decided_hashes,
     mark_interrupted,
@@ -123,7 +125,16 @@ EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock; nothing was done, t
 EXIT_INTERRUPTED = 130
 PLOT_AFTER_DEPLOYMENT = "confusionmatrix2.png"
 ALERTS_LOG_FILE = "alerts.log"
-ALERT_DETAILS = ("new_rows", "new_data_f1", "drift_threshold", "estimated_f1", "winning_window", "failed_stage")
+ALERT_DETAILS = (
+    "new_rows",
+    "new_data_f1",
+    "drift_threshold",
+    "estimated_f1",
+    "winning_window",
+    "failed_stage",
+    "reconstruction_error",
+    "reconstruction_threshold",
+)
 API_RETURNS_AFTER_DEPLOYMENT = "apireturns2.txt"
 
 
@@ -262,7 +273,7 @@ def find_watermark(connection: HistoryStore, champion: DeployedVersion, batch_be
     return max(known) if known else batch_before
 
 
-def assess_new_data(config: Config, connection: HistoryStore, steps: RunSteps, check: SourceCheck) -> None:
+def assess_new_data(config: Config, connection: HistoryStore, run_id: int, steps: RunSteps, check: SourceCheck) -> None:
     """Ingest the new files, decide on the rows that arrived (drift, challengers, gate), deploy a winner."""
     from riskwatch.data.batches import read_ingested_data
 
@@ -282,7 +293,9 @@ def assess_new_data(config: Config, connection: HistoryStore, steps: RunSteps, c
             f"{champion.version} serves",
         )
         return
-    assessment = decide_on_new_rows(config, connection, steps.clock, champion, data, watermark, unlabelled_new(steps))
+    assessment = decide_on_new_rows(
+        config, connection, run_id, steps.clock, champion, data, watermark, unlabelled_new(steps)
+    )
     steps.feature_drift = tuple(assessment.findings.feature_drift)
     measured = RunFields(
         ingested_rows=result.rows_written,
@@ -301,6 +314,7 @@ def assess_new_data(config: Config, connection: HistoryStore, steps: RunSteps, c
 def decide_on_new_rows(
     config: Config,
     connection: HistoryStore,
+    run_id: int,
     clock: StageClock,
     champion: DeployedVersion,
     data: IngestedData,
@@ -311,7 +325,7 @@ def decide_on_new_rows(
     from riskwatch.monitoring.decision import assess, assess_unlabelled
     from riskwatch.monitoring.verdicts import RunInputs
 
-    inputs = RunInputs(config, connection, champion, data, watermark)
+    inputs = RunInputs(config, connection, champion, data, watermark, run_id)
     if unlabelled and not data.in_batches(watermark + 1).any():
         with clock.stage("unlabelled rows"):
             features = read_unlabelled_features(config.output_folder_path, unlabelled)
@@ -448,7 +462,7 @@ def run_once(config: Config, connection: HistoryStore, steps: RunSteps, writer: 
     if version is None:
         deploy_first_model(config, steps, check)
     else:
-        assess_new_data(config, connection, steps, check)
+        assess_new_data(config, connection, writer.run_id, steps, check)
     outcome = steps.outcome or RunFields()
     if outcome.outcome in (DEPLOYED, FIRST_DEPLOYMENT):
         writer.save(record_of(steps))  # the report made next shows this run in its trends
@@ -466,6 +480,8 @@ def alert_kind(fields: RunFields) -> str | None:
         return "failed"
     if outcome == KEPT and fields.drift_trigger:
         return "unresolved_drift"
+    if outcome == QUARANTINED:
+        return "integrity"
     return None
 
 
@@ -614,6 +630,17 @@ def run_full_process(config: Config) -> RunFields:
     return record.fields
 
 
+def accept_run(config: Config, run_id: int) -> str:
+    """Record that an operator accepted the batch run ``run_id`` raised a data integrity alarm on; say what that
+    changes. Raises PipelineError in one sentence when there is nothing to accept."""
+    with contextlib.closing(open_history(config.history_path)) as connection:
+        first, last = accept_quarantined(connection, run_id, utc_now())
+    if first is None:
+        return f"accepted the rows of run {run_id}: they have no outcomes, so they are ranked and never trained on"
+    batches = f"batch {first}" if first == last else f"batches {first}-{last}"
+    return f"accepted {batches} of run {run_id}: later runs may train on their rows"
+
+
 # A run told to stop records that and releases its lock within this long, or the kernel ends it (SIGALRM's default
 # action): a run that cannot finish its cleanup is then a killed run, which the pipeline survives (see docs/design.md).
 STOP_SECONDS = 30
@@ -635,6 +662,12 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument(
         "--write-cronjob", type=Path, metavar="PATH", help="write the crontab line for this checkout to PATH and exit"
     )
+    action.add_argument(
+        "--accept-run",
+        type=int,
+        metavar="RUN",
+        help="accept the batch run RUN raised a data integrity alarm on (later runs may train on it) and exit",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose - args.quiet)
     try:
@@ -647,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.write_cronjob is not None:
             log.info("wrote %s", write_cronjob(config, args.write_cronjob))
+            return 0
+        if args.accept_run is not None:
+            log.info("%s", accept_run(config, args.accept_run))
             return 0
         add_log_file(config.log_path, int(config.monitoring.log_max_mb * 2**20), config.monitoring.log_backups)
     except (PipelineError, OSError) as exc:

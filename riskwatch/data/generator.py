@@ -31,8 +31,9 @@ import numpy as np
 from riskwatch.core.cli import add_logging_flags, run_command
 from riskwatch.core.config import PROJECT_ROOT
 from riskwatch.core.databases import DEFAULT_PASSWORD_ENV, check_identifier, parse_database_url, unreachable
+from riskwatch.core.errors import PipelineError
 from riskwatch.core.files import CLASSIC_TEST_FILE, write_text_atomic
-from riskwatch.core.schema import COLUMNS, ID_COLUMN, UNLABELLED_COLUMNS
+from riskwatch.core.schema import COLUMNS, FEATURES, ID_COLUMN, UNLABELLED_COLUMNS
 
 log = logging.getLogger("generate_data")
 
@@ -210,15 +211,25 @@ def write_world_data(
 
 
 def write_batch(
-    out: Path, rows: int, seed: int, world: str = "stable", files: int = 1, labelled: bool = True
+    out: Path,
+    rows: int,
+    seed: int,
+    world: str = "stable",
+    files: int = 1,
+    labelled: bool = True,
+    faulty_join: str | None = None,
 ) -> list[Path]:
     """Write ``rows`` new clients of ``world`` (see WORLDS) to ``out`` (a .csv file, or a folder when ``files`` > 1).
 
     ``labelled=False`` leaves out the ``exited`` column: clients whose outcome is not known yet.
+    ``faulty_join``: a feature whose values are paired with other clients' rows, as a faulty join leaves
+    them (``break_join``).
     """
     columns = COLUMNS if labelled else UNLABELLED_COLUMNS
     rng = np.random.default_rng(seed)
     clients = generate_clients(rows, rng, WORLDS[world])
+    if faulty_join is not None:
+        clients = break_join(clients, faulty_join, rng)
     if files == 1 and out.suffix == ".csv":
         targets = [out]
     else:
@@ -227,6 +238,14 @@ def write_batch(
         write_text_atomic(target, format_csv(rows_of(take_rows(clients, part), columns), columns))
     log.info("wrote %d %s rows to %d file(s) under %s", rows, world, len(targets), out)
     return targets
+
+
+def break_join(clients: dict[str, np.ndarray], column: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The clients with ``column``'s values shuffled across rows: each column's values exactly as before, their
+    relationship gone (a join on the wrong key; the outcomes stay with the rows they were drawn for)."""
+    if column not in FEATURES:
+        raise PipelineError(f"--faulty-join must name a feature ({', '.join(FEATURES)}), not {column!r}")
+    return {**clients, column: clients[column][rng.permutation(clients[column].size)]}
 
 
 DEFAULT_TABLE = "client_activity"
@@ -311,6 +330,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     changed.add_argument("--world", choices=sorted(WORLDS), help="draw the rows from this world")
     batch.add_argument("--unlabelled", action="store_true", help="leave out the exited column (outcomes not known yet)")
+    batch.add_argument(
+        "--faulty-join",
+        metavar="FEATURE",
+        help="pair this feature's values with other clients' rows, as a faulty join would",
+    )
     batch.set_defaults(world="stable")
     whole = sub.add_parser("world", help="write sourceddata/ and testdata/ of a world under a folder")
     whole.add_argument("--root", type=Path, required=True, help="folder to write sourceddata/ and testdata/ under")
@@ -344,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(
             "generate_data",
             args,
-            lambda: write_batch(args.out, args.rows, args.seed, args.world, args.files, not args.unlabelled),
+            lambda: write_batch(
+                args.out, args.rows, args.seed, args.world, args.files, not args.unlabelled, args.faulty_join
+            ),
         )
     return run_command("generate_data", args, lambda: write_shipped_data(getattr(args, "root", PROJECT_ROOT)))
 

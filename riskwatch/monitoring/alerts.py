@@ -34,7 +34,7 @@ from riskwatch.state.runs import AlertRecord, WebhookDelivery
 
 log = logging.getLogger("alerts")
 
-ALERT_KINDS = ("deployed", "failed", "unresolved_drift")
+ALERT_KINDS = ("deployed", "failed", "unresolved_drift", "integrity")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 4.0

@@ -121,7 +121,10 @@ def train_candidates(
     from riskwatch.stages.training import FitContext, Retraining, describe_training_data, save_trained
 
     config, data, test = inputs.config, inputs.data, yardsticks.test
-    first_new, trainable, because = inputs.watermark + 1, ~yardsticks.evaluation, "; ".join(triggers)
+    first_new, because = inputs.watermark + 1, "; ".join(triggers)
+    trainable = ~yardsticks.evaluation
+    if yardsticks.kept_out is not None:  # batches a data integrity alarm keeps out until accepted
+        trainable &= ~yardsticks.kept_out
     described = describe_training_data(config.output_folder_path)
     retraining = Retraining(int((data.in_batches(first_new) & ~trainable).sum()), because)
     windows = candidate_windows(config, inputs.connection, data, first_new, yardsticks.held_out_from, trainable)

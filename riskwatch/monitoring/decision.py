@@ -43,12 +43,14 @@ from riskwatch.state.artifacts import Classifier, DeployedVersion
 from riskwatch.state.history import (
     DEPLOYED,
     KEPT,
+    QUARANTINED,
     WAITING,
     HistoryStore,
     ReferenceScore,
     gate_score,
     later_scores,
     latest_confirmation,
+    quarantined_batches,
 )
 from riskwatch.state.runs import FeatureDrift
 from riskwatch.state.stages import StageClock
@@ -69,6 +71,7 @@ from riskwatch.stats.drift import (
     feature_drift,
 )
 from riskwatch.stats.estimate import PerformanceEstimate, estimate_performance
+from riskwatch.stats.integrity import IntegrityVerdict, fit_joint_structure, judge_integrity
 
 log = logging.getLogger("fullprocess")
 
@@ -153,7 +156,11 @@ def fit_serving_calibration(model: Classifier, test: EvaluationData) -> Calibrat
 
 
 def data_reference(
-    connection: HistoryStore, data: IngestedData, champion: DeployedVersion, watermark: int
+    connection: HistoryStore,
+    data: IngestedData,
+    champion: DeployedVersion,
+    watermark: int,
+    kept_out: np.ndarray | None = None,
 ) -> DataReference:
     """The rows new ones are compared with.
 
@@ -164,19 +171,28 @@ def data_reference(
     run_id, _ = gate_score(connection, champion.version)
     confirmed = latest_confirmation(connection, champion.version, run_id)
     if confirmed is not None:
-        rows = np.flatnonzero(data.in_batches(confirmed.first_batch, confirmed.last_batch))
+        rows = without(np.flatnonzero(data.in_batches(confirmed.first_batch, confirmed.last_batch)), kept_out)
         return DataReference(rows, confirmed.first_batch, confirmed.last_batch, run_id=confirmed.run_id)
     window = champion.model_info.training_window
     if window is None:
         mask = data.batch <= watermark
-        return DataReference(np.flatnonzero(mask), 1 if watermark >= 1 else None, watermark if watermark >= 1 else None)
-    rows = np.flatnonzero(data.in_batches(window.first_batch, window.last_batch))
+        return DataReference(
+            without(np.flatnonzero(mask), kept_out),
+            1 if watermark >= 1 else None,
+            watermark if watermark >= 1 else None,
+        )
+    rows = without(np.flatnonzero(data.in_batches(window.first_batch, window.last_batch)), kept_out)
     weighted = window.name == "weighted" and rows.size > 0
     if weighted:
         weights = recency_weights(data, window.half_life or 1.0, window.half_life_unit or "batches", window.last_batch)
         weights = weights[rows] / weights[rows].sum()
         rows = np.sort(np.random.default_rng(0).choice(rows, size=rows.size, p=weights))
     return DataReference(rows, window.first_batch, window.last_batch, window=window, weighted=weighted)
+
+
+def without(rows: np.ndarray, kept_out: np.ndarray | None) -> np.ndarray:
+    """These row numbers less the rows of batches kept out of training (a data integrity alarm not accepted)."""
+    return rows if kept_out is None else rows[~kept_out[rows]]
 
 
 def judge_data_drift(
@@ -200,14 +216,18 @@ def retraining_triggers(
     model_drift: ModelDrift | None,
     drifted: list[FeatureDrift],
     calibration: CalibrationVerdict | None = None,
+    integrity: IntegrityVerdict | None = None,
 ) -> list[str]:
     """What calls for retraining under ``monitoring.retrain_on`` (drift) and ``monitoring.recalibrate``
-    (miscalibration), each with the statistic behind it.
+    (miscalibration), each with the statistic behind it; nothing when the rows broke the data integrity test,
+    which no model should learn from.
 
     ``model_drift`` and ``calibration``: None for rows without outcomes, where only data drift can call for it.
     """
     retrain_on = settings.retrain_on
-    triggers = []
+    triggers: list[str] = []
+    if integrity is not None and integrity.broken:
+        return triggers
     if model_drift is not None and model_drift.drifted and retrain_on in ("model_drift", "either"):
         triggers.append(f"model drift ({model_drift.describe()})")
     if drifted and retrain_on in ("data_drift", "either"):
@@ -233,6 +253,55 @@ def describe_no_trigger(
     if calibration is not None and calibration.miscalibrated and not settings.recalibrate:
         drift += f" (miscalibration found: {calibration.describe()}; recalibrate is off)"
     return drift
+
+
+# ---------------------------------------------------------------- data integrity
+
+
+def judge_data_integrity(
+    settings: MonitoringSettings, data: IngestedData, reference_rows: np.ndarray, new_features: np.ndarray
+) -> IntegrityVerdict | None:
+    """The data integrity test of the new rows against the reference rows (``riskwatch/stats/integrity.py``);
+    None when it is switched off or the reference cannot give a joint structure."""
+    if not settings.check_integrity or reference_rows.size == 0 or new_features.shape[0] == 0:
+        return None
+    if reference_rows.size > MAX_REFERENCE_ROWS:
+        reference_rows = np.sort(np.random.default_rng(0).choice(reference_rows, MAX_REFERENCE_ROWS, replace=False))
+    structure = fit_joint_structure(np.log1p(data.features()[reference_rows]))
+    if structure is None:
+        return None
+    verdict = judge_integrity(structure, np.log1p(new_features), settings.integrity_tolerance)
+    (log.warning if verdict.broken else log.info)(
+        "data integrity %s: %s", "broken" if verdict.broken else "holds", verdict.describe()
+    )
+    return verdict
+
+
+def quarantine(inputs: RunInputs, findings: Findings, rows: int, unlabelled: bool = False) -> Action:
+    """The action on rows that broke the data integrity test: nothing is trained on them (now, or by later runs
+    until an operator accepts them), the serving model keeps serving, and the decision says so."""
+    integrity = findings.integrity
+    assert integrity is not None
+    first, last = inputs.watermark + 1, inputs.data.latest_batch
+    batches = "" if unlabelled else (f" of batch {first}" if first == last else f" of batches {first}-{last}")
+    accept = (
+        f"fullprocess.py --accept-run {inputs.run_id}" if inputs.run_id is not None else "fullprocess.py --accept-run"
+    )
+    kept_from = "ranked, but never trained on" if unlabelled else f"kept out of training until accepted ({accept})"
+    return Action(
+        QUARANTINED,
+        f"data integrity alarm: the {rows} new row(s){batches} keep each column's values but not their relationship, "
+        f"as a faulty join or export would leave them: {integrity.describe()}; they are {kept_from}; "
+        f"{inputs.champion.version} serves",
+    )
+
+
+def kept_out_rows(connection: HistoryStore, data: IngestedData) -> np.ndarray:
+    """The ingested rows of the batches a data integrity alarm keeps out of training (not accepted yet)."""
+    mask = np.zeros(data.rows, dtype=bool)
+    for first, last in quarantined_batches(connection):
+        mask |= data.in_batches(first, last)
+    return mask
 
 
 # ---------------------------------------------------------------- windows
@@ -346,6 +415,8 @@ def assess(inputs: RunInputs, clock: StageClock) -> Assessment:
         return assessed(inputs, new_rows, Findings(), waiting)
     yardsticks = read_yardsticks(inputs, clock)
     findings, verdict = look_for_drift(inputs, clock, new, yardsticks)
+    if findings.integrity is not None and findings.integrity.broken:
+        return assessed(inputs, new_rows, findings, quarantine(inputs, findings, new_rows))
     if findings.triggers:
         log.warning("retraining: %s", "; ".join(findings.triggers))
         action = retrain_and_gate(inputs, clock, findings, new, yardsticks)
@@ -392,8 +463,10 @@ def look_for_drift(
     with clock.stage("model drift"):
         verdict = judge_model_drift(settings, inputs.connection, champion, features, labels)
     with clock.stage("data drift"):
-        reference = data_reference(inputs.connection, data, champion, inputs.watermark)
+        reference = data_reference(inputs.connection, data, champion, inputs.watermark, yardsticks.kept_out)
         drift_rows = judge_data_drift(settings, data, reference.rows, features)
+    with clock.stage("data integrity"):
+        integrity = judge_data_integrity(settings, data, reference.rows, features)
     log.info("data drift reference: %s", reference.describe())
     drifted = [row for row in drift_rows if row.drifted]
     findings = Findings(
@@ -402,8 +475,9 @@ def look_for_drift(
         model_drift=verdict,
         feature_drift=tuple(drift_rows),
         data_reference=reference,
-        triggers=tuple(retraining_triggers(settings, verdict, drifted, calibration_test)),
+        triggers=tuple(retraining_triggers(settings, verdict, drifted, calibration_test, integrity)),
         calibration_test=calibration_test,
+        integrity=integrity,
     )
     log.info(
         "F1 estimated from the probabilities alone %.4f (%.4f-%.4f), measured %.4f; calibration error %.4f%s",
@@ -448,12 +522,18 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         )
         return assessed(inputs, rows, Findings(estimate), kept, unlabelled=True)
     with clock.stage("data drift"):
-        reference = data_reference(inputs.connection, data, champion, inputs.watermark)
+        reference = data_reference(inputs.connection, data, champion, inputs.watermark, yardsticks.kept_out)
         drift_rows = tuple(judge_data_drift(settings, data, reference.rows, features))
+    with clock.stage("data integrity"):
+        integrity = judge_data_integrity(settings, data, reference.rows, features)
     log.info("data drift reference: %s", reference.describe())
     drifted = [row for row in drift_rows if row.drifted]
-    triggers = tuple(retraining_triggers(settings, None, drifted))
-    findings = Findings(estimate, feature_drift=drift_rows, data_reference=reference, triggers=triggers)
+    triggers = tuple(retraining_triggers(settings, None, drifted, None, integrity))
+    findings = Findings(
+        estimate, feature_drift=drift_rows, data_reference=reference, triggers=triggers, integrity=integrity
+    )
+    if integrity is not None and integrity.broken:
+        return assessed(inputs, rows, findings, quarantine(inputs, findings, rows, unlabelled=True), unlabelled=True)
     action = act_on_unlabelled_drift(inputs, clock, findings, rows, low_estimate, yardsticks)
     return assessed(inputs, rows, findings, action, unlabelled=True)
 
@@ -545,8 +625,9 @@ def read_yardsticks(inputs: RunInputs, clock: StageClock) -> Yardsticks:
     held_out_from = window.held_out_from_batch if window else inputs.watermark + 1
     with clock.stage("test data"):
         test = read_test_data(inputs.config.test_data_path)
-    evaluation = evaluation_mask(inputs.data, inputs.config.monitoring, held_out_from)
-    return Yardsticks(test, evaluation, held_out_from)
+    kept_out = kept_out_rows(inputs.connection, inputs.data)
+    evaluation = evaluation_mask(inputs.data, inputs.config.monitoring, held_out_from) & ~kept_out
+    return Yardsticks(test, evaluation, held_out_from, kept_out)
 
 
 def retrain_and_gate(

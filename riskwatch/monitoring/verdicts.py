@@ -20,6 +20,7 @@ from riskwatch.state.runs import CandidateScore, FeatureDrift, RunFields
 from riskwatch.stats.calibration import CalibrationVerdict
 from riskwatch.stats.drift import ModelDrift, describe_feature_drift
 from riskwatch.stats.estimate import PerformanceEstimate
+from riskwatch.stats.integrity import IntegrityVerdict
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class RunInputs:
     champion: DeployedVersion
     data: IngestedData
     watermark: int  # batches up to this one were decided on; later ones are new
+    run_id: int | None = None  # the run deciding, as the history numbers it (for the sentences that name it)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Yardsticks:
     test: EvaluationData
     evaluation: np.ndarray  # mask of the ingested rows in the rolling evaluation window
     held_out_from: int  # the first batch whose held-out rows may be in it
+    kept_out: np.ndarray | None = None  # mask of the rows a data integrity alarm keeps out of training
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class Findings:
     data_reference: DataReference | None = None
     triggers: tuple[str, ...] = ()
     calibration_test: CalibrationVerdict | None = None  # expected against observed exits, and the slope
+    integrity: IntegrityVerdict | None = None  # the new rows' columns against the reference's joint structure
 
     @property
     def drifted_features(self) -> list[FeatureDrift]:
@@ -243,13 +247,31 @@ class Assessment:
     def estimate_fields(self) -> RunFields:
         """The F1 estimated before the labels were used, and how well calibrated the probabilities were."""
         estimate, calibration = self.findings.estimate, self.findings.calibration
-        return RunFields(
-            estimated_f1=None if estimate is None else round(estimate.f1, 6),
-            estimated_f1_low=None if estimate is None else round(estimate.f1_low, 6),
-            estimated_f1_high=None if estimate is None else round(estimate.f1_high, 6),
-            calibration_error=None if calibration is None else round(calibration, 6),
-            estimate_reliable=None if calibration is None else self.reliable,
-        ).updated(calibration_fields(self.findings.calibration_test))
+        return (
+            RunFields(
+                estimated_f1=None if estimate is None else round(estimate.f1, 6),
+                estimated_f1_low=None if estimate is None else round(estimate.f1_low, 6),
+                estimated_f1_high=None if estimate is None else round(estimate.f1_high, 6),
+                calibration_error=None if calibration is None else round(calibration, 6),
+                estimate_reliable=None if calibration is None else self.reliable,
+            )
+            .updated(calibration_fields(self.findings.calibration_test))
+            .updated(integrity_fields(self.findings.integrity))
+        )
+
+
+def integrity_fields(verdict: IntegrityVerdict | None) -> RunFields:
+    """The run-history columns of the data integrity test; none when it did not run."""
+    if verdict is None:
+        return RunFields()
+    return RunFields(
+        reconstruction_error=round(verdict.error, 6),
+        reconstruction_reference=round(verdict.reference_error, 6),
+        reconstruction_expected=round(verdict.expected_error, 6),
+        reconstruction_threshold=round(verdict.integrity_threshold, 6),
+        multivariate_drift=verdict.multivariate_drift,
+        integrity_alarm=verdict.broken,
+    )
 
 
 def calibration_fields(verdict: CalibrationVerdict | None) -> RunFields:

@@ -44,8 +44,11 @@ WAITING = "waiting"  # too few new rows to decide on: they wait for the next bat
 DEPLOYED = "deployed"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
+# A data integrity alarm: the new rows' columns no longer hang together; nothing is trained on their batches
+# until an operator accepts them (``integrity_accepted_at``).
+QUARANTINED = "quarantined"
 # Runs whose decision covers the new files they saw, so those files are not new again.
-DECIDED_OUTCOMES = (FIRST_DEPLOYMENT, KEPT, DEPLOYED)
+DECIDED_OUTCOMES = (FIRST_DEPLOYMENT, KEPT, DEPLOYED, QUARANTINED)
 
 # {id} and {real} differ between SQLite and PostgreSQL (see COLUMN_TYPES); the rest is plain SQL.
 SCHEMA = f"""
@@ -146,6 +149,13 @@ ADDED_COLUMNS = (
     ("champion_recent_log_loss", "REAL"),  # the gate's calibration rule
     ("challenger_recent_log_loss", "REAL"),
     ("gate_rule", "TEXT"),  # "f1" or "calibration": the rule the best challenger passed
+    ("reconstruction_error", "REAL"),  # the integrity test: the new rows' mean reconstruction error,
+    ("reconstruction_reference", "REAL"),  # the reference's,
+    ("reconstruction_expected", "REAL"),  # the one the new rows' own columns imply,
+    ("reconstruction_threshold", "REAL"),  # the integrity alarm's threshold,
+    ("multivariate_drift", "INTEGER"),  # the batch moved as a whole,
+    ("integrity_alarm", "INTEGER"),  # its columns no longer hang together,
+    ("integrity_accepted_at", "TEXT"),  # and when an operator accepted the batch (fullprocess.py --accept-run)
 )
 RUN_COLUMNS = (
     "id",
@@ -700,3 +710,32 @@ def read_drift_row(row: dict[str, Any]) -> FeatureDrift:
     return FeatureDrift(
         row["feature"], row["test"], row["statistic"], row["p_value"], row["threshold"], bool(row["drifted"])
     )
+
+
+def quarantined_batches(connection: HistoryStore) -> list[tuple[int, int]]:
+    """The batches (first, last) of the runs that raised a data integrity alarm no operator has accepted."""
+    with named_errors(connection.where, "read the batches kept out of training"):
+        rows = connection.execute(
+            "SELECT first_batch, last_batch FROM runs WHERE outcome = :outcome AND integrity_accepted_at IS NULL "
+            "AND first_batch IS NOT NULL ORDER BY id",
+            {"outcome": QUARANTINED},
+        ).fetchall()
+    return [(int(first), int(last)) for first, last in rows]
+
+
+def accept_quarantined(connection: HistoryStore, run_id: int, accepted_at: str) -> tuple[int | None, int | None]:
+    """Record that an operator accepted the batch run ``run_id`` raised a data integrity alarm on; return its
+    batches (None for rows without outcomes). Raises PipelineError in one sentence when the run raised none or
+    was accepted already."""
+    with named_errors(connection.where, "record the acceptance"), connection.transaction():
+        row = connection.execute(
+            "SELECT outcome, integrity_accepted_at, first_batch, last_batch FROM runs WHERE id = :id", {"id": run_id}
+        ).fetchone()
+        if row is None or row[0] != QUARANTINED:
+            raise PipelineError(f"run {run_id} raised no data integrity alarm; nothing to accept")
+        if row[1] is not None:
+            raise PipelineError(f"run {run_id}'s batch was accepted already, at {row[1]}")
+        connection.execute(
+            "UPDATE runs SET integrity_accepted_at = :at WHERE id = :id", {"at": accepted_at, "id": run_id}
+        )
+    return (None if row[2] is None else int(row[2]), None if row[3] is None else int(row[3]))

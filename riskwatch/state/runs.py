@@ -186,6 +186,13 @@ class RunFields:
     champion_recent_log_loss: float | None = None  # the gate's calibration rule, on the held-out recent rows
     challenger_recent_log_loss: float | None = None
     gate_rule: str | None = None  # "f1" or "calibration": the rule the best challenger passed, if any
+    reconstruction_error: float | None = None  # the integrity test: the new rows' mean reconstruction error,
+    reconstruction_reference: float | None = None  # the reference rows',
+    reconstruction_expected: float | None = None  # the one the new rows' own columns imply,
+    reconstruction_threshold: float | None = None  # the alarm's threshold,
+    multivariate_drift: bool | None = None  # the batch moved as a whole,
+    integrity_alarm: bool | None = None  # its columns no longer hang together,
+    integrity_accepted_at: str | None = None  # accepted by an operator then (UTC)
 
     def updated(self, changes: RunFields) -> RunFields:
         """These fields with those ``changes`` knows (not ``None``) put in their place."""

@@ -12,14 +12,15 @@ from flask import Response, abort, current_app, render_template, request, send_f
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from riskwatch.core.errors import PipelineError
-from riskwatch.core.formatting import DASH, format_decimals, format_grouped, format_percent, format_time, is_number
+from riskwatch.core.formatting import DASH, format_grouped, format_percent, format_time, is_number
 from riskwatch.core.schema import FEATURE_LABELS, FEATURES
 from riskwatch.model.clients import SORT_KEYS, ClientTable, stream_clients_csv
 from riskwatch.state.artifacts import CONFUSION_MATRIX_FILE, REPORT_FILE
-from riskwatch.state.history import DEPLOYED, FIRST_DEPLOYMENT, NO_NEW_DATA
+from riskwatch.state.history import NO_NEW_DATA
 from riskwatch.state.runs import FeatureDrift, StoredRun, describe_calibration_test, latest_calibration_test
 from riskwatch.web.dashboard import DASHBOARD_STATE, bp
-from riskwatch.web.dashboard.charts import Chart, Mark, Series, render_chart
+from riskwatch.web.dashboard.charts import Chart, Series, render_chart
+from riskwatch.web.dashboard.health import compared_value, format_score, health_charts
 from riskwatch.web.dashboard.model import app_effects_cache, gather_model_page
 from riskwatch.web.sources import DashboardSources, app_sources, describe_age
 
@@ -87,12 +88,7 @@ def choose_page(total: int, per: int) -> tuple[int, int]:
 bp.add_app_template_filter(format_percent, "pct")
 bp.add_app_template_filter(format_grouped, "num")
 bp.add_app_template_filter(format_time, "when")
-
-
-@bp.app_template_filter("score")
-def format_score(value: Any) -> str:
-    """A score as the pages show it: three decimals."""
-    return format_decimals(value, 3)
+bp.add_app_template_filter(format_score, "score")
 
 
 @bp.app_template_filter("signed")
@@ -229,127 +225,6 @@ def client(corporation: str) -> str:
         features=FEATURES,
         labels=FEATURE_LABELS,
     )
-
-
-def compared_value(row: FeatureDrift) -> float | None:
-    """The number a feature's drift test compares with its threshold: the p-value for KS, else the statistic."""
-    return row.p_value if row.test == "ks" else row.statistic
-
-
-def run_label(run: StoredRun) -> str:
-    return f"#{run.id}"
-
-
-ChartWithTable = tuple[Chart, list[str], list[list[str]]]
-
-
-def health_charts(runs: list[StoredRun]) -> list[ChartWithTable]:
-    """The charts of model health over the runs that saw new data (oldest first), each with its table."""
-    labels = [run_label(run) for run in runs]
-    marks = deployment_marks(runs, labels)
-    drift = drift_chart(runs, labels, marks)
-    return [
-        f1_chart(runs, labels, marks),
-        *([drift] if drift is not None else []),
-        missing_chart(runs, labels),
-        duration_chart(runs, labels),
-    ]
-
-
-def deployment_marks(runs: list[StoredRun], labels: list[str]) -> list[Mark]:
-    """A mark on each run that deployed, or that retrained and kept the champion."""
-    marks = []
-    for index, run in enumerate(runs):
-        if run.outcome in (DEPLOYED, FIRST_DEPLOYMENT):
-            marks.append(Mark(index, f"{labels[index]}: deployed {run.model_version_after or ''}"))
-        elif run.drift_trigger:
-            marks.append(Mark(index, f"{labels[index]}: retrained, champion kept", "mark-retrain"))
-    return marks
-
-
-def f1_chart(runs: list[StoredRun], labels: list[str], marks: list[Mark]) -> ChartWithTable:
-    chart = Chart(
-        "F1 of the serving model on each new batch, against the drift threshold",
-        labels,
-        [
-            Series("F1 on new rows", [run.new_data_f1 for run in runs], "series-a"),
-            Series("drift threshold", [run.drift_threshold for run in runs], "series-b"),
-        ],
-        "F1",
-        marks=marks,
-    )
-    rows = [
-        [labels[i], run.outcome, format_score(run.new_data_f1), format_score(run.drift_threshold)]
-        for i, run in enumerate(runs)
-    ]
-    return chart, ["Run", "Outcome", "F1 on new rows", "Drift threshold"], rows
-
-
-def drift_chart(runs: list[StoredRun], labels: list[str], marks: list[Mark]) -> ChartWithTable | None:
-    """Each feature's drift statistic per run, against the latest test's threshold; None when no run tested any."""
-    features = [name for name in FEATURES if any(r.feature == name for run in runs for r in run.feature_drift)]
-    if not features:
-        return None
-    styles = ("series-a", "series-c", "series-d")
-    drift: dict[str, list[float | None]] = {name: [None] * len(runs) for name in features}
-    tests: dict[str, FeatureDrift] = {}
-    for index, run in enumerate(runs):
-        for row in run.feature_drift:
-            if row.feature in drift:
-                drift[row.feature][index] = compared_value(row)
-                tests[row.feature] = row
-    latest = next(iter(tests.values()))
-    what = "p-value (KS test; drift below the threshold)" if latest.test == "ks" else "normalised distance"
-    chart = Chart(
-        f"Data drift per feature and run: {what}",
-        labels,
-        [Series(FEATURE_LABELS[name], drift[name], styles[j % 3]) for j, name in enumerate(features)],
-        "p-value" if latest.test == "ks" else "distance",
-        reference=(float(latest.threshold), "threshold"),
-        marks=marks,
-    )
-    rows = [[labels[i]] + [format_score(drift[name][i]) for name in features] for i in range(len(runs))]
-    return chart, ["Run", *[FEATURE_LABELS[name] for name in features]], rows
-
-
-def missing_chart(runs: list[StoredRun], labels: list[str]) -> ChartWithTable:
-    missing = [run.missing_percent for run in runs]
-    chart = Chart(
-        "Missing cells in each batch's new files",
-        labels,
-        [Series("missing cells (%)", missing, "series-c")],
-        "%",
-        bars=True,
-    )
-    rows = [[labels[i], format_grouped(value, 2)] for i, value in enumerate(missing)]
-    return chart, ["Run", "Missing cells (%)"], rows
-
-
-def duration_chart(runs: list[StoredRun], labels: list[str]) -> ChartWithTable:
-    seconds = [run.seconds for run in runs]
-    chart = Chart(
-        "How long each monitoring run took",
-        labels,
-        [Series("seconds", seconds, "series-d")],
-        "seconds",
-        bars=True,
-        y_format="{:.1f}",
-    )
-    rows = [
-        [labels[i], format_grouped(value, 1), slowest_stage(run.timings)]
-        for i, (value, run) in enumerate(zip(seconds, runs, strict=True))
-    ]
-    return chart, ["Run", "Seconds", "Slowest stage"], rows
-
-
-def slowest_stage(timings: dict[str, float] | None) -> str:
-    if not timings:
-        return "–"
-    numeric = {k: v for k, v in timings.items() if isinstance(v, int | float)}
-    if not numeric:
-        return "–"
-    name = max(numeric, key=numeric.__getitem__)
-    return f"{name} ({numeric[name]:.1f} s)"
 
 
 def batch_span(first: int | None, last: int | None) -> str:
