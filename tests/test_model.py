@@ -208,6 +208,8 @@ def test_one_row_in_python_floats_gives_numpy_s_and_scikit_learn_s_numbers_bit_f
         probabilities, labels = shortcut.score(one)
         assert scorer.score(one) == (probabilities[0], labels[0])
         assert probabilities[0] == model.predict_proba(one)[0, 1] and labels[0] == model.predict(one)[0]
+    for other in (counts[:2], counts[0], counts[:1].astype(np.float32)):
+        assert scorer.score(other) is None  # numpy's arithmetic answers for anything but one row of float64
 
 
 def test_the_probe_rows_tell_fused_multiply_adds_from_plain_ones(project):

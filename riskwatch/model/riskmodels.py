@@ -298,12 +298,15 @@ class OneRowScorer:
     fused: bool
 
     def score(self, features: np.ndarray) -> tuple[float, int] | None:
-        """(exit probability, label 0/1) of a one-row float64 array; None when a value is not finite on the way
-        (the numpy arithmetic then answers as before)."""
+        """(exit probability, label 0/1) of a one-row float64 array; None for any other array, or when a value is
+        not finite on the way (the numpy arithmetic then answers as before)."""
+        if features.dtype != np.float64:
+            return None
         total = 0.0  # numpy's dot product starts from zero
         try:
+            [log_counts] = np.log1p(features).tolist()  # one row, else ValueError
             for log_count, mean, scale, coefficient in zip(
-                np.log1p(features).tolist()[0], self.mean, self.scale, self.coefficients, strict=True
+                log_counts, self.mean, self.scale, self.coefficients, strict=True
             ):
                 standardised = (log_count - mean) / scale
                 if self.fused:
