@@ -1,5 +1,6 @@
 """/prediction's row limits and large answers, in-process: explain has a limit of its own, a file is read only up to
-the limit, and an answer of many rows is sent in parts whose bytes are those of the whole answer."""
+the limit, an answer of many rows is sent in parts whose bytes are those of the whole answer, and a one-record answer
+scored in Python floats is byte for byte numpy's."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from riskwatch.data.generator import format_csv, generate_clients, rows_of
 from riskwatch.model.drivers import explain_clients
 from riskwatch.model.riskmodels import FAMILY_CLASSES, RiskModel, risk_model_for
 from riskwatch.state.artifacts import MODEL_FILE, current_version_folder, load_model
-from riskwatch.web.api.routes import ANSWER_PART_ROWS, ScoredRows, encode_answer, prediction_parts
+from riskwatch.web.api.routes import ANSWER_PART_ROWS, API_STATE, ScoredRows, encode_answer, prediction_parts
 from riskwatch.web.app import create_app
 from riskwatch.web.serving import ServedModel
 from tests.helpers import write_config
@@ -170,3 +171,22 @@ def test_a_large_answer_is_streamed_and_equals_the_whole_answer(deployed):
         assert int(small.headers["Content-Length"]) == len(small.data)
         assert streamed.data == whole_answer("v0001", model, ids, features, explain)
         assert small.data == whole_answer("v0001", model, ids[:2], features[:2], explain)
+
+
+def test_a_one_record_answer_scored_in_python_floats_is_byte_for_byte_numpy_s(deployed):
+    model = risk_model_for(load_model(current_version_folder(deployed.prod_deployment_path) / MODEL_FILE))
+    assert model is not None
+    client = create_app(deployed, token="").test_client()
+    assert client.application.extensions[API_STATE].watcher.served().row_scorer is not None
+    generator = np.random.default_rng(12)
+    counts = np.floor(generator.random((300, 3)) * 10.0 ** generator.uniform(0, 8, (300, 3)))
+    for number, row in enumerate(counts):
+        record = dict(zip(FEATURES, row.astype(np.int64).tolist(), strict=True))
+        answer = client.post("/prediction", json={"records": [{"corporation": f"c{number}", **record}]})
+        assert answer.data == whole_answer("v0001", model, [f"c{number}"], row[None, :], explain=False)
+    without_id = client.post("/prediction", json=record)
+    probabilities, labels = model.score(counts[-1:])
+    assert without_id.data == orjson.dumps(
+        {"model_version": "v0001", "rows": 1, "predictions": [{"label": labels[0], "probability": probabilities[0]}]},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )

@@ -213,5 +213,9 @@ def test_the_api_serves_and_explains_every_family_on_its_fast_path(tmp_path, fam
     assert version["model_family"] == family and version["explained"] is True
     served = client.application.extensions["risk_api"].watcher.served()
     assert served.shortcut is not None and served.shortcut.family == family
+    assert served.row_scorer is None  # one record is scored by the family's numpy arithmetic, as many are
+    one = client.post("/prediction", json=records[0]).get_json()["predictions"][0]
+    probabilities, labels = served.shortcut.score(np.array([list(records[0].values())], dtype=np.float64))
+    assert (one["probability"], one["label"]) == (probabilities[0], labels[0])
     ranked = client.get("/clients?limit=5").get_json()
     assert len(ranked["clients"]) == 5

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,7 +18,14 @@ from riskwatch.core.files import sha256_file
 from riskwatch.core.schema import FEATURES
 from riskwatch.data.datafiles import read_labelled_data
 from riskwatch.model.evaluation import score_model
-from riskwatch.model.riskmodels import risk_model_for
+from riskwatch.model.riskmodels import (
+    ADDITIVE,
+    FAMILY_CLASSES,
+    fused_multiply_add,
+    one_row_probes,
+    one_row_scorer,
+    risk_model_for,
+)
 from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.stages.scoring import write_scores
 from riskwatch.stages.training import fit_classifier, train_from_folder
@@ -181,3 +191,78 @@ def test_the_api_s_fast_arithmetic_is_taken_for_the_model_training_writes_and_gi
         features, (features[:, 0] < 20).astype(int), ModelSettings(), np.linspace(1, 2, len(features))
     )
     assert risk_model_for(weighted) is not None  # a challenger trained with sample weights too
+
+
+def test_one_row_in_python_floats_gives_numpy_s_and_scikit_learn_s_numbers_bit_for_bit(project):
+    ingest_folder(project.input_folder_path, project.output_folder_path)
+    train_from_folder(project.output_folder_path, project.output_model_path, project.model)
+    model = load_model(project.output_model_path / MODEL_FILE)
+    shortcut = risk_model_for(model)
+    scorer = one_row_scorer(shortcut)
+    assert scorer is not None  # a one-record request would otherwise pay numpy's dozen calls
+    generator = np.random.default_rng(11)
+    counts = np.floor(generator.random((2_000, 3)) * 10.0 ** generator.uniform(0, 9, (2_000, 3)))
+    tested, _ = read_labelled_data([project.test_data_path / "testdata.csv"])
+    for row in np.concatenate([counts, tested, [[2.0**53 - 1, 0, 0]]]):
+        one = row[None, :]
+        probabilities, labels = shortcut.score(one)
+        assert scorer.score(one) == (probabilities[0], labels[0])
+        assert probabilities[0] == model.predict_proba(one)[0, 1] and labels[0] == model.predict(one)[0]
+    for other in (counts[:2], counts[0], counts[:1].astype(np.float32)):
+        assert scorer.score(other) is None  # numpy's arithmetic answers for anything but one row of float64
+
+
+def test_the_probe_rows_tell_fused_multiply_adds_from_plain_ones(project):
+    ingest_folder(project.input_folder_path, project.output_folder_path)
+    train_from_folder(project.output_folder_path, project.output_model_path, project.model)
+    shortcut = risk_model_for(load_model(project.output_model_path / MODEL_FILE))
+    scorer = one_row_scorer(shortcut)
+    assert scorer is not None
+    other = dataclasses.replace(scorer, fused=not scorer.fused)  # the arithmetic numpy does not do here
+    probes = one_row_probes()
+    disagree = [other.score(probes[row : row + 1]) != scorer.score(probes[row : row + 1]) for row in range(len(probes))]
+    assert sum(disagree) > len(probes) // 10
+
+
+def test_a_one_row_scorer_is_only_made_for_the_linear_family_s_arithmetic():
+    clients_features = np.array([[1, 2, 3], [30, 400, 5], [0, 0, 1], [90, 9000, 40]] * 25, dtype=np.float64)
+    labels = np.array([0, 1, 0, 1] * 25)
+    additive = FAMILY_CLASSES[ADDITIVE].fit(clients_features, labels, ModelSettings())
+    assert one_row_scorer(additive) is None  # its curves stay numpy's
+
+
+def exactly_rounded_multiply_add(x: float, y: float, z: float) -> float:
+    return float(Fraction(x) * Fraction(y) + Fraction(z))
+
+
+def test_the_fused_multiply_add_rounds_once_as_the_instruction_does():
+    generator = np.random.default_rng(4)
+    cases = [
+        (x * 2.0 ** int(a), y * 2.0 ** int(b), z * 2.0 ** int(c))
+        for (x, y, z), (a, b, c) in zip(
+            generator.normal(size=(20_000, 3)).tolist(),
+            generator.integers(-600, 600, (20_000, 3)).tolist(),
+            strict=True,
+        )
+    ]
+    for k in range(1, 500):  # sums half-way between two floats, and ones that cancel the product
+        x, y = 1.0 + k * 2.0**-52, 1.0 + (k % 7 + 1) * 2.0**-52
+        cases += [(x, y, -(x * y)), (x, y, 2.0**-53), (x, y, -(2.0**-53)), (-x, y, 1.0), (x, 0.0, -0.0)]
+    cases += [(0.0, 5.0, -0.0), (-0.0, 5.0, -0.0), (1e-300, 1e-300, 0.0), (-1e-300, 1e-300, 0.0), (1e200, 1e100, -1.0)]
+    for x, y, z in cases:
+        try:
+            expected = exactly_rounded_multiply_add(x, y, z)
+        except OverflowError:  # past the largest float
+            with pytest.raises(OverflowError):
+                fused_multiply_add(x, y, z)
+            continue
+        fused = fused_multiply_add(x, y, z)
+        assert fused == expected, (x, y, z)
+        if expected == 0:  # the sign of a zero too: an exact zero sum is +0, a product too small to hold keeps its own
+            exact = Fraction(x) * Fraction(y) + Fraction(z)
+            sign = (
+                -1.0 if exact < 0 or (exact == 0 and math.copysign(1, z) < 0 and math.copysign(1, x * y) < 0) else 1.0
+            )
+            assert math.copysign(1, fused) == sign, (x, y, z)
+    with pytest.raises(ValueError):
+        fused_multiply_add(math.nan, 1.0, 0.0)

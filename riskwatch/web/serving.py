@@ -13,7 +13,7 @@ import numpy as np
 from werkzeug.exceptions import ServiceUnavailable
 
 from riskwatch.core.errors import PipelineError
-from riskwatch.model.riskmodels import RiskModel, risk_model_for
+from riskwatch.model.riskmodels import OneRowScorer, RiskModel, one_row_scorer, risk_model_for
 from riskwatch.state.artifacts import (
     CURRENT_LINK,
     MODEL_FILE,
@@ -40,6 +40,7 @@ class ServedModel:
     model_file: str  # its model file, stat-ed on every request (as a string: no path arithmetic per request)
     model_stamp: tuple[int, int, int]  # the model file's inode, size and mtime when it was loaded
     fallback: bool = False  # an older version, because the deployed one cannot be loaded
+    row_scorer: OneRowScorer | None = None  # the linear family's arithmetic on one row in Python floats
 
     @property
     def version(self) -> str:
@@ -50,6 +51,16 @@ class ServedModel:
             return self.shortcut.score(features)
         model = self.deployed.model
         return model.predict_proba(features)[:, 1], np.asarray(model.predict(features), dtype=np.int64)
+
+    def predict_one(self, features: np.ndarray) -> tuple[float, int]:
+        """The probability and label of a one-row array: ``predict``'s numbers, in Python floats without numpy's
+        arithmetic when the model has a ``row_scorer``."""
+        if self.row_scorer is not None:
+            scored = self.row_scorer.score(features)
+            if scored is not None:
+                return scored
+        probabilities, labels = self.predict(features)
+        return float(probabilities[0]), int(labels[0])
 
 
 def stamp_file(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
@@ -66,13 +77,15 @@ def load_served_model(folder: Path, link_target: str, fallback: bool = False) ->
     model_file = str(folder / MODEL_FILE)
     stamp = stamp_file(model_file)
     deployed = load_deployed_version(folder)
+    shortcut = risk_model_for(deployed.model)
     return ServedModel(
         link_target=link_target,
         deployed=deployed,
-        shortcut=risk_model_for(deployed.model),
+        shortcut=shortcut,
         model_file=model_file,
         model_stamp=stamp or (0, 0, 0),
         fallback=fallback,
+        row_scorer=None if shortcut is None else one_row_scorer(shortcut),
     )
 
 

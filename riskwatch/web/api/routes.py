@@ -92,6 +92,11 @@ def answer_predictions(served: ServedModel, batch: FeatureBatch, explain: bool =
     never holds a whole large answer, and a client that does not read holds back only the next part.
     """
     drivers_model = explainable(served) if explain else None  # a 400 before anything is sent
+    if drivers_model is None and batch.rows == 1:  # most requests: one record, scored without arrays
+        probability, label = served.predict_one(batch.features)
+        return Response(
+            encode_one_answer(served.version, batch.ids, probability, label), content_type="application/json"
+        )
     probabilities, labels = served.predict(batch.features)
     streamed = batch.rows > ANSWER_PART_ROWS
     scored = ScoredRows(
@@ -112,6 +117,13 @@ def encode_answer(scored: ScoredRows) -> bytes:
     """The whole answer's JSON at once (the bytes ``prediction_parts`` makes in parts)."""
     return orjson.dumps(
         {**answer_head(scored), "predictions": describe_rows(scored, slice(None))}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
+
+
+def encode_one_answer(version: str, ids: list[str | None] | None, probability: float, label: int) -> bytes:
+    """The answer for one row without drivers: the bytes ``encode_answer`` makes of it."""
+    return orjson.dumps(
+        {"model_version": version, "rows": 1, "predictions": describe_predictions(ids, [label], [probability])}
     )
 
 
@@ -155,20 +167,25 @@ def encode_rows(scored: ScoredRows, part: slice, first: bool) -> bytes:
 
 def describe_rows(scored: ScoredRows, part: slice) -> list[dict[str, Any]]:
     """The answer's rows for one part of the batch (what drives a row's risk depends on that row alone)."""
-    pairs = zip(scored.labels[part].tolist(), scored.probabilities[part].tolist(), strict=True)
-    ids = scored.ids_in(part)
-    if ids is None:
-        rows = [{"label": label, "probability": p} for label, p in pairs]
-    else:
-        rows = [
-            {"corporation": corporation, "label": label, "probability": p}
-            for corporation, (label, p) in zip(ids, pairs, strict=True)
-        ]
+    rows = describe_predictions(scored.ids_in(part), scored.labels[part].tolist(), scored.probabilities[part].tolist())
     if scored.drivers_model is not None and scored.features is not None:
         drivers = explain_clients(scored.drivers_model, scored.features[part])
         for row, client in zip(rows, drivers.clients, strict=True):
             row.update(describe_drivers(client))
     return rows
+
+
+def describe_predictions(
+    ids: list[str | None] | None, labels: list[int], probabilities: list[float]
+) -> list[dict[str, Any]]:
+    """Each row's id (when the rows have ids), label and probability, as the answer lists them."""
+    pairs = zip(labels, probabilities, strict=True)
+    if ids is None:
+        return [{"label": label, "probability": p} for label, p in pairs]
+    return [
+        {"corporation": corporation, "label": label, "probability": p}
+        for corporation, (label, p) in zip(ids, pairs, strict=True)
+    ]
 
 
 def explain_served(served: ServedModel, features: np.ndarray) -> RiskDrivers:
