@@ -6,7 +6,7 @@ the job as processes), and the deployed model measured on fresh samples of each 
 Each step records, for the scenario table: the world the batch came from, whether the run retrained,
 which training window and model family won, the deployed model's family and F1 on a fresh sample of
 that world, the F1 of a linear model fitted on that world alone, and their ratio; and the deployed
-model's F1 on a fresh 20,000-row sample against the Bayes-optimal F1 there (each world's true exit
+model's F1 on a fresh 50,000-row sample against the Bayes-optimal F1 there (each world's true exit
 probability is known).
 """
 
@@ -32,7 +32,7 @@ from tests.helpers import world_number, write_config
 
 FRESH_ROWS = 5_000
 ORACLE_ROWS = 50_000
-BAYES_ROWS = 20_000
+BAYES_ROWS = 50_000
 
 
 def arrays(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ def oracle_f1(world: str) -> float:
 
 @cache
 def bayes_sample(world: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """A fresh 20,000-row sample of ``world``: features, labels, and the Bayes-optimal F1 on it (the best F1 of
+    """A fresh 50,000-row sample of ``world``: features, labels, and the Bayes-optimal F1 on it (the best F1 of
     any threshold on the true exit probabilities)."""
     clients = generate_clients(BAYES_ROWS, np.random.default_rng(9_000 + world_number(world)), WORLDS[world])
     features = np.column_stack([clients[name] for name in FEATURES]).astype(float)
@@ -71,14 +71,14 @@ def bayes_sample(world: str) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def probability_ratio(model: object, world: str) -> float:
-    """The model's mean exit probability on the fresh 20,000-row sample of ``world`` over its exit rate there: 1.0
+    """The model's mean exit probability on the fresh 50,000-row sample of ``world`` over its exit rate there: 1.0
     when the expected exits are right."""
     features, labels, _ = bayes_sample(world)
     return float(model.predict_proba(features)[:, 1].mean() / labels.mean())  # type: ignore[attr-defined]
 
 
 def bayes_ratio(model: object, world: str) -> float:
-    """The model's F1 on the fresh 20,000-row sample of ``world`` over the Bayes-optimal F1 there."""
+    """The model's F1 on the fresh 50,000-row sample of ``world`` over the Bayes-optimal F1 there."""
     features, labels, best = bayes_sample(world)
     return f1_of(model, features, labels) / best
 
@@ -98,7 +98,7 @@ class Step:
     f1_before: float | None  # the model that served before this run, on the same fresh sample
     family: str = "linear"  # the deployed model's
     winner: str = "-"  # the best challenger's window and family
-    bayes: float = 0.0  # F1 on the 20,000-row sample over the Bayes-optimal F1
+    bayes: float = 0.0  # F1 on the 50,000-row sample over the Bayes-optimal F1
     mean_ratio: float = 0.0  # mean predicted probability over the exit rate on that sample
     fired: str = "-"  # which tests fired: model drift, data drift, calibration
 

@@ -286,7 +286,8 @@ def active_clients(config: Config) -> tuple[list[str], np.ndarray]:
     return [ids[row] for row in rows], data.features()[rows]
 
 
-WORLD_ORDER = ("drifted", "nonlinear", "shifted", "stable", "riskier")  # worlds added later come last
+# worlds added later come last
+WORLD_ORDER = ("drifted", "nonlinear", "shifted", "stable", "riskier", *(f"ramp-{step}" for step in range(1, 9)))
 
 
 def world_number(world: str) -> int:

@@ -97,3 +97,12 @@ def test_h_doubled_odds_are_repaired_within_two_batches(tmp_path: Path):
     assert steps[0].fired != "-" and "calibration" in steps[0].fired, format_steps(world.steps)
     assert abs(steps[-1].mean_ratio - 1) <= 0.05, format_steps(world.steps)
     assert steps[-1].bayes >= 0.99, format_steps(world.steps)
+
+
+def test_i_a_slow_change_is_followed_and_once_it_settles_the_alarms_stop(tmp_path: Path):
+    world = ChangingWorld.start(tmp_path, "i")
+    ramp = [world.feed(f"ramp-{step}", 2_000) for step in range(1, 9)]
+    settled = [world.feed("ramp-8", 2_000) for _ in range(5)]
+    TABLE.extend(world.steps)
+    assert min(step.bayes for step in ramp + settled) >= 0.97, format_steps(world.steps)
+    assert world.retrained(settled) <= 1, format_steps(world.steps)

@@ -264,3 +264,19 @@ def test_unlabelled_rows_from_a_faulty_join_raise_the_alarm_too(deployed: Config
     decision = assess_unlabelled(inputs, StageClock(), features)
     assert decision.outcome == QUARANTINED and decision.findings.integrity.broken
     assert "they are ranked, but never trained on" in decision.decision
+
+
+def test_while_a_change_is_followed_the_gate_judges_the_held_out_rows_of_all_its_batches(deployed: Config):
+    add_batch(deployed, "first.csv", 2000, seed=50, world="drifted")
+    connection = open_history(deployed.history_path)
+    run = start_run(connection, "2026-12-07T10:00:00Z", 1, "v0001")
+    undecided = RunFields(outcome=KEPT, first_batch=2, last_batch=2, drift_trigger="model drift (...)", confirmed=False)
+    save_run(connection, run, undecided)  # drift called for retraining; the gate could not tell
+    add_batch(deployed, "second.csv", 2000, seed=51, world="drifted")
+    decision, _ = decide(deployed, watermark=2)
+    data = read_ingested_data(deployed.output_folder_path)
+    held_out = data.held_out(deployed.monitoring.holdout_fraction)
+    assert decision.action.holdout_rows == int((held_out & data.in_batches(2)).sum())  # batches 2 and 3
+    everything = next(one for one in decision.action.candidates if one.name == "all/linear")
+    assert everything.window.rows == data.rows - decision.action.holdout_rows  # never trained on a judged row
+    connection.close()

@@ -9,7 +9,8 @@ clients now stay, yearly activity no longer protects), so a model trained before
 ``--world nonlinear`` keeps the population but makes the risk non-linear in the log counts (a
 threshold, a non-monotone effect and an interaction), where no log-linear model can follow;
 ``--world riskier`` keeps the clients and doubles their odds of exit (the probabilities move, the
-ranking does not);
+ranking does not); ``--world ramp-1`` ... ``ramp-8`` move the relationship a step at a time (a slow
+change that then settles);
 ``exit_probability`` gives any world's true exit probability, so a test can compute the
 Bayes-optimal F1 of a sample.
 
@@ -82,7 +83,35 @@ NONLINEAR = World(risk="nonlinear")
 # The same clients, twice the odds of exit: the log-odds all move by log 2, so the ranking (and the F1 a model
 # can reach) barely changes, but every probability a model learned before is too low.
 RISKIER = World(intercept=STABLE.intercept + float(np.log(2.0)))
-WORLDS = {"stable": STABLE, "shifted": SHIFTED, "drifted": DRIFTED, "nonlinear": NONLINEAR, "riskier": RISKIER}
+# A relationship that moves a little at each step and then stays (``ramp-1`` ... ``ramp-8``, then ``ramp-8`` again):
+# the same clients, the log-odds moving by an eighth of the way to SETTLED at each step.
+RAMP_STEPS = 8
+SETTLED = World(intercept=0.75, coef_month=-1.12, coef_year=0.02, coef_employees=0.48)
+
+
+def ramp_world(step: int, steps: int = RAMP_STEPS, start: World = STABLE, end: World = SETTLED) -> World:
+    """The world ``step`` steps of ``steps`` along the way from ``start``'s risk relationship to ``end``'s."""
+    share = min(max(step / steps, 0.0), 1.0)
+
+    def between(name: str) -> float:
+        return float(getattr(start, name) + share * (getattr(end, name) - getattr(start, name)))
+
+    return World(
+        intercept=between("intercept"),
+        coef_month=between("coef_month"),
+        coef_year=between("coef_year"),
+        coef_employees=between("coef_employees"),
+    )
+
+
+WORLDS = {
+    "stable": STABLE,
+    "shifted": SHIFTED,
+    "drifted": DRIFTED,
+    "nonlinear": NONLINEAR,
+    "riskier": RISKIER,
+    **{f"ramp-{step}": ramp_world(step) for step in range(1, RAMP_STEPS + 1)},
+}
 
 
 def nonlinear_log_odds(month: np.ndarray, year: np.ndarray, employees: np.ndarray) -> np.ndarray:

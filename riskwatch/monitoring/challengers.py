@@ -110,10 +110,15 @@ class TrainedChallenger:
 
 
 def train_candidates(
-    inputs: RunInputs, triggers: tuple[str, ...], yardsticks: Yardsticks, recalibrate: bool = False
+    inputs: RunInputs,
+    triggers: tuple[str, ...],
+    yardsticks: Yardsticks,
+    recalibrate: bool = False,
+    judged_on: np.ndarray | None = None,
 ) -> list[TrainedChallenger]:
     """Train one challenger per window and model family into ``challenger/<window>-<family>/``, on every row
-    outside the evaluation window, and score it on the test data; ``triggers``: why, as the models record it.
+    outside the evaluation window and the rows the gate judges on (``judged_on``), and score it on the test data;
+    ``triggers``: why, as the models record it.
 
     With ``recalibrate``, the serving model recalibrated on the recent rows comes first (``recalibrate_serving``).
     """
@@ -123,6 +128,8 @@ def train_candidates(
     config, data, test = inputs.config, inputs.data, yardsticks.test
     first_new, because = inputs.watermark + 1, "; ".join(triggers)
     trainable = ~yardsticks.evaluation
+    if judged_on is not None:  # a large batch's held-out rows reach past the evaluation window
+        trainable &= ~judged_on
     if yardsticks.kept_out is not None:  # batches a data integrity alarm keeps out until accepted
         trainable &= ~yardsticks.kept_out
     described = describe_training_data(config.output_folder_path)

@@ -26,7 +26,13 @@ from riskwatch.core.config import MonitoringSettings
 from riskwatch.data.batches import IngestedData
 from riskwatch.model.evaluation import EvaluationData, read_test_data, score_predictions
 from riskwatch.model.riskmodels import RiskModel
-from riskwatch.monitoring.challengers import CHALLENGER_FOLDER, TrainedChallenger, recency_weights, train_candidates
+from riskwatch.monitoring.challengers import (
+    CHALLENGER_FOLDER,
+    RECALIBRATED,
+    TrainedChallenger,
+    recency_weights,
+    train_candidates,
+)
 from riskwatch.monitoring.verdicts import (
     Action,
     Assessment,
@@ -47,6 +53,7 @@ from riskwatch.state.history import (
     WAITING,
     HistoryStore,
     ReferenceScore,
+    change_started_batch,
     gate_score,
     later_scores,
     latest_confirmation,
@@ -61,7 +68,7 @@ from riskwatch.stats.calibration import (
     fit_calibration,
     judge_calibration,
 )
-from riskwatch.stats.comparison import judge_gain, judge_log_loss, labels_f1
+from riskwatch.stats.comparison import LossVerdict, judge_gain, judge_log_loss, labels_f1
 from riskwatch.stats.drift import (
     ModelDrift,
     check_model_drift,
@@ -324,8 +331,8 @@ def judge_candidates(
     window_rows: int,
 ) -> Gate:
     """The best candidate on the recent rows against the champion, by the gate's rules: the best by F1 must gain
-    ``min_gain`` and gain reliably (``judge_gain``); failing that, the best calibrated (lowest log loss) passes
-    when its log loss is reliably lower (``judge_log_loss``) and its F1 no more than ``min_gain`` lower."""
+    ``min_gain`` and gain reliably (``judge_gain``); failing that, a better calibrated one passes when its log
+    loss is reliably lower (``judge_log_loss``) and its F1 no more than ``min_gain`` lower (``calibration_tries``)."""
     features, labels = recent
     # Ties: the first, so the simplest family and, within it, "all" when configured.
     best = max(candidates, key=lambda candidate: candidate.recent_f1)
@@ -341,14 +348,16 @@ def judge_candidates(
         )
         for candidate in candidates
     }
-    calibrated = min(candidates, key=lambda candidate: losses[candidate.name].challenger_loss)
-    rule = "f1" if verdict.passed else None
-    if not verdict.passed and losses[calibrated.name].passed:
-        kept_f1 = judge_gain(
-            labels, champion_labels, models[calibrated.name].predict(features), -settings.min_gain, 0.0
+    rule, calibration_share = ("f1", allowed) if verdict.passed else (None, allowed)
+    for candidate, share in [] if verdict.passed else calibration_tries(candidates, losses, settings):
+        loss = judge_log_loss(
+            labels, champion_probabilities, models[candidate.name].predict_proba(features)[:, 1], 1 - share
         )
-        if kept_f1.passed:  # no more than the margin lower in F1: the better calibrated model is taken
-            best, verdict, rule = calibrated, kept_f1, "calibration"
+        kept_f1 = judge_gain(labels, champion_labels, models[candidate.name].predict(features), -settings.min_gain, 0.0)
+        if loss.passed and kept_f1.passed:  # no more than the margin lower in F1: the better calibrated one is taken
+            best, verdict, rule, calibration_share = candidate, kept_f1, "calibration", share
+            losses[candidate.name] = loss
+            break
     loss = losses[best.name]
     others = ", ".join(f"{c.name} {c.recent_f1:.4f}" for c in candidates if c is not best)
     sentence = (
@@ -356,7 +365,7 @@ def judge_candidates(
         f"{verdict.champion_f1:.4f} on {labels.size} held-out recent rows (margin {settings.min_gain:g}; "
         + (
             f"better calibrated: log loss {loss.challenger_loss:.4f} against {loss.champion_loss:.4f}, not lower in "
-            f"{loss.p_no_gain:.1%} of resamples, at most {allowed:.2%} allowed for the best of {len(candidates)}"
+            f"{loss.p_no_gain:.1%} of resamples, at most {calibration_share:.2%} allowed"
             if rule == "calibration"
             else f"no gain in {verdict.p_no_gain:.1%} of resamples, at most {allowed:.2%} allowed for the best of "
             f"{len(candidates)}; log loss {loss.challenger_loss:.4f} against {loss.champion_loss:.4f}"
@@ -380,6 +389,23 @@ def judge_candidates(
         champion_loss=loss.champion_loss,
         challenger_loss=loss.challenger_loss,
     )
+
+
+def calibration_tries(
+    candidates: tuple[Candidate, ...], losses: dict[str, LossVerdict], settings: MonitoringSettings
+) -> list[tuple[Candidate, float]]:
+    """The candidates the gate's calibration rule tries, in turn, each with the share of resamples it may show no
+    gain in: the best calibrated of all (lowest log loss), its share split among the candidates; and the serving
+    model recalibrated, when a failed calibration test called for it, named before the rows were seen and so
+    judged alone. With both, each has half of ``1 - gate_confidence``, so the rule's chance of a false pass stays
+    within it."""
+    total = 1 - settings.gate_confidence
+    calibrated = min(candidates, key=lambda candidate: losses[candidate.name].challenger_loss)
+    recalibrated = next((candidate for candidate in candidates if candidate.window.name == RECALIBRATED), None)
+    if recalibrated is None:
+        return [(calibrated, total / len(candidates))]
+    tries = [(calibrated, total / 2 / len(candidates))]
+    return tries if recalibrated is calibrated else [*tries, (recalibrated, total / 2)]
 
 
 # ---------------------------------------------------------------- evaluation window
@@ -634,10 +660,11 @@ def retrain_and_gate(
     inputs: RunInputs, clock: StageClock, findings: Findings, new: np.ndarray, yardsticks: Yardsticks
 ) -> Action:
     """Train the challengers (the serving model recalibrated among them when the calibration test failed), judge
-    them at the gate on the held-out rows of ``new``, and say what to do."""
+    them at the gate on the held-out rows of ``new`` and of the earlier batches of the same change
+    (``gate_rows``), and say what to do."""
     config, data, champion = inputs.config, inputs.data, inputs.champion
     settings, version = config.monitoring, champion.version
-    recent = new & data.held_out(settings.holdout_fraction)
+    recent = gate_rows(inputs, new, yardsticks)
     holdout_rows = int(recent.sum())
     if holdout_rows < settings.min_holdout_rows or np.unique(data.labels(recent)).size < 2:
         return Action(
@@ -650,7 +677,7 @@ def retrain_and_gate(
     with clock.stage("training"):
         calibration = findings.calibration_test
         recalibrate = calibration is not None and calibration.miscalibrated and settings.recalibrate
-        trained = train_candidates(inputs, findings.triggers, yardsticks, recalibrate)
+        trained = train_candidates(inputs, findings.triggers, yardsticks, recalibrate, judged_on=recent)
     if not trained:
         return Action(
             KEPT, f"drift found, but no training window holds enough rows to train on; kept {version}", holdout_rows
@@ -672,6 +699,23 @@ def retrain_and_gate(
     return Action(
         KEPT, f"challenger not deployed: {gate.sentence}; kept {version}", holdout_rows, candidates, gate, window
     )
+
+
+def gate_rows(inputs: RunInputs, new: np.ndarray, yardsticks: Yardsticks) -> np.ndarray:
+    """The rows the gate judges the challengers on: the held-out rows of ``new``, and, while a change is being
+    followed (drift called for retraining in earlier runs and no challenger was deployed or found no better since),
+    the held-out rows of its earlier batches still in the rolling evaluation window. So evidence gathers over
+    the batches of a change until a small real gain is confirmed or shown not to be there; the challengers
+    never train on any of these rows (``train_candidates``), nor on rows kept out after an integrity alarm."""
+    data, settings = inputs.data, inputs.config.monitoring
+    held_out = data.held_out(settings.holdout_fraction)
+    judged: np.ndarray = new & held_out
+    started = change_started_batch(inputs.connection)
+    if started is not None and started <= inputs.watermark:
+        judged = judged | (held_out & data.in_batches(started) & yardsticks.evaluation)
+    if yardsticks.kept_out is not None:
+        judged = judged & ~yardsticks.kept_out
+    return judged
 
 
 def judge_trained(
