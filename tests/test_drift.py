@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.metrics import f1_score
 
 from riskwatch.core.config import MonitoringSettings
@@ -13,13 +14,19 @@ from riskwatch.state.history import ReferenceScore
 from riskwatch.stats.calibration import CalibrationVerdict, calibration_error, fit_calibration, judge_calibration
 from riskwatch.stats.comparison import judge_log_loss
 from riskwatch.stats.drift import (
+    KS_EXACT_MAX_ROWS,
     bootstrap_f1,
     check_model_drift,
     describe_feature_drift,
     drift_threshold,
     f1_from_counts,
     feature_drift,
+    fit_drift_reference,
+    judge_feature_drift,
+    ks_two_samples,
     resampled_f1,
+    sort_sample,
+    wasserstein_between,
 )
 from riskwatch.stats.estimate import estimate_performance
 
@@ -124,6 +131,78 @@ def test_a_shifted_population_drifts_and_is_described():
     )
     assert " > 0.1" in describe_feature_drift(large["number_of_employees"])
     assert "Kolmogorov-Smirnov D" in describe_feature_drift(small["number_of_employees"])
+
+
+def sample_pair(kind: str, before_rows: int, after_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two samples of one kind: continuous, log counts (heavily tied), a few values, or the same values twice."""
+    rng = np.random.default_rng(seed)
+    if kind == "continuous":
+        return rng.normal(0, 1, before_rows), rng.normal(0.05, 1.1, after_rows)
+    if kind == "log counts":
+        return np.log1p(rng.poisson(4, before_rows).astype(float)), np.log1p(rng.poisson(4.4, after_rows).astype(float))
+    if kind == "few values":
+        return rng.integers(0, 4, before_rows).astype(float), rng.integers(1, 6, after_rows).astype(float)
+    same = rng.integers(0, 50, max(before_rows, after_rows)).astype(float)
+    return same[:before_rows], same[:after_rows]
+
+
+SIZES = [
+    (1, 1),
+    (7, 1),
+    (400, 3000),
+    (KS_EXACT_MAX_ROWS, 999),
+    (KS_EXACT_MAX_ROWS + 1, 1000),
+    (40_000, 300),
+    (500, 20_000),
+]
+
+
+@pytest.mark.parametrize("kind", ["continuous", "log counts", "few values", "same values"])
+@pytest.mark.parametrize("sizes", SIZES, ids=[f"{a}-{b}" for a, b in SIZES])
+def test_the_statistics_of_two_sorted_samples_are_scipys(kind, sizes):
+    """The KS statistic and p-value (exact and asymptotic) and the Wasserstein distance, merged from the two
+    samples' sorted distinct values, equal SciPy's on the raw samples, ties and all."""
+    before, after = sample_pair(kind, *sizes, seed=sum(sizes))
+    sorted_before, sorted_after = sort_sample(before), sort_sample(after)
+    expected = stats.ks_2samp(before, after)
+    statistic, p_value = ks_two_samples(sorted_before, sorted_after)
+    assert statistic == float(expected.statistic)
+    assert p_value == pytest.approx(float(expected.pvalue), rel=1e-12, abs=1e-300)
+    distance = wasserstein_between(sorted_before, sorted_after)
+    assert distance == pytest.approx(float(stats.wasserstein_distance(before, after)), rel=1e-12, abs=1e-15)
+    assert sorted_before.spread == pytest.approx(float(np.std(before)), rel=1e-12, abs=1e-15)
+    assert sorted_before.size == before.size and np.array_equal(sorted_before.expand(), np.sort(before))
+
+
+def test_a_sorted_sample_keeps_each_distinct_value_once_with_the_rows_at_or_below_it():
+    sample = sort_sample(np.array([3.0, 1.0, 3.0, 2.0, 1.0, 3.0]))
+    assert sample.values.tolist() == [1.0, 2.0, 3.0] and sample.at_or_below.tolist() == [2, 3, 6]
+    assert sample.size == 6 and sort_sample(np.zeros(0)).size == 0
+    with pytest.raises(ValueError, match="rows on both sides"):
+        wasserstein_between(sample, sort_sample(np.zeros(0)))
+
+
+@pytest.mark.parametrize("new_rows", [400, 5_000, 20_000])
+@pytest.mark.parametrize("world", ["stable", "shifted"])
+def test_feature_drift_is_scipys_statistic_on_the_log_counts(new_rows, world):
+    """What the per-feature test reported when it called SciPy on the log1p columns, to floating-point tolerance;
+    a reference fitted once judges every batch the same."""
+    reference, new = world_arrays("stable", 30_000, 1)[0], world_arrays(world, new_rows, 2)[0]
+    settings = MonitoringSettings()
+    rows = feature_drift(reference, new, settings)
+    assert rows == judge_feature_drift(fit_drift_reference(reference), new, settings)
+    for column, row in enumerate(rows):
+        before, after = np.log1p(reference[:, column]), np.log1p(new[:, column])
+        if new_rows <= settings.ks_max_rows:
+            expected = stats.ks_2samp(before, after)
+            assert row.test == "ks" and row.statistic == float(expected.statistic)
+            assert row.p_value == pytest.approx(float(expected.pvalue), rel=1e-12, abs=1e-300)
+            assert row.drifted == (float(expected.pvalue) < settings.ks_p_value)
+        else:
+            statistic = float(stats.wasserstein_distance(before, after)) / float(np.std(before))
+            assert row.test == "wasserstein" and row.p_value is None
+            assert row.statistic == pytest.approx(statistic, rel=1e-12)
+            assert row.drifted == (statistic > settings.wasserstein_threshold)
 
 
 def world_arrays(world: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from riskwatch.monitoring.challengers import (
     recency_weights,
     train_candidates,
 )
+from riskwatch.monitoring.driftreference import load_drift_reference
 from riskwatch.monitoring.verdicts import (
     Action,
     Assessment,
@@ -76,13 +78,14 @@ from riskwatch.stats.drift import (
     describe_feature_drift,
     f1_from_counts,
     feature_drift,
+    judge_feature_drift,
 )
 from riskwatch.stats.estimate import PerformanceEstimate, estimate_performance
 from riskwatch.stats.integrity import IntegrityVerdict, fit_joint_structure, judge_integrity
 
 log = logging.getLogger("fullprocess")
 
-MAX_REFERENCE_ROWS = 200_000  # data drift compares with a random sample of at most this many reference rows
+MAX_REFERENCE_ROWS = 200_000  # the data integrity test fits on a random sample of at most this many reference rows
 
 
 def f1_on(model: Classifier, features: np.ndarray, labels: np.ndarray) -> float:
@@ -203,14 +206,19 @@ def without(rows: np.ndarray, kept_out: np.ndarray | None) -> np.ndarray:
 
 
 def judge_data_drift(
-    settings: MonitoringSettings, data: IngestedData, reference_rows: np.ndarray, new_features: np.ndarray
+    settings: MonitoringSettings,
+    data: IngestedData,
+    reference_rows: np.ndarray,
+    new_features: np.ndarray,
+    models_folder: Path | None = None,
 ) -> list[FeatureDrift]:
-    """Each feature of the new rows against the reference rows."""
+    """Each feature of the new rows against all the reference rows, whose sorted values are kept in
+    ``models_folder`` from one run to the next (``riskwatch/monitoring/driftreference.py``): a batch costs its
+    own sort."""
     if reference_rows.size == 0:
         return []
-    if reference_rows.size > MAX_REFERENCE_ROWS:  # the distances are as clear on a sample, and sorting it is cheaper
-        reference_rows = np.sort(np.random.default_rng(0).choice(reference_rows, MAX_REFERENCE_ROWS, replace=False))
-    rows = feature_drift(data.features()[reference_rows], new_features, settings)
+    reference = load_drift_reference(models_folder, data, reference_rows)
+    rows = judge_feature_drift(reference, new_features, settings)
     for row in rows:
         (log.warning if row.drifted else log.info)(
             "data drift %s: %s", "detected" if row.drifted else "not detected", describe_feature_drift(row)
@@ -490,7 +498,7 @@ def look_for_drift(
         verdict = judge_model_drift(settings, inputs.connection, champion, features, labels)
     with clock.stage("data drift"):
         reference = data_reference(inputs.connection, data, champion, inputs.watermark, yardsticks.kept_out)
-        drift_rows = judge_data_drift(settings, data, reference.rows, features)
+        drift_rows = judge_data_drift(settings, data, reference.rows, features, inputs.config.output_model_path)
     with clock.stage("data integrity"):
         integrity = judge_data_integrity(settings, data, reference.rows, features)
     log.info("data drift reference: %s", reference.describe())
@@ -549,7 +557,7 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         return assessed(inputs, rows, Findings(estimate), kept, unlabelled=True)
     with clock.stage("data drift"):
         reference = data_reference(inputs.connection, data, champion, inputs.watermark, yardsticks.kept_out)
-        drift_rows = tuple(judge_data_drift(settings, data, reference.rows, features))
+        drift_rows = tuple(judge_data_drift(settings, data, reference.rows, features, inputs.config.output_model_path))
     with clock.stage("data integrity"):
         integrity = judge_data_integrity(settings, data, reference.rows, features)
     log.info("data drift reference: %s", reference.describe())

@@ -47,6 +47,8 @@ METRICS_FILE = "metrics.json"
 DIAGNOSTICS_FILE = "diagnostics.json"
 DEPENDENCY_CACHE_FILE = "dependencycache.json"
 MISSING_CACHE_FILE = "missingcache.json"  # missing-cell counts per source file, by content hash
+# The data-drift reference's sorted log1p values per feature, keyed by the reference rows' content (fullprocess.py).
+DRIFT_REFERENCE_FILE = "driftreference.npz"
 CONFUSION_MATRIX_FILE = "confusionmatrix.png"
 REPORT_FILE = "summaryreport.pdf"
 # Written by reporting.py after the PDF: which model version the report describes.

@@ -20,6 +20,12 @@ Wasserstein distance divided by the reference's standard deviation (drift when a
 threshold), whose verdict, unlike a p-value, does not turn every negligible shift into "drift"
 once samples are large.
 
+Both statistics depend only on the two samples' sorted values, so the reference is sorted once
+(``fit_drift_reference``) and each batch costs its own sort and a merge: the exact statistic and
+p-value of SciPy's ``ks_2samp`` and ``wasserstein_distance``, computed from the two sorted
+samples. A sample is kept as its distinct values with how many of its rows lie at or below each:
+counts repeat, so a million reference rows take a few thousand values.
+
 The label-free estimate is in ``estimate.py``, calibration in ``calibration.py``.
 """
 
@@ -167,35 +173,131 @@ def check_model_drift(
     )
 
 
+# scipy's ks_2samp (method "auto") computes the exact p-value when neither sample has more rows than this
+KS_EXACT_MAX_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class SortedSample:
+    """A sample of one feature: its distinct values in increasing order, how many of its rows lie at or below
+    each, and its standard deviation."""
+
+    values: npt.NDArray[np.float64]
+    at_or_below: npt.NDArray[np.int64]
+    spread: float
+
+    @property
+    def size(self) -> int:
+        return int(self.at_or_below[-1]) if self.at_or_below.size else 0
+
+    def expand(self) -> npt.NDArray[np.float64]:
+        """Every row's value, in increasing order."""
+        return np.repeat(self.values, np.diff(self.at_or_below, prepend=0))
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """The reference of the data-drift test: each feature's ``log1p`` values sorted, in ``FEATURES`` order."""
+
+    columns: tuple[SortedSample, ...]
+
+    @property
+    def rows(self) -> int:
+        return self.columns[0].size if self.columns else 0
+
+
+def sort_sample(values: np.ndarray) -> SortedSample:
+    """The sample of these values: one sort, then each distinct value's last place in it."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    if ordered.size == 0:
+        return SortedSample(ordered, np.zeros(0, np.int64), 0.0)
+    ends = np.append(np.flatnonzero(ordered[1:] != ordered[:-1]), ordered.size - 1)
+    return SortedSample(ordered[ends], (ends + 1).astype(np.int64), float(np.std(values)))
+
+
+def fit_drift_reference(reference: np.ndarray) -> DriftReference:
+    """The reference rows (one column per feature, raw counts) sorted on the ``log1p`` scale, feature by feature."""
+    return DriftReference(tuple(sort_sample(np.log1p(reference[:, column])) for column in range(len(FEATURES))))
+
+
+def shares_at_or_below(
+    before: SortedSample, after: SortedSample
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Every distinct value of either sample in increasing order (one in both appears twice, side by side), with
+    the share of each sample's rows at or below it: the two empirical distribution functions, by a merge."""
+    if before.size == 0 or after.size == 0:
+        raise ValueError("a data-drift test needs rows on both sides")
+    a, b = before.values, after.values
+    b_below = np.searchsorted(b, a, side="left")  # of b's values, how many lie below each of a's
+    a_up_to = np.searchsorted(a, b, side="right")  # of a's values, how many lie at or below each of b's
+    b_up_to = b_below + (b[np.minimum(b_below, b.size - 1)] == a)
+    at_a, at_b = np.arange(a.size) + b_below, np.arange(b.size) + a_up_to
+    merged = np.empty(a.size + b.size)
+    merged[at_a], merged[at_b] = a, b
+    before_rows, after_rows = np.empty(merged.size, np.int64), np.empty(merged.size, np.int64)
+    before_rows[at_a] = before.at_or_below
+    before_rows[at_b] = np.concatenate(([0], before.at_or_below))[a_up_to]
+    after_rows[at_b] = after.at_or_below
+    after_rows[at_a] = np.concatenate(([0], after.at_or_below))[b_up_to]
+    return merged, before_rows / before.size, after_rows / after.size
+
+
+def ks_two_samples(before: SortedSample, after: SortedSample) -> tuple[float, float]:
+    """The two-sided two-sample Kolmogorov-Smirnov statistic and p-value, as ``scipy.stats.ks_2samp`` gives them.
+
+    Up to ``KS_EXACT_MAX_ROWS`` rows a side, scipy's exact p-value (compiled code of its own) is asked of
+    ``ks_2samp`` itself, whose sort of so few sorted values costs microseconds; above, its asymptotic
+    p-value, from the statistic and the two sizes alone.
+    """
+    if max(before.size, after.size) <= KS_EXACT_MAX_ROWS:
+        result = stats.ks_2samp(before.expand(), after.expand())
+        return float(result.statistic), float(result.pvalue)
+    _, before_share, after_share = shares_at_or_below(before, after)
+    gaps = before_share - after_share
+    statistic = float(max(np.clip(-gaps.min(), 0, 1), gaps.max()))
+    larger, smaller = sorted((float(before.size), float(after.size)), reverse=True)
+    rows = np.round(larger * smaller / (larger + smaller))
+    return statistic, float(np.clip(stats.kstwo.sf(statistic, rows), 0, 1))
+
+
+def wasserstein_between(before: SortedSample, after: SortedSample) -> float:
+    """The Wasserstein-1 distance between the two samples, as ``scipy.stats.wasserstein_distance`` gives it: the
+    area between their empirical distribution functions."""
+    merged, before_share, after_share = shares_at_or_below(before, after)
+    return float(np.dot(np.abs(before_share[:-1] - after_share[:-1]), np.diff(merged)))
+
+
 def feature_drift(reference: np.ndarray, new: np.ndarray, settings: MonitoringSettings) -> list[FeatureDrift]:
     """Per feature: the test used, its statistic, p-value (KS only), threshold and verdict.
 
     ``reference`` and ``new`` hold one column per feature (raw counts); both are compared on
-    the ``log1p`` scale.
+    the ``log1p`` scale. Each call sorts the reference: to compare many batches with one, fit it once
+    (``fit_drift_reference``) and call ``judge_feature_drift``.
     """
-    use_ks = new.shape[0] <= settings.ks_max_rows
-    test = judge_by_ks if use_ks else judge_by_wasserstein
+    return judge_feature_drift(fit_drift_reference(reference), new, settings)
+
+
+def judge_feature_drift(reference: DriftReference, new: np.ndarray, settings: MonitoringSettings) -> list[FeatureDrift]:
+    """``feature_drift`` against a reference sorted beforehand: the new rows cost their own sort and a merge."""
+    test = judge_by_ks if new.shape[0] <= settings.ks_max_rows else judge_by_wasserstein
     return [
-        test(name, np.log1p(reference[:, column]), np.log1p(new[:, column]), settings)
+        test(name, reference.columns[column], sort_sample(np.log1p(new[:, column])), settings)
         for column, name in enumerate(FEATURES)
     ]
 
 
-def judge_by_ks(name: str, before: np.ndarray, after: np.ndarray, settings: MonitoringSettings) -> FeatureDrift:
+def judge_by_ks(name: str, before: SortedSample, after: SortedSample, settings: MonitoringSettings) -> FeatureDrift:
     """The two-sample Kolmogorov-Smirnov test: drift when its p-value falls below ``ks_p_value``."""
-    result = stats.ks_2samp(before, after)
-    p_value = float(result.pvalue)
-    return FeatureDrift(
-        name, "ks", float(result.statistic), p_value, settings.ks_p_value, bool(p_value < settings.ks_p_value)
-    )
+    statistic, p_value = ks_two_samples(before, after)
+    return FeatureDrift(name, "ks", statistic, p_value, settings.ks_p_value, bool(p_value < settings.ks_p_value))
 
 
 def judge_by_wasserstein(
-    name: str, before: np.ndarray, after: np.ndarray, settings: MonitoringSettings
+    name: str, before: SortedSample, after: SortedSample, settings: MonitoringSettings
 ) -> FeatureDrift:
     """The Wasserstein distance over the reference's spread: drift when it passes ``wasserstein_threshold``."""
-    distance = float(stats.wasserstein_distance(before, after))
-    spread = float(np.std(before))
+    distance = wasserstein_between(before, after)
+    spread = before.spread
     statistic = distance / spread if spread > 0 else (0.0 if distance == 0 else float("inf"))
     threshold = settings.wasserstein_threshold
     return FeatureDrift(name, "wasserstein", statistic, None, threshold, bool(statistic > threshold))
