@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast test-soak ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-api-memory bench-price bench-health bench-fullprocess bench-cycle bench-families bench-estimate bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
+.PHONY: help run test test-fast test-soak ingest train score deploy rollback diagnostics report serve apicalls fullprocess history cronjob database practice udacity baseline bench bench-api bench-api-memory bench-price bench-health bench-fullprocess bench-cycle bench-families bench-estimate bench-drift-tools bench-database bench-ingest-memory bench-clients classic-clients data lint typecheck metrics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -96,6 +96,11 @@ bench-cycle: $(VENV)/.installed ## benchmark the whole drift-retrain-deploy-repo
 	$(PY) -m bench.bench_cycle --big $(if $(OLD),--old $(OLD))
 bench-estimate: $(VENV)/.installed ## how often the label-free estimate's interval holds the F1 measured later (50 batches a world)
 	$(PY) -m bench.bench_estimate
+# NannyML runs in a virtual environment of its own, never this one: python3.11 -m venv /work/nannyml-venv, then
+# /work/nannyml-venv/bin/pip install nannyml 'pandas<3' statsmodels; without NANNYML_PYTHON its rows are left out.
+NANNYML_PYTHON ?=
+bench-drift-tools: $(VENV)/.installed ## the drift tests beside NannyML's on 1,000,000 + 200,000 rows (NANNYML_PYTHON=path, OLD=path)
+	$(PY) -m bench.bench_drift_tools $(if $(NANNYML_PYTHON),--nannyml-python $(NANNYML_PYTHON)) $(if $(OLD),--old $(OLD))
 bench-families: $(VENV)/.installed ## the model families side by side: F1 against the Bayes-optimal, calibration, fit and one-row time
 	$(PY) -m bench.bench_families
 bench-database: $(VENV)/.installed ## benchmark a database source: 1,000,000 rows from PostgreSQL and SQLite, the no-op check
