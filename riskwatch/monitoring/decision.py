@@ -72,12 +72,14 @@ from riskwatch.stats.calibration import (
 )
 from riskwatch.stats.comparison import LossVerdict, judge_gain, judge_log_loss, labels_f1
 from riskwatch.stats.drift import (
+    DriftReference,
     ModelDrift,
     check_model_drift,
     confusion_shares,
     describe_feature_drift,
     f1_from_counts,
     feature_drift,
+    fit_drift_reference,
     judge_feature_drift,
 )
 from riskwatch.stats.estimate import PerformanceEstimate, estimate_performance
@@ -209,7 +211,7 @@ def judge_data_drift(
     settings: MonitoringSettings,
     data: IngestedData,
     reference_rows: np.ndarray,
-    new_features: np.ndarray,
+    new_features: np.ndarray | DriftReference,
     models_folder: Path | None = None,
 ) -> list[FeatureDrift]:
     """Each feature of the new rows against all the reference rows, whose sorted values are kept in
@@ -274,7 +276,11 @@ def describe_no_trigger(
 
 
 def judge_data_integrity(
-    settings: MonitoringSettings, data: IngestedData, reference_rows: np.ndarray, new_features: np.ndarray
+    settings: MonitoringSettings,
+    data: IngestedData,
+    reference_rows: np.ndarray,
+    new_features: np.ndarray,
+    sorted_columns: DriftReference | None = None,
 ) -> IntegrityVerdict | None:
     """The data integrity test of the new rows against the reference rows (``riskwatch/stats/integrity.py``);
     None when it is switched off or the reference cannot give a joint structure."""
@@ -282,10 +288,10 @@ def judge_data_integrity(
         return None
     if reference_rows.size > MAX_REFERENCE_ROWS:
         reference_rows = np.sort(np.random.default_rng(0).choice(reference_rows, MAX_REFERENCE_ROWS, replace=False))
-    structure = fit_joint_structure(np.log1p(data.features()[reference_rows]))
+    structure = fit_joint_structure(data.features()[reference_rows])
     if structure is None:
         return None
-    verdict = judge_integrity(structure, np.log1p(new_features), settings.integrity_tolerance)
+    verdict = judge_integrity(structure, new_features, settings.integrity_tolerance, sorted_columns)
     (log.warning if verdict.broken else log.info)(
         "data integrity %s: %s", "broken" if verdict.broken else "holds", verdict.describe()
     )
@@ -498,9 +504,10 @@ def look_for_drift(
         verdict = judge_model_drift(settings, inputs.connection, champion, features, labels)
     with clock.stage("data drift"):
         reference = data_reference(inputs.connection, data, champion, inputs.watermark, yardsticks.kept_out)
-        drift_rows = judge_data_drift(settings, data, reference.rows, features, inputs.config.output_model_path)
+        batch = fit_drift_reference(features)  # the new rows sorted once, for the drift and integrity tests
+        drift_rows = judge_data_drift(settings, data, reference.rows, batch, inputs.config.output_model_path)
     with clock.stage("data integrity"):
-        integrity = judge_data_integrity(settings, data, reference.rows, features)
+        integrity = judge_data_integrity(settings, data, reference.rows, features, batch)
     log.info("data drift reference: %s", reference.describe())
     drifted = [row for row in drift_rows if row.drifted]
     findings = Findings(
@@ -557,9 +564,10 @@ def assess_unlabelled(inputs: RunInputs, clock: StageClock, features: np.ndarray
         return assessed(inputs, rows, Findings(estimate), kept, unlabelled=True)
     with clock.stage("data drift"):
         reference = data_reference(inputs.connection, data, champion, inputs.watermark, yardsticks.kept_out)
-        drift_rows = tuple(judge_data_drift(settings, data, reference.rows, features, inputs.config.output_model_path))
+        batch = fit_drift_reference(features)
+        drift_rows = tuple(judge_data_drift(settings, data, reference.rows, batch, inputs.config.output_model_path))
     with clock.stage("data integrity"):
-        integrity = judge_data_integrity(settings, data, reference.rows, features)
+        integrity = judge_data_integrity(settings, data, reference.rows, features, batch)
     log.info("data drift reference: %s", reference.describe())
     drifted = [row for row in drift_rows if row.drifted]
     triggers = tuple(retraining_triggers(settings, None, drifted, None, integrity))

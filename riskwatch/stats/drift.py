@@ -194,6 +194,16 @@ class SortedSample:
         """Every row's value, in increasing order."""
         return np.repeat(self.values, np.diff(self.at_or_below, prepend=0))
 
+    def quantiles(self, levels: np.ndarray) -> npt.NDArray[np.float64]:
+        """The sample's quantiles at these levels (between 0 and 1), as numpy's default ("linear") method places
+        them: between the sorted rows at ``level * (size - 1)``, linearly."""
+        positions = np.asarray(levels, dtype=np.float64) * (self.size - 1)
+        below = np.floor(positions)
+        low = self.values[np.searchsorted(self.at_or_below, below, side="right")]
+        high = self.values[np.searchsorted(self.at_or_below, np.minimum(below + 1, self.size - 1), side="right")]
+        result: npt.NDArray[np.float64] = low + (high - low) * (positions - below)
+        return result
+
 
 @dataclass(frozen=True)
 class DriftReference:
@@ -216,7 +226,8 @@ def sort_sample(values: np.ndarray) -> SortedSample:
 
 
 def fit_drift_reference(reference: np.ndarray) -> DriftReference:
-    """The reference rows (one column per feature, raw counts) sorted on the ``log1p`` scale, feature by feature."""
+    """Rows (one column per feature, raw counts) sorted on the ``log1p`` scale, feature by feature: a reference,
+    or a new batch whose sort the data-drift and data integrity tests share."""
     return DriftReference(tuple(sort_sample(np.log1p(reference[:, column])) for column in range(len(FEATURES))))
 
 
@@ -277,12 +288,15 @@ def feature_drift(reference: np.ndarray, new: np.ndarray, settings: MonitoringSe
     return judge_feature_drift(fit_drift_reference(reference), new, settings)
 
 
-def judge_feature_drift(reference: DriftReference, new: np.ndarray, settings: MonitoringSettings) -> list[FeatureDrift]:
-    """``feature_drift`` against a reference sorted beforehand: the new rows cost their own sort and a merge."""
-    test = judge_by_ks if new.shape[0] <= settings.ks_max_rows else judge_by_wasserstein
+def judge_feature_drift(
+    reference: DriftReference, new: np.ndarray | DriftReference, settings: MonitoringSettings
+) -> list[FeatureDrift]:
+    """``feature_drift`` against a reference sorted beforehand: the new rows (or their sort, ``fit_drift_reference``)
+    cost their own sort and a merge."""
+    batch = new if isinstance(new, DriftReference) else fit_drift_reference(new)
+    test = judge_by_ks if batch.rows <= settings.ks_max_rows else judge_by_wasserstein
     return [
-        test(name, reference.columns[column], sort_sample(np.log1p(new[:, column])), settings)
-        for column, name in enumerate(FEATURES)
+        test(name, reference.columns[column], batch.columns[column], settings) for column, name in enumerate(FEATURES)
     ]
 
 

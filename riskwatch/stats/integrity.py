@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from riskwatch.stats.drift import DriftReference, fit_drift_reference
+
 VARIANCE_KEPT = 0.65
 RANK_SAMPLE_ROWS = 10_000  # reference rows whose ranks carry the joint structure
 SIGMAS = 3.0
@@ -49,18 +51,17 @@ class JointStructure:
         distances: np.ndarray = np.sqrt(np.einsum("ij,ij->i", residual, residual))
         return distances
 
-    def expected_error(self, log_features: np.ndarray) -> float:
-        """The mean error rows with these marginals would have if the reference's joint structure held."""
-        mapped = np.column_stack(
-            [np.quantile(log_features[:, j], self.ranks[:, j]) for j in range(log_features.shape[1])]
-        )
+    def expected_error(self, columns: DriftReference) -> float:
+        """The mean error rows with these marginals (each column's sorted log values) would have if the reference's
+        joint structure held."""
+        mapped = np.column_stack([column.quantiles(self.ranks[:, j]) for j, column in enumerate(columns.columns)])
         return float(self.errors(mapped).mean())
 
 
-def fit_joint_structure(log_features: np.ndarray, seed: int = 0) -> JointStructure | None:
-    """The joint structure of the reference rows (log features, one column per feature); None with too few rows
-    or a constant column."""
-    log_features = np.asarray(log_features, dtype=np.float64)
+def fit_joint_structure(features: np.ndarray, seed: int = 0) -> JointStructure | None:
+    """The joint structure of the reference rows (raw counts, one column per feature, taken on the ``log1p``
+    scale); None with too few rows or a constant column."""
+    log_features = np.log1p(np.asarray(features, dtype=np.float64))
     rows = log_features.shape[0]
     scale = log_features.std(axis=0)
     if rows < 10 or not np.all(scale > 0):
@@ -102,15 +103,18 @@ class IntegrityVerdict:
         )
 
 
-def judge_integrity(structure: JointStructure, log_features: np.ndarray, tolerance: float) -> IntegrityVerdict:
-    """The multivariate drift and data integrity verdicts on the new rows (log features); each needs the error past
-    its yardstick by three standard errors at the batch's size and by ``tolerance`` (relative)."""
-    log_features = np.asarray(log_features, dtype=np.float64)
-    rows = log_features.shape[0]
-    error = float(structure.errors(log_features).mean())
+def judge_integrity(
+    structure: JointStructure, features: np.ndarray, tolerance: float, sorted_columns: DriftReference | None = None
+) -> IntegrityVerdict:
+    """The multivariate drift and data integrity verdicts on the new rows (raw counts, one column per feature;
+    ``sorted_columns``: their log values sorted already, as the data-drift test sorts them); each needs the error
+    past its yardstick by three standard errors at the batch's size and by ``tolerance`` (relative)."""
+    features = np.asarray(features, dtype=np.float64)
+    rows = features.shape[0]
+    error = float(structure.errors(np.log1p(features)).mean())
     margin = SIGMAS * structure.error_sd / np.sqrt(max(rows, 1))
     drift_threshold = max(structure.error_mean + margin, structure.error_mean * (1 + tolerance))
-    expected = structure.expected_error(log_features)
+    expected = structure.expected_error(sorted_columns or fit_drift_reference(features))
     integrity_threshold = max(expected + margin, expected * (1 + tolerance))
     return IntegrityVerdict(
         rows=rows,
