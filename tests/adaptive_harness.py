@@ -1,7 +1,7 @@
 """A world that changes, for the adaptive-monitoring scenarios: batches from the project's generator fed
-to the monitoring job's run (``run_full_process``, what ``fullprocess.py`` runs, here in the test's own
-process: the scenarios test the decision; tests/test_fullprocess.py and tests/test_pipeline_attacks.py run
-the job as processes), and the deployed model measured on fresh samples of each world.
+to the monitoring job's run (``run_full_process``, what ``fullprocess.py`` runs, in the test's own process,
+or ``fullprocess.py`` itself as a process of its own per run), and the deployed model measured on fresh
+samples of each world.
 
 Each step records, for the scenario table: the world the batch came from, whether the run retrained,
 which training window and model family won, the deployed model's family and F1 on a fresh sample of
@@ -28,7 +28,7 @@ from riskwatch.state.artifacts import current_version_folder, load_deployed_vers
 from riskwatch.state.history import read_runs
 from riskwatch.state.runs import StoredRun
 from riskwatch.stats.drift import confusion_shares, f1_from_counts
-from tests.helpers import world_number, write_config
+from tests.helpers import run_script, world_number, write_config
 
 FRESH_ROWS = 5_000
 ORACLE_ROWS = 50_000
@@ -109,15 +109,17 @@ class Step:
 
 @dataclass
 class ChangingWorld:
-    """A copy of the shipped data in ``root`` with a config, fed batch by batch to fullprocess.py."""
+    """A copy of the shipped data in ``root`` with a config, fed batch by batch to fullprocess.py: in this process,
+    or with ``processes``, as cron runs it (``fullprocess.py --config``, a process of its own per run)."""
 
     root: Path
     scenario: str
     steps: list[Step] = field(default_factory=list)
     seed: int = 100
+    processes: bool = False
 
     @classmethod
-    def start(cls, root: Path, scenario: str, **monitoring: object) -> ChangingWorld:
+    def start(cls, root: Path, scenario: str, processes: bool = False, **monitoring: object) -> ChangingWorld:
         write_shipped_data(root)
         write_config(
             root,
@@ -125,7 +127,7 @@ class ChangingWorld:
             api={"url": "http://127.0.0.1:9"},
             monitoring=monitoring,
         )
-        world = cls(root, scenario)
+        world = cls(root, scenario, processes=processes)
         world.run("shipped data", "stable", 9992)
         return world
 
@@ -144,7 +146,11 @@ class ChangingWorld:
     def run(self, batch: str, world: str, rows: int) -> Step:
         before = self.deployed_model()
         f1_before = None if before is None else f1_of(before, *fresh_sample(world))
-        run_full_process(load_config(self.config_path))  # the monitoring job's run, in this process
+        if self.processes:
+            ended = run_script("fullprocess.py", "--config", str(self.config_path), timeout=300)
+            assert ended.returncode == 0, ended.stderr
+        else:
+            run_full_process(load_config(self.config_path))  # the monitoring job's run, in this process
         run = read_runs(load_config(self.config_path).history_path, limit=1)[0]
         deployed = load_deployed_version(current_version_folder(load_config(self.config_path).prod_deployment_path))
         step = Step(

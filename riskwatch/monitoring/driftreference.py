@@ -4,7 +4,7 @@ Each run of ``fullprocess.py`` is a new process, and its reference (the serving 
 the rows of the run that confirmed it) mostly stays the same for many runs. Sorting a million reference
 rows per feature costs more than the rest of the test, so the sorted reference is kept in one file of the
 models folder (``driftreference.npz``), keyed by what the reference rows are: a digest of their content
-hashes, in order. A reference of other rows (a new model, a confirmation, a batch accepted into training,
+hashes (``reference_key``). A reference of other rows (a new model, a confirmation, a batch accepted into training,
 a rebuilt ``finaldata.csv``) has another key, so a kept reference is never used for rows it was not
 sorted from; it is then sorted again and replaces the file. Only the last reference is kept.
 """
@@ -27,12 +27,27 @@ from riskwatch.stats.drift import DriftReference, SortedSample, fit_drift_refere
 log = logging.getLogger("fullprocess")
 
 # Written into the file; a file of another format (or other features) is sorted again, never misread.
-FORMAT = "riskwatch drift reference 1: log1p, distinct values and rows at or below each"
+FORMAT = "riskwatch drift reference 2: log1p, distinct values and rows at or below each"
+
+
+ODD_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # a second, independent sum of the row hashes
 
 
 def reference_key(data: IngestedData, rows: np.ndarray) -> str:
-    """What the reference rows are: a digest of their content hashes (every column of each row), in order."""
-    return hashlib.blake2b(np.ascontiguousarray(data.hashes[rows]).tobytes(), digest_size=20).hexdigest()
+    """What the reference rows are, whatever their order (their sorted values do not depend on it): the count,
+    XOR and two wrapping sums of their content hashes (every column of each row), digested. Reading a million
+    hashes this way costs a few milliseconds, a fifth of hashing their bytes."""
+    hashes = data.hashes[rows]
+    summary = np.array(
+        [
+            hashes.size,
+            np.bitwise_xor.reduce(hashes) if hashes.size else 0,
+            hashes.sum(dtype=np.uint64),
+            (hashes * ODD_MULTIPLIER).sum(dtype=np.uint64),
+        ],
+        dtype=np.uint64,
+    )
+    return hashlib.blake2b(summary.tobytes(), digest_size=20).hexdigest()
 
 
 def read_drift_reference(path: Path, key: str) -> DriftReference | None:
