@@ -12,7 +12,8 @@ from riskwatch.core.config import load_config
 from riskwatch.data.generator import write_batch, write_shipped_data
 from riskwatch.state.artifacts import current_version
 from riskwatch.state.history import read_runs
-from tests.helpers import run_script, write_config
+from tests.fullprocess_runs import scenario_config
+from tests.helpers import run_script
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
@@ -21,12 +22,7 @@ pytestmark = pytest.mark.slow
 def test_a_faulty_join_is_flagged_kept_out_of_training_alerted_and_accepted_later(tmp_path: Path):
     write_shipped_data(tmp_path)
     with Receiver() as hook:
-        config_path = write_config(
-            tmp_path,
-            diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
-            api={"url": "http://127.0.0.1:9"},
-            monitoring={"webhooks": [hook.url], "alert_timeout_seconds": 5},
-        )
+        config_path = scenario_config(tmp_path, webhooks=[hook.url], alert_timeout_seconds=5)
         config = load_config(config_path)
 
         def run_and_wait(alerts: int) -> str:
