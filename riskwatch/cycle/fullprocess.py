@@ -169,13 +169,14 @@ def check_for_new_data(config: Config, connection: HistoryStore, version: str | 
                 config.database, config.output_folder_path, trained_on, decided
             )
             new = replace(new, files=new.files + tuple(rows), fetched_before=frozenset(fetched_before))
-        for warning in dict.fromkeys(warnings):
+        distinct = tuple(dict.fromkeys(warnings))
+        for warning in distinct:
             log.warning("%s", warning)
         if version:
             new = replace(new, waiting=frozenset(waiting_hashes(connection)))
     with clock.stage("settle"):
         new = let_files_settle(new, config.monitoring.settle_seconds)
-    return SourceCheck(new, tuple(dict.fromkeys(warnings)))
+    return SourceCheck(new, distinct)
 
 
 # ---------------------------------------------------------------- 2-6. the work (heavy modules imported here)

@@ -362,15 +362,12 @@ def judge_candidates(
         )
         for candidate in candidates
     }
-    rule, calibration_share = ("f1", allowed) if verdict.passed else (None, allowed)
+    rule, calibration_share = ("f1" if verdict.passed else None), allowed
     for candidate, share in [] if verdict.passed else calibration_tries(candidates, losses, settings):
-        loss = judge_log_loss(
-            labels, champion_probabilities, models[candidate.name].predict_proba(features)[:, 1], 1 - share
-        )
+        lower_loss = losses[candidate.name].p_no_gain <= share  # its log loss reliably lower, at this share
         kept_f1 = judge_gain(labels, champion_labels, models[candidate.name].predict(features), -settings.min_gain, 0.0)
-        if loss.passed and kept_f1.passed:  # no more than the margin lower in F1: the better calibrated one is taken
+        if lower_loss and kept_f1.passed:  # no more than the margin lower in F1: the better calibrated one is taken
             best, verdict, rule, calibration_share = candidate, kept_f1, "calibration", share
-            losses[candidate.name] = loss
             break
     loss = losses[best.name]
     others = ", ".join(f"{c.name} {c.recent_f1:.4f}" for c in candidates if c is not best)
