@@ -22,13 +22,14 @@ from riskwatch.core.config import ModelSettings, load_config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.schema import FEATURES
 from riskwatch.cycle.fullprocess import run_full_process
-from riskwatch.data.generator import WORLDS, exit_probability, generate_clients, write_batch, write_shipped_data
+from riskwatch.data.generator import WORLDS, exit_probability, generate_clients, write_batch
 from riskwatch.stages.training import fit_classifier
 from riskwatch.state.artifacts import current_version_folder, load_deployed_version
 from riskwatch.state.history import read_runs
 from riskwatch.state.runs import StoredRun
 from riskwatch.stats.drift import confusion_shares, f1_from_counts
-from tests.helpers import run_script, world_number, write_config
+from tests.fullprocess_runs import copy_first_run
+from tests.helpers import run_script, world_number
 
 FRESH_ROWS = 5_000
 ORACLE_ROWS = 50_000
@@ -119,16 +120,15 @@ class ChangingWorld:
     processes: bool = False
 
     @classmethod
-    def start(cls, root: Path, scenario: str, processes: bool = False, **monitoring: object) -> ChangingWorld:
-        write_shipped_data(root)
-        write_config(
-            root,
-            diagnostics={"package_index": "http://127.0.0.1:9/pypi", "index_timeout_seconds": 1},
-            api={"url": "http://127.0.0.1:9"},
-            monitoring=monitoring,
-        )
+    def start(
+        cls, root: Path, scenario: str, first_run: Path, processes: bool = False, **monitoring: object
+    ) -> ChangingWorld:
+        """The world in ``root``: a copy of ``first_run``, the shipped data after fullprocess.py's first run (conftest's
+        ``first_run_template``), with the scenario config and ``monitoring`` settings; that first run is its first
+        step."""
+        copy_first_run(first_run, root, **monitoring)
         world = cls(root, scenario, processes=processes)
-        world.run("shipped data", "stable", 9992)
+        world.record("shipped data", "stable", 9992, f1_before=None)
         return world
 
     @property
@@ -151,6 +151,10 @@ class ChangingWorld:
             assert ended.returncode == 0, ended.stderr
         else:
             run_full_process(load_config(self.config_path))  # the monitoring job's run, in this process
+        return self.record(batch, world, rows, f1_before)
+
+    def record(self, batch: str, world: str, rows: int, f1_before: float | None) -> Step:
+        """The step the latest run made on a batch of ``rows`` from ``world``, measured on fresh samples of it."""
         run = read_runs(load_config(self.config_path).history_path, limit=1)[0]
         deployed = load_deployed_version(current_version_folder(load_config(self.config_path).prod_deployment_path))
         step = Step(

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from riskwatch.core.config import Config, load_config
+from riskwatch.data.generator import write_shipped_data
 from riskwatch.stages.ingestion import ingest_folder
+from tests.fullprocess_runs import copy_first_run, run_fullprocess, scenario_config
 from tests.helpers import copy_project, deploy, skip_or_fail, train_and_score, write_clients, write_config
 from tests.postgres_server import PASSWORD, PASSWORD_ENV, PostgresServer, PostgresUnavailable
 
@@ -54,6 +56,24 @@ def deployed(project: Config, deployed_template: Path) -> Config:
     """The small project, ingested, trained, scored and deployed (v0001): a copy of the session's, the test's own."""
     copy_project(deployed_template, project.path.parent)
     return project
+
+
+@pytest.fixture(scope="session")
+def first_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped data after fullprocess.py's first run, as a process (everything ingested; v0001 trained, deployed,
+    diagnosed and reported), once a session (each xdist worker's own); copy it with ``copy_first_run``."""
+    folder = tmp_path_factory.mktemp("first-run-template")
+    write_shipped_data(folder)
+    first = run_fullprocess(scenario_config(folder))
+    assert first.returncode == 0, first.stderr
+    return folder
+
+
+@pytest.fixture
+def after_first_run(tmp_path: Path, first_run_template: Path) -> Path:
+    """tmp_path holding the shipped data after fullprocess.py's first run (a copy of the session's), with the
+    scenario config; returns the config's path."""
+    return copy_first_run(first_run_template, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,15 @@ from pathlib import Path
 from riskwatch.core.config import load_config
 from riskwatch.state.history import read_runs
 from riskwatch.state.runs import StoredRun
-from tests.helpers import PROJECT_ROOT, free_port, run_script, script_command, write_config, write_database_config
+from tests.helpers import (
+    PROJECT_ROOT,
+    copy_project,
+    free_port,
+    run_script,
+    script_command,
+    write_config,
+    write_database_config,
+)
 
 # SQLAlchemy is not among them: the run history goes through it (about 0.15 s to import); the check
 # for new rows itself asks sqlite3 or psycopg directly.
@@ -29,6 +37,13 @@ def scenario_config(root: Path, **monitoring: object) -> Path:
         api={"url": f"http://127.0.0.1:{free_port()}"},
         monitoring=monitoring,
     )
+
+
+def copy_first_run(template: Path, root: Path, **monitoring: object) -> Path:
+    """A copy in ``root`` of ``template``, the shipped data after fullprocess.py's first run (conftest's
+    ``first_run_template``), with the scenario config and ``monitoring`` settings; returns the config's path."""
+    copy_project(template, root)
+    return scenario_config(root, **monitoring)
 
 
 def database_config(root: Path, url: str) -> Path:

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -88,21 +89,39 @@ def write_config(folder: Path, **overrides: object) -> Path:
 def copy_project(template: Path, folder: Path) -> None:
     """Copy a project folder into ``folder`` as it is: links stay links (the deployment's are relative), files keep
     their times (ingestion knows a file by its size and time), and the absolute paths that its records hold of
-    ``template`` name ``folder`` instead (text files only: a binary one, such as a SQLite history, is refused)."""
+    ``template`` name ``folder`` instead (in text files and in a SQLite run history's text; any other binary file
+    that names the template is refused)."""
     shutil.copytree(template, folder, symlinks=True, dirs_exist_ok=True)
     old, new = str(template).encode(), str(folder).encode()
     for path in folder.rglob("*"):
         if path.is_symlink() or not path.is_file():
             continue
         content = path.read_bytes()
-        if old in content:
+        if old not in content:
+            continue
+        times = path.stat()
+        if content.startswith(b"SQLite format 3\x00"):
+            rename_in_sqlite(path, old.decode(), new.decode())
+        else:
             try:
                 content.decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError(f"{path.name} names the template's folder but is not text: cannot copy it") from None
-            times = path.stat()
             path.write_bytes(content.replace(old, new))
-            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+        os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+
+def rename_in_sqlite(path: Path, old: str, new: str) -> None:
+    """Replace ``old`` with ``new`` in every text column of every table of the SQLite database at ``path``."""
+    with contextlib.closing(sqlite3.connect(path)) as database, database:
+        tables = [name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in database.execute(f'PRAGMA table_info("{table}")').fetchall():
+                name = column[1]
+                database.execute(
+                    f'UPDATE "{table}" SET "{name}" = replace("{name}", ?, ?) WHERE typeof("{name}") = \'text\'',
+                    (old, new),
+                )
 
 
 def train_and_score(config: Config, C: float = 1.0) -> str:

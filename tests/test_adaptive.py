@@ -32,8 +32,8 @@ def quiet_tests_fired(step: Step) -> bool:
     return "calibration" in step.fired or "integrity" in step.fired
 
 
-def test_a_twenty_stable_batches_trigger_at_most_one_retraining(tmp_path: Path):
-    world = ChangingWorld.start(tmp_path, "a")
+def test_a_twenty_stable_batches_trigger_at_most_one_retraining(tmp_path: Path, first_run_template: Path):
+    world = ChangingWorld.start(tmp_path, "a", first_run_template)
     steps = [world.feed("stable", 2_000) for _ in range(20)]
     TABLE.extend(world.steps)
     assert world.retrained(steps) <= 1, format_steps(steps)
@@ -41,8 +41,8 @@ def test_a_twenty_stable_batches_trigger_at_most_one_retraining(tmp_path: Path):
     assert not any(quiet_tests_fired(step) for step in steps), format_steps(steps)
 
 
-def test_b_c_a_changed_world_is_followed_and_then_calms_down(tmp_path: Path):
-    world = ChangingWorld.start(tmp_path, "b, c")
+def test_b_c_a_changed_world_is_followed_and_then_calms_down(tmp_path: Path, first_run_template: Path):
+    world = ChangingWorld.start(tmp_path, "b, c", first_run_template)
     first = world.feed("drifted")
     # (b) the first changed batch triggers retraining and the deployed model follows the new world
     assert first.retrained and first.outcome == "deployed", format_steps(world.steps)
@@ -56,8 +56,8 @@ def test_b_c_a_changed_world_is_followed_and_then_calms_down(tmp_path: Path):
     assert min(step.ratio for step in later) >= 0.95, format_steps(world.steps)
 
 
-def test_d_a_shifted_population_never_gets_a_worse_model(tmp_path: Path):
-    world = ChangingWorld.start(tmp_path, "d")
+def test_d_a_shifted_population_never_gets_a_worse_model(tmp_path: Path, first_run_template: Path):
+    world = ChangingWorld.start(tmp_path, "d", first_run_template)
     steps = [world.feed("shifted") for _ in range(3)]
     TABLE.extend(world.steps)
     for before, step in zip(world.steps, steps, strict=False):
@@ -65,8 +65,8 @@ def test_d_a_shifted_population_never_gets_a_worse_model(tmp_path: Path):
             assert step.f1 >= step.f1_before, format_steps(world.steps)
 
 
-def test_e_a_change_and_a_return_are_both_followed(tmp_path: Path):
-    world = ChangingWorld.start(tmp_path, "e")
+def test_e_a_change_and_a_return_are_both_followed(tmp_path: Path, first_run_template: Path):
+    world = ChangingWorld.start(tmp_path, "e", first_run_template)
     away = [world.feed("drifted") for _ in range(2)]
     assert away[0].retrained and away[-1].ratio >= 0.95, format_steps(world.steps)
     back = [world.feed("stable") for _ in range(2)]
@@ -75,24 +75,26 @@ def test_e_a_change_and_a_return_are_both_followed(tmp_path: Path):
     assert back[-1].ratio >= 0.95, format_steps(world.steps)
 
 
-def test_g_a_world_whose_risk_is_not_log_linear_is_followed_by_another_model_family(tmp_path: Path):
-    world = ChangingWorld.start(tmp_path, "g")
+def test_g_a_world_whose_risk_is_not_log_linear_is_followed_by_another_model_family(
+    tmp_path: Path, first_run_template: Path
+):
+    world = ChangingWorld.start(tmp_path, "g", first_run_template)
     steps = [world.feed("nonlinear") for _ in range(3)]
     TABLE.extend(world.steps)
     assert steps[0].retrained, format_steps(world.steps)
     assert steps[-1].family != "linear" and steps[-1].bayes >= 0.93, format_steps(world.steps)
 
 
-def test_f_five_stable_batches_of_200000_rows_trigger_no_retraining(tmp_path: Path):
-    world = ChangingWorld.start(tmp_path, "f")
+def test_f_five_stable_batches_of_200000_rows_trigger_no_retraining(tmp_path: Path, first_run_template: Path):
+    world = ChangingWorld.start(tmp_path, "f", first_run_template)
     steps = [world.feed("stable", 200_000) for _ in range(5)]
     TABLE.extend(world.steps)
     assert world.retrained(steps) == 0, format_steps(world.steps)
     assert not any(quiet_tests_fired(step) for step in steps), format_steps(world.steps)
 
 
-def test_h_doubled_odds_are_repaired_within_two_batches(tmp_path: Path):
-    world = ChangingWorld.start(tmp_path, "h", processes=True)
+def test_h_doubled_odds_are_repaired_within_two_batches(tmp_path: Path, first_run_template: Path):
+    world = ChangingWorld.start(tmp_path, "h", first_run_template, processes=True)
     steps = [world.feed("riskier") for _ in range(2)]
     TABLE.extend(world.steps)
     assert steps[0].fired != "-" and "calibration" in steps[0].fired, format_steps(world.steps)
@@ -100,8 +102,8 @@ def test_h_doubled_odds_are_repaired_within_two_batches(tmp_path: Path):
     assert steps[-1].bayes >= 0.99, format_steps(world.steps)
 
 
-def test_i_a_slow_change_is_followed_and_once_it_settles_the_alarms_stop(tmp_path: Path):
-    world = ChangingWorld.start(tmp_path, "i", processes=True)
+def test_i_a_slow_change_is_followed_and_once_it_settles_the_alarms_stop(tmp_path: Path, first_run_template: Path):
+    world = ChangingWorld.start(tmp_path, "i", first_run_template, processes=True)
     ramp = [world.feed(f"ramp-{step}", 2_000) for step in range(1, 9)]
     settled = [world.feed("ramp-8", 2_000) for _ in range(5)]
     TABLE.extend(world.steps)

@@ -1,13 +1,17 @@
-"""The ``deployed`` fixture: a copy of a project deployed once a session, each test's own and as good as a fresh one."""
+"""The ``deployed`` fixture and the first run's: copies of a project made once a session, each test's own and as
+good as a fresh one."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from riskwatch.core.config import Config
+from riskwatch.core.config import Config, load_config
 from riskwatch.core.files import sha256_file
 from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.state.artifacts import (
@@ -17,6 +21,8 @@ from riskwatch.state.artifacts import (
     current_version_folder,
     load_deployed_version,
 )
+from riskwatch.state.history import read_runs
+from tests.fullprocess_runs import run_fullprocess
 from tests.helpers import copy_project, deploy, train_and_score
 
 
@@ -78,6 +84,31 @@ def test_changes_to_a_copy_reach_neither_the_template_nor_the_next_copy(
 def test_a_binary_file_that_names_the_template_is_refused_not_corrupted(tmp_path: Path):
     template = tmp_path / "template"
     template.mkdir()
-    (template / "history.sqlite").write_bytes(b"SQLite format 3\x00\xff" + str(template).encode())
-    with pytest.raises(ValueError, match="history.sqlite names the template's folder but is not text"):
+    (template / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff" + str(template).encode())
+    with pytest.raises(ValueError, match="plot.png names the template's folder but is not text"):
         copy_project(template, tmp_path / "copy")
+
+
+def test_a_sqlite_history_that_names_the_template_names_the_copy(tmp_path: Path):
+    template, copy = tmp_path / "template", tmp_path / "copy"
+    template.mkdir()
+    with contextlib.closing(sqlite3.connect(template / "history.sqlite")) as database, database:
+        database.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, details TEXT, seconds REAL)")
+        database.execute("INSERT INTO runs VALUES (1, ?, 1.5)", (f'{{"pdf": "{template}/models/report.pdf"}}',))
+    copy_project(template, copy)
+    with contextlib.closing(sqlite3.connect(copy / "history.sqlite")) as database:
+        assert database.execute("SELECT * FROM runs").fetchall() == [(1, f'{{"pdf": "{copy}/models/report.pdf"}}', 1.5)]
+    with contextlib.closing(sqlite3.connect(template / "history.sqlite")) as database:
+        assert str(template) in database.execute("SELECT details FROM runs").fetchone()[0]  # the template is as it was
+
+
+@pytest.mark.slow
+def test_a_copy_of_the_first_run_is_as_the_first_run_left_it(after_first_run: Path, first_run_template: Path):
+    config = load_config(after_first_run)
+    idle = run_fullprocess(after_first_run)  # the copy's bookkeeping knows its files: nothing is new
+    assert idle.returncode == 0 and "no new data" in idle.stderr, idle.stderr
+    first = read_runs(config.history_path, limit=2)[-1]
+    assert first.outcome == "first_deployment" and first.model_version_after == "v0001"
+    assert first.details["report"]["pdf"] == str(config.output_model_path / "summaryreport.pdf")
+    assert str(first_run_template) not in json.dumps(first.details)
+    assert load_deployed_version(current_version_folder(config.prod_deployment_path)).version == "v0001"

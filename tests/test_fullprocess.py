@@ -203,8 +203,8 @@ def test_the_monitoring_scenario_on_the_shipped_data(shipped: Path):
     assert "trigger: data drift (" in printed.stdout
 
 
-def test_a_no_op_run_imports_no_heavy_library(shipped: Path):
-    assert run_fullprocess(shipped).returncode == 0
+def test_a_no_op_run_imports_no_heavy_library(after_first_run: Path):
+    shipped = after_first_run
     probe = (
         "import sys, fullprocess\n"
         f"code = fullprocess.main(['--config', {str(shipped)!r}])\n"
@@ -217,9 +217,9 @@ def test_a_no_op_run_imports_no_heavy_library(shipped: Path):
     assert "no new data" in result.stderr
 
 
-def test_a_failing_stage_is_named_and_the_next_run_starts_clean(shipped: Path):
+def test_a_failing_stage_is_named_and_the_next_run_starts_clean(after_first_run: Path):
+    shipped = after_first_run
     root = shipped.parent
-    assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
     (root / "testdata" / "testdata.csv").rename(root / "testdata.csv.away")
     failed = run_fullprocess(shipped)
@@ -304,10 +304,10 @@ def test_history_without_runs_prints_a_header_and_creates_nothing(shipped: Path)
     assert not load_config(shipped).history_path.exists()
 
 
-def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(shipped: Path):
+def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(after_first_run: Path):
+    shipped = after_first_run
     root = shipped.parent
     config = load_config(shipped)
-    assert run_fullprocess(shipped).returncode == 0
     port = int(config.api.url.rsplit(":", 1)[1])
     with serving_api(shipped, port=port):
         write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
@@ -321,10 +321,10 @@ def test_after_a_deployment_the_running_api_is_called_and_serves_the_new_model(s
     assert last_run(shipped).details["apicalls"] == str(config.output_model_path / API_RETURNS_AFTER_DEPLOYMENT)
 
 
-def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_makes_its_reports(shipped: Path):
+def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_makes_its_reports(after_first_run: Path):
+    shipped = after_first_run
     root = shipped.parent
     config = load_config(shipped)
-    assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
     with paused_fullprocess(shipped, "switched"):
         pass  # killed there
@@ -340,10 +340,10 @@ def test_a_run_killed_after_the_switch_leaves_the_new_version_and_the_next_run_m
     assert "no new data" in run_fullprocess(shipped).stderr  # and the run after that has nothing to do
 
 
-def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
+def test_sigterm_ends_a_run_cleanly_and_records_it(after_first_run: Path):
+    shipped = after_first_run
     root = shipped.parent
     config = load_config(shipped)
-    assert run_fullprocess(shipped).returncode == 0
     write_batch(root / "sourceddata" / "batch_drift.csv", 3000, seed=32, world="drifted")
     with paused_fullprocess(shipped, "staged") as holder:
         holder.send_signal(signal.SIGTERM)
@@ -357,9 +357,9 @@ def test_sigterm_ends_a_run_cleanly_and_records_it(shipped: Path):
     assert last_run(shipped).outcome == "deployed" and current_version(config.prod_deployment_path) == "v0002"
 
 
-def test_a_report_left_behind_by_a_stop_after_the_diagnostics_is_made_again(shipped: Path):
+def test_a_report_left_behind_by_a_stop_after_the_diagnostics_is_made_again(after_first_run: Path):
+    shipped = after_first_run
     config = load_config(shipped)
-    assert run_fullprocess(shipped).returncode == 0
     record = config.output_model_path / "summaryreport.json"
     assert json.loads(record.read_text())["model_version"] == "v0001"
     # as a run stopped (SIGTERM, a full disk) after the diagnostics of v0002 and before its report leaves it

@@ -9,20 +9,21 @@ from pathlib import Path
 import pytest
 
 from riskwatch.core.config import load_config
-from riskwatch.data.generator import write_batch, write_shipped_data
+from riskwatch.data.generator import write_batch
 from riskwatch.state.artifacts import current_version
 from riskwatch.state.history import read_runs
-from tests.fullprocess_runs import scenario_config
+from tests.fullprocess_runs import copy_first_run
 from tests.helpers import run_script
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
 
-def test_a_faulty_join_is_flagged_kept_out_of_training_alerted_and_accepted_later(tmp_path: Path):
-    write_shipped_data(tmp_path)
+def test_a_faulty_join_is_flagged_kept_out_of_training_alerted_and_accepted_later(
+    tmp_path: Path, first_run_template: Path
+):
     with Receiver() as hook:
-        config_path = scenario_config(tmp_path, webhooks=[hook.url], alert_timeout_seconds=5)
+        config_path = copy_first_run(first_run_template, tmp_path, webhooks=[hook.url], alert_timeout_seconds=5)
         config = load_config(config_path)
 
         def run_and_wait(alerts: int) -> str:
@@ -32,7 +33,6 @@ def test_a_faulty_join_is_flagged_kept_out_of_training_alerted_and_accepted_late
                 time.sleep(0.1)
             return result.stderr
 
-        run_and_wait(1)  # the first deployment
         for labelled, column, seed in ((True, "lastyear_activity", 71), (False, "number_of_employees", 72)):
             batch = tmp_path / "sourceddata" / f"faulty_{seed}.csv"
             write_batch(batch, 3000, seed=seed, labelled=labelled, faulty_join=column)

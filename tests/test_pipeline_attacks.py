@@ -31,6 +31,7 @@ from riskwatch.state.artifacts import (
 )
 from riskwatch.state.history import read_runs
 from tests.fullprocess_runs import (
+    copy_first_run,
     paused_fullprocess,
     run_fullprocess,
     scenario_config,
@@ -81,11 +82,9 @@ def check_whole(config: Config, scratch: Path) -> dict[str, int]:
     }
 
 
-def test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing(tmp_path: Path):
-    config_path = project_config(tmp_path / "project")
+def test_random_kills_during_retrain_cycles_lose_double_and_leave_nothing(tmp_path: Path, first_run_template: Path):
+    config_path = copy_first_run(first_run_template, tmp_path / "project")
     config = load_config(config_path)
-    first = run_fullprocess(config_path)
-    assert first.returncode == 0, first.stderr
     rng = random.Random(20261123)
     timed = time.monotonic()
     write_batch(config.input_folder_path / "batch_00.csv", 2000, seed=100, world="drifted")
@@ -180,15 +179,16 @@ def can_mount_tmpfs(where: Path) -> bool:
     return True
 
 
-def test_a_full_disk_is_said_in_one_sentence_and_leaves_the_deployment_serving(tmp_path: Path):
+def test_a_full_disk_is_said_in_one_sentence_and_leaves_the_deployment_serving(
+    tmp_path: Path, first_run_template: Path
+):
     disk = tmp_path / "disk"
     if not can_mount_tmpfs(disk):
         pytest.skip("mounting a small tmpfs needs root and a mount command; neither is here")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
     try:
-        config_path = project_config(disk)
+        config_path = copy_first_run(first_run_template, disk)
         config = load_config(config_path)
-        assert run_fullprocess(config_path).returncode == 0
         before = (config.output_folder_path / FINAL_DATA).read_bytes()
         write_batch(config.input_folder_path / "more.csv", 3000, seed=5, world="drifted")
         outcomes = []
@@ -214,10 +214,11 @@ def test_a_full_disk_is_said_in_one_sentence_and_leaves_the_deployment_serving(t
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing(tmp_path: Path):
-    config_path = project_config(tmp_path / "project")
+def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing(
+    tmp_path: Path, first_run_template: Path
+):
+    config_path = copy_first_run(first_run_template, tmp_path / "project")
     config = load_config(config_path)
-    assert run_fullprocess(config_path).returncode == 0
     write_batch(config.input_folder_path / "drifted.csv", 3000, seed=32, world="drifted")
     # the run has gated a challenger and is publishing it
     with paused_fullprocess(config_path, "staged"):
@@ -230,10 +231,9 @@ def test_a_rollback_during_a_monitoring_run_waits_for_no_one_and_changes_nothing
     assert current_version(config.prod_deployment_path) == "v0001"
 
 
-def test_a_rejected_file_is_recorded_as_rejected_and_not_tried_again(tmp_path: Path):
-    config_path = project_config(tmp_path / "project")
+def test_a_rejected_file_is_recorded_as_rejected_and_not_tried_again(tmp_path: Path, first_run_template: Path):
+    config_path = copy_first_run(first_run_template, tmp_path / "project")
     config = load_config(config_path)
-    assert run_fullprocess(config_path).returncode == 0
     (config.input_folder_path / "broken.csv").write_text("corporation,lastmonth_activity\nacme,1\n")
     first = run_fullprocess(config_path)
     assert first.returncode == 0, first.stderr

@@ -11,7 +11,7 @@ from riskwatch.core.config import Config, load_config
 from riskwatch.core.schema import UNLABELLED_COLUMNS
 from riskwatch.data.batches import read_final_data, read_unlabelled_clients, select_current_clients
 from riskwatch.data.datafiles import read_data_file
-from riskwatch.data.generator import write_batch, write_shipped_data
+from riskwatch.data.generator import write_batch
 from riskwatch.report.gather import rank_clients
 from riskwatch.stages.ingestion import ingest_folder
 from riskwatch.state.artifacts import (
@@ -27,7 +27,7 @@ from riskwatch.state.artifacts import (
     read_json_file,
 )
 from riskwatch.web.app import create_app
-from tests.fullprocess_runs import last_run, run_fullprocess, scenario_config
+from tests.fullprocess_runs import copy_first_run, last_run, run_fullprocess
 from tests.helpers import served_model, train_and_score
 
 HEADER = ",".join(UNLABELLED_COLUMNS) + "\n"
@@ -204,11 +204,9 @@ def test_the_unlabelled_file_goes_once_the_unlabelled_files_do(deployed):
 
 
 @pytest.mark.slow
-def test_fullprocess_on_unlabelled_files_estimates_f1_tests_data_drift_and_never_model_drift(tmp_path):
-    write_shipped_data(tmp_path)
-    shipped = scenario_config(tmp_path)
-    root, config = tmp_path, load_config(shipped)
-    assert run_fullprocess(shipped).returncode == 0
+def test_fullprocess_on_unlabelled_files_estimates_f1_tests_data_drift_and_never_model_drift(after_first_run):
+    shipped = after_first_run
+    root, config = shipped.parent, load_config(shipped)
     final = config.output_folder_path / FINAL_DATA
     before, active = final.read_bytes(), ranked(config)["count"]
 
@@ -251,10 +249,8 @@ def test_fullprocess_on_unlabelled_files_estimates_f1_tests_data_drift_and_never
 
 
 @pytest.mark.slow
-def test_fullprocess_with_retraining_on_model_drift_only_reports_unlabelled_data_drift(tmp_path):
-    write_shipped_data(tmp_path)
-    config_path = scenario_config(tmp_path, retrain_on="model_drift")
-    assert run_fullprocess(config_path).returncode == 0
+def test_fullprocess_with_retraining_on_model_drift_only_reports_unlabelled_data_drift(tmp_path, first_run_template):
+    config_path = copy_first_run(first_run_template, tmp_path, retrain_on="model_drift")
     write_batch(tmp_path / "sourceddata" / "current.csv", 2000, seed=44, world="shifted", labelled=False)
     result = run_fullprocess(config_path)
     assert result.returncode == 0, result.stderr
@@ -264,13 +260,11 @@ def test_fullprocess_with_retraining_on_model_drift_only_reports_unlabelled_data
 
 
 @pytest.mark.slow
-def test_unlabelled_drift_with_no_labelled_rows_since_deployment_waits_for_outcomes(tmp_path):
-    write_shipped_data(tmp_path)
-    config_path = scenario_config(tmp_path)
-    assert run_fullprocess(config_path).returncode == 0
+def test_unlabelled_drift_with_no_labelled_rows_since_deployment_waits_for_outcomes(after_first_run):
+    config_path = after_first_run
     # Right after the first deployment the recent window holds no held-out labelled row: a
     # challenger could not be judged, so drift seen in rows without outcomes changes nothing yet.
-    write_batch(tmp_path / "sourceddata" / "current.csv", 2000, seed=44, world="shifted", labelled=False)
+    write_batch(config_path.parent / "sourceddata" / "current.csv", 2000, seed=44, world="shifted", labelled=False)
     result = run_fullprocess(config_path)
     assert result.returncode == 0, result.stderr
     run = last_run(config_path)
