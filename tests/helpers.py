@@ -195,7 +195,8 @@ def start_api(
 ) -> tuple[subprocess.Popen, str]:
     """``app.py`` (gunicorn) serving ``config_path`` on ``port`` (a free one by default), once /health answers.
 
-    Returns (the process, its URL); the caller stops it.
+    Returns (the process, its URL); the caller stops it (``stop_server``). The server and its workers run in a
+    session of their own, so that they can be stopped together.
     """
     port = port or free_port()
     process = subprocess.Popen(
@@ -205,6 +206,7 @@ def start_api(
         text=True,
         cwd=PROJECT_ROOT,
         env={**os.environ, **(env or {})},
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -222,12 +224,22 @@ def serving_api(
 ) -> Iterator[str]:
     """``app.py`` serving ``config_path`` for the ``with`` block (see start_api); yields its URL, then stops it."""
     process, url = start_api(config_path, *arguments, port=port, env=env)
+    try:
+        yield url
+    finally:
+        stop_server(process)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """End a server that ``start_api`` started, its workers with it, at once, and close its pipe.
+
+    Not gunicorn's graceful stop, which waits for each worker's one-second loop: the tests that check a graceful
+    stop send their own signal.
+    """
     with process:
-        try:
-            yield url
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def served_model(config: Config):
@@ -293,6 +305,48 @@ def add_runs(config: Config, count: int = 3) -> None:
             )
         start_run(connection, "2026-11-09T10:00:00Z", 200, "v0001")
         save_run(connection, count + 1, RunFields(outcome="no_new_data", decision="No new data.", seconds=0.2))
+    finally:
+        connection.close()
+
+
+def add_monitored_runs(config: Config) -> None:
+    """Two labelled runs after ``add_runs``'s, as fullprocess.py records the monitoring statistics: a batch whose
+    exits and joint structure held, then one whose exits ran above the expected range and whose columns no longer
+    hang together (quarantined, later accepted by an operator)."""
+    connection = open_history(config.history_path)
+    try:
+        for number, broken in ((0, False), (1, True)):
+            day = f"2026-11-1{number}"
+            run = start_run(connection, f"{day}T10:00:00Z", 300 + number, "v0002")
+            save_run(
+                connection,
+                run,
+                RunFields(
+                    finished_at=f"{day}T10:00:08Z",
+                    seconds=8.0,
+                    outcome="quarantined" if broken else "kept",
+                    decision=f"Monitored decision number {number} in one sentence.",
+                    model_version_after="v0002",
+                    new_rows=3000,
+                    new_data_f1=0.58 if broken else 0.61,
+                    drift_threshold=0.55,
+                    expected_exits=590.0 + number,
+                    expected_exits_low=549.0 + number,
+                    expected_exits_high=631.0 + number,
+                    observed_exits=672 if broken else 604,
+                    calibration_slope=0.71 if broken else 1.02,
+                    miscalibrated=broken,
+                    reconstruction_error=1.07 if broken else 0.70,
+                    reconstruction_reference=0.69,
+                    reconstruction_expected=0.71 if broken else 0.69,
+                    reconstruction_threshold=0.85 if broken else 0.83,
+                    multivariate_drift=broken,
+                    integrity_alarm=broken,
+                    integrity_accepted_at=f"{day}T12:30:00Z" if broken else None,
+                ),
+                files=[RunFile(f"monitored_{number}.csv", "new", "cd" * 32)],
+                feature_drift=[FeatureDrift(name, "ks", 0.1, 0.2, 0.01, False) for name in FEATURES],
+            )
     finally:
         connection.close()
 

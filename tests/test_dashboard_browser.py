@@ -26,6 +26,7 @@ from riskwatch.web.dashboard import URL_PREFIX
 from tests.helpers import (
     PROJECT_ROOT,
     active_clients,
+    add_monitored_runs,
     add_runs,
     deploy,
     serving_api,
@@ -67,7 +68,7 @@ def find_browser() -> str | None:
 
 
 def build_project(root: Path) -> Config:
-    """A small deployed project (two versions) with a run history."""
+    """A small deployed project (two versions) with a run history, the monitoring statistics' tests included."""
     write_clients(root / "sourceddata" / "clients_a.csv", 600, seed=1)
     write_clients(root / "sourceddata" / "clients_b.csv", 400, seed=2)
     write_clients(root / "testdata" / "testdata.csv", 500, seed=3)
@@ -78,6 +79,7 @@ def build_project(root: Path) -> Config:
     train_and_score(config)
     deploy(config)
     add_runs(config)
+    add_monitored_runs(config)
     return config
 
 
@@ -217,6 +219,20 @@ def test_every_page_loads_cleanly_passes_axe_and_is_photographed(site, driver):
             found[f"{name} wider than {width}px"] = [f"{overflow}px"] if overflow > 1 else []
         driver.set_window_size(1280, 900)
     assert {key: value for key, value in found.items() if value} == {}
+
+
+def test_the_model_health_page_draws_the_calibration_and_integrity_tests(site, driver):
+    url, _ = site
+    sign_in(driver, url)
+    driver.get(f"{url}/model-health")
+    headings = [element.text for element in driver.find_elements("css selector", "h2")]
+    calibration = "Exits observed in each labelled batch, against those the serving model expected"
+    integrity = "Data integrity: how far each batch's rows lie from the training rows' principal axes"
+    assert calibration in headings and integrity in headings, headings
+    charts = driver.find_elements("css selector", "figure svg, svg[role='img']")
+    assert len(charts) >= 6, len(charts)  # F1, calibration, drift, integrity, missing cells, run times
+    driver.get(f"{url}/")
+    assert "672 observed (+14%), outside the range" in driver.find_element("tag name", "main").text
 
 
 def test_a_client_page_and_the_sign_in_page_pass_axe(site, driver):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from riskwatch.data.generator import write_batch, write_shipped_data
 from riskwatch.state.history import SCHEMA_VERSION, open_history, read_runs
 from tests import history_rules
 from tests.fullprocess_runs import run_fullprocess, scenario_config
-from tests.helpers import free_port, start_api
+from tests.helpers import free_port, start_api, stop_server
 from tests.postgres_server import PASSWORD, USER
 
 pytestmark = pytest.mark.slow
@@ -112,9 +111,7 @@ def two_hosts(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Path, list[st
         yield configs[0], [url for _, url in servers]
     finally:
         for process, _ in servers:
-            with process:  # closes its stderr pipe too
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=60)
+            stop_server(process)
 
 
 def test_two_api_hosts_and_the_job_share_one_history(two_hosts: tuple[Path, list[str]], tmp_path: Path):
