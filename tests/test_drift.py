@@ -17,6 +17,7 @@ from riskwatch.stats.drift import (
     KS_EXACT_MAX_ROWS,
     bootstrap_f1,
     check_model_drift,
+    count_sample,
     describe_feature_drift,
     drift_threshold,
     f1_from_counts,
@@ -180,6 +181,23 @@ def test_a_sorted_sample_keeps_each_distinct_value_once_with_the_rows_at_or_belo
     assert sample.size == 6 and sort_sample(np.zeros(0)).size == 0
     with pytest.raises(ValueError, match="rows on both sides"):
         wasserstein_between(sample, sort_sample(np.zeros(0)))
+
+
+def test_whole_counts_are_counted_into_the_sample_sorting_their_logs_makes():
+    clients = generate_clients(20_000, np.random.default_rng(5), STABLE)
+    for column in (*(np.asarray(clients[name], dtype=np.float64) for name in FEATURES), np.array([0.0, 7.0, 7.0])):
+        counted, ordered = count_sample(column), sort_sample(np.log1p(column))
+        assert counted is not None
+        assert np.array_equal(counted.values, ordered.values)
+        assert np.array_equal(counted.at_or_below, ordered.at_or_below) and counted.spread == ordered.spread
+    for column in (np.array([1.0, 2.5]), np.array([-1.0, 2.0]), np.array([0.0, 2.0**40]), np.zeros(0)):
+        assert count_sample(column) is None  # sorted instead
+    mixed = np.column_stack([np.array([1.5, 0.5, 2.5]), np.array([3.0, 1.0, 2.0]), np.array([-0.5, 4.0, 4.0])])
+    for counted, ordered in zip(
+        fit_drift_reference(mixed).columns, (sort_sample(np.log1p(mixed[:, j])) for j in range(3)), strict=True
+    ):
+        assert np.array_equal(counted.values, ordered.values, equal_nan=True)
+        assert np.array_equal(counted.at_or_below, ordered.at_or_below)
 
 
 @pytest.mark.parametrize("new_rows", [400, 5_000, 20_000])
