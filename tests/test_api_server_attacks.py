@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import gzip
 import json
 import os
@@ -31,7 +32,16 @@ from bench.bench_api import hold_slow_clients
 from riskwatch.core.config import Config, load_config
 from riskwatch.state.artifacts import MODEL_FILE, VERSIONS_FOLDER
 from riskwatch.web.app import create_app
-from tests.helpers import PROJECT_ROOT, deploy, free_port, run_script, train_and_score, wait_until_healthy, write_config
+from tests.helpers import (
+    PROJECT_ROOT,
+    copy_project,
+    deploy,
+    free_port,
+    run_script,
+    train_and_score,
+    wait_until_healthy,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +69,7 @@ def start_server(config: Config, *args: str) -> Server:
             stdout=stdout,
             stderr=stderr,
             cwd=PROJECT_ROOT,
+            start_new_session=True,  # its workers with it, for end_server
         )
     server = Server(process, f"http://127.0.0.1:{port}", Path(f"{logs}.out"), Path(f"{logs}.err"))
     wait_for_workers(server, 2)
@@ -78,10 +89,17 @@ def wait_for_workers(server: Server, workers: int, timeout: float = 60) -> None:
 
 
 def stop_server(server: Server) -> tuple[str, str]:
-    """Stop it; return (its stdout, its stderr)."""
+    """Stop it as an operator does (SIGTERM: gunicorn's graceful stop); return (its stdout, its stderr)."""
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(timeout=60)
     return server.stdout.read_text(), server.stderr.read_text()
+
+
+def end_server(server: Server) -> None:
+    """End it and its workers at once, where the test has what it needs (see helpers.stop_server)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait(timeout=60)
 
 
 @pytest.fixture
@@ -105,7 +123,8 @@ def fuzzed(deployed: Config) -> Iterator[tuple[str, list[str]]]:
     try:
         yield server.url, routes
     finally:
-        _, log = stop_server(server)
+        end_server(server)
+        log = server.stderr.read_text()
         print("\n".join(line for line in log.splitlines() if "INFO" not in line)[-3000:])
         print("\n".join(line for line in log.splitlines() if "INFO" not in line)[-3000:])
 
@@ -341,7 +360,7 @@ def test_fifty_slow_clients_do_not_hold_the_api(deployed: Config):
         stop.set()
         for connection in connections:
             connection.close()
-        stop_server(server)
+        end_server(server)
     assert all(answer.status_code == 200 for answer in answers + predictions)
 
 
@@ -397,7 +416,7 @@ def test_a_model_damaged_under_two_workers_is_replaced_by_the_same_intact_versio
         served = {requests.get(f"{url}/health", timeout=5).json()["model_version"] for _ in range(20)}
         assert served == {"v0001"}
     finally:
-        stop_server(server)
+        end_server(server)
     server = start_server(deployed)  # a restart serves the intact version too, not 503
     url = server.url
     try:
@@ -406,7 +425,19 @@ def test_a_model_damaged_under_two_workers_is_replaced_by_the_same_intact_versio
         record = {"lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3}
         assert requests.post(f"{url}/prediction", json={"records": [record]}, timeout=5).status_code == 200
     finally:
-        stop_server(server)
+        end_server(server)
+
+
+@pytest.fixture(scope="module")
+def framed_server(tmp_path_factory: pytest.TempPathFactory, deployed_template: Path) -> Iterator[str]:
+    """One server of a copy of the deployed project, for every malformed framing in turn; yields its URL."""
+    folder = tmp_path_factory.mktemp("framed")
+    copy_project(deployed_template, folder)
+    server = start_server(load_config(folder / "config.json"))
+    try:
+        yield server.url
+    finally:
+        end_server(server)
 
 
 @pytest.mark.parametrize(
@@ -419,10 +450,7 @@ def test_a_model_damaged_under_two_workers_is_replaced_by_the_same_intact_versio
     ],
     ids=["not hex", "overlong chunk", "cut", "absurd size"],
 )
-def test_malformed_chunked_framing_is_a_400_not_a_500(deployed: Config, framing: bytes, status: int):
-    server = start_server(deployed)
-    try:
-        head = b"POST /prediction HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n"
-        assert send(server.url, head + b"Connection: close\r\n\r\n" + framing) == status
-    finally:
-        stop_server(server)
+def test_malformed_chunked_framing_is_a_400_not_a_500(framed_server: str, framing: bytes, status: int):
+    head = b"POST /prediction HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n"
+    assert send(framed_server, head + b"Connection: close\r\n\r\n" + framing) == status
+    assert requests.get(f"{framed_server}/health", timeout=5).status_code == 200  # and it serves on
