@@ -1,6 +1,5 @@
 """A world that changes, for the adaptive-monitoring scenarios: batches from the project's generator fed
-to the monitoring job's run (``run_full_process``, what ``fullprocess.py`` runs, in the test's own process,
-or ``fullprocess.py`` itself as a process of its own per run), and the deployed model measured on fresh
+to ``fullprocess.py``, a process of its own per run as cron runs it, and the deployed model measured on fresh
 samples of each world.
 
 Each step records, for the scenario table: the world the batch came from, whether the run retrained,
@@ -21,7 +20,6 @@ import numpy as np
 from riskwatch.core.config import ModelSettings, load_config
 from riskwatch.core.errors import PipelineError
 from riskwatch.core.schema import FEATURES
-from riskwatch.cycle.fullprocess import run_full_process
 from riskwatch.data.generator import WORLDS, exit_probability, generate_clients, write_batch
 from riskwatch.stages.training import fit_classifier
 from riskwatch.state.artifacts import current_version_folder, load_deployed_version
@@ -110,24 +108,21 @@ class Step:
 
 @dataclass
 class ChangingWorld:
-    """A copy of the shipped data in ``root`` with a config, fed batch by batch to fullprocess.py: in this process,
-    or with ``processes``, as cron runs it (``fullprocess.py --config``, a process of its own per run)."""
+    """A copy of the shipped data in ``root`` with a config, fed batch by batch to fullprocess.py as cron runs it
+    (``fullprocess.py --config``, a process of its own per run)."""
 
     root: Path
     scenario: str
     steps: list[Step] = field(default_factory=list)
     seed: int = 100
-    processes: bool = False
 
     @classmethod
-    def start(
-        cls, root: Path, scenario: str, first_run: Path, processes: bool = False, **monitoring: object
-    ) -> ChangingWorld:
+    def start(cls, root: Path, scenario: str, first_run: Path, **monitoring: object) -> ChangingWorld:
         """The world in ``root``: a copy of ``first_run``, the shipped data after fullprocess.py's first run (conftest's
         ``first_run_template``), with the scenario config and ``monitoring`` settings; that first run is its first
         step."""
         copy_first_run(first_run, root, **monitoring)
-        world = cls(root, scenario, processes=processes)
+        world = cls(root, scenario)
         world.record("shipped data", "stable", 9992, f1_before=None)
         return world
 
@@ -146,11 +141,8 @@ class ChangingWorld:
     def run(self, batch: str, world: str, rows: int) -> Step:
         before = self.deployed_model()
         f1_before = None if before is None else f1_of(before, *fresh_sample(world))
-        if self.processes:
-            ended = run_script("fullprocess.py", "--config", str(self.config_path), timeout=300)
-            assert ended.returncode == 0, ended.stderr
-        else:
-            run_full_process(load_config(self.config_path))  # the monitoring job's run, in this process
+        ended = run_script("fullprocess.py", "--config", str(self.config_path), timeout=300)
+        assert ended.returncode == 0, ended.stderr
         return self.record(batch, world, rows, f1_before)
 
     def record(self, batch: str, world: str, rows: int, f1_before: float | None) -> Step:

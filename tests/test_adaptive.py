@@ -1,5 +1,5 @@
-"""The monitoring job follows a world that changes, with the project's generator (scenarios h and i as real
-processes, one per run; the others in the test's process).
+"""The monitoring job follows a world that changes, with the project's generator, as real processes: one
+``fullprocess.py`` per run, as cron runs it.
 
 Each scenario starts from the shipped data (10,000 clients of the first world, deployed by the
 first run) and feeds batches to ``fullprocess.py`` one run at a time; the deployed model is
@@ -94,7 +94,7 @@ def test_f_five_stable_batches_of_200000_rows_trigger_no_retraining(tmp_path: Pa
 
 
 def test_h_doubled_odds_are_repaired_within_two_batches(tmp_path: Path, first_run_template: Path):
-    world = ChangingWorld.start(tmp_path, "h", first_run_template, processes=True)
+    world = ChangingWorld.start(tmp_path, "h", first_run_template)
     steps = [world.feed("riskier") for _ in range(2)]
     TABLE.extend(world.steps)
     assert steps[0].fired != "-" and "calibration" in steps[0].fired, format_steps(world.steps)
@@ -103,7 +103,7 @@ def test_h_doubled_odds_are_repaired_within_two_batches(tmp_path: Path, first_ru
 
 
 def test_i_a_slow_change_is_followed_and_once_it_settles_the_alarms_stop(tmp_path: Path, first_run_template: Path):
-    world = ChangingWorld.start(tmp_path, "i", first_run_template, processes=True)
+    world = ChangingWorld.start(tmp_path, "i", first_run_template)
     ramp = [world.feed(f"ramp-{step}", 2_000) for step in range(1, 9)]
     settled = [world.feed("ramp-8", 2_000) for _ in range(5)]
     TABLE.extend(world.steps)
