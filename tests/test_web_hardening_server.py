@@ -5,7 +5,6 @@ keep /health from answering. The ways are bench/bench_api.py's, which times the 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ import requests
 
 from bench.bench_api import DOCUMENTED_STARTS, documented_start, hold_slow_clients
 from riskwatch.core.config import Config
-from tests.helpers import free_port, wait_until_healthy
+from tests.helpers import free_port, stop_server, wait_until_healthy
 
 SLOW_CLIENTS = 50
 HEALTH_CHECKS = 10
@@ -36,6 +35,7 @@ def test_every_documented_command_line_keeps_health_answering_beside_50_slow_cli
         env={**os.environ, "RISK_CONFIG": str(deployed.path)},
         stdout=subprocess.DEVNULL,
         stderr=log,
+        start_new_session=True,  # its workers with it, for stop_server
     )
     stop = threading.Event()
     connections = []
@@ -54,8 +54,7 @@ def test_every_documented_command_line_keeps_health_answering_beside_50_slow_cli
         stop.set()
         for connection in connections:
             connection.close()
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)  # workers still holding a connection are ended after gunicorn's graceful timeout
+        stop_server(server)  # what the test reads, gunicorn logged as it started
         log.seek(0)
         output = log.read()
         log.close()
