@@ -127,11 +127,9 @@ def train_candidates(
 
     config, data, test = inputs.config, inputs.data, yardsticks.test
     first_new, because = inputs.watermark + 1, "; ".join(triggers)
-    trainable = ~yardsticks.evaluation
+    trainable = ~yardsticks.evaluation & ~yardsticks.kept_out  # kept out: until an integrity alarm is accepted
     if judged_on is not None:  # a large batch's held-out rows reach past the evaluation window
         trainable &= ~judged_on
-    if yardsticks.kept_out is not None:  # batches a data integrity alarm keeps out until accepted
-        trainable &= ~yardsticks.kept_out
     described = describe_training_data(config.output_folder_path)
     retraining = Retraining(int((data.in_batches(first_new) & ~trainable).sum()), because)
     windows = candidate_windows(config, inputs.connection, data, first_new, yardsticks.held_out_from, trainable)

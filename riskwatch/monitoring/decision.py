@@ -172,7 +172,7 @@ def data_reference(
     data: IngestedData,
     champion: DeployedVersion,
     watermark: int,
-    kept_out: np.ndarray | None = None,
+    kept_out: np.ndarray,
 ) -> DataReference:
     """The rows new ones are compared with.
 
@@ -202,9 +202,10 @@ def data_reference(
     return DataReference(rows, window.first_batch, window.last_batch, window=window, weighted=weighted)
 
 
-def without(rows: np.ndarray, kept_out: np.ndarray | None) -> np.ndarray:
+def without(rows: np.ndarray, kept_out: np.ndarray) -> np.ndarray:
     """These row numbers less the rows of batches kept out of training (a data integrity alarm not accepted)."""
-    return rows if kept_out is None else rows[~kept_out[rows]]
+    kept: np.ndarray = rows[~kept_out[rows]]
+    return kept
 
 
 def judge_data_drift(
@@ -726,8 +727,7 @@ def gate_rows(inputs: RunInputs, new: np.ndarray, yardsticks: Yardsticks) -> np.
     started = change_started_batch(inputs.connection)
     if started is not None and started <= inputs.watermark:
         judged = judged | (held_out & data.in_batches(started) & yardsticks.evaluation)
-    if yardsticks.kept_out is not None:
-        judged = judged & ~yardsticks.kept_out
+    judged &= ~yardsticks.kept_out
     return judged
 
 

@@ -42,7 +42,7 @@ class Yardsticks:
     test: EvaluationData
     evaluation: np.ndarray  # mask of the ingested rows in the rolling evaluation window
     held_out_from: int  # the first batch whose held-out rows may be in it
-    kept_out: np.ndarray | None = None  # mask of the rows a data integrity alarm keeps out of training
+    kept_out: np.ndarray  # mask of the rows a data integrity alarm keeps out of training (until accepted)
 
 
 @dataclass(frozen=True)
