@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import contextlib
 import gzip
 import json
 import os
@@ -38,6 +37,7 @@ from tests.helpers import (
     deploy,
     free_port,
     run_script,
+    stop_server,
     train_and_score,
     wait_until_healthy,
     write_config,
@@ -69,7 +69,7 @@ def start_server(config: Config, *args: str) -> Server:
             stdout=stdout,
             stderr=stderr,
             cwd=PROJECT_ROOT,
-            start_new_session=True,  # its workers with it, for end_server
+            start_new_session=True,  # its workers with it, for stop_server
         )
     server = Server(process, f"http://127.0.0.1:{port}", Path(f"{logs}.out"), Path(f"{logs}.err"))
     wait_for_workers(server, 2)
@@ -88,18 +88,11 @@ def wait_for_workers(server: Server, workers: int, timeout: float = 60) -> None:
     wait_until_healthy(server.url, server.process)
 
 
-def stop_server(server: Server) -> tuple[str, str]:
+def stop_gracefully(server: Server) -> tuple[str, str]:
     """Stop it as an operator does (SIGTERM: gunicorn's graceful stop); return (its stdout, its stderr)."""
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(timeout=60)
     return server.stdout.read_text(), server.stderr.read_text()
-
-
-def end_server(server: Server) -> None:
-    """End it and its workers at once, where the test has what it needs (see helpers.stop_server)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGKILL)
-    server.process.wait(timeout=60)
 
 
 @pytest.fixture
@@ -123,7 +116,7 @@ def fuzzed(deployed: Config) -> Iterator[tuple[str, list[str]]]:
     try:
         yield server.url, routes
     finally:
-        end_server(server)
+        stop_server(server.process)
         log = server.stderr.read_text()
         print("\n".join(line for line in log.splitlines() if "INFO" not in line)[-3000:])
         print("\n".join(line for line in log.splitlines() if "INFO" not in line)[-3000:])
@@ -360,7 +353,7 @@ def test_fifty_slow_clients_do_not_hold_the_api(deployed: Config):
         stop.set()
         for connection in connections:
             connection.close()
-        end_server(server)
+        stop_server(server.process)
     assert all(answer.status_code == 200 for answer in answers + predictions)
 
 
@@ -376,7 +369,7 @@ def test_the_access_log_holds_no_query_string_and_no_basic_user(deployed: Config
         )
         requests.get(f"{url}/health", timeout=5)
     finally:
-        stdout, stderr = stop_server(server)
+        stdout, stderr = stop_gracefully(server)
     assert '"GET /scoring HTTP/1.1" 400' in stdout and '"GET /health HTTP/1.1" 200' in stdout
     assert "s3cret" not in stdout + stderr
 
@@ -399,7 +392,7 @@ def test_no_token_and_another_address_needs_the_explicit_flag(deployed: Config):
         timeout=60,
     )
     assert refused.returncode == 2 and "--open-without-token" in refused.stderr
-    _, stderr = stop_server(start_server(deployed, "--host", "0.0.0.0", "--open-without-token"))
+    _, stderr = stop_gracefully(start_server(deployed, "--host", "0.0.0.0", "--open-without-token"))
     assert "every endpoint is open to whoever can reach 0.0.0.0" in stderr
 
 
@@ -416,7 +409,7 @@ def test_a_model_damaged_under_two_workers_is_replaced_by_the_same_intact_versio
         served = {requests.get(f"{url}/health", timeout=5).json()["model_version"] for _ in range(20)}
         assert served == {"v0001"}
     finally:
-        end_server(server)
+        stop_server(server.process)
     server = start_server(deployed)  # a restart serves the intact version too, not 503
     url = server.url
     try:
@@ -425,7 +418,7 @@ def test_a_model_damaged_under_two_workers_is_replaced_by_the_same_intact_versio
         record = {"lastmonth_activity": 1, "lastyear_activity": 2, "number_of_employees": 3}
         assert requests.post(f"{url}/prediction", json={"records": [record]}, timeout=5).status_code == 200
     finally:
-        end_server(server)
+        stop_server(server.process)
 
 
 @pytest.fixture(scope="module")
@@ -437,7 +430,7 @@ def framed_server(tmp_path_factory: pytest.TempPathFactory, deployed_template: P
     try:
         yield server.url
     finally:
-        end_server(server)
+        stop_server(server.process)
 
 
 @pytest.mark.parametrize(
